@@ -1,0 +1,5 @@
+#![forbid(unsafe_code)]
+fn main() {
+    eprintln!("usage: ns-metadata-agent --help (not built yet)");
+    std::process::exit(2);
+}

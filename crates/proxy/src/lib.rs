@@ -1,0 +1,2 @@
+//! ns-metadata-proxy: see DESIGN.md. Built out by its issue.
+#![forbid(unsafe_code)]
