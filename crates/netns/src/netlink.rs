@@ -125,6 +125,12 @@ impl Netlink {
         }
     }
 
+    /// The interface index of `ifname` (e.g. the scope id to bind a link-local address).
+    /// NotFound if absent.
+    pub async fn link_index(&self, ifname: &str) -> Result<u32> {
+        self.index(ifname).await
+    }
+
     async fn index(&self, ifname: &str) -> Result<u32> {
         match self.link(ifname).await? {
             Some(link) => Ok(link.header.index),
