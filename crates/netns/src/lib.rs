@@ -20,4 +20,4 @@ pub use error::{Error, Result};
 pub use manage::{create, delete, list, validate_name, NETNS_RUN_DIR};
 pub use netlink::Netlink;
 pub use ns::Netns;
-pub use watch::{watch, watch_dir, NetnsEvent};
+pub use watch::{watch, watch_dir, NetnsEvent, NetnsWatcher};
