@@ -1,0 +1,447 @@
+//! Turns the raw samples `run.sh` collects into the Markdown table and the JSON file.
+//!
+//! Raw format: one sample per line, `metric<TAB>variant<TAB>value`. Variants: `haproxy`,
+//! `off` / `on` (ns-metadata-proxy with `--agent-keepalive off|on`), `ours` (proxies run by
+//! ns-metadata-spawner), `close` / `keepalive` (agent ceiling). Every figure is the median of
+//! its samples.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde_json::{json, Map, Value};
+
+/// Samples keyed by metric, then variant.
+pub type Samples = BTreeMap<String, BTreeMap<String, Vec<f64>>>;
+
+/// Parse the raw sample lines; malformed lines are returned as errors with their number.
+pub fn parse_raw(text: &str) -> Result<Samples, String> {
+    let mut out = Samples::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut parts = line.split('\t');
+        let (Some(metric), Some(variant), Some(value), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(format!(
+                "line {}: expected metric<TAB>variant<TAB>value",
+                i + 1
+            ));
+        };
+        let value: f64 = value
+            .trim()
+            .parse()
+            .map_err(|_| format!("line {}: value {value:?} is not a number", i + 1))?;
+        out.entry(metric.to_owned())
+            .or_default()
+            .entry(variant.to_owned())
+            .or_default()
+            .push(value);
+    }
+    Ok(out)
+}
+
+/// Median (mean of the middle two for an even count); `None` for no samples.
+pub fn median(values: &[f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    })
+}
+
+fn med(s: &Samples, metric: &str, variant: &str) -> Option<f64> {
+    s.get(metric)
+        .and_then(|m| m.get(variant))
+        .and_then(|v| median(v))
+}
+
+/// How a value is shown.
+#[derive(Clone, Copy)]
+enum Unit {
+    /// kB shown as MB.
+    Mb,
+    /// Plain count, no decimals.
+    Count,
+    /// One decimal.
+    One,
+    /// µs shown as ms with two decimals.
+    UsAsMs,
+}
+
+fn fmt(v: Option<f64>, unit: Unit) -> String {
+    match v {
+        None => "–".to_owned(),
+        Some(v) => match unit {
+            Unit::Mb => format!("{:.2}", v / 1024.0),
+            Unit::Count => format!("{v:.0}"),
+            Unit::One => format!("{v:.1}"),
+            Unit::UsAsMs => format!("{:.2}", v / 1000.0),
+        },
+    }
+}
+
+/// A ratio bound for a row: (reuse off bound, reuse on bound, higher is better).
+type Bound = Option<(f64, f64, bool)>;
+
+fn ratio_cell(ours: Option<f64>, theirs: Option<f64>, bound: Option<(f64, bool)>) -> String {
+    match (ours, theirs) {
+        (Some(o), Some(t)) if t != 0.0 => {
+            let r = o / t;
+            let mark = match bound {
+                Some((b, true)) => {
+                    if r >= b {
+                        " ✓"
+                    } else {
+                        " ✗"
+                    }
+                }
+                Some((b, false)) => {
+                    if r <= b {
+                        " ✓"
+                    } else {
+                        " ✗"
+                    }
+                }
+                None => "",
+            };
+            format!("{r:.2}×{mark}")
+        }
+        _ => "–".to_owned(),
+    }
+}
+
+const LOADS: [(&str, &str); 4] = [
+    ("ka_c32", "c32 keep-alive"),
+    ("close_c32", "c32 Connection: close"),
+    ("ka_c1", "c1 keep-alive"),
+    ("close_c1", "c1 Connection: close"),
+];
+
+/// Render the three Markdown tables.
+pub fn markdown(s: &Samples) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "### One proxy, same agent stand-in, wrk from the vm namespace (figures 1, 3; issue 8 rows)\n");
+    let _ = writeln!(md, "| figure | ours, reuse off | ours, reuse on | haproxy | ratio off | ratio on | target (off / on) |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    let row =
+        |md: &mut String, label: &str, metric: &str, unit: Unit, bound: Bound, target: &str| {
+            let off = med(s, metric, "off");
+            let on = med(s, metric, "on");
+            let h = med(s, metric, "haproxy");
+            let _ = writeln!(
+                md,
+                "| {label} | {} | {} | {} | {} | {} | {target} |",
+                fmt(off, unit),
+                fmt(on, unit),
+                fmt(h, unit),
+                ratio_cell(off, h, bound.map(|b| (b.0, b.2))),
+                ratio_cell(on, h, bound.map(|b| (b.1, b.2))),
+            );
+        };
+    row(
+        &mut md,
+        "1 PSS idle (MB)",
+        "pss_idle_kb",
+        Unit::Mb,
+        None,
+        "",
+    );
+    row(
+        &mut md,
+        "1 RSS idle (MB)",
+        "rss_idle_kb",
+        Unit::Mb,
+        None,
+        "",
+    );
+    row(
+        &mut md,
+        "1 PSS after load (MB)",
+        "pss_load_kb",
+        Unit::Mb,
+        None,
+        "",
+    );
+    row(
+        &mut md,
+        "1 RSS after load (MB)",
+        "rss_load_kb",
+        Unit::Mb,
+        None,
+        "",
+    );
+    row(
+        &mut md,
+        "1 PSS after load + idle (MB)",
+        "pss_idle30_kb",
+        Unit::Mb,
+        None,
+        "≤ 1.5× own idle PSS",
+    );
+    row(
+        &mut md,
+        "1 RSS after load + idle (MB)",
+        "rss_idle30_kb",
+        Unit::Mb,
+        None,
+        "",
+    );
+    row(
+        &mut md,
+        "1 requests before 'after load'",
+        "load_requests",
+        Unit::Count,
+        None,
+        "≥ 1M (full run)",
+    );
+    for (key, name) in LOADS {
+        row(
+            &mut md,
+            &format!("3 req/s, {name}"),
+            &format!("{key}_rps"),
+            Unit::Count,
+            Some((1.0, 1.2, true)),
+            "≥ 1.0× / ≥ 1.2×",
+        );
+        row(
+            &mut md,
+            &format!("3 p50 ms, {name}"),
+            &format!("{key}_p50_us"),
+            Unit::UsAsMs,
+            None,
+            "",
+        );
+        row(
+            &mut md,
+            &format!("3 p99 ms, {name}"),
+            &format!("{key}_p99_us"),
+            Unit::UsAsMs,
+            None,
+            "",
+        );
+        row(
+            &mut md,
+            &format!("3 proxy CPU µs/req, {name}"),
+            &format!("{key}_cpu_us"),
+            Unit::One,
+            Some((0.9, 0.7, false)),
+            "≤ 0.9× / ≤ 0.7×",
+        );
+        row(
+            &mut md,
+            &format!("3 socket errors, {name}"),
+            &format!("{key}_errors"),
+            Unit::Count,
+            None,
+            "0",
+        );
+    }
+    // Own-idle check of issue 8, stated separately because its reference is not haproxy.
+    for mode in ["off", "on"] {
+        if let (Some(idle), Some(after)) =
+            (med(s, "pss_idle_kb", mode), med(s, "pss_idle30_kb", mode))
+        {
+            let _ = writeln!(
+                md,
+                "\nReuse {mode}: PSS after load + idle / idle PSS = {:.2}× (target ≤ 1.5×){}",
+                after / idle,
+                if after / idle <= 1.5 { " ✓" } else { " ✗" }
+            );
+        }
+    }
+
+    let _ = writeln!(
+        md,
+        "\n### Many proxies and supervision (figures 2, 4, 5, 6)\n"
+    );
+    let _ = writeln!(md, "| figure | ours | haproxy | ratio | target |");
+    let _ = writeln!(md, "|---|---|---|---|---|");
+    let n = med(s, "n_proxies", "haproxy")
+        .or(med(s, "n_proxies", "ours"))
+        .unwrap_or(0.0);
+    let row2 =
+        |md: &mut String, label: &str, metric: &str, unit: Unit, target: &str, abs: Option<f64>| {
+            let o = med(s, metric, "ours");
+            let h = med(s, metric, "haproxy");
+            let mark = match (o, abs) {
+                (Some(o), Some(b)) => {
+                    if o <= b {
+                        " ✓"
+                    } else {
+                        " ✗"
+                    }
+                }
+                _ => "",
+            };
+            let _ = writeln!(
+                md,
+                "| {label} | {}{mark} | {} | {} | {target} |",
+                fmt(o, unit),
+                fmt(h, unit),
+                ratio_cell(o, h, None)
+            );
+        };
+    row2(
+        &mut md,
+        &format!("2 PSS sum, {n:.0} proxies (MB)"),
+        "many_pss_sum_kb",
+        Unit::Mb,
+        "",
+        None,
+    );
+    row2(
+        &mut md,
+        "2 PSS per proxy (MB)",
+        "many_pss_per_kb",
+        Unit::Mb,
+        "≤ 0.5 MB",
+        Some(512.0),
+    );
+    row2(
+        &mut md,
+        "2 RSS per proxy (MB)",
+        "many_rss_per_kb",
+        Unit::Mb,
+        "",
+        None,
+    );
+    row2(
+        &mut md,
+        "2 MemAvailable drop per proxy (MB)",
+        "many_memavail_per_kb",
+        Unit::Mb,
+        "≤ 1 MB",
+        Some(1024.0),
+    );
+    row2(
+        &mut md,
+        "2 spawner PSS (MB)",
+        "spawner_pss_kb",
+        Unit::Mb,
+        "",
+        None,
+    );
+    row2(
+        &mut md,
+        &format!("4 {n:.0} announced/started → all answering (ms)"),
+        "spawn_all_ms",
+        Unit::One,
+        "",
+        None,
+    );
+    row2(
+        &mut md,
+        "4 after the last event → all answering (ms)",
+        "spawn_after_last_ms",
+        Unit::One,
+        "≤ 1000 ms",
+        Some(1000.0),
+    );
+    let kill_h = "n/a: no supervisor; Neutron's monitor polls every 60 s";
+    let ko = med(s, "kill_answer_ms", "ours");
+    let kmark = match ko {
+        Some(v) if v <= 100.0 => " ✓",
+        Some(_) => " ✗",
+        None => "",
+    };
+    let _ = writeln!(
+        md,
+        "| 5 kill -9 → answering, median (ms) | {}{kmark} | {kill_h} | – | ≤ 100 ms |",
+        fmt(ko, Unit::One)
+    );
+    let _ = writeln!(
+        md,
+        "| 5 kill -9 → answering, max (ms) | {} | | | |",
+        fmt(
+            s.get("kill_answer_ms")
+                .and_then(|m| m.get("ours"))
+                .and_then(|v| v.iter().copied().reduce(f64::max)),
+            Unit::One
+        )
+    );
+    let fo = med(s, "restart_failed", "ours");
+    let fmark = match fo {
+        Some(0.0) => " ✓",
+        Some(_) => " ✗",
+        None => "",
+    };
+    let _ = writeln!(
+        md,
+        "| 6 failed requests across a supervisor restart | {}{fmark} of {} | n/a: no supervisor process in the request path | – | 0 |",
+        fmt(fo, Unit::Count),
+        fmt(med(s, "restart_total", "ours"), Unit::Count)
+    );
+
+    let _ = writeln!(
+        md,
+        "\n### Agent stand-in ceiling (direct Unix-socket load, one core each)\n"
+    );
+    let _ = writeln!(md, "| agent mode | req/s, c32 |");
+    let _ = writeln!(md, "|---|---|");
+    for mode in ["close", "keepalive"] {
+        let _ = writeln!(
+            md,
+            "| {mode} | {} |",
+            fmt(med(s, "agent_ceiling_rps", mode), Unit::Count)
+        );
+    }
+    md
+}
+
+/// The JSON document: metadata, every sample and every median.
+pub fn json(s: &Samples, meta: &[(String, String)]) -> Value {
+    let mut medians = Map::new();
+    for (metric, variants) in s {
+        let mut m = Map::new();
+        for (variant, values) in variants {
+            m.insert(variant.clone(), json!(median(values)));
+        }
+        medians.insert(metric.clone(), Value::Object(m));
+    }
+    let meta: Map<String, Value> = meta
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    json!({ "meta": meta, "medians": medians, "samples": s })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_odd_even_empty() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+    }
+
+    #[test]
+    fn raw_lines_and_errors() {
+        let s =
+            parse_raw("# c\nka_c32_rps\thaproxy\t100\nka_c32_rps\ton\t150\nka_c32_rps\ton\t130\n")
+                .expect("valid");
+        assert_eq!(med(&s, "ka_c32_rps", "on"), Some(140.0));
+        assert!(parse_raw("a\tb\n").is_err());
+        assert!(parse_raw("a\tb\tx\n").is_err());
+    }
+
+    #[test]
+    fn table_shows_ratio_and_target_mark() {
+        let s = parse_raw("ka_c32_rps\thaproxy\t100\nka_c32_rps\ton\t130\nka_c32_rps\toff\t90\n")
+            .expect("valid");
+        let md = markdown(&s);
+        assert!(
+            md.contains("| 3 req/s, c32 keep-alive | 90 | 130 | 100 | 0.90× ✗ | 1.30× ✓ |"),
+            "{md}"
+        );
+    }
+}
