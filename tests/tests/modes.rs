@@ -1,0 +1,161 @@
+//! The three modes through the real binaries (spawner -> proxy -> agent -> built-in responder or
+//! a Nova stand-in), asked by curl from inside each `vm` namespace. Root only.
+use ns_e2e::client::get;
+use ns_e2e::require_root;
+use ns_e2e::world::{Modes, Upstream, World};
+use serde_json::Value;
+
+fn json(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+#[test]
+fn builtin_responder_serves_every_vm_in_all_three_modes() {
+    if !require_root("builtin_responder_serves_every_vm_in_all_three_modes") {
+        return;
+    }
+    let world = World::build("builtin", 10, Modes::ALL, Upstream::Builtin);
+    world.wait_answering("/openstack/latest/meta_data.json");
+    for vm in &world.vms {
+        let md = get(&vm.ns, "/openstack/latest/meta_data.json");
+        assert_eq!(md.status, 200, "{} ({}): {md:?}", vm.name, vm.mode);
+        let md = json(&md.body);
+        assert_eq!(
+            md["uuid"],
+            vm.instance.as_str(),
+            "{} ({}) got someone else's identity",
+            vm.name,
+            vm.mode
+        );
+        assert_eq!(md["hostname"], vm.name);
+
+        let id = get(&vm.ns, "/latest/meta-data/instance-id");
+        assert_eq!(id.status, 200, "{} ({}): {id:?}", vm.name, vm.mode);
+        assert!(
+            !id.body.trim().is_empty(),
+            "{}: empty EC2 instance-id",
+            vm.name
+        );
+
+        let ud = get(&vm.ns, "/openstack/latest/user_data");
+        assert_eq!(
+            (ud.status, ud.body.as_str()),
+            (200, vm.user_data.as_str()),
+            "{} user_data",
+            vm.name
+        );
+        let ec2_ud = get(&vm.ns, "/latest/user-data");
+        assert_eq!(
+            (ec2_ud.status, ec2_ud.body.as_str()),
+            (200, vm.user_data.as_str()),
+            "{} EC2 user-data",
+            vm.name
+        );
+
+        // A VM cannot claim another identity: the proxy strips what the client sent.
+        let spoof = ns_e2e::client::curl_with(
+            &vm.ns,
+            &ns_e2e::client::url("/openstack/latest/meta_data.json"),
+            &[
+                "-H",
+                "X-Forwarded-For: 10.250.99.99",
+                "-H",
+                "X-Neutron-Router-ID: x",
+                "-H",
+                "X-Instance-ID: x",
+            ],
+            5,
+        );
+        assert_eq!(spoof.status, 200, "{} spoofed request: {spoof:?}", vm.name);
+        assert_eq!(
+            json(&spoof.body)["uuid"],
+            vm.instance.as_str(),
+            "{}: spoofed headers were honoured",
+            vm.name
+        );
+    }
+    let status = world.spawner.cli(&["status"]);
+    for id in &world.proxy_ids {
+        assert!(
+            status.contains(id.as_str()),
+            "status does not list {id}:\n{status}"
+        );
+    }
+}
+
+#[test]
+fn nova_stand_in_gets_signed_requests_in_all_three_modes() {
+    if !require_root("nova_stand_in_gets_signed_requests_in_all_three_modes") {
+        return;
+    }
+    let secret = "e2e-shared-secret";
+    let upstream = Upstream::Nova {
+        agent_secret: secret.into(),
+        nova_secret: secret.into(),
+    };
+    let world = World::build("nova", 20, Modes::ALL, upstream);
+    world.wait_answering("/openstack/latest/meta_data.json");
+    for vm in &world.vms {
+        let md = get(&vm.ns, "/openstack/latest/meta_data.json?e2e=1");
+        assert_eq!(md.status, 200, "{} ({}): {md:?}", vm.name, vm.mode);
+        let md = json(&md.body);
+        assert_eq!(md["served_by"], "nova-stand-in");
+        assert_eq!(
+            md["uuid"],
+            vm.instance.as_str(),
+            "{} ({})",
+            vm.name,
+            vm.mode
+        );
+    }
+    let nova = world.nova.as_ref().expect("nova stand-in runs");
+    let seen = nova.seen();
+    for vm in &world.vms {
+        let req = seen
+            .iter()
+            .find(|s| {
+                s.path == "/openstack/latest/meta_data.json?e2e=1"
+                    && s.headers.get("x-instance-id") == Some(&vm.instance)
+            })
+            .unwrap_or_else(|| panic!("Nova never saw {}'s request: {seen:?}", vm.name));
+        assert_eq!(req.status, 200);
+        assert_eq!(req.method, "GET");
+        assert_eq!(
+            req.headers.get("x-forwarded-for"),
+            Some(&vm.ip),
+            "{}: X-Forwarded-For",
+            vm.name
+        );
+        assert_eq!(
+            req.headers.get("x-tenant-id"),
+            Some(&vm.project),
+            "{}: X-Tenant-ID",
+            vm.name
+        );
+    }
+}
+
+#[test]
+fn wrong_shared_secret_is_refused_by_nova_with_403() {
+    if !require_root("wrong_shared_secret_is_refused_by_nova_with_403") {
+        return;
+    }
+    let upstream = Upstream::Nova {
+        agent_secret: "not-novas-secret".into(),
+        nova_secret: "novas-secret".into(),
+    };
+    let world = World::build("badsecret", 30, Modes::ROUTER, upstream);
+    let replies = world.wait_answering("/openstack/latest/meta_data.json");
+    let vm = world.vm("vm1");
+    assert_eq!(replies[0].status, 403, "{replies:?}");
+    let r = get(&vm.ns, "/openstack/latest/meta_data.json");
+    assert_eq!(
+        r.status, 403,
+        "a signature Nova rejects reaches the VM as 403: {r:?}"
+    );
+    assert!(
+        !r.body.contains(&vm.instance),
+        "a refused request leaks no identity: {}",
+        r.body
+    );
+}

@@ -1,0 +1,101 @@
+//! Topology verbs for tests, through iproute2 (what an operator would type): namespaces with
+//! loopback up, veth pairs created directly inside their namespaces (so no name is ever taken in
+//! the host namespace), addresses, routes, forwarding, and `/etc/netns/<ns>/resolv.conf`.
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::TestNs;
+
+/// Run `ip ARGS`, panicking with its stderr on failure (a broken topology fails the test).
+pub fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+/// A namespace for the test (deleted on drop) with loopback up.
+pub fn netns(name: &str) -> TestNs {
+    let ns = TestNs::new(name).unwrap_or_else(|e| panic!("create netns {name}: {e}"));
+    ip(&["-n", name, "link", "set", "lo", "up"]);
+    ns
+}
+
+/// One end of a veth: namespace, interface name, optional address in CIDR form.
+pub struct End<'a> {
+    pub ns: &'a str,
+    pub ifname: &'a str,
+    pub cidr: Option<&'a str>,
+}
+
+/// A veth pair between two namespaces, both ends up with their addresses.
+/// The pair vanishes with either namespace.
+pub fn veth(a: End<'_>, b: End<'_>) {
+    ip(&[
+        "link", "add", "name", a.ifname, "netns", a.ns, "type", "veth", "peer", "name", b.ifname,
+        "netns", b.ns,
+    ]);
+    for end in [&a, &b] {
+        if let Some(cidr) = end.cidr {
+            ip(&["-n", end.ns, "addr", "add", cidr, "dev", end.ifname]);
+        }
+        ip(&["-n", end.ns, "link", "set", end.ifname, "up"]);
+    }
+}
+
+/// `ip -n NS route replace DEST via VIA`.
+pub fn route(ns: &str, dest: &str, via: &str) {
+    ip(&["-n", ns, "route", "replace", dest, "via", via]);
+}
+
+/// Let a router namespace forward IPv4 (the sysctl is per namespace).
+pub fn forward(ns: &str) {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ])
+        .output()
+        .expect("run sysctl");
+    assert!(
+        out.status.success(),
+        "ip_forward in {ns}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+/// `/etc/netns/<ns>/resolv.conf` pointing at a resolver that refuses at once, so programs run
+/// with `ip netns exec` (cloud-init looks names up) fail lookups fast instead of hanging on
+/// the host's resolvers, which are unreachable from the namespace. Removed on drop.
+pub struct EtcNetnsResolv {
+    dir: PathBuf,
+}
+
+impl EtcNetnsResolv {
+    /// Write the file for namespace `ns` (whose name is unique to this run).
+    pub fn new(ns: &str) -> EtcNetnsResolv {
+        let dir = PathBuf::from("/etc/netns").join(ns);
+        std::fs::create_dir_all(&dir).expect("create /etc/netns/<ns>");
+        std::fs::write(
+            dir.join("resolv.conf"),
+            "# written by an ns-metadata end-to-end test; removed when it ends\n\
+             nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+        )
+        .expect("write /etc/netns/<ns>/resolv.conf");
+        EtcNetnsResolv { dir }
+    }
+}
+
+impl Drop for EtcNetnsResolv {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.dir.join("resolv.conf"));
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
