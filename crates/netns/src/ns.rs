@@ -224,6 +224,18 @@ mod tests {
     }
 
     #[test]
+    fn pid1_namespace_needs_privilege() {
+        // Only meaningful unprivileged (as root, containers differ on whether pid 1's
+        // namespace may be opened); the mapping itself is covered in error.rs.
+        if nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let e = Netns::open("/proc/1/ns/net").expect_err("not root");
+        assert!(matches!(e, Error::PermissionDenied { .. }), "{e:?}");
+        assert!(e.to_string().contains("/proc/1/ns/net"), "{e}");
+    }
+
+    #[test]
     fn invalid_name_is_rejected_before_touching_the_fs() {
         assert!(matches!(Netns::open(".."), Err(Error::InvalidName { .. })));
         assert!(matches!(Netns::open(""), Err(Error::InvalidName { .. })));

@@ -254,3 +254,32 @@ fn namespaces_are_gone_after_tests_with_links() {
     }
     assert_ne!(inodes.0, inodes.1);
 }
+
+#[tokio::test]
+async fn dropped_handles_release_the_namespace_and_its_veth() {
+    if !require_root("dropped_handles_release_the_namespace_and_its_veth") {
+        return;
+    }
+    // A netlink socket pins its namespace: if a dropped Netlink leaked its connection task,
+    // namespace `a` would never be destroyed and `b`'s end of the veth would stay.
+    let p = unique_prefix();
+    let b = TestNs::new(&format!("{p}-rb")).expect("ns b");
+    let nb = Netlink::open(b.netns()).await.expect("netlink b");
+    {
+        let a = TestNs::new(&format!("{p}-ra")).expect("ns a");
+        link(&a, &b, 15).await.expect("link");
+        for _ in 0..3 {
+            let na = Netlink::open(a.netns()).await.expect("netlink a");
+            assert!(na.link_exists("va15").await.expect("exists"));
+        }
+    }
+    let mut gone = false;
+    for _ in 0..500 {
+        if !nb.link_exists("vb15").await.expect("exists") {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(gone, "namespace a still alive: veth end vb15 remains in b");
+}
