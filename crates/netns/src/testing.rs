@@ -15,7 +15,7 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// True if root; else prints "SKIP <test>: needs root" and returns false. Panics instead of
+/// True if root; else prints `SKIP <test>: needs root` and returns false. Panics instead of
 /// skipping when the environment has `CI=true` (a skip in CI is a failure).
 ///
 /// The line goes straight to the process's stderr (not through `eprintln!`), so libtest's
