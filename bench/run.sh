@@ -1,0 +1,422 @@
+#!/usr/bin/env bash
+# bench/run.sh [--quick] [--no-build] [--only-haproxy]
+#
+# Side-by-side benchmark: ns-metadata-proxy (and ns-metadata-spawner) vs haproxy with
+# Neutron's generated config, same agent stand-in, same namespace topology. Writes
+# bench/results/<stamp>.{json,md} and prints the Markdown table. Needs root. Everything it
+# creates (namespaces, veths, processes, files) carries a per-run prefix and is removed on
+# exit, also on Ctrl-C or error. See bench/README.md for what each figure means.
+set -euo pipefail
+
+QUICK=0 BUILD=1 OURS=auto
+for arg in "$@"; do
+    case "$arg" in
+        --quick) QUICK=1 ;;
+        --no-build) BUILD=0 ;;
+        --only-haproxy) OURS=0 ;;
+        -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+        *) echo "run.sh: unknown argument $arg" >&2; exit 2 ;;
+    esac
+done
+[[ $EUID -eq 0 ]] || { echo "run.sh: needs root (namespaces, port 80)" >&2; exit 1; }
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+REL=$CARGO_TARGET_DIR/release
+if [[ $QUICK == 1 ]]; then
+    RUNS=1 DUR=3 IDLE=10 KILLS=3 CEIL_SECS=2 MIN_REQ=0 N=${NSB_N:-200}
+else
+    RUNS=3 DUR=8 IDLE=30 KILLS=10 CEIL_SECS=3 MIN_REQ=1000000 N=${NSB_N:-200}
+fi
+
+log() { printf '%s run.sh: %s\n' "$(date -u +%T)" "$*" >&2; }
+
+# ---------------------------------------------------------------- tools
+need=()
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v wrk >/dev/null || need+=(wrk)
+if ((${#need[@]})); then
+    log "installing ${need[*]} from apt"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >&2 \
+        || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >&2; }
+fi
+if [[ $BUILD == 1 ]]; then
+    log "cargo build --release --workspace --bins"
+    if ! (cd "$REPO" && cargo build --release --workspace --bins >&2); then
+        log "workspace build failed; building ns-bench alone, ours is skipped"
+        (cd "$REPO" && cargo build --release -p ns-bench >&2)
+        OURS=0
+    fi
+fi
+AGENT=$REL/ns-bench-agent TOOL=$REL/ns-bench
+PROXY=$REL/ns-metadata-proxy SPAWNER=$REL/ns-metadata-spawner
+[[ -x $AGENT && -x $TOOL ]] || { echo "run.sh: $AGENT or $TOOL missing (build first)" >&2; exit 1; }
+if [[ $OURS == auto ]]; then
+    OURS=0
+    if [[ -x $PROXY ]] && "$PROXY" --help 2>/dev/null | grep -q -- '--agent-keepalive'; then OURS=1; fi
+fi
+SPAWN=0
+if [[ $OURS == 1 && -x $SPAWNER ]] && "$SPAWNER" --help >/dev/null 2>&1; then SPAWN=1; fi
+log "ours: proxy=$OURS spawner=$SPAWN; quick=$QUICK runs=$RUNS duration=${DUR}s"
+
+# ---------------------------------------------------------------- per-run state and cleanup
+RUN=$(printf '%04x' $((RANDOM)))
+PFX=nsb$RUN                          # every namespace and veth name starts with this
+WORK=$(mktemp -d "/tmp/nsb-$RUN.XXXX")
+RAW=$WORK/raw.tsv
+: >"$RAW"
+PIDS=()                              # processes this script started directly
+CLK=$(getconf CLK_TCK)
+
+pidfile_pids() { local f; for f in "$@"; do [[ -s $f ]] && cat "$f"; done 2>/dev/null || true; }
+
+cleanup() {
+    local rc=$? p ns
+    trap - EXIT INT TERM
+    log "cleanup"
+    # Indirectly started processes are found through the pid files this run wrote, and
+    # only killed if their cmdline still names this run's directory or router ids.
+    for p in $(pidfile_pids "$WORK"/hap/*.pid "$WORK"/spawner/pids/*.pid) "${PIDS[@]}"; do
+        if [[ -r /proc/$p/cmdline ]] && tr '\0' ' ' </proc/"$p"/cmdline | grep -q -e "$WORK" -e "$RUN"; then
+            kill -TERM "$p" 2>/dev/null || true
+        fi
+    done
+    for _ in $(seq 50); do
+        local alive=0
+        for p in $(pidfile_pids "$WORK"/hap/*.pid "$WORK"/spawner/pids/*.pid) "${PIDS[@]}"; do
+            if [[ -r /proc/$p/cmdline ]] && tr '\0' ' ' </proc/"$p"/cmdline | grep -q -e "$WORK" -e "$RUN"; then alive=1; fi
+        done
+        ((alive)) || break
+        sleep 0.1
+    done
+    for p in $(pidfile_pids "$WORK"/hap/*.pid "$WORK"/spawner/pids/*.pid) "${PIDS[@]}"; do
+        if [[ -r /proc/$p/cmdline ]] && tr '\0' ' ' </proc/"$p"/cmdline | grep -q -e "$WORK" -e "$RUN"; then
+            kill -KILL "$p" 2>/dev/null || true
+        fi
+    done
+    wait 2>/dev/null || true
+    for ns in $(ip netns list | awk '{print $1}' | grep "^$PFX-" || true); do
+        ip netns delete "$ns" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# A numeric field of the one-line JSON the ns-bench tool prints.
+field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p" <<<"$2"; }
+# The process has exited (gone, or a zombie not yet reaped).
+gone() { [[ ! -r /proc/$1/stat ]] || [[ $(sed 's/.*) //' /proc/"$1"/stat | cut -c1) == Z ]]; }
+sample() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$RAW"; }
+# PSS and RSS in kB summed over pids (smaps_rollup).
+mem_kb() {
+    local field=$1 p sum=0 v
+    shift
+    for p in "$@"; do
+        v=$(awk -v f="$field:" '$1 == f {print $2}' /proc/"$p"/smaps_rollup 2>/dev/null || echo 0)
+        sum=$((sum + ${v:-0}))
+    done
+    echo "$sum"
+}
+# utime+stime in clock ticks (all threads).
+cpu_ticks() { awk '{sub(/^.*\) /, ""); print $12 + $13}' /proc/"$1"/stat; }
+memavail_kb() {
+    # Median of five samples: other work on the machine moves this number.
+    for _ in 1 2 3 4 5; do awk '/^MemAvailable:/ {print $2}' /proc/meminfo; sleep 0.2; done | sort -n | sed -n 3p
+}
+# Poll a condition with a timeout (never a fixed sleep for readiness).
+wait_for() {
+    local what=$1 tries=$2
+    shift 2
+    for _ in $(seq "$tries"); do "$@" && return 0; sleep 0.05; done
+    echo "run.sh: timed out waiting for $what" >&2
+    return 1
+}
+http_ok() { [[ $(ip netns exec "$1" curl -s -o /dev/null -w '%{http_code}' --max-time 2 http://169.254.169.254/latest/meta-data/) == 200 ]]; }
+rid() { printf '%s-0000-4000-8000-%012d' "0000$RUN" "$1"; }   # UUID-like router id, unique per run
+
+start_agent() { # name mode -> socket path; pid appended to PIDS
+    local sock=$WORK/agent-$1.sock
+    "$AGENT" --socket "$sock" --mode "$2" 2>>"$WORK/agent.log" &
+    PIDS+=($!)
+    wait_for "agent $1" 100 test -S "$sock"
+    AGENT_PID[$1]=$!
+}
+declare -A AGENT_PID PROXY_PID
+
+haproxy_cfg() { # id socket pidfile -> config text (Neutron's template, reference §2)
+    cat <<EOF
+global
+    log         /dev/log local0 info
+    log-tag     haproxy-metadata-proxy-$1
+    user        root
+    group       root
+    maxconn     1024
+    nbthread    2
+    pidfile     $3
+    daemon
+
+defaults
+    log global
+    mode http
+    option httplog
+    option dontlognull
+    option http-server-close
+    option forwardfor
+    retries                 3
+    timeout http-request    30s
+    timeout connect         30s
+    timeout client          32s
+    timeout server          32s
+    timeout http-keep-alive 30s
+
+listen listener
+    bind 169.254.169.254:80
+
+    server metadata $2
+
+    http-request del-header X-Neutron-Network-ID
+    http-request set-header X-Neutron-Router-ID $1
+EOF
+}
+
+# ---------------------------------------------------------------- agent ceiling
+log "agent stand-in ceiling (direct Unix-socket load, ${CEIL_SECS}s x $RUNS)"
+start_agent ceil-close close
+start_agent ceil-keepalive keepalive
+for _ in $(seq "$RUNS"); do
+    v=$("$TOOL" agent-load --socket "$WORK/agent-ceil-close.sock" --secs "$CEIL_SECS")
+    sample agent_ceiling_rps close "$(field rps "$v")"
+    v=$("$TOOL" agent-load --socket "$WORK/agent-ceil-keepalive.sock" --secs "$CEIL_SECS" --reuse)
+    sample agent_ceiling_rps keepalive "$(field rps "$v")"
+done
+kill "${AGENT_PID[ceil-close]}" "${AGENT_PID[ceil-keepalive]}"
+
+# ---------------------------------------------------------------- figures 1 and 3: one proxy each
+VARIANTS=(haproxy)
+[[ $OURS == 1 ]] && VARIANTS+=(off on)
+i=0
+for v in "${VARIANTS[@]}"; do
+    i=$((i + 1))
+    qr=$PFX-qrouter-$v vm=$PFX-vm-$v net=10.250.$((70 + i))
+    ip netns add "$qr"
+    ip netns add "$vm"
+    ip link add "${PFX}${i}a" netns "$qr" type veth peer name "${PFX}${i}b" netns "$vm"
+    ip -n "$qr" link set lo up
+    ip -n "$qr" addr add 169.254.169.254/32 dev lo
+    ip -n "$qr" addr add "$net.1/24" dev "${PFX}${i}a"
+    ip -n "$qr" link set "${PFX}${i}a" up
+    ip -n "$vm" link set lo up
+    ip -n "$vm" addr add "$net.2/24" dev "${PFX}${i}b"
+    ip -n "$vm" link set "${PFX}${i}b" up
+    ip -n "$vm" route add 169.254.169.254/32 via "$net.1"
+    id=$(rid "$i")
+    case $v in
+        haproxy)
+            start_agent "$v" close
+            mkdir -p "$WORK/single"
+            haproxy_cfg "$id" "$WORK/agent-$v.sock" "$WORK/single/haproxy.pid" >"$WORK/single/haproxy.conf"
+            ip netns exec "$qr" haproxy -f "$WORK/single/haproxy.conf"
+            PROXY_PID[$v]=$(cat "$WORK/single/haproxy.pid")
+            PIDS+=("${PROXY_PID[$v]}")
+            ;;
+        off | on)
+            if [[ $v == on ]]; then start_agent "$v" keepalive; else start_agent "$v" close; fi
+            # A private copy per mode, so the two processes share no text pages (PSS).
+            cp "$PROXY" "$WORK/ns-metadata-proxy-$v"
+            "$WORK/ns-metadata-proxy-$v" --router-id "$id" --metadata-proxy-socket "$WORK/agent-$v.sock" \
+                --bind 169.254.169.254:80 --agent-keepalive "$v" --netns "$qr" 2>>"$WORK/proxy-$v.log" &
+            PROXY_PID[$v]=$!
+            PIDS+=($!)
+            ;;
+    esac
+    wait_for "$v answering" 200 http_ok "$vm"
+done
+sleep 1
+for v in "${VARIANTS[@]}"; do
+    sample pss_idle_kb "$v" "$(mem_kb Pss "${PROXY_PID[$v]}")"
+    sample rss_idle_kb "$v" "$(mem_kb Rss "${PROXY_PID[$v]}")"
+done
+
+cat >"$WORK/report.lua" <<'EOF'
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("NSBENCH %d %d %d %d %d %d\n", summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(99), e.connect + e.read + e.write + e.timeout, e.status))
+end
+EOF
+declare -A TOTAL
+for v in "${VARIANTS[@]}"; do TOTAL[$v]=0; done
+# One wrk run; records the samples. args: variant key threads conns [header]
+wrk_run() {
+    local v=$1 key=$2 t=$3 c=$4 hdr=${5:-} p=${PROXY_PID[$1]} a=${AGENT_PID[$1]} c0 c1 a0 a1 out
+    local -a extra=()
+    [[ -n $hdr ]] && extra=(-H "$hdr")
+    c0=$(cpu_ticks "$p") a0=$(cpu_ticks "$a")
+    out=$(ip netns exec "$PFX-vm-$v" wrk -t"$t" -c"$c" -d"${DUR}s" --timeout 5s -s "$WORK/report.lua" "${extra[@]}" \
+        http://169.254.169.254/latest/meta-data/ | grep '^NSBENCH')
+    c1=$(cpu_ticks "$p") a1=$(cpu_ticks "$a")
+    read -r _ req dur p50 p99 err status <<<"$out"
+    TOTAL[$v]=$((TOTAL[$v] + req))
+    [[ -n $key ]] || return 0
+    sample "${key}_rps" "$v" "$(awk -v r="$req" -v d="$dur" 'BEGIN {printf "%.1f", r / (d / 1e6)}')"
+    sample "${key}_p50_us" "$v" "$p50"
+    sample "${key}_p99_us" "$v" "$p99"
+    sample "${key}_cpu_us" "$v" "$(awk -v d=$((c1 - c0)) -v r="$req" -v k="$CLK" 'BEGIN {printf "%.2f", d * 1e6 / k / r}')"
+    sample "${key}_agent_cpu_us" "$v" "$(awk -v d=$((a1 - a0)) -v r="$req" -v k="$CLK" 'BEGIN {printf "%.2f", d * 1e6 / k / r}')"
+    sample "${key}_errors" "$v" $((err + status))
+}
+for run in $(seq "$RUNS"); do
+    for cfg in "ka_c32 2 32" "close_c32 2 32 Connection: close" "ka_c1 1 1" "close_c1 1 1 Connection: close"; do
+        read -r key t c hdr <<<"$cfg"
+        # Rotate the order so no variant always runs first (the machine is shared).
+        n=${#VARIANTS[@]}
+        for k in $(seq 0 $((n - 1))); do
+            v=${VARIANTS[$(((k + run) % n))]}
+            log "run $run/$RUNS $key $v"
+            wrk_run "$v" "$key" "$t" "$c" "$hdr"
+        done
+    done
+done
+# Figure 1 asks for memory after 1M requests: top up with c32 keep-alive (full run only).
+for v in "${VARIANTS[@]}"; do
+    while ((TOTAL[$v] < MIN_REQ)); do
+        log "top-up $v (${TOTAL[$v]} requests so far)"
+        wrk_run "$v" "" 2 32
+    done
+done
+for v in "${VARIANTS[@]}"; do
+    sample load_requests "$v" "${TOTAL[$v]}"
+    sample pss_load_kb "$v" "$(mem_kb Pss "${PROXY_PID[$v]}")"
+    sample rss_load_kb "$v" "$(mem_kb Rss "${PROXY_PID[$v]}")"
+done
+log "idle ${IDLE}s"
+sleep "$IDLE"
+for v in "${VARIANTS[@]}"; do
+    sample pss_idle30_kb "$v" "$(mem_kb Pss "${PROXY_PID[$v]}")"
+    sample rss_idle30_kb "$v" "$(mem_kb Rss "${PROXY_PID[$v]}")"
+    kill "${PROXY_PID[$v]}" "${AGENT_PID[$v]}" 2>/dev/null || true
+done
+for v in "${VARIANTS[@]}"; do
+    wait_for "$v exit" 200 gone "${PROXY_PID[$v]}" || true
+    ip netns delete "$PFX-qrouter-$v"
+    ip netns delete "$PFX-vm-$v"
+done
+
+# ---------------------------------------------------------------- figures 2 and 4: N namespaces
+log "creating $N namespaces"
+: >"$WORK/many.list"
+for j in $(seq "$N"); do
+    ns=$PFX-r$j
+    ip netns add "$ns"
+    ip -n "$ns" link set lo up
+    echo "$ns" >>"$WORK/many.list"
+done
+sample n_proxies haproxy "$N"
+sample n_proxies ours "$N"
+
+log "haproxy x $N, started like Neutron's ProcessManager (ip netns exec ... haproxy -f), one after another"
+mkdir -p "$WORK/hap"
+start_agent many-haproxy close
+for j in $(seq "$N"); do
+    ip -n "$PFX-r$j" addr add 169.254.169.254/32 dev lo
+    haproxy_cfg "$(rid "$j")" "$WORK/agent-many-haproxy.sock" "$WORK/hap/$(rid "$j").pid" >"$WORK/hap/$(rid "$j").conf"
+done
+sync
+before=$(memavail_kb)
+t0=$(date +%s%N)
+for j in $(seq "$N"); do
+    ip netns exec "$PFX-r$j" env "PROCESS_TAG=haproxy-$(rid "$j")" haproxy -f "$WORK/hap/$(rid "$j").conf"
+done
+t1=$(date +%s%N)
+w=$("$TOOL" wait --netns-file "$WORK/many.list" --t0-ns "$t0" --t1-ns "$t1")
+sample spawn_all_ms haproxy "$(field all_ms "$w")"
+sample spawn_after_last_ms haproxy "$(field after_last_ms "$w")"
+sleep 2
+after=$(memavail_kb)
+mapfile -t hp < <(pidfile_pids "$WORK"/hap/*.pid)
+sample many_pss_sum_kb haproxy "$(mem_kb Pss "${hp[@]}")"
+sample many_pss_per_kb haproxy $(($(mem_kb Pss "${hp[@]}") / ${#hp[@]}))
+sample many_rss_per_kb haproxy $(($(mem_kb Rss "${hp[@]}") / ${#hp[@]}))
+sample many_memavail_per_kb haproxy $(((before - after) / N))
+kill -TERM "${hp[@]}"
+for p in "${hp[@]}"; do wait_for "haproxy $p exit" 200 gone "$p"; done
+rm -f "$WORK"/hap/*.pid
+kill "${AGENT_PID[many-haproxy]}"
+for j in $(seq "$N"); do ip -n "$PFX-r$j" addr del 169.254.169.254/32 dev lo; done
+
+if [[ $SPAWN == 1 ]]; then
+    log "ns-metadata-spawner: $N routers announced through the control API"
+    start_agent spawner keepalive
+    mkdir -p "$WORK/spawner"
+    cat >"$WORK/spawner.ini" <<EOF
+[DEFAULT]
+metadata_proxy_socket = $WORK/agent-spawner.sock
+
+[spawner]
+proxy_binary = $PROXY
+state_dir = $WORK/spawner
+router_interface = lo
+EOF
+    start_spawner() {
+        "$SPAWNER" run --config-file "$WORK/spawner.ini" 2>>"$WORK/spawner.log" &
+        SPAWNER_PID=$!
+        PIDS+=($!)
+        wait_for "spawner control socket" 200 "$SPAWNER" status --config-file "$WORK/spawner.ini" >/dev/null 2>&1
+    }
+    start_spawner
+    sleep 1
+    before=$(memavail_kb)
+    t0=$(date +%s%N)
+    for j in $(seq "$N"); do
+        "$SPAWNER" router add "$(rid "$j")" --netns "$PFX-r$j" --config-file "$WORK/spawner.ini" >/dev/null
+    done
+    t1=$(date +%s%N)
+    w=$("$TOOL" wait --netns-file "$WORK/many.list" --t0-ns "$t0" --t1-ns "$t1")
+    sample spawn_all_ms ours "$(field all_ms "$w")"
+    sample spawn_after_last_ms ours "$(field after_last_ms "$w")"
+    sleep 2
+    after=$(memavail_kb)
+    mapfile -t op < <(pidfile_pids "$WORK"/spawner/pids/*.pid)
+    sample many_pss_sum_kb ours "$(mem_kb Pss "${op[@]}")"
+    sample many_pss_per_kb ours $(($(mem_kb Pss "${op[@]}") / ${#op[@]}))
+    sample many_rss_per_kb ours $(($(mem_kb Rss "${op[@]}") / ${#op[@]}))
+    sample many_memavail_per_kb ours $(((before - after) / N))
+    sample spawner_pss_kb ours "$(mem_kb Pss "$SPAWNER_PID")"
+
+    log "figure 5: kill -9 -> answering ($KILLS proxies, one kill each)"
+    for j in $(seq "$KILLS"); do
+        p=$(cat "$WORK/spawner/pids/$(rid "$j").pid")
+        w=$("$TOOL" kill-wait --netns "$PFX-r$j" --pid "$p")
+        sample kill_answer_ms ours "$(field ms "$w")"
+    done
+
+    log "figure 6: supervisor restart under a request loop"
+    head -n 20 "$WORK/many.list" >"$WORK/loop.list"
+    "$TOOL" loop --netns-file "$WORK/loop.list" --secs 8 >"$WORK/loop.json" &
+    loop_pid=$!
+    sleep 2
+    kill -TERM "$SPAWNER_PID"
+    wait "$SPAWNER_PID" || true
+    start_spawner
+    wait "$loop_pid"
+    w=$(cat "$WORK/loop.json")
+    sample restart_failed ours "$(field failed "$w")"
+    sample restart_total ours "$(field total "$w")"
+    grep -q '"failed":0' <<<"$w" || log "figure 6 failures: $w"
+    kill -TERM "$SPAWNER_PID"
+    wait "$SPAWNER_PID" || true
+fi
+
+# ---------------------------------------------------------------- report
+mkdir -p "$REPO/bench/results"
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+"$TOOL" report --raw "$RAW" --json "$REPO/bench/results/$stamp.json" --md "$REPO/bench/results/$stamp.md" \
+    --meta "date=$(date -u +%FT%TZ)" --meta "quick=$QUICK" --meta "runs=$RUNS" --meta "duration_s=$DUR" \
+    --meta "idle_s=$IDLE" --meta "n=$N" --meta "kernel=$(uname -r)" --meta "cpus=$(nproc)" \
+    --meta "loadavg=$(cut -d' ' -f1-3 /proc/loadavg)" --meta "haproxy=$(haproxy -v | head -1)" \
+    --meta "commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+    --meta "ours_proxy=$OURS" --meta "ours_spawner=$SPAWN"
+cp "$RAW" "$REPO/bench/results/$stamp.raw.tsv"
+log "results: bench/results/$stamp.{md,json,raw.tsv}"
