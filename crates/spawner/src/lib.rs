@@ -1,2 +1,67 @@
-//! ns-metadata-spawner: see DESIGN.md. Built out by its issue.
+//! ns-metadata-spawner: the supervisor that runs one `ns-metadata-proxy` per network
+//! namespace that needs one (DESIGN.md "Supervisor", issue 4).
+//!
+//! Flow: events (control API, static records file, `/run/netns` watch) change the
+//! [`records::Records`]; [`decide::desired`] turns records + config into proxy specs; the
+//! [`supervisor::Supervisor`] reconciles the running proxies against them.
 #![forbid(unsafe_code)]
+
+pub mod api;
+pub mod backoff;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod decide;
+pub mod launch;
+pub mod netns_platform;
+pub mod notify;
+pub mod pidfile;
+pub mod platform;
+pub mod records;
+pub mod supervisor;
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the spawner library.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Bad configuration: the message names file, line, section and key.
+    #[error(transparent)]
+    Config(#[from] ns_ini::Error),
+    /// A configuration problem not tied to one INI entry.
+    #[error("{0}")]
+    Invalid(String),
+    /// A record (router or network) that cannot be accepted.
+    #[error("{0}")]
+    BadRecord(String),
+    /// A file or socket operation failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// Namespace preparation or entry failed.
+    #[error("{0}")]
+    Netns(String),
+    /// The proxy could not be started or did not become ready.
+    #[error("{0}")]
+    Spawn(String),
+}
+
+impl Error {
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<std::path::PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}

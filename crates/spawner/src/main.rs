@@ -1,5 +1,51 @@
+//! `ns-metadata-spawner`: parse the command line, set up logging, call the library.
 #![forbid(unsafe_code)]
-fn main() {
-    eprintln!("usage: ns-metadata-spawner --help (not built yet)");
-    std::process::exit(2);
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use ns_metadata_spawner::cli::{self, Cli, Command};
+use ns_metadata_spawner::daemon::{self, RunOptions};
+use ns_metadata_spawner::netns_platform::Namespaces;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match real_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ns-metadata-spawner: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start tokio runtime")?;
+    match &cli.command {
+        Command::Run {
+            stop_proxies_on_exit,
+        } => {
+            let opts = RunOptions {
+                config_files: cli.config_file.clone(),
+                state_dir: cli.state_dir.clone(),
+                control_socket: cli.control_socket.clone(),
+                stop_proxies_on_exit: *stop_proxies_on_exit,
+                watch_netns: true,
+            };
+            rt.block_on(daemon::run(Namespaces, opts))?;
+        }
+        _ => rt.block_on(cli::client(&cli))?,
+    }
+    Ok(())
 }

@@ -1,0 +1,293 @@
+//! The control API: HTTP/1.1 + JSON on a Unix socket (`<state dir>/control.sock`, mode
+//! 0600) with Neutron's field names; `GET /metrics` in Prometheus text.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::Serialize;
+use tokio::net::UnixListener;
+
+use crate::decide::host_routes;
+use crate::platform::Platform;
+use crate::records::{network_from_json, router_from_json, validate_id};
+use crate::supervisor::{State, Supervisor};
+use crate::{Error, Result};
+
+/// Largest request body accepted (a network with many ports fits easily).
+const MAX_BODY: usize = 4 << 20;
+
+/// Bind the control socket: a stale socket file (nobody listening) is replaced, a live one
+/// is an error (another supervisor runs on this state dir); mode 0600.
+pub fn bind(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(Error::Invalid(format!(
+                "{}: another supervisor is listening on this control socket",
+                path.display()
+            )));
+        }
+        std::fs::remove_file(path).map_err(|e| Error::io("remove stale", path, e))?;
+    }
+    let l = UnixListener::bind(path).map_err(|e| Error::io("bind", path, e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::io("chmod", path, e))?;
+    Ok(l)
+}
+
+/// Serve the API forever, one task per connection.
+pub async fn serve<P: Platform>(sup: Supervisor<P>, listener: UnixListener) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(err = %e, "control socket accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let sup = sup.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let sup = sup.clone();
+                async move { Ok::<_, Infallible>(handle(&sup, req).await) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await
+            {
+                tracing::debug!(err = %e, "control connection");
+            }
+        });
+    }
+}
+
+fn json<T: Serialize>(code: StatusCode, v: &T) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec_pretty(v).unwrap_or_default();
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(code: StatusCode, reason: impl std::fmt::Display) -> Response<Full<Bytes>> {
+    json(code, &serde_json::json!({ "error": reason.to_string() }))
+}
+
+fn no_content() -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    r
+}
+
+async fn body(req: Request<Incoming>) -> std::result::Result<Bytes, Response<Full<Bytes>>> {
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read body: {e}"),
+        )),
+    }
+}
+
+/// Route one request.
+pub async fn handle<P: Platform>(
+    sup: &Supervisor<P>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_owned();
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let method = req.method().clone();
+    match (parts.as_slice(), &method) {
+        (["metrics"], &Method::GET) => {
+            let mut r = Response::new(Full::new(Bytes::from(metrics(sup))));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        (["v1", "proxies"], &Method::GET) => json(StatusCode::OK, &sup.status()),
+        (["v1", "routers"], &Method::GET) => json(
+            StatusCode::OK,
+            &sup.records().routers().into_values().collect::<Vec<_>>(),
+        ),
+        (["v1", "networks"], &Method::GET) => json(
+            StatusCode::OK,
+            &sup.records().networks().into_values().collect::<Vec<_>>(),
+        ),
+        (["v1", kind @ ("routers" | "networks"), id], m) => {
+            if let Err(e) = validate_id(id) {
+                return error(StatusCode::BAD_REQUEST, e);
+            }
+            let routers = *kind == "routers";
+            match *m {
+                Method::PUT => {
+                    let b = match body(req).await {
+                        Ok(b) => b,
+                        Err(r) => return r,
+                    };
+                    if routers {
+                        match router_from_json(id, &b) {
+                            Ok(r) => {
+                                sup.put_router(r.clone());
+                                json(StatusCode::OK, &r)
+                            }
+                            Err(e) => error(StatusCode::BAD_REQUEST, e),
+                        }
+                    } else {
+                        match network_from_json(id, &b) {
+                            Ok(n) => {
+                                sup.put_network(n.clone());
+                                json(StatusCode::OK, &n)
+                            }
+                            Err(e) => error(StatusCode::BAD_REQUEST, e),
+                        }
+                    }
+                }
+                Method::DELETE => {
+                    let removed = if routers {
+                        sup.remove_router(id)
+                    } else {
+                        sup.remove_network(id)
+                    };
+                    if removed {
+                        no_content()
+                    } else {
+                        let what = if routers { "router" } else { "network" };
+                        error(
+                            StatusCode::NOT_FOUND,
+                            format!("no {what} {id} was made through the API"),
+                        )
+                    }
+                }
+                Method::GET => {
+                    let rec = sup.records();
+                    let found = if routers {
+                        rec.routers()
+                            .get(*id)
+                            .map(|r| serde_json::to_value(r).unwrap_or_default())
+                    } else {
+                        rec.networks()
+                            .get(*id)
+                            .map(|n| serde_json::to_value(n).unwrap_or_default())
+                    };
+                    match found {
+                        Some(v) => json(StatusCode::OK, &v),
+                        None => error(
+                            StatusCode::NOT_FOUND,
+                            format!("no such {} {id}", &kind[..kind.len() - 1]),
+                        ),
+                    }
+                }
+                _ => error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("{m} not allowed on {path}"),
+                ),
+            }
+        }
+        (["v1", "networks", id, "host-routes"], &Method::GET) => {
+            if let Err(e) = validate_id(id) {
+                return error(StatusCode::BAD_REQUEST, e);
+            }
+            match sup.records().networks().get(*id) {
+                Some(n) => json(StatusCode::OK, &host_routes(n, &sup.config())),
+                None => error(StatusCode::NOT_FOUND, format!("no such network {id}")),
+            }
+        }
+        (
+            ["metrics"]
+            | ["v1", "proxies"]
+            | ["v1", "routers" | "networks"]
+            | ["v1", "networks", _, "host-routes"],
+            m,
+        ) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{m} not allowed on {path}"),
+        ),
+        _ => error(StatusCode::NOT_FOUND, format!("no such resource {path}")),
+    }
+}
+
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Prometheus text exposition of the supervisor's state.
+pub fn metrics<P: Platform>(sup: &Supervisor<P>) -> String {
+    let status = sup.status();
+    let rec = sup.records();
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# HELP ns_metadata_proxies Proxies by state.\n# TYPE ns_metadata_proxies gauge"
+    );
+    for (state, name) in [
+        (State::Starting, "starting"),
+        (State::Running, "running"),
+        (State::Backoff, "backoff"),
+        (State::Stopping, "stopping"),
+        (State::Waiting, "waiting"),
+    ] {
+        let n = status.iter().filter(|p| p.state == state).count();
+        let _ = writeln!(s, "ns_metadata_proxies{{state=\"{name}\"}} {n}");
+    }
+    let _ = writeln!(
+        s,
+        "# HELP ns_metadata_records Records known, by kind.\n# TYPE ns_metadata_records gauge"
+    );
+    let _ = writeln!(
+        s,
+        "ns_metadata_records{{kind=\"router\"}} {}",
+        rec.routers().len()
+    );
+    let _ = writeln!(
+        s,
+        "ns_metadata_records{{kind=\"network\"}} {}",
+        rec.networks().len()
+    );
+    let _ = writeln!(s, "# HELP ns_metadata_reconciles_total Reconcile passes.\n# TYPE ns_metadata_reconciles_total counter");
+    let _ = writeln!(s, "ns_metadata_reconciles_total {}", sup.reconcile_count());
+    let _ = writeln!(
+        s,
+        "# HELP ns_metadata_proxy_up 1 if the proxy is running.\n# TYPE ns_metadata_proxy_up gauge"
+    );
+    for p in &status {
+        let _ = writeln!(
+            s,
+            "ns_metadata_proxy_up{{key=\"{}\",netns=\"{}\",id=\"{}\"}} {}",
+            label(&p.key),
+            label(&p.netns),
+            label(&p.id),
+            u8::from(p.state == State::Running)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "# HELP ns_metadata_proxy_restarts_total Restarts of the proxy since the supervisor started.\n\
+         # TYPE ns_metadata_proxy_restarts_total counter"
+    );
+    for p in &status {
+        let _ = writeln!(
+            s,
+            "ns_metadata_proxy_restarts_total{{key=\"{}\",netns=\"{}\"}} {}",
+            label(&p.key),
+            label(&p.netns),
+            p.restarts
+        );
+    }
+    s
+}

@@ -1,0 +1,179 @@
+//! `ns-metadata-spawner run`: load config and records, bind the control socket, adopt or
+//! start proxies, tell systemd READY, then serve events (control API, SIGHUP reload of
+//! config and records file, `/run/netns` watch) until SIGTERM/SIGINT.
+
+use std::path::PathBuf;
+
+use futures::StreamExt;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::Config;
+use crate::platform::Platform;
+use crate::records::{validate_id, RecordSet, Records};
+use crate::supervisor::Supervisor;
+use crate::{api, notify, Error, Result};
+
+/// What `run` needs besides the platform.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// INI files, re-read on SIGHUP.
+    pub config_files: Vec<PathBuf>,
+    /// CLI overrides, re-applied on reload.
+    pub state_dir: Option<PathBuf>,
+    pub control_socket: Option<PathBuf>,
+    /// Stop every proxy when the supervisor exits (default: leave them running).
+    pub stop_proxies_on_exit: bool,
+    /// Watch `/run/netns` (off only for tests without namespaces).
+    pub watch_netns: bool,
+}
+
+/// Load the configuration with warnings logged.
+pub fn load_config(opts: &RunOptions) -> Result<Config> {
+    let (cfg, warnings) = Config::load(&opts.config_files)?;
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(cfg.with_overrides(opts.state_dir.as_deref(), opts.control_socket.as_deref()))
+}
+
+fn load_file_records(cfg: &Config) -> Result<RecordSet> {
+    match &cfg.records_file {
+        Some(p) => RecordSet::load(p),
+        None => Ok(RecordSet::default()),
+    }
+}
+
+fn router_of_netns(name: &str) -> Option<String> {
+    name.strip_prefix("qrouter-")
+        .filter(|id| validate_id(id).is_ok())
+        .map(str::to_owned)
+}
+
+/// Run the supervisor until SIGTERM or SIGINT.
+pub async fn run<P: Platform>(platform: P, opts: RunOptions) -> Result<()> {
+    let cfg = load_config(&opts)?;
+    for dir in [cfg.state_dir.clone(), cfg.pid_dir()] {
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
+    }
+    let listener = api::bind(&cfg.control_socket)?;
+    let mut records = Records::default();
+    let rj = cfg.records_json();
+    if rj.exists() {
+        let api = RecordSet::load(&rj)?;
+        records.api_routers = api.routers.into_iter().map(|r| (r.id.clone(), r)).collect();
+        records.api_networks = api
+            .networks
+            .into_iter()
+            .map(|n| (n.id.clone(), n))
+            .collect();
+    }
+    records.file = load_file_records(&cfg)?;
+    // Start the watch before listing, so no namespace falls between the two.
+    let mut watch = if opts.watch_netns {
+        Some(ns_netns::watch().map_err(|e| Error::Netns(e.to_string()))?)
+    } else {
+        None
+    };
+    let auto = cfg.auto_enable_routers && opts.watch_netns;
+    if auto {
+        records.auto_routers = ns_netns::list()
+            .map_err(|e| Error::Netns(e.to_string()))?
+            .iter()
+            .filter_map(|n| router_of_netns(n))
+            .collect();
+    }
+    let control_socket = cfg.control_socket.clone();
+    let sup = Supervisor::new(platform, cfg, records);
+    sup.adopt_and_start().await;
+    tracing::info!(proxies = sup.status().len(), socket = %control_socket.display(), "first reconcile done");
+    notify::notify("READY=1");
+
+    tokio::spawn(api::serve(sup.clone(), listener));
+    let looper = sup.clone();
+    tokio::spawn(async move { looper.run_loop().await });
+
+    let sig = |k: SignalKind| signal(k).map_err(|e| Error::io("install signal handler", "", e));
+    let (mut hup, mut term, mut int) = (
+        sig(SignalKind::hangup())?,
+        sig(SignalKind::terminate())?,
+        sig(SignalKind::interrupt())?,
+    );
+    loop {
+        tokio::select! {
+            _ = hup.recv() => reload(&sup, &opts),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            ev = async { match watch.as_mut() { Some(w) => w.next().await, None => std::future::pending().await } } => {
+                match ev {
+                    Some(Ok(ns_netns::NetnsEvent::Added(name))) => {
+                        tracing::debug!(netns = %name, "namespace added");
+                        match router_of_netns(&name).filter(|_| auto) {
+                            Some(id) => {
+                                sup.update_records(|r| r.auto_routers.insert(id));
+                            }
+                            None => sup.trigger(),
+                        }
+                    }
+                    Some(Ok(ns_netns::NetnsEvent::Removed(name))) => {
+                        tracing::info!(netns = %name, "namespace removed");
+                        match router_of_netns(&name).filter(|_| auto) {
+                            Some(id) => {
+                                sup.update_records(|r| r.auto_routers.remove(&id));
+                            }
+                            None => sup.trigger(),
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(err = %e, "netns watch: rescanning");
+                        if auto {
+                            if let Ok(names) = ns_netns::list() {
+                                let ids = names.iter().filter_map(|n| router_of_netns(n)).collect();
+                                sup.update_records(|r| r.auto_routers = ids);
+                            }
+                        }
+                        sup.trigger();
+                    }
+                    None => {
+                        tracing::error!("netns watch ended; vanished namespaces are now noticed only on reconcile");
+                        watch = None;
+                    }
+                }
+            }
+        }
+    }
+    if opts.stop_proxies_on_exit {
+        tracing::info!("stopping every proxy (--stop-proxies-on-exit)");
+        sup.stop_all().await;
+    } else {
+        tracing::info!("exiting; proxies keep running and will be adopted on the next start");
+    }
+    let _ = std::fs::remove_file(&control_socket);
+    Ok(())
+}
+
+/// SIGHUP: re-read the INI files and the records file; proxies whose argv changes restart.
+fn reload<P: Platform>(sup: &Supervisor<P>, opts: &RunOptions) {
+    let old = sup.config();
+    let mut cfg = match load_config(opts) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(err = %e, "reload failed; keeping the old configuration");
+            return;
+        }
+    };
+    if cfg.state_dir != old.state_dir || cfg.control_socket != old.control_socket {
+        tracing::warn!("state_dir and the control socket change only on restart");
+        cfg.state_dir = old.state_dir.clone();
+        cfg.control_socket = old.control_socket.clone();
+    }
+    match load_file_records(&cfg) {
+        Ok(set) => {
+            sup.update_records(|r| r.file = set);
+        }
+        Err(e) => {
+            tracing::error!(err = %e, "reload of the records file failed; keeping the old records")
+        }
+    }
+    tracing::info!("configuration reloaded");
+    sup.set_config(cfg);
+}

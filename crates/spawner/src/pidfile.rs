@@ -1,0 +1,108 @@
+//! Pid files `<state dir>/pids/<key>.pid` and the liveness check used for adoption: the pid
+//! is alive and its `/proc/PID/cmdline` holds the id (what Neutron's `active` checks).
+
+use std::path::{Path, PathBuf};
+
+use crate::records::validate_id;
+use crate::{Error, Result};
+
+/// The pid file of a proxy key.
+pub fn path(dir: &Path, key: &str) -> PathBuf {
+    dir.join(format!("{key}.pid"))
+}
+
+/// Write `pid\n` atomically.
+pub fn write(dir: &Path, key: &str, pid: u32) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
+    let p = path(dir, key);
+    let tmp = dir.join(format!(".{key}.pid.tmp"));
+    std::fs::write(&tmp, format!("{pid}\n")).map_err(|e| Error::io("write", &tmp, e))?;
+    std::fs::rename(&tmp, &p).map_err(|e| Error::io("rename", &p, e))
+}
+
+/// Read the pid of a pid file; `None` if missing or not a number.
+pub fn read(p: &Path) -> Option<u32> {
+    std::fs::read_to_string(p)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&pid| pid > 1)
+}
+
+/// Remove a pid file; a missing file is fine.
+pub fn remove(dir: &Path, key: &str) {
+    let p = path(dir, key);
+    if let Err(e) = std::fs::remove_file(&p) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %p.display(), err = %e, "cannot remove pid file");
+        }
+    }
+}
+
+/// Every `(key, pid file path)` in the directory whose key is a valid id.
+pub fn list(dir: &Path) -> Vec<(String, PathBuf)> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<_> = rd
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let key = name.strip_suffix(".pid")?.to_owned();
+            validate_id(&key).ok()?;
+            Some((key, e.path()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The argv of a live process (`None` if gone, a zombie, or unreadable).
+pub fn cmdline(pid: u32) -> Option<Vec<String>> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    if raw.is_empty() {
+        return None; // zombie or kernel thread
+    }
+    Some(
+        raw.split(|&b| b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect(),
+    )
+}
+
+/// Neutron's `active`: the process is alive and one of its arguments holds the id.
+pub fn is_proxy_for(pid: u32, id: &str) -> Option<Vec<String>> {
+    cmdline(pid).filter(|argv| argv.iter().any(|a| a.contains(id)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_read_list_remove() {
+        let dir = std::env::temp_dir().join(format!("spawner-pid-{}", std::process::id()));
+        write(&dir, "abc", 1234).expect("write");
+        std::fs::write(dir.join("bad name.pid"), "1").expect("write");
+        std::fs::write(dir.join("junk.pid"), "x").expect("write");
+        assert_eq!(read(&path(&dir, "abc")), Some(1234));
+        assert_eq!(read(&path(&dir, "junk")), None);
+        let keys: Vec<_> = list(&dir).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, vec!["abc", "junk"]);
+        remove(&dir, "abc");
+        remove(&dir, "abc");
+        assert_eq!(read(&path(&dir, "abc")), None);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn cmdline_of_self() {
+        let me = std::process::id();
+        let argv = cmdline(me).expect("own cmdline");
+        assert!(!argv.is_empty());
+        assert!(is_proxy_for(me, "no-such-id-in-argv-4711").is_none());
+        assert!(cmdline(u32::MAX - 1).is_none());
+    }
+}

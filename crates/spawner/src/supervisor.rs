@@ -1,0 +1,544 @@
+//! The supervisor: holds records and configuration, reconciles the running proxies with
+//! the desired set (removals before additions, errors collected per namespace, idempotent),
+//! owns one task per proxy that keeps it alive (immediate restart, then backoff), and
+//! adopts live proxies from pid files at start.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{oneshot, Notify};
+
+use crate::backoff::Backoff;
+use crate::config::Config;
+use crate::decide::{self, Kind, ProxySpec};
+use crate::launch::{launch, proxy_args, Running};
+use crate::pidfile;
+use crate::platform::Platform;
+use crate::records::{Network, Records, Router};
+
+/// Lifecycle state of one proxy, as shown by `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Being prepared/spawned, waiting for READY.
+    Starting,
+    /// Ready and watched.
+    Running,
+    /// Died or failed to start; waiting before the next try.
+    Backoff,
+    /// Being stopped.
+    Stopping,
+    /// Wanted, but its namespace does not exist (yet).
+    Waiting,
+}
+
+/// One proxy as the control API reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProxyStatus {
+    pub key: String,
+    pub netns: String,
+    pub id: String,
+    pub kind: Kind,
+    pub interface: String,
+    pub state: State,
+    pub pid: Option<u32>,
+    pub restarts: u64,
+    pub last_error: Option<String>,
+    pub adopted: bool,
+}
+
+impl ProxyStatus {
+    fn new(spec: &ProxySpec, state: State) -> ProxyStatus {
+        ProxyStatus {
+            key: spec.key.clone(),
+            netns: spec.netns.clone(),
+            id: spec.id.clone(),
+            kind: spec.kind,
+            interface: spec.interface.clone(),
+            state,
+            pid: None,
+            restarts: 0,
+            last_error: None,
+            adopted: false,
+        }
+    }
+}
+
+/// What a reconcile pass works from: specs to run (with argv), specs waiting for their
+/// namespace, and the configuration they were computed with.
+type Plan = (
+    BTreeMap<String, (ProxySpec, Vec<String>)>,
+    BTreeMap<String, ProxySpec>,
+    Arc<Config>,
+);
+
+struct Proxy {
+    spec: ProxySpec,
+    args: Vec<String>,
+    status: Arc<Mutex<ProxyStatus>>,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct Inner<P> {
+    platform: P,
+    cfg: Mutex<Arc<Config>>,
+    records: Mutex<Records>,
+    proxies: Mutex<BTreeMap<String, Proxy>>,
+    waiting: Mutex<BTreeMap<String, ProxySpec>>,
+    warnings: Mutex<BTreeSet<String>>,
+    reconcile_lock: tokio::sync::Mutex<()>,
+    wake: Notify,
+    reconciles: std::sync::atomic::AtomicU64,
+}
+
+/// The supervisor; cheap to clone (shared state).
+pub struct Supervisor<P> {
+    inner: Arc<Inner<P>>,
+}
+
+impl<P> Clone for Supervisor<P> {
+    fn clone(&self) -> Self {
+        Supervisor {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks cannot leave the data half-updated in a way
+    // that matters more than stopping the supervisor would, so keep going.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// How a proxy task starts.
+enum Start {
+    Fresh,
+    Adopt(u32, Vec<String>),
+}
+
+impl<P: Platform> Supervisor<P> {
+    /// A supervisor with the given records (API records and file records already loaded).
+    pub fn new(platform: P, cfg: Config, records: Records) -> Supervisor<P> {
+        Supervisor {
+            inner: Arc::new(Inner {
+                platform,
+                cfg: Mutex::new(Arc::new(cfg)),
+                records: Mutex::new(records),
+                proxies: Mutex::new(BTreeMap::new()),
+                waiting: Mutex::new(BTreeMap::new()),
+                warnings: Mutex::new(BTreeSet::new()),
+                reconcile_lock: tokio::sync::Mutex::new(()),
+                wake: Notify::new(),
+                reconciles: std::sync::atomic::AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The current configuration.
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&lock(&self.inner.cfg))
+    }
+
+    /// Replace the configuration (SIGHUP); proxies whose argv changes are restarted by the
+    /// next reconcile.
+    pub fn set_config(&self, cfg: Config) {
+        *lock(&self.inner.cfg) = Arc::new(cfg);
+        self.trigger();
+    }
+
+    /// A copy of the records.
+    pub fn records(&self) -> Records {
+        lock(&self.inner.records).clone()
+    }
+
+    /// Change the records under the lock, persist the API records, and trigger a reconcile.
+    pub fn update_records<T>(&self, f: impl FnOnce(&mut Records) -> T) -> T {
+        let (out, api) = {
+            let mut rec = lock(&self.inner.records);
+            let out = f(&mut rec);
+            (out, rec.api_set())
+        };
+        let path = self.config().records_json();
+        if let Err(e) = api.save(&path) {
+            tracing::error!(err = %e, "cannot persist records");
+        }
+        self.trigger();
+        out
+    }
+
+    /// Add or replace a router made through the API.
+    pub fn put_router(&self, r: Router) {
+        self.update_records(|rec| rec.api_routers.insert(r.id.clone(), r));
+    }
+
+    /// Remove an API router; false if unknown.
+    pub fn remove_router(&self, id: &str) -> bool {
+        self.update_records(|rec| rec.api_routers.remove(id).is_some())
+    }
+
+    /// Add or replace a network made through the API.
+    pub fn put_network(&self, n: Network) {
+        self.update_records(|rec| rec.api_networks.insert(n.id.clone(), n));
+    }
+
+    /// Remove an API network; false if unknown.
+    pub fn remove_network(&self, id: &str) -> bool {
+        self.update_records(|rec| rec.api_networks.remove(id).is_some())
+    }
+
+    /// Ask the reconcile loop for a pass.
+    pub fn trigger(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Run reconcile passes whenever triggered, forever.
+    pub async fn run_loop(&self) {
+        loop {
+            self.inner.wake.notified().await;
+            let errors = self.reconcile().await;
+            for e in errors {
+                tracing::warn!(err = %e, "reconcile");
+            }
+        }
+    }
+
+    /// Number of reconcile passes so far.
+    pub fn reconcile_count(&self) -> u64 {
+        self.inner
+            .reconciles
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Every proxy, running or waiting for its namespace, by key.
+    pub fn status(&self) -> Vec<ProxyStatus> {
+        let mut out: Vec<ProxyStatus> = lock(&self.inner.proxies)
+            .values()
+            .map(|p| lock(&p.status).clone())
+            .collect();
+        out.extend(
+            lock(&self.inner.waiting)
+                .values()
+                .map(|s| ProxyStatus::new(s, State::Waiting)),
+        );
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out
+    }
+
+    /// The desired proxies whose namespace exists, with their argv, and those waiting.
+    fn plan(&self) -> Plan {
+        let cfg = self.config();
+        let d = decide::desired(&lock(&self.inner.records), &cfg);
+        {
+            let mut seen = lock(&self.inner.warnings);
+            let now: BTreeSet<String> = d.warnings.into_iter().collect();
+            for w in now.difference(&seen) {
+                tracing::warn!("{w}");
+            }
+            *seen = now;
+        }
+        let mut present = BTreeMap::new();
+        let mut waiting = BTreeMap::new();
+        for (k, s) in d.specs {
+            if self.inner.platform.namespace_exists(&s.netns) {
+                let args = proxy_args(&s, &cfg);
+                present.insert(k, (s, args));
+            } else {
+                waiting.insert(k, s);
+            }
+        }
+        (present, waiting, cfg)
+    }
+
+    /// One reconcile pass: stop what should not run (or runs with another argv), then start
+    /// what is missing. Returns the errors of the stops (start errors show in the status).
+    pub async fn reconcile(&self) -> Vec<String> {
+        let _pass = self.inner.reconcile_lock.lock().await;
+        self.inner
+            .reconciles
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (present, waiting, cfg) = self.plan();
+        let removed: Vec<Proxy> = {
+            let mut proxies = lock(&self.inner.proxies);
+            let stale: Vec<String> = proxies
+                .iter()
+                .filter(|(k, p)| {
+                    present
+                        .get(*k)
+                        .is_none_or(|(s, a)| *s != p.spec || *a != p.args)
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            stale.iter().filter_map(|k| proxies.remove(k)).collect()
+        };
+        let mut errors = Vec::new();
+        let stops = removed.into_iter().map(|p| self.stop_proxy(p));
+        for r in futures::future::join_all(stops).await {
+            if let Err(e) = r {
+                errors.push(e);
+            }
+        }
+        *lock(&self.inner.waiting) = waiting;
+        let mut proxies = lock(&self.inner.proxies);
+        for (k, (spec, args)) in present {
+            if let std::collections::btree_map::Entry::Vacant(slot) = proxies.entry(k) {
+                slot.insert(self.start_proxy(spec, args, Start::Fresh, &cfg));
+            }
+        }
+        errors
+    }
+
+    async fn stop_proxy(&self, p: Proxy) -> Result<(), String> {
+        tracing::info!(key = %p.spec.key, netns = %p.spec.netns, "stopping proxy");
+        let _ = p.stop.send(());
+        p.task
+            .await
+            .map_err(|e| format!("{}: proxy task failed: {e}", p.spec.netns))
+    }
+
+    /// Stop every proxy (for `--stop-proxies-on-exit`).
+    pub async fn stop_all(&self) {
+        let _pass = self.inner.reconcile_lock.lock().await;
+        let all: Vec<Proxy> = std::mem::take(&mut *lock(&self.inner.proxies))
+            .into_values()
+            .collect();
+        futures::future::join_all(all.into_iter().map(|p| self.stop_proxy(p))).await;
+    }
+
+    /// At start: adopt live proxies from pid files (alive and cmdline holds the id), stop
+    /// live proxies that are no longer wanted, remove stale pid files; then start the rest.
+    /// Returns once every proxy had its first start attempt.
+    pub async fn adopt_and_start(&self) {
+        let _pass = self.inner.reconcile_lock.lock().await;
+        self.inner
+            .reconciles
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (present, waiting, cfg) = self.plan();
+        let pid_dir = cfg.pid_dir();
+        let mut adopt: BTreeMap<String, (u32, Vec<String>)> = BTreeMap::new();
+        let mut stale = Vec::new();
+        for (key, path) in pidfile::list(&pid_dir) {
+            let Some(pid) = pidfile::read(&path) else {
+                pidfile::remove(&pid_dir, &key);
+                continue;
+            };
+            match present.get(&key) {
+                Some((spec, _)) => match pidfile::is_proxy_for(pid, &spec.id) {
+                    Some(argv) => {
+                        adopt.insert(key, (pid, argv));
+                    }
+                    None => pidfile::remove(&pid_dir, &key),
+                },
+                None => match pidfile::is_proxy_for(pid, &key) {
+                    Some(_) => stale.push((key, pid)),
+                    None => pidfile::remove(&pid_dir, &key),
+                },
+            }
+        }
+        let grace = cfg.stop_timeout;
+        let stops = stale.into_iter().map(|(key, pid)| {
+            let pid_dir = pid_dir.clone();
+            async move {
+                tracing::info!(key = %key, pid, "stopping a proxy that is no longer wanted");
+                if let Ok(mut r) = Running::adopt(pid) {
+                    r.stop(grace).await;
+                }
+                pidfile::remove(&pid_dir, &key);
+            }
+        });
+        futures::future::join_all(stops).await;
+        *lock(&self.inner.waiting) = waiting;
+        let mut firsts = Vec::new();
+        {
+            let mut proxies = lock(&self.inner.proxies);
+            for (k, (spec, args)) in present {
+                let start = match adopt.remove(&k) {
+                    Some((pid, argv)) => Start::Adopt(pid, argv),
+                    None => Start::Fresh,
+                };
+                let p = self.start_proxy(spec, args, start, &cfg);
+                firsts.push(Arc::clone(&p.status));
+                proxies.insert(k, p);
+            }
+        }
+        // Wait (bounded) until each proxy left Starting once.
+        let deadline = Instant::now() + cfg.ready_timeout + Duration::from_secs(1);
+        while Instant::now() < deadline
+            && firsts.iter().any(|s| {
+                lock(s).state == State::Starting
+                    && lock(s).restarts == 0
+                    && lock(s).last_error.is_none()
+            })
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn start_proxy(
+        &self,
+        spec: ProxySpec,
+        args: Vec<String>,
+        start: Start,
+        cfg: &Arc<Config>,
+    ) -> Proxy {
+        let status = Arc::new(Mutex::new(ProxyStatus::new(&spec, State::Starting)));
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let task = tokio::spawn(proxy_task(
+            Arc::clone(&self.inner),
+            spec.clone(),
+            args.clone(),
+            Arc::clone(&status),
+            stop_rx,
+            start,
+            Arc::clone(cfg),
+        ));
+        Proxy {
+            spec,
+            args,
+            status,
+            stop: stop_tx,
+            task,
+        }
+    }
+}
+
+/// The one owner of one proxy: start (or adopt), watch, restart, stop.
+async fn proxy_task<P: Platform>(
+    inner: Arc<Inner<P>>,
+    spec: ProxySpec,
+    args: Vec<String>,
+    status: Arc<Mutex<ProxyStatus>>,
+    mut stop: oneshot::Receiver<()>,
+    start: Start,
+    cfg: Arc<Config>,
+) {
+    let pid_dir = cfg.pid_dir();
+    let mut backoff = Backoff::new(cfg.max_restart_delay);
+    let mut current: Option<Running> = None;
+    if let Start::Adopt(pid, argv) = start {
+        match Running::adopt(pid) {
+            Ok(r) if argv.get(1..) == Some(&args[..]) => {
+                tracing::info!(key = %spec.key, pid, "adopted running proxy");
+                let mut st = lock(&status);
+                st.adopted = true;
+                st.pid = Some(pid);
+                st.state = State::Running;
+                current = Some(r);
+            }
+            Ok(mut r) => {
+                tracing::info!(key = %spec.key, pid, "proxy runs with other arguments; restarting it");
+                r.stop(cfg.stop_timeout).await;
+                pidfile::remove(&pid_dir, &spec.key);
+            }
+            Err(e) => {
+                tracing::info!(key = %spec.key, pid, err = %e, "cannot adopt proxy; starting a new one")
+            }
+        }
+    }
+    loop {
+        let mut running = match current.take() {
+            Some(r) => r,
+            None => {
+                lock(&status).state = State::Starting;
+                let attempt = tokio::select! {
+                    r = launch(&inner.platform, &spec, &cfg, &args) => r,
+                    _ = &mut stop => {
+                        finish(&inner, &spec, &status, &pid_dir).await;
+                        return;
+                    }
+                };
+                match attempt {
+                    Ok(r) => {
+                        let pid = r.pid();
+                        if let Some(pid) = pid {
+                            if let Err(e) = pidfile::write(&pid_dir, &spec.key, pid) {
+                                tracing::warn!(key = %spec.key, err = %e, "cannot write pid file");
+                            }
+                        }
+                        tracing::info!(key = %spec.key, netns = %spec.netns, pid = ?pid, "proxy ready");
+                        let mut st = lock(&status);
+                        st.pid = pid;
+                        st.state = State::Running;
+                        r
+                    }
+                    Err(e) => {
+                        tracing::warn!(key = %spec.key, netns = %spec.netns, err = %e, "proxy start failed");
+                        let delay = backoff.next(Duration::ZERO);
+                        {
+                            let mut st = lock(&status);
+                            st.last_error = Some(e.to_string());
+                            st.state = State::Backoff;
+                            st.pid = None;
+                        }
+                        if wait_or_stop(delay, &mut stop).await {
+                            finish(&inner, &spec, &status, &pid_dir).await;
+                            return;
+                        }
+                        lock(&status).restarts += 1;
+                        continue;
+                    }
+                }
+            }
+        };
+        let since = Instant::now();
+        tokio::select! {
+            how = running.wait() => {
+                pidfile::remove(&pid_dir, &spec.key);
+                let delay = backoff.next(since.elapsed());
+                tracing::warn!(key = %spec.key, netns = %spec.netns, how = %how, restart_in = ?delay, "proxy died");
+                {
+                    let mut st = lock(&status);
+                    st.last_error = Some(format!("proxy {how}"));
+                    st.pid = None;
+                    st.state = if delay.is_zero() { State::Starting } else { State::Backoff };
+                }
+                if wait_or_stop(delay, &mut stop).await {
+                    finish(&inner, &spec, &status, &pid_dir).await;
+                    return;
+                }
+                lock(&status).restarts += 1;
+            }
+            _ = &mut stop => {
+                lock(&status).state = State::Stopping;
+                let how = running.stop(cfg.stop_timeout).await;
+                tracing::info!(key = %spec.key, netns = %spec.netns, how = %how, "proxy stopped");
+                finish(&inner, &spec, &status, &pid_dir).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Sleep `delay` unless stopped first; true if stopped.
+async fn wait_or_stop(delay: Duration, stop: &mut oneshot::Receiver<()>) -> bool {
+    if delay.is_zero() {
+        return matches!(
+            stop.try_recv(),
+            Ok(()) | Err(oneshot::error::TryRecvError::Closed)
+        );
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => false,
+        _ = stop => true,
+    }
+}
+
+/// After the process is gone: pid file and addresses removed.
+async fn finish<P: Platform>(
+    inner: &Inner<P>,
+    spec: &ProxySpec,
+    status: &Mutex<ProxyStatus>,
+    pid_dir: &std::path::Path,
+) {
+    pidfile::remove(pid_dir, &spec.key);
+    if inner.platform.namespace_exists(&spec.netns) {
+        if let Err(e) = inner.platform.teardown(spec).await {
+            tracing::warn!(key = %spec.key, netns = %spec.netns, err = %e, "teardown failed");
+        }
+    }
+    let mut st = lock(status);
+    st.pid = None;
+    st.state = State::Stopping;
+}
