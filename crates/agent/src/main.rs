@@ -1,5 +1,61 @@
+//! ns-metadata-agent binary: parse options, set up logging, run the library until SIGTERM.
 #![forbid(unsafe_code)]
+
+use clap::Parser;
+use ns_metadata_agent::{config, run, Cli};
+
 fn main() {
-    eprintln!("usage: ns-metadata-agent --help (not built yet)");
-    std::process::exit(2);
+    let cli = Cli::parse();
+    let (cfg, warnings) = match config::load(&cli) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("ns-metadata-agent: {e}");
+            std::process::exit(2);
+        }
+    };
+    let default_level = if cfg.debug { "debug" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    let mut rt = if cfg.metadata_workers == 0 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(cfg.metadata_workers);
+        b
+    };
+    let rt = match rt.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ns-metadata-agent: start runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = rt.block_on(async move { run(cfg, shutdown_signal()).await });
+    if let Err(e) = result {
+        eprintln!("ns-metadata-agent: {e}");
+        std::process::exit(e.exit_code());
+    }
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
 }

@@ -1,0 +1,533 @@
+//! The inventory file (JSON with Neutron's field names, /work/notes/inventory.md): its data
+//! model, validation, and the indexes that answer "which port has IP X on network Y".
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::Path;
+
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Why an inventory could not be used (the previous good one stays in force).
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: invalid JSON: {source}")]
+    Json {
+        path: String,
+        source: serde_json::Error,
+    },
+    #[error("{path}: {reason}")]
+    Invalid { path: String, reason: String },
+}
+
+/// Device owners that make a port a router interface (neutron_lib ROUTER_INTERFACE_OWNERS).
+pub const ROUTER_INTERFACE_OWNERS: &[&str] = &[
+    "network:router_interface",
+    "network:ha_router_replicated_interface",
+    "network:router_interface_distributed",
+];
+
+/// The whole file. Unknown fields are ignored; optional ones may be absent.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Inventory {
+    #[serde(default)]
+    pub networks: Vec<Network>,
+    #[serde(default)]
+    pub ports: Vec<Port>,
+    #[serde(default)]
+    pub instances: Vec<Instance>,
+    /// Static vendor data served as `vendor_data.json` (Nova's `vendordata_jsonfile_path`).
+    #[serde(default)]
+    pub vendor_data: Option<Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Network {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub project_id: Option<String>,
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    #[serde(default)]
+    pub subnets: Vec<Subnet>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Subnet {
+    pub id: String,
+    pub cidr: String,
+    #[serde(default)]
+    pub gateway_ip: Option<IpAddr>,
+    #[serde(default = "yes")]
+    pub enable_dhcp: bool,
+    #[serde(default)]
+    pub ip_version: Option<u8>,
+    #[serde(default)]
+    pub dns_nameservers: Vec<IpAddr>,
+    #[serde(default)]
+    pub host_routes: Vec<HostRoute>,
+    #[serde(default)]
+    pub ipv6_address_mode: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HostRoute {
+    pub destination: String,
+    pub nexthop: IpAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Port {
+    pub id: String,
+    pub network_id: String,
+    #[serde(default)]
+    pub device_id: String,
+    #[serde(default)]
+    pub device_owner: String,
+    #[serde(default)]
+    pub mac_address: Option<String>,
+    #[serde(default, alias = "tenant_id")]
+    pub project_id: Option<String>,
+    #[serde(default)]
+    pub fixed_ips: Vec<FixedIp>,
+    #[serde(default, rename = "binding:vif_type")]
+    pub vif_type: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct FixedIp {
+    #[serde(default)]
+    pub subnet_id: Option<String>,
+    pub ip_address: IpAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Instance {
+    pub uuid: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub project_id: Option<String>,
+    #[serde(default)]
+    pub availability_zone: Option<String>,
+    #[serde(default)]
+    pub launch_index: u32,
+    #[serde(default)]
+    pub flavor: Option<String>,
+    /// Key name -> OpenSSH public key.
+    #[serde(default)]
+    pub public_keys: BTreeMap<String, String>,
+    #[serde(default)]
+    pub user_data: Option<String>,
+    #[serde(default)]
+    pub user_data_b64: Option<String>,
+    #[serde(default)]
+    pub meta: BTreeMap<String, Value>,
+    /// Nova's `devices` list (device tagging), passed through as given.
+    #[serde(default)]
+    pub devices: Vec<Value>,
+    // Optional EC2-tree details; derived from the uuid or defaulted when absent.
+    #[serde(default)]
+    pub ec2_instance_id: Option<String>,
+    #[serde(default)]
+    pub ami_id: Option<String>,
+    #[serde(default)]
+    pub reservation_id: Option<String>,
+    #[serde(default)]
+    pub security_groups: Option<Vec<String>>,
+    #[serde(default)]
+    pub root_device_name: Option<String>,
+    #[serde(default)]
+    pub floating_ips: Vec<IpAddr>,
+    /// Per-instance vendor data; overrides the file-wide `vendor_data`.
+    #[serde(default)]
+    pub vendor_data: Option<Value>,
+}
+
+impl Instance {
+    /// The decoded user data, if any (validated at load time).
+    pub fn user_data_bytes(&self) -> Option<Vec<u8>> {
+        if let Some(s) = &self.user_data {
+            return Some(s.as_bytes().to_vec());
+        }
+        self.user_data_b64.as_ref().and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
+    }
+}
+
+/// Which namespace the request came through.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Resource {
+    Router(String),
+    Network(String),
+}
+
+impl std::fmt::Display for Resource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Resource::Router(id) => write!(f, "router {id}"),
+            Resource::Network(id) => write!(f, "network {id}"),
+        }
+    }
+}
+
+/// What the lookup found: Neutron wants exactly one port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Found {
+        instance_id: String,
+        project_id: String,
+    },
+    NotFound,
+    /// Several ports matched (Neutron treats this as not found too).
+    Ambiguous(usize),
+}
+
+/// A validated inventory plus its indexes. Immutable; replaced whole on reload.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub inventory: Inventory,
+    router_networks: HashMap<String, Vec<String>>,
+    by_ip: HashMap<(String, IpAddr), Vec<usize>>,
+    by_mac: HashMap<(String, String), Vec<usize>>,
+    instances: HashMap<String, usize>,
+    subnets: HashMap<String, (usize, usize)>,
+    networks: HashMap<String, usize>,
+}
+
+impl Snapshot {
+    /// Read and validate a file.
+    pub fn load(path: &Path) -> Result<Snapshot, InventoryError> {
+        let text = std::fs::read(path).map_err(|source| InventoryError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Snapshot::parse(&text, &path.display().to_string())
+    }
+
+    /// Parse and validate file contents (`origin` names the file in errors).
+    pub fn parse(text: &[u8], origin: &str) -> Result<Snapshot, InventoryError> {
+        let inventory: Inventory =
+            serde_json::from_slice(text).map_err(|source| InventoryError::Json {
+                path: origin.to_owned(),
+                source,
+            })?;
+        Snapshot::build(inventory).map_err(|reason| InventoryError::Invalid {
+            path: origin.to_owned(),
+            reason,
+        })
+    }
+
+    /// Validate and index.
+    pub fn build(inventory: Inventory) -> Result<Snapshot, String> {
+        let mut s = Snapshot::default();
+        for (i, n) in inventory.networks.iter().enumerate() {
+            if n.id.is_empty() {
+                return Err(format!("networks[{i}]: empty id"));
+            }
+            if s.networks.insert(n.id.clone(), i).is_some() {
+                return Err(format!("networks[{i}]: duplicate network id {}", n.id));
+            }
+            for (j, sub) in n.subnets.iter().enumerate() {
+                parse_cidr(&sub.cidr).ok_or_else(|| {
+                    format!("networks[{i}].subnets[{j}]: invalid cidr {:?}", sub.cidr)
+                })?;
+                if s.subnets.insert(sub.id.clone(), (i, j)).is_some() {
+                    return Err(format!(
+                        "networks[{i}].subnets[{j}]: duplicate subnet id {}",
+                        sub.id
+                    ));
+                }
+            }
+        }
+        let mut port_ids = HashSet::new();
+        for (i, p) in inventory.ports.iter().enumerate() {
+            if p.id.is_empty() || p.network_id.is_empty() {
+                return Err(format!("ports[{i}]: id and network_id are required"));
+            }
+            if !port_ids.insert(p.id.as_str()) {
+                return Err(format!("ports[{i}]: duplicate port id {}", p.id));
+            }
+            if ROUTER_INTERFACE_OWNERS.contains(&p.device_owner.as_str()) && !p.device_id.is_empty()
+            {
+                let nets = s.router_networks.entry(p.device_id.clone()).or_default();
+                if !nets.contains(&p.network_id) {
+                    nets.push(p.network_id.clone());
+                }
+            }
+            for ip in &p.fixed_ips {
+                s.by_ip
+                    .entry((p.network_id.clone(), ip.ip_address))
+                    .or_default()
+                    .push(i);
+            }
+            if let Some(mac) = &p.mac_address {
+                let mac = mac.to_ascii_lowercase();
+                s.by_mac
+                    .entry((p.network_id.clone(), mac))
+                    .or_default()
+                    .push(i);
+            }
+        }
+        for (i, inst) in inventory.instances.iter().enumerate() {
+            if inst.uuid.is_empty() {
+                return Err(format!("instances[{i}]: empty uuid"));
+            }
+            if s.instances.insert(inst.uuid.clone(), i).is_some() {
+                return Err(format!(
+                    "instances[{i}]: duplicate instance uuid {}",
+                    inst.uuid
+                ));
+            }
+            if inst.user_data.is_some() && inst.user_data_b64.is_some() {
+                return Err(format!(
+                    "instances[{i}]: give user_data or user_data_b64, not both"
+                ));
+            }
+            if let Some(b) = &inst.user_data_b64 {
+                base64::engine::general_purpose::STANDARD
+                    .decode(b.trim())
+                    .map_err(|e| format!("instances[{i}]: user_data_b64 is not base64: {e}"))?;
+            }
+        }
+        s.inventory = inventory;
+        Ok(s)
+    }
+
+    /// Neutron's lookup (agent.py `get_port`): the networks of the resource, then the ports
+    /// on them holding `ip` (or, for a link-local IPv6 client, the MAC in its EUI-64).
+    pub fn lookup(&self, resource: &Resource, ip: IpAddr, mac: Option<&str>) -> Lookup {
+        let networks: Vec<&str> = match resource {
+            Resource::Network(id) => vec![id.as_str()],
+            Resource::Router(id) => self
+                .router_networks
+                .get(id)
+                .map(|v| v.iter().map(String::as_str).collect())
+                .unwrap_or_default(),
+        };
+        let mut found: Vec<usize> = Vec::new();
+        for net in networks {
+            let hits = match mac {
+                Some(m) => self.by_mac.get(&(net.to_owned(), m.to_ascii_lowercase())),
+                None => self.by_ip.get(&(net.to_owned(), ip)),
+            };
+            for &i in hits.into_iter().flatten() {
+                if !found.contains(&i) {
+                    found.push(i);
+                }
+            }
+        }
+        match found.as_slice() {
+            [] => Lookup::NotFound,
+            [i] => {
+                let p = &self.inventory.ports[*i];
+                Lookup::Found {
+                    instance_id: p.device_id.clone(),
+                    project_id: p.project_id.clone().unwrap_or_default(),
+                }
+            }
+            many => Lookup::Ambiguous(many.len()),
+        }
+    }
+
+    pub fn instance(&self, uuid: &str) -> Option<&Instance> {
+        self.instances
+            .get(uuid)
+            .map(|&i| &self.inventory.instances[i])
+    }
+
+    /// The instance's ports, in file order.
+    pub fn instance_ports<'a>(&'a self, uuid: &'a str) -> impl Iterator<Item = &'a Port> + 'a {
+        self.inventory
+            .ports
+            .iter()
+            .filter(move |p| p.device_id == uuid)
+    }
+
+    pub fn network(&self, id: &str) -> Option<&Network> {
+        self.networks.get(id).map(|&i| &self.inventory.networks[i])
+    }
+
+    pub fn subnet(&self, id: &str) -> Option<&Subnet> {
+        self.subnets
+            .get(id)
+            .map(|&(n, s)| &self.inventory.networks[n].subnets[s])
+    }
+
+    /// The subnet of `net` whose CIDR holds `ip` (when a fixed IP names no subnet).
+    pub fn subnet_for(&self, net: &str, ip: IpAddr) -> Option<&Subnet> {
+        self.network(net)?
+            .subnets
+            .iter()
+            .find(|s| parse_cidr(&s.cidr).is_some_and(|(a, len)| in_prefix(ip, a, len)))
+    }
+}
+
+/// `a.b.c.d/len` or `v6/len`.
+pub fn parse_cidr(cidr: &str) -> Option<(IpAddr, u8)> {
+    let (a, l) = cidr.split_once('/')?;
+    let addr: IpAddr = a.trim().parse().ok()?;
+    let len: u8 = l.trim().parse().ok()?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    (len <= max).then_some((addr, len))
+}
+
+/// Whether `ip` lies in `net/len`.
+pub fn in_prefix(ip: IpAddr, net: IpAddr, len: u8) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            let m = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(len))
+            };
+            u32::from(a) & m == u32::from(b) & m
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) => {
+            let m = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(len))
+            };
+            u128::from(a) & m == u128::from(b) & m
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const SAMPLE: &str = r#"{
+      "networks": [{"id": "net1", "subnets": [{"id": "sub1", "cidr": "10.250.1.0/24",
+         "gateway_ip": "10.250.1.1", "enable_dhcp": true, "ip_version": 4}]},
+         {"id": "net2", "subnets": [{"id": "sub2", "cidr": "10.250.2.0/24"}]}],
+      "ports": [
+        {"id": "rp1", "network_id": "net1", "device_id": "r1", "device_owner": "network:router_interface",
+         "fixed_ips": [{"subnet_id": "sub1", "ip_address": "10.250.1.1"}]},
+        {"id": "rp2", "network_id": "net2", "device_id": "r1", "device_owner": "network:router_interface_distributed",
+         "fixed_ips": [{"subnet_id": "sub2", "ip_address": "10.250.2.1"}]},
+        {"id": "p1", "network_id": "net1", "device_id": "vm1", "device_owner": "compute:nova",
+         "mac_address": "FA:16:3E:00:00:02", "project_id": "proj",
+         "fixed_ips": [{"subnet_id": "sub1", "ip_address": "10.250.1.2"}]},
+        {"id": "p2", "network_id": "net2", "device_id": "vm2", "tenant_id": "proj2",
+         "fixed_ips": [{"ip_address": "10.250.2.2"}]},
+        {"id": "p3", "network_id": "net2", "device_id": "vm3", "fixed_ips": [{"ip_address": "10.250.2.3"}]},
+        {"id": "p4", "network_id": "net2", "device_id": "vm4", "fixed_ips": [{"ip_address": "10.250.2.3"}]}
+      ],
+      "instances": [{"uuid": "vm1", "hostname": "vm1", "user_data_b64": "aGk="}],
+      "extra": "ignored"
+    }"#;
+
+    fn snap() -> Snapshot {
+        Snapshot::parse(SAMPLE.as_bytes(), "inv.json").expect("sample is valid")
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    #[test]
+    fn network_and_router_lookups() {
+        let s = snap();
+        let found = |i: &str, p: &str| Lookup::Found {
+            instance_id: i.into(),
+            project_id: p.into(),
+        };
+        assert_eq!(
+            s.lookup(&Resource::Network("net1".into()), ip("10.250.1.2"), None),
+            found("vm1", "proj")
+        );
+        assert_eq!(
+            s.lookup(&Resource::Router("r1".into()), ip("10.250.2.2"), None),
+            found("vm2", "proj2")
+        );
+        assert_eq!(
+            s.lookup(&Resource::Network("net1".into()), ip("10.250.2.2"), None),
+            Lookup::NotFound
+        );
+        assert_eq!(
+            s.lookup(&Resource::Router("r9".into()), ip("10.250.1.2"), None),
+            Lookup::NotFound
+        );
+        assert_eq!(
+            s.lookup(&Resource::Router("r1".into()), ip("10.250.2.3"), None),
+            Lookup::Ambiguous(2)
+        );
+        let by_mac = s.lookup(
+            &Resource::Router("r1".into()),
+            ip("fe80::1"),
+            Some("fa:16:3e:00:00:02"),
+        );
+        assert_eq!(by_mac, found("vm1", "proj"));
+        assert_eq!(
+            s.instance("vm1").and_then(Instance::user_data_bytes),
+            Some(b"hi".to_vec())
+        );
+        assert_eq!(
+            s.subnet_for("net2", ip("10.250.2.9"))
+                .map(|x| x.id.as_str()),
+            Some("sub2")
+        );
+    }
+
+    #[test]
+    fn invalid_files_are_refused_with_a_reason() {
+        let cases = [
+            ("{", "invalid JSON"),
+            (
+                r#"{"ports": [{"id": "a", "network_id": "n"}, {"id": "a", "network_id": "n"}]}"#,
+                "duplicate port id a",
+            ),
+            (
+                r#"{"ports": [{"id": "a", "network_id": "n", "fixed_ips": [{"ip_address": "300.1.1.1"}]}]}"#,
+                "invalid JSON",
+            ),
+            (
+                r#"{"instances": [{"uuid": "u", "user_data": "x", "user_data_b64": "eA=="}]}"#,
+                "not both",
+            ),
+            (
+                r#"{"instances": [{"uuid": "u", "user_data_b64": "!!"}]}"#,
+                "not base64",
+            ),
+            (
+                r#"{"networks": [{"id": "n", "subnets": [{"id": "s", "cidr": "10.0.0.0/40"}]}]}"#,
+                "invalid cidr",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = Snapshot::parse(text.as_bytes(), "f.json")
+                .expect_err(text)
+                .to_string();
+            assert!(err.starts_with("f.json: ") && err.contains(want), "{err}");
+        }
+    }
+
+    #[test]
+    fn prefixes() {
+        assert!(in_prefix(ip("10.1.2.3"), ip("10.1.0.0"), 16));
+        assert!(!in_prefix(ip("10.2.2.3"), ip("10.1.0.0"), 16));
+        assert!(in_prefix(ip("fd00::1"), ip("fd00::"), 64));
+        assert!(in_prefix(ip("1.2.3.4"), ip("0.0.0.0"), 0));
+        assert!(!in_prefix(ip("fd00::1"), ip("10.0.0.0"), 8));
+    }
+}

@@ -1,0 +1,213 @@
+//! Forwarding to Nova's metadata API: same method, path, query and body, plus
+//! X-Forwarded-For, X-Instance-ID, X-Tenant-ID and the signature Nova checks
+//! (reference §5, neutron common/metadata.py `_proxy_request`).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use http::{header, HeaderName, HeaderValue, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use sha2::Sha256;
+
+use crate::config::Config;
+use crate::respond::{error, Resp};
+use crate::tls::{client_config, TlsError};
+
+/// Lowercase hex HMAC-SHA256 of the instance id keyed by the shared secret
+/// (neutron common/utils.py `sign_instance_id`); Nova compares it in constant time.
+pub fn sign_instance_id(secret: &str, instance_id: &str) -> String {
+    // HMAC accepts keys of any length, so this cannot fail.
+    let mut mac = match Hmac::<Sha256>::new_from_slice(secret.as_bytes()) {
+        Ok(m) => m,
+        Err(_) => unreachable!("HMAC takes keys of any length"),
+    };
+    mac.update(instance_id.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Response headers that describe the hop, not the content; hyper writes its own framing.
+const DROPPED: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "content-length",
+    "te",
+    "trailer",
+    "upgrade",
+    "date",
+];
+
+/// A pooled HTTP(S) client for one Nova endpoint.
+pub struct Nova {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    base: String,
+    secret: String,
+    timeout: Duration,
+}
+
+impl Nova {
+    /// Read the TLS material now, so a bad file stops the agent at start-up.
+    pub fn new(cfg: &Config) -> Result<Nova, TlsError> {
+        let tls = client_config(cfg)?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(cfg.nova_metadata_timeout));
+        http.set_nodelay(true);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(32)
+            .build(https);
+        Ok(Nova {
+            client,
+            base: format!("{}://{}", cfg.nova_metadata_protocol, cfg.nova_authority()),
+            secret: cfg.metadata_proxy_shared_secret.clone(),
+            timeout: cfg.nova_metadata_timeout,
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// Send the request on and relay Nova's answer. Unreachable: 503 (LP#2059032);
+    /// no answer within the timeout: 504; a broken answer: 502.
+    pub async fn forward(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        xff: &str,
+        instance_id: &str,
+        project_id: &str,
+        body: Bytes,
+    ) -> Resp {
+        let uri = format!("{}{}", self.base, path_and_query);
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = method;
+        *req.uri_mut() = match uri.parse() {
+            Ok(u) => u,
+            Err(_) => return error(StatusCode::BAD_REQUEST, "The request path is not valid."),
+        };
+        let h = req.headers_mut();
+        for (name, value) in [
+            ("x-forwarded-for", xff),
+            ("x-instance-id", instance_id),
+            ("x-tenant-id", project_id),
+            (
+                "x-instance-id-signature",
+                &sign_instance_id(&self.secret, instance_id),
+            ),
+        ] {
+            match HeaderValue::from_str(value) {
+                Ok(v) => {
+                    h.insert(HeaderName::from_static(name), v);
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        header = name,
+                        "value not valid in a header; request refused"
+                    );
+                    return error(StatusCode::BAD_REQUEST, "Invalid header value.");
+                }
+            }
+        }
+        let call = async {
+            let resp = self.client.request(req).await?;
+            let (parts, body) = resp.into_parts();
+            let bytes = body.collect().await.map(|c| c.to_bytes());
+            Ok::<_, hyper_util::client::legacy::Error>((parts, bytes))
+        };
+        let (parts, bytes) = match tokio::time::timeout(self.timeout, call).await {
+            Err(_) => {
+                tracing::warn!(url = %uri, "Nova did not answer in time");
+                return error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "The remote metadata server did not answer in time.",
+                );
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(url = %uri, err = %ErrChain(&err), "Nova metadata server unreachable");
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The remote metadata server is temporarily unavailable. Please try again later.",
+                );
+            }
+            Ok(Ok(x)) => x,
+        };
+        let bytes = match bytes {
+            Ok(b) => b,
+            Err(err) => {
+                tracing::warn!(url = %uri, %err, "Nova's response broke off");
+                return error(
+                    StatusCode::BAD_GATEWAY,
+                    "The remote metadata server's answer broke off.",
+                );
+            }
+        };
+        match parts.status.as_u16() {
+            403 => tracing::warn!(
+                "Nova answered 403 Forbidden; this usually means metadata_proxy_shared_secret differs from Nova's"
+            ),
+            500 => tracing::warn!("Nova metadata server had an internal error"),
+            _ => {}
+        }
+        let mut out = Resp::new(Full::new(bytes));
+        *out.status_mut() = parts.status;
+        for (name, value) in &parts.headers {
+            if !DROPPED.contains(&name.as_str()) {
+                out.headers_mut().append(name.clone(), value.clone());
+            }
+        }
+        if !out.headers().contains_key(header::CONTENT_TYPE) {
+            out.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=UTF-8"),
+            );
+        }
+        out
+    }
+}
+
+/// An error with its sources, on one line (hyper's top-level message says little).
+struct ErrChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut src = self.0.source();
+        while let Some(s) = src {
+            write!(f, ": {s}")?;
+            src = s.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_matches_python_hmac() {
+        // python3: hmac.new(b"secret", b"vm-1", hashlib.sha256).hexdigest()
+        assert_eq!(
+            sign_instance_id("secret", "vm-1"),
+            "8d8df128f7f73330977b8bd71fc9442bf6c491ce9b938aa95d11265d36ce09f5"
+        );
+        // Neutron's default secret is empty.
+        assert_eq!(
+            sign_instance_id("", "6b2c1e0a-1f7e-4c1e-9d9a-2f0c3e4b5a61"),
+            "0695deceda96005c4f56ad859d8f1d343103930ef7cb6fad269983ba7076f650"
+        );
+    }
+}

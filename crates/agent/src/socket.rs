@@ -1,0 +1,106 @@
+//! The Unix socket the proxies connect to: parent directory created, stale file removed,
+//! bound with `metadata_backlog`, permissions from `metadata_proxy_socket_mode`
+//! (neutron agent/linux/utils.py `ensure_directory_exists_without_file`, proxy_base.py).
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::sys::socket::{
+    bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+};
+
+use crate::config::{Config, SocketMode};
+
+/// Setting up the socket failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {}: {source}", path.display())]
+pub struct SocketError {
+    pub op: &'static str,
+    pub path: PathBuf,
+    pub source: std::io::Error,
+}
+
+fn err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SocketError + 'a {
+    move |source| SocketError {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The file mode for the socket (Neutron's MODE_MAP; "deduce" looks at who the proxies run as).
+pub fn mode_bits(cfg: &Config) -> u32 {
+    let mode = match cfg.metadata_proxy_socket_mode {
+        SocketMode::Deduce => deduce(&cfg.metadata_proxy_user, &cfg.metadata_proxy_group),
+        m => m,
+    };
+    match mode {
+        SocketMode::User | SocketMode::Deduce => 0o644,
+        SocketMode::Group => 0o664,
+        SocketMode::All => 0o666,
+    }
+}
+
+/// proxy_base.py `_get_socket_mode`: proxies running as us or root -> user; in our group ->
+/// group; otherwise all.
+fn deduce(user: &str, group: &str) -> SocketMode {
+    let euid = nix::unistd::geteuid();
+    let is_us = user.is_empty()
+        || user == "0"
+        || user == "root"
+        || user.parse::<u32>().is_ok_and(|u| u == euid.as_raw())
+        || nix::unistd::User::from_name(user)
+            .ok()
+            .flatten()
+            .is_some_and(|u| u.uid == euid);
+    if is_us {
+        return SocketMode::User;
+    }
+    let egid = nix::unistd::getegid();
+    let in_group = group.is_empty()
+        || group.parse::<u32>().is_ok_and(|g| g == egid.as_raw())
+        || nix::unistd::Group::from_name(group)
+            .ok()
+            .flatten()
+            .is_some_and(|g| g.gid == egid);
+    if in_group {
+        SocketMode::Group
+    } else {
+        SocketMode::All
+    }
+}
+
+/// Create, bind and listen; returns a tokio listener.
+pub fn bind_socket(cfg: &Config) -> Result<tokio::net::UnixListener, SocketError> {
+    let path = cfg.metadata_proxy_socket.as_path();
+    if let Some(dir) = path.parent() {
+        if !dir.is_dir() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .map_err(err("create directory for", path))?;
+        }
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => tracing::info!(path = %path.display(), "removed stale socket"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err("remove stale", path)(e)),
+    }
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .map_err(|e| err("create socket for", path)(e.into()))?;
+    let addr = UnixAddr::new(path).map_err(|e| err("address", path)(e.into()))?;
+    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr).map_err(|e| err("bind", path)(e.into()))?;
+    let backlog =
+        Backlog::new(cfg.metadata_backlog.min(i32::MAX as u32) as i32).unwrap_or(Backlog::MAXCONN);
+    listen(&fd, backlog).map_err(|e| err("listen on", path)(e.into()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode_bits(cfg)))
+        .map_err(err("chmod", path))?;
+    let std_listener = std::os::unix::net::UnixListener::from(fd);
+    tokio::net::UnixListener::from_std(std_listener).map_err(err("register", path))
+}
