@@ -1,5 +1,53 @@
+//! `ns-metadata-proxy`: parse options, set up logging, run (see the library).
 #![forbid(unsafe_code)]
+
+use clap::Parser;
+use ns_metadata_proxy::{app, process, Args, Config};
+use tracing_subscriber::EnvFilter;
+
 fn main() {
-    eprintln!("usage: ns-metadata-proxy --help (not built yet)");
-    std::process::exit(2);
+    let args = Args::parse();
+    let cfg = match Config::from_args(args) {
+        Ok(c) => c,
+        Err(e) => fail(&e.to_string(), e.exit_code()),
+    };
+    let daemon_child = std::env::var_os(process::DAEMON_ENV).is_some();
+    if cfg.daemonize && !daemon_child {
+        match process::daemonize_parent() {
+            Ok(Some(code)) => std::process::exit(code),
+            Ok(None) => {}
+            Err(e) => fail(&e.to_string(), 1),
+        }
+    }
+    if let Err(e) = init_logging(&cfg) {
+        fail(&format!("log file: {e:#}"), 1);
+    }
+    if let Err(e) = app::run(cfg, daemon_child) {
+        tracing::error!(err = %e, "start-up failed");
+        fail(&e.to_string(), e.exit_code());
+    }
+}
+
+fn fail(msg: &str, code: i32) -> ! {
+    eprintln!("ns-metadata-proxy: {msg}");
+    std::process::exit(code)
+}
+
+fn init_logging(cfg: &Config) -> anyhow::Result<()> {
+    let default = if cfg.debug { "debug" } else { "info" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false);
+    match &cfg.log_file {
+        Some(path) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?;
+            builder.with_writer(std::sync::Mutex::new(f)).init();
+        }
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+    Ok(())
 }

@@ -1,0 +1,85 @@
+//! The process from start to exit: bind (in the namespace), pid file, privilege drop,
+//! readiness, serve until SIGTERM/SIGINT, clean up.
+
+use std::sync::Arc;
+
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::process::{self, Creds, PidFile, Readiness};
+use crate::server::{self, Shared};
+use crate::{bind, Config, Error, Result};
+
+/// Run the proxy; returns when it has shut down cleanly. `daemon_child` says this process
+/// is the re-executed `--daemonize` child (see [`process::daemonize_parent`]).
+pub fn run(cfg: Config, daemon_child: bool) -> Result<()> {
+    if daemon_child {
+        process::become_daemon()?;
+    }
+    let ready = Readiness::open(&cfg.ready_fds)?;
+    let creds = Creds::resolve(cfg.user.as_deref(), cfg.group.as_deref())?;
+    let listeners = bind::bind_in(cfg.netns.as_deref(), &cfg.binds)?;
+    let pid_file = cfg.pid_file.as_deref().map(PidFile::create).transpose()?;
+    creds.drop_privileges()?;
+
+    // One thread: the benchmark showed a multi-thread runtime losing at every load (issue 8).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|source| Error::Io {
+            op: "tokio runtime",
+            source,
+        })?;
+    rt.block_on(async move {
+        let listeners = listeners
+            .into_iter()
+            .map(tokio::net::TcpListener::from_std)
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|source| Error::Io {
+                op: "listener",
+                source,
+            })?;
+        let io = |source| Error::Io {
+            op: "signal handler",
+            source,
+        };
+        let mut term = signal(SignalKind::terminate()).map_err(io)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(io)?;
+        let mut hup = signal(SignalKind::hangup()).map_err(io)?;
+        let shared = Arc::new(Shared::new(&cfg));
+        tracing::info!(
+            id = %shared.id,
+            binds = ?cfg.binds.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            socket = %cfg.socket.display(),
+            agent_keepalive = ?cfg.agent_keepalive,
+            pid = std::process::id(),
+            "listening"
+        );
+        ready.notify();
+        if daemon_child {
+            process::detach_stdio();
+        }
+        let shutdown = async move {
+            loop {
+                tokio::select! {
+                    _ = term.recv() => break,
+                    _ = int.recv() => break,
+                    _ = hup.recv() => tracing::info!("SIGHUP ignored: nothing to reload"),
+                }
+            }
+        };
+        server::serve(
+            shared,
+            listeners,
+            cfg.max_connections,
+            shutdown,
+            server::GRACE,
+        )
+        .await;
+        Ok::<(), Error>(())
+    })?;
+    if let Some(p) = pid_file {
+        p.remove();
+    }
+    Ok(())
+}

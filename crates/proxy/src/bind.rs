@@ -1,0 +1,197 @@
+//! Listening sockets: parse `ADDR:PORT[%IFACE]`, resolve the interface's scope id, wait
+//! for IPv6 DAD, and bind — inside another namespace when `--netns` is given.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV6};
+use std::time::{Duration, Instant};
+
+use crate::{Error, Result};
+
+/// How long a bind that fails with EADDRNOTAVAIL is retried: an IPv6 address is not
+/// bindable while it is tentative (DAD, ~1-2 s). Neutron waits for DAD too (LP#1953165).
+/// We retry rather than set IP_FREEBIND, so a proxy never reports ready on an address
+/// the namespace does not (yet) have.
+pub const DAD_WAIT: Duration = Duration::from_secs(5);
+
+/// One `--bind` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindSpec {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub iface: Option<String>,
+}
+
+impl BindSpec {
+    /// `0.0.0.0:PORT` (Neutron's `--metadata_port`).
+    pub fn any(port: u16) -> BindSpec {
+        BindSpec {
+            addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port,
+            iface: None,
+        }
+    }
+}
+
+impl std::fmt::Display for BindSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.addr {
+            IpAddr::V4(a) => write!(f, "{a}:{}", self.port)?,
+            IpAddr::V6(a) => write!(f, "[{a}]:{}", self.port)?,
+        }
+        if let Some(i) = &self.iface {
+            write!(f, "%{i}")?;
+        }
+        Ok(())
+    }
+}
+
+fn valid_iface(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 15 && !name.contains(['/', ' ', '\0', ':', '%'])
+}
+
+impl std::str::FromStr for BindSpec {
+    type Err = String;
+
+    /// `1.2.3.4:80`, `[::]:80`, `[fe80::a9fe:a9fe]:80%tap0`, `[fe80::a9fe:a9fe%tap0]:80`.
+    fn from_str(s: &str) -> std::result::Result<BindSpec, String> {
+        let s = s.trim();
+        let (host, rest) = if let Some(r) = s.strip_prefix('[') {
+            let (h, rest) = r.split_once(']').ok_or("missing ']'")?;
+            (h, rest.strip_prefix(':').ok_or("expected ]:PORT")?)
+        } else {
+            s.rsplit_once(':').ok_or("expected ADDR:PORT")?
+        };
+        let (host, zone) = match host.split_once('%') {
+            Some((h, z)) => (h, Some(z)),
+            None => (host, None),
+        };
+        let (port, suffix) = match rest.split_once('%') {
+            Some((p, z)) => (p, Some(z)),
+            None => (rest, None),
+        };
+        let iface = match (zone, suffix) {
+            (Some(_), Some(_)) => return Err("interface given twice".into()),
+            (z, s) => z.or(s).map(str::to_owned),
+        };
+        let addr: IpAddr = host
+            .parse()
+            .map_err(|_| format!("invalid address {host:?}"))?;
+        let port: u16 = port.parse().map_err(|_| format!("invalid port {port:?}"))?;
+        if let Some(i) = &iface {
+            if !valid_iface(i) {
+                return Err(format!("invalid interface name {i:?}"));
+            }
+            if addr.is_ipv4() {
+                return Err("%IFACE is only for IPv6 addresses".into());
+            }
+        }
+        if let IpAddr::V6(a) = addr {
+            if a.is_unicast_link_local() && iface.is_none() {
+                return Err("a link-local IPv6 address needs %IFACE".into());
+            }
+        }
+        Ok(BindSpec { addr, port, iface })
+    }
+}
+
+/// Bind every spec in the calling thread's namespace. Retries EADDRNOTAVAIL on IPv6
+/// (tentative address during DAD) up to [`DAD_WAIT`].
+pub fn bind_all(specs: &[BindSpec]) -> Result<Vec<std::net::TcpListener>> {
+    specs.iter().map(bind_one).collect()
+}
+
+fn bind_one(spec: &BindSpec) -> Result<std::net::TcpListener> {
+    let err = |source: io::Error| Error::Bind {
+        addr: spec.to_string(),
+        source,
+    };
+    let addr = match spec.addr {
+        IpAddr::V4(a) => SocketAddr::from((a, spec.port)),
+        IpAddr::V6(a) => {
+            let scope = match &spec.iface {
+                Some(i) => nix::net::if_::if_nametoindex(i.as_str()).map_err(|e| {
+                    err(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("interface {i}: {e}"),
+                    ))
+                })?,
+                None => 0,
+            };
+            SocketAddr::V6(SocketAddrV6::new(a, spec.port, 0, scope))
+        }
+    };
+    let start = Instant::now();
+    loop {
+        match std::net::TcpListener::bind(addr) {
+            Ok(l) => {
+                l.set_nonblocking(true).map_err(err)?;
+                return Ok(l);
+            }
+            Err(e)
+                if spec.addr.is_ipv6()
+                    && e.kind() == io::ErrorKind::AddrNotAvailable
+                    && start.elapsed() < DAD_WAIT =>
+            {
+                // A poll with a deadline, on the dedicated bind thread, not a fixed wait.
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => return Err(err(e)),
+        }
+    }
+}
+
+/// Bind inside the namespace `spec` (`--netns`) on a dedicated thread, or here.
+pub fn bind_in(netns: Option<&str>, specs: &[BindSpec]) -> Result<Vec<std::net::TcpListener>> {
+    match netns {
+        None => bind_all(specs),
+        Some(ns) => {
+            let handle = ns_netns::Netns::open(ns).map_err(|source| Error::Netns {
+                spec: ns.to_owned(),
+                source,
+            })?;
+            let specs = specs.to_vec();
+            handle
+                .run(move || bind_all(&specs))
+                .map_err(|source| Error::Netns {
+                    spec: ns.to_owned(),
+                    source,
+                })?
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_forms() {
+        let b: BindSpec = "[fe80::a9fe:a9fe]:80%tap0".parse().expect("ok");
+        assert_eq!(b.iface.as_deref(), Some("tap0"));
+        assert_eq!(b.to_string(), "[fe80::a9fe:a9fe]:80%tap0");
+        let b: BindSpec = "[fe80::a9fe:a9fe%tap1]:80".parse().expect("ok");
+        assert_eq!(b.iface.as_deref(), Some("tap1"));
+        let b: BindSpec = "169.254.169.254:80".parse().expect("ok");
+        assert_eq!(b.port, 80);
+        assert!("[::]:9697".parse::<BindSpec>().is_ok());
+        for bad in [
+            "fe80::1:80",
+            "[fe80::1]:80",
+            "1.2.3.4:80%eth0",
+            "1.2.3.4",
+            "x:80",
+            "[::]:99999",
+            "[::1]:80%a/b",
+        ] {
+            assert!(bad.parse::<BindSpec>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn binds_loopback_and_reports_missing_interface() {
+        let l = bind_all(&["127.0.0.1:0".parse().expect("spec")]).expect("bind");
+        assert!(l[0].local_addr().expect("addr").port() > 0);
+        let e = bind_all(&["[fe80::1]:0%nsmpnope0".parse().expect("spec")]).expect_err("no iface");
+        assert!(e.to_string().contains("nsmpnope0"), "{e}");
+    }
+}

@@ -1,0 +1,278 @@
+//! The proxy as a process: daemonizing (by re-executing itself before any runtime exists),
+//! the pid file, dropping privileges after bind, and telling the starter it is ready.
+
+use std::fs::File;
+use std::io::{Read as _, Seek as _, Write as _};
+use std::os::fd::AsRawFd as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use nix::unistd::{Gid, Group, Uid, User};
+
+use crate::{Error, Result};
+
+/// Set in the environment of the re-executed daemon child.
+pub const DAEMON_ENV: &str = "NS_METADATA_PROXY_DAEMON_CHILD";
+const READY: &[u8] = b"READY=1\n";
+
+fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Io { op, source }
+}
+
+/// `--daemonize`, parent side. A tokio runtime cannot survive fork, and this crate has no
+/// unsafe to call fork anyway, so the parent re-executes itself (same argv, so the id stays
+/// in /proc/PID/cmdline) with one more `--ready-fd` on a pipe, and returns the exit code to
+/// use: 0 once the child wrote READY, 1 if it exited first (its one-line reason went to the
+/// shared stderr). Returns `None` in the child, which must call [`become_daemon`].
+pub fn daemonize_parent() -> Result<Option<i32>> {
+    if std::env::var_os(DAEMON_ENV).is_some() {
+        return Ok(None);
+    }
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::Io {
+        op: "pipe",
+        source: e.into(),
+    })?;
+    // The write end must survive exec in the child.
+    nix::fcntl::fcntl(
+        &w,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .map_err(|e| Error::Io {
+        op: "fcntl",
+        source: e.into(),
+    })?;
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_else(|| "ns-metadata-proxy".into());
+    let mut child = std::process::Command::new("/proc/self/exe")
+        .arg0(argv0)
+        .args(args)
+        .arg("--ready-fd")
+        .arg(w.as_raw_fd().to_string())
+        .env(DAEMON_ENV, "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .map_err(io("spawn daemon"))?;
+    drop(w);
+    let mut got = Vec::with_capacity(16);
+    let _ = File::from(r).read_to_end(&mut got);
+    if got.starts_with(READY) {
+        return Ok(Some(0));
+    }
+    let status = child.wait().map_err(io("wait for daemon"))?;
+    Ok(Some(if status.success() {
+        1
+    } else {
+        status.code().unwrap_or(1)
+    }))
+}
+
+/// Daemon child: leave the starter's session (no controlling terminal).
+pub fn become_daemon() -> Result<()> {
+    nix::unistd::setsid().map_err(|e| Error::Io {
+        op: "setsid",
+        source: e.into(),
+    })?;
+    Ok(())
+}
+
+/// After READY in a daemon: stop writing to the starter's terminal.
+pub fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        let _ = nix::unistd::dup2_stdin(&null);
+        let _ = nix::unistd::dup2_stdout(&null);
+        let _ = nix::unistd::dup2_stderr(&null);
+    }
+}
+
+/// The starter's readiness channels, opened early (before the privilege drop makes
+/// /proc/self/fd unreadable).
+#[derive(Debug)]
+pub struct Readiness {
+    fds: Vec<(i32, File)>,
+}
+
+impl Readiness {
+    /// Open each inherited `--ready-fd` through /proc/self/fd (no unsafe needed): a bad fd
+    /// is a start-up error.
+    pub fn open(fds: &[i32]) -> Result<Readiness> {
+        let mut out = Vec::new();
+        for &fd in fds {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(format!("/proc/self/fd/{fd}"))
+                .map_err(|source| Error::Config(format!("--ready-fd {fd}: {source}")))?;
+            out.push((fd, f));
+        }
+        Ok(Readiness { fds: out })
+    }
+
+    /// Write READY=1 to every ready fd and close it; tell systemd through $NOTIFY_SOCKET.
+    pub fn notify(self) {
+        for (fd, mut f) in self.fds {
+            if let Err(e) = f.write_all(READY) {
+                tracing::warn!(fd, err = %e, "cannot write readiness");
+            }
+            drop(f);
+            // The inherited descriptor itself: the starter waits for its EOF too.
+            let _ = nix::unistd::close(fd);
+        }
+        if let Some(path) = std::env::var_os("NOTIFY_SOCKET") {
+            if let Err(e) = sd_notify(Path::new(&path)) {
+                tracing::warn!(err = %e, "cannot notify NOTIFY_SOCKET");
+            }
+        }
+    }
+}
+
+fn sd_notify(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let sock = UnixDatagram::unbound()?;
+    let bytes = path.as_os_str().as_encoded_bytes();
+    if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt as _;
+        sock.send_to_addr(b"READY=1", &SocketAddr::from_abstract_name(name)?)?;
+    } else {
+        sock.send_to(b"READY=1", path)?;
+    }
+    Ok(())
+}
+
+/// The pid file: flock'ed for the process's life, like Neutron's old proxy daemon.
+#[derive(Debug)]
+pub struct PidFile {
+    path: PathBuf,
+    _lock: Flock<File>,
+}
+
+impl PidFile {
+    /// Lock and write our pid. Fails if another live process holds the lock.
+    pub fn create(path: &Path) -> Result<PidFile> {
+        let err = |reason: String| Error::PidFile {
+            path: path.to_owned(),
+            reason,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+        }
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| err(e.to_string()))?;
+        let mut lock = Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(mut f, e)| {
+            let mut old = String::new();
+            let _ = f.read_to_string(&mut old);
+            err(format!("locked by running process {} ({e})", old.trim()))
+        })?;
+        lock.set_len(0).map_err(|e| err(e.to_string()))?;
+        lock.rewind().map_err(|e| err(e.to_string()))?;
+        writeln!(lock, "{}", std::process::id()).map_err(|e| err(e.to_string()))?;
+        lock.flush().map_err(|e| err(e.to_string()))?;
+        Ok(PidFile {
+            path: path.to_owned(),
+            _lock: lock,
+        })
+    }
+
+    /// Remove the file (still holding the lock, so no other proxy raced in).
+    pub fn remove(self) {
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            // E.g. the directory is root-owned and we dropped privileges (LP#1907695).
+            tracing::warn!(path = %self.path.display(), err = %e, "cannot remove pid file");
+        }
+    }
+}
+
+fn lookup_user(u: &str) -> Result<User> {
+    let err = |r: String| Error::Privileges(format!("user {u:?}: {r}"));
+    let found = match u.parse::<u32>() {
+        Ok(uid) => User::from_uid(Uid::from_raw(uid)),
+        Err(_) => User::from_name(u),
+    };
+    found
+        .map_err(|e| err(e.to_string()))?
+        .ok_or_else(|| err("no such user".into()))
+}
+
+fn lookup_group(g: &str) -> Result<Gid> {
+    if let Ok(gid) = g.parse::<u32>() {
+        return Ok(Gid::from_raw(gid));
+    }
+    let err = |r: String| Error::Privileges(format!("group {g:?}: {r}"));
+    Ok(Group::from_name(g)
+        .map_err(|e| err(e.to_string()))?
+        .ok_or_else(|| err("no such group".into()))?
+        .gid)
+}
+
+/// What to drop to, resolved before binding so a typo fails start-up early.
+#[derive(Debug, Clone, Copy)]
+pub struct Creds {
+    uid: Option<Uid>,
+    gid: Option<Gid>,
+}
+
+impl Creds {
+    pub fn resolve(user: Option<&str>, group: Option<&str>) -> Result<Creds> {
+        let user = user.map(lookup_user).transpose()?;
+        let gid = match group {
+            Some(g) => Some(lookup_group(g)?),
+            None => user.as_ref().map(|u| u.gid),
+        };
+        Ok(Creds {
+            uid: user.map(|u| u.uid),
+            gid,
+        })
+    }
+
+    /// setgroups([gid]), setgid, setuid — in that order, after binding.
+    pub fn drop_privileges(self) -> Result<()> {
+        let fail = |what: &str, e: nix::Error| Error::Privileges(format!("{what}: {e}"));
+        if let Some(gid) = self.gid {
+            if Gid::effective() != gid || Uid::effective().is_root() {
+                if Uid::effective().is_root() {
+                    nix::unistd::setgroups(&[gid]).map_err(|e| fail("setgroups", e))?;
+                }
+                nix::unistd::setgid(gid).map_err(|e| fail("setgid", e))?;
+            }
+        }
+        if let Some(uid) = self.uid {
+            if Uid::effective() != uid {
+                nix::unistd::setuid(uid).map_err(|e| fail("setuid", e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_file_locks_and_removes() {
+        let p = std::env::temp_dir().join(format!("nsmp-pid-{}", std::process::id()));
+        let a = PidFile::create(&p).expect("first");
+        let text = std::fs::read_to_string(&p).expect("read");
+        assert_eq!(text.trim(), std::process::id().to_string());
+        let e = PidFile::create(&p).expect_err("locked");
+        assert!(e.to_string().contains("locked"), "{e}");
+        a.remove();
+        assert!(!p.exists());
+    }
+
+    #[test]
+    fn unknown_user_fails_early() {
+        assert!(Creds::resolve(Some("nsmp-no-such-user"), None).is_err());
+        assert!(Creds::resolve(None, Some("nsmp-no-such-group")).is_err());
+        assert!(Creds::resolve(Some("0"), Some("0")).is_ok());
+    }
+}

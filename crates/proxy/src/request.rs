@@ -1,0 +1,345 @@
+//! The client side of one request: parse the VM's request head, apply the header contract
+//! (DESIGN.md "Proxy, per request") and write the request for the agent into one buffer.
+
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::ops::Range;
+
+/// Largest request head accepted from a client; more gives 431 (as the issue asks).
+pub const MAX_HEAD: usize = 16 * 1024;
+/// Most header fields accepted in one head; more gives 431.
+pub const MAX_HEADERS: usize = 100;
+/// Neutron's agent reads the request with ONE `recv(4096)` (neutron/common/metadata.py
+/// `handle`), so the whole upstream request must fit in that or it would be cut: 413.
+pub const MAX_UPSTREAM: usize = 4096;
+
+/// Request headers never forwarded: identity headers a VM could spoof (LP#1865036), the
+/// hop-by-hop set (RFC 9110 §7.6.1), and framing we re-create. Compared ignoring case.
+const STRIP: &[&str] = &[
+    "x-forwarded-for",
+    "x-neutron-router-id",
+    "x-neutron-network-id",
+    "x-ovn-network-id",
+    "x-instance-id",
+    "x-instance-id-signature",
+    "x-tenant-id",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "expect",
+    crate::response::KEEPALIVE_HEADER,
+];
+
+/// How the request body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    None,
+    Length(usize),
+    Chunked,
+}
+
+/// What the connection loop needs to know about a parsed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReqInfo {
+    /// Bytes of the head in the input buffer (body follows).
+    pub head_len: usize,
+    /// Where method and target are in the input buffer (for the access log).
+    pub method: Range<usize>,
+    pub target: Range<usize>,
+    /// HTTP/1.x minor version of the client.
+    pub minor: u8,
+    /// Whether the client wants the connection kept after this request.
+    pub keep_alive: bool,
+    pub body: Body,
+    pub expect_continue: bool,
+    /// RFC 9110 §9.2.2: safe to retry on a fresh agent connection.
+    pub idempotent: bool,
+    pub is_head: bool,
+}
+
+/// A request the proxy answers itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ReqError {
+    #[error("request header block too large")]
+    HeadTooLarge,
+    #[error("bad request: {0}")]
+    Bad(&'static str),
+    #[error("request larger than the agent accepts ({MAX_UPSTREAM} bytes)")]
+    TooLarge,
+}
+
+impl ReqError {
+    /// The status code the VM gets.
+    pub fn status(self) -> u16 {
+        match self {
+            ReqError::HeadTooLarge => 431,
+            ReqError::Bad(_) => 400,
+            ReqError::TooLarge => 413,
+        }
+    }
+}
+
+/// Per-proxy constants that go into every upstream request.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// e.g. `X-Neutron-Router-ID: <id>\r\n`, prepared once.
+    pub id_line: String,
+    /// Ask the agent to close after the reply (`--agent-keepalive off`).
+    pub close: bool,
+}
+
+fn eq(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
+/// Comma-separated tokens of a header value, trimmed.
+pub(crate) fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|&c| c == b',')
+        .map(|t| t.trim_ascii())
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether header `name` is listed in any `Connection` header (so it is hop-by-hop).
+pub(crate) fn named_in_connection(headers: &[httparse::Header<'_>], name: &str) -> bool {
+    headers
+        .iter()
+        .filter(|h| eq(h.name, "connection"))
+        .flat_map(|h| tokens(h.value))
+        .any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
+}
+
+/// Parse the head at the start of `buf`. `Ok(None)`: incomplete, read more. On success,
+/// `out` holds the agent's request line and headers, without the final empty line (see
+/// [`finish`]).
+pub fn parse(
+    buf: &[u8],
+    up: &Upstream,
+    peer: IpAddr,
+    out: &mut Vec<u8>,
+) -> Result<Option<ReqInfo>, ReqError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+            return Err(ReqError::HeadTooLarge)
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(ReqError::HeadTooLarge),
+        Err(_) => return Err(ReqError::Bad("malformed request head")),
+    };
+    if head_len > MAX_HEAD {
+        return Err(ReqError::HeadTooLarge);
+    }
+    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
+        return Err(ReqError::Bad("incomplete request line"));
+    };
+    let headers = req.headers;
+
+    let mut body = Body::None;
+    let mut close = false;
+    let mut keep = false;
+    let mut expect_continue = false;
+    let mut has_te = false;
+    for h in headers.iter() {
+        if eq(h.name, "content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .map(str::trim)
+                .filter(|s| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
+                .and_then(|s| s.parse::<usize>().ok())
+                .ok_or(ReqError::Bad("invalid Content-Length"))?;
+            match body {
+                Body::Length(m) if m != n => {
+                    return Err(ReqError::Bad("conflicting Content-Length"))
+                }
+                _ => body = Body::Length(n),
+            }
+        } else if eq(h.name, "transfer-encoding") {
+            has_te = true;
+            // Only `chunked` as the final (here: only) coding can be framed (RFC 9112 §6.3).
+            let mut it = tokens(h.value);
+            match (it.next(), it.next()) {
+                (Some(t), None) if t.eq_ignore_ascii_case(b"chunked") => {}
+                _ => return Err(ReqError::Bad("unsupported Transfer-Encoding")),
+            }
+        } else if eq(h.name, "connection") {
+            for t in tokens(h.value) {
+                close |= t.eq_ignore_ascii_case(b"close");
+                keep |= t.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if eq(h.name, "expect") {
+            if h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
+                expect_continue = true;
+            } else {
+                return Err(ReqError::Bad("unsupported Expect"));
+            }
+        }
+    }
+    if has_te {
+        // Request smuggling guard: both framings, or chunked from an HTTP/1.0 client.
+        if body != Body::None || minor == 0 {
+            return Err(ReqError::Bad(
+                "Transfer-Encoding with Content-Length or HTTP/1.0",
+            ));
+        }
+        body = Body::Chunked;
+    }
+    let keep_alive = if minor == 0 { keep && !close } else { !close };
+
+    out.clear();
+    // Writes into a Vec cannot fail.
+    let _ = write!(out, "{method} {target} HTTP/1.1\r\n");
+    for h in headers.iter() {
+        if STRIP.iter().any(|s| eq(h.name, s)) || named_in_connection(headers, h.name) {
+            continue;
+        }
+        out.extend_from_slice(h.name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    // The agent wants the VM's address, IPv4 written plainly (never ::ffff:a.b.c.d).
+    let _ = write!(out, "X-Forwarded-For: {}\r\n", peer.to_canonical());
+    out.extend_from_slice(up.id_line.as_bytes());
+    if up.close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    if let Body::Length(n) = body {
+        // Fail before reading a body that cannot be sent anyway.
+        if out.len() + 32 + n > MAX_UPSTREAM {
+            return Err(ReqError::TooLarge);
+        }
+    }
+    if out.len() > MAX_UPSTREAM {
+        return Err(ReqError::TooLarge);
+    }
+
+    let base = buf.as_ptr() as usize;
+    let range = |s: &str| {
+        let start = s.as_ptr() as usize - base;
+        start..start + s.len()
+    };
+    Ok(Some(ReqInfo {
+        head_len,
+        method: range(method),
+        target: range(target),
+        minor,
+        keep_alive,
+        body,
+        expect_continue,
+        idempotent: matches!(
+            method,
+            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+        ),
+        is_head: method == "HEAD",
+    }))
+}
+
+/// Complete the agent's request in `out` (from [`parse`]) with the body: head and body
+/// go to the agent in one write, and must fit in [`MAX_UPSTREAM`].
+pub fn finish(out: &mut Vec<u8>, body_kind: Body, body: &[u8]) -> Result<(), ReqError> {
+    if body_kind != Body::None {
+        let _ = write!(out, "Content-Length: {}\r\n", body.len());
+    }
+    out.extend_from_slice(b"\r\n");
+    if out.len() + body.len() > MAX_UPSTREAM {
+        return Err(ReqError::TooLarge);
+    }
+    out.extend_from_slice(body);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn up() -> Upstream {
+        Upstream {
+            id_line: "X-Neutron-Router-ID: r1\r\n".into(),
+            close: true,
+        }
+    }
+
+    fn run(req: &[u8]) -> Result<(ReqInfo, String), ReqError> {
+        let mut out = Vec::new();
+        let peer: IpAddr = "::ffff:10.0.0.5".parse().expect("ip");
+        let info = parse(req, &up(), peer, &mut out)?.expect("complete");
+        let body = req[info.head_len..].to_vec();
+        finish(&mut out, info.body, &body)?;
+        Ok((info, String::from_utf8(out).expect("utf8")))
+    }
+
+    #[test]
+    fn strips_spoofed_headers_any_case_and_copies() {
+        let (info, out) = run(b"GET /latest/meta-data?x=1 HTTP/1.1\r\nHost: h\r\nx-forwarded-for: 1.2.3.4\r\nX-FORWARDED-FOR: 5.6.7.8\r\nX-Neutron-Network-ID: evil\r\nx-neutron-router-id: evil\r\nX-OVN-Network-ID: e\r\nX-Instance-ID: i\r\nX-Instance-ID-Signature: s\r\nx-tenant-id: t\r\nKeep-Alive: 5\r\nConnection: keep-alive, X-Custom\r\nX-Custom: drop\r\nUser-Agent: ua\r\n\r\n").expect("ok");
+        assert_eq!(
+            out,
+            "GET /latest/meta-data?x=1 HTTP/1.1\r\nHost: h\r\nUser-Agent: ua\r\nX-Forwarded-For: 10.0.0.5\r\nX-Neutron-Router-ID: r1\r\nConnection: close\r\n\r\n"
+        );
+        assert!(info.keep_alive && info.idempotent);
+    }
+
+    #[test]
+    fn body_kept_and_framing_rewritten() {
+        let (info, out) = run(b"POST /p HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello").expect("ok");
+        assert_eq!(info.body, Body::Length(5));
+        assert!(!info.idempotent);
+        assert!(out.ends_with("Content-Length: 5\r\n\r\nhello"), "{out}");
+    }
+
+    #[test]
+    fn errors_map_to_codes() {
+        let bad = |r: &[u8]| run(r).expect_err("must fail").status();
+        assert_eq!(bad(b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n"), 400);
+        assert_eq!(
+            bad(b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
+            400
+        );
+        assert_eq!(
+            bad(b"GET / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"),
+            400
+        );
+        assert_eq!(
+            bad(b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n"),
+            400
+        );
+        assert_eq!(bad(b"GET\x01 / HTTP/1.1\r\n\r\n"), 400);
+        assert_eq!(bad(b"POST / HTTP/1.1\r\nContent-Length: 5000\r\n\r\n"), 413);
+        let many: String = (0..150).map(|i| format!("A{i}: b\r\n")).collect();
+        assert_eq!(bad(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes()), 431);
+    }
+
+    #[test]
+    fn partial_and_oversized_heads() {
+        let mut out = Vec::new();
+        let peer: IpAddr = "10.0.0.1".parse().expect("ip");
+        assert_eq!(
+            parse(b"GET / HTTP/1.1\r\nHo", &up(), peer, &mut out),
+            Ok(None)
+        );
+        let big = vec![b'a'; MAX_HEAD];
+        let mut req = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        req.extend_from_slice(&big);
+        assert_eq!(
+            parse(&req, &up(), peer, &mut out),
+            Err(ReqError::HeadTooLarge)
+        );
+    }
+
+    #[test]
+    fn http10_keepalive_rules() {
+        let (i, _) = run(b"GET / HTTP/1.0\r\n\r\n").expect("ok");
+        assert!(!i.keep_alive);
+        let (i, _) = run(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").expect("ok");
+        assert!(i.keep_alive);
+        let (i, _) = run(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").expect("ok");
+        assert!(!i.keep_alive);
+    }
+}

@@ -1,0 +1,431 @@
+//! The agent connection: connect over the Unix socket, the optional keep-alive pool
+//! (`--agent-keepalive`), one request/response exchange with the retry rule, and relaying
+//! the response to the VM.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::time::timeout;
+
+use crate::bufpool::Buf;
+use crate::chunked;
+use crate::response::{self, ForClient, Framing, RespInfo};
+
+/// When an agent connection may be reused (`--agent-keepalive`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeepaliveMode {
+    /// One request per connection (Neutron's agent handles one and ignores a second).
+    Off,
+    /// Pool connections whose response did not say `Connection: close`.
+    On,
+    /// Pool only connections whose response carried [`response::KEEPALIVE_HEADER`].
+    #[default]
+    Auto,
+}
+
+impl std::str::FromStr for KeepaliveMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "off" => Ok(Self::Off),
+            "on" => Ok(Self::On),
+            "auto" => Ok(Self::Auto),
+            _ => Err(format!("{s:?}: expected off, on or auto")),
+        }
+    }
+}
+
+/// Idle connections kept at most (enough for the c32 benchmark shape).
+pub const POOL_MAX: usize = 32;
+/// Idle lifetime in `on` mode when the agent advertises nothing.
+const DEFAULT_IDLE: Duration = Duration::from_secs(2);
+/// Connect attempts (haproxy's `retries 3` in Neutron's template, plus the first).
+const CONNECT_TRIES: u32 = 4;
+
+/// Why the VM gets an error instead of the agent's answer.
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    #[error("agent unavailable: {0}")]
+    Unavailable(io::Error),
+    #[error("agent closed the connection without a reply")]
+    NoReply,
+    #[error("agent timed out")]
+    Timeout,
+    #[error(transparent)]
+    BadResponse(#[from] response::RespError),
+    #[error("agent send failed: {0}")]
+    Send(io::Error),
+}
+
+impl UpError {
+    pub fn status(&self) -> u16 {
+        match self {
+            UpError::Unavailable(_) => 503,
+            UpError::Timeout => 504,
+            UpError::NoReply | UpError::BadResponse(_) | UpError::Send(_) => 502,
+        }
+    }
+}
+
+struct Idle {
+    stream: UnixStream,
+    expires: Instant,
+}
+
+/// The agent's address, timeouts and the pool.
+pub struct Agent {
+    path: PathBuf,
+    mode: KeepaliveMode,
+    connect_timeout: Duration,
+    server_timeout: Duration,
+    pool: Mutex<Vec<Idle>>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("path", &self.path)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How an exchange ended, for the access log and the connection loop.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    pub status: u16,
+    /// Bytes written to the VM (head and body).
+    pub bytes: u64,
+    /// The VM connection must be closed now.
+    pub client_close: bool,
+}
+
+impl Agent {
+    pub fn new(
+        path: PathBuf,
+        mode: KeepaliveMode,
+        connect_timeout: Duration,
+        server_timeout: Duration,
+    ) -> Agent {
+        Agent {
+            path,
+            mode,
+            connect_timeout,
+            server_timeout,
+            pool: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn pool(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        match self.pool.lock() {
+            Ok(p) => p,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Idle pooled connections right now.
+    pub fn idle(&self) -> usize {
+        self.pool().len()
+    }
+
+    /// Drop expired idle connections (called periodically).
+    pub fn prune(&self) {
+        let now = Instant::now();
+        self.pool().retain(|i| i.expires > now);
+    }
+
+    /// A live idle connection: the newest first; expired or closed ones are dropped.
+    fn take(&self) -> Option<UnixStream> {
+        let now = Instant::now();
+        let mut pool = self.pool();
+        while let Some(idle) = pool.pop() {
+            if idle.expires <= now {
+                continue;
+            }
+            let mut probe = [0u8; 1];
+            match idle.stream.try_read(&mut probe) {
+                // Nothing to read: still open. EOF or stray bytes: unusable.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(idle.stream),
+                _ => continue,
+            }
+        }
+        None
+    }
+
+    fn put(&self, stream: UnixStream, hint: Option<u64>) {
+        let idle = match hint {
+            // Stay below the agent's own idle timeout so it never closes one under us.
+            Some(0) => return,
+            Some(1) => Duration::from_millis(500),
+            Some(s) => Duration::from_secs(s.min(3600) - 1),
+            None => DEFAULT_IDLE,
+        };
+        let mut pool = self.pool();
+        if pool.len() < POOL_MAX {
+            pool.push(Idle {
+                stream,
+                expires: Instant::now() + idle,
+            });
+        }
+    }
+
+    async fn connect(&self) -> Result<UnixStream, UpError> {
+        let mut last = None;
+        for attempt in 0..CONNECT_TRIES {
+            match timeout(self.connect_timeout, UnixStream::connect(&self.path)).await {
+                Ok(Ok(s)) => return Ok(s),
+                Ok(Err(e)) => {
+                    // A missing socket will not appear within a retry; a full backlog
+                    // (EAGAIN) or a restarting agent (ECONNREFUSED) may recover.
+                    let again = matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::ConnectionRefused
+                    );
+                    last = Some(e);
+                    if !again || attempt + 1 == CONNECT_TRIES {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
+                }
+                Err(_) => {
+                    last = Some(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
+                    break;
+                }
+            }
+        }
+        Err(UpError::Unavailable(
+            last.unwrap_or_else(|| io::Error::other("connect failed")),
+        ))
+    }
+
+    /// Send `req` (head and body, one write) and relay the answer to `client`. `out` holds
+    /// the VM's response head meanwhile. On `Err` nothing has been written to the client.
+    pub async fn exchange<C>(
+        &self,
+        req: &[u8],
+        retry_ok: bool,
+        has_body: bool,
+        fc: ForClient,
+        client: &mut C,
+        client_timeout: Duration,
+    ) -> Result<Outcome, UpError>
+    where
+        C: AsyncWrite + Unpin,
+    {
+        let mut rbuf = Buf::get();
+        let mut hbuf = Buf::get();
+        let (mut stream, mut pooled) = match (self.mode, self.take()) {
+            (KeepaliveMode::Off, _) | (_, None) => (self.connect().await?, false),
+            (_, Some(s)) => (s, true),
+        };
+        let info = loop {
+            match self.send(&mut stream, req, &mut rbuf, fc, &mut hbuf).await {
+                Ok(info) => break info,
+                Err((e, wrote)) => {
+                    // Retry once, on a fresh connection, only when a pooled connection
+                    // failed before any response byte, for an idempotent method, and
+                    // the body was not delivered (issue 8).
+                    let failed_early = matches!(e, UpError::NoReply | UpError::Send(_));
+                    if pooled && failed_early && retry_ok && (!has_body || !wrote) {
+                        tracing::debug!(err = %e, "pooled agent connection failed, retrying once");
+                        stream = self.connect().await?;
+                        pooled = false;
+                        rbuf.clear();
+                        continue;
+                    }
+                    return Err(e);
+                }
+            }
+        };
+        let (outcome, reusable) = self
+            .relay_body(
+                &mut stream,
+                &mut rbuf,
+                &mut hbuf,
+                &info,
+                client,
+                client_timeout,
+            )
+            .await;
+        let keep = match self.mode {
+            KeepaliveMode::Off => false,
+            KeepaliveMode::On => true,
+            KeepaliveMode::Auto => info.keepalive_hint.is_some(),
+        };
+        if keep && reusable && info.agent_reusable {
+            self.put(stream, info.keepalive_hint);
+        }
+        Ok(outcome)
+    }
+
+    /// Write the request and read the response head. The error says whether the write
+    /// went through.
+    async fn send(
+        &self,
+        stream: &mut UnixStream,
+        req: &[u8],
+        rbuf: &mut Buf,
+        fc: ForClient,
+        hbuf: &mut Buf,
+    ) -> Result<RespInfo, (UpError, bool)> {
+        match timeout(self.server_timeout, stream.write_all(req)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err((UpError::Send(e), false)),
+            Err(_) => return Err((UpError::Timeout, false)),
+        }
+        loop {
+            if rbuf.len() == rbuf.capacity() && rbuf.len() < response::MAX_RESP_HEAD {
+                let len = rbuf.len();
+                rbuf.reserve(len);
+            }
+            let n = match timeout(self.server_timeout, stream.read_buf(&mut **rbuf)).await {
+                Err(_) => return Err((UpError::Timeout, true)),
+                Ok(Ok(n)) => n,
+                Ok(Err(_)) if rbuf.is_empty() => return Err((UpError::NoReply, true)),
+                Ok(Err(_)) => 0,
+            };
+            if n == 0 {
+                if rbuf.is_empty() {
+                    return Err((UpError::NoReply, true));
+                }
+                // Neutron's agent ends a bodyless non-200 head at EOF without the empty
+                // line (webob's str(Response)): complete it and parse once more.
+                rbuf.extend_from_slice(b"\r\n\r\n");
+                return match response::parse(rbuf, fc, hbuf) {
+                    Ok(Some(mut info)) => {
+                        info.agent_reusable = false;
+                        Ok(info)
+                    }
+                    Ok(None) => Err((UpError::NoReply, true)),
+                    Err(e) => Err((e.into(), true)),
+                };
+            }
+            match response::parse(rbuf, fc, hbuf) {
+                Ok(Some(info)) => return Ok(info),
+                Ok(None) => continue,
+                Err(e) => return Err((e.into(), true)),
+            }
+        }
+    }
+
+    /// Relay the head (in `hbuf`) and the body. Returns the outcome and whether the agent
+    /// connection ended cleanly at the end of the body (so it may be pooled).
+    async fn relay_body<C>(
+        &self,
+        stream: &mut UnixStream,
+        rbuf: &mut Buf,
+        hbuf: &mut Buf,
+        info: &RespInfo,
+        client: &mut C,
+        client_timeout: Duration,
+    ) -> (Outcome, bool)
+    where
+        C: AsyncWrite + Unpin,
+    {
+        let mut out = Outcome {
+            status: info.status,
+            bytes: 0,
+            client_close: info.client_close,
+        };
+        let mut body = Body::new(info);
+        // First write: the head plus whatever body bytes came with it.
+        let mut start = info.head_len.min(rbuf.len());
+        loop {
+            let (done, clean) = match body.take(&rbuf[start..], hbuf) {
+                Ok(r) => r,
+                Err(()) => {
+                    out.client_close = true;
+                    (true, false)
+                }
+            };
+            if !hbuf.is_empty() {
+                match timeout(client_timeout, client.write_all(hbuf)).await {
+                    Ok(Ok(())) => out.bytes += hbuf.len() as u64,
+                    _ => {
+                        out.client_close = true;
+                        return (out, false);
+                    }
+                }
+                hbuf.clear();
+            }
+            if done {
+                return (out, clean);
+            }
+            rbuf.clear();
+            start = 0;
+            let read = timeout(self.server_timeout, stream.read_buf(&mut **rbuf)).await;
+            match read {
+                Ok(Ok(n)) if n > 0 => {}
+                // EOF ends a close-delimited body; anything else is a truncated answer
+                // the VM must not take for complete: close its connection.
+                Ok(Ok(_)) if body.framing == Framing::Close => {
+                    let _ = timeout(client_timeout, client.flush()).await;
+                    return (out, false);
+                }
+                _ => {
+                    out.client_close = true;
+                    return (out, false);
+                }
+            }
+        }
+    }
+}
+
+/// Tracks where the response body ends and what of it goes to the VM.
+struct Body {
+    framing: Framing,
+    remaining: u64,
+    decoder: chunked::Decoder,
+    decode: bool,
+}
+
+impl Body {
+    fn new(info: &RespInfo) -> Body {
+        Body {
+            framing: info.framing,
+            remaining: match info.framing {
+                Framing::Length(n) => n,
+                _ => 0,
+            },
+            decoder: chunked::Decoder::default(),
+            decode: info.decode_chunked,
+        }
+    }
+
+    /// Move the VM's share of `input` into `dst`. Returns (body complete, agent stream
+    /// positioned exactly at the end: nothing extra was sent).
+    fn take(&mut self, input: &[u8], dst: &mut Vec<u8>) -> Result<(bool, bool), ()> {
+        match self.framing {
+            Framing::None => Ok((true, input.is_empty())),
+            Framing::Length(_) => {
+                let n = input
+                    .len()
+                    .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+                dst.extend_from_slice(&input[..n]);
+                self.remaining -= n as u64;
+                Ok((self.remaining == 0, n == input.len()))
+            }
+            Framing::Close => {
+                dst.extend_from_slice(input);
+                Ok((false, false))
+            }
+            Framing::Chunked => {
+                let used = if self.decode {
+                    self.decoder.feed(input, |d| dst.extend_from_slice(d))
+                } else {
+                    let r = self.decoder.feed(input, |_| {});
+                    if let Ok(n) = r {
+                        dst.extend_from_slice(&input[..n]);
+                    }
+                    r
+                }
+                .map_err(|_| ())?;
+                Ok((self.decoder.is_done(), used == input.len()))
+            }
+        }
+    }
+}
