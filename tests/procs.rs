@@ -205,14 +205,13 @@ impl Spawner {
         let text = format!(
             "[DEFAULT]\nmetadata_proxy_socket = {}\nenable_isolated_metadata = {}\n\
              enable_metadata_network = {}\nforce_metadata = false\n\n\
-             [spawner]\nproxy_binary = {}\nstate_dir = {}\nrecords_file = {}\n\
+             [spawner]\nproxy_binary = {}\nstate_dir = {}\n\
              auto_enable_routers = false\nagent_keepalive = on\n",
             cfg.agent_socket.display(),
             cfg.enable_isolated_metadata,
             cfg.enable_metadata_network,
             bin_path("ns-metadata-proxy").display(),
             state.display(),
-            dir.join("records.json").display(),
         );
         std::fs::write(&config, text).expect("write spawner.ini");
         let mut spawner = Spawner {
