@@ -89,6 +89,10 @@ async fn one_request(
         match timeout_at(deadline, sock.read_buf(&mut *inb)).await {
             Ok(Ok(n)) if n > 0 => {}
             Ok(_) => return None,
+            Err(_) if inb.is_empty() => {
+                tracing::debug!(client = %peer, "client sent nothing, closed");
+                return None;
+            }
             Err(_) => {
                 // Partial request: say so (haproxy answers 408 too), then close.
                 reject(shared, sock, peer, started, 408, None, &inb).await;

@@ -1,0 +1,343 @@
+//! Loopback tests (no root) of the relay against an agent stand-in: the header contract,
+//! every error code, keep-alive, agent connection reuse and the retry rule.
+
+mod common;
+
+use common::{request, Behave, Client, Proxy, StandIn, TempDir};
+
+const ECHO: Behave = Behave::Echo {
+    advertise: None,
+    reuse: false,
+};
+
+fn count(haystack: &str, needle: &str) -> usize {
+    haystack
+        .to_ascii_lowercase()
+        .matches(&needle.to_ascii_lowercase())
+        .count()
+}
+
+#[tokio::test]
+async fn relays_method_path_query_body_and_sets_identity_headers() {
+    let agent = StandIn::start(ECHO);
+    let p = Proxy::start(&agent.path, "127.0.0.1:0", &[]);
+    let r = request(
+        p.addr,
+        b"POST /openstack/latest/password?a=1&b=%20x HTTP/1.1\r\nHost: 169.254.169.254\r\n\
+          x-forwarded-for: 6.6.6.6\r\nX-FORWARDED-FOR: 7.7.7.7\r\nX-Neutron-Router-ID: evil\r\n\
+          x-neutron-network-id: evil\r\nX-OVN-Network-ID: evil\r\nx-instance-id: evil\r\n\
+          X-Instance-ID-Signature: evil\r\nX-Tenant-ID: evil\r\nProxy-Authorization: x\r\n\
+          Upgrade: h2c\r\nConnection: Upgrade, X-Hop\r\nX-Hop: 1\r\nX-Keep: yes\r\n\
+          Content-Length: 11\r\n\r\nhello world",
+    )
+    .await
+    .expect("response");
+    assert_eq!(r.status, 200);
+    let up = r.body_str();
+    assert!(
+        up.starts_with("POST /openstack/latest/password?a=1&b=%20x HTTP/1.1\r\n"),
+        "{up}"
+    );
+    assert!(up.ends_with("\r\n\r\nhello world"), "{up}");
+    assert_eq!(count(&up, "x-forwarded-for:"), 1, "{up}");
+    assert!(up.contains("X-Forwarded-For: 127.0.0.1\r\n"), "{up}");
+    assert_eq!(count(&up, "x-neutron-router-id:"), 1, "{up}");
+    assert!(up.contains("X-Neutron-Router-ID: r-0001\r\n"), "{up}");
+    for gone in [
+        "x-neutron-network-id",
+        "x-ovn-network-id",
+        "x-instance-id",
+        "x-tenant-id",
+        "upgrade",
+        "x-hop",
+        "proxy-authorization",
+    ] {
+        assert_eq!(count(&up, &format!("\n{gone}")), 0, "{gone} in {up}");
+    }
+    assert!(up.contains("X-Keep: yes\r\n") && up.contains("Host: 169.254.169.254\r\n"));
+    assert!(up.contains("Content-Length: 11\r\n"));
+    // Head and body reached the agent in one read (Neutron's single recv(4096)).
+    assert_eq!(
+        *agent.seen.whole_in_first_read.lock().expect("lock"),
+        vec![true]
+    );
+}
+
+#[tokio::test]
+async fn xff_from_ipv6_peer_and_v4_mapped_written_plain() {
+    let agent = StandIn::start(ECHO);
+    let p6 = Proxy::start(&agent.path, "[::1]:0", &[]);
+    let r = request(p6.addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("resp");
+    assert!(
+        r.body_str().contains("X-Forwarded-For: ::1\r\n"),
+        "{}",
+        r.body_str()
+    );
+    // A dual-stack [::] listener sees IPv4 clients as ::ffff:127.0.0.1.
+    let pd = Proxy::start(&agent.path, "[::]:0", &[]);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], pd.addr.port()));
+    let r = request(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("resp");
+    assert!(
+        r.body_str().contains("X-Forwarded-For: 127.0.0.1\r\n"),
+        "{}",
+        r.body_str()
+    );
+}
+
+#[tokio::test]
+async fn chunked_request_body_is_sent_with_content_length() {
+    let agent = StandIn::start(ECHO);
+    let p = Proxy::start(&agent.path, "127.0.0.1:0", &[]);
+    let r = request(
+        p.addr,
+        b"PUT /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    .await
+    .expect("resp");
+    let up = r.body_str();
+    assert!(
+        up.contains("Content-Length: 11\r\n") && up.ends_with("\r\n\r\nhello world"),
+        "{up}"
+    );
+    assert_eq!(count(&up, "transfer-encoding"), 0);
+}
+
+#[tokio::test]
+async fn keep_alive_to_client_and_head_and_http10() {
+    let agent = StandIn::start(ECHO);
+    let p = Proxy::start(&agent.path, "127.0.0.1:0", &[]);
+    let mut c = Client::connect(p.addr).await;
+    for i in 0..3 {
+        c.send(format!("GET /n/{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await;
+        let r = c.read(false).await.expect("kept alive");
+        assert_eq!(r.status, 200);
+        assert!(r.body_str().starts_with(&format!("GET /n/{i} ")));
+        assert_eq!(r.header("connection"), None);
+    }
+    c.send(b"HEAD /h HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let r = c.read(true).await.expect("head");
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty());
+    // Pipelined: two requests in one write, answered in order.
+    c.send(b"GET /p1 HTTP/1.1\r\n\r\nGET /p2 HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .await;
+    assert!(c
+        .read(false)
+        .await
+        .expect("p1")
+        .body_str()
+        .starts_with("GET /p1 "));
+    let r = c.read(false).await.expect("p2");
+    assert!(r.body_str().starts_with("GET /p2 "));
+    assert_eq!(r.header("connection").as_deref(), Some("close"));
+    assert!(c.closed().await);
+    // HTTP/1.0 without keep-alive: answered, then closed.
+    let mut c = Client::connect(p.addr).await;
+    c.send(b"GET /old HTTP/1.0\r\n\r\n").await;
+    assert_eq!(c.read(false).await.expect("1.0").status, 200);
+    assert!(c.closed().await);
+    // Off mode (auto with an agent that never advertises): a connection per request.
+    assert_eq!(agent.connections(), 7);
+}
+
+#[tokio::test]
+async fn agent_missing_or_refusing_gives_503() {
+    let dir = TempDir::new("missing");
+    let p = Proxy::start(&dir.path().join("nope.sock"), "127.0.0.1:0", &[]);
+    let mut c = Client::connect(p.addr).await;
+    c.send(b"GET / HTTP/1.1\r\n\r\n").await;
+    assert_eq!(c.read(false).await.expect("503").status, 503);
+    // The VM connection stays usable after the proxy's own error.
+    c.send(b"GET / HTTP/1.1\r\n\r\n").await;
+    assert_eq!(c.read(false).await.expect("503 again").status, 503);
+
+    let refused = dir.path().join("refused.sock");
+    drop(std::os::unix::net::UnixListener::bind(&refused).expect("bind"));
+    let p = Proxy::start(&refused, "127.0.0.1:0", &[]);
+    let r = request(p.addr, b"GET / HTTP/1.1\r\n\r\n")
+        .await
+        .expect("resp");
+    assert_eq!(r.status, 503);
+}
+
+#[tokio::test]
+async fn agent_closing_without_reply_gives_502() {
+    let agent = StandIn::start(Behave::CloseNoReply);
+    let p = Proxy::start(&agent.path, "127.0.0.1:0", &[]);
+    let r = request(p.addr, b"GET / HTTP/1.1\r\n\r\n")
+        .await
+        .expect("resp");
+    assert_eq!(r.status, 502);
+    assert_eq!(
+        agent.connections(),
+        1,
+        "a fresh connection is never retried"
+    );
+}
+
+#[tokio::test]
+async fn slow_agent_gives_504() {
+    let agent = StandIn::start(Behave::Slow);
+    let p = Proxy::start(&agent.path, "127.0.0.1:0", &["--timeout-server", "1"]);
+    let r = request(p.addr, b"GET / HTTP/1.1\r\n\r\n")
+        .await
+        .expect("resp");
+    assert_eq!(r.status, 504);
+}
+
+#[tokio::test]
+async fn bad_requests_400_413_431() {
+    let agent = StandIn::start(ECHO);
+    let p = Proxy::start(&agent.path, "127.0.0.1:0", &[]);
+    for raw in [
+        &b"GET / HTTP/1.1\r\nContent-Length: abc\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
+        b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+    ] {
+        let mut c = Client::connect(p.addr).await;
+        c.send(raw).await;
+        assert_eq!(c.read(false).await.expect("400").status, 400);
+        assert!(c.closed().await);
+    }
+    let body = vec![b'x'; 4000];
+    let mut raw = b"POST /big HTTP/1.1\r\nContent-Length: 4000\r\n\r\n".to_vec();
+    raw.extend_from_slice(&body);
+    assert_eq!(request(p.addr, &raw).await.expect("413").status, 413);
+    let huge = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(17 * 1024));
+    assert_eq!(
+        request(p.addr, huge.as_bytes()).await.expect("431").status,
+        431
+    );
+    let many: String = (0..120).map(|i| format!("X-{i}: v\r\n")).collect();
+    let raw = format!("GET / HTTP/1.1\r\n{many}\r\n");
+    assert_eq!(
+        request(p.addr, raw.as_bytes()).await.expect("431").status,
+        431
+    );
+    assert_eq!(agent.connections(), 0, "nothing reached the agent");
+    // A request that fits is still fine on the same proxy.
+    assert_eq!(
+        request(p.addr, b"GET / HTTP/1.1\r\n\r\n")
+            .await
+            .expect("ok")
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn silent_client_is_closed_after_request_timeout() {
+    let agent = StandIn::start(ECHO);
+    let p = Proxy::start(&agent.path, "127.0.0.1:0", &["--timeout-request", "1"]);
+    let mut c = Client::connect(p.addr).await;
+    assert!(c.closed().await, "closed without an answer");
+    let mut c = Client::connect(p.addr).await;
+    c.send(b"GET / HT").await;
+    assert_eq!(c.read(false).await.expect("408").status, 408);
+}
+
+#[tokio::test]
+async fn rate_limit_429_per_source() {
+    let agent = StandIn::start(ECHO);
+    let p = Proxy::start(&agent.path, "127.0.0.1:0", &["--rate-limit-base", "2/60"]);
+    let mut c = Client::connect(p.addr).await;
+    for expect in [200, 200, 429, 429] {
+        c.send(b"GET / HTTP/1.1\r\n\r\n").await;
+        assert_eq!(c.read(false).await.expect("resp").status, expect);
+    }
+    assert_eq!(agent.connections(), 2);
+    // Another source (IPv6 loopback) has its own count.
+    let p6 = Proxy::start(&agent.path, "[::1]:0", &["--rate-limit-base", "2/60"]);
+    assert_eq!(
+        request(p6.addr, b"GET / HTTP/1.1\r\n\r\n")
+            .await
+            .expect("resp")
+            .status,
+        200
+    );
+}
+
+async fn two_gets(agent: &StandIn, mode: &str) -> (usize, Vec<String>) {
+    let p = Proxy::start(&agent.path, "127.0.0.1:0", &["--agent-keepalive", mode]);
+    let mut c = Client::connect(p.addr).await;
+    for _ in 0..2 {
+        c.send(b"GET / HTTP/1.1\r\n\r\n").await;
+        let r = c.read(false).await.expect("resp");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-ns-metadata-keepalive"), None, "signal stripped");
+    }
+    (agent.connections(), agent.requests())
+}
+
+#[tokio::test]
+async fn agent_keepalive_auto_reuses_only_when_advertised() {
+    let adv = Behave::Echo {
+        advertise: Some(10),
+        reuse: true,
+    };
+    let (conns, reqs) = two_gets(&StandIn::start(adv), "auto").await;
+    assert_eq!(conns, 1, "auto + signal: reused");
+    assert!(!reqs[0].contains("Connection: close"));
+    let silent = Behave::Echo {
+        advertise: None,
+        reuse: true,
+    };
+    assert_eq!(
+        two_gets(&StandIn::start(silent), "auto").await.0,
+        2,
+        "auto without signal == off"
+    );
+    assert_eq!(
+        two_gets(&StandIn::start(silent), "on").await.0,
+        1,
+        "on: reused"
+    );
+    let (conns, reqs) = two_gets(&StandIn::start(adv), "off").await;
+    assert_eq!(conns, 2, "off: never reused");
+    assert!(reqs.iter().all(|r| r.contains("Connection: close\r\n")));
+}
+
+#[tokio::test]
+async fn pooled_failure_retried_once_only_for_idempotent() {
+    let agent = StandIn::start(Behave::DropSecond);
+    let p = Proxy::start(&agent.path, "127.0.0.1:0", &["--agent-keepalive", "on"]);
+    let mut c = Client::connect(p.addr).await;
+    c.send(b"GET /1 HTTP/1.1\r\n\r\n").await;
+    assert_eq!(c.read(false).await.expect("first").status, 200);
+    // The pooled connection takes the request and closes: retried on a fresh one.
+    c.send(b"GET /2 HTTP/1.1\r\n\r\n").await;
+    assert_eq!(c.read(false).await.expect("retried").status, 200);
+    assert_eq!(agent.connections(), 2);
+    assert_eq!(agent.requests().len(), 3);
+    // A POST with a body already delivered is not retried.
+    c.send(b"POST /3 HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi")
+        .await;
+    assert_eq!(c.read(false).await.expect("502").status, 502);
+    assert_eq!(agent.connections(), 2);
+    assert_eq!(agent.requests().len(), 4);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_in_flight_request() {
+    let agent = StandIn::start(ECHO);
+    let p = Proxy::start(&agent.path, "127.0.0.1:0", &[]);
+    let addr = p.addr;
+    let mut c = Client::connect(addr).await;
+    c.send(b"GET / HTTP/1.1\r\n\r\n").await;
+    assert_eq!(c.read(false).await.expect("before").status, 200);
+    p.stop().await;
+    assert!(
+        c.closed().await,
+        "idle keep-alive connection closed on shutdown"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
+}
