@@ -1,0 +1,308 @@
+//! Forwarding to a Nova stand-in that checks the signature as Nova does: headers, method,
+//! path, query and body; relayed statuses; 503/504 when Nova is away or slow; HTTPS with a
+//! test CA, `nova_metadata_insecure` and client certificates.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use ns_metadata_agent::{BackendKind, Config};
+
+const SECRET: &str = "s3cret-shared";
+
+fn nova_config(dir: &TempDir, port: u16, secret: &str) -> Config {
+    let mut cfg = config(dir, INVENTORY);
+    cfg.backend = BackendKind::Nova;
+    cfg.nova_metadata_host = "127.0.0.1".into();
+    cfg.nova_metadata_port = port;
+    cfg.metadata_proxy_shared_secret = secret.into();
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_signed_request_unchanged() {
+    let nova = NovaStandIn::start(SECRET).await;
+    let dir = TempDir::new("nova");
+    let agent = start(nova_config(&dir, nova.addr.port(), SECRET)).await;
+    let body = "pw-blob";
+    let req = format!(
+        "POST /openstack/2013-04-04/password?a=1&b=two HTTP/1.1\r\nHost: 169.254.169.254\r\nX-Forwarded-For: 10.250.41.2\r\nX-Neutron-Router-ID: r1\r\nX-Instance-ID: spoofed\r\nX-Tenant-ID: spoofed\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let r = raw(&agent.socket, &req).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "{\"uuid\": \"vm-uuid-1\"}");
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.header("x-nova-test"), Some("relayed"));
+    assert!(r.header("x-ns-metadata-keepalive").is_some());
+    let seen = nova.last();
+    assert_eq!(seen.method, "POST");
+    assert_eq!(seen.uri, "/openstack/2013-04-04/password?a=1&b=two");
+    assert_eq!(seen.body, body.as_bytes());
+    assert_eq!(seen.header("x-forwarded-for"), Some("10.250.41.2"));
+    assert_eq!(seen.header("x-instance-id"), Some("vm-uuid-1"));
+    assert_eq!(seen.header("x-tenant-id"), Some("p1"));
+    let sig = seen
+        .header("x-instance-id-signature")
+        .expect("signature sent");
+    assert!(nova_signature_ok(SECRET, "vm-uuid-1", sig));
+    assert!(
+        !seen.headers.iter().any(|(_, v)| v == "spoofed"),
+        "client identity headers never reach Nova"
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nova_status_codes_are_relayed() {
+    let nova = NovaStandIn::start(SECRET).await;
+    let dir = TempDir::new("status");
+    let agent = start(nova_config(&dir, nova.addr.port(), SECRET)).await;
+    for code in [400u16, 403, 404, 409, 500, 502, 503, 504, 418] {
+        let r = raw(
+            &agent.socket,
+            &get(
+                &format!("/status/{code}"),
+                "10.250.42.2",
+                "X-Neutron-Network-ID",
+                "n2",
+            ),
+        )
+        .await;
+        assert_eq!(r.status, code);
+        assert_eq!(r.text(), format!("status {code}"));
+    }
+    assert_eq!(nova.last().header("x-tenant-id"), Some("p2"));
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_secret_gets_novas_403() {
+    let nova = NovaStandIn::start(SECRET).await;
+    let dir = TempDir::new("secret");
+    let agent = start(nova_config(&dir, nova.addr.port(), "not-the-secret")).await;
+    let r = raw(
+        &agent.socket,
+        &get("/openstack", "10.250.41.2", "X-Neutron-Network-ID", "n1"),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert!(r.text().contains("Invalid proxy request signature"));
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nova_unreachable_is_503() {
+    // A port that was free a moment ago and has nothing listening now.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let dir = TempDir::new("down");
+    let agent = start(nova_config(&dir, port, SECRET)).await;
+    let r = raw(
+        &agent.socket,
+        &get("/openstack", "10.250.41.2", "X-Neutron-Network-ID", "n1"),
+    )
+    .await;
+    assert_eq!(r.status, 503);
+    assert!(r.text().contains("temporarily unavailable"));
+    // Identity errors are still the agent's own answers.
+    assert_eq!(
+        raw(
+            &agent.socket,
+            &get("/", "10.250.41.77", "X-Neutron-Network-ID", "n1")
+        )
+        .await
+        .status,
+        404
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_nova_is_504() {
+    // Accepts the connection and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let dir = TempDir::new("slow");
+    let mut cfg = nova_config(&dir, port, SECRET);
+    cfg.nova_metadata_timeout = Duration::from_secs(1);
+    let agent = start(cfg).await;
+    let r = raw(
+        &agent.socket,
+        &get("/openstack", "10.250.41.2", "X-Neutron-Network-ID", "n1"),
+    )
+    .await;
+    assert_eq!(r.status, 504);
+    agent.stop().await;
+    hold.abort();
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, written as PEM files.
+struct Pki {
+    ca: std::path::PathBuf,
+    client_cert: std::path::PathBuf,
+    client_key: std::path::PathBuf,
+    server_chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    server_key: rustls::pki_types::PrivateKeyDer<'static>,
+    ca_der: rustls::pki_types::CertificateDer<'static>,
+}
+
+fn pki(dir: &TempDir) -> Pki {
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        KeyUsagePurpose,
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "ns-metadata test CA");
+    let ca_key = KeyPair::generate().expect("ca key");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let mut sp = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .expect("server params");
+    sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let server_key = KeyPair::generate().expect("server key");
+    let server_cert = sp.signed_by(&server_key, &issuer).expect("server cert");
+
+    let mut cp =
+        CertificateParams::new(vec!["neutron-metadata-agent".to_owned()]).expect("client params");
+    cp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client_key = KeyPair::generate().expect("client key");
+    let client_cert = cp.signed_by(&client_key, &issuer).expect("client cert");
+
+    let ca = dir.path("ca.pem");
+    std::fs::write(&ca, ca_cert.pem()).expect("write ca");
+    let client_cert_path = dir.path("client.pem");
+    std::fs::write(&client_cert_path, client_cert.pem()).expect("write client cert");
+    let client_key_path = dir.path("client.key");
+    std::fs::write(&client_key_path, client_key.serialize_pem()).expect("write client key");
+    Pki {
+        ca,
+        client_cert: client_cert_path,
+        client_key: client_key_path,
+        server_chain: vec![server_cert.der().clone()],
+        server_key: rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
+        ca_der: ca_cert.der().clone(),
+    }
+}
+
+fn acceptor(p: &Pki, require_client_cert: bool) -> tokio_rustls::TlsAcceptor {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("versions");
+    let builder = if require_client_cert {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(p.ca_der.clone()).expect("ca root");
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .expect("client verifier");
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let cfg = builder
+        .with_single_cert(p.server_chain.clone(), p.server_key.clone_key())
+        .expect("server cert");
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+}
+
+async fn status_via(cfg: Config) -> u16 {
+    let agent = start(cfg).await;
+    let r = raw(
+        &agent.socket,
+        &get("/openstack", "10.250.41.2", "X-Neutron-Network-ID", "n1"),
+    )
+    .await;
+    agent.stop().await;
+    r.status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_to_nova_with_ca_insecure_and_client_cert() {
+    let dir = TempDir::new("tls");
+    let p = pki(&dir);
+    let nova = NovaStandIn::start_tls(SECRET, Some(acceptor(&p, false))).await;
+    let https = |dir: &TempDir| {
+        let mut c = nova_config(dir, nova.addr.port(), SECRET);
+        c.nova_metadata_protocol = "https".into();
+        c
+    };
+    let d1 = TempDir::new("tls-ca");
+    let mut cfg = https(&d1);
+    cfg.auth_ca_cert = Some(p.ca.clone());
+    assert_eq!(status_via(cfg).await, 200, "verified against auth_ca_cert");
+    assert_eq!(nova.last().header("x-instance-id"), Some("vm-uuid-1"));
+
+    let d2 = TempDir::new("tls-sys");
+    assert_eq!(
+        status_via(https(&d2)).await,
+        503,
+        "the system bundle does not trust the test CA"
+    );
+
+    let d3 = TempDir::new("tls-insecure");
+    let mut cfg = https(&d3);
+    cfg.nova_metadata_insecure = true;
+    assert_eq!(
+        status_via(cfg).await,
+        200,
+        "nova_metadata_insecure skips verification"
+    );
+
+    // Nova demanding a client certificate.
+    let mtls = NovaStandIn::start_tls(SECRET, Some(acceptor(&p, true))).await;
+    let d4 = TempDir::new("tls-mtls");
+    let mut cfg = https(&d4);
+    cfg.nova_metadata_port = mtls.addr.port();
+    cfg.auth_ca_cert = Some(p.ca.clone());
+    assert_eq!(
+        status_via(cfg.clone()).await,
+        503,
+        "no client certificate, no connection"
+    );
+    let d5 = TempDir::new("tls-mtls2");
+    let mut with_cert = https(&d5);
+    with_cert.nova_metadata_port = mtls.addr.port();
+    with_cert.auth_ca_cert = Some(p.ca.clone());
+    with_cert.nova_client_cert = Some(p.client_cert.clone());
+    with_cert.nova_client_priv_key = Some(p.client_key.clone());
+    assert_eq!(
+        status_via(with_cert).await,
+        200,
+        "client certificate presented"
+    );
+    assert_eq!(mtls.last().header("x-tenant-id"), Some("p1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_tls_files_stop_the_agent() {
+    let dir = TempDir::new("tlsbad");
+    std::fs::write(dir.path("junk.pem"), "not a certificate").expect("write");
+    let mut cfg = nova_config(&dir, 1, SECRET);
+    cfg.nova_metadata_protocol = "https".into();
+    cfg.auth_ca_cert = Some(dir.path("junk.pem"));
+    let err = ns_metadata_agent::run(cfg, std::future::pending())
+        .await
+        .expect_err("must refuse");
+    assert_eq!(err.exit_code(), 2);
+    assert!(err.to_string().starts_with("auth_ca_cert: "), "{err}");
+    assert!(err.to_string().contains("junk.pem"), "{err}");
+}

@@ -1,0 +1,328 @@
+//! The agent over its Unix socket, as a proxy sees it: identity header rules, 404s,
+//! requests split over reads, keep-alive and its signal, the built-in responder, IMDSv2,
+//! inventory reloads and the lookup cache.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+
+const NET: &str = "X-Neutron-Network-ID";
+const ROUTER: &str = "X-Neutron-Router-ID";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_headers_are_checked() {
+    let dir = TempDir::new("ids");
+    let agent = start(config(&dir, INVENTORY)).await;
+    let s = &agent.socket;
+
+    let both = "GET /latest/meta-data/ HTTP/1.1\r\nX-Forwarded-For: 10.250.41.2\r\nX-Neutron-Network-ID: n1\r\nX-Neutron-Router-ID: r1\r\n\r\n";
+    let r = raw(s, both).await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.text().contains("Both network n1 and router r1 defined."),
+        "{}",
+        r.text()
+    );
+
+    let neither = "GET /latest/meta-data/ HTTP/1.1\r\nX-Forwarded-For: 10.250.41.2\r\n\r\n";
+    assert_eq!(raw(s, neither).await.status, 400);
+
+    let no_xff = "GET /latest/meta-data/ HTTP/1.1\r\nX-Neutron-Network-ID: n1\r\n\r\n";
+    let r = raw(s, no_xff).await;
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("X-Forwarded-For is missing"));
+
+    assert_eq!(
+        raw(s, &get("/", "10.250.41.2, 10.0.0.9", NET, "n1"))
+            .await
+            .status,
+        400
+    );
+    assert_eq!(raw(s, &get("/", "vm1", NET, "n1")).await.status, 400);
+    let twice = "GET / HTTP/1.1\r\nX-Forwarded-For: 10.250.41.2\r\nX-Forwarded-For: 10.250.41.2\r\nX-Neutron-Network-ID: n1\r\n\r\n";
+    assert_eq!(raw(s, twice).await.status, 400);
+    // Not HTTP at all: hyper answers 400 and the agent keeps running.
+    assert_eq!(raw(s, "\x16\x03\x01garbage\r\n\r\n").await.status, 400);
+    assert_eq!(
+        raw(
+            s,
+            &get("/latest/meta-data/hostname", "10.250.41.2", NET, "n1")
+        )
+        .await
+        .status,
+        200
+    );
+    agent.stop().await;
+    assert!(!dir.path("agent.sock").exists(), "socket removed on stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_found_names_network_or_router_and_ip() {
+    let dir = TempDir::new("404");
+    let agent = start(config(&dir, INVENTORY)).await;
+    let r = raw(&agent.socket, &get("/", "10.250.41.99", NET, "n1")).await;
+    assert_eq!(r.status, 404);
+    assert!(
+        r.text()
+            .contains("Instance was not found on network n1 for IP 10.250.41.99."),
+        "{}",
+        r.text()
+    );
+    let r = raw(&agent.socket, &get("/", "10.250.42.2", ROUTER, "r-other")).await;
+    assert_eq!(r.status, 404);
+    assert!(
+        r.text().contains("router r-other for IP 10.250.42.2"),
+        "{}",
+        r.text()
+    );
+    // The right VM on the wrong network is not found either.
+    assert_eq!(
+        raw(&agent.socket, &get("/", "10.250.42.2", NET, "n1"))
+            .await
+            .status,
+        404
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builtin_answers_through_router_and_network() {
+    let dir = TempDir::new("builtin");
+    let agent = start(config(&dir, INVENTORY)).await;
+    let s = &agent.socket;
+    let r = raw(
+        s,
+        &get("/latest/meta-data/instance-id", "10.250.42.2", ROUTER, "r1"),
+    )
+    .await;
+    assert_eq!((r.status, r.text().starts_with("i-")), (200, true));
+    // v4-mapped IPv6 in X-Forwarded-For is read as IPv4 (haproxy on a dual-stack socket).
+    let r = raw(
+        s,
+        &get(
+            "/openstack/latest/meta_data.json",
+            "::ffff:10.250.41.2",
+            ROUTER,
+            "r1",
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let md: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+    assert_eq!(md["uuid"], "vm-uuid-1");
+    assert_eq!(
+        md["public_keys"]["demo"],
+        "ssh-ed25519 AAAAC3Nz demo@example"
+    );
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    // Link-local IPv6 clients are found by the MAC in their EUI-64 address (LP#1460177).
+    let r = raw(
+        s,
+        &get(
+            "/openstack/latest/user_data",
+            "fe80::f816:3eff:fe00:2",
+            NET,
+            "n1",
+        ),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "#cloud-config\nfqdn: vm1.example\n")
+    );
+    let r = raw(
+        s,
+        &get("/openstack/latest/user_data", "10.250.42.2", NET, "n2"),
+    )
+    .await;
+    assert_eq!(r.status, 404, "vm2 has no user data");
+    let r = raw(s, &get("/nowhere/at/all", "10.250.41.2", NET, "n1")).await;
+    assert_eq!(r.status, 404);
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_split_over_several_reads() {
+    let dir = TempDir::new("split");
+    let agent = start(config(&dir, INVENTORY)).await;
+    let mut s = UnixStream::connect(&agent.socket).await.expect("connect");
+    let body = "secret-password";
+    let req = format!(
+        "POST /openstack/latest/password HTTP/1.1\r\nX-Forwarded-For: 10.250.41.2\r\nX-Neutron-Network-ID: n1\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    for piece in req.as_bytes().chunks(7) {
+        s.write_all(piece).await.expect("write");
+        s.flush().await.expect("flush");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let r = read_reply(&mut s).await.expect("reply");
+    assert_eq!(r.status, 200);
+    let r = raw(
+        &agent.socket,
+        &get("/openstack/latest/password", "10.250.41.2", NET, "n1"),
+    )
+    .await;
+    assert_eq!(r.text(), body, "the whole body arrived");
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_on_signals_and_reuses_the_connection() {
+    let dir = TempDir::new("ka");
+    let mut cfg = config(&dir, INVENTORY);
+    cfg.keepalive_idle_timeout = Duration::from_secs(1);
+    let agent = start(cfg).await;
+    let mut s = UnixStream::connect(&agent.socket).await.expect("connect");
+    for path in [
+        "/latest/meta-data/hostname",
+        "/nothing",
+        "/openstack/latest/meta_data.json",
+    ] {
+        s.write_all(get(path, "10.250.41.2", NET, "n1").as_bytes())
+            .await
+            .expect("write");
+        let r = read_reply(&mut s)
+            .await
+            .expect("reply on the same connection");
+        assert_eq!(r.header("x-ns-metadata-keepalive"), Some("1"), "{path}");
+    }
+    // Errors carry the signal too, so a proxy in auto mode learns from any answer.
+    let r = raw(&agent.socket, "GET / HTTP/1.1\r\n\r\n").await;
+    assert_eq!(
+        (r.status, r.header("x-ns-metadata-keepalive")),
+        (400, Some("1"))
+    );
+    // Idle longer than the advertised time: the agent closes the connection.
+    let closed = tokio::time::timeout(Duration::from_secs(5), read_reply(&mut s)).await;
+    assert!(
+        matches!(closed, Ok(None)),
+        "idle connection closed by the agent"
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_off_is_one_request_per_connection() {
+    let dir = TempDir::new("noka");
+    let mut cfg = config(&dir, INVENTORY);
+    cfg.keepalive = false;
+    let agent = start(cfg).await;
+    let mut s = UnixStream::connect(&agent.socket).await.expect("connect");
+    s.write_all(get("/latest/meta-data/hostname", "10.250.41.2", NET, "n1").as_bytes())
+        .await
+        .expect("write");
+    let r = read_reply(&mut s).await.expect("reply");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-ns-metadata-keepalive"), None);
+    let _ = s
+        .write_all(get("/latest/meta-data/hostname", "10.250.41.2", NET, "n1").as_bytes())
+        .await;
+    assert!(
+        read_reply(&mut s).await.is_none(),
+        "a second request on the connection gets no answer"
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imds_v2_over_the_socket() {
+    let dir = TempDir::new("imds");
+    let mut cfg = config(&dir, INVENTORY);
+    cfg.imds_require_token = true;
+    let agent = start(cfg).await;
+    let s = &agent.socket;
+    assert_eq!(
+        raw(
+            s,
+            &get("/latest/meta-data/instance-id", "10.250.41.2", NET, "n1")
+        )
+        .await
+        .status,
+        401
+    );
+    let put = "PUT /latest/api/token HTTP/1.1\r\nX-Forwarded-For: 10.250.41.2\r\nX-Neutron-Network-ID: n1\r\nX-aws-ec2-metadata-token-ttl-seconds: 30\r\nContent-Length: 0\r\n\r\n";
+    let r = raw(s, put).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-aws-ec2-metadata-token-ttl-seconds"), Some("30"));
+    let token = r.text();
+    let with = |t: &str| {
+        format!("GET /latest/meta-data/hostname HTTP/1.1\r\nX-Forwarded-For: 10.250.41.2\r\nX-Neutron-Network-ID: n1\r\nX-aws-ec2-metadata-token: {t}\r\n\r\n")
+    };
+    let r = raw(s, &with(&token)).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "vm1.novalocal"));
+    assert_eq!(raw(s, &with("not-a-token")).await.status, 401);
+    // vm2 cannot use vm1's token.
+    let other = with(&token)
+        .replace("10.250.41.2", "10.250.42.2")
+        .replace("n1", "n2");
+    assert_eq!(raw(s, &other).await.status, 401);
+    agent.stop().await;
+}
+
+const MOVED: &str = r#"{
+  "ports": [{"id": "x", "network_id": "n1", "device_id": "vm-new", "project_id": "p9",
+             "fixed_ips": [{"ip_address": "10.250.41.2"}]}],
+  "instances": [{"uuid": "vm-new", "hostname": "newvm", "project_id": "p9"}]
+}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inventory_reload_keeps_last_good_and_cache_follows() {
+    let dir = TempDir::new("reload");
+    let mut cfg = config(&dir, INVENTORY);
+    // A long TTL: the cache must still never answer from an older inventory.
+    cfg.cache_ttl = Duration::from_secs(3600);
+    let agent = start(cfg).await;
+    let hostname = || get("/latest/meta-data/hostname", "10.250.41.2", NET, "n1");
+    assert_eq!(
+        raw(&agent.socket, &hostname()).await.text(),
+        "vm1.novalocal"
+    );
+
+    write_atomic(&agent.inventory, MOVED);
+    let mut last = String::new();
+    let socket = agent.socket.clone();
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < end {
+        last = raw(&socket, &hostname()).await.text();
+        if last == "newvm.novalocal" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        last, "newvm.novalocal",
+        "good change applied despite the cached answer"
+    );
+
+    // A broken file is refused; the last good inventory keeps answering.
+    write_atomic(&agent.inventory, "{\"ports\": [ oops");
+    tokio::time::sleep(Duration::from_millis(400)).await; // several poll periods; nothing may change
+    assert_eq!(
+        raw(&agent.socket, &hostname()).await.text(),
+        "newvm.novalocal"
+    );
+    let r = raw(&agent.socket, &get("/", "10.250.42.2", NET, "n2")).await;
+    assert_eq!(
+        r.status, 404,
+        "still the last good inventory, which has no vm2"
+    );
+
+    // Back to the original: the same cached key flips back.
+    write_atomic(&agent.inventory, INVENTORY);
+    let ok = {
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        let mut ok = false;
+        while std::time::Instant::now() < end && !ok {
+            ok = raw(&socket, &hostname()).await.text() == "vm1.novalocal";
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        ok
+    };
+    assert!(ok, "reverted inventory applied");
+    agent.stop().await;
+}
