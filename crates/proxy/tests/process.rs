@@ -1,0 +1,179 @@
+//! The proxy as a process (the real binary, no root): --ready-fd, --daemonize with the pid
+//! file, SIGTERM, start-up failures and config errors.
+
+use std::io::Read as _;
+use std::os::fd::AsRawFd as _;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use ns_netns::testing::{bin_path, wait_until, ChildGuard};
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+fn tmp(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("nsmp-proc-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("mkdir");
+    d
+}
+
+fn http_status(port: u16) -> Option<String> {
+    use std::io::Write as _;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.lines().next().map(str::to_owned)
+}
+
+#[test]
+fn ready_fd_then_sigterm_exits_zero() {
+    let dir = tmp("ready");
+    let port = free_port();
+    // nix's pipe() leaves CLOEXEC off, so the child inherits the write end at this number.
+    let (r, w) = nix::unistd::pipe().expect("pipe");
+    let fd = w.as_raw_fd();
+    let child = Command::new(bin_path("ns-metadata-proxy"))
+        .args([
+            "--network-id",
+            "net-ready-1",
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("--metadata-proxy-socket")
+        .arg(dir.join("missing.sock"))
+        .args(["--ready-fd", &fd.to_string()])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn proxy");
+    let mut guard = ChildGuard(child);
+    drop(w);
+    let mut got = Vec::new();
+    std::fs::File::from(r)
+        .read_to_end(&mut got)
+        .expect("read ready pipe");
+    assert_eq!(got, b"READY=1\n", "READY then EOF (fd closed)");
+    assert_eq!(
+        http_status(port).as_deref(),
+        Some("HTTP/1.1 503 Service Unavailable")
+    );
+    kill(Pid::from_raw(guard.0.id() as i32), Signal::SIGTERM).expect("kill");
+    let status = guard.0.wait().expect("wait");
+    assert!(status.success(), "{status:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn startup_failure_is_one_line_and_no_ready() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let (r, w) = nix::unistd::pipe().expect("pipe");
+    let out = Command::new(bin_path("ns-metadata-proxy"))
+        .args([
+            "--router-id",
+            "r-fail",
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(["--ready-fd", &w.as_raw_fd().to_string()])
+        .output()
+        .expect("run");
+    drop(w);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .filter(|l| l.starts_with("ns-metadata-proxy:"))
+        .collect::<Vec<_>>();
+    assert_eq!(line.len(), 1, "{err}");
+    assert!(line[0].contains(&format!("bind 127.0.0.1:{port}")), "{err}");
+    let mut got = Vec::new();
+    std::fs::File::from(r).read_to_end(&mut got).expect("read");
+    assert!(got.is_empty(), "no READY on failure");
+}
+
+#[test]
+fn bad_config_exits_2_naming_file_line_key() {
+    let dir = tmp("badcfg");
+    let ini = dir.join("proxy.ini");
+    std::fs::write(
+        &ini,
+        "[DEFAULT]\nrouter_id = r1\n[metadata_haproxy]\ntimeout_server = later\n",
+    )
+    .expect("write");
+    let out = Command::new(bin_path("ns-metadata-proxy"))
+        .arg("--config-file")
+        .arg(&ini)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}:4: [metadata_haproxy] timeout_server",
+            ini.display()
+        )),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn daemonized_pid_file_names_live_process_and_sigterm_cleans_up() {
+    // Become a subreaper so the daemon (orphaned when its parent exits) is ours to reap.
+    nix::sys::prctl::set_child_subreaper(true).expect("subreaper");
+    let dir = tmp("daemon");
+    let port = free_port();
+    let pid_file = dir.join("r-daemon-7.pid");
+    let id = "r-daemon-7";
+    let status = Command::new(bin_path("ns-metadata-proxy"))
+        .args([
+            "--router-id",
+            id,
+            "--daemonize",
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .arg("--metadata-proxy-socket")
+        .arg(dir.join("missing.sock"))
+        .status()
+        .expect("run");
+    assert!(status.success(), "parent returns 0 once the child listens");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .expect("pid file written")
+        .trim()
+        .parse()
+        .expect("pid");
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("live process");
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(cmdline.contains(id), "{cmdline}");
+    // Listening already: the parent returned only after READY.
+    assert_eq!(
+        http_status(port).as_deref(),
+        Some("HTTP/1.1 503 Service Unavailable")
+    );
+    // Own session (setsid), so the starter's terminal signals don't reach it.
+    let sid = nix::unistd::getsid(Some(Pid::from_raw(pid))).expect("sid");
+    assert_eq!(sid.as_raw(), pid);
+    kill(Pid::from_raw(pid), Signal::SIGTERM).expect("SIGTERM");
+    let st = nix::sys::wait::waitpid(Pid::from_raw(pid), None).expect("reap daemon");
+    assert_eq!(
+        st,
+        nix::sys::wait::WaitStatus::Exited(Pid::from_raw(pid), 0)
+    );
+    assert!(!pid_file.exists(), "pid file removed");
+    assert!(wait_until(Duration::from_secs(5), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+    }));
+    let _ = std::fs::remove_dir_all(&dir);
+}
