@@ -66,13 +66,13 @@ wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
 # ---- the demo's names (ids come from examples/inventory.json) -------------------------------
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 INVENTORY=$REPO/examples/inventory.json
-ROUTER=de000000-0000-4000-8000-0000000000a1
-NET_ISOLATED=de000000-0000-4000-8000-0000000000b2
-SUBNET_ISOLATED=de000000-0000-4000-8000-0000000000c2
-DHCP_PORT=de000000-0000-4000-8000-0000000000d3
-VM2_PORT=de000000-0000-4000-8000-0000000000d4
-VM1_ID=de000000-0000-4000-8000-0000000000e1
-VM2_ID=de000000-0000-4000-8000-0000000000e2
+ROUTER=de0a1000-0000-4000-8000-000000000001
+NET_ISOLATED=de0b2000-0000-4000-8000-000000000001
+SUBNET_ISOLATED=de0c2000-0000-4000-8000-000000000001
+DHCP_PORT=de0d3000-0000-4000-8000-000000000001
+VM2_PORT=de0d4000-0000-4000-8000-000000000001
+VM1_ID=de0e1000-0000-4000-8000-000000000001
+VM2_ID=de0e2000-0000-4000-8000-000000000001
 QROUTER=qrouter-$ROUTER
 QDHCP=qdhcp-$NET_ISOLATED
 QR_IF=qr-${ROUTER:0:11}        # Neutron's names: qr-/tap + the port id's first 11 characters
@@ -278,11 +278,22 @@ step "Asking 169.254.169.254 from inside each VM (curl in the vm's namespace)"
 answers() { ip netns exec "$1" curl -s -o /dev/null --max-time 2 -w '%{http_code}' http://169.254.169.254/openstack | grep -q 200; }
 wait_for 20 "the proxy in $QROUTER to answer vm1" answers "$VM1"
 wait_for 20 "the proxy in $QDHCP to answer vm2" answers "$VM2"
-pretty() { if command -v python3 >/dev/null; then python3 -m json.tool 2>/dev/null || cat; else cat; fi; }
+# Indent JSON for reading (and shorten the 512-byte random_seed); anything else as it came.
+pretty() {
+  local body; body=$(cat)
+  if command -v python3 >/dev/null && printf '%s' "$body" | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+if isinstance(d, dict) and len(str(d.get("random_seed", ""))) > 40:
+    d["random_seed"] = d["random_seed"][:32] + "... (shortened for display)"
+print(json.dumps(d, indent=2, sort_keys=True))' 2>/dev/null; then
+    return 0
+  fi
+  printf '%s\n' "$body"
+}
 ask() { # ask VM_NAME NS PATH
   printf '\n    %s%s asks GET http://169.254.169.254%s%s\n' "$BOLD" "$1" "$3" "$OFF"
   ip netns exec "$2" curl -sS --fail --max-time 5 "http://169.254.169.254$3" | pretty | sed 's/^/      /'
-  echo
 }
 ask vm1 "$VM1" /openstack/latest/meta_data.json
 ask vm1 "$VM1" /latest/meta-data/instance-id

@@ -40,10 +40,16 @@ impl Ids {
         }
     }
 
-    /// The next id, e.g. `3f2a91c0-0000-4000-8000-000000000001`.
+    /// The next id, e.g. `00013f2a-0000-4000-8000-00003f2a91c0`: the counter leads, so ids of
+    /// one run differ in their first 8 hex digits (the agent's EC2 `i-XXXXXXXX` id comes from
+    /// them); the run's number fills the tail.
     pub fn next(&self) -> String {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        format!("{:08x}-0000-4000-8000-{:012x}", self.run, n)
+        let n = self.next.fetch_add(1, Ordering::Relaxed) & 0xffff;
+        format!(
+            "{n:04x}{:04x}-0000-4000-8000-{:012x}",
+            self.run & 0xffff,
+            self.run
+        )
     }
 }
 

@@ -191,11 +191,12 @@ fn answer(
             )
         }
     }
-    if path.ends_with("meta_data.json") {
+    let route = path.split('?').next().unwrap_or_default();
+    if route.ends_with("meta_data.json") {
         let body = serde_json::json!({"uuid": instance, "project_id": headers.get("x-tenant-id"),
                                       "served_by": "nova-stand-in"});
         (200, "application/json", body.to_string())
-    } else if path.ends_with("/instance-id") {
+    } else if route.ends_with("/instance-id") {
         (200, "text/plain", instance.clone())
     } else {
         (200, "text/plain", format!("nova-stand-in {path}"))

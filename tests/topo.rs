@@ -76,11 +76,14 @@ pub fn forward(ns: &str) {
 /// the host's resolvers, which are unreachable from the namespace. Removed on drop.
 pub struct EtcNetnsResolv {
     dir: PathBuf,
+    /// Whether /etc/netns itself was created here (then it is removed too, when empty).
+    created_parent: bool,
 }
 
 impl EtcNetnsResolv {
     /// Write the file for namespace `ns` (whose name is unique to this run).
     pub fn new(ns: &str) -> EtcNetnsResolv {
+        let created_parent = !std::path::Path::new("/etc/netns").exists();
         let dir = PathBuf::from("/etc/netns").join(ns);
         std::fs::create_dir_all(&dir).expect("create /etc/netns/<ns>");
         std::fs::write(
@@ -89,7 +92,10 @@ impl EtcNetnsResolv {
              nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
         )
         .expect("write /etc/netns/<ns>/resolv.conf");
-        EtcNetnsResolv { dir }
+        EtcNetnsResolv {
+            dir,
+            created_parent,
+        }
     }
 }
 
@@ -97,5 +103,8 @@ impl Drop for EtcNetnsResolv {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(self.dir.join("resolv.conf"));
         let _ = std::fs::remove_dir(&self.dir);
+        if self.created_parent {
+            let _ = std::fs::remove_dir("/etc/netns");
+        }
     }
 }

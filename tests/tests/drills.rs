@@ -39,12 +39,15 @@ fn kill_dash_nine_drills_proxy_spawner_agent() {
         .expect("proxy pid file names a live proxy");
     let lp = RequestLoop::start(&vm.ns, PATH, 2000);
     assert!(lp.wait_count(Duration::ZERO, 5, BOUND), "request loop runs");
-    let killed_at = lp.now();
     kill9(old);
-    let back = lp.wait_for(killed_at, BOUND, |s| s == 200)
-        && ns_e2e::wait_until(BOUND, || {
-            world.spawner.proxy_pid(&router).is_some_and(|p| p != old)
-        });
+    // Taken after kill(2) returned: a request started from now on cannot reach the old proxy.
+    let killed_at = lp.now();
+    let back = ns_e2e::wait_until(BOUND, || {
+        world.spawner.proxy_pid(&router).is_some_and(|p| p != old)
+    }) && lp.wait_for(killed_at, BOUND, |s| s == 200);
+    // A few more requests, so the timeline shows the restarted proxy answering.
+    let recovered_at = lp.now();
+    lp.wait_count(recovered_at, 10, BOUND);
     let samples = lp.finish();
     eprintln!(
         "proxy kill -9 at {:.2}s; vm saw: {}",
@@ -110,10 +113,19 @@ fn kill_dash_nine_drills_proxy_spawner_agent() {
     assert!(lp.wait_count(Duration::ZERO, 5, BOUND), "request loop runs");
     let killed_at = lp.now();
     world.agent.kill();
-    let saw_503 = lp.wait_for(killed_at, BOUND, |s| s == 503);
+    // Leave it dead for a few requests (bounded), so the timeline shows the outage.
+    let saw_503 = ns_e2e::wait_until(BOUND, || {
+        lp.samples()
+            .iter()
+            .filter(|s| s.at >= killed_at && s.status == 503)
+            .count()
+            >= 5
+    });
     let restarted_at = lp.now();
     world.agent.restart();
     let back = lp.wait_for(restarted_at, BOUND, |s| s == 200);
+    let recovered_at = lp.now();
+    lp.wait_count(recovered_at, 10, BOUND);
     let samples = lp.finish();
     eprintln!(
         "agent kill -9 at {:.2}s, restarted at {:.2}s; vm saw: {}",

@@ -27,7 +27,15 @@ fn builtin_responder_serves_every_vm_in_all_three_modes() {
             vm.name,
             vm.mode
         );
-        assert_eq!(md["hostname"], vm.name);
+        assert_eq!(md["name"], vm.name);
+        assert!(
+            md["hostname"]
+                .as_str()
+                .is_some_and(|h| h.starts_with(vm.name)),
+            "{}: hostname {}",
+            vm.name,
+            md["hostname"]
+        );
 
         let id = get(&vm.ns, "/latest/meta-data/instance-id");
         assert_eq!(id.status, 200, "{} ({}): {id:?}", vm.name, vm.mode);

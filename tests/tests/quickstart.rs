@@ -7,10 +7,10 @@ use std::process::Command;
 use ns_e2e::{bin_path, require_root};
 
 /// The demo's fixed ids (examples/inventory.json).
-const VM1: &str = "de000000-0000-4000-8000-0000000000e1";
-const VM2: &str = "de000000-0000-4000-8000-0000000000e2";
-const ROUTER: &str = "de000000-0000-4000-8000-0000000000a1";
-const NET: &str = "de000000-0000-4000-8000-0000000000b2";
+const VM1: &str = "de0e1000-0000-4000-8000-000000000001";
+const VM2: &str = "de0e2000-0000-4000-8000-000000000001";
+const ROUTER: &str = "de0a1000-0000-4000-8000-000000000001";
+const NET: &str = "de0b2000-0000-4000-8000-000000000001";
 
 fn namespaces() -> String {
     let out = Command::new("ip")
