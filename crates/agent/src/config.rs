@@ -73,6 +73,7 @@ pub struct Cli {
     /// INI file (repeatable; later files win). Options live in [DEFAULT].
     #[arg(long = "config-file", alias = "config_file", value_name = "PATH")]
     pub config_file: Vec<PathBuf>,
+    /// Base for $state_path in metadata_proxy_socket [default: /var/lib/neutron].
     #[arg(long, alias = "state_path", value_name = "DIR")]
     pub state_path: Option<String>,
     /// Unix socket the proxies connect to [default: $state_path/metadata_proxy].
@@ -81,49 +82,70 @@ pub struct Cli {
     /// deduce | user (0644) | group (0664) | all (0666) [default: deduce].
     #[arg(long, alias = "metadata_proxy_socket_mode", value_name = "MODE")]
     pub metadata_proxy_socket_mode: Option<String>,
+    /// User the proxies run as, for socket mode "deduce" [default: the agent's user].
     #[arg(long, alias = "metadata_proxy_user", value_name = "USER")]
     pub metadata_proxy_user: Option<String>,
+    /// Group the proxies run as, for socket mode "deduce" [default: the agent's group].
     #[arg(long, alias = "metadata_proxy_group", value_name = "GROUP")]
     pub metadata_proxy_group: Option<String>,
+    /// Listen backlog of the socket [default: 4096].
     #[arg(long, alias = "metadata_backlog", value_name = "N")]
     pub metadata_backlog: Option<String>,
+    /// Worker threads; 0 = a single thread [default: CPUs/2, at least 1].
     #[arg(long, alias = "metadata_workers", value_name = "N")]
     pub metadata_workers: Option<String>,
+    /// Key of the X-Instance-ID-Signature HMAC; must match Nova's [neutron] metadata_proxy_shared_secret [default: empty]. Prefer the INI file: argv is visible to all users.
     #[arg(long, alias = "metadata_proxy_shared_secret", value_name = "SECRET")]
     pub metadata_proxy_shared_secret: Option<String>,
+    /// Nova metadata API host; setting it selects the Nova backend under "auto" [default: unset; 127.0.0.1 when the Nova backend is forced].
     #[arg(long, alias = "nova_metadata_host", value_name = "HOST")]
     pub nova_metadata_host: Option<String>,
+    /// Nova metadata API port [default: 8775].
     #[arg(long, alias = "nova_metadata_port", value_name = "PORT")]
     pub nova_metadata_port: Option<String>,
+    /// http or https [default: http].
     #[arg(long, alias = "nova_metadata_protocol", value_name = "http|https")]
     pub nova_metadata_protocol: Option<String>,
+    /// Do not verify Nova's certificate [default: false].
     #[arg(long, alias = "nova_metadata_insecure", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub nova_metadata_insecure: Option<String>,
+    /// CA bundle (PEM) to verify Nova with [default: the system bundle].
     #[arg(long, alias = "auth_ca_cert", value_name = "PATH")]
     pub auth_ca_cert: Option<String>,
+    /// Client certificate (PEM) for Nova; needs nova_client_priv_key [default: none].
     #[arg(long, alias = "nova_client_cert", value_name = "PATH")]
     pub nova_client_cert: Option<String>,
+    /// Private key (PEM) of nova_client_cert [default: none].
     #[arg(long, alias = "nova_client_priv_key", value_name = "PATH")]
     pub nova_client_priv_key: Option<String>,
+    /// Seconds to wait for Nova's answer; then 504 [default: 60].
     #[arg(long, alias = "nova_metadata_timeout", value_name = "SECONDS")]
     pub nova_metadata_timeout: Option<String>,
     /// auto | nova | builtin [default: auto = nova if nova_metadata_host is set, else builtin].
     #[arg(long, alias = "metadata_backend", value_name = "KIND")]
     pub metadata_backend: Option<String>,
+    /// Inventory JSON (ports, networks, instances) [default: /etc/ns-metadata/inventory.json].
     #[arg(long, alias = "inventory_file", value_name = "PATH")]
     pub inventory_file: Option<String>,
+    /// Seconds between checks of the inventory file; 0 = reload on SIGHUP only [default: 2].
     #[arg(long, alias = "inventory_poll_interval", value_name = "SECONDS")]
     pub inventory_poll_interval: Option<String>,
+    /// Seconds a lookup answer is cached; 0 = no cache. Reloads invalidate it [default: 5].
     #[arg(long, alias = "cache_ttl", value_name = "SECONDS")]
     pub cache_ttl: Option<String>,
+    /// Keep proxy connections open and send X-NS-Metadata-Keepalive [default: true].
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub keepalive: Option<String>,
+    /// Seconds an idle proxy connection is kept open [default: 60].
     #[arg(long, alias = "keepalive_idle_timeout", value_name = "SECONDS")]
     pub keepalive_idle_timeout: Option<String>,
+    /// Built-in responder: EC2 paths need an IMDSv2 token [default: false].
     #[arg(long, alias = "imds_require_token", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub imds_require_token: Option<String>,
+    /// Built-in responder: domain appended to hostnames, as Nova's [api] dhcp_domain; empty = none [default: novalocal].
     #[arg(long, alias = "dhcp_domain", value_name = "DOMAIN")]
     pub dhcp_domain: Option<String>,
+    /// Log at debug level [default: false].
     #[arg(long, short = 'd', value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub debug: Option<String>,
 }

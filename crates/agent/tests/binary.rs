@@ -1,0 +1,159 @@
+//! The `ns-metadata-agent` binary: option errors (one line, exit 2), unknown-key warnings,
+//! SIGHUP reload, SIGTERM shutdown (exit 0, socket removed).
+
+mod common;
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ns-metadata-agent");
+
+/// Kills (SIGKILL, by pid) and reaps the child on drop.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([format!("-{sig}"), child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(ok.success());
+}
+
+#[test]
+fn bad_option_is_one_line_naming_file_line_and_key() {
+    let dir = TempDir::new("bin-bad");
+    let ini = dir.path("metadata_agent.ini");
+    std::fs::write(
+        &ini,
+        "[DEFAULT]\nnova_metadata_host = 127.0.0.1\n# port below\nnova_metadata_port = 99999\n",
+    )
+    .expect("write ini");
+    let out = Command::new(BIN)
+        .arg("--config-file")
+        .arg(&ini)
+        .output()
+        .expect("run agent");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}:4: [DEFAULT] nova_metadata_port: 99999 is out of range",
+            ini.display()
+        )),
+        "{err}"
+    );
+
+    let out = Command::new(BIN)
+        .args(["--cache-ttl", "soon"])
+        .output()
+        .expect("run agent");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--cache-ttl: invalid integer \"soon\""));
+
+    // A missing inventory is not a configuration syntax error but still stops the agent.
+    let out = Command::new(BIN)
+        .arg("--metadata-proxy-socket")
+        .arg(dir.path("s.sock"))
+        .arg("--inventory-file")
+        .arg(dir.path("absent.json"))
+        .output()
+        .expect("run agent");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("absent.json: cannot read"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_reloads_on_sighup_and_stops_on_sigterm() {
+    let dir = TempDir::new("bin-run");
+    let inv = dir.path("inventory.json");
+    write_atomic(&inv, INVENTORY);
+    let sock = dir.path("run/agent.sock");
+    let ini = dir.path("agent.ini");
+    std::fs::write(
+        &ini,
+        format!(
+            "[DEFAULT]\nmetadata_proxy_socket = {}\ninventory_file = {}\ninventory_poll_interval = 0\nmetadata_workers = 0\nmetadata_proxy_socket_mode = all\nsome_typo = 1\n[cache]\nenabled = true\n",
+            sock.display(),
+            inv.display()
+        ),
+    )
+    .expect("write ini");
+    let mut child = ChildGuard(
+        Command::new(BIN)
+            .arg("--config-file")
+            .arg(&ini)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn agent"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || sock.exists()).await,
+        "socket created"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&sock)
+        .expect("stat socket")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o666, "metadata_proxy_socket_mode = all");
+
+    let hostname = get(
+        "/latest/meta-data/hostname",
+        "10.250.41.2",
+        "X-Neutron-Network-ID",
+        "n1",
+    );
+    assert_eq!(raw(&sock, &hostname).await.text(), "vm1.novalocal");
+
+    // Polling is off: only SIGHUP reloads.
+    write_atomic(
+        &inv,
+        &INVENTORY.replace("\"hostname\": \"vm1\"", "\"hostname\": \"renamed\""),
+    );
+    signal(&child.0, "HUP");
+    let mut seen = String::new();
+    for _ in 0..500 {
+        seen = raw(&sock, &hostname).await.text();
+        if seen == "renamed.novalocal" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(seen, "renamed.novalocal");
+
+    signal(&child.0, "TERM");
+    let status = tokio::task::spawn_blocking(move || {
+        let s = child.0.wait().expect("wait");
+        let mut err = String::new();
+        if let Some(mut e) = child.0.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        (s, err)
+    })
+    .await
+    .expect("join");
+    assert_eq!(status.0.code(), Some(0), "{}", status.1);
+    assert!(!sock.exists(), "socket removed on exit");
+    assert!(
+        status.1.contains("some_typo: unknown option"),
+        "{}",
+        status.1
+    );
+    assert!(
+        !status.1.contains("enabled"),
+        "other sections are not ours to judge: {}",
+        status.1
+    );
+}
