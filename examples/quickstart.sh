@@ -100,7 +100,7 @@ stop_pid() { # SIGTERM, wait up to 5 s, then SIGKILL; only pids this script star
 
 cleanup() {
   local rc=$?
-  trap - EXIT INT TERM
+  trap - EXIT INT TERM HUP
   set +e
   printf '\n%s==> cleaning up%s\n' "$BOLD" "$OFF"
   if [ "$rc" -ne 0 ] && [ -n "$WORK" ]; then
@@ -140,8 +140,8 @@ cleanup() {
   exit "$rc"
 }
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+# Ctrl-C (or a TERM from a service manager) is the normal way to end the demo: clean exit.
+trap 'printf "\n"; exit 0' INT TERM HUP
 trap 'printf "%squickstart: failed at line %s: %s%s\n" "$RED" "$LINENO" "$BASH_COMMAND" "$OFF" >&2' ERR
 
 # ---- preflight -------------------------------------------------------------------------------
@@ -167,7 +167,8 @@ if [ -z "$BIN_DIR" ]; then
   [ -n "$CARGO" ] || die "cargo not found (install Rust: https://rustup.rs) or pass --bin-dir"
   TARGET=${CARGO_TARGET_DIR:-$REPO/target}
   cmd "cargo build --release --workspace --bins"
-  if [ "$BUILD_USER" != root ]; then
+  TARGET_PARENT=$TARGET; [ -e "$TARGET" ] || TARGET_PARENT=$(dirname "$TARGET")
+  if [ "$BUILD_USER" != root ] && runuser -u "$BUILD_USER" -- test -w "$TARGET_PARENT"; then
     # Build as the user who ran sudo, so target/ does not become root-owned.
     runuser -u "$BUILD_USER" -- env HOME="$BUILD_HOME" PATH="$(dirname "$CARGO"):$PATH" \
       CARGO_TARGET_DIR="$TARGET" "$CARGO" build --release --workspace --bins --manifest-path "$REPO/Cargo.toml"
