@@ -47,19 +47,41 @@ pub struct Builtin {
 /// Nova's password size limit (password.py: 4 chunks of 255).
 const MAX_PASSWORD: usize = 4 * 255;
 
-/// `posixpath.normpath`: collapse `//`, drop `.`, resolve `..`; no trailing slash.
-pub fn normpath(path: &str) -> Vec<&str> {
-    let mut out: Vec<&str> = Vec::new();
-    for seg in path.split('/') {
+/// The path as Nova sees it: percent-decoded (webob's PATH_INFO), then `posixpath.normpath`:
+/// collapse `//`, drop `.`, resolve `..`; no trailing slash.
+pub fn normpath(path: &str) -> Vec<String> {
+    let decoded = percent_decode(path);
+    let mut out: Vec<String> = Vec::new();
+    for seg in decoded.split('/') {
         match seg {
             "" | "." => {}
             ".." => {
                 out.pop();
             }
-            s => out.push(s),
+            s => out.push(s.to_owned()),
         }
     }
     out
+}
+
+/// `%XX` to bytes (invalid escapes are kept as they are), read as UTF-8 (lossy).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl Builtin {
@@ -80,7 +102,8 @@ impl Builtin {
         body: &Bytes,
         ctx: &Ctx<'_>,
     ) -> Resp {
-        let mut tokens = normpath(path);
+        let owned = normpath(path);
+        let mut tokens: Vec<&str> = owned.iter().map(String::as_str).collect();
         // Nova: anything not under /openstack or /ec2 is the EC2 tree.
         if tokens
             .first()

@@ -272,6 +272,14 @@ fn ec2_tree() {
     );
     assert_eq!(f.get("/ec2/latest/meta-data/ami-launch-index").1, "0");
     assert_eq!(f.get("/latest//meta-data/./hostname/").1, "web1.novalocal");
+    // Percent-escapes are decoded as webob does for Nova; a lone % stays.
+    assert_eq!(f.get("/latest/meta-data/host%6Eame").1, "web1.novalocal");
+    assert_eq!(
+        f.get("/openstack/latest/meta%5Fdata.json").0,
+        StatusCode::OK
+    );
+    assert_eq!(f.get("/latest/meta-data/%").0, StatusCode::NOT_FOUND);
+    assert_eq!(f.get("/latest/meta-data/%4").0, StatusCode::NOT_FOUND);
     // Versions Nova does not know are 404: cloud-init falls back to 2009-04-04 on that.
     assert_eq!(
         f.get("/2016-09-02/meta-data/instance-id").0,
