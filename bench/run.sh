@@ -68,6 +68,8 @@ RAW=$WORK/raw.tsv
 PIDS=()                              # processes this script started directly
 CLK=$(getconf CLK_TCK)
 
+# The process is one this run started (its command line names the run directory or run id).
+is_ours() { { tr '\0' ' ' </proc/"$1"/cmdline; } 2>/dev/null | grep -q -e "$WORK" -e "$RUN"; }
 pidfile_pids() { local f; for f in "$@"; do [[ -s $f ]] && cat "$f"; done 2>/dev/null || true; }
 
 cleanup() {
@@ -77,20 +79,20 @@ cleanup() {
     # Indirectly started processes are found through the pid files this run wrote, and
     # only killed if their cmdline still names this run's directory or router ids.
     for p in $(pidfile_pids "$WORK"/hap/*.pid "$WORK"/spawner/pids/*.pid) "${PIDS[@]}"; do
-        if [[ -r /proc/$p/cmdline ]] && tr '\0' ' ' </proc/"$p"/cmdline | grep -q -e "$WORK" -e "$RUN"; then
+        if is_ours "$p"; then
             kill -TERM "$p" 2>/dev/null || true
         fi
     done
     for _ in $(seq 50); do
         local alive=0
         for p in $(pidfile_pids "$WORK"/hap/*.pid "$WORK"/spawner/pids/*.pid) "${PIDS[@]}"; do
-            if [[ -r /proc/$p/cmdline ]] && tr '\0' ' ' </proc/"$p"/cmdline | grep -q -e "$WORK" -e "$RUN"; then alive=1; fi
+            if is_ours "$p"; then alive=1; fi
         done
         ((alive)) || break
         sleep 0.1
     done
     for p in $(pidfile_pids "$WORK"/hap/*.pid "$WORK"/spawner/pids/*.pid) "${PIDS[@]}"; do
-        if [[ -r /proc/$p/cmdline ]] && tr '\0' ' ' </proc/"$p"/cmdline | grep -q -e "$WORK" -e "$RUN"; then
+        if is_ours "$p"; then
             kill -KILL "$p" 2>/dev/null || true
         fi
     done
@@ -196,21 +198,42 @@ kill "${AGENT_PID[ceil-close]}" "${AGENT_PID[ceil-keepalive]}"
 # ---------------------------------------------------------------- figures 1 and 3: one proxy each
 VARIANTS=(haproxy)
 [[ $OURS == 1 ]] && VARIANTS+=(off on)
+declare -A VIDX
+LINKS=0
+# (Re)create the vm namespace of variant $1 and its veth to the qrouter namespace. Every wrk
+# run gets a fresh one: wrk closes first, so each Connection: close run leaves tens of
+# thousands of client TIME_WAIT sockets behind, and in the same namespace they would turn the
+# next run's connect() into a port search (measured: c1 close fell from ~13k to ~650 req/s
+# depending only on which variant ran after which). The wider port range and tcp_tw_reuse
+# keep that from happening inside one run too. Same client settings for every variant.
+vm_link() {
+    local v=$1 i=${VIDX[$1]} vm=$PFX-vm-$1 qr=$PFX-qrouter-$1 net=10.250.$((70 + ${VIDX[$1]}))
+    LINKS=$((LINKS + 1))
+    local a=${PFX}${i}a$LINKS b=${PFX}${i}b$LINKS
+    # Deleting one end of the pair (synchronous) removes the other end and its address.
+    [[ -n ${QR_LINK[$v]:-} ]] && ip -n "$qr" link delete "${QR_LINK[$v]}"
+    ip netns delete "$vm" 2>/dev/null || true
+    ip netns add "$vm"
+    ip netns exec "$vm" sysctl -qw net.ipv4.ip_local_port_range="1024 65535" net.ipv4.tcp_tw_reuse=1
+    ip link add "$a" netns "$qr" type veth peer name "$b" netns "$vm"
+    ip -n "$qr" addr add "$net.1/24" dev "$a"
+    ip -n "$qr" link set "$a" up
+    ip -n "$vm" link set lo up
+    ip -n "$vm" addr add "$net.2/24" dev "$b"
+    ip -n "$vm" link set "$b" up
+    ip -n "$vm" route add 169.254.169.254/32 via "$net.1"
+    QR_LINK[$v]=$a
+}
+declare -A QR_LINK
 i=0
 for v in "${VARIANTS[@]}"; do
     i=$((i + 1))
-    qr=$PFX-qrouter-$v vm=$PFX-vm-$v net=10.250.$((70 + i))
+    VIDX[$v]=$i
+    qr=$PFX-qrouter-$v vm=$PFX-vm-$v
     ip netns add "$qr"
-    ip netns add "$vm"
-    ip link add "${PFX}${i}a" netns "$qr" type veth peer name "${PFX}${i}b" netns "$vm"
     ip -n "$qr" link set lo up
     ip -n "$qr" addr add 169.254.169.254/32 dev lo
-    ip -n "$qr" addr add "$net.1/24" dev "${PFX}${i}a"
-    ip -n "$qr" link set "${PFX}${i}a" up
-    ip -n "$vm" link set lo up
-    ip -n "$vm" addr add "$net.2/24" dev "${PFX}${i}b"
-    ip -n "$vm" link set "${PFX}${i}b" up
-    ip -n "$vm" route add 169.254.169.254/32 via "$net.1"
+    vm_link "$v"
     id=$(rid "$i")
     case $v in
         haproxy)
@@ -252,6 +275,7 @@ for v in "${VARIANTS[@]}"; do TOTAL[$v]=0; done
 wrk_run() {
     local v=$1 key=$2 t=$3 c=$4 hdr=${5:-} p=${PROXY_PID[$1]} a=${AGENT_PID[$1]} c0 c1 a0 a1 out
     local -a extra=()
+    vm_link "$v"
     [[ -n $hdr ]] && extra=(-H "$hdr")
     c0=$(cpu_ticks "$p") a0=$(cpu_ticks "$a")
     out=$(ip netns exec "$PFX-vm-$v" wrk -t"$t" -c"$c" -d"${DUR}s" --timeout 5s -s "$WORK/report.lua" "${extra[@]}" \
@@ -314,43 +338,12 @@ for j in $(seq "$N"); do
     echo "$ns" >>"$WORK/many.list"
 done
 sample n_proxies haproxy "$N"
-sample n_proxies ours "$N"
-
-log "haproxy x $N, started like Neutron's ProcessManager (ip netns exec ... haproxy -f), one after another"
-mkdir -p "$WORK/hap"
-start_agent many-haproxy close
+[[ $SPAWN == 1 ]] && sample n_proxies ours "$N"
+mkdir -p "$WORK/hap" "$WORK/spawner"
 for j in $(seq "$N"); do
-    ip -n "$PFX-r$j" addr add 169.254.169.254/32 dev lo
     haproxy_cfg "$(rid "$j")" "$WORK/agent-many-haproxy.sock" "$WORK/hap/$(rid "$j").pid" >"$WORK/hap/$(rid "$j").conf"
 done
-sync
-before=$(memavail_kb)
-t0=$(date +%s%N)
-for j in $(seq "$N"); do
-    ip netns exec "$PFX-r$j" env "PROCESS_TAG=haproxy-$(rid "$j")" haproxy -f "$WORK/hap/$(rid "$j").conf"
-done
-t1=$(date +%s%N)
-w=$("$TOOL" wait --netns-file "$WORK/many.list" --t0-ns "$t0" --t1-ns "$t1")
-sample spawn_all_ms haproxy "$(field all_ms "$w")"
-sample spawn_after_last_ms haproxy "$(field after_last_ms "$w")"
-sleep 2
-after=$(memavail_kb)
-mapfile -t hp < <(pidfile_pids "$WORK"/hap/*.pid)
-sample many_pss_sum_kb haproxy "$(mem_kb Pss "${hp[@]}")"
-sample many_pss_per_kb haproxy $(($(mem_kb Pss "${hp[@]}") / ${#hp[@]}))
-sample many_rss_per_kb haproxy $(($(mem_kb Rss "${hp[@]}") / ${#hp[@]}))
-sample many_memavail_per_kb haproxy $(((before - after) / N))
-kill -TERM "${hp[@]}"
-for p in "${hp[@]}"; do wait_for "haproxy $p exit" 200 gone "$p"; done
-rm -f "$WORK"/hap/*.pid
-kill "${AGENT_PID[many-haproxy]}"
-for j in $(seq "$N"); do ip -n "$PFX-r$j" addr del 169.254.169.254/32 dev lo; done
-
-if [[ $SPAWN == 1 ]]; then
-    log "ns-metadata-spawner: $N routers announced through the control API"
-    start_agent spawner keepalive
-    mkdir -p "$WORK/spawner"
-    cat >"$WORK/spawner.ini" <<EOF
+cat >"$WORK/spawner.ini" <<EOF
 [DEFAULT]
 metadata_proxy_socket = $WORK/agent-spawner.sock
 
@@ -358,13 +351,60 @@ metadata_proxy_socket = $WORK/agent-spawner.sock
 proxy_binary = $PROXY
 state_dir = $WORK/spawner
 router_interface = lo
+agent_keepalive = auto
 EOF
-    start_spawner() {
-        "$SPAWNER" run --config-file "$WORK/spawner.ini" 2>>"$WORK/spawner.log" &
-        SPAWNER_PID=$!
-        PIDS+=($!)
-        wait_for "spawner control socket" 200 "$SPAWNER" status --config-file "$WORK/spawner.ini" >/dev/null 2>&1
-    }
+start_agent many-haproxy close
+[[ $SPAWN == 1 ]] && start_agent spawner keepalive
+
+# Records the figure 2 and 4 samples of one round. args: variant t0 t1 before-kB [pids...]
+many_samples() {
+    local v=$1 t0=$2 t1=$3 before=$4 w after pss
+    shift 4
+    w=$("$TOOL" wait --netns-file "$WORK/many.list" --t0-ns "$t0" --t1-ns "$t1")
+    sample spawn_all_ms "$v" "$(field all_ms "$w")"
+    sample spawn_after_last_ms "$v" "$(field after_last_ms "$w")"
+    sleep 2
+    after=$(memavail_kb)
+    # shellcheck disable=SC2046
+    [[ $v == ours ]] && set -- $(pidfile_pids "$WORK"/spawner/pids/*.pid)
+    pss=$(mem_kb Pss "$@")
+    sample many_pss_sum_kb "$v" "$pss"
+    sample many_pss_per_kb "$v" $((pss / $#))
+    sample many_rss_per_kb "$v" $(($(mem_kb Rss "$@") / $#))
+    sample many_memavail_per_kb "$v" $(((before - after) / N))
+    sample many_count "$v" $#
+}
+
+many_haproxy() {
+    local j t0 t1 before p
+    local -a hp
+    log "haproxy x $N, started like Neutron's ProcessManager (ip netns exec ... haproxy -f), one after another"
+    for j in $(seq "$N"); do ip -n "$PFX-r$j" addr replace 169.254.169.254/32 dev lo; done
+    before=$(memavail_kb)
+    t0=$(date +%s%N)
+    for j in $(seq "$N"); do
+        ip netns exec "$PFX-r$j" env "PROCESS_TAG=haproxy-$(rid "$j")" haproxy -f "$WORK/hap/$(rid "$j").conf"
+    done
+    t1=$(date +%s%N)
+    mapfile -t hp < <(pidfile_pids "$WORK"/hap/*.pid)
+    many_samples haproxy "$t0" "$t1" "$before" "${hp[@]}"
+    kill -TERM "${hp[@]}"
+    for p in "${hp[@]}"; do wait_for "haproxy $p exit" 200 gone "$p"; done
+    rm -f "$WORK"/hap/*.pid
+    for j in $(seq "$N"); do ip -n "$PFX-r$j" addr del 169.254.169.254/32 dev lo; done
+}
+
+start_spawner() {
+    "$SPAWNER" run --config-file "$WORK/spawner.ini" 2>>"$WORK/spawner.log" &
+    SPAWNER_PID=$!
+    PIDS+=($!)
+    wait_for "spawner control socket" 200 "$SPAWNER" status --config-file "$WORK/spawner.ini" >/dev/null 2>&1
+}
+
+# args: 1 in the last round (then also figures 5 and 6)
+many_ours() {
+    local j t0 t1 before p w loop_pid
+    log "ns-metadata-spawner: $N routers announced through the control API"
     start_spawner
     sleep 1
     before=$(memavail_kb)
@@ -373,41 +413,50 @@ EOF
         "$SPAWNER" router add "$(rid "$j")" --netns "$PFX-r$j" --config-file "$WORK/spawner.ini" >/dev/null
     done
     t1=$(date +%s%N)
-    w=$("$TOOL" wait --netns-file "$WORK/many.list" --t0-ns "$t0" --t1-ns "$t1")
-    sample spawn_all_ms ours "$(field all_ms "$w")"
-    sample spawn_after_last_ms ours "$(field after_last_ms "$w")"
-    sleep 2
-    after=$(memavail_kb)
-    mapfile -t op < <(pidfile_pids "$WORK"/spawner/pids/*.pid)
-    sample many_pss_sum_kb ours "$(mem_kb Pss "${op[@]}")"
-    sample many_pss_per_kb ours $(($(mem_kb Pss "${op[@]}") / ${#op[@]}))
-    sample many_rss_per_kb ours $(($(mem_kb Rss "${op[@]}") / ${#op[@]}))
-    sample many_memavail_per_kb ours $(((before - after) / N))
+    many_samples ours "$t0" "$t1" "$before"
     sample spawner_pss_kb ours "$(mem_kb Pss "$SPAWNER_PID")"
-
-    log "figure 5: kill -9 -> answering ($KILLS proxies, one kill each)"
-    for j in $(seq "$KILLS"); do
-        p=$(cat "$WORK/spawner/pids/$(rid "$j").pid")
-        w=$("$TOOL" kill-wait --netns "$PFX-r$j" --pid "$p")
-        sample kill_answer_ms ours "$(field ms "$w")"
+    if [[ $1 == 1 ]]; then
+        log "figure 5: kill -9 -> answering ($KILLS proxies, one kill each)"
+        for j in $(seq "$KILLS"); do
+            p=$(cat "$WORK"/spawner/pids/*"$(rid "$j")"*.pid)
+            w=$("$TOOL" kill-wait --netns "$PFX-r$j" --pid "$p")
+            sample kill_answer_ms ours "$(field ms "$w")"
+        done
+        log "figure 6: supervisor restart under a request loop"
+        head -n 20 "$WORK/many.list" >"$WORK/loop.list"
+        "$TOOL" loop --netns-file "$WORK/loop.list" --secs 8 >"$WORK/loop.json" &
+        loop_pid=$!
+        sleep 2
+        kill -TERM "$SPAWNER_PID"
+        wait "$SPAWNER_PID" || true
+        start_spawner
+        wait "$loop_pid"
+        w=$(cat "$WORK/loop.json")
+        sample restart_failed ours "$(field failed "$w")"
+        sample restart_total ours "$(field total "$w")"
+        grep -q '"failed":0' <<<"$w" || log "figure 6 failures: $w"
+    fi
+    # Teardown through the product: remove every router, then stop the supervisor.
+    for j in $(seq "$N"); do
+        "$SPAWNER" router remove "$(rid "$j")" --config-file "$WORK/spawner.ini" >/dev/null
     done
+    wait_for "spawner to stop its proxies" 400 no_pidfiles "$WORK/spawner/pids"
+    kill -TERM "$SPAWNER_PID"
+    wait "$SPAWNER_PID" || true
+    for j in $(seq "$N"); do ip -n "$PFX-r$j" addr del 169.254.169.254/32 dev lo 2>/dev/null || true; done
+}
+no_pidfiles() { ! compgen -G "$1/*.pid" >/dev/null; }
 
-    log "figure 6: supervisor restart under a request loop"
-    head -n 20 "$WORK/many.list" >"$WORK/loop.list"
-    "$TOOL" loop --netns-file "$WORK/loop.list" --secs 8 >"$WORK/loop.json" &
-    loop_pid=$!
-    sleep 2
-    kill -TERM "$SPAWNER_PID"
-    wait "$SPAWNER_PID" || true
-    start_spawner
-    wait "$loop_pid"
-    w=$(cat "$WORK/loop.json")
-    sample restart_failed ours "$(field failed "$w")"
-    sample restart_total ours "$(field total "$w")"
-    grep -q '"failed":0' <<<"$w" || log "figure 6 failures: $w"
-    kill -TERM "$SPAWNER_PID"
-    wait "$SPAWNER_PID" || true
-fi
+for run in $(seq "$RUNS"); do
+    # Alternate which side goes first: MemAvailable drifts with whatever else the machine does.
+    if ((run % 2)); then
+        many_haproxy
+        [[ $SPAWN == 0 ]] || many_ours $((run == RUNS))
+    else
+        [[ $SPAWN == 0 ]] || many_ours $((run == RUNS))
+        many_haproxy
+    fi
+done
 
 # ---------------------------------------------------------------- report
 mkdir -p "$REPO/bench/results"
