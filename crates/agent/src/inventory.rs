@@ -208,6 +208,8 @@ pub struct Snapshot {
     by_ip: HashMap<(String, IpAddr), Vec<usize>>,
     by_mac: HashMap<(String, String), Vec<usize>>,
     instances: HashMap<String, usize>,
+    /// device_id -> indexes of its ports, in file order.
+    ports_by_device: HashMap<String, Vec<usize>>,
     subnets: HashMap<String, (usize, usize)>,
     networks: HashMap<String, usize>,
 }
@@ -275,6 +277,12 @@ impl Snapshot {
             for ip in &p.fixed_ips {
                 s.by_ip
                     .entry((p.network_id.clone(), ip.ip_address))
+                    .or_default()
+                    .push(i);
+            }
+            if !p.device_id.is_empty() {
+                s.ports_by_device
+                    .entry(p.device_id.clone())
                     .or_default()
                     .push(i);
             }
@@ -354,11 +362,12 @@ impl Snapshot {
     }
 
     /// The instance's ports, in file order.
-    pub fn instance_ports<'a>(&'a self, uuid: &'a str) -> impl Iterator<Item = &'a Port> + 'a {
-        self.inventory
-            .ports
-            .iter()
-            .filter(move |p| p.device_id == uuid)
+    pub fn instance_ports<'a>(&'a self, uuid: &str) -> impl Iterator<Item = &'a Port> + 'a {
+        self.ports_by_device
+            .get(uuid)
+            .into_iter()
+            .flatten()
+            .map(|&i| &self.inventory.ports[i])
     }
 
     pub fn network(&self, id: &str) -> Option<&Network> {

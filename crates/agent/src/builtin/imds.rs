@@ -1,7 +1,7 @@
 //! IMDSv2 session tokens: issued by `PUT /latest/api/token` for 1..21600 s, bound to the
-//! instance that asked, checked on EC2-tree reads. Bounded in number.
+//! instance that asked, checked on EC2-tree reads. Bounded per instance.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -14,25 +14,28 @@ pub const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
 pub const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
 /// AWS's maximum token lifetime (6 hours).
 pub const MAX_TTL: u32 = 21_600;
-/// Tokens kept at most; beyond that the ones closest to expiry go first.
-const MAX_TOKENS: usize = 100_000;
+/// Live tokens kept per instance; a new one beyond this replaces that instance's oldest, so
+/// one guest asking in a loop cannot push out other guests' sessions.
+const PER_INSTANCE: usize = 256;
 
-/// The live tokens: token -> (instance uuid, expiry).
-pub struct Tokens {
-    map: Mutex<HashMap<String, (String, Instant)>>,
+#[derive(Default)]
+struct Inner {
+    /// token -> (instance uuid, expiry)
+    by_token: HashMap<String, (String, Instant)>,
+    /// instance uuid -> its tokens, oldest first
+    by_instance: HashMap<String, VecDeque<String>>,
 }
 
-impl Default for Tokens {
-    fn default() -> Self {
-        Self::new()
-    }
+/// The live tokens. Memory is bounded by PER_INSTANCE times the instances in the inventory
+/// (tokens are only issued to resolved instances).
+#[derive(Default)]
+pub struct Tokens {
+    inner: Mutex<Inner>,
 }
 
 impl Tokens {
     pub fn new() -> Tokens {
-        Tokens {
-            map: Mutex::new(HashMap::new()),
-        }
+        Tokens::default()
     }
 
     /// A new random token for `instance`, valid for `ttl` seconds.
@@ -41,21 +44,18 @@ impl Tokens {
         rand::rng().fill_bytes(&mut raw);
         let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
         let now = Instant::now();
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_TOKENS {
-            map.retain(|_, (_, exp)| *exp > now);
-            while map.len() >= MAX_TOKENS {
-                let oldest = map
-                    .iter()
-                    .min_by_key(|(_, (_, e))| *e)
-                    .map(|(k, _)| k.clone());
-                match oldest {
-                    Some(k) => map.remove(&k),
-                    None => break,
-                };
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = &mut *g;
+        let list = inner.by_instance.entry(instance.to_owned()).or_default();
+        // Drop this instance's expired tokens, then its oldest if still at the cap.
+        list.retain(|t| inner.by_token.get(t).is_some_and(|(_, exp)| *exp > now));
+        while list.len() >= PER_INSTANCE {
+            if let Some(old) = list.pop_front() {
+                inner.by_token.remove(&old);
             }
         }
-        map.insert(
+        list.push_back(token.clone());
+        inner.by_token.insert(
             token.clone(),
             (
                 instance.to_owned(),
@@ -67,23 +67,36 @@ impl Tokens {
 
     /// Whether `token` is live and belongs to `instance` (a token from another VM is invalid).
     pub fn check(&self, token: &str, instance: &str) -> bool {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        match map.get(token) {
-            Some((owner, exp)) if *exp > Instant::now() => owner == instance,
-            Some(_) => {
-                map.remove(token);
-                false
-            }
-            None => false,
-        }
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.by_token
+            .get(token)
+            .is_some_and(|(owner, exp)| *exp > Instant::now() && owner == instance)
     }
 
     #[cfg(test)]
     pub(crate) fn expire_all(&self) {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let past = Instant::now();
-        for v in map.values_mut() {
+        for v in g.by_token.values_mut() {
             v.1 = past;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_guest_cannot_evict_anothers_token() {
+        let t = Tokens::new();
+        let other = t.issue("vm-b", 600);
+        let first = t.issue("vm-a", 600);
+        for _ in 0..PER_INSTANCE {
+            t.issue("vm-a", 600);
+        }
+        assert!(t.check(&other, "vm-b"));
+        assert!(!t.check(&first, "vm-a"), "vm-a's oldest token made room");
+        assert!(!t.check(&other, "vm-a"));
     }
 }
