@@ -18,6 +18,7 @@ pub use ns_netns::testing::{
     bin_path, require_root, unique_prefix, wait_until, ChildGuard, TestNs,
 };
 
+use std::io::Write as _;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -58,7 +59,8 @@ pub fn ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
 
-/// Skip (or, on CI, fail) a test whose external prerequisite is missing.
+/// Skip (or, on CI, fail) a test whose external prerequisite is missing. The SKIP line goes
+/// straight to the process's stderr, so libtest's capture does not hide it.
 pub fn require(test: &str, ok: bool, what: &str) -> bool {
     if ok {
         return true;
@@ -67,6 +69,6 @@ pub fn require(test: &str, ok: bool, what: &str) -> bool {
         !ci(),
         "{test}: {what} is missing and CI=true forbids skipping"
     );
-    eprintln!("SKIP {test}: needs {what}");
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: needs {what}");
     false
 }

@@ -94,12 +94,18 @@ pub struct AgentConfig {
     /// `Some((port, secret))`: forward to a Nova on 127.0.0.1:port signing with `secret`;
     /// `None`: the built-in responder answers.
     pub nova: Option<(u16, String)>,
+    /// Run the real neutron-metadata-agent with this venv python instead of ours
+    /// (`tests/neutron_agent.py`: its port lookup answered from the inventory; needs `nova`).
+    pub neutron_python: Option<PathBuf>,
 }
 
 /// `ns-metadata-agent` under test, listening on `<dir>/metadata_proxy`.
 pub struct Agent {
     proc: Supervised,
     socket: PathBuf,
+    /// The real Neutron agent closes header-less requests without a reply, so its readiness is
+    /// the wrapper's `READY` line (in the log) instead of an HTTP answer.
+    neutron: bool,
 }
 
 impl Agent {
@@ -119,14 +125,35 @@ impl Agent {
             ));
         }
         std::fs::write(&ini, text).expect("write metadata_agent.ini");
+        let (bin, args) = match (&cfg.neutron_python, &cfg.nova) {
+            (Some(python), Some((port, secret))) => (
+                python.clone(),
+                vec![
+                    Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("neutron_agent.py")
+                        .display()
+                        .to_string(),
+                    socket.display().to_string(),
+                    cfg.inventory.display().to_string(),
+                    port.to_string(),
+                    secret.clone(),
+                ],
+            ),
+            (Some(_), None) => panic!("the real neutron agent needs a Nova"),
+            (None, _) => (
+                bin_path("ns-metadata-agent"),
+                vec!["--config-file".into(), ini.display().to_string()],
+            ),
+        };
         let mut agent = Agent {
             proc: Supervised {
-                args: vec!["--config-file".into(), ini.display().to_string()],
-                bin: bin_path("ns-metadata-agent"),
+                args,
+                bin,
                 log: dir.join("agent.log"),
                 child: None,
             },
             socket,
+            neutron: cfg.neutron_python.is_some(),
         };
         agent.restart();
         agent
@@ -148,10 +175,19 @@ impl Agent {
 
     /// Start (again) with the same configuration and wait for readiness.
     pub fn restart(&mut self) {
+        let readies = |p: &Supervised| p.log_text().lines().filter(|l| *l == "READY").count();
+        let before = readies(&self.proc);
         self.proc.kill();
         self.proc.spawn();
         let socket = self.socket.clone();
-        let ready = wait_until(READY, || self.proc.exited() || answers_http(&socket));
+        let ready = wait_until(READY, || {
+            self.proc.exited()
+                || if self.neutron {
+                    readies(&self.proc) > before
+                } else {
+                    answers_http(&socket)
+                }
+        });
         assert!(
             ready && !self.proc.exited(),
             "agent did not become ready on {}; its log:\n{}",
@@ -183,6 +219,8 @@ fn answers_http(socket: &Path) -> bool {
 /// Settings of the spawner under test.
 pub struct SpawnerConfig<'a> {
     pub agent_socket: &'a Path,
+    /// `[spawner] agent_keepalive`: off, on or auto.
+    pub agent_keepalive: &'a str,
     pub enable_isolated_metadata: bool,
     pub enable_metadata_network: bool,
 }
@@ -206,12 +244,13 @@ impl Spawner {
             "[DEFAULT]\nmetadata_proxy_socket = {}\nenable_isolated_metadata = {}\n\
              enable_metadata_network = {}\nforce_metadata = false\n\n\
              [spawner]\nproxy_binary = {}\nstate_dir = {}\n\
-             auto_enable_routers = false\nagent_keepalive = on\n",
+             auto_enable_routers = false\nagent_keepalive = {}\n",
             cfg.agent_socket.display(),
             cfg.enable_isolated_metadata,
             cfg.enable_metadata_network,
             bin_path("ns-metadata-proxy").display(),
             state.display(),
+            cfg.agent_keepalive,
         );
         std::fs::write(&config, text).expect("write spawner.ini");
         let mut spawner = Spawner {

@@ -57,6 +57,12 @@ pub enum Upstream {
         agent_secret: String,
         nova_secret: String,
     },
+    /// The real neutron-metadata-agent (run by `python`, a neutron venv's) in place of ours,
+    /// forwarding to the Nova stand-in with `secret`.
+    NeutronAgent {
+        python: std::path::PathBuf,
+        secret: String,
+    },
 }
 
 /// A VM of the world.
@@ -297,19 +303,29 @@ impl World {
         let inventory = dir.path().join("inventory.json");
         std::fs::write(&inventory, inv.to_json().to_string()).expect("write inventory");
 
-        let (nova, agent_nova) = match upstream {
-            Upstream::Builtin => (None, None),
+        let start_nova = |secret: &str| {
+            let known: HashMap<String, String> = vms
+                .iter()
+                .map(|v| (v.instance.clone(), v.project.clone()))
+                .collect();
+            Nova::start(secret, known)
+        };
+        let (nova, agent_nova, neutron_python, keepalive) = match upstream {
+            Upstream::Builtin => (None, None, None, "on"),
             Upstream::Nova {
                 agent_secret,
                 nova_secret,
             } => {
-                let known: HashMap<String, String> = vms
-                    .iter()
-                    .map(|v| (v.instance.clone(), v.project.clone()))
-                    .collect();
-                let nova = Nova::start(&nova_secret, known);
+                let nova = start_nova(&nova_secret);
                 let port = nova.port();
-                (Some(nova), Some((port, agent_secret)))
+                (Some(nova), Some((port, agent_secret)), None, "on")
+            }
+            // Neutron's agent closes after every answer and never sends the keep-alive
+            // signal: `auto` is what an operator would configure for it.
+            Upstream::NeutronAgent { python, secret } => {
+                let nova = start_nova(&secret);
+                let port = nova.port();
+                (Some(nova), Some((port, secret)), Some(python), "auto")
             }
         };
         let agent = Agent::start(
@@ -317,12 +333,14 @@ impl World {
             &AgentConfig {
                 inventory,
                 nova: agent_nova,
+                neutron_python,
             },
         );
         let mut spawner = Spawner::start(
             dir.path(),
             &SpawnerConfig {
                 agent_socket: agent.socket(),
+                agent_keepalive: keepalive,
                 enable_isolated_metadata: true,
                 enable_metadata_network: true,
             },

@@ -82,6 +82,24 @@ fn builtin_responder_serves_every_vm_in_all_three_modes() {
             vm.name
         );
     }
+    // An address with no port in the inventory gets the agent's 404, not someone's identity.
+    let vm1 = world.vm("vm1");
+    ns_e2e::topo::ip(&[
+        "-n",
+        &vm1.ns,
+        "addr",
+        "add",
+        "10.250.10.99/24",
+        "dev",
+        "eth0",
+    ]);
+    let r = ns_e2e::client::curl_with(
+        &vm1.ns,
+        &ns_e2e::client::url("/openstack/latest/meta_data.json"),
+        &["--interface", "10.250.10.99"],
+        5,
+    );
+    assert_eq!(r.status, 404, "unknown address: {r:?}");
     let status = world.spawner.cli(&["status"]);
     for id in &world.proxy_ids {
         assert!(
