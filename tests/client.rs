@@ -144,7 +144,8 @@ impl Drop for RequestLoop {
     }
 }
 
-/// A timeline a human can read: runs of equal statuses, e.g. `200×41 (0.00-1.52s) | 000×3 ...`.
+/// A timeline a human can read: runs of equal statuses with when they started, e.g.
+/// `200x41 (0.00-1.52s) | 000x3 (1.53-1.60s)`; 000 means no HTTP answer (refused, reset, timeout).
 pub fn timeline(samples: &[Sample]) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut i = 0;

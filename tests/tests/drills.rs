@@ -2,6 +2,7 @@
 //! what the VM saw. Expected (DESIGN.md): a killed proxy is restarted at once by the spawner; a
 //! killed spawner costs no request (proxies live in their own session and are adopted on
 //! restart); a killed agent gives 503 until it is back. Root only.
+use std::io::Write as _;
 use std::time::Duration;
 
 use ns_e2e::client::{get_until_ok, timeline, RequestLoop, Sample};
@@ -12,6 +13,12 @@ use ns_e2e::world::{Modes, Upstream, World};
 const PATH: &str = "/latest/meta-data/instance-id";
 /// Upper bound for any wait in a drill (a bound, not a performance assertion).
 const BOUND: Duration = Duration::from_secs(15);
+
+/// What the VM saw, written straight to stderr so it shows in the test log even on success
+/// (libtest captures `eprintln!`).
+fn report(line: String) {
+    let _ = writeln!(std::io::stderr(), "drill: {line}");
+}
 
 fn after(samples: &[Sample], t: Duration) -> Vec<u16> {
     samples
@@ -49,11 +56,11 @@ fn kill_dash_nine_drills_proxy_spawner_agent() {
     let recovered_at = lp.now();
     lp.wait_count(recovered_at, 10, BOUND);
     let samples = lp.finish();
-    eprintln!(
+    report(format!(
         "proxy kill -9 at {:.2}s; vm saw: {}",
         killed_at.as_secs_f64(),
         timeline(&samples)
-    );
+    ));
     assert!(
         back,
         "no answer after the proxy was killed; spawner log:\n{}",
@@ -86,12 +93,12 @@ fn kill_dash_nine_drills_proxy_spawner_agent() {
         "requests after the spawner is back"
     );
     let samples = lp.finish();
-    eprintln!(
+    report(format!(
         "spawner kill -9 at {:.2}s, restarted at {:.2}s; vm saw: {}",
         killed_at.as_secs_f64(),
         restarted_at.as_secs_f64(),
         timeline(&samples)
-    );
+    ));
     assert!(
         samples.iter().all(|s| s.status == 200),
         "a request failed while the spawner was down: {}",
@@ -127,12 +134,12 @@ fn kill_dash_nine_drills_proxy_spawner_agent() {
     let recovered_at = lp.now();
     lp.wait_count(recovered_at, 10, BOUND);
     let samples = lp.finish();
-    eprintln!(
+    report(format!(
         "agent kill -9 at {:.2}s, restarted at {:.2}s; vm saw: {}",
         killed_at.as_secs_f64(),
         restarted_at.as_secs_f64(),
         timeline(&samples)
-    );
+    ));
     assert!(
         saw_503,
         "the vm sees 503 while the agent is down: {}",
