@@ -326,3 +326,39 @@ async fn inventory_reload_keeps_last_good_and_cache_follows() {
     assert!(ok, "reverted inventory applied");
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_gets_an_answer_and_breaks_nothing() {
+    let dir = TempDir::new("hostile");
+    let agent = start(config(&dir, INVENTORY)).await;
+    let s = &agent.socket;
+    let big = "x".repeat(70 * 1024);
+    let body = format!(
+        "POST /openstack/latest/password HTTP/1.1\r\nX-Forwarded-For: 10.250.41.2\r\nX-Neutron-Network-ID: n1\r\nContent-Length: {}\r\n\r\n{big}",
+        big.len()
+    );
+    assert_eq!(raw(s, &body).await.status, 413);
+    let huge_header = format!("GET / HTTP/1.1\r\nX-Junk: {big}\r\n\r\n");
+    let r = raw(s, &huge_header).await;
+    assert!(r.status == 431 || r.status == 400, "{}", r.status);
+    for junk in [
+        "GET\r\n\r\n",
+        "GET / HTTP/9.9\r\n\r\n",
+        "GET /\0 HTTP/1.1\r\n\r\n",
+        "HELLO WORLD\r\n\r\n",
+    ] {
+        let mut c = UnixStream::connect(s).await.expect("connect");
+        c.write_all(junk.as_bytes()).await.expect("write");
+        // Either a 4xx or a close: never a hang, never a crash.
+        if let Some(r) = read_reply(&mut c).await {
+            assert!((400..500).contains(&r.status), "{junk:?} -> {}", r.status);
+        }
+    }
+    let r = raw(
+        s,
+        &get("/openstack/latest/meta_data.json", "10.250.41.2", NET, "n1"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "still serving");
+    agent.stop().await;
+}
