@@ -50,7 +50,9 @@ STEP=0
 step() { STEP=$((STEP + 1)); printf '\n%s==> %d. %s%s\n' "$BOLD" "$STEP" "$*" "$OFF"; }
 info() { printf '    %s\n' "$*"; }
 cmd()  { printf '    %s$ %s%s\n' "$DIM" "$*" "$OFF"; }
-exec 3>&2   # die() writes here, so it is seen even from inside a silenced readiness check
+# The original stderr and stdout, so die() and cleanup are seen even when they run from
+# inside a silenced readiness check.
+exec 3>&2 4>&1
 die()  { printf '%squickstart: %s%s\n' "$RED" "$*" "$OFF" >&3; exit 1; }
 
 # Poll until a command succeeds (readiness is a handshake, never a fixed sleep).
@@ -102,10 +104,11 @@ cleanup() {
   local rc=$?
   trap - EXIT INT TERM HUP
   set +e
+  exec 1>&4 2>&3
   printf '\n%s==> cleaning up%s\n' "$BOLD" "$OFF"
   if [ "$rc" -ne 0 ] && [ -n "$WORK" ]; then
     for log in "$WORK"/agent.log "$WORK"/spawner.log; do
-      [ -s "$log" ] && { printf '    --- last lines of %s\n' "$log"; tail -n 15 "$log" | sed 's/^/    /'; }
+      [ -s "$log" ] && { printf '    --- last lines of %s\n' "$log"; tail -n 15 "$log" | sed 's/\x1b\[[0-9;]*m//g; s/^/    /'; }
     done
   fi
   if [ -n "$SPAWNER_PID" ] && kill -0 "$SPAWNER_PID" 2>/dev/null; then
