@@ -75,6 +75,18 @@ async fn nova_status_codes_are_relayed() {
         assert_eq!(r.text(), format!("status {code}"));
     }
     assert_eq!(nova.last().header("x-tenant-id"), Some("p2"));
+    let r = raw(
+        &agent.socket,
+        &get("/gzip", "10.250.42.2", "X-Neutron-Network-ID", "n2"),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, GZIP_BODY, "compressed bodies pass unchanged");
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+    assert_eq!(
+        r.header("content-length"),
+        Some(GZIP_BODY.len().to_string().as_str())
+    );
     agent.stop().await;
 }
 

@@ -264,6 +264,12 @@ pub fn nova_signature_ok(secret: &str, instance_id: &str, signature: &str) -> bo
     signature.chars().all(|c| !c.is_ascii_uppercase()) && mac.verify_slice(&sig).is_ok()
 }
 
+/// gzip of "hi\n" (as `printf 'hi\n' | gzip -n` writes it).
+pub const GZIP_BODY: &[u8] = &[
+    0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, 0xcb, 0xc8, 0xe4, 0x02, 0x00, 0x7a,
+    0x7a, 0x6f, 0xed, 0x03, 0x00, 0x00, 0x00,
+];
+
 /// A Nova metadata API stand-in on 127.0.0.1: 400 without the headers, 403 on a bad
 /// signature (as Nova), `/status/NNN` answers NNN, anything else 200 with the instance id.
 pub struct NovaStandIn {
@@ -324,6 +330,14 @@ async fn nova_answer(
     };
     if !nova_signature_ok(&secret, id, sig) {
         return reply(403, "text/plain", "Invalid proxy request signature.".into());
+    }
+    if parts.uri.path() == "/gzip" {
+        // Already-compressed user data (LP#2156587): must reach the VM byte for byte.
+        let mut r = reply(200, "application/octet-stream", String::new());
+        *r.body_mut() = Full::new(Bytes::from_static(GZIP_BODY));
+        r.headers_mut()
+            .insert("content-encoding", "gzip".parse().expect("hv"));
+        return r;
     }
     if let Some(code) = parts.uri.path().strip_prefix("/status/") {
         return reply(
