@@ -104,3 +104,24 @@ pub fn bind_socket(cfg: &Config) -> Result<tokio::net::UnixListener, SocketError
     let std_listener = std::os::unix::net::UnixListener::from(fd);
     tokio::net::UnixListener::from_std(std_listener).map_err(err("register", path))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deduce_follows_neutron() {
+        assert_eq!(deduce("", ""), SocketMode::User);
+        assert_eq!(deduce("root", "whatever"), SocketMode::User);
+        assert_eq!(deduce("0", ""), SocketMode::User);
+        let euid = nix::unistd::geteuid().as_raw().to_string();
+        assert_eq!(deduce(&euid, "x"), SocketMode::User);
+        assert_eq!(deduce("no-such-user-ns", ""), SocketMode::Group);
+        let egid = nix::unistd::getegid().as_raw().to_string();
+        assert_eq!(deduce("no-such-user-ns", &egid), SocketMode::Group);
+        assert_eq!(
+            deduce("no-such-user-ns", "no-such-group-ns"),
+            SocketMode::All
+        );
+    }
+}
