@@ -1,5 +1,7 @@
 //! The three modes through the real binaries (spawner -> proxy -> agent -> built-in responder or
 //! a Nova stand-in), asked by curl from inside each `vm` namespace. Root only.
+use std::time::Duration;
+
 use ns_e2e::client::get;
 use ns_e2e::require_root;
 use ns_e2e::world::{Modes, Upstream, World};
@@ -107,6 +109,42 @@ fn builtin_responder_serves_every_vm_in_all_three_modes() {
             "status does not list {id}:\n{status}"
         );
     }
+
+    // Withdrawing the router (Neutron's BEFORE_DELETE hook) stops its proxy and takes
+    // 169.254.169.254 away: the VM gets no answer any more, the other VMs still do.
+    let router = &world.proxy_ids[0];
+    world.spawner.cli(&["router", "remove", router]);
+    let gone = ns_e2e::wait_until(Duration::from_secs(10), || {
+        ns_e2e::client::curl_with(&vm1.ns, &ns_e2e::client::url("/openstack"), &[], 1).status == 0
+            && ns_e2e::procs::proxies_of(std::slice::from_ref(router)).is_empty()
+    });
+    assert!(
+        gone,
+        "proxy of removed router still answers; status:\n{}",
+        world.spawner.cli(&["status"])
+    );
+    let lo = std::process::Command::new("ip")
+        .args([
+            "-n",
+            &format!("qrouter-{router}"),
+            "-o",
+            "addr",
+            "show",
+            "dev",
+            "lo",
+        ])
+        .output()
+        .expect("ip addr show");
+    let lo = String::from_utf8_lossy(&lo.stdout);
+    assert!(
+        !lo.contains("169.254.169.254"),
+        "address left on lo after remove: {lo}"
+    );
+    assert_eq!(
+        get(&world.vm("vm2").ns, "/openstack").status,
+        200,
+        "other proxies unaffected"
+    );
 }
 
 #[test]
