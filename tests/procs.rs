@@ -221,6 +221,8 @@ pub struct SpawnerConfig<'a> {
     pub agent_socket: &'a Path,
     /// `[spawner] agent_keepalive`: off, on or auto.
     pub agent_keepalive: &'a str,
+    /// `[spawner] ipv6`: also bind `[fe80::a9fe:a9fe]:80` for networks with an IPv6 subnet.
+    pub ipv6: bool,
     pub enable_isolated_metadata: bool,
     pub enable_metadata_network: bool,
 }
@@ -244,13 +246,14 @@ impl Spawner {
             "[DEFAULT]\nmetadata_proxy_socket = {}\nenable_isolated_metadata = {}\n\
              enable_metadata_network = {}\nforce_metadata = false\n\n\
              [spawner]\nproxy_binary = {}\nstate_dir = {}\n\
-             auto_enable_routers = false\nagent_keepalive = {}\n",
+             auto_enable_routers = false\nagent_keepalive = {}\nipv6 = {}\n",
             cfg.agent_socket.display(),
             cfg.enable_isolated_metadata,
             cfg.enable_metadata_network,
             bin_path("ns-metadata-proxy").display(),
             state.display(),
             cfg.agent_keepalive,
+            cfg.ipv6,
         );
         std::fs::write(&config, text).expect("write spawner.ini");
         let mut spawner = Spawner {

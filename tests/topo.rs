@@ -29,6 +29,8 @@ pub struct End<'a> {
     pub ns: &'a str,
     pub ifname: &'a str,
     pub cidr: Option<&'a str>,
+    /// MAC to set before the link goes up (the IPv6 link-local address derives from it).
+    pub mac: Option<&'a str>,
 }
 
 /// A veth pair between two namespaces, both ends up with their addresses.
@@ -39,6 +41,9 @@ pub fn veth(a: End<'_>, b: End<'_>) {
         "netns", b.ns,
     ]);
     for end in [&a, &b] {
+        if let Some(mac) = end.mac {
+            ip(&["-n", end.ns, "link", "set", end.ifname, "address", mac]);
+        }
         if let Some(cidr) = end.cidr {
             ip(&["-n", end.ns, "addr", "add", cidr, "dev", end.ifname]);
         }

@@ -33,6 +33,9 @@ pub struct Modes {
     pub router: bool,
     pub isolated: bool,
     pub metadata_network: bool,
+    /// Give the isolated network an IPv6 subnet and the spawner `ipv6 = true`: its proxy also
+    /// binds `[fe80::a9fe:a9fe]:80` on the tap, vm2's MAC is its port's (EUI-64 lookup).
+    pub ipv6: bool,
 }
 
 impl Modes {
@@ -40,11 +43,13 @@ impl Modes {
         router: true,
         isolated: true,
         metadata_network: true,
+        ipv6: false,
     };
     pub const ROUTER: Modes = Modes {
         router: true,
         isolated: false,
         metadata_network: false,
+        ipv6: false,
     };
 }
 
@@ -75,6 +80,8 @@ pub struct Vm {
     pub instance: String,
     pub project: String,
     pub user_data: String,
+    /// The MAC of the vm's port in the inventory (set on eth0 only where the mode needs it).
+    pub mac: String,
 }
 
 /// Everything one test runs; fields drop in order: processes first (the spawner guard kills its
@@ -149,11 +156,13 @@ impl World {
                         ns: &qr,
                         ifname: &qr_if,
                         cidr: Some(&format!("{gw}/24")),
+                        mac: None,
                     },
                     End {
                         ns: &vm_ns,
                         ifname: "eth0",
                         cidr: Some(&format!("{vm_ip}/24")),
+                        mac: None,
                     },
                 );
                 topo::route(&vm_ns, "default", &gw);
@@ -165,6 +174,10 @@ impl World {
         if modes.isolated {
             let n = net(format!("10.250.{}", base + 1));
             inv.network(&n, &project);
+            if modes.ipv6 {
+                // Only data: no traffic uses this prefix, the VM talks link-local.
+                inv.add_v6_subnet(&n.id, &ids.next(), &format!("fd00:250:{base}::/64"));
+            }
             let dhcp_ip = format!("10.250.{}.2", base + 1);
             let dhcp_port = inv.port(
                 &ids,
@@ -184,6 +197,7 @@ impl World {
                 &project,
             );
             let (vm_ns, vm_ip) = (vm.ns.clone(), vm.ip.clone());
+            let vm_mac = modes.ipv6.then(|| vm.mac.clone());
             vms.push(vm);
             let tap = format!("tap{}", &dhcp_port[..11]);
             let record = inv.record(&n, &tap);
@@ -196,11 +210,13 @@ impl World {
                         ns: &qdhcp,
                         ifname: &tap,
                         cidr: Some(&format!("{dhcp_ip}/24")),
+                        mac: None,
                     },
                     End {
                         ns: &vm_ns,
                         ifname: "eth0",
                         cidr: Some(&format!("{vm_ip}/24")),
+                        mac: vm_mac.as_deref(),
                     },
                 );
                 spawner.network_put(&record, &n.id);
@@ -274,11 +290,13 @@ impl World {
                         ns: &qr,
                         ifname: "qr-c",
                         cidr: Some(&format!("{gw}/24")),
+                        mac: None,
                     },
                     End {
                         ns: &vm_ns,
                         ifname: "eth0",
                         cidr: Some(&format!("{vm_ip}/24")),
+                        mac: None,
                     },
                 );
                 topo::veth(
@@ -286,11 +304,13 @@ impl World {
                         ns: &qr,
                         ifname: "qr-m",
                         cidr: Some("169.254.0.1/16"),
+                        mac: None,
                     },
                     End {
                         ns: &qdhcp,
                         ifname: &tap,
                         cidr: Some("169.254.0.2/16"),
+                        mac: None,
                     },
                 );
                 topo::route(&vm_ns, "default", &gw);
@@ -341,6 +361,7 @@ impl World {
             &SpawnerConfig {
                 agent_socket: agent.socket(),
                 agent_keepalive: keepalive,
+                ipv6: modes.ipv6,
                 enable_isolated_metadata: true,
                 enable_metadata_network: true,
             },
@@ -422,6 +443,19 @@ impl Inventory {
         }));
     }
 
+    /// Add an IPv6 subnet (DHCP enabled, no gateway) to network `net`.
+    fn add_v6_subnet(&mut self, net: &str, id: &str, cidr: &str) {
+        let n = self
+            .networks
+            .iter_mut()
+            .find(|x| x["id"] == net)
+            .expect("network is in the inventory");
+        if let Some(subnets) = n["subnets"].as_array_mut() {
+            subnets.push(json!({"id": id, "cidr": cidr, "gateway_ip": null,
+                                "enable_dhcp": true, "ip_version": 6}));
+        }
+    }
+
     /// Add a port; returns its id.
     fn port(
         &mut self,
@@ -462,7 +496,11 @@ impl Inventory {
             "public_keys": {"e2e": format!("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE2eTestKeyNotReal {name}@e2e")},
             "user_data": user_data, "meta": {"mode": mode},
         }));
+        let mac = self.ports.last().map_or(String::new(), |p| {
+            p["mac_address"].as_str().unwrap_or_default().to_owned()
+        });
         Vm {
+            mac,
             name,
             mode,
             ns: format!("{prefix}-{name}"),

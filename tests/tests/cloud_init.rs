@@ -24,6 +24,7 @@ fn cloud_init_openstack_and_ec2_readers_get_identity_and_user_data() {
             router: true,
             isolated: true,
             metadata_network: false,
+            ipv6: false,
         },
         Upstream::Builtin,
     );

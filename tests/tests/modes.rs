@@ -223,3 +223,42 @@ fn wrong_shared_secret_is_refused_by_nova_with_403() {
         r.body
     );
 }
+
+#[test]
+fn ipv6_link_local_metadata_on_an_isolated_network() {
+    if !require_root("ipv6_link_local_metadata_on_an_isolated_network") {
+        return;
+    }
+    let modes = Modes {
+        router: false,
+        isolated: true,
+        metadata_network: false,
+        ipv6: true,
+    };
+    let world = World::build("ipv6", 70, modes, Upstream::Builtin);
+    world.wait_answering("/openstack");
+    let vm = world.vm("vm2");
+    // As a guest asks over IPv6 (LP#1460177): the zone id names the guest's interface; the
+    // agent finds the port by the MAC in the link-local source address (EUI-64). DAD on both
+    // ends takes a moment, hence the poll.
+    let url = "http://[fe80::a9fe:a9fe%eth0]/openstack/latest/meta_data.json";
+    let mut last = None;
+    let ok = ns_e2e::wait_until(Duration::from_secs(20), || {
+        let r = ns_e2e::client::curl_with(&vm.ns, url, &["-g"], 2);
+        let done = r.status == 200;
+        last = Some(r);
+        done
+    });
+    assert!(
+        ok,
+        "no answer over IPv6: {last:?}\nspawner log:\n{}",
+        world.spawner.log()
+    );
+    let md = json(&last.expect("a reply").body);
+    assert_eq!(
+        md["uuid"],
+        vm.instance.as_str(),
+        "identity over IPv6 (MAC {})",
+        vm.mac
+    );
+}
