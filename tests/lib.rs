@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+mod inventory;
 pub mod nova;
 pub mod procs;
 pub mod topo;
