@@ -162,17 +162,22 @@ printf '%sns-metadata quickstart%s: a metadata service for namespace networks, e
 # ---- 1. build ---------------------------------------------------------------------------------
 if [ -z "$BIN_DIR" ]; then
   step "Building the three binaries (release)"
-  CARGO=$(command -v cargo || true)
+  # Under sudo, build as the invoking user with their rustup install (sudo resets PATH, and
+  # target/ should not become root-owned); otherwise as root with the cargo in PATH.
   BUILD_USER=${SUDO_USER:-root}
   BUILD_HOME=$(getent passwd "$BUILD_USER" | cut -d: -f6)
-  # sudo resets PATH: look for the invoking user's rustup install too.
-  [ -n "$CARGO" ] || [ ! -x "$BUILD_HOME/.cargo/bin/cargo" ] || CARGO=$BUILD_HOME/.cargo/bin/cargo
+  if [ "$BUILD_USER" != root ] && [ -x "$BUILD_HOME/.cargo/bin/cargo" ]; then
+    CARGO=$BUILD_HOME/.cargo/bin/cargo
+  else
+    BUILD_USER=root
+    CARGO=$(command -v cargo || true)
+    [ -n "$CARGO" ] || [ ! -x /root/.cargo/bin/cargo ] || CARGO=/root/.cargo/bin/cargo
+  fi
   [ -n "$CARGO" ] || die "cargo not found (install Rust: https://rustup.rs) or pass --bin-dir"
   TARGET=${CARGO_TARGET_DIR:-$REPO/target}
   cmd "cargo build --release --workspace --bins"
   TARGET_PARENT=$TARGET; [ -e "$TARGET" ] || TARGET_PARENT=$(dirname "$TARGET")
   if [ "$BUILD_USER" != root ] && runuser -u "$BUILD_USER" -- test -w "$TARGET_PARENT"; then
-    # Build as the user who ran sudo, so target/ does not become root-owned.
     runuser -u "$BUILD_USER" -- env HOME="$BUILD_HOME" PATH="$(dirname "$CARGO"):$PATH" \
       CARGO_TARGET_DIR="$TARGET" "$CARGO" build --release --workspace --bins --manifest-path "$REPO/Cargo.toml"
   else
