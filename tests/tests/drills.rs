@@ -167,3 +167,53 @@ fn kill_dash_nine_drills_proxy_spawner_agent() {
     );
     assert!(after(&samples, restarted_at).contains(&200));
 }
+
+#[test]
+fn vanished_namespace_stops_its_proxy_and_a_recreated_one_gets_it_back() {
+    if !require_root("vanished_namespace_stops_its_proxy_and_a_recreated_one_gets_it_back") {
+        return;
+    }
+    let world = World::build("vanish", 52, Modes::ROUTER, Upstream::Builtin);
+    world.wait_answering(PATH);
+    let router = world.proxy_ids[0].clone();
+    let ns = format!("qrouter-{router}");
+    let old = world.spawner.proxy_pid(&router).expect("proxy running");
+
+    // neutron-netns-cleanup (or a crashed l3 agent) deletes the namespace under the proxy.
+    ns_e2e::topo::ip(&["netns", "del", &ns]);
+    let stopped = ns_e2e::wait_until(BOUND, || {
+        ns_e2e::procs::proxies_of(std::slice::from_ref(&router)).is_empty()
+    });
+    report(format!(
+        "namespace {ns} deleted: proxy {old} {}",
+        if stopped { "stopped" } else { "still running" }
+    ));
+    assert!(
+        stopped,
+        "proxy {old} outlived its namespace; status:\n{}",
+        world.spawner.cli(&["status"])
+    );
+
+    // The record is still there: when the namespace comes back, so does the proxy, inside it.
+    ns_e2e::topo::ip(&["netns", "add", &ns]);
+    let back = ns_e2e::wait_until(BOUND, || world.spawner.proxy_pid(&router).is_some());
+    assert!(
+        back,
+        "no proxy in the recreated {ns}; status:\n{}",
+        world.spawner.cli(&["status"])
+    );
+    let pid = world
+        .spawner
+        .proxy_pid(&router)
+        .expect("new proxy")
+        .to_string();
+    let out = std::process::Command::new("ip")
+        .args(["netns", "identify", &pid])
+        .output()
+        .expect("ip netns identify");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        ns,
+        "the new proxy runs in the new namespace"
+    );
+}
