@@ -74,7 +74,10 @@ mod tests {
             "{d3:?}"
         );
         let d4 = b.next(short);
-        assert!(d4 >= Duration::from_millis(500) && d4 <= Duration::from_secs(1), "{d4:?}");
+        assert!(
+            d4 >= Duration::from_millis(500) && d4 <= Duration::from_secs(1),
+            "{d4:?}"
+        );
         for _ in 0..40 {
             let d = b.next(short);
             assert!(

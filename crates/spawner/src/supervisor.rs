@@ -419,7 +419,8 @@ async fn proxy_task<P: Platform>(
     let mut current: Option<Running> = None;
     if let Start::Adopt(pid, argv) = start {
         match Running::adopt(pid) {
-            Ok(r) if argv.get(1..) == Some(&args[..]) => {
+            // The tail of the cmdline: argv[0] (and an interpreter's script path) may differ.
+            Ok(r) if argv.ends_with(&args) => {
                 tracing::info!(key = %spec.key, pid, "adopted running proxy");
                 let mut st = lock(&status);
                 st.adopted = true;
@@ -461,6 +462,7 @@ async fn proxy_task<P: Platform>(
                         let mut st = lock(&status);
                         st.pid = pid;
                         st.state = State::Running;
+                        st.adopted = false;
                         r
                     }
                     Err(e) => {

@@ -1,0 +1,290 @@
+//! Unprivileged tests of the control API (status codes, reasons, persistence, metrics,
+//! host routes) and of the CLI client subcommands against it.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use http::{Method, StatusCode};
+use ns_metadata_spawner::client::{call, reason};
+use ns_metadata_spawner::platform::Host;
+use ns_metadata_spawner::records::{RecordSet, Records};
+use ns_metadata_spawner::supervisor::{State, Supervisor};
+use ns_metadata_spawner::{api, pidfile};
+
+const NET: &str = r#"{"id":"n1","interface":"tap1",
+  "subnets":[{"id":"s1","cidr":"10.250.9.0/24","gateway_ip":"10.250.9.1","enable_dhcp":true,"ip_version":4}],
+  "ports":[{"id":"pd","device_owner":"network:dhcp","device_id":"dhcp1","fixed_ips":[{"subnet_id":"s1","ip_address":"10.250.9.2"}]}]}"#;
+
+struct Server {
+    sup: Supervisor<Host>,
+    sock: std::path::PathBuf,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn server(dir: &TempDir) -> Server {
+    let proxy = fake_proxy(dir.path());
+    let mut cfg = config(dir.path(), &proxy);
+    cfg.enable_isolated_metadata = true;
+    let sock = cfg.control_socket.clone();
+    let listener = api::bind(&sock).expect("bind control socket");
+    let sup = Supervisor::new(Host, cfg, Records::default());
+    let (a, b) = (sup.clone(), sup.clone());
+    let tasks = vec![
+        tokio::spawn(api::serve(a, listener)),
+        tokio::spawn(async move { b.run_loop().await }),
+    ];
+    Server { sup, sock, tasks }
+}
+
+async fn req(s: &Server, m: Method, path: &str, body: Option<&str>) -> (StatusCode, String) {
+    let (st, b) = call(&s.sock, m, path, body.map(|b| b.as_bytes().to_vec()))
+        .await
+        .expect("call");
+    (st, String::from_utf8_lossy(&b).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_api_codes_reasons_and_persistence() {
+    let dir = TempDir::new("api");
+    let s = server(&dir);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&s.sock)
+        .expect("socket")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(
+        api::bind(&s.sock).is_err(),
+        "a second supervisor on the same socket is refused"
+    );
+
+    let (st, body) = req(
+        &s,
+        Method::PUT,
+        "/v1/routers/r1",
+        Some(r#"{"netns":"qrouter-r1","ha_state":null,"distributed":false}"#),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let (st, body) = req(&s, Method::PUT, "/v1/routers/r1", Some("{nope")).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert!(reason(body.as_bytes()).contains("bad JSON"), "{body}");
+    let (st, body) = req(
+        &s,
+        Method::PUT,
+        "/v1/routers/r1",
+        Some(r#"{"ha_state":"sideways"}"#),
+    )
+    .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert!(
+        body.contains("ha_state") || body.contains("variant"),
+        "{body}"
+    );
+    let (st, body) = req(&s, Method::PUT, "/v1/routers/..%2Fetc", Some("{}")).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+    assert!(reason(body.as_bytes()).contains("invalid id"), "{body}");
+    let (st, body) = req(
+        &s,
+        Method::PUT,
+        "/v1/networks/n1",
+        Some(r#"{"subnets":[{"id":"s","cidr":"300.0.0.0/8","ip_version":4}]}"#),
+    )
+    .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert!(reason(body.as_bytes()).contains("invalid cidr"), "{body}");
+    let (st, _) = req(&s, Method::PUT, "/v1/networks/n2", Some(NET)).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "body id n1 vs path n2");
+    let (st, body) = req(&s, Method::DELETE, "/v1/routers/nope", None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert!(reason(body.as_bytes()).contains("nope"), "{body}");
+    let (st, _) = req(&s, Method::DELETE, "/v1/networks/nope", None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, _) = req(&s, Method::GET, "/v2/whatever", None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, _) = req(&s, Method::POST, "/v1/proxies", None).await;
+    assert_eq!(st, StatusCode::METHOD_NOT_ALLOWED);
+
+    let (st, body) = req(&s, Method::PUT, "/v1/networks/n1", Some(NET)).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let (st, body) = req(&s, Method::GET, "/v1/networks/n1/host-routes", None).await;
+    assert_eq!(st, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v[0]["host_routes"][0]["destination"], "169.254.169.254/32");
+    assert_eq!(v[0]["host_routes"][0]["nexthop"], "10.250.9.2");
+    let (st, _) = req(&s, Method::GET, "/v1/networks/zz/host-routes", None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+
+    // Both proxies come up; the status lists them.
+    eventually(Duration::from_secs(10), || {
+        let st = s.sup.status();
+        (st.len() == 2 && st.iter().all(|p| p.state == State::Running)).then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("not running: {:?}", s.sup.status()));
+    let (st, body) = req(&s, Method::GET, "/v1/proxies", None).await;
+    assert_eq!(st, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v[0]["netns"], "qdhcp-n1");
+    assert_eq!(v[0]["kind"], "network");
+    assert_eq!(v[1]["id"], "r1");
+    assert!(v[1]["pid"].as_u64().is_some());
+    let (st, body) = req(&s, Method::GET, "/metrics", None).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(
+        body.contains("ns_metadata_proxies{state=\"running\"} 2"),
+        "{body}"
+    );
+    assert!(
+        body.contains("ns_metadata_proxy_up{key=\"r1\",netns=\"qrouter-r1\",id=\"r1\"} 1"),
+        "{body}"
+    );
+
+    // API records are persisted for the next start.
+    let saved = RecordSet::load(&s.sup.config().records_json()).expect("records.json");
+    assert_eq!((saved.routers.len(), saved.networks.len()), (2 - 1, 1));
+
+    let (st, _) = req(&s, Method::DELETE, "/v1/routers/r1", None).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (st, _) = req(&s, Method::DELETE, "/v1/networks/n1", None).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let pid_dir = s.sup.config().pid_dir();
+    eventually(Duration::from_secs(10), || {
+        pidfile::list(&pid_dir).is_empty().then_some(())
+    })
+    .await
+    .expect("pid files removed");
+    assert!(RecordSet::load(&s.sup.config().records_json())
+        .expect("records.json")
+        .routers
+        .is_empty());
+}
+
+fn cli(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ns-metadata-spawner"))
+        .arg("--state-dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("run cli");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_client_subcommands() {
+    let dir = TempDir::new("cli");
+    let s = server(&dir);
+    let d = TempDir::new("cli-files");
+    let state = dir.path().to_owned();
+    let run = |args: Vec<String>| {
+        let state = state.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            cli(&state, &refs)
+        });
+        async move { r.await.expect("join") }
+    };
+    let v = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+
+    let (ok, out, err) = run(v(&["router", "add", "r1", "--ha-state", "primary"])).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("router r1 added (netns qrouter-r1)"), "{out}");
+    let (ok, _, err) = run(v(&["router", "add", "../x"])).await;
+    assert!(!ok && err.contains("invalid id"), "{err}");
+    let (ok, _, err) = run(v(&["router", "add", "r2", "--ha-state", "weird"])).await;
+    assert!(!ok && err.contains("weird"), "{err}");
+    let net = d.path().join("n1.json");
+    std::fs::write(&net, NET).expect("write");
+    let (ok, out, err) = run(v(&["network", "put", &net.display().to_string()])).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("network n1 stored"), "{out}");
+    let bad = d.path().join("bad.json");
+    std::fs::write(&bad, r#"{"subnets":[]}"#).expect("write");
+    let (ok, _, err) = run(v(&["network", "put", &bad.display().to_string()])).await;
+    assert!(!ok && err.contains("\"id\""), "{err}");
+    let (ok, out, err) = run(v(&["host-routes", "n1"])).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("169.254.169.254/32 via 10.250.9.2"), "{out}");
+
+    eventually(Duration::from_secs(10), || {
+        (s.sup
+            .status()
+            .iter()
+            .filter(|p| p.state == State::Running)
+            .count()
+            == 2)
+            .then_some(())
+    })
+    .await
+    .expect("running");
+    let (ok, out, err) = run(v(&["status"])).await;
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("NETNS") && lines[0].contains("RESTARTS"),
+        "{out}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("qrouter-r1") && l.contains("running")),
+        "{out}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("qdhcp-n1") && l.contains("network")),
+        "{out}"
+    );
+
+    let (ok, _, err) = run(v(&["router", "remove", "r9"])).await;
+    assert!(!ok && err.contains("404"), "{err}");
+    let (ok, out, _) = run(v(&["router", "remove", "r1"])).await;
+    assert!(ok && out.contains("removed"));
+    let (ok, _, _) = run(v(&["network", "remove", "n1"])).await;
+    assert!(ok);
+    s.sup.stop_all().await;
+    // No server: a clear error.
+    drop(s);
+    let other = TempDir::new("cli-none");
+    let (ok, _, err) = tokio::task::spawn_blocking(move || cli(other.path(), &["status"]))
+        .await
+        .expect("join");
+    assert!(!ok && err.contains("control socket"), "{err}");
+}
+
+#[test]
+fn bad_config_is_one_line_naming_file_and_key() {
+    let dir = TempDir::new("badcfg");
+    let f = dir.path().join("s.ini");
+    std::fs::write(&f, "[spawner]\nipv6 = perhaps\n").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_ns-metadata-spawner"))
+        .arg("--config-file")
+        .arg(&f)
+        .arg("status")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("s.ini:2: [spawner] ipv6: invalid boolean"),
+        "{err}"
+    );
+}

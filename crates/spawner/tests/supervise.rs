@@ -1,0 +1,259 @@
+//! Unprivileged tests of supervision with a stand-in proxy in the current namespace:
+//! start/stop with pid files, restart after kill -9, failure with backoff visible in the
+//! status, restart on config change, adoption by a new supervisor, stale pid files, and
+//! `--stop-proxies-on-exit`-style stop of everything.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use ns_metadata_spawner::config::Keepalive;
+use ns_metadata_spawner::pidfile;
+use ns_metadata_spawner::platform::Host;
+use ns_metadata_spawner::records::{Records, Router};
+use ns_metadata_spawner::supervisor::{State, Supervisor};
+
+const T: Duration = Duration::from_secs(10);
+
+fn router(id: &str) -> Router {
+    Router {
+        id: id.into(),
+        netns: None,
+        ha_state: None,
+        distributed: false,
+    }
+}
+
+async fn running_pid(sup: &Supervisor<Host>, key: &str) -> u32 {
+    eventually(T, || {
+        status_of(sup, key)
+            .filter(|s| s.state == State::Running)
+            .and_then(|s| s.pid)
+    })
+    .await
+    .unwrap_or_else(|| panic!("{key} never ran: {:?}", status_of(sup, key)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_stop_pid_file_and_restart_after_kill() {
+    let dir = TempDir::new("basic");
+    let proxy = fake_proxy(dir.path());
+    let cfg = config(dir.path(), &proxy);
+    let pid_dir = cfg.pid_dir();
+    let sup = Supervisor::new(Host, cfg, Records::default());
+    let looper = sup.clone();
+    let lp = tokio::spawn(async move { looper.run_loop().await });
+
+    sup.put_router(router("r1"));
+    let pid = running_pid(&sup, "r1").await;
+    let mut guard = PidGuard(vec![pid]);
+    assert_eq!(pidfile::read(&pidfile::path(&pid_dir, "r1")), Some(pid));
+    let argv = pidfile::cmdline(pid).expect("proxy alive");
+    assert!(
+        argv.windows(2)
+            .any(|w| w[0] == "--router-id" && w[1] == "r1"),
+        "{argv:?}"
+    );
+
+    kill9(pid);
+    let pid2 = eventually(T, || {
+        status_of(&sup, "r1")
+            .and_then(|s| s.pid)
+            .filter(|&p| p != pid && s_running(&sup))
+    })
+    .await
+    .expect("restarted after kill -9");
+    guard.0.push(pid2);
+    let st = status_of(&sup, "r1").expect("status");
+    assert_eq!(st.restarts, 1);
+    assert!(
+        st.last_error.as_deref().unwrap_or("").contains("exited"),
+        "{st:?}"
+    );
+
+    assert!(sup.remove_router("r1"));
+    assert!(!sup.remove_router("r1"), "second remove finds nothing");
+    eventually(T, || status_of(&sup, "r1").is_none().then_some(()))
+        .await
+        .expect("status entry gone");
+    eventually(T, || (!alive(pid2)).then_some(()))
+        .await
+        .expect("proxy stopped");
+    eventually(T, || {
+        (!pidfile::path(&pid_dir, "r1").exists()).then_some(())
+    })
+    .await
+    .expect("pid file removed");
+    lp.abort();
+}
+
+fn s_running(sup: &Supervisor<Host>) -> bool {
+    status_of(sup, "r1").is_some_and(|s| s.state == State::Running)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_proxy_backs_off_with_reason_in_status() {
+    let dir = TempDir::new("fail");
+    let proxy = fake_proxy(dir.path());
+    std::fs::write(dir.path().join("fail"), "").expect("fail flag");
+    let sup = Supervisor::new(Host, config(dir.path(), &proxy), Records::default());
+    let looper = sup.clone();
+    let lp = tokio::spawn(async move { looper.run_loop().await });
+    sup.put_router(router("r1"));
+    let st = eventually(T, || status_of(&sup, "r1").filter(|s| s.restarts >= 2))
+        .await
+        .expect("retries");
+    let err = st.last_error.clone().unwrap_or_default();
+    assert!(
+        err.contains("exited") && err.contains("before ready"),
+        "{st:?}"
+    );
+    // Fixing the cause lets it come up on a later try.
+    std::fs::remove_file(dir.path().join("fail")).expect("clear flag");
+    let pid = running_pid(&sup, "r1").await;
+    let _g = PidGuard(vec![pid]);
+    sup.stop_all().await;
+    assert!(!alive(pid));
+    lp.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_change_restarts_with_new_arguments() {
+    let dir = TempDir::new("cfg");
+    let proxy = fake_proxy(dir.path());
+    let cfg = config(dir.path(), &proxy);
+    let sup = Supervisor::new(Host, cfg.clone(), Records::default());
+    let looper = sup.clone();
+    let lp = tokio::spawn(async move { looper.run_loop().await });
+    sup.put_router(router("r1"));
+    let pid = running_pid(&sup, "r1").await;
+    let mut g = PidGuard(vec![pid]);
+    let mut cfg2 = cfg;
+    cfg2.agent_keepalive = Keepalive::On;
+    sup.set_config(cfg2);
+    let pid2 = eventually(T, || {
+        status_of(&sup, "r1")
+            .filter(|s| s.state == State::Running)
+            .and_then(|s| s.pid)
+            .filter(|&p| p != pid)
+    })
+    .await
+    .expect("restarted");
+    g.0.push(pid2);
+    assert!(!alive(pid), "old proxy stopped");
+    let argv = pidfile::cmdline(pid2).expect("alive");
+    assert!(
+        argv.windows(2)
+            .any(|w| w[0] == "--agent-keepalive" && w[1] == "on"),
+        "{argv:?}"
+    );
+    sup.stop_all().await;
+    lp.abort();
+}
+
+#[test]
+fn restarted_supervisor_adopts_kills_unwanted_and_cleans_stale() {
+    let dir = TempDir::new("adopt");
+    let proxy = fake_proxy(dir.path());
+    let cfg = config(dir.path(), &proxy);
+    let pid_dir = cfg.pid_dir();
+    let mut records = Records::default();
+    records.api_routers.insert("r1".into(), router("r1"));
+    records.api_routers.insert("r2".into(), router("r2"));
+
+    // First supervisor, on its own runtime, dropped without stopping its proxies.
+    let rt1 = tokio::runtime::Runtime::new().expect("runtime");
+    let (p1, p2) = rt1.block_on(async {
+        let sup = Supervisor::new(Host, cfg.clone(), records.clone());
+        sup.adopt_and_start().await;
+        (running_pid(&sup, "r1").await, running_pid(&sup, "r2").await)
+    });
+    drop(rt1);
+    let _g = PidGuard(vec![p1, p2]);
+    assert!(alive(p1) && alive(p2), "proxies outlive their supervisor");
+    // A stale pid file naming a process that is not a proxy for that id.
+    pidfile::write(&pid_dir, "r9", std::process::id()).expect("write");
+
+    // Second supervisor: r2 is no longer wanted.
+    records.api_routers.remove("r2");
+    let rt2 = tokio::runtime::Runtime::new().expect("runtime");
+    rt2.block_on(async {
+        let sup = Supervisor::new(Host, cfg.clone(), records.clone());
+        sup.adopt_and_start().await;
+        let st = status_of(&sup, "r1").expect("r1");
+        assert_eq!(
+            (st.pid, st.adopted, st.state),
+            (Some(p1), true, State::Running),
+            "{st:?}"
+        );
+        assert!(status_of(&sup, "r2").is_none());
+        assert!(!alive(p2), "unwanted proxy stopped");
+        assert!(!pidfile::path(&pid_dir, "r2").exists());
+        assert!(
+            !pidfile::path(&pid_dir, "r9").exists(),
+            "stale pid file removed"
+        );
+        assert!(
+            alive(std::process::id()),
+            "the stale pid's process was not touched"
+        );
+        // An adopted proxy that dies is noticed through its pidfd and restarted.
+        kill9(p1);
+        let p3 = eventually(T, || {
+            status_of(&sup, "r1")
+                .filter(|s| s.state == State::Running)
+                .and_then(|s| s.pid)
+                .filter(|&p| p != p1)
+        })
+        .await
+        .expect("adopted proxy restarted");
+        let _g3 = PidGuard(vec![p3]);
+        assert!(!status_of(&sup, "r1").expect("r1").adopted);
+        sup.stop_all().await;
+        assert!(!alive(p3));
+    });
+}
+
+#[test]
+fn adoption_with_changed_arguments_restarts() {
+    let dir = TempDir::new("adopt2");
+    let proxy = fake_proxy(dir.path());
+    let cfg = config(dir.path(), &proxy);
+    let mut records = Records::default();
+    records.api_routers.insert("r1".into(), router("r1"));
+    let rt1 = tokio::runtime::Runtime::new().expect("runtime");
+    let p1 = rt1.block_on(async {
+        let sup = Supervisor::new(Host, cfg.clone(), records.clone());
+        sup.adopt_and_start().await;
+        running_pid(&sup, "r1").await
+    });
+    drop(rt1);
+    let _g = PidGuard(vec![p1]);
+    let mut cfg2 = cfg.clone();
+    cfg2.agent_keepalive = Keepalive::Off;
+    let rt2 = tokio::runtime::Runtime::new().expect("runtime");
+    rt2.block_on(async {
+        let sup = Supervisor::new(Host, cfg2, records);
+        sup.adopt_and_start().await;
+        let p2 = running_pid(&sup, "r1").await;
+        let _g2 = PidGuard(vec![p2]);
+        assert_ne!(p1, p2);
+        assert!(!alive(p1));
+        sup.stop_all().await;
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_namespace_waits() {
+    let dir = TempDir::new("wait");
+    let proxy = fake_proxy(dir.path());
+    let sup = Supervisor::new(Host, config(dir.path(), &proxy), Records::default());
+    sup.put_router(Router {
+        netns: Some("missing-ns".into()),
+        ..router("r1")
+    });
+    sup.reconcile().await;
+    let st = status_of(&sup, "r1").expect("listed");
+    assert_eq!((st.state, st.pid), (State::Waiting, None));
+}
