@@ -1,0 +1,314 @@
+//! Root tests with real namespaces and the real `ns-metadata-proxy`: each mode of the
+//! table end to end from a `vm` namespace, HA, kill -9 recovery, 50 namespaces at once.
+//! Each test has its own state dir and namespaces (per-run prefix), removed on drop.
+
+mod common;
+mod root_common;
+
+use std::time::Duration;
+
+use common::*;
+use ns_metadata_spawner::netns_platform::Namespaces;
+use ns_metadata_spawner::pidfile;
+use ns_metadata_spawner::records::{HaState, Network, Records, Router};
+use ns_metadata_spawner::supervisor::{State, Supervisor};
+use ns_netns::testing::{link, require_root, unique_prefix, TestNs};
+use root_common::*;
+
+const T: Duration = Duration::from_secs(15);
+
+/// A supervisor on real namespaces with its reconcile loop running.
+fn supervisor(
+    dir: &TempDir,
+    tweak: impl FnOnce(&mut ns_metadata_spawner::config::Config),
+) -> Supervisor<Namespaces> {
+    let mut cfg = real_config(dir.path());
+    tweak(&mut cfg);
+    let sup = Supervisor::new(Namespaces, cfg, Records::default());
+    let looper = sup.clone();
+    tokio::spawn(async move { looper.run_loop().await });
+    sup
+}
+
+async fn running(sup: &Supervisor<Namespaces>, key: &str) -> u32 {
+    eventually(T, || {
+        status_of(sup, key)
+            .filter(|s| s.state == State::Running)
+            .and_then(|s| s.pid)
+    })
+    .await
+    .unwrap_or_else(|| panic!("{key} not running: {:?}", status_of(sup, key)))
+}
+
+/// GET from the vm until it answers (the proxy may still be starting), or the last error.
+async fn answer(vm: &TestNs) -> Result<String, String> {
+    let mut last = String::new();
+    for _ in 0..300 {
+        match get_in(vm.netns(), "169.254.169.254:80") {
+            Ok(b) => return Ok(b),
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(last)
+}
+
+fn router(id: &str) -> Router {
+    Router {
+        id: id.into(),
+        netns: None,
+        ha_state: None,
+        distributed: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_mode_vm_reaches_agent_with_router_id_and_its_address_and_survives_kill9() {
+    if !require_root(
+        "router_mode_vm_reaches_agent_with_router_id_and_its_address_and_survives_kill9",
+    ) {
+        return;
+    }
+    let dir = TempDir::new("rt-router");
+    let _agent = start_agent(&dir.path().join("agent.sock"));
+    let p = unique_prefix();
+    let id = format!("{p}r");
+    let rns = TestNs::new(&format!("qrouter-{id}")).expect("router ns");
+    let vm = TestNs::new(&format!("{p}vm")).expect("vm ns");
+    let (_, vm_ip) = link(&rns, &vm, 101).await.expect("veth");
+    let sup = supervisor(&dir, |_| {});
+    sup.put_router(router(&id));
+    let pid = running(&sup, &id).await;
+    let body = answer(&vm).await.expect("vm gets an answer");
+    assert_eq!(body, format!("router={id} network=- xff={vm_ip}"));
+    assert_eq!(
+        pidfile::read(&pidfile::path(&sup.config().pid_dir(), &id)),
+        Some(pid)
+    );
+
+    kill9(pid);
+    let pid2 = eventually(T, || {
+        status_of(&sup, &id)
+            .and_then(|s| s.pid)
+            .filter(|&n| n != pid)
+    })
+    .await
+    .expect("restarted");
+    assert_ne!(pid, pid2);
+    assert!(answer(&vm).await.is_ok(), "answers again after kill -9");
+
+    // Removal: proxy stopped, pid file and address gone, the vm gets no answer.
+    assert!(sup.remove_router(&id));
+    eventually(T, || (!alive(pid2)).then_some(()))
+        .await
+        .expect("proxy stopped");
+    eventually(T, || {
+        (!pidfile::path(&sup.config().pid_dir(), &id).exists()).then_some(())
+    })
+    .await
+    .expect("no pid file");
+    let nl = ns_netns::Netlink::open(rns.netns()).await.expect("netlink");
+    let addrs = nl.addresses("lo").await.expect("addresses");
+    assert!(
+        !addrs
+            .iter()
+            .any(|(a, _)| a.to_string() == "169.254.169.254"),
+        "{addrs:?}"
+    );
+    assert!(get_in(vm.netns(), "169.254.169.254:80").is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_network_mode_on_the_records_interface() {
+    if !require_root("isolated_network_mode_on_the_records_interface") {
+        return;
+    }
+    let dir = TempDir::new("rt-iso");
+    let _agent = start_agent(&dir.path().join("agent.sock"));
+    let p = unique_prefix();
+    let id = format!("{p}n");
+    let dns = TestNs::new(&format!("qdhcp-{id}")).expect("dhcp ns");
+    let vm = TestNs::new(&format!("{p}vm")).expect("vm ns");
+    let (dhcp_ip, vm_ip) = link(&dns, &vm, 102).await.expect("veth");
+    let sup = supervisor(&dir, |c| c.enable_isolated_metadata = true);
+    let net: Network = serde_json::from_value(serde_json::json!({
+        "id": id, "interface": "va102",
+        "subnets": [{"id": "s1", "cidr": "10.250.102.0/24", "gateway_ip": null, "enable_dhcp": true, "ip_version": 4}],
+        "ports": [{"id": "pd", "device_owner": "network:dhcp", "device_id": "d", "fixed_ips": [{"subnet_id": "s1", "ip_address": dhcp_ip.to_string()}]}]
+    }))
+    .expect("network json");
+    sup.put_network(net);
+    running(&sup, &id).await;
+    let body = answer(&vm).await.expect("answer");
+    assert_eq!(body, format!("router=- network={id} xff={vm_ip}"));
+    let nl = ns_netns::Netlink::open(dns.netns()).await.expect("netlink");
+    let addrs = nl.addresses("va102").await.expect("addresses");
+    assert!(
+        addrs
+            .iter()
+            .any(|(a, n)| a.to_string() == "169.254.169.254" && *n == 32),
+        "{addrs:?}"
+    );
+    sup.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_network_mode_passes_the_router_id() {
+    if !require_root("metadata_network_mode_passes_the_router_id") {
+        return;
+    }
+    let dir = TempDir::new("rt-metanet");
+    let _agent = start_agent(&dir.path().join("agent.sock"));
+    let p = unique_prefix();
+    let id = format!("{p}n");
+    let dns = TestNs::new(&format!("qdhcp-{id}")).expect("dhcp ns");
+    let vm = TestNs::new(&format!("{p}vm")).expect("vm ns");
+    let (_, vm_ip) = link(&dns, &vm, 103).await.expect("veth");
+    let sup = supervisor(&dir, |c| {
+        c.enable_isolated_metadata = true;
+        c.enable_metadata_network = true;
+    });
+    let net: Network = serde_json::from_value(serde_json::json!({
+        "id": id, "interface": "va103",
+        "subnets": [{"id": "s1", "cidr": "169.254.10.0/24", "gateway_ip": "169.254.10.1", "enable_dhcp": true, "ip_version": 4}],
+        "ports": [{"id": "pr", "device_owner": "network:router_interface", "device_id": "rtr-meta", "fixed_ips": [{"subnet_id": "s1", "ip_address": "169.254.10.1"}]}]
+    }))
+    .expect("network json");
+    sup.put_network(net);
+    running(&sup, &id).await;
+    let body = answer(&vm).await.expect("answer");
+    assert_eq!(body, format!("router=rtr-meta network=- xff={vm_ip}"));
+    sup.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_metadata_serves_a_routed_network() {
+    if !require_root("force_metadata_serves_a_routed_network") {
+        return;
+    }
+    let dir = TempDir::new("rt-force");
+    let _agent = start_agent(&dir.path().join("agent.sock"));
+    let p = unique_prefix();
+    let id = format!("{p}n");
+    let dns = TestNs::new(&format!("qdhcp-{id}")).expect("dhcp ns");
+    let vm = TestNs::new(&format!("{p}vm")).expect("vm ns");
+    let (dhcp_ip, vm_ip) = link(&dns, &vm, 104).await.expect("veth");
+    let sup = supervisor(&dir, |c| c.enable_isolated_metadata = true);
+    let net: Network = serde_json::from_value(serde_json::json!({
+        "id": id, "interface": "va104",
+        "subnets": [{"id": "s1", "cidr": "10.250.104.0/24", "gateway_ip": "10.250.104.254", "enable_dhcp": true, "ip_version": 4}],
+        "ports": [
+            {"id": "pd", "device_owner": "network:dhcp", "device_id": "d", "fixed_ips": [{"subnet_id": "s1", "ip_address": dhcp_ip.to_string()}]},
+            {"id": "pr", "device_owner": "network:router_interface", "device_id": "r", "fixed_ips": [{"subnet_id": "s1", "ip_address": "10.250.104.254"}]}
+        ]
+    }))
+    .expect("network json");
+    sup.put_network(net);
+    sup.reconcile().await;
+    assert!(
+        status_of(&sup, &id).is_none(),
+        "a routed network gets no proxy without force_metadata"
+    );
+    assert!(get_in(vm.netns(), "169.254.169.254:80").is_err());
+    let mut cfg = (*sup.config()).clone();
+    cfg.force_metadata = true;
+    sup.set_config(cfg);
+    running(&sup, &id).await;
+    let body = answer(&vm).await.expect("answer");
+    assert_eq!(body, format!("router=- network={id} xff={vm_ip}"));
+    sup.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ha_backup_has_no_proxy_primary_does_dvr_backup_does() {
+    if !require_root("ha_backup_has_no_proxy_primary_does_dvr_backup_does") {
+        return;
+    }
+    let dir = TempDir::new("rt-ha");
+    let _agent = start_agent(&dir.path().join("agent.sock"));
+    let p = unique_prefix();
+    let id = format!("{p}r");
+    let rns = TestNs::new(&format!("qrouter-{id}")).expect("router ns");
+    let vm = TestNs::new(&format!("{p}vm")).expect("vm ns");
+    link(&rns, &vm, 105).await.expect("veth");
+    let sup = supervisor(&dir, |_| {});
+    sup.put_router(Router {
+        ha_state: Some(HaState::Backup),
+        ..router(&id)
+    });
+    sup.reconcile().await;
+    assert!(status_of(&sup, &id).is_none());
+    assert!(
+        get_in(vm.netns(), "169.254.169.254:80").is_err(),
+        "backup does not answer"
+    );
+    sup.put_router(Router {
+        ha_state: Some(HaState::Primary),
+        ..router(&id)
+    });
+    let pid = running(&sup, &id).await;
+    assert!(answer(&vm)
+        .await
+        .expect("primary answers")
+        .starts_with(&format!("router={id} ")));
+    sup.put_router(Router {
+        ha_state: Some(HaState::Backup),
+        ..router(&id)
+    });
+    eventually(T, || (!alive(pid)).then_some(()))
+        .await
+        .expect("stopped on backup");
+    assert!(get_in(vm.netns(), "169.254.169.254:80").is_err());
+    sup.put_router(Router {
+        ha_state: Some(HaState::Backup),
+        distributed: true,
+        ..router(&id)
+    });
+    running(&sup, &id).await;
+    assert!(answer(&vm).await.is_ok(), "DVR+HA backup answers");
+    sup.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_namespaces_at_once_all_answer() {
+    if !require_root("fifty_namespaces_at_once_all_answer") {
+        return;
+    }
+    let dir = TempDir::new("rt-50");
+    let _agent = start_agent(&dir.path().join("agent.sock"));
+    let p = unique_prefix();
+    let ids: Vec<String> = (0..50).map(|i| format!("{p}x{i}")).collect();
+    let nss: Vec<TestNs> = ids
+        .iter()
+        .map(|id| TestNs::new(&format!("qrouter-{id}")).expect("ns"))
+        .collect();
+    let sup = supervisor(&dir, |_| {});
+    for id in &ids {
+        sup.put_router(router(id));
+    }
+    eventually(Duration::from_secs(60), || {
+        (sup.status()
+            .iter()
+            .filter(|s| s.state == State::Running)
+            .count()
+            == 50)
+            .then_some(())
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "not all running: {:?}",
+            sup.status()
+                .iter()
+                .filter(|s| s.state != State::Running)
+                .collect::<Vec<_>>()
+        )
+    });
+    for (id, ns) in ids.iter().zip(&nss) {
+        // From inside each router namespace itself (the proxy's address is local there).
+        let body = get_in(ns.netns(), "169.254.169.254:80").unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert!(body.starts_with(&format!("router={id} ")), "{body}");
+    }
+    sup.stop_all().await;
+    assert!(pidfile::list(&sup.config().pid_dir()).is_empty());
+}
