@@ -1,0 +1,231 @@
+//! Root tests of the `ns-metadata-spawner run` daemon binary: sd_notify READY, the CLI
+//! against it, kill -9 of the supervisor under a request loop (proxies adopted, no failed
+//! request), a deleted namespace stops its proxy, a re-created one brings it back,
+//! SIGTERM leaves proxies running, `--stop-proxies-on-exit` stops them, auto-enable.
+
+mod common;
+mod root_common;
+
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use ns_metadata_spawner::pidfile;
+use ns_netns::testing::{link, require_root, unique_prefix, wait_until, ChildGuard, TestNs};
+use root_common::*;
+
+const T: Duration = Duration::from_secs(15);
+
+/// Start the daemon and wait for its READY=1 on a private NOTIFY_SOCKET.
+fn start_daemon(dir: &Path, ini: &Path, extra: &[&str]) -> ChildGuard {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let notify = dir.join(format!("notify-{}.sock", N.fetch_add(1, Ordering::Relaxed)));
+    let _ = std::fs::remove_file(&notify);
+    let rx = UnixDatagram::bind(&notify).expect("notify socket");
+    rx.set_read_timeout(Some(T)).expect("timeout");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("daemon.log"))
+        .expect("log");
+    let child = Command::new(env!("CARGO_BIN_EXE_ns-metadata-spawner"))
+        .arg("--config-file")
+        .arg(ini)
+        .arg("run")
+        .args(extra)
+        .env("NOTIFY_SOCKET", &notify)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn daemon");
+    let guard = ChildGuard(child);
+    let mut buf = [0u8; 64];
+    let n = rx.recv(&mut buf).unwrap_or_else(|e| {
+        panic!(
+            "no READY=1: {e}; log:\n{}",
+            std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default()
+        )
+    });
+    assert_eq!(&buf[..n], b"READY=1");
+    guard
+}
+
+fn cli(ini: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ns-metadata-spawner"))
+        .arg("--config-file")
+        .arg(ini)
+        .args(args)
+        .output()
+        .expect("cli");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn status(ini: &Path) -> Vec<serde_json::Value> {
+    let (ok, out) = cli(ini, &["status", "--json"]);
+    assert!(ok, "{out}");
+    serde_json::from_str(&out).expect("status json")
+}
+
+fn proxy_of(ini: &Path, id: &str) -> Option<serde_json::Value> {
+    status(ini).into_iter().find(|p| p["id"] == id)
+}
+
+fn running_pid(ini: &Path, id: &str) -> Option<u32> {
+    proxy_of(ini, id)
+        .filter(|p| p["state"] == "running")
+        .and_then(|p| p["pid"].as_u64())
+        .map(|p| p as u32)
+}
+
+fn signal(child: &Child, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn supervisor_restart_adopts_without_a_failed_request_and_follows_namespaces() {
+    if !require_root("supervisor_restart_adopts_without_a_failed_request_and_follows_namespaces") {
+        return;
+    }
+    let dir = TempDir::new("rt-daemon");
+    let _agent = start_agent(&dir.path().join("agent.sock"));
+    let ini = write_ini(dir.path(), "");
+    let p = unique_prefix();
+    let id = format!("{p}r");
+    let rns = TestNs::new(&format!("qrouter-{id}")).expect("router ns");
+    let vm = TestNs::new(&format!("{p}vm")).expect("vm ns");
+    link(&rns, &vm, 111).await.expect("veth");
+
+    let mut d = start_daemon(dir.path(), &ini, &[]);
+    let (ok, out) = cli(&ini, &["router", "add", &id]);
+    assert!(ok, "{out}");
+    assert!(
+        wait_until(T, || running_pid(&ini, &id).is_some()),
+        "{:?}",
+        status(&ini)
+    );
+    let pid = running_pid(&ini, &id).expect("pid");
+    assert!(wait_until(T, || get_in(vm.netns(), "169.254.169.254:80").is_ok()));
+
+    // A request loop from the vm while the supervisor is killed and restarted.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (oks, fails) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    let vmns = vm.netns().try_clone().expect("clone netns");
+    let looper = {
+        let (stop, oks, fails) = (stop.clone(), oks.clone(), fails.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match get_in(&vmns, "169.254.169.254:80") {
+                    Ok(_) => oks.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => fails.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        })
+    };
+    signal(&d.0, "9");
+    let _ = d.0.wait();
+    assert!(alive(pid), "the proxy outlives a killed supervisor");
+    let before = oks.load(Ordering::Relaxed);
+    let d2 = start_daemon(dir.path(), &ini, &[]);
+    let st = proxy_of(&ini, &id).expect("listed");
+    assert_eq!(st["pid"].as_u64(), Some(u64::from(pid)), "{st}");
+    assert_eq!(st["adopted"], true, "{st}");
+    assert!(wait_until(T, || oks.load(Ordering::Relaxed) > before + 20));
+    stop.store(true, Ordering::Relaxed);
+    looper.join().expect("loop");
+    assert_eq!(
+        fails.load(Ordering::Relaxed),
+        0,
+        "no request failed ({} ok)",
+        oks.load(Ordering::Relaxed)
+    );
+
+    // The namespace goes away: the proxy is stopped and its pid file removed.
+    drop(vm);
+    drop(rns);
+    let pid_file = pidfile::path(&dir.path().join("pids"), &id);
+    assert!(
+        wait_until(T, || !alive(pid) && !pid_file.exists()),
+        "proxy or pid file left"
+    );
+    assert!(wait_until(T, || proxy_of(&ini, &id)
+        .is_some_and(|p| p["state"] == "waiting")));
+    // It comes back: the proxy starts again.
+    let rns = TestNs::new(&format!("qrouter-{id}")).expect("router ns again");
+    assert!(
+        wait_until(T, || running_pid(&ini, &id).is_some()),
+        "{:?}",
+        status(&ini)
+    );
+    let pid3 = running_pid(&ini, &id).expect("pid");
+    assert!(get_in(rns.netns(), "169.254.169.254:80").is_ok());
+
+    // SIGTERM: the supervisor exits 0 and leaves the proxy running.
+    let mut d2 = d2;
+    signal(&d2.0, "TERM");
+    let st = d2.0.wait().expect("wait");
+    assert!(st.success(), "{st:?}");
+    assert!(!dir.path().join("control.sock").exists());
+    assert!(alive(pid3));
+    // --stop-proxies-on-exit: adopted, then stopped with the supervisor.
+    let mut d3 = start_daemon(dir.path(), &ini, &["--stop-proxies-on-exit"]);
+    assert_eq!(running_pid(&ini, &id), Some(pid3));
+    signal(&d3.0, "TERM");
+    assert!(d3.0.wait().expect("wait").success());
+    assert!(!alive(pid3));
+    assert!(!pid_file.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn auto_enable_follows_qrouter_namespaces() {
+    if !require_root("auto_enable_follows_qrouter_namespaces") {
+        return;
+    }
+    let dir = TempDir::new("rt-auto");
+    let _agent = start_agent(&dir.path().join("agent.sock"));
+    let ini = write_ini(dir.path(), "");
+    std::fs::write(
+        &ini,
+        std::fs::read_to_string(&ini).expect("ini") + "auto_enable_routers = true\n",
+    )
+    .expect("ini");
+    let p = unique_prefix();
+    let before = format!("{p}a");
+    let after = format!("{p}b");
+    let ns_a = TestNs::new(&format!("qrouter-{before}")).expect("ns");
+    let mut d = start_daemon(dir.path(), &ini, &["--stop-proxies-on-exit"]);
+    assert!(
+        running_pid(&ini, &before).is_some(),
+        "present at start: {:?}",
+        status(&ini)
+    );
+    let ns_b = TestNs::new(&format!("qrouter-{after}")).expect("ns");
+    assert!(
+        wait_until(T, || running_pid(&ini, &after).is_some()),
+        "{:?}",
+        status(&ini)
+    );
+    assert!(get_in(ns_b.netns(), "169.254.169.254:80")
+        .expect("answers")
+        .starts_with(&format!("router={after} ")));
+    let pid_b = running_pid(&ini, &after).expect("pid");
+    drop(ns_b);
+    assert!(wait_until(T, || proxy_of(&ini, &after).is_none() && !alive(pid_b)));
+    signal(&d.0, "TERM");
+    assert!(d.0.wait().expect("wait").success());
+    drop(ns_a);
+}
