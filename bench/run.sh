@@ -60,6 +60,8 @@ if [[ $OURS == 1 && -x $SPAWNER ]] && "$SPAWNER" --help >/dev/null 2>&1; then SP
 log "ours: proxy=$OURS spawner=$SPAWN; quick=$QUICK runs=$RUNS duration=${DUR}s"
 
 # ---------------------------------------------------------------- per-run state and cleanup
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+T_START=$(date +%s)
 RUN=$(printf '%04x' $((RANDOM)))
 PFX=nsb$RUN                          # every namespace and veth name starts with this
 WORK=$(mktemp -d "/tmp/nsb-$RUN.XXXX")
@@ -126,6 +128,15 @@ cpu_ticks() { awk '{sub(/^.*\) /, ""); print $12 + $13}' /proc/"$1"/stat; }
 memavail_kb() {
     # Median of five samples: other work on the machine moves this number.
     for _ in 1 2 3 4 5; do awk '/^MemAvailable:/ {print $2}' /proc/meminfo; sleep 0.2; done | sort -n | sed -n 3p
+}
+# Memory the kernel accounts to processes and itself that page-cache drift cannot move:
+# AnonPages + KernelStack + PageTables + SUnreclaim + Shmem (kB, median of five samples).
+# MemAvailable on this VM drifts up by tens of MB/s at rest, which swamps 200 small proxies.
+accounted_kb() {
+    for _ in 1 2 3 4 5; do
+        awk '$1 ~ /^(AnonPages|KernelStack|PageTables|SUnreclaim|Shmem):$/ {s += $2} END {print s}' /proc/meminfo
+        sleep 0.2
+    done | sort -n | sed -n 3p
 }
 # Poll a condition with a timeout (never a fixed sleep for readiness).
 wait_for() {
@@ -356,15 +367,17 @@ EOF
 start_agent many-haproxy close
 [[ $SPAWN == 1 ]] && start_agent spawner keepalive
 
-# Records the figure 2 and 4 samples of one round. args: variant t0 t1 before-kB [pids...]
+# Records the figure 2 and 4 samples of one round.
+# args: variant t0 t1 memavail-before accounted-before [pids...]
 many_samples() {
-    local v=$1 t0=$2 t1=$3 before=$4 w after pss
-    shift 4
+    local v=$1 t0=$2 t1=$3 before=$4 acc_before=$5 w after acc_after pss
+    shift 5
     w=$("$TOOL" wait --netns-file "$WORK/many.list" --t0-ns "$t0" --t1-ns "$t1")
     sample spawn_all_ms "$v" "$(field all_ms "$w")"
     sample spawn_after_last_ms "$v" "$(field after_last_ms "$w")"
     sleep 2
     after=$(memavail_kb)
+    acc_after=$(accounted_kb)
     # shellcheck disable=SC2046
     [[ $v == ours ]] && set -- $(pidfile_pids "$WORK"/spawner/pids/*.pid)
     pss=$(mem_kb Pss "$@")
@@ -372,22 +385,24 @@ many_samples() {
     sample many_pss_per_kb "$v" $((pss / $#))
     sample many_rss_per_kb "$v" $(($(mem_kb Rss "$@") / $#))
     sample many_memavail_per_kb "$v" $(((before - after) / N))
+    sample many_accounted_per_kb "$v" $(((acc_after - acc_before) / N))
     sample many_count "$v" $#
 }
 
 many_haproxy() {
-    local j t0 t1 before p
+    local j t0 t1 before acc_before p
     local -a hp
     log "haproxy x $N, started like Neutron's ProcessManager (ip netns exec ... haproxy -f), one after another"
     for j in $(seq "$N"); do ip -n "$PFX-r$j" addr replace 169.254.169.254/32 dev lo; done
     before=$(memavail_kb)
+    acc_before=$(accounted_kb)
     t0=$(date +%s%N)
     for j in $(seq "$N"); do
         ip netns exec "$PFX-r$j" env "PROCESS_TAG=haproxy-$(rid "$j")" haproxy -f "$WORK/hap/$(rid "$j").conf"
     done
     t1=$(date +%s%N)
     mapfile -t hp < <(pidfile_pids "$WORK"/hap/*.pid)
-    many_samples haproxy "$t0" "$t1" "$before" "${hp[@]}"
+    many_samples haproxy "$t0" "$t1" "$before" "$acc_before" "${hp[@]}"
     kill -TERM "${hp[@]}"
     for p in "${hp[@]}"; do wait_for "haproxy $p exit" 200 gone "$p"; done
     rm -f "$WORK"/hap/*.pid
@@ -403,17 +418,18 @@ start_spawner() {
 
 # args: 1 in the last round (then also figures 5 and 6)
 many_ours() {
-    local j t0 t1 before p w loop_pid
+    local j t0 t1 before acc_before p w loop_pid
     log "ns-metadata-spawner: $N routers announced through the control API"
     start_spawner
     sleep 1
     before=$(memavail_kb)
+    acc_before=$(accounted_kb)
     t0=$(date +%s%N)
     for j in $(seq "$N"); do
         "$SPAWNER" router add "$(rid "$j")" --netns "$PFX-r$j" --config-file "$WORK/spawner.ini" >/dev/null
     done
     t1=$(date +%s%N)
-    many_samples ours "$t0" "$t1" "$before"
+    many_samples ours "$t0" "$t1" "$before" "$acc_before"
     sample spawner_pss_kb ours "$(mem_kb Pss "$SPAWNER_PID")"
     if [[ $1 == 1 ]]; then
         log "figure 5: kill -9 -> answering ($KILLS proxies, one kill each)"
@@ -464,7 +480,8 @@ stamp=$(date -u +%Y%m%dT%H%M%SZ)
 "$TOOL" report --raw "$RAW" --json "$REPO/bench/results/$stamp.json" --md "$REPO/bench/results/$stamp.md" \
     --meta "date=$(date -u +%FT%TZ)" --meta "quick=$QUICK" --meta "runs=$RUNS" --meta "duration_s=$DUR" \
     --meta "idle_s=$IDLE" --meta "n=$N" --meta "kernel=$(uname -r)" --meta "cpus=$(nproc)" \
-    --meta "loadavg=$(cut -d' ' -f1-3 /proc/loadavg)" --meta "haproxy=$(haproxy -v | head -1)" \
+    --meta "loadavg_start=$LOAD_START" --meta "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" \
+    --meta "elapsed_s=$(($(date +%s) - T_START))" --meta "haproxy=$(haproxy -v | head -1)" \
     --meta "commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
     --meta "ours_proxy=$OURS" --meta "ours_spawner=$SPAWN"
 cp "$RAW" "$REPO/bench/results/$stamp.raw.tsv"

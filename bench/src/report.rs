@@ -323,6 +323,14 @@ pub fn markdown(s: &Samples) -> String {
     );
     row2(
         &mut md,
+        "2 anon + kernel memory per proxy (MB)",
+        "many_accounted_per_kb",
+        Unit::Mb,
+        "≤ 1 MB",
+        Some(1024.0),
+    );
+    row2(
+        &mut md,
         "2 spawner PSS (MB)",
         "spawner_pss_kb",
         Unit::Mb,
