@@ -190,6 +190,7 @@ impl StandIn {
 /// A proxy served in this test's runtime; stops on drop.
 pub struct Proxy {
     pub addr: SocketAddr,
+    pub shared: Arc<server::Shared>,
     stop: Option<oneshot::Sender<()>>,
     pub done: Option<tokio::task::JoinHandle<()>>,
 }
@@ -197,13 +198,17 @@ pub struct Proxy {
 impl Proxy {
     /// `args`: extra command-line flags; binds `bind` (port 0) and uses `socket`.
     pub fn start(socket: &Path, bind_addr: &str, args: &[&str]) -> Proxy {
-        let mut argv = vec![
-            "ns-metadata-proxy".to_owned(),
-            "--router-id".into(),
-            "r-0001".into(),
-            "--metadata-proxy-socket".into(),
+        let id: &[&str] = if args.iter().any(|a| a.ends_with("-id")) {
+            &[]
+        } else {
+            &["--router-id", "r-0001"]
+        };
+        let mut argv = vec!["ns-metadata-proxy".to_owned()];
+        argv.extend(id.iter().map(|s| s.to_string()));
+        argv.extend([
+            "--metadata-proxy-socket".to_owned(),
             socket.display().to_string(),
-        ];
+        ]);
         argv.extend(args.iter().map(|s| s.to_string()));
         let cfg = Config::from_args(Args::try_parse_from(argv).expect("args")).expect("config");
         let std_l = bind::bind_all(&[bind_addr.parse().expect("bind spec")]).expect("bind");
@@ -213,7 +218,7 @@ impl Proxy {
         let shared = Arc::new(server::Shared::new(&cfg));
         let (tx, rx) = oneshot::channel::<()>();
         let done = tokio::spawn(server::serve(
-            shared,
+            shared.clone(),
             vec![l],
             cfg.max_connections,
             async move {
@@ -223,6 +228,7 @@ impl Proxy {
         ));
         Proxy {
             addr,
+            shared,
             stop: Some(tx),
             done: Some(done),
         }
