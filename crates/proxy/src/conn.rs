@@ -141,7 +141,7 @@ async fn one_request(
     let result = shared
         .agent
         .exchange(
-            &out,
+            &mut out,
             info.idempotent,
             has_body,
             fc,

@@ -202,11 +202,13 @@ impl Agent {
         ))
     }
 
-    /// Send `req` (head and body, one write) and relay the answer to `client`. `out` holds
-    /// the VM's response head meanwhile. On `Err` nothing has been written to the client.
+    /// Send the request in `buf` (head and body, one write) and relay the answer to
+    /// `client`. `buf` is reused for the VM's response head once the agent's head arrived
+    /// (no retry is possible after that), saving a buffer per request in flight. On `Err`
+    /// nothing has been written to the client.
     pub async fn exchange<C>(
         &self,
-        req: &[u8],
+        buf: &mut Buf,
         retry_ok: bool,
         has_body: bool,
         fc: ForClient,
@@ -217,13 +219,12 @@ impl Agent {
         C: AsyncWrite + Unpin,
     {
         let mut rbuf = Buf::get();
-        let mut hbuf = Buf::get();
         let (mut stream, mut pooled) = match (self.mode, self.take()) {
             (KeepaliveMode::Off, _) | (_, None) => (self.connect().await?, false),
             (_, Some(s)) => (s, true),
         };
         let info = loop {
-            match self.send(&mut stream, req, &mut rbuf, fc, &mut hbuf).await {
+            match self.send(&mut stream, buf, &mut rbuf, fc).await {
                 Ok(info) => break info,
                 Err((e, wrote)) => {
                     // Retry once, on a fresh connection, only when a pooled connection
@@ -242,14 +243,7 @@ impl Agent {
             }
         };
         let (outcome, reusable) = self
-            .relay_body(
-                &mut stream,
-                &mut rbuf,
-                &mut hbuf,
-                &info,
-                client,
-                client_timeout,
-            )
+            .relay_body(&mut stream, &mut rbuf, buf, &info, client, client_timeout)
             .await;
         let keep = match self.mode {
             KeepaliveMode::Off => false,
@@ -262,17 +256,17 @@ impl Agent {
         Ok(outcome)
     }
 
-    /// Write the request and read the response head. The error says whether the write
-    /// went through.
+    /// Write the request in `buf` and read the response head; on success `buf` holds the
+    /// VM's head instead (on failure it still holds the request, for the retry). The error
+    /// says whether the write went through.
     async fn send(
         &self,
         stream: &mut UnixStream,
-        req: &[u8],
+        buf: &mut Buf,
         rbuf: &mut Buf,
         fc: ForClient,
-        hbuf: &mut Buf,
     ) -> Result<RespInfo, (UpError, bool)> {
-        match timeout(self.server_timeout, stream.write_all(req)).await {
+        match timeout(self.server_timeout, stream.write_all(buf)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err((UpError::Send(e), false)),
             Err(_) => return Err((UpError::Timeout, false)),
@@ -295,16 +289,17 @@ impl Agent {
                 // Neutron's agent ends a bodyless non-200 head at EOF without the empty
                 // line (webob's str(Response)): complete it and parse once more.
                 rbuf.extend_from_slice(b"\r\n\r\n");
-                return match response::parse(rbuf, fc, hbuf) {
+                return match response::parse(rbuf, fc, buf) {
                     Ok(Some(mut info)) => {
                         info.agent_reusable = false;
                         Ok(info)
                     }
-                    Ok(None) => Err((UpError::NoReply, true)),
+                    // Some bytes came: not "no reply", and never retried.
+                    Ok(None) => Err((response::RespError("truncated head").into(), true)),
                     Err(e) => Err((e.into(), true)),
                 };
             }
-            match response::parse(rbuf, fc, hbuf) {
+            match response::parse(rbuf, fc, buf) {
                 Ok(Some(info)) => return Ok(info),
                 Ok(None) => continue,
                 Err(e) => return Err((e.into(), true)),
