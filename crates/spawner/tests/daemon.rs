@@ -20,6 +20,16 @@ use root_common::*;
 
 const T: Duration = Duration::from_secs(15);
 
+/// The daemons of these tests run one at a time: with auto_enable_routers a daemon would
+/// otherwise claim (and on exit clean up) the other tests' qrouter- namespaces.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Start the daemon and wait for its READY=1 on a private NOTIFY_SOCKET.
 fn start_daemon(dir: &Path, ini: &Path, extra: &[&str]) -> ChildGuard {
     static N: AtomicU32 = AtomicU32::new(0);
@@ -101,6 +111,7 @@ async fn supervisor_restart_adopts_without_a_failed_request_and_follows_namespac
     if !require_root("supervisor_restart_adopts_without_a_failed_request_and_follows_namespaces") {
         return;
     }
+    let _serial = serial();
     let dir = TempDir::new("rt-daemon");
     let _agent = start_agent(&dir.path().join("agent.sock"));
     let ini = write_ini(dir.path(), "");
@@ -195,6 +206,7 @@ async fn auto_enable_follows_qrouter_namespaces() {
     if !require_root("auto_enable_follows_qrouter_namespaces") {
         return;
     }
+    let _serial = serial();
     let dir = TempDir::new("rt-auto");
     let _agent = start_agent(&dir.path().join("agent.sock"));
     let ini = write_ini(dir.path(), "");
@@ -228,4 +240,65 @@ async fn auto_enable_follows_qrouter_namespaces() {
     signal(&d.0, "TERM");
     assert!(d.0.wait().expect("wait").success());
     drop(ns_a);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn records_file_and_config_reread_on_sighup() {
+    if !require_root("records_file_and_config_reread_on_sighup") {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("rt-hup");
+    let _agent = start_agent(&dir.path().join("agent.sock"));
+    let p = unique_prefix();
+    let (a, b) = (format!("{p}a"), format!("{p}b"));
+    let _ns_a = TestNs::new(&format!("qrouter-{a}")).expect("ns");
+    let _ns_b = TestNs::new(&format!("qrouter-{b}")).expect("ns");
+    let records = dir.path().join("records.static.json");
+    std::fs::write(&records, format!(r#"{{"routers": [{{"id": "{a}"}}]}}"#)).expect("records");
+    let ini = write_ini(dir.path(), "");
+    let base = std::fs::read_to_string(&ini).expect("ini")
+        + &format!("records_file = {}\n", records.display());
+    std::fs::write(&ini, &base).expect("ini");
+    let mut d = start_daemon(dir.path(), &ini, &["--stop-proxies-on-exit"]);
+    let pid_a = running_pid(&ini, &a).unwrap_or_else(|| {
+        panic!(
+            "a does not run: {:?} {}",
+            status(&ini),
+            std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default()
+        )
+    });
+
+    std::fs::write(&records, format!(r#"{{"routers": [{{"id": "{b}"}}]}}"#)).expect("records");
+    signal(&d.0, "HUP");
+    assert!(
+        wait_until(T, || running_pid(&ini, &b).is_some()
+            && proxy_of(&ini, &a).is_none()),
+        "{:?}",
+        status(&ini)
+    );
+    assert!(!alive(pid_a));
+    let pid_b = running_pid(&ini, &b).expect("b");
+
+    // A broken records file keeps the old records; a config change restarts the proxy.
+    std::fs::write(&records, "{not json").expect("records");
+    std::fs::write(
+        &ini,
+        base.replace("[spawner]\n", "[spawner]\nagent_keepalive = on\n"),
+    )
+    .expect("ini");
+    signal(&d.0, "HUP");
+    assert!(
+        wait_until(T, || running_pid(&ini, &b).is_some_and(|p| p != pid_b)),
+        "{:?}",
+        status(&ini)
+    );
+    let argv = pidfile::cmdline(running_pid(&ini, &b).expect("b")).expect("alive");
+    assert!(
+        argv.windows(2)
+            .any(|w| w[0] == "--agent-keepalive" && w[1] == "on"),
+        "{argv:?}"
+    );
+    signal(&d.0, "TERM");
+    assert!(d.0.wait().expect("wait").success());
 }
