@@ -111,7 +111,7 @@ async fn supervisor_restart_adopts_without_a_failed_request_and_follows_namespac
     if !require_root("supervisor_restart_adopts_without_a_failed_request_and_follows_namespaces") {
         return;
     }
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let dir = TempDir::new("rt-daemon");
     let _agent = start_agent(&dir.path().join("agent.sock"));
     let ini = write_ini(dir.path(), "");
@@ -206,7 +206,7 @@ async fn auto_enable_follows_qrouter_namespaces() {
     if !require_root("auto_enable_follows_qrouter_namespaces") {
         return;
     }
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let dir = TempDir::new("rt-auto");
     let _agent = start_agent(&dir.path().join("agent.sock"));
     let ini = write_ini(dir.path(), "");
@@ -247,7 +247,7 @@ async fn records_file_and_config_reread_on_sighup() {
     if !require_root("records_file_and_config_reread_on_sighup") {
         return;
     }
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let dir = TempDir::new("rt-hup");
     let _agent = start_agent(&dir.path().join("agent.sock"));
     let p = unique_prefix();
