@@ -22,13 +22,7 @@ const T: Duration = Duration::from_secs(15);
 
 /// The daemons of these tests run one at a time: with auto_enable_routers a daemon would
 /// otherwise claim (and on exit clean up) the other tests' qrouter- namespaces.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Start the daemon and wait for its READY=1 on a private NOTIFY_SOCKET.
 fn start_daemon(dir: &Path, ini: &Path, extra: &[&str]) -> ChildGuard {
