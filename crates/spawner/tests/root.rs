@@ -312,3 +312,59 @@ async fn fifty_namespaces_at_once_all_answer() {
     sup.stop_all().await;
     assert!(pidfile::list(&sup.config().pid_dir()).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_adds_and_binds_the_link_local_metadata_address() {
+    if !require_root("ipv6_adds_and_binds_the_link_local_metadata_address") {
+        return;
+    }
+    let dir = TempDir::new("rt-v6");
+    let _agent = start_agent(&dir.path().join("agent.sock"));
+    let p = unique_prefix();
+    let id = format!("{p}n");
+    let dns = TestNs::new(&format!("qdhcp-{id}")).expect("dhcp ns");
+    let vm = TestNs::new(&format!("{p}vm")).expect("vm ns");
+    let (dhcp_ip, _) = link(&dns, &vm, 106).await.expect("veth");
+    let sup = supervisor(&dir, |c| {
+        c.enable_isolated_metadata = true;
+        c.ipv6 = true;
+    });
+    let net: Network = serde_json::from_value(serde_json::json!({
+        "id": id, "interface": "va106",
+        "subnets": [
+            {"id": "s1", "cidr": "10.250.106.0/24", "gateway_ip": null, "enable_dhcp": true, "ip_version": 4},
+            {"id": "s6", "cidr": "fd00:250:106::/64", "gateway_ip": null, "enable_dhcp": true, "ip_version": 6}
+        ],
+        "ports": [{"id": "pd", "device_owner": "network:dhcp", "device_id": "d", "fixed_ips": [{"subnet_id": "s1", "ip_address": dhcp_ip.to_string()}]}]
+    }))
+    .expect("network json");
+    sup.put_network(net);
+    let pid = running(&sup, &id).await;
+    let argv = pidfile::cmdline(pid).expect("alive");
+    assert!(
+        argv.iter().any(|a| a == "[fe80::a9fe:a9fe]:80%va106"),
+        "{argv:?}"
+    );
+    let nl = ns_netns::Netlink::open(dns.netns()).await.expect("netlink");
+    let index = nl.link_index("va106").await.expect("index");
+    let addr = std::net::SocketAddr::V6(std::net::SocketAddrV6::new(
+        "fe80::a9fe:a9fe".parse().expect("ip"),
+        80,
+        0,
+        index,
+    ));
+    let body = get_in_addr(dns.netns(), addr).expect("answers on fe80::a9fe:a9fe");
+    assert!(
+        body.starts_with(&format!("router=- network={id} xff=fe80::a9fe:a9fe")),
+        "{body}"
+    );
+    sup.stop_all().await;
+    let addrs = nl.addresses("va106").await.expect("addresses");
+    assert!(
+        !addrs
+            .iter()
+            .any(|(a, _)| a.to_string().starts_with("fe80::a9fe")
+                || a.to_string() == "169.254.169.254"),
+        "{addrs:?}"
+    );
+}

@@ -54,6 +54,11 @@ pub fn start_agent(sock: &Path) -> tokio::task::JoinHandle<()> {
 /// entered the namespace); the body on a 200, else an error string.
 pub fn get_in(ns: &Netns, addr: &str) -> Result<String, String> {
     let addr: SocketAddr = addr.parse().map_err(|e| format!("{e}"))?;
+    get_in_addr(ns, addr)
+}
+
+/// As [`get_in`], for an address with a scope id (IPv6 link-local).
+pub fn get_in_addr(ns: &Netns, addr: SocketAddr) -> Result<String, String> {
     ns.run(move || -> Result<String, String> {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| format!("connect: {e}"))?;
         s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
