@@ -40,11 +40,24 @@ if ((${#need[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >&2 \
         || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >&2; }
 fi
+# Under sudo, build as the invoking user with their rustup cargo (target/ must not become
+# root-owned), like examples/quickstart.sh; otherwise with the cargo in PATH.
+cargo_build() {
+    local user=${SUDO_USER:-root} home cargo
+    home=$(getent passwd "$user" | cut -d: -f6)
+    if [[ $user != root && -x $home/.cargo/bin/cargo ]]; then
+        runuser -u "$user" -- env HOME="$home" PATH="$home/.cargo/bin:$PATH" CARGO_TARGET_DIR="$CARGO_TARGET_DIR" \
+            "$home/.cargo/bin/cargo" build --release --manifest-path "$REPO/Cargo.toml" "$@" >&2
+    else
+        cargo=$(command -v cargo || echo /root/.cargo/bin/cargo)
+        "$cargo" build --release --manifest-path "$REPO/Cargo.toml" "$@" >&2
+    fi
+}
 if [[ $BUILD == 1 ]]; then
     log "cargo build --release --workspace --bins"
-    if ! (cd "$REPO" && cargo build --release --workspace --bins >&2); then
+    if ! cargo_build --workspace --bins; then
         log "workspace build failed; building ns-bench alone, ours is skipped"
-        (cd "$REPO" && cargo build --release -p ns-bench >&2)
+        cargo_build -p ns-bench
         OURS=0
     fi
 fi
@@ -125,18 +138,20 @@ mem_kb() {
 }
 # utime+stime in clock ticks (all threads).
 cpu_ticks() { awk '{sub(/^.*\) /, ""); print $12 + $13}' /proc/"$1"/stat; }
-memavail_kb() {
-    # Median of five samples: other work on the machine moves this number.
-    for _ in 1 2 3 4 5; do awk '/^MemAvailable:/ {print $2}' /proc/meminfo; sleep 0.2; done | sort -n | sed -n 3p
-}
-# Memory the kernel accounts to processes and itself that page-cache drift cannot move:
-# AnonPages + KernelStack + PageTables + SUnreclaim + Shmem (kB, median of five samples).
-# MemAvailable on this VM drifts up by tens of MB/s at rest, which swamps 200 small proxies.
-accounted_kb() {
-    for _ in 1 2 3 4 5; do
-        awk '$1 ~ /^(AnonPages|KernelStack|PageTables|SUnreclaim|Shmem):$/ {s += $2} END {print s}' /proc/meminfo
-        sleep 0.2
-    done | sort -n | sed -n 3p
+# MemAvailable and the memory the kernel accounts to processes and itself
+# (AnonPages + KernelStack + PageTables + SUnreclaim + Shmem), in kB: "memavail accounted",
+# each the median of five samples 0.1 s apart. MemAvailable on this VM drifts upward by tens
+# of MB/s at rest (MemFree rises, AnonPages flat), which swamps 200 small proxies; the
+# accounted sum does not drift but moves with whatever else runs on the machine.
+meminfo_kb() {
+    local i
+    for i in 1 2 3 4 5; do
+        awk '$1 == "MemAvailable:" {a = $2}
+             $1 ~ /^(AnonPages|KernelStack|PageTables|SUnreclaim|Shmem):$/ {s += $2}
+             END {print a, s}' /proc/meminfo
+        ((i == 5)) || sleep 0.1
+    done >"$WORK/meminfo.tmp"
+    echo "$(cut -d' ' -f1 "$WORK/meminfo.tmp" | sort -n | sed -n 3p) $(cut -d' ' -f2 "$WORK/meminfo.tmp" | sort -n | sed -n 3p)"
 }
 # Poll a condition with a timeout (never a fixed sleep for readiness).
 wait_for() {
@@ -368,41 +383,41 @@ start_agent many-haproxy close
 [[ $SPAWN == 1 ]] && start_agent spawner keepalive
 
 # Records the figure 2 and 4 samples of one round.
-# args: variant t0 t1 memavail-before accounted-before [pids...]
+# args: variant t0 t1 "memavail accounted" before [pids...]
 many_samples() {
-    local v=$1 t0=$2 t1=$3 before=$4 acc_before=$5 w after acc_after pss
-    shift 5
+    local v=$1 t0=$2 t1=$3 before acc_before w after acc_after pss uss
+    read -r before acc_before <<<"$4"
+    shift 4
     w=$("$TOOL" wait --netns-file "$WORK/many.list" --t0-ns "$t0" --t1-ns "$t1")
+    read -r after acc_after <<<"$(meminfo_kb)"
     sample spawn_all_ms "$v" "$(field all_ms "$w")"
     sample spawn_after_last_ms "$v" "$(field after_last_ms "$w")"
-    sleep 2
-    after=$(memavail_kb)
-    acc_after=$(accounted_kb)
     # shellcheck disable=SC2046
     [[ $v == ours ]] && set -- $(pidfile_pids "$WORK"/spawner/pids/*.pid)
     pss=$(mem_kb Pss "$@")
     sample many_pss_sum_kb "$v" "$pss"
     sample many_pss_per_kb "$v" $((pss / $#))
     sample many_rss_per_kb "$v" $(($(mem_kb Rss "$@") / $#))
+    uss=$(($(mem_kb Private_Clean "$@") + $(mem_kb Private_Dirty "$@")))
+    sample many_uss_per_kb "$v" $((uss / $#))
     sample many_memavail_per_kb "$v" $(((before - after) / N))
     sample many_accounted_per_kb "$v" $(((acc_after - acc_before) / N))
     sample many_count "$v" $#
 }
 
 many_haproxy() {
-    local j t0 t1 before acc_before p
+    local j t0 t1 before p
     local -a hp
     log "haproxy x $N, started like Neutron's ProcessManager (ip netns exec ... haproxy -f), one after another"
     for j in $(seq "$N"); do ip -n "$PFX-r$j" addr replace 169.254.169.254/32 dev lo; done
-    before=$(memavail_kb)
-    acc_before=$(accounted_kb)
+    before=$(meminfo_kb)
     t0=$(date +%s%N)
     for j in $(seq "$N"); do
         ip netns exec "$PFX-r$j" env "PROCESS_TAG=haproxy-$(rid "$j")" haproxy -f "$WORK/hap/$(rid "$j").conf"
     done
     t1=$(date +%s%N)
     mapfile -t hp < <(pidfile_pids "$WORK"/hap/*.pid)
-    many_samples haproxy "$t0" "$t1" "$before" "$acc_before" "${hp[@]}"
+    many_samples haproxy "$t0" "$t1" "$before" "${hp[@]}"
     kill -TERM "${hp[@]}"
     for p in "${hp[@]}"; do wait_for "haproxy $p exit" 200 gone "$p"; done
     rm -f "$WORK"/hap/*.pid
@@ -418,19 +433,23 @@ start_spawner() {
 
 # args: 1 in the last round (then also figures 5 and 6)
 many_ours() {
-    local j t0 t1 before acc_before p w loop_pid
+    local j t0 t1 before p w loop_pid
     log "ns-metadata-spawner: $N routers announced through the control API"
     start_spawner
-    sleep 1
-    before=$(memavail_kb)
-    acc_before=$(accounted_kb)
+    # The address is added here as for haproxy (the spawner's ensure_address then finds it),
+    # so the first-address kernel cost of each namespace is outside both measurements.
+    for j in $(seq "$N"); do ip -n "$PFX-r$j" addr replace 169.254.169.254/32 dev lo; done
+    local sp_before
+    sp_before=$(mem_kb Pss "$SPAWNER_PID")
+    before=$(meminfo_kb)
     t0=$(date +%s%N)
     for j in $(seq "$N"); do
         "$SPAWNER" router add "$(rid "$j")" --netns "$PFX-r$j" --config-file "$WORK/spawner.ini" >/dev/null
     done
     t1=$(date +%s%N)
-    many_samples ours "$t0" "$t1" "$before" "$acc_before"
+    many_samples ours "$t0" "$t1" "$before"
     sample spawner_pss_kb ours "$(mem_kb Pss "$SPAWNER_PID")"
+    sample spawner_growth_per_kb ours $((($(mem_kb Pss "$SPAWNER_PID") - sp_before) / N))
     if [[ $1 == 1 ]]; then
         log "figure 5: kill -9 -> answering ($KILLS proxies, one kill each)"
         for j in $(seq "$KILLS"); do

@@ -243,6 +243,14 @@ pub fn markdown(s: &Samples) -> String {
             None,
             "0",
         );
+        row(
+            &mut md,
+            &format!("3 agent stand-in CPU µs/req, {name}"),
+            &format!("{key}_agent_cpu_us"),
+            Unit::One,
+            None,
+            "",
+        );
     }
     // Own-idle check of issue 8, stated separately because its reference is not haproxy.
     for mode in ["off", "on"] {
@@ -315,6 +323,14 @@ pub fn markdown(s: &Samples) -> String {
     );
     row2(
         &mut md,
+        "2 USS (private pages) per proxy (MB)",
+        "many_uss_per_kb",
+        Unit::Mb,
+        "",
+        None,
+    );
+    row2(
+        &mut md,
         "2 MemAvailable drop per proxy (MB)",
         "many_memavail_per_kb",
         Unit::Mb,
@@ -328,6 +344,14 @@ pub fn markdown(s: &Samples) -> String {
         Unit::Mb,
         "≤ 1 MB",
         Some(1024.0),
+    );
+    row2(
+        &mut md,
+        "2 spawner PSS growth per proxy (MB)",
+        "spawner_growth_per_kb",
+        Unit::Mb,
+        "",
+        None,
     );
     row2(
         &mut md,
