@@ -18,6 +18,7 @@ pub mod netns_platform;
 pub mod notify;
 pub mod pidfile;
 pub mod platform;
+mod proxy_task;
 pub mod records;
 pub mod supervisor;
 

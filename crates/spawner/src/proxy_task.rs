@@ -1,0 +1,163 @@
+//! The one owner of one proxy: start it (or adopt a running one), watch it, restart it at
+//! once and then with backoff when it dies, and stop it (SIGTERM, grace, SIGKILL, pid file
+//! and addresses removed) when the supervisor says so.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::backoff::Backoff;
+use crate::config::Config;
+use crate::decide::ProxySpec;
+use crate::launch::{launch, Running};
+use crate::pidfile;
+use crate::platform::Platform;
+use crate::supervisor::{lock, ProxyStatus, State};
+
+/// How a proxy task starts.
+pub(crate) enum Start {
+    Fresh,
+    Adopt(u32, Vec<String>),
+}
+
+/// The one owner of one proxy: start (or adopt), watch, restart, stop.
+pub(crate) async fn proxy_task<P: Platform>(
+    platform: Arc<P>,
+    spec: ProxySpec,
+    args: Vec<String>,
+    status: Arc<Mutex<ProxyStatus>>,
+    mut stop: oneshot::Receiver<()>,
+    start: Start,
+    cfg: Arc<Config>,
+) {
+    let pid_dir = cfg.pid_dir();
+    let mut backoff = Backoff::new(cfg.max_restart_delay);
+    let mut current: Option<Running> = None;
+    if let Start::Adopt(pid, argv) = start {
+        match Running::adopt(pid) {
+            // The tail of the cmdline: argv[0] (and an interpreter's script path) may differ.
+            Ok(r) if argv.ends_with(&args) => {
+                tracing::info!(key = %spec.key, pid, "adopted running proxy");
+                let mut st = lock(&status);
+                st.adopted = true;
+                st.pid = Some(pid);
+                st.state = State::Running;
+                current = Some(r);
+            }
+            Ok(mut r) => {
+                tracing::info!(key = %spec.key, pid, "proxy runs with other arguments; restarting it");
+                r.stop(cfg.stop_timeout).await;
+                pidfile::remove(&pid_dir, &spec.key);
+            }
+            Err(e) => {
+                tracing::info!(key = %spec.key, pid, err = %e, "cannot adopt proxy; starting a new one")
+            }
+        }
+    }
+    loop {
+        let mut running = match current.take() {
+            Some(r) => r,
+            None => {
+                lock(&status).state = State::Starting;
+                let attempt = tokio::select! {
+                    r = launch(&*platform, &spec, &cfg, &args) => r,
+                    _ = &mut stop => {
+                        finish(&*platform, &spec, &status, &pid_dir).await;
+                        return;
+                    }
+                };
+                match attempt {
+                    Ok(r) => {
+                        let pid = r.pid();
+                        if let Some(pid) = pid {
+                            if let Err(e) = pidfile::write(&pid_dir, &spec.key, pid) {
+                                tracing::warn!(key = %spec.key, err = %e, "cannot write pid file");
+                            }
+                        }
+                        tracing::info!(key = %spec.key, netns = %spec.netns, pid = ?pid, "proxy ready");
+                        let mut st = lock(&status);
+                        st.pid = pid;
+                        st.state = State::Running;
+                        st.adopted = false;
+                        r
+                    }
+                    Err(e) => {
+                        tracing::warn!(key = %spec.key, netns = %spec.netns, err = %e, "proxy start failed");
+                        let delay = backoff.next(Duration::ZERO);
+                        {
+                            let mut st = lock(&status);
+                            st.last_error = Some(e.to_string());
+                            st.state = State::Backoff;
+                            st.pid = None;
+                        }
+                        if wait_or_stop(delay, &mut stop).await {
+                            finish(&*platform, &spec, &status, &pid_dir).await;
+                            return;
+                        }
+                        lock(&status).restarts += 1;
+                        continue;
+                    }
+                }
+            }
+        };
+        let since = Instant::now();
+        tokio::select! {
+            how = running.wait() => {
+                pidfile::remove(&pid_dir, &spec.key);
+                let delay = backoff.next(since.elapsed());
+                tracing::warn!(key = %spec.key, netns = %spec.netns, how = %how, restart_in = ?delay, "proxy died");
+                {
+                    let mut st = lock(&status);
+                    st.last_error = Some(format!("proxy {how}"));
+                    st.pid = None;
+                    st.state = if delay.is_zero() { State::Starting } else { State::Backoff };
+                }
+                if wait_or_stop(delay, &mut stop).await {
+                    finish(&*platform, &spec, &status, &pid_dir).await;
+                    return;
+                }
+                lock(&status).restarts += 1;
+            }
+            _ = &mut stop => {
+                lock(&status).state = State::Stopping;
+                let how = running.stop(cfg.stop_timeout).await;
+                tracing::info!(key = %spec.key, netns = %spec.netns, how = %how, "proxy stopped");
+                finish(&*platform, &spec, &status, &pid_dir).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Sleep `delay` unless stopped first; true if stopped.
+async fn wait_or_stop(delay: Duration, stop: &mut oneshot::Receiver<()>) -> bool {
+    if delay.is_zero() {
+        return matches!(
+            stop.try_recv(),
+            Ok(()) | Err(oneshot::error::TryRecvError::Closed)
+        );
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => false,
+        _ = stop => true,
+    }
+}
+
+/// After the process is gone: pid file and addresses removed.
+async fn finish<P: Platform>(
+    platform: &P,
+    spec: &ProxySpec,
+    status: &Mutex<ProxyStatus>,
+    pid_dir: &std::path::Path,
+) {
+    pidfile::remove(pid_dir, &spec.key);
+    if platform.namespace_exists(&spec.netns) {
+        if let Err(e) = platform.teardown(spec).await {
+            tracing::warn!(key = %spec.key, netns = %spec.netns, err = %e, "teardown failed");
+        }
+    }
+    let mut st = lock(status);
+    st.pid = None;
+    st.state = State::Stopping;
+}
