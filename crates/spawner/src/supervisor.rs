@@ -267,6 +267,15 @@ impl<P: Platform> Supervisor<P> {
                 .collect();
             stale.iter().filter_map(|k| proxies.remove(k)).collect()
         };
+        *lock(&self.inner.waiting) = waiting;
+        // Removals before additions, per namespace: a proxy replacing one in the same
+        // namespace (same port, same address) starts only after the old one is gone; the
+        // others start right away instead of waiting for unrelated stops' grace periods.
+        let stopping: BTreeSet<String> = removed.iter().map(|p| p.spec.netns.clone()).collect();
+        let (later, now): (BTreeMap<_, _>, BTreeMap<_, _>) = present
+            .into_iter()
+            .partition(|(_, (s, _))| stopping.contains(&s.netns));
+        self.start_missing(now, &cfg);
         let mut errors = Vec::new();
         let stops = removed.into_iter().map(|p| self.stop_proxy(p));
         for r in futures::future::join_all(stops).await {
@@ -274,14 +283,17 @@ impl<P: Platform> Supervisor<P> {
                 errors.push(e);
             }
         }
-        *lock(&self.inner.waiting) = waiting;
+        self.start_missing(later, &cfg);
+        errors
+    }
+
+    fn start_missing(&self, specs: BTreeMap<String, (ProxySpec, Vec<String>)>, cfg: &Arc<Config>) {
         let mut proxies = lock(&self.inner.proxies);
-        for (k, (spec, args)) in present {
+        for (k, (spec, args)) in specs {
             if let std::collections::btree_map::Entry::Vacant(slot) = proxies.entry(k) {
-                slot.insert(self.start_proxy(spec, args, Start::Fresh, &cfg));
+                slot.insert(self.start_proxy(spec, args, Start::Fresh, cfg));
             }
         }
-        errors
     }
 
     async fn stop_proxy(&self, p: Proxy) -> Result<(), String> {
