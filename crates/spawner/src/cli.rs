@@ -283,3 +283,61 @@ pub fn status_table(list: &[serde_json::Value]) -> String {
     }
     t
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_table_aligns_and_marks_adopted() {
+        let list: Vec<serde_json::Value> = serde_json::from_str(
+            r#"[{"netns":"qrouter-r1","kind":"router","id":"r1","state":"running","pid":42,"restarts":0,"last_error":null,"adopted":true},
+                {"netns":"qdhcp-network-long","kind":"network","id":"n1","state":"backoff","pid":null,"restarts":3,"last_error":"proxy exited (exit status: 1)","adopted":false}]"#,
+        )
+        .expect("json");
+        let t = status_table(&list);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(
+            lines[0].starts_with("NETNS               KIND     ID  STATE"),
+            "{t}"
+        );
+        assert!(
+            lines[1].contains("running (adopted)") && lines[1].contains(" 42 "),
+            "{t}"
+        );
+        assert!(lines[2].ends_with("proxy exited (exit status: 1)"), "{t}");
+        assert!(lines[2].contains(" - "), "null pid shown as -: {t}");
+    }
+
+    #[test]
+    fn parses_subcommands() {
+        let c = Cli::try_parse_from([
+            "x",
+            "router",
+            "add",
+            "r1",
+            "--netns",
+            "ns1",
+            "--ha-state",
+            "backup",
+            "--distributed",
+            "--state-dir",
+            "/s",
+        ])
+        .expect("parses");
+        assert!(
+            matches!(c.command, Command::Router(RouterCmd::Add { ref netns, distributed: true, .. }) if netns.as_deref() == Some("ns1"))
+        );
+        assert_eq!(
+            c.config().expect("cfg").control_socket,
+            std::path::PathBuf::from("/s/control.sock")
+        );
+        assert!(
+            Cli::try_parse_from(["x", "router", "add", "r1", "--ha-state", "sideways"]).is_err()
+        );
+        assert!(Cli::try_parse_from(["x", "run", "--stop-proxies-on-exit"]).is_ok());
+        assert!(Cli::try_parse_from(["x", "network", "put", "-"]).is_ok());
+        assert!(Cli::try_parse_from(["x", "host-routes"]).is_err());
+    }
+}

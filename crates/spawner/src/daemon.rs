@@ -82,6 +82,9 @@ pub async fn run<P: Platform>(platform: P, opts: RunOptions) -> Result<()> {
             .filter_map(|n| router_of_netns(n))
             .collect();
     }
+    if !proxy_binary_found(&cfg.proxy_binary) {
+        tracing::warn!(path = %cfg.proxy_binary.display(), "proxy binary not found; proxies will fail to start (set [spawner] proxy_binary)");
+    }
     let control_socket = cfg.control_socket.clone();
     let sup = Supervisor::new(platform, cfg, records);
     sup.adopt_and_start().await;
@@ -148,7 +151,17 @@ pub async fn run<P: Platform>(platform: P, opts: RunOptions) -> Result<()> {
         tracing::info!("exiting; proxies keep running and will be adopted on the next start");
     }
     let _ = std::fs::remove_file(&control_socket);
+    notify::notify("STOPPING=1");
     Ok(())
+}
+
+/// Whether the proxy binary exists (a bare name is looked up in `PATH`).
+fn proxy_binary_found(p: &std::path::Path) -> bool {
+    if p.components().count() > 1 {
+        return p.is_file();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(p).is_file()))
 }
 
 /// SIGHUP: re-read the INI files and the records file; proxies whose argv changes restart.
