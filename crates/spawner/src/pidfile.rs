@@ -77,6 +77,18 @@ pub fn is_proxy_for(pid: u32, id: &str) -> Option<Vec<String>> {
     cmdline(pid).filter(|argv| argv.iter().any(|a| a.contains(id)))
 }
 
+/// Whether the process executes `binary` (compared through `/proc/PID/exe`; a binary
+/// replaced by an upgrade shows as "PATH (deleted)" and still counts).
+pub fn runs_binary(pid: u32, binary: &Path) -> bool {
+    let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
+        return false;
+    };
+    let exe = exe.to_string_lossy();
+    let exe = exe.strip_suffix(" (deleted)").unwrap_or(&exe);
+    let want = std::fs::canonicalize(binary).unwrap_or_else(|_| binary.to_owned());
+    Path::new(exe) == want
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +116,9 @@ mod tests {
         assert!(!argv.is_empty());
         assert!(is_proxy_for(me, "no-such-id-in-argv-4711").is_none());
         assert!(cmdline(u32::MAX - 1).is_none());
+        let exe = std::env::current_exe().expect("exe");
+        assert!(runs_binary(me, &exe));
+        assert!(!runs_binary(me, Path::new("/bin/true")));
+        assert!(!runs_binary(u32::MAX - 1, &exe));
     }
 }

@@ -337,10 +337,15 @@ impl<P: Platform> Supervisor<P> {
                     }
                     None => pidfile::remove(&pid_dir, &key),
                 },
-                None => match pidfile::is_proxy_for(pid, &key) {
-                    Some(_) => stale.push((key, pid)),
-                    None => pidfile::remove(&pid_dir, &key),
-                },
+                // Not wanted any more: stop it if it is our proxy (its argv holds the key,
+                // or, for a metadata network's proxy that carries a router id, it runs
+                // our proxy binary); otherwise the pid was reused: leave that process be.
+                None if pidfile::is_proxy_for(pid, &key).is_some()
+                    || pidfile::runs_binary(pid, &cfg.proxy_binary) =>
+                {
+                    stale.push((key, pid))
+                }
+                None => pidfile::remove(&pid_dir, &key),
             }
         }
         let grace = cfg.stop_timeout;
