@@ -60,13 +60,10 @@ pub(crate) async fn proxy_task<P: Platform>(
             Some(r) => r,
             None => {
                 lock(&status).state = State::Starting;
-                let attempt = tokio::select! {
-                    r = launch(&*platform, &spec, &cfg, &args) => r,
-                    _ = &mut stop => {
-                        finish(&*platform, &spec, &status, &pid_dir).await;
-                        return;
-                    }
-                };
+                // Not raced against `stop`: dropping a launch half-way would leave a spawned
+                // child unwatched. It is bounded by ready_timeout; a stop sent meanwhile is
+                // seen right after (by the select below or by wait_or_stop).
+                let attempt = launch(&*platform, &spec, &cfg, &args).await;
                 match attempt {
                     Ok(r) => {
                         let pid = r.pid();
