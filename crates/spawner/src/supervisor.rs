@@ -150,15 +150,16 @@ impl<P: Platform> Supervisor<P> {
 
     /// Change the records under the lock, persist the API records, and trigger a reconcile.
     pub fn update_records<T>(&self, f: impl FnOnce(&mut Records) -> T) -> T {
-        let (out, api) = {
+        let path = self.config().records_json();
+        let out = {
             let mut rec = lock(&self.inner.records);
             let out = f(&mut rec);
-            (out, rec.api_set())
+            // Saved under the lock, so concurrent changes reach the file in order.
+            if let Err(e) = rec.api_set().save(&path) {
+                tracing::error!(err = %e, "cannot persist records");
+            }
+            out
         };
-        let path = self.config().records_json();
-        if let Err(e) = api.save(&path) {
-            tracing::error!(err = %e, "cannot persist records");
-        }
         self.trigger();
         out
     }

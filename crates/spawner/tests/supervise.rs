@@ -257,3 +257,27 @@ async fn missing_namespace_waits() {
     let st = status_of(&sup, "r1").expect("listed");
     assert_eq!((st.state, st.pid), (State::Waiting, None));
 }
+
+#[test]
+fn concurrent_changes_all_reach_records_json() {
+    let dir = TempDir::new("persist");
+    let proxy = fake_proxy(dir.path());
+    // Namespaces named missing-* never "exist" on the Host platform: nothing is spawned.
+    let sup = Supervisor::new(Host, config(dir.path(), &proxy), Records::default());
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let sup = sup.clone();
+            s.spawn(move || {
+                for i in 0..25 {
+                    sup.put_router(Router {
+                        netns: Some(format!("missing-{t}-{i}")),
+                        ..router(&format!("r{t}x{i}"))
+                    });
+                }
+            });
+        }
+    });
+    let saved =
+        ns_metadata_spawner::records::RecordSet::load(&sup.config().records_json()).expect("load");
+    assert_eq!(saved.routers.len(), 200);
+}
