@@ -52,6 +52,13 @@ fn router_of_netns(name: &str) -> Option<String> {
 /// Run the supervisor until SIGTERM or SIGINT.
 pub async fn run<P: Platform>(platform: P, opts: RunOptions) -> Result<()> {
     let cfg = load_config(&opts)?;
+    // Handlers first: a SIGHUP during start-up must not kill us (its default action).
+    let sig = |k: SignalKind| signal(k).map_err(|e| Error::io("install signal handler", "", e));
+    let (mut hup, mut term, mut int) = (
+        sig(SignalKind::hangup())?,
+        sig(SignalKind::terminate())?,
+        sig(SignalKind::interrupt())?,
+    );
     for dir in [cfg.state_dir.clone(), cfg.pid_dir()] {
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
     }
@@ -95,12 +102,6 @@ pub async fn run<P: Platform>(platform: P, opts: RunOptions) -> Result<()> {
     let looper = sup.clone();
     tokio::spawn(async move { looper.run_loop().await });
 
-    let sig = |k: SignalKind| signal(k).map_err(|e| Error::io("install signal handler", "", e));
-    let (mut hup, mut term, mut int) = (
-        sig(SignalKind::hangup())?,
-        sig(SignalKind::terminate())?,
-        sig(SignalKind::interrupt())?,
-    );
     loop {
         tokio::select! {
             _ = hup.recv() => reload(&sup, &opts),
