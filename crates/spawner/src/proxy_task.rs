@@ -81,7 +81,7 @@ pub(crate) async fn proxy_task<P: Platform>(
                     }
                     Err(e) => {
                         tracing::warn!(key = %spec.key, netns = %spec.netns, err = %e, "proxy start failed");
-                        let delay = backoff.next(Duration::ZERO);
+                        let delay = backoff.start_failed();
                         {
                             let mut st = lock(&status);
                             st.last_error = Some(e.to_string());
@@ -102,7 +102,7 @@ pub(crate) async fn proxy_task<P: Platform>(
         tokio::select! {
             how = running.wait() => {
                 pidfile::remove(&pid_dir, &spec.key);
-                let delay = backoff.next(since.elapsed());
+                let delay = backoff.died(since.elapsed());
                 tracing::warn!(key = %spec.key, netns = %spec.netns, how = %how, restart_in = ?delay, "proxy died");
                 {
                     let mut st = lock(&status);
