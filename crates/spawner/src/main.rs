@@ -3,7 +3,6 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Parser;
 use ns_metadata_spawner::cli::{self, Cli, Command};
 use ns_metadata_spawner::daemon::{self, RunOptions};
@@ -21,7 +20,8 @@ fn main() -> ExitCode {
     match real_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ns-metadata-spawner: {e:#}");
+            // The library errors already name their cause; `{e}` avoids printing it twice.
+            eprintln!("ns-metadata-spawner: {e}");
             ExitCode::FAILURE
         }
     }
@@ -31,7 +31,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("start tokio runtime")?;
+        .map_err(|e| anyhow::anyhow!("start tokio runtime: {e}"))?;
     match &cli.command {
         Command::Run {
             stop_proxies_on_exit,
