@@ -15,6 +15,18 @@ use crate::ns::Netns;
 pub trait CommandExt {
     /// Run the child in `ns`. If the dup fails the spawn fails with that error.
     fn netns(&mut self, ns: &Netns) -> &mut Self;
+
+    /// Start the child in a new session (`setsid(2)` between fork and exec), so it has no
+    /// controlling terminal and no signal aimed at the parent's session or process group
+    /// reaches it: supervised proxies must outlive their supervisor's restart.
+    fn new_session(&mut self) -> &mut Self;
+}
+
+/// The pre_exec hook body for `new_session`: one async-signal-safe syscall, no allocation.
+fn setsid_hook() -> std::io::Result<()> {
+    nix::unistd::setsid()
+        .map(drop)
+        .map_err(|e| std::io::Error::from_raw_os_error(e as i32))
 }
 
 /// The fd to enter, or the error to report from the child (dup failed in the parent).
@@ -46,6 +58,15 @@ impl CommandExt for std::process::Command {
         }
         self
     }
+
+    fn new_session(&mut self) -> &mut Self {
+        // SAFETY: the hook runs in the forked child before exec and only calls setsid(2),
+        // which is async-signal-safe; it allocates nothing and takes no lock.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(self, setsid_hook);
+        }
+        self
+    }
 }
 
 impl CommandExt for tokio::process::Command {
@@ -57,5 +78,62 @@ impl CommandExt for tokio::process::Command {
             self.pre_exec(move || enter(&fd));
         }
         self
+    }
+
+    fn new_session(&mut self) -> &mut Self {
+        // SAFETY: as for std::process::Command above: only setsid(2), no allocation, no lock.
+        unsafe {
+            self.pre_exec(setsid_hook);
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CommandExt;
+
+    /// Field 6 of /proc/PID/stat: the session id (after the parenthesised command name).
+    fn session_of(stat: &str) -> i32 {
+        let after = &stat[stat.rfind(')').expect("comm") + 2..];
+        after
+            .split_whitespace()
+            .nth(3)
+            .expect("session field")
+            .parse()
+            .expect("numeric session")
+    }
+
+    #[test]
+    fn new_session_makes_the_child_a_session_leader() {
+        for tokio_cmd in [false, true] {
+            let out = if tokio_cmd {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async {
+                    let mut c = tokio::process::Command::new("cat");
+                    c.arg("/proc/self/stat").new_session();
+                    c.output().await.expect("run cat")
+                })
+            } else {
+                std::process::Command::new("cat")
+                    .arg("/proc/self/stat")
+                    .new_session()
+                    .output()
+                    .expect("run cat")
+            };
+            let stat = String::from_utf8_lossy(&out.stdout);
+            let pid: i32 = stat
+                .split_whitespace()
+                .next()
+                .expect("pid")
+                .parse()
+                .expect("numeric pid");
+            assert_eq!(session_of(&stat), pid, "tokio={tokio_cmd}: {stat}");
+            let own = std::fs::read_to_string("/proc/self/stat").expect("own stat");
+            assert_ne!(session_of(&own), pid);
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! Starting one proxy: its argv, the readiness pipe on fd 3, its own process group, and
+//! Starting one proxy: its argv, the readiness pipe on fd 3, its own session, and
 //! waiting for `READY=1` with a timeout; plus the handle of a running proxy (own child or
 //! adopted through a pidfd) with signals and exit waiting.
 
@@ -7,6 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use command_fds::{CommandFdExt, FdMapping};
+use ns_netns::CommandExt as _;
 use rustix::process::{Pid, Signal};
 use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncReadExt;
@@ -161,10 +162,11 @@ pub async fn launch<P: Platform>(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
-        // Own process group, so a signal to the supervisor's group (terminal, systemd
-        // KillMode=mixed) does not reach the proxies; they must outlive a restart.
-        .process_group(0)
         .kill_on_drop(false);
+    // Own session (hence own process group, no controlling terminal), so a signal to the
+    // supervisor's group or a hang-up of its terminal does not reach the proxies: they must
+    // outlive a supervisor restart.
+    cmd.new_session();
     cmd.fd_mappings(vec![FdMapping {
         parent_fd: wr,
         child_fd: READY_FD,

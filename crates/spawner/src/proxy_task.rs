@@ -1,6 +1,7 @@
 //! The one owner of one proxy: start it (or adopt a running one), watch it, restart it at
 //! once and then with backoff when it dies, and stop it (SIGTERM, grace, SIGKILL, pid file
-//! and addresses removed) when the supervisor says so.
+//! and addresses removed) when the supervisor says so; a supervisor that goes away without
+//! saying so leaves its proxies running for the next one to adopt.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -88,9 +89,13 @@ pub(crate) async fn proxy_task<P: Platform>(
                             st.state = State::Backoff;
                             st.pid = None;
                         }
-                        if wait_or_stop(delay, &mut stop).await {
-                            finish(&*platform, &spec, &status, &pid_dir).await;
-                            return;
+                        match wait_or_stop(delay, &mut stop).await {
+                            Wake::Retry => {}
+                            Wake::Stop => {
+                                finish(&*platform, &spec, &status, &pid_dir).await;
+                                return;
+                            }
+                            Wake::Detached => return,
                         }
                         lock(&status).restarts += 1;
                         continue;
@@ -110,13 +115,24 @@ pub(crate) async fn proxy_task<P: Platform>(
                     st.pid = None;
                     st.state = if delay.is_zero() { State::Starting } else { State::Backoff };
                 }
-                if wait_or_stop(delay, &mut stop).await {
-                    finish(&*platform, &spec, &status, &pid_dir).await;
-                    return;
+                match wait_or_stop(delay, &mut stop).await {
+                    Wake::Retry => {}
+                    Wake::Stop => {
+                        finish(&*platform, &spec, &status, &pid_dir).await;
+                        return;
+                    }
+                    Wake::Detached => return,
                 }
                 lock(&status).restarts += 1;
             }
-            _ = &mut stop => {
+            asked = &mut stop => {
+                if asked.is_err() {
+                    // The supervisor is gone without asking for a stop (its last handle was
+                    // dropped, e.g. on exit or in a restart): the proxy must outlive it, and
+                    // its pid file stays so the next supervisor adopts it.
+                    tracing::debug!(key = %spec.key, pid = ?running.pid(), "supervisor gone; leaving the proxy running");
+                    return;
+                }
                 lock(&status).state = State::Stopping;
                 let how = running.stop(cfg.stop_timeout).await;
                 tracing::info!(key = %spec.key, netns = %spec.netns, how = %how, "proxy stopped");
@@ -127,17 +143,29 @@ pub(crate) async fn proxy_task<P: Platform>(
     }
 }
 
-/// Sleep `delay` unless stopped first; true if stopped.
-async fn wait_or_stop(delay: Duration, stop: &mut oneshot::Receiver<()>) -> bool {
+/// Why a wait between tries ended.
+enum Wake {
+    /// The delay passed: try again.
+    Retry,
+    /// The supervisor asked for a stop.
+    Stop,
+    /// The supervisor is gone (its stop sender was dropped without sending): end the task
+    /// and touch nothing; the next supervisor starts what it wants.
+    Detached,
+}
+
+/// Sleep `delay` unless stopped (or detached) first.
+async fn wait_or_stop(delay: Duration, stop: &mut oneshot::Receiver<()>) -> Wake {
     if delay.is_zero() {
-        return matches!(
-            stop.try_recv(),
-            Ok(()) | Err(oneshot::error::TryRecvError::Closed)
-        );
+        return match stop.try_recv() {
+            Ok(()) => Wake::Stop,
+            Err(oneshot::error::TryRecvError::Closed) => Wake::Detached,
+            Err(oneshot::error::TryRecvError::Empty) => Wake::Retry,
+        };
     }
     tokio::select! {
-        _ = tokio::time::sleep(delay) => false,
-        _ = stop => true,
+        _ = tokio::time::sleep(delay) => Wake::Retry,
+        asked = stop => if asked.is_ok() { Wake::Stop } else { Wake::Detached },
     }
 }
 
@@ -157,4 +185,26 @@ async fn finish<P: Platform>(
     let mut st = lock(status);
     st.pid = None;
     st.state = State::Stopping;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn dropped_sender_detaches_sent_stop_stops() {
+        for delay in [Duration::ZERO, Duration::from_secs(60)] {
+            let (tx, mut rx) = oneshot::channel::<()>();
+            drop(tx);
+            assert!(matches!(wait_or_stop(delay, &mut rx).await, Wake::Detached));
+            let (tx, mut rx) = oneshot::channel();
+            tx.send(()).expect("receiver alive");
+            assert!(matches!(wait_or_stop(delay, &mut rx).await, Wake::Stop));
+        }
+        let (_tx, mut rx) = oneshot::channel::<()>();
+        assert!(matches!(
+            wait_or_stop(Duration::ZERO, &mut rx).await,
+            Wake::Retry
+        ));
+    }
 }
