@@ -125,7 +125,13 @@ trap 'exit 130' INT TERM
 field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p" <<<"$2"; }
 # The process has exited (gone, or a zombie not yet reaped).
 gone() { [[ ! -r /proc/$1/stat ]] || [[ $(sed 's/.*) //' /proc/"$1"/stat | cut -c1) == Z ]]; }
-sample() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$RAW"; }
+sample() {
+    if [[ -z $3 ]]; then
+        log "no value for $1 ($2); sample skipped"
+        return 0
+    fi
+    printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$RAW"
+}
 # PSS and RSS in kB summed over pids (smaps_rollup).
 mem_kb() {
     local field=$1 p sum=0 v
@@ -346,6 +352,31 @@ sleep "$IDLE"
 for v in "${VARIANTS[@]}"; do
     sample pss_idle30_kb "$v" "$(mem_kb Pss "${PROXY_PID[$v]}")"
     sample rss_idle30_kb "$v" "$(mem_kb Rss "${PROXY_PID[$v]}")"
+done
+# Issue 8: memory while 2,000 client connections are open (both proxies allow 1,024 at once;
+# the rest wait in the listen backlog). keepalive = a complete request whose answer the
+# client leaves unread; then partial = an unfinished request head on each (measured second,
+# so it includes whatever the first kept). Then PSS once all closed and 10 s passed.
+log "2,000 open client connections per proxy"
+for v in "${VARIANTS[@]}"; do
+    for mode in keepalive partial; do
+        vm_link "$v"
+        flag=()
+        [[ $mode == partial ]] && flag=(--partial)
+        (ulimit -n 8192 && exec "$TOOL" hold --netns "$PFX-vm-$v" --conns 2000 --secs 3 "${flag[@]}") >"$WORK/hold.json" &
+        hold_pid=$!
+        wait_for "$v hold" 600 grep -q opened "$WORK/hold.json"
+        sleep 0.5 # let the proxy read what was sent (a settle before sampling, not readiness)
+        sample "hold_${mode}_pss_kb" "$v" "$(mem_kb Pss "${PROXY_PID[$v]}")"
+        sample "hold_${mode}_rss_kb" "$v" "$(mem_kb Rss "${PROXY_PID[$v]}")"
+        sample "hold_${mode}_opened" "$v" "$(field opened "$(cat "$WORK/hold.json")")"
+        log "$v $mode: $(cat "$WORK/hold.json")"
+        wait "$hold_pid"
+    done
+done
+sleep 10
+for v in "${VARIANTS[@]}"; do
+    sample hold_after_pss_kb "$v" "$(mem_kb Pss "${PROXY_PID[$v]}")"
     kill "${PROXY_PID[$v]}" "${AGENT_PID[$v]}" 2>/dev/null || true
 done
 for v in "${VARIANTS[@]}"; do

@@ -72,6 +72,22 @@ enum Cmd {
         #[arg(long)]
         secs: f64,
     },
+    /// Open CONNS client connections from inside NETNS and hold them for SECS (issue 8:
+    /// memory under 2,000 open client connections). `--partial` sends an unfinished request
+    /// head on each (the proxy must buffer it), otherwise a complete keep-alive request whose
+    /// answer is left unread. Prints one JSON line once all are open, then holds.
+    Hold {
+        #[arg(long)]
+        netns: String,
+        #[arg(long, default_value = "169.254.169.254:80")]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 2000)]
+        conns: usize,
+        #[arg(long, default_value_t = 3.0)]
+        secs: f64,
+        #[arg(long)]
+        partial: bool,
+    },
     /// Render raw samples into Markdown (stdout and --md) and JSON (--json).
     Report {
         #[arg(long)]
@@ -248,6 +264,50 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             emit(&json!({"ok": ok, "failed": failed, "total": ok + failed, "failures": samples}));
+        }
+        Cmd::Hold {
+            netns,
+            addr,
+            conns,
+            secs,
+            partial,
+        } => {
+            Netns::open(&netns)?.enter()?;
+            let req: &[u8] = if partial {
+                b"GET /latest/meta-data/ HTTP/1.1\r\nHost: 169.254.169.254\r\nUser-Agent: ns-bench-hold\r\n"
+            } else {
+                b"GET /latest/meta-data/ HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n"
+            };
+            let mut held = Vec::with_capacity(conns);
+            let (mut failed, mut in_a_row) = (0usize, 0usize);
+            for i in 0..conns {
+                // Past the proxy's connection limit the handshake still completes into the
+                // listen backlog until that is full; then SYNs are dropped. The timeout covers
+                // one SYN retransmission (1 s); a short pause every 64 lets the proxy accept.
+                if i % 64 == 63 {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(1500)) {
+                    Ok(mut s) => {
+                        use std::io::Write as _;
+                        in_a_row = 0;
+                        if s.write_all(req).is_err() {
+                            failed += 1;
+                        }
+                        held.push(s);
+                    }
+                    Err(_) => {
+                        failed += 1;
+                        in_a_row += 1;
+                        if in_a_row >= 3 {
+                            break;
+                        }
+                    }
+                }
+            }
+            emit(&json!({"opened": held.len(), "failed": failed}));
+            std::thread::sleep(Duration::from_secs_f64(secs));
+            drop(held);
         }
         Cmd::Report {
             raw,

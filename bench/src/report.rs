@@ -252,6 +252,52 @@ pub fn markdown(s: &Samples) -> String {
             "",
         );
     }
+    row(
+        &mut md,
+        "1 PSS with 2,000 open connections, idle keep-alive (MB)",
+        "hold_keepalive_pss_kb",
+        Unit::Mb,
+        None,
+        "bounded by max connections",
+    );
+    row(
+        &mut md,
+        "1 PSS with 2,000 open connections, partial heads (MB)",
+        "hold_partial_pss_kb",
+        Unit::Mb,
+        None,
+        "bounded by max connections",
+    );
+    row(
+        &mut md,
+        "1 PSS 10 s after those connections closed (MB)",
+        "hold_after_pss_kb",
+        Unit::Mb,
+        None,
+        "",
+    );
+    // Bytes per held connection: PSS growth over the idle PSS, per accepted (≤ 1,024) connection.
+    for (mode, name) in [
+        ("keepalive", "idle keep-alive"),
+        ("partial", "partial heads"),
+    ] {
+        let per = |v: &str| {
+            let held = med(s, &format!("hold_{mode}_pss_kb"), v)?;
+            let idle = med(s, "pss_idle30_kb", v)?;
+            let opened = med(s, &format!("hold_{mode}_opened"), v)?.min(1024.0);
+            (opened > 0.0).then(|| (held - idle) * 1024.0 / opened)
+        };
+        let (off, on, h) = (per("off"), per("on"), per("haproxy"));
+        let _ = writeln!(
+            md,
+            "| 1 PSS bytes per open connection, {name} | {} | {} | {} | {} | {} |  |",
+            fmt(off, Unit::Count),
+            fmt(on, Unit::Count),
+            fmt(h, Unit::Count),
+            ratio_cell(off, h, None),
+            ratio_cell(on, h, None),
+        );
+    }
     // Own-idle check of issue 8, stated separately because its reference is not haproxy.
     for mode in ["off", "on"] {
         if let (Some(idle), Some(after)) =
