@@ -49,8 +49,21 @@ pub async fn serve(
                 _ = shutdown.changed() => return,
             }
         }
+        let inb = match pending.take() {
+            Some(b) => b,
+            None => {
+                // Readiness can be spurious: take a buffer only once bytes are there, so
+                // a silent connection costs its task and socket, no buffer.
+                let mut b = Buf::get();
+                match sock.try_read_buf(&mut *b) {
+                    Ok(0) => return,
+                    Ok(_) => b,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(_) => return,
+                }
+            }
+        };
         first = false;
-        let inb = pending.take().unwrap_or_else(Buf::get);
         match one_request(&shared, &mut sock, peer_ip, inb, &shutdown).await {
             Some(rest) => pending = rest,
             None => {
@@ -75,10 +88,22 @@ async fn one_request(
 ) -> Option<Option<Buf>> {
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + shared.timeouts.request;
-    let mut out = Buf::get();
+    // The agent's request is built only once a whole head has arrived, so a slow client
+    // holds one buffer, not two.
+    let mut out: Option<Buf> = None;
     // 1. The head, within the request timeout.
     let info = loop {
-        match request::parse(&inb, &shared.upstream, peer, &mut out) {
+        let parsed = if head_may_be_complete(&inb) {
+            request::parse(
+                &inb,
+                &shared.upstream,
+                peer,
+                out.get_or_insert_with(Buf::get),
+            )
+        } else {
+            Ok(None)
+        };
+        match parsed {
             Ok(Some(info)) => break info,
             Ok(None) => {}
             Err(e) => {
@@ -101,6 +126,9 @@ async fn one_request(
         }
     };
     let keep_alive = info.keep_alive && !*shutdown.borrow();
+    let Some(mut out) = out else {
+        return None;
+    };
 
     // 2. The body, which with the head must fit in the agent's single recv.
     let mut chunk_body: Option<Buf> = None;
@@ -174,6 +202,13 @@ async fn one_request(
             ok.then(|| rest(inb, consumed))
         }
     }
+}
+
+/// A cheap pre-check before parsing: an empty line has arrived, or the head limit is hit.
+fn head_may_be_complete(b: &[u8]) -> bool {
+    b.len() >= request::MAX_HEAD
+        || b.windows(2).any(|w| w == b"\n\n")
+        || b.windows(3).any(|w| w == b"\n\r\n")
 }
 
 /// Keep the bytes after this request (a pipelined next one), or nothing.
