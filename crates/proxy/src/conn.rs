@@ -126,9 +126,7 @@ async fn one_request(
         }
     };
     let keep_alive = info.keep_alive && !*shutdown.borrow();
-    let Some(mut out) = out else {
-        return None;
-    };
+    let mut out = out?;
 
     // 2. The body, which with the head must fit in the agent's single recv.
     let mut chunk_body: Option<Buf> = None;
