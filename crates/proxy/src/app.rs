@@ -19,6 +19,7 @@ pub fn run(cfg: Config, daemon_child: bool) -> Result<()> {
     let creds = Creds::resolve(cfg.user.as_deref(), cfg.group.as_deref())?;
     let listeners = bind::bind_in(cfg.netns.as_deref(), &cfg.binds)?;
     let pid_file = cfg.pid_file.as_deref().map(PidFile::create).transpose()?;
+    process::raise_nofile(cfg.max_connections);
     creds.drop_privileges()?;
 
     // One thread: the benchmark showed a multi-thread runtime losing at every load (issue 8).

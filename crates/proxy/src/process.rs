@@ -143,6 +143,30 @@ fn sd_notify(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Make room for `max_connections` VM sockets plus as many agent sockets (haproxy raises
+/// its limit the same way from `maxconn`): raise the soft RLIMIT_NOFILE up to the hard one.
+pub fn raise_nofile(max_connections: usize) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let want = (max_connections as u64)
+        .saturating_mul(2)
+        .saturating_add(64);
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let target = want.min(hard);
+        if soft < target {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, target, hard) {
+                tracing::warn!(err = %e, "cannot raise the open-files limit");
+            }
+        }
+        if want > hard {
+            tracing::warn!(
+                hard,
+                want,
+                "open-files hard limit is below what --max-connections needs"
+            );
+        }
+    }
+}
+
 /// The pid file: flock'ed for the process's life, like Neutron's old proxy daemon.
 #[derive(Debug)]
 pub struct PidFile {
