@@ -97,6 +97,8 @@ pub struct AgentConfig {
     /// Run the real neutron-metadata-agent with this venv python instead of ours
     /// (`tests/neutron_agent.py`: its port lookup answered from the inventory; needs `nova`).
     pub neutron_python: Option<PathBuf>,
+    /// More `[DEFAULT]` lines for our agent's INI (e.g. `imds_require_token = true\n`).
+    pub extra_ini: String,
 }
 
 /// `ns-metadata-agent` under test, listening on `<dir>/metadata_proxy`.
@@ -118,6 +120,7 @@ impl Agent {
             socket.display(),
             cfg.inventory.display()
         );
+        text.push_str(&cfg.extra_ini);
         if let Some((port, secret)) = &cfg.nova {
             text.push_str(&format!(
                 "nova_metadata_host = 127.0.0.1\nnova_metadata_port = {port}\n\

@@ -100,6 +100,17 @@ impl World {
     /// Build the world for `modes` with subnets 10.250.`base`.0/24 (and base+1, base+2),
     /// wait until every vm gets an answer.
     pub fn build(test: &str, base: u8, modes: Modes, upstream: Upstream) -> World {
+        World::build_with(test, base, modes, upstream, "")
+    }
+
+    /// [`World::build`] with `agent_ini` appended to the agent's `[DEFAULT]` section.
+    pub fn build_with(
+        test: &str,
+        base: u8,
+        modes: Modes,
+        upstream: Upstream,
+        agent_ini: &str,
+    ) -> World {
         let prefix = unique_prefix();
         let ids = Ids::new(u16::from(base));
         let dir = TempDir::new(&format!("{prefix}-{test}"));
@@ -346,6 +357,7 @@ impl World {
                 inventory,
                 nova: agent_nova,
                 neutron_python,
+                extra_ini: agent_ini.to_owned(),
             },
         );
         let mut spawner = Spawner::start(
