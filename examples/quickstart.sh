@@ -149,6 +149,16 @@ trap 'printf "%squickstart: failed at line %s: %s%s\n" "$RED" "$LINENO" "$BASH_C
 
 # ---- preflight -------------------------------------------------------------------------------
 [ "$(id -u)" -eq 0 ] || die "needs root to create network namespaces: sudo $0 $*"
+# A fresh Debian machine with only Rust lacks iproute2 and curl: install them (root already).
+missing_pkgs=()
+command -v ip >/dev/null || missing_pkgs+=(iproute2)
+command -v curl >/dev/null || missing_pkgs+=(curl)
+if [ ${#missing_pkgs[@]} -gt 0 ]; then
+  command -v apt-get >/dev/null || die "${missing_pkgs[*]} not installed and no apt-get: install them first"
+  printf 'installing %s with apt-get\n' "${missing_pkgs[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing_pkgs[@]}" >/dev/null
+fi
 for tool in ip curl; do
   command -v "$tool" >/dev/null || die "$tool not found (Debian: apt-get install iproute2 curl)"
 done
