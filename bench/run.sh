@@ -25,8 +25,10 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 REL=$CARGO_TARGET_DIR/release
 if [[ $QUICK == 1 ]]; then
     RUNS=1 DUR=3 IDLE=10 KILLS=3 CEIL_SECS=2 MIN_REQ=0 N=${NSB_N:-200}
+    MANY_RUNS=1
 else
-    RUNS=3 DUR=8 IDLE=30 KILLS=10 CEIL_SECS=3 MIN_REQ=1000000 N=${NSB_N:-200}
+    RUNS=5 DUR=5 IDLE=30 KILLS=10 CEIL_SECS=3 MIN_REQ=1000000 N=${NSB_N:-200}
+    MANY_RUNS=3
 fi
 
 log() { printf '%s run.sh: %s\n' "$(date -u +%T)" "$*" >&2; }
@@ -216,10 +218,10 @@ EOF
 }
 
 # ---------------------------------------------------------------- agent ceiling
-log "agent stand-in ceiling (direct Unix-socket load, ${CEIL_SECS}s x $RUNS)"
+log "agent stand-in ceiling (direct Unix-socket load, ${CEIL_SECS}s x $MANY_RUNS)"
 start_agent ceil-close close
 start_agent ceil-keepalive keepalive
-for _ in $(seq "$RUNS"); do
+for _ in $(seq "$MANY_RUNS"); do
     v=$("$TOOL" agent-load --socket "$WORK/agent-ceil-close.sock" --secs "$CEIL_SECS")
     sample agent_ceiling_rps close "$(field rps "$v")"
     v=$("$TOOL" agent-load --socket "$WORK/agent-ceil-keepalive.sock" --secs "$CEIL_SECS" --reuse)
@@ -363,14 +365,15 @@ for v in "${VARIANTS[@]}"; do
         vm_link "$v"
         flag=()
         [[ $mode == partial ]] && flag=(--partial)
-        (ulimit -n 8192 && exec "$TOOL" hold --netns "$PFX-vm-$v" --conns 2000 --secs 3 "${flag[@]}") >"$WORK/hold.json" &
+        out=$WORK/hold-$v-$mode.json
+        (ulimit -n 8192 && exec "$TOOL" hold --netns "$PFX-vm-$v" --conns 2000 --secs 3 "${flag[@]}") >"$out" &
         hold_pid=$!
-        wait_for "$v hold" 600 grep -q opened "$WORK/hold.json"
+        wait_for "$v hold" 600 grep -q opened "$out"
         sleep 0.5 # let the proxy read what was sent (a settle before sampling, not readiness)
         sample "hold_${mode}_pss_kb" "$v" "$(mem_kb Pss "${PROXY_PID[$v]}")"
         sample "hold_${mode}_rss_kb" "$v" "$(mem_kb Rss "${PROXY_PID[$v]}")"
-        sample "hold_${mode}_opened" "$v" "$(field opened "$(cat "$WORK/hold.json")")"
-        log "$v $mode: $(cat "$WORK/hold.json")"
+        sample "hold_${mode}_opened" "$v" "$(field opened "$(cat "$out")")"
+        log "$v $mode: $(cat "$out")"
         wait "$hold_pid"
     done
 done
@@ -513,13 +516,13 @@ many_ours() {
 }
 no_pidfiles() { ! compgen -G "$1/*.pid" >/dev/null; }
 
-for run in $(seq "$RUNS"); do
+for run in $(seq "$MANY_RUNS"); do
     # Alternate which side goes first: MemAvailable drifts with whatever else the machine does.
     if ((run % 2)); then
         many_haproxy
-        [[ $SPAWN == 0 ]] || many_ours $((run == RUNS))
+        [[ $SPAWN == 0 ]] || many_ours $((run == MANY_RUNS))
     else
-        [[ $SPAWN == 0 ]] || many_ours $((run == RUNS))
+        [[ $SPAWN == 0 ]] || many_ours $((run == MANY_RUNS))
         many_haproxy
     fi
 done
@@ -528,7 +531,7 @@ done
 mkdir -p "$REPO/bench/results"
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 "$TOOL" report --raw "$RAW" --json "$REPO/bench/results/$stamp.json" --md "$REPO/bench/results/$stamp.md" \
-    --meta "date=$(date -u +%FT%TZ)" --meta "quick=$QUICK" --meta "runs=$RUNS" --meta "duration_s=$DUR" \
+    --meta "date=$(date -u +%FT%TZ)" --meta "quick=$QUICK" --meta "runs=$RUNS" --meta "many_runs=$MANY_RUNS" --meta "duration_s=$DUR" \
     --meta "idle_s=$IDLE" --meta "n=$N" --meta "kernel=$(uname -r)" --meta "cpus=$(nproc)" \
     --meta "loadavg_start=$LOAD_START" --meta "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" \
     --meta "elapsed_s=$(($(date +%s) - T_START))" --meta "haproxy=$(haproxy -v | head -1)" \
