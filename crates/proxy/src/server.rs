@@ -62,13 +62,15 @@ pub async fn serve(
 ) {
     let sem = Arc::new(Semaphore::new(max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Each accept loop holds one permit while it waits for a connection.
+    let waiting = listeners.len();
     for l in listeners {
         tokio::spawn(accept_loop(l, shared.clone(), sem.clone(), stop_rx.clone()));
     }
     tokio::spawn(housekeeping(
         shared.clone(),
         sem.clone(),
-        max_connections,
+        max_connections.saturating_sub(waiting),
         stop_rx.clone(),
     ));
     shutdown.await;
@@ -120,11 +122,12 @@ async fn accept_loop(
 }
 
 /// Every few seconds: drop expired agent connections; once no client connection has been
-/// open for a whole period, hand pooled buffers back to the allocator.
+/// open for a whole period, hand pooled buffers back to the allocator. `idle_permits`: the
+/// free permits when no client connection is open.
 async fn housekeeping(
     shared: Arc<Shared>,
     sem: Arc<Semaphore>,
-    max: usize,
+    idle_permits: usize,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut was_idle = false;
@@ -134,7 +137,7 @@ async fn housekeeping(
             _ = stop.changed() => return,
         }
         shared.agent.prune();
-        let idle = sem.available_permits() == max;
+        let idle = sem.available_permits() >= idle_permits;
         if idle && was_idle && bufpool::pooled() > 0 {
             bufpool::release();
             tracing::debug!("idle: released buffers");
