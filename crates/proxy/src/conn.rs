@@ -171,6 +171,7 @@ async fn one_request(
             info.idempotent,
             has_body,
             fc,
+            shutdown,
             sock,
             shared.timeouts.client,
         )

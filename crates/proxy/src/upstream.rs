@@ -212,6 +212,7 @@ impl Agent {
         retry_ok: bool,
         has_body: bool,
         fc: ForClient,
+        stop: &tokio::sync::watch::Receiver<bool>,
         client: &mut C,
         client_timeout: Duration,
     ) -> Result<Outcome, UpError>
@@ -224,7 +225,7 @@ impl Agent {
             (_, Some(s)) => (s, true),
         };
         let info = loop {
-            match self.send(&mut stream, buf, &mut rbuf, fc).await {
+            match self.send(&mut stream, buf, &mut rbuf, fc, stop).await {
                 Ok(info) => break info,
                 Err((e, wrote)) => {
                     // Retry once, on a fresh connection, only when a pooled connection
@@ -265,6 +266,7 @@ impl Agent {
         buf: &mut Buf,
         rbuf: &mut Buf,
         fc: ForClient,
+        stop: &tokio::sync::watch::Receiver<bool>,
     ) -> Result<RespInfo, (UpError, bool)> {
         match timeout(self.server_timeout, stream.write_all(buf)).await {
             Ok(Ok(())) => {}
@@ -289,7 +291,7 @@ impl Agent {
                 // Neutron's agent ends a bodyless non-200 head at EOF without the empty
                 // line (webob's str(Response)): complete it and parse once more.
                 rbuf.extend_from_slice(b"\r\n\r\n");
-                return match response::parse(rbuf, fc, buf) {
+                return match response::parse(rbuf, for_client(fc, stop), buf) {
                     Ok(Some(mut info)) => {
                         info.agent_reusable = false;
                         Ok(info)
@@ -299,7 +301,7 @@ impl Agent {
                     Err(e) => Err((e.into(), true)),
                 };
             }
-            match response::parse(rbuf, fc, buf) {
+            match response::parse(rbuf, for_client(fc, stop), buf) {
                 Ok(Some(info)) => return Ok(info),
                 Ok(None) => continue,
                 Err(e) => return Err((e.into(), true)),
@@ -367,6 +369,15 @@ impl Agent {
                 }
             }
         }
+    }
+}
+
+/// A shutdown that began while the agent was answering still closes the VM connection
+/// with `Connection: close` in this answer.
+fn for_client(fc: ForClient, stop: &tokio::sync::watch::Receiver<bool>) -> ForClient {
+    ForClient {
+        keep_alive: fc.keep_alive && !*stop.borrow(),
+        ..fc
     }
 }
 

@@ -71,6 +71,34 @@ fn ready_fd_then_sigterm_exits_zero() {
 }
 
 #[test]
+fn notify_socket_gets_ready() {
+    let dir = tmp("notify");
+    let sock_path = dir.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("bind notify socket");
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let port = free_port();
+    let child = Command::new(bin_path("ns-metadata-proxy"))
+        .args([
+            "--router-id",
+            "r-notify",
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut guard = ChildGuard(child);
+    let mut buf = [0u8; 64];
+    let n = sock.recv(&mut buf).expect("READY datagram");
+    assert_eq!(&buf[..n], b"READY=1");
+    kill(Pid::from_raw(guard.0.id() as i32), Signal::SIGTERM).expect("kill");
+    assert!(guard.0.wait().expect("wait").success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn startup_failure_is_one_line_and_no_ready() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = taken.local_addr().expect("addr").port();

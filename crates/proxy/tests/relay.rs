@@ -341,3 +341,24 @@ async fn graceful_shutdown_finishes_in_flight_request() {
         "no longer accepting"
     );
 }
+
+#[tokio::test]
+async fn shutdown_lets_the_request_in_flight_finish() {
+    let agent = StandIn::start(Behave::Delay(300));
+    let p = Proxy::start(&agent.path, "127.0.0.1:0", &[]);
+    let mut c = Client::connect(p.addr).await;
+    c.send(b"GET /slow HTTP/1.1\r\n\r\n").await;
+    // Wait until the agent has the request, then stop the proxy.
+    let seen = agent.seen.clone();
+    let mut tries = 0;
+    while seen.requests.lock().expect("lock").is_empty() && tries < 500 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        tries += 1;
+    }
+    let stopping = tokio::spawn(p.stop());
+    let r = c.read(false).await.expect("in-flight answer");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("connection").as_deref(), Some("close"));
+    assert!(c.closed().await);
+    stopping.await.expect("stopped");
+}

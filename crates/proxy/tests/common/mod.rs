@@ -53,6 +53,8 @@ pub enum Behave {
     /// Answer the first request on a connection (advertising keep-alive), then read the
     /// second and close without a reply.
     DropSecond,
+    /// Echo after this many milliseconds.
+    Delay(u64),
 }
 
 /// Counters the tests assert on.
@@ -153,6 +155,11 @@ impl StandIn {
                             Behave::CloseNoReply => return,
                             Behave::Slow => {
                                 tokio::time::sleep(Duration::from_secs(3600)).await;
+                            }
+                            Behave::Delay(ms) => {
+                                tokio::time::sleep(Duration::from_millis(ms)).await;
+                                let _ = s.write_all(&echo_reply(&req, None)).await;
+                                return;
                             }
                             Behave::DropSecond => {
                                 if n >= 2 {
