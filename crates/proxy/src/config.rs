@@ -24,10 +24,10 @@ pub const DEFAULT_BIND: &str = "169.254.169.254:80";
 #[command(name = "ns-metadata-proxy", version, about, long_about = None)]
 pub struct Args {
     /// Serve a router: send `X-Neutron-Router-ID: ID` (letters, digits, '-', max 64). [INI: router_id]
-    #[arg(long = "router-id", alias = "router_id", value_name = "ID")]
+    #[arg(long = "router-id", visible_alias = "router_id", value_name = "ID")]
     pub router_id: Option<String>,
     /// Serve an isolated network: send `X-Neutron-Network-ID: ID`. [INI: network_id]
-    #[arg(long = "network-id", alias = "network_id", value_name = "ID")]
+    #[arg(long = "network-id", visible_alias = "network_id", value_name = "ID")]
     pub network_id: Option<String>,
     /// The metadata agent's Unix socket [default: /var/lib/neutron/metadata_proxy, or
     /// STATE_PATH/metadata_proxy]. [INI: metadata_proxy_socket]
@@ -43,22 +43,26 @@ pub struct Args {
     #[arg(long, value_name = "ADDR:PORT[%IFACE]")]
     pub bind: Vec<String>,
     /// Neutron's spelling: listen on 0.0.0.0:PORT (only when no --bind). [INI: metadata_port]
-    #[arg(long = "metadata-port", alias = "metadata_port", value_name = "PORT")]
+    #[arg(
+        long = "metadata-port",
+        visible_alias = "metadata_port",
+        value_name = "PORT"
+    )]
     pub metadata_port: Option<u16>,
     /// Enter this network namespace (name under /run/netns, or a path) before binding. [INI: netns]
     #[arg(long, value_name = "NAME|PATH")]
     pub netns: Option<String>,
     /// Write the pid here after binding (flock'ed, removed on exit). [INI: pid_file]
-    #[arg(long = "pid-file", alias = "pid_file", value_name = "PATH")]
+    #[arg(long = "pid-file", visible_alias = "pid_file", value_name = "PATH")]
     pub pid_file: Option<PathBuf>,
     /// Run in the background; return only once listening (non-zero with the reason if not). [INI: daemonize]
     #[arg(long)]
     pub daemonize: bool,
     /// Drop to this user (name or uid) after binding. [INI: metadata_proxy_user]
-    #[arg(long, alias = "metadata_proxy_user", value_name = "USER")]
+    #[arg(long, visible_alias = "metadata_proxy_user", value_name = "USER")]
     pub user: Option<String>,
     /// Drop to this group (name or gid) after binding [default: the user's group]. [INI: metadata_proxy_group]
-    #[arg(long, alias = "metadata_proxy_group", value_name = "GROUP")]
+    #[arg(long, visible_alias = "metadata_proxy_group", value_name = "GROUP")]
     pub group: Option<String>,
     /// Seconds a client has to send a complete request head [default: 30]. [INI: [metadata_haproxy] timeout_http_request]
     #[arg(long = "timeout-request", value_name = "SECONDS")]
@@ -94,13 +98,17 @@ pub struct Args {
     #[arg(long = "ready-fd", value_name = "FD")]
     pub ready_fd: Vec<i32>,
     /// INI file with Neutron's option names; repeatable, later files win.
-    #[arg(long = "config-file", alias = "config_file", value_name = "PATH")]
+    #[arg(
+        long = "config-file",
+        visible_alias = "config_file",
+        value_name = "PATH"
+    )]
     pub config_file: Vec<PathBuf>,
     /// Neutron's state_path: the default socket is STATE_PATH/metadata_proxy. [INI: state_path]
-    #[arg(long = "state-path", alias = "state_path", value_name = "PATH")]
+    #[arg(long = "state-path", visible_alias = "state_path", value_name = "PATH")]
     pub state_path: Option<PathBuf>,
     /// Write logs to this file (appending) instead of stderr. [INI: log_file]
-    #[arg(long = "log-file", alias = "log_file", value_name = "PATH")]
+    #[arg(long = "log-file", visible_alias = "log_file", value_name = "PATH")]
     pub log_file: Option<PathBuf>,
     /// Debug logging (RUST_LOG overrides). [INI: debug]
     #[arg(long)]
