@@ -13,9 +13,11 @@ pub const MAX_HEADERS: usize = 100;
 /// `handle`), so the whole upstream request must fit in that or it would be cut: 413.
 pub const MAX_UPSTREAM: usize = 4096;
 
-/// Request headers never forwarded: identity headers a VM could spoof (LP#1865036), the
-/// hop-by-hop set (RFC 9110 §7.6.1), and framing we re-create. Compared ignoring case.
-const STRIP: &[&str] = &[
+/// Identity headers a VM could spoof (LP#1865036): never forwarded in any spelling.
+/// Compared ignoring case and treating `_` as `-`, because WSGI servers (the Neutron
+/// agent's Python side) turn both `X-Forwarded-For` and `X_Forwarded_For` into the same
+/// environ key `HTTP_X_FORWARDED_FOR`, so the underscore spelling would spoof the identity.
+const IDENTITY: &[&str] = &[
     "x-forwarded-for",
     "x-neutron-router-id",
     "x-neutron-network-id",
@@ -23,6 +25,11 @@ const STRIP: &[&str] = &[
     "x-instance-id",
     "x-instance-id-signature",
     "x-tenant-id",
+];
+
+/// Other request headers never forwarded: the hop-by-hop set (RFC 9110 §7.6.1) and
+/// framing we re-create. Compared ignoring case.
+const STRIP: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -98,6 +105,25 @@ fn eq(a: &str, b: &str) -> bool {
     a.eq_ignore_ascii_case(b)
 }
 
+/// Header names equal ignoring case, with `_` and `-` treated alike (the WSGI view).
+fn eq_wsgi(a: &str, b: &str) -> bool {
+    let norm = |c: u8| {
+        if c == b'_' {
+            b'-'
+        } else {
+            c.to_ascii_lowercase()
+        }
+    };
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| norm(x) == norm(y))
+}
+
+/// Whether a client header is dropped instead of forwarded to the agent.
+fn stripped(headers: &[httparse::Header<'_>], name: &str) -> bool {
+    IDENTITY.iter().any(|s| eq_wsgi(name, s))
+        || STRIP.iter().any(|s| eq(name, s))
+        || named_in_connection(headers, name)
+}
+
 /// Comma-separated tokens of a header value, trimmed.
 pub(crate) fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
     v.split(|&c| c == b',')
@@ -147,8 +173,17 @@ pub fn parse(
     let mut keep = false;
     let mut expect_continue = false;
     let mut has_te = false;
+    let mut hosts = 0;
     for h in headers.iter() {
-        if eq(h.name, "content-length") {
+        if eq(h.name, "host") {
+            // RFC 9112 §3.2: more than one Host line is a 400. A missing Host on HTTP/1.1
+            // (which the RFC also makes a 400) is accepted on purpose: minimal IMDS
+            // clients in VM images send none, and the agent does not use it.
+            hosts += 1;
+            if hosts > 1 {
+                return Err(ReqError::Bad("more than one Host header"));
+            }
+        } else if eq(h.name, "content-length") {
             let n = std::str::from_utf8(h.value)
                 .ok()
                 .map(str::trim)
@@ -197,7 +232,7 @@ pub fn parse(
     // Writes into a Vec cannot fail.
     let _ = write!(out, "{method} {target} HTTP/1.1\r\n");
     for h in headers.iter() {
-        if STRIP.iter().any(|s| eq(h.name, s)) || named_in_connection(headers, h.name) {
+        if stripped(headers, h.name) {
             continue;
         }
         out.extend_from_slice(h.name.as_bytes());
@@ -284,6 +319,27 @@ mod tests {
             "GET /latest/meta-data?x=1 HTTP/1.1\r\nHost: h\r\nUser-Agent: ua\r\nX-Forwarded-For: 10.0.0.5\r\nX-Neutron-Router-ID: r1\r\nConnection: close\r\n\r\n"
         );
         assert!(info.keep_alive && info.idempotent);
+    }
+
+    #[test]
+    fn strips_underscore_spellings_of_identity_headers() {
+        let (_, out) = run(b"GET / HTTP/1.1\r\nHost: h\r\nX_Forwarded_For: 1.2.3.4\r\nx_neutron_router_id: evil\r\nX-Neutron_Network-ID: evil\r\nX_OVN_NETWORK_ID: e\r\nX_Instance_ID: i\r\nx_instance_id_signature: s\r\nX_Tenant_ID: t\r\nX_Custom_Thing: kept\r\n\r\n").expect("ok");
+        assert_eq!(
+            out,
+            "GET / HTTP/1.1\r\nHost: h\r\nX_Custom_Thing: kept\r\nX-Forwarded-For: 10.0.0.5\r\nX-Neutron-Router-ID: r1\r\nConnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn host_header_count() {
+        let err = run(b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n").expect_err("two Hosts");
+        assert_eq!(err.status(), 400);
+        // No Host at all stays accepted (minimal IMDS clients).
+        let (_, out) = run(b"GET / HTTP/1.1\r\n\r\n").expect("no Host is accepted");
+        assert!(
+            out.starts_with("GET / HTTP/1.1\r\nX-Forwarded-For"),
+            "{out}"
+        );
     }
 
     #[test]

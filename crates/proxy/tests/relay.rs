@@ -63,6 +63,33 @@ async fn relays_method_path_query_body_and_sets_identity_headers() {
     );
 }
 
+/// WSGI (the Neutron agent's Python side) maps `X_Forwarded_For` and `X-Forwarded-For` to
+/// the same environ key, so the underscore spellings must not reach the agent either.
+#[tokio::test]
+async fn underscore_spellings_of_identity_headers_are_stripped() {
+    let agent = StandIn::start(ECHO);
+    let p = Proxy::start(&agent.path, "127.0.0.1:0", &[]);
+    let r = request(
+        p.addr,
+        b"GET /latest/meta-data/ HTTP/1.1\r\nHost: 169.254.169.254\r\n\
+          X_Forwarded_For: 6.6.6.6\r\nx_forwarded-for: 6.6.6.7\r\nX_Neutron_Router_ID: evil\r\n\
+          X_NEUTRON_NETWORK_ID: evil\r\nx_ovn_network_id: evil\r\nX_Instance_ID: evil\r\n\
+          X_Instance_ID_Signature: evil\r\nX_Tenant_ID: evil\r\nX_Keep_Me: yes\r\n\r\n",
+    )
+    .await
+    .expect("response");
+    assert_eq!(r.status, 200);
+    let up = r.body_str().replace('_', "-");
+    assert!(!up.contains("evil") && !up.contains("6.6.6."), "{up}");
+    assert_eq!(count(&up, "x-forwarded-for:"), 1, "{up}");
+    assert_eq!(count(&up, "x-neutron-router-id:"), 1, "{up}");
+    assert!(
+        r.body_str().contains("X_Keep_Me: yes\r\n"),
+        "{}",
+        r.body_str()
+    );
+}
+
 #[tokio::test]
 async fn xff_from_ipv6_peer_and_v4_mapped_written_plain() {
     let agent = StandIn::start(ECHO);
