@@ -8,6 +8,7 @@
 mod command;
 mod error;
 mod manage;
+mod mem;
 mod netlink;
 mod ns;
 mod watch;
@@ -18,6 +19,7 @@ pub mod testing;
 pub use command::CommandExt;
 pub use error::{Error, Result};
 pub use manage::{create, delete, list, validate_name, NETNS_RUN_DIR};
+pub use mem::release_free_memory;
 pub use netlink::Netlink;
 pub use ns::Netns;
 pub use watch::{watch, watch_dir, NetnsEvent, NetnsWatcher};
