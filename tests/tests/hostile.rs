@@ -455,7 +455,7 @@ fn running_out_of_file_descriptors_is_survived() {
 /// BUG (proxy): at the fd limit every failed accept(2) is logged, ten WARN lines a second for
 /// as long as the limit is hit (a log storm). Expected: a rate-limited warning.
 #[test]
-fn bug_accept_errors_at_the_fd_limit_flood_the_log() {
+fn accept_errors_at_the_fd_limit_do_not_flood_the_log() {
     let p = Proxy::start_limited("nofilelog", Some(256), &[]);
     let idle = idle_clients(&p, 320);
     std::thread::sleep(Duration::from_millis(500));
@@ -660,7 +660,7 @@ fn stalled_bodies_idle_keepalives_and_non_reading_clients_are_closed() {
 /// BUG (proxy, low severity): RFC 9112 §3.2 says a server MUST answer 400 to an HTTP/1.1
 /// request with more than one Host line; the proxy relays both Host lines to the agent.
 #[test]
-fn bug_two_host_headers_are_relayed_instead_of_400() {
+fn two_host_headers_get_400() {
     let p = Proxy::start("twohost", &[]);
     let r = p.exchange(
         b"GET /twohost HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",

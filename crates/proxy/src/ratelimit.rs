@@ -153,6 +153,18 @@ impl RateLimiter {
         base > u64::from(self.base.limit) || burst > u64::from(self.burst.limit)
     }
 
+    /// Drop expired entries and give the table's spare capacity back (called when the
+    /// proxy is idle; an expired entry counts as absent anyway).
+    pub fn shrink(&self, now: Instant) {
+        let mut table = match self.table.lock() {
+            Ok(t) => t,
+            Err(p) => p.into_inner(),
+        };
+        let expire = self.expire;
+        table.retain(|_, e| now.saturating_duration_since(e.last) < expire);
+        table.shrink_to_fit();
+    }
+
     /// Entries currently tracked.
     pub fn len(&self) -> usize {
         self.table.lock().map(|t| t.len()).unwrap_or(0)

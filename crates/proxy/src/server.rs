@@ -1,12 +1,15 @@
 //! The serving loop: accept on every listener under `--max-connections`, one task per
-//! connection, graceful shutdown, and idle housekeeping (pool pruning, buffer release).
+//! connection, graceful shutdown, rate-limited accept-error logging, and idle housekeeping
+//! (pool pruning; when the proxy goes idle, freed memory is given back).
 
 use std::future::Future;
+use std::io;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::config::{Config, Timeouts};
 use crate::ratelimit::RateLimiter;
@@ -17,6 +20,14 @@ use crate::{bufpool, conn};
 /// How long in-flight requests may finish after SIGTERM (Neutron sends SIGKILL after 5 s).
 pub const GRACE: Duration = Duration::from_secs(3);
 const HOUSEKEEPING: Duration = Duration::from_secs(5);
+/// No connection open and none accepted for this long: the proxy counts as idle.
+const QUIET: Duration = Duration::from_millis(1500);
+/// Memory is given back at most this often.
+const RELEASE_EVERY: Duration = Duration::from_secs(5);
+/// Back-off after accept(2) ran out of descriptors or memory (the error repeats at once).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// While accept(2) keeps failing, one summary line at most this often.
+const ACCEPT_REPORT_EVERY: Duration = Duration::from_secs(60);
 
 /// State every connection reads.
 #[derive(Debug)]
@@ -50,6 +61,36 @@ impl Shared {
     }
 }
 
+/// Client connections open and accepted so far; tells housekeeping when the proxy goes idle.
+#[derive(Debug, Default)]
+struct Activity {
+    open: AtomicUsize,
+    accepted: AtomicU64,
+    /// Signalled when the last open connection closes.
+    idle: Notify,
+}
+
+impl Activity {
+    fn opened(&self) {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn closed(&self) {
+        if self.open.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.idle.notify_one();
+        }
+    }
+
+    fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+}
+
 /// Serve until `shutdown` resolves, then stop accepting, let in-flight requests finish
 /// for up to `grace`, and return. Must run on a current-thread runtime (the buffer pool
 /// is per thread).
@@ -61,18 +102,18 @@ pub async fn serve(
     grace: Duration,
 ) {
     let sem = Arc::new(Semaphore::new(max_connections));
+    let activity = Arc::new(Activity::default());
     let (stop_tx, stop_rx) = watch::channel(false);
-    // Each accept loop holds one permit while it waits for a connection.
-    let waiting = listeners.len();
     for l in listeners {
-        tokio::spawn(accept_loop(l, shared.clone(), sem.clone(), stop_rx.clone()));
+        tokio::spawn(accept_loop(
+            l,
+            shared.clone(),
+            sem.clone(),
+            activity.clone(),
+            stop_rx.clone(),
+        ));
     }
-    tokio::spawn(housekeeping(
-        shared.clone(),
-        sem.clone(),
-        max_connections.saturating_sub(waiting),
-        stop_rx.clone(),
-    ));
+    tokio::spawn(housekeeping(shared.clone(), activity, stop_rx.clone()));
     shutdown.await;
     tracing::info!(id = %shared.id, "shutting down");
     let _ = stop_tx.send(true);
@@ -89,12 +130,76 @@ pub async fn serve(
     }
 }
 
+/// Logging of failed accept(2) calls without a log storm: at the descriptor limit every
+/// accept fails again at once, for as long as the limit is hit. One warning when errors
+/// start, a summary at most every [`ACCEPT_REPORT_EVERY`] while they go on, one info line
+/// when an accept succeeds again.
+#[derive(Debug, Default)]
+struct AcceptErrors {
+    /// When the current run of errors started, and when it was last reported.
+    since: Option<(Instant, Instant)>,
+    /// Errors in the run not yet reported, and in total.
+    unreported: u64,
+    total: u64,
+}
+
+impl AcceptErrors {
+    fn failed(&mut self, e: &io::Error, now: Instant) {
+        self.total += 1;
+        match &mut self.since {
+            None => {
+                self.since = Some((now, now));
+                tracing::warn!(
+                    err = %e,
+                    "accept failed; repeats are summarized every {} s until it recovers",
+                    ACCEPT_REPORT_EVERY.as_secs()
+                );
+            }
+            Some((start, reported)) => {
+                self.unreported += 1;
+                if now.saturating_duration_since(*reported) >= ACCEPT_REPORT_EVERY {
+                    tracing::warn!(
+                        err = %e,
+                        errors = self.unreported,
+                        failing_for_s = now.saturating_duration_since(*start).as_secs(),
+                        "accept still failing"
+                    );
+                    *reported = now;
+                    self.unreported = 0;
+                }
+            }
+        }
+    }
+
+    fn succeeded(&mut self, now: Instant) {
+        if let Some((start, _)) = self.since.take() {
+            tracing::info!(
+                errors = self.total,
+                failed_for_ms = now.saturating_duration_since(start).as_millis() as u64,
+                "accept works again"
+            );
+            self.total = 0;
+            self.unreported = 0;
+        }
+    }
+}
+
+/// Errors after which accept(2) fails again at once, so the loop must wait a little.
+fn needs_backoff(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(nix::libc::EMFILE | nix::libc::ENFILE | nix::libc::ENOBUFS | nix::libc::ENOMEM)
+    )
+}
+
 async fn accept_loop(
     l: TcpListener,
     shared: Arc<Shared>,
     sem: Arc<Semaphore>,
+    activity: Arc<Activity>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut errors = AcceptErrors::default();
     loop {
         let permit = tokio::select! {
             p = sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
@@ -104,44 +209,103 @@ async fn accept_loop(
             r = l.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(err = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    errors.failed(&e, Instant::now());
+                    if needs_backoff(&e) {
+                        // EMFILE and friends: back off instead of spinning.
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    }
                     continue;
                 }
             },
             _ = stop.changed() => return,
         };
+        errors.succeeded(Instant::now());
         let shared = shared.clone();
         let stop = stop.clone();
+        let activity = activity.clone();
+        activity.opened();
         tokio::spawn(async move {
             conn::serve(shared, sock, peer, stop).await;
             drop(permit);
+            activity.closed();
         });
     }
 }
 
-/// Every few seconds: drop expired agent connections; once no client connection has been
-/// open for a whole period, hand pooled buffers back to the allocator. `idle_permits`: the
-/// free permits when no client connection is open.
+/// Every few seconds: drop expired agent connections. When the proxy goes idle (no client
+/// connection open and none accepted for [`QUIET`]) after serving something, give memory
+/// back: pooled buffers, spare table capacity, then glibc's free pages
+/// ([`ns_netns::release_free_memory`]); at most every [`RELEASE_EVERY`], never while a
+/// request is in flight.
 async fn housekeeping(
     shared: Arc<Shared>,
-    sem: Arc<Semaphore>,
-    idle_permits: usize,
+    activity: Arc<Activity>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut was_idle = false;
+    // Accepted count at the last release: nothing new served, nothing to give back.
+    let mut released_at = activity.accepted();
+    let mut last_release: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(HOUSEKEEPING) => {}
+            _ = activity.idle.notified() => {}
             _ = stop.changed() => return,
         }
         shared.agent.prune();
-        let idle = sem.available_permits() >= idle_permits;
-        if idle && was_idle && bufpool::pooled() > 0 {
-            bufpool::release();
-            tracing::debug!("idle: released buffers");
+        let seen = activity.accepted();
+        if activity.open() > 0 || seen == released_at {
+            continue;
         }
-        was_idle = idle;
+        if last_release.is_some_and(|t| t.elapsed() < RELEASE_EVERY) {
+            continue; // the next periodic tick tries again
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(QUIET) => {}
+            _ = stop.changed() => return,
+        }
+        if activity.open() > 0 || activity.accepted() != seen {
+            continue;
+        }
+        release_memory(&shared);
+        released_at = seen;
+        last_release = Some(Instant::now());
+    }
+}
+
+/// Give memory kept for the next requests back to the system.
+fn release_memory(shared: &Shared) {
+    let buffers = bufpool::pooled();
+    bufpool::release();
+    shared.agent.shrink();
+    if let Some(rl) = &shared.ratelimit {
+        rl.shrink(Instant::now());
+    }
+    let trimmed = ns_netns::release_free_memory();
+    tracing::debug!(buffers, trimmed, "idle: memory released");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_errors_are_summarized() {
+        let mut a = AcceptErrors::default();
+        let t0 = Instant::now();
+        let e = io::Error::from_raw_os_error(nix::libc::EMFILE);
+        assert!(needs_backoff(&e));
+        assert!(!needs_backoff(&io::Error::from_raw_os_error(
+            nix::libc::ECONNABORTED
+        )));
+        a.failed(&e, t0);
+        for i in 1..50u64 {
+            a.failed(&e, t0 + Duration::from_millis(100 * i));
+        }
+        // No summary within the period: all but the first are still unreported.
+        assert_eq!((a.unreported, a.total), (49, 50));
+        a.failed(&e, t0 + ACCEPT_REPORT_EVERY);
+        assert_eq!(a.unreported, 0, "a summary resets the count");
+        a.succeeded(t0 + ACCEPT_REPORT_EVERY * 2);
+        assert!(a.since.is_none() && a.total == 0);
     }
 }

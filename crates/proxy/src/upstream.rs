@@ -138,6 +138,16 @@ impl Agent {
         self.pool().retain(|i| i.expires > now);
     }
 
+    /// Drop expired idle connections and give the pool's spare capacity back (called when
+    /// the proxy is idle). Live pooled connections are kept: they hold no buffer, only the
+    /// socket, and reusing them is the point of the pool.
+    pub fn shrink(&self) {
+        let now = Instant::now();
+        let mut pool = self.pool();
+        pool.retain(|i| i.expires > now);
+        pool.shrink_to_fit();
+    }
+
     /// A live idle connection: the newest first; expired or closed ones are dropped.
     fn take(&self) -> Option<UnixStream> {
         let now = Instant::now();
