@@ -176,16 +176,16 @@ impl Ini {
                 last = None;
                 continue;
             }
-            let sep = trimmed
-                .find(['=', ':'])
-                .ok_or_else(|| syntax(lineno, "expected 'key = value', '[section]' or a comment"))?;
+            let sep = trimmed.find(['=', ':']).ok_or_else(|| {
+                syntax(lineno, "expected 'key = value', '[section]' or a comment")
+            })?;
             let key = trimmed[..sep].trim();
             if key.is_empty() {
                 return Err(syntax(lineno, "empty key"));
             }
-            let section = section
-                .clone()
-                .ok_or_else(|| syntax(lineno, "key outside any section (add [DEFAULT] above it)"))?;
+            let section = section.clone().ok_or_else(|| {
+                syntax(lineno, "key outside any section (add [DEFAULT] above it)")
+            })?;
             let mut value = trimmed[sep + 1..].trim().to_owned();
             let bytes = value.as_bytes();
             if bytes.len() >= 2
@@ -283,14 +283,27 @@ mod tests {
         let ini = p("[DEFAULT]\n\nport = eighty\nflag = maybe\n");
         let e = ini.get("DEFAULT", "port").expect("present");
         let err = e.parse::<u16>().expect_err("must fail").to_string();
-        assert!(err.starts_with("t.ini:3: [DEFAULT] port: invalid value \"eighty\""), "{err}");
-        let err = ini.get("DEFAULT", "flag").expect("present").bool().expect_err("fail");
+        assert!(
+            err.starts_with("t.ini:3: [DEFAULT] port: invalid value \"eighty\""),
+            "{err}"
+        );
+        let err = ini
+            .get("DEFAULT", "flag")
+            .expect("present")
+            .bool()
+            .expect_err("fail");
         assert!(err.to_string().contains("invalid boolean"), "{err}");
     }
 
     #[test]
     fn booleans_and_lists() {
-        for (s, b) in [("True", true), ("yes", true), ("ON", true), ("0", false), ("no", false)] {
+        for (s, b) in [
+            ("True", true),
+            ("yes", true),
+            ("ON", true),
+            ("0", false),
+            ("no", false),
+        ] {
             assert_eq!(parse_bool(s), Some(b), "{s}");
         }
         assert_eq!(parse_bool("2"), None);
@@ -319,7 +332,10 @@ mod tests {
         std::fs::write(&b, "[DEFAULT]\nk = 2\n").expect("write");
         let ini = Ini::load(&[&a, &b]).expect("load");
         assert_eq!(ini.get("DEFAULT", "k").map(|e| e.value.as_str()), Some("2"));
-        assert_eq!(ini.get("DEFAULT", "j").map(|e| e.path.clone()), Some(a.clone()));
+        assert_eq!(
+            ini.get("DEFAULT", "j").map(|e| e.path.clone()),
+            Some(a.clone())
+        );
         let missing = Ini::load(&[dir.join("nope.ini")]).expect_err("fails");
         assert!(missing.to_string().contains("nope.ini: cannot read"));
         std::fs::remove_dir_all(&dir).expect("cleanup");
