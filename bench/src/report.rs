@@ -91,10 +91,32 @@ fn fmt(v: Option<f64>, unit: Unit) -> String {
 /// A ratio bound for a row: (reuse off bound, reuse on bound, higher is better).
 type Bound = Option<(f64, f64, bool)>;
 
-fn ratio_cell(ours: Option<f64>, theirs: Option<f64>, bound: Option<(f64, bool)>) -> String {
+/// `ours / theirs`. With the same number of samples on both sides the samples are paired by
+/// round (run.sh appends them in round order and runs the variants of a round back to back),
+/// and the result is the median of the per-round ratios: background load that changes from
+/// round to round then cancels instead of landing on one side. Otherwise a ratio of medians.
+pub fn paired_ratio(s: &Samples, metric: &str, ours: &str, theirs: &str) -> Option<f64> {
+    let m = s.get(metric)?;
+    let (o, t) = (m.get(ours)?, m.get(theirs)?);
+    if o.len() == t.len() && o.iter().chain(t).all(|v| *v != 0.0) {
+        let ratios: Vec<f64> = o.iter().zip(t).map(|(a, b)| a / b).collect();
+        median(&ratios)
+    } else {
+        let (o, t) = (median(o)?, median(t)?);
+        (t != 0.0).then(|| o / t)
+    }
+}
+
+fn ratio_of(ours: Option<f64>, theirs: Option<f64>) -> Option<f64> {
     match (ours, theirs) {
-        (Some(o), Some(t)) if t != 0.0 => {
-            let r = o / t;
+        (Some(o), Some(t)) if t != 0.0 => Some(o / t),
+        _ => None,
+    }
+}
+
+fn ratio_cell(ratio: Option<f64>, bound: Option<(f64, bool)>) -> String {
+    match ratio {
+        Some(r) => {
             let mark = match bound {
                 Some((b, true)) => {
                     if r >= b {
@@ -129,6 +151,11 @@ const LOADS: [(&str, &str); 4] = [
 pub fn markdown(s: &Samples) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "### One proxy, same agent stand-in, wrk from the vm namespace (figures 1, 3; issue 8 rows)\n");
+    let _ = writeln!(
+        md,
+        "Values are medians over rounds; a ratio is the median of the per-round ratios \
+         (the variants of a round run back to back), so it can differ from dividing the columns.\n"
+    );
     let _ = writeln!(md, "| figure | ours, reuse off | ours, reuse on | haproxy | ratio off | ratio on | target (off / on) |");
     let _ = writeln!(md, "|---|---|---|---|---|---|---|");
     let row =
@@ -142,8 +169,14 @@ pub fn markdown(s: &Samples) -> String {
                 fmt(off, unit),
                 fmt(on, unit),
                 fmt(h, unit),
-                ratio_cell(off, h, bound.map(|b| (b.0, b.2))),
-                ratio_cell(on, h, bound.map(|b| (b.1, b.2))),
+                ratio_cell(
+                    paired_ratio(s, metric, "off", "haproxy"),
+                    bound.map(|b| (b.0, b.2))
+                ),
+                ratio_cell(
+                    paired_ratio(s, metric, "on", "haproxy"),
+                    bound.map(|b| (b.1, b.2))
+                ),
             );
         };
     row(
@@ -294,8 +327,8 @@ pub fn markdown(s: &Samples) -> String {
             fmt(off, Unit::Count),
             fmt(on, Unit::Count),
             fmt(h, Unit::Count),
-            ratio_cell(off, h, None),
-            ratio_cell(on, h, None),
+            ratio_cell(ratio_of(off, h), None),
+            ratio_cell(ratio_of(on, h), None),
         );
     }
     // Own-idle check of issue 8, stated separately because its reference is not haproxy.
@@ -340,7 +373,7 @@ pub fn markdown(s: &Samples) -> String {
                 "| {label} | {}{mark} | {} | {} | {target} |",
                 fmt(o, unit),
                 fmt(h, unit),
-                ratio_cell(o, h, None)
+                ratio_cell(paired_ratio(s, metric, "ours", "haproxy"), None)
             );
         };
     row2(
@@ -474,7 +507,7 @@ pub fn markdown(s: &Samples) -> String {
     md
 }
 
-/// The JSON document: metadata, every sample and every median.
+/// The JSON document: metadata, every median, every paired ratio against haproxy, every sample.
 pub fn json(s: &Samples, meta: &[(String, String)]) -> Value {
     let mut medians = Map::new();
     for (metric, variants) in s {
@@ -484,11 +517,23 @@ pub fn json(s: &Samples, meta: &[(String, String)]) -> Value {
         }
         medians.insert(metric.clone(), Value::Object(m));
     }
+    let mut ratios = Map::new();
+    for metric in s.keys() {
+        let mut m = Map::new();
+        for ours in ["off", "on", "ours"] {
+            if let Some(r) = paired_ratio(s, metric, ours, "haproxy") {
+                m.insert(ours.to_owned(), json!(r));
+            }
+        }
+        if !m.is_empty() {
+            ratios.insert(metric.clone(), Value::Object(m));
+        }
+    }
     let meta: Map<String, Value> = meta
         .iter()
         .map(|(k, v)| (k.clone(), Value::String(v.clone())))
         .collect();
-    json!({ "meta": meta, "medians": medians, "samples": s })
+    json!({ "meta": meta, "medians": medians, "ratios_vs_haproxy": ratios, "samples": s })
 }
 
 #[cfg(test)]
@@ -510,6 +555,20 @@ mod tests {
         assert_eq!(med(&s, "ka_c32_rps", "on"), Some(140.0));
         assert!(parse_raw("a\tb\n").is_err());
         assert!(parse_raw("a\tb\tx\n").is_err());
+    }
+
+    #[test]
+    fn ratio_pairs_rounds() {
+        // Round 2 was slow for everyone: paired ratios 1.2, 1.2, 1.2 -> 1.2.
+        let s = parse_raw(
+            "x\thaproxy\t100\nx\thaproxy\t50\nx\thaproxy\t100\nx\ton\t120\nx\ton\t60\nx\ton\t120\n",
+        )
+        .expect("valid");
+        let r = paired_ratio(&s, "x", "on", "haproxy").expect("ratio");
+        assert!((r - 1.2).abs() < 1e-9, "{r}");
+        // Unequal counts fall back to the ratio of medians.
+        let s = parse_raw("x\thaproxy\t100\nx\ton\t150\nx\ton\t130\n").expect("valid");
+        assert_eq!(paired_ratio(&s, "x", "on", "haproxy"), Some(1.4));
     }
 
     #[test]
