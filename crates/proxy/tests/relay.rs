@@ -389,3 +389,34 @@ async fn shutdown_lets_the_request_in_flight_finish() {
     assert!(c.closed().await);
     stopping.await.expect("stopped");
 }
+
+/// Buffers kept for the next request are given back once no client connection has been
+/// open for a moment (issue 8: memory returns after load), and not while one is open.
+#[tokio::test]
+async fn pooled_buffers_are_released_when_idle() {
+    use ns_metadata_proxy::bufpool;
+    let agent = StandIn::start(ECHO);
+    let p = Proxy::start(&agent.path, "127.0.0.1:0", &[]);
+    let mut held = Client::connect(p.addr).await;
+    held.send(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n").await;
+    assert_eq!(held.read(false).await.expect("reply").status, 200);
+    assert!(
+        bufpool::pooled() > 0,
+        "a served request leaves buffers pooled"
+    );
+    // A kept-alive connection is still open: nothing is released.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(
+        bufpool::pooled() > 0,
+        "released while a connection was open"
+    );
+    drop(held);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while bufpool::pooled() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pooled buffers not released 15 s after the last connection closed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
