@@ -119,7 +119,7 @@ pub async fn run<P: Platform>(platform: P, opts: RunOptions) -> Result<()> {
                         }
                     }
                     Some(Ok(ns_netns::NetnsEvent::Removed(name))) => {
-                        tracing::info!(netns = %name, "namespace removed");
+                        tracing::debug!(netns = %name, "namespace removed");
                         match router_of_netns(&name).filter(|_| auto) {
                             Some(id) => {
                                 sup.update_records(|r| r.auto_routers.remove(&id));
