@@ -452,8 +452,8 @@ fn running_out_of_file_descriptors_is_survived() {
     p.assert_healthy("fd exhaustion");
 }
 
-/// BUG (proxy): at the fd limit every failed accept(2) is logged, ten WARN lines a second for
-/// as long as the limit is hit (a log storm). Expected: a rate-limited warning.
+/// At the fd limit accept(2) fails again and again; the proxy must say so without a log
+/// storm: one warning when it starts, rare summaries, one line when it clears.
 #[test]
 fn accept_errors_at_the_fd_limit_do_not_flood_the_log() {
     let p = Proxy::start_limited("nofilelog", Some(256), &[]);
@@ -657,8 +657,8 @@ fn stalled_bodies_idle_keepalives_and_non_reading_clients_are_closed() {
     p.assert_healthy("stalled clients");
 }
 
-/// BUG (proxy, low severity): RFC 9112 §3.2 says a server MUST answer 400 to an HTTP/1.1
-/// request with more than one Host line; the proxy relays both Host lines to the agent.
+/// RFC 9112 §3.2: a server MUST answer 400 to a request with more than one Host line
+/// (relaying both would let the two ends disagree about the request).
 #[test]
 fn two_host_headers_get_400() {
     let p = Proxy::start("twohost", &[]);
