@@ -56,8 +56,11 @@ pub struct Args {
     #[arg(long = "pid-file", visible_alias = "pid_file", value_name = "PATH")]
     pub pid_file: Option<PathBuf>,
     /// Run in the background; return only once listening (non-zero with the reason if not). [INI: daemonize]
-    #[arg(long)]
+    #[arg(long, overrides_with = "nodaemonize")]
     pub daemonize: bool,
+    /// oslo.config's negation: stay in the foreground (the default here).
+    #[arg(long, overrides_with = "daemonize", hide = true)]
+    pub nodaemonize: bool,
     /// Drop to this user (name or uid) after binding. [INI: metadata_proxy_user]
     #[arg(long, visible_alias = "metadata_proxy_user", value_name = "USER")]
     pub user: Option<String>,
@@ -111,8 +114,68 @@ pub struct Args {
     #[arg(long = "log-file", visible_alias = "log_file", value_name = "PATH")]
     pub log_file: Option<PathBuf>,
     /// Debug logging (RUST_LOG overrides). [INI: debug]
-    #[arg(long)]
+    #[arg(long, overrides_with = "nodebug")]
     pub debug: bool,
+    #[arg(long, overrides_with = "debug", hide = true)]
+    pub nodebug: bool,
+    /// Directory for the log file: a relative --log-file goes there, and without --log-file
+    /// the file is `DIR/neutron-ns-metadata-proxy-<id>.log` (Neutron's name). [INI: log_dir]
+    #[arg(
+        long = "log-dir",
+        visible_alias = "log_dir",
+        alias = "logdir",
+        value_name = "DIR"
+    )]
+    pub log_dir: Option<PathBuf>,
+    /// Log to syslog (/dev/log) with the tag `haproxy-metadata-proxy-<id>`, as Neutron's
+    /// haproxy does; stderr if /dev/log is missing. [INI: use_syslog]
+    #[arg(
+        long = "use-syslog",
+        visible_alias = "use_syslog",
+        overrides_with = "nouse_syslog"
+    )]
+    pub use_syslog: bool,
+    #[arg(
+        long = "nouse-syslog",
+        alias = "nouse_syslog",
+        overrides_with = "use_syslog",
+        hide = true
+    )]
+    pub nouse_syslog: bool,
+    /// Syslog facility: LOG_USER, LOG_DAEMON, LOG_LOCAL0..7, ... (or `local0`) [default: LOG_USER].
+    /// [INI: syslog_log_facility]
+    #[arg(
+        long = "syslog-log-facility",
+        visible_alias = "syslog_log_facility",
+        value_name = "FACILITY"
+    )]
+    pub syslog_log_facility: Option<String>,
+    /// Accepted and ignored: the old Python proxy's log-rotation watcher
+    /// (`--metadata_proxy_watch_log`, `--nometadata_proxy_watch_log`); logs are appended and
+    /// the file reopened by nobody, use copytruncate.
+    #[arg(
+        long = "metadata_proxy_watch_log",
+        alias = "metadata-proxy-watch-log",
+        hide = true
+    )]
+    pub watch_log: bool,
+    #[arg(
+        long = "nometadata_proxy_watch_log",
+        alias = "nometadata-proxy-watch-log",
+        hide = true
+    )]
+    pub nowatch_log: bool,
+    /// Accepted and ignored: the old proxy's thread pool (`--max-connections` limits instead).
+    #[arg(
+        long = "metadata_proxy_num_threads",
+        alias = "metadata-proxy-num-threads",
+        value_name = "N",
+        hide = true
+    )]
+    pub num_threads: Option<u64>,
+    /// Accepted and ignored: oslo's deprecated `--verbose` (info is the default level).
+    #[arg(long, hide = true)]
+    pub verbose: bool,
 }
 
 /// Which id the proxy passes on.
@@ -173,6 +236,8 @@ pub struct Config {
     pub agent_keepalive: KeepaliveMode,
     pub ready_fds: Vec<i32>,
     pub log_file: Option<PathBuf>,
+    /// Log to syslog with this facility number (tag `haproxy-metadata-proxy-<id>`).
+    pub syslog_facility: Option<u8>,
     pub debug: bool,
 }
 
@@ -281,12 +346,47 @@ impl Config {
             binds.push(DEFAULT_BIND.parse::<BindSpec>().map_err(Error::Config)?);
         }
 
-        let daemonize = a.daemonize
-            || s("daemonize")
-                .map(Entry::bool)
-                .transpose()?
-                .unwrap_or(false);
-        let debug = a.debug || s("debug").map(Entry::bool).transpose()?.unwrap_or(false);
+        let flag = |on: bool, off: bool, key: &str| -> Result<bool> {
+            Ok(on || !off && s(key).map(Entry::bool).transpose()?.unwrap_or(false))
+        };
+        let daemonize = flag(a.daemonize, a.nodaemonize, "daemonize")?;
+        let debug = flag(a.debug, a.nodebug, "debug")?;
+        let log_dir = a
+            .log_dir
+            .or_else(|| s("log_dir").map(|e| PathBuf::from(e.value.trim())))
+            .filter(|p| !p.as_os_str().is_empty());
+        let log_file = a
+            .log_file
+            .or_else(|| s("log_file").map(|e| PathBuf::from(e.value.trim())))
+            .filter(|p| !p.as_os_str().is_empty());
+        // oslo.log: a relative log_file lives in log_dir; the agents named it after the uuid.
+        let log_file = match (log_file, log_dir) {
+            (Some(f), Some(d)) if f.is_relative() => Some(d.join(f)),
+            (None, Some(d)) => {
+                Some(d.join(format!("neutron-ns-metadata-proxy-{}.log", resource.id())))
+            }
+            (f, _) => f,
+        };
+        let syslog_facility = if flag(a.use_syslog, a.nouse_syslog, "use_syslog")? {
+            let name = match (&a.syslog_log_facility, s("syslog_log_facility")) {
+                (Some(v), _) => v.clone(),
+                (None, Some(e)) => {
+                    let v = e.value.trim().to_owned();
+                    if crate::syslog::facility(&v).is_none() {
+                        return Err(e.error("unknown syslog facility").into());
+                    }
+                    v
+                }
+                (None, None) => "LOG_USER".into(),
+            };
+            Some(crate::syslog::facility(&name).ok_or_else(|| {
+                Error::Config(format!(
+                    "--syslog-log-facility {name}: unknown syslog facility"
+                ))
+            })?)
+        } else {
+            None
+        };
         let max_connections = match (a.max_connections, s("max_connections")) {
             (Some(n), _) => n,
             (None, Some(e)) => e.parse()?,
@@ -327,9 +427,8 @@ impl Config {
             rate_limit,
             agent_keepalive,
             ready_fds: a.ready_fd,
-            log_file: a
-                .log_file
-                .or_else(|| s("log_file").map(|e| PathBuf::from(e.value.trim()))),
+            log_file,
+            syslog_facility,
             debug,
         })
     }
@@ -525,5 +624,34 @@ mod tests {
         let rl = c.rate_limit.expect("on");
         assert_eq!(rl.burst, rl.base);
         assert!(rl.versions.v4 && rl.versions.v6);
+    }
+
+    #[test]
+    fn old_proxy_log_options() {
+        let c = parse(&[
+            "--router_id=r",
+            "--log-dir=/l",
+            "--log-file=x.log",
+            "--nodaemonize",
+        ])
+        .expect("ok");
+        assert_eq!(c.log_file, Some(PathBuf::from("/l/x.log")));
+        assert!(!c.daemonize);
+        let c = parse(&["--router_id=r", "--log_dir=/l", "--use-syslog"]).expect("ok");
+        assert_eq!(
+            c.log_file,
+            Some(PathBuf::from("/l/neutron-ns-metadata-proxy-r.log"))
+        );
+        assert_eq!(c.syslog_facility, Some(1));
+        let e = parse(&[
+            "--router_id=r",
+            "--use-syslog",
+            "--syslog-log-facility=LOG_NOPE",
+        ])
+        .expect_err("bad facility")
+        .to_string();
+        assert!(e.contains("syslog-log-facility"), "{e}");
+        let c = parse(&["--router_id=r", "--daemonize", "--nodaemonize"]).expect("ok");
+        assert!(!c.daemonize, "the last of a flag and its negation wins");
     }
 }

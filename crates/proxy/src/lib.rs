@@ -15,6 +15,7 @@ pub mod ratelimit;
 pub mod request;
 pub mod response;
 pub mod server;
+pub mod syslog;
 pub mod upstream;
 
 pub use config::{Args, Config};

@@ -2,7 +2,8 @@
 #![forbid(unsafe_code)]
 
 use clap::Parser;
-use ns_metadata_proxy::{app, process, Args, Config};
+use ns_metadata_proxy::{app, process, syslog, Args, Config};
+use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt as _};
 use tracing_subscriber::EnvFilter;
 
 fn main() {
@@ -39,15 +40,37 @@ fn init_logging(cfg: &Config) -> anyhow::Result<()> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(false);
-    match &cfg.log_file {
-        Some(path) => {
-            let f = std::fs::OpenOptions::new()
+    let file = match &cfg.log_file {
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(path)?;
-            builder.with_writer(std::sync::Mutex::new(f)).init();
+                .open(path)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let mut syslog_missing = None;
+    let syslog = cfg.syslog_facility.and_then(|facility| {
+        let tag = format!("haproxy-metadata-proxy-{}", cfg.resource.id());
+        match syslog::Syslog::connect(std::path::Path::new(syslog::DEV_LOG), facility, &tag) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                syslog_missing = Some(e);
+                None
+            }
         }
-        None => builder.with_writer(std::io::stderr).init(),
+    });
+    // Syslog and a log file together get every line (as oslo.log does); neither: stderr.
+    let writer = match (syslog, file) {
+        (Some(s), Some(f)) => BoxMakeWriter::new(s.and(std::sync::Mutex::new(f))),
+        (Some(s), None) => BoxMakeWriter::new(s),
+        (None, Some(f)) => BoxMakeWriter::new(std::sync::Mutex::new(f)),
+        (None, None) => BoxMakeWriter::new(std::io::stderr),
+    };
+    builder.with_writer(writer).init();
+    if let Some(e) = syslog_missing {
+        tracing::warn!(err = %e, socket = syslog::DEV_LOG, "--use-syslog: no syslog socket, logging here instead");
     }
     Ok(())
 }

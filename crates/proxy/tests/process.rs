@@ -205,3 +205,69 @@ fn daemonized_pid_file_names_live_process_and_sigterm_cleans_up() {
     }));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The command line Neutron's l3/dhcp agents built for the old Python
+/// `neutron-ns-metadata-proxy` (reference §1: driver.py, `get_log_args`) starts the proxy;
+/// `--log-dir` puts the log at `<dir>/neutron-ns-metadata-proxy-<uuid>.log`.
+#[test]
+fn old_neutron_ns_metadata_proxy_command_line_is_accepted() {
+    let dir = tmp("oldcli");
+    let port = free_port();
+    let id = "4a8f3c1e-9b2d-4c6e-8f10-2a3b4c5d6e7f";
+    let uid = nix::unistd::getuid().to_string();
+    let gid = nix::unistd::getgid().to_string();
+    let log_name = format!("neutron-ns-metadata-proxy-{id}.log");
+    let run = |log_args: &[String]| {
+        let child = Command::new(bin_path("ns-metadata-proxy"))
+            .arg(format!(
+                "--pid_file={}",
+                dir.join(format!("{id}.pid")).display()
+            ))
+            .arg(format!(
+                "--metadata_proxy_socket={}",
+                dir.join("missing.sock").display()
+            ))
+            .arg(format!("--router_id={id}"))
+            .arg(format!("--state_path={}", dir.display()))
+            .arg(format!("--metadata_port={port}"))
+            .arg(format!("--metadata_proxy_user={uid}"))
+            .arg(format!("--metadata_proxy_group={gid}"))
+            .args(log_args)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn proxy");
+        let mut guard = ChildGuard(child);
+        let up = wait_until(Duration::from_secs(10), || {
+            http_status(port).as_deref() == Some("HTTP/1.1 503 Service Unavailable")
+        });
+        let pid = Pid::from_raw(guard.0.id() as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        let status = guard.0.wait().expect("wait");
+        let mut err = String::new();
+        if let Some(mut e) = guard.0.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        assert!(up && status.success(), "{log_args:?}: {status:?} {err}");
+    };
+    run(&[
+        "--debug".into(),
+        format!("--log-file={log_name}"),
+        format!("--log-dir={}", dir.display()),
+        "--nometadata_proxy_watch_log".into(),
+        "--nodaemonize".into(),
+    ]);
+    let log = std::fs::read_to_string(dir.join(&log_name)).expect("log file in --log-dir");
+    assert!(log.contains("listening"), "{log}");
+    std::fs::remove_file(dir.join(&log_name)).expect("rm log");
+    // --log-dir alone names the file after the uuid too.
+    run(&[format!("--log-dir={}", dir.display())]);
+    assert!(dir.join(&log_name).exists(), "log named after the uuid");
+    // Syslog arguments (when /dev/log is missing the proxy logs to stderr and says so).
+    run(&[
+        "--use-syslog".into(),
+        "--syslog-log-facility=LOG_LOCAL0".into(),
+        "--metadata_proxy_watch_log".into(),
+        "--metadata_proxy_num_threads=1000".into(),
+    ]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

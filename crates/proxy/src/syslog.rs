@@ -1,0 +1,135 @@
+//! Logging to the local syslog socket (`--use-syslog`): one datagram per log line,
+//! `<PRI>TAG[PID]: line`, with the tag Neutron's haproxy uses (`haproxy-metadata-proxy-<id>`).
+
+use std::io;
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::sync::Arc;
+
+use tracing::{Level, Metadata};
+use tracing_subscriber::fmt::MakeWriter;
+
+/// The local syslog socket.
+pub const DEV_LOG: &str = "/dev/log";
+
+/// A facility number from oslo's spelling (`LOG_LOCAL0`) or the bare name (`local0`).
+pub fn facility(name: &str) -> Option<u8> {
+    let n = name.trim().to_ascii_lowercase();
+    let n = n.strip_prefix("log_").unwrap_or(&n);
+    const NAMES: [&str; 12] = [
+        "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron",
+        "authpriv", "ftp",
+    ];
+    if let Some(i) = NAMES.iter().position(|f| *f == n) {
+        return u8::try_from(i).ok();
+    }
+    match n.strip_prefix("local")?.parse::<u8>() {
+        Ok(d) if d <= 7 => Some(16 + d),
+        _ => None,
+    }
+}
+
+/// Sends each formatted log line as one datagram to the syslog socket.
+#[derive(Clone)]
+pub struct Syslog {
+    sock: Arc<UnixDatagram>,
+    facility: u8,
+    tag: String,
+}
+
+impl Syslog {
+    /// Connect to `path` (normally [`DEV_LOG`]).
+    pub fn connect(path: &Path, facility: u8, tag: &str) -> io::Result<Syslog> {
+        let sock = UnixDatagram::unbound()?;
+        sock.connect(path)?;
+        Ok(Syslog {
+            sock: Arc::new(sock),
+            facility,
+            tag: format!("{tag}[{}]", std::process::id()),
+        })
+    }
+}
+
+/// The writer for one log event, carrying its severity.
+pub struct Line<'a> {
+    log: &'a Syslog,
+    severity: u8,
+}
+
+impl io::Write for Line<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        let text = text.trim_end_matches('\n');
+        let pri = u16::from(self.log.facility) * 8 + u16::from(self.severity);
+        let msg = format!("<{pri}>{}: {text}", self.log.tag);
+        // A full or restarting syslog daemon must not stop the proxy: the line is lost.
+        let _ = self.log.sock.send(msg.as_bytes());
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Syslog {
+    type Writer = Line<'a>;
+
+    fn make_writer(&'a self) -> Line<'a> {
+        Line {
+            log: self,
+            severity: 6,
+        }
+    }
+
+    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Line<'a> {
+        let severity = match *meta.level() {
+            Level::ERROR => 3,
+            Level::WARN => 4,
+            Level::INFO => 6,
+            _ => 7,
+        };
+        Line {
+            log: self,
+            severity,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    #[test]
+    fn facilities_in_both_spellings() {
+        assert_eq!(facility("LOG_USER"), Some(1));
+        assert_eq!(facility("daemon"), Some(3));
+        assert_eq!(facility("LOG_LOCAL0"), Some(16));
+        assert_eq!(facility("local7"), Some(23));
+        assert_eq!(facility("local8"), None);
+        assert_eq!(facility("bogus"), None);
+    }
+
+    #[test]
+    fn one_datagram_per_line_with_priority_and_tag() {
+        let path = std::env::temp_dir().join(format!("nsmp-syslog-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let server = UnixDatagram::bind(&path).expect("bind");
+        let log = Syslog::connect(&path, 16, "haproxy-metadata-proxy-r1").expect("connect");
+        log.make_writer()
+            .write_all(b"hello world\n")
+            .expect("write");
+        let mut buf = [0u8; 256];
+        let n = server.recv(&mut buf).expect("recv");
+        let got = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(
+            got,
+            format!(
+                "<134>haproxy-metadata-proxy-r1[{}]: hello world",
+                std::process::id()
+            )
+        );
+    }
+}
