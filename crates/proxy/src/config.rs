@@ -176,6 +176,10 @@ pub struct Args {
     /// Accepted and ignored: oslo's deprecated `--verbose` (info is the default level).
     #[arg(long, hide = true)]
     pub verbose: bool,
+    /// Started under the old name `neutron-ns-metadata-proxy`: daemonize by default, as the
+    /// Python proxy did (its agents waited for the command to return). Set by main from argv[0].
+    #[arg(skip)]
+    pub neutron_defaults: bool,
 }
 
 /// Which id the proxy passes on.
@@ -346,11 +350,11 @@ impl Config {
             binds.push(DEFAULT_BIND.parse::<BindSpec>().map_err(Error::Config)?);
         }
 
-        let flag = |on: bool, off: bool, key: &str| -> Result<bool> {
-            Ok(on || !off && s(key).map(Entry::bool).transpose()?.unwrap_or(false))
+        let flag = |on: bool, off: bool, key: &str, default: bool| -> Result<bool> {
+            Ok(on || !off && s(key).map(Entry::bool).transpose()?.unwrap_or(default))
         };
-        let daemonize = flag(a.daemonize, a.nodaemonize, "daemonize")?;
-        let debug = flag(a.debug, a.nodebug, "debug")?;
+        let daemonize = flag(a.daemonize, a.nodaemonize, "daemonize", a.neutron_defaults)?;
+        let debug = flag(a.debug, a.nodebug, "debug", false)?;
         let log_dir = a
             .log_dir
             .or_else(|| s("log_dir").map(|e| PathBuf::from(e.value.trim())))
@@ -367,7 +371,7 @@ impl Config {
             }
             (f, _) => f,
         };
-        let syslog_facility = if flag(a.use_syslog, a.nouse_syslog, "use_syslog")? {
+        let syslog_facility = if flag(a.use_syslog, a.nouse_syslog, "use_syslog", false)? {
             let name = match (&a.syslog_log_facility, s("syslog_log_facility")) {
                 (Some(v), _) => v.clone(),
                 (None, Some(e)) => {

@@ -7,7 +7,13 @@ use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt as _};
 use tracing_subscriber::EnvFilter;
 
 fn main() {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    // Installed (symlinked) under the old Python proxy's name: keep its defaults.
+    args.neutron_defaults = std::env::args_os()
+        .next()
+        .map(std::path::PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n == "neutron-ns-metadata-proxy"))
+        .unwrap_or(false);
     let cfg = match Config::from_args(args) {
         Ok(c) => c,
         Err(e) => fail(&e.to_string(), e.exit_code()),

@@ -271,3 +271,51 @@ fn old_neutron_ns_metadata_proxy_command_line_is_accepted() {
     ]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Under its old name (a symlink `neutron-ns-metadata-proxy`) the proxy daemonizes by
+/// default, as the Python one did: an old agent's `ip netns exec … neutron-ns-metadata-proxy …`
+/// returns once the proxy listens instead of hanging on a foreground process.
+#[test]
+fn old_name_daemonizes_by_default() {
+    nix::sys::prctl::set_child_subreaper(true).expect("subreaper");
+    let dir = tmp("oldname");
+    let port = free_port();
+    let id = "5b9f4d2f-0c3e-4d7f-9a21-3b4c5d6e7f80";
+    let link = dir.join("neutron-ns-metadata-proxy");
+    std::os::unix::fs::symlink(bin_path("ns-metadata-proxy"), &link).expect("symlink");
+    let pid_file = dir.join(format!("{id}.pid"));
+    let child = Command::new(&link)
+        .arg(format!("--pid_file={}", pid_file.display()))
+        .arg(format!(
+            "--metadata_proxy_socket={}",
+            dir.join("missing.sock").display()
+        ))
+        .arg(format!("--router_id={id}"))
+        .arg(format!("--metadata_port={port}"))
+        .arg(format!("--log-dir={}", dir.display()))
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("run");
+    // A foreground proxy would never return: the guard kills it when the assert fails.
+    let mut guard = ChildGuard(child);
+    let mut status = None;
+    wait_until(Duration::from_secs(10), || {
+        status = guard.0.try_wait().ok().flatten();
+        status.is_some()
+    });
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .map(|s| s.trim().parse().unwrap_or(0))
+        .unwrap_or(0);
+    let answer = http_status(port);
+    if pid > 0 {
+        kill(Pid::from_raw(pid), Signal::SIGTERM).expect("SIGTERM");
+        let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
+    }
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "returns 0 once listening: {status:?}"
+    );
+    assert!(pid > 0, "pid file written by the daemon");
+    assert_eq!(answer.as_deref(), Some("HTTP/1.1 503 Service Unavailable"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
