@@ -538,4 +538,6 @@ stamp=$(date -u +%Y%m%dT%H%M%SZ)
     --meta "commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
     --meta "ours_proxy=$OURS" --meta "ours_spawner=$SPAWN"
 cp "$RAW" "$REPO/bench/results/$stamp.raw.tsv"
+# Under sudo the results belong to the invoking user, like the build.
+[[ -z ${SUDO_USER:-} ]] || chown -R "$SUDO_USER:" "$REPO/bench/results" 2>/dev/null || true
 log "results: bench/results/$stamp.{md,json,raw.tsv}"
