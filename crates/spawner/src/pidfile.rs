@@ -16,8 +16,14 @@ pub fn write(dir: &Path, key: &str, pid: u32) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
     let p = path(dir, key);
     let tmp = dir.join(format!(".{key}.pid.tmp"));
-    std::fs::write(&tmp, format!("{pid}\n")).map_err(|e| Error::io("write", &tmp, e))?;
-    std::fs::rename(&tmp, &p).map_err(|e| Error::io("rename", &p, e))
+    let r = std::fs::write(&tmp, format!("{pid}\n"))
+        .map_err(|e| Error::io("write", &tmp, e))
+        .and_then(|()| std::fs::rename(&tmp, &p).map_err(|e| Error::io("rename", &p, e)));
+    if r.is_err() {
+        // A full or read-only state dir must not collect half-written temp files.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
 }
 
 /// Read the pid of a pid file; `None` if missing or not a number.

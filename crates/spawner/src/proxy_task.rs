@@ -68,13 +68,19 @@ pub(crate) async fn proxy_task<P: Platform>(
                 match attempt {
                     Ok(r) => {
                         let pid = r.pid();
-                        if let Some(pid) = pid {
-                            if let Err(e) = pidfile::write(&pid_dir, &spec.key, pid) {
+                        // The proxy serves anyway; only adoption by a restarted
+                        // supervisor needs the file, so the status says why it is missing.
+                        let pid_error = pid.and_then(|pid| {
+                            pidfile::write(&pid_dir, &spec.key, pid).err().map(|e| {
                                 tracing::warn!(key = %spec.key, err = %e, "cannot write pid file");
-                            }
-                        }
+                                format!("cannot write pid file: {e}")
+                            })
+                        });
                         tracing::info!(key = %spec.key, netns = %spec.netns, pid = ?pid, "proxy ready");
                         let mut st = lock(&status);
+                        if pid_error.is_some() {
+                            st.last_error = pid_error;
+                        }
                         st.pid = pid;
                         st.state = State::Running;
                         st.adopted = false;

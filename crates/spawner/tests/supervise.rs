@@ -281,3 +281,33 @@ fn concurrent_changes_all_reach_records_json() {
         ns_metadata_spawner::records::RecordSet::load(&sup.config().records_json()).expect("load");
     assert_eq!(saved.routers.len(), 200);
 }
+
+/// A pid file that cannot be written (full or read-only state dir; here its name is taken by
+/// a directory) leaves the proxy running, says why in the status, and leaves no temp file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unwritable_pid_file_is_reported_and_the_proxy_still_runs() {
+    let dir = TempDir::new("pidfail");
+    let proxy = fake_proxy(dir.path());
+    let cfg = config(dir.path(), &proxy);
+    let pid_dir = cfg.pid_dir();
+    std::fs::create_dir_all(pidfile::path(&pid_dir, "rp").join("x")).expect("block pid file");
+    let sup = Supervisor::new(Host, cfg, Records::default());
+    let looper = sup.clone();
+    let lp = tokio::spawn(async move { looper.run_loop().await });
+    sup.put_router(router("rp"));
+    let pid = running_pid(&sup, "rp").await;
+    let _guard = PidGuard(vec![pid]);
+    let st = status_of(&sup, "rp").expect("status");
+    assert!(
+        st.last_error.as_deref().unwrap_or("").contains("pid file"),
+        "{st:?}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&pid_dir)
+        .expect("pid dir")
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "temp files left: {left:?}");
+    lp.abort();
+}
