@@ -21,6 +21,9 @@ use crate::{Error, Result};
 
 /// Largest request body accepted (a network with many ports fits easily).
 const MAX_BODY: usize = 4 << 20;
+/// How long a control client may take to send a request head, and then its body; a
+/// stalled client is closed (the CLI sends everything at once).
+pub const CLIENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Bind the control socket: a stale socket file (nobody listening) is replaced, a live one
 /// is an error (another supervisor runs on this state dir); mode 0600.
@@ -61,6 +64,8 @@ pub async fn serve<P: Platform>(sup: Supervisor<P>, listener: UnixListener) {
                 async move { Ok::<_, Infallible>(handle(&sup, req).await) }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(CLIENT_TIMEOUT)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                 .await
             {
@@ -92,12 +97,21 @@ fn no_content() -> Response<Full<Bytes>> {
 }
 
 async fn body(req: Request<Incoming>) -> std::result::Result<Bytes, Response<Full<Bytes>>> {
-    match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => Ok(b.to_bytes()),
-        Err(e) => Err(error(
+    let read = Limited::new(req.into_body(), MAX_BODY).collect();
+    match tokio::time::timeout(CLIENT_TIMEOUT, read).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e)) => Err(error(
             StatusCode::BAD_REQUEST,
             format!("cannot read body: {e}"),
         )),
+        Err(_) => {
+            let mut r = error(StatusCode::REQUEST_TIMEOUT, "request body not sent in time");
+            r.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            Err(r)
+        }
     }
 }
 

@@ -288,3 +288,32 @@ fn bad_config_is_one_line_naming_file_and_key() {
         "{err}"
     );
 }
+
+/// Control clients that stall (no head, or a body that never completes) are closed after
+/// the control timeouts, and never hold up other API calls meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_control_clients_are_closed_and_do_not_block_others() {
+    use std::io::{Read as _, Write as _};
+    let dir = TempDir::new("api-slow");
+    let s = server(&dir);
+    let mut silent = std::os::unix::net::UnixStream::connect(&s.sock).expect("connect");
+    let mut half = std::os::unix::net::UnixStream::connect(&s.sock).expect("connect");
+    half.write_all(b"PUT /v1/networks/n1 HTTP/1.1\r\nContent-Length: 1000\r\n\r\n{\"id\"")
+        .expect("send partial body");
+    let (st, _) = req(&s, Method::GET, "/v1/proxies", None).await;
+    assert_eq!(st, StatusCode::OK, "status answers while others stall");
+    let bound = api::CLIENT_TIMEOUT + Duration::from_secs(5);
+    let closed = tokio::task::spawn_blocking(move || {
+        let mut ends = Vec::new();
+        for s in [&mut silent, &mut half] {
+            s.set_read_timeout(Some(bound)).expect("timeout");
+            let mut got = Vec::new();
+            // Ok: closed by the server (EOF), whatever it said first; Err: still open.
+            ends.push(s.read_to_end(&mut got).is_ok());
+        }
+        ends
+    })
+    .await
+    .expect("join");
+    assert_eq!(closed, vec![true, true], "stalled clients closed");
+}
