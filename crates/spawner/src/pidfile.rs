@@ -95,6 +95,25 @@ pub fn runs_binary(pid: u32, binary: &Path) -> bool {
     Path::new(exe) == want
 }
 
+/// Live processes that look like proxies of `binary` (its executable, or the path as
+/// argv[0], or argv[1] for a script run by its interpreter) with their argv: how proxies
+/// whose pid file is missing are found again (`/proc` scan, done once at start).
+pub fn find_running(binary: &Path) -> Vec<(u32, Vec<String>)> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let want = binary.to_string_lossy();
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != std::process::id())
+        .filter_map(|pid| {
+            let argv = cmdline(pid)?;
+            let named = argv.iter().take(2).any(|a| *a == want);
+            (named || runs_binary(pid, binary)).then_some((pid, argv))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -349,6 +349,23 @@ impl<P: Platform> Supervisor<P> {
                 None => pidfile::remove(&pid_dir, &key),
             }
         }
+        // A wanted proxy without a pid file (it could not be written: full or read-only
+        // state dir) is still running somewhere: find it by its argv, or the new proxy
+        // would fail to bind next to it for ever.
+        if present.keys().any(|k| !adopt.contains_key(k)) {
+            for (pid, argv) in pidfile::find_running(&cfg.proxy_binary) {
+                let owner = present
+                    .iter()
+                    .find(|(k, (spec, _))| !adopt.contains_key(*k) && argv.contains(&spec.id));
+                if let Some((key, _)) = owner {
+                    tracing::info!(key = %key, pid, "found a running proxy without a pid file");
+                    if let Err(e) = pidfile::write(&pid_dir, key, pid) {
+                        tracing::warn!(key = %key, err = %e, "cannot write pid file");
+                    }
+                    adopt.insert(key.clone(), (pid, argv));
+                }
+            }
+        }
         let grace = cfg.stop_timeout;
         let stops = stale.into_iter().map(|(key, pid)| {
             let pid_dir = pid_dir.clone();

@@ -311,3 +311,42 @@ async fn unwritable_pid_file_is_reported_and_the_proxy_still_runs() {
     assert!(left.is_empty(), "temp files left: {left:?}");
     lp.abort();
 }
+
+/// A proxy whose pid file is missing (it could not be written, or was deleted) is still
+/// found and adopted by a restarted supervisor, instead of a second proxy that fails to bind
+/// next to it forever.
+#[test]
+fn restarted_supervisor_adopts_a_proxy_whose_pid_file_is_missing() {
+    let dir = TempDir::new("adopt-nopid");
+    let proxy = fake_proxy(dir.path());
+    let cfg = config(dir.path(), &proxy);
+    let pid_dir = cfg.pid_dir();
+    let mut records = Records::default();
+    records.api_routers.insert("rn".into(), router("rn"));
+    let rt1 = tokio::runtime::Runtime::new().expect("runtime");
+    let p1 = rt1.block_on(async {
+        let sup = Supervisor::new(Host, cfg.clone(), records.clone());
+        sup.adopt_and_start().await;
+        running_pid(&sup, "rn").await
+    });
+    drop(rt1);
+    let _g = PidGuard(vec![p1]);
+    std::fs::remove_file(pidfile::path(&pid_dir, "rn")).expect("remove pid file");
+    let rt2 = tokio::runtime::Runtime::new().expect("runtime");
+    rt2.block_on(async {
+        let sup = Supervisor::new(Host, cfg.clone(), records.clone());
+        sup.adopt_and_start().await;
+        let st = status_of(&sup, "rn").expect("rn");
+        if let Some(p) = st.pid.filter(|&p| p != p1) {
+            kill9(p);
+        }
+        assert_eq!((st.pid, st.adopted), (Some(p1), true), "{st:?}");
+        assert_eq!(
+            pidfile::read(&pidfile::path(&pid_dir, "rn")),
+            Some(p1),
+            "pid file written again"
+        );
+        sup.stop_all().await;
+        assert!(!alive(p1));
+    });
+}
