@@ -191,7 +191,7 @@ async fn one_request(
                 shared,
                 sock,
                 e.status(),
-                keep_alive,
+                keep_alive && !*shutdown.borrow(),
                 &info,
                 &inb,
                 peer,

@@ -125,10 +125,16 @@ pub async fn serve(
     {
         tracing::warn!(
             open = max_connections - sem.available_permits(),
-            "grace period over, closing open connections"
+            "grace period over, answering 503 to requests still waiting for the agent"
         );
+        // A moment to write those answers; what is left (a body being relayed) is cut.
+        shared.agent.give_up();
+        let _ = tokio::time::timeout(GIVE_UP_WRITE, sem.acquire_many(all)).await;
     }
 }
+
+/// After the grace: time to write the 503s of requests still waiting for the agent.
+const GIVE_UP_WRITE: Duration = Duration::from_millis(300);
 
 /// Logging of failed accept(2) calls without a log storm: at the descriptor limit every
 /// accept fails again at once, for as long as the limit is hit. One warning when errors

@@ -59,12 +59,14 @@ pub enum UpError {
     BadResponse(#[from] response::RespError),
     #[error("agent send failed: {0}")]
     Send(io::Error),
+    #[error("proxy shutting down before the agent answered")]
+    ShuttingDown,
 }
 
 impl UpError {
     pub fn status(&self) -> u16 {
         match self {
-            UpError::Unavailable(_) => 503,
+            UpError::Unavailable(_) | UpError::ShuttingDown => 503,
             UpError::Timeout => 504,
             UpError::NoReply | UpError::BadResponse(_) | UpError::Send(_) => 502,
         }
@@ -83,6 +85,9 @@ pub struct Agent {
     connect_timeout: Duration,
     server_timeout: Duration,
     pool: Mutex<Vec<Idle>>,
+    /// Set when the shutdown grace is over: requests still waiting for the agent's head
+    /// answer 503 at once instead of being cut without a reply.
+    give_up: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -117,6 +122,7 @@ impl Agent {
             connect_timeout,
             server_timeout,
             pool: Mutex::new(Vec::new()),
+            give_up: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -125,6 +131,11 @@ impl Agent {
             Ok(p) => p,
             Err(p) => p.into_inner(),
         }
+    }
+
+    /// The shutdown grace is over: every request still waiting for the agent gets 503.
+    pub fn give_up(&self) {
+        self.give_up.send_replace(true);
     }
 
     /// Idle pooled connections right now.
@@ -291,7 +302,12 @@ impl Agent {
                 let len = rbuf.len();
                 rbuf.reserve(len);
             }
-            let n = match timeout(self.server_timeout, stream.read_buf(&mut **rbuf)).await {
+            let mut give_up = self.give_up.subscribe();
+            let read = tokio::select! {
+                r = timeout(self.server_timeout, stream.read_buf(&mut **rbuf)) => r,
+                _ = give_up.wait_for(|g| *g) => return Err((UpError::ShuttingDown, true)),
+            };
+            let n = match read {
                 Err(_) => return Err((UpError::Timeout, true)),
                 Ok(Ok(n)) => n,
                 Ok(Err(_)) if rbuf.is_empty() => return Err((UpError::NoReply, true)),

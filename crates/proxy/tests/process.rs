@@ -319,3 +319,58 @@ fn old_name_daemonizes_by_default() {
     assert_eq!(answer.as_deref(), Some("HTTP/1.1 503 Service Unavailable"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// SIGTERM while a request waits for a slow agent: the VM gets an answer (503 once the
+/// grace is over) rather than a connection closed without a reply, and the proxy exits 0.
+#[test]
+fn sigterm_during_a_slow_agent_request_answers_503_and_exits_zero() {
+    use std::io::Write as _;
+    let dir = tmp("slowterm");
+    let sock = dir.join("agent.sock");
+    // An agent that accepts and never answers (the connections are kept open).
+    let agent = std::os::unix::net::UnixListener::bind(&sock).expect("bind agent");
+    let (accepted_tx, accepted) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if let Some(c) = agent.incoming().next() {
+            let _ = accepted_tx.send(());
+            std::thread::sleep(Duration::from_secs(8));
+            drop(c);
+        }
+    });
+    let port = free_port();
+    let child = Command::new(bin_path("ns-metadata-proxy"))
+        .args([
+            "--router-id",
+            "r-slowterm",
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("--metadata-proxy-socket")
+        .arg(&sock)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn proxy");
+    let mut guard = ChildGuard(child);
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }));
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    c.write_all(b"GET /latest/meta-data/ HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n")
+        .expect("send");
+    // The request reached the agent (it is in flight) before the signal.
+    accepted
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the agent got the connection");
+    kill(Pid::from_raw(guard.0.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+    let mut got = String::new();
+    let _ = c.read_to_string(&mut got);
+    let status = guard.0.wait().expect("wait");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        got.starts_with("HTTP/1.1 503"),
+        "in-flight request answered 503, got {got:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
