@@ -46,6 +46,16 @@ pub fn remove(dir: &Path, key: &str) {
     }
 }
 
+/// Remove the pid file of a proxy that has exited (`pid`, if known), unless it already names
+/// another live process: the replacement for the same key (e.g. the router moved to another
+/// namespace) may have written its own while this one was stopping.
+pub fn remove_own(dir: &Path, key: &str, pid: Option<u32>) {
+    match read(&path(dir, key)) {
+        Some(other) if Some(other) != pid && cmdline(other).is_some() => {}
+        _ => remove(dir, key),
+    }
+}
+
 /// Every `(key, pid file path)` in the directory whose key is a valid id.
 pub fn list(dir: &Path) -> Vec<(String, PathBuf)> {
     let Ok(rd) = std::fs::read_dir(dir) else {
@@ -117,6 +127,22 @@ pub fn find_running(binary: &Path) -> Vec<(u32, Vec<String>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remove_own_keeps_a_live_replacements_file() {
+        let dir = std::env::temp_dir().join(format!("spawner-pidown-{}", std::process::id()));
+        let me = std::process::id();
+        write(&dir, "k", me).expect("write");
+        remove_own(&dir, "k", Some(me + 1_000_000));
+        assert_eq!(
+            read(&path(&dir, "k")),
+            Some(me),
+            "another live process's file kept"
+        );
+        remove_own(&dir, "k", Some(me));
+        assert!(!path(&dir, "k").exists(), "own file removed");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn write_read_list_remove() {

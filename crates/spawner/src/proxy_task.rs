@@ -110,9 +110,10 @@ pub(crate) async fn proxy_task<P: Platform>(
             }
         };
         let since = Instant::now();
+        let pid = running.pid();
         tokio::select! {
             how = running.wait() => {
-                pidfile::remove(&pid_dir, &spec.key);
+                pidfile::remove_own(&pid_dir, &spec.key, pid);
                 let delay = backoff.died(since.elapsed());
                 tracing::warn!(key = %spec.key, netns = %spec.netns, how = %how, restart_in = ?delay, "proxy died");
                 {
@@ -182,7 +183,8 @@ async fn finish<P: Platform>(
     status: &Mutex<ProxyStatus>,
     pid_dir: &std::path::Path,
 ) {
-    pidfile::remove(pid_dir, &spec.key);
+    let pid = lock(status).pid;
+    pidfile::remove_own(pid_dir, &spec.key, pid);
     if platform.namespace_exists(&spec.netns) {
         if let Err(e) = platform.teardown(spec).await {
             tracing::warn!(key = %spec.key, netns = %spec.netns, err = %e, "teardown failed");
