@@ -1,0 +1,125 @@
+//! Fault drills against the real binaries in real namespaces: the agent restarted (gracefully
+//! and with kill -9, its socket file deleted and recreated) while proxies hold pooled
+//! keep-alive connections to it. Root only.
+use std::time::Duration;
+
+use ns_e2e::client::{get, get_until_ok};
+use ns_e2e::require_root;
+use ns_e2e::world::{Modes, Upstream, World};
+
+const PATH: &str = "/latest/meta-data/instance-id";
+const BOUND: Duration = Duration::from_secs(15);
+
+/// Whether `pid` is gone or a zombie (exited, not yet reaped by its parent, the harness).
+fn exited(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+        s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+#[test]
+fn agent_restart_under_pooled_keepalive_connections_costs_no_request() {
+    if !require_root("agent_restart_under_pooled_keepalive_connections_costs_no_request") {
+        return;
+    }
+    // Our agent signals keep-alive and the spawner runs the proxies with
+    // `--agent-keepalive on` (the world's default for the built-in responder).
+    let mut world = World::build("kafault", 120, Modes::ROUTER, Upstream::Builtin);
+    world.wait_answering(PATH);
+    let vm = world.vm("vm1").clone();
+    let ok = get_until_ok(&vm.ns, PATH, BOUND);
+    assert_eq!(ok.status, 200, "{}", ok.error);
+    // The EC2 id derived from the vm's instance uuid.
+    let want = ok.body;
+    assert!(
+        want.starts_with("i-") && vm.instance.starts_with(&want[2..]),
+        "{want}"
+    );
+
+    for (round, graceful) in [(1, true), (2, false), (3, true)] {
+        // Requests leave pooled connections to the agent in the proxy.
+        for _ in 0..3 {
+            assert_eq!(get(&vm.ns, PATH).status, 200);
+        }
+        let pid = world.agent.pid();
+        if graceful {
+            // systemctl restart: SIGTERM, the agent closes its idle connections and exits.
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+            assert!(
+                ns_e2e::wait_until(BOUND, || exited(pid)),
+                "round {round}: the agent did not exit on SIGTERM with idle keep-alive \
+                 connections open; its log:\n{}",
+                world.agent.log()
+            );
+        }
+        // A new agent: the socket file is removed and bound again (a new inode).
+        world.agent.restart();
+        let r = get(&vm.ns, PATH);
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (200, want.as_str()),
+            "round {round} ({}): the first request after the agent restart: {}",
+            if graceful { "SIGTERM" } else { "kill -9" },
+            r.error
+        );
+    }
+}
+
+/// The same router announced twice in quick succession with different namespaces (an l3
+/// agent that moved it and moved it back): one proxy, in the namespace announced last,
+/// answering the VM; nothing left in the other namespace.
+#[test]
+fn router_announced_twice_quickly_with_different_netns_ends_in_the_last_one() {
+    if !require_root("router_announced_twice_quickly_with_different_netns_ends_in_the_last_one") {
+        return;
+    }
+    let mut world = World::build("twice", 121, Modes::ROUTER, Upstream::Builtin);
+    world.wait_answering(PATH);
+    let vm = world.vm("vm1").clone();
+    let router = world.proxy_ids[0].clone();
+    let home = format!("qrouter-{router}");
+    let alt_name = format!("{}alt", ns_e2e::unique_prefix());
+    let _alt = ns_e2e::topo::netns(&alt_name);
+    for _ in 0..3 {
+        world.spawner.router_add(&router, &alt_name);
+        world.spawner.router_add(&router, &home);
+    }
+    let netns_of = |pid: i32| {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "identify", &pid.to_string()])
+            .output()
+            .expect("ip netns identify");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    // The API answers before the passes are done: wait for the final state.
+    let settled = ns_e2e::wait_until(BOUND, || {
+        let pids = ns_e2e::procs::proxies_of(std::slice::from_ref(&router));
+        pids.len() == 1
+            && world.spawner.proxy_pid(&router) == Some(pids[0])
+            && netns_of(pids[0]) == home
+    });
+    let pids = ns_e2e::procs::proxies_of(std::slice::from_ref(&router));
+    assert!(
+        settled,
+        "one proxy for the router, in {home}: got {:?}; status:\n{}\nspawner log:\n{}",
+        pids.iter().map(|&p| (p, netns_of(p))).collect::<Vec<_>>(),
+        world.spawner.cli(&["status"]),
+        world.spawner.log()
+    );
+    assert_eq!(get_until_ok(&vm.ns, PATH, BOUND).status, 200);
+    let addrs = std::process::Command::new("ip")
+        .args(["-n", &alt_name, "addr", "show", "dev", "lo"])
+        .output()
+        .expect("ip addr");
+    let addrs = String::from_utf8_lossy(&addrs.stdout);
+    assert!(
+        !addrs.contains("169.254.169.254"),
+        "metadata address left in {alt_name}:\n{addrs}"
+    );
+}
