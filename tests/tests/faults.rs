@@ -123,3 +123,54 @@ fn router_announced_twice_quickly_with_different_netns_ends_in_the_last_one() {
         "metadata address left in {alt_name}:\n{addrs}"
     );
 }
+
+/// A namespace deleted while its proxy is being started (a router created and deleted at
+/// once): no proxy is left behind, the record waits for its namespace, and a recreated
+/// namespace gets its proxy.
+#[test]
+fn namespace_deleted_while_its_proxy_starts_leaves_nothing_behind() {
+    if !require_root("namespace_deleted_while_its_proxy_starts_leaves_nothing_behind") {
+        return;
+    }
+    let mut world = World::build("nsgone", 122, Modes::ROUTER, Upstream::Builtin);
+    world.wait_answering(PATH);
+    let ids = ns_e2e::Ids::new(122);
+    let mut gone = Vec::new();
+    for _ in 0..3 {
+        let id = ids.next();
+        let ns = format!("qrouter-{id}");
+        let guard = ns_e2e::topo::netns(&ns);
+        world.spawner.router_add(&id, &ns);
+        drop(guard);
+        gone.push(id);
+    }
+    let clean = ns_e2e::wait_until(BOUND, || ns_e2e::procs::proxies_of(&gone).is_empty());
+    let status = world.spawner.cli(&["status"]);
+    assert!(
+        clean,
+        "proxies outlived their namespaces: {:?}; status:\n{status}\nspawner log:\n{}",
+        ns_e2e::procs::proxies_of(&gone),
+        world.spawner.log()
+    );
+    let waiting = ns_e2e::wait_until(BOUND, || {
+        let st = world.spawner.cli(&["status"]);
+        gone.iter().all(|id| {
+            st.lines()
+                .any(|l| l.contains(id.as_str()) && l.contains("waiting"))
+        })
+    });
+    assert!(
+        waiting,
+        "records wait for their namespaces:\n{}",
+        world.spawner.cli(&["status"])
+    );
+    // The world's own proxy is untouched, and a namespace that comes back gets its proxy.
+    assert_eq!(get_until_ok(&world.vm("vm1").ns, PATH, BOUND).status, 200);
+    let back = format!("qrouter-{}", gone[0]);
+    let _back = ns_e2e::topo::netns(&back);
+    assert!(
+        ns_e2e::wait_until(BOUND, || world.spawner.proxy_pid(&gone[0]).is_some()),
+        "no proxy in the recreated {back}:\n{}",
+        world.spawner.cli(&["status"])
+    );
+}
