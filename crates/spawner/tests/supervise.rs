@@ -350,3 +350,43 @@ fn restarted_supervisor_adopts_a_proxy_whose_pid_file_is_missing() {
         assert!(!alive(p1));
     });
 }
+
+/// `proxy_binary` missing, then not executable: the reason is in the status and retries
+/// back off; once a working binary appears the proxy starts by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_proxy_binary_is_reported_then_recovers_when_it_appears() {
+    let dir = TempDir::new("nobin");
+    let real = fake_proxy(dir.path());
+    let bin = dir.path().join("later-proxy");
+    let mut cfg = config(dir.path(), &bin);
+    cfg.max_restart_delay = Duration::from_millis(500);
+    let sup = Supervisor::new(Host, cfg, Records::default());
+    let looper = sup.clone();
+    let lp = tokio::spawn(async move { looper.run_loop().await });
+    sup.put_router(router("rb"));
+    let why = |needle: &'static str| {
+        let sup = sup.clone();
+        async move {
+            eventually(T, || {
+                status_of(&sup, "rb")
+                    .filter(|s| s.state != State::Running)
+                    .and_then(|s| s.last_error)
+                    .filter(|e| e.contains(needle))
+            })
+            .await
+        }
+    };
+    let e = why("No such file").await.expect("missing binary in status");
+    assert!(e.contains("later-proxy"), "{e}");
+    std::fs::write(&bin, "not a program").expect("write");
+    why("Permission denied")
+        .await
+        .expect("not executable in status");
+    let restarts = status_of(&sup, "rb").expect("rb").restarts;
+    std::fs::copy(&real, &bin).expect("install the binary");
+    let pid = running_pid(&sup, "rb").await;
+    let _g = PidGuard(vec![pid]);
+    assert!(restarts >= 2, "retried: {restarts}");
+    sup.stop_all().await;
+    lp.abort();
+}
