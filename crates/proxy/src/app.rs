@@ -65,7 +65,11 @@ pub fn run(cfg: Config, daemon_child: bool) -> Result<()> {
                 tokio::select! {
                     _ = term.recv() => break,
                     _ = int.recv() => break,
-                    _ = hup.recv() => tracing::info!("SIGHUP ignored: nothing to reload"),
+                    _ = hup.recv() => match crate::logfile::reopen() {
+                        Ok(true) => tracing::info!("SIGHUP: log file reopened"),
+                        Ok(false) => tracing::info!("SIGHUP ignored: nothing to reload"),
+                        Err(e) => tracing::warn!(err = %e, "SIGHUP: cannot reopen the log file; still writing to the old one"),
+                    },
                 }
             }
         };

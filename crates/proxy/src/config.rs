@@ -151,8 +151,8 @@ pub struct Args {
     )]
     pub syslog_log_facility: Option<String>,
     /// Accepted and ignored: the old Python proxy's log-rotation watcher
-    /// (`--metadata_proxy_watch_log`, `--nometadata_proxy_watch_log`); logs are appended and
-    /// the file reopened by nobody, use copytruncate.
+    /// (`--metadata_proxy_watch_log`, `--nometadata_proxy_watch_log`); SIGHUP reopens the
+    /// log file instead.
     #[arg(
         long = "metadata_proxy_watch_log",
         alias = "metadata-proxy-watch-log",

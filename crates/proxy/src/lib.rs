@@ -10,6 +10,7 @@ pub mod bufpool;
 pub mod chunked;
 pub mod config;
 mod conn;
+pub mod logfile;
 pub mod process;
 pub mod ratelimit;
 pub mod request;

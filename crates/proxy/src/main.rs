@@ -2,7 +2,7 @@
 #![forbid(unsafe_code)]
 
 use clap::Parser;
-use ns_metadata_proxy::{app, process, syslog, Args, Config};
+use ns_metadata_proxy::{app, logfile, process, syslog, Args, Config};
 use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt as _};
 use tracing_subscriber::EnvFilter;
 
@@ -48,10 +48,7 @@ fn init_logging(cfg: &Config) -> anyhow::Result<()> {
         .with_ansi(false);
     let file = match &cfg.log_file {
         Some(path) => Some(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
+            logfile::LogFile::install(path)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
         ),
         None => None,
@@ -69,9 +66,9 @@ fn init_logging(cfg: &Config) -> anyhow::Result<()> {
     });
     // Syslog and a log file together get every line (as oslo.log does); neither: stderr.
     let writer = match (syslog, file) {
-        (Some(s), Some(f)) => BoxMakeWriter::new(s.and(std::sync::Mutex::new(f))),
+        (Some(s), Some(f)) => BoxMakeWriter::new(s.and(f)),
         (Some(s), None) => BoxMakeWriter::new(s),
-        (None, Some(f)) => BoxMakeWriter::new(std::sync::Mutex::new(f)),
+        (None, Some(f)) => BoxMakeWriter::new(f),
         (None, None) => BoxMakeWriter::new(std::io::stderr),
     };
     builder.with_writer(writer).init();

@@ -374,3 +374,47 @@ fn sigterm_during_a_slow_agent_request_answers_503_and_exits_zero() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// SIGHUP does not stop the proxy; with `--log-file` it reopens the file by path, so a
+/// log rotated by renaming (logrotate without copytruncate) goes on in a new file.
+#[test]
+fn sighup_keeps_serving_and_reopens_a_rotated_log_file() {
+    let dir = tmp("hup");
+    let port = free_port();
+    let log = dir.join("proxy.log");
+    let child = Command::new(bin_path("ns-metadata-proxy"))
+        .args([
+            "--router-id",
+            "r-hup",
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("--metadata-proxy-socket")
+        .arg(dir.join("missing.sock"))
+        .arg("--log-file")
+        .arg(&log)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn proxy");
+    let mut guard = ChildGuard(child);
+    let pid = Pid::from_raw(guard.0.id() as i32);
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    assert!(wait_until(Duration::from_secs(10), || read(&log).contains("listening")));
+    std::fs::rename(&log, dir.join("proxy.log.1")).expect("rotate");
+    kill(pid, Signal::SIGHUP).expect("SIGHUP");
+    assert!(
+        wait_until(Duration::from_secs(10), || read(&log).contains("reopened")),
+        "new log file after SIGHUP: {:?}",
+        read(&dir.join("proxy.log.1"))
+    );
+    assert_eq!(
+        http_status(port).as_deref(),
+        Some("HTTP/1.1 503 Service Unavailable"),
+        "still serving after SIGHUP"
+    );
+    assert!(wait_until(Duration::from_secs(10), || read(&log)
+        .contains("status=503")));
+    kill(pid, Signal::SIGTERM).expect("SIGTERM");
+    assert!(guard.0.wait().expect("wait").success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
