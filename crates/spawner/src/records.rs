@@ -294,8 +294,14 @@ impl RecordSet {
     pub fn save(&self, path: &Path) -> Result<()> {
         let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_vec_pretty(self).map_err(|e| Error::Invalid(e.to_string()))?;
-        std::fs::write(&tmp, text).map_err(|e| Error::io("write", &tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io("rename", path, e))
+        let r = std::fs::write(&tmp, text)
+            .map_err(|e| Error::io("write", &tmp, e))
+            .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io("rename", path, e)));
+        if r.is_err() {
+            // A full or read-only state dir: keep the old file, leave no partial temp file.
+            let _ = std::fs::remove_file(&tmp);
+        }
+        r
     }
 }
 
@@ -364,6 +370,17 @@ impl Records {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_save_leaves_no_temp_file() {
+        let dir = std::env::temp_dir().join(format!("spawner-recsave-{}", std::process::id()));
+        let path = dir.join("records.json");
+        // The target's name is taken by a non-empty directory: the rename fails.
+        std::fs::create_dir_all(path.join("x")).expect("mkdir");
+        assert!(RecordSet::default().save(&path).is_err());
+        assert!(!path.with_extension("json.tmp").exists(), "temp file left");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn ids_and_names() {
