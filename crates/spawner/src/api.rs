@@ -90,6 +90,21 @@ fn error(code: StatusCode, reason: impl std::fmt::Display) -> Response<Full<Byte
     json(code, &serde_json::json!({ "error": reason.to_string() }))
 }
 
+/// The answer of a change, or 500 when `records.json` could not be saved: the change is
+/// in effect, but a restarted spawner would not know it (full or read-only state dir).
+fn saved_or(
+    saved: std::result::Result<(), String>,
+    ok: Response<Full<Bytes>>,
+) -> Response<Full<Bytes>> {
+    match saved {
+        Ok(()) => ok,
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("change applied but not saved, it is lost when the spawner restarts: {e}"),
+        ),
+    }
+}
+
 fn no_content() -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::new()));
     *r.status_mut() = StatusCode::NO_CONTENT;
@@ -155,29 +170,35 @@ pub async fn handle<P: Platform>(
                     if routers {
                         match router_from_json(id, &b) {
                             Ok(r) => {
-                                sup.put_router(r.clone());
-                                json(StatusCode::OK, &r)
+                                let (_, saved) = sup.update_records_checked(|rec| {
+                                    rec.api_routers.insert(r.id.clone(), r.clone())
+                                });
+                                saved_or(saved, json(StatusCode::OK, &r))
                             }
                             Err(e) => error(StatusCode::BAD_REQUEST, e),
                         }
                     } else {
                         match network_from_json(id, &b) {
                             Ok(n) => {
-                                sup.put_network(n.clone());
-                                json(StatusCode::OK, &n)
+                                let (_, saved) = sup.update_records_checked(|rec| {
+                                    rec.api_networks.insert(n.id.clone(), n.clone())
+                                });
+                                saved_or(saved, json(StatusCode::OK, &n))
                             }
                             Err(e) => error(StatusCode::BAD_REQUEST, e),
                         }
                     }
                 }
                 Method::DELETE => {
-                    let removed = if routers {
-                        sup.remove_router(id)
-                    } else {
-                        sup.remove_network(id)
-                    };
+                    let (removed, saved) = sup.update_records_checked(|rec| {
+                        if routers {
+                            rec.api_routers.remove(*id).is_some()
+                        } else {
+                            rec.api_networks.remove(*id).is_some()
+                        }
+                    });
                     if removed {
-                        no_content()
+                        saved_or(saved, no_content())
                     } else {
                         let what = if routers { "router" } else { "network" };
                         error(

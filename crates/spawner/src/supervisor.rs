@@ -150,15 +150,25 @@ impl<P: Platform> Supervisor<P> {
 
     /// Change the records under the lock, persist the API records, and trigger a reconcile.
     pub fn update_records<T>(&self, f: impl FnOnce(&mut Records) -> T) -> T {
+        self.update_records_checked(f).0
+    }
+
+    /// [`Supervisor::update_records`], also saying whether `records.json` was saved (the
+    /// change is in effect either way; unsaved, it is lost when the spawner restarts).
+    pub fn update_records_checked<T>(
+        &self,
+        f: impl FnOnce(&mut Records) -> T,
+    ) -> (T, std::result::Result<(), String>) {
         let path = self.config().records_json();
         let out = {
             let mut rec = lock(&self.inner.records);
             let out = f(&mut rec);
             // Saved under the lock, so concurrent changes reach the file in order.
-            if let Err(e) = rec.api_set().save(&path) {
+            let saved = rec.api_set().save(&path).map_err(|e| {
                 tracing::error!(err = %e, "cannot persist records");
-            }
-            out
+                e.to_string()
+            });
+            (out, saved)
         };
         self.trigger();
         out

@@ -317,3 +317,22 @@ async fn stalled_control_clients_are_closed_and_do_not_block_others() {
     .expect("join");
     assert_eq!(closed, vec![true, true], "stalled clients closed");
 }
+
+/// A change that cannot be saved to records.json (full or read-only state dir) is refused
+/// loudly: 500 naming the file, although it is in effect until the spawner restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsaved_records_are_reported_as_an_error() {
+    let dir = TempDir::new("api-unsaved");
+    // records.json's name is taken by a non-empty directory: every save fails.
+    std::fs::create_dir_all(dir.path().join("records.json").join("x")).expect("mkdir");
+    let s = server(&dir);
+    let (st, body) = req(&s, Method::PUT, "/v1/routers/r-unsaved", Some("{}")).await;
+    assert_eq!(st, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert!(
+        body.contains("records.json") && body.contains("not saved"),
+        "{body}"
+    );
+    let (st, _) = req(&s, Method::DELETE, "/v1/routers/r-unsaved", None).await;
+    assert_eq!(st, StatusCode::INTERNAL_SERVER_ERROR);
+    s.sup.stop_all().await;
+}
