@@ -174,3 +174,84 @@ fn namespace_deleted_while_its_proxy_starts_leaves_nothing_behind() {
         world.spawner.cli(&["status"])
     );
 }
+
+/// The command line Neutron's l3 agent built for the old `neutron-ns-metadata-proxy`, run
+/// the way it ran it (`ip netns exec qrouter-R neutron-ns-metadata-proxy …`, log arguments
+/// included): the command returns once the proxy listens, the VM gets its metadata from
+/// the router's port 9697 through our agent, the log is in `--log-dir` under the uuid, and
+/// SIGTERM by the pid file stops it.
+#[test]
+fn old_neutron_ns_metadata_proxy_command_line_serves_the_vm() {
+    if !require_root("old_neutron_ns_metadata_proxy_command_line_serves_the_vm") {
+        return;
+    }
+    let world = World::build("oldcli", 123, Modes::ROUTER, Upstream::Builtin);
+    world.wait_answering(PATH);
+    let vm = world.vm("vm1").clone();
+    let router = world.proxy_ids[0].clone();
+    let dir = world.dir.path().join("old");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let link = dir.join("neutron-ns-metadata-proxy");
+    std::os::unix::fs::symlink(ns_e2e::bin_path("ns-metadata-proxy"), &link).expect("symlink");
+    let pid_file = dir.join(format!("{router}.pid"));
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &format!("qrouter-{router}")])
+        .arg(&link)
+        .arg(format!("--pid_file={}", pid_file.display()))
+        .arg(format!(
+            "--metadata_proxy_socket={}",
+            world.agent.socket().display()
+        ))
+        .arg(format!("--router_id={router}"))
+        .arg(format!("--state_path={}", dir.display()))
+        .arg("--metadata_port=9697")
+        .args(["--metadata_proxy_user=root", "--metadata_proxy_group=root"])
+        .arg("--debug")
+        .arg(format!("--log-file=neutron-ns-metadata-proxy-{router}.log"))
+        .arg(format!("--log-dir={}", dir.display()))
+        .arg("--nometadata_proxy_watch_log")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run the old command line");
+    let pid: Option<i32> = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    // Stop it whatever happens below (it is a daemon: not the harness's child).
+    struct Stop(Option<i32>);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            if let Some(pid) = self.0 {
+                let _ = std::process::Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
+    let stop = Stop(pid);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid = stop.0.expect("pid file written");
+    let gw = vm
+        .ip
+        .rsplit_once('.')
+        .map(|(n, _)| format!("{n}.1"))
+        .expect("ip");
+    let r = ns_e2e::client::curl_with(&vm.ns, &format!("http://{gw}:9697{PATH}"), &[], 5);
+    assert_eq!(r.status, 200, "{}", r.error);
+    assert!(r.body.starts_with("i-"), "{}", r.body);
+    let log = std::fs::read_to_string(dir.join(format!("neutron-ns-metadata-proxy-{router}.log")))
+        .unwrap_or_default();
+    assert!(
+        log.contains("status=200"),
+        "access line in the --log-dir log:\n{log}"
+    );
+    drop(stop);
+    assert!(
+        ns_e2e::wait_until(BOUND, || !std::path::Path::new(&format!("/proc/{pid}"))
+            .exists()),
+        "the old-style proxy stops on SIGTERM"
+    );
+}
