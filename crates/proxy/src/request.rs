@@ -247,8 +247,11 @@ pub fn parse(
         out.extend_from_slice(b"Connection: close\r\n");
     }
     if let Body::Length(n) = body {
-        // Fail before reading a body that cannot be sent anyway.
-        if out.len() + 32 + n > MAX_UPSTREAM {
+        // Fail before reading a body that cannot be sent anyway. `n` is the client's
+        // number: compare without adding to it (usize::MAX must not overflow).
+        if n.checked_add(out.len() + 32)
+            .is_none_or(|t| t > MAX_UPSTREAM)
+        {
             return Err(ReqError::TooLarge);
         }
     }
@@ -368,6 +371,9 @@ mod tests {
         );
         assert_eq!(bad(b"GET\x01 / HTTP/1.1\r\n\r\n"), 400);
         assert_eq!(bad(b"POST / HTTP/1.1\r\nContent-Length: 5000\r\n\r\n"), 413);
+        // The largest number that parses must not overflow the size check.
+        let huge = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", usize::MAX);
+        assert_eq!(bad(huge.as_bytes()), 413);
         let many: String = (0..150).map(|i| format!("A{i}: b\r\n")).collect();
         assert_eq!(bad(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes()), 431);
     }
