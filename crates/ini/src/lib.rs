@@ -102,6 +102,36 @@ pub fn parse_bool(s: &str) -> Option<bool> {
     }
 }
 
+/// oslo.config's interpolation of one option in a value: `$name` and `${name}` become
+/// `with`. `$name` followed by more identifier characters names another option and is
+/// left alone (`$state_path_x` is not `$state_path`). Neutron's default
+/// `metadata_proxy_socket = $state_path/metadata_proxy` is the case that matters.
+pub fn interpolate(value: &str, name: &str, with: &str) -> String {
+    let braced = format!("${{{name}}}");
+    let plain = format!("${name}");
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if let Some(after) = tail.strip_prefix(&braced) {
+            out.push_str(with);
+            rest = after;
+        } else if let Some(after) = tail
+            .strip_prefix(&plain)
+            .filter(|a| !a.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_'))
+        {
+            out.push_str(with);
+            rest = after;
+        } else {
+            out.push('$');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Every entry of one or more files, in load order.
 #[derive(Debug, Clone, Default)]
 pub struct Ini {
@@ -339,5 +369,14 @@ mod tests {
         let missing = Ini::load(&[dir.join("nope.ini")]).expect_err("fails");
         assert!(missing.to_string().contains("nope.ini: cannot read"));
         std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn interpolate_state_path() {
+        let i = |v: &str| interpolate(v, "state_path", "/s");
+        assert_eq!(i("$state_path/metadata_proxy"), "/s/metadata_proxy");
+        assert_eq!(i("${state_path}/m"), "/s/m");
+        assert_eq!(i("/a/$state_path_x/$state_path"), "/a/$state_path_x//s");
+        assert_eq!(i("/plain/é$"), "/plain/é$");
     }
 }
