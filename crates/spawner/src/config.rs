@@ -173,7 +173,16 @@ impl Config {
 
         let state_path =
             path("DEFAULT", "state_path")?.unwrap_or_else(|| PathBuf::from("/var/lib/neutron"));
+        // oslo.config interpolates `$state_path` (Neutron's sample line); the agent does too.
         let metadata_proxy_socket = path("DEFAULT", "metadata_proxy_socket")?
+            .map(|p| {
+                let state = state_path.to_string_lossy();
+                PathBuf::from(ns_ini::interpolate(
+                    &p.to_string_lossy(),
+                    "state_path",
+                    &state,
+                ))
+            })
             .unwrap_or_else(|| state_path.join("metadata_proxy"));
         let enable_isolated_metadata = flag("DEFAULT", "enable_isolated_metadata")?;
         let enable_metadata_network = flag("DEFAULT", "enable_metadata_network")?;
@@ -364,6 +373,20 @@ mod tests {
         assert!(
             w[0].starts_with("s.ini:7: [DEFAULT] debug: unknown option"),
             "{w:?}"
+        );
+    }
+
+    #[test]
+    fn socket_expands_state_path_as_oslo_config() {
+        // Neutron's sample line, uncommented: the agent expands it, so must we.
+        let (c, _) =
+            load("[DEFAULT]\nstate_path = /srv/n\nmetadata_proxy_socket = $state_path/mp\n")
+                .expect("valid");
+        assert_eq!(c.metadata_proxy_socket, PathBuf::from("/srv/n/mp"));
+        let (c, _) = load("[DEFAULT]\nmetadata_proxy_socket = ${state_path}/mp\n").expect("valid");
+        assert_eq!(
+            c.metadata_proxy_socket,
+            PathBuf::from("/var/lib/neutron/mp")
         );
     }
 
