@@ -321,9 +321,17 @@ impl Config {
         let state_path = a
             .state_path
             .or_else(|| s("state_path").map(|e| PathBuf::from(e.value.trim())));
+        // oslo.config interpolates `$state_path` (Neutron's sample line), as the agent does.
         let socket = a
             .metadata_proxy_socket
             .or_else(|| s("metadata_proxy_socket").map(|e| PathBuf::from(e.value.trim())))
+            .map(|p| {
+                let state = state_path
+                    .as_deref()
+                    .map_or("/var/lib/neutron".into(), |s| s.to_string_lossy());
+                let p = p.to_string_lossy();
+                PathBuf::from(ns_ini::interpolate(&p, "state_path", &state))
+            })
             .unwrap_or_else(|| match &state_path {
                 Some(p) => p.join("metadata_proxy"),
                 None => PathBuf::from(DEFAULT_SOCKET),
@@ -603,6 +611,21 @@ mod tests {
                 v6: true
             }
         );
+    }
+
+    #[test]
+    fn socket_expands_state_path_as_oslo_config() {
+        let f = ini("[DEFAULT]\nrouter_id = r\nstate_path = /srv/n\nmetadata_proxy_socket = $state_path/mp\n");
+        let c = parse(&["--config-file", f.arg()]).expect("ok");
+        assert_eq!(c.socket, PathBuf::from("/srv/n/mp"));
+        let c = parse(&[
+            "--router-id",
+            "r",
+            "--metadata-proxy-socket",
+            "${state_path}/mp",
+        ])
+        .expect("ok");
+        assert_eq!(c.socket, PathBuf::from("/var/lib/neutron/mp"));
     }
 
     #[test]
