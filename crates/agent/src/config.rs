@@ -307,7 +307,12 @@ pub fn resolve(cli: &Cli, ini: &Ini) -> Result<Config, ConfigError> {
     let state_path = text(&cli.state_path, "state_path", "/var/lib/neutron");
     let socket = s
         .get(&cli.metadata_proxy_socket, "metadata_proxy_socket")
-        .map(|r| (r.value.replace("$state_path", &state_path), Some(r)))
+        .map(|r| {
+            (
+                ns_ini::interpolate(&r.value, "state_path", &state_path),
+                Some(r),
+            )
+        })
         .unwrap_or_else(|| (format!("{state_path}/metadata_proxy"), None));
     let metadata_proxy_socket = PathBuf::from(&socket.0);
     if metadata_proxy_socket.is_relative() || socket.0.len() > 107 {
@@ -562,6 +567,13 @@ mod tests {
         let c = resolve(
             &Cli::default(),
             &ini("[DEFAULT]\nstate_path = /s\nmetadata_proxy_socket = $state_path/m\n"),
+        )
+        .expect("valid");
+        assert_eq!(c.metadata_proxy_socket, PathBuf::from("/s/m"));
+        // oslo.config's braced form, as the spawner and proxy read it too.
+        let c = resolve(
+            &Cli::default(),
+            &ini("[DEFAULT]\nstate_path = /s\nmetadata_proxy_socket = ${state_path}/m\n"),
         )
         .expect("valid");
         assert_eq!(c.metadata_proxy_socket, PathBuf::from("/s/m"));
