@@ -126,7 +126,12 @@ impl InventoryStore {
             if force {
                 tracing::info!("SIGHUP: reloading inventory");
             }
-            self.reload(force);
+            // Reading and parsing a large file blocks: keep it off the request threads
+            // (with metadata_workers = 0 there is only one).
+            let store = self.clone();
+            if let Err(err) = tokio::task::spawn_blocking(move || store.reload(force)).await {
+                tracing::warn!(%err, "inventory reload failed");
+            }
         }
     }
 }
