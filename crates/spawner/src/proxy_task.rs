@@ -95,15 +95,11 @@ pub(crate) async fn proxy_task<P: Platform>(
                             st.state = State::Backoff;
                             st.pid = None;
                         }
-                        match wait_or_stop(delay, &mut stop).await {
-                            Wake::Retry => {}
-                            Wake::Stop => {
-                                finish(&*platform, &spec, &status, &pid_dir).await;
-                                return;
-                            }
-                            Wake::Detached => return,
+                        if !retry_after(delay, &mut stop, &*platform, &spec, &status, &pid_dir)
+                            .await
+                        {
+                            return;
                         }
-                        lock(&status).restarts += 1;
                         continue;
                     }
                 }
@@ -122,15 +118,9 @@ pub(crate) async fn proxy_task<P: Platform>(
                     st.pid = None;
                     st.state = if delay.is_zero() { State::Starting } else { State::Backoff };
                 }
-                match wait_or_stop(delay, &mut stop).await {
-                    Wake::Retry => {}
-                    Wake::Stop => {
-                        finish(&*platform, &spec, &status, &pid_dir).await;
-                        return;
-                    }
-                    Wake::Detached => return,
+                if !retry_after(delay, &mut stop, &*platform, &spec, &status, &pid_dir).await {
+                    return;
                 }
-                lock(&status).restarts += 1;
             }
             asked = &mut stop => {
                 if asked.is_err() {
@@ -173,6 +163,29 @@ async fn wait_or_stop(delay: Duration, stop: &mut oneshot::Receiver<()>) -> Wake
     tokio::select! {
         _ = tokio::time::sleep(delay) => Wake::Retry,
         asked = stop => if asked.is_ok() { Wake::Stop } else { Wake::Detached },
+    }
+}
+
+/// Wait `delay` before the next start and count the restart: true to go on. A stop asked
+/// meanwhile cleans up ([`finish`]); a detached task touches nothing. Either ends the task.
+async fn retry_after<P: Platform>(
+    delay: Duration,
+    stop: &mut oneshot::Receiver<()>,
+    platform: &P,
+    spec: &ProxySpec,
+    status: &Mutex<ProxyStatus>,
+    pid_dir: &std::path::Path,
+) -> bool {
+    match wait_or_stop(delay, stop).await {
+        Wake::Retry => {
+            lock(status).restarts += 1;
+            true
+        }
+        Wake::Stop => {
+            finish(platform, spec, status, pid_dir).await;
+            false
+        }
+        Wake::Detached => false,
     }
 }
 
