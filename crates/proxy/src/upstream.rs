@@ -297,12 +297,12 @@ impl Agent {
             Ok(Err(e)) => return Err((UpError::Send(e), false)),
             Err(_) => return Err((UpError::Timeout, false)),
         }
+        let mut give_up = self.give_up.subscribe();
         loop {
             if rbuf.len() == rbuf.capacity() && rbuf.len() < response::MAX_RESP_HEAD {
                 let len = rbuf.len();
                 rbuf.reserve(len);
             }
-            let mut give_up = self.give_up.subscribe();
             let read = tokio::select! {
                 r = timeout(self.server_timeout, stream.read_buf(&mut **rbuf)) => r,
                 _ = give_up.wait_for(|g| *g) => return Err((UpError::ShuttingDown, true)),
