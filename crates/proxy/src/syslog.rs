@@ -42,6 +42,9 @@ impl Syslog {
     pub fn connect(path: &Path, facility: u8, tag: &str) -> io::Result<Syslog> {
         let sock = UnixDatagram::unbound()?;
         sock.connect(path)?;
+        // Never wait for room: a stalled syslog daemon would stop the proxy's one thread
+        // (haproxy too sends its logs without blocking and drops them).
+        sock.set_nonblocking(true)?;
         Ok(Syslog {
             sock: Arc::new(sock),
             facility,
@@ -131,5 +134,26 @@ mod tests {
                 std::process::id()
             )
         );
+    }
+
+    #[test]
+    fn a_syslog_that_reads_nothing_never_blocks_logging() {
+        let path =
+            std::env::temp_dir().join(format!("nsmp-syslog-full-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let _server = UnixDatagram::bind(&path).expect("bind");
+        let log = Syslog::connect(&path, 16, "t").expect("connect");
+        // Far more lines than the socket queue holds (net.unix.max_dgram_qlen, 512 by
+        // default); nobody reads them. The proxy's one thread must not wait for room.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for _ in 0..5_000 {
+                let _ = log.make_writer().write_all(b"line\n");
+            }
+            let _ = tx.send(());
+        });
+        let done = rx.recv_timeout(std::time::Duration::from_secs(30));
+        let _ = std::fs::remove_file(&path);
+        assert!(done.is_ok(), "logging blocked on a full syslog socket");
     }
 }
