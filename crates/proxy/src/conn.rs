@@ -91,9 +91,14 @@ async fn one_request(
     // The agent's request is built only once a whole head has arrived, so a slow client
     // holds one buffer, not two.
     let mut out: Option<Buf> = None;
+    // Bytes already searched for the end of the head: a client sending its head in many
+    // small pieces costs one pass over it, not one per piece.
+    let mut scanned = 0;
     // 1. The head, within the request timeout.
     let info = loop {
-        let parsed = if head_may_be_complete(&inb) {
+        let from = scanned;
+        scanned = inb.len();
+        let parsed = if head_may_be_complete(&inb, from) {
             request::parse(
                 &inb,
                 &shared.upstream,
@@ -203,11 +208,14 @@ async fn one_request(
     }
 }
 
-/// A cheap pre-check before parsing: an empty line has arrived, or the head limit is hit.
-fn head_may_be_complete(b: &[u8]) -> bool {
+/// A cheap pre-check before parsing: an empty line has arrived since byte `from` (the
+/// bytes before it were searched already), or the head limit is hit.
+fn head_may_be_complete(b: &[u8], from: usize) -> bool {
+    // An end marker may straddle `from`: look back by its length less one.
+    let new = b.get(from.saturating_sub(2)..).unwrap_or_default();
     b.len() >= request::MAX_HEAD
-        || b.windows(2).any(|w| w == b"\n\n")
-        || b.windows(3).any(|w| w == b"\n\r\n")
+        || new.windows(2).any(|w| w == b"\n\n")
+        || new.windows(3).any(|w| w == b"\n\r\n")
 }
 
 /// Keep the bytes after this request (a pipelined next one), or nothing.
@@ -417,4 +425,23 @@ fn access_log(
         duration_us = started.elapsed().as_micros() as u64,
         id = %shared.id,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::head_may_be_complete;
+
+    #[test]
+    fn head_end_found_across_reads() {
+        let head = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+        // Whatever the split, searching only the new bytes finds the end, and not before.
+        for cut in 0..head.len() {
+            let first = head_may_be_complete(&head[..cut], 0);
+            let second = head_may_be_complete(head, cut);
+            assert!(first || second, "missed the end with the cut at {cut}");
+            assert!(!first || cut >= head.len() - 1, "early end at {cut}");
+        }
+        assert!(head_may_be_complete(b"GET / HTTP/1.0\n\n", 15));
+        assert!(!head_may_be_complete(b"GET / HTTP/1.0\n\nX: y\r\n", 17));
+    }
 }
