@@ -40,14 +40,10 @@ pub fn validate_id(id: &str) -> Result<()> {
     }
 }
 
-/// A namespace name as `ip netns` accepts it: a single path component.
+/// A namespace name as `ip netns` accepts it (a single path component, the rules of
+/// [`ns_netns::validate_name`]), and without whitespace.
 pub fn validate_netns(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 255
-        && name != "."
-        && name != ".."
-        && !name.contains(['/', '\0'])
-        && !name.chars().any(char::is_whitespace);
+    let ok = ns_netns::validate_name(name).is_ok() && !name.chars().any(char::is_whitespace);
     if ok {
         Ok(())
     } else {
