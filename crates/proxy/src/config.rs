@@ -23,7 +23,7 @@ pub const DEFAULT_BIND: &str = "169.254.169.254:80";
 #[derive(Debug, Default, Parser)]
 #[command(name = "ns-metadata-proxy", version, about, long_about = None)]
 pub struct Args {
-    /// Serve a router: send `X-Neutron-Router-ID: ID` (letters, digits, '-', max 64). [INI: router_id]
+    /// Serve a router: send `X-Neutron-Router-ID: ID` (letters, digits, '-', '_', max 64). [INI: router_id]
     #[arg(long = "router-id", visible_alias = "router_id", value_name = "ID")]
     pub router_id: Option<String>,
     /// Serve an isolated network: send `X-Neutron-Network-ID: ID`. [INI: network_id]
@@ -249,12 +249,17 @@ const DEFAULT: &str = "DEFAULT";
 const HAPROXY: &str = "metadata_haproxy";
 const RATE: &str = "metadata_rate_limiting";
 
-/// Ids become header values and file names: letters, digits and '-' only, max 64.
+/// Ids become header values and file names: letters, digits, '-' and '_' only, max 64
+/// (what the spawner accepts, so every record it takes can be served).
 pub fn validate_id(id: &str) -> std::result::Result<(), String> {
-    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
         return Err(format!(
-            "invalid id {id:?}: letters, digits and '-' only, 1..=64 characters"
+            "invalid id {id:?}: letters, digits, '-' and '_' only, 1..=64 characters"
         ));
     }
     Ok(())
@@ -592,6 +597,15 @@ mod tests {
         assert!(parse(&["--router-id", "a", "--network-id", "b"]).is_err());
         assert!(parse(&["--router-id", "a/b"]).is_err());
         assert!(parse(&["--router-id", &"a".repeat(65)]).is_err());
+        // The spawner takes ids with '_' (and auto-enables `qrouter-<id>` namespaces):
+        // its proxy must start for them.
+        assert_eq!(
+            parse(&["--router-id", "r_1"])
+                .expect("'_' is valid")
+                .resource,
+            Resource::Router("r_1".into())
+        );
+        assert!(parse(&["--router-id", "r 1"]).is_err());
     }
 
     #[test]
