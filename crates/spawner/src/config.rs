@@ -210,11 +210,18 @@ impl Config {
                     }
                 }
             }
+            // Windows as the proxy takes them (`--rate-limit-base N/SECONDS`).
+            let window = |k: &str| -> Result<u32> {
+                match get("metadata_rate_limiting", k) {
+                    Some(e) if num(k)? > 86_400 => Err(e.error("must be 1..=86400 seconds").into()),
+                    _ => num(k),
+                }
+            };
             Some(RateLimit {
                 base_rate: num("base_query_rate_limit")?,
-                base_window: num("base_window_duration")?,
+                base_window: window("base_window_duration")?,
                 burst_rate: num("burst_query_rate_limit")?,
-                burst_window: num("burst_window_duration")?,
+                burst_window: window("burst_window_duration")?,
             })
         } else {
             None
@@ -420,6 +427,12 @@ mod tests {
             (
                 "[metadata_rate_limiting]\nrate_limit_enabled = 1\nburst_query_rate_limit = 0\n",
                 "burst_query_rate_limit: must be at least 1",
+            ),
+            (
+                // The proxy refuses windows over a day: caught here, not by proxies that
+                // never start.
+                "[metadata_rate_limiting]\nrate_limit_enabled = 1\nbase_window_duration = 90000\n",
+                "[metadata_rate_limiting] base_window_duration: must be 1..=86400 seconds",
             ),
         ] {
             let err = load(text).expect_err(text).to_string();
