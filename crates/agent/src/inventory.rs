@@ -398,23 +398,29 @@ pub fn parse_cidr(cidr: &str) -> Option<(IpAddr, u8)> {
     (len <= max).then_some((addr, len))
 }
 
+/// The IPv4 netmask of a prefix length, as bits (a length over 32 counts as 32).
+pub fn mask_v4(len: u8) -> u32 {
+    u32::MAX
+        .checked_shl(32 - u32::from(len.min(32)))
+        .unwrap_or(0)
+}
+
+/// The IPv6 netmask of a prefix length, as bits (a length over 128 counts as 128).
+pub fn mask_v6(len: u8) -> u128 {
+    u128::MAX
+        .checked_shl(128 - u32::from(len.min(128)))
+        .unwrap_or(0)
+}
+
 /// Whether `ip` lies in `net/len`.
 pub fn in_prefix(ip: IpAddr, net: IpAddr, len: u8) -> bool {
     match (ip, net) {
         (IpAddr::V4(a), IpAddr::V4(b)) => {
-            let m = if len == 0 {
-                0
-            } else {
-                u32::MAX << (32 - u32::from(len))
-            };
+            let m = mask_v4(len);
             u32::from(a) & m == u32::from(b) & m
         }
         (IpAddr::V6(a), IpAddr::V6(b)) => {
-            let m = if len == 0 {
-                0
-            } else {
-                u128::MAX << (128 - u32::from(len))
-            };
+            let m = mask_v6(len);
             u128::from(a) & m == u128::from(b) & m
         }
         _ => false,
@@ -538,5 +544,10 @@ mod tests {
         assert!(in_prefix(ip("fd00::1"), ip("fd00::"), 64));
         assert!(in_prefix(ip("1.2.3.4"), ip("0.0.0.0"), 0));
         assert!(!in_prefix(ip("fd00::1"), ip("10.0.0.0"), 8));
+        assert_eq!(mask_v4(0), 0);
+        assert_eq!(mask_v4(24), 0xffff_ff00);
+        assert_eq!(mask_v4(32), u32::MAX);
+        assert_eq!(mask_v6(64), u128::MAX << 64);
+        assert_eq!(mask_v6(128), u128::MAX);
     }
 }

@@ -5,47 +5,19 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde_json::{json, Value};
 
-use crate::inventory::{parse_cidr, Port, Snapshot, Subnet};
+use crate::inventory::{mask_v4, mask_v6, parse_cidr, Port, Snapshot, Subnet};
 
 fn netmask(ip: IpAddr, len: u8) -> String {
     match ip {
-        IpAddr::V4(_) => {
-            let m = if len == 0 {
-                0
-            } else {
-                u32::MAX << (32 - u32::from(len))
-            };
-            Ipv4Addr::from(m).to_string()
-        }
-        IpAddr::V6(_) => {
-            let m = if len == 0 {
-                0
-            } else {
-                u128::MAX << (128 - u32::from(len))
-            };
-            Ipv6Addr::from(m).to_string()
-        }
+        IpAddr::V4(_) => Ipv4Addr::from(mask_v4(len)).to_string(),
+        IpAddr::V6(_) => Ipv6Addr::from(mask_v6(len)).to_string(),
     }
 }
 
 fn network_address(ip: IpAddr, len: u8) -> String {
     match ip {
-        IpAddr::V4(a) => {
-            let m = if len == 0 {
-                0
-            } else {
-                u32::MAX << (32 - u32::from(len))
-            };
-            Ipv4Addr::from(u32::from(a) & m).to_string()
-        }
-        IpAddr::V6(a) => {
-            let m = if len == 0 {
-                0
-            } else {
-                u128::MAX << (128 - u32::from(len))
-            };
-            Ipv6Addr::from(u128::from(a) & m).to_string()
-        }
+        IpAddr::V4(a) => Ipv4Addr::from(u32::from(a) & mask_v4(len)).to_string(),
+        IpAddr::V6(a) => Ipv6Addr::from(u128::from(a) & mask_v6(len)).to_string(),
     }
 }
 
