@@ -33,20 +33,24 @@ pub fn facility(name: &str) -> Option<u8> {
 #[derive(Clone)]
 pub struct Syslog {
     sock: Arc<UnixDatagram>,
+    path: Arc<Path>,
     facility: u8,
     tag: String,
 }
 
 impl Syslog {
-    /// Connect to `path` (normally [`DEV_LOG`]).
+    /// Check that a syslog daemon listens on `path` (normally [`DEV_LOG`]) and log there.
     pub fn connect(path: &Path, facility: u8, tag: &str) -> io::Result<Syslog> {
+        UnixDatagram::unbound()?.connect(path)?;
+        // Unconnected, each line addressed by path (as haproxy does): a restarted daemon
+        // (a new socket at the same path) keeps getting our lines.
         let sock = UnixDatagram::unbound()?;
-        sock.connect(path)?;
         // Never wait for room: a stalled syslog daemon would stop the proxy's one thread
         // (haproxy too sends its logs without blocking and drops them).
         sock.set_nonblocking(true)?;
         Ok(Syslog {
             sock: Arc::new(sock),
+            path: path.into(),
             facility,
             tag: format!("{tag}[{}]", std::process::id()),
         })
@@ -66,7 +70,7 @@ impl io::Write for Line<'_> {
         let pri = u16::from(self.log.facility) * 8 + u16::from(self.severity);
         let msg = format!("<{pri}>{}: {text}", self.log.tag);
         // A full or restarting syslog daemon must not stop the proxy: the line is lost.
-        let _ = self.log.sock.send(msg.as_bytes());
+        let _ = self.log.sock.send_to(msg.as_bytes(), &self.log.path);
         Ok(buf.len())
     }
 
@@ -155,5 +159,27 @@ mod tests {
         let done = rx.recv_timeout(std::time::Duration::from_secs(30));
         let _ = std::fs::remove_file(&path);
         assert!(done.is_ok(), "logging blocked on a full syslog socket");
+    }
+
+    #[test]
+    fn lines_reach_a_restarted_syslog_daemon() {
+        let path =
+            std::env::temp_dir().join(format!("nsmp-syslog-again-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let first = UnixDatagram::bind(&path).expect("bind");
+        let log = Syslog::connect(&path, 16, "t").expect("connect");
+        // The daemon restarts: its socket file is made anew at the same path.
+        drop(first);
+        std::fs::remove_file(&path).expect("remove");
+        let second = UnixDatagram::bind(&path).expect("bind again");
+        second
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("timeout");
+        log.make_writer().write_all(b"after\n").expect("write");
+        let mut buf = [0u8; 256];
+        let got = second.recv(&mut buf);
+        let _ = std::fs::remove_file(&path);
+        let n = got.expect("the line reaches the new socket");
+        assert!(String::from_utf8_lossy(&buf[..n]).ends_with(": after"));
     }
 }
