@@ -156,19 +156,21 @@ pub struct Instance {
     /// Per-instance vendor data; overrides the file-wide `vendor_data`.
     #[serde(default)]
     pub vendor_data: Option<Value>,
+    /// `user_data` or the decoded `user_data_b64`, set once when the snapshot is built
+    /// (not decoded again for every request).
+    #[serde(skip)]
+    user_data_raw: Option<bytes::Bytes>,
 }
 
 impl Instance {
-    /// The decoded user data, if any (validated at load time).
+    /// The user data, if any (decoded and validated at load time); cheap to clone.
+    pub fn user_data(&self) -> Option<bytes::Bytes> {
+        self.user_data_raw.clone()
+    }
+
+    /// The user data as a vector.
     pub fn user_data_bytes(&self) -> Option<Vec<u8>> {
-        if let Some(s) = &self.user_data {
-            return Some(s.as_bytes().to_vec());
-        }
-        self.user_data_b64.as_ref().and_then(|b| {
-            base64::engine::general_purpose::STANDARD
-                .decode(b.trim())
-                .ok()
-        })
+        self.user_data_raw.as_deref().map(<[u8]>::to_vec)
     }
 }
 
@@ -238,7 +240,7 @@ impl Snapshot {
     }
 
     /// Validate and index.
-    pub fn build(inventory: Inventory) -> Result<Snapshot, String> {
+    pub fn build(mut inventory: Inventory) -> Result<Snapshot, String> {
         let mut s = Snapshot::default();
         for (i, n) in inventory.networks.iter().enumerate() {
             if n.id.is_empty() {
@@ -294,7 +296,7 @@ impl Snapshot {
                     .push(i);
             }
         }
-        for (i, inst) in inventory.instances.iter().enumerate() {
+        for (i, inst) in inventory.instances.iter_mut().enumerate() {
             if inst.uuid.is_empty() {
                 return Err(format!("instances[{i}]: empty uuid"));
             }
@@ -310,9 +312,12 @@ impl Snapshot {
                 ));
             }
             if let Some(b) = &inst.user_data_b64 {
-                base64::engine::general_purpose::STANDARD
+                let raw = base64::engine::general_purpose::STANDARD
                     .decode(b.trim())
                     .map_err(|e| format!("instances[{i}]: user_data_b64 is not base64: {e}"))?;
+                inst.user_data_raw = Some(raw.into());
+            } else if let Some(t) = &inst.user_data {
+                inst.user_data_raw = Some(t.clone().into_bytes().into());
             }
         }
         s.inventory = inventory;

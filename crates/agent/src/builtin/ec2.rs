@@ -173,8 +173,8 @@ fn tree(version: usize, ctx: &Ctx<'_>, opts: &BuiltinOptions) -> Node {
         md.push(("instance-action", leaf("none")));
     }
     let mut top = vec![("meta-data", dir(md))];
-    if let Some(ud) = inst.user_data_bytes() {
-        top.push(("user-data", Node::Leaf(Bytes::from(ud))));
+    if let Some(ud) = inst.user_data() {
+        top.push(("user-data", Node::Leaf(ud)));
     }
     dir(top)
 }

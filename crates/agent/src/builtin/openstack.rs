@@ -59,7 +59,7 @@ pub fn respond(rest: &[&str], ctx: &Ctx<'_>, opts: &BuiltinOptions) -> Resp {
     let Some(v) = version(first) else {
         return not_found();
     };
-    let user_data = ctx.inst.user_data_bytes();
+    let user_data = ctx.inst.user_data();
     if rest.len() == 1 {
         let mut names = vec!["meta_data.json"];
         if user_data.is_some() {
