@@ -55,6 +55,9 @@ cargo_build() {
         "$cargo" build --release --manifest-path "$REPO/Cargo.toml" "$@" >&2
     fi
 }
+# The commit the binaries are built from (others may commit while the run goes on).
+COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
+[[ -z $(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null) ]] || COMMIT="$COMMIT+dirty"
 if [[ $BUILD == 1 ]]; then
     log "cargo build --release --workspace --bins"
     if ! cargo_build --workspace --bins; then
@@ -535,7 +538,7 @@ stamp=$(date -u +%Y%m%dT%H%M%SZ)
     --meta "idle_s=$IDLE" --meta "n=$N" --meta "kernel=$(uname -r)" --meta "cpus=$(nproc)" \
     --meta "loadavg_start=$LOAD_START" --meta "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" \
     --meta "elapsed_s=$(($(date +%s) - T_START))" --meta "haproxy=$(haproxy -v | head -1)" \
-    --meta "commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+    --meta "commit=$COMMIT" --meta "built=$BUILD" \
     --meta "ours_proxy=$OURS" --meta "ours_spawner=$SPAWN"
 cp "$RAW" "$REPO/bench/results/$stamp.raw.tsv"
 # Under sudo the results belong to the invoking user, like the build.
