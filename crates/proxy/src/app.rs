@@ -18,6 +18,7 @@ pub fn run(cfg: Config, daemon_child: bool) -> Result<()> {
     let ready = Readiness::open(&cfg.ready_fds)?;
     let creds = Creds::resolve(cfg.user.as_deref(), cfg.group.as_deref())?;
     let listeners = bind::bind_in(cfg.netns.as_deref(), &cfg.binds)?;
+    bind::set_backlog(&listeners, cfg.max_connections)?;
     let pid_file = cfg.pid_file.as_deref().map(PidFile::create).transpose()?;
     process::raise_nofile(cfg.max_connections);
     creds.drop_privileges()?;

@@ -140,6 +140,32 @@ fn bind_one(spec: &BindSpec) -> Result<std::net::TcpListener> {
     }
 }
 
+/// Deepen every listener's accept queue to `max_connections` (std's bind uses 128), as
+/// haproxy sizes its backlog from maxconn: a burst of booting VMs then waits in the kernel
+/// instead of having SYNs dropped and retried a second later. The kernel caps the value at
+/// `net.core.somaxconn`; listen(2) on a listening socket only updates its backlog.
+pub fn set_backlog(listeners: &[std::net::TcpListener], max_connections: usize) -> Result<()> {
+    let max = i32::from(nix::sys::socket::Backlog::MAXCONN);
+    let n = i32::try_from(max_connections).unwrap_or(max).clamp(1, max);
+    for l in listeners {
+        let backlog = nix::sys::socket::Backlog::new(n).map_err(|e| Error::Bind {
+            addr: local(l),
+            source: e.into(),
+        })?;
+        nix::sys::socket::listen(l, backlog).map_err(|e| Error::Bind {
+            addr: local(l),
+            source: e.into(),
+        })?;
+    }
+    Ok(())
+}
+
+fn local(l: &std::net::TcpListener) -> String {
+    l.local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "listener".into())
+}
+
 /// Bind inside the namespace `spec` (`--netns`) on a dedicated thread, or here.
 pub fn bind_in(netns: Option<&str>, specs: &[BindSpec]) -> Result<Vec<std::net::TcpListener>> {
     match netns {
@@ -185,6 +211,31 @@ mod tests {
         ] {
             assert!(bad.parse::<BindSpec>().is_err(), "{bad}");
         }
+    }
+
+    /// The accept queue as the kernel reports it: `ss` shows a listener's backlog as Send-Q.
+    fn backlog_of(port: u16) -> Option<u32> {
+        let out = std::process::Command::new("ss")
+            .args(["-ltnH", &format!("sport = :{port}")])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace().nth(2)?.parse().ok()
+    }
+
+    #[test]
+    fn backlog_follows_max_connections() {
+        let l = bind_all(&["127.0.0.1:0".parse().expect("spec")]).expect("bind");
+        let port = l[0].local_addr().expect("addr").port();
+        let Some(before) = backlog_of(port) else {
+            eprintln!("SKIP backlog_follows_max_connections: no ss");
+            return;
+        };
+        assert_eq!(before, 128, "std's default");
+        set_backlog(&l, 1000).expect("listen");
+        assert_eq!(backlog_of(port), Some(1000));
+        set_backlog(&l, usize::MAX).expect("clamped, not an error");
+        assert!(backlog_of(port).is_some_and(|b| b >= 1000));
     }
 
     #[test]
