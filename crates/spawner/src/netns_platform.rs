@@ -45,6 +45,27 @@ impl Platform for Namespaces {
         Ok(())
     }
 
+    async fn missing(&self, spec: &ProxySpec) -> Option<String> {
+        let ns = match Netns::open(&spec.netns) {
+            Ok(ns) => ns,
+            Err(e) if e.is_not_found() => {
+                return Some(format!("namespace {} does not exist", spec.netns))
+            }
+            Err(_) => return None,
+        };
+        match Netlink::open(&ns).await {
+            Ok(nl) => match nl.link_exists(&spec.interface).await {
+                Ok(false) => Some(format!(
+                    "interface {} not in {}",
+                    spec.interface, spec.netns
+                )),
+                // Other failures are not "missing": `prepare` reports them (and backs off).
+                Ok(true) | Err(_) => None,
+            },
+            Err(_) => None,
+        }
+    }
+
     async fn teardown(&self, spec: &ProxySpec) -> Result<()> {
         let ns = match Netns::open(&spec.netns) {
             Ok(ns) => ns,

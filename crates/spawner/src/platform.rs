@@ -16,6 +16,11 @@ pub trait Platform: Send + Sync + 'static {
     /// Make the namespace ready for the proxy: loopback up, 169.254.169.254/32 (and
     /// fe80::a9fe:a9fe/128 when `spec.ipv6`) on `spec.interface`. Idempotent.
     fn prepare(&self, spec: &ProxySpec) -> impl Future<Output = Result<()>> + Send;
+    /// Why the proxy cannot start yet, if something it needs is not there: the namespace,
+    /// or `spec.interface` inside it (an orchestrator often announces a network before it
+    /// plugs the DHCP port). Cheap (one link lookup, no process): polled while waiting.
+    /// Other errors are not reasons to wait; `prepare` reports them.
+    fn missing(&self, spec: &ProxySpec) -> impl Future<Output = Option<String>> + Send;
     /// Remove what `prepare` added (the addresses). A namespace that is gone is fine.
     fn teardown(&self, spec: &ProxySpec) -> impl Future<Output = Result<()>> + Send;
     /// Spawn `cmd` inside the namespace (the namespace is opened before the fork and
@@ -28,7 +33,9 @@ pub trait Platform: Send + Sync + 'static {
 }
 
 /// Runs proxies in the current namespace and prepares nothing: for unprivileged tests
-/// (every namespace "exists" unless its name starts with `missing-`).
+/// (every namespace "exists" unless its name starts with `missing-`; every interface exists
+/// unless its name starts with `missing-` and no file of that name is in the temp dir, so a
+/// test makes it "appear" by creating the file).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Host;
 
@@ -39,6 +46,12 @@ impl Platform for Host {
 
     async fn prepare(&self, _spec: &ProxySpec) -> Result<()> {
         Ok(())
+    }
+
+    async fn missing(&self, spec: &ProxySpec) -> Option<String> {
+        (spec.interface.starts_with("missing-")
+            && !std::env::temp_dir().join(&spec.interface).exists())
+        .then(|| format!("interface {} not in {}", spec.interface, spec.netns))
     }
 
     async fn teardown(&self, _spec: &ProxySpec) -> Result<()> {

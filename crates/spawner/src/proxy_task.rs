@@ -1,7 +1,8 @@
 //! The one owner of one proxy: start it (or adopt a running one), watch it, restart it at
 //! once and then with backoff when it dies, and stop it (SIGTERM, grace, SIGKILL, pid file
-//! and addresses removed) when the supervisor says so; a supervisor that goes away without
-//! saying so leaves its proxies running for the next one to adopt.
+//! and addresses removed) when the supervisor says so; while its interface (or namespace)
+//! is missing it waits with a short re-check instead of the backoff; a supervisor that goes
+//! away without saying so leaves its proxies running for the next one to adopt.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,6 +16,10 @@ use crate::launch::{launch, Running};
 use crate::pidfile;
 use crate::platform::Platform;
 use crate::supervisor::{lock, ProxyStatus, State};
+
+/// How often a proxy waiting for its namespace or interface looks again: one netlink link
+/// lookup per proxy, so the proxy is up well under a second after the interface appears.
+pub(crate) const WAITING_RECHECK: Duration = Duration::from_millis(250);
 
 /// How a proxy task starts.
 pub(crate) enum Start {
@@ -60,7 +65,38 @@ pub(crate) async fn proxy_task<P: Platform>(
         let mut running = match current.take() {
             Some(r) => r,
             None => {
-                lock(&status).state = State::Starting;
+                // Not there yet (the DHCP tap is plugged after the network is announced):
+                // wait for it with a cheap re-check, not through the crash backoff, and
+                // without counting restarts.
+                if let Some(reason) = platform.missing(&spec).await {
+                    {
+                        let mut st = lock(&status);
+                        if st.state != State::Waiting {
+                            tracing::info!(key = %spec.key, netns = %spec.netns, reason = %reason, "proxy waiting");
+                        }
+                        st.state = State::Waiting;
+                        st.last_error = Some(reason);
+                        st.pid = None;
+                    }
+                    match wait_or_stop(WAITING_RECHECK, &mut stop).await {
+                        Wake::Retry => continue,
+                        Wake::Stop => {
+                            // No process, and no addresses without the interface.
+                            pidfile::remove_own(&pid_dir, &spec.key, None);
+                            lock(&status).state = State::Stopping;
+                            return;
+                        }
+                        Wake::Detached => return,
+                    }
+                }
+                {
+                    let mut st = lock(&status);
+                    if st.state == State::Waiting {
+                        // What it waited for is there now: the reason is stale.
+                        st.last_error = None;
+                    }
+                    st.state = State::Starting;
+                }
                 // Not raced against `stop`: dropping a launch half-way would leave a spawned
                 // child unwatched. It is bounded by ready_timeout; a stop sent meanwhile is
                 // seen right after (by the select below or by wait_or_stop).

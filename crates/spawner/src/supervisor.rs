@@ -30,7 +30,8 @@ pub enum State {
     Backoff,
     /// Being stopped.
     Stopping,
-    /// Wanted, but its namespace does not exist (yet).
+    /// Wanted, but its namespace or its interface does not exist (yet); `last_error` says
+    /// which. Re-checked often, not counted as a restart.
     Waiting,
 }
 
@@ -223,11 +224,10 @@ impl<P: Platform> Supervisor<P> {
             .values()
             .map(|p| lock(&p.status).clone())
             .collect();
-        out.extend(
-            lock(&self.inner.waiting)
-                .values()
-                .map(|s| ProxyStatus::new(s, State::Waiting)),
-        );
+        out.extend(lock(&self.inner.waiting).values().map(|s| ProxyStatus {
+            last_error: Some(format!("namespace {} does not exist", s.netns)),
+            ..ProxyStatus::new(s, State::Waiting)
+        }));
         out.sort_by(|a, b| a.key.cmp(&b.key));
         out
     }

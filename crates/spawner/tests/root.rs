@@ -368,3 +368,70 @@ async fn ipv6_adds_and_binds_the_link_local_metadata_address() {
         "{addrs:?}"
     );
 }
+
+/// The usual orchestrator order: the network is announced before its DHCP port is plugged.
+/// The proxy waits (shown with the reason, no restarts, no backoff) and answers the vm
+/// promptly once the interface appears, not after a crash backoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_waits_for_its_interface_then_answers_promptly() {
+    if !require_root("network_waits_for_its_interface_then_answers_promptly") {
+        return;
+    }
+    let dir = TempDir::new("rt-late-tap");
+    let _agent = start_agent(&dir.path().join("agent.sock"));
+    let p = unique_prefix();
+    let id = format!("{p}n");
+    let netns = format!("qdhcp-{id}");
+    let dns = TestNs::new(&netns).expect("dhcp ns");
+    let vm = TestNs::new(&format!("{p}vm")).expect("vm ns");
+    // A long crash backoff: recovering through it would miss the bounded wait below.
+    let sup = supervisor(&dir, |c| {
+        c.enable_isolated_metadata = true;
+        c.max_restart_delay = Duration::from_secs(60);
+    });
+    let net: Network = serde_json::from_value(serde_json::json!({
+        "id": id, "interface": "va107",
+        "subnets": [{"id": "s1", "cidr": "10.250.107.0/24", "gateway_ip": null, "enable_dhcp": true, "ip_version": 4}],
+        "ports": [{"id": "pd", "device_owner": "network:dhcp", "device_id": "d", "fixed_ips": [{"subnet_id": "s1", "ip_address": "10.250.107.1"}]}]
+    }))
+    .expect("network json");
+    sup.put_network(net);
+    let reason = format!("interface va107 not in {netns}");
+    let st = eventually(T, || {
+        status_of(&sup, &id).filter(|s| s.state == State::Waiting)
+    })
+    .await
+    .unwrap_or_else(|| panic!("not waiting: {:?}", status_of(&sup, &id)));
+    assert_eq!(st.last_error.as_deref(), Some(reason.as_str()), "{st:?}");
+    // Several re-checks later: still waiting, nothing counted as a restart.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let st = status_of(&sup, &id).expect("status");
+    assert_eq!(
+        (st.state, st.restarts, st.pid),
+        (State::Waiting, 0, None),
+        "{st:?}"
+    );
+
+    // Plug the port: a veth end named as the record's interface appears in the namespace.
+    let (_, vm_ip) = link(&dns, &vm, 107).await.expect("veth");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let body = loop {
+        match get_in(vm.netns(), "169.254.169.254:80") {
+            Ok(b) => break b,
+            Err(e) if std::time::Instant::now() > deadline => {
+                panic!(
+                    "no answer 5 s after the interface appeared: {e}; {:?}",
+                    status_of(&sup, &id)
+                )
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    assert_eq!(body, format!("router=- network={id} xff={vm_ip}"));
+    let st = status_of(&sup, &id).expect("status");
+    assert_eq!(
+        (st.state, st.restarts, st.last_error),
+        (State::Running, 0, None)
+    );
+    sup.stop_all().await;
+}

@@ -258,6 +258,59 @@ async fn missing_namespace_waits() {
     assert_eq!((st.state, st.pid), (State::Waiting, None));
 }
 
+/// Removes the file that stands for an interface on `Host` (see `Host::missing`).
+struct FileGuard(std::path::PathBuf);
+
+impl Drop for FileGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_interface_waits_without_restarts_then_starts() {
+    let dir = TempDir::new("wait-if");
+    let proxy = fake_proxy(dir.path());
+    let mut cfg = config(dir.path(), &proxy);
+    let ifname = format!("missing-if{}", std::process::id());
+    cfg.router_interface = ifname.clone();
+    cfg.max_restart_delay = Duration::from_secs(60);
+    let sup = Supervisor::new(Host, cfg, Records::default());
+    let looper = sup.clone();
+    let lp = tokio::spawn(async move { looper.run_loop().await });
+    sup.put_router(router("r1"));
+    let st = eventually(T, || {
+        status_of(&sup, "r1").filter(|s| s.state == State::Waiting)
+    })
+    .await
+    .unwrap_or_else(|| panic!("not waiting: {:?}", status_of(&sup, "r1")));
+    let reason = format!("interface {ifname} not in qrouter-r1");
+    assert_eq!(st.last_error.as_deref(), Some(reason.as_str()));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let st = status_of(&sup, "r1").expect("listed");
+    assert_eq!((st.state, st.restarts, st.pid), (State::Waiting, 0, None));
+
+    let appeared = FileGuard(std::env::temp_dir().join(&ifname));
+    std::fs::write(&appeared.0, "").expect("interface file");
+    let pid = eventually(Duration::from_secs(5), || {
+        status_of(&sup, "r1")
+            .filter(|s| s.state == State::Running)
+            .and_then(|s| s.pid)
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "not running 5 s after the interface: {:?}",
+            status_of(&sup, "r1")
+        )
+    });
+    let _g = PidGuard(vec![pid]);
+    let st = status_of(&sup, "r1").expect("listed");
+    assert_eq!((st.restarts, st.last_error), (0, None));
+    sup.stop_all().await;
+    lp.abort();
+}
+
 #[test]
 fn concurrent_changes_all_reach_records_json() {
     let dir = TempDir::new("persist");
