@@ -2,7 +2,7 @@
 //! (`--agent-keepalive`), one request/response exchange with the retry rule, and relaying
 //! the response to the VM.
 
-use std::io;
+use std::io::{self, Write as _};
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -71,6 +71,32 @@ impl UpError {
             UpError::NoReply | UpError::BadResponse(_) | UpError::Send(_) => 502,
         }
     }
+}
+
+/// A connected agent socket not yet registered with the runtime.
+struct Fresh(std::os::unix::net::UnixStream);
+
+/// The connection a request goes out on.
+enum Conn {
+    Fresh(Fresh),
+    Pooled(UnixStream),
+}
+
+/// Connect without the runtime: a Unix-socket connect completes or fails at once (no
+/// `EINPROGRESS`; a full backlog is `EAGAIN`), so tokio's wait for writability and its
+/// `SO_ERROR` check would only cost a wake-up and a syscall per request.
+fn connect_now(path: &std::path::Path) -> io::Result<std::os::unix::net::UnixStream> {
+    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
+    use std::os::fd::AsRawFd;
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let addr = UnixAddr::new(path)?;
+    socket::connect(fd.as_raw_fd(), &addr)?;
+    Ok(std::os::unix::net::UnixStream::from(fd))
 }
 
 struct Idle {
@@ -194,12 +220,24 @@ impl Agent {
         }
     }
 
-    async fn connect(&self) -> Result<UnixStream, UpError> {
+    /// Connect, retrying a full backlog or a refused connection; all within
+    /// `--timeout-connect`.
+    async fn connect(&self) -> Result<Fresh, UpError> {
+        match timeout(self.connect_timeout, self.connect_tries()).await {
+            Ok(r) => r,
+            Err(_) => Err(UpError::Unavailable(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connect timed out",
+            ))),
+        }
+    }
+
+    async fn connect_tries(&self) -> Result<Fresh, UpError> {
         let mut last = None;
         for attempt in 0..CONNECT_TRIES {
-            match timeout(self.connect_timeout, UnixStream::connect(&self.path)).await {
-                Ok(Ok(s)) => return Ok(s),
-                Ok(Err(e)) => {
+            match connect_now(&self.path) {
+                Ok(s) => return Ok(Fresh(s)),
+                Err(e) => {
                     // A missing socket will not appear within a retry; a full backlog
                     // (EAGAIN) or a restarting agent (ECONNREFUSED) may recover.
                     let again = matches!(
@@ -211,10 +249,6 @@ impl Agent {
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
-                }
-                Err(_) => {
-                    last = Some(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
-                    break;
                 }
             }
         }
@@ -244,13 +278,20 @@ impl Agent {
         C: AsyncWrite + Unpin,
     {
         let mut rbuf = Buf::get();
-        let (mut stream, mut pooled) = match (self.mode, self.take()) {
-            (KeepaliveMode::Off, _) | (_, None) => (self.connect().await?, false),
-            (_, Some(s)) => (s, true),
+        let (mut conn, mut pooled) = match (self.mode, self.take()) {
+            (KeepaliveMode::Off, _) | (_, None) => (Conn::Fresh(self.connect().await?), false),
+            (_, Some(s)) => (Conn::Pooled(s), true),
         };
-        let info = loop {
-            match self.send(&mut stream, buf, &mut rbuf, fc, stop).await {
-                Ok(info) => break info,
+        let (mut stream, info) = loop {
+            let result = match self.write_request(conn, buf).await {
+                Ok(mut s) => match self.read_head(&mut s, buf, &mut rbuf, fc, stop).await {
+                    Ok(info) => Ok((s, info)),
+                    Err(e) => Err((e, true)),
+                },
+                Err(e) => Err((e, false)),
+            };
+            match result {
+                Ok(r) => break r,
                 Err((e, wrote)) => {
                     // Retry once, on a fresh connection, only when a pooled connection
                     // failed before any response byte, for an idempotent method, and
@@ -258,7 +299,7 @@ impl Agent {
                     let failed_early = matches!(e, UpError::NoReply | UpError::Send(_));
                     if pooled && failed_early && retry_ok && (!has_body || !wrote) {
                         tracing::debug!(err = %e, "pooled agent connection failed, retrying once");
-                        stream = self.connect().await?;
+                        conn = Conn::Fresh(self.connect().await?);
                         pooled = false;
                         rbuf.clear();
                         continue;
@@ -281,22 +322,41 @@ impl Agent {
         Ok(outcome)
     }
 
-    /// Write the request in `buf` and read the response head; on success `buf` holds the
-    /// VM's head instead (on failure it still holds the request, for the retry). The error
-    /// says whether the write went through.
-    async fn send(
+    /// Write the request in `buf` (head and body) and return the connection, registered
+    /// with the runtime for reading the answer. A fresh connection gets the request
+    /// straight from the socket first: a Unix socket's send buffer takes a whole request
+    /// at once, so the usual case costs no wait for a writable event (tokio waits for one
+    /// before the first write on a new registration).
+    async fn write_request(&self, conn: Conn, buf: &[u8]) -> Result<UnixStream, UpError> {
+        let (mut stream, sent) = match conn {
+            Conn::Pooled(s) => (s, 0),
+            Conn::Fresh(Fresh(s)) => {
+                let sent = match (&s).write(buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                    Err(e) => return Err(UpError::Send(e)),
+                };
+                (UnixStream::from_std(s).map_err(UpError::Send)?, sent)
+            }
+        };
+        let rest = buf.get(sent..).unwrap_or_default();
+        match timeout(self.server_timeout, stream.write_all(rest)).await {
+            Ok(Ok(())) => Ok(stream),
+            Ok(Err(e)) => Err(UpError::Send(e)),
+            Err(_) => Err(UpError::Timeout),
+        }
+    }
+
+    /// Read the response head; on success `buf` holds the VM's head instead of the request
+    /// (on failure it still holds the request, for the retry).
+    async fn read_head(
         &self,
         stream: &mut UnixStream,
         buf: &mut Buf,
         rbuf: &mut Buf,
         fc: ForClient,
         stop: &tokio::sync::watch::Receiver<bool>,
-    ) -> Result<RespInfo, (UpError, bool)> {
-        match timeout(self.server_timeout, stream.write_all(buf)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err((UpError::Send(e), false)),
-            Err(_) => return Err((UpError::Timeout, false)),
-        }
+    ) -> Result<RespInfo, UpError> {
         let mut give_up = self.give_up.subscribe();
         loop {
             if rbuf.len() == rbuf.capacity() && rbuf.len() < response::MAX_RESP_HEAD {
@@ -305,17 +365,17 @@ impl Agent {
             }
             let read = tokio::select! {
                 r = timeout(self.server_timeout, stream.read_buf(&mut **rbuf)) => r,
-                _ = give_up.wait_for(|g| *g) => return Err((UpError::ShuttingDown, true)),
+                _ = give_up.wait_for(|g| *g) => return Err(UpError::ShuttingDown),
             };
             let n = match read {
-                Err(_) => return Err((UpError::Timeout, true)),
+                Err(_) => return Err(UpError::Timeout),
                 Ok(Ok(n)) => n,
-                Ok(Err(_)) if rbuf.is_empty() => return Err((UpError::NoReply, true)),
+                Ok(Err(_)) if rbuf.is_empty() => return Err(UpError::NoReply),
                 Ok(Err(_)) => 0,
             };
             if n == 0 {
                 if rbuf.is_empty() {
-                    return Err((UpError::NoReply, true));
+                    return Err(UpError::NoReply);
                 }
                 // Neutron's agent ends a bodyless non-200 head at EOF without the empty
                 // line (webob's str(Response)): complete it and parse once more.
@@ -326,14 +386,14 @@ impl Agent {
                         Ok(info)
                     }
                     // Some bytes came: not "no reply", and never retried.
-                    Ok(None) => Err((response::RespError("truncated head").into(), true)),
-                    Err(e) => Err((e.into(), true)),
+                    Ok(None) => Err(response::RespError("truncated head").into()),
+                    Err(e) => Err(e.into()),
                 };
             }
             match response::parse(rbuf, for_client(fc, stop), buf) {
                 Ok(Some(info)) => return Ok(info),
                 Ok(None) => continue,
-                Err(e) => return Err((e.into(), true)),
+                Err(e) => return Err(e.into()),
             }
         }
     }
