@@ -2,7 +2,7 @@
 //! (`--agent-keepalive`), one request/response exchange with the retry rule, and relaying
 //! the response to the VM.
 
-use std::io::{self, Write as _};
+use std::io::{self, Read as _, Write as _};
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -82,6 +82,44 @@ enum Conn {
     Pooled(UnixStream),
 }
 
+/// An agent connection, registered with the runtime only once it has to be waited on: a
+/// fresh connection whose whole answer is already there when it is first read is never
+/// registered (no `epoll_ctl` ADD and DEL).
+struct Stream {
+    plain: Option<std::os::unix::net::UnixStream>,
+    reg: Option<UnixStream>,
+}
+
+impl Stream {
+    /// The registered stream, registering it now if needed.
+    fn reg(&mut self) -> io::Result<&mut UnixStream> {
+        if let Some(p) = self.plain.take() {
+            self.reg = Some(UnixStream::from_std(p)?);
+        }
+        self.reg
+            .as_mut()
+            .ok_or_else(|| io::Error::other("agent connection lost"))
+    }
+
+    fn into_reg(mut self) -> io::Result<UnixStream> {
+        self.reg()?;
+        self.reg
+            .take()
+            .ok_or_else(|| io::Error::other("agent connection lost"))
+    }
+
+    /// Read what is there without waiting, into the spare room of `b`; whether bytes came.
+    fn read_now(&mut self, b: &mut Buf) -> bool {
+        let Some(p) = &self.plain else { return false };
+        let len = b.len();
+        let room = b.capacity().max(len + 1);
+        b.resize(room, 0);
+        let n = (&*p).read(&mut b[len..]).unwrap_or(0);
+        b.truncate(len + n);
+        n > 0
+    }
+}
+
 /// Connect without the runtime: a Unix-socket connect completes or fails at once (no
 /// `EINPROGRESS`; a full backlog is `EAGAIN`), so tokio's wait for writability and its
 /// `SO_ERROR` check would only cost a wake-up and a syscall per request.
@@ -99,6 +137,22 @@ fn connect_now(path: &std::path::Path) -> io::Result<std::os::unix::net::UnixStr
     Ok(std::os::unix::net::UnixStream::from(fd))
 }
 
+/// Counts an exchange in flight while alive.
+struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn new(n: &'a std::sync::atomic::AtomicUsize) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        InFlight(n)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 struct Idle {
     stream: UnixStream,
     expires: Instant,
@@ -111,6 +165,9 @@ pub struct Agent {
     connect_timeout: Duration,
     server_timeout: Duration,
     pool: Mutex<Vec<Idle>>,
+    /// Exchanges in flight: with others running, a fresh connection's answer is looked
+    /// for once after the others had their turn, before registering the socket.
+    inflight: std::sync::atomic::AtomicUsize,
     /// Set when the shutdown grace is over: requests still waiting for the agent's head
     /// answer 503 at once instead of being cut without a reply.
     give_up: tokio::sync::watch::Sender<bool>,
@@ -148,6 +205,7 @@ impl Agent {
             connect_timeout,
             server_timeout,
             pool: Mutex::new(Vec::new()),
+            inflight: std::sync::atomic::AtomicUsize::new(0),
             give_up: tokio::sync::watch::Sender::new(false),
         }
     }
@@ -282,12 +340,23 @@ impl Agent {
             (KeepaliveMode::Off, _) | (_, None) => (Conn::Fresh(self.connect().await?), false),
             (_, Some(s)) => (Conn::Pooled(s), true),
         };
+        let _inflight = InFlight::new(&self.inflight);
         let (mut stream, info) = loop {
             let result = match self.write_request(conn, buf).await {
-                Ok(mut s) => match self.read_head(&mut s, buf, &mut rbuf, fc, stop).await {
-                    Ok(info) => Ok((s, info)),
-                    Err(e) => Err((e, true)),
-                },
+                Ok(mut s) => {
+                    if s.plain.is_some()
+                        && self.inflight.load(std::sync::atomic::Ordering::Relaxed) > 1
+                    {
+                        // Let the other requests run first; under load the agent has
+                        // usually answered by then.
+                        tokio::task::yield_now().await;
+                        s.read_now(&mut rbuf);
+                    }
+                    match self.read_head(&mut s, buf, &mut rbuf, fc, stop).await {
+                        Ok(info) => Ok((s, info)),
+                        Err(e) => Err((e, true)),
+                    }
+                }
                 Err(e) => Err((e, false)),
             };
             match result {
@@ -317,7 +386,9 @@ impl Agent {
             KeepaliveMode::Auto => info.keepalive_hint.is_some(),
         };
         if keep && reusable && info.agent_reusable {
-            self.put(stream, info.keepalive_hint);
+            if let Ok(s) = stream.into_reg() {
+                self.put(s, info.keepalive_hint);
+            }
         }
         Ok(outcome)
     }
@@ -327,20 +398,34 @@ impl Agent {
     /// straight from the socket first: a Unix socket's send buffer takes a whole request
     /// at once, so the usual case costs no wait for a writable event (tokio waits for one
     /// before the first write on a new registration).
-    async fn write_request(&self, conn: Conn, buf: &[u8]) -> Result<UnixStream, UpError> {
+    async fn write_request(&self, conn: Conn, buf: &[u8]) -> Result<Stream, UpError> {
         let (mut stream, sent) = match conn {
-            Conn::Pooled(s) => (s, 0),
+            Conn::Pooled(s) => (
+                Stream {
+                    plain: None,
+                    reg: Some(s),
+                },
+                0,
+            ),
             Conn::Fresh(Fresh(s)) => {
                 let sent = match (&s).write(buf) {
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
                     Err(e) => return Err(UpError::Send(e)),
                 };
-                (UnixStream::from_std(s).map_err(UpError::Send)?, sent)
+                let stream = Stream {
+                    plain: Some(s),
+                    reg: None,
+                };
+                if sent == buf.len() {
+                    return Ok(stream);
+                }
+                (stream, sent)
             }
         };
         let rest = buf.get(sent..).unwrap_or_default();
-        match timeout(self.server_timeout, stream.write_all(rest)).await {
+        let reg = stream.reg().map_err(UpError::Send)?;
+        match timeout(self.server_timeout, reg.write_all(rest)).await {
             Ok(Ok(())) => Ok(stream),
             Ok(Err(e)) => Err(UpError::Send(e)),
             Err(_) => Err(UpError::Timeout),
@@ -351,14 +436,25 @@ impl Agent {
     /// (on failure it still holds the request, for the retry).
     async fn read_head(
         &self,
-        stream: &mut UnixStream,
+        stream: &mut Stream,
         buf: &mut Buf,
         rbuf: &mut Buf,
         fc: ForClient,
         stop: &tokio::sync::watch::Receiver<bool>,
     ) -> Result<RespInfo, UpError> {
         let mut give_up = self.give_up.subscribe();
+        // Bytes already read (see `Stream::read_now`) are parsed before reading more.
+        let mut have = !rbuf.is_empty();
         loop {
+            if have {
+                have = false;
+                match response::parse(rbuf, for_client(fc, stop), buf) {
+                    Ok(Some(info)) => return Ok(info),
+                    Ok(None) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let stream = stream.reg().map_err(UpError::Send)?;
             if rbuf.len() == rbuf.capacity() && rbuf.len() < response::MAX_RESP_HEAD {
                 let len = rbuf.len();
                 rbuf.reserve(len);
@@ -402,7 +498,7 @@ impl Agent {
     /// connection ended cleanly at the end of the body (so it may be pooled).
     async fn relay_body<C>(
         &self,
-        stream: &mut UnixStream,
+        stream: &mut Stream,
         rbuf: &mut Buf,
         hbuf: &mut Buf,
         info: &RespInfo,
@@ -443,7 +539,11 @@ impl Agent {
             }
             rbuf.clear();
             start = 0;
-            let read = timeout(self.server_timeout, stream.read_buf(&mut **rbuf)).await;
+            let Ok(reg) = stream.reg() else {
+                out.client_close = true;
+                return (out, false);
+            };
+            let read = timeout(self.server_timeout, reg.read_buf(&mut **rbuf)).await;
             match read {
                 Ok(Ok(n)) if n > 0 => {}
                 // EOF ends a close-delimited body; anything else is a truncated answer
@@ -521,6 +621,66 @@ impl Body {
                 .map_err(|_| ())?;
                 Ok((self.decoder.is_done(), used == input.len()))
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An answer found by the read before registration, whole or in part, reaches the VM
+    /// whole; the socket is registered only when more had to be waited for.
+    #[tokio::test]
+    async fn an_answer_read_before_registration_is_relayed_whole() {
+        let agent = Agent::new(
+            PathBuf::from("/nonexistent"),
+            KeepaliveMode::Off,
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        );
+        let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+        for split in [resp.len(), 10, resp.len() - 2] {
+            let (mut a, b) = std::os::unix::net::UnixStream::pair().expect("pair");
+            b.set_nonblocking(true).expect("nonblocking");
+            a.write_all(&resp[..split]).expect("write");
+            let mut s = Stream {
+                plain: Some(b),
+                reg: None,
+            };
+            let mut rbuf = Buf::get();
+            assert!(s.read_now(&mut rbuf));
+            assert_eq!(&rbuf[..], &resp[..split]);
+            a.write_all(&resp[split..]).expect("write rest");
+            let mut buf = Buf::get();
+            let fc = ForClient {
+                is_head: false,
+                minor: 1,
+                keep_alive: true,
+            };
+            let (_tx, stop) = tokio::sync::watch::channel(false);
+            let info = agent
+                .read_head(&mut s, &mut buf, &mut rbuf, fc, &stop)
+                .await
+                .expect("head");
+            let mut client = Vec::new();
+            let (out, _) = agent
+                .relay_body(
+                    &mut s,
+                    &mut rbuf,
+                    &mut buf,
+                    &info,
+                    &mut client,
+                    Duration::from_secs(1),
+                )
+                .await;
+            assert_eq!(out.status, 200, "split at {split}");
+            assert!(
+                client.starts_with(b"HTTP/1.1 200 OK\r\n"),
+                "split at {split}"
+            );
+            assert!(client.ends_with(b"\r\n\r\nhello"), "split at {split}");
+            assert_eq!(s.reg.is_some(), split < resp.len(), "split at {split}");
         }
     }
 }

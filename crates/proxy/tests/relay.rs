@@ -207,6 +207,40 @@ async fn agent_closing_without_reply_gives_502() {
     );
 }
 
+/// Many requests at once, one agent connection each (what Neutron's agent needs): every
+/// VM gets its own complete answer, whether the agent's answer arrives whole or in pieces.
+#[tokio::test]
+async fn concurrent_requests_get_their_own_whole_answers() {
+    for behave in [ECHO, Behave::Split] {
+        let agent = StandIn::start(behave);
+        let p = Proxy::start(&agent.path, "127.0.0.1:0", &["--agent-keepalive", "off"]);
+        let mut tasks = Vec::new();
+        for i in 0..24 {
+            let addr = p.addr;
+            tasks.push(tokio::spawn(async move {
+                let mut c = Client::connect(addr).await;
+                for j in 0..5 {
+                    let path = format!("/c/{i}/{j}");
+                    c.send(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                        .await;
+                    let r = c.read(false).await.expect("answer");
+                    assert_eq!(r.status, 200, "{behave:?} {path}");
+                    let body = r.body_str();
+                    assert!(
+                        body.starts_with(&format!("GET {path} ")),
+                        "{behave:?}: {body}"
+                    );
+                    assert!(body.ends_with("\r\n\r\n"), "{behave:?} truncated: {body}");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("client task");
+        }
+        assert_eq!(agent.connections(), 24 * 5, "{behave:?}");
+    }
+}
+
 #[tokio::test]
 async fn slow_agent_gives_504() {
     let agent = StandIn::start(Behave::Slow);

@@ -55,6 +55,9 @@ pub enum Behave {
     DropSecond,
     /// Echo after this many milliseconds.
     Delay(u64),
+    /// Echo in three writes a few milliseconds apart: part of the head, the rest of the
+    /// head with part of the body, the rest of the body; then close.
+    Split,
 }
 
 /// Counters the tests assert on.
@@ -159,6 +162,15 @@ impl StandIn {
                             Behave::Delay(ms) => {
                                 tokio::time::sleep(Duration::from_millis(ms)).await;
                                 let _ = s.write_all(&echo_reply(&req, None)).await;
+                                return;
+                            }
+                            Behave::Split => {
+                                let r = echo_reply(&req, None);
+                                let (a, b) = (10, r.len() - req.len() / 2);
+                                for part in [&r[..a], &r[a..b], &r[b..]] {
+                                    let _ = s.write_all(part).await;
+                                    tokio::time::sleep(Duration::from_millis(3)).await;
+                                }
                                 return;
                             }
                             Behave::DropSecond => {
