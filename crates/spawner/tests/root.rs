@@ -30,16 +30,6 @@ fn supervisor(
     sup
 }
 
-async fn running(sup: &Supervisor<Namespaces>, key: &str) -> u32 {
-    eventually(T, || {
-        status_of(sup, key)
-            .filter(|s| s.state == State::Running)
-            .and_then(|s| s.pid)
-    })
-    .await
-    .unwrap_or_else(|| panic!("{key} not running: {:?}", status_of(sup, key)))
-}
-
 /// GET from the vm until it answers (the proxy may still be starting), or the last error.
 async fn answer(vm: &TestNs) -> Result<String, String> {
     let mut last = String::new();
@@ -78,7 +68,7 @@ async fn router_mode_vm_reaches_agent_with_router_id_and_its_address_and_survive
     let (_, vm_ip) = link(&rns, &vm, 101).await.expect("veth");
     let sup = supervisor(&dir, |_| {});
     sup.put_router(router(&id));
-    let pid = running(&sup, &id).await;
+    let pid = running_pid(&sup, &id, T).await;
     let body = answer(&vm).await.expect("vm gets an answer");
     assert_eq!(body, format!("router={id} network=- xff={vm_ip}"));
     assert_eq!(
@@ -138,7 +128,7 @@ async fn isolated_network_mode_on_the_records_interface() {
     }))
     .expect("network json");
     sup.put_network(net);
-    running(&sup, &id).await;
+    running_pid(&sup, &id, T).await;
     let body = answer(&vm).await.expect("answer");
     assert_eq!(body, format!("router=- network={id} xff={vm_ip}"));
     let nl = ns_netns::Netlink::open(dns.netns()).await.expect("netlink");
@@ -175,7 +165,7 @@ async fn metadata_network_mode_passes_the_router_id() {
     }))
     .expect("network json");
     sup.put_network(net);
-    running(&sup, &id).await;
+    running_pid(&sup, &id, T).await;
     let body = answer(&vm).await.expect("answer");
     assert_eq!(body, format!("router=rtr-meta network=- xff={vm_ip}"));
     sup.stop_all().await;
@@ -213,7 +203,7 @@ async fn force_metadata_serves_a_routed_network() {
     let mut cfg = (*sup.config()).clone();
     cfg.force_metadata = true;
     sup.set_config(cfg);
-    running(&sup, &id).await;
+    running_pid(&sup, &id, T).await;
     let body = answer(&vm).await.expect("answer");
     assert_eq!(body, format!("router=- network={id} xff={vm_ip}"));
     sup.stop_all().await;
@@ -246,7 +236,7 @@ async fn ha_backup_has_no_proxy_primary_does_dvr_backup_does() {
         ha_state: Some(HaState::Primary),
         ..router(&id)
     });
-    let pid = running(&sup, &id).await;
+    let pid = running_pid(&sup, &id, T).await;
     assert!(answer(&vm)
         .await
         .expect("primary answers")
@@ -264,7 +254,7 @@ async fn ha_backup_has_no_proxy_primary_does_dvr_backup_does() {
         distributed: true,
         ..router(&id)
     });
-    running(&sup, &id).await;
+    running_pid(&sup, &id, T).await;
     assert!(answer(&vm).await.is_ok(), "DVR+HA backup answers");
     sup.stop_all().await;
 }
@@ -339,7 +329,7 @@ async fn ipv6_adds_and_binds_the_link_local_metadata_address() {
     }))
     .expect("network json");
     sup.put_network(net);
-    let pid = running(&sup, &id).await;
+    let pid = running_pid(&sup, &id, T).await;
     let argv = pidfile::cmdline(pid).expect("alive");
     assert!(
         argv.iter().any(|a| a == "[fe80::a9fe:a9fe]:80%va106"),

@@ -25,16 +25,6 @@ fn router(id: &str) -> Router {
     }
 }
 
-async fn running_pid(sup: &Supervisor<Host>, key: &str) -> u32 {
-    eventually(T, || {
-        status_of(sup, key)
-            .filter(|s| s.state == State::Running)
-            .and_then(|s| s.pid)
-    })
-    .await
-    .unwrap_or_else(|| panic!("{key} never ran: {:?}", status_of(sup, key)))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_stop_pid_file_and_restart_after_kill() {
     let dir = TempDir::new("basic");
@@ -46,7 +36,7 @@ async fn start_stop_pid_file_and_restart_after_kill() {
     let lp = tokio::spawn(async move { looper.run_loop().await });
 
     sup.put_router(router("r1"));
-    let pid = running_pid(&sup, "r1").await;
+    let pid = running_pid(&sup, "r1", T).await;
     let mut guard = PidGuard(vec![pid]);
     assert_eq!(pidfile::read(&pidfile::path(&pid_dir, "r1")), Some(pid));
     let argv = pidfile::cmdline(pid).expect("proxy alive");
@@ -111,7 +101,7 @@ async fn failing_proxy_backs_off_with_reason_in_status() {
     );
     // Fixing the cause lets it come up on a later try.
     std::fs::remove_file(dir.path().join("fail")).expect("clear flag");
-    let pid = running_pid(&sup, "r1").await;
+    let pid = running_pid(&sup, "r1", T).await;
     let _g = PidGuard(vec![pid]);
     sup.stop_all().await;
     assert!(!alive(pid));
@@ -127,7 +117,7 @@ async fn config_change_restarts_with_new_arguments() {
     let looper = sup.clone();
     let lp = tokio::spawn(async move { looper.run_loop().await });
     sup.put_router(router("r1"));
-    let pid = running_pid(&sup, "r1").await;
+    let pid = running_pid(&sup, "r1", T).await;
     let mut g = PidGuard(vec![pid]);
     let mut cfg2 = cfg;
     cfg2.agent_keepalive = Keepalive::On;
@@ -167,7 +157,10 @@ fn restarted_supervisor_adopts_kills_unwanted_and_cleans_stale() {
     let (p1, p2) = rt1.block_on(async {
         let sup = Supervisor::new(Host, cfg.clone(), records.clone());
         sup.adopt_and_start().await;
-        (running_pid(&sup, "r1").await, running_pid(&sup, "r2").await)
+        (
+            running_pid(&sup, "r1", T).await,
+            running_pid(&sup, "r2", T).await,
+        )
     });
     drop(rt1);
     let _g = PidGuard(vec![p1, p2]);
@@ -226,7 +219,7 @@ fn adoption_with_changed_arguments_restarts() {
     let p1 = rt1.block_on(async {
         let sup = Supervisor::new(Host, cfg.clone(), records.clone());
         sup.adopt_and_start().await;
-        running_pid(&sup, "r1").await
+        running_pid(&sup, "r1", T).await
     });
     drop(rt1);
     let _g = PidGuard(vec![p1]);
@@ -236,7 +229,7 @@ fn adoption_with_changed_arguments_restarts() {
     rt2.block_on(async {
         let sup = Supervisor::new(Host, cfg2, records);
         sup.adopt_and_start().await;
-        let p2 = running_pid(&sup, "r1").await;
+        let p2 = running_pid(&sup, "r1", T).await;
         let _g2 = PidGuard(vec![p2]);
         assert_ne!(p1, p2);
         assert!(!alive(p1));
@@ -348,7 +341,7 @@ async fn unwritable_pid_file_is_reported_and_the_proxy_still_runs() {
     let looper = sup.clone();
     let lp = tokio::spawn(async move { looper.run_loop().await });
     sup.put_router(router("rp"));
-    let pid = running_pid(&sup, "rp").await;
+    let pid = running_pid(&sup, "rp", T).await;
     let _guard = PidGuard(vec![pid]);
     let st = status_of(&sup, "rp").expect("status");
     assert!(
@@ -380,7 +373,7 @@ fn restarted_supervisor_adopts_a_proxy_whose_pid_file_is_missing() {
     let p1 = rt1.block_on(async {
         let sup = Supervisor::new(Host, cfg.clone(), records.clone());
         sup.adopt_and_start().await;
-        running_pid(&sup, "rn").await
+        running_pid(&sup, "rn", T).await
     });
     drop(rt1);
     let _g = PidGuard(vec![p1]);
@@ -437,7 +430,7 @@ async fn missing_proxy_binary_is_reported_then_recovers_when_it_appears() {
         .expect("not executable in status");
     let restarts = status_of(&sup, "rb").expect("rb").restarts;
     std::fs::copy(&real, &bin).expect("install the binary");
-    let pid = running_pid(&sup, "rb").await;
+    let pid = running_pid(&sup, "rb", T).await;
     let _g = PidGuard(vec![pid]);
     assert!(restarts >= 2, "retried: {restarts}");
     sup.stop_all().await;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use ns_metadata_spawner::config::Config;
 use ns_metadata_spawner::platform::Platform;
-use ns_metadata_spawner::supervisor::{ProxyStatus, Supervisor};
+use ns_metadata_spawner::supervisor::{ProxyStatus, State, Supervisor};
 
 /// A temporary directory removed on drop.
 pub struct TempDir(pub PathBuf);
@@ -101,6 +101,17 @@ pub async fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) 
 /// The status of one proxy key.
 pub fn status_of<P: Platform>(sup: &Supervisor<P>, key: &str) -> Option<ProxyStatus> {
     sup.status().into_iter().find(|s| s.key == key)
+}
+
+/// The pid of `key` once it is running; panics with its status after `timeout`.
+pub async fn running_pid<P: Platform>(sup: &Supervisor<P>, key: &str, timeout: Duration) -> u32 {
+    eventually(timeout, || {
+        status_of(sup, key)
+            .filter(|s| s.state == State::Running)
+            .and_then(|s| s.pid)
+    })
+    .await
+    .unwrap_or_else(|| panic!("{key} never ran: {:?}", status_of(sup, key)))
 }
 
 /// Whether a process is alive (not a zombie).
