@@ -90,18 +90,7 @@ async fn read_request(s: &mut tokio::net::UnixStream, seen: &Seen) -> Option<Vec
         let mut h = [httparse::EMPTY_HEADER; 64];
         let mut r = httparse::Request::new(&mut h);
         if let Ok(httparse::Status::Complete(len)) = r.parse(&buf) {
-            let cl = r
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                .and_then(|h| {
-                    std::str::from_utf8(h.value)
-                        .ok()?
-                        .trim()
-                        .parse::<usize>()
-                        .ok()
-                })
-                .unwrap_or(0);
+            let cl = content_length(r.headers).unwrap_or(0);
             if buf.len() >= len + cl {
                 seen.whole_in_first_read
                     .lock()
@@ -316,17 +305,7 @@ impl Client {
             let mut r = httparse::Response::new(&mut h);
             if let Ok(httparse::Status::Complete(len)) = r.parse(&self.buf) {
                 let status = r.code.expect("code");
-                let cl = r
-                    .headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                    .and_then(|h| {
-                        std::str::from_utf8(h.value)
-                            .ok()?
-                            .trim()
-                            .parse::<usize>()
-                            .ok()
-                    });
+                let cl = content_length(r.headers);
                 let body_len = if head_only { 0 } else { cl.unwrap_or(0) };
                 if self.buf.len() >= len + body_len {
                     let head = String::from_utf8_lossy(&self.buf[..len]).into_owned();
@@ -362,4 +341,12 @@ pub async fn request(addr: SocketAddr, raw: &[u8]) -> Option<Resp> {
     let mut c = Client::connect(addr).await;
     c.send(raw).await;
     c.read(raw.starts_with(b"HEAD ")).await
+}
+
+/// The Content-Length of a parsed head, if present and a number.
+fn content_length(headers: &[httparse::Header<'_>]) -> Option<usize> {
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
 }
