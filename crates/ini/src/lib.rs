@@ -6,10 +6,34 @@
 //! an indented line continues the previous value (joined with `\n`); a value wrapped in
 //! matching quotes loses them. Keys are matched with `-` and `_` treated alike. When several
 //! files are loaded, later files win, as with repeated `--config-file`.
+//!
+//! On top of the parser sits the option layer a program declares its options with: a
+//! [`Schema`] table, precedence over defaults, files, `--config-dir`, environment and flags,
+//! oslo's `$` substitution, generated `clap` args and typed reads with origins (README.md).
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+
+mod cli;
+mod convert;
+mod error;
+mod lint;
+mod loader;
+mod origin;
+mod schema;
+mod sources;
+mod subst;
+mod values;
+
+pub use cli::{config_dir_arg, config_file_arg, CONFIG_DIR_ID, CONFIG_FILE_ID};
+pub use error::{ConfigError, ConfigResult};
+pub use lint::{Warning, WarningKind};
+pub use loader::{Loaded, Loader};
+pub use origin::{Origin, Place};
+pub use schema::{DefaultValue, Flag, Kind, Opt, Schema, DEFAULT_GROUP};
+pub use sources::env_var;
+pub use values::Values;
 
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

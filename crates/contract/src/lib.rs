@@ -1,0 +1,19 @@
+//! The contract every binary of the project shares, in one place (STYLE.md rule 12): the id
+//! rule and name checks, the resource kinds with their identity headers, the headers the proxy
+//! strips, the keep-alive signal between proxy and agent, the agent socket's default path,
+//! the Neutron model types, and `sd_notify`. A fact that two crates need lives here.
+#![forbid(unsafe_code)]
+
+pub mod headers;
+pub mod id;
+pub mod keepalive;
+pub mod limits;
+pub mod neutron;
+pub mod notify;
+pub mod options;
+pub mod resource;
+pub mod socket;
+
+pub use id::{validate_id, validate_ifname, validate_netns, InvalidName};
+pub use keepalive::KeepaliveMode;
+pub use resource::{Kind, Resource};
