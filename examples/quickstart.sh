@@ -2,12 +2,15 @@
 # ns-metadata quickstart: build, start the agent and the spawner, build a small demo cloud out
 # of network namespaces, let two "VMs" fetch their metadata, and clean everything up on exit.
 #
-#   sudo ./examples/quickstart.sh            # runs until Ctrl-C
-#   sudo ./examples/quickstart.sh --once     # run, print, clean up, exit 0
-#   sudo ./examples/quickstart.sh --once --bin-dir target/debug   # skip the release build
+#   ./examples/quickstart.sh            # runs until Ctrl-C
+#   ./examples/quickstart.sh --once     # run, print, clean up, exit 0
+#   ./examples/quickstart.sh --once --bin-dir target/debug   # skip the release build
 #
-# Needs: root, Linux with network namespaces, iproute2 (ip) and curl; Rust (cargo) unless
-# --bin-dir points at already built binaries. The demo matches examples/inventory.json:
+# Needs: root (not root, it re-runs itself with sudo), Linux with network namespaces,
+# iproute2 (ip) and curl (installed with apt-get when missing); Rust (cargo) unless --bin-dir
+# points at already built binaries (the first release build takes about five minutes on two
+# cores). The demo matches examples/inventory.json, with the router, network, subnet and port
+# ids given a per-run suffix so nothing it creates can collide with what is already there:
 #
 #   vm1 (10.250.1.10) --veth-- qrouter-<router>   router mode: proxy on 169.254.169.254 in the router
 #   vm2 (10.250.2.10) --veth-- qdhcp-<network>    isolated network: proxy on the DHCP port, vm2
@@ -15,21 +18,33 @@
 #
 # Everything it creates is removed on exit, on Ctrl-C and on error: namespaces (and with them
 # the veths), the processes it started (by pid) and its temporary directory.
-set -euo pipefail
+#
+# The programs it runs, for .ci/check-programs (the end-to-end test runs this script):
+# ci-programs: bash ip curl python3 sed awk grep getent runuser
+#
+# Functions here run from traps and through wait_for, which shellcheck cannot follow:
+# shellcheck disable=SC2317
+
+# -E: the ERR trap also fires for a failure inside a function.
+set -Eeuo pipefail
 
 usage() {
   cat <<'EOF'
-usage: sudo ./examples/quickstart.sh [--once] [--bin-dir DIR]
+usage: ./examples/quickstart.sh [--once] [--bin-dir DIR]
+
+Needs root; run as another user, it re-runs itself with sudo.
 
   --once          run the demo, print what the VMs got, clean up and exit 0
                   (default: keep the demo running until Ctrl-C, then clean up)
   --bin-dir DIR   use ns-metadata-{agent,spawner,proxy} from DIR instead of building them
                   with `cargo build --release --workspace --bins` (e.g. target/debug;
-                  the end-to-end test uses this to reuse its debug build)
+                  the end-to-end test uses this to reuse its debug build). Without it the
+                  first run builds for about five minutes on two cores
   -h, --help      this text
 EOF
 }
 
+ARGS=("$@")   # kept for the re-run through sudo
 ONCE=0
 BIN_DIR=""
 while [ $# -gt 0 ]; do
@@ -42,6 +57,21 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+
+# ---- root: run as root, or re-run through sudo -------------------------------------------------
+if [ "$(id -u)" -ne 0 ]; then
+  SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
+  if command -v sudo >/dev/null 2>&1; then
+    echo "quickstart: needs root to create network namespaces; re-running with sudo" >&2
+    # `env` carries CARGO_TARGET_DIR through sudo's environment reset; the build itself runs
+    # as you again (see "Building" below), so target/ stays yours.
+    exec sudo -- env ${CARGO_TARGET_DIR:+"CARGO_TARGET_DIR=$CARGO_TARGET_DIR"} \
+      bash "$SELF" "${ARGS[@]}"
+  fi
+  echo "quickstart: needs root to create network namespaces, and sudo is not installed." >&2
+  echo "  run it as root, e.g.: su -c '$SELF${ARGS[*]:+ ${ARGS[*]}}'" >&2
+  exit 1
+fi
 
 # ---- presentation ---------------------------------------------------------------------------
 if [ -t 1 ]; then BOLD=$'\033[1m'; DIM=$'\033[2m'; GREEN=$'\033[32m'; RED=$'\033[31m'; OFF=$'\033[0m'
@@ -67,20 +97,25 @@ wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
 
 # ---- the demo's names (ids come from examples/inventory.json) -------------------------------
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-INVENTORY=$REPO/examples/inventory.json
-ROUTER=de0a1000-0000-4000-8000-000000000001
-NET_ISOLATED=de0b2000-0000-4000-8000-000000000001
-SUBNET_ISOLATED=de0c2000-0000-4000-8000-000000000001
-DHCP_PORT=de0d3000-0000-4000-8000-000000000001
-VM2_PORT=de0d4000-0000-4000-8000-000000000001
+INVENTORY_SRC=$REPO/examples/inventory.json
+# A per-run suffix (12 hex digits) for every id that names something on this machine (the
+# router's and the network's namespaces): a leftover of another run, or anybody else's
+# namespace, can never collide with this run's. Instance ids stay as in the inventory.
+RUNHEX=$(printf '%06x%06x' "$(( $$ & 0xffffff ))" "$(( (RANDOM << 15 | RANDOM) & 0xffffff ))")
+run_id() { printf '%s' "${1%-*}-$RUNHEX"; } # de0a1000-0000-4000-8000-000000000001 -> ...-<RUNHEX>
+ROUTER=$(run_id de0a1000-0000-4000-8000-000000000001)
+NET_ISOLATED=$(run_id de0b2000-0000-4000-8000-000000000001)
+SUBNET_ISOLATED=$(run_id de0c2000-0000-4000-8000-000000000001)
+DHCP_PORT=$(run_id de0d3000-0000-4000-8000-000000000001)
+VM2_PORT=$(run_id de0d4000-0000-4000-8000-000000000001)
 VM1_ID=de0e1000-0000-4000-8000-000000000001
 VM2_ID=de0e2000-0000-4000-8000-000000000001
 QROUTER=qrouter-$ROUTER
 QDHCP=qdhcp-$NET_ISOLATED
 QR_IF=qr-${ROUTER:0:11}        # Neutron's names: qr-/tap + the port id's first 11 characters
 TAP=tap${DHCP_PORT:0:11}
-# The VM namespaces carry a per-run prefix, so the demo never touches anything of yours.
-RUN=qs$$
+# The VM namespaces carry the same per-run tag.
+RUN=qs$RUNHEX
 VM1=$RUN-vm1
 VM2=$RUN-vm2
 
@@ -92,17 +127,17 @@ CREATED_NS=()
 SPAWNER=()
 
 stop_pid() { # SIGTERM, wait up to 5 s, then SIGKILL; only pids this script started
-  local pid=$1 i
+  local pid=$1
   [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
   kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   kill -KILL "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
 }
 
 cleanup() {
   local rc=$?
-  trap - EXIT INT TERM HUP
+  trap - EXIT INT TERM HUP ERR
   set +e
   exec 1>&4 2>&3
   printf '\n%s==> cleaning up%s\n' "$BOLD" "$OFF"
@@ -145,10 +180,11 @@ cleanup() {
 trap cleanup EXIT
 # Ctrl-C (or a TERM from a service manager) is the normal way to end the demo: clean exit.
 trap 'printf "\n"; exit 0' INT TERM HUP
-trap 'printf "%squickstart: failed at line %s: %s%s\n" "$RED" "$LINENO" "$BASH_COMMAND" "$OFF" >&2' ERR
+# With set -E this also names a failure inside a function (the line is the function's).
+# (Subshells inherit the trap; only the main shell reports, once.)
+trap '[ "$BASH_SUBSHELL" -gt 0 ] || printf "%squickstart: failed at line %s: %s%s\n" "$RED" "$LINENO" "$BASH_COMMAND" "$OFF" >&3' ERR
 
 # ---- preflight -------------------------------------------------------------------------------
-[ "$(id -u)" -eq 0 ] || die "needs root to create network namespaces: sudo $0 $*"
 # A fresh Debian machine with only Rust lacks iproute2 and curl: install them (root already).
 missing_pkgs=()
 command -v ip >/dev/null || missing_pkgs+=(iproute2)
@@ -161,10 +197,6 @@ if [ ${#missing_pkgs[@]} -gt 0 ]; then
 fi
 for tool in ip curl; do
   command -v "$tool" >/dev/null || die "$tool not found (Debian: apt-get install iproute2 curl)"
-done
-for ns in "$QROUTER" "$QDHCP" "$VM1" "$VM2"; do
-  [ ! -e "/run/netns/$ns" ] || die "namespace $ns already exists (an earlier demo still running? \
-remove it with: ip netns del $ns)"
 done
 
 printf '%sns-metadata quickstart%s: a metadata service for namespace networks, end to end\n' "$BOLD" "$OFF"
@@ -187,11 +219,14 @@ if [ -z "$BIN_DIR" ]; then
   TARGET=${CARGO_TARGET_DIR:-$REPO/target}
   cmd "cargo build --release --workspace --bins"
   TARGET_PARENT=$TARGET; [ -e "$TARGET" ] || TARGET_PARENT=$(dirname "$TARGET")
+  build_failed="cargo build failed (its errors are above); fix the build, or pass --bin-dir DIR"
   if [ "$BUILD_USER" != root ] && runuser -u "$BUILD_USER" -- test -w "$TARGET_PARENT"; then
     runuser -u "$BUILD_USER" -- env HOME="$BUILD_HOME" PATH="$(dirname "$CARGO"):$PATH" \
-      CARGO_TARGET_DIR="$TARGET" "$CARGO" build --release --workspace --bins --manifest-path "$REPO/Cargo.toml"
+      CARGO_TARGET_DIR="$TARGET" "$CARGO" build --release --workspace --bins \
+      --manifest-path "$REPO/Cargo.toml" || die "$build_failed"
   else
-    (cd "$REPO" && CARGO_TARGET_DIR="$TARGET" "$CARGO" build --release --workspace --bins)
+    CARGO_TARGET_DIR="$TARGET" "$CARGO" build --release --workspace --bins \
+      --manifest-path "$REPO/Cargo.toml" || die "$build_failed"
   fi
   BIN_DIR=$TARGET/release
 fi
@@ -203,6 +238,13 @@ done
 WORK=$(mktemp -d /tmp/ns-metadata-quickstart.XXXXXX)
 info "binaries: $BIN_DIR"
 info "work dir: $WORK (configuration, logs, state; removed on exit)"
+# The inventory with this run's ids (router, networks, subnets, ports; not the instances).
+INVENTORY=$WORK/inventory.json
+sed -E "s/(de0[a-d][0-9a-f]{4}-0000-4000-8000-)000000000001/\1$RUNHEX/g" "$INVENTORY_SRC" >"$INVENTORY"
+if ! grep -q "$ROUTER" "$INVENTORY" || ! grep -q "$NET_ISOLATED" "$INVENTORY"; then
+  die "could not give $INVENTORY_SRC this run's ids (did its ids change?)"
+fi
+info "run id: $RUNHEX (suffix of this run's router, network and port ids)"
 
 # ---- 2. the agent -----------------------------------------------------------------------------
 step "Starting ns-metadata-agent (no Nova configured: it answers itself from the inventory)"
@@ -224,7 +266,7 @@ agent_ready() {
   curl -s -o /dev/null --max-time 2 --unix-socket "$SOCKET" http://169.254.169.254/
 }
 wait_for 20 "the agent's socket $SOCKET" agent_ready
-info "pid $AGENT_PID, listening on $SOCKET, inventory $INVENTORY"
+info "pid $AGENT_PID, listening on $SOCKET, inventory $INVENTORY_SRC (this run's ids)"
 
 # ---- 3. the spawner ---------------------------------------------------------------------------
 step "Starting ns-metadata-spawner (decides where proxies run, starts and watches them)"
@@ -252,7 +294,25 @@ info "pid $SPAWNER_PID, control socket $WORK/state/control.sock"
 
 # ---- 4. the demo network -----------------------------------------------------------------------
 step "Creating the demo network out of namespaces"
-mkns() { ip netns add "$1"; CREATED_NS+=("$1"); ip -n "$1" link set lo up; }
+# Checked here, after the build that may have taken minutes, not only at the start. The names
+# are this run's own, so one that exists was made by someone else meanwhile: leave it alone.
+for ns in "$QROUTER" "$QDHCP" "$VM1" "$VM2"; do
+  [ ! -e "/run/netns/$ns" ] || die "namespace $ns already exists, though its name is unique to \
+this run; it is not ours, so it is left alone. Run the demo again (new names), or, if you know \
+it is a leftover, remove it with: ip netns del $ns"
+done
+# Leftovers of earlier runs that were killed before they could clean up (kill -9, power off):
+# harmless to this run, but worth a line.
+leftovers=$(ip netns list 2>/dev/null | awk '{print $1}' \
+  | grep -E '^(qrouter-de0a1000-|qdhcp-de0b2000-|qs[0-9a-f]{12}-vm[12]$)' | tr '\n' ' ' || true)
+[ -z "$leftovers" ] || info "note: namespaces of earlier demo runs exist (not touched): \
+$leftovers- remove them with: ip netns del NAME"
+mkns() {
+  local err
+  err=$(ip netns add "$1" 2>&1) || die "cannot create namespace $1: ${err:-ip netns add failed}"
+  CREATED_NS+=("$1")
+  ip -n "$1" link set lo up
+}
 mkveth() { # mkveth NS_A IF_A CIDR_A NS_B IF_B CIDR_B: a veth created directly in both namespaces
   ip link add name "$2" netns "$1" type veth peer name "$5" netns "$4"
   ip -n "$1" addr add "$3" dev "$2"; ip -n "$1" link set "$2" up
@@ -327,10 +387,10 @@ if [ "$ONCE" -eq 1 ]; then
   exit 0
 fi
 
-printf '\n%sThe demo is running.%s Try, in another shell:\n' "$BOLD" "$OFF"
-info "sudo ip netns exec $VM1 curl http://169.254.169.254/openstack/latest/user_data"
-info "sudo ip netns exec $VM2 curl http://169.254.169.254/latest/meta-data/public-keys/0/openssh-key"
-info "sudo $BIN_DIR/ns-metadata-spawner --config-file $WORK/spawner.ini status"
+printf '\n%sThe demo is running.%s Try, in another shell (as root, or with sudo):\n' "$BOLD" "$OFF"
+info "ip netns exec $VM1 curl http://169.254.169.254/openstack/latest/user_data"
+info "ip netns exec $VM2 curl http://169.254.169.254/latest/meta-data/public-keys/0/openssh-key"
+info "$BIN_DIR/ns-metadata-spawner --config-file $WORK/spawner.ini status"
 info "logs: $WORK/agent.log $WORK/spawner.log"
 printf '%sPress Ctrl-C to stop and clean up.%s\n' "$BOLD" "$OFF"
 # Returns when a signal arrives (the trap cleans up) or when the spawner dies.

@@ -3,23 +3,21 @@
 //!
 //! Every resource a test creates is owned by a guard that removes it on drop, also when the
 //! test panics: namespaces ([`TestNs`]), processes ([`procs::Agent`], [`procs::Spawner`], which
-//! also kills the proxies it started), files ([`procs::TempDir`], [`topo::EtcNetnsResolv`]).
+//! also kills the proxies it started), files ([`TempDir`], [`topo::EtcNetnsResolv`]). The
+//! generic pieces come from ns-testkit and are re-exported here.
 //! Names carry a per-run prefix, addresses stay in 10.250.0.0/16 and 169.254.0.0/16 inside the
 //! test's own namespaces.
 #![forbid(unsafe_code)]
 
 pub mod client;
 mod inventory;
-pub mod nova;
 pub mod procs;
-pub mod topo;
 pub mod world;
 
-pub use ns_netns::testing::{
-    bin_path, require_root, unique_prefix, wait_until, ChildGuard, TestNs,
-};
+pub use ns_testkit::netns::{self as topo, unique_prefix, TestNs};
+pub use ns_testkit::nova;
+pub use ns_testkit::{bin_path, require, require_root, wait_until, ChildGuard, TempDir};
 
-use std::io::Write as _;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -53,23 +51,4 @@ impl Ids {
             self.run
         )
     }
-}
-
-/// Whether the test environment demands that skips fail (CI=true), as `require_root` does.
-pub fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// Skip (or, on CI, fail) a test whose external prerequisite is missing. The SKIP line goes
-/// straight to the process's stderr, so libtest's capture does not hide it.
-pub fn require(test: &str, ok: bool, what: &str) -> bool {
-    if ok {
-        return true;
-    }
-    assert!(
-        !ci(),
-        "{test}: {what} is missing and CI=true forbids skipping"
-    );
-    let _ = writeln!(std::io::stderr(), "SKIP {test}: needs {what}");
-    false
 }

@@ -1,9 +1,7 @@
-//! The processes under test, each owned by a guard: a temp dir, the agent, the spawner (whose
+//! The processes under test, each owned by a guard: the agent, the spawner (whose
 //! guard also kills, by pid, every proxy the spawner started, since proxies run in their own
 //! session and would outlive it). Configuration files are written as an operator would.
 use std::fs::File;
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -12,31 +10,10 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::{bin_path, wait_until, ChildGuard};
+use ns_testkit::http::Blocking;
 
 /// How long a process gets to become ready before the test fails.
 pub const READY: Duration = Duration::from_secs(20);
-
-/// A directory under /tmp removed (recursively) on drop.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    /// `/tmp/ns-e2e-<name>` (name carries the run's unique prefix).
-    pub fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("ns-e2e-{name}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A child process restarted with the same command line, its stderr appended to a log file.
 struct Supervised {
@@ -95,7 +72,7 @@ pub struct AgentConfig {
     /// `None`: the built-in responder answers.
     pub nova: Option<(u16, String)>,
     /// Run the real neutron-metadata-agent with this venv python instead of ours
-    /// (`tests/neutron_agent.py`: its port lookup answered from the inventory; needs `nova`).
+    /// (ns-testkit's `neutron_agent.py`: its port lookup answered from the inventory; needs `nova`).
     pub neutron_python: Option<PathBuf>,
     /// More `[DEFAULT]` lines for our agent's INI (e.g. `imds_require_token = true\n`).
     pub extra_ini: String,
@@ -132,10 +109,7 @@ impl Agent {
             (Some(python), Some((port, secret))) => (
                 python.clone(),
                 vec![
-                    Path::new(env!("CARGO_MANIFEST_DIR"))
-                        .join("neutron_agent.py")
-                        .display()
-                        .to_string(),
+                    ns_testkit::neutron::agent_script().display().to_string(),
                     socket.display().to_string(),
                     cfg.inventory.display().to_string(),
                     port.to_string(),
@@ -204,19 +178,14 @@ impl Agent {
     }
 }
 
-/// Whether something answers an HTTP request on the Unix socket (any status line counts).
+/// Whether something answers an HTTP request on the Unix socket (any status counts).
 fn answers_http(socket: &Path) -> bool {
-    let Ok(mut s) = UnixStream::connect(socket) else {
+    let Ok(mut c) = Blocking::unix(socket) else {
         return false;
     };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET / HTTP/1.1\r\nHost: 169.254.169.254\r\nConnection: close\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut head = [0u8; 8];
-    s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.")
+    c.send(b"GET / HTTP/1.1\r\nHost: 169.254.169.254\r\nConnection: close\r\n\r\n")
+        .is_ok()
+        && c.read(false, Duration::from_secs(2)).is_some()
 }
 
 /// Settings of the spawner under test.
@@ -438,7 +407,7 @@ fn is_zombie(pid: i32) -> bool {
 
 /// kill -9 a process that is not our child (a proxy).
 pub fn kill9(pid: i32) {
-    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap_or_else(|e| panic!("kill -9 {pid}: {e}"));
+    ns_testkit::proc::kill9(u32::try_from(pid).expect("pid is positive"));
 }
 
 #[cfg(test)]

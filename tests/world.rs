@@ -16,8 +16,9 @@ use std::time::Duration;
 use crate::client::{self, Reply};
 use crate::inventory::{Inventory, Net};
 use crate::nova::Nova;
-use crate::procs::{Agent, AgentConfig, Spawner, SpawnerConfig, TempDir};
+use crate::procs::{Agent, AgentConfig, Spawner, SpawnerConfig};
 use crate::topo::{self, End};
+use crate::TempDir;
 use crate::{unique_prefix, Ids, TestNs};
 
 /// How long a freshly announced proxy may take to answer.
@@ -331,7 +332,7 @@ impl World {
                 .iter()
                 .map(|v| (v.instance.clone(), v.project.clone()))
                 .collect();
-            Nova::start(secret, known)
+            Nova::with_instances(secret, known)
         };
         let (nova, agent_nova, neutron_python, keepalive) = match upstream {
             Upstream::Builtin => (None, None, None, "on"),

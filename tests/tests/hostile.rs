@@ -66,7 +66,7 @@ fn request_smuggling_attempts_are_rejected() {
     // No malformed request above may have reached the agent.
     let leaked: Vec<_> = p
         .agent
-        .seen()
+        .received()
         .into_iter()
         .filter(|s| !s.head.starts_with("GET /health "))
         .collect();
@@ -89,7 +89,7 @@ fn content_length_plus_transfer_encoding_does_not_smuggle() {
         "CL+TE must get one 400 and a close, got {}",
         show(&r)
     );
-    let seen = p.agent.seen();
+    let seen = p.agent.received();
     assert!(
         !seen.iter().any(|s| s.head.contains("/smuggled")),
         "smuggled request reached the agent: {seen:?}"
@@ -308,7 +308,7 @@ fn expect_continue_and_the_body_limit() {
         show(&r)
     );
     assert!(
-        !p.agent.seen().iter().any(|s| s.head.contains("/big")),
+        !p.agent.received().iter().any(|s| s.head.contains("/big")),
         "oversized bodies reached the agent"
     );
     p.assert_healthy("body limit");
@@ -584,7 +584,7 @@ fn hostile_agent_answers_give_502_and_the_proxy_survives() {
     drop(s);
     let stopped = ns_e2e::wait_until(Duration::from_secs(15), || {
         p.agent
-            .state
+            .seen
             .endless_stopped
             .load(std::sync::atomic::Ordering::SeqCst)
     });
@@ -645,7 +645,7 @@ fn stalled_bodies_idle_keepalives_and_non_reading_clients_are_closed() {
         .expect("send");
     let stopped = ns_e2e::wait_until(Duration::from_secs(20), || {
         p.agent
-            .state
+            .seen
             .endless_stopped
             .load(std::sync::atomic::Ordering::SeqCst)
     });

@@ -179,20 +179,20 @@ fn nova_stand_in_gets_signed_requests_in_all_three_modes() {
             .iter()
             .find(|s| {
                 s.path == "/openstack/latest/meta_data.json?e2e=1"
-                    && s.headers.get("x-instance-id") == Some(&vm.instance)
+                    && s.header("x-instance-id") == Some(vm.instance.as_str())
             })
             .unwrap_or_else(|| panic!("Nova never saw {}'s request: {seen:?}", vm.name));
         assert_eq!(req.status, 200);
         assert_eq!(req.method, "GET");
         assert_eq!(
-            req.headers.get("x-forwarded-for"),
-            Some(&vm.ip),
+            req.header("x-forwarded-for"),
+            Some(vm.ip.as_str()),
             "{}: X-Forwarded-For",
             vm.name
         );
         assert_eq!(
-            req.headers.get("x-tenant-id"),
-            Some(&vm.project),
+            req.header("x-tenant-id"),
+            Some(vm.project.as_str()),
             "{}: X-Tenant-ID",
             vm.name
         );

@@ -1,6 +1,6 @@
 //! Either side can be swapped (DESIGN.md): the real neutron-metadata-agent 29.0.0 (from
 //! `$NS_NEUTRON_VENV`, default /opt/ns-metadata-ci/neutron-29.0.0; its RPC port lookup answered
-//! from the test's inventory by `tests/neutron_agent.py`) behind the spawner's proxies, in all
+//! from the test's inventory by `neutron_agent.py` (ns-testkit)) behind the spawner's proxies, in all
 //! three modes, forwarding to the Nova stand-in that checks the signature. Root only.
 use std::path::PathBuf;
 
@@ -60,7 +60,7 @@ fn real_neutron_metadata_agent_behind_the_spawners_proxies_in_all_three_modes() 
     for vm in &world.vms {
         let req = seen
             .iter()
-            .find(|s| s.headers.get("x-instance-id") == Some(&vm.instance))
+            .find(|s| s.header("x-instance-id") == Some(vm.instance.as_str()))
             .unwrap_or_else(|| panic!("Nova never saw {}: {seen:?}", vm.name));
         assert_eq!(
             req.status, 200,
@@ -68,8 +68,8 @@ fn real_neutron_metadata_agent_behind_the_spawners_proxies_in_all_three_modes() 
             vm.name
         );
         assert_eq!(
-            req.headers.get("x-forwarded-for"),
-            Some(&vm.ip),
+            req.header("x-forwarded-for"),
+            Some(vm.ip.as_str()),
             "{}",
             vm.name
         );

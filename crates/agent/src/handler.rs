@@ -1,33 +1,29 @@
-//! One request from a proxy: check the identity headers, find the instance, then forward to
-//! Nova or answer from the built-in responder (reference §5; neutron common/metadata.py).
+//! One request from a proxy: check the identity headers (exactly one resource header of the
+//! contract's three), ask the resolver for the instance, then let the answerer answer
+//! (neutron/common/metadata.py, neutron/agent/ovn/metadata/server.py).
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
+use ns_contract::headers::X_FORWARDED_FOR;
+use ns_contract::{Kind, Resource};
 
-use crate::builtin::{Builtin, Ctx};
-use crate::inventory::{Lookup, Resource};
-use crate::nova::Nova;
-use crate::resolve::{parse_client, Resolver};
+use crate::answer::{Answerer, Asked};
+use crate::resolve::{parse_client, Cached, ResolveError};
 use crate::respond::{error, Resp};
 
 /// Request bodies are tiny (Nova's password POST is at most 1020 bytes).
 pub const MAX_BODY: usize = 64 * 1024;
 
-pub const NETWORK_ID_HEADER: &str = "x-neutron-network-id";
-pub const ROUTER_ID_HEADER: &str = "x-neutron-router-id";
-
-/// Who answers once the instance is known.
-pub enum Answerer {
-    Nova(Nova),
-    Builtin(Builtin),
-}
+/// The resource headers in the order the messages name them (Neutron's "Both network N and
+/// router R defined." first).
+const RESOURCE_KINDS: [Kind; 3] = [Kind::Network, Kind::Router, Kind::OvnNetwork];
 
 /// The request handler shared by all connections.
 pub struct Agent {
-    pub resolver: Resolver,
+    pub resolver: Cached,
     pub answerer: Answerer,
 }
 
@@ -41,38 +37,69 @@ fn single<'a>(h: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ()> {
     }
 }
 
+/// Exactly one of `X-Neutron-Network-ID`, `X-Neutron-Router-ID` and `X-OVN-Network-ID`, with
+/// a valid id; otherwise the 400 message. More than one is a spoofing attempt (LP#1865036).
+fn resource(h: &HeaderMap) -> Result<Resource, String> {
+    let mut given = Vec::new();
+    for kind in RESOURCE_KINDS {
+        let name = kind.header();
+        match single(h, name.lower) {
+            Err(()) => return Err(format!("{} may appear only once.", name.wire)),
+            Ok(Some(v)) if !v.is_empty() => given.push((kind, v)),
+            Ok(_) => {}
+        }
+    }
+    match given.as_slice() {
+        [(kind, id)] => {
+            Resource::new(*kind, *id).map_err(|e| format!("{}: {e}.", kind.header().wire))
+        }
+        [] => Err(format!(
+            "None of {} was given.",
+            names(RESOURCE_KINDS.iter().map(|k| k.header().wire), "or")
+        )),
+        [(a, x), (b, y)] => Err(format!("Both {a} {x} and {b} {y} defined.")),
+        all => Err(format!(
+            "All of {} defined; only one may be given.",
+            names(all.iter().map(|(k, id)| format!("{k} {id}")), "and")
+        )),
+    }
+}
+
+/// `a, b and c`.
+fn names<S: AsRef<str>>(items: impl Iterator<Item = S>, last: &str) -> String {
+    let v: Vec<S> = items.collect();
+    match v.split_last() {
+        Some((l, [])) => l.as_ref().to_owned(),
+        Some((l, rest)) => {
+            let head: Vec<&str> = rest.iter().map(AsRef::as_ref).collect();
+            format!("{} {last} {}", head.join(", "), l.as_ref())
+        }
+        None => String::new(),
+    }
+}
+
 impl Agent {
-    pub fn new(resolver: Resolver, answerer: Answerer) -> Agent {
+    pub fn new(resolver: Cached, answerer: Answerer) -> Agent {
         Agent { resolver, answerer }
     }
 
     /// Validate, resolve and answer.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Resp {
+    pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Resp
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let (parts, body) = req.into_parts();
         let h = &parts.headers;
         let bad = |msg: &str| {
             tracing::warn!(path = %parts.uri.path(), "{msg}");
             error(StatusCode::BAD_REQUEST, msg)
         };
-        let (Ok(network), Ok(router)) = (single(h, NETWORK_ID_HEADER), single(h, ROUTER_ID_HEADER))
-        else {
-            return bad("X-Neutron-Network-ID and X-Neutron-Router-ID may each appear once.");
+        let resource = match resource(h) {
+            Ok(r) => r,
+            Err(msg) => return bad(&msg),
         };
-        let resource = match (
-            network.filter(|s| !s.is_empty()),
-            router.filter(|s| !s.is_empty()),
-        ) {
-            (Some(n), Some(r)) => {
-                // Only one may be given; both means a spoofing attempt (LP#1865036).
-                return bad(&format!("Both network {n} and router {r} defined."));
-            }
-            (Some(n), None) => Resource::Network(n.to_owned()),
-            (None, Some(r)) => Resource::Router(r.to_owned()),
-            (None, None) => {
-                return bad("Neither X-Neutron-Network-ID nor X-Neutron-Router-ID was given.")
-            }
-        };
-        let xff = match single(h, "x-forwarded-for") {
+        let xff = match single(h, X_FORWARDED_FOR.lower) {
             Ok(Some(x)) if !x.is_empty() => x.to_owned(),
             Ok(_) => return bad("X-Forwarded-For is missing."),
             Err(()) => return bad("X-Forwarded-For must appear once."),
@@ -91,14 +118,17 @@ impl Agent {
             }
         };
 
-        let (found, snap) = self.resolver.resolve(&resource, &client);
-        let (instance_id, project_id) = match found {
-            Lookup::Found {
-                instance_id,
-                project_id,
-            } if !instance_id.is_empty() => (instance_id, project_id),
-            other => {
-                if let Lookup::Ambiguous(n) = other {
+        let found = match self.resolver.resolve(&resource, &client).await {
+            Ok(found) => found,
+            Err(ResolveError::Unavailable(why)) => {
+                tracing::warn!(%resource, ip = %client.ip, resolver = self.resolver.inner().name(), %why, "lookup unavailable");
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The instance lookup is temporarily unavailable. Please try again later.",
+                );
+            }
+            Err(miss) => {
+                if let ResolveError::Ambiguous(n) = miss {
                     tracing::warn!(%resource, ip = %client.ip, ports = n, "several ports match; refusing to guess");
                 } else {
                     tracing::warn!(%resource, ip = %client.ip, "no port found");
@@ -110,46 +140,170 @@ impl Agent {
                 );
             }
         };
-        tracing::debug!(%resource, ip = %client.ip, instance = %instance_id, path = %parts.uri, "resolved");
+        tracing::debug!(%resource, ip = %client.ip, instance = %found.instance_id, path = %parts.uri, "resolved");
+        let asked = Asked {
+            parts: &parts,
+            body,
+            xff: &xff,
+            client: &client,
+            found: &found,
+        };
+        self.answerer.answer(asked).await
+    }
+}
 
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        match &self.answerer {
-            Answerer::Nova(nova) => {
-                nova.forward(
-                    parts.method.clone(),
-                    path_and_query,
-                    &xff,
-                    &instance_id,
-                    &project_id,
-                    body,
-                )
-                .await
-            }
-            Answerer::Builtin(builtin) => {
-                let Some(inst) = snap.instance(&instance_id) else {
-                    tracing::warn!(instance = %instance_id, "port found but the instance is not in the inventory");
-                    return error(StatusCode::NOT_FOUND, "The resource could not be found.");
-                };
-                // Nova answers 404 when the port's project is not the instance's.
-                if inst
-                    .project_id
-                    .as_deref()
-                    .is_some_and(|p| !project_id.is_empty() && p != project_id)
-                {
-                    tracing::warn!(instance = %instance_id, "project of the port differs from the instance's");
-                    return error(StatusCode::NOT_FOUND, "The resource could not be found.");
-                }
-                let ctx = Ctx {
-                    snap: &snap,
-                    inst,
-                    client_ip: client.ip,
-                };
-                builtin.respond(&parts.method, parts.uri.path(), h, &body, &ctx)
-            }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builtin::{Builtin, BuiltinOptions};
+    use crate::resolvers::inventory::InventoryResolver;
+    use crate::store::InventoryStore;
+    use http_body_util::Full;
+    use std::time::Duration;
+
+    const INVENTORY: &str = r#"{
+      "ports": [
+        {"id": "rp", "network_id": "n1", "device_id": "r1", "device_owner": "network:router_interface",
+         "fixed_ips": [{"ip_address": "10.0.0.1"}]},
+        {"id": "p1", "network_id": "n1", "device_id": "vm1", "project_id": "p",
+         "fixed_ips": [{"ip_address": "10.0.0.2"}]}],
+      "instances": [{"uuid": "vm1", "hostname": "vm1", "project_id": "p"}]
+    }"#;
+
+    /// An agent on the inventory above with the built-in responder; the temp dir goes on drop.
+    struct Fixture(Arc<Agent>, std::path::PathBuf);
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.1);
         }
+    }
+
+    fn agent(tag: &str) -> Fixture {
+        let dir =
+            std::env::temp_dir().join(format!("ns-agent-handler-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let f = dir.join("inv.json");
+        std::fs::write(&f, INVENTORY).expect("write");
+        let store = Arc::new(InventoryStore::open(&f).expect("opens"));
+        let resolver = Cached::new(
+            Box::new(InventoryResolver::new(store.clone())),
+            Duration::from_secs(5),
+        );
+        let answerer = Answerer::Builtin {
+            responder: Builtin::new(BuiltinOptions {
+                dhcp_domain: String::new(),
+                require_token: false,
+            }),
+            store,
+        };
+        Fixture(Arc::new(Agent::new(resolver, answerer)), dir)
+    }
+
+    async fn ask(agent: &Fixture, headers: &[(&str, &str)]) -> (u16, String) {
+        let mut req = Request::builder().uri("/latest/meta-data/hostname");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(Bytes::new())).expect("request");
+        let resp = agent.0.clone().handle(req).await;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    const XFF: (&str, &str) = ("X-Forwarded-For", "10.0.0.2");
+
+    #[tokio::test]
+    async fn each_resource_header_alone_resolves() {
+        let a = agent("alone");
+        for h in [
+            "X-Neutron-Network-ID",
+            "x-ovn-network-id",
+            "X-OVN-Network-ID",
+        ] {
+            assert_eq!(ask(&a, &[XFF, (h, "n1")]).await, (200, "vm1".into()), "{h}");
+        }
+        assert_eq!(
+            ask(&a, &[XFF, ("X-Neutron-Router-ID", "r1")]).await,
+            (200, "vm1".into())
+        );
+        let (status, body) = ask(&a, &[XFF, ("X-OVN-Network-ID", "n9")]).await;
+        assert_eq!(status, 404);
+        assert!(
+            body.contains("Instance was not found on ovn-network n9 for IP 10.0.0.2."),
+            "{body}"
+        );
+        // An OVN network id is a network id, never a router's.
+        assert_eq!(ask(&a, &[XFF, ("X-OVN-Network-ID", "r1")]).await.0, 404);
+    }
+
+    #[tokio::test]
+    async fn exactly_one_resource_header_or_400() {
+        let a = agent("one");
+        let cases: [(&[(&str, &str)], &str); 6] = [
+            (
+                &[XFF],
+                "None of X-Neutron-Network-ID, X-Neutron-Router-ID or X-OVN-Network-ID was given.",
+            ),
+            (
+                &[
+                    XFF,
+                    ("X-Neutron-Network-ID", "n1"),
+                    ("X-Neutron-Router-ID", "r1"),
+                ],
+                "Both network n1 and router r1 defined.",
+            ),
+            (
+                &[
+                    XFF,
+                    ("X-OVN-Network-ID", "n1"),
+                    ("X-Neutron-Router-ID", "r1"),
+                ],
+                "Both router r1 and ovn-network n1 defined.",
+            ),
+            (
+                &[
+                    XFF,
+                    ("X-OVN-Network-ID", "n1"),
+                    ("X-Neutron-Network-ID", "n1"),
+                ],
+                "Both network n1 and ovn-network n1 defined.",
+            ),
+            (
+                &[
+                    XFF,
+                    ("X-OVN-Network-ID", "n1"),
+                    ("X-Neutron-Network-ID", "n1"),
+                    ("X-Neutron-Router-ID", "r1"),
+                ],
+                "All of network n1, router r1 and ovn-network n1 defined; only one may be given.",
+            ),
+            (
+                &[XFF, ("X-OVN-Network-ID", "n1"), ("X-OVN-Network-ID", "n2")],
+                "X-OVN-Network-ID may appear only once.",
+            ),
+        ];
+        for (headers, want) in cases {
+            let (status, body) = ask(&a, headers).await;
+            assert_eq!(status, 400, "{headers:?}");
+            assert!(body.contains(want), "{body} should contain {want}");
+        }
+        // An empty value counts as absent (as Neutron's `if network_id`).
+        assert_eq!(
+            ask(
+                &a,
+                &[XFF, ("X-Neutron-Router-ID", ""), ("X-OVN-Network-ID", "n1")]
+            )
+            .await
+            .0,
+            200
+        );
+        let (status, body) = ask(&a, &[XFF, ("X-OVN-Network-ID", "ovnmeta-n1")]).await;
+        assert_eq!(status, 400);
+        assert!(
+            body.contains("X-OVN-Network-ID: invalid id \"ovnmeta-n1\": that is a namespace name"),
+            "{body}"
+        );
     }
 }

@@ -1,18 +1,23 @@
-//! The inventory file (JSON with Neutron's field names, /work/notes/inventory.md): its data
-//! model, validation, and the indexes that answer "which port has IP X on network Y".
+//! The inventory file (JSON with Neutron's field names; the format's reference is the
+//! "Inventory file" section of crates/agent/README.md, sample: examples/inventory.json): its
+//! data model, validation, and the indexes that answer "which port has IP X on network Y".
+//! Subnets and ports are Neutron's model types from the contract; networks and instances
+//! are this file's own.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::Path;
 
 use base64::Engine as _;
+use ns_contract::neutron::{is_router_interface, parse_cidr, Port, Subnet};
+use ns_contract::{Kind, Resource};
 use serde::Deserialize;
 use serde_json::Value;
 
 /// Why an inventory could not be used (the previous good one stays in force).
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {
-    #[error("{path}: cannot read: {source}")]
+    #[error("inventory_file {path}: cannot read: {source}{}", read_hint(source))]
     Read {
         path: String,
         source: std::io::Error,
@@ -26,12 +31,14 @@ pub enum InventoryError {
     Invalid { path: String, reason: String },
 }
 
-/// Device owners that make a port a router interface (neutron_lib ROUTER_INTERFACE_OWNERS).
-pub const ROUTER_INTERFACE_OWNERS: &[&str] = &[
-    "network:router_interface",
-    "network:ha_router_replicated_interface",
-    "network:router_interface_distributed",
-];
+/// Where to start when the file is missing: the sample, and where the format is described.
+fn read_hint(err: &std::io::Error) -> &'static str {
+    if err.kind() == std::io::ErrorKind::NotFound {
+        "; start from the sample examples/inventory.json (format: crates/agent/README.md, \"Inventory file\")"
+    } else {
+        ""
+    }
+}
 
 /// The whole file. Unknown fields are ignored; optional ones may be absent.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -58,59 +65,6 @@ pub struct Network {
     pub mtu: Option<u32>,
     #[serde(default)]
     pub subnets: Vec<Subnet>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct Subnet {
-    pub id: String,
-    pub cidr: String,
-    #[serde(default)]
-    pub gateway_ip: Option<IpAddr>,
-    #[serde(default = "yes")]
-    pub enable_dhcp: bool,
-    #[serde(default)]
-    pub ip_version: Option<u8>,
-    #[serde(default)]
-    pub dns_nameservers: Vec<IpAddr>,
-    #[serde(default)]
-    pub host_routes: Vec<HostRoute>,
-    #[serde(default)]
-    pub ipv6_address_mode: Option<String>,
-}
-
-fn yes() -> bool {
-    true
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct HostRoute {
-    pub destination: String,
-    pub nexthop: IpAddr,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct Port {
-    pub id: String,
-    pub network_id: String,
-    #[serde(default)]
-    pub device_id: String,
-    #[serde(default)]
-    pub device_owner: String,
-    #[serde(default)]
-    pub mac_address: Option<String>,
-    #[serde(default, alias = "tenant_id")]
-    pub project_id: Option<String>,
-    #[serde(default)]
-    pub fixed_ips: Vec<FixedIp>,
-    #[serde(default, rename = "binding:vif_type")]
-    pub vif_type: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct FixedIp {
-    #[serde(default)]
-    pub subnet_id: Option<String>,
-    pub ip_address: IpAddr,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -171,22 +125,6 @@ impl Instance {
     /// The user data as a vector.
     pub fn user_data_bytes(&self) -> Option<Vec<u8>> {
         self.user_data_raw.as_deref().map(<[u8]>::to_vec)
-    }
-}
-
-/// Which namespace the request came through.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Resource {
-    Router(String),
-    Network(String),
-}
-
-impl std::fmt::Display for Resource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Resource::Router(id) => write!(f, "router {id}"),
-            Resource::Network(id) => write!(f, "network {id}"),
-        }
     }
 }
 
@@ -269,8 +207,7 @@ impl Snapshot {
             if !port_ids.insert(p.id.as_str()) {
                 return Err(format!("ports[{i}]: duplicate port id {}", p.id));
             }
-            if ROUTER_INTERFACE_OWNERS.contains(&p.device_owner.as_str()) && !p.device_id.is_empty()
-            {
+            if is_router_interface(&p.device_owner) && !p.device_id.is_empty() {
                 let nets = s.router_networks.entry(p.device_id.clone()).or_default();
                 if !nets.contains(&p.network_id) {
                     nets.push(p.network_id.clone());
@@ -326,12 +263,13 @@ impl Snapshot {
 
     /// Neutron's lookup (agent.py `get_port`): the networks of the resource, then the ports
     /// on them holding `ip` (or, for a link-local IPv6 client, the MAC in its EUI-64).
+    /// An OVN network is a network: Neutron's OVN agent looks the port up by network and IP.
     pub fn lookup(&self, resource: &Resource, ip: IpAddr, mac: Option<&str>) -> Lookup {
-        let networks: Vec<&str> = match resource {
-            Resource::Network(id) => vec![id.as_str()],
-            Resource::Router(id) => self
+        let networks: Vec<&str> = match resource.kind() {
+            Kind::Network | Kind::OvnNetwork => vec![resource.id()],
+            Kind::Router => self
                 .router_networks
-                .get(id)
+                .get(resource.id())
                 .map(|v| v.iter().map(String::as_str).collect())
                 .unwrap_or_default(),
         };
@@ -387,48 +325,7 @@ impl Snapshot {
 
     /// The subnet of `net` whose CIDR holds `ip` (when a fixed IP names no subnet).
     pub fn subnet_for(&self, net: &str, ip: IpAddr) -> Option<&Subnet> {
-        self.network(net)?
-            .subnets
-            .iter()
-            .find(|s| parse_cidr(&s.cidr).is_some_and(|(a, len)| in_prefix(ip, a, len)))
-    }
-}
-
-/// `a.b.c.d/len` or `v6/len`.
-pub fn parse_cidr(cidr: &str) -> Option<(IpAddr, u8)> {
-    let (a, l) = cidr.split_once('/')?;
-    let addr: IpAddr = a.trim().parse().ok()?;
-    let len: u8 = l.trim().parse().ok()?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    (len <= max).then_some((addr, len))
-}
-
-/// The IPv4 netmask of a prefix length, as bits (a length over 32 counts as 32).
-pub fn mask_v4(len: u8) -> u32 {
-    u32::MAX
-        .checked_shl(32 - u32::from(len.min(32)))
-        .unwrap_or(0)
-}
-
-/// The IPv6 netmask of a prefix length, as bits (a length over 128 counts as 128).
-pub fn mask_v6(len: u8) -> u128 {
-    u128::MAX
-        .checked_shl(128 - u32::from(len.min(128)))
-        .unwrap_or(0)
-}
-
-/// Whether `ip` lies in `net/len`.
-pub fn in_prefix(ip: IpAddr, net: IpAddr, len: u8) -> bool {
-    match (ip, net) {
-        (IpAddr::V4(a), IpAddr::V4(b)) => {
-            let m = mask_v4(len);
-            u32::from(a) & m == u32::from(b) & m
-        }
-        (IpAddr::V6(a), IpAddr::V6(b)) => {
-            let m = mask_v6(len);
-            u128::from(a) & m == u128::from(b) & m
-        }
-        _ => false,
+        self.network(net)?.subnets.iter().find(|s| s.contains(ip))
     }
 }
 
@@ -465,6 +362,10 @@ mod tests {
         s.parse().expect("ip")
     }
 
+    fn res(kind: Kind, id: &str) -> Resource {
+        Resource::new(kind, id).expect("valid id")
+    }
+
     #[test]
     fn network_and_router_lookups() {
         let s = snap();
@@ -473,27 +374,27 @@ mod tests {
             project_id: p.into(),
         };
         assert_eq!(
-            s.lookup(&Resource::Network("net1".into()), ip("10.250.1.2"), None),
+            s.lookup(&res(Kind::Network, "net1"), ip("10.250.1.2"), None),
             found("vm1", "proj")
         );
         assert_eq!(
-            s.lookup(&Resource::Router("r1".into()), ip("10.250.2.2"), None),
+            s.lookup(&res(Kind::Router, "r1"), ip("10.250.2.2"), None),
             found("vm2", "proj2")
         );
         assert_eq!(
-            s.lookup(&Resource::Network("net1".into()), ip("10.250.2.2"), None),
+            s.lookup(&res(Kind::Network, "net1"), ip("10.250.2.2"), None),
             Lookup::NotFound
         );
         assert_eq!(
-            s.lookup(&Resource::Router("r9".into()), ip("10.250.1.2"), None),
+            s.lookup(&res(Kind::Router, "r9"), ip("10.250.1.2"), None),
             Lookup::NotFound
         );
         assert_eq!(
-            s.lookup(&Resource::Router("r1".into()), ip("10.250.2.3"), None),
+            s.lookup(&res(Kind::Router, "r1"), ip("10.250.2.3"), None),
             Lookup::Ambiguous(2)
         );
         let by_mac = s.lookup(
-            &Resource::Router("r1".into()),
+            &res(Kind::Router, "r1"),
             ip("fe80::1"),
             Some("fa:16:3e:00:00:02"),
         );
@@ -543,16 +444,37 @@ mod tests {
     }
 
     #[test]
-    fn prefixes() {
-        assert!(in_prefix(ip("10.1.2.3"), ip("10.1.0.0"), 16));
-        assert!(!in_prefix(ip("10.2.2.3"), ip("10.1.0.0"), 16));
-        assert!(in_prefix(ip("fd00::1"), ip("fd00::"), 64));
-        assert!(in_prefix(ip("1.2.3.4"), ip("0.0.0.0"), 0));
-        assert!(!in_prefix(ip("fd00::1"), ip("10.0.0.0"), 8));
-        assert_eq!(mask_v4(0), 0);
-        assert_eq!(mask_v4(24), 0xffff_ff00);
-        assert_eq!(mask_v4(32), u32::MAX);
-        assert_eq!(mask_v6(64), u128::MAX << 64);
-        assert_eq!(mask_v6(128), u128::MAX);
+    fn an_ovn_network_resolves_as_a_network() {
+        let s = snap();
+        assert_eq!(
+            s.lookup(&res(Kind::OvnNetwork, "net1"), ip("10.250.1.2"), None),
+            s.lookup(&res(Kind::Network, "net1"), ip("10.250.1.2"), None),
+        );
+        assert_eq!(
+            s.lookup(&res(Kind::OvnNetwork, "r1"), ip("10.250.2.2"), None),
+            Lookup::NotFound,
+            "an OVN network id is never read as a router's"
+        );
+    }
+
+    #[test]
+    fn the_sample_in_examples_is_valid() {
+        let sample = include_str!("../../../examples/inventory.json");
+        let s = Snapshot::parse(sample.as_bytes(), "examples/inventory.json").expect("valid");
+        assert!(!s.inventory.ports.is_empty() && !s.inventory.instances.is_empty());
+    }
+
+    #[test]
+    fn a_missing_file_names_the_option_the_path_and_the_sample() {
+        let path = std::env::temp_dir().join("ns-agent-no-such-inventory.json");
+        let err = Snapshot::load(&path).expect_err("missing").to_string();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        for want in [
+            "inventory_file ",
+            &path.display().to_string(),
+            "examples/inventory.json",
+        ] {
+            assert!(err.contains(want), "{err} should contain {want}");
+        }
     }
 }

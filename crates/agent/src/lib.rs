@@ -1,14 +1,18 @@
 //! ns-metadata-agent: the other end of the proxies' Unix socket, compatible with Neutron's
-//! neutron-metadata-agent. Resolves (router|network, client IP) to an instance through the
-//! inventory, then forwards to Nova with the signed instance id or answers itself.
+//! neutron-metadata-agent. A resolver finds the instance behind (router | network | OVN
+//! network, client IP), then an answerer forwards to Nova with the signed instance id or
+//! answers itself from the inventory. The code map is in README.md.
 #![forbid(unsafe_code)]
 
+pub mod answer;
 pub mod builtin;
 pub mod config;
 pub mod handler;
 pub mod inventory;
+pub mod notify;
 pub mod nova;
 pub mod resolve;
+pub mod resolvers;
 pub mod respond;
 pub mod server;
 pub mod socket;
@@ -19,7 +23,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use config::{BackendKind, Cli, Config, ConfigError};
+use ns_contract::notify::State;
+
+pub use config::{AnswererKind, Config, ConfigError, ResolverKind};
 
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -53,38 +59,59 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Build the request handler from the configuration (reads inventory and TLS files).
 pub fn build_agent(cfg: &Config) -> Result<(Arc<handler::Agent>, Arc<store::InventoryStore>)> {
     let store = Arc::new(store::InventoryStore::open(&cfg.inventory_file)?);
-    let resolver = resolve::Resolver::new(store.clone(), cfg.cache_ttl);
-    let answerer = match cfg.backend {
-        BackendKind::Nova => handler::Answerer::Nova(nova::Nova::new(cfg)?),
-        BackendKind::Builtin => {
-            handler::Answerer::Builtin(builtin::Builtin::new(builtin::BuiltinOptions {
+    // A new resolver: one file under resolvers/, one ResolverKind value, one arm here.
+    let resolver: Box<dyn resolve::Resolver> = match cfg.resolver {
+        ResolverKind::Inventory => {
+            Box::new(resolvers::inventory::InventoryResolver::new(store.clone()))
+        }
+    };
+    let resolver = resolve::Cached::new(resolver, cfg.cache_ttl);
+    let answerer = match cfg.answerer {
+        AnswererKind::Nova => answer::Answerer::Nova(nova::Nova::new(cfg)?),
+        AnswererKind::Builtin => answer::Answerer::Builtin {
+            responder: builtin::Builtin::new(builtin::BuiltinOptions {
                 dhcp_domain: cfg.dhcp_domain.clone(),
                 require_token: cfg.imds_require_token,
-            }))
-        }
+            }),
+            store: store.clone(),
+        },
     };
     Ok((Arc::new(handler::Agent::new(resolver, answerer)), store))
 }
 
 /// Run the agent until `shutdown` resolves: bind the socket, watch the inventory, serve,
-/// then remove the socket.
+/// then remove the socket. Under systemd it reports READY once listening and STOPPING when
+/// `shutdown` resolves.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
     let (agent, store) = build_agent(&cfg)?;
     let listener = socket::bind_socket(&cfg)?;
+    let resolver = agent.resolver.inner().name();
     match &agent.answerer {
-        handler::Answerer::Nova(n) => tracing::info!(
-            socket = %cfg.metadata_proxy_socket.display(), nova = n.base_url(), keepalive = cfg.keepalive,
+        answer::Answerer::Nova(n) => tracing::info!(
+            socket = %cfg.metadata_proxy_socket.display(), resolver, nova = n.base_url(), keepalive = cfg.keepalive,
             "metadata agent listening, forwarding to Nova"
         ),
-        handler::Answerer::Builtin(_) => tracing::info!(
-            socket = %cfg.metadata_proxy_socket.display(), inventory = %cfg.inventory_file.display(),
+        answer::Answerer::Builtin { .. } => tracing::info!(
+            socket = %cfg.metadata_proxy_socket.display(), resolver, inventory = %cfg.inventory_file.display(),
             keepalive = cfg.keepalive, "metadata agent listening, answering from the inventory"
         ),
     }
+    // SIGHUP is handled from here on (`watch` installs the handler before returning).
     let watcher = tokio::spawn(store.watch(cfg.inventory_poll_interval));
+    notify::systemd(&[
+        State::Ready,
+        State::Status(format!(
+            "listening on {}",
+            cfg.metadata_proxy_socket.display()
+        )),
+    ]);
     let opts = server::ServeOptions {
         keepalive: cfg.keepalive.then_some(cfg.keepalive_idle_timeout),
         grace: SHUTDOWN_GRACE,
+    };
+    let shutdown = async {
+        shutdown.await;
+        notify::systemd(&[State::Stopping]);
     };
     server::serve(listener, agent, opts, shutdown).await;
     watcher.abort();

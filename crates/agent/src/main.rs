@@ -1,12 +1,11 @@
 //! ns-metadata-agent binary: parse options, set up logging, run the library until SIGTERM.
 #![forbid(unsafe_code)]
 
-use clap::Parser;
-use ns_metadata_agent::{config, run, Cli};
+use ns_metadata_agent::{config, run};
 
 fn main() {
-    let cli = Cli::parse();
-    let (cfg, warnings) = match config::load(&cli) {
+    let matches = config::command().get_matches();
+    let (cfg, warnings) = match config::load(&matches) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("ns-metadata-agent: {e}");
@@ -45,18 +44,22 @@ fn main() {
     }
 }
 
-/// SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// SIGTERM or SIGINT. The handlers are installed when this is called (before the socket is
+/// bound and READY is sent), so an early SIGTERM still shuts down cleanly.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
     }
 }

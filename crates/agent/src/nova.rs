@@ -1,6 +1,6 @@
 //! Forwarding to Nova's metadata API: same method, path, query and body, plus
 //! X-Forwarded-For, X-Instance-ID, X-Tenant-ID and the signature Nova checks
-//! (reference §5, neutron common/metadata.py `_proxy_request`).
+//! (neutron/common/metadata.py `_proxy_request`).
 
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use ns_contract::headers::{X_FORWARDED_FOR, X_INSTANCE_ID, X_INSTANCE_ID_SIGNATURE, X_TENANT_ID};
 use sha2::Sha256;
 
 use crate::config::Config;
@@ -100,21 +101,21 @@ impl Nova {
         };
         let h = req.headers_mut();
         for (name, value) in [
-            ("x-forwarded-for", xff),
-            ("x-instance-id", instance_id),
-            ("x-tenant-id", project_id),
+            (X_FORWARDED_FOR, xff),
+            (X_INSTANCE_ID, instance_id),
+            (X_TENANT_ID, project_id),
             (
-                "x-instance-id-signature",
+                X_INSTANCE_ID_SIGNATURE,
                 &sign_instance_id(&self.secret, instance_id),
             ),
         ] {
             match HeaderValue::from_str(value) {
                 Ok(v) => {
-                    h.insert(HeaderName::from_static(name), v);
+                    h.insert(HeaderName::from_static(name.lower), v);
                 }
                 Err(_) => {
                     tracing::warn!(
-                        header = name,
+                        header = name.wire,
                         "value not valid in a header; request refused"
                     );
                     return error(StatusCode::BAD_REQUEST, "Invalid header value.");

@@ -12,14 +12,12 @@ use http::{HeaderName, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use ns_contract::keepalive;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::handler::Agent;
-
-/// Response header telling proxies this agent keeps connections open, and for how long idle.
-pub const KEEPALIVE_HEADER: &str = "x-ns-metadata-keepalive";
 
 /// Connection behaviour.
 #[derive(Debug, Clone, Copy)]
@@ -93,7 +91,7 @@ async fn connection(
     });
     let signal = opts.keepalive.map(|idle| {
         (
-            HeaderName::from_static(KEEPALIVE_HEADER),
+            HeaderName::from_static(keepalive::HEADER.lower),
             HeaderValue::from(idle.as_secs().max(1)),
         )
     });

@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
+use ns_contract::notify::State;
+
 use crate::inventory::{InventoryError, Snapshot};
+use crate::notify;
 
 /// What identifies one version of the file on disk, so polling reads it only when it changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,14 +108,28 @@ impl InventoryStore {
     }
 
     /// Poll every `interval` (0 = never) and reload on SIGHUP, until the task is dropped.
-    pub async fn watch(self: Arc<Self>, interval: Duration) {
-        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+    /// A SIGHUP reload is framed by RELOADING and READY for systemd (`Type=notify-reload`).
+    /// The SIGHUP handler is installed when this is called, not when the future first runs:
+    /// a SIGHUP after READY must reload, never kill the agent (SIGHUP's default action).
+    pub fn watch(
+        self: Arc<Self>,
+        interval: Duration,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        let hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(s) => Some(s),
             Err(err) => {
                 tracing::warn!(%err, "cannot watch SIGHUP; inventory reloads by polling only");
                 None
             }
         };
+        self.watch_with(interval, hup)
+    }
+
+    async fn watch_with(
+        self: Arc<Self>,
+        interval: Duration,
+        mut hup: Option<tokio::signal::unix::Signal>,
+    ) {
         let mut tick = (!interval.is_zero()).then(|| {
             let mut t = tokio::time::interval(interval);
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -125,12 +142,17 @@ impl InventoryStore {
             };
             if force {
                 tracing::info!("SIGHUP: reloading inventory");
+                notify::systemd(&[State::Reloading]);
             }
             // Reading and parsing a large file blocks: keep it off the request threads
             // (with metadata_workers = 0 there is only one).
             let store = self.clone();
             if let Err(err) = tokio::task::spawn_blocking(move || store.reload(force)).await {
                 tracing::warn!(%err, "inventory reload failed");
+            }
+            if force {
+                // Done, applied or not: a rejected file leaves the last good one serving.
+                notify::systemd(&[State::Ready]);
             }
         }
     }

@@ -4,35 +4,18 @@
 mod common;
 
 use std::io::Read;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
+use ns_testkit::{wait_until_async, ChildGuard, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ns-metadata-agent");
-
-/// Kills (SIGKILL, by pid) and reaps the child on drop.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([format!("-{sig}"), child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(ok.success());
-}
 
 #[test]
 fn bad_option_is_one_line_naming_file_line_and_key() {
     let dir = TempDir::new("bin-bad");
-    let ini = dir.path("metadata_agent.ini");
+    let ini = dir.join("metadata_agent.ini");
     std::fs::write(
         &ini,
         "[DEFAULT]\nnova_metadata_host = 127.0.0.1\n# port below\nnova_metadata_port = 99999\n",
@@ -59,14 +42,15 @@ fn bad_option_is_one_line_naming_file_line_and_key() {
         .output()
         .expect("run agent");
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--cache-ttl: invalid integer \"soon\""));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("--cache-ttl: invalid number of seconds \"soon\""));
 
     // A missing inventory is not a configuration syntax error but still stops the agent.
     let out = Command::new(BIN)
         .arg("--metadata-proxy-socket")
-        .arg(dir.path("s.sock"))
+        .arg(dir.join("s.sock"))
         .arg("--inventory-file")
-        .arg(dir.path("absent.json"))
+        .arg(dir.join("absent.json"))
         .output()
         .expect("run agent");
     assert_eq!(out.status.code(), Some(1));
@@ -76,10 +60,10 @@ fn bad_option_is_one_line_naming_file_line_and_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_reloads_on_sighup_and_stops_on_sigterm() {
     let dir = TempDir::new("bin-run");
-    let inv = dir.path("inventory.json");
+    let inv = dir.join("inventory.json");
     write_atomic(&inv, INVENTORY);
-    let sock = dir.path("run/agent.sock");
-    let ini = dir.path("agent.ini");
+    let sock = dir.join("run/agent.sock");
+    let ini = dir.join("agent.ini");
     std::fs::write(
         &ini,
         format!(
@@ -98,7 +82,7 @@ async fn runs_reloads_on_sighup_and_stops_on_sigterm() {
             .expect("spawn agent"),
     );
     assert!(
-        wait_until(Duration::from_secs(10), || sock.exists()).await,
+        wait_until_async(Duration::from_secs(10), || sock.exists()).await,
         "socket created"
     );
     use std::os::unix::fs::PermissionsExt;
@@ -115,17 +99,17 @@ async fn runs_reloads_on_sighup_and_stops_on_sigterm() {
         "X-Neutron-Network-ID",
         "n1",
     );
-    assert_eq!(raw(&sock, &hostname).await.text(), "vm1.novalocal");
+    assert_eq!(ask(&sock, &hostname).await.text(), "vm1.novalocal");
 
     // Polling is off: only SIGHUP reloads.
     write_atomic(
         &inv,
         &INVENTORY.replace("\"hostname\": \"vm1\"", "\"hostname\": \"renamed\""),
     );
-    signal(&child.0, "HUP");
+    child.signal("HUP");
     let mut seen = String::new();
     for _ in 0..500 {
-        seen = raw(&sock, &hostname).await.text();
+        seen = ask(&sock, &hostname).await.text();
         if seen == "renamed.novalocal" {
             break;
         }
@@ -133,7 +117,7 @@ async fn runs_reloads_on_sighup_and_stops_on_sigterm() {
     }
     assert_eq!(seen, "renamed.novalocal");
 
-    signal(&child.0, "TERM");
+    child.signal("TERM");
     let status = tokio::task::spawn_blocking(move || {
         let s = child.0.wait().expect("wait");
         let mut err = String::new();

@@ -16,6 +16,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use ns_testkit::{skip, TempDir};
 
 const PYTHON: &str = "/usr/bin/python3";
 

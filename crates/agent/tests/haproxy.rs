@@ -5,19 +5,11 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-
-struct Haproxy(Child);
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use ns_testkit::{require, wait_until_async, ChildGuard, TempDir};
 
 /// The agent sees haproxy's TCP peer, 127.0.0.1, as the VM: give it a port on n1.
 fn inventory() -> String {
@@ -50,20 +42,17 @@ async fn neutron_haproxy_template_in_front_of_the_agent() {
             .stdout(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
-    if !have {
-        skip(
-            "neutron_haproxy_template_in_front_of_the_agent",
-            "haproxy or curl not installed",
-        );
+    if !require(
+        "neutron_haproxy_template_in_front_of_the_agent",
+        have,
+        "haproxy and curl",
+    ) {
         return;
     }
     let dir = TempDir::new("haproxy");
     let agent = start(config(&dir, &inventory())).await;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
-    let cfg = dir.path("haproxy.cfg");
+    let port = ns_testkit::http::free_port();
+    let cfg = dir.join("haproxy.cfg");
     std::fs::write(
         &cfg,
         format!(
@@ -72,7 +61,7 @@ async fn neutron_haproxy_template_in_front_of_the_agent() {
         ),
     )
     .expect("write haproxy config");
-    let _h = Haproxy(
+    let _h = ChildGuard(
         Command::new("haproxy")
             .arg("-db")
             .arg("-f")
@@ -82,7 +71,7 @@ async fn neutron_haproxy_template_in_front_of_the_agent() {
             .spawn()
             .expect("start haproxy"),
     );
-    let up = wait_until(Duration::from_secs(10), || {
+    let up = wait_until_async(Duration::from_secs(10), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     })
     .await;

@@ -8,13 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use ns_metadata_agent::{BackendKind, Config};
+use ns_metadata_agent::{AnswererKind, Config};
+use ns_testkit::nova::{signature_ok, Nova, GZIP_BODY};
+use ns_testkit::TempDir;
 
 const SECRET: &str = "s3cret-shared";
 
 fn nova_config(dir: &TempDir, port: u16, secret: &str) -> Config {
     let mut cfg = config(dir, INVENTORY);
-    cfg.backend = BackendKind::Nova;
+    cfg.answerer = AnswererKind::Nova;
     cfg.nova_metadata_host = "127.0.0.1".into();
     cfg.nova_metadata_port = port;
     cfg.metadata_proxy_shared_secret = secret.into();
@@ -23,15 +25,15 @@ fn nova_config(dir: &TempDir, port: u16, secret: &str) -> Config {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_signed_request_unchanged() {
-    let nova = NovaStandIn::start(SECRET).await;
+    let nova = Nova::start(SECRET);
     let dir = TempDir::new("nova");
-    let agent = start(nova_config(&dir, nova.addr.port(), SECRET)).await;
+    let agent = start(nova_config(&dir, nova.port(), SECRET)).await;
     let body = "pw-blob";
     let req = format!(
         "POST /openstack/2013-04-04/password?a=1&b=two HTTP/1.1\r\nHost: 169.254.169.254\r\nX-Forwarded-For: 10.250.41.2\r\nX-Neutron-Router-ID: r1\r\nX-Instance-ID: spoofed\r\nX-Tenant-ID: spoofed\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    let r = raw(&agent.socket, &req).await;
+    let r = ask(&agent.socket, &req).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.text(), "{\"uuid\": \"vm-uuid-1\"}");
     assert_eq!(r.header("content-type"), Some("application/json"));
@@ -39,7 +41,7 @@ async fn forwards_signed_request_unchanged() {
     assert!(r.header("x-ns-metadata-keepalive").is_some());
     let seen = nova.last();
     assert_eq!(seen.method, "POST");
-    assert_eq!(seen.uri, "/openstack/2013-04-04/password?a=1&b=two");
+    assert_eq!(seen.path, "/openstack/2013-04-04/password?a=1&b=two");
     assert_eq!(seen.body, body.as_bytes());
     assert_eq!(seen.header("x-forwarded-for"), Some("10.250.41.2"));
     assert_eq!(seen.header("x-instance-id"), Some("vm-uuid-1"));
@@ -47,7 +49,7 @@ async fn forwards_signed_request_unchanged() {
     let sig = seen
         .header("x-instance-id-signature")
         .expect("signature sent");
-    assert!(nova_signature_ok(SECRET, "vm-uuid-1", sig));
+    assert!(signature_ok(SECRET, "vm-uuid-1", sig));
     assert!(
         !seen.headers.iter().any(|(_, v)| v == "spoofed"),
         "client identity headers never reach Nova"
@@ -57,11 +59,11 @@ async fn forwards_signed_request_unchanged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nova_status_codes_are_relayed() {
-    let nova = NovaStandIn::start(SECRET).await;
+    let nova = Nova::start(SECRET);
     let dir = TempDir::new("status");
-    let agent = start(nova_config(&dir, nova.addr.port(), SECRET)).await;
+    let agent = start(nova_config(&dir, nova.port(), SECRET)).await;
     for code in [400u16, 403, 404, 409, 500, 502, 503, 504, 418] {
-        let r = raw(
+        let r = ask(
             &agent.socket,
             &get(
                 &format!("/status/{code}"),
@@ -75,7 +77,7 @@ async fn nova_status_codes_are_relayed() {
         assert_eq!(r.text(), format!("status {code}"));
     }
     assert_eq!(nova.last().header("x-tenant-id"), Some("p2"));
-    let r = raw(
+    let r = ask(
         &agent.socket,
         &get("/gzip", "10.250.42.2", "X-Neutron-Network-ID", "n2"),
     )
@@ -92,10 +94,10 @@ async fn nova_status_codes_are_relayed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_secret_gets_novas_403() {
-    let nova = NovaStandIn::start(SECRET).await;
+    let nova = Nova::start(SECRET);
     let dir = TempDir::new("secret");
-    let agent = start(nova_config(&dir, nova.addr.port(), "not-the-secret")).await;
-    let r = raw(
+    let agent = start(nova_config(&dir, nova.port(), "not-the-secret")).await;
+    let r = ask(
         &agent.socket,
         &get("/openstack", "10.250.41.2", "X-Neutron-Network-ID", "n1"),
     )
@@ -108,13 +110,10 @@ async fn wrong_secret_gets_novas_403() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nova_unreachable_is_503() {
     // A port that was free a moment ago and has nothing listening now.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    let port = ns_testkit::http::free_port();
     let dir = TempDir::new("down");
     let agent = start(nova_config(&dir, port, SECRET)).await;
-    let r = raw(
+    let r = ask(
         &agent.socket,
         &get("/openstack", "10.250.41.2", "X-Neutron-Network-ID", "n1"),
     )
@@ -123,7 +122,7 @@ async fn nova_unreachable_is_503() {
     assert!(r.text().contains("temporarily unavailable"));
     // Identity errors are still the agent's own answers.
     assert_eq!(
-        raw(
+        ask(
             &agent.socket,
             &get("/", "10.250.41.77", "X-Neutron-Network-ID", "n1")
         )
@@ -151,7 +150,7 @@ async fn slow_nova_is_504() {
     let mut cfg = nova_config(&dir, port, SECRET);
     cfg.nova_metadata_timeout = Duration::from_secs(1);
     let agent = start(cfg).await;
-    let r = raw(
+    let r = ask(
         &agent.socket,
         &get("/openstack", "10.250.41.2", "X-Neutron-Network-ID", "n1"),
     )
@@ -198,11 +197,11 @@ fn pki(dir: &TempDir) -> Pki {
     let client_key = KeyPair::generate().expect("client key");
     let client_cert = cp.signed_by(&client_key, &issuer).expect("client cert");
 
-    let ca = dir.path("ca.pem");
+    let ca = dir.join("ca.pem");
     std::fs::write(&ca, ca_cert.pem()).expect("write ca");
-    let client_cert_path = dir.path("client.pem");
+    let client_cert_path = dir.join("client.pem");
     std::fs::write(&client_cert_path, client_cert.pem()).expect("write client cert");
-    let client_key_path = dir.path("client.key");
+    let client_key_path = dir.join("client.key");
     std::fs::write(&client_key_path, client_key.serialize_pem()).expect("write client key");
     Pki {
         ca,
@@ -214,7 +213,8 @@ fn pki(dir: &TempDir) -> Pki {
     }
 }
 
-fn acceptor(p: &Pki, require_client_cert: bool) -> tokio_rustls::TlsAcceptor {
+/// Nova's TLS server configuration, demanding a client certificate or not.
+fn server_tls(p: &Pki, require_client_cert: bool) -> Arc<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -233,12 +233,12 @@ fn acceptor(p: &Pki, require_client_cert: bool) -> tokio_rustls::TlsAcceptor {
     let cfg = builder
         .with_single_cert(p.server_chain.clone(), p.server_key.clone_key())
         .expect("server cert");
-    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+    Arc::new(cfg)
 }
 
 async fn status_via(cfg: Config) -> u16 {
     let agent = start(cfg).await;
-    let r = raw(
+    let r = ask(
         &agent.socket,
         &get("/openstack", "10.250.41.2", "X-Neutron-Network-ID", "n1"),
     )
@@ -251,9 +251,9 @@ async fn status_via(cfg: Config) -> u16 {
 async fn https_to_nova_with_ca_insecure_and_client_cert() {
     let dir = TempDir::new("tls");
     let p = pki(&dir);
-    let nova = NovaStandIn::start_tls(SECRET, Some(acceptor(&p, false))).await;
+    let nova = Nova::start_tls(SECRET, server_tls(&p, false));
     let https = |dir: &TempDir| {
-        let mut c = nova_config(dir, nova.addr.port(), SECRET);
+        let mut c = nova_config(dir, nova.port(), SECRET);
         c.nova_metadata_protocol = "https".into();
         c
     };
@@ -280,10 +280,10 @@ async fn https_to_nova_with_ca_insecure_and_client_cert() {
     );
 
     // Nova demanding a client certificate.
-    let mtls = NovaStandIn::start_tls(SECRET, Some(acceptor(&p, true))).await;
+    let mtls = Nova::start_tls(SECRET, server_tls(&p, true));
     let d4 = TempDir::new("tls-mtls");
     let mut cfg = https(&d4);
-    cfg.nova_metadata_port = mtls.addr.port();
+    cfg.nova_metadata_port = mtls.port();
     cfg.auth_ca_cert = Some(p.ca.clone());
     assert_eq!(
         status_via(cfg.clone()).await,
@@ -292,7 +292,7 @@ async fn https_to_nova_with_ca_insecure_and_client_cert() {
     );
     let d5 = TempDir::new("tls-mtls2");
     let mut with_cert = https(&d5);
-    with_cert.nova_metadata_port = mtls.addr.port();
+    with_cert.nova_metadata_port = mtls.port();
     with_cert.auth_ca_cert = Some(p.ca.clone());
     with_cert.nova_client_cert = Some(p.client_cert.clone());
     with_cert.nova_client_priv_key = Some(p.client_key.clone());
@@ -307,10 +307,10 @@ async fn https_to_nova_with_ca_insecure_and_client_cert() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unusable_tls_files_stop_the_agent() {
     let dir = TempDir::new("tlsbad");
-    std::fs::write(dir.path("junk.pem"), "not a certificate").expect("write");
+    std::fs::write(dir.join("junk.pem"), "not a certificate").expect("write");
     let mut cfg = nova_config(&dir, 1, SECRET);
     cfg.nova_metadata_protocol = "https".into();
-    cfg.auth_ca_cert = Some(dir.path("junk.pem"));
+    cfg.auth_ca_cert = Some(dir.join("junk.pem"));
     let err = ns_metadata_agent::run(cfg, std::future::pending())
         .await
         .expect_err("must refuse");

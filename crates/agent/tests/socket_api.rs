@@ -7,8 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use ns_testkit::http::Conn;
+use ns_testkit::TempDir;
 use tokio::io::AsyncWriteExt;
-use tokio::net::UnixStream;
 
 const NET: &str = "X-Neutron-Network-ID";
 const ROUTER: &str = "X-Neutron-Router-ID";
@@ -20,7 +21,7 @@ async fn identity_headers_are_checked() {
     let s = &agent.socket;
 
     let both = "GET /latest/meta-data/ HTTP/1.1\r\nX-Forwarded-For: 10.250.41.2\r\nX-Neutron-Network-ID: n1\r\nX-Neutron-Router-ID: r1\r\n\r\n";
-    let r = raw(s, both).await;
+    let r = ask(s, both).await;
     assert_eq!(r.status, 400);
     assert!(
         r.text().contains("Both network n1 and router r1 defined."),
@@ -29,26 +30,26 @@ async fn identity_headers_are_checked() {
     );
 
     let neither = "GET /latest/meta-data/ HTTP/1.1\r\nX-Forwarded-For: 10.250.41.2\r\n\r\n";
-    assert_eq!(raw(s, neither).await.status, 400);
+    assert_eq!(ask(s, neither).await.status, 400);
 
     let no_xff = "GET /latest/meta-data/ HTTP/1.1\r\nX-Neutron-Network-ID: n1\r\n\r\n";
-    let r = raw(s, no_xff).await;
+    let r = ask(s, no_xff).await;
     assert_eq!(r.status, 400);
     assert!(r.text().contains("X-Forwarded-For is missing"));
 
     assert_eq!(
-        raw(s, &get("/", "10.250.41.2, 10.0.0.9", NET, "n1"))
+        ask(s, &get("/", "10.250.41.2, 10.0.0.9", NET, "n1"))
             .await
             .status,
         400
     );
-    assert_eq!(raw(s, &get("/", "vm1", NET, "n1")).await.status, 400);
+    assert_eq!(ask(s, &get("/", "vm1", NET, "n1")).await.status, 400);
     let twice = "GET / HTTP/1.1\r\nX-Forwarded-For: 10.250.41.2\r\nX-Forwarded-For: 10.250.41.2\r\nX-Neutron-Network-ID: n1\r\n\r\n";
-    assert_eq!(raw(s, twice).await.status, 400);
+    assert_eq!(ask(s, twice).await.status, 400);
     // Not HTTP at all: hyper answers 400 and the agent keeps running.
-    assert_eq!(raw(s, "\x16\x03\x01garbage\r\n\r\n").await.status, 400);
+    assert_eq!(ask(s, "\x16\x03\x01garbage\r\n\r\n").await.status, 400);
     assert_eq!(
-        raw(
+        ask(
             s,
             &get("/latest/meta-data/hostname", "10.250.41.2", NET, "n1")
         )
@@ -57,14 +58,14 @@ async fn identity_headers_are_checked() {
         200
     );
     agent.stop().await;
-    assert!(!dir.path("agent.sock").exists(), "socket removed on stop");
+    assert!(!dir.join("agent.sock").exists(), "socket removed on stop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_found_names_network_or_router_and_ip() {
     let dir = TempDir::new("404");
     let agent = start(config(&dir, INVENTORY)).await;
-    let r = raw(&agent.socket, &get("/", "10.250.41.99", NET, "n1")).await;
+    let r = ask(&agent.socket, &get("/", "10.250.41.99", NET, "n1")).await;
     assert_eq!(r.status, 404);
     assert!(
         r.text()
@@ -72,7 +73,7 @@ async fn not_found_names_network_or_router_and_ip() {
         "{}",
         r.text()
     );
-    let r = raw(&agent.socket, &get("/", "10.250.42.2", ROUTER, "r-other")).await;
+    let r = ask(&agent.socket, &get("/", "10.250.42.2", ROUTER, "r-other")).await;
     assert_eq!(r.status, 404);
     assert!(
         r.text().contains("router r-other for IP 10.250.42.2"),
@@ -81,7 +82,7 @@ async fn not_found_names_network_or_router_and_ip() {
     );
     // The right VM on the wrong network is not found either.
     assert_eq!(
-        raw(&agent.socket, &get("/", "10.250.42.2", NET, "n1"))
+        ask(&agent.socket, &get("/", "10.250.42.2", NET, "n1"))
             .await
             .status,
         404
@@ -94,14 +95,14 @@ async fn builtin_answers_through_router_and_network() {
     let dir = TempDir::new("builtin");
     let agent = start(config(&dir, INVENTORY)).await;
     let s = &agent.socket;
-    let r = raw(
+    let r = ask(
         s,
         &get("/latest/meta-data/instance-id", "10.250.42.2", ROUTER, "r1"),
     )
     .await;
     assert_eq!((r.status, r.text().starts_with("i-")), (200, true));
     // v4-mapped IPv6 in X-Forwarded-For is read as IPv4 (haproxy on a dual-stack socket).
-    let r = raw(
+    let r = ask(
         s,
         &get(
             "/openstack/latest/meta_data.json",
@@ -120,7 +121,7 @@ async fn builtin_answers_through_router_and_network() {
     );
     assert_eq!(r.header("content-type"), Some("application/json"));
     // Link-local IPv6 clients are found by the MAC in their EUI-64 address (LP#1460177).
-    let r = raw(
+    let r = ask(
         s,
         &get(
             "/openstack/latest/user_data",
@@ -134,13 +135,13 @@ async fn builtin_answers_through_router_and_network() {
         (r.status, r.text().as_str()),
         (200, "#cloud-config\nfqdn: vm1.example\n")
     );
-    let r = raw(
+    let r = ask(
         s,
         &get("/openstack/latest/user_data", "10.250.42.2", NET, "n2"),
     )
     .await;
     assert_eq!(r.status, 404, "vm2 has no user data");
-    let r = raw(s, &get("/nowhere/at/all", "10.250.41.2", NET, "n1")).await;
+    let r = ask(s, &get("/nowhere/at/all", "10.250.41.2", NET, "n1")).await;
     assert_eq!(r.status, 404);
     agent.stop().await;
 }
@@ -149,20 +150,20 @@ async fn builtin_answers_through_router_and_network() {
 async fn requests_split_over_several_reads() {
     let dir = TempDir::new("split");
     let agent = start(config(&dir, INVENTORY)).await;
-    let mut s = UnixStream::connect(&agent.socket).await.expect("connect");
+    let mut s = Conn::unix(&agent.socket).await;
     let body = "secret-password";
     let req = format!(
         "POST /openstack/latest/password HTTP/1.1\r\nX-Forwarded-For: 10.250.41.2\r\nX-Neutron-Network-ID: n1\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     for piece in req.as_bytes().chunks(7) {
-        s.write_all(piece).await.expect("write");
-        s.flush().await.expect("flush");
+        s.stream.write_all(piece).await.expect("write");
+        s.stream.flush().await.expect("flush");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let r = read_reply(&mut s).await.expect("reply");
+    let r = s.read(false).await.expect("reply");
     assert_eq!(r.status, 200);
-    let r = raw(
+    let r = ask(
         &agent.socket,
         &get("/openstack/latest/password", "10.250.41.2", NET, "n1"),
     )
@@ -177,28 +178,24 @@ async fn keepalive_on_signals_and_reuses_the_connection() {
     let mut cfg = config(&dir, INVENTORY);
     cfg.keepalive_idle_timeout = Duration::from_secs(1);
     let agent = start(cfg).await;
-    let mut s = UnixStream::connect(&agent.socket).await.expect("connect");
+    let mut s = Conn::unix(&agent.socket).await;
     for path in [
         "/latest/meta-data/hostname",
         "/nothing",
         "/openstack/latest/meta_data.json",
     ] {
-        s.write_all(get(path, "10.250.41.2", NET, "n1").as_bytes())
-            .await
-            .expect("write");
-        let r = read_reply(&mut s)
-            .await
-            .expect("reply on the same connection");
+        s.send(get(path, "10.250.41.2", NET, "n1").as_bytes()).await;
+        let r = s.read(false).await.expect("reply on the same connection");
         assert_eq!(r.header("x-ns-metadata-keepalive"), Some("1"), "{path}");
     }
     // Errors carry the signal too, so a proxy in auto mode learns from any answer.
-    let r = raw(&agent.socket, "GET / HTTP/1.1\r\n\r\n").await;
+    let r = ask(&agent.socket, "GET / HTTP/1.1\r\n\r\n").await;
     assert_eq!(
         (r.status, r.header("x-ns-metadata-keepalive")),
         (400, Some("1"))
     );
     // Idle longer than the advertised time: the agent closes the connection.
-    let closed = tokio::time::timeout(Duration::from_secs(5), read_reply(&mut s)).await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read(false)).await;
     assert!(
         matches!(closed, Ok(None)),
         "idle connection closed by the agent"
@@ -212,18 +209,19 @@ async fn keepalive_off_is_one_request_per_connection() {
     let mut cfg = config(&dir, INVENTORY);
     cfg.keepalive = false;
     let agent = start(cfg).await;
-    let mut s = UnixStream::connect(&agent.socket).await.expect("connect");
-    s.write_all(get("/latest/meta-data/hostname", "10.250.41.2", NET, "n1").as_bytes())
-        .await
-        .expect("write");
-    let r = read_reply(&mut s).await.expect("reply");
+    let mut s = Conn::unix(&agent.socket).await;
+    s.send(get("/latest/meta-data/hostname", "10.250.41.2", NET, "n1").as_bytes())
+        .await;
+    let r = s.read(false).await.expect("reply");
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-ns-metadata-keepalive"), None);
+    // The agent may already have closed: a failed write is the same answer as no answer.
     let _ = s
+        .stream
         .write_all(get("/latest/meta-data/hostname", "10.250.41.2", NET, "n1").as_bytes())
         .await;
     assert!(
-        read_reply(&mut s).await.is_none(),
+        s.read(false).await.is_none(),
         "a second request on the connection gets no answer"
     );
     agent.stop().await;
@@ -237,7 +235,7 @@ async fn imds_v2_over_the_socket() {
     let agent = start(cfg).await;
     let s = &agent.socket;
     assert_eq!(
-        raw(
+        ask(
             s,
             &get("/latest/meta-data/instance-id", "10.250.41.2", NET, "n1")
         )
@@ -246,21 +244,21 @@ async fn imds_v2_over_the_socket() {
         401
     );
     let put = "PUT /latest/api/token HTTP/1.1\r\nX-Forwarded-For: 10.250.41.2\r\nX-Neutron-Network-ID: n1\r\nX-aws-ec2-metadata-token-ttl-seconds: 30\r\nContent-Length: 0\r\n\r\n";
-    let r = raw(s, put).await;
+    let r = ask(s, put).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-aws-ec2-metadata-token-ttl-seconds"), Some("30"));
     let token = r.text();
     let with = |t: &str| {
         format!("GET /latest/meta-data/hostname HTTP/1.1\r\nX-Forwarded-For: 10.250.41.2\r\nX-Neutron-Network-ID: n1\r\nX-aws-ec2-metadata-token: {t}\r\n\r\n")
     };
-    let r = raw(s, &with(&token)).await;
+    let r = ask(s, &with(&token)).await;
     assert_eq!((r.status, r.text().as_str()), (200, "vm1.novalocal"));
-    assert_eq!(raw(s, &with("not-a-token")).await.status, 401);
+    assert_eq!(ask(s, &with("not-a-token")).await.status, 401);
     // vm2 cannot use vm1's token.
     let other = with(&token)
         .replace("10.250.41.2", "10.250.42.2")
         .replace("n1", "n2");
-    assert_eq!(raw(s, &other).await.status, 401);
+    assert_eq!(ask(s, &other).await.status, 401);
     agent.stop().await;
 }
 
@@ -279,7 +277,7 @@ async fn inventory_reload_keeps_last_good_and_cache_follows() {
     let agent = start(cfg).await;
     let hostname = || get("/latest/meta-data/hostname", "10.250.41.2", NET, "n1");
     assert_eq!(
-        raw(&agent.socket, &hostname()).await.text(),
+        ask(&agent.socket, &hostname()).await.text(),
         "vm1.novalocal"
     );
 
@@ -288,7 +286,7 @@ async fn inventory_reload_keeps_last_good_and_cache_follows() {
     let socket = agent.socket.clone();
     let end = std::time::Instant::now() + Duration::from_secs(10);
     while std::time::Instant::now() < end {
-        last = raw(&socket, &hostname()).await.text();
+        last = ask(&socket, &hostname()).await.text();
         if last == "newvm.novalocal" {
             break;
         }
@@ -303,10 +301,10 @@ async fn inventory_reload_keeps_last_good_and_cache_follows() {
     write_atomic(&agent.inventory, "{\"ports\": [ oops");
     tokio::time::sleep(Duration::from_millis(400)).await; // several poll periods; nothing may change
     assert_eq!(
-        raw(&agent.socket, &hostname()).await.text(),
+        ask(&agent.socket, &hostname()).await.text(),
         "newvm.novalocal"
     );
-    let r = raw(&agent.socket, &get("/", "10.250.42.2", NET, "n2")).await;
+    let r = ask(&agent.socket, &get("/", "10.250.42.2", NET, "n2")).await;
     assert_eq!(
         r.status, 404,
         "still the last good inventory, which has no vm2"
@@ -318,7 +316,7 @@ async fn inventory_reload_keeps_last_good_and_cache_follows() {
         let end = std::time::Instant::now() + Duration::from_secs(10);
         let mut ok = false;
         while std::time::Instant::now() < end && !ok {
-            ok = raw(&socket, &hostname()).await.text() == "vm1.novalocal";
+            ok = ask(&socket, &hostname()).await.text() == "vm1.novalocal";
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         ok
@@ -337,9 +335,9 @@ async fn hostile_input_gets_an_answer_and_breaks_nothing() {
         "POST /openstack/latest/password HTTP/1.1\r\nX-Forwarded-For: 10.250.41.2\r\nX-Neutron-Network-ID: n1\r\nContent-Length: {}\r\n\r\n{big}",
         big.len()
     );
-    assert_eq!(raw(s, &body).await.status, 413);
+    assert_eq!(ask(s, &body).await.status, 413);
     let huge_header = format!("GET / HTTP/1.1\r\nX-Junk: {big}\r\n\r\n");
-    let r = raw(s, &huge_header).await;
+    let r = ask(s, &huge_header).await;
     assert!(r.status == 431 || r.status == 400, "{}", r.status);
     for junk in [
         "GET\r\n\r\n",
@@ -347,14 +345,14 @@ async fn hostile_input_gets_an_answer_and_breaks_nothing() {
         "GET /\0 HTTP/1.1\r\n\r\n",
         "HELLO WORLD\r\n\r\n",
     ] {
-        let mut c = UnixStream::connect(s).await.expect("connect");
-        c.write_all(junk.as_bytes()).await.expect("write");
+        let mut c = Conn::unix(s).await;
+        c.send(junk.as_bytes()).await;
         // Either a 4xx or a close: never a hang, never a crash.
-        if let Some(r) = read_reply(&mut c).await {
+        if let Some(r) = c.read(false).await {
             assert!((400..500).contains(&r.status), "{junk:?} -> {}", r.status);
         }
     }
-    let r = raw(
+    let r = ask(
         s,
         &get("/openstack/latest/meta_data.json", "10.250.41.2", NET, "n1"),
     )

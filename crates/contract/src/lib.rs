@@ -1,4 +1,4 @@
-//! The contract every binary of the project shares, in one place (STYLE.md rule 12): the id
+//! The contract every binary of the project shares, in one place: the id
 //! rule and name checks, the resource kinds with their identity headers, the headers the proxy
 //! strips, the keep-alive signal between proxy and agent, the agent socket's default path,
 //! the Neutron model types, and `sd_notify`. A fact that two crates need lives here.
@@ -9,6 +9,7 @@ pub mod id;
 pub mod keepalive;
 pub mod limits;
 pub mod neutron;
+pub mod neutron_options;
 pub mod notify;
 pub mod options;
 pub mod resource;

@@ -33,6 +33,7 @@ pub use loader::{Loaded, Loader};
 pub use origin::{Origin, Place};
 pub use schema::{DefaultValue, Flag, Kind, Opt, Schema, DEFAULT_GROUP};
 pub use sources::env_var;
+pub use subst::escape;
 pub use values::Values;
 
 /// Result alias for this crate.

@@ -285,10 +285,17 @@ impl Resolver {
         let group = self.opts[i].group;
         let result = substitute(&raw_text, |name| -> ConfigResult<String> {
             let j = self.target(group, name).ok_or_else(|| {
+                let scope = match name.split_once('.') {
+                    Some((g, _)) => format!("[{g}]"),
+                    None if same_group(group, DEFAULT_GROUP) => "[DEFAULT]".to_owned(),
+                    None => format!("[{group}] or [DEFAULT]"),
+                };
+                // Most often a password holding `$`: say how to write one.
                 self.blame(
                     i,
                     format!(
-                        "undefined reference ${{{name}}}: no option {name} in [{group}] or [DEFAULT]"
+                        "undefined reference ${{{name}}}: no option {name} in {scope} \
+                         (write $$ for a literal $)"
                     ),
                 )
             })?;

@@ -249,7 +249,8 @@ fn undefined_reference_names_the_referencing_line() {
     let e = with_ini("[DEFAULT]\n\na = $nope/x\n").expect_err("undefined");
     assert_eq!(
         e.to_string(),
-        "/etc/t.ini:3: [DEFAULT] a: undefined reference ${nope}: no option nope in [DEFAULT] or [DEFAULT]"
+        "/etc/t.ini:3: [DEFAULT] a: undefined reference ${nope}: no option nope in [DEFAULT] \
+         (write $$ for a literal $)"
     );
     // A key present in the files but not in the schema does not resolve (oslo: only
     // registered options do).

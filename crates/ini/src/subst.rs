@@ -4,6 +4,14 @@
 //! a `$` not followed by a name (`$/`, `${a b}`, a trailing `$`) stays as it is. Replacement
 //! text is not scanned again. Which option a name means is the caller's business.
 
+/// A literal text as a value that substitutes back to itself: every `$` doubled. For a
+/// program that passes values it has already resolved to another one that reads them through
+/// this layer (the spawner's flags to its proxies). oslo cannot express a backslash directly
+/// before a literal `$` (`\$` is its escape), so such a text does not survive.
+pub fn escape(text: &str) -> String {
+    text.replace('$', "$$")
+}
+
 /// Replace every reference in `value`; the first `lookup` error stops it.
 pub(crate) fn substitute<E>(
     value: &str,
@@ -110,5 +118,12 @@ mod tests {
         assert_eq!(sub("é$é"), "é$é");
         assert!(has_reference("${x}") && has_reference("a$b"));
         assert!(!has_reference("a$$b $1 plain"));
+    }
+
+    #[test]
+    fn escaped_text_substitutes_back_to_itself() {
+        for t in ["/srv/$state_path/x", "pa$$word", "$", "${a}", "plain"] {
+            assert_eq!(sub(&escape(t)), t, "{t}");
+        }
     }
 }

@@ -23,7 +23,7 @@ pub enum Error {
     #[error("{} is not a network namespace", path.display())]
     NotNetns { path: PathBuf },
     #[error("invalid namespace name {name:?}: {reason}")]
-    InvalidName { name: String, reason: &'static str },
+    InvalidName { name: String, reason: String },
     /// `what` is e.g. "namespace qrouter-x"; the message reads "namespace qrouter-x already exists".
     #[error("{what} already exists")]
     AlreadyExists { what: String },

@@ -26,25 +26,13 @@ pub const NETNS_RUN_DIR: &str = "/run/netns";
 /// do not both bind-mount the directory onto itself.
 static RUN_DIR_SETUP: Mutex<()> = Mutex::new(());
 
-/// Check a namespace name the way iproute2 does: not empty, at most 255 bytes (NAME_MAX),
-/// no '/', not "." or "..", plus no NUL byte (it could not be a path).
+/// Check a namespace name: the project's one rule, [`ns_contract::validate_netns`] (what
+/// iproute2 takes: not empty, at most 255 bytes, no '/', not "." or ".."; plus no NUL byte,
+/// and no whitespace, so the name survives every command and log line it appears in).
 pub fn validate_name(name: &str) -> Result<()> {
-    let reason = if name.is_empty() {
-        "empty"
-    } else if name.len() > 255 {
-        "longer than 255 bytes"
-    } else if name.contains('/') {
-        "contains '/'"
-    } else if name == "." || name == ".." {
-        "is \".\" or \"..\""
-    } else if name.contains('\0') {
-        "contains a NUL byte"
-    } else {
-        return Ok(());
-    };
-    Err(Error::InvalidName {
-        name: name.to_owned(),
-        reason,
+    ns_contract::validate_netns(name).map_err(|e| Error::InvalidName {
+        name: e.name,
+        reason: e.reason,
     })
 }
 
@@ -190,7 +178,7 @@ pub(crate) fn list_dir(dir: &Path) -> Result<Vec<String>> {
 mod tests {
     use super::*;
 
-    fn reason(name: &str) -> &'static str {
+    fn reason(name: &str) -> String {
         match validate_name(name) {
             Err(Error::InvalidName { reason, .. }) => reason,
             other => panic!("{name:?} should be invalid, got {other:?}"),
@@ -203,7 +191,6 @@ mod tests {
             "qrouter-8c2f3f0a-1b2c-4d5e-9f00-0123456789ab",
             "a",
             "...",
-            "x y",
             &"n".repeat(255),
         ] {
             validate_name(ok).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
@@ -218,6 +205,7 @@ mod tests {
         assert_eq!(reason("a/b"), "contains '/'");
         assert_eq!(reason("a\0b"), "contains a NUL byte");
         assert_eq!(reason(&"n".repeat(256)), "longer than 255 bytes");
+        assert_eq!(reason("x y"), "contains whitespace");
         let e = validate_name("a/b").expect_err("invalid");
         assert_eq!(
             e.to_string(),

@@ -1,35 +1,12 @@
-//! Test helpers (feature `test-util`): root checks, unique names, namespace and child guards,
-//! veth topologies, locating workspace binaries, polling with a timeout.
+//! Test helpers (feature `test-util`) that need this crate's namespace syscalls: unique names,
+//! a namespace guard, a veth topology. Everything else a test needs (temp dirs, polling,
+//! process guards, skips) is in the ns-testkit crate, which re-exports these.
 
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::ns::Netns;
-
-/// True when running as root (effective uid 0).
-pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-/// True if root; else prints `SKIP <test>: needs root` and returns false. Panics instead of
-/// skipping when the environment has `CI=true` (a skip in CI is a failure).
-///
-/// The line goes straight to the process's stderr (not through `eprintln!`), so libtest's
-/// output capture does not hide it.
-pub fn require_root(test: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test}: needs root, and CI=true forbids skipping");
-    }
-    let _ = writeln!(std::io::stderr(), "SKIP {test}: needs root");
-    false
-}
 
 /// A short prefix unique to this process and call, e.g. "t4821a": "t", the pid in base 36,
 /// a per-call counter in base 36. At most 9 chars (usually 5-6), so `prefix + "-xyz"` still
@@ -54,7 +31,7 @@ fn base36(mut n: u32) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
-/// A namespace created for a test, deleted on Drop (kills nothing: [`ChildGuard`] does that).
+/// A namespace created for a test, deleted on Drop (kills nothing: ns-testkit's `ChildGuard` does that).
 /// Dropping closes the held fd first, so once nothing else uses the namespace the kernel
 /// destroys it together with its veths.
 #[derive(Debug)]
@@ -129,53 +106,6 @@ pub async fn link(a: &TestNs, b: &TestNs, subnet: u8) -> Result<(IpAddr, IpAddr)
     Ok((ip_a, ip_b))
 }
 
-/// A child process killed (SIGKILL, by pid) and reaped on Drop.
-#[derive(Debug)]
-pub struct ChildGuard(pub std::process::Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        // Child::kill is a no-op error once reaped; wait reaps it so no zombie is left.
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Path of a workspace binary next to the test executable (`target/<profile>/NAME`).
-/// Panics with "run cargo build --workspace --bins" when it is not built.
-pub fn bin_path(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current test executable path");
-    let mut dir = exe
-        .parent()
-        .expect("test executable has a directory")
-        .to_path_buf();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let path = dir.join(name);
-    if !path.is_file() {
-        panic!(
-            "{} not found: run cargo build --workspace --bins",
-            path.display()
-        );
-    }
-    path
-}
-
-/// Poll `f` every 10 ms until it returns true or `timeout` passes; returns whether it did.
-pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,26 +125,5 @@ mod tests {
         assert_eq!(base36(35), "z");
         assert_eq!(base36(36), "10");
         assert_eq!(base36(u32::MAX).len(), 7);
-    }
-
-    #[test]
-    fn wait_until_reports_success_and_timeout() {
-        let mut n = 0;
-        assert!(wait_until(Duration::from_secs(5), || {
-            n += 1;
-            n >= 3
-        }));
-        assert!(!wait_until(Duration::from_millis(30), || false));
-    }
-
-    #[test]
-    fn child_guard_kills_and_reaps() {
-        let child = std::process::Command::new("sleep")
-            .arg("1000")
-            .spawn()
-            .expect("spawn sleep");
-        let pid = child.id();
-        drop(ChildGuard(child));
-        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
     }
 }

@@ -4,8 +4,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use ns_netns::testing::{require_root, unique_prefix, wait_until, ChildGuard, TestNs};
 use ns_netns::{CommandExt, Error, Netns};
+use ns_testkit::netns::{unique_prefix, TestNs};
+use ns_testkit::{require_root, wait_until, ChildGuard};
 
 fn inode_of_pid(pid: u32) -> u64 {
     Netns::open(&format!("/proc/{pid}/ns/net"))

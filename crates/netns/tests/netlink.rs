@@ -5,8 +5,9 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use ns_netns::testing::{link, require_root, unique_prefix, wait_until, TestNs};
 use ns_netns::{Error, Netlink, Netns};
+use ns_testkit::netns::{link, unique_prefix, TestNs};
+use ns_testkit::{require_root, wait_until};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("test address")

@@ -4,8 +4,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use futures::StreamExt;
-use ns_netns::testing::{require_root, unique_prefix, wait_until, TestNs};
 use ns_netns::{Error, Netns, NetnsEvent};
+use ns_testkit::netns::{unique_prefix, TestNs};
+use ns_testkit::{require_root, wait_until};
 
 /// The next event about a name starting with `prefix` (other tests create namespaces too).
 async fn next_for(w: &mut ns_netns::NetnsWatcher, prefix: &str) -> NetnsEvent {

@@ -1,13 +1,18 @@
-//! The process from start to exit: bind (in the namespace), pid file, privilege drop,
-//! readiness, serve until SIGTERM/SIGINT, clean up.
+//! The process from start to exit: (add the addresses and) bind in the namespace, pid file,
+//! privilege drop, readiness, serve until SIGTERM/SIGINT, clean up.
 
+use std::os::unix::fs::FileTypeExt as _;
+use std::path::Path;
 use std::sync::Arc;
 
+use ns_netns::Netns;
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::config::Config;
+use crate::error::{Error, Result};
 use crate::process::{self, Creds, PidFile, Readiness};
-use crate::server::{self, Shared};
-use crate::{bind, Config, Error, Result};
+use crate::state::Shared;
+use crate::{bind, server};
 
 /// Run the proxy; returns when it has shut down cleanly. `daemon_child` says this process
 /// is the re-executed `--daemonize` child (see [`process::daemonize_parent`]).
@@ -17,7 +22,19 @@ pub fn run(cfg: Config, daemon_child: bool) -> Result<()> {
     }
     let ready = Readiness::open(&cfg.ready_fds)?;
     let creds = Creds::resolve(cfg.user.as_deref(), cfg.group.as_deref())?;
-    let listeners = bind::bind_in(cfg.netns.as_deref(), &cfg.binds)?;
+    warn_if_no_agent(&cfg.socket);
+    let netns = cfg
+        .netns
+        .as_deref()
+        .map(|spec| {
+            Netns::open(spec).map_err(|source| Error::Netns {
+                spec: spec.to_owned(),
+                source,
+            })
+        })
+        .transpose()?;
+    let listeners = bind::bind_in(netns.as_ref(), &cfg.binds)?;
+    drop(netns);
     bind::set_backlog(&listeners, cfg.max_connections)?;
     let pid_file = cfg.pid_file.as_deref().map(PidFile::create).transpose()?;
     process::raise_nofile(cfg.max_connections);
@@ -57,6 +74,10 @@ pub fn run(cfg: Config, daemon_child: bool) -> Result<()> {
             pid = std::process::id(),
             "listening"
         );
+        // Parsing the command line and the option tables left freed heap behind; give it
+        // back before idling, since an idle proxy only trims after it has served something
+        // and a node runs thousands of them.
+        ns_netns::release_free_memory();
         ready.notify();
         if daemon_child {
             process::detach_stdio();
@@ -64,8 +85,8 @@ pub fn run(cfg: Config, daemon_child: bool) -> Result<()> {
         let shutdown = async move {
             loop {
                 tokio::select! {
-                    _ = term.recv() => break,
-                    _ = int.recv() => break,
+                    _ = term.recv() => break process::notify_stopping(),
+                    _ = int.recv() => break process::notify_stopping(),
                     _ = hup.recv() => match crate::logfile::reopen() {
                         Ok(true) => tracing::info!("SIGHUP: log file reopened"),
                         Ok(false) => tracing::info!("SIGHUP ignored: nothing to reload"),
@@ -88,4 +109,24 @@ pub fn run(cfg: Config, daemon_child: bool) -> Result<()> {
         p.remove();
     }
     Ok(())
+}
+
+/// A missing agent socket is the usual first-hour mistake: say so at start, not only as a
+/// 503 per request.
+fn warn_if_no_agent(socket: &Path) {
+    match std::fs::metadata(socket) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => tracing::warn!(
+            socket = %socket.display(),
+            "the agent socket {} does not exist: is the metadata agent (ns-metadata-agent or \
+             neutron-metadata-agent) running, and is --metadata-proxy-socket its socket? \
+             VMs get 503 until it listens",
+            socket.display()
+        ),
+        Ok(m) if !m.file_type().is_socket() => tracing::warn!(
+            socket = %socket.display(),
+            "the agent socket {} is not a socket: VMs get 503",
+            socket.display()
+        ),
+        _ => {}
+    }
 }

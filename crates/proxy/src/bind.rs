@@ -5,7 +5,9 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV6};
 use std::time::{Duration, Instant};
 
-use crate::{Error, Result};
+use ns_netns::Netns;
+
+use crate::error::{Error, Result};
 
 /// How long a bind that fails with EADDRNOTAVAIL is retried: an IPv6 address is not
 /// bindable while it is tentative (DAD, ~1-2 s). Neutron waits for DAD too (LP#1953165).
@@ -45,10 +47,6 @@ impl std::fmt::Display for BindSpec {
     }
 }
 
-fn valid_iface(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 15 && !name.contains(['/', ' ', '\0', ':', '%'])
-}
-
 impl std::str::FromStr for BindSpec {
     type Err = String;
 
@@ -78,9 +76,7 @@ impl std::str::FromStr for BindSpec {
             .map_err(|_| format!("invalid address {host:?}"))?;
         let port: u16 = port.parse().map_err(|_| format!("invalid port {port:?}"))?;
         if let Some(i) = &iface {
-            if !valid_iface(i) {
-                return Err(format!("invalid interface name {i:?}"));
-            }
+            ns_contract::validate_ifname(i).map_err(|e| e.to_string())?;
             if addr.is_ipv4() {
                 return Err("%IFACE is only for IPv6 addresses".into());
             }
@@ -94,16 +90,98 @@ impl std::str::FromStr for BindSpec {
     }
 }
 
+impl BindSpec {
+    /// The prefix length an address of ours gets (a host route, as the spawner adds it).
+    pub fn host_prefix(&self) -> u8 {
+        if self.addr.is_ipv4() {
+            32
+        } else {
+            128
+        }
+    }
+
+    /// The interface the address belongs on: its %IFACE, else `lo`.
+    pub fn device(&self) -> &str {
+        self.iface.as_deref().unwrap_or("lo")
+    }
+}
+
+/// Where the listeners are bound, for messages: a namespace's label (its name, or the path
+/// it was opened from) or the current namespace.
+#[derive(Debug, Clone, Default)]
+pub struct Where {
+    /// `Some((label, named))`: inside that namespace; `named` when it is under /run/netns
+    /// (so `ip netns exec` reaches it).
+    netns: Option<(String, bool)>,
+}
+
+impl Where {
+    pub fn of(netns: &Netns) -> Where {
+        Where {
+            netns: Some((netns.label(), netns.name().is_some())),
+        }
+    }
+
+    /// `" in namespace qrouter-…"`, or nothing for the current namespace.
+    fn suffix(&self) -> String {
+        match &self.netns {
+            Some((label, _)) => format!(" in namespace {label}"),
+            None => String::new(),
+        }
+    }
+
+    /// What to do when the address is missing: the commands that add it. (The proxy does not
+    /// add it itself: rtnetlink in every proxy would cost each one ~40 KB of relocated,
+    /// private memory; the spawner prepares namespaces.)
+    fn missing_address_hint(&self, spec: &BindSpec) -> String {
+        let add = format!(
+            "ip addr add {}/{} dev {}",
+            spec.addr,
+            spec.host_prefix(),
+            spec.device()
+        );
+        let up = format!("ip link set {} up", spec.device());
+        let run = |c: &str| match &self.netns {
+            Some((label, true)) => format!("ip netns exec {label} {c}"),
+            Some((label, false)) => format!("nsenter --net={label} {c}"),
+            None => c.to_owned(),
+        };
+        let (cmd, up) = (run(&add), run(&up));
+        let ns = match &self.netns {
+            Some(_) => "the namespace",
+            None => "this namespace",
+        };
+        format!(
+            " ({ns} has no address {}); add it with `{cmd}` (and `{up}` if it is down)",
+            spec.addr
+        )
+    }
+}
+
 /// Bind every spec in the calling thread's namespace. Retries EADDRNOTAVAIL on IPv6
 /// (tentative address during DAD) up to [`DAD_WAIT`].
 pub fn bind_all(specs: &[BindSpec]) -> Result<Vec<std::net::TcpListener>> {
-    specs.iter().map(bind_one).collect()
+    bind_all_at(specs, &Where::default())
 }
 
-fn bind_one(spec: &BindSpec) -> Result<std::net::TcpListener> {
-    let err = |source: io::Error| Error::Bind {
-        addr: spec.to_string(),
-        source,
+fn bind_all_at(specs: &[BindSpec], at: &Where) -> Result<Vec<std::net::TcpListener>> {
+    specs.iter().map(|s| bind_one(s, at)).collect()
+}
+
+fn bind_one(spec: &BindSpec, at: &Where) -> Result<std::net::TcpListener> {
+    let err = |source: io::Error| {
+        let hint =
+            if source.kind() == io::ErrorKind::AddrNotAvailable && !spec.addr.is_unspecified() {
+                at.missing_address_hint(spec)
+            } else {
+                String::new()
+            };
+        Error::Bind {
+            addr: spec.to_string(),
+            where_: at.suffix(),
+            source,
+            hint,
+        }
     };
     let addr = match spec.addr {
         IpAddr::V4(a) => SocketAddr::from((a, spec.port)),
@@ -148,14 +226,14 @@ pub fn set_backlog(listeners: &[std::net::TcpListener], max_connections: usize) 
     let max = i32::from(nix::sys::socket::Backlog::MAXCONN);
     let n = i32::try_from(max_connections).unwrap_or(max).clamp(1, max);
     for l in listeners {
-        let backlog = nix::sys::socket::Backlog::new(n).map_err(|e| Error::Bind {
+        let fail = |e: nix::Error| Error::Bind {
             addr: local(l),
+            where_: String::new(),
             source: e.into(),
-        })?;
-        nix::sys::socket::listen(l, backlog).map_err(|e| Error::Bind {
-            addr: local(l),
-            source: e.into(),
-        })?;
+            hint: String::new(),
+        };
+        let backlog = nix::sys::socket::Backlog::new(n).map_err(fail)?;
+        nix::sys::socket::listen(l, backlog).map_err(fail)?;
     }
     Ok(())
 }
@@ -166,20 +244,16 @@ fn local(l: &std::net::TcpListener) -> String {
         .unwrap_or_else(|_| "listener".into())
 }
 
-/// Bind inside the namespace `spec` (`--netns`) on a dedicated thread, or here.
-pub fn bind_in(netns: Option<&str>, specs: &[BindSpec]) -> Result<Vec<std::net::TcpListener>> {
+/// Bind inside `netns` (`--netns`) on a dedicated thread, or here.
+pub fn bind_in(netns: Option<&Netns>, specs: &[BindSpec]) -> Result<Vec<std::net::TcpListener>> {
     match netns {
         None => bind_all(specs),
         Some(ns) => {
-            let handle = ns_netns::Netns::open(ns).map_err(|source| Error::Netns {
-                spec: ns.to_owned(),
-                source,
-            })?;
             let specs = specs.to_vec();
-            handle
-                .run(move || bind_all(&specs))
+            let at = Where::of(ns);
+            ns.run(move || bind_all_at(&specs, &at))
                 .map_err(|source| Error::Netns {
-                    spec: ns.to_owned(),
+                    spec: ns.label(),
                     source,
                 })?
         }
@@ -228,7 +302,7 @@ mod tests {
         let l = bind_all(&["127.0.0.1:0".parse().expect("spec")]).expect("bind");
         let port = l[0].local_addr().expect("addr").port();
         let Some(before) = backlog_of(port) else {
-            eprintln!("SKIP backlog_follows_max_connections: no ss");
+            ns_testkit::skip::skip("backlog_follows_max_connections", "no ss");
             return;
         };
         assert_eq!(before, 128, "std's default");
@@ -244,5 +318,44 @@ mod tests {
         assert!(l[0].local_addr().expect("addr").port() > 0);
         let e = bind_all(&["[fe80::1]:0%nsmpnope0".parse().expect("spec")]).expect_err("no iface");
         assert!(e.to_string().contains("nsmpnope0"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_address_names_the_namespace_and_the_fix() {
+        let spec: BindSpec = "169.254.169.254:80".parse().expect("spec");
+        let named = Where {
+            netns: Some(("qrouter-r1".into(), true)),
+        };
+        let e = Error::Bind {
+            addr: spec.to_string(),
+            where_: named.suffix(),
+            source: io::ErrorKind::AddrNotAvailable.into(),
+            hint: named.missing_address_hint(&spec),
+        }
+        .to_string();
+        assert!(
+            e.starts_with("bind 169.254.169.254:80 in namespace qrouter-r1: "),
+            "{e}"
+        );
+        assert!(
+            e.contains("`ip netns exec qrouter-r1 ip addr add 169.254.169.254/32 dev lo`"),
+            "{e}"
+        );
+        assert!(
+            e.contains("`ip netns exec qrouter-r1 ip link set lo up`"),
+            "{e}"
+        );
+        let v6: BindSpec = "[fe80::a9fe:a9fe]:80%tap0".parse().expect("spec");
+        let by_path = Where {
+            netns: Some(("/proc/1/ns/net".into(), false)),
+        };
+        assert!(by_path
+            .missing_address_hint(&v6)
+            .contains("`nsenter --net=/proc/1/ns/net ip addr add fe80::a9fe:a9fe/128 dev tap0`"));
+        // Here, in the current namespace: the plain command.
+        let e = bind_all(&["192.0.2.123:0".parse().expect("spec")]).expect_err("not ours");
+        let e = e.to_string();
+        assert!(e.starts_with("bind 192.0.2.123:0: "), "{e}");
+        assert!(e.contains("`ip addr add 192.0.2.123/32 dev lo`"), "{e}");
     }
 }

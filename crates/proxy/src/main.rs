@@ -26,11 +26,19 @@ fn main() {
             Err(e) => fail(&e.to_string(), 1),
         }
     }
-    if let Err(e) = init_logging(&cfg) {
-        fail(&format!("log file: {e:#}"), 1);
+    let logs_to_stderr = match init_logging(&cfg) {
+        Ok(s) => s,
+        Err(e) => fail(&format!("log file: {e:#}"), 1),
+    };
+    // Unknown keys, typos of our sections, old names: one line each, once, at start.
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
     }
     if let Err(e) = app::run(cfg, daemon_child) {
-        tracing::error!(err = %e, "start-up failed");
+        // Once per destination: the log gets it only when it is not stderr already.
+        if !logs_to_stderr {
+            tracing::error!(err = %e, "start-up failed");
+        }
         fail(&e.to_string(), e.exit_code());
     }
 }
@@ -40,7 +48,8 @@ fn fail(msg: &str, code: i32) -> ! {
     std::process::exit(code)
 }
 
-fn init_logging(cfg: &Config) -> anyhow::Result<()> {
+/// Set up the subscriber; whether it writes to stderr.
+fn init_logging(cfg: &Config) -> anyhow::Result<bool> {
     let default = if cfg.debug { "debug" } else { "info" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
@@ -65,6 +74,7 @@ fn init_logging(cfg: &Config) -> anyhow::Result<()> {
         }
     });
     // Syslog and a log file together get every line (as oslo.log does); neither: stderr.
+    let to_stderr = syslog.is_none() && file.is_none();
     let writer = match (syslog, file) {
         (Some(s), Some(f)) => BoxMakeWriter::new(s.and(f)),
         (Some(s), None) => BoxMakeWriter::new(s),
@@ -75,5 +85,5 @@ fn init_logging(cfg: &Config) -> anyhow::Result<()> {
     if let Some(e) = syslog_missing {
         tracing::warn!(err = %e, socket = syslog::DEV_LOG, "--use-syslog: no syslog socket, logging here instead");
     }
-    Ok(())
+    Ok(to_stderr)
 }

@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 use nix::unistd::{Gid, Group, Uid, User};
+use ns_contract::notify::State;
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// Set in the environment of the re-executed daemon child.
 pub const DAEMON_ENV: &str = "NS_METADATA_PROXY_DAEMON_CHILD";
@@ -112,7 +113,8 @@ impl Readiness {
         Ok(Readiness { fds: out })
     }
 
-    /// Write READY=1 to every ready fd and close it; tell systemd through $NOTIFY_SOCKET.
+    /// Write READY=1 to every ready fd and close it; tell systemd through $NOTIFY_SOCKET
+    /// (`READY=1`, [`ns_contract::notify`]).
     pub fn notify(self) {
         for (fd, mut f) in self.fds {
             if let Err(e) = f.write_all(READY) {
@@ -122,25 +124,19 @@ impl Readiness {
             // The inherited descriptor itself: the starter waits for its EOF too.
             let _ = nix::unistd::close(fd);
         }
-        if let Some(path) = std::env::var_os("NOTIFY_SOCKET") {
-            if let Err(e) = sd_notify(Path::new(&path)) {
-                tracing::warn!(err = %e, "cannot notify NOTIFY_SOCKET");
-            }
-        }
+        sd_notify(State::Ready);
     }
 }
 
-fn sd_notify(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::net::{SocketAddr, UnixDatagram};
-    let sock = UnixDatagram::unbound()?;
-    let bytes = path.as_os_str().as_encoded_bytes();
-    if let Some(name) = bytes.strip_prefix(b"@") {
-        use std::os::linux::net::SocketAddrExt as _;
-        sock.send_to_addr(b"READY=1", &SocketAddr::from_abstract_name(name)?)?;
-    } else {
-        sock.send_to(b"READY=1", path)?;
+/// SIGTERM/SIGINT: tell systemd the service is stopping (`STOPPING=1`).
+pub fn notify_stopping() {
+    sd_notify(State::Stopping);
+}
+
+fn sd_notify(state: State) {
+    if let Err(e) = ns_contract::notify::notify(&[state]) {
+        tracing::warn!(err = %e, "cannot notify NOTIFY_SOCKET");
     }
-    Ok(())
 }
 
 /// Make room for `max_connections` VM sockets plus as many agent sockets (haproxy raises

@@ -1,43 +1,15 @@
 //! Per-source-IP rate limiting like Neutron's haproxy template (`[metadata_rate_limiting]`,
 //! LP#1989199): two sliding windows (base and burst) counted like haproxy's
-//! `http_req_rate(<period>)`, deny when a count is strictly greater than its limit, both IPv4
-//! and IPv6 at once, a bounded table whose entries expire after the longer window.
+//! `http_req_rate(<period>)`, deny when a count is strictly greater than its limit, the listed
+//! IP versions (both by default), a bounded table whose entries expire after the longer window. The
+//! settings ([`Rate`], [`Versions`]) are the contract's (`ns_contract::limits`).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// `N/SECONDS`: at most N requests per window of SECONDS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rate {
-    pub limit: u32,
-    pub window: Duration,
-}
-
-impl std::str::FromStr for Rate {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Rate, String> {
-        let (n, secs) = s
-            .split_once('/')
-            .ok_or_else(|| format!("{s:?}: expected N/SECONDS, e.g. 10/10"))?;
-        let limit = n
-            .trim()
-            .parse::<u32>()
-            .map_err(|e| format!("{s:?}: request count: {e}"))?;
-        let secs = secs
-            .trim()
-            .parse::<u64>()
-            .map_err(|e| format!("{s:?}: window seconds: {e}"))?;
-        if secs == 0 || secs > 86_400 {
-            return Err(format!("{s:?}: window must be 1..=86400 seconds"));
-        }
-        Ok(Rate {
-            limit,
-            window: Duration::from_secs(secs),
-        })
-    }
-}
+use ns_contract::limits::{Rate, Versions};
 
 /// haproxy's `freq_ctr` over one period: the current period's count plus the previous
 /// period's, weighted by how much of it still overlaps the sliding window.
@@ -78,13 +50,6 @@ struct Entry {
     base: Window,
     burst: Window,
     last: Instant,
-}
-
-/// Which address families are limited (Neutron's `ip_versions`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Versions {
-    pub v4: bool,
-    pub v6: bool,
 }
 
 /// The limiter shared by all connections.
@@ -183,22 +148,8 @@ mod tests {
         RateLimiter::new(
             base.parse().expect("rate"),
             burst.parse().expect("rate"),
-            Versions { v4: true, v6: true },
+            Versions::BOTH,
         )
-    }
-
-    #[test]
-    fn parses_rates() {
-        assert_eq!(
-            "10/60".parse::<Rate>(),
-            Ok(Rate {
-                limit: 10,
-                window: Duration::from_secs(60)
-            })
-        );
-        assert!("10".parse::<Rate>().is_err());
-        assert!("10/0".parse::<Rate>().is_err());
-        assert!("x/1".parse::<Rate>().is_err());
     }
 
     #[test]
@@ -244,9 +195,14 @@ mod tests {
 
     #[test]
     fn only_listed_versions_are_limited() {
+        // A limit of 0 (refused as an option) denies every request: only the version matters.
+        let none = Rate {
+            limit: 0,
+            window: Duration::from_secs(10),
+        };
         let r = RateLimiter::new(
-            "0/10".parse().expect("rate"),
-            "0/10".parse().expect("rate"),
+            none,
+            none,
             Versions {
                 v4: true,
                 v6: false,

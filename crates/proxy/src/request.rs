@@ -1,9 +1,15 @@
 //! The client side of one request: parse the VM's request head, apply the header contract
-//! (DESIGN.md "Proxy, per request") and write the request for the agent into one buffer.
+//! (the header rules of the README's request path) and write the request for the agent into one buffer.
 
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::ops::Range;
+
+use ns_contract::headers::is_identity;
+
+use crate::http1::{
+    chunked_only, connection_tokens, content_length, is_idempotent, name_is, named_in_connection,
+};
 
 /// Largest request head accepted from a client; more gives 431 (as the issue asks).
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -12,20 +18,6 @@ pub const MAX_HEADERS: usize = 100;
 /// Neutron's agent reads the request with ONE `recv(4096)` (neutron/common/metadata.py
 /// `handle`), so the whole upstream request must fit in that or it would be cut: 413.
 pub const MAX_UPSTREAM: usize = 4096;
-
-/// Identity headers a VM could spoof (LP#1865036): never forwarded in any spelling.
-/// Compared ignoring case and treating `_` as `-`, because WSGI servers (the Neutron
-/// agent's Python side) turn both `X-Forwarded-For` and `X_Forwarded_For` into the same
-/// environ key `HTTP_X_FORWARDED_FOR`, so the underscore spelling would spoof the identity.
-const IDENTITY: &[&str] = &[
-    "x-forwarded-for",
-    "x-neutron-router-id",
-    "x-neutron-network-id",
-    "x-ovn-network-id",
-    "x-instance-id",
-    "x-instance-id-signature",
-    "x-tenant-id",
-];
 
 /// Other request headers never forwarded: the hop-by-hop set (RFC 9110 §7.6.1) and
 /// framing we re-create. Compared ignoring case.
@@ -40,7 +32,7 @@ const STRIP: &[&str] = &[
     "upgrade",
     "content-length",
     "expect",
-    crate::response::KEEPALIVE_HEADER,
+    ns_contract::keepalive::HEADER.lower,
 ];
 
 /// How the request body is framed.
@@ -101,43 +93,13 @@ pub struct Upstream {
     pub close: bool,
 }
 
-fn eq(a: &str, b: &str) -> bool {
-    a.eq_ignore_ascii_case(b)
-}
-
-/// Header names equal ignoring case, with `_` and `-` treated alike (the WSGI view).
-fn eq_wsgi(a: &str, b: &str) -> bool {
-    let norm = |c: u8| {
-        if c == b'_' {
-            b'-'
-        } else {
-            c.to_ascii_lowercase()
-        }
-    };
-    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| norm(x) == norm(y))
-}
-
-/// Whether a client header is dropped instead of forwarded to the agent.
+/// Whether a client header is dropped instead of forwarded to the agent: an identity header
+/// in any spelling (LP#1865036, [`ns_contract::headers::is_identity`]), a [`STRIP`] header,
+/// or one named in `Connection`.
 fn stripped(headers: &[httparse::Header<'_>], name: &str) -> bool {
-    IDENTITY.iter().any(|s| eq_wsgi(name, s))
-        || STRIP.iter().any(|s| eq(name, s))
+    is_identity(name)
+        || STRIP.iter().any(|s| name_is(name, s))
         || named_in_connection(headers, name)
-}
-
-/// Comma-separated tokens of a header value, trimmed.
-pub(crate) fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
-    v.split(|&c| c == b',')
-        .map(|t| t.trim_ascii())
-        .filter(|t| !t.is_empty())
-}
-
-/// Whether header `name` is listed in any `Connection` header (so it is hop-by-hop).
-pub(crate) fn named_in_connection(headers: &[httparse::Header<'_>], name: &str) -> bool {
-    headers
-        .iter()
-        .filter(|h| eq(h.name, "connection"))
-        .flat_map(|h| tokens(h.value))
-        .any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
 }
 
 /// Parse the head at the start of `buf`. `Ok(None)`: incomplete, read more. On success,
@@ -175,7 +137,7 @@ pub fn parse(
     let mut has_te = false;
     let mut hosts = 0;
     for h in headers.iter() {
-        if eq(h.name, "host") {
+        if name_is(h.name, "host") {
             // RFC 9112 §3.2: more than one Host line is a 400. A missing Host on HTTP/1.1
             // (which the RFC also makes a 400) is accepted on purpose: minimal IMDS
             // clients in VM images send none, and the agent does not use it.
@@ -183,33 +145,27 @@ pub fn parse(
             if hosts > 1 {
                 return Err(ReqError::Bad("more than one Host header"));
             }
-        } else if eq(h.name, "content-length") {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .map(str::trim)
-                .filter(|s| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
-                .and_then(|s| s.parse::<usize>().ok())
-                .ok_or(ReqError::Bad("invalid Content-Length"))?;
+        } else if name_is(h.name, "content-length") {
+            let n = content_length(h.value).ok_or(ReqError::Bad("invalid Content-Length"))?;
+            // Over usize: too large anyway (413 below).
+            let n = usize::try_from(n).unwrap_or(usize::MAX);
             match body {
                 Body::Length(m) if m != n => {
                     return Err(ReqError::Bad("conflicting Content-Length"))
                 }
                 _ => body = Body::Length(n),
             }
-        } else if eq(h.name, "transfer-encoding") {
+        } else if name_is(h.name, "transfer-encoding") {
             has_te = true;
             // Only `chunked` as the final (here: only) coding can be framed (RFC 9112 §6.3).
-            let mut it = tokens(h.value);
-            match (it.next(), it.next()) {
-                (Some(t), None) if t.eq_ignore_ascii_case(b"chunked") => {}
-                _ => return Err(ReqError::Bad("unsupported Transfer-Encoding")),
+            if !chunked_only(h.value) {
+                return Err(ReqError::Bad("unsupported Transfer-Encoding"));
             }
-        } else if eq(h.name, "connection") {
-            for t in tokens(h.value) {
-                close |= t.eq_ignore_ascii_case(b"close");
-                keep |= t.eq_ignore_ascii_case(b"keep-alive");
-            }
-        } else if eq(h.name, "expect") {
+        } else if name_is(h.name, "connection") {
+            let c = connection_tokens(h.value);
+            close |= c.close;
+            keep |= c.keep_alive;
+        } else if name_is(h.name, "expect") {
             if h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
                 expect_continue = true;
             } else {
@@ -241,7 +197,12 @@ pub fn parse(
         out.extend_from_slice(b"\r\n");
     }
     // The agent wants the VM's address, IPv4 written plainly (never ::ffff:a.b.c.d).
-    let _ = write!(out, "X-Forwarded-For: {}\r\n", peer.to_canonical());
+    let _ = write!(
+        out,
+        "{}: {}\r\n",
+        ns_contract::headers::X_FORWARDED_FOR.wire,
+        peer.to_canonical()
+    );
     out.extend_from_slice(up.id_line.as_bytes());
     if up.close {
         out.extend_from_slice(b"Connection: close\r\n");
@@ -272,10 +233,7 @@ pub fn parse(
         keep_alive,
         body,
         expect_continue,
-        idempotent: matches!(
-            method,
-            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-        ),
+        idempotent: is_idempotent(method),
         is_head: method == "HEAD",
     }))
 }

@@ -3,11 +3,11 @@
 
 use std::io::Write as _;
 
-use crate::request::{named_in_connection, tokens};
+use ns_contract::keepalive::HEADER as KEEPALIVE;
 
-/// The agent's signal that it keeps connections open: `X-NS-Metadata-Keepalive: <idle
-/// seconds>`. Neutron's agent never sends it; ours does. Never relayed to the VM.
-pub const KEEPALIVE_HEADER: &str = "x-ns-metadata-keepalive";
+use crate::http1::{
+    chunked_is_final, connection_tokens, content_length, name_is, named_in_connection,
+};
 /// Largest response head accepted from the agent; more is a 502.
 pub const MAX_RESP_HEAD: usize = 16 * 1024;
 const MAX_RESP_HEADERS: usize = 100;
@@ -23,7 +23,7 @@ const STRIP: &[&str] = &[
     "transfer-encoding",
     "upgrade",
     "content-length",
-    KEEPALIVE_HEADER,
+    KEEPALIVE.lower,
 ];
 
 /// How the agent frames the response body.
@@ -45,7 +45,8 @@ pub struct RespInfo {
     /// The agent allows another request on this connection (HTTP/1.1, no `close`, a body
     /// with a known end).
     pub agent_reusable: bool,
-    /// Seconds from [`KEEPALIVE_HEADER`] when present and valid.
+    /// Seconds from the agent's keep-alive signal ([`ns_contract::keepalive::HEADER`]) when
+    /// present and valid.
     pub keepalive_hint: Option<u64>,
     /// The client connection must close after this response.
     pub client_close: bool,
@@ -97,29 +98,22 @@ pub fn parse(
     let mut close = minor == 0;
     let mut keepalive_hint = None;
     for h in headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .map(str::trim)
-                .filter(|s| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or(RespError("invalid Content-Length"))?;
+        if name_is(h.name, "content-length") {
+            let n = content_length(h.value).ok_or(RespError("invalid Content-Length"))?;
             if length.is_some_and(|m| m != n) {
                 return Err(RespError("conflicting Content-Length"));
             }
             length = Some(n);
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            let last = tokens(h.value).last();
-            te = Some(last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")));
-        } else if h.name.eq_ignore_ascii_case("connection") {
-            for t in tokens(h.value) {
-                if t.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if minor == 0 && t.eq_ignore_ascii_case(b"keep-alive") {
-                    close = false;
-                }
+        } else if name_is(h.name, "transfer-encoding") {
+            te = Some(chunked_is_final(h.value));
+        } else if name_is(h.name, "connection") {
+            let c = connection_tokens(h.value);
+            if c.close {
+                close = true;
+            } else if minor == 0 && c.keep_alive {
+                close = false;
             }
-        } else if h.name.eq_ignore_ascii_case(KEEPALIVE_HEADER) {
+        } else if KEEPALIVE.is(h.name) {
             keepalive_hint = std::str::from_utf8(h.value)
                 .ok()
                 .and_then(|s| s.trim().parse::<u64>().ok());
@@ -142,9 +136,7 @@ pub fn parse(
     out.clear();
     let _ = write!(out, "HTTP/1.1 {status} {reason}\r\n");
     for h in headers.iter() {
-        if STRIP.iter().any(|s| h.name.eq_ignore_ascii_case(s))
-            || named_in_connection(headers, h.name)
-        {
+        if STRIP.iter().any(|s| name_is(h.name, s)) || named_in_connection(headers, h.name) {
             continue;
         }
         out.extend_from_slice(h.name.as_bytes());

@@ -4,18 +4,17 @@
 
 use std::future::Future;
 use std::io;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Semaphore};
 
-use crate::config::{Config, Timeouts};
-use crate::ratelimit::RateLimiter;
-use crate::request::Upstream;
-use crate::upstream::Agent;
-use crate::{bufpool, conn};
+use crate::bufpool;
+use crate::conn::Conn;
+/// The state connections share lives in [`crate::state`]; named here too for the callers
+/// of [`serve`].
+pub use crate::state::Shared;
 
 /// How long in-flight requests may finish after SIGTERM (Neutron sends SIGKILL after 5 s).
 pub const GRACE: Duration = Duration::from_secs(3);
@@ -29,68 +28,6 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// While accept(2) keeps failing, one summary line at most this often.
 const ACCEPT_REPORT_EVERY: Duration = Duration::from_secs(60);
 
-/// State every connection reads.
-#[derive(Debug)]
-pub struct Shared {
-    pub id: String,
-    pub upstream: Upstream,
-    pub agent: Agent,
-    pub ratelimit: Option<RateLimiter>,
-    pub timeouts: Timeouts,
-}
-
-impl Shared {
-    pub fn new(cfg: &Config) -> Shared {
-        Shared {
-            id: cfg.resource.id().to_owned(),
-            upstream: Upstream {
-                id_line: cfg.resource.header_line(),
-                close: cfg.agent_keepalive == crate::upstream::KeepaliveMode::Off,
-            },
-            agent: Agent::new(
-                cfg.socket.clone(),
-                cfg.agent_keepalive,
-                cfg.timeouts.connect,
-                cfg.timeouts.server,
-            ),
-            ratelimit: cfg
-                .rate_limit
-                .map(|r| RateLimiter::new(r.base, r.burst, r.versions)),
-            timeouts: cfg.timeouts,
-        }
-    }
-}
-
-/// Client connections open and accepted so far; tells housekeeping when the proxy goes idle.
-#[derive(Debug, Default)]
-struct Activity {
-    open: AtomicUsize,
-    accepted: AtomicU64,
-    /// Signalled when the last open connection closes.
-    idle: Notify,
-}
-
-impl Activity {
-    fn opened(&self) {
-        self.open.fetch_add(1, Ordering::Relaxed);
-        self.accepted.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn closed(&self) {
-        if self.open.fetch_sub(1, Ordering::Relaxed) == 1 {
-            self.idle.notify_one();
-        }
-    }
-
-    fn open(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
-    }
-
-    fn accepted(&self) -> u64 {
-        self.accepted.load(Ordering::Relaxed)
-    }
-}
-
 /// Serve until `shutdown` resolves, then stop accepting, let in-flight requests finish
 /// for up to `grace`, and return. Must run on a current-thread runtime (the buffer pool
 /// is per thread).
@@ -102,18 +39,11 @@ pub async fn serve(
     grace: Duration,
 ) {
     let sem = Arc::new(Semaphore::new(max_connections));
-    let activity = Arc::new(Activity::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     for l in listeners {
-        tokio::spawn(accept_loop(
-            l,
-            shared.clone(),
-            sem.clone(),
-            activity.clone(),
-            stop_rx.clone(),
-        ));
+        tokio::spawn(accept_loop(l, shared.clone(), sem.clone(), stop_rx.clone()));
     }
-    tokio::spawn(housekeeping(shared.clone(), activity, stop_rx.clone()));
+    tokio::spawn(housekeeping(shared.clone(), stop_rx.clone()));
     shutdown.await;
     tracing::info!(id = %shared.id, "shutting down");
     let _ = stop_tx.send(true);
@@ -202,7 +132,6 @@ async fn accept_loop(
     l: TcpListener,
     shared: Arc<Shared>,
     sem: Arc<Semaphore>,
-    activity: Arc<Activity>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut errors = AcceptErrors::default();
@@ -226,14 +155,13 @@ async fn accept_loop(
             _ = stop.changed() => return,
         };
         errors.succeeded(Instant::now());
+        let conn = Conn::new(shared.clone(), sock, peer, stop.clone());
+        shared.activity.opened();
         let shared = shared.clone();
-        let stop = stop.clone();
-        let activity = activity.clone();
-        activity.opened();
         tokio::spawn(async move {
-            conn::serve(shared, sock, peer, stop).await;
+            conn.serve().await;
             drop(permit);
-            activity.closed();
+            shared.activity.closed();
         });
     }
 }
@@ -243,11 +171,8 @@ async fn accept_loop(
 /// back: pooled buffers, spare table capacity, then glibc's free pages
 /// ([`ns_netns::release_free_memory`]); at most every [`RELEASE_EVERY`], never while a
 /// request is in flight.
-async fn housekeeping(
-    shared: Arc<Shared>,
-    activity: Arc<Activity>,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn housekeeping(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let activity = &shared.activity;
     // Accepted count at the last release: nothing new served, nothing to give back.
     let mut released_at = activity.accepted();
     let mut last_release: Option<Instant> = None;

@@ -3,7 +3,7 @@
 //! the response to the VM.
 
 use std::io::{self, Read as _, Write as _};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -11,33 +11,11 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::time::timeout;
 
+use ns_contract::KeepaliveMode;
+
 use crate::bufpool::Buf;
-use crate::chunked;
+use crate::http1;
 use crate::response::{self, ForClient, Framing, RespInfo};
-
-/// When an agent connection may be reused (`--agent-keepalive`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum KeepaliveMode {
-    /// One request per connection (Neutron's agent handles one and ignores a second).
-    Off,
-    /// Pool connections whose response did not say `Connection: close`.
-    On,
-    /// Pool only connections whose response carried [`response::KEEPALIVE_HEADER`].
-    #[default]
-    Auto,
-}
-
-impl std::str::FromStr for KeepaliveMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "off" => Ok(Self::Off),
-            "on" => Ok(Self::On),
-            "auto" => Ok(Self::Auto),
-            _ => Err(format!("{s:?}: expected off, on or auto")),
-        }
-    }
-}
 
 /// Idle connections kept at most (enough for the c32 benchmark shape).
 pub const POOL_MAX: usize = 32;
@@ -158,6 +136,24 @@ struct Idle {
     expires: Instant,
 }
 
+/// What the exchange needs to know about the request besides its bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Exchange {
+    /// Safe to send again on a fresh connection (an idempotent method).
+    pub retry_ok: bool,
+    pub has_body: bool,
+    /// About the VM's request, for the head it gets.
+    pub fc: ForClient,
+}
+
+/// Where the agent's answer is relayed: the VM's connection and its write timeout
+/// (`--timeout-client`).
+#[derive(Debug)]
+pub struct Client<'a, C> {
+    pub io: &'a mut C,
+    pub timeout: Duration,
+}
+
 /// The agent's address, timeouts and the pool.
 pub struct Agent {
     path: PathBuf,
@@ -208,6 +204,11 @@ impl Agent {
             inflight: std::sync::atomic::AtomicUsize::new(0),
             give_up: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// The agent's socket path (for messages).
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     fn pool(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
@@ -319,22 +320,21 @@ impl Agent {
     /// `client`. `buf` is reused for the VM's response head once the agent's head arrived
     /// (no retry is possible after that), saving a buffer per request in flight. On `Err`
     /// nothing has been written to the client.
-    // The request, its retry facts and the client side: grouping them would only add a
-    // struct built once per request.
-    #[allow(clippy::too_many_arguments)]
     pub async fn exchange<C>(
         &self,
         buf: &mut Buf,
-        retry_ok: bool,
-        has_body: bool,
-        fc: ForClient,
+        x: Exchange,
+        mut client: Client<'_, C>,
         stop: &tokio::sync::watch::Receiver<bool>,
-        client: &mut C,
-        client_timeout: Duration,
     ) -> Result<Outcome, UpError>
     where
         C: AsyncWrite + Unpin,
     {
+        let Exchange {
+            retry_ok,
+            has_body,
+            fc,
+        } = x;
         let mut rbuf = Buf::get();
         let (mut conn, mut pooled) = match (self.mode, self.take()) {
             (KeepaliveMode::Off, _) | (_, None) => (Conn::Fresh(self.connect().await?), false),
@@ -378,7 +378,7 @@ impl Agent {
             }
         };
         let (outcome, reusable) = self
-            .relay_body(&mut stream, &mut rbuf, buf, &info, client, client_timeout)
+            .relay_body(&mut stream, &mut rbuf, buf, &info, &mut client)
             .await;
         let keep = match self.mode {
             KeepaliveMode::Off => false,
@@ -502,8 +502,7 @@ impl Agent {
         rbuf: &mut Buf,
         hbuf: &mut Buf,
         info: &RespInfo,
-        client: &mut C,
-        client_timeout: Duration,
+        client: &mut Client<'_, C>,
     ) -> (Outcome, bool)
     where
         C: AsyncWrite + Unpin,
@@ -525,7 +524,7 @@ impl Agent {
                 }
             };
             if !hbuf.is_empty() {
-                match timeout(client_timeout, client.write_all(hbuf)).await {
+                match timeout(client.timeout, client.io.write_all(hbuf)).await {
                     Ok(Ok(())) => out.bytes += hbuf.len() as u64,
                     _ => {
                         out.client_close = true;
@@ -549,7 +548,7 @@ impl Agent {
                 // EOF ends a close-delimited body; anything else is a truncated answer
                 // the VM must not take for complete: close its connection.
                 Ok(Ok(_)) if body.framing == Framing::Close => {
-                    let _ = timeout(client_timeout, client.flush()).await;
+                    let _ = timeout(client.timeout, client.io.flush()).await;
                     return (out, false);
                 }
                 _ => {
@@ -574,7 +573,7 @@ fn for_client(fc: ForClient, stop: &tokio::sync::watch::Receiver<bool>) -> ForCl
 struct Body {
     framing: Framing,
     remaining: u64,
-    decoder: chunked::Decoder,
+    decoder: http1::Decoder,
     decode: bool,
 }
 
@@ -586,7 +585,7 @@ impl Body {
                 Framing::Length(n) => n,
                 _ => 0,
             },
-            decoder: chunked::Decoder::default(),
+            decoder: http1::Decoder::default(),
             decode: info.decode_chunked,
         }
     }
@@ -663,17 +662,15 @@ mod tests {
                 .read_head(&mut s, &mut buf, &mut rbuf, fc, &stop)
                 .await
                 .expect("head");
-            let mut client = Vec::new();
+            let mut sink = Vec::new();
+            let mut client = Client {
+                io: &mut sink,
+                timeout: Duration::from_secs(1),
+            };
             let (out, _) = agent
-                .relay_body(
-                    &mut s,
-                    &mut rbuf,
-                    &mut buf,
-                    &info,
-                    &mut client,
-                    Duration::from_secs(1),
-                )
+                .relay_body(&mut s, &mut rbuf, &mut buf, &info, &mut client)
                 .await;
+            let client = sink;
             assert_eq!(out.status, 200, "split at {split}");
             assert!(
                 client.starts_with(b"HTTP/1.1 200 OK\r\n"),

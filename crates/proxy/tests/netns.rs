@@ -14,10 +14,9 @@ use std::time::Duration;
 use common::{Behave, StandIn};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use ns_netns::testing::{
-    bin_path, link, require_root, unique_prefix, wait_until, ChildGuard, TestNs,
-};
 use ns_netns::Netlink;
+use ns_testkit::netns::{link, unique_prefix, TestNs};
+use ns_testkit::{bin_path, require_root, wait_until, ChildGuard};
 
 const ECHO: Behave = Behave::Echo {
     advertise: None,
@@ -199,4 +198,144 @@ async fn netns_errors_are_one_line_startup_failures() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope0"));
     assert!(wait_until(Duration::from_secs(1), || true));
+}
+
+/// Start the proxy in `ns` with `extra` flags; wait for READY (true) or its exit (false).
+async fn start_in(
+    ns: &str,
+    id: &str,
+    socket: &std::path::Path,
+    extra: &[&str],
+) -> (ChildGuard, bool) {
+    let (r, w) = nix::unistd::pipe().expect("pipe");
+    let child = Command::new(bin_path("ns-metadata-proxy"))
+        .args(["--netns", ns, "--router-id", id])
+        .arg("--metadata-proxy-socket")
+        .arg(socket)
+        .args(extra)
+        .args(["--ready-fd", &w.as_raw_fd().to_string()])
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn proxy");
+    drop(w);
+    let ready = tokio::task::spawn_blocking(move || {
+        let mut got = Vec::new();
+        let _ = std::fs::File::from(r).read_to_end(&mut got);
+        got
+    })
+    .await
+    .expect("join");
+    (ChildGuard(child), ready == b"READY=1\n")
+}
+
+async fn stop(mut proxy: ChildGuard) -> std::process::ExitStatus {
+    kill(Pid::from_raw(proxy.0.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+    tokio::task::spawn_blocking(move || {
+        let st = proxy.0.wait().expect("wait");
+        drop(proxy);
+        st
+    })
+    .await
+    .expect("join")
+}
+
+async fn has_metadata_address(nl: &Netlink) -> bool {
+    let v4: IpAddr = "169.254.169.254".parse().expect("ip");
+    nl.addresses("lo")
+        .await
+        .expect("addresses")
+        .iter()
+        .any(|(a, _)| *a == v4)
+}
+
+/// Run the proxy expecting a start-up failure; its stderr. Killed (and the test failed) if
+/// it starts serving instead.
+fn run_expecting_failure(cmd: &mut Command) -> String {
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn proxy");
+    let mut proxy = ChildGuard(child);
+    let mut status = None;
+    wait_until(Duration::from_secs(10), || {
+        status = proxy.0.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(1),
+        "it should have failed"
+    );
+    let mut err = String::new();
+    let _ = proxy
+        .0
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err);
+    err
+}
+
+#[tokio::test]
+async fn missing_address_names_the_namespace_and_the_fix_once_and_a_prepared_one_serves() {
+    if !require_root(
+        "missing_address_names_the_namespace_and_the_fix_once_and_a_prepared_one_serves",
+    ) {
+        return;
+    }
+    let prefix = unique_prefix();
+    let qr = TestNs::new(&format!("qrouter-{prefix}")).expect("qrouter ns");
+    let nl = Netlink::open(qr.netns()).await.expect("netlink");
+    let agent = StandIn::start(ECHO);
+    let id = format!("r-{prefix}");
+
+    // lo up, as in every Neutron namespace, and no address: one line naming the namespace
+    // and the fix. (With lo down the kernel takes any bind and the proxy would listen on an
+    // address nothing can reach.)
+    nl.set_link_up("lo").await.expect("lo up");
+    let err = run_expecting_failure(
+        Command::new(bin_path("ns-metadata-proxy"))
+            .args(["--netns", qr.name(), "--router-id", &id])
+            .arg("--metadata-proxy-socket")
+            .arg(&agent.path),
+    );
+    assert_eq!(
+        err.matches("Cannot assign requested address").count(),
+        1,
+        "{err}"
+    );
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("ns-metadata-proxy: "))
+        .expect("error line");
+    assert!(
+        line.contains(&format!(
+            "bind 169.254.169.254:80 in namespace {}",
+            qr.name()
+        )),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!(
+            "`ip netns exec {} ip addr add 169.254.169.254/32 dev lo`",
+            qr.name()
+        )),
+        "{line}"
+    );
+
+    // The fix applied: it serves, and the address (not the proxy's) stays after SIGTERM.
+    let v4: IpAddr = "169.254.169.254".parse().expect("ip");
+    nl.ensure_address("lo", v4, 32).await.expect("add");
+    let (proxy, ready) = start_in(qr.name(), &id, &agent.path, &[]).await;
+    assert!(ready, "proxy did not get ready");
+    let out = curl_in(qr.name().to_owned(), "http://169.254.169.254/x".into()).await;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.contains(&format!("X-Neutron-Router-ID: {id}\r\n")),
+        "{text}"
+    );
+    assert!(stop(proxy).await.success());
+    assert!(has_metadata_address(&nl).await, "not the proxy's to remove");
 }

@@ -1,53 +1,42 @@
 //! Against the real neutron-metadata-agent 29.0.0 (from $NS_NEUTRON_VENV) with its RPC port
-//! lookup faked by tests/neutron_agent.py and a Nova stand-in on loopback: the proxy's
-//! requests get the right answers, and `--agent-keepalive auto` behaves like `off`.
+//! lookup faked by neutron_agent.py (ns-testkit) and ns-testkit's echoing Nova on loopback:
+//! the proxy's requests reach Nova as sent, and `--agent-keepalive auto` behaves like `off`.
 
 mod common;
 
 use std::io::BufRead as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use common::{Client, Proxy, TempDir};
-use ns_netns::testing::ChildGuard;
+use ns_testkit::neutron::venv_python;
+use ns_testkit::nova::{Nova, Seen};
+use ns_testkit::ChildGuard;
 
-const DEFAULT_VENV: &str = "/opt/ns-metadata-ci/neutron-29.0.0";
+/// Nova's shared secret (the stand-in refuses a request whose signature does not match it).
+const SECRET: &str = "s3cret";
 
-/// The venv's python, or `None` after printing SKIP (a failure when CI=true).
-fn venv_python(test: &str) -> Option<PathBuf> {
-    let venv = std::env::var_os("NS_NEUTRON_VENV")
-        .map_or_else(|| PathBuf::from(DEFAULT_VENV), PathBuf::from);
-    let py = venv.join("bin/python");
-    if py.is_file() {
-        return Some(py);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!(
-            "{test}: no neutron venv at {} (set NS_NEUTRON_VENV)",
-            venv.display()
-        );
-    }
-    eprintln!(
-        "SKIP {test}: no neutron venv at {} (set NS_NEUTRON_VENV)",
-        venv.display()
-    );
-    None
-}
+/// What Neutron's port lookup answers (ns-testkit's neutron_agent.py reads it): router r-neutron-1
+/// has network net-1; on net-1 the address 127.0.0.1 belongs to instance inst-1 of project
+/// proj-1. Anything else: no port (Neutron's 404).
+const INVENTORY: &str = r#"{"ports": [
+  {"id": "rp-1", "device_id": "r-neutron-1", "device_owner": "network:router_interface",
+   "network_id": "net-1", "fixed_ips": [{"ip_address": "10.0.0.1"}]},
+  {"id": "vp-1", "device_id": "inst-1", "device_owner": "compute:nova", "project_id": "proj-1",
+   "network_id": "net-1", "fixed_ips": [{"ip_address": "127.0.0.1"}]}
+]}"#;
 
 struct NeutronAgent {
     _agent: ChildGuard,
-    _nova: ChildGuard,
+    _nova: Nova,
     socket: PathBuf,
     _dir: TempDir,
 }
 
-/// Start a script with the venv's python; wait for its "READY..." line (the handshake).
-fn start_script(py: &PathBuf, script: &str, args: &[&str]) -> (ChildGuard, String) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join(script);
+/// Start a script with the venv's python; wait for its "READY" line (the handshake).
+fn start_script(py: &Path, script: &Path, args: &[&str]) -> ChildGuard {
     let mut child = Command::new(py)
-        .arg(&path)
+        .arg(script)
         .args(args)
         .stdout(Stdio::piped())
         // NS_TEST_DEBUG=1 shows the agent's debug log.
@@ -64,32 +53,34 @@ fn start_script(py: &PathBuf, script: &str, args: &[&str]) -> (ChildGuard, Strin
     std::io::BufReader::new(out)
         .read_line(&mut line)
         .expect("read READY");
-    assert!(line.starts_with("READY"), "{script} said {line:?}");
-    (guard, line.trim().to_owned())
+    assert!(
+        line.starts_with("READY"),
+        "{} said {line:?}",
+        script.display()
+    );
+    guard
 }
 
-fn start_agent(py: &PathBuf) -> NeutronAgent {
+fn start_agent(py: &Path) -> NeutronAgent {
     let dir = TempDir::new("neutron");
-    let socket = dir.path().join("metadata_proxy");
-    let (nova, line) = start_script(py, "nova_echo.py", &["s3cret"]);
-    let port = line.trim_start_matches("READY ").to_owned();
+    let socket = dir.join("metadata_proxy");
+    let inventory = dir.join("inventory.json");
+    std::fs::write(&inventory, INVENTORY).expect("write inventory");
+    let nova = Nova::echo(SECRET);
+    let port = nova.port().to_string();
     let sock = socket.display().to_string();
-    let (agent, _) = start_script(py, "neutron_agent.py", &[&sock, &port]);
+    let inv = inventory.display().to_string();
+    let agent = start_script(
+        py,
+        &ns_testkit::neutron::agent_script(),
+        &[&sock, &inv, &port, SECRET],
+    );
     NeutronAgent {
         _agent: agent,
         _nova: nova,
         socket,
         _dir: dir,
     }
-}
-
-fn json_field<'a>(body: &'a str, key: &str) -> Option<&'a str> {
-    let pat = format!("\"{key}\": ");
-    let rest = &body[body.find(&pat)? + pat.len()..];
-    if let Some(r) = rest.strip_prefix('"') {
-        return r.split('"').next();
-    }
-    rest.split([',', '}']).next()
 }
 
 #[tokio::test]
@@ -104,7 +95,7 @@ async fn real_neutron_agent_answers_through_the_proxy_and_auto_is_off() {
         "127.0.0.1:0",
         &["--router-id", "r-neutron-1"],
     );
-    let mut c = Client::connect(p.addr).await;
+    let mut c = Client::tcp(p.addr).await;
     // Keep-alive to the VM across several agent connections (one request each).
     for i in 0..3 {
         c.send(
@@ -119,26 +110,21 @@ async fn real_neutron_agent_answers_through_the_proxy_and_auto_is_off() {
             .read(false)
             .await
             .expect("answer on the kept-alive connection");
+        // A 200 at all means Nova found the signature right.
         assert_eq!(r.status, 200, "{r:?}");
-        let body = r.body_str();
+        let nova = Seen::from_echo(&r.body);
         assert_eq!(
-            json_field(&body, "path"),
-            Some("/latest/meta-data/instance-id"),
-            "{body}"
+            nova.path,
+            format!("/latest/meta-data/instance-id?n={i}"),
+            "{nova:?}"
         );
+        assert_eq!(nova.header("x-instance-id"), Some("inst-1"), "{nova:?}");
+        assert_eq!(nova.header("x-tenant-id"), Some("proj-1"), "{nova:?}");
         assert_eq!(
-            json_field(&body, "query"),
-            Some(format!("n={i}").as_str()),
-            "{body}"
-        );
-        assert_eq!(json_field(&body, "X-Instance-ID"), Some("inst-1"), "{body}");
-        assert_eq!(json_field(&body, "X-Tenant-ID"), Some("proj-1"), "{body}");
-        assert_eq!(
-            json_field(&body, "X-Forwarded-For"),
+            nova.header("x-forwarded-for"),
             Some("127.0.0.1"),
-            "{body}"
+            "{nova:?}"
         );
-        assert_eq!(json_field(&body, "sig_ok"), Some("true"), "{body}");
     }
     // auto == off with Neutron's agent: it never sends the keep-alive signal, so no
     // connection was pooled.
@@ -155,15 +141,16 @@ async fn real_neutron_agent_answers_through_the_proxy_and_auto_is_off() {
     .await;
     let r = c.read(false).await.expect("post answer");
     assert_eq!(r.status, 200);
-    assert_eq!(json_field(&r.body_str(), "method"), Some("POST"));
-    assert_eq!(json_field(&r.body_str(), "body"), Some(payload.as_str()));
+    let nova = Seen::from_echo(&r.body);
+    assert_eq!(nova.method, "POST");
+    assert_eq!(nova.body, payload.as_bytes());
 
     // Nova's empty 404: the agent writes a head with no terminating empty line, then closes.
-    c.send(b"GET /empty404 HTTP/1.1\r\n\r\n").await;
+    c.send(b"GET /empty/404 HTTP/1.1\r\n\r\n").await;
     let r = c.read(false).await.expect("404 relayed");
     assert_eq!(r.status, 404);
     // Without a Content-Type Neutron's agent raises and closes the socket: 502.
-    c.send(b"GET /crash404 HTTP/1.1\r\n\r\n").await;
+    c.send(b"GET /untyped/404 HTTP/1.1\r\n\r\n").await;
     assert_eq!(c.read(false).await.expect("502").status, 502);
     c.send(b"GET /latest HTTP/1.1\r\n\r\n").await;
     assert_eq!(c.read(false).await.expect("still alive").status, 200);
@@ -179,7 +166,7 @@ async fn real_neutron_agent_answers_through_the_proxy_and_auto_is_off() {
         .expect("answer");
     assert_eq!(r.status, 404);
     assert!(
-        r.body_str()
+        r.text()
             .contains("Instance was not found on network net-unknown"),
         "{r:?}"
     );
@@ -190,7 +177,7 @@ async fn real_neutron_agent_answers_through_the_proxy_and_auto_is_off() {
         "127.0.0.1:0",
         &["--router-id", "r-neutron-1", "--agent-keepalive", "on"],
     );
-    let mut c = Client::connect(on.addr).await;
+    let mut c = Client::tcp(on.addr).await;
     for _ in 0..3 {
         c.send(b"GET /latest HTTP/1.1\r\n\r\n").await;
         assert_eq!(c.read(false).await.expect("on").status, 200);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use ns_netns::testing::{bin_path, wait_until, ChildGuard};
+use ns_testkit::{bin_path, wait_until, ChildGuard};
 
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

@@ -33,7 +33,7 @@ async fn relays_method_path_query_body_and_sets_identity_headers() {
     .await
     .expect("response");
     assert_eq!(r.status, 200);
-    let up = r.body_str();
+    let up = r.text();
     assert!(
         up.starts_with("POST /openstack/latest/password?a=1&b=%20x HTTP/1.1\r\n"),
         "{up}"
@@ -79,15 +79,11 @@ async fn underscore_spellings_of_identity_headers_are_stripped() {
     .await
     .expect("response");
     assert_eq!(r.status, 200);
-    let up = r.body_str().replace('_', "-");
+    let up = r.text().replace('_', "-");
     assert!(!up.contains("evil") && !up.contains("6.6.6."), "{up}");
     assert_eq!(count(&up, "x-forwarded-for:"), 1, "{up}");
     assert_eq!(count(&up, "x-neutron-router-id:"), 1, "{up}");
-    assert!(
-        r.body_str().contains("X_Keep_Me: yes\r\n"),
-        "{}",
-        r.body_str()
-    );
+    assert!(r.text().contains("X_Keep_Me: yes\r\n"), "{}", r.text());
 }
 
 #[tokio::test]
@@ -98,9 +94,9 @@ async fn xff_from_ipv6_peer_and_v4_mapped_written_plain() {
         .await
         .expect("resp");
     assert!(
-        r.body_str().contains("X-Forwarded-For: ::1\r\n"),
+        r.text().contains("X-Forwarded-For: ::1\r\n"),
         "{}",
-        r.body_str()
+        r.text()
     );
     // A dual-stack [::] listener sees IPv4 clients as ::ffff:127.0.0.1.
     let pd = Proxy::start(&agent.path, "[::]:0", &[]);
@@ -109,9 +105,9 @@ async fn xff_from_ipv6_peer_and_v4_mapped_written_plain() {
         .await
         .expect("resp");
     assert!(
-        r.body_str().contains("X-Forwarded-For: 127.0.0.1\r\n"),
+        r.text().contains("X-Forwarded-For: 127.0.0.1\r\n"),
         "{}",
-        r.body_str()
+        r.text()
     );
 }
 
@@ -125,7 +121,7 @@ async fn chunked_request_body_is_sent_with_content_length() {
     )
     .await
     .expect("resp");
-    let up = r.body_str();
+    let up = r.text();
     assert!(
         up.contains("Content-Length: 11\r\n") && up.ends_with("\r\n\r\nhello world"),
         "{up}"
@@ -137,13 +133,13 @@ async fn chunked_request_body_is_sent_with_content_length() {
 async fn keep_alive_to_client_and_head_and_http10() {
     let agent = StandIn::start(ECHO);
     let p = Proxy::start(&agent.path, "127.0.0.1:0", &[]);
-    let mut c = Client::connect(p.addr).await;
+    let mut c = Client::tcp(p.addr).await;
     for i in 0..3 {
         c.send(format!("GET /n/{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
             .await;
         let r = c.read(false).await.expect("kept alive");
         assert_eq!(r.status, 200);
-        assert!(r.body_str().starts_with(&format!("GET /n/{i} ")));
+        assert!(r.text().starts_with(&format!("GET /n/{i} ")));
         assert_eq!(r.header("connection"), None);
     }
     c.send(b"HEAD /h HTTP/1.1\r\nHost: x\r\n\r\n").await;
@@ -157,14 +153,14 @@ async fn keep_alive_to_client_and_head_and_http10() {
         .read(false)
         .await
         .expect("p1")
-        .body_str()
+        .text()
         .starts_with("GET /p1 "));
     let r = c.read(false).await.expect("p2");
-    assert!(r.body_str().starts_with("GET /p2 "));
-    assert_eq!(r.header("connection").as_deref(), Some("close"));
+    assert!(r.text().starts_with("GET /p2 "));
+    assert_eq!(r.header("connection"), Some("close"));
     assert!(c.closed().await);
     // HTTP/1.0 without keep-alive: answered, then closed.
-    let mut c = Client::connect(p.addr).await;
+    let mut c = Client::tcp(p.addr).await;
     c.send(b"GET /old HTTP/1.0\r\n\r\n").await;
     assert_eq!(c.read(false).await.expect("1.0").status, 200);
     assert!(c.closed().await);
@@ -176,7 +172,7 @@ async fn keep_alive_to_client_and_head_and_http10() {
 async fn agent_missing_or_refusing_gives_503() {
     let dir = TempDir::new("missing");
     let p = Proxy::start(&dir.path().join("nope.sock"), "127.0.0.1:0", &[]);
-    let mut c = Client::connect(p.addr).await;
+    let mut c = Client::tcp(p.addr).await;
     c.send(b"GET / HTTP/1.1\r\n\r\n").await;
     assert_eq!(c.read(false).await.expect("503").status, 503);
     // The VM connection stays usable after the proxy's own error.
@@ -218,14 +214,14 @@ async fn concurrent_requests_get_their_own_whole_answers() {
         for i in 0..24 {
             let addr = p.addr;
             tasks.push(tokio::spawn(async move {
-                let mut c = Client::connect(addr).await;
+                let mut c = Client::tcp(addr).await;
                 for j in 0..5 {
                     let path = format!("/c/{i}/{j}");
                     c.send(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
                         .await;
                     let r = c.read(false).await.expect("answer");
                     assert_eq!(r.status, 200, "{behave:?} {path}");
-                    let body = r.body_str();
+                    let body = r.text();
                     assert!(
                         body.starts_with(&format!("GET {path} ")),
                         "{behave:?}: {body}"
@@ -261,7 +257,7 @@ async fn bad_requests_400_413_431() {
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
         b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
     ] {
-        let mut c = Client::connect(p.addr).await;
+        let mut c = Client::tcp(p.addr).await;
         c.send(raw).await;
         assert_eq!(c.read(false).await.expect("400").status, 400);
         assert!(c.closed().await);
@@ -296,9 +292,9 @@ async fn bad_requests_400_413_431() {
 async fn silent_client_is_closed_after_request_timeout() {
     let agent = StandIn::start(ECHO);
     let p = Proxy::start(&agent.path, "127.0.0.1:0", &["--timeout-request", "1"]);
-    let mut c = Client::connect(p.addr).await;
+    let mut c = Client::tcp(p.addr).await;
     assert!(c.closed().await, "closed without an answer");
-    let mut c = Client::connect(p.addr).await;
+    let mut c = Client::tcp(p.addr).await;
     c.send(b"GET / HT").await;
     assert_eq!(c.read(false).await.expect("408").status, 408);
 }
@@ -307,7 +303,7 @@ async fn silent_client_is_closed_after_request_timeout() {
 async fn rate_limit_429_per_source() {
     let agent = StandIn::start(ECHO);
     let p = Proxy::start(&agent.path, "127.0.0.1:0", &["--rate-limit-base", "2/60"]);
-    let mut c = Client::connect(p.addr).await;
+    let mut c = Client::tcp(p.addr).await;
     for expect in [200, 200, 429, 429] {
         c.send(b"GET / HTTP/1.1\r\n\r\n").await;
         assert_eq!(c.read(false).await.expect("resp").status, expect);
@@ -326,7 +322,7 @@ async fn rate_limit_429_per_source() {
 
 async fn two_gets(agent: &StandIn, mode: &str) -> (usize, Vec<String>) {
     let p = Proxy::start(&agent.path, "127.0.0.1:0", &["--agent-keepalive", mode]);
-    let mut c = Client::connect(p.addr).await;
+    let mut c = Client::tcp(p.addr).await;
     for _ in 0..2 {
         c.send(b"GET / HTTP/1.1\r\n\r\n").await;
         let r = c.read(false).await.expect("resp");
@@ -368,7 +364,7 @@ async fn agent_keepalive_auto_reuses_only_when_advertised() {
 async fn pooled_failure_retried_once_only_for_idempotent() {
     let agent = StandIn::start(Behave::DropSecond);
     let p = Proxy::start(&agent.path, "127.0.0.1:0", &["--agent-keepalive", "on"]);
-    let mut c = Client::connect(p.addr).await;
+    let mut c = Client::tcp(p.addr).await;
     c.send(b"GET /1 HTTP/1.1\r\n\r\n").await;
     assert_eq!(c.read(false).await.expect("first").status, 200);
     // The pooled connection takes the request and closes: retried on a fresh one.
@@ -389,7 +385,7 @@ async fn graceful_shutdown_finishes_in_flight_request() {
     let agent = StandIn::start(ECHO);
     let p = Proxy::start(&agent.path, "127.0.0.1:0", &[]);
     let addr = p.addr;
-    let mut c = Client::connect(addr).await;
+    let mut c = Client::tcp(addr).await;
     c.send(b"GET / HTTP/1.1\r\n\r\n").await;
     assert_eq!(c.read(false).await.expect("before").status, 200);
     p.stop().await;
@@ -407,7 +403,7 @@ async fn graceful_shutdown_finishes_in_flight_request() {
 async fn shutdown_lets_the_request_in_flight_finish() {
     let agent = StandIn::start(Behave::Delay(300));
     let p = Proxy::start(&agent.path, "127.0.0.1:0", &[]);
-    let mut c = Client::connect(p.addr).await;
+    let mut c = Client::tcp(p.addr).await;
     c.send(b"GET /slow HTTP/1.1\r\n\r\n").await;
     // Wait until the agent has the request, then stop the proxy.
     let seen = agent.seen.clone();
@@ -419,7 +415,7 @@ async fn shutdown_lets_the_request_in_flight_finish() {
     let stopping = tokio::spawn(p.stop());
     let r = c.read(false).await.expect("in-flight answer");
     assert_eq!(r.status, 200);
-    assert_eq!(r.header("connection").as_deref(), Some("close"));
+    assert_eq!(r.header("connection"), Some("close"));
     assert!(c.closed().await);
     stopping.await.expect("stopped");
 }
@@ -431,7 +427,7 @@ async fn pooled_buffers_are_released_when_idle() {
     use ns_metadata_proxy::bufpool;
     let agent = StandIn::start(ECHO);
     let p = Proxy::start(&agent.path, "127.0.0.1:0", &[]);
-    let mut held = Client::connect(p.addr).await;
+    let mut held = Client::tcp(p.addr).await;
     held.send(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n").await;
     assert_eq!(held.read(false).await.expect("reply").status, 200);
     assert!(

@@ -1,8 +1,8 @@
 //! The control API: HTTP/1.1 + JSON on a Unix socket (`<state dir>/control.sock`, mode
-//! 0600) with Neutron's field names; `GET /metrics` in Prometheus text.
+//! 0600) with Neutron's field names; `GET /metrics` in Prometheus text ([`crate::metrics`]).
+//! Records change only through the supervisor's methods.
 
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -13,11 +13,22 @@ use hyper::body::Incoming;
 use serde::Serialize;
 use tokio::net::UnixListener;
 
+use ns_contract::validate_id;
+
+use crate::agent_probe::AgentStatus;
 use crate::decide::host_routes;
+use crate::metrics;
 use crate::platform::Platform;
-use crate::records::{network_from_json, router_from_json, validate_id};
-use crate::supervisor::{State, Supervisor};
+use crate::records::{network_from_json, router_from_json};
+use crate::supervisor::{Applied, Change, ProxyStatus, Supervisor};
 use crate::{Error, Result};
+
+/// `GET /v1/status`: the agent as just probed, and every proxy.
+#[derive(Debug, Serialize)]
+pub struct StatusReply {
+    pub agent: AgentStatus,
+    pub proxies: Vec<ProxyStatus>,
+}
 
 /// Largest request body accepted (a network with many ports fits easily).
 const MAX_BODY: usize = 4 << 20;
@@ -92,11 +103,8 @@ fn error(code: StatusCode, reason: impl std::fmt::Display) -> Response<Full<Byte
 
 /// The answer of a change, or 500 when `records.json` could not be saved: the change is
 /// in effect, but a restarted spawner would not know it (full or read-only state dir).
-fn saved_or(
-    saved: std::result::Result<(), String>,
-    ok: Response<Full<Bytes>>,
-) -> Response<Full<Bytes>> {
-    match saved {
+fn saved_or(applied: Applied, ok: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    match applied.saved {
         Ok(()) => ok,
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -140,7 +148,8 @@ pub async fn handle<P: Platform>(
     let method = req.method().clone();
     match (parts.as_slice(), &method) {
         (["metrics"], &Method::GET) => {
-            let mut r = Response::new(Full::new(Bytes::from(metrics(sup))));
+            let agent = sup.check_agent().await;
+            let mut r = Response::new(Full::new(Bytes::from(metrics::render(sup, &agent))));
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -148,6 +157,16 @@ pub async fn handle<P: Platform>(
             r
         }
         (["v1", "proxies"], &Method::GET) => json(StatusCode::OK, &sup.status()),
+        (["v1", "status"], &Method::GET) => {
+            let agent = sup.check_agent().await;
+            json(
+                StatusCode::OK,
+                &StatusReply {
+                    agent,
+                    proxies: sup.status(),
+                },
+            )
+        }
         (["v1", "routers"], &Method::GET) => json(
             StatusCode::OK,
             &sup.records().routers().into_values().collect::<Vec<_>>(),
@@ -170,35 +189,29 @@ pub async fn handle<P: Platform>(
                     if routers {
                         match router_from_json(id, &b) {
                             Ok(r) => {
-                                let (_, saved) = sup.update_records_checked(|rec| {
-                                    rec.api_routers.insert(r.id.clone(), r.clone())
-                                });
-                                saved_or(saved, json(StatusCode::OK, &r))
+                                let ok = json(StatusCode::OK, &r);
+                                saved_or(sup.apply(Change::PutRouter(r)), ok)
                             }
                             Err(e) => error(StatusCode::BAD_REQUEST, e),
                         }
                     } else {
                         match network_from_json(id, &b) {
                             Ok(n) => {
-                                let (_, saved) = sup.update_records_checked(|rec| {
-                                    rec.api_networks.insert(n.id.clone(), n.clone())
-                                });
-                                saved_or(saved, json(StatusCode::OK, &n))
+                                let ok = json(StatusCode::OK, &n);
+                                saved_or(sup.apply(Change::PutNetwork(n)), ok)
                             }
                             Err(e) => error(StatusCode::BAD_REQUEST, e),
                         }
                     }
                 }
                 Method::DELETE => {
-                    let (removed, saved) = sup.update_records_checked(|rec| {
-                        if routers {
-                            rec.api_routers.remove(*id).is_some()
-                        } else {
-                            rec.api_networks.remove(*id).is_some()
-                        }
+                    let applied = sup.apply(if routers {
+                        Change::RemoveRouter((*id).to_owned())
+                    } else {
+                        Change::RemoveNetwork((*id).to_owned())
                     });
-                    if removed {
-                        saved_or(saved, no_content())
+                    if applied.found {
+                        saved_or(applied, no_content())
                     } else {
                         let what = if routers { "router" } else { "network" };
                         error(
@@ -243,7 +256,7 @@ pub async fn handle<P: Platform>(
         }
         (
             ["metrics"]
-            | ["v1", "proxies"]
+            | ["v1", "proxies" | "status"]
             | ["v1", "routers" | "networks"]
             | ["v1", "networks", _, "host-routes"],
             m,
@@ -252,87 +265,5 @@ pub async fn handle<P: Platform>(
             format!("{m} not allowed on {path}"),
         ),
         _ => error(StatusCode::NOT_FOUND, format!("no such resource {path}")),
-    }
-}
-
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// Prometheus text exposition of the supervisor's state.
-pub fn metrics<P: Platform>(sup: &Supervisor<P>) -> String {
-    let status = sup.status();
-    let rec = sup.records();
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "# HELP ns_metadata_proxies Proxies by state.\n# TYPE ns_metadata_proxies gauge"
-    );
-    for (state, name) in [
-        (State::Starting, "starting"),
-        (State::Running, "running"),
-        (State::Backoff, "backoff"),
-        (State::Stopping, "stopping"),
-        (State::Waiting, "waiting"),
-    ] {
-        let n = status.iter().filter(|p| p.state == state).count();
-        let _ = writeln!(s, "ns_metadata_proxies{{state=\"{name}\"}} {n}");
-    }
-    let _ = writeln!(
-        s,
-        "# HELP ns_metadata_records Records known, by kind.\n# TYPE ns_metadata_records gauge"
-    );
-    let _ = writeln!(
-        s,
-        "ns_metadata_records{{kind=\"router\"}} {}",
-        rec.routers().len()
-    );
-    let _ = writeln!(
-        s,
-        "ns_metadata_records{{kind=\"network\"}} {}",
-        rec.networks().len()
-    );
-    let _ = writeln!(s, "# HELP ns_metadata_reconciles_total Reconcile passes.\n# TYPE ns_metadata_reconciles_total counter");
-    let _ = writeln!(s, "ns_metadata_reconciles_total {}", sup.reconcile_count());
-    let _ = writeln!(
-        s,
-        "# HELP ns_metadata_proxy_up 1 if the proxy is running.\n# TYPE ns_metadata_proxy_up gauge"
-    );
-    for p in &status {
-        let _ = writeln!(
-            s,
-            "ns_metadata_proxy_up{{key=\"{}\",netns=\"{}\",id=\"{}\"}} {}",
-            label(&p.key),
-            label(&p.netns),
-            label(&p.id),
-            u8::from(p.state == State::Running)
-        );
-    }
-    let _ = writeln!(
-        s,
-        "# HELP ns_metadata_proxy_restarts_total Restarts of the proxy since the supervisor started.\n\
-         # TYPE ns_metadata_proxy_restarts_total counter"
-    );
-    for p in &status {
-        let _ = writeln!(
-            s,
-            "ns_metadata_proxy_restarts_total{{key=\"{}\",netns=\"{}\"}} {}",
-            label(&p.key),
-            label(&p.netns),
-            p.restarts
-        );
-    }
-    s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 }

@@ -1,32 +1,87 @@
-//! Command line: `run` (the daemon) and the control API client subcommands, which find the
-//! socket from the same `--config-file`/`--state-dir`/`--control-socket` as the daemon.
+//! Command line: `run` (the daemon) and the control API client subcommands. The option
+//! table's flags come from `config::SCHEMA`: `--config-file`, `--config-dir`, `--state-dir`
+//! and `--control-socket` are global (the clients find the socket from them, as the daemon
+//! does), every other option's flag belongs to `run`.
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use http::{Method, StatusCode};
 
+use ns_contract::neutron::HostRoute;
+use ns_contract::validate_id;
+
 use crate::client::{call, reason};
-use crate::config::Config;
-use crate::records::{validate_id, HaState, Router};
+use crate::config::{Sources, SCHEMA};
+use crate::records::{HaState, Router};
 use crate::{Error, Result};
 
 /// Per-namespace metadata proxy supervisor (Neutron-compatible).
 #[derive(Debug, Parser)]
 #[command(name = "ns-metadata-spawner", version)]
 pub struct Cli {
-    /// INI file (repeatable; later files win). Neutron's dhcp/l3/metadata agent files work.
-    #[arg(long = "config-file", global = true, value_name = "FILE")]
-    pub config_file: Vec<PathBuf>,
-    /// Overrides `[spawner] state_dir` (default /var/lib/ns-metadata).
-    #[arg(long, global = true, value_name = "DIR")]
-    pub state_dir: Option<PathBuf>,
-    /// Control socket path (default <state dir>/control.sock).
-    #[arg(long, global = true, value_name = "PATH")]
-    pub control_socket: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Flags of the option table that every subcommand takes (before or after its name).
+const GLOBAL: &[&str] = &["config-file", "config-dir", "state-dir", "control-socket"];
+
+/// The whole command line: the derive's subcommands plus the option table's flags.
+pub fn command() -> clap::Command {
+    let (global, run): (Vec<clap::Arg>, Vec<clap::Arg>) = SCHEMA
+        .args()
+        .into_iter()
+        .partition(|a| a.get_long().is_some_and(|l| GLOBAL.contains(&l)));
+    // In `run --help`: its own flag, the global ones, then the table's in table order.
+    let global = global
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| a.global(true).display_order(50 + i));
+    let run: Vec<clap::Arg> = run
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| a.display_order(100 + i))
+        .collect();
+    Cli::command()
+        .args(global)
+        .mut_subcommand("run", |c| c.args(run))
+}
+
+/// A parsed command line: what to do, and where the configuration comes from.
+#[derive(Debug)]
+pub struct Invocation {
+    pub command: Command,
+    pub sources: Sources,
+}
+
+impl Invocation {
+    /// Parse `argv` (clap's error prints usage or help).
+    pub fn try_parse_from<I, T>(argv: I) -> std::result::Result<Invocation, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let m = command().try_get_matches_from(argv)?;
+        let cli = Cli::from_arg_matches(&m)?;
+        Ok(Invocation {
+            command: cli.command,
+            sources: Sources::command_line(leaf(&m)),
+        })
+    }
+
+    /// Parse the process's arguments; exit with clap's message on error.
+    pub fn parse() -> Invocation {
+        Invocation::try_parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+}
+
+/// The innermost subcommand's matches: global flags are propagated down to it.
+fn leaf(m: &ArgMatches) -> &ArgMatches {
+    match m.subcommand() {
+        Some((_, sub)) => leaf(sub),
+        None => m,
+    }
 }
 
 /// Subcommands.
@@ -44,9 +99,10 @@ pub enum Command {
     /// Networks (dhcp agent).
     #[command(subcommand)]
     Network(NetworkCmd),
-    /// Every proxy: namespace, id, state, pid, restarts, last error.
+    /// Whether the agent socket is reachable, and every proxy: namespace, id, state, pid,
+    /// restarts, last error.
     Status {
-        /// Print the JSON of GET /v1/proxies instead of a table.
+        /// Print the JSON of GET /v1/status (`{"agent": ..., "proxies": [...]}`) instead.
         #[arg(long)]
         json: bool,
     },
@@ -86,14 +142,6 @@ pub enum NetworkCmd {
     Remove { id: String },
 }
 
-impl Cli {
-    /// The configuration the daemon would use (for the socket path).
-    pub fn config(&self) -> Result<Config> {
-        let (cfg, _) = Config::load(&self.config_file)?;
-        Ok(cfg.with_overrides(self.state_dir.as_deref(), self.control_socket.as_deref()))
-    }
-}
-
 fn check(status: StatusCode, body: &[u8]) -> Result<()> {
     if status.is_success() {
         Ok(())
@@ -112,10 +160,11 @@ fn out(text: &str) -> Result<()> {
         .map_err(|e| Error::io("write", "stdout", e))
 }
 
-/// Run a client subcommand (everything but `run`).
-pub async fn client(cli: &Cli) -> Result<()> {
-    let sock = cli.config()?.control_socket;
-    match &cli.command {
+/// Run a client subcommand (everything but `run`). The configuration is read only for the
+/// socket path; its warnings are the daemon's to log.
+pub async fn client(command: &Command, sources: &Sources) -> Result<()> {
+    let sock = sources.load()?.0.control_socket;
+    match command {
         Command::Run { .. } => Err(Error::Invalid("run is not a client command".into())),
         Command::Router(RouterCmd::Add {
             id,
@@ -183,14 +232,19 @@ pub async fn client(cli: &Cli) -> Result<()> {
             out(&format!("network {id} removed\n"))
         }
         Command::Status { json } => {
-            let (st, b) = call(&sock, Method::GET, "/v1/proxies", None).await?;
+            let (st, b) = call(&sock, Method::GET, "/v1/status", None).await?;
             check(st, &b)?;
             if *json {
                 return out(&format!("{}\n", String::from_utf8_lossy(&b)));
             }
-            let list: Vec<serde_json::Value> = serde_json::from_slice(&b)
+            let reply: StatusReplyOwned = serde_json::from_slice(&b)
                 .map_err(|e| Error::Invalid(format!("bad status reply: {e}")))?;
-            out(&status_table(&list))
+            // The table first (scripts read its header line), the agent line under it.
+            out(&format!(
+                "{}\n{}\n",
+                status_table(&reply.proxies),
+                reply.agent.summary()
+            ))
         }
         Command::HostRoutes { id } => {
             validate_id(id)?;
@@ -221,12 +275,19 @@ pub async fn client(cli: &Cli) -> Result<()> {
     }
 }
 
-/// One subnet of a `host-routes` reply (`crate::decide::SubnetRoutes`).
+/// One subnet of a `host-routes` reply (`decide::SubnetRoutes` on the wire).
 #[derive(serde::Deserialize)]
 struct SubnetRoutesOwned {
     subnet_id: String,
     cidr: String,
-    host_routes: Vec<crate::records::HostRoute>,
+    host_routes: Vec<HostRoute>,
+}
+
+/// A `GET /v1/status` reply (`api::StatusReply` on the wire).
+#[derive(serde::Deserialize)]
+struct StatusReplyOwned {
+    agent: crate::agent_probe::AgentStatus,
+    proxies: Vec<serde_json::Value>,
 }
 
 /// Format `GET /v1/proxies` as an aligned table.
@@ -287,6 +348,7 @@ pub fn status_table(list: &[serde_json::Value]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     #[test]
     fn status_table_aligns_and_marks_adopted() {
@@ -310,10 +372,23 @@ mod tests {
         assert!(lines[2].contains(" - "), "null pid shown as -: {t}");
     }
 
+    fn parse(argv: &[&str]) -> Invocation {
+        Invocation::try_parse_from(std::iter::once("x").chain(argv.iter().copied()))
+            .unwrap_or_else(|e| panic!("{argv:?}: {e}"))
+    }
+
+    fn control_socket(argv: &[&str]) -> PathBuf {
+        parse(argv).sources.load().expect("config").0.control_socket
+    }
+
+    #[test]
+    fn command_is_valid_clap() {
+        command().debug_assert();
+    }
+
     #[test]
     fn parses_subcommands() {
-        let c = Cli::try_parse_from([
-            "x",
+        let c = parse(&[
             "router",
             "add",
             "r1",
@@ -324,20 +399,77 @@ mod tests {
             "--distributed",
             "--state-dir",
             "/s",
-        ])
-        .expect("parses");
+        ]);
         assert!(
             matches!(c.command, Command::Router(RouterCmd::Add { ref netns, distributed: true, .. }) if netns.as_deref() == Some("ns1"))
         );
         assert_eq!(
-            c.config().expect("cfg").control_socket,
-            std::path::PathBuf::from("/s/control.sock")
+            c.sources.load().expect("cfg").0.control_socket,
+            PathBuf::from("/s/control.sock")
         );
+        let bad = |argv: &[&str]| Invocation::try_parse_from(argv.iter().copied()).is_err();
+        assert!(bad(&["x", "router", "add", "r1", "--ha-state", "sideways"]));
+        assert!(!bad(&["x", "run", "--stop-proxies-on-exit"]));
+        assert!(!bad(&["x", "network", "put", "-"]));
+        assert!(bad(&["x", "host-routes"]));
+        // Option flags other than the socket's belong to `run`.
+        assert!(bad(&["x", "status", "--ipv6"]));
+        assert!(bad(&["x", "--ipv6", "run"]));
+    }
+
+    #[test]
+    fn socket_flags_work_before_and_after_the_subcommand() {
+        let want = PathBuf::from("/s/control.sock");
+        assert_eq!(control_socket(&["--state-dir", "/s", "status"]), want);
+        assert_eq!(control_socket(&["status", "--state-dir=/s"]), want);
+        assert_eq!(control_socket(&["--state_dir", "/s", "run"]), want);
+        let c = control_socket(&["--control-socket", "/c.sock", "--state-dir", "/s", "status"]);
+        assert_eq!(c, PathBuf::from("/c.sock"));
+        assert_eq!(
+            control_socket(&["status"]),
+            PathBuf::from("/var/lib/ns-metadata/control.sock")
+        );
+    }
+
+    #[test]
+    fn run_takes_a_flag_for_every_option() {
+        let c = parse(&[
+            "run",
+            "--ipv6",
+            "--router-interface",
+            "eth1",
+            "--timeout-server",
+            "90",
+            "--agent-keepalive",
+            "on",
+            "--state-path",
+            "/srv/n",
+            "--enable-isolated-metadata=false",
+            "--stop-proxies-on-exit",
+        ]);
+        assert!(matches!(
+            c.command,
+            Command::Run {
+                stop_proxies_on_exit: true
+            }
+        ));
+        let (cfg, _) = c.sources.load().expect("cfg");
+        assert!(cfg.ipv6 && !cfg.enable_isolated_metadata);
+        assert_eq!(cfg.router_interface, "eth1");
+        assert_eq!(cfg.timeouts.server.as_secs(), 90);
+        assert_eq!(cfg.agent_keepalive, ns_contract::KeepaliveMode::On);
+        assert_eq!(
+            cfg.metadata_proxy_socket,
+            PathBuf::from("/srv/n/metadata_proxy")
+        );
+        let err = parse(&["run", "--ready-timeout", "0"])
+            .sources
+            .load()
+            .expect_err("0 s");
         assert!(
-            Cli::try_parse_from(["x", "router", "add", "r1", "--ha-state", "sideways"]).is_err()
+            err.to_string()
+                .starts_with("--ready-timeout: 0 is out of range"),
+            "{err}"
         );
-        assert!(Cli::try_parse_from(["x", "run", "--stop-proxies-on-exit"]).is_ok());
-        assert!(Cli::try_parse_from(["x", "network", "put", "-"]).is_ok());
-        assert!(Cli::try_parse_from(["x", "host-routes"]).is_err());
     }
 }

@@ -1,39 +1,56 @@
 //! `ns-metadata-spawner run`: load config and records, bind the control socket, adopt or
-//! start proxies, tell systemd READY, then serve events (control API, SIGHUP reload of
-//! config and records file, `/run/netns` watch) until SIGTERM/SIGINT.
+//! start proxies, tell systemd READY (then RELOADING/READY around each SIGHUP, STOPPING on
+//! exit, and a one-line STATUS), then serve events (control API, SIGHUP reload of config and
+//! records file, `/run/netns` watch) until SIGTERM/SIGINT.
 
-use std::path::PathBuf;
+use std::time::Duration;
 
 use futures::StreamExt;
+use ns_contract::notify::{self, State as Notify};
+use ns_contract::{validate_id, Kind};
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::config::Config;
+use crate::config::{Config, Sources};
 use crate::platform::Platform;
-use crate::records::{validate_id, RecordSet, Records};
+use crate::records::{RecordSet, Records};
 use crate::supervisor::Supervisor;
-use crate::{api, notify, Error, Result};
+use crate::{api, Error, Result};
+
+/// How often the one-line status for systemd (and the agent probe) is refreshed.
+const STATUS_EVERY: Duration = Duration::from_secs(5);
+
+/// Tell systemd, if it is listening; a failure is logged, never fatal.
+fn sd_notify(states: &[Notify]) {
+    if let Err(e) = notify::notify(states) {
+        tracing::warn!(err = %e, "sd_notify failed");
+    }
+}
+
+/// "12 proxies running, 0 failing; agent socket ... reachable".
+async fn status_line<P: Platform>(sup: &Supervisor<P>) -> String {
+    let agent = sup.check_agent().await;
+    format!("{}; {}", sup.summary(), agent.summary())
+}
 
 /// What `run` needs besides the platform.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    /// INI files, re-read on SIGHUP.
-    pub config_files: Vec<PathBuf>,
-    /// CLI overrides, re-applied on reload.
-    pub state_dir: Option<PathBuf>,
-    pub control_socket: Option<PathBuf>,
+    /// Files, directories, flags and environment, read again on SIGHUP.
+    pub sources: Sources,
     /// Stop every proxy when the supervisor exits (default: leave them running).
     pub stop_proxies_on_exit: bool,
     /// Watch `/run/netns` (off only for tests without namespaces).
     pub watch_netns: bool,
 }
 
-/// Load the configuration with warnings logged.
+/// Load the configuration; each warning (unknown key, old name, option without effect) is
+/// logged once per load, so again on every SIGHUP while it is not fixed.
 pub fn load_config(opts: &RunOptions) -> Result<Config> {
-    let (cfg, warnings) = Config::load(&opts.config_files)?;
+    let (cfg, warnings) = opts.sources.load()?;
     for w in warnings {
         tracing::warn!("{w}");
     }
-    Ok(cfg.with_overrides(opts.state_dir.as_deref(), opts.control_socket.as_deref()))
+    Ok(cfg)
 }
 
 fn load_file_records(cfg: &Config) -> Result<RecordSet> {
@@ -44,7 +61,7 @@ fn load_file_records(cfg: &Config) -> Result<RecordSet> {
 }
 
 fn router_of_netns(name: &str) -> Option<String> {
-    name.strip_prefix("qrouter-")
+    name.strip_prefix(Kind::Router.netns_prefix())
         .filter(|id| validate_id(id).is_ok())
         .map(str::to_owned)
 }
@@ -96,7 +113,12 @@ pub async fn run<P: Platform>(platform: P, opts: RunOptions) -> Result<()> {
     let sup = Supervisor::new(platform, cfg, records);
     sup.adopt_and_start().await;
     tracing::info!(proxies = sup.status().len(), socket = %control_socket.display(), "first reconcile done");
-    notify::notify("READY=1");
+    // READY alone first: a watcher that reads one datagram sees exactly it.
+    sd_notify(&[Notify::Ready]);
+    let mut last_status = status_line(&sup).await;
+    sd_notify(&[Notify::Status(last_status.clone())]);
+    let mut tick = tokio::time::interval(STATUS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     tokio::spawn(api::serve(sup.clone(), listener));
     let looper = sup.clone();
@@ -104,7 +126,18 @@ pub async fn run<P: Platform>(platform: P, opts: RunOptions) -> Result<()> {
 
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(&sup, &opts),
+            _ = hup.recv() => {
+                sd_notify(&[Notify::Reloading]);
+                reload(&sup, &opts);
+                sd_notify(&[Notify::Ready]);
+            }
+            _ = tick.tick() => {
+                let now = status_line(&sup).await;
+                if now != last_status {
+                    sd_notify(&[Notify::Status(now.clone())]);
+                    last_status = now;
+                }
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
             ev = async { match watch.as_mut() { Some(w) => w.next().await, None => std::future::pending().await } } => {
@@ -112,18 +145,14 @@ pub async fn run<P: Platform>(platform: P, opts: RunOptions) -> Result<()> {
                     Some(Ok(ns_netns::NetnsEvent::Added(name))) => {
                         tracing::debug!(netns = %name, "namespace added");
                         match router_of_netns(&name).filter(|_| auto) {
-                            Some(id) => {
-                                sup.update_records(|r| r.auto_routers.insert(id));
-                            }
+                            Some(id) => sup.set_auto_router(&id, true),
                             None => sup.trigger(),
                         }
                     }
                     Some(Ok(ns_netns::NetnsEvent::Removed(name))) => {
                         tracing::debug!(netns = %name, "namespace removed");
                         match router_of_netns(&name).filter(|_| auto) {
-                            Some(id) => {
-                                sup.update_records(|r| r.auto_routers.remove(&id));
-                            }
+                            Some(id) => sup.set_auto_router(&id, false),
                             None => sup.trigger(),
                         }
                     }
@@ -132,7 +161,7 @@ pub async fn run<P: Platform>(platform: P, opts: RunOptions) -> Result<()> {
                         if auto {
                             if let Ok(names) = ns_netns::list() {
                                 let ids = names.iter().filter_map(|n| router_of_netns(n)).collect();
-                                sup.update_records(|r| r.auto_routers = ids);
+                                sup.set_auto_routers(ids);
                             }
                         }
                         sup.trigger();
@@ -145,6 +174,7 @@ pub async fn run<P: Platform>(platform: P, opts: RunOptions) -> Result<()> {
             }
         }
     }
+    sd_notify(&[Notify::Stopping]);
     if opts.stop_proxies_on_exit {
         tracing::info!("stopping every proxy (--stop-proxies-on-exit)");
         sup.stop_all().await;
@@ -152,7 +182,6 @@ pub async fn run<P: Platform>(platform: P, opts: RunOptions) -> Result<()> {
         tracing::info!("exiting; proxies keep running and will be adopted on the next start");
     }
     let _ = std::fs::remove_file(&control_socket);
-    notify::notify("STOPPING=1");
     Ok(())
 }
 
@@ -165,7 +194,9 @@ fn proxy_binary_found(p: &std::path::Path) -> bool {
         .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(p).is_file()))
 }
 
-/// SIGHUP: re-read the INI files and the records file; proxies whose argv changes restart.
+/// SIGHUP: re-read every configuration layer (same files, directories, flags and
+/// environment) and the records file; proxies whose argv changes restart. A bad value keeps
+/// the old configuration.
 fn reload<P: Platform>(sup: &Supervisor<P>, opts: &RunOptions) {
     let old = sup.config();
     let mut cfg = match load_config(opts) {
@@ -181,9 +212,7 @@ fn reload<P: Platform>(sup: &Supervisor<P>, opts: &RunOptions) {
         cfg.control_socket = old.control_socket.clone();
     }
     match load_file_records(&cfg) {
-        Ok(set) => {
-            sup.update_records(|r| r.file = set);
-        }
+        Ok(set) => sup.set_file_records(set),
         Err(e) => {
             tracing::error!(err = %e, "reload of the records file failed; keeping the old records")
         }

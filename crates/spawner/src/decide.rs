@@ -1,36 +1,31 @@
 //! The mode decisions, as one pure function: router and network records + configuration →
-//! the proxies that should run (DESIGN.md mode table; reference §3 for routers and §4 for
-//! Neutron's `should_enable_metadata`), and the DHCP option-121 host routes Neutron's dhcp
-//! agent would push for a network (reference §4, `_generate_opts_per_subnet`).
+//! the proxies that should run (the spawner README's "Modes": routers as
+//! neutron/agent/l3/router_info.py and ha_router.py spawn them, networks as
+//! neutron/agent/linux/dhcp.py `should_enable_metadata` decides), and the DHCP option-121 host
+//! routes Neutron's dhcp agent would push for a network (neutron/agent/linux/dhcp.py
+//! `_generate_opts_per_subnet`).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
+use ns_contract::neutron::{
+    is_router_interface, parse_cidr, FixedIp, HostRoute, Port, Subnet, DEVICE_OWNER_DHCP,
+    DEVICE_OWNER_DISTRIBUTED,
+};
+use ns_contract::Kind;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::records::{
-    parse_cidr, HaState, HostRoute, Network, Records, Router, Subnet, DEVICE_OWNER_DHCP,
-    DEVICE_OWNER_DISTRIBUTED, ROUTER_INTERFACE_OWNERS,
-};
-
-/// Which resource header the proxy sets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    /// `--router-id`: X-Neutron-Router-ID.
-    Router,
-    /// `--network-id`: X-Neutron-Network-ID.
-    Network,
-}
+use crate::records::{HaState, Network, Records, Router};
 
 /// One proxy that should run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxySpec {
     /// Unique key and pid file name: the id of the record that asked for it (a metadata
     /// network's proxy is keyed by the network, though it carries the router id, so it never
     /// collides with that router's own proxy).
     pub key: String,
+    /// Router or network (this module never picks [`Kind::OvnNetwork`]).
     pub kind: Kind,
     /// The id passed to the proxy.
     pub id: String,
@@ -84,11 +79,20 @@ pub fn router_spec(r: &Router, cfg: &Config) -> Option<ProxySpec> {
 }
 
 fn is_router_port(owner: &str) -> bool {
-    ROUTER_INTERFACE_OWNERS.contains(&owner)
+    is_router_interface(owner)
 }
 
 fn is_ovn_metadata_port(owner: &str, device_id: &str) -> bool {
-    owner == DEVICE_OWNER_DISTRIBUTED && device_id.starts_with("ovnmeta-")
+    owner == DEVICE_OWNER_DISTRIBUTED && device_id.starts_with(Kind::OvnNetwork.netns_prefix())
+}
+
+/// Whether a fixed IP is on `subnet`: by `subnet_id`, or by address when the record left the
+/// id out (the contract makes it optional).
+fn on_subnet(ip: &FixedIp, subnet: &Subnet) -> bool {
+    match &ip.subnet_id {
+        Some(id) => *id == subnet.id,
+        None => subnet.contains(ip.ip_address),
+    }
 }
 
 /// A subnet is non-isolated when a router-interface port holds its gateway IP (LP#1236783).
@@ -99,7 +103,7 @@ pub fn is_isolated(net: &Network, subnet: &Subnet) -> bool {
         .any(|p| {
             p.fixed_ips
                 .iter()
-                .any(|ip| ip.subnet_id == subnet.id && Some(ip.ip_address) == subnet.gateway_ip)
+                .any(|ip| on_subnet(ip, subnet) && Some(ip.ip_address) == subnet.gateway_ip)
         })
 }
 
@@ -111,7 +115,7 @@ pub fn is_metadata_subnet(subnet: &Subnet) -> bool {
     }
 }
 
-/// Neutron's `should_enable_metadata`, in its order (reference §4).
+/// Neutron's `should_enable_metadata` (neutron/agent/linux/dhcp.py), in its order.
 pub fn should_enable_metadata(net: &Network, cfg: &Config) -> bool {
     // 1. An OVN metadata port: the OVN metadata agent serves this network.
     if net
@@ -170,7 +174,7 @@ pub fn network_spec(net: &Network, cfg: &Config) -> (Option<ProxySpec>, Vec<Stri
                 ));
             }
             if net.subnets.iter().any(is_metadata_subnet) {
-                if crate::records::validate_id(&first.device_id).is_ok() {
+                if ns_contract::validate_id(&first.device_id).is_ok() {
                     kind = Kind::Router;
                     id = first.device_id.clone();
                 } else {
@@ -182,7 +186,7 @@ pub fn network_spec(net: &Network, cfg: &Config) -> (Option<ProxySpec>, Vec<Stri
             }
         }
     }
-    let ipv6 = cfg.ipv6 && net.subnets.iter().any(|s| s.ip_version == 6);
+    let ipv6 = cfg.ipv6 && net.subnets.iter().any(|s| s.version() == Some(6));
     let spec = ProxySpec {
         key: net.id.clone(),
         kind,
@@ -211,29 +215,29 @@ pub struct SubnetRoutes {
 /// routes of the other IPv4 subnets of the segment inserted in front, and 0.0.0.0/0 via
 /// the gateway last when anything was pushed (RFC 3442).
 pub fn host_routes(net: &Network, cfg: &Config) -> Vec<SubnetRoutes> {
-    let route = |d: &str, n: &str| HostRoute {
+    let route = |d: &str, nexthop: IpAddr| HostRoute {
         destination: d.to_owned(),
-        nexthop: n.to_owned(),
+        nexthop,
     };
-    let port_ip = |pred: &dyn Fn(&crate::records::Port) -> bool, subnet: &Subnet| {
+    let port_ip = |pred: &dyn Fn(&Port) -> bool, subnet: &Subnet| {
         net.ports
             .iter()
             .filter(|p| pred(p))
             .flat_map(|p| p.fixed_ips.iter())
-            .find(|ip| ip.subnet_id == subnet.id)
+            .find(|ip| on_subnet(ip, subnet))
             .map(|ip| ip.ip_address)
     };
     let mut out = Vec::new();
     for subnet in net
         .subnets
         .iter()
-        .filter(|s| s.enable_dhcp && s.ip_version == 4)
+        .filter(|s| s.enable_dhcp && s.version() == Some(4))
     {
-        let mut gateway = subnet.gateway_ip.map(|g| g.to_string());
+        let mut gateway = subnet.gateway_ip;
         let mut routes = Vec::new();
         for hr in &subnet.host_routes {
             if hr.destination == "0.0.0.0/0" {
-                gateway.get_or_insert_with(|| hr.nexthop.clone());
+                gateway.get_or_insert(hr.nexthop);
             } else {
                 routes.push(hr.clone());
             }
@@ -243,31 +247,31 @@ pub fn host_routes(net: &Network, cfg: &Config) -> Vec<SubnetRoutes> {
             &|p| is_ovn_metadata_port(&p.device_owner, &p.device_id),
             subnet,
         );
-        let metadata_via = if let Some(ip) = ovn {
-            Some(ip.to_string())
+        let metadata_via = if ovn.is_some() {
+            ovn
         } else if cfg.force_metadata || (isolated && cfg.enable_isolated_metadata) {
-            port_ip(&|p| p.device_owner == DEVICE_OWNER_DHCP, subnet).map(|ip| ip.to_string())
+            port_ip(&|p| p.device_owner == DEVICE_OWNER_DHCP, subnet)
         } else if !isolated {
-            gateway.clone()
+            gateway
         } else {
             None
         };
         if let Some(via) = metadata_via {
             routes.push(route(
                 &format!("{}/32", Ipv4Addr::new(169, 254, 169, 254)),
-                &via,
+                via,
             ));
         }
         for other in &net.subnets {
-            if other.ip_version == 4
+            if other.version() == Some(4)
                 && other.cidr != subnet.cidr
                 && other.segment_id == subnet.segment_id
             {
-                routes.insert(0, route(&other.cidr, "0.0.0.0"));
+                routes.insert(0, route(&other.cidr, Ipv4Addr::UNSPECIFIED.into()));
             }
         }
         if !routes.is_empty() {
-            if let Some(gw) = &gateway {
+            if let Some(gw) = gateway {
                 routes.push(route("0.0.0.0/0", gw));
             }
         }

@@ -1,7 +1,6 @@
 //! Case-by-case tests of the mode decisions and the option-121 routes.
 
 use super::*;
-use crate::records::{FixedIp, Port};
 
 fn cfg(isolated: bool, force: bool, metanet: bool) -> Config {
     let mut c = Config::defaults();
@@ -17,8 +16,10 @@ fn subnet(id: &str, cidr: &str, gw: Option<&str>, dhcp: bool) -> Subnet {
         cidr: cidr.into(),
         gateway_ip: gw.map(|g| g.parse().expect("ip")),
         enable_dhcp: dhcp,
-        ip_version: if cidr.contains(':') { 6 } else { 4 },
+        ip_version: Some(if cidr.contains(':') { 6 } else { 4 }),
+        dns_nameservers: vec![],
         host_routes: vec![],
+        ipv6_address_mode: None,
         segment_id: None,
     }
 }
@@ -31,10 +32,14 @@ fn port(id: &str, owner: &str, device: &str, ips: &[(&str, &str)]) -> Port {
         fixed_ips: ips
             .iter()
             .map(|(s, ip)| FixedIp {
-                subnet_id: (*s).into(),
+                subnet_id: Some((*s).into()),
                 ip_address: ip.parse().expect("ip"),
             })
             .collect(),
+        network_id: String::new(),
+        mac_address: None,
+        project_id: None,
+        vif_type: None,
     }
 }
 
@@ -312,7 +317,7 @@ fn routes(n: &Network, c: &Config) -> Vec<(String, String)> {
     host_routes(n, c)
         .into_iter()
         .flat_map(|s| s.host_routes)
-        .map(|r| (r.destination, r.nexthop))
+        .map(|r| (r.destination, r.nexthop.to_string()))
         .collect()
 }
 
@@ -383,11 +388,11 @@ fn routes_user_routes_onlink_and_default_order() {
     n.subnets[0].host_routes = vec![
         HostRoute {
             destination: "192.168.5.0/24".into(),
-            nexthop: "10.0.0.7".into(),
+            nexthop: "10.0.0.7".parse().expect("ip"),
         },
         HostRoute {
             destination: "0.0.0.0/0".into(),
-            nexthop: "10.0.0.254".into(),
+            nexthop: "10.0.0.254".parse().expect("ip"),
         },
     ];
     n.subnets
@@ -399,7 +404,7 @@ fn routes_user_routes_onlink_and_default_order() {
     let r: Vec<_> = all[0]
         .host_routes
         .iter()
-        .map(|r| (r.destination.clone(), r.nexthop.clone()))
+        .map(|r| (r.destination.clone(), r.nexthop.to_string()))
         .collect();
     // On-link routes are inserted at the front one by one (so reversed), gateway_ip wins
     // over a 0.0.0.0/0 host route, which is not pushed itself.
@@ -432,4 +437,17 @@ fn routes_no_gateway_no_default() {
         routes(&n, &cfg(true, false, false)),
         pairs(&[("169.254.169.254/32", "10.0.0.2")])
     );
+}
+
+#[test]
+fn fixed_ip_without_subnet_id_matches_by_address() {
+    // The contract makes `subnet_id` optional: a router port holding the gateway by address
+    // still makes the subnet non-isolated.
+    let mut n = routed_net();
+    for ip in &mut n.ports[1].fixed_ips {
+        ip.subnet_id = None;
+    }
+    assert!(!is_isolated(&n, &n.subnets[0]));
+    n.ports[1].fixed_ips[0].ip_address = "10.9.0.1".parse().expect("ip");
+    assert!(is_isolated(&n, &n.subnets[0]));
 }

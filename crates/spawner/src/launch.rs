@@ -13,54 +13,53 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncReadExt;
 
 use crate::config::Config;
-use crate::decide::{Kind, ProxySpec};
+use crate::decide::ProxySpec;
 use crate::platform::Platform;
 use crate::{Error, Result};
 
 /// The fd number the proxy reports readiness on.
 pub const READY_FD: i32 = 3;
 
-/// The proxy's arguments (without the program) for a spec under a config. Also compared
-/// with an adopted proxy's cmdline: any difference means "restart it".
+/// The proxy's arguments (without the program) for a spec under a config: every proxy option
+/// the spawner reads, as the flags a standalone proxy takes for the same INI values. Also
+/// compared with an adopted proxy's cmdline: any difference means "restart it".
 pub fn proxy_args(spec: &ProxySpec, cfg: &Config) -> Vec<String> {
-    let mut a: Vec<String> = Vec::with_capacity(20);
+    let mut a: Vec<String> = Vec::with_capacity(32);
     let mut push = |k: &str, v: String| {
         a.push(k.to_owned());
         a.push(v);
     };
-    push(
-        match spec.kind {
-            Kind::Router => "--router-id",
-            Kind::Network => "--network-id",
-        },
-        spec.id.clone(),
-    );
+    push(spec.kind.flag(), spec.id.clone());
+    // The proxy reads its flags through the same option layer, which substitutes `$name`:
+    // values already resolved here go out escaped, so they arrive as they are.
+    let literal = |v: &str| ns_ini::escape(v);
     push(
         "--metadata-proxy-socket",
-        cfg.metadata_proxy_socket.display().to_string(),
+        literal(&cfg.metadata_proxy_socket.display().to_string()),
     );
     push("--bind", "169.254.169.254:80".to_owned());
     if spec.ipv6 {
-        push("--bind", format!("[fe80::a9fe:a9fe]:80%{}", spec.interface));
+        push(
+            "--bind",
+            literal(&format!("[fe80::a9fe:a9fe]:80%{}", spec.interface)),
+        );
     }
     push("--ready-fd", READY_FD.to_string());
     if let Some(u) = &cfg.metadata_proxy_user {
-        push("--user", u.clone());
+        push("--user", literal(u));
     }
     if let Some(g) = &cfg.metadata_proxy_group {
-        push("--group", g.clone());
+        push("--group", literal(g));
     }
     if let Some(rl) = &cfg.rate_limit {
-        push(
-            "--rate-limit-base",
-            format!("{}/{}", rl.base_rate, rl.base_window),
-        );
-        push(
-            "--rate-limit-burst",
-            format!("{}/{}", rl.burst_rate, rl.burst_window),
-        );
+        a.extend(rl.args());
     }
-    push("--agent-keepalive", cfg.agent_keepalive.as_str().to_owned());
+    // Only the timeouts that differ from Neutron's defaults (the proxy's defaults too), so
+    // the argv of a default setup stays what earlier versions gave (no needless restart of
+    // adopted proxies after an upgrade).
+    a.extend(cfg.timeouts.args());
+    a.push("--agent-keepalive".to_owned());
+    a.push(cfg.agent_keepalive.as_str().to_owned());
     a
 }
 
@@ -147,19 +146,28 @@ impl Running {
     }
 }
 
-/// Prepare the namespace, spawn the proxy in it and wait for `READY=1` on its fd 3.
+/// Prepare the open namespace `ns`, spawn the proxy in that same namespace and wait for
+/// `READY=1` on its fd 3.
 pub async fn launch<P: Platform>(
     platform: &P,
+    ns: &P::Ns,
     spec: &ProxySpec,
     cfg: &Config,
     args: &[String],
 ) -> Result<Running> {
-    platform.prepare(spec).await?;
+    platform.prepare(ns, spec).await?;
     let (rd, wr) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| Error::Spawn(format!("pipe: {e}")))?;
     let mut cmd = tokio::process::Command::new(&cfg.proxy_binary);
-    cmd.args(args)
-        .stdin(Stdio::null())
+    cmd.args(args);
+    // The proxy reads oslo-style `OS_<GROUP>__<OPTION>` variables too: what configures the
+    // spawner must not reach its proxies behind the flags given here.
+    for (k, _) in std::env::vars_os() {
+        if k.as_encoded_bytes().starts_with(b"OS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .kill_on_drop(false);
@@ -172,7 +180,7 @@ pub async fn launch<P: Platform>(
         child_fd: READY_FD,
     }])
     .map_err(|e| Error::Spawn(format!("fd mapping: {e}")))?;
-    let child = platform.spawn(spec, &mut cmd);
+    let child = platform.spawn(ns, spec, &mut cmd);
     // Dropping the command closes our copy of the write end: EOF then means the proxy
     // closed (or died) without saying READY.
     drop(cmd);
@@ -234,8 +242,7 @@ async fn read_ready(mut rx: tokio::net::unix::pipe::Receiver) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Keepalive;
-    use crate::config::RateLimit;
+    use ns_contract::{limits::Timeouts, KeepaliveMode, Kind};
 
     #[test]
     fn args_router_and_network() {
@@ -255,13 +262,14 @@ mod tests {
         );
         cfg.metadata_proxy_user = Some("neutron".into());
         cfg.metadata_proxy_group = Some("neutron".into());
-        cfg.rate_limit = Some(RateLimit {
-            base_rate: 10,
-            base_window: 10,
-            burst_rate: 20,
-            burst_window: 5,
+        cfg.rate_limit = Some(ns_contract::limits::RateLimit {
+            base: "10/10".parse().expect("rate"),
+            burst: "20/5".parse().expect("rate"),
+            versions: "6".parse().expect("versions"),
         });
-        cfg.agent_keepalive = Keepalive::Off;
+        cfg.timeouts = Timeouts::from_secs([1, 30, 32, 90, 30]).expect("valid");
+        cfg.agent_keepalive = KeepaliveMode::Off;
+        cfg.metadata_proxy_socket = "/srv/$x/metadata_proxy".into();
         let spec = ProxySpec {
             kind: Kind::Network,
             id: "n1".into(),
@@ -271,9 +279,10 @@ mod tests {
         };
         assert_eq!(
             proxy_args(&spec, &cfg).join(" "),
-            "--network-id n1 --metadata-proxy-socket /var/lib/neutron/metadata_proxy --bind 169.254.169.254:80 \
+            "--network-id n1 --metadata-proxy-socket /srv/$$x/metadata_proxy --bind 169.254.169.254:80 \
              --bind [fe80::a9fe:a9fe]:80%tap1 --ready-fd 3 --user neutron --group neutron \
-             --rate-limit-base 10/10 --rate-limit-burst 20/5 --agent-keepalive off"
+             --rate-limit-base 10/10 --rate-limit-burst 20/5 --rate-limit-ip-versions 6 \
+             --timeout-request 1 --timeout-server 90 --agent-keepalive off"
         );
     }
 }

@@ -1,11 +1,12 @@
 //! ns-metadata-spawner: the supervisor that runs one `ns-metadata-proxy` per network
-//! namespace that needs one (DESIGN.md "Supervisor", issue 4).
+//! namespace that needs one.
 //!
 //! Flow: events (control API, static records file, `/run/netns` watch) change the
 //! [`records::Records`]; [`decide::desired`] turns records + config into proxy specs; the
 //! [`supervisor::Supervisor`] reconciles the running proxies against them.
 #![forbid(unsafe_code)]
 
+pub mod agent_probe;
 pub mod api;
 pub mod backoff;
 pub mod cli;
@@ -14,12 +15,13 @@ pub mod config;
 pub mod daemon;
 pub mod decide;
 pub mod launch;
+pub mod metrics;
 pub mod netns_platform;
-pub mod notify;
 pub mod pidfile;
 pub mod platform;
 mod proxy_task;
 pub mod records;
+pub mod status;
 pub mod supervisor;
 
 /// Result alias for this crate.
@@ -29,15 +31,19 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// Bad configuration: the message names file, line, section and key.
+    /// Bad configuration: the message names its origin (`file:line: [section] key`,
+    /// `OS_GROUP__KEY`, `--flag` or the default).
     #[error(transparent)]
-    Config(#[from] ns_ini::Error),
+    Config(#[from] ns_ini::ConfigError),
     /// A configuration problem not tied to one INI entry.
     #[error("{0}")]
     Invalid(String),
     /// A record (router or network) that cannot be accepted.
     #[error("{0}")]
     BadRecord(String),
+    /// An id, namespace or interface name that breaks the contract's rule.
+    #[error(transparent)]
+    Name(#[from] ns_contract::InvalidName),
     /// A file or socket operation failed.
     #[error("{op} {}: {source}", path.display())]
     Io {

@@ -3,13 +3,12 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use ns_metadata_spawner::cli::{self, Cli, Command};
+use ns_metadata_spawner::cli::{self, Command, Invocation};
 use ns_metadata_spawner::daemon::{self, RunOptions};
 use ns_metadata_spawner::netns_platform::Namespaces;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Invocation::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -29,7 +28,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn real_main(cli: Cli) -> anyhow::Result<()> {
+fn real_main(cli: Invocation) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -39,15 +38,13 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             stop_proxies_on_exit,
         } => {
             let opts = RunOptions {
-                config_files: cli.config_file.clone(),
-                state_dir: cli.state_dir.clone(),
-                control_socket: cli.control_socket.clone(),
+                sources: cli.sources.clone(),
                 stop_proxies_on_exit: *stop_proxies_on_exit,
                 watch_netns: true,
             };
             rt.block_on(daemon::run(Namespaces, opts))?;
         }
-        _ => rt.block_on(cli::client(&cli))?,
+        command => rt.block_on(cli::client(command, &cli.sources))?,
     }
     Ok(())
 }

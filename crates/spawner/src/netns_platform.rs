@@ -1,5 +1,6 @@
-//! The real [`Platform`]: named network namespaces under `/run/netns`, prepared with
-//! rtnetlink and entered by the child with `setns` (all through `ns_netns`).
+//! The real [`Platform`]: named network namespaces under `/run/netns`, opened once per start,
+//! prepared with rtnetlink through that fd and entered by the child with `setns` on it (all
+//! through `ns_netns`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
@@ -7,7 +8,7 @@ use std::path::Path;
 use ns_netns::{CommandExt, Netlink, Netns};
 
 use crate::decide::ProxySpec;
-use crate::platform::Platform;
+use crate::platform::{Opened, Platform};
 use crate::{Error, Result};
 
 /// 169.254.169.254, the metadata address.
@@ -24,15 +25,39 @@ fn netns_err(e: ns_netns::Error) -> Error {
 }
 
 impl Platform for Namespaces {
+    type Ns = Netns;
+
     fn namespace_exists(&self, netns: &str) -> bool {
         // The file, not an open: `ip netns add` creates it just before mounting the
         // namespace on it; a start in that window fails and is retried by the backoff.
         Path::new(ns_netns::NETNS_RUN_DIR).join(netns).exists()
     }
 
-    async fn prepare(&self, spec: &ProxySpec) -> Result<()> {
-        let ns = Netns::open(&spec.netns).map_err(netns_err)?;
-        let nl = Netlink::open(&ns).await.map_err(netns_err)?;
+    async fn open(&self, spec: &ProxySpec) -> Result<Opened<Netns>> {
+        let ns = match Netns::open(&spec.netns) {
+            Ok(ns) => ns,
+            Err(e) if e.is_not_found() => {
+                return Ok(Opened::Missing(format!(
+                    "namespace {} does not exist",
+                    spec.netns
+                )))
+            }
+            Err(e) => return Err(netns_err(e)),
+        };
+        if let Ok(nl) = Netlink::open(&ns).await {
+            // Other failures are not "missing": `prepare` reports them (and backs off).
+            if let Ok(false) = nl.link_exists(&spec.interface).await {
+                return Ok(Opened::Missing(format!(
+                    "interface {} not in {}",
+                    spec.interface, spec.netns
+                )));
+            }
+        }
+        Ok(Opened::Ready(ns))
+    }
+
+    async fn prepare(&self, ns: &Netns, spec: &ProxySpec) -> Result<()> {
+        let nl = Netlink::open(ns).await.map_err(netns_err)?;
         nl.set_link_up("lo").await.map_err(netns_err)?;
         nl.ensure_address(&spec.interface, METADATA_V4, 32)
             .await
@@ -45,34 +70,8 @@ impl Platform for Namespaces {
         Ok(())
     }
 
-    async fn missing(&self, spec: &ProxySpec) -> Option<String> {
-        let ns = match Netns::open(&spec.netns) {
-            Ok(ns) => ns,
-            Err(e) if e.is_not_found() => {
-                return Some(format!("namespace {} does not exist", spec.netns))
-            }
-            Err(_) => return None,
-        };
-        match Netlink::open(&ns).await {
-            Ok(nl) => match nl.link_exists(&spec.interface).await {
-                Ok(false) => Some(format!(
-                    "interface {} not in {}",
-                    spec.interface, spec.netns
-                )),
-                // Other failures are not "missing": `prepare` reports them (and backs off).
-                Ok(true) | Err(_) => None,
-            },
-            Err(_) => None,
-        }
-    }
-
-    async fn teardown(&self, spec: &ProxySpec) -> Result<()> {
-        let ns = match Netns::open(&spec.netns) {
-            Ok(ns) => ns,
-            Err(e) if e.is_not_found() => return Ok(()),
-            Err(e) => return Err(netns_err(e)),
-        };
-        let nl = Netlink::open(&ns).await.map_err(netns_err)?;
+    async fn teardown(&self, ns: &Netns, spec: &ProxySpec) -> Result<()> {
+        let nl = Netlink::open(ns).await.map_err(netns_err)?;
         nl.remove_address(&spec.interface, METADATA_V4, 32)
             .await
             .map_err(netns_err)?;
@@ -86,11 +85,11 @@ impl Platform for Namespaces {
 
     fn spawn(
         &self,
+        ns: &Netns,
         spec: &ProxySpec,
         cmd: &mut tokio::process::Command,
     ) -> Result<tokio::process::Child> {
-        let ns = Netns::open(&spec.netns).map_err(netns_err)?;
-        cmd.netns(&ns);
+        cmd.netns(ns);
         cmd.spawn().map_err(|e| {
             Error::Spawn(format!(
                 "spawn {:?} in {}: {e}",

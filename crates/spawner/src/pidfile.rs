@@ -3,7 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::records::validate_id;
+use ns_contract::validate_id;
+
 use crate::{Error, Result};
 
 /// The pid file of a proxy key.

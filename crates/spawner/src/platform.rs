@@ -1,32 +1,47 @@
 //! What the supervisor needs from the host, behind a small trait so the supervision logic
-//! runs unprivileged in tests: whether a namespace exists, preparing it (addresses, links),
-//! spawning a command inside it, and undoing the preparation. [`Host`] runs proxies in the
-//! current namespace (tests, development); the real implementation with namespaces is
-//! [`crate::netns_platform::Namespaces`].
+//! runs unprivileged in tests: whether a namespace exists, opening it once per start (the
+//! same open namespace is then prepared, entered by the child, and cleaned up: a namespace
+//! replaced under the same name in between is never half-used), preparing it (addresses,
+//! links), spawning a command inside it, and undoing the preparation. The real
+//! implementation is `netns_platform::Namespaces`; with the `test-fake` feature,
+//! [`Host`] runs proxies in the current namespace for unprivileged tests.
 
 use std::future::Future;
 
 use crate::decide::ProxySpec;
 use crate::Result;
 
+/// The result of opening a proxy's namespace for a start.
+#[derive(Debug)]
+pub enum Opened<N> {
+    /// Open, with the proxy's interface in it.
+    Ready(N),
+    /// The namespace or `spec.interface` inside it is not there (yet): the reason. An
+    /// orchestrator often announces a network before it plugs the DHCP port.
+    Missing(String),
+}
+
 /// Host operations the supervisor depends on.
 pub trait Platform: Send + Sync + 'static {
-    /// Whether the proxy's namespace exists now (a missing one means "wait for it").
+    /// An open namespace (a file descriptor for the real one).
+    type Ns: Send + Sync + 'static;
+
+    /// Whether the proxy's namespace exists now (a missing one means "wait for it"). A cheap
+    /// check by name, for planning; a start opens the namespace with [`Platform::open`].
     fn namespace_exists(&self, netns: &str) -> bool;
+    /// Open the proxy's namespace, once per start, and check that `spec.interface` is in it
+    /// (one link lookup, no process: polled while waiting). Errors other than "not there"
+    /// are errors, not reasons to wait, except a failed link lookup, which `prepare` reports.
+    fn open(&self, spec: &ProxySpec) -> impl Future<Output = Result<Opened<Self::Ns>>> + Send;
     /// Make the namespace ready for the proxy: loopback up, 169.254.169.254/32 (and
     /// fe80::a9fe:a9fe/128 when `spec.ipv6`) on `spec.interface`. Idempotent.
-    fn prepare(&self, spec: &ProxySpec) -> impl Future<Output = Result<()>> + Send;
-    /// Why the proxy cannot start yet, if something it needs is not there: the namespace,
-    /// or `spec.interface` inside it (an orchestrator often announces a network before it
-    /// plugs the DHCP port). Cheap (one link lookup, no process): polled while waiting.
-    /// Other errors are not reasons to wait; `prepare` reports them.
-    fn missing(&self, spec: &ProxySpec) -> impl Future<Output = Option<String>> + Send;
-    /// Remove what `prepare` added (the addresses). A namespace that is gone is fine.
-    fn teardown(&self, spec: &ProxySpec) -> impl Future<Output = Result<()>> + Send;
-    /// Spawn `cmd` inside the namespace (the namespace is opened before the fork and
-    /// entered in the child).
+    fn prepare(&self, ns: &Self::Ns, spec: &ProxySpec) -> impl Future<Output = Result<()>> + Send;
+    /// Remove what `prepare` added (the addresses). An interface that is gone is fine.
+    fn teardown(&self, ns: &Self::Ns, spec: &ProxySpec) -> impl Future<Output = Result<()>> + Send;
+    /// Spawn `cmd` inside `ns` (opened before the fork, entered in the child).
     fn spawn(
         &self,
+        ns: &Self::Ns,
         spec: &ProxySpec,
         cmd: &mut tokio::process::Command,
     ) -> Result<tokio::process::Child>;
@@ -36,30 +51,47 @@ pub trait Platform: Send + Sync + 'static {
 /// (every namespace "exists" unless its name starts with `missing-`; every interface exists
 /// unless its name starts with `missing-` and no file of that name is in the temp dir, so a
 /// test makes it "appear" by creating the file).
+#[cfg(feature = "test-fake")]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Host;
 
+#[cfg(feature = "test-fake")]
 impl Platform for Host {
+    type Ns = ();
+
     fn namespace_exists(&self, netns: &str) -> bool {
         !netns.starts_with("missing-")
     }
 
-    async fn prepare(&self, _spec: &ProxySpec) -> Result<()> {
+    async fn open(&self, spec: &ProxySpec) -> Result<Opened<()>> {
+        if !self.namespace_exists(&spec.netns) {
+            return Ok(Opened::Missing(format!(
+                "namespace {} does not exist",
+                spec.netns
+            )));
+        }
+        if spec.interface.starts_with("missing-")
+            && !std::env::temp_dir().join(&spec.interface).exists()
+        {
+            return Ok(Opened::Missing(format!(
+                "interface {} not in {}",
+                spec.interface, spec.netns
+            )));
+        }
+        Ok(Opened::Ready(()))
+    }
+
+    async fn prepare(&self, _ns: &(), _spec: &ProxySpec) -> Result<()> {
         Ok(())
     }
 
-    async fn missing(&self, spec: &ProxySpec) -> Option<String> {
-        (spec.interface.starts_with("missing-")
-            && !std::env::temp_dir().join(&spec.interface).exists())
-        .then(|| format!("interface {} not in {}", spec.interface, spec.netns))
-    }
-
-    async fn teardown(&self, _spec: &ProxySpec) -> Result<()> {
+    async fn teardown(&self, _ns: &(), _spec: &ProxySpec) -> Result<()> {
         Ok(())
     }
 
     fn spawn(
         &self,
+        _ns: &(),
         _spec: &ProxySpec,
         cmd: &mut tokio::process::Command,
     ) -> Result<tokio::process::Child> {

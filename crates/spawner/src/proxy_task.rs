@@ -4,7 +4,7 @@
 //! is missing it waits with a short re-check instead of the backoff; a supervisor that goes
 //! away without saying so leaves its proxies running for the next one to adopt.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -14,8 +14,8 @@ use crate::config::Config;
 use crate::decide::ProxySpec;
 use crate::launch::{launch, Running};
 use crate::pidfile;
-use crate::platform::Platform;
-use crate::supervisor::{lock, ProxyStatus, State};
+use crate::platform::{Opened, Platform};
+use crate::status::Status;
 
 /// How often a proxy waiting for its namespace or interface looks again: one netlink link
 /// lookup per proxy, so the proxy is up well under a second after the interface appears.
@@ -27,28 +27,43 @@ pub(crate) enum Start {
     Adopt(u32, Vec<String>),
 }
 
+/// What one proxy task works with (its own copies).
+pub(crate) struct Task<P: Platform> {
+    pub platform: Arc<P>,
+    pub spec: ProxySpec,
+    pub args: Vec<String>,
+    pub status: Arc<Status>,
+    pub stop: oneshot::Receiver<()>,
+    pub cfg: Arc<Config>,
+}
+
 /// The one owner of one proxy: start (or adopt), watch, restart, stop.
-pub(crate) async fn proxy_task<P: Platform>(
-    platform: Arc<P>,
-    spec: ProxySpec,
-    args: Vec<String>,
-    status: Arc<Mutex<ProxyStatus>>,
-    mut stop: oneshot::Receiver<()>,
-    start: Start,
-    cfg: Arc<Config>,
-) {
+pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) {
+    let Task {
+        platform,
+        spec,
+        args,
+        status,
+        mut stop,
+        cfg,
+    } = t;
     let pid_dir = cfg.pid_dir();
+    let cleanup = Cleanup {
+        platform: &*platform,
+        spec: &spec,
+        status: &status,
+        pid_dir: &pid_dir,
+    };
     let mut backoff = Backoff::new(cfg.max_restart_delay);
     let mut current: Option<Running> = None;
+    // The namespace the running proxy was prepared in and entered, for its teardown.
+    let mut ns: Option<P::Ns> = None;
     if let Start::Adopt(pid, argv) = start {
         match Running::adopt(pid) {
             // The tail of the cmdline: argv[0] (and an interpreter's script path) may differ.
             Ok(r) if argv.ends_with(&args) => {
                 tracing::info!(key = %spec.key, pid, "adopted running proxy");
-                let mut st = lock(&status);
-                st.adopted = true;
-                st.pid = Some(pid);
-                st.state = State::Running;
+                status.adopted(pid);
                 current = Some(r);
             }
             Ok(mut r) => {
@@ -65,42 +80,42 @@ pub(crate) async fn proxy_task<P: Platform>(
         let mut running = match current.take() {
             Some(r) => r,
             None => {
-                // Not there yet (the DHCP tap is plugged after the network is announced):
-                // wait for it with a cheap re-check, not through the crash backoff, and
-                // without counting restarts.
-                if let Some(reason) = platform.missing(&spec).await {
-                    {
-                        let mut st = lock(&status);
-                        if st.state != State::Waiting {
+                // Opened once for this start: prepared, entered and later cleaned up
+                // through the same fd, even if the name is reused meanwhile.
+                let opened = match platform.open(&spec).await {
+                    Ok(Opened::Ready(opened)) => Ok(opened),
+                    // Not there yet (the DHCP tap is plugged after the network is
+                    // announced): wait for it with a cheap re-check, not through the crash
+                    // backoff, and without counting restarts.
+                    Ok(Opened::Missing(reason)) => {
+                        if status.waiting(reason.clone()) {
                             tracing::info!(key = %spec.key, netns = %spec.netns, reason = %reason, "proxy waiting");
                         }
-                        st.state = State::Waiting;
-                        st.last_error = Some(reason);
-                        st.pid = None;
-                    }
-                    match wait_or_stop(WAITING_RECHECK, &mut stop).await {
-                        Wake::Retry => continue,
-                        Wake::Stop => {
-                            // No process, and no addresses without the interface.
-                            pidfile::remove_own(&pid_dir, &spec.key, None);
-                            lock(&status).state = State::Stopping;
-                            return;
+                        match wait_or_stop(WAITING_RECHECK, &mut stop).await {
+                            Wake::Retry => continue,
+                            Wake::Stop => {
+                                // No process, and no addresses without the interface.
+                                pidfile::remove_own(&pid_dir, &spec.key, None);
+                                status.stopped();
+                                return;
+                            }
+                            Wake::Detached => return,
                         }
-                        Wake::Detached => return,
                     }
-                }
-                {
-                    let mut st = lock(&status);
-                    if st.state == State::Waiting {
-                        // What it waited for is there now: the reason is stale.
-                        st.last_error = None;
-                    }
-                    st.state = State::Starting;
-                }
+                    Err(e) => Err(e),
+                };
+                status.starting();
                 // Not raced against `stop`: dropping a launch half-way would leave a spawned
                 // child unwatched. It is bounded by ready_timeout; a stop sent meanwhile is
                 // seen right after (by the select below or by wait_or_stop).
-                let attempt = launch(&*platform, &spec, &cfg, &args).await;
+                let attempt = match opened {
+                    Ok(opened) => {
+                        let r = launch(&*platform, &opened, &spec, &cfg, &args).await;
+                        ns = Some(opened);
+                        r
+                    }
+                    Err(e) => Err(e),
+                };
                 match attempt {
                     Ok(r) => {
                         let pid = r.pid();
@@ -113,27 +128,14 @@ pub(crate) async fn proxy_task<P: Platform>(
                             })
                         });
                         tracing::info!(key = %spec.key, netns = %spec.netns, pid = ?pid, "proxy ready");
-                        let mut st = lock(&status);
-                        if pid_error.is_some() {
-                            st.last_error = pid_error;
-                        }
-                        st.pid = pid;
-                        st.state = State::Running;
-                        st.adopted = false;
+                        status.running(pid, pid_error);
                         r
                     }
                     Err(e) => {
                         tracing::warn!(key = %spec.key, netns = %spec.netns, err = %e, "proxy start failed");
                         let delay = backoff.start_failed();
-                        {
-                            let mut st = lock(&status);
-                            st.last_error = Some(e.to_string());
-                            st.state = State::Backoff;
-                            st.pid = None;
-                        }
-                        if !retry_after(delay, &mut stop, &*platform, &spec, &status, &pid_dir)
-                            .await
-                        {
+                        status.start_failed(e.to_string());
+                        if !retry_after(delay, &mut stop, &cleanup, ns.as_ref()).await {
                             return;
                         }
                         continue;
@@ -148,13 +150,8 @@ pub(crate) async fn proxy_task<P: Platform>(
                 pidfile::remove_own(&pid_dir, &spec.key, pid);
                 let delay = backoff.died(since.elapsed());
                 tracing::warn!(key = %spec.key, netns = %spec.netns, how = %how, restart_in = ?delay, "proxy died");
-                {
-                    let mut st = lock(&status);
-                    st.last_error = Some(format!("proxy {how}"));
-                    st.pid = None;
-                    st.state = if delay.is_zero() { State::Starting } else { State::Backoff };
-                }
-                if !retry_after(delay, &mut stop, &*platform, &spec, &status, &pid_dir).await {
+                status.died(format!("proxy {how}"), delay.is_zero());
+                if !retry_after(delay, &mut stop, &cleanup, ns.as_ref()).await {
                     return;
                 }
             }
@@ -166,10 +163,10 @@ pub(crate) async fn proxy_task<P: Platform>(
                     tracing::debug!(key = %spec.key, pid = ?running.pid(), "supervisor gone; leaving the proxy running");
                     return;
                 }
-                lock(&status).state = State::Stopping;
+                status.stopping();
                 let how = running.stop(cfg.stop_timeout).await;
                 tracing::info!(key = %spec.key, netns = %spec.netns, how = %how, "proxy stopped");
-                finish(&*platform, &spec, &status, &pid_dir).await;
+                cleanup.finish(ns.as_ref()).await;
                 return;
             }
         }
@@ -202,46 +199,61 @@ async fn wait_or_stop(delay: Duration, stop: &mut oneshot::Receiver<()>) -> Wake
     }
 }
 
+/// What the end of a proxy needs to clean up.
+struct Cleanup<'a, P: Platform> {
+    platform: &'a P,
+    spec: &'a ProxySpec,
+    status: &'a Status,
+    pid_dir: &'a std::path::Path,
+}
+
+impl<P: Platform> Cleanup<'_, P> {
+    /// After the process is gone: pid file and addresses removed, in the namespace the proxy
+    /// was started in (`ns`); an adopted proxy's namespace is opened by name, if still there.
+    async fn finish(&self, ns: Option<&P::Ns>) {
+        let spec = self.spec;
+        pidfile::remove_own(self.pid_dir, &spec.key, self.status.pid());
+        let opened;
+        let ns = match ns {
+            Some(ns) => Some(ns),
+            None if self.platform.namespace_exists(&spec.netns) => {
+                opened = self.platform.open(spec).await;
+                match &opened {
+                    Ok(Opened::Ready(ns)) => Some(ns),
+                    _ => None,
+                }
+            }
+            None => None,
+        };
+        if let Some(ns) = ns {
+            if let Err(e) = self.platform.teardown(ns, spec).await {
+                tracing::warn!(key = %spec.key, netns = %spec.netns, err = %e, "teardown failed");
+            }
+        }
+        self.status.stopped();
+    }
+}
+
 /// Wait `delay` before the next start and count the restart: true to go on. A stop asked
-/// meanwhile cleans up ([`finish`]); a detached task touches nothing. Either ends the task.
+/// meanwhile cleans up ([`Cleanup::finish`]); a detached task touches nothing. Either ends
+/// the task.
 async fn retry_after<P: Platform>(
     delay: Duration,
     stop: &mut oneshot::Receiver<()>,
-    platform: &P,
-    spec: &ProxySpec,
-    status: &Mutex<ProxyStatus>,
-    pid_dir: &std::path::Path,
+    cleanup: &Cleanup<'_, P>,
+    ns: Option<&P::Ns>,
 ) -> bool {
     match wait_or_stop(delay, stop).await {
         Wake::Retry => {
-            lock(status).restarts += 1;
+            cleanup.status.restarting();
             true
         }
         Wake::Stop => {
-            finish(platform, spec, status, pid_dir).await;
+            cleanup.finish(ns).await;
             false
         }
         Wake::Detached => false,
     }
-}
-
-/// After the process is gone: pid file and addresses removed.
-async fn finish<P: Platform>(
-    platform: &P,
-    spec: &ProxySpec,
-    status: &Mutex<ProxyStatus>,
-    pid_dir: &std::path::Path,
-) {
-    let pid = lock(status).pid;
-    pidfile::remove_own(pid_dir, &spec.key, pid);
-    if platform.namespace_exists(&spec.netns) {
-        if let Err(e) = platform.teardown(spec).await {
-            tracing::warn!(key = %spec.key, netns = %spec.netns, err = %e, "teardown failed");
-        }
-    }
-    let mut st = lock(status);
-    st.pid = None;
-    st.state = State::Stopping;
 }
 
 #[cfg(test)]

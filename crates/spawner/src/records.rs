@@ -4,65 +4,13 @@
 //! from the static records file, and routers auto-enabled from `qrouter-*` namespaces.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 use std::path::Path;
 
+use ns_contract::neutron::{Port, Subnet};
+use ns_contract::{validate_id, validate_ifname, validate_netns, Kind};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
-
-/// Neutron's `ROUTER_INTERFACE_OWNERS` (neutron-lib constants).
-pub const ROUTER_INTERFACE_OWNERS: [&str; 3] = [
-    "network:router_interface",
-    "network:ha_router_replicated_interface",
-    "network:router_interface_distributed",
-];
-/// Owner of the DHCP agent's port.
-pub const DEVICE_OWNER_DHCP: &str = "network:dhcp";
-/// Owner of an OVN metadata port (`network:distributed`, device id `ovnmeta-<net>`).
-pub const DEVICE_OWNER_DISTRIBUTED: &str = "network:distributed";
-
-/// Check that an id can be used as a file name and a namespace suffix: 1–64 characters of
-/// ASCII letters, digits, `-` and `_`, starting with a letter or digit (UUIDs pass).
-pub fn validate_id(id: &str) -> Result<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id.as_bytes()[0].is_ascii_alphanumeric()
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::BadRecord(format!(
-            "invalid id {id:?}: expected 1-64 characters of letters, digits, '-' or '_' (a UUID)"
-        )))
-    }
-}
-
-/// A namespace name as `ip netns` accepts it (a single path component, the rules of
-/// [`ns_netns::validate_name`]), and without whitespace.
-pub fn validate_netns(name: &str) -> Result<()> {
-    let ok = ns_netns::validate_name(name).is_ok() && !name.chars().any(char::is_whitespace);
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::BadRecord(format!("invalid netns name {name:?}")))
-    }
-}
-
-/// An interface name as the kernel accepts it (at most 15 bytes, no '/', ':' or spaces).
-pub fn validate_ifname(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 15
-        && !name.contains(['/', ':', '\0'])
-        && !name.chars().any(char::is_whitespace);
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::BadRecord(format!("invalid interface name {name:?}")))
-    }
-}
 
 /// HA state of a router on this host (keepalived's view).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,7 +45,7 @@ impl Router {
     pub fn netns(&self) -> String {
         self.netns
             .clone()
-            .unwrap_or_else(|| format!("qrouter-{}", self.id))
+            .unwrap_or_else(|| format!("{}{}", Kind::Router.netns_prefix(), self.id))
     }
 
     /// Validate ids and names.
@@ -110,55 +58,8 @@ impl Router {
     }
 }
 
-/// A subnet of a network (the fields of Neutron's subnet dict that matter here).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Subnet {
-    pub id: String,
-    pub cidr: String,
-    #[serde(default)]
-    pub gateway_ip: Option<IpAddr>,
-    #[serde(default = "default_true")]
-    pub enable_dhcp: bool,
-    pub ip_version: u8,
-    /// User-defined host routes (pushed before the metadata route, as Neutron does).
-    #[serde(default)]
-    pub host_routes: Vec<HostRoute>,
-    #[serde(default)]
-    pub segment_id: Option<String>,
-}
-
-fn default_true() -> bool {
-    true
-}
-
-/// A `destination`/`nexthop` pair, as in Neutron's subnet `host_routes`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HostRoute {
-    pub destination: String,
-    pub nexthop: String,
-}
-
-/// A fixed IP of a port.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FixedIp {
-    pub subnet_id: String,
-    pub ip_address: IpAddr,
-}
-
-/// A port on a network (the fields of Neutron's port dict that matter here).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Port {
-    #[serde(default)]
-    pub id: String,
-    #[serde(default)]
-    pub device_owner: String,
-    #[serde(default)]
-    pub device_id: String,
-    #[serde(default)]
-    pub fixed_ips: Vec<FixedIp>,
-}
-
-/// A network served by a DHCP namespace here: the dhcp agent's view.
+/// A network served by a DHCP namespace here: the dhcp agent's view (subnets and ports are
+/// Neutron's dicts, [`ns_contract::neutron`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Network {
     /// The network id; in the API it comes from the path (a body `id` must match).
@@ -182,7 +83,7 @@ impl Network {
     pub fn netns(&self) -> String {
         self.netns
             .clone()
-            .unwrap_or_else(|| format!("qdhcp-{}", self.id))
+            .unwrap_or_else(|| format!("{}{}", Kind::Network.netns_prefix(), self.id))
     }
 
     /// Validate ids, names, CIDRs and versions.
@@ -195,28 +96,10 @@ impl Network {
             validate_ifname(ifname)?;
         }
         for s in &self.subnets {
-            let (addr, _) = parse_cidr(&s.cidr).ok_or_else(|| {
-                Error::BadRecord(format!("subnet {}: invalid cidr {:?}", s.id, s.cidr))
-            })?;
-            let v = if addr.is_ipv4() { 4 } else { 6 };
-            if s.ip_version != v {
-                return Err(Error::BadRecord(format!(
-                    "subnet {}: ip_version {} does not match cidr {}",
-                    s.id, s.ip_version, s.cidr
-                )));
-            }
+            s.check().map_err(Error::BadRecord)?;
         }
         Ok(())
     }
-}
-
-/// Parse `a.b.c.d/n` or `x::/n` into (network address, prefix length).
-pub fn parse_cidr(cidr: &str) -> Option<(IpAddr, u8)> {
-    let (a, p) = cidr.trim().split_once('/')?;
-    let addr: IpAddr = a.parse().ok()?;
-    let prefix: u8 = p.parse().ok()?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    (prefix <= max).then_some((addr, prefix))
 }
 
 /// Parse a router record from a JSON body; `id` is the id from the path.
@@ -379,16 +262,95 @@ mod tests {
     }
 
     #[test]
-    fn ids_and_names() {
-        assert!(validate_id("6f1c4b1e-2a0b-4c55-9a8e-1f2d3c4b5a69").is_ok());
-        for bad in ["", "../x", "a/b", "-x", "a b", &"a".repeat(65)] {
-            assert!(validate_id(bad).is_err(), "{bad}");
+    fn names_follow_the_contract() {
+        let e = router_from_json("qrouter-r1", b"").expect_err("namespace name as id");
+        assert!(e.to_string().contains("give the id without"), "{e}");
+        assert!(router_from_json("r1", br#"{"netns":"a b"}"#).is_err());
+        assert!(network_from_json("n1", br#"{"interface":"tap1234567890abc"}"#).is_err());
+        assert!(network_from_json("n1", br#"{"interface":"tap%1"}"#).is_err());
+    }
+
+    /// A `records.json` exactly as the previous version wrote it (its own model types:
+    /// `ip_version` required, `subnet_id` and `nexthop` plain strings, nulls written out)
+    /// loads into the contract's types and means the same.
+    #[test]
+    fn records_json_of_the_previous_version_loads() {
+        let dir = std::env::temp_dir().join(format!("spawner-recold-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let p = dir.join("records.json");
+        std::fs::write(
+            &p,
+            r#"{
+  "routers": [
+    {
+      "id": "r1",
+      "netns": null,
+      "ha_state": "primary",
+      "distributed": false
+    }
+  ],
+  "networks": [
+    {
+      "id": "n1",
+      "netns": "qdhcp-n1",
+      "interface": "tap1",
+      "subnets": [
+        {
+          "id": "s1",
+          "cidr": "10.0.0.0/24",
+          "gateway_ip": "10.0.0.1",
+          "enable_dhcp": true,
+          "ip_version": 4,
+          "host_routes": [
+            {
+              "destination": "192.168.0.0/24",
+              "nexthop": "10.0.0.254"
+            }
+          ],
+          "segment_id": null
+        },
+        {
+          "id": "s6",
+          "cidr": "fd00::/64",
+          "gateway_ip": null,
+          "enable_dhcp": true,
+          "ip_version": 6,
+          "host_routes": [],
+          "segment_id": null
         }
-        assert!(validate_netns("qrouter-1").is_ok());
-        assert!(validate_netns("a/b").is_err());
-        assert!(validate_netns("..").is_err());
-        assert!(validate_ifname("tap1234567890ab").is_ok());
-        assert!(validate_ifname("tap1234567890abc").is_err());
+      ],
+      "ports": [
+        {
+          "id": "p1",
+          "device_owner": "network:dhcp",
+          "device_id": "dhcp1",
+          "fixed_ips": [
+            {
+              "subnet_id": "s1",
+              "ip_address": "10.0.0.2"
+            }
+          ]
+        }
+      ]
+    }
+  ]
+}"#,
+        )
+        .expect("write");
+        let set = RecordSet::load(&p).expect("old records.json loads");
+        assert_eq!(set.routers[0].ha_state, Some(HaState::Primary));
+        let n = &set.networks[0];
+        assert_eq!(n.subnets[0].version(), Some(4));
+        assert_eq!(n.subnets[1].version(), Some(6));
+        assert_eq!(
+            n.subnets[0].host_routes[0].nexthop,
+            "10.0.0.254".parse::<std::net::IpAddr>().expect("ip")
+        );
+        assert_eq!(n.ports[0].fixed_ips[0].subnet_id.as_deref(), Some("s1"));
+        // Saved again in the new shape, it still loads to the same records.
+        set.save(&p).expect("save");
+        assert_eq!(RecordSet::load(&p).expect("reload"), set);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
     #[test]

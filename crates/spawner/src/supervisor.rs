@@ -5,65 +5,64 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde::Serialize;
 use tokio::sync::{oneshot, Notify};
 
+use crate::agent_probe::{self, AgentStatus};
 use crate::config::Config;
-use crate::decide::{self, Kind, ProxySpec};
+use crate::decide::{self, ProxySpec};
 use crate::launch::{proxy_args, Running};
 use crate::pidfile;
 use crate::platform::Platform;
-use crate::proxy_task::{proxy_task, Start};
-use crate::records::{Network, Records, Router};
+use crate::proxy_task::{proxy_task, Start, Task};
+use crate::records::{Network, RecordSet, Records, Router};
+use crate::status::Status;
+pub use crate::status::{ProxyStatus, State};
 
-/// Lifecycle state of one proxy, as shown by `status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    /// Being prepared/spawned, waiting for READY.
-    Starting,
-    /// Ready and watched.
-    Running,
-    /// Died or failed to start; waiting before the next try.
-    Backoff,
-    /// Being stopped.
-    Stopping,
-    /// Wanted, but its namespace or its interface does not exist (yet); `last_error` says
-    /// which. Re-checked often, not counted as a restart.
-    Waiting,
+/// A change to the records, as the control API and the event sources ask for it.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Add or replace a router made through the API.
+    PutRouter(Router),
+    /// Remove an API router.
+    RemoveRouter(String),
+    /// Add or replace a network made through the API.
+    PutNetwork(Network),
+    /// Remove an API network.
+    RemoveNetwork(String),
 }
 
-/// One proxy as the control API reports it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ProxyStatus {
-    pub key: String,
-    pub netns: String,
-    pub id: String,
-    pub kind: Kind,
-    pub interface: String,
-    pub state: State,
-    pub pid: Option<u32>,
-    pub restarts: u64,
-    pub last_error: Option<String>,
-    pub adopted: bool,
+/// What a change did: whether it found something (a removal of an unknown id does not),
+/// and whether `records.json` was saved (the change is in effect either way; unsaved, it
+/// is lost when the spawner restarts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub found: bool,
+    pub saved: std::result::Result<(), String>,
 }
 
-impl ProxyStatus {
-    fn new(spec: &ProxySpec, state: State) -> ProxyStatus {
-        ProxyStatus {
-            key: spec.key.clone(),
-            netns: spec.netns.clone(),
-            id: spec.id.clone(),
-            kind: spec.kind,
-            interface: spec.interface.clone(),
-            state,
-            pid: None,
-            restarts: 0,
-            last_error: None,
-            adopted: false,
+/// Proxies counted by how they are doing, for `systemctl status` and logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub running: usize,
+    /// In backoff (died or failed to start).
+    pub failing: usize,
+    /// Waiting for a namespace or interface, or starting.
+    pub other: usize,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} proxies running, {} failing",
+            self.running, self.failing
+        )?;
+        if self.other > 0 {
+            write!(f, ", {} starting or waiting", self.other)?;
         }
+        Ok(())
     }
 }
 
@@ -78,7 +77,7 @@ type Plan = (
 struct Proxy {
     spec: ProxySpec,
     args: Vec<String>,
-    status: Arc<Mutex<ProxyStatus>>,
+    status: Arc<Status>,
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -93,6 +92,7 @@ struct Inner<P> {
     reconcile_lock: tokio::sync::Mutex<()>,
     wake: Notify,
     reconciles: std::sync::atomic::AtomicU64,
+    agent: Mutex<Option<AgentStatus>>,
 }
 
 /// The supervisor; cheap to clone (shared state).
@@ -108,7 +108,7 @@ impl<P> Clone for Supervisor<P> {
     }
 }
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks cannot leave the data half-updated in a way
     // that matters more than stopping the supervisor would, so keep going.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -128,6 +128,7 @@ impl<P: Platform> Supervisor<P> {
                 reconcile_lock: tokio::sync::Mutex::new(()),
                 wake: Notify::new(),
                 reconciles: std::sync::atomic::AtomicU64::new(0),
+                agent: Mutex::new(None),
             }),
         }
     }
@@ -149,50 +150,124 @@ impl<P: Platform> Supervisor<P> {
         lock(&self.inner.records).clone()
     }
 
-    /// Change the records under the lock, persist the API records, and trigger a reconcile.
-    pub fn update_records<T>(&self, f: impl FnOnce(&mut Records) -> T) -> T {
-        self.update_records_checked(f).0
-    }
-
-    /// [`Supervisor::update_records`], also saying whether `records.json` was saved (the
-    /// change is in effect either way; unsaved, it is lost when the spawner restarts).
-    pub fn update_records_checked<T>(
+    /// Change the records under the lock and trigger a reconcile; with `persist`, also save
+    /// the API records (the second value says whether that worked). Private: every change
+    /// has a method below.
+    fn update_records<T>(
         &self,
+        persist: bool,
         f: impl FnOnce(&mut Records) -> T,
-    ) -> (T, std::result::Result<(), String>) {
+    ) -> (T, Option<String>) {
         let path = self.config().records_json();
         let out = {
             let mut rec = lock(&self.inner.records);
             let out = f(&mut rec);
             // Saved under the lock, so concurrent changes reach the file in order.
-            let saved = rec.api_set().save(&path).map_err(|e| {
-                tracing::error!(err = %e, "cannot persist records");
-                e.to_string()
-            });
-            (out, saved)
+            let failed = if persist {
+                rec.api_set().save(&path).err().map(|e| {
+                    tracing::error!(err = %e, "cannot persist records");
+                    e.to_string()
+                })
+            } else {
+                None
+            };
+            (out, failed)
         };
         self.trigger();
         out
     }
 
+    /// Apply a change to the API records, persist them, and trigger a reconcile.
+    pub fn apply(&self, change: Change) -> Applied {
+        let (found, failed) = self.update_records(true, |rec| match change {
+            Change::PutRouter(r) => {
+                rec.api_routers.insert(r.id.clone(), r);
+                true
+            }
+            Change::RemoveRouter(id) => rec.api_routers.remove(&id).is_some(),
+            Change::PutNetwork(n) => {
+                rec.api_networks.insert(n.id.clone(), n);
+                true
+            }
+            Change::RemoveNetwork(id) => rec.api_networks.remove(&id).is_some(),
+        });
+        Applied {
+            found,
+            saved: failed.map_or(Ok(()), Err),
+        }
+    }
+
     /// Add or replace a router made through the API.
     pub fn put_router(&self, r: Router) {
-        self.update_records(|rec| rec.api_routers.insert(r.id.clone(), r));
+        self.apply(Change::PutRouter(r));
     }
 
     /// Remove an API router; false if unknown.
     pub fn remove_router(&self, id: &str) -> bool {
-        self.update_records(|rec| rec.api_routers.remove(id).is_some())
+        self.apply(Change::RemoveRouter(id.to_owned())).found
     }
 
     /// Add or replace a network made through the API.
     pub fn put_network(&self, n: Network) {
-        self.update_records(|rec| rec.api_networks.insert(n.id.clone(), n));
+        self.apply(Change::PutNetwork(n));
     }
 
     /// Remove an API network; false if unknown.
     pub fn remove_network(&self, id: &str) -> bool {
-        self.update_records(|rec| rec.api_networks.remove(id).is_some())
+        self.apply(Change::RemoveNetwork(id.to_owned())).found
+    }
+
+    /// Replace the records of the static records file (start, SIGHUP).
+    pub fn set_file_records(&self, set: RecordSet) {
+        self.update_records(false, |r| r.file = set);
+    }
+
+    /// A `qrouter-<id>` namespace appeared (`true`) or vanished: its auto-enabled router.
+    pub fn set_auto_router(&self, id: &str, present: bool) {
+        self.update_records(false, |r| {
+            if present {
+                r.auto_routers.insert(id.to_owned());
+            } else {
+                r.auto_routers.remove(id);
+            }
+        });
+    }
+
+    /// Replace every auto-enabled router (after a rescan of `/run/netns`).
+    pub fn set_auto_routers(&self, ids: BTreeSet<String>) {
+        self.update_records(false, |r| r.auto_routers = ids);
+    }
+
+    /// Probe the agent socket now, remember the result (logged when it changes).
+    pub async fn check_agent(&self) -> AgentStatus {
+        let now = agent_probe::probe(&self.config().metadata_proxy_socket).await;
+        let before = lock(&self.inner.agent).replace(now.clone());
+        if before.as_ref() != Some(&now) {
+            if now.reachable {
+                tracing::info!(socket = %now.socket.display(), "agent socket reachable");
+            } else {
+                tracing::warn!(socket = %now.socket.display(), err = ?now.error, "agent socket unreachable: proxies run, but VMs get 503");
+            }
+        }
+        now
+    }
+
+    /// The agent as last probed (`None` before the first probe).
+    pub fn agent(&self) -> Option<AgentStatus> {
+        lock(&self.inner.agent).clone()
+    }
+
+    /// Proxies counted by state.
+    pub fn summary(&self) -> Summary {
+        let mut s = Summary::default();
+        for p in self.status() {
+            match p.state {
+                State::Running => s.running += 1,
+                State::Backoff => s.failing += 1,
+                _ => s.other += 1,
+            }
+        }
+        s
     }
 
     /// Ask the reconcile loop for a pass.
@@ -208,6 +283,7 @@ impl<P: Platform> Supervisor<P> {
             for e in errors {
                 tracing::warn!(err = %e, "reconcile");
             }
+            self.check_agent().await;
         }
     }
 
@@ -222,12 +298,13 @@ impl<P: Platform> Supervisor<P> {
     pub fn status(&self) -> Vec<ProxyStatus> {
         let mut out: Vec<ProxyStatus> = lock(&self.inner.proxies)
             .values()
-            .map(|p| lock(&p.status).clone())
+            .map(|p| p.status.snapshot())
             .collect();
-        out.extend(lock(&self.inner.waiting).values().map(|s| ProxyStatus {
-            last_error: Some(format!("namespace {} does not exist", s.netns)),
-            ..ProxyStatus::new(s, State::Waiting)
-        }));
+        out.extend(
+            lock(&self.inner.waiting)
+                .values()
+                .map(ProxyStatus::no_namespace),
+        );
         out.sort_by(|a, b| a.key.cmp(&b.key));
         out
     }
@@ -398,21 +475,13 @@ impl<P: Platform> Supervisor<P> {
                     None => Start::Fresh,
                 };
                 let p = self.start_proxy(spec, args, start, &cfg);
-                firsts.push(Arc::clone(&p.status));
+                firsts.push(p.status.settled());
                 proxies.insert(k, p);
             }
         }
-        // Wait (bounded) until each proxy left Starting once.
-        let deadline = Instant::now() + cfg.ready_timeout + Duration::from_secs(1);
-        while Instant::now() < deadline
-            && firsts.iter().any(|s| {
-                lock(s).state == State::Starting
-                    && lock(s).restarts == 0
-                    && lock(s).last_error.is_none()
-            })
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        // Wait (bounded) until each proxy's first attempt is over: signalled by its status.
+        let bound = cfg.ready_timeout + Duration::from_secs(1);
+        let _ = tokio::time::timeout(bound, futures::future::join_all(firsts)).await;
     }
 
     fn start_proxy(
@@ -422,16 +491,18 @@ impl<P: Platform> Supervisor<P> {
         start: Start,
         cfg: &Arc<Config>,
     ) -> Proxy {
-        let status = Arc::new(Mutex::new(ProxyStatus::new(&spec, State::Starting)));
+        let status = Arc::new(Status::new(&spec));
         let (stop_tx, stop_rx) = oneshot::channel();
         let task = tokio::spawn(proxy_task(
-            Arc::clone(&self.inner.platform),
-            spec.clone(),
-            args.clone(),
-            Arc::clone(&status),
-            stop_rx,
+            Task {
+                platform: Arc::clone(&self.inner.platform),
+                spec: spec.clone(),
+                args: args.clone(),
+                status: Arc::clone(&status),
+                stop: stop_rx,
+                cfg: Arc::clone(cfg),
+            },
             start,
-            Arc::clone(cfg),
         ));
         Proxy {
             spec,

@@ -13,6 +13,7 @@ use ns_metadata_spawner::platform::Host;
 use ns_metadata_spawner::records::{RecordSet, Records};
 use ns_metadata_spawner::supervisor::{State, Supervisor};
 use ns_metadata_spawner::{api, pidfile};
+use ns_testkit::{eventually_async, poll_async, TempDir};
 
 const NET: &str = r#"{"id":"n1","interface":"tap1",
   "subnets":[{"id":"s1","cidr":"10.250.9.0/24","gateway_ip":"10.250.9.1","enable_dhcp":true,"ip_version":4}],
@@ -56,7 +57,7 @@ async fn req(s: &Server, m: Method, path: &str, body: Option<&str>) -> (StatusCo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_api_codes_reasons_and_persistence() {
-    let dir = TempDir::new("api");
+    let dir = TempDir::new("api").reaping();
     let s = server(&dir);
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&s.sock)
@@ -128,7 +129,7 @@ async fn control_api_codes_reasons_and_persistence() {
     assert_eq!(st, StatusCode::NOT_FOUND);
 
     // Both proxies come up; the status lists them.
-    eventually(Duration::from_secs(10), || {
+    poll_async(Duration::from_secs(10), || {
         let st = s.sup.status();
         (st.len() == 2 && st.iter().all(|p| p.state == State::Running)).then_some(())
     })
@@ -161,11 +162,10 @@ async fn control_api_codes_reasons_and_persistence() {
     let (st, _) = req(&s, Method::DELETE, "/v1/networks/n1", None).await;
     assert_eq!(st, StatusCode::NO_CONTENT);
     let pid_dir = s.sup.config().pid_dir();
-    eventually(Duration::from_secs(10), || {
+    eventually_async("pid files removed", Duration::from_secs(10), || {
         pidfile::list(&pid_dir).is_empty().then_some(())
     })
-    .await
-    .expect("pid files removed");
+    .await;
     assert!(RecordSet::load(&s.sup.config().records_json())
         .expect("records.json")
         .routers
@@ -188,7 +188,7 @@ fn cli(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_client_subcommands() {
-    let dir = TempDir::new("cli");
+    let dir = TempDir::new("cli").reaping();
     let s = server(&dir);
     let d = TempDir::new("cli-files");
     let state = dir.path().to_owned();
@@ -222,7 +222,7 @@ async fn cli_client_subcommands() {
     assert!(ok, "{err}");
     assert!(out.contains("169.254.169.254/32 via 10.250.9.2"), "{out}");
 
-    eventually(Duration::from_secs(10), || {
+    eventually_async("running", Duration::from_secs(10), || {
         (s.sup
             .status()
             .iter()
@@ -231,8 +231,7 @@ async fn cli_client_subcommands() {
             == 2)
             .then_some(())
     })
-    .await
-    .expect("running");
+    .await;
     let (ok, out, err) = run(v(&["status"])).await;
     assert!(ok, "{err}");
     let lines: Vec<&str> = out.lines().collect();
@@ -294,7 +293,7 @@ fn bad_config_is_one_line_naming_file_and_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_control_clients_are_closed_and_do_not_block_others() {
     use std::io::{Read as _, Write as _};
-    let dir = TempDir::new("api-slow");
+    let dir = TempDir::new("api-slow").reaping();
     let s = server(&dir);
     let mut silent = std::os::unix::net::UnixStream::connect(&s.sock).expect("connect");
     let mut half = std::os::unix::net::UnixStream::connect(&s.sock).expect("connect");
@@ -322,7 +321,7 @@ async fn stalled_control_clients_are_closed_and_do_not_block_others() {
 /// loudly: 500 naming the file, although it is in effect until the spawner restarts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsaved_records_are_reported_as_an_error() {
-    let dir = TempDir::new("api-unsaved");
+    let dir = TempDir::new("api-unsaved").reaping();
     // records.json's name is taken by a non-empty directory: every save fails.
     std::fs::create_dir_all(dir.path().join("records.json").join("x")).expect("mkdir");
     let s = server(&dir);

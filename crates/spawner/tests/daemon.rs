@@ -3,19 +3,20 @@
 //! request), a deleted namespace stops its proxy, a re-created one brings it back,
 //! SIGTERM leaves proxies running, `--stop-proxies-on-exit` stops them, auto-enable.
 
-mod common;
 mod root_common;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use ns_metadata_spawner::pidfile;
-use ns_netns::testing::{link, require_root, unique_prefix, wait_until, ChildGuard, TestNs};
+use ns_testkit::netns::{link, unique_prefix, TestNs};
+use ns_testkit::proc::{alive, kill9};
+use ns_testkit::TempDir;
+use ns_testkit::{require_root, wait_until, ChildGuard};
 use root_common::*;
 
 const T: Duration = Duration::from_secs(15);
@@ -79,7 +80,8 @@ fn cli(ini: &Path, args: &[&str]) -> (bool, String) {
 fn status(ini: &Path) -> Vec<serde_json::Value> {
     let (ok, out) = cli(ini, &["status", "--json"]);
     assert!(ok, "{out}");
-    serde_json::from_str(&out).expect("status json")
+    let v: serde_json::Value = serde_json::from_str(&out).expect("status json");
+    serde_json::from_value(v["proxies"].clone()).expect("proxies")
 }
 
 fn proxy_of(ini: &Path, id: &str) -> Option<serde_json::Value> {
@@ -93,21 +95,14 @@ fn running_pid(ini: &Path, id: &str) -> Option<u32> {
         .map(|p| p as u32)
 }
 
-fn signal(child: &Child, sig: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(child.id().to_string())
-        .status();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn supervisor_restart_adopts_without_a_failed_request_and_follows_namespaces() {
     if !require_root("supervisor_restart_adopts_without_a_failed_request_and_follows_namespaces") {
         return;
     }
     let _serial = SERIAL.lock().await;
-    let dir = TempDir::new("rt-daemon");
-    let _agent = start_agent(&dir.path().join("agent.sock"));
+    let dir = TempDir::new("rt-daemon").reaping();
+    let _agent = agent(dir.path());
     let ini = write_ini(dir.path(), "");
     let p = unique_prefix();
     let id = format!("{p}r");
@@ -124,7 +119,7 @@ async fn supervisor_restart_adopts_without_a_failed_request_and_follows_namespac
         status(&ini)
     );
     let pid = running_pid(&ini, &id).expect("pid");
-    assert!(wait_until(T, || get_in(vm.netns(), "169.254.169.254:80").is_ok()));
+    assert!(wait_until(T, || get_in(vm.netns(), META).is_ok()));
 
     // A request loop from the vm while the supervisor is killed and restarted.
     let stop = Arc::new(AtomicBool::new(false));
@@ -134,14 +129,14 @@ async fn supervisor_restart_adopts_without_a_failed_request_and_follows_namespac
         let (stop, oks, fails) = (stop.clone(), oks.clone(), fails.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                match get_in(&vmns, "169.254.169.254:80") {
+                match get_in(&vmns, META) {
                     Ok(_) => oks.fetch_add(1, Ordering::Relaxed),
                     Err(_) => fails.fetch_add(1, Ordering::Relaxed),
                 };
             }
         })
     };
-    signal(&d.0, "9");
+    kill9(d.pid());
     let _ = d.0.wait();
     assert!(alive(pid), "the proxy outlives a killed supervisor");
     let before = oks.load(Ordering::Relaxed);
@@ -177,11 +172,11 @@ async fn supervisor_restart_adopts_without_a_failed_request_and_follows_namespac
         status(&ini)
     );
     let pid3 = running_pid(&ini, &id).expect("pid");
-    assert!(get_in(rns.netns(), "169.254.169.254:80").is_ok());
+    assert!(get_in(rns.netns(), META).is_ok());
 
     // SIGTERM: the supervisor exits 0 and leaves the proxy running.
     let mut d2 = d2;
-    signal(&d2.0, "TERM");
+    d2.signal("TERM");
     let st = d2.0.wait().expect("wait");
     assert!(st.success(), "{st:?}");
     assert!(!dir.path().join("control.sock").exists());
@@ -189,7 +184,7 @@ async fn supervisor_restart_adopts_without_a_failed_request_and_follows_namespac
     // --stop-proxies-on-exit: adopted, then stopped with the supervisor.
     let mut d3 = start_daemon(dir.path(), &ini, &["--stop-proxies-on-exit"]);
     assert_eq!(running_pid(&ini, &id), Some(pid3));
-    signal(&d3.0, "TERM");
+    d3.signal("TERM");
     assert!(d3.0.wait().expect("wait").success());
     assert!(!alive(pid3));
     assert!(!pid_file.exists());
@@ -201,8 +196,8 @@ async fn auto_enable_follows_qrouter_namespaces() {
         return;
     }
     let _serial = SERIAL.lock().await;
-    let dir = TempDir::new("rt-auto");
-    let _agent = start_agent(&dir.path().join("agent.sock"));
+    let dir = TempDir::new("rt-auto").reaping();
+    let _agent = agent(dir.path());
     let ini = write_ini(dir.path(), "");
     std::fs::write(
         &ini,
@@ -225,13 +220,13 @@ async fn auto_enable_follows_qrouter_namespaces() {
         "{:?}",
         status(&ini)
     );
-    assert!(get_in(ns_b.netns(), "169.254.169.254:80")
+    assert!(get_in(ns_b.netns(), META)
         .expect("answers")
         .starts_with(&format!("router={after} ")));
     let pid_b = running_pid(&ini, &after).expect("pid");
     drop(ns_b);
     assert!(wait_until(T, || proxy_of(&ini, &after).is_none() && !alive(pid_b)));
-    signal(&d.0, "TERM");
+    d.signal("TERM");
     assert!(d.0.wait().expect("wait").success());
     drop(ns_a);
 }
@@ -242,8 +237,8 @@ async fn records_file_and_config_reread_on_sighup() {
         return;
     }
     let _serial = SERIAL.lock().await;
-    let dir = TempDir::new("rt-hup");
-    let _agent = start_agent(&dir.path().join("agent.sock"));
+    let dir = TempDir::new("rt-hup").reaping();
+    let _agent = agent(dir.path());
     let p = unique_prefix();
     let (a, b) = (format!("{p}a"), format!("{p}b"));
     let _ns_a = TestNs::new(&format!("qrouter-{a}")).expect("ns");
@@ -264,7 +259,7 @@ async fn records_file_and_config_reread_on_sighup() {
     });
 
     std::fs::write(&records, format!(r#"{{"routers": [{{"id": "{b}"}}]}}"#)).expect("records");
-    signal(&d.0, "HUP");
+    d.signal("HUP");
     assert!(
         wait_until(T, || running_pid(&ini, &b).is_some()
             && proxy_of(&ini, &a).is_none()),
@@ -281,7 +276,7 @@ async fn records_file_and_config_reread_on_sighup() {
         base.replace("[spawner]\n", "[spawner]\nagent_keepalive = on\n"),
     )
     .expect("ini");
-    signal(&d.0, "HUP");
+    d.signal("HUP");
     assert!(
         wait_until(T, || running_pid(&ini, &b).is_some_and(|p| p != pid_b)),
         "{:?}",
@@ -293,6 +288,6 @@ async fn records_file_and_config_reread_on_sighup() {
             .any(|w| w[0] == "--agent-keepalive" && w[1] == "on"),
         "{argv:?}"
     );
-    signal(&d.0, "TERM");
+    d.signal("TERM");
     assert!(d.0.wait().expect("wait").success());
 }

@@ -12,7 +12,10 @@ use ns_metadata_spawner::netns_platform::Namespaces;
 use ns_metadata_spawner::pidfile;
 use ns_metadata_spawner::records::{HaState, Network, Records, Router};
 use ns_metadata_spawner::supervisor::{State, Supervisor};
-use ns_netns::testing::{link, require_root, unique_prefix, TestNs};
+use ns_testkit::netns::{link, unique_prefix, TestNs};
+use ns_testkit::proc::{alive, kill9};
+use ns_testkit::require_root;
+use ns_testkit::{eventually_async, poll_async, TempDir};
 use root_common::*;
 
 const T: Duration = Duration::from_secs(15);
@@ -34,22 +37,13 @@ fn supervisor(
 async fn answer(vm: &TestNs) -> Result<String, String> {
     let mut last = String::new();
     for _ in 0..300 {
-        match get_in(vm.netns(), "169.254.169.254:80") {
+        match get_in(vm.netns(), META) {
             Ok(b) => return Ok(b),
             Err(e) => last = e,
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Err(last)
-}
-
-fn router(id: &str) -> Router {
-    Router {
-        id: id.into(),
-        netns: None,
-        ha_state: None,
-        distributed: false,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,8 +53,8 @@ async fn router_mode_vm_reaches_agent_with_router_id_and_its_address_and_survive
     ) {
         return;
     }
-    let dir = TempDir::new("rt-router");
-    let _agent = start_agent(&dir.path().join("agent.sock"));
+    let dir = TempDir::new("rt-router").reaping();
+    let _agent = agent(dir.path());
     let p = unique_prefix();
     let id = format!("{p}r");
     let rns = TestNs::new(&format!("qrouter-{id}")).expect("router ns");
@@ -77,26 +71,22 @@ async fn router_mode_vm_reaches_agent_with_router_id_and_its_address_and_survive
     );
 
     kill9(pid);
-    let pid2 = eventually(T, || {
+    let pid2 = eventually_async("restarted", T, || {
         status_of(&sup, &id)
             .and_then(|s| s.pid)
             .filter(|&n| n != pid)
     })
-    .await
-    .expect("restarted");
+    .await;
     assert_ne!(pid, pid2);
     assert!(answer(&vm).await.is_ok(), "answers again after kill -9");
 
     // Removal: proxy stopped, pid file and address gone, the vm gets no answer.
     assert!(sup.remove_router(&id));
-    eventually(T, || (!alive(pid2)).then_some(()))
-        .await
-        .expect("proxy stopped");
-    eventually(T, || {
+    eventually_async("proxy stopped", T, || (!alive(pid2)).then_some(())).await;
+    eventually_async("no pid file", T, || {
         (!pidfile::path(&sup.config().pid_dir(), &id).exists()).then_some(())
     })
-    .await
-    .expect("no pid file");
+    .await;
     let nl = ns_netns::Netlink::open(rns.netns()).await.expect("netlink");
     let addrs = nl.addresses("lo").await.expect("addresses");
     assert!(
@@ -105,7 +95,7 @@ async fn router_mode_vm_reaches_agent_with_router_id_and_its_address_and_survive
             .any(|(a, _)| a.to_string() == "169.254.169.254"),
         "{addrs:?}"
     );
-    assert!(get_in(vm.netns(), "169.254.169.254:80").is_err());
+    assert!(get_in(vm.netns(), META).is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,8 +103,8 @@ async fn isolated_network_mode_on_the_records_interface() {
     if !require_root("isolated_network_mode_on_the_records_interface") {
         return;
     }
-    let dir = TempDir::new("rt-iso");
-    let _agent = start_agent(&dir.path().join("agent.sock"));
+    let dir = TempDir::new("rt-iso").reaping();
+    let _agent = agent(dir.path());
     let p = unique_prefix();
     let id = format!("{p}n");
     let dns = TestNs::new(&format!("qdhcp-{id}")).expect("dhcp ns");
@@ -147,8 +137,8 @@ async fn metadata_network_mode_passes_the_router_id() {
     if !require_root("metadata_network_mode_passes_the_router_id") {
         return;
     }
-    let dir = TempDir::new("rt-metanet");
-    let _agent = start_agent(&dir.path().join("agent.sock"));
+    let dir = TempDir::new("rt-metanet").reaping();
+    let _agent = agent(dir.path());
     let p = unique_prefix();
     let id = format!("{p}n");
     let dns = TestNs::new(&format!("qdhcp-{id}")).expect("dhcp ns");
@@ -176,8 +166,8 @@ async fn force_metadata_serves_a_routed_network() {
     if !require_root("force_metadata_serves_a_routed_network") {
         return;
     }
-    let dir = TempDir::new("rt-force");
-    let _agent = start_agent(&dir.path().join("agent.sock"));
+    let dir = TempDir::new("rt-force").reaping();
+    let _agent = agent(dir.path());
     let p = unique_prefix();
     let id = format!("{p}n");
     let dns = TestNs::new(&format!("qdhcp-{id}")).expect("dhcp ns");
@@ -199,7 +189,7 @@ async fn force_metadata_serves_a_routed_network() {
         status_of(&sup, &id).is_none(),
         "a routed network gets no proxy without force_metadata"
     );
-    assert!(get_in(vm.netns(), "169.254.169.254:80").is_err());
+    assert!(get_in(vm.netns(), META).is_err());
     let mut cfg = (*sup.config()).clone();
     cfg.force_metadata = true;
     sup.set_config(cfg);
@@ -214,8 +204,8 @@ async fn ha_backup_has_no_proxy_primary_does_dvr_backup_does() {
     if !require_root("ha_backup_has_no_proxy_primary_does_dvr_backup_does") {
         return;
     }
-    let dir = TempDir::new("rt-ha");
-    let _agent = start_agent(&dir.path().join("agent.sock"));
+    let dir = TempDir::new("rt-ha").reaping();
+    let _agent = agent(dir.path());
     let p = unique_prefix();
     let id = format!("{p}r");
     let rns = TestNs::new(&format!("qrouter-{id}")).expect("router ns");
@@ -228,10 +218,7 @@ async fn ha_backup_has_no_proxy_primary_does_dvr_backup_does() {
     });
     sup.reconcile().await;
     assert!(status_of(&sup, &id).is_none());
-    assert!(
-        get_in(vm.netns(), "169.254.169.254:80").is_err(),
-        "backup does not answer"
-    );
+    assert!(get_in(vm.netns(), META).is_err(), "backup does not answer");
     sup.put_router(Router {
         ha_state: Some(HaState::Primary),
         ..router(&id)
@@ -245,10 +232,8 @@ async fn ha_backup_has_no_proxy_primary_does_dvr_backup_does() {
         ha_state: Some(HaState::Backup),
         ..router(&id)
     });
-    eventually(T, || (!alive(pid)).then_some(()))
-        .await
-        .expect("stopped on backup");
-    assert!(get_in(vm.netns(), "169.254.169.254:80").is_err());
+    eventually_async("stopped on backup", T, || (!alive(pid)).then_some(())).await;
+    assert!(get_in(vm.netns(), META).is_err());
     sup.put_router(Router {
         ha_state: Some(HaState::Backup),
         distributed: true,
@@ -264,8 +249,8 @@ async fn fifty_namespaces_at_once_all_answer() {
     if !require_root("fifty_namespaces_at_once_all_answer") {
         return;
     }
-    let dir = TempDir::new("rt-50");
-    let _agent = start_agent(&dir.path().join("agent.sock"));
+    let dir = TempDir::new("rt-50").reaping();
+    let _agent = agent(dir.path());
     let p = unique_prefix();
     let ids: Vec<String> = (0..50).map(|i| format!("{p}x{i}")).collect();
     let nss: Vec<TestNs> = ids
@@ -276,7 +261,7 @@ async fn fifty_namespaces_at_once_all_answer() {
     for id in &ids {
         sup.put_router(router(id));
     }
-    eventually(Duration::from_secs(60), || {
+    poll_async(Duration::from_secs(60), || {
         (sup.status()
             .iter()
             .filter(|s| s.state == State::Running)
@@ -296,7 +281,7 @@ async fn fifty_namespaces_at_once_all_answer() {
     });
     for (id, ns) in ids.iter().zip(&nss) {
         // From inside each router namespace itself (the proxy's address is local there).
-        let body = get_in(ns.netns(), "169.254.169.254:80").unwrap_or_else(|e| panic!("{id}: {e}"));
+        let body = get_in(ns.netns(), META).unwrap_or_else(|e| panic!("{id}: {e}"));
         assert!(body.starts_with(&format!("router={id} ")), "{body}");
     }
     sup.stop_all().await;
@@ -308,8 +293,8 @@ async fn ipv6_adds_and_binds_the_link_local_metadata_address() {
     if !require_root("ipv6_adds_and_binds_the_link_local_metadata_address") {
         return;
     }
-    let dir = TempDir::new("rt-v6");
-    let _agent = start_agent(&dir.path().join("agent.sock"));
+    let dir = TempDir::new("rt-v6").reaping();
+    let _agent = agent(dir.path());
     let p = unique_prefix();
     let id = format!("{p}n");
     let dns = TestNs::new(&format!("qdhcp-{id}")).expect("dhcp ns");
@@ -343,7 +328,7 @@ async fn ipv6_adds_and_binds_the_link_local_metadata_address() {
         0,
         index,
     ));
-    let body = get_in_addr(dns.netns(), addr).expect("answers on fe80::a9fe:a9fe");
+    let body = get_in(dns.netns(), addr).expect("answers on fe80::a9fe:a9fe");
     assert!(
         body.starts_with(&format!("router=- network={id} xff=fe80::a9fe:a9fe")),
         "{body}"
@@ -367,8 +352,8 @@ async fn network_waits_for_its_interface_then_answers_promptly() {
     if !require_root("network_waits_for_its_interface_then_answers_promptly") {
         return;
     }
-    let dir = TempDir::new("rt-late-tap");
-    let _agent = start_agent(&dir.path().join("agent.sock"));
+    let dir = TempDir::new("rt-late-tap").reaping();
+    let _agent = agent(dir.path());
     let p = unique_prefix();
     let id = format!("{p}n");
     let netns = format!("qdhcp-{id}");
@@ -387,7 +372,7 @@ async fn network_waits_for_its_interface_then_answers_promptly() {
     .expect("network json");
     sup.put_network(net);
     let reason = format!("interface va107 not in {netns}");
-    let st = eventually(T, || {
+    let st = poll_async(T, || {
         status_of(&sup, &id).filter(|s| s.state == State::Waiting)
     })
     .await
@@ -406,7 +391,7 @@ async fn network_waits_for_its_interface_then_answers_promptly() {
     let (_, vm_ip) = link(&dns, &vm, 107).await.expect("veth");
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let body = loop {
-        match get_in(vm.netns(), "169.254.169.254:80") {
+        match get_in(vm.netns(), META) {
             Ok(b) => break b,
             Err(e) if std::time::Instant::now() > deadline => {
                 panic!(

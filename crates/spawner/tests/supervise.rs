@@ -8,26 +8,19 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use ns_metadata_spawner::config::Keepalive;
+use ns_contract::KeepaliveMode as Keepalive;
 use ns_metadata_spawner::pidfile;
 use ns_metadata_spawner::platform::Host;
 use ns_metadata_spawner::records::{Records, Router};
 use ns_metadata_spawner::supervisor::{State, Supervisor};
+use ns_testkit::proc::{alive, kill9, PidGuard};
+use ns_testkit::{eventually_async, poll_async, TempDir};
 
 const T: Duration = Duration::from_secs(10);
 
-fn router(id: &str) -> Router {
-    Router {
-        id: id.into(),
-        netns: None,
-        ha_state: None,
-        distributed: false,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_stop_pid_file_and_restart_after_kill() {
-    let dir = TempDir::new("basic");
+    let dir = TempDir::new("basic").reaping();
     let proxy = fake_proxy(dir.path());
     let cfg = config(dir.path(), &proxy);
     let pid_dir = cfg.pid_dir();
@@ -47,13 +40,12 @@ async fn start_stop_pid_file_and_restart_after_kill() {
     );
 
     kill9(pid);
-    let pid2 = eventually(T, || {
+    let pid2 = eventually_async("restarted after kill -9", T, || {
         status_of(&sup, "r1")
             .and_then(|s| s.pid)
             .filter(|&p| p != pid && s_running(&sup))
     })
-    .await
-    .expect("restarted after kill -9");
+    .await;
     guard.0.push(pid2);
     let st = status_of(&sup, "r1").expect("status");
     assert_eq!(st.restarts, 1);
@@ -64,17 +56,15 @@ async fn start_stop_pid_file_and_restart_after_kill() {
 
     assert!(sup.remove_router("r1"));
     assert!(!sup.remove_router("r1"), "second remove finds nothing");
-    eventually(T, || status_of(&sup, "r1").is_none().then_some(()))
-        .await
-        .expect("status entry gone");
-    eventually(T, || (!alive(pid2)).then_some(()))
-        .await
-        .expect("proxy stopped");
-    eventually(T, || {
+    eventually_async("status entry gone", T, || {
+        status_of(&sup, "r1").is_none().then_some(())
+    })
+    .await;
+    eventually_async("proxy stopped", T, || (!alive(pid2)).then_some(())).await;
+    eventually_async("pid file removed", T, || {
         (!pidfile::path(&pid_dir, "r1").exists()).then_some(())
     })
-    .await
-    .expect("pid file removed");
+    .await;
     lp.abort();
 }
 
@@ -84,16 +74,17 @@ fn s_running(sup: &Supervisor<Host>) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_proxy_backs_off_with_reason_in_status() {
-    let dir = TempDir::new("fail");
+    let dir = TempDir::new("fail").reaping();
     let proxy = fake_proxy(dir.path());
     std::fs::write(dir.path().join("fail"), "").expect("fail flag");
     let sup = Supervisor::new(Host, config(dir.path(), &proxy), Records::default());
     let looper = sup.clone();
     let lp = tokio::spawn(async move { looper.run_loop().await });
     sup.put_router(router("r1"));
-    let st = eventually(T, || status_of(&sup, "r1").filter(|s| s.restarts >= 2))
-        .await
-        .expect("retries");
+    let st = eventually_async("retries", T, || {
+        status_of(&sup, "r1").filter(|s| s.restarts >= 2)
+    })
+    .await;
     let err = st.last_error.clone().unwrap_or_default();
     assert!(
         err.contains("exited") && err.contains("before ready"),
@@ -110,7 +101,7 @@ async fn failing_proxy_backs_off_with_reason_in_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_change_restarts_with_new_arguments() {
-    let dir = TempDir::new("cfg");
+    let dir = TempDir::new("cfg").reaping();
     let proxy = fake_proxy(dir.path());
     let cfg = config(dir.path(), &proxy);
     let sup = Supervisor::new(Host, cfg.clone(), Records::default());
@@ -122,14 +113,13 @@ async fn config_change_restarts_with_new_arguments() {
     let mut cfg2 = cfg;
     cfg2.agent_keepalive = Keepalive::On;
     sup.set_config(cfg2);
-    let pid2 = eventually(T, || {
+    let pid2 = eventually_async("restarted", T, || {
         status_of(&sup, "r1")
             .filter(|s| s.state == State::Running)
             .and_then(|s| s.pid)
             .filter(|&p| p != pid)
     })
-    .await
-    .expect("restarted");
+    .await;
     g.0.push(pid2);
     assert!(!alive(pid), "old proxy stopped");
     let argv = pidfile::cmdline(pid2).expect("alive");
@@ -144,7 +134,7 @@ async fn config_change_restarts_with_new_arguments() {
 
 #[test]
 fn restarted_supervisor_adopts_kills_unwanted_and_cleans_stale() {
-    let dir = TempDir::new("adopt");
+    let dir = TempDir::new("adopt").reaping();
     let proxy = fake_proxy(dir.path());
     let cfg = config(dir.path(), &proxy);
     let pid_dir = cfg.pid_dir();
@@ -193,14 +183,13 @@ fn restarted_supervisor_adopts_kills_unwanted_and_cleans_stale() {
         );
         // An adopted proxy that dies is noticed through its pidfd and restarted.
         kill9(p1);
-        let p3 = eventually(T, || {
+        let p3 = eventually_async("adopted proxy restarted", T, || {
             status_of(&sup, "r1")
                 .filter(|s| s.state == State::Running)
                 .and_then(|s| s.pid)
                 .filter(|&p| p != p1)
         })
-        .await
-        .expect("adopted proxy restarted");
+        .await;
         let _g3 = PidGuard(vec![p3]);
         assert!(!status_of(&sup, "r1").expect("r1").adopted);
         sup.stop_all().await;
@@ -210,7 +199,7 @@ fn restarted_supervisor_adopts_kills_unwanted_and_cleans_stale() {
 
 #[test]
 fn adoption_with_changed_arguments_restarts() {
-    let dir = TempDir::new("adopt2");
+    let dir = TempDir::new("adopt2").reaping();
     let proxy = fake_proxy(dir.path());
     let cfg = config(dir.path(), &proxy);
     let mut records = Records::default();
@@ -262,7 +251,7 @@ impl Drop for FileGuard {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_interface_waits_without_restarts_then_starts() {
-    let dir = TempDir::new("wait-if");
+    let dir = TempDir::new("wait-if").reaping();
     let proxy = fake_proxy(dir.path());
     let mut cfg = config(dir.path(), &proxy);
     let ifname = format!("missing-if{}", std::process::id());
@@ -272,7 +261,7 @@ async fn missing_interface_waits_without_restarts_then_starts() {
     let looper = sup.clone();
     let lp = tokio::spawn(async move { looper.run_loop().await });
     sup.put_router(router("r1"));
-    let st = eventually(T, || {
+    let st = poll_async(T, || {
         status_of(&sup, "r1").filter(|s| s.state == State::Waiting)
     })
     .await
@@ -285,7 +274,7 @@ async fn missing_interface_waits_without_restarts_then_starts() {
 
     let appeared = FileGuard(std::env::temp_dir().join(&ifname));
     std::fs::write(&appeared.0, "").expect("interface file");
-    let pid = eventually(Duration::from_secs(5), || {
+    let pid = poll_async(Duration::from_secs(5), || {
         status_of(&sup, "r1")
             .filter(|s| s.state == State::Running)
             .and_then(|s| s.pid)
@@ -332,7 +321,7 @@ fn concurrent_changes_all_reach_records_json() {
 /// a directory) leaves the proxy running, says why in the status, and leaves no temp file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unwritable_pid_file_is_reported_and_the_proxy_still_runs() {
-    let dir = TempDir::new("pidfail");
+    let dir = TempDir::new("pidfail").reaping();
     let proxy = fake_proxy(dir.path());
     let cfg = config(dir.path(), &proxy);
     let pid_dir = cfg.pid_dir();
@@ -363,7 +352,7 @@ async fn unwritable_pid_file_is_reported_and_the_proxy_still_runs() {
 /// next to it forever.
 #[test]
 fn restarted_supervisor_adopts_a_proxy_whose_pid_file_is_missing() {
-    let dir = TempDir::new("adopt-nopid");
+    let dir = TempDir::new("adopt-nopid").reaping();
     let proxy = fake_proxy(dir.path());
     let cfg = config(dir.path(), &proxy);
     let pid_dir = cfg.pid_dir();
@@ -401,7 +390,7 @@ fn restarted_supervisor_adopts_a_proxy_whose_pid_file_is_missing() {
 /// back off; once a working binary appears the proxy starts by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_proxy_binary_is_reported_then_recovers_when_it_appears() {
-    let dir = TempDir::new("nobin");
+    let dir = TempDir::new("nobin").reaping();
     let real = fake_proxy(dir.path());
     let bin = dir.path().join("later-proxy");
     let mut cfg = config(dir.path(), &bin);
@@ -413,7 +402,7 @@ async fn missing_proxy_binary_is_reported_then_recovers_when_it_appears() {
     let why = |needle: &'static str| {
         let sup = sup.clone();
         async move {
-            eventually(T, || {
+            poll_async(T, || {
                 status_of(&sup, "rb")
                     .filter(|s| s.state != State::Running)
                     .and_then(|s| s.last_error)

@@ -2,13 +2,15 @@
 //! or buggy proxy could send): identity headers missing, doubled or garbage, path traversal in
 //! the built-in responder, huge bodies, slow clients. Every answer is a well-formed HTTP error
 //! and the agent keeps serving.
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use ns_e2e::procs::TempDir;
+use ns_e2e::TempDir;
 use ns_e2e::{bin_path, unique_prefix, wait_until, ChildGuard};
+use ns_testkit::http::Blocking;
 
 const ROUTER: &str = "0e2e0001-0000-4000-8000-000000000001";
 const NET: &str = "0e2e0002-0000-4000-8000-000000000002";
@@ -37,13 +39,18 @@ fn inventory() -> serde_json::Value {
     })
 }
 
-fn exchange(sock: &std::path::Path, bytes: &[u8]) -> Vec<u8> {
-    let mut s = UnixStream::connect(sock).expect("connect to the agent socket");
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    let _ = s.write_all(bytes);
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    out
+/// Send `bytes` on a fresh connection; everything the agent says until it closes (10 s).
+fn exchange(sock: &Path, bytes: &[u8]) -> Vec<u8> {
+    Blocking::unix(sock)
+        .expect("connect to the agent socket")
+        .exchange(bytes, Duration::from_secs(10))
+}
+
+/// [`exchange`] while the agent may not listen yet (then nothing), waiting 2 s at most.
+fn exchange_quiet(sock: &Path, bytes: &[u8]) -> Vec<u8> {
+    Blocking::unix(sock)
+        .map(|mut c| c.exchange(bytes, Duration::from_secs(2)))
+        .unwrap_or_default()
 }
 
 fn req(path: &str, headers: &str) -> Vec<u8> {
@@ -264,15 +271,4 @@ pub fn run() {
     healthy("20 slow clients");
     drop(slow);
     healthy("slow clients gone");
-}
-
-fn exchange_quiet(sock: &std::path::Path, bytes: &[u8]) -> Vec<u8> {
-    let Ok(mut s) = UnixStream::connect(sock) else {
-        return Vec::new();
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let _ = s.write_all(bytes);
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    out
 }

@@ -3,9 +3,10 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use ns_contract::neutron::{mask_v4, mask_v6, parse_cidr, Port, Subnet};
 use serde_json::{json, Value};
 
-use crate::inventory::{mask_v4, mask_v6, parse_cidr, Port, Snapshot, Subnet};
+use crate::inventory::Snapshot;
 
 fn netmask(ip: IpAddr, len: u8) -> String {
     match ip {

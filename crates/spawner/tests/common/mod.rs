@@ -1,62 +1,15 @@
-//! Shared helpers for the spawner's integration tests: temp state dirs, a fake proxy, an
-//! in-process control API server, polling.
+//! Shared helpers for the spawner's integration tests: a fake proxy, its config, the status
+//! of one proxy. Temp dirs, polling and pid guards come from ns-testkit.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ns_metadata_spawner::config::Config;
 use ns_metadata_spawner::platform::Platform;
+use ns_metadata_spawner::records::Router;
 use ns_metadata_spawner::supervisor::{ProxyStatus, State, Supervisor};
-
-/// A temporary directory removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!(
-            "spawner-{tag}-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos())
-        ));
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        TempDir(p)
-    }
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        // Every process this test started carries the unique dir in its argv (the fake
-        // proxy's path or the agent socket path): kill those, by pid, even after a panic.
-        kill_procs_mentioning(&self.0.display().to_string());
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// SIGKILL every process whose cmdline contains `needle` (a unique per-test path).
-pub fn kill_procs_mentioning(needle: &str) {
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        if pid == std::process::id() {
-            continue;
-        }
-        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
-            if String::from_utf8_lossy(&cmd).contains(needle) {
-                kill9(pid);
-            }
-        }
-    }
-}
+use ns_testkit::poll_async;
 
 /// A stand-in proxy: reports READY on its --ready-fd (unless `<dir>/fail` exists, then it
 /// exits 3 at once), then waits for a signal. Its argv holds the id like the real one.
@@ -84,17 +37,13 @@ pub fn config(dir: &Path, proxy: &Path) -> Config {
     c
 }
 
-/// Poll `f` every 10 ms until it returns Some or `timeout` passes.
-pub async fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+/// A router record with only its id (netns qrouter-ID, no HA, not distributed).
+pub fn router(id: &str) -> Router {
+    Router {
+        id: id.into(),
+        netns: None,
+        ha_state: None,
+        distributed: false,
     }
 }
 
@@ -105,45 +54,11 @@ pub fn status_of<P: Platform>(sup: &Supervisor<P>, key: &str) -> Option<ProxySta
 
 /// The pid of `key` once it is running; panics with its status after `timeout`.
 pub async fn running_pid<P: Platform>(sup: &Supervisor<P>, key: &str, timeout: Duration) -> u32 {
-    eventually(timeout, || {
+    poll_async(timeout, || {
         status_of(sup, key)
             .filter(|s| s.state == State::Running)
             .and_then(|s| s.pid)
     })
     .await
     .unwrap_or_else(|| panic!("{key} never ran: {:?}", status_of(sup, key)))
-}
-
-/// Whether a process is alive (not a zombie).
-pub fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            !s.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-        .unwrap_or(false)
-}
-
-/// SIGKILL a pid we started (test cleanup, kill -9 tests).
-pub fn kill9(pid: u32) {
-    let _ = std::process::Command::new("kill")
-        .arg("-9")
-        .arg(pid.to_string())
-        .status();
-}
-
-/// Kills every pid on drop (cleanup of proxies left running on purpose).
-pub struct PidGuard(pub Vec<u32>);
-
-impl Drop for PidGuard {
-    fn drop(&mut self) {
-        for &p in &self.0 {
-            if alive(p) {
-                kill9(p);
-            }
-        }
-    }
 }

@@ -1,10 +1,13 @@
-//! Topology verbs for tests, through iproute2 (what an operator would type): namespaces with
-//! loopback up, veth pairs created directly inside their namespaces (so no name is ever taken in
-//! the host namespace), addresses, routes, forwarding, and `/etc/netns/<ns>/resolv.conf`.
+//! Namespace and veth fixtures (root). The primitives that need namespace syscalls —
+//! [`TestNs`] (created on `new`, deleted on drop), [`link`] (a veth pair addressed in
+//! 10.250.N.0/24) and [`unique_prefix`] (per-run names) — stay in `ns_netns::testing`,
+//! because unsafe code and rtnetlink live only in crates/netns, and are re-exported here.
+//! What an operator would type with iproute2 (veths created directly in their namespaces,
+//! routes, forwarding, `/etc/netns/<ns>/resolv.conf`) lives here.
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::TestNs;
+pub use ns_netns::testing::{link, unique_prefix, TestNs};
 
 /// Run `ip ARGS`, panicking with its stderr on failure (a broken topology fails the test).
 pub fn ip(args: &[&str]) {
@@ -33,8 +36,9 @@ pub struct End<'a> {
     pub mac: Option<&'a str>,
 }
 
-/// A veth pair between two namespaces, both ends up with their addresses.
-/// The pair vanishes with either namespace.
+/// A veth pair between two namespaces, both ends up with their addresses. The pair is
+/// created inside the namespaces (no name is ever taken in the host's) and vanishes with
+/// either namespace.
 pub fn veth(a: End<'_>, b: End<'_>) {
     ip(&[
         "link", "add", "name", a.ifname, "netns", a.ns, "type", "veth", "peer", "name", b.ifname,
@@ -93,7 +97,7 @@ impl EtcNetnsResolv {
         std::fs::create_dir_all(&dir).expect("create /etc/netns/<ns>");
         std::fs::write(
             dir.join("resolv.conf"),
-            "# written by an ns-metadata end-to-end test; removed when it ends\n\
+            "# written by an ns-metadata test; removed when it ends\n\
              nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
         )
         .expect("write /etc/netns/<ns>/resolv.conf");

@@ -1,10 +1,12 @@
-"""The real neutron-metadata-agent (neutron 29.0.0, from $NS_NEUTRON_VENV) for the end-to-end
-tests: Neutron's own socket server and request handler (neutron.agent.metadata.agent), with
-only the RPC port lookup (get_ports, normally answered by neutron-server over a message bus)
-answered from the test's inventory file. Nova is the test's stand-in on 127.0.0.1.
+"""The real neutron-metadata-agent (neutron 29.0.0, from $NS_NEUTRON_VENV) for the tests: Neutron's
+own socket server and request handler (neutron.agent.metadata.agent), with only the RPC port
+lookup (get_ports, normally answered by neutron-server over a message bus) answered from the
+test's inventory file. Nova is the test's stand-in on 127.0.0.1. Used by the proxy's tests
+(a tiny inventory) and the end-to-end tests (their full inventory); ns_testkit::neutron finds it.
 
 Usage: python neutron_agent.py SOCKET INVENTORY_JSON NOVA_PORT SHARED_SECRET
 Prints "READY" once the socket listens. Talks only to the socket and 127.0.0.1.
+NS_TEST_DEBUG=1 logs Neutron's debug lines to stderr.
 """
 import json
 import logging

@@ -1,0 +1,4 @@
+//! The resolvers, one file each, each implementing [`crate::resolve::Resolver`] and selected
+//! by a value of the `resolver` option (`config::ResolverKind`, built in `build_agent`).
+
+pub mod inventory;

@@ -1,0 +1,32 @@
+//! Test kit for the workspace's tests (dev-only, never published): one home for each helper
+//! the crates' tests and the end-to-end suite share.
+//!
+//! | module | job |
+//! |---|---|
+//! | [`tempdir`] | a directory removed on drop |
+//! | [`eventually`] | polling with a timeout (never a fixed sleep as synchronisation) |
+//! | [`proc`] | child and pid guards that kill, by pid, only what the test started; workspace binaries |
+//! | [`skip`] | root checks and skips, printed as `SKIP name: reason`; a failure under `CI=true` |
+//! | [`http`] | one raw HTTP/1 client (TCP or Unix, blocking or tokio) and its response parser |
+//! | [`agent`] | one scriptable metadata-agent stand-in on a Unix socket |
+//! | [`nova`] | one Nova metadata API stand-in that checks the signature as Nova does |
+//! | [`netns`] | namespace and veth fixtures |
+//! | [`neutron`] | the wrapper around Neutron's real metadata agent and its venv |
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod eventually;
+pub mod http;
+pub mod netns;
+pub mod neutron;
+pub mod nova;
+pub mod proc;
+pub mod skip;
+pub mod tempdir;
+
+pub use eventually::{
+    eventually, eventually_async, poll, poll_async, wait_until, wait_until_async,
+};
+pub use proc::{bin_path, ChildGuard, PidGuard};
+pub use skip::{require, require_root, skip};
+pub use tempdir::TempDir;
