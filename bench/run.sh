@@ -184,7 +184,7 @@ start_agent() { # name mode -> socket path; pid appended to PIDS
 }
 declare -A AGENT_PID PROXY_PID
 
-haproxy_cfg() { # id socket pidfile -> config text (Neutron's template, reference §2)
+haproxy_cfg() { # id socket pidfile -> config text (Neutron's template: neutron/common/metadata.py)
     cat <<EOF
 global
     log         /dev/log local0 info

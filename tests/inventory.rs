@@ -1,4 +1,4 @@
-//! The agent's inventory (Neutron field names, /work/notes/inventory.md) and the spawner's
+//! The agent's inventory (Neutron field names; format: crates/agent/README.md, "Inventory file") and the spawner's
 //! network records for a test world, built together from the same ids.
 use serde_json::{json, Value};
 

@@ -1,5 +1,6 @@
-//! Test topologies for the three modes of DESIGN.md, built with real namespaces and served by the
-//! real agent and spawner:
+//! Test topologies for the three modes (router, isolated network, metadata network; the
+//! spawner README's "Modes"), built with real namespaces and served by the real agent and
+//! spawner:
 //!
 //! ```text
 //! router:        vm1 (10.250.B.10) --veth-- qrouter-R (10.250.B.1; the spawner puts 169.254.169.254 on lo)

@@ -1,5 +1,5 @@
 //! Failure drills: kill -9 each process of the chain in turn while a VM keeps asking, and record
-//! what the VM saw. Expected (DESIGN.md): a killed proxy is restarted at once by the spawner; a
+//! what the VM saw. Expected (the spawner README, "Start, adoption and exit"): a killed proxy is restarted at once by the spawner; a
 //! killed spawner costs no request (proxies live in their own session and are adopted on
 //! restart); a killed agent gives 503 until it is back. Root only.
 use std::io::Write as _;

@@ -1,4 +1,4 @@
-//! Either side can be swapped (DESIGN.md): the real neutron-metadata-agent 29.0.0 (from
+//! Either side can be swapped (the agent speaks neutron-metadata-agent's contract): the real neutron-metadata-agent 29.0.0 (from
 //! `$NS_NEUTRON_VENV`, default /opt/ns-metadata-ci/neutron-29.0.0; its RPC port lookup answered
 //! from the test's inventory by `neutron_agent.py` (ns-testkit)) behind the spawner's proxies, in all
 //! three modes, forwarding to the Nova stand-in that checks the signature. Root only.

@@ -55,6 +55,10 @@ pub struct Config {
     pub nova_client_cert: Option<PathBuf>,
     pub nova_client_priv_key: Option<PathBuf>,
     pub nova_metadata_timeout: Duration,
+    /// Largest Nova answer body relayed; larger ones become 502.
+    pub nova_max_response_bytes: usize,
+    /// Open proxy connections at most; 0 = derived from the file descriptor limit.
+    pub metadata_max_connections: usize,
     pub answerer: AnswererKind,
     pub resolver: ResolverKind,
     pub inventory_file: PathBuf,
@@ -103,6 +107,10 @@ static OPTS: &[Opt] = &[
         .value_name("GROUP"),
     Opt::new(D, "metadata_backlog", Kind::Int { min: 1, max: 65_535 }, "Listen backlog of the socket")
         .default("4096"),
+    Opt::new(D, "metadata_max_connections", Kind::Int { min: 0, max: 1 << 24 },
+        "Open proxy connections at most (at the cap the oldest idle one is closed); \
+         0 = from the file descriptor limit")
+        .default("0"),
     Opt::new(D, "metadata_workers", Kind::Int { min: 0, max: 1024 },
         "Worker threads; 0 = a single thread")
         .computed(half_the_cpus, "CPUs/2, at least 1"),
@@ -126,6 +134,9 @@ static OPTS: &[Opt] = &[
     Opt::new(D, "nova_client_priv_key", Kind::Path, "Private key (PEM) of nova_client_cert"),
     Opt::new(D, "nova_metadata_timeout", SECONDS_1, "Seconds to wait for Nova's answer; then 504")
         .default("60"),
+    Opt::new(D, "nova_max_response_bytes", Kind::Int { min: 1, max: 1 << 40 },
+        "Largest Nova answer relayed, in bytes; a larger one is answered 502")
+        .default("8388608"),
     Opt::new(D, "metadata_backend", Kind::Choice(&["auto", "nova", "builtin"]),
         "Who answers: auto = nova if nova_metadata_host is set, else builtin")
         .default("auto"),
@@ -228,6 +239,17 @@ pub fn resolve(loaded: Loaded) -> Result<(Config, Vec<String>), ConfigError> {
         ));
     }
 
+    // Nova refuses an empty key unless its own is empty too (nova api/metadata/handler.py
+    // `_validate_shared_secret`), so say it once at start instead of in every 403.
+    let secret = v.str(D, "metadata_proxy_shared_secret")?;
+    if answerer == AnswererKind::Nova && secret.is_empty() {
+        warnings.push(
+            "metadata_proxy_shared_secret is empty while answering through Nova: Nova refuses \
+             every request with 403 unless its [neutron] metadata_proxy_shared_secret is empty too"
+                .to_owned(),
+        );
+    }
+
     let cfg = Config {
         metadata_proxy_socket: ns_contract::options::agent_socket(&v)?,
         metadata_proxy_socket_mode: v.choice_as(
@@ -244,7 +266,7 @@ pub fn resolve(loaded: Loaded) -> Result<(Config, Vec<String>), ConfigError> {
         metadata_proxy_group: v.str(D, "metadata_proxy_group")?,
         metadata_backlog: v.int(D, "metadata_backlog")?,
         metadata_workers: v.int(D, "metadata_workers")?,
-        metadata_proxy_shared_secret: v.str(D, "metadata_proxy_shared_secret")?,
+        metadata_proxy_shared_secret: secret,
         nova_metadata_host: nova_host.unwrap_or_else(|| "127.0.0.1".to_owned()),
         nova_metadata_port: v.port(D, "nova_metadata_port")?,
         nova_metadata_protocol: v.choice(D, "nova_metadata_protocol")?.to_owned(),
@@ -253,6 +275,8 @@ pub fn resolve(loaded: Loaded) -> Result<(Config, Vec<String>), ConfigError> {
         nova_client_cert: cert,
         nova_client_priv_key: key,
         nova_metadata_timeout: v.seconds(D, "nova_metadata_timeout")?,
+        nova_max_response_bytes: v.int(D, "nova_max_response_bytes")?,
+        metadata_max_connections: v.int(D, "metadata_max_connections")?,
         answerer,
         resolver: v.choice_as(D, "resolver", &[("inventory", ResolverKind::Inventory)])?,
         inventory_file: v

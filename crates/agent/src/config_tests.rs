@@ -94,7 +94,8 @@ fn nova_host_selects_nova_unless_told_otherwise() {
         (AnswererKind::Nova, "127.0.0.1:8775")
     );
     // The pre-Queens name still works, with a warning naming the new one.
-    let (c, w) = load("[DEFAULT]\nnova_metadata_ip = 10.1.1.1\n", &[], &[]).expect("valid");
+    let text = "[DEFAULT]\nnova_metadata_ip = 10.1.1.1\nmetadata_proxy_shared_secret = k\n";
+    let (c, w) = load(text, &[], &[]).expect("valid");
     assert_eq!(
         (c.answerer, c.nova_metadata_host.as_str()),
         (AnswererKind::Nova, "10.1.1.1")
@@ -318,4 +319,32 @@ fn the_example_file_loads_without_warnings() {
         c.metadata_proxy_socket,
         PathBuf::from(socket::DEFAULT_SOCKET)
     );
+}
+
+#[test]
+fn an_empty_secret_warns_only_when_nova_answers() {
+    let (c, w) = load("[DEFAULT]\nnova_metadata_host = 10.0.0.5\n", &[], &[]).expect("valid");
+    assert_eq!(c.answerer, AnswererKind::Nova);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("metadata_proxy_shared_secret is empty"),
+        "{w:?}"
+    );
+    assert!(w[0].contains("403"), "{w:?}");
+    let text = "[DEFAULT]\nnova_metadata_host = 10.0.0.5\nmetadata_proxy_shared_secret = k\n";
+    assert!(load(text, &[], &[]).expect("valid").1.is_empty());
+    // The built-in responder signs nothing.
+    assert!(load("", &[], &[]).expect("valid").1.is_empty());
+}
+
+#[test]
+fn response_cap_and_connection_cap_are_options() {
+    let c = ini("");
+    assert_eq!(c.nova_max_response_bytes, 8 << 20);
+    assert_eq!(c.metadata_max_connections, 0);
+    let c = ini("[DEFAULT]\nnova_max_response_bytes = 1024\nmetadata_max_connections = 16\n");
+    assert_eq!(c.nova_max_response_bytes, 1024);
+    assert_eq!(c.metadata_max_connections, 16);
+    assert!(err("[DEFAULT]\nnova_max_response_bytes = 0\n", &[], &[])
+        .contains("nova_max_response_bytes"));
 }

@@ -40,7 +40,7 @@ pub enum Error {
     #[error(transparent)]
     Inventory(#[from] inventory::InventoryError),
     #[error(transparent)]
-    Socket(#[from] socket::SocketError),
+    Socket(#[from] socket::BindError),
 }
 
 impl Error {
@@ -84,7 +84,10 @@ pub fn build_agent(cfg: &Config) -> Result<(Arc<handler::Agent>, Arc<store::Inve
 /// `shutdown` resolves.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
     let (agent, store) = build_agent(&cfg)?;
-    let listener = socket::bind_socket(&cfg)?;
+    let socket::Bound {
+        listener,
+        file: socket_file,
+    } = socket::bind_socket(&cfg)?;
     let resolver = agent.resolver.inner().name();
     match &agent.answerer {
         answer::Answerer::Nova(n) => tracing::info!(
@@ -108,6 +111,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
     let opts = server::ServeOptions {
         keepalive: cfg.keepalive.then_some(cfg.keepalive_idle_timeout),
         grace: SHUTDOWN_GRACE,
+        max_connections: server::connection_cap(cfg.metadata_max_connections),
     };
     let shutdown = async {
         shutdown.await;
@@ -115,9 +119,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
     };
     server::serve(listener, agent, opts, shutdown).await;
     watcher.abort();
-    if let Err(err) = std::fs::remove_file(&cfg.metadata_proxy_socket) {
-        tracing::debug!(%err, "socket already gone");
-    }
+    socket_file.remove();
     tracing::info!("metadata agent stopped");
     Ok(())
 }

@@ -23,6 +23,10 @@ fn main() {
     for w in warnings {
         tracing::warn!("{w}");
     }
+    match ns_metadata_agent::server::raise_nofile_limit() {
+        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Err(err) => tracing::warn!(%err, "cannot raise the open file limit"),
+    }
     let mut rt = if cfg.metadata_workers == 0 {
         tokio::runtime::Builder::new_current_thread()
     } else {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use http::{header, HeaderName, HeaderValue, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -50,6 +50,7 @@ pub struct Nova {
     base: String,
     secret: String,
     timeout: Duration,
+    max_response: usize,
 }
 
 impl Nova {
@@ -74,6 +75,7 @@ impl Nova {
             base: format!("{}://{}", cfg.nova_metadata_protocol, cfg.nova_authority()),
             secret: cfg.metadata_proxy_shared_secret.clone(),
             timeout: cfg.nova_metadata_timeout,
+            max_response: cfg.nova_max_response_bytes,
         })
     }
 
@@ -82,7 +84,13 @@ impl Nova {
     }
 
     /// Send the request on and relay Nova's answer. Unreachable: 503 (LP#2059032);
-    /// no answer within the timeout: 504; a broken answer: 502.
+    /// no answer within the timeout: 504; a broken answer, or one larger than
+    /// `nova_max_response_bytes`: 502.
+    ///
+    /// The answer is read whole, under a cap, rather than streamed: Nova's metadata answers
+    /// are small (user data is at most 64 KiB), and reading it whole keeps the contract that
+    /// a Nova answer that breaks off or times out becomes a clean 502/504 instead of a
+    /// truncated 200 the guest would take as data. The cap bounds memory per request.
     pub async fn forward(
         &self,
         method: Method,
@@ -125,7 +133,26 @@ impl Nova {
         let call = async {
             let resp = self.client.request(req).await?;
             let (parts, body) = resp.into_parts();
-            let bytes = body.collect().await.map(|c| c.to_bytes());
+            let announced = parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            let bytes = match announced {
+                // Refuse at once when Nova says how much is coming.
+                Some(n) if n > self.max_response as u64 => Err(TooLarge(Some(n))),
+                _ => Limited::new(body, self.max_response)
+                    .collect()
+                    .await
+                    .map(|c| c.to_bytes())
+                    .map_err(|e| {
+                        if e.is::<LengthLimitError>() {
+                            TooLarge(None)
+                        } else {
+                            BrokeOff(e)
+                        }
+                    }),
+            };
             Ok::<_, hyper_util::client::legacy::Error>((parts, bytes))
         };
         let (parts, bytes) = match tokio::time::timeout(self.timeout, call).await {
@@ -147,7 +174,19 @@ impl Nova {
         };
         let bytes = match bytes {
             Ok(b) => b,
-            Err(err) => {
+            Err(TooLarge(size)) => {
+                tracing::warn!(
+                    url = %uri,
+                    size = %size.map_or_else(|| format!("more than {}", self.max_response), |n| n.to_string()),
+                    limit = self.max_response,
+                    "Nova's answer exceeds nova_max_response_bytes; answering 502"
+                );
+                return error(
+                    StatusCode::BAD_GATEWAY,
+                    "The remote metadata server's answer is too large.",
+                );
+            }
+            Err(BrokeOff(err)) => {
                 tracing::warn!(url = %uri, %err, "Nova's response broke off");
                 return error(
                     StatusCode::BAD_GATEWAY,
@@ -178,6 +217,14 @@ impl Nova {
         out
     }
 }
+
+/// Why Nova's answer body could not be relayed.
+enum BodyError {
+    /// Over the cap; the announced size when Nova gave a Content-Length.
+    TooLarge(Option<u64>),
+    BrokeOff(Box<dyn std::error::Error + Send + Sync>),
+}
+use BodyError::{BrokeOff, TooLarge};
 
 /// An error with its sources, on one line (hyper's top-level message says little).
 struct ErrChain<'a>(&'a (dyn std::error::Error + 'static));

@@ -1,10 +1,14 @@
 //! Accepting proxy connections on the Unix socket: HTTP/1.1 per connection, keep-alive with a
 //! bounded idle time and the `X-NS-Metadata-Keepalive` signal (issue 8), or one request per
-//! connection like Neutron's agent; graceful shutdown.
+//! connection like Neutron's agent; graceful shutdown. File descriptors: the soft
+//! `RLIMIT_NOFILE` raised to the hard one at start, open connections capped below it (at the
+//! cap the oldest idle keep-alive connection is closed for the newcomer, so idle proxy pools
+//! cannot lock new clients out), and accept errors reported once per few seconds.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,7 +18,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use ns_contract::keepalive;
 use tokio::net::UnixListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
 use crate::handler::Agent;
@@ -26,6 +30,143 @@ pub struct ServeOptions {
     pub keepalive: Option<Duration>,
     /// How long in-flight requests may finish after shutdown starts.
     pub grace: Duration,
+    /// Open connections at most (see `connection_cap`).
+    pub max_connections: usize,
+}
+
+/// Descriptors kept back from the limit for everything that is not a proxy connection
+/// (listener, inventory reads, logging, the runtime's own).
+const FD_RESERVE: u64 = 64;
+
+/// Raise the soft `RLIMIT_NOFILE` to the hard one (as systemd leaves soft at 1024 for
+/// select() users, which we are not). Returns the soft limit in force afterwards.
+pub fn raise_nofile_limit() -> std::io::Result<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+        return Ok(hard);
+    }
+    Ok(soft)
+}
+
+/// The connection cap: `configured` when set, else half of what the descriptor limit leaves
+/// after a reserve (each proxy connection may hold a Nova connection too).
+pub fn connection_cap(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft);
+    let cap = soft.saturating_sub(FD_RESERVE) / 2;
+    usize::try_from(cap).unwrap_or(usize::MAX).max(1)
+}
+
+/// How often a run of accept errors is summarized.
+const ACCEPT_REPORT_EVERY: Duration = Duration::from_secs(5);
+
+/// Accept-error log control: the first error of a run is logged, then one summary line per
+/// `ACCEPT_REPORT_EVERY` with the count suppressed meanwhile, then one line when accepting
+/// works again. The clock is passed in so the test needs no sleeps.
+#[derive(Debug, Default)]
+struct AcceptErrors {
+    /// When the current run started and when it was last reported.
+    since: Option<(Instant, Instant)>,
+    suppressed: u64,
+}
+
+/// What `AcceptErrors` wants logged.
+#[derive(Debug, PartialEq, Eq)]
+enum AcceptReport {
+    First,
+    Still { suppressed: u64, for_s: u64 },
+    Quiet,
+}
+
+impl AcceptErrors {
+    fn failed(&mut self, now: Instant) -> AcceptReport {
+        match &mut self.since {
+            None => {
+                self.since = Some((now, now));
+                AcceptReport::First
+            }
+            Some((start, reported)) => {
+                self.suppressed += 1;
+                if now.saturating_duration_since(*reported) < ACCEPT_REPORT_EVERY {
+                    return AcceptReport::Quiet;
+                }
+                *reported = now;
+                let suppressed = std::mem::take(&mut self.suppressed);
+                AcceptReport::Still {
+                    suppressed,
+                    for_s: now.saturating_duration_since(*start).as_secs(),
+                }
+            }
+        }
+    }
+
+    /// Accepting works again: returns whether a run of errors just ended.
+    fn succeeded(&mut self) -> bool {
+        self.suppressed = 0;
+        self.since.take().is_some()
+    }
+}
+
+/// The open connections, for closing the oldest idle one at the cap.
+#[derive(Default)]
+struct Open {
+    conns: Mutex<HashMap<u64, Arc<Activity>>>,
+    /// A connection finished a request or closed: a waiting newcomer may find room.
+    changed: Notify,
+}
+
+impl Open {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Activity>>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ask the keep-alive connection idle the longest (one that served a request and has
+    /// none in flight) to close. False when every connection is busy or new.
+    fn close_oldest_idle(&self) -> bool {
+        let conns = self.lock();
+        let oldest = conns
+            .values()
+            .filter(|a| {
+                a.served.load(Ordering::SeqCst)
+                    && a.inflight.load(Ordering::SeqCst) == 0
+                    && !a.evicted.load(Ordering::SeqCst)
+            })
+            .min_by_key(|a| *a.last.lock().unwrap_or_else(|p| p.into_inner()));
+        match oldest {
+            Some(a) => {
+                a.evicted.store(true, Ordering::SeqCst);
+                a.close.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Connections not already asked to close.
+    fn live(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|a| !a.evicted.load(Ordering::SeqCst))
+            .count()
+    }
+}
+
+/// Removes a connection from `Open` when its task ends, however it ends.
+struct Registered {
+    open: Arc<Open>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.open.lock().remove(&self.id);
+        self.open.changed.notify_waiters();
+    }
 }
 
 /// Header reads without keep-alive are bounded like haproxy's `timeout http-request`.
@@ -41,22 +182,68 @@ pub async fn serve(
 ) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
+    let open = Arc::new(Open::default());
+    let cap = opts.max_connections.max(1);
+    let mut errors = AcceptErrors::default();
+    let mut next_id = 0u64;
     tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
+    'accept: loop {
+        let stream = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    conns.spawn(connection(stream, agent.clone(), opts, stop_rx.clone()));
+                    if errors.succeeded() {
+                        tracing::info!("accept works again");
+                    }
+                    stream
                 }
                 Err(err) => {
+                    match errors.failed(Instant::now()) {
+                        AcceptReport::First => tracing::warn!(
+                            %err,
+                            "accept failed; repeats are summarized every {} s",
+                            ACCEPT_REPORT_EVERY.as_secs()
+                        ),
+                        AcceptReport::Still { suppressed, for_s } => tracing::warn!(
+                            %err, suppressed, failing_for_s = for_s, "accept still failing"
+                        ),
+                        AcceptReport::Quiet => {}
+                    }
                     // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(%err, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
                 }
             },
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+        };
+        // At the cap: make room by closing the oldest idle keep-alive connection; when all
+        // are busy, hold the newcomer until one finishes a request or closes.
+        loop {
+            let changed = open.changed.notified();
+            if open.live() < cap || open.close_oldest_idle() {
+                break;
+            }
+            tokio::select! {
+                _ = &mut shutdown => break 'accept,
+                _ = changed => {}
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
         }
+        next_id += 1;
+        let act = Arc::new(Activity::new());
+        open.lock().insert(next_id, act.clone());
+        let reg = Registered {
+            open: open.clone(),
+            id: next_id,
+        };
+        conns.spawn(connection(
+            stream,
+            agent.clone(),
+            opts,
+            stop_rx.clone(),
+            act,
+            reg,
+        ));
     }
     drop(listener);
     let _ = stop_tx.send(true);
@@ -73,10 +260,27 @@ pub async fn serve(
     }
 }
 
-/// Per-connection activity, for the idle timer.
+/// Per-connection activity, for the idle timer and the cap.
 struct Activity {
     inflight: AtomicUsize,
     last: Mutex<Instant>,
+    /// At least one request answered: only then is an idle connection a pooled one.
+    served: AtomicBool,
+    /// Asked to close to make room.
+    evicted: AtomicBool,
+    close: Notify,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            inflight: AtomicUsize::new(0),
+            last: Mutex::new(Instant::now()),
+            served: AtomicBool::new(false),
+            evicted: AtomicBool::new(false),
+            close: Notify::new(),
+        }
+    }
 }
 
 async fn connection(
@@ -84,11 +288,11 @@ async fn connection(
     agent: Arc<Agent>,
     opts: ServeOptions,
     mut stop: watch::Receiver<bool>,
+    act: Arc<Activity>,
+    // Dropped when this task ends, however it ends: the connection leaves `Open`.
+    reg: Registered,
 ) {
-    let act = Arc::new(Activity {
-        inflight: AtomicUsize::new(0),
-        last: Mutex::new(Instant::now()),
-    });
+    let open = reg.open.clone();
     let signal = opts.keepalive.map(|idle| {
         (
             HeaderName::from_static(keepalive::HEADER.lower),
@@ -100,6 +304,7 @@ async fn connection(
         let agent = agent.clone();
         let act = svc_act.clone();
         let signal = signal.clone();
+        let open = open.clone();
         async move {
             act.inflight.fetch_add(1, Ordering::SeqCst);
             let mut resp = agent.handle(req).await;
@@ -107,7 +312,9 @@ async fn connection(
                 resp.headers_mut().insert(name, value);
             }
             *act.last.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+            act.served.store(true, Ordering::SeqCst);
             act.inflight.fetch_sub(1, Ordering::SeqCst);
+            open.changed.notify_waiters();
             Ok::<_, Infallible>(resp)
         }
     });
@@ -158,6 +365,52 @@ async fn connection(
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
+            _ = act.close.notified(), if !closing => {
+                tracing::debug!("connection cap reached; closing the oldest idle connection");
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_errors_are_summarized_then_recovery_reported() {
+        let t0 = Instant::now();
+        let mut e = AcceptErrors::default();
+        assert_eq!(e.failed(t0), AcceptReport::First);
+        for ms in 1..1000 {
+            assert_eq!(
+                e.failed(t0 + Duration::from_millis(ms)),
+                AcceptReport::Quiet
+            );
+        }
+        assert_eq!(
+            e.failed(t0 + ACCEPT_REPORT_EVERY),
+            AcceptReport::Still {
+                suppressed: 1000,
+                for_s: ACCEPT_REPORT_EVERY.as_secs()
+            }
+        );
+        assert_eq!(
+            e.failed(t0 + ACCEPT_REPORT_EVERY + Duration::from_secs(1)),
+            AcceptReport::Quiet
+        );
+        assert!(e.succeeded());
+        assert!(!e.succeeded());
+        assert_eq!(e.failed(t0 + Duration::from_secs(60)), AcceptReport::First);
+    }
+
+    #[test]
+    fn cap_follows_the_descriptor_limit_unless_configured() {
+        assert_eq!(connection_cap(3), 3);
+        let (soft, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .expect("getrlimit");
+        let auto = connection_cap(0) as u64;
+        assert!(auto >= 1 && auto < soft, "{auto} vs {soft}");
     }
 }

@@ -1,8 +1,10 @@
-//! The Unix socket the proxies connect to: parent directory created, stale file removed,
-//! bound with `metadata_backlog`, permissions from `metadata_proxy_socket_mode`
-//! (neutron agent/linux/utils.py `ensure_directory_exists_without_file`, proxy_base.py).
+//! The Unix socket the proxies connect to: parent directory created, a stale file removed
+//! (but never a socket another agent still serves), bound with `metadata_backlog`,
+//! permissions from `metadata_proxy_socket_mode` (neutron agent/linux/utils.py
+//! `ensure_directory_exists_without_file`, proxy_base.py); removed at exit only while it is
+//! still the file this agent bound, so an overlapping restart keeps its successor's socket.
 
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::sys::socket::{
@@ -25,6 +27,56 @@ fn err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> S
         op,
         path: path.to_owned(),
         source,
+    }
+}
+
+/// Another agent answers on the path: starting would take the proxies away from it.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: another agent is serving this socket; stop it first or use another metadata_proxy_socket", path.display())]
+pub struct InUse {
+    pub path: PathBuf,
+}
+
+/// Why the socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error(transparent)]
+    InUse(#[from] InUse),
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+}
+
+/// The listening socket and the identity of the file it was bound to.
+pub struct Bound {
+    pub listener: tokio::net::UnixListener,
+    /// The socket file this agent created, to remove at exit (and only that one).
+    pub file: SocketFile,
+}
+
+/// A socket file by path and `(dev, ino)`: a successor that bound the same path has a new
+/// inode, so comparing both tells our file from theirs.
+#[derive(Debug, Clone)]
+pub struct SocketFile {
+    path: PathBuf,
+    id: (u64, u64),
+}
+
+impl SocketFile {
+    /// Remove the file if it is still the one we bound; leave a successor's socket alone.
+    /// (A successor binding between the check and the unlink is not excluded, but the window
+    /// is one syscall instead of the whole shutdown grace.)
+    pub fn remove(&self) {
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if (m.dev(), m.ino()) == self.id => match std::fs::remove_file(&self.path) {
+                Ok(()) => {}
+                Err(err) => tracing::debug!(%err, "socket already gone"),
+            },
+            Ok(_) => tracing::info!(
+                path = %self.path.display(),
+                "socket was replaced by another agent; leaving it in place"
+            ),
+            Err(err) => tracing::debug!(%err, "socket already gone"),
+        }
     }
 }
 
@@ -70,8 +122,9 @@ fn deduce(user: &str, group: &str) -> SocketMode {
     }
 }
 
-/// Create, bind and listen; returns a tokio listener.
-pub fn bind_socket(cfg: &Config) -> Result<tokio::net::UnixListener, SocketError> {
+/// Create, bind and listen. An existing socket that accepts a connection belongs to a running
+/// agent: refuse. One that refuses it (or any other file) is stale: replace it.
+pub fn bind_socket(cfg: &Config) -> Result<Bound, BindError> {
     let path = cfg.metadata_proxy_socket.as_path();
     if let Some(dir) = path.parent() {
         if !dir.is_dir() {
@@ -82,10 +135,16 @@ pub fn bind_socket(cfg: &Config) -> Result<tokio::net::UnixListener, SocketError
                 .map_err(err("create directory for", path))?;
         }
     }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(InUse {
+            path: path.to_owned(),
+        }
+        .into());
+    }
     match std::fs::remove_file(path) {
         Ok(()) => tracing::info!(path = %path.display(), "removed stale socket"),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err("remove stale", path)(e)),
+        Err(e) => return Err(err("remove stale", path)(e).into()),
     }
     let fd = socket(
         AddressFamily::Unix,
@@ -101,8 +160,17 @@ pub fn bind_socket(cfg: &Config) -> Result<tokio::net::UnixListener, SocketError
     listen(&fd, backlog).map_err(|e| err("listen on", path)(e.into()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode_bits(cfg)))
         .map_err(err("chmod", path))?;
+    let meta = std::fs::symlink_metadata(path).map_err(err("stat", path))?;
     let std_listener = std::os::unix::net::UnixListener::from(fd);
-    tokio::net::UnixListener::from_std(std_listener).map_err(err("register", path))
+    let listener =
+        tokio::net::UnixListener::from_std(std_listener).map_err(err("register", path))?;
+    Ok(Bound {
+        listener,
+        file: SocketFile {
+            path: path.to_owned(),
+            id: (meta.dev(), meta.ino()),
+        },
+    })
 }
 
 #[cfg(test)]

@@ -318,3 +318,69 @@ async fn unusable_tls_files_stop_the_agent() {
     assert!(err.to_string().starts_with("auth_ca_cert: "), "{err}");
     assert!(err.to_string().contains("junk.pem"), "{err}");
 }
+
+/// A "Nova" that answers every request with `head` followed by `len` bytes of body, written
+/// in pieces (`chunked` framing when `head` says so).
+fn big_nova(chunked: bool, len: usize) -> u16 {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { return };
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf);
+            let head = if chunked {
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_owned()
+            } else {
+                format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n")
+            };
+            let _ = c.write_all(head.as_bytes());
+            let piece = vec![b'x'; 100];
+            for _ in 0..len / 100 {
+                let _ = if chunked {
+                    c.write_all(b"64\r\n")
+                        .and_then(|()| c.write_all(&piece))
+                        .and_then(|()| c.write_all(b"\r\n"))
+                } else {
+                    c.write_all(&piece)
+                };
+            }
+            if chunked {
+                let _ = c.write_all(b"0\r\n\r\n");
+            }
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_over_the_cap_is_502_and_one_under_it_is_relayed() {
+    let dir = TempDir::new("nova-cap");
+    for chunked in [false, true] {
+        // Over the cap: with a Content-Length (refused at once) and without (counted).
+        let mut cfg = nova_config(&dir, big_nova(chunked, 5_000), SECRET);
+        cfg.nova_max_response_bytes = 1_000;
+        let agent = start(cfg).await;
+        let r = ask(
+            &agent.socket,
+            get("/openstack", "10.250.41.2", "X-Neutron-Network-ID", "n1"),
+        )
+        .await;
+        assert_eq!(r.status, 502, "chunked={chunked}");
+        assert!(r.text().contains("too large"), "{}", r.text());
+        agent.stop().await;
+
+        let mut cfg = nova_config(&dir, big_nova(chunked, 1_000), SECRET);
+        cfg.nova_max_response_bytes = 1_000;
+        let agent = start(cfg).await;
+        let r = ask(
+            &agent.socket,
+            get("/openstack", "10.250.41.2", "X-Neutron-Network-ID", "n1"),
+        )
+        .await;
+        assert_eq!(r.status, 200, "chunked={chunked}");
+        assert_eq!(r.body.len(), 1_000);
+        agent.stop().await;
+    }
+}

@@ -360,3 +360,48 @@ async fn hostile_input_gets_an_answer_and_breaks_nothing() {
     assert_eq!(r.status, 200, "still serving");
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_connection_cap_the_oldest_idle_connection_makes_room() {
+    let dir = TempDir::new("cap");
+    let mut cfg = config(&dir, INVENTORY);
+    cfg.metadata_max_connections = 2;
+    let agent = start(cfg).await;
+    let req = get("/openstack", "10.250.41.2", "X-Neutron-Network-ID", "n1");
+
+    // Two pooled connections, each idle after one answer; the first is the older.
+    let mut pooled = Vec::new();
+    for _ in 0..2 {
+        let mut c = Conn::unix(&agent.socket).await;
+        c.send(req.as_bytes()).await;
+        assert_eq!(c.read(false).await.expect("answer").status, 200);
+        pooled.push(c);
+    }
+    // A newcomer is answered at once (not after the 60 s idle time) ...
+    let mut third = Conn::unix(&agent.socket).await;
+    third.send(req.as_bytes()).await;
+    let r = tokio::time::timeout(Duration::from_secs(5), third.read(false))
+        .await
+        .expect("the newcomer is served without waiting for an idle timeout")
+        .expect("answer");
+    assert_eq!(r.status, 200);
+    // ... because the oldest idle connection was closed; the younger one still serves.
+    assert!(pooled[0].closed().await, "oldest idle connection closed");
+    pooled[1].send(req.as_bytes()).await;
+    assert_eq!(pooled[1].read(false).await.expect("answer").status, 200);
+
+    // With every connection busy or not yet used, a newcomer waits for room instead of
+    // taking a connection a proxy just opened, and is served as soon as one closes.
+    drop(pooled);
+    let fresh = Conn::unix(&agent.socket).await;
+    let mut waiting = Conn::unix(&agent.socket).await;
+    waiting.send(req.as_bytes()).await;
+    drop(fresh);
+    let r = tokio::time::timeout(Duration::from_secs(5), waiting.read(false))
+        .await
+        .expect("served once a slot frees")
+        .expect("answer");
+    assert_eq!(r.status, 200);
+    drop(third);
+    agent.stop().await;
+}

@@ -54,10 +54,23 @@ pub const X_TENANT_ID: Name = Name {
     lower: "x-tenant-id",
 };
 
+/// Set by the proxy (value [`CLIENT_FORWARDED_VALUE`]) when the VM's request carried an
+/// `X-Forwarded-For` of its own, in any spelling: the request came through a reverse proxy
+/// inside the guest. The proxy replaces the guest's `X-Forwarded-For` with the TCP peer, so
+/// without this mark the agent could not apply AWS's IMDSv2 anti-SSRF rule (a token `PUT`
+/// that carries `X-Forwarded-For` is refused with 403). An identity header: a copy sent by
+/// the VM is stripped like the others, so only the proxy can set it.
+pub const X_NS_METADATA_CLIENT_FORWARDED: Name = Name {
+    wire: "X-NS-Metadata-Client-Forwarded",
+    lower: "x-ns-metadata-client-forwarded",
+};
+/// The value the proxy writes in [`X_NS_METADATA_CLIENT_FORWARDED`].
+pub const CLIENT_FORWARDED_VALUE: &str = "1";
+
 /// Every header that carries identity between proxy, agent and Nova. A VM that sends one could
 /// pose as another instance, so the proxy drops each of them from client requests, in any
 /// spelling, before adding its own (LP#1865036).
-pub const IDENTITY: [Name; 7] = [
+pub const IDENTITY: [Name; 8] = [
     X_FORWARDED_FOR,
     X_NEUTRON_ROUTER_ID,
     X_NEUTRON_NETWORK_ID,
@@ -65,6 +78,7 @@ pub const IDENTITY: [Name; 7] = [
     X_INSTANCE_ID,
     X_INSTANCE_ID_SIGNATURE,
     X_TENANT_ID,
+    X_NS_METADATA_CLIENT_FORWARDED,
 ];
 
 /// Whether a client header is an identity header. Compared ignoring case and with `_` taken as
@@ -114,6 +128,8 @@ mod tests {
             "X-Neutron-Router_ID",
             "x-ovn-network-id",
             "X-Tenant-Id",
+            "X_NS_Metadata_Client_Forwarded",
+            "x-ns-metadata-client-forwarded",
         ] {
             assert!(is_identity(n), "{n}");
         }

@@ -16,6 +16,7 @@ const HEADERS: &[&str] = &[
     "x-instance-id-signature",
     "x-tenant-id",
     "x-ns-metadata-keepalive",
+    "x-ns-metadata-client-forwarded",
 ];
 
 /// Other spellings that must not appear in another crate's product code (compared

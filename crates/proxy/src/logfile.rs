@@ -16,8 +16,33 @@ pub struct LogFile {
     file: Mutex<File>,
 }
 
+/// Open for appending (never truncating) without following a symlink at `path`, and only a
+/// regular file: the proxy opens it as root, often in a directory others can write to.
 fn open(path: &Path) -> io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        // O_NONBLOCK: a FIFO planted at the path must not hang start-up (refused below).
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(nix::libc::ELOOP) {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "is a symlink; refusing to follow it",
+                )
+            } else {
+                e
+            }
+        })?;
+    if !f.metadata()?.file_type().is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file; refusing to write to it",
+        ));
+    }
+    Ok(f)
 }
 
 impl LogFile {
@@ -62,5 +87,52 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for &'static LogFile {
     type Writer = Guard<'a>;
     fn make_writer(&'a self) -> Guard<'a> {
         Guard(self.file())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("nsmp-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("scratch dir");
+        d
+    }
+
+    #[test]
+    fn symlinked_log_file_is_refused() {
+        let d = scratch("log-symlink");
+        let victim = d.join("victim");
+        std::fs::write(&victim, "precious\n").expect("victim");
+        let p = d.join("proxy.log");
+        std::os::unix::fs::symlink(&victim, &p).expect("symlink");
+        let e = open(&p).expect_err("symlink refused");
+        assert!(e.to_string().contains("symlink"), "{e}");
+        assert_eq!(
+            std::fs::read_to_string(&victim).expect("read"),
+            "precious\n"
+        );
+        let e = open(&d).expect_err("a directory is not a log file");
+        assert!(!e.to_string().is_empty());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn log_file_is_appended_never_truncated() {
+        use std::io::Write as _;
+        let d = scratch("log-append");
+        let p = d.join("proxy.log");
+        std::fs::write(&p, "old line\n").expect("write");
+        open(&p)
+            .expect("open")
+            .write_all(b"new line\n")
+            .expect("append");
+        assert_eq!(
+            std::fs::read_to_string(&p).expect("read"),
+            "old line\nnew line\n"
+        );
+        let _ = std::fs::remove_dir_all(&d);
     }
 }

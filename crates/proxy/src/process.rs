@@ -164,15 +164,32 @@ pub fn raise_nofile(max_connections: usize) {
 }
 
 /// The pid file: flock'ed for the process's life, like Neutron's old proxy daemon.
+///
+/// The proxy writes it as root, often in a directory others can write to, so the path is
+/// never trusted: it is opened without following a symlink (`O_NOFOLLOW`), must be a regular
+/// file with one link, and an existing file must hold nothing or a pid (otherwise it may be
+/// someone else's file, which must not be truncated). At exit it is unlinked only if the path
+/// still names the file created here (same device and inode).
 #[derive(Debug)]
 pub struct PidFile {
     path: PathBuf,
+    /// `(st_dev, st_ino)` of the file we locked and wrote.
+    id: (u64, u64),
     _lock: Flock<File>,
 }
 
+/// Whether an existing pid file's content is something we may overwrite: empty, or one
+/// decimal pid (Neutron's files and ours: the bare number, an optional newline).
+fn holds_a_pid(text: &str) -> bool {
+    let t = text.trim();
+    t.is_empty() || (t.len() <= 10 && t.bytes().all(|b| b.is_ascii_digit()))
+}
+
 impl PidFile {
-    /// Lock and write our pid. Fails if another live process holds the lock.
+    /// Lock and write our pid. Fails if another live process holds the lock, if the path is
+    /// a symlink or not a regular file, or if the file holds something other than a pid.
     pub fn create(path: &Path) -> Result<PidFile> {
+        use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
         let err = |reason: String| Error::PidFile {
             path: path.to_owned(),
             reason,
@@ -185,28 +202,68 @@ impl PidFile {
             .write(true)
             .create(true)
             .truncate(false)
+            // O_NONBLOCK: a FIFO planted at the path must not hang start-up (refused below).
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
             .open(path)
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| {
+                if e.raw_os_error() == Some(nix::libc::ELOOP) {
+                    err("is a symlink; refusing to follow it".into())
+                } else {
+                    err(e.to_string())
+                }
+            })?;
+        let meta = f.metadata().map_err(|e| err(e.to_string()))?;
+        if !meta.file_type().is_file() {
+            return Err(err("not a regular file; refusing to use it".into()));
+        }
+        if meta.nlink() > 1 {
+            return Err(err(format!(
+                "has {} hard links; refusing to write through them",
+                meta.nlink()
+            )));
+        }
         let mut lock = Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(mut f, e)| {
             let mut old = String::new();
             let _ = f.read_to_string(&mut old);
             err(format!("locked by running process {} ({e})", old.trim()))
         })?;
+        let mut old = String::new();
+        // Bounded: a pid is a few bytes, and a large file is not ours anyway.
+        let _ = (&mut *lock).take(64).read_to_string(&mut old);
+        if !holds_a_pid(&old) {
+            return Err(err(
+                "exists and does not hold a pid (it may be another program's file); \
+                 refusing to overwrite it"
+                    .into(),
+            ));
+        }
         lock.set_len(0).map_err(|e| err(e.to_string()))?;
         lock.rewind().map_err(|e| err(e.to_string()))?;
+        // A bare pid: Neutron reads the file with int().
         writeln!(lock, "{}", std::process::id()).map_err(|e| err(e.to_string()))?;
         lock.flush().map_err(|e| err(e.to_string()))?;
         Ok(PidFile {
             path: path.to_owned(),
+            id: (meta.dev(), meta.ino()),
             _lock: lock,
         })
     }
 
-    /// Remove the file (still holding the lock, so no other proxy raced in).
+    /// Remove the file (still holding the lock, so no other proxy raced in), but only if the
+    /// path still names the file we created: one put there since is someone else's.
     pub fn remove(self) {
-        if let Err(e) = std::fs::remove_file(&self.path) {
-            // E.g. the directory is root-owned and we dropped privileges (LP#1907695).
-            tracing::warn!(path = %self.path.display(), err = %e, "cannot remove pid file");
+        use std::os::unix::fs::MetadataExt as _;
+        let path = self.path.display();
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if (m.dev(), m.ino()) == self.id => {
+                if let Err(e) = std::fs::remove_file(&self.path) {
+                    // E.g. the directory is root-owned and we dropped privileges (LP#1907695).
+                    tracing::warn!(%path, err = %e, "cannot remove pid file");
+                }
+            }
+            Ok(_) => tracing::warn!(%path, "pid file was replaced by another file; left alone"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(%path, err = %e, "cannot check pid file before removing it"),
         }
     }
 }
@@ -287,6 +344,72 @@ mod tests {
         assert!(e.to_string().contains("locked"), "{e}");
         a.remove();
         assert!(!p.exists());
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("nsmp-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("scratch dir");
+        d
+    }
+
+    #[test]
+    fn pid_file_symlink_is_refused_and_victim_kept() {
+        let d = scratch("pid-symlink");
+        let victim = d.join("victim");
+        std::fs::write(&victim, "precious\n").expect("victim");
+        let p = d.join("proxy.pid");
+        std::os::unix::fs::symlink(&victim, &p).expect("symlink");
+        let e = PidFile::create(&p).expect_err("symlink refused");
+        assert!(e.to_string().contains("symlink"), "{e}");
+        assert_eq!(
+            std::fs::read_to_string(&victim).expect("read"),
+            "precious\n"
+        );
+        // A dangling symlink is not followed to create its target either.
+        let dangling = d.join("dangling.pid");
+        std::os::unix::fs::symlink(d.join("made"), &dangling).expect("symlink");
+        assert!(PidFile::create(&dangling).is_err());
+        assert!(!d.join("made").exists());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn pid_file_with_other_content_is_refused() {
+        let d = scratch("pid-text");
+        let p = d.join("proxy.pid");
+        std::fs::write(&p, "root:x:0:0\n").expect("write");
+        let e = PidFile::create(&p).expect_err("not a pid");
+        assert!(e.to_string().contains("does not hold a pid"), "{e}");
+        assert_eq!(std::fs::read_to_string(&p).expect("read"), "root:x:0:0\n");
+        // A stale pid (a proxy that died) and an empty file are taken over.
+        std::fs::write(&p, "4242\n").expect("write");
+        let a = PidFile::create(&p).expect("stale pid file reused");
+        assert_eq!(
+            std::fs::read_to_string(&p).expect("read"),
+            format!("{}\n", std::process::id())
+        );
+        a.remove();
+        // Not a regular file.
+        let e = PidFile::create(&d).expect_err("directory refused");
+        assert!(!e.to_string().is_empty());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn replaced_pid_file_is_left_alone() {
+        let d = scratch("pid-replaced");
+        let p = d.join("proxy.pid");
+        let a = PidFile::create(&p).expect("create");
+        // Another program puts its own file at the path while we run.
+        std::fs::remove_file(&p).expect("unlink ours");
+        std::fs::write(&p, "theirs\n").expect("theirs");
+        a.remove();
+        assert_eq!(
+            std::fs::read_to_string(&p).expect("still there"),
+            "theirs\n"
+        );
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

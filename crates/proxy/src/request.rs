@@ -5,7 +5,9 @@ use std::io::Write as _;
 use std::net::IpAddr;
 use std::ops::Range;
 
-use ns_contract::headers::is_identity;
+use ns_contract::headers::{
+    eq_wsgi, is_identity, CLIENT_FORWARDED_VALUE, X_FORWARDED_FOR, X_NS_METADATA_CLIENT_FORWARDED,
+};
 
 use crate::http1::{
     chunked_only, connection_tokens, content_length, is_idempotent, name_is, named_in_connection,
@@ -187,8 +189,12 @@ pub fn parse(
     out.clear();
     // Writes into a Vec cannot fail.
     let _ = write!(out, "{method} {target} HTTP/1.1\r\n");
+    // Whether the VM sent an X-Forwarded-For of its own (any spelling): only looked at for
+    // headers already being stripped, so a request without one pays nothing for it.
+    let mut client_forwarded = false;
     for h in headers.iter() {
         if stripped(headers, h.name) {
+            client_forwarded |= eq_wsgi(h.name, X_FORWARDED_FOR.lower);
             continue;
         }
         out.extend_from_slice(h.name.as_bytes());
@@ -197,12 +203,15 @@ pub fn parse(
         out.extend_from_slice(b"\r\n");
     }
     // The agent wants the VM's address, IPv4 written plainly (never ::ffff:a.b.c.d).
-    let _ = write!(
-        out,
-        "{}: {}\r\n",
-        ns_contract::headers::X_FORWARDED_FOR.wire,
-        peer.to_canonical()
-    );
+    let _ = write!(out, "{}: {}\r\n", X_FORWARDED_FOR.wire, peer.to_canonical());
+    if client_forwarded {
+        // A reverse proxy inside the guest: tell the agent, which refuses IMDSv2 token PUTs
+        // that came that way (AWS's anti-SSRF rule).
+        out.extend_from_slice(X_NS_METADATA_CLIENT_FORWARDED.wire.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(CLIENT_FORWARDED_VALUE.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     out.extend_from_slice(up.id_line.as_bytes());
     if up.close {
         out.extend_from_slice(b"Connection: close\r\n");
@@ -277,7 +286,7 @@ mod tests {
         let (info, out) = run(b"GET /latest/meta-data?x=1 HTTP/1.1\r\nHost: h\r\nx-forwarded-for: 1.2.3.4\r\nX-FORWARDED-FOR: 5.6.7.8\r\nX-Neutron-Network-ID: evil\r\nx-neutron-router-id: evil\r\nX-OVN-Network-ID: e\r\nX-Instance-ID: i\r\nX-Instance-ID-Signature: s\r\nx-tenant-id: t\r\nKeep-Alive: 5\r\nConnection: keep-alive, X-Custom\r\nX-Custom: drop\r\nUser-Agent: ua\r\n\r\n").expect("ok");
         assert_eq!(
             out,
-            "GET /latest/meta-data?x=1 HTTP/1.1\r\nHost: h\r\nUser-Agent: ua\r\nX-Forwarded-For: 10.0.0.5\r\nX-Neutron-Router-ID: r1\r\nConnection: close\r\n\r\n"
+            "GET /latest/meta-data?x=1 HTTP/1.1\r\nHost: h\r\nUser-Agent: ua\r\nX-Forwarded-For: 10.0.0.5\r\nX-NS-Metadata-Client-Forwarded: 1\r\nX-Neutron-Router-ID: r1\r\nConnection: close\r\n\r\n"
         );
         assert!(info.keep_alive && info.idempotent);
     }
@@ -287,7 +296,28 @@ mod tests {
         let (_, out) = run(b"GET / HTTP/1.1\r\nHost: h\r\nX_Forwarded_For: 1.2.3.4\r\nx_neutron_router_id: evil\r\nX-Neutron_Network-ID: evil\r\nX_OVN_NETWORK_ID: e\r\nX_Instance_ID: i\r\nx_instance_id_signature: s\r\nX_Tenant_ID: t\r\nX_Custom_Thing: kept\r\n\r\n").expect("ok");
         assert_eq!(
             out,
-            "GET / HTTP/1.1\r\nHost: h\r\nX_Custom_Thing: kept\r\nX-Forwarded-For: 10.0.0.5\r\nX-Neutron-Router-ID: r1\r\nConnection: close\r\n\r\n"
+            "GET / HTTP/1.1\r\nHost: h\r\nX_Custom_Thing: kept\r\nX-Forwarded-For: 10.0.0.5\r\nX-NS-Metadata-Client-Forwarded: 1\r\nX-Neutron-Router-ID: r1\r\nConnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn client_forwarded_marked_only_when_the_vm_sent_xff() {
+        // A reverse proxy in the guest: its X-Forwarded-For (any spelling) is replaced, and
+        // the agent is told it was there.
+        for xff in ["X-Forwarded-For: 192.168.0.9", "x_forwarded_for: 1.2.3.4"] {
+            let req = format!("PUT /latest/api/token HTTP/1.1\r\nHost: h\r\n{xff}\r\n\r\n");
+            let (_, out) = run(req.as_bytes()).expect("ok");
+            assert_eq!(
+                out,
+                "PUT /latest/api/token HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.0.0.5\r\nX-NS-Metadata-Client-Forwarded: 1\r\nX-Neutron-Router-ID: r1\r\nConnection: close\r\n\r\n",
+                "{xff}"
+            );
+        }
+        // No X-Forwarded-For: no mark; a mark the VM sent itself is stripped, any spelling.
+        let (_, out) = run(b"PUT /latest/api/token HTTP/1.1\r\nHost: h\r\nX-NS-Metadata-Client-Forwarded: 0\r\nx_ns_metadata_client_forwarded: 1\r\n\r\n").expect("ok");
+        assert_eq!(
+            out,
+            "PUT /latest/api/token HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.0.0.5\r\nX-Neutron-Router-ID: r1\r\nConnection: close\r\n\r\n"
         );
     }
 

@@ -127,6 +127,40 @@ fn startup_failure_is_one_line_and_no_ready() {
     assert!(got.is_empty(), "no READY on failure");
 }
 
+/// A symlink planted at `--pid-file` or `--log-file` (the proxy runs as root, often in a
+/// directory others can write to) is refused at start-up, and its target is left as it was.
+#[test]
+fn symlinked_pid_or_log_file_is_refused_and_its_target_kept() {
+    let dir = tmp("symlink");
+    let victim = dir.join("victim");
+    std::fs::write(&victim, "precious\n").expect("victim");
+    let link = dir.join("link");
+    std::os::unix::fs::symlink(&victim, &link).expect("symlink");
+    for flag in ["--pid-file", "--log-file"] {
+        let out = Command::new(bin_path("ns-metadata-proxy"))
+            .args(["--router-id", "r-link"])
+            .args(["--bind", &format!("127.0.0.1:{}", free_port())])
+            .arg(flag)
+            .arg(&link)
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{flag}: {err}");
+        let line = err
+            .lines()
+            .filter(|l| l.starts_with("ns-metadata-proxy:"))
+            .collect::<Vec<_>>();
+        assert_eq!(line.len(), 1, "{flag}: {err}");
+        assert!(line[0].contains("symlink"), "{flag}: {err}");
+        assert_eq!(
+            std::fs::read_to_string(&victim).expect("read"),
+            "precious\n",
+            "{flag}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn bad_config_exits_2_naming_file_line_key() {
     let dir = tmp("badcfg");

@@ -13,6 +13,7 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use ns_contract::headers::X_NS_METADATA_CLIENT_FORWARDED;
 use serde_json::Value;
 
 use crate::inventory::{Instance, Snapshot};
@@ -152,6 +153,15 @@ impl Builtin {
             r.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("PUT"));
             return r;
+        }
+        // AWS's anti-SSRF rule: a token PUT that came through a reverse proxy (it carries
+        // X-Forwarded-For) is refused. Our proxy replaces the guest's X-Forwarded-For and
+        // marks the request instead; Neutron's haproxy does not, so behind it this rule is off.
+        if headers.contains_key(X_NS_METADATA_CLIENT_FORWARDED.lower) {
+            return error(
+                StatusCode::FORBIDDEN,
+                "Session tokens are not issued to requests forwarded by a proxy (X-Forwarded-For).",
+            );
         }
         let ttl = headers
             .get(TTL_HEADER)

@@ -392,6 +392,35 @@ fn imds_v2_tokens() {
 }
 
 #[test]
+fn imds_v2_token_refused_through_a_guest_proxy() {
+    let f = fixture(false);
+    let ttl = "x-aws-ec2-metadata-token-ttl-seconds";
+    let marker = ns_contract::headers::X_NS_METADATA_CLIENT_FORWARDED.wire;
+    // The proxy marks a request that carried the guest's own X-Forwarded-For: 403, as AWS.
+    let (s, _, body) = f.call(
+        "vm-1",
+        Method::PUT,
+        "/latest/api/token",
+        &[(ttl, "60"), (marker, "1")],
+        "",
+    );
+    assert_eq!(s, StatusCode::FORBIDDEN, "{body:?}");
+    // Without the mark the same PUT gets a token.
+    let (s, _, token) = f.call("vm-1", Method::PUT, "/latest/api/token", &[(ttl, "60")], "");
+    assert_eq!(s, StatusCode::OK);
+    assert!(token.len() >= 40);
+    // Other requests are unaffected by the mark.
+    let (s, _, b) = f.call(
+        "vm-1",
+        Method::GET,
+        "/latest/meta-data/hostname",
+        &[(marker, "1")],
+        "",
+    );
+    assert_eq!((s, &b[..]), (StatusCode::OK, &b"web1.novalocal"[..]));
+}
+
+#[test]
 fn imds_v2_required() {
     let f = fixture(true);
     assert_eq!(
