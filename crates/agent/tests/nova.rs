@@ -357,30 +357,29 @@ fn big_nova(chunked: bool, len: usize) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_over_the_cap_is_502_and_one_under_it_is_relayed() {
     let dir = TempDir::new("nova-cap");
+    // One agent with a 1000-byte cap in front of a Nova answering `size` bytes.
+    let ask_capped = |chunked: bool, size: usize| {
+        let mut cfg = nova_config(&dir, big_nova(chunked, size), SECRET);
+        cfg.nova_max_response_bytes = 1_000;
+        async move {
+            let agent = start(cfg).await;
+            let r = ask(
+                &agent.socket,
+                get("/openstack", "10.250.41.2", "X-Neutron-Network-ID", "n1"),
+            )
+            .await;
+            agent.stop().await;
+            r
+        }
+    };
     for chunked in [false, true] {
         // Over the cap: with a Content-Length (refused at once) and without (counted).
-        let mut cfg = nova_config(&dir, big_nova(chunked, 5_000), SECRET);
-        cfg.nova_max_response_bytes = 1_000;
-        let agent = start(cfg).await;
-        let r = ask(
-            &agent.socket,
-            get("/openstack", "10.250.41.2", "X-Neutron-Network-ID", "n1"),
-        )
-        .await;
+        let r = ask_capped(chunked, 5_000).await;
         assert_eq!(r.status, 502, "chunked={chunked}");
         assert!(r.text().contains("too large"), "{}", r.text());
-        agent.stop().await;
 
-        let mut cfg = nova_config(&dir, big_nova(chunked, 1_000), SECRET);
-        cfg.nova_max_response_bytes = 1_000;
-        let agent = start(cfg).await;
-        let r = ask(
-            &agent.socket,
-            get("/openstack", "10.250.41.2", "X-Neutron-Network-ID", "n1"),
-        )
-        .await;
+        let r = ask_capped(chunked, 1_000).await;
         assert_eq!(r.status, 200, "chunked={chunked}");
         assert_eq!(r.body.len(), 1_000);
-        agent.stop().await;
     }
 }
