@@ -33,6 +33,18 @@ impl Platform for Namespaces {
         Path::new(ns_netns::NETNS_RUN_DIR).join(netns).exists()
     }
 
+    fn namespace_inode(&self, netns: &str) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        // `stat` follows the bind mount to the namespace file itself (nsfs).
+        std::fs::metadata(Path::new(ns_netns::NETNS_RUN_DIR).join(netns))
+            .ok()
+            .map(|m| m.ino())
+    }
+
+    fn open_process_ns(&self, pid: u32) -> Result<Netns> {
+        Netns::open_path(Path::new(&format!("/proc/{pid}/ns/net"))).map_err(netns_err)
+    }
+
     async fn open(&self, spec: &ProxySpec) -> Result<Opened<Netns>> {
         let ns = match Netns::open(&spec.netns) {
             Ok(ns) => ns,

@@ -1,25 +1,112 @@
-//! Pid files `<state dir>/pids/<key>.pid` and the liveness check used for adoption: the pid
-//! is alive and its `/proc/PID/cmdline` holds the id (what Neutron's `active` checks).
+//! Pid files `<state dir>/pids/<key>.pid` and the "is it provably our proxy" check used
+//! before adopting or signalling anything: `/proc/PID/exe` is the proxy binary, argv holds
+//! the exact `--router-id|--network-id ID` pair, and the start time and network namespace
+//! recorded in the pid file match the process (a recycled pid, a look-alike or a process
+//! that merely mentions the id never passes). Neutron's `active` (argv *contains* the id)
+//! is not enough: pid files survive reboots and pids are reused.
 
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use ns_contract::validate_id;
+use ns_contract::{validate_id, Kind};
 
 use crate::{Error, Result};
+
+/// What a pid file says: `pid starttime netns-inode interface` on one line. A file of the
+/// previous release holds the bare pid (`start` and `netns` are `None`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub pid: u32,
+    /// Field 22 of `/proc/PID/stat` (clock ticks since boot) when the file was written.
+    pub start: Option<u64>,
+    /// Inode of `/proc/PID/ns/net` when the file was written.
+    pub netns: Option<u64>,
+    /// The interface that got the metadata address (for the teardown).
+    pub interface: Option<String>,
+}
+
+impl Record {
+    /// A file of the previous release: a bare pid, nothing proves which process it meant.
+    pub fn is_legacy(&self) -> bool {
+        self.start.is_none()
+    }
+
+    /// The record of a live process, read from `/proc` now.
+    pub fn of(pid: u32, interface: &str) -> Option<Record> {
+        let info = ProcInfo::read(pid)?;
+        Some(Record {
+            pid,
+            start: Some(info.start?),
+            netns: Some(info.netns?),
+            interface: Some(interface.to_owned()),
+        })
+    }
+
+    fn parse(text: &str) -> Option<Record> {
+        let mut f = text.split_ascii_whitespace();
+        let pid = f.next()?.parse().ok().filter(|&p: &u32| p > 1)?;
+        let start = f.next().map(str::parse).transpose().ok()?;
+        let netns = f.next().map(str::parse).transpose().ok()?;
+        let interface = f.next().map(str::to_owned);
+        if f.next().is_some() || (start.is_some() && (netns.is_none() || interface.is_none())) {
+            return None;
+        }
+        Some(Record {
+            pid,
+            start,
+            netns,
+            interface,
+        })
+    }
+
+    fn line(&self) -> String {
+        match (self.start, self.netns, &self.interface) {
+            (Some(s), Some(n), Some(i)) => format!("{} {s} {n} {i}\n", self.pid),
+            _ => format!("{}\n", self.pid),
+        }
+    }
+}
 
 /// The pid file of a proxy key.
 pub fn path(dir: &Path, key: &str) -> PathBuf {
     dir.join(format!("{key}.pid"))
 }
 
-/// Write `pid\n` atomically.
-pub fn write(dir: &Path, key: &str, pid: u32) -> Result<()> {
+/// Write the pid file of a live proxy (`pid starttime netns-inode interface`), read from
+/// `/proc` now.
+pub fn write(dir: &Path, key: &str, pid: u32, interface: &str) -> Result<()> {
+    let rec = Record::of(pid, interface).ok_or_else(|| {
+        Error::io(
+            "read",
+            format!("/proc/{pid}"),
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        )
+    })?;
+    write_record(dir, key, &rec)
+}
+
+/// Write a record atomically: a fresh temp file (O_EXCL|O_NOFOLLOW, 0600, so a planted file
+/// or symlink is never written through), fsync, rename.
+pub fn write_record(dir: &Path, key: &str, rec: &Record) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
     let p = path(dir, key);
     let tmp = dir.join(format!(".{key}.pid.tmp"));
-    let r = std::fs::write(&tmp, format!("{pid}\n"))
-        .map_err(|e| Error::io("write", &tmp, e))
-        .and_then(|()| std::fs::rename(&tmp, &p).map_err(|e| Error::io("rename", &p, e)));
+    // A temp file left by a crash would make O_EXCL fail for ever.
+    let _ = std::fs::remove_file(&tmp);
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(&tmp)
+        .map_err(|e| Error::io("create", &tmp, e));
+    let r = created.and_then(|mut f| {
+        f.write_all(rec.line().as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(|e| Error::io("write", &tmp, e))?;
+        std::fs::rename(&tmp, &p).map_err(|e| Error::io("rename", &p, e))
+    });
     if r.is_err() {
         // A full or read-only state dir must not collect half-written temp files.
         let _ = std::fs::remove_file(&tmp);
@@ -27,14 +114,25 @@ pub fn write(dir: &Path, key: &str, pid: u32) -> Result<()> {
     r
 }
 
-/// Read the pid of a pid file; `None` if missing or not a number.
+/// Read a pid file (O_NOFOLLOW: a symlink planted in its place is not followed); `None` if
+/// missing or malformed.
+pub fn read_record(p: &Path) -> Option<Record> {
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(p)
+        .ok()?;
+    let mut text = String::new();
+    Read::by_ref(&mut f)
+        .take(4096)
+        .read_to_string(&mut text)
+        .ok()?;
+    Record::parse(&text)
+}
+
+/// The pid of a pid file; `None` if missing or malformed.
 pub fn read(p: &Path) -> Option<u32> {
-    std::fs::read_to_string(p)
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-        .filter(|&pid| pid > 1)
+    read_record(p).map(|r| r.pid)
 }
 
 /// Remove a pid file; a missing file is fine.
@@ -89,39 +187,139 @@ pub fn cmdline(pid: u32) -> Option<Vec<String>> {
     )
 }
 
-/// Neutron's `active`: the process is alive and one of its arguments holds the id.
-pub fn is_proxy_for(pid: u32, id: &str) -> Option<Vec<String>> {
-    cmdline(pid).filter(|argv| argv.iter().any(|a| a.contains(id)))
+/// Field 22 of `/proc/PID/stat`: the start time in clock ticks since boot. Fields are
+/// counted after the last `)`, since the command name may hold spaces and parentheses.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_start_time(&stat)
 }
 
-/// Whether the process executes `binary` (compared through `/proc/PID/exe`; a binary
-/// replaced by an upgrade shows as "PATH (deleted)" and still counts).
-pub fn runs_binary(pid: u32, binary: &Path) -> bool {
-    let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
-        return false;
-    };
-    let exe = exe.to_string_lossy();
-    let exe = exe.strip_suffix(" (deleted)").unwrap_or(&exe);
+fn parse_start_time(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // After the name: field 3 (state) is the first; field 22 is the 20th.
+    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+}
+
+/// The inode of a process's network namespace.
+pub fn netns_inode(pid: u32) -> Option<u64> {
+    std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .ok()
+        .map(|m| m.ino())
+}
+
+/// What the identity check looks at, read from `/proc` (a plain struct, so the rule is
+/// tested with fakes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcInfo {
+    /// `/proc/PID/exe`, without a ` (deleted)` suffix (a binary replaced by an upgrade).
+    pub exe: Option<PathBuf>,
+    pub argv: Vec<String>,
+    pub start: Option<u64>,
+    pub netns: Option<u64>,
+}
+
+impl ProcInfo {
+    /// `None` if the process is gone or a zombie.
+    pub fn read(pid: u32) -> Option<ProcInfo> {
+        let argv = cmdline(pid)?;
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .map(|e| {
+                let s = e.to_string_lossy();
+                match s.strip_suffix(" (deleted)") {
+                    Some(s) => PathBuf::from(s),
+                    None => e,
+                }
+            });
+        Some(ProcInfo {
+            exe,
+            argv,
+            start: start_time(pid),
+            netns: netns_inode(pid),
+        })
+    }
+}
+
+/// Which proxy a pid file is expected to name.
+#[derive(Debug, Clone, Copy)]
+pub struct Want<'a> {
+    /// The configured `proxy_binary`.
+    pub binary: &'a Path,
+    /// The exact `--router-id ID` (or `--network-id ID`) pair; `None` for a key that is no
+    /// longer wanted, whose proxy may carry any kind's flag.
+    pub pair: Option<(Kind, &'a str)>,
+}
+
+/// Whether `info` runs `binary`: its exe is the binary, or the binary is a script (`#!`)
+/// that the kernel ran as `interpreter BINARY ...` (argv[1] is the script's path).
+fn runs(info: &ProcInfo, binary: &Path) -> bool {
     let want = std::fs::canonicalize(binary).unwrap_or_else(|_| binary.to_owned());
-    Path::new(exe) == want
+    if info.exe.as_deref() == Some(want.as_path()) {
+        return true;
+    }
+    let script = std::fs::File::open(&want)
+        .and_then(|f| {
+            let mut head = [0u8; 2];
+            f.take(2).read_exact(&mut head).map(|()| head == *b"#!")
+        })
+        .unwrap_or(false);
+    script
+        && info
+            .argv
+            .get(1)
+            .is_some_and(|a| Path::new(a) == binary || Path::new(a) == want)
 }
 
-/// Live processes that look like proxies of `binary` (its executable, or the path as
-/// argv[0], or argv[1] for a script run by its interpreter) with their argv: how proxies
-/// whose pid file is missing are found again (`/proc` scan, done once at start).
-pub fn find_running(binary: &Path) -> Vec<(u32, Vec<String>)> {
+/// The identity rule: `Ok` only for a process that is provably the proxy `rec` was written
+/// for; otherwise why not (it must then never be signalled). A legacy record (bare pid)
+/// proves no start time or namespace: the caller decides what more it needs.
+pub fn check(info: &ProcInfo, rec: &Record, want: &Want<'_>) -> std::result::Result<(), String> {
+    if !runs(info, want.binary) {
+        return Err(format!(
+            "runs {}, not the proxy binary",
+            info.exe.as_deref().map_or_else(
+                || "an unreadable executable".into(),
+                |e| e.display().to_string()
+            )
+        ));
+    }
+    let pair = |flag: &str, id: Option<&str>| {
+        info.argv
+            .windows(2)
+            .any(|w| w[0] == flag && id.is_none_or(|id| w[1] == id))
+    };
+    let has_pair = match want.pair {
+        Some((kind, id)) => pair(kind.flag(), Some(id)),
+        None => Kind::ALL.iter().any(|k| pair(k.flag(), None)),
+    };
+    if !has_pair {
+        return Err("its arguments are not this proxy's id".into());
+    }
+    if let Some(start) = rec.start {
+        if info.start != Some(start) {
+            return Err("started after the pid file was written (recycled pid)".into());
+        }
+    }
+    if let Some(ns) = rec.netns {
+        if info.netns != Some(ns) {
+            return Err("not in the namespace the pid file names".into());
+        }
+    }
+    Ok(())
+}
+
+/// Live processes running `binary` (see [`check`]): how proxies whose pid file is missing
+/// are found again (`/proc` scan, done once at start). The caller applies the rest of the
+/// rule (exact pair, namespace) before adopting one.
+pub fn find_running(binary: &Path) -> Vec<(u32, ProcInfo)> {
     let Ok(rd) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
-    let want = binary.to_string_lossy();
     rd.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| pid != std::process::id())
-        .filter_map(|pid| {
-            let argv = cmdline(pid)?;
-            let named = argv.iter().take(2).any(|a| *a == want);
-            (named || runs_binary(pid, binary)).then_some((pid, argv))
-        })
+        .filter_map(|pid| Some((pid, ProcInfo::read(pid)?)))
+        .filter(|(_, info)| runs(info, binary))
         .collect()
 }
 
@@ -129,11 +327,15 @@ pub fn find_running(binary: &Path) -> Vec<(u32, Vec<String>)> {
 mod tests {
     use super::*;
 
+    fn tmp(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("spawner-{name}-{}", std::process::id()))
+    }
+
     #[test]
     fn remove_own_keeps_a_live_replacements_file() {
-        let dir = std::env::temp_dir().join(format!("spawner-pidown-{}", std::process::id()));
+        let dir = tmp("pidown");
         let me = std::process::id();
-        write(&dir, "k", me).expect("write");
+        write(&dir, "k", me, "lo").expect("write");
         remove_own(&dir, "k", Some(me + 1_000_000));
         assert_eq!(
             read(&path(&dir, "k")),
@@ -146,15 +348,48 @@ mod tests {
     }
 
     #[test]
-    fn write_read_list_remove() {
-        let dir = std::env::temp_dir().join(format!("spawner-pid-{}", std::process::id()));
-        write(&dir, "abc", 1234).expect("write");
-        std::fs::write(dir.join("bad name.pid"), "1").expect("write");
-        std::fs::write(dir.join("junk.pid"), "x").expect("write");
-        assert_eq!(read(&path(&dir, "abc")), Some(1234));
-        assert_eq!(read(&path(&dir, "junk")), None);
+    fn format_is_pid_start_netns_interface_and_legacy_is_a_bare_pid() {
+        let dir = tmp("pidfmt");
+        let me = std::process::id();
+        write(&dir, "abc", me, "tap1").expect("write");
+        let text = std::fs::read_to_string(path(&dir, "abc")).expect("read");
+        let want = format!(
+            "{me} {} {} tap1\n",
+            start_time(me).expect("start"),
+            netns_inode(me).expect("netns")
+        );
+        assert_eq!(text, want);
+        let mode = std::fs::metadata(path(&dir, "abc")).expect("stat").mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let rec = read_record(&path(&dir, "abc")).expect("parse");
+        assert!(!rec.is_legacy());
+        assert_eq!(rec.interface.as_deref(), Some("tap1"));
+
+        std::fs::write(path(&dir, "old"), "1234\n").expect("write");
+        let old = read_record(&path(&dir, "old")).expect("legacy");
+        assert!(old.is_legacy());
+        assert_eq!((old.pid, old.netns, old.interface), (1234, None, None));
+        for bad in [
+            "x",
+            "1",
+            "12 34",
+            "12 34 56",
+            "12 x 56 lo",
+            "12 34 56 lo extra",
+            "",
+        ] {
+            std::fs::write(path(&dir, "bad"), bad).expect("write");
+            assert_eq!(read_record(&path(&dir, "bad")), None, "{bad:?}");
+        }
+        // A symlink in place of a pid file is not followed.
+        std::os::unix::fs::symlink(path(&dir, "abc"), path(&dir, "link")).expect("symlink");
+        assert_eq!(read(&path(&dir, "link")), None);
+        // A stale temp file (crash) does not block the next write; none is left.
+        std::fs::write(dir.join(".abc.pid.tmp"), "junk").expect("write");
+        write(&dir, "abc", me, "lo").expect("write over a stale temp file");
+        assert!(!dir.join(".abc.pid.tmp").exists());
         let keys: Vec<_> = list(&dir).into_iter().map(|(k, _)| k).collect();
-        assert_eq!(keys, vec!["abc", "junk"]);
+        assert_eq!(keys, vec!["abc", "bad", "link", "old"]);
         remove(&dir, "abc");
         remove(&dir, "abc");
         assert_eq!(read(&path(&dir, "abc")), None);
@@ -162,15 +397,99 @@ mod tests {
     }
 
     #[test]
-    fn cmdline_of_self() {
+    fn start_time_is_field_22_even_with_parentheses_in_the_name() {
+        let stat = "42 (a) b (c)) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 777 19 20";
+        assert_eq!(parse_start_time(stat), Some(777));
+        assert_eq!(parse_start_time("42 (x) S 1"), None);
         let me = std::process::id();
-        let argv = cmdline(me).expect("own cmdline");
-        assert!(!argv.is_empty());
-        assert!(is_proxy_for(me, "no-such-id-in-argv-4711").is_none());
-        assert!(cmdline(u32::MAX - 1).is_none());
-        let exe = std::env::current_exe().expect("exe");
-        assert!(runs_binary(me, &exe));
-        assert!(!runs_binary(me, Path::new("/bin/true")));
-        assert!(!runs_binary(u32::MAX - 1, &exe));
+        assert!(start_time(me).is_some());
+        assert!(start_time(u32::MAX - 1).is_none());
+    }
+
+    /// The identity rule on fake process facts.
+    #[test]
+    fn identity_needs_exe_exact_pair_start_time_and_namespace() {
+        let bin = std::env::current_exe().expect("exe");
+        let rec = Record {
+            pid: 100,
+            start: Some(5),
+            netns: Some(7),
+            interface: Some("lo".into()),
+        };
+        let ours = ProcInfo {
+            exe: Some(bin.clone()),
+            argv: ["x", "--router-id", "r1", "--bind", "a"]
+                .map(String::from)
+                .to_vec(),
+            start: Some(5),
+            netns: Some(7),
+        };
+        let want = Want {
+            binary: &bin,
+            pair: Some((Kind::Router, "r1")),
+        };
+        assert_eq!(check(&ours, &rec, &want), Ok(()));
+        // sshd, keepalived, `ip netns exec qrouter-r1 ...`: another executable.
+        let other = ProcInfo {
+            exe: Some("/usr/sbin/keepalived".into()),
+            ..ours.clone()
+        };
+        assert!(check(&other, &rec, &want).is_err());
+        // Argv mentions the id but not as the exact pair.
+        for argv in [
+            vec!["x", "--router-id", "r10"],
+            vec!["x", "qrouter-r1", "r1"],
+            vec!["x", "--network-id", "r1"],
+            vec!["x", "--router-id=r1"],
+        ] {
+            let i = ProcInfo {
+                argv: argv.into_iter().map(String::from).collect(),
+                ..ours.clone()
+            };
+            assert!(check(&i, &rec, &want).is_err());
+        }
+        // A recycled pid: another start time.
+        let recycled = ProcInfo {
+            start: Some(6),
+            ..ours.clone()
+        };
+        let e = check(&recycled, &rec, &want).expect_err("recycled");
+        assert!(e.contains("recycled"), "{e}");
+        // Another namespace than the one recorded.
+        let moved = ProcInfo {
+            netns: Some(8),
+            ..ours.clone()
+        };
+        assert!(check(&moved, &rec, &want).is_err());
+        // A legacy record proves nothing beyond exe and pair.
+        let legacy = Record {
+            pid: 100,
+            start: None,
+            netns: None,
+            interface: None,
+        };
+        assert_eq!(check(&recycled, &legacy, &want), Ok(()));
+        // An unwanted key: any kind's flag.
+        let any = Want {
+            binary: &bin,
+            pair: None,
+        };
+        assert_eq!(check(&ours, &rec, &any), Ok(()));
+        let none = ProcInfo {
+            argv: vec!["x".into(), "r1".into()],
+            ..ours
+        };
+        assert!(check(&none, &rec, &any).is_err());
+    }
+
+    #[test]
+    fn proc_info_of_self() {
+        let me = std::process::id();
+        let info = ProcInfo::read(me).expect("own info");
+        assert!(!info.argv.is_empty());
+        assert_eq!(info.exe, Some(std::env::current_exe().expect("exe")));
+        assert!(ProcInfo::read(u32::MAX - 1).is_none());
+        assert!(runs(&info, &std::env::current_exe().expect("exe")));
+        assert!(!runs(&info, Path::new("/bin/true")));
     }
 }

@@ -29,6 +29,12 @@ pub trait Platform: Send + Sync + 'static {
     /// Whether the proxy's namespace exists now (a missing one means "wait for it"). A cheap
     /// check by name, for planning; a start opens the namespace with [`Platform::open`].
     fn namespace_exists(&self, netns: &str) -> bool;
+    /// The inode of the namespace named `netns` now (`None` if it does not exist): a process
+    /// is in that namespace when its `/proc/PID/ns/net` has the same inode.
+    fn namespace_inode(&self, netns: &str) -> Option<u64>;
+    /// Open the namespace a process is in (`/proc/PID/ns/net`), to tear down what its proxy
+    /// was given there after the name moved on (namespace deleted and re-added).
+    fn open_process_ns(&self, pid: u32) -> Result<Self::Ns>;
     /// Open the proxy's namespace, once per start, and check that `spec.interface` is in it
     /// (one link lookup, no process: polled while waiting). Errors other than "not there"
     /// are errors, not reasons to wait, except a failed link lookup, which `prepare` reports.
@@ -61,6 +67,18 @@ impl Platform for Host {
 
     fn namespace_exists(&self, netns: &str) -> bool {
         !netns.starts_with("missing-")
+    }
+
+    fn namespace_inode(&self, netns: &str) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        self.namespace_exists(netns)
+            .then(|| std::fs::metadata("/proc/self/ns/net").ok())
+            .flatten()
+            .map(|m| m.ino())
+    }
+
+    fn open_process_ns(&self, _pid: u32) -> Result<()> {
+        Ok(())
     }
 
     async fn open(&self, spec: &ProxySpec) -> Result<Opened<()>> {

@@ -24,7 +24,8 @@ pub(crate) const WAITING_RECHECK: Duration = Duration::from_millis(250);
 /// How a proxy task starts.
 pub(crate) enum Start {
     Fresh,
-    Adopt(u32, Vec<String>),
+    /// A proxy proven ours (see `pidfile::check`), its pidfd already open, and its argv.
+    Adopt(Box<Running>, Vec<String>),
 }
 
 /// What one proxy task works with (its own copies).
@@ -58,22 +59,17 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) {
     let mut current: Option<Running> = None;
     // The namespace the running proxy was prepared in and entered, for its teardown.
     let mut ns: Option<P::Ns> = None;
-    if let Start::Adopt(pid, argv) = start {
-        match Running::adopt(pid) {
-            // The tail of the cmdline: argv[0] (and an interpreter's script path) may differ.
-            Ok(r) if argv.ends_with(&args) => {
-                tracing::info!(key = %spec.key, pid, "adopted running proxy");
-                status.adopted(pid);
-                current = Some(r);
-            }
-            Ok(mut r) => {
-                tracing::info!(key = %spec.key, pid, "proxy runs with other arguments; restarting it");
-                r.stop(cfg.stop_timeout).await;
-                pidfile::remove(&pid_dir, &spec.key);
-            }
-            Err(e) => {
-                tracing::info!(key = %spec.key, pid, err = %e, "cannot adopt proxy; starting a new one")
-            }
+    if let Start::Adopt(mut r, argv) = start {
+        let pid = r.pid().unwrap_or_default();
+        // The tail of the cmdline: argv[0] (and an interpreter's script path) may differ.
+        if argv.ends_with(&args) {
+            tracing::info!(key = %spec.key, pid, "adopted running proxy");
+            status.adopted(pid);
+            current = Some(*r);
+        } else {
+            tracing::info!(key = %spec.key, pid, "proxy runs with other arguments; restarting it");
+            r.stop(cfg.stop_timeout).await;
+            pidfile::remove(&pid_dir, &spec.key);
         }
     }
     loop {
@@ -122,7 +118,7 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) {
                         // The proxy serves anyway; only adoption by a restarted
                         // supervisor needs the file, so the status says why it is missing.
                         let pid_error = pid.and_then(|pid| {
-                            pidfile::write(&pid_dir, &spec.key, pid).err().map(|e| {
+                            pidfile::write(&pid_dir, &spec.key, pid, &spec.interface).err().map(|e| {
                                 tracing::warn!(key = %spec.key, err = %e, "cannot write pid file");
                                 format!("cannot write pid file: {e}")
                             })

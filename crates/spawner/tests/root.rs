@@ -410,3 +410,50 @@ async fn network_waits_for_its_interface_then_answers_promptly() {
     );
     sup.stop_all().await;
 }
+
+/// Issue "adoption across namespaces": the router's namespace is deleted and re-added while
+/// the spawner is down. The old proxy (provably ours, still serving the old namespace) is
+/// not adopted: it is stopped, and a new one runs in the namespace that now has the name.
+#[test]
+fn namespace_recreated_while_down_gets_a_new_proxy_and_the_old_one_is_stopped() {
+    if !require_root("namespace_recreated_while_down_gets_a_new_proxy_and_the_old_one_is_stopped") {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let dir = TempDir::new("rt-recreated").reaping();
+    let p = unique_prefix();
+    let id = format!("{p}x");
+    let name = format!("qrouter-{id}");
+    let cfg = real_config(dir.path());
+    let mut records = Records::default();
+    records.api_routers.insert(id.clone(), router(&id));
+    let rns = TestNs::new(&name).expect("router ns");
+    let rt1 = tokio::runtime::Runtime::new().expect("runtime");
+    let p1 = rt1.block_on(async {
+        let sup = Supervisor::new(Namespaces, cfg.clone(), records.clone());
+        sup.adopt_and_start().await;
+        running_pid(&sup, &id, T).await
+    });
+    drop(rt1);
+    let _g1 = ns_testkit::PidGuard(vec![p1]);
+    assert!(alive(p1), "the proxy outlives its supervisor");
+    drop(rns);
+    let rns = TestNs::new(&name).expect("router ns again");
+    let ino = |path: String| std::fs::metadata(path).expect("stat").ino();
+    let now = ino(format!("/run/netns/{name}"));
+    assert_ne!(ino(format!("/proc/{p1}/ns/net")), now, "a new namespace");
+    let rt2 = tokio::runtime::Runtime::new().expect("runtime");
+    rt2.block_on(async {
+        let sup = Supervisor::new(Namespaces, cfg.clone(), records.clone());
+        sup.adopt_and_start().await;
+        let p2 = running_pid(&sup, &id, T).await;
+        let _g2 = ns_testkit::PidGuard(vec![p2]);
+        let st = status_of(&sup, &id).expect("status");
+        assert!(p2 != p1 && !st.adopted, "{st:?}");
+        assert!(!alive(p1), "the proxy of the old namespace was stopped");
+        assert_eq!(ino(format!("/proc/{p2}/ns/net")), now, "serves the new one");
+        assert_eq!(pidfile::read(&pidfile::path(&cfg.pid_dir(), &id)), Some(p2));
+        sup.stop_all().await;
+    });
+    drop(rns);
+}

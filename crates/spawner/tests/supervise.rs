@@ -13,7 +13,7 @@ use ns_metadata_spawner::pidfile;
 use ns_metadata_spawner::platform::Host;
 use ns_metadata_spawner::records::{Records, Router};
 use ns_metadata_spawner::supervisor::{State, Supervisor};
-use ns_testkit::proc::{alive, kill9, PidGuard};
+use ns_testkit::proc::{alive, kill9, ChildGuard, PidGuard};
 use ns_testkit::{eventually_async, poll_async, TempDir};
 
 const T: Duration = Duration::from_secs(10);
@@ -155,8 +155,12 @@ fn restarted_supervisor_adopts_kills_unwanted_and_cleans_stale() {
     drop(rt1);
     let _g = PidGuard(vec![p1, p2]);
     assert!(alive(p1) && alive(p2), "proxies outlive their supervisor");
-    // A stale pid file naming a process that is not a proxy for that id.
-    pidfile::write(&pid_dir, "r9", std::process::id()).expect("write");
+    // A stale pid file (previous release's bare pid) naming a process that is not a proxy.
+    std::fs::write(
+        pidfile::path(&pid_dir, "r9"),
+        format!("{}\n", std::process::id()),
+    )
+    .expect("write");
 
     // Second supervisor: r2 is no longer wanted.
     records.api_routers.remove("r2");
@@ -424,4 +428,181 @@ async fn missing_proxy_binary_is_reported_then_recovers_when_it_appears() {
     assert!(restarts >= 2, "retried: {restarts}");
     sup.stop_all().await;
     lp.abort();
+}
+
+/// A process started by the test (guarded), stdout on /dev/null, stdin a pipe the guard
+/// holds open: a `bash -c 'read -r _'` waits on it without a child of its own, so killing
+/// the guarded pid leaves nothing behind.
+fn start(cmd: &mut std::process::Command) -> ChildGuard {
+    use std::process::Stdio;
+    ChildGuard(
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn"),
+    )
+}
+
+/// A stand-in proxy started by hand (not by a supervisor): our binary, the exact id pair.
+fn manual_proxy(proxy: &std::path::Path, id: &str) -> ChildGuard {
+    let mut cmd = std::process::Command::new(proxy);
+    cmd.args(["--router-id", id, "--ready-fd", "1"]);
+    let g = start(&mut cmd);
+    // Ready when its argv is the script's (the interpreter has exec'd).
+    poll(|| pidfile::cmdline(g.pid()).filter(|a| a.iter().any(|x| x == "--ready-fd")));
+    g
+}
+
+fn poll<T>(f: impl FnMut() -> Option<T>) -> T {
+    ns_testkit::poll(T, f).expect("in time")
+}
+
+/// Issue "adoption identity": pid files live on persistent storage, so after a reboot a
+/// pid may name keepalived, dnsmasq, `ip netns exec qrouter-<id> ...` or sshd. A process
+/// whose argv merely holds the id is never signalled, for a wanted key or an unwanted one
+/// (`pids/sshd.pid`, old or new format); its pid files are removed, and the wanted proxy
+/// starts fresh.
+#[test]
+fn a_process_that_mentions_the_id_is_never_signalled_and_loses_its_pid_file() {
+    let dir = TempDir::new("sshd").reaping();
+    let proxy = fake_proxy(dir.path());
+    let cfg = config(dir.path(), &proxy);
+    let pid_dir = cfg.pid_dir();
+    let mut records = Records::default();
+    records.api_routers.insert("r7".into(), router("r7"));
+    let mut other = start(
+        std::process::Command::new("bash")
+            .args(["-c", "read -r _", "ip", "netns", "exec", "qrouter-r7"])
+            .args(["--router-id", "r7", "sshd"]),
+    );
+    let pid = other.pid();
+    poll(|| pidfile::cmdline(pid).filter(|a| a.iter().any(|x| x == "sshd")));
+    pidfile::write(&pid_dir, "r7", pid, "lo").expect("write");
+    pidfile::write(&pid_dir, "sshd", pid, "lo").expect("write");
+    std::fs::write(pidfile::path(&pid_dir, "old"), format!("{pid}\n")).expect("write");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let sup = Supervisor::new(Host, cfg.clone(), records);
+        sup.adopt_and_start().await;
+        let p = running_pid(&sup, "r7", T).await;
+        let _g = PidGuard(vec![p]);
+        assert!(other.alive(), "the look-alike was not signalled");
+        let st = status_of(&sup, "r7").expect("r7");
+        assert!(p != pid && !st.adopted, "{st:?}");
+        assert_eq!(pidfile::read(&pidfile::path(&pid_dir, "r7")), Some(p));
+        for k in ["sshd", "old"] {
+            assert!(!pidfile::path(&pid_dir, k).exists(), "{k}.pid removed");
+        }
+        sup.stop_all().await;
+    });
+    assert!(other.alive());
+}
+
+/// Issue "adoption by an unprivileged look-alike": a process of another user whose argv
+/// ends with the proxy's own arguments, but whose executable is not the proxy, is not
+/// adopted (the router would get no metadata) and not signalled; a real proxy starts.
+#[test]
+fn a_look_alike_with_the_exact_arguments_is_not_adopted() {
+    let dir = TempDir::new("lookalike").reaping();
+    let proxy = fake_proxy(dir.path());
+    let cfg = config(dir.path(), &proxy);
+    let pid_dir = cfg.pid_dir();
+    let mut records = Records::default();
+    records.api_routers.insert("r8".into(), router("r8"));
+    // The exact argv of a real proxy for r8 (after the interpreter).
+    let rt1 = tokio::runtime::Runtime::new().expect("runtime");
+    let argv = rt1.block_on(async {
+        let sup = Supervisor::new(Host, cfg.clone(), records.clone());
+        sup.adopt_and_start().await;
+        let p = running_pid(&sup, "r8", T).await;
+        let _g = PidGuard(vec![p]);
+        let argv = pidfile::cmdline(p).expect("alive");
+        sup.stop_all().await;
+        argv
+    });
+    drop(rt1);
+    let setpriv = ns_testkit::skip::is_root() && std::path::Path::new("/usr/bin/setpriv").exists();
+    let mut cmd = if setpriv {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "bash"]);
+        c
+    } else {
+        std::process::Command::new("bash")
+    };
+    cmd.args(["-c", "read -r _"]).args(&argv[1..]);
+    let mut fake = start(&mut cmd);
+    let pid = fake.pid();
+    poll(|| pidfile::cmdline(pid).filter(|a| a.ends_with(&argv[1..])));
+    pidfile::write(&pid_dir, "r8", pid, "lo").expect("write");
+    let rt2 = tokio::runtime::Runtime::new().expect("runtime");
+    rt2.block_on(async {
+        let sup = Supervisor::new(Host, cfg.clone(), records);
+        sup.adopt_and_start().await;
+        let p = running_pid(&sup, "r8", T).await;
+        let _g = PidGuard(vec![p]);
+        let st = status_of(&sup, "r8").expect("r8");
+        assert!(p != pid && !st.adopted, "look-alike adopted: {st:?}");
+        assert!(fake.alive(), "the look-alike was not signalled");
+        sup.stop_all().await;
+    });
+}
+
+/// A recycled pid: the pid file's start time is not the process's. Even though the process
+/// now at that pid is a proxy of ours (started by hand), it is not the one the file was
+/// written for: it is not signalled, and the file is removed.
+#[test]
+fn a_recycled_pid_is_never_signalled() {
+    let dir = TempDir::new("recycled").reaping();
+    let proxy = fake_proxy(dir.path());
+    let cfg = config(dir.path(), &proxy);
+    let pid_dir = cfg.pid_dir();
+    let mut other = manual_proxy(&proxy, "r5");
+    let pid = other.pid();
+    let mut rec = pidfile::Record::of(pid, "lo").expect("record");
+    rec.start = rec.start.map(|s| s.saturating_sub(1));
+    pidfile::write_record(&pid_dir, "r5", &rec).expect("write");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        // r5 is not wanted: the old rule stopped any process of the proxy binary.
+        let sup = Supervisor::new(Host, cfg.clone(), Records::default());
+        sup.adopt_and_start().await;
+    });
+    assert!(
+        other.alive(),
+        "the process at the recycled pid was not signalled"
+    );
+    assert!(!pidfile::path(&pid_dir, "r5").exists(), "pid file removed");
+}
+
+/// Upgrade: a pid file of the previous release (a bare pid) naming a wanted proxy in its
+/// record's namespace is adopted (no kill, no duplicate that could not bind), and the file
+/// is rewritten in the new format.
+#[test]
+fn an_old_format_pid_file_of_a_wanted_proxy_is_adopted_and_upgraded() {
+    let dir = TempDir::new("upgrade").reaping();
+    let proxy = fake_proxy(dir.path());
+    let cfg = config(dir.path(), &proxy);
+    let pid_dir = cfg.pid_dir();
+    let mut records = Records::default();
+    records.api_routers.insert("ru".into(), router("ru"));
+    let rt1 = tokio::runtime::Runtime::new().expect("runtime");
+    let p1 = rt1.block_on(async {
+        let sup = Supervisor::new(Host, cfg.clone(), records.clone());
+        sup.adopt_and_start().await;
+        running_pid(&sup, "ru", T).await
+    });
+    drop(rt1);
+    let _g = PidGuard(vec![p1]);
+    std::fs::write(pidfile::path(&pid_dir, "ru"), format!("{p1}\n")).expect("old format");
+    let rt2 = tokio::runtime::Runtime::new().expect("runtime");
+    rt2.block_on(async {
+        let sup = Supervisor::new(Host, cfg.clone(), records);
+        sup.adopt_and_start().await;
+        let st = status_of(&sup, "ru").expect("ru");
+        assert_eq!((st.pid, st.adopted), (Some(p1), true), "{st:?}");
+        let rec = pidfile::read_record(&pidfile::path(&pid_dir, "ru")).expect("pid file");
+        assert_eq!(rec, pidfile::Record::of(p1, "lo").expect("alive"));
+        sup.stop_all().await;
+        assert!(!alive(p1));
+    });
 }

@@ -15,16 +15,21 @@ use ns_testkit::poll_async;
 /// exits 3 at once), then waits for a signal. Its argv holds the id like the real one.
 pub fn fake_proxy(dir: &Path) -> PathBuf {
     let p = dir.join("fake-proxy");
-    let script = format!(
+    std::fs::write(&p, fake_proxy_script(dir)).expect("write fake proxy");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    p
+}
+
+/// The stand-in proxy (python3): exits 3 while `DIR/fail` exists, else reports READY on its
+/// `--ready-fd` and waits for a signal.
+fn fake_proxy_script(dir: &Path) -> String {
+    format!(
         "#!/usr/bin/env python3\nimport os, sys, signal\nif os.path.exists({fail:?}):\n    sys.exit(3)\n\
          a = sys.argv\nfd = int(a[a.index('--ready-fd') + 1])\nos.write(fd, b'READY=1\\n')\nos.close(fd)\n\
          while True:\n    signal.pause()\n",
         fail = dir.join("fail").display().to_string()
-    );
-    std::fs::write(&p, script).expect("write fake proxy");
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    p
+    )
 }
 
 /// A config rooted in `dir` with `proxy` as the proxy binary and short timeouts.
