@@ -20,13 +20,14 @@ use crate::decide::host_routes;
 use crate::metrics;
 use crate::platform::Platform;
 use crate::records::{network_from_json, router_from_json};
-use crate::supervisor::{Applied, Change, ProxyStatus, Supervisor};
+use crate::supervisor::{Applied, Change, ProxyStatus, RecordsState, Supervisor};
 use crate::{Error, Result};
 
-/// `GET /v1/status`: the agent as just probed, and every proxy.
+/// `GET /v1/status`: the agent as just probed, `records.json`, and every proxy.
 #[derive(Debug, Serialize)]
 pub struct StatusReply {
     pub agent: AgentStatus,
+    pub records: RecordsState,
     pub proxies: Vec<ProxyStatus>,
 }
 
@@ -51,7 +52,11 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
         }
         std::fs::remove_file(path).map_err(|e| Error::io("remove stale", path, e))?;
     }
-    let l = UnixListener::bind(path).map_err(|e| Error::io("bind", path, e))?;
+    // Created under a 077 umask, so no other user can connect between bind and chmod.
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let l = UnixListener::bind(path).map_err(|e| Error::io("bind", path, e));
+    rustix::process::umask(old);
+    let l = l?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| Error::io("chmod", path, e))?;
     Ok(l)
@@ -101,8 +106,10 @@ fn error(code: StatusCode, reason: impl std::fmt::Display) -> Response<Full<Byte
     json(code, &serde_json::json!({ "error": reason.to_string() }))
 }
 
-/// The answer of a change, or 500 when `records.json` could not be saved: the change is
-/// in effect, but a restarted spawner would not know it (full or read-only state dir).
+/// The answer of a change, or 500 while `records.json` cannot be saved (the last save
+/// failed): the change is in effect, but a restarted spawner would not know it (full or
+/// read-only state dir). Saving is debounced (`persist.rs`), so the change that meets a
+/// newly full disk is answered before its save; the status and every later change say so.
 fn saved_or(applied: Applied, ok: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
     match applied.saved {
         Ok(()) => ok,
@@ -163,6 +170,7 @@ pub async fn handle<P: Platform>(
                 StatusCode::OK,
                 &StatusReply {
                     agent,
+                    records: sup.records_state(),
                     proxies: sup.status(),
                 },
             )

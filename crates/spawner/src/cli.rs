@@ -239,9 +239,15 @@ pub async fn client(command: &Command, sources: &Sources) -> Result<()> {
             }
             let reply: StatusReplyOwned = serde_json::from_slice(&b)
                 .map_err(|e| Error::Invalid(format!("bad status reply: {e}")))?;
-            // The table first (scripts read its header line), the agent line under it.
+            // The table first (scripts read its header line), the agent line under it, then
+            // records.json's state when it is not fine.
+            let records = reply
+                .records
+                .summary()
+                .map(|r| format!("{r}\n"))
+                .unwrap_or_default();
             out(&format!(
-                "{}\n{}\n",
+                "{}\n{}\n{records}",
                 status_table(&reply.proxies),
                 reply.agent.summary()
             ))
@@ -287,6 +293,8 @@ struct SubnetRoutesOwned {
 #[derive(serde::Deserialize)]
 struct StatusReplyOwned {
     agent: crate::agent_probe::AgentStatus,
+    #[serde(default)]
+    records: crate::supervisor::RecordsState,
     proxies: Vec<serde_json::Value>,
 }
 

@@ -29,7 +29,10 @@ fn sd_notify(states: &[Notify]) {
 /// "12 proxies running, 0 failing; agent socket ... reachable".
 async fn status_line<P: Platform>(sup: &Supervisor<P>) -> String {
     let agent = sup.check_agent().await;
-    format!("{}; {}", sup.summary(), agent.summary())
+    match sup.records_state().summary() {
+        Some(r) => format!("{}; {}; {r}", sup.summary(), agent.summary()),
+        None => format!("{}; {}", sup.summary(), agent.summary()),
+    }
 }
 
 /// What `run` needs besides the platform.
@@ -76,21 +79,20 @@ pub async fn run<P: Platform>(platform: P, opts: RunOptions) -> Result<()> {
         sig(SignalKind::terminate())?,
         sig(SignalKind::interrupt())?,
     );
+    // 0700, ours alone: pid files there name processes we may signal (statedir.rs).
     for dir in [cfg.state_dir.clone(), cfg.pid_dir()] {
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
+        crate::statedir::prepare(&dir)?;
     }
     let listener = api::bind(&cfg.control_socket)?;
     let mut records = Records::default();
-    let rj = cfg.records_json();
-    if rj.exists() {
-        let api = RecordSet::load(&rj)?;
-        records.api_routers = api.routers.into_iter().map(|r| (r.id.clone(), r)).collect();
-        records.api_networks = api
-            .networks
-            .into_iter()
-            .map(|n| (n.id.clone(), n))
-            .collect();
-    }
+    // A damaged records.json is set aside and recovered from, never a crash loop.
+    let (api, recovery) = crate::persist::load(&cfg.state_dir)?;
+    records.api_routers = api.routers.into_iter().map(|r| (r.id.clone(), r)).collect();
+    records.api_networks = api
+        .networks
+        .into_iter()
+        .map(|n| (n.id.clone(), n))
+        .collect();
     records.file = load_file_records(&cfg)?;
     // Start the watch before listing, so no namespace falls between the two.
     let mut watch = if opts.watch_netns {
@@ -111,6 +113,7 @@ pub async fn run<P: Platform>(platform: P, opts: RunOptions) -> Result<()> {
     }
     let control_socket = cfg.control_socket.clone();
     let sup = Supervisor::new(platform, cfg, records);
+    sup.set_recovery(recovery);
     sup.adopt_and_start().await;
     tracing::info!(proxies = sup.status().len(), socket = %control_socket.display(), "first reconcile done");
     // READY alone first: a watcher that reads one datagram sees exactly it.
@@ -175,6 +178,10 @@ pub async fn run<P: Platform>(platform: P, opts: RunOptions) -> Result<()> {
         }
     }
     sd_notify(&[Notify::Stopping]);
+    // A change made just before SIGTERM is still in the save delay: write it now.
+    if let Err(e) = sup.flush_records().await {
+        tracing::error!(err = %e, "records.json not saved at exit; API changes since the last good save are lost");
+    }
     if opts.stop_proxies_on_exit {
         tracing::info!("stopping every proxy (--stop-proxies-on-exit)");
         sup.stop_all().await;

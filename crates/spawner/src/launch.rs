@@ -175,6 +175,9 @@ pub async fn launch<P: Platform>(
     // supervisor's group or a hang-up of its terminal does not reach the proxies: they must
     // outlive a supervisor restart.
     cmd.new_session();
+    // Descriptors the spawner inherited without O_CLOEXEC (from whoever started it) must not
+    // reach every proxy; the readiness pipe is mapped onto fd 3 after this.
+    cmd.close_inherited_fds(READY_FD as u32);
     cmd.fd_mappings(vec![FdMapping {
         parent_fd: wr,
         child_fd: READY_FD,

@@ -17,10 +17,12 @@ pub mod decide;
 pub mod launch;
 pub mod metrics;
 pub mod netns_platform;
+pub mod persist;
 pub mod pidfile;
 pub mod platform;
 mod proxy_task;
 pub mod records;
+pub mod statedir;
 pub mod status;
 pub mod supervisor;
 

@@ -5,7 +5,7 @@
 //! that merely mentions the id never passes). Neutron's `active` (argv *contains* the id)
 //! is not enough: pid files survive reboots and pids are reused.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -86,32 +86,14 @@ pub fn write(dir: &Path, key: &str, pid: u32, interface: &str) -> Result<()> {
     write_record(dir, key, &rec)
 }
 
-/// Write a record atomically: a fresh temp file (O_EXCL|O_NOFOLLOW, 0600, so a planted file
-/// or symlink is never written through), fsync, rename.
+/// Write a record atomically ([`crate::statedir::write_atomic`]: a fresh temp file opened
+/// O_EXCL|O_NOFOLLOW, 0600, so a planted file or symlink is never written through; fsync,
+/// rename, fsync the directory).
 pub fn write_record(dir: &Path, key: &str, rec: &Record) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
-    let p = path(dir, key);
-    let tmp = dir.join(format!(".{key}.pid.tmp"));
-    // A temp file left by a crash would make O_EXCL fail for ever.
-    let _ = std::fs::remove_file(&tmp);
-    let created = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(&tmp)
-        .map_err(|e| Error::io("create", &tmp, e));
-    let r = created.and_then(|mut f| {
-        f.write_all(rec.line().as_bytes())
-            .and_then(|()| f.sync_all())
-            .map_err(|e| Error::io("write", &tmp, e))?;
-        std::fs::rename(&tmp, &p).map_err(|e| Error::io("rename", &p, e))
-    });
-    if r.is_err() {
-        // A full or read-only state dir must not collect half-written temp files.
-        let _ = std::fs::remove_file(&tmp);
+    if !dir.exists() {
+        crate::statedir::prepare(dir)?;
     }
-    r
+    crate::statedir::write_atomic(dir, &format!("{key}.pid"), rec.line().as_bytes())
 }
 
 /// Read a pid file (O_NOFOLLOW: a symlink planted in its place is not followed); `None` if

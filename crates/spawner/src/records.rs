@@ -156,7 +156,12 @@ impl RecordSet {
     /// Read and validate a records file (`{"routers": [...], "networks": [...]}`).
     pub fn load(path: &Path) -> Result<RecordSet> {
         let text = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
-        let set: RecordSet = serde_json::from_slice(&text)
+        RecordSet::parse(&text, path)
+    }
+
+    /// Parse and validate the content of a records file; errors name `path`.
+    pub fn parse(text: &[u8], path: &Path) -> Result<RecordSet> {
+        let set: RecordSet = serde_json::from_slice(text)
             .map_err(|e| Error::BadRecord(format!("{}: {e}", path.display())))?;
         for r in &set.routers {
             r.validate()
@@ -167,20 +172,6 @@ impl RecordSet {
                 .map_err(|e| Error::BadRecord(format!("{}: network: {e}", path.display())))?;
         }
         Ok(set)
-    }
-
-    /// Write atomically (temporary file + rename).
-    pub fn save(&self, path: &Path) -> Result<()> {
-        let tmp = path.with_extension("json.tmp");
-        let text = serde_json::to_vec_pretty(self).map_err(|e| Error::Invalid(e.to_string()))?;
-        let r = std::fs::write(&tmp, text)
-            .map_err(|e| Error::io("write", &tmp, e))
-            .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io("rename", path, e)));
-        if r.is_err() {
-            // A full or read-only state dir: keep the old file, leave no partial temp file.
-            let _ = std::fs::remove_file(&tmp);
-        }
-        r
     }
 }
 
@@ -249,17 +240,6 @@ impl Records {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn failed_save_leaves_no_temp_file() {
-        let dir = std::env::temp_dir().join(format!("spawner-recsave-{}", std::process::id()));
-        let path = dir.join("records.json");
-        // The target's name is taken by a non-empty directory: the rename fails.
-        std::fs::create_dir_all(path.join("x")).expect("mkdir");
-        assert!(RecordSet::default().save(&path).is_err());
-        assert!(!path.with_extension("json.tmp").exists(), "temp file left");
-        let _ = std::fs::remove_dir_all(&dir);
-    }
 
     #[test]
     fn names_follow_the_contract() {
@@ -348,7 +328,7 @@ mod tests {
         );
         assert_eq!(n.ports[0].fixed_ips[0].subnet_id.as_deref(), Some("s1"));
         // Saved again in the new shape, it still loads to the same records.
-        set.save(&p).expect("save");
+        crate::persist::save(p.parent().expect("dir"), &set).expect("save");
         assert_eq!(RecordSet::load(&p).expect("reload"), set);
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
@@ -444,7 +424,7 @@ mod tests {
             }],
             networks: vec![],
         };
-        set.save(&p).expect("save");
+        crate::persist::save(p.parent().expect("dir"), &set).expect("save");
         assert_eq!(RecordSet::load(&p).expect("load"), set);
         std::fs::write(&p, br#"{"routers":[{"id":"../x"}]}"#).expect("write");
         assert!(RecordSet::load(&p).is_err());

@@ -13,12 +13,14 @@ use crate::agent_probe::{self, AgentStatus};
 use crate::config::Config;
 use crate::decide::{self, ProxySpec};
 use crate::launch::{proxy_args, Running};
+use crate::persist;
 use crate::pidfile;
 use crate::platform::Platform;
 use crate::proxy_task::{proxy_task, Start, Task};
 use crate::records::{Network, RecordSet, Records, Router};
 use crate::status::Status;
 pub use crate::status::{ProxyStatus, State};
+use crate::Error;
 
 /// A change to the records, as the control API and the event sources ask for it.
 #[derive(Debug, Clone)]
@@ -40,6 +42,27 @@ pub enum Change {
 pub struct Applied {
     pub found: bool,
     pub saved: std::result::Result<(), String>,
+}
+
+/// `records.json` as the status shows it: fine when both are `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecordsState {
+    /// Why the last save failed: changes since are in effect but lost at a restart.
+    pub save_error: Option<String>,
+    /// What was recovered at start (a damaged file set aside).
+    pub recovery: Option<String>,
+}
+
+impl RecordsState {
+    /// One line for `status` and `STATUS=`, `None` when all is well.
+    pub fn summary(&self) -> Option<String> {
+        match (&self.save_error, &self.recovery) {
+            (None, None) => None,
+            (Some(e), None) => Some(format!("records.json not saved: {e}")),
+            (None, Some(r)) => Some(r.clone()),
+            (Some(e), Some(r)) => Some(format!("records.json not saved: {e}; {r}")),
+        }
+    }
 }
 
 /// Proxies counted by how they are doing, for `systemctl status` and logs.
@@ -93,6 +116,10 @@ struct Inner<P> {
     wake: Notify,
     reconciles: std::sync::atomic::AtomicU64,
     agent: Mutex<Option<AgentStatus>>,
+    /// The debounced writer of `records.json`.
+    saver: persist::Saver,
+    /// What loading `records.json` found at start.
+    recovery: Mutex<persist::Recovery>,
 }
 
 /// The supervisor; cheap to clone (shared state).
@@ -129,6 +156,8 @@ impl<P: Platform> Supervisor<P> {
                 wake: Notify::new(),
                 reconciles: std::sync::atomic::AtomicU64::new(0),
                 agent: Mutex::new(None),
+                saver: persist::Saver::default(),
+                recovery: Mutex::new(persist::Recovery::Clean),
             }),
         }
     }
@@ -150,31 +179,83 @@ impl<P: Platform> Supervisor<P> {
         lock(&self.inner.records).clone()
     }
 
-    /// Change the records under the lock and trigger a reconcile; with `persist`, also save
-    /// the API records (the second value says whether that worked). Private: every change
-    /// has a method below.
+    /// Change the records under the lock and trigger a reconcile; with `persist`, also have
+    /// the API records saved (debounced, `persist.rs`); the second value is why the last save
+    /// failed, if it did. Private: every change has a method below.
     fn update_records<T>(
         &self,
         persist: bool,
         f: impl FnOnce(&mut Records) -> T,
     ) -> (T, Option<String>) {
-        let path = self.config().records_json();
-        let out = {
-            let mut rec = lock(&self.inner.records);
-            let out = f(&mut rec);
-            // Saved under the lock, so concurrent changes reach the file in order.
-            let failed = if persist {
-                rec.api_set().save(&path).err().map(|e| {
-                    tracing::error!(err = %e, "cannot persist records");
-                    e.to_string()
-                })
-            } else {
-                None
-            };
-            (out, failed)
+        let out = f(&mut lock(&self.inner.records));
+        let failed = if persist {
+            if let persist::Next::Spawn = self.inner.saver.mark() {
+                self.spawn_saver();
+            }
+            self.inner.saver.error()
+        } else {
+            None
         };
         self.trigger();
-        out
+        (out, failed)
+    }
+
+    /// Write the API records [`persist::SAVE_DELAY`] from now, and again while changes keep
+    /// coming; on a runtime, from a blocking thread; without one (tests), right here.
+    fn spawn_saver(&self) {
+        let sup = self.clone();
+        let save_once = move |sup: &Supervisor<P>| {
+            let gen = sup.inner.saver.begin();
+            let set = lock(&sup.inner.records).api_set();
+            (gen, set, sup.config().state_dir.clone())
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn(async move {
+                    loop {
+                        tokio::time::sleep(persist::SAVE_DELAY).await;
+                        let (gen, set, dir) = save_once(&sup);
+                        let r = tokio::task::spawn_blocking(move || persist::save(&dir, &set))
+                            .await
+                            .unwrap_or_else(|e| Err(Error::Invalid(format!("save task: {e}"))));
+                        if !sup.inner.saver.finish(gen, &r) {
+                            break;
+                        }
+                    }
+                });
+            }
+            Err(_) => loop {
+                let (gen, set, dir) = save_once(&sup);
+                let r = persist::save(&dir, &set);
+                if !sup.inner.saver.finish(gen, &r) {
+                    break;
+                }
+            },
+        }
+    }
+
+    /// Wait until every change so far is saved; the error of the last save, if it failed.
+    /// Called before exit, so a change made just before SIGTERM is not lost.
+    pub async fn flush_records(&self) -> std::result::Result<(), String> {
+        self.inner.saver.settle().await
+    }
+
+    /// How many times `records.json` was written by this supervisor.
+    pub fn records_writes(&self) -> u64 {
+        self.inner.saver.writes()
+    }
+
+    /// What loading `records.json` found at start (recorded by the daemon).
+    pub fn set_recovery(&self, r: persist::Recovery) {
+        *lock(&self.inner.recovery) = r;
+    }
+
+    /// The state of `records.json`, for the status.
+    pub fn records_state(&self) -> RecordsState {
+        RecordsState {
+            save_error: self.inner.saver.error(),
+            recovery: lock(&self.inner.recovery).note(),
+        }
     }
 
     /// Apply a change to the API records, persist them, and trigger a reconcile.
@@ -420,6 +501,11 @@ impl<P: Platform> Supervisor<P> {
             match judge(platform, &cfg, &key, &path, spec) {
                 Verdict::Adopt(r, argv) => {
                     adopt.insert(key, (r, argv));
+                }
+                // records.json was damaged and no good copy was left: "not wanted" may only
+                // mean "lost", so nothing is stopped (its pid file stays for the next start).
+                Verdict::Stop(s) if spec.is_none() && lock(&self.inner.recovery).records_lost() => {
+                    tracing::warn!(key = %key, pid = s.pid, "left running: the API records were lost with a damaged records.json; announce it again to manage it, or stop it by hand");
                 }
                 Verdict::Stop(s) => stale.push(s),
                 Verdict::Remove => pidfile::remove(&pid_dir, &key),

@@ -153,7 +153,8 @@ async fn control_api_codes_reasons_and_persistence() {
         "{body}"
     );
 
-    // API records are persisted for the next start.
+    // API records are persisted for the next start (after the save delay).
+    s.sup.flush_records().await.expect("saved");
     let saved = RecordSet::load(&s.sup.config().records_json()).expect("records.json");
     assert_eq!((saved.routers.len(), saved.networks.len()), (2 - 1, 1));
 
@@ -166,6 +167,7 @@ async fn control_api_codes_reasons_and_persistence() {
         pidfile::list(&pid_dir).is_empty().then_some(())
     })
     .await;
+    s.sup.flush_records().await.expect("saved");
     assert!(RecordSet::load(&s.sup.config().records_json())
         .expect("records.json")
         .routers
@@ -317,21 +319,41 @@ async fn stalled_control_clients_are_closed_and_do_not_block_others() {
     assert_eq!(closed, vec![true, true], "stalled clients closed");
 }
 
-/// A change that cannot be saved to records.json (full or read-only state dir) is refused
-/// loudly: 500 naming the file, although it is in effect until the spawner restarts.
+/// A change that cannot be saved to records.json (full or read-only state dir) is reported
+/// loudly: saving is debounced, so the change that meets the full disk is answered first;
+/// then the status names the failure and every later change gets 500 naming the file,
+/// although it is in effect until the spawner restarts. A good save clears it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsaved_records_are_reported_as_an_error() {
     let dir = TempDir::new("api-unsaved").reaping();
     // records.json's name is taken by a non-empty directory: every save fails.
-    std::fs::create_dir_all(dir.path().join("records.json").join("x")).expect("mkdir");
+    let blocker = dir.path().join("records.json");
+    std::fs::create_dir_all(blocker.join("x")).expect("mkdir");
     let s = server(&dir);
     let (st, body) = req(&s, Method::PUT, "/v1/routers/r-unsaved", Some("{}")).await;
-    assert_eq!(st, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let e = s.sup.flush_records().await.expect_err("the save failed");
+    assert!(e.contains("records.json"), "{e}");
+    let (st, body) = req(&s, Method::GET, "/v1/status", None).await;
+    assert_eq!(st, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let why = v["records"]["save_error"].as_str().unwrap_or_default();
+    assert!(why.contains("records.json"), "{body}");
+    let (st, body) = req(&s, Method::DELETE, "/v1/routers/r-unsaved", None).await;
+    assert_eq!(st, StatusCode::INTERNAL_SERVER_ERROR);
     assert!(
         body.contains("records.json") && body.contains("not saved"),
         "{body}"
     );
-    let (st, _) = req(&s, Method::DELETE, "/v1/routers/r-unsaved", None).await;
-    assert_eq!(st, StatusCode::INTERNAL_SERVER_ERROR);
+    std::fs::remove_dir_all(&blocker).expect("unblock");
+    let (st, _) = req(&s, Method::PUT, "/v1/routers/r-saved", Some("{}")).await;
+    assert_eq!(
+        st,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "still the last save's state"
+    );
+    s.sup.flush_records().await.expect("saved now");
+    let (st, _) = req(&s, Method::DELETE, "/v1/routers/r-saved", None).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
     s.sup.stop_all().await;
 }

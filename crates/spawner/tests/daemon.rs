@@ -120,6 +120,11 @@ async fn supervisor_restart_adopts_without_a_failed_request_and_follows_namespac
     );
     let pid = running_pid(&ini, &id).expect("pid");
     assert!(wait_until(T, || get_in(vm.netns(), META).is_ok()));
+    // Saved within the save delay (persist.rs): a kill -9 before that would lose the record.
+    assert!(wait_until(T, || std::fs::read_to_string(
+        dir.path().join("records.json")
+    )
+    .is_ok_and(|t| t.contains(&id))));
 
     // A request loop from the vm while the supervisor is killed and restarted.
     let stop = Arc::new(AtomicBool::new(false));
@@ -290,4 +295,108 @@ async fn records_file_and_config_reread_on_sighup() {
     );
     d.signal("TERM");
     assert!(d.0.wait().expect("wait").success());
+}
+
+/// Issue "hardening" item 9: an empty or truncated records.json (power loss) must not make
+/// the spawner exit (a crash loop under systemd). With a previous good copy it is loaded;
+/// without one the spawner starts anyway; the status says which, and names the file set aside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_records_json_is_set_aside_and_the_spawner_starts() {
+    if !require_root("a_damaged_records_json_is_set_aside_and_the_spawner_starts") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let p = unique_prefix();
+    for with_prev in [true, false] {
+        let dir = TempDir::new("rt-damaged").reaping();
+        let ini = write_ini(dir.path(), "");
+        // A router whose namespace does not exist: wanted, waiting, nothing started.
+        let id = format!("{p}gone{}", u8::from(with_prev));
+        if with_prev {
+            let prev = format!(r#"{{"routers": [{{"id": "{id}"}}]}}"#);
+            std::fs::write(dir.path().join("records.json.prev"), prev).expect("prev");
+        }
+        std::fs::write(dir.path().join("records.json"), "{\"routers\": [{\"id\"").expect("torn");
+        let d = start_daemon(dir.path(), &ini, &[]);
+        let (ok, out) = cli(&ini, &["status"]);
+        assert!(ok, "{out}");
+        assert!(
+            out.contains("records.json was damaged") && out.contains("records.json.bad-"),
+            "{out}"
+        );
+        let wanted = proxy_of(&ini, &id).is_some();
+        if with_prev {
+            assert!(out.contains("loaded records.json.prev"), "{out}");
+            assert!(
+                wanted,
+                "the previous copy's router is wanted: {:?}",
+                status(&ini)
+            );
+            let back = std::fs::read_to_string(dir.path().join("records.json")).expect("restored");
+            assert!(back.contains(&id), "{back}");
+        } else {
+            assert!(out.contains("none is stopped"), "{out}");
+            assert!(!wanted);
+        }
+        let aside = std::fs::read_dir(dir.path())
+            .expect("ls")
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("records.json.bad-")
+            })
+            .count();
+        assert_eq!(aside, 1);
+        drop(d);
+    }
+}
+
+/// Issue "hardening" item 3: a state dir another user can write to (pid files there name
+/// processes the spawner signals) stops the start with one clear line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_dir_others_can_write_to_is_refused() {
+    if !require_root("a_state_dir_others_can_write_to_is_refused") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("rt-statedir").reaping();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).expect("mkdir");
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let ini = dir.path().join("spawner.ini");
+    std::fs::write(
+        &ini,
+        format!("[spawner]\nstate_dir = {}\n", state.display()),
+    )
+    .expect("ini");
+    let mut child = ChildGuard(
+        Command::new(env!("CARGO_BIN_EXE_ns-metadata-spawner"))
+            .arg("--config-file")
+            .arg(&ini)
+            .arg("run")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn"),
+    );
+    let mut code = None;
+    assert!(wait_until(T, || {
+        code = child.0.try_wait().ok().flatten();
+        code.is_some()
+    }));
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.0.stderr.take().expect("stderr"), &mut err)
+        .expect("read");
+    assert_eq!(code.and_then(|c| c.code()), Some(1), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("state")).collect();
+    assert!(
+        lines.len() == 1
+            && lines[0].contains("writable by group or others")
+            && lines[0].contains("chmod 700"),
+        "{err}"
+    );
+    assert!(!state.join("control.sock").exists() && !state.join("pids").exists());
 }

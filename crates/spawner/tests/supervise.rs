@@ -606,3 +606,87 @@ fn an_old_format_pid_file_of_a_wanted_proxy_is_adopted_and_upgraded() {
         assert!(!alive(p1));
     });
 }
+
+/// Issue "hardening" item 16: a descriptor the spawner inherited without O_CLOEXEC (from
+/// whoever started it) does not leak into the proxies it starts.
+#[test]
+fn an_inherited_descriptor_does_not_reach_the_proxies() {
+    use std::os::fd::AsFd;
+    let dir = TempDir::new("fds").reaping();
+    let proxy = fake_proxy(dir.path());
+    let cfg = config(dir.path(), &proxy);
+    let f = std::fs::File::open(dir.path()).expect("open");
+    // A copy at 300 or above without CLOEXEC, as an inherited one would be.
+    let fd = rustix::io::fcntl_dupfd_cloexec(f.as_fd(), 300).expect("dup");
+    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::empty()).expect("clear cloexec");
+    let n = {
+        use std::os::fd::AsRawFd;
+        fd.as_raw_fd()
+    };
+    let mut records = Records::default();
+    records.api_routers.insert("rf".into(), router("rf"));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let sup = Supervisor::new(Host, cfg.clone(), records);
+        sup.adopt_and_start().await;
+        let p = running_pid(&sup, "rf", T).await;
+        let _g = PidGuard(vec![p]);
+        let fds: Vec<String> = std::fs::read_dir(format!("/proc/{p}/fd"))
+            .expect("proxy fds")
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect();
+        assert!(!fds.contains(&n.to_string()), "fd {n} leaked: {fds:?}");
+        sup.stop_all().await;
+    });
+    drop(fd);
+}
+
+/// Issue "hardening" item 13: auto-enabled routers are not API records: adding and removing
+/// thousands of them never writes records.json.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_enabled_routers_never_write_records_json() {
+    let dir = TempDir::new("autowrite").reaping();
+    let proxy = fake_proxy(dir.path());
+    let cfg = config(dir.path(), &proxy);
+    let sup = Supervisor::new(Host, cfg.clone(), Records::default());
+    for i in 0..2000 {
+        sup.set_auto_router(&format!("auto{i}"), true);
+    }
+    sup.set_auto_routers((0..1000).map(|i| format!("auto{i}")).collect());
+    for i in 0..1000 {
+        sup.set_auto_router(&format!("auto{i}"), false);
+    }
+    sup.flush_records().await.expect("nothing to save");
+    assert_eq!(sup.records_writes(), 0);
+    assert!(!cfg.records_json().exists());
+    sup.stop_all().await;
+}
+
+/// Issue "hardening" item 13: a burst of API changes is saved by one write per save delay,
+/// off the runtime, and every change reaches the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_changes_is_saved_in_few_writes() {
+    let dir = TempDir::new("burst").reaping();
+    let proxy = fake_proxy(dir.path());
+    let sup = Supervisor::new(Host, config(dir.path(), &proxy), Records::default());
+    let started = std::time::Instant::now();
+    for i in 0..500 {
+        sup.put_router(Router {
+            netns: Some(format!("missing-{i}")),
+            ..router(&format!("burst{i}"))
+        });
+    }
+    let spent = started.elapsed();
+    sup.flush_records().await.expect("saved");
+    // One write per save delay at most while the burst lasted, plus the last one.
+    let windows = (spent.as_millis() / ns_metadata_spawner::persist::SAVE_DELAY.as_millis()) as u64;
+    let writes = sup.records_writes();
+    assert!(
+        writes >= 1 && writes <= windows + 2,
+        "{writes} writes for a burst of {spent:?}"
+    );
+    let saved =
+        ns_metadata_spawner::records::RecordSet::load(&sup.config().records_json()).expect("load");
+    assert_eq!(saved.routers.len(), 500);
+    sup.stop_all().await;
+}

@@ -1,0 +1,331 @@
+//! `<state dir>/records.json`, the records made through the control API, so that a restarted
+//! spawner wants the same proxies and adopts them instead of stopping them.
+//!
+//! Saving (issue "hardening", item 13): a change marks the records dirty and returns; one task
+//! writes them [`SAVE_DELAY`] later from a blocking thread, so a burst of changes costs one
+//! write, and no change waits for the disk. Auto-enabled routers are not API records and never
+//! cause a write. Each save keeps the file it replaces as `records.json.prev` (a hard link,
+//! taken before the atomic rename), the previous good copy.
+//!
+//! Loading (item 9): an empty or truncated `records.json` (power loss) must not crash-loop
+//! the spawner under systemd. A file that does not parse is set aside as
+//! `records.json.bad-<unix seconds>` (named in the log), the previous copy is loaded instead,
+//! and if there is none the spawner starts without API records, in a mode that stops nothing
+//! it finds running; the status says so.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::records::RecordSet;
+use crate::{statedir, Error, Result};
+
+/// The file, in the state dir.
+pub const FILE: &str = "records.json";
+/// The previous good copy, beside it.
+pub const PREV: &str = "records.json.prev";
+/// How long after a change the records are written: changes within it share one write.
+pub const SAVE_DELAY: Duration = Duration::from_millis(100);
+/// Largest `records.json` read (a few hundred bytes per record).
+const MAX_BYTES: u64 = 256 << 20;
+
+/// What loading found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    /// The file was good (or absent: a first start).
+    Clean,
+    /// The file was damaged and set aside; the previous copy was loaded (changes made after
+    /// it was written are lost).
+    FromPrevious { bad: PathBuf, why: String },
+    /// The file was damaged and set aside, and there was no good previous copy: the API
+    /// records are lost until announced again; nothing found running is stopped.
+    Lost { bad: PathBuf, why: String },
+}
+
+impl Recovery {
+    /// One line for the status and the log; `None` when clean.
+    pub fn note(&self) -> Option<String> {
+        match self {
+            Recovery::Clean => None,
+            Recovery::FromPrevious { bad, why } => Some(format!(
+                "{FILE} was damaged ({why}); set aside as {}; loaded {PREV}: API changes made after it are lost",
+                bad.display()
+            )),
+            Recovery::Lost { bad, why } => Some(format!(
+                "{FILE} was damaged ({why}); set aside as {}; no good {PREV}: API records are lost until announced again; proxies found running are kept, none is stopped",
+                bad.display()
+            )),
+        }
+    }
+
+    /// Whether the API records may be incomplete so that nothing may be stopped for not
+    /// being wanted.
+    pub fn records_lost(&self) -> bool {
+        matches!(self, Recovery::Lost { .. })
+    }
+}
+
+fn parse(path: &Path) -> std::result::Result<Option<RecordSet>, String> {
+    match statedir::read_nofollow(path, MAX_BYTES) {
+        Ok(None) => Ok(None),
+        Ok(Some(bytes)) => RecordSet::parse(&bytes, path)
+            .map(Some)
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Load the API records from `dir`, recovering as the module docs say. Errors only when the
+/// damaged file cannot even be set aside (then starting would lose it for good).
+pub fn load(dir: &Path) -> Result<(RecordSet, Recovery)> {
+    let path = dir.join(FILE);
+    let why = match parse(&path) {
+        Ok(set) => return Ok((set.unwrap_or_default(), Recovery::Clean)),
+        Err(why) => why,
+    };
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let bad = dir.join(format!("{FILE}.bad-{secs}"));
+    std::fs::rename(&path, &bad).map_err(|e| Error::io("set aside damaged", &path, e))?;
+    statedir::sync_dir(dir);
+    let prev = dir.join(PREV);
+    let recovery = match parse(&prev) {
+        Ok(Some(set)) => {
+            let r = Recovery::FromPrevious { bad, why };
+            tracing::error!("{}", r.note().unwrap_or_default());
+            // The previous copy becomes the file again, so the next start finds it.
+            if let Err(e) = save(dir, &set) {
+                tracing::warn!(err = %e, "cannot write {FILE} back from {PREV}");
+            }
+            return Ok((set, r));
+        }
+        Ok(None) => Recovery::Lost { bad, why },
+        Err(prev_why) => Recovery::Lost {
+            bad,
+            why: format!("{why}; {PREV}: {prev_why}"),
+        },
+    };
+    tracing::error!("{}", recovery.note().unwrap_or_default());
+    Ok((RecordSet::default(), recovery))
+}
+
+/// Write `set` as `dir/records.json` now (atomically, durably), keeping the file it replaces
+/// as `records.json.prev`.
+pub fn save(dir: &Path, set: &RecordSet) -> Result<()> {
+    let text = serde_json::to_vec_pretty(set).map_err(|e| Error::Invalid(e.to_string()))?;
+    let path = dir.join(FILE);
+    if path.is_file() {
+        // A hard link under a temp name, renamed over the old copy: atomic, and the current
+        // file is untouched if anything fails.
+        let tmp = dir.join(format!(".{PREV}.tmp"));
+        let _ = std::fs::remove_file(&tmp);
+        let kept =
+            std::fs::hard_link(&path, &tmp).and_then(|()| std::fs::rename(&tmp, dir.join(PREV)));
+        if let Err(e) = kept {
+            let _ = std::fs::remove_file(&tmp);
+            tracing::warn!(err = %e, "cannot keep the previous {FILE} as {PREV}");
+        }
+    }
+    statedir::write_atomic(dir, FILE, &text)
+}
+
+/// The state of the debounced saver.
+#[derive(Debug, Default)]
+pub(crate) struct Saver {
+    state: Mutex<SaverState>,
+    done: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct SaverState {
+    /// Generation of the records: bumped by every persisted change.
+    wanted: u64,
+    /// Generation last written (or attempted).
+    saved: u64,
+    /// A save task is scheduled or running.
+    running: bool,
+    /// Why the last save failed; cleared by the next good one.
+    error: Option<String>,
+    /// Writes done (good or not), for the metric and tests.
+    writes: u64,
+}
+
+/// What [`Saver::mark`] asks the caller to do.
+pub(crate) enum Next {
+    /// A save task is already scheduled: it will include this change.
+    Scheduled,
+    /// Spawn the save task.
+    Spawn,
+}
+
+impl Saver {
+    /// Record a change; the answer says whether a save task must be started.
+    pub(crate) fn mark(&self) -> Next {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.wanted += 1;
+        if s.running {
+            Next::Scheduled
+        } else {
+            s.running = true;
+            Next::Spawn
+        }
+    }
+
+    /// The generation to write now.
+    pub(crate) fn begin(&self) -> u64 {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).wanted
+    }
+
+    /// After a write of generation `gen`; true when another change came meanwhile (write
+    /// again), false when the task may end (it is marked ended under the same lock, so a
+    /// change arriving now starts a new one).
+    pub(crate) fn finish(&self, gen: u64, r: &Result<()>) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.saved = s.saved.max(gen);
+        s.writes += 1;
+        match r {
+            Ok(()) => s.error = None,
+            Err(e) => {
+                if s.error.is_none() {
+                    tracing::error!(err = %e, "cannot save {FILE}; changes stay in effect until the spawner restarts");
+                }
+                s.error = Some(e.to_string());
+            }
+        }
+        let again = s.wanted > s.saved;
+        if !again {
+            s.running = false;
+        }
+        drop(s);
+        self.done.notify_waiters();
+        again
+    }
+
+    /// Why the last save failed, if it did.
+    pub(crate) fn error(&self) -> Option<String> {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .error
+            .clone()
+    }
+
+    /// Writes done so far.
+    pub(crate) fn writes(&self) -> u64 {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).writes
+    }
+
+    /// Whether every change so far has been written (or attempted).
+    fn settled(&self) -> bool {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.saved >= s.wanted && !s.running
+    }
+
+    /// Wait until every change so far has been written; the error of the last write.
+    pub(crate) async fn settle(&self) -> std::result::Result<(), String> {
+        loop {
+            let done = self.done.notified();
+            if self.settled() {
+                return self.error().map_or(Ok(()), Err);
+            }
+            done.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::Router;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("ns-persist-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        statedir::prepare(&d).expect("mkdir");
+        d
+    }
+
+    fn set(ids: &[&str]) -> RecordSet {
+        RecordSet {
+            routers: ids
+                .iter()
+                .map(|id| Router {
+                    id: (*id).into(),
+                    netns: None,
+                    ha_state: None,
+                    distributed: false,
+                })
+                .collect(),
+            networks: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn failed_save_leaves_no_temp_file() {
+        let d = dir("fail");
+        // The target's name is taken by a non-empty directory: the rename fails.
+        std::fs::create_dir_all(d.join(FILE).join("x")).expect("mkdir");
+        assert!(save(&d, &RecordSet::default()).is_err());
+        assert!(!d.join(format!(".{FILE}.tmp")).exists(), "temp file left");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn each_save_keeps_the_previous_good_copy() {
+        let d = dir("prev");
+        save(&d, &set(&["a"])).expect("save");
+        assert!(!d.join(PREV).exists(), "nothing to keep on the first save");
+        save(&d, &set(&["a", "b"])).expect("save");
+        assert_eq!(load(&d).expect("load"), (set(&["a", "b"]), Recovery::Clean));
+        let prev = RecordSet::load(&d.join(PREV)).expect("prev");
+        assert_eq!(prev, set(&["a"]));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Issue "hardening" item 9: an empty or truncated file after a power loss.
+    #[test]
+    fn a_damaged_file_is_set_aside_and_the_previous_copy_loaded() {
+        for damage in ["", "{\"routers\": [{\"id\": \"a\"}, {\"id"] {
+            let d = dir("damaged");
+            save(&d, &set(&["a"])).expect("save");
+            save(&d, &set(&["a", "b"])).expect("save");
+            std::fs::write(d.join(FILE), damage).expect("damage");
+            let (got, rec) = load(&d).expect("load");
+            assert_eq!(got, set(&["a"]), "the previous copy");
+            let Recovery::FromPrevious { bad, .. } = &rec else {
+                panic!("{rec:?}")
+            };
+            assert_eq!(std::fs::read_to_string(bad).expect("set aside"), damage);
+            assert!(rec.note().expect("note").contains("records.json.bad-"));
+            assert!(!rec.records_lost());
+            // Written back: the next start loads it cleanly.
+            assert_eq!(load(&d).expect("again"), (set(&["a"]), Recovery::Clean));
+            let _ = std::fs::remove_dir_all(&d);
+        }
+    }
+
+    #[test]
+    fn a_damaged_file_without_a_previous_copy_starts_empty_and_says_records_are_lost() {
+        let d = dir("lost");
+        std::fs::write(d.join(FILE), "{\"routers\": [").expect("damage");
+        let (got, rec) = load(&d).expect("load");
+        assert_eq!(got, RecordSet::default());
+        assert!(rec.records_lost(), "{rec:?}");
+        assert!(rec.note().expect("note").contains("none is stopped"));
+        assert!(!d.join(FILE).exists(), "set aside");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_symlink_in_place_of_the_file_is_not_followed() {
+        let d = dir("link");
+        let target = d.join("elsewhere.json");
+        std::fs::write(&target, "{\"routers\": []}").expect("target");
+        std::os::unix::fs::symlink(&target, d.join(FILE)).expect("symlink");
+        let (got, rec) = load(&d).expect("load");
+        assert_eq!(got, RecordSet::default());
+        assert!(rec.records_lost(), "{rec:?}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
