@@ -90,7 +90,8 @@ CLK=$(getconf CLK_TCK)
 
 # The process is one this run started (its command line names the run directory or run id).
 is_ours() { { tr '\0' ' ' </proc/"$1"/cmdline; } 2>/dev/null | grep -q -e "$WORK" -e "$RUN"; }
-pidfile_pids() { local f; for f in "$@"; do [[ -s $f ]] && cat "$f"; done 2>/dev/null || true; }
+# The pid is the first field (the spawner's pid files hold `pid starttime netns-inode iface`).
+pidfile_pids() { local f p _; for f in "$@"; do [[ -s $f ]] && read -r p _ <"$f" && echo "$p"; done 2>/dev/null || true; }
 
 cleanup() {
     local rc=$? p ns
@@ -490,7 +491,7 @@ many_ours() {
     if [[ $1 == 1 ]]; then
         log "figure 5: kill -9 -> answering ($KILLS proxies, one kill each)"
         for j in $(seq "$KILLS"); do
-            p=$(cat "$WORK"/spawner/pids/*"$(rid "$j")"*.pid)
+            p=$(pidfile_pids "$WORK"/spawner/pids/*"$(rid "$j")"*.pid)
             w=$("$TOOL" kill-wait --netns "$PFX-r$j" --pid "$p")
             sample kill_answer_ms ours "$(field ms "$w")"
         done

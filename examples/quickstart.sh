@@ -163,7 +163,9 @@ cleanup() {
     for f in "$WORK"/state/pids/*.pid; do
       [ -f "$f" ] || continue
       local pid id
-      pid=$(cat "$f" 2>/dev/null) id=$(basename "$f" .pid)
+      # The first field: the spawner's pid files hold `pid starttime netns-inode interface`.
+      pid='' id=$(basename "$f" .pid)
+      read -r pid _ <"$f" 2>/dev/null || true
       if [ -n "$pid" ] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "ns-metadata-proxy.*$id"; then
         stop_pid "$pid"; info "stopped ns-metadata-proxy for $id (pid $pid)"
       fi

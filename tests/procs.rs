@@ -327,7 +327,8 @@ impl Spawner {
     pub fn proxy_pid(&self, id: &str) -> Option<i32> {
         let text =
             std::fs::read_to_string(self.state.join("pids").join(format!("{id}.pid"))).ok()?;
-        let pid: i32 = text.trim().parse().ok()?;
+        // `pid starttime netns-inode interface`: the pid first.
+        let pid: i32 = text.split_whitespace().next()?.parse().ok()?;
         cmdline_has(pid, id).then_some(pid)
     }
 }

@@ -167,6 +167,9 @@ pub async fn launch<P: Platform>(
             cmd.env_remove(k);
         }
     }
+    // Marks the proxy as started by the spawner of this state dir: the only proof, besides
+    // a pid file, that lets a restarted spawner stop it when it is no longer wanted.
+    cmd.env(crate::pidfile::STATE_ENV, &cfg.state_dir);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

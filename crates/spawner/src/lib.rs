@@ -6,6 +6,7 @@
 //! [`supervisor::Supervisor`] reconciles the running proxies against them.
 #![forbid(unsafe_code)]
 
+mod adopt;
 pub mod agent_probe;
 pub mod api;
 pub mod backoff;

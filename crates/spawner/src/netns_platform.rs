@@ -45,6 +45,18 @@ impl Platform for Namespaces {
         Netns::open_path(Path::new(&format!("/proc/{pid}/ns/net"))).map_err(netns_err)
     }
 
+    fn namespace_by_inode(&self, ino: u64) -> Option<Netns> {
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::fs::read_dir(ns_netns::NETNS_RUN_DIR).ok()?;
+        let name = dir.flatten().find_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            // `metadata` follows the bind mount to the namespace (nsfs), as `stat` does.
+            let m = std::fs::metadata(e.path()).ok()?;
+            (m.ino() == ino).then_some(name)
+        })?;
+        Netns::open(&name).ok()
+    }
+
     async fn open(&self, spec: &ProxySpec) -> Result<Opened<Netns>> {
         let ns = match Netns::open(&spec.netns) {
             Ok(ns) => ns,

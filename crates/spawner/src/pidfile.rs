@@ -290,6 +290,22 @@ pub fn check(info: &ProcInfo, rec: &Record, want: &Want<'_>) -> std::result::Res
     Ok(())
 }
 
+/// The environment variable the spawner sets in every proxy it starts: its state dir.
+/// Only a proxy carrying this spawner's value may be stopped without a pid file.
+pub const STATE_ENV: &str = "NS_METADATA_SPAWNER_STATE_DIR";
+
+/// Whether `pid` was started by the spawner of `state_dir` (its environment holds
+/// [`STATE_ENV`]`=state_dir`; readable by the process's owner and by root).
+pub fn started_by(pid: u32, state_dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    let mut want = format!("{STATE_ENV}=").into_bytes();
+    want.extend_from_slice(state_dir.as_os_str().as_bytes());
+    env.split(|&b| b == 0).any(|kv| kv == want.as_slice())
+}
+
 /// Live processes running `binary` (see [`check`]): how proxies whose pid file is missing
 /// are found again (`/proc` scan, done once at start). The caller applies the rest of the
 /// rule (exact pair, namespace) before adopting one.

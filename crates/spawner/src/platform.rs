@@ -35,6 +35,10 @@ pub trait Platform: Send + Sync + 'static {
     /// Open the namespace a process is in (`/proc/PID/ns/net`), to tear down what its proxy
     /// was given there after the name moved on (namespace deleted and re-added).
     fn open_process_ns(&self, pid: u32) -> Result<Self::Ns>;
+    /// The named namespace (under `/run/netns`) whose inode is `ino`, opened; `None` if no
+    /// name has it any more. For the teardown of a proxy that died while we were down: its
+    /// pid file recorded the inode of its namespace.
+    fn namespace_by_inode(&self, ino: u64) -> Option<Self::Ns>;
     /// Open the proxy's namespace, once per start, and check that `spec.interface` is in it
     /// (one link lookup, no process: polled while waiting). Errors other than "not there"
     /// are errors, not reasons to wait, except a failed link lookup, which `prepare` reports.
@@ -79,6 +83,10 @@ impl Platform for Host {
 
     fn open_process_ns(&self, _pid: u32) -> Result<()> {
         Ok(())
+    }
+
+    fn namespace_by_inode(&self, ino: u64) -> Option<()> {
+        (self.namespace_inode("host") == Some(ino)).then_some(())
     }
 
     async fn open(&self, spec: &ProxySpec) -> Result<Opened<()>> {

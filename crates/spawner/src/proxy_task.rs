@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use crate::adopt;
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::decide::ProxySpec;
@@ -128,6 +129,25 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) {
                         r
                     }
                     Err(e) => {
+                        // A proxy of ours may hold the port (started before a pid file could
+                        // be written, or by a change that was never saved): adopt it rather
+                        // than crash-loop next to it; one with other arguments is restarted.
+                        if let Some((pid, mut r, argv)) = adopt::find_for(&*platform, &cfg, &spec) {
+                            if argv.ends_with(&args) {
+                                tracing::info!(key = %spec.key, pid, "start failed next to a running proxy of ours; adopted it");
+                                if let Err(e) =
+                                    pidfile::write(&pid_dir, &spec.key, pid, &spec.interface)
+                                {
+                                    tracing::warn!(key = %spec.key, err = %e, "cannot write pid file");
+                                }
+                                status.adopted(pid);
+                                current = Some(r);
+                                continue;
+                            }
+                            tracing::info!(key = %spec.key, pid, "start failed next to a proxy of ours with other arguments; restarting it");
+                            r.stop(cfg.stop_timeout).await;
+                            continue;
+                        }
                         tracing::warn!(key = %spec.key, netns = %spec.netns, err = %e, "proxy start failed");
                         let delay = backoff.start_failed();
                         status.start_failed(e.to_string());
@@ -204,11 +224,12 @@ struct Cleanup<'a, P: Platform> {
 }
 
 impl<P: Platform> Cleanup<'_, P> {
-    /// After the process is gone: pid file and addresses removed, in the namespace the proxy
-    /// was started in (`ns`); an adopted proxy's namespace is opened by name, if still there.
+    /// After the process is gone: addresses removed, in the namespace the proxy was started
+    /// in (`ns`; an adopted proxy's namespace is opened by name, if still there), then the
+    /// pid file: killed in between, the next start still finds the record of what to tear
+    /// down (issue "hardening", item 11).
     async fn finish(&self, ns: Option<&P::Ns>) {
         let spec = self.spec;
-        pidfile::remove_own(self.pid_dir, &spec.key, self.status.pid());
         let opened;
         let ns = match ns {
             Some(ns) => Some(ns),
@@ -226,6 +247,7 @@ impl<P: Platform> Cleanup<'_, P> {
                 tracing::warn!(key = %spec.key, netns = %spec.netns, err = %e, "teardown failed");
             }
         }
+        pidfile::remove_own(self.pid_dir, &spec.key, self.status.pid());
         self.status.stopped();
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, Notify};
 
+use crate::adopt::{has_pair, judge, open_proven, unmanaged, Stale, Verdict};
 use crate::agent_probe::{self, AgentStatus};
 use crate::config::Config;
 use crate::decide::{self, ProxySpec};
@@ -511,29 +512,30 @@ impl<P: Platform> Supervisor<P> {
                 Verdict::Remove => pidfile::remove(&pid_dir, &key),
             }
         }
-        // A wanted proxy without a pid file (it could not be written: full or read-only
-        // state dir) is still running somewhere: find it by the same rule (our binary, the
-        // exact id pair, the record's namespace), or the new proxy would fail to bind next
-        // to it for ever.
-        if present.keys().any(|k| !adopt.contains_key(k)) {
-            let busy: BTreeSet<u32> = adopt
-                .values()
-                .filter_map(|(r, _)| r.pid())
-                .chain(stale.iter().map(|s| s.pid))
-                .collect();
-            for (pid, info) in pidfile::find_running(&cfg.proxy_binary) {
-                if busy.contains(&pid) {
-                    continue;
-                }
-                let owner = present.iter().find(|(k, (spec, _))| {
-                    !adopt.contains_key(*k)
-                        && has_pair(&info.argv, spec)
-                        && info.netns.is_some()
-                        && info.netns == platform.namespace_inode(&spec.netns)
-                });
-                let Some((key, (spec, _))) = owner else {
-                    continue;
-                };
+        // Proxies without a pid file (it could not be written: full or read-only state dir;
+        // or the change that started them was never saved). A wanted one is found by the
+        // same rule (our binary, the exact id pair, the record's namespace) and adopted, or
+        // the new proxy would fail to bind next to it for ever; an unwanted one is stopped,
+        // unless the API records were lost (issue "hardening", item 12). Only proxies this
+        // state dir's spawner started (their environment says so) are considered; one started
+        // otherwise that holds a wanted proxy's port is adopted when that start fails.
+        let busy: BTreeSet<u32> = adopt
+            .values()
+            .filter_map(|(r, _)| r.pid())
+            .chain(stale.iter().map(|s| s.pid))
+            .collect();
+        let lost = lock(&self.inner.recovery).records_lost();
+        for (pid, info) in pidfile::find_running(&cfg.proxy_binary) {
+            if busy.contains(&pid) || !pidfile::started_by(pid, &cfg.state_dir) {
+                continue;
+            }
+            let owner = present.iter().find(|(k, (spec, _))| {
+                !adopt.contains_key(*k)
+                    && has_pair(&info.argv, spec)
+                    && info.netns.is_some()
+                    && info.netns == platform.namespace_inode(&spec.netns)
+            });
+            if let Some((key, (spec, _))) = owner {
                 let Some(r) = open_proven(pid, &info) else {
                     continue;
                 };
@@ -542,6 +544,10 @@ impl<P: Platform> Supervisor<P> {
                     tracing::warn!(key = %key, err = %e, "cannot write pid file");
                 }
                 adopt.insert(key.clone(), (r, info.argv));
+            } else if !lost {
+                if let Some(s) = unmanaged(platform, &cfg, pid, &info) {
+                    stale.push(s);
+                }
             }
         }
         let grace = cfg.stop_timeout;
@@ -549,13 +555,17 @@ impl<P: Platform> Supervisor<P> {
             let pid_dir = pid_dir.clone();
             async move {
                 tracing::info!(key = %s.spec.key, pid = s.pid, "{}", s.why);
-                s.running.stop(grace).await;
-                pidfile::remove_own(&pid_dir, &s.spec.key, Some(s.pid));
+                if let Some(running) = s.running.as_mut() {
+                    running.stop(grace).await;
+                }
+                // Teardown before the pid file goes: killed in between, the next start
+                // still knows what to remove.
                 if let Some(ns) = &s.ns {
                     if let Err(e) = platform.teardown(ns, &s.spec).await {
                         tracing::warn!(key = %s.spec.key, err = %e, "teardown failed");
                     }
                 }
+                pidfile::remove_own(&pid_dir, &s.spec.key, Some(s.pid));
             }
         });
         futures::future::join_all(stops).await;
@@ -606,117 +616,4 @@ impl<P: Platform> Supervisor<P> {
             task,
         }
     }
-}
-
-/// A proxy proven ours that must not be adopted, to stop at start.
-struct Stale<N> {
-    pid: u32,
-    running: Running,
-    /// Its own namespace, opened before the stop, for the teardown.
-    ns: Option<N>,
-    /// Key, interface (from the pid file) and address family of what it was given.
-    spec: ProxySpec,
-    why: &'static str,
-}
-
-/// What to do with one pid file at start.
-enum Verdict<N> {
-    Adopt(Running, Vec<String>),
-    Stop(Stale<N>),
-    /// Remove the file and leave its process (if any) alone.
-    Remove,
-}
-
-/// Whether `argv` holds the exact `--router-id|--network-id ID` pair of `spec`.
-fn has_pair(argv: &[String], spec: &ProxySpec) -> bool {
-    argv.windows(2)
-        .any(|w| w[0] == spec.kind.flag() && w[1] == spec.id)
-}
-
-/// A pidfd on `pid`, if it is still the process `info` describes: the pidfd pins the
-/// process, and the start time read after opening it proves it is the one checked.
-fn open_proven(pid: u32, info: &pidfile::ProcInfo) -> Option<Running> {
-    let r = Running::adopt(pid).ok()?;
-    (info.start.is_some() && pidfile::start_time(pid) == info.start).then_some(r)
-}
-
-/// The adoption rule for one pid file (README, "Start, adoption and exit"). A pid file of the
-/// previous release (bare pid) proves no start time: it is adopted only when the exe, the
-/// exact id pair and the record's current namespace all match (an upgrade keeps its proxies,
-/// without a duplicate that could not bind), and otherwise never signalled.
-fn judge<P: Platform>(
-    platform: &P,
-    cfg: &Config,
-    key: &str,
-    path: &std::path::Path,
-    spec: Option<&ProxySpec>,
-) -> Verdict<P::Ns> {
-    let Some(rec) = pidfile::read_record(path) else {
-        tracing::warn!(key, path = %path.display(), "unreadable pid file removed");
-        return Verdict::Remove;
-    };
-    let pid = rec.pid;
-    let Some(info) = pidfile::ProcInfo::read(pid) else {
-        return Verdict::Remove; // gone
-    };
-    let want = pidfile::Want {
-        binary: &cfg.proxy_binary,
-        pair: spec.map(|s| (s.kind, s.id.as_str())),
-    };
-    if let Err(why) = pidfile::check(&info, &rec, &want) {
-        tracing::warn!(key, pid, why = %why, "pid file names a process that is not our proxy: file removed, process left alone");
-        return Verdict::Remove;
-    }
-    let in_record_ns = spec
-        .is_some_and(|s| info.netns.is_some() && info.netns == platform.namespace_inode(&s.netns));
-    if in_record_ns {
-        let Some(r) = open_proven(pid, &info) else {
-            return Verdict::Remove;
-        };
-        if let (true, Some(s)) = (rec.is_legacy(), spec) {
-            // Upgrade the file, so the next start can prove the start time.
-            if let Err(e) = pidfile::write(&cfg.pid_dir(), key, pid, &s.interface) {
-                tracing::warn!(key, err = %e, "cannot write pid file");
-            }
-        }
-        return Verdict::Adopt(r, info.argv);
-    }
-    if rec.is_legacy() {
-        tracing::warn!(key, pid, "pid file of the previous release names a proxy that is not wanted in this namespace: not provably ours, left running (stop it by hand), file removed");
-        return Verdict::Remove;
-    }
-    // Provably ours (exe, pair, start time, recorded namespace): not wanted any more, or
-    // wanted in another namespace (deleted and re-added, or moved while we were down).
-    let Some(running) = open_proven(pid, &info) else {
-        return Verdict::Remove;
-    };
-    let ns = platform.open_process_ns(pid).ok();
-    let (kind, id) = ns_contract::Kind::ALL
-        .iter()
-        .find_map(|k| {
-            info.argv
-                .windows(2)
-                .find(|w| w[0] == k.flag())
-                .map(|w| (*k, w[1].clone()))
-        })
-        .unwrap_or((ns_contract::Kind::Router, key.to_owned()));
-    let stale_spec = ProxySpec {
-        key: key.to_owned(),
-        kind,
-        id,
-        netns: format!("the namespace of pid {pid}"),
-        interface: rec.interface.clone().unwrap_or_else(|| "lo".into()),
-        ipv6: info.argv.iter().any(|a| a.starts_with("[fe80::a9fe:a9fe]")),
-    };
-    Verdict::Stop(Stale {
-        pid,
-        running,
-        ns,
-        spec: stale_spec,
-        why: if spec.is_some() {
-            "stopping a proxy that serves an older namespace of its record"
-        } else {
-            "stopping a proxy that is no longer wanted"
-        },
-    })
 }

@@ -457,3 +457,63 @@ fn namespace_recreated_while_down_gets_a_new_proxy_and_the_old_one_is_stopped() 
     });
     drop(rns);
 }
+
+/// Issue "hardening" item 11: routers removed while the spawner was down leave no
+/// 169.254.169.254 behind: one whose proxy still runs (stopped and torn down in its own
+/// namespace) and one whose proxy died meanwhile (its pid file recorded the namespace and
+/// interface, so the address is removed without a process).
+#[test]
+fn routers_removed_while_down_leave_no_address() {
+    if !require_root("routers_removed_while_down_leave_no_address") {
+        return;
+    }
+    let dir = TempDir::new("rt-leak").reaping();
+    let p = unique_prefix();
+    let (a, b) = (format!("{p}a"), format!("{p}b"));
+    let cfg = real_config(dir.path());
+    let mut records = Records::default();
+    for id in [&a, &b] {
+        records.api_routers.insert(id.clone(), router(id));
+    }
+    let na = TestNs::new(&format!("qrouter-{a}")).expect("ns a");
+    let nb = TestNs::new(&format!("qrouter-{b}")).expect("ns b");
+    let rt1 = tokio::runtime::Runtime::new().expect("runtime");
+    let (pa, pb) = rt1.block_on(async {
+        let sup = Supervisor::new(Namespaces, cfg.clone(), records.clone());
+        sup.adopt_and_start().await;
+        (
+            running_pid(&sup, &a, T).await,
+            running_pid(&sup, &b, T).await,
+        )
+    });
+    drop(rt1);
+    let _g = ns_testkit::PidGuard(vec![pa, pb]);
+    let has_meta = |ns: &TestNs| {
+        let out = std::process::Command::new("ip")
+            .args([
+                "-n",
+                ns.name(),
+                "-o",
+                "addr",
+                "show",
+                "dev",
+                &cfg.router_interface,
+            ])
+            .output()
+            .expect("ip addr");
+        String::from_utf8_lossy(&out.stdout).contains("169.254.169.254/32")
+    };
+    assert!(has_meta(&na) && has_meta(&nb), "both prepared");
+    kill9(pa);
+    assert!(ns_testkit::wait_until(T, || !alive(pa)), "a's proxy died");
+    let rt2 = tokio::runtime::Runtime::new().expect("runtime");
+    rt2.block_on(async {
+        let sup = Supervisor::new(Namespaces, cfg.clone(), Records::default());
+        sup.adopt_and_start().await;
+        assert!(sup.status().is_empty());
+    });
+    assert!(!alive(pb), "b's proxy was stopped");
+    assert!(!has_meta(&na), "the dead proxy's address was removed");
+    assert!(!has_meta(&nb), "the stopped proxy's address was removed");
+    assert!(pidfile::list(&cfg.pid_dir()).is_empty());
+}

@@ -690,3 +690,101 @@ async fn a_burst_of_changes_is_saved_in_few_writes() {
     assert_eq!(saved.routers.len(), 500);
     sup.stop_all().await;
 }
+
+/// Issue "hardening" item 12: a proxy this spawner started whose pid file is gone (never
+/// written: full disk) and whose record was never saved is stopped at the next start; one
+/// that another spawner (another state dir) started is left alone.
+#[test]
+fn an_unmanaged_proxy_of_this_spawner_is_stopped_at_start_and_anothers_is_not() {
+    let dir = TempDir::new("unmanaged").reaping();
+    let other_dir = TempDir::new("unmanaged-other").reaping();
+    let proxy = fake_proxy(dir.path());
+    let cfg = config(dir.path(), &proxy);
+    let mut other_cfg = cfg.clone();
+    other_cfg.state_dir = other_dir.path().to_owned();
+    let mut records = Records::default();
+    records.api_routers.insert("ru1".into(), router("ru1"));
+    let rt1 = tokio::runtime::Runtime::new().expect("runtime");
+    let (mine, theirs) = rt1.block_on(async {
+        let sup = Supervisor::new(Host, cfg.clone(), records.clone());
+        let other = Supervisor::new(Host, other_cfg.clone(), records.clone());
+        sup.adopt_and_start().await;
+        other.adopt_and_start().await;
+        (
+            running_pid(&sup, "ru1", T).await,
+            running_pid(&other, "ru1", T).await,
+        )
+    });
+    drop(rt1);
+    let _g = PidGuard(vec![mine, theirs]);
+    pidfile::remove(&cfg.pid_dir(), "ru1");
+    assert_ne!(mine, theirs);
+    let rt2 = tokio::runtime::Runtime::new().expect("runtime");
+    rt2.block_on(async {
+        let sup = Supervisor::new(Host, cfg.clone(), Records::default());
+        sup.adopt_and_start().await;
+    });
+    assert!(!alive(mine), "this spawner's unmanaged proxy was stopped");
+    assert!(alive(theirs), "another spawner's proxy was left alone");
+}
+
+/// Issue "hardening" item 12: re-adding a router whose proxy still runs unmanaged (its pid
+/// file lost) must not crash-loop on the taken port: the failed start finds the running
+/// proxy of ours and adopts it.
+#[test]
+fn a_start_that_fails_next_to_a_running_proxy_of_ours_adopts_it() {
+    let dir = TempDir::new("eaddrinuse").reaping();
+    let proxy = fake_proxy(dir.path());
+    let cfg = config(dir.path(), &proxy);
+    let mut records = Records::default();
+    records.api_routers.insert("re1".into(), router("re1"));
+    // The exact argv a proxy for re1 gets (after the interpreter).
+    let rt1 = tokio::runtime::Runtime::new().expect("runtime");
+    let argv = rt1.block_on(async {
+        let sup = Supervisor::new(Host, cfg.clone(), records.clone());
+        sup.adopt_and_start().await;
+        let p = running_pid(&sup, "re1", T).await;
+        let argv = pidfile::cmdline(p).expect("alive");
+        sup.stop_all().await;
+        argv
+    });
+    drop(rt1);
+    let rt2 = tokio::runtime::Runtime::new().expect("runtime");
+    rt2.block_on(async {
+        let sup = Supervisor::new(Host, cfg.clone(), Records::default());
+        sup.adopt_and_start().await;
+        let looper = sup.clone();
+        let lp = tokio::spawn(async move { looper.run_loop().await });
+        // Started while this supervisor runs, without a pid file (as if it could not be
+        // written), with fd 3 open for its READY.
+        let ready = dir.path().join("stray-ready");
+        let mut cmd = std::process::Command::new("bash");
+        cmd.args(["-c", "exec 3>\"$1\"; shift; exec \"$0\" \"$@\""])
+            .arg(&argv[1])
+            .arg(&ready)
+            .args(&argv[2..]);
+        let stray = start(&mut cmd);
+        let pid = stray.pid();
+        // Past its start-up checks once it said READY.
+        poll(|| {
+            std::fs::read_to_string(&ready)
+                .ok()
+                .filter(|t| t.contains("READY=1"))
+        });
+        // Any new proxy fails to start now, as it would on the taken port.
+        std::fs::write(dir.path().join("fail"), "").expect("fail");
+        sup.put_router(router("re1"));
+        let st = eventually_async("adopted", T, || {
+            status_of(&sup, "re1").filter(|s| s.state == State::Running)
+        })
+        .await;
+        assert_eq!((st.pid, st.adopted), (Some(pid), true), "{st:?}");
+        assert_eq!(
+            pidfile::read(&pidfile::path(&cfg.pid_dir(), "re1")),
+            Some(pid)
+        );
+        sup.stop_all().await;
+        lp.abort();
+        drop(stray);
+    });
+}
