@@ -16,6 +16,13 @@ use ns_ini::{Kind, Loader, Opt, Origin, Schema, Values, DEFAULT_GROUP as D};
 use crate::bind::BindSpec;
 use crate::error::{Error, Result};
 
+/// Retries of a refused agent connect: Neutron's haproxy template says `retries 3`.
+pub const DEFAULT_RETRIES: u32 = 3;
+
+/// Client connections served at once: Neutron's haproxy `maxconn 1024`. Kept in step with
+/// the `max_connections` default in [`OPTS`] by a unit test.
+pub const DEFAULT_MAXCONN: usize = 1024;
+
 /// The guest-facing default bind.
 pub const DEFAULT_BIND: &str = "169.254.169.254:80";
 
@@ -215,7 +222,19 @@ pub struct Config {
     pub log_file: Option<PathBuf>,
     /// Log to syslog with this facility number (tag `haproxy-metadata-proxy-<id>`).
     pub syslog_facility: Option<u8>,
+    /// The syslog socket: `/dev/log`, or the one a haproxy `log` line names.
+    pub syslog_socket: PathBuf,
+    /// The syslog tag when not the default `haproxy-metadata-proxy-<id>` (haproxy's `log-tag`).
+    pub syslog_tag: Option<String>,
     pub debug: bool,
+    /// The most verbose level logged, when set by a haproxy `log` line's level (else info, or
+    /// debug with `debug`).
+    pub log_level: Option<tracing::Level>,
+    /// Retries of a refused agent connect (haproxy's `retries`; Neutron writes 3).
+    pub connect_retries: u32,
+    /// The rate-limit table's size and entry lifetime when not the defaults (haproxy's
+    /// `stick-table size`/`expire`).
+    pub rate_table: Option<(usize, std::time::Duration)>,
     /// The files' unknown keys, typos of our sections and old names, one line each: logged
     /// once at start.
     pub warnings: Vec<String>,
@@ -294,7 +313,12 @@ impl Config {
                 .unwrap_or_default(),
             log_file,
             syslog_facility,
+            syslog_socket: PathBuf::from(crate::syslog::DEV_LOG),
+            syslog_tag: None,
             debug: v.bool(D, "debug")?,
+            log_level: None,
+            connect_retries: DEFAULT_RETRIES,
+            rate_table: None,
             warnings: loaded.warnings.iter().map(ToString::to_string).collect(),
         })
     }

@@ -76,6 +76,12 @@ fn ini(text: &str) -> (Tmp, String) {
 #[test]
 fn table_and_command_are_sound() {
     SCHEMA.check().expect("table");
+    let c = parse(&["--router-id", "r1"]).expect("defaults");
+    assert_eq!(
+        c.max_connections, DEFAULT_MAXCONN,
+        "the table's default and the constant"
+    );
+    assert_eq!(c.connect_retries, DEFAULT_RETRIES);
     command().debug_assert();
     let help = command().render_long_help().to_string();
     for want in [

@@ -2,25 +2,33 @@
 #![forbid(unsafe_code)]
 
 use clap::Parser;
+use ns_metadata_proxy::dropin::{self, Route};
 use ns_metadata_proxy::{app, logfile, process, syslog, Args, Config};
 use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt as _};
 use tracing_subscriber::EnvFilter;
 
 fn main() {
-    let mut args = Args::parse();
-    // Installed (symlinked) under the old Python proxy's name: keep its defaults.
-    args.neutron_defaults = std::env::args_os()
-        .next()
-        .map(std::path::PathBuf::from)
-        .and_then(|p| p.file_name().map(|n| n == "neutron-ns-metadata-proxy"))
-        .unwrap_or(false);
-    let cfg = match Config::from_args(args) {
-        Ok(c) => c,
-        Err(e) => fail(&e.to_string(), e.exit_code()),
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Run as `haproxy`, or given `-f`: the haproxy drop-in (src/dropin.rs).
+    let (cfg, dropin_file) = if dropin::is_dropin(&argv) {
+        match dropin::route(&argv) {
+            Route::Serve(cfg, file) => (*cfg, Some(file)),
+            // The daemon child of a config that was ours a moment ago: never hand the
+            // readiness pipe to another program (its parent would wait for ever).
+            Route::Exec(why) if std::env::var_os(process::DAEMON_ENV).is_some() => fail(
+                &format!("the configuration changed while starting: {why}"),
+                1,
+            ),
+            Route::Exec(why) => fail(&dropin::exec_real(&argv, &why), 1),
+            Route::Fail(line) => fail(&line, 1),
+        }
+    } else {
+        (own_config(), None)
     };
     let daemon_child = std::env::var_os(process::DAEMON_ENV).is_some();
+    let ready_env = dropin_file.as_ref().map(|_| dropin::READY_FD_ENV);
     if cfg.daemonize && !daemon_child {
-        match process::daemonize_parent() {
+        match process::daemonize_parent(ready_env) {
             Ok(Some(code)) => std::process::exit(code),
             Ok(None) => {}
             Err(e) => fail(&e.to_string(), 1),
@@ -30,6 +38,13 @@ fn main() {
         Ok(s) => s,
         Err(e) => fail(&format!("log file: {e:#}"), 1),
     };
+    if let Some(file) = &dropin_file {
+        tracing::info!(
+            "haproxy drop-in: {} is Neutron's metadata proxy configuration: served by \
+             ns-metadata-proxy",
+            file.display()
+        );
+    }
     // Unknown keys, typos of our sections, old names: one line each, once, at start.
     for w in &cfg.warnings {
         tracing::warn!("{w}");
@@ -39,7 +54,28 @@ fn main() {
         if !logs_to_stderr {
             tracing::error!(err = %e, "start-up failed");
         }
-        fail(&e.to_string(), e.exit_code());
+        // haproxy's rule in the drop-in: every failure to start is exit 1.
+        let code = if dropin_file.is_some() {
+            1
+        } else {
+            e.exit_code()
+        };
+        fail(&e.to_string(), code);
+    }
+}
+
+/// Our own command line.
+fn own_config() -> Config {
+    let mut args = Args::parse();
+    // Installed (symlinked) under the old Python proxy's name: keep its defaults.
+    args.neutron_defaults = std::env::args_os()
+        .next()
+        .map(std::path::PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n == "neutron-ns-metadata-proxy"))
+        .unwrap_or(false);
+    match Config::from_args(args) {
+        Ok(c) => c,
+        Err(e) => fail(&e.to_string(), e.exit_code()),
     }
 }
 
@@ -50,7 +86,11 @@ fn fail(msg: &str, code: i32) -> ! {
 
 /// Set up the subscriber; whether it writes to stderr.
 fn init_logging(cfg: &Config) -> anyhow::Result<bool> {
-    let default = if cfg.debug { "debug" } else { "info" };
+    let default = match cfg.log_level {
+        Some(l) => l.as_str().to_ascii_lowercase(),
+        None if cfg.debug => "debug".to_owned(),
+        None => "info".to_owned(),
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -64,8 +104,11 @@ fn init_logging(cfg: &Config) -> anyhow::Result<bool> {
     };
     let mut syslog_missing = None;
     let syslog = cfg.syslog_facility.and_then(|facility| {
-        let tag = format!("haproxy-metadata-proxy-{}", cfg.resource.id());
-        match syslog::Syslog::connect(std::path::Path::new(syslog::DEV_LOG), facility, &tag) {
+        let tag = cfg
+            .syslog_tag
+            .clone()
+            .unwrap_or_else(|| format!("haproxy-metadata-proxy-{}", cfg.resource.id()));
+        match syslog::Syslog::connect(&cfg.syslog_socket, facility, &tag) {
             Ok(s) => Some(s),
             Err(e) => {
                 syslog_missing = Some(e);
@@ -83,7 +126,7 @@ fn init_logging(cfg: &Config) -> anyhow::Result<bool> {
     };
     builder.with_writer(writer).init();
     if let Some(e) = syslog_missing {
-        tracing::warn!(err = %e, socket = syslog::DEV_LOG, "--use-syslog: no syslog socket, logging here instead");
+        tracing::warn!(err = %e, socket = %cfg.syslog_socket.display(), "syslog: no syslog socket, logging here instead");
     }
     Ok(to_stderr)
 }

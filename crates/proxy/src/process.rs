@@ -26,7 +26,9 @@ fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> Error {
 /// in /proc/PID/cmdline) with one more `--ready-fd` on a pipe, and returns the exit code to
 /// use: 0 once the child wrote READY, 1 if it exited first (its one-line reason went to the
 /// shared stderr). Returns `None` in the child, which must call [`become_daemon`].
-pub fn daemonize_parent() -> Result<Option<i32>> {
+/// `ready_env`: pass the pipe in this environment variable instead of `--ready-fd`, so the
+/// child's argv stays exactly the parent's (the haproxy drop-in: `haproxy -f FILE`).
+pub fn daemonize_parent(ready_env: Option<&str>) -> Result<Option<i32>> {
     if std::env::var_os(DAEMON_ENV).is_some() {
         return Ok(None);
     }
@@ -45,11 +47,14 @@ pub fn daemonize_parent() -> Result<Option<i32>> {
     })?;
     let mut args = std::env::args_os();
     let argv0 = args.next().unwrap_or_else(|| "ns-metadata-proxy".into());
-    let mut child = std::process::Command::new("/proc/self/exe")
-        .arg0(argv0)
-        .args(args)
-        .arg("--ready-fd")
-        .arg(w.as_raw_fd().to_string())
+    let fd = w.as_raw_fd().to_string();
+    let mut cmd = std::process::Command::new("/proc/self/exe");
+    cmd.arg0(argv0).args(args);
+    match ready_env {
+        Some(var) => cmd.env(var, &fd),
+        None => cmd.arg("--ready-fd").arg(&fd),
+    };
+    let mut child = cmd
         .env(DAEMON_ENV, "1")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())

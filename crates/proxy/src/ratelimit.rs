@@ -78,6 +78,14 @@ impl RateLimiter {
         }
     }
 
+    /// A table of `size` entries that live `expire` after their last request (haproxy's
+    /// `stick-table size`/`expire`) instead of the defaults.
+    pub fn with_table(mut self, size: usize, expire: Duration) -> RateLimiter {
+        self.max_entries = size.max(1);
+        self.expire = expire;
+        self
+    }
+
     /// Count a request from `ip`; true if it must be denied with 429.
     pub fn deny(&self, ip: IpAddr, now: Instant) -> bool {
         let ip = ip.to_canonical();

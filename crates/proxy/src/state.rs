@@ -48,10 +48,15 @@ impl Shared {
                 cfg.agent_keepalive,
                 cfg.timeouts.connect,
                 cfg.timeouts.server,
-            ),
-            ratelimit: cfg
-                .rate_limit
-                .map(|r| RateLimiter::new(r.base, r.burst, r.versions)),
+            )
+            .with_retries(cfg.connect_retries),
+            ratelimit: cfg.rate_limit.map(|r| {
+                let rl = RateLimiter::new(r.base, r.burst, r.versions);
+                match cfg.rate_table {
+                    Some((size, expire)) => rl.with_table(size, expire),
+                    None => rl,
+                }
+            }),
             timeouts: cfg.timeouts,
             activity: Activity::default(),
             agent_is_down: AtomicBool::new(false),

@@ -21,8 +21,6 @@ use crate::response::{self, ForClient, Framing, RespInfo};
 pub const POOL_MAX: usize = 32;
 /// Idle lifetime in `on` mode when the agent advertises nothing.
 const DEFAULT_IDLE: Duration = Duration::from_secs(2);
-/// Connect attempts (haproxy's `retries 3` in Neutron's template, plus the first).
-const CONNECT_TRIES: u32 = 4;
 
 /// Why the VM gets an error instead of the agent's answer.
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +157,8 @@ pub struct Agent {
     path: PathBuf,
     mode: KeepaliveMode,
     connect_timeout: Duration,
+    /// Connect attempts: haproxy's `retries` (3 in Neutron's template) plus the first.
+    connect_tries: u32,
     server_timeout: Duration,
     pool: Mutex<Vec<Idle>>,
     /// Exchanges in flight: with others running, a fresh connection's answer is looked
@@ -199,11 +199,18 @@ impl Agent {
             path,
             mode,
             connect_timeout,
+            connect_tries: crate::config::DEFAULT_RETRIES + 1,
             server_timeout,
             pool: Mutex::new(Vec::new()),
             inflight: std::sync::atomic::AtomicUsize::new(0),
             give_up: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Retry a refused or full agent connect `retries` times (haproxy's `retries`).
+    pub fn with_retries(mut self, retries: u32) -> Agent {
+        self.connect_tries = retries.saturating_add(1);
+        self
     }
 
     /// The agent's socket path (for messages).
@@ -293,7 +300,7 @@ impl Agent {
 
     async fn connect_tries(&self) -> Result<Fresh, UpError> {
         let mut last = None;
-        for attempt in 0..CONNECT_TRIES {
+        for attempt in 0..self.connect_tries {
             match connect_now(&self.path) {
                 Ok(s) => return Ok(Fresh(s)),
                 Err(e) => {
@@ -304,10 +311,10 @@ impl Agent {
                         io::ErrorKind::WouldBlock | io::ErrorKind::ConnectionRefused
                     );
                     last = Some(e);
-                    if !again || attempt + 1 == CONNECT_TRIES {
+                    if !again || attempt + 1 >= self.connect_tries {
                         break;
                     }
-                    tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
+                    tokio::time::sleep(Duration::from_millis(20 << attempt.min(5))).await;
                 }
             }
         }

@@ -4,9 +4,7 @@
 
 mod common;
 
-use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use common::{Client, Proxy, TempDir};
 use ns_testkit::neutron::venv_python;
@@ -35,30 +33,8 @@ struct NeutronAgent {
 
 /// Start a script with the venv's python; wait for its "READY" line (the handshake).
 fn start_script(py: &Path, script: &Path, args: &[&str]) -> ChildGuard {
-    let mut child = Command::new(py)
-        .arg(script)
-        .args(args)
-        .stdout(Stdio::piped())
-        // NS_TEST_DEBUG=1 shows the agent's debug log.
-        .stderr(if std::env::var_os("NS_TEST_DEBUG").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
-        .spawn()
-        .expect("start python script");
-    let out = child.stdout.take().expect("stdout");
-    let guard = ChildGuard(child);
-    let mut line = String::new();
-    std::io::BufReader::new(out)
-        .read_line(&mut line)
-        .expect("read READY");
-    assert!(
-        line.starts_with("READY"),
-        "{} said {line:?}",
-        script.display()
-    );
-    guard
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    common::start_venv_script(py, script, &args, &[]).child
 }
 
 fn start_agent(py: &Path) -> NeutronAgent {

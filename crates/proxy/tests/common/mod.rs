@@ -82,3 +82,54 @@ impl Drop for Proxy {
         }
     }
 }
+
+pub mod neutron_conf;
+
+/// A Python script of the Neutron tests run by the venv's python, past its `READY` line (the
+/// handshake): the child (killed on drop), its stdin, and the rest of its stdout.
+/// NS_TEST_DEBUG=1 shows its stderr (Neutron's log).
+pub struct VenvScript {
+    pub child: ns_testkit::ChildGuard,
+    pub stdin: std::process::ChildStdin,
+    pub stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+/// Start `py script args...` with `env` added; wait for its `READY` line.
+pub fn start_venv_script(
+    py: &Path,
+    script: &Path,
+    args: &[&std::ffi::OsStr],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> VenvScript {
+    use std::io::BufRead as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(py)
+        .args(["-W", "ignore"])
+        .arg(script)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(if std::env::var_os("NS_TEST_DEBUG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
+        .spawn()
+        .expect("start python script");
+    let stdin = child.stdin.take().expect("stdin");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let child = ns_testkit::ChildGuard(child);
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("read READY");
+    assert!(
+        line.starts_with("READY"),
+        "{} said {line:?}",
+        script.display()
+    );
+    VenvScript {
+        child,
+        stdin,
+        stdout,
+    }
+}
