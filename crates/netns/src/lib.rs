@@ -11,6 +11,7 @@ mod manage;
 mod mem;
 mod netlink;
 mod ns;
+pub mod privs;
 mod watch;
 
 #[cfg(feature = "test-util")]

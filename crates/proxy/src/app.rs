@@ -39,6 +39,8 @@ pub fn run(cfg: Config, daemon_child: bool) -> Result<()> {
     let pid_file = cfg.pid_file.as_deref().map(PidFile::create).transpose()?;
     process::raise_nofile(cfg.max_connections);
     creds.drop_privileges()?;
+    confine()?;
+    check_agent_access(&cfg.socket)?;
 
     // One thread: the benchmark showed a multi-thread runtime losing at every load (issue 8).
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -113,6 +115,60 @@ pub fn run(cfg: Config, daemon_child: bool) -> Result<()> {
 
 /// A missing agent socket is the usual first-hour mistake: say so at start, not only as a
 /// 503 per request.
+/// After binding and the privilege drop, before any thread exists (capabilities are per
+/// thread): a proxy still running as uid 0 keeps no capability (it parses VM traffic; uid 0
+/// only lets it reach an agent socket that only root may use), and no `execve` can give one
+/// back (issue "hardening", item 10).
+fn confine() -> Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        ns_netns::privs::drop_all_capabilities()
+            .map_err(|e| Error::Privileges(format!("dropping capabilities: {e}")))?;
+    }
+    ns_netns::privs::set_no_new_privs()
+        .map_err(|e| Error::Privileges(format!("PR_SET_NO_NEW_PRIVS: {e}")))
+}
+
+/// After the privilege drop: the agent socket must be writable by who we are now, or every
+/// request would be a 503 while we reported READY (issue "hardening", item 8). A socket that
+/// does not exist yet is only warned about (the agent may start later).
+fn check_agent_access(socket: &Path) -> Result<()> {
+    use nix::unistd::{faccessat, AccessFlags};
+    use std::os::unix::fs::MetadataExt as _;
+    match faccessat(
+        nix::fcntl::AT_FDCWD,
+        socket,
+        AccessFlags::W_OK,
+        nix::fcntl::AtFlags::AT_EACCESS,
+    ) {
+        Err(e @ (nix::errno::Errno::EACCES | nix::errno::Errno::EPERM)) => {
+            let who = format!(
+                "uid {} gid {}",
+                nix::unistd::geteuid(),
+                nix::unistd::getegid()
+            );
+            let what = std::fs::metadata(socket).map_or_else(
+                |_| "not readable".to_owned(),
+                |m| {
+                    format!(
+                        "mode {:o}, owner {}:{}",
+                        m.mode() & 0o7777,
+                        m.uid(),
+                        m.gid()
+                    )
+                },
+            );
+            Err(Error::Privileges(format!(
+                "cannot reach the agent socket {} as {who}: {} ({what}); run proxies as its \
+                 owner or group (metadata_proxy_user / metadata_proxy_group) or widen the \
+                 agent's metadata_proxy_socket_mode",
+                socket.display(),
+                e.desc()
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn warn_if_no_agent(socket: &Path) {
     match std::fs::metadata(socket) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => tracing::warn!(

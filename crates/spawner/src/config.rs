@@ -295,6 +295,39 @@ impl Config {
         self.state_dir.join("pids")
     }
 
+    /// The configuration the proxies' arguments are built from: `metadata_proxy_user` and
+    /// `metadata_proxy_group` filled in by Neutron's rule (issue "hardening", items 8 and 10),
+    /// read again at every reconcile:
+    /// - both set: as they are;
+    /// - a user without a group: the spawner's effective group, as Neutron passes its agent's
+    ///   `os.getegid()` (the agent then makes its socket 0664 for that group, LP#1907695's
+    ///   setup; the user's own group could not connect);
+    /// - neither: the owner and group of the agent's socket (Neutron runs proxies as the
+    ///   agent's user), numerically; nothing when that is the spawner's own uid and gid (the
+    ///   proxy then stays uid 0 and drops every capability after binding), or while the socket
+    ///   does not exist.
+    pub fn for_proxies(&self) -> Config {
+        let mut c = self.clone();
+        let egid = rustix::process::getegid().as_raw();
+        match (&self.metadata_proxy_user, &self.metadata_proxy_group) {
+            (Some(_), Some(_)) => {}
+            (Some(_), None) => c.metadata_proxy_group = Some(egid.to_string()),
+            (None, group) => {
+                use std::os::unix::fs::MetadataExt;
+                let euid = rustix::process::geteuid().as_raw();
+                if let Ok(m) = std::fs::metadata(&self.metadata_proxy_socket) {
+                    if m.uid() != euid || (group.is_none() && m.gid() != egid) {
+                        c.metadata_proxy_user = Some(m.uid().to_string());
+                        if group.is_none() {
+                            c.metadata_proxy_group = Some(m.gid().to_string());
+                        }
+                    }
+                }
+            }
+        }
+        c
+    }
+
     /// `<state_dir>/records.json`: the records made through the control API.
     pub fn records_json(&self) -> PathBuf {
         self.state_dir.join("records.json")

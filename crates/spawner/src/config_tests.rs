@@ -362,3 +362,41 @@ fn overrides() {
     assert_eq!(c.control_socket, PathBuf::from("/y.sock"));
     assert_eq!(c.pid_dir(), PathBuf::from("/x/pids"));
 }
+
+/// Issue "hardening" items 8 and 10: who the proxies run as, by Neutron's rule.
+#[test]
+fn proxies_run_as_the_agent_sockets_owner_unless_configured() {
+    let dir = std::env::temp_dir().join(format!("spawner-ident-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let sock = dir.join("agent.sock");
+    let mut c = Config::defaults().with_overrides(Some(&dir), None);
+    c.metadata_proxy_socket = sock.clone();
+    let ident = |c: &Config| {
+        let p = c.for_proxies();
+        (p.metadata_proxy_user, p.metadata_proxy_group)
+    };
+    // No socket yet: nothing to follow (the proxy stays uid 0, without capabilities).
+    assert_eq!(ident(&c), (None, None));
+    let _l = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+    // Our own socket: nothing passed, the argv of a default setup is unchanged.
+    assert_eq!(ident(&c), (None, None));
+    if rustix::process::geteuid().is_root() {
+        std::os::unix::fs::chown(&sock, Some(65534), Some(65533)).expect("chown");
+        assert_eq!(
+            ident(&c),
+            (Some("65534".into()), Some("65533".into())),
+            "the agent's user and group"
+        );
+        c.metadata_proxy_group = Some("neutron".into());
+        assert_eq!(ident(&c), (Some("65534".into()), Some("neutron".into())));
+        c.metadata_proxy_group = None;
+    }
+    // A user without a group: the spawner's group, as Neutron passes its own.
+    c.metadata_proxy_user = Some("neutron".into());
+    let egid = rustix::process::getegid().as_raw().to_string();
+    assert_eq!(ident(&c), (Some("neutron".into()), Some(egid)));
+    c.metadata_proxy_group = Some("nova".into());
+    assert_eq!(ident(&c), (Some("neutron".into()), Some("nova".into())));
+    let _ = std::fs::remove_dir_all(&dir);
+}

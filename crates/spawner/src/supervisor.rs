@@ -405,9 +405,11 @@ impl<P: Platform> Supervisor<P> {
         }
         let mut present = BTreeMap::new();
         let mut waiting = BTreeMap::new();
+        // Who the proxies run as depends on the agent socket's owner: read once per pass.
+        let for_proxies = cfg.for_proxies();
         for (k, s) in d.specs {
             if self.inner.platform.namespace_exists(&s.netns) {
-                let args = proxy_args(&s, &cfg);
+                let args = proxy_args(&s, &for_proxies);
                 present.insert(k, (s, args));
             } else {
                 waiting.insert(k, s);

@@ -448,8 +448,11 @@ fn manual_proxy(proxy: &std::path::Path, id: &str) -> ChildGuard {
     let mut cmd = std::process::Command::new(proxy);
     cmd.args(["--router-id", id, "--ready-fd", "1"]);
     let g = start(&mut cmd);
-    // Ready when its argv is the script's (the interpreter has exec'd).
-    poll(|| pidfile::cmdline(g.pid()).filter(|a| a.iter().any(|x| x == "--ready-fd")));
+    // Ready when the interpreter has exec'd (argv `python3 SCRIPT ...`, not `env python3
+    // SCRIPT ...`) and /proc shows all the identity a pid file records.
+    let script = proxy.display().to_string();
+    poll(|| pidfile::cmdline(g.pid()).filter(|a| a.get(1) == Some(&script)));
+    poll(|| pidfile::Record::of(g.pid(), "lo"));
     g
 }
 
