@@ -27,6 +27,17 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Start the daemon and wait for its READY=1 on a private NOTIFY_SOCKET.
 fn start_daemon(dir: &Path, ini: &Path, extra: &[&str]) -> ChildGuard {
+    start_daemon_by(
+        Command::new(env!("CARGO_BIN_EXE_ns-metadata-spawner")),
+        dir,
+        ini,
+        extra,
+    )
+}
+
+/// The same, run by `cmd` (the daemon binary itself, or a wrapper with the binary as its
+/// last argument so far).
+fn start_daemon_by(mut cmd: Command, dir: &Path, ini: &Path, extra: &[&str]) -> ChildGuard {
     static N: AtomicU32 = AtomicU32::new(0);
     let notify = dir.join(format!("notify-{}.sock", N.fetch_add(1, Ordering::Relaxed)));
     let _ = std::fs::remove_file(&notify);
@@ -37,7 +48,7 @@ fn start_daemon(dir: &Path, ini: &Path, extra: &[&str]) -> ChildGuard {
         .append(true)
         .open(dir.join("daemon.log"))
         .expect("log");
-    let child = Command::new(env!("CARGO_BIN_EXE_ns-metadata-spawner"))
+    let child = cmd
         .arg("--config-file")
         .arg(ini)
         .arg("run")
@@ -399,4 +410,85 @@ async fn a_state_dir_others_can_write_to_is_refused() {
         "{err}"
     );
     assert!(!state.join("control.sock").exists() && !state.join("pids").exists());
+}
+
+/// The spawner unit's capability bounding set (examples/systemd), as setpriv's
+/// `--bounding-set` argument: `-all,+sys_admin,...`.
+fn unit_bounding_set() -> String {
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/systemd/ns-metadata-spawner.service");
+    let text = std::fs::read_to_string(unit).expect("spawner unit");
+    let caps: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .flat_map(|v| v.split_whitespace())
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    assert!(!caps.is_empty(), "the unit names its capabilities");
+    format!("-all,{}", caps.join(","))
+}
+
+/// Issue "hardening" item 1: with proxies running as another user (the agent socket's
+/// owner), proving that a process is ours reads /proc/PID/exe, ns/net and environ of another
+/// uid. A spawner restarted under the unit's exact capability set (and no_new_privs) still
+/// adopts its proxy, and the VM keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adoption_works_under_the_units_capability_set_with_unprivileged_proxies() {
+    if !require_root("adoption_works_under_the_units_capability_set_with_unprivileged_proxies") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let dir = TempDir::new("rt-caps").reaping();
+    let _agent = agent(dir.path());
+    // The agent's socket belongs to "nobody": proxies run as nobody (Neutron's rule).
+    std::os::unix::fs::chown(dir.path().join("agent.sock"), Some(65534), Some(65534))
+        .expect("chown socket");
+    let ini = write_ini(dir.path(), "");
+    let p = unique_prefix();
+    let id = format!("{p}c");
+    let rns = TestNs::new(&format!("qrouter-{id}")).expect("router ns");
+    let vm = TestNs::new(&format!("{p}vm")).expect("vm ns");
+    link(&rns, &vm, 112).await.expect("veth");
+    let under_unit = || {
+        let mut c = Command::new("setpriv");
+        c.arg(format!("--bounding-set={}", unit_bounding_set()))
+            .args(["--inh-caps=-all", "--no-new-privs", "--"])
+            .arg(env!("CARGO_BIN_EXE_ns-metadata-spawner"));
+        c
+    };
+    let d = start_daemon_by(under_unit(), dir.path(), &ini, &[]);
+    let (ok, out) = cli(&ini, &["router", "add", &id]);
+    assert!(ok, "{out}");
+    assert!(
+        wait_until(T, || running_pid(&ini, &id).is_some()),
+        "{:?}",
+        status(&ini)
+    );
+    let pid = running_pid(&ini, &id).expect("pid");
+    let uid = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("status")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Uid:")
+                .map(|v| v.split_whitespace().next().map(str::to_owned))
+        })
+        .flatten();
+    assert_eq!(
+        uid.as_deref(),
+        Some("65534"),
+        "the proxy runs as the socket's owner"
+    );
+    assert!(wait_until(T, || get_in(vm.netns(), META).is_ok()));
+    assert!(wait_until(T, || std::fs::read_to_string(
+        dir.path().join("records.json")
+    )
+    .is_ok_and(|t| t.contains(&id))));
+    let mut d = d;
+    kill9(d.pid());
+    let _ = d.0.wait();
+    let _d2 = start_daemon_by(under_unit(), dir.path(), &ini, &[]);
+    let st = proxy_of(&ini, &id).expect("listed");
+    assert_eq!(st["pid"].as_u64(), Some(u64::from(pid)), "{st}");
+    assert_eq!(st["adopted"], true, "{st}");
+    assert!(get_in(vm.netns(), META).is_ok());
 }
