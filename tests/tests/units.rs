@@ -76,6 +76,10 @@ fn units_carry_the_hardening_options() {
             assert!(!values(&t, key).is_empty(), "{name}: {key}");
         }
     }
+    // The agent says READY; it must not chown Neutron's state dir to root.
+    let agent = unit_text("ns-metadata-agent.service");
+    assert_eq!(values(&agent, "Type"), ["notify"]);
+    assert!(values(&agent, "StateDirectory").is_empty());
     let t = unit_text("ns-metadata-spawner.service");
     assert_eq!(values(&t, "NoNewPrivileges"), ["yes"]);
     let caps: Vec<String> = values(&t, "CapabilityBoundingSet")

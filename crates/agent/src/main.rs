@@ -18,7 +18,8 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // Priority prefixes and no timestamp under journald; colour only at a terminal.
+        .event_format(ns_contract::journal::StderrFormat::detect())
         .init();
     for w in warnings {
         tracing::warn!("{w}");

@@ -6,6 +6,7 @@
 
 pub mod headers;
 pub mod id;
+pub mod journal;
 pub mod keepalive;
 pub mod limits;
 pub mod neutron;

@@ -92,9 +92,6 @@ fn init_logging(cfg: &Config) -> anyhow::Result<bool> {
         None => "info".to_owned(),
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false);
     let file = match &cfg.log_file {
         Some(path) => Some(
             logfile::LogFile::install(path)
@@ -124,7 +121,14 @@ fn init_logging(cfg: &Config) -> anyhow::Result<bool> {
         (None, Some(f)) => BoxMakeWriter::new(f),
         (None, None) => BoxMakeWriter::new(std::io::stderr),
     };
-    builder.with_writer(writer).init();
+    // On stderr under journald (a proxy the spawner started shares its journal stream):
+    // priority prefixes and no timestamp. Never colour: logs are read by machines.
+    let journal = to_stderr && ns_contract::journal::stderr_is_journal();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .event_format(ns_contract::journal::StderrFormat::new(journal, false))
+        .with_writer(writer)
+        .init();
     if let Some(e) = syslog_missing {
         tracing::warn!(err = %e, socket = %cfg.syslog_socket.display(), "syslog: no syslog socket, logging here instead");
     }

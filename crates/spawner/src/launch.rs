@@ -170,6 +170,8 @@ pub async fn launch<P: Platform>(
     // Marks the proxy as started by the spawner of this state dir: the only proof, besides
     // a pid file, that lets a restarted spawner stop it when it is no longer wanted.
     cmd.env(crate::pidfile::STATE_ENV, &cfg.state_dir);
+    // systemd's notify socket is the spawner unit's: a proxy's READY goes to its ready fd.
+    cmd.env_remove("NOTIFY_SOCKET");
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

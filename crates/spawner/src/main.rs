@@ -15,8 +15,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal: journald and log files get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // Priority prefixes and no timestamp under journald; colour only at a terminal.
+        .event_format(ns_contract::journal::StderrFormat::detect())
         .init();
     match real_main(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -131,6 +131,14 @@ async fn supervisor_restart_adopts_without_a_failed_request_and_follows_namespac
     );
     let pid = running_pid(&ini, &id).expect("pid");
     assert!(wait_until(T, || get_in(vm.netns(), META).is_ok()));
+    // The daemon's NOTIFY_SOCKET is its unit's, not its proxies'.
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+    assert!(
+        !environ
+            .split(|&b| b == 0)
+            .any(|kv| kv.starts_with(b"NOTIFY_SOCKET=")),
+        "a proxy inherited NOTIFY_SOCKET"
+    );
     // Saved within the save delay (persist.rs): a kill -9 before that would lose the record.
     assert!(wait_until(T, || std::fs::read_to_string(
         dir.path().join("records.json")
