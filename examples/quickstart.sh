@@ -152,7 +152,7 @@ cleanup() {
     "${SPAWNER[@]}" router remove "$ROUTER" >/dev/null 2>&1
     # Wait (bounded) until the spawner reports no proxy left, then stop it.
     for _ in $(seq 100); do
-      "${SPAWNER[@]}" status 2>/dev/null | grep -q -e "$ROUTER" -e "$NET_ISOLATED" || break
+      { "${SPAWNER[@]}" status 2>/dev/null || true; } | grep -q -e "$ROUTER" -e "$NET_ISOLATED" || break
       sleep 0.1
     done
   fi
@@ -289,7 +289,10 @@ cmd "ns-metadata-spawner run --config-file $WORK/spawner.ini"
 SPAWNER_PID=$!
 spawner_ready() {
   kill -0 "$SPAWNER_PID" || die "ns-metadata-spawner exited; its log:$(printf '\n'; cat "$WORK/spawner.log")"
-  "${SPAWNER[@]}" status
+  # 0: every proxy runs; 3: the control socket answers but a proxy is not running yet.
+  local rc=0
+  "${SPAWNER[@]}" status >/dev/null 2>&1 || rc=$?
+  [ "$rc" -eq 0 ] || [ "$rc" -eq 3 ]
 }
 wait_for 20 "the spawner's control socket" spawner_ready
 info "pid $SPAWNER_PID, control socket $WORK/state/control.sock"
@@ -383,7 +386,8 @@ ask vm2 "$VM2" /latest/meta-data/instance-id
 info "(vm1 is $VM1_ID and vm2 is $VM2_ID in examples/inventory.json)"
 
 step "ns-metadata-spawner status"
-"${SPAWNER[@]}" status | sed 's/^/    /'
+# Exit 3 would mean a proxy is not running: shown in the table, not fatal for the demo.
+{ "${SPAWNER[@]}" status || true; } | sed 's/^/    /'
 
 if [ "$ONCE" -eq 1 ]; then
   exit 0

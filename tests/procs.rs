@@ -253,7 +253,8 @@ impl Spawner {
         self.proc.kill();
         self.proc.spawn();
         let ready = wait_until(READY, || {
-            self.proc.exited() || self.try_cli(&["status"]).status.success()
+            // `status` answers 0 (all running) or 3 (some proxy is not): the daemon is up.
+            self.proc.exited() || matches!(self.try_cli(&["status"]).status.code(), Some(0 | 3))
         });
         assert!(
             ready && !self.proc.exited(),
@@ -284,6 +285,19 @@ impl Spawner {
             .stdin(Stdio::null())
             .output()
             .expect("run ns-metadata-spawner client")
+    }
+
+    /// `status`'s table, whether every proxy runs (exit 0) or not (exit 3); panics on an
+    /// error (exit 1).
+    pub fn status(&self) -> String {
+        let out = self.try_cli(&["status"]);
+        assert!(
+            matches!(out.status.code(), Some(0 | 3)),
+            "ns-metadata-spawner status: {}\nspawner log:\n{}",
+            String::from_utf8_lossy(&out.stderr).trim(),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// The CLI client's stdout; panics with its stderr (and the spawner's log) on failure.

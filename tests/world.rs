@@ -412,7 +412,7 @@ impl World {
                             vm.name,
                             vm.mode,
                             r.error,
-                            self.spawner.cli(&["status"]),
+                            self.spawner.status(),
                             self.spawner.log()
                         );
                         return r;

@@ -109,7 +109,7 @@ fn kill_dash_nine_drills_proxy_spawner_agent() {
         Some(proxy),
         "the restarted spawner adopts the live proxy"
     );
-    let status = world.spawner.cli(&["status"]);
+    let status = world.spawner.status();
     assert!(
         status.contains(&router),
         "adopted proxy listed in status:\n{status}"
@@ -191,7 +191,7 @@ fn vanished_namespace_stops_its_proxy_and_a_recreated_one_gets_it_back() {
     assert!(
         stopped,
         "proxy {old} outlived its namespace; status:\n{}",
-        world.spawner.cli(&["status"])
+        world.spawner.status()
     );
 
     // The record is still there: when the namespace comes back, so does the proxy, inside it.
@@ -200,7 +200,7 @@ fn vanished_namespace_stops_its_proxy_and_a_recreated_one_gets_it_back() {
     assert!(
         back,
         "no proxy in the recreated {ns}; status:\n{}",
-        world.spawner.cli(&["status"])
+        world.spawner.status()
     );
     let pid = world
         .spawner

@@ -109,7 +109,7 @@ fn router_announced_twice_quickly_with_different_netns_ends_in_the_last_one() {
         settled,
         "one proxy for the router, in {home}: got {:?}; status:\n{}\nspawner log:\n{}",
         pids.iter().map(|&p| (p, netns_of(p))).collect::<Vec<_>>(),
-        world.spawner.cli(&["status"]),
+        world.spawner.status(),
         world.spawner.log()
     );
     assert_eq!(get_until_ok(&vm.ns, PATH, BOUND).status, 200);
@@ -145,7 +145,7 @@ fn namespace_deleted_while_its_proxy_starts_leaves_nothing_behind() {
         gone.push(id);
     }
     let clean = ns_e2e::wait_until(BOUND, || ns_e2e::procs::proxies_of(&gone).is_empty());
-    let status = world.spawner.cli(&["status"]);
+    let status = world.spawner.status();
     assert!(
         clean,
         "proxies outlived their namespaces: {:?}; status:\n{status}\nspawner log:\n{}",
@@ -153,7 +153,7 @@ fn namespace_deleted_while_its_proxy_starts_leaves_nothing_behind() {
         world.spawner.log()
     );
     let waiting = ns_e2e::wait_until(BOUND, || {
-        let st = world.spawner.cli(&["status"]);
+        let st = world.spawner.status();
         gone.iter().all(|id| {
             st.lines()
                 .any(|l| l.contains(id.as_str()) && l.contains("waiting"))
@@ -162,7 +162,7 @@ fn namespace_deleted_while_its_proxy_starts_leaves_nothing_behind() {
     assert!(
         waiting,
         "records wait for their namespaces:\n{}",
-        world.spawner.cli(&["status"])
+        world.spawner.status()
     );
     // The world's own proxy is untouched, and a namespace that comes back gets its proxy.
     assert_eq!(get_until_ok(&world.vm("vm1").ns, PATH, BOUND).status, 200);
@@ -171,7 +171,7 @@ fn namespace_deleted_while_its_proxy_starts_leaves_nothing_behind() {
     assert!(
         ns_e2e::wait_until(BOUND, || world.spawner.proxy_pid(&gone[0]).is_some()),
         "no proxy in the recreated {back}:\n{}",
-        world.spawner.cli(&["status"])
+        world.spawner.status()
     );
 }
 

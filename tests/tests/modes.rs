@@ -102,7 +102,7 @@ fn builtin_responder_serves_every_vm_in_all_three_modes() {
         5,
     );
     assert_eq!(r.status, 404, "unknown address: {r:?}");
-    let status = world.spawner.cli(&["status"]);
+    let status = world.spawner.status();
     for id in &world.proxy_ids {
         assert!(
             status.contains(id.as_str()),
@@ -121,7 +121,7 @@ fn builtin_responder_serves_every_vm_in_all_three_modes() {
     assert!(
         gone,
         "proxy of removed router still answers; status:\n{}",
-        world.spawner.cli(&["status"])
+        world.spawner.status()
     );
     let lo = std::process::Command::new("ip")
         .args([

@@ -100,7 +100,8 @@ pub enum Command {
     #[command(subcommand)]
     Network(NetworkCmd),
     /// Whether the agent socket is reachable, and every proxy: namespace, id, state, pid,
-    /// restarts, last error.
+    /// restarts, last error. Exit status 0 when every proxy runs, 3 when one does not
+    /// (waiting, starting, in backoff), 1 on an error.
     Status {
         /// Print the JSON of GET /v1/status (`{"agent": ..., "proxies": [...]}`) instead.
         #[arg(long)]
@@ -131,6 +132,10 @@ pub enum RouterCmd {
     },
     /// Remove a router.
     Remove { id: String },
+    /// Every router the spawner knows (from the API, the records file, auto-enabled).
+    List,
+    /// One router's record and its proxy's status, as JSON.
+    Show { id: String },
 }
 
 /// `network ...`
@@ -140,6 +145,10 @@ pub enum NetworkCmd {
     Put { file: String },
     /// Remove a network.
     Remove { id: String },
+    /// Every network the spawner knows (from the API and the records file).
+    List,
+    /// One network's record and its proxy's status, as JSON.
+    Show { id: String },
 }
 
 fn check(status: StatusCode, body: &[u8]) -> Result<()> {
@@ -160,11 +169,125 @@ fn out(text: &str) -> Result<()> {
         .map_err(|e| Error::io("write", "stdout", e))
 }
 
-/// Run a client subcommand (everything but `run`). The configuration is read only for the
-/// socket path; its warnings are the daemon's to log.
-pub async fn client(command: &Command, sources: &Sources) -> Result<()> {
+/// `status`'s exit status when some proxy is not running (as `systemctl status` uses 3).
+pub const NOT_ALL_RUNNING: u8 = 3;
+
+/// Run a client subcommand (everything but `run`); its exit status. The configuration is
+/// read only for the socket path; its warnings are the daemon's to log.
+pub async fn client(command: &Command, sources: &Sources) -> Result<u8> {
     let sock = sources.load()?.0.control_socket;
+    if let Command::Status { json } = command {
+        return status(&sock, *json).await;
+    }
+    client_call(command, &sock).await.map(|()| 0)
+}
+
+/// `status`: the table (or JSON), and whether every proxy runs.
+async fn status(sock: &std::path::Path, json: bool) -> Result<u8> {
+    let (st, b) = call(sock, Method::GET, "/v1/status", None).await?;
+    check(st, &b)?;
+    let reply: StatusReplyOwned =
+        serde_json::from_slice(&b).map_err(|e| Error::Invalid(format!("bad status reply: {e}")))?;
+    let all_running = reply
+        .proxies
+        .iter()
+        .all(|p| p.get("state").and_then(serde_json::Value::as_str) == Some("running"));
+    if json {
+        out(&format!("{}\n", String::from_utf8_lossy(&b)))?;
+    } else {
+        // The table first (scripts read its header line), the agent line under it, then
+        // records.json's state when it is not fine.
+        let records = reply
+            .records
+            .summary()
+            .map(|r| format!("{r}\n"))
+            .unwrap_or_default();
+        out(&format!(
+            "{}\n{}\n{records}",
+            status_table(&reply.proxies),
+            reply.agent.summary()
+        ))?;
+    }
+    Ok(if all_running { 0 } else { NOT_ALL_RUNNING })
+}
+
+/// GET `path` and the JSON it answers.
+async fn get_json(sock: &std::path::Path, path: &str) -> Result<serde_json::Value> {
+    let (st, b) = call(sock, Method::GET, path, None).await?;
+    check(st, &b)?;
+    serde_json::from_slice(&b).map_err(|e| Error::Invalid(format!("bad reply to {path}: {e}")))
+}
+
+/// `router show` / `network show`: the record and the status of its proxy (`null` when it
+/// has none: an HA backup, a network that needs no proxy).
+async fn show(sock: &std::path::Path, kind: &str, id: &str) -> Result<()> {
+    validate_id(id)?;
+    let record = get_json(sock, &format!("/v1/{kind}s/{id}")).await?;
+    let proxies = get_json(sock, "/v1/proxies").await?;
+    let proxy = proxies
+        .as_array()
+        .and_then(|l| {
+            l.iter()
+                .find(|p| p["key"] == id && p["kind"] == kind)
+                .cloned()
+        })
+        .unwrap_or(serde_json::Value::Null);
+    let both = serde_json::json!({ kind: record, "proxy": proxy });
+    out(&format!(
+        "{}\n",
+        serde_json::to_string_pretty(&both).map_err(|e| Error::Invalid(e.to_string()))?
+    ))
+}
+
+/// A JSON value as a table cell: strings bare, null as `-`.
+fn cell(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "-".to_owned(),
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(a) => a.len().to_string(),
+        x => x.to_string(),
+    }
+}
+
+async fn client_call(command: &Command, sock: &std::path::Path) -> Result<()> {
+    let sock = sock.to_owned();
     match command {
+        Command::Router(RouterCmd::List) => {
+            let list = get_json(&sock, "/v1/routers").await?;
+            let mut rows = vec![["ID", "NETNS", "HA STATE", "DISTRIBUTED"]
+                .map(str::to_owned)
+                .to_vec()];
+            for r in list.as_array().into_iter().flatten() {
+                let netns = match &r["netns"] {
+                    serde_json::Value::Null => format!("qrouter-{}", cell(&r["id"])),
+                    n => cell(n),
+                };
+                rows.push(vec![
+                    cell(&r["id"]),
+                    netns,
+                    cell(&r["ha_state"]),
+                    cell(&r["distributed"]),
+                ]);
+            }
+            out(&table(rows))
+        }
+        Command::Network(NetworkCmd::List) => {
+            let list = get_json(&sock, "/v1/networks").await?;
+            let mut rows = vec![["ID", "INTERFACE", "SUBNETS", "PORTS"]
+                .map(str::to_owned)
+                .to_vec()];
+            for n in list.as_array().into_iter().flatten() {
+                rows.push(vec![
+                    cell(&n["id"]),
+                    cell(&n["interface"]),
+                    cell(&n["subnets"]),
+                    cell(&n["ports"]),
+                ]);
+            }
+            out(&table(rows))
+        }
+        Command::Router(RouterCmd::Show { id }) => show(&sock, "router", id).await,
+        Command::Network(NetworkCmd::Show { id }) => show(&sock, "network", id).await,
         Command::Run { .. } => Err(Error::Invalid("run is not a client command".into())),
         Command::Router(RouterCmd::Add {
             id,
@@ -231,27 +354,7 @@ pub async fn client(command: &Command, sources: &Sources) -> Result<()> {
             check(st, &b)?;
             out(&format!("network {id} removed\n"))
         }
-        Command::Status { json } => {
-            let (st, b) = call(&sock, Method::GET, "/v1/status", None).await?;
-            check(st, &b)?;
-            if *json {
-                return out(&format!("{}\n", String::from_utf8_lossy(&b)));
-            }
-            let reply: StatusReplyOwned = serde_json::from_slice(&b)
-                .map_err(|e| Error::Invalid(format!("bad status reply: {e}")))?;
-            // The table first (scripts read its header line), the agent line under it, then
-            // records.json's state when it is not fine.
-            let records = reply
-                .records
-                .summary()
-                .map(|r| format!("{r}\n"))
-                .unwrap_or_default();
-            out(&format!(
-                "{}\n{}\n{records}",
-                status_table(&reply.proxies),
-                reply.agent.summary()
-            ))
-        }
+        Command::Status { .. } => Err(Error::Invalid("status is answered by client()".into())),
         Command::HostRoutes { id } => {
             validate_id(id)?;
             let (st, b) = call(
@@ -331,8 +434,19 @@ pub fn status_table(list: &[serde_json::Value]) -> String {
             s(p, "last_error"),
         ]);
     }
-    let widths: Vec<usize> = (0..7)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+    table(rows)
+}
+
+/// Rows (the first is the header) as aligned columns; the last column is not padded.
+fn table(rows: Vec<Vec<String>>) -> String {
+    let n = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..n)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r.get(i).map_or(0, |c| c.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut t = String::new();
     for r in rows {
@@ -340,7 +454,7 @@ pub fn status_table(list: &[serde_json::Value]) -> String {
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                if i == 6 {
+                if i + 1 == n {
                     c.clone()
                 } else {
                     format!("{c:<w$}", w = widths[i])

@@ -19,7 +19,7 @@ fn main() -> ExitCode {
         .event_format(ns_contract::journal::StderrFormat::detect())
         .init();
     match real_main(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             // The library errors already name their cause; `{e}` avoids printing it twice.
             eprintln!("ns-metadata-spawner: {e}");
@@ -28,7 +28,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn real_main(cli: Invocation) -> anyhow::Result<()> {
+fn real_main(cli: Invocation) -> anyhow::Result<u8> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -43,8 +43,8 @@ fn real_main(cli: Invocation) -> anyhow::Result<()> {
                 watch_netns: true,
             };
             rt.block_on(daemon::run(Namespaces, opts))?;
+            Ok(0)
         }
-        command => rt.block_on(cli::client(command, &cli.sources))?,
+        command => Ok(rt.block_on(cli::client(command, &cli.sources))?),
     }
-    Ok(())
 }

@@ -254,6 +254,53 @@ async fn cli_client_subcommands() {
         "{out}"
     );
 
+    // list and show
+    let (ok, out, err) = run(v(&["router", "list"])).await;
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("HA STATE"),
+        "{out}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("r1 ") && l.contains("qrouter-r1")),
+        "{out}"
+    );
+    let (ok, out, err) = run(v(&["router", "show", "r1"])).await;
+    assert!(ok, "{err}");
+    let shown: serde_json::Value = serde_json::from_str(&out).expect("show json");
+    assert_eq!(shown["router"]["id"], "r1", "{out}");
+    assert_eq!(shown["proxy"]["state"], "running", "{out}");
+    let (ok, out, err) = run(v(&["network", "list"])).await;
+    assert!(ok, "{err}");
+    assert!(out.lines().any(|l| l.starts_with("n1 ")), "{out}");
+    let (ok, out, err) = run(v(&["network", "show", "n1"])).await;
+    assert!(ok, "{err}");
+    let shown: serde_json::Value = serde_json::from_str(&out).expect("show json");
+    assert_eq!(shown["network"]["id"], "n1", "{out}");
+    let (ok, _, err) = run(v(&["router", "show", "r404"])).await;
+    assert!(!ok && err.contains("404"), "{err}");
+    // A router whose namespace does not exist waits: `status` exits 3, still printing.
+    let (ok, _, err) = run(v(&["router", "add", "r2", "--netns", "missing-r2"])).await;
+    assert!(ok, "{err}");
+    let dir2 = state.clone();
+    let code = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_ns-metadata-spawner"))
+            .arg("--state-dir")
+            .arg(&dir2)
+            .arg("status")
+            .output()
+            .expect("status")
+    })
+    .await
+    .expect("join");
+    assert_eq!(code.status.code(), Some(3), "{code:?}");
+    assert!(String::from_utf8_lossy(&code.stdout).contains("missing-r2"));
+    let (ok, _, _) = run(v(&["router", "remove", "r2"])).await;
+    assert!(ok);
+
     let (ok, _, err) = run(v(&["router", "remove", "r9"])).await;
     assert!(!ok && err.contains("404"), "{err}");
     let (ok, out, _) = run(v(&["router", "remove", "r1"])).await;
