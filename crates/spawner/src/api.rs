@@ -91,6 +91,62 @@ pub async fn serve<P: Platform>(sup: Supervisor<P>, listener: UnixListener) {
     }
 }
 
+/// Bind `[spawner] metrics_bind`.
+pub async fn bind_metrics(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Invalid(format!("[spawner] metrics_bind {addr}: cannot listen: {e}")))
+}
+
+/// Serve `GET /metrics` (only that: the control API stays on its root-only Unix socket) on
+/// the `metrics_bind` listener, for Prometheus.
+pub async fn serve_metrics<P: Platform>(sup: Supervisor<P>, listener: tokio::net::TcpListener) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(err = %e, "metrics accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let sup = sup.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let sup = sup.clone();
+                async move {
+                    Ok::<_, Infallible>(match (req.method(), req.uri().path()) {
+                        (&Method::GET, "/metrics") => metrics_response(&sup).await,
+                        _ => error(
+                            StatusCode::NOT_FOUND,
+                            "only GET /metrics is served here; the control API is on the control socket",
+                        ),
+                    })
+                }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(CLIENT_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await
+            {
+                tracing::debug!(err = %e, "metrics connection");
+            }
+        });
+    }
+}
+
+/// The Prometheus text of `GET /metrics`.
+async fn metrics_response<P: Platform>(sup: &Supervisor<P>) -> Response<Full<Bytes>> {
+    let agent = sup.check_agent().await;
+    let mut r = Response::new(Full::new(Bytes::from(metrics::render(sup, &agent))));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
 fn json<T: Serialize>(code: StatusCode, v: &T) -> Response<Full<Bytes>> {
     let body = serde_json::to_vec_pretty(v).unwrap_or_default();
     let mut r = Response::new(Full::new(Bytes::from(body)));
@@ -154,15 +210,7 @@ pub async fn handle<P: Platform>(
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = req.method().clone();
     match (parts.as_slice(), &method) {
-        (["metrics"], &Method::GET) => {
-            let agent = sup.check_agent().await;
-            let mut r = Response::new(Full::new(Bytes::from(metrics::render(sup, &agent))));
-            r.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            r
-        }
+        (["metrics"], &Method::GET) => metrics_response(sup).await,
         (["v1", "proxies"], &Method::GET) => json(StatusCode::OK, &sup.status()),
         (["v1", "status"], &Method::GET) => {
             let agent = sup.check_agent().await;

@@ -138,6 +138,12 @@ static OPTS: &[Opt] = &[
         "Longest restart backoff, seconds",
     )
     .default("30"),
+    Opt::new(
+        GROUP,
+        "metrics_bind",
+        Kind::Str,
+        "ADDRESS:PORT where Prometheus scrapes GET /metrics over TCP (empty: off; the control socket serves it too)",
+    ),
 ];
 
 /// Every option the spawner reads, and the Neutron keys and sections it accepts quietly: an
@@ -190,6 +196,8 @@ pub struct Config {
     pub stop_timeout: Duration,
     /// `[spawner] max_restart_delay`: cap of the restart backoff.
     pub max_restart_delay: Duration,
+    /// `[spawner] metrics_bind`: a TCP address serving only `GET /metrics` (off by default).
+    pub metrics_bind: Option<std::net::SocketAddr>,
 }
 
 /// `ns-metadata-proxy` next to our executable if it is there, else the bare name (PATH).
@@ -246,6 +254,18 @@ impl Config {
             ready_timeout: v.seconds(GROUP, "ready_timeout")?,
             stop_timeout: v.seconds(GROUP, "stop_timeout")?,
             max_restart_delay: v.seconds(GROUP, "max_restart_delay")?,
+            metrics_bind: v
+                .opt_str(GROUP, "metrics_bind")?
+                .map(|a| {
+                    a.parse().map_err(|e| {
+                        v.error(
+                            GROUP,
+                            "metrics_bind",
+                            format!("{a:?} is not ADDRESS:PORT ({e}); e.g. 127.0.0.1:9715 or [::1]:9715"),
+                        )
+                    })
+                })
+                .transpose()?,
         };
         Ok((config, warnings))
     }

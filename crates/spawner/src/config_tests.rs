@@ -400,3 +400,21 @@ fn proxies_run_as_the_agent_sockets_owner_unless_configured() {
     assert_eq!(ident(&c), (Some("neutron".into()), Some("nova".into())));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn metrics_bind_is_an_address_and_port() {
+    let (c, _) = load("[spawner]\nmetrics_bind = 127.0.0.1:9715\n").expect("loads");
+    assert_eq!(
+        c.metrics_bind,
+        Some("127.0.0.1:9715".parse().expect("addr"))
+    );
+    let (c, _) = load("[spawner]\nmetrics_bind = [::1]:9715\n").expect("loads");
+    assert_eq!(c.metrics_bind, Some("[::1]:9715".parse().expect("addr")));
+    let (c, _) = load("[spawner]\n").expect("loads");
+    assert_eq!(c.metrics_bind, None, "off by default");
+    let e = err("[spawner]\nmetrics_bind = localhost\n", &[], &[]);
+    assert!(
+        e.starts_with("s.ini:2: [spawner] metrics_bind: \"localhost\" is not ADDRESS:PORT"),
+        "{e}"
+    );
+}

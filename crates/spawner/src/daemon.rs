@@ -84,6 +84,10 @@ pub async fn run<P: Platform>(platform: P, opts: RunOptions) -> Result<()> {
         crate::statedir::prepare(&dir)?;
     }
     let listener = api::bind(&cfg.control_socket)?;
+    let metrics = match cfg.metrics_bind {
+        Some(addr) => Some(api::bind_metrics(addr).await?),
+        None => None,
+    };
     let mut records = Records::default();
     // A damaged records.json is set aside and recovered from, never a crash loop.
     let (api, recovery) = crate::persist::load(&cfg.state_dir)?;
@@ -124,6 +128,10 @@ pub async fn run<P: Platform>(platform: P, opts: RunOptions) -> Result<()> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     tokio::spawn(api::serve(sup.clone(), listener));
+    if let Some(m) = metrics {
+        tracing::info!(addr = ?m.local_addr().ok(), "serving GET /metrics over TCP");
+        tokio::spawn(api::serve_metrics(sup.clone(), m));
+    }
     let looper = sup.clone();
     tokio::spawn(async move { looper.run_loop().await });
 
@@ -213,10 +221,14 @@ fn reload<P: Platform>(sup: &Supervisor<P>, opts: &RunOptions) {
             return;
         }
     };
-    if cfg.state_dir != old.state_dir || cfg.control_socket != old.control_socket {
-        tracing::warn!("state_dir and the control socket change only on restart");
+    if cfg.state_dir != old.state_dir
+        || cfg.control_socket != old.control_socket
+        || cfg.metrics_bind != old.metrics_bind
+    {
+        tracing::warn!("state_dir, the control socket and metrics_bind change only on restart");
         cfg.state_dir = old.state_dir.clone();
         cfg.control_socket = old.control_socket.clone();
+        cfg.metrics_bind = old.metrics_bind;
     }
     match load_file_records(&cfg) {
         Ok(set) => sup.set_file_records(set),

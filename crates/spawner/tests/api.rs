@@ -404,3 +404,47 @@ async fn unsaved_records_are_reported_as_an_error() {
     assert_eq!(st, StatusCode::NO_CONTENT);
     s.sup.stop_all().await;
 }
+
+/// Issue "the operator's view": `metrics_bind` serves `GET /metrics` over TCP for Prometheus,
+/// and nothing else (the control API stays on the root-only Unix socket).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_bind_serves_only_metrics_over_tcp() {
+    let dir = TempDir::new("api-metrics-tcp").reaping();
+    let s = server(&dir);
+    let (st, _) = req(&s, Method::PUT, "/v1/routers/rm1", Some("{}")).await;
+    assert_eq!(st, StatusCode::OK);
+    running_pid(&s.sup, "rm1", Duration::from_secs(10)).await;
+    let listener = api::bind_metrics("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(api::serve_metrics(s.sup.clone(), listener));
+    let get = |line: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let mut c = std::net::TcpStream::connect(addr).expect("connect");
+            c.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            write!(c, "{line} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send");
+            let mut out = String::new();
+            c.read_to_string(&mut out).expect("read");
+            out
+        })
+    };
+    let m = get("GET /metrics").await.expect("join");
+    assert!(m.starts_with("HTTP/1.1 200"), "{m}");
+    assert!(m.contains("text/plain; version=0.0.4"), "{m}");
+    assert!(m.contains("ns_metadata_proxies{state=\"running\"}"), "{m}");
+    assert!(m.contains("key=\"rm1\""), "{m}");
+    for line in [
+        "GET /v1/status",
+        "GET /v1/routers",
+        "PUT /v1/routers/x",
+        "POST /metrics",
+    ] {
+        let r = get(line).await.expect("join");
+        assert!(r.starts_with("HTTP/1.1 404"), "{line}: {r}");
+    }
+    task.abort();
+    s.sup.stop_all().await;
+}
