@@ -107,6 +107,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// One request to 169.254.169.254:80 from inside a proxy's namespace: status line,
+    /// headers, body and timings (the agent's 404 for the namespace's own address proves the
+    /// path works). Exit 0 on any HTTP answer, 1 without one.
+    Probe {
+        /// The proxy's key: the router or network id.
+        id: String,
+        /// The path to ask for.
+        #[arg(default_value = "/")]
+        path: String,
+    },
+    /// A doctor: the agent socket answers, records.json is saved, /run/netns is shared, and
+    /// every proxy runs, in its namespace, with the metadata address, alone on port 80, and
+    /// answers a probe. One line per problem; exit 1 if there is any.
+    Check,
     /// The DHCP option-121 routes Neutron's dhcp agent would push for a network.
     HostRoutes {
         /// Network id.
@@ -179,7 +193,98 @@ pub async fn client(command: &Command, sources: &Sources) -> Result<u8> {
     if let Command::Status { json } = command {
         return status(&sock, *json).await;
     }
-    client_call(command, &sock).await.map(|()| 0)
+    match command {
+        Command::Probe { id, path } => probe_cmd(&sock, id, path).await,
+        Command::Check => check_cmd(&sock).await,
+        _ => client_call(command, &sock).await.map(|()| 0),
+    }
+}
+
+/// The status of the proxy keyed `id`, from `GET /v1/proxies`.
+async fn proxy_of(sock: &std::path::Path, id: &str) -> Result<serde_json::Value> {
+    let list = get_json(sock, "/v1/proxies").await?;
+    list.as_array()
+        .and_then(|l| l.iter().find(|p| p["key"] == id).cloned())
+        .ok_or_else(|| Error::Invalid(format!("no proxy {id}: see `status`")))
+}
+
+async fn probe_cmd(sock: &std::path::Path, id: &str, path: &str) -> Result<u8> {
+    validate_id(id)?;
+    let p = proxy_of(sock, id).await?;
+    let netns = p["netns"].as_str().unwrap_or_default().to_owned();
+    let pid = cell(&p["pid"]);
+    out(&format!(
+        "GET http://169.254.169.254{path} in {netns} (proxy {}, pid {pid})\n",
+        cell(&p["state"])
+    ))?;
+    let (ns, path) = (netns.clone(), path.to_owned());
+    let r = tokio::task::spawn_blocking(move || crate::doctor::probe(&ns, &path))
+        .await
+        .map_err(|e| Error::Invalid(format!("probe: {e}")))??;
+    let body: String = r.body.chars().take(2048).collect();
+    out(&format!(
+        "{}\n\n{body}{}\nconnect {:.1} ms, total {:.1} ms\n",
+        r.head,
+        if body.ends_with('\n') || body.is_empty() {
+            ""
+        } else {
+            "\n"
+        },
+        r.connect.as_secs_f64() * 1e3,
+        r.total.as_secs_f64() * 1e3
+    ))?;
+    Ok(if r.status.is_some() { 0 } else { 1 })
+}
+
+async fn check_cmd(sock: &std::path::Path) -> Result<u8> {
+    let (st, b) = call(sock, Method::GET, "/v1/status", None).await?;
+    check(st, &b)?;
+    let reply: StatusReplyOwned =
+        serde_json::from_slice(&b).map_err(|e| Error::Invalid(format!("bad status reply: {e}")))?;
+    let mut problems = Vec::new();
+    if !reply.agent.reachable {
+        problems.push(reply.agent.summary());
+    }
+    if let Some(r) = reply.records.summary() {
+        problems.push(r);
+    }
+    if crate::doctor::run_netns_shared() == Some(false) {
+        problems.push(format!(
+            "{} is not a shared mount: namespaces created in another mount namespace are not seen here (mount --make-shared {0})",
+            ns_netns::NETNS_RUN_DIR
+        ));
+    }
+    for p in &reply.proxies {
+        let netns = cell(&p["netns"]);
+        let state = cell(&p["state"]);
+        match (state.as_str(), p["pid"].as_u64()) {
+            ("running", Some(pid)) => {
+                let interface = cell(&p["interface"]);
+                problems.extend(crate::doctor::check_proxy(&netns, &interface, pid as u32).await);
+            }
+            _ => problems.push(format!(
+                "{netns}: proxy {} is {state}{}",
+                cell(&p["key"]),
+                p["last_error"]
+                    .as_str()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            )),
+        }
+    }
+    if problems.is_empty() {
+        out(&format!(
+            "ok: {} proxies running and answering; {}\n",
+            reply.proxies.len(),
+            reply.agent.summary()
+        ))?;
+        return Ok(0);
+    }
+    out(&problems
+        .iter()
+        .map(|p| format!("{p}\n"))
+        .collect::<String>())?;
+    Ok(1)
 }
 
 /// `status`: the table (or JSON), and whether every proxy runs.
@@ -354,7 +459,9 @@ async fn client_call(command: &Command, sock: &std::path::Path) -> Result<()> {
             check(st, &b)?;
             out(&format!("network {id} removed\n"))
         }
-        Command::Status { .. } => Err(Error::Invalid("status is answered by client()".into())),
+        Command::Status { .. } | Command::Probe { .. } | Command::Check => {
+            Err(Error::Invalid("answered by client()".into()))
+        }
         Command::HostRoutes { id } => {
             validate_id(id)?;
             let (st, b) = call(

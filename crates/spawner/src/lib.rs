@@ -15,6 +15,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod decide;
+pub mod doctor;
 pub mod launch;
 pub mod metrics;
 pub mod netns_platform;

@@ -511,3 +511,67 @@ async fn adoption_works_under_the_units_capability_set_with_unprivileged_proxies
     assert_eq!(st["adopted"], true, "{st}");
     assert!(get_in(vm.netns(), META).is_ok());
 }
+
+/// Issue "the operator's view": `probe ID [PATH]` asks through a proxy from inside its
+/// namespace; `check` finds nothing wrong on a healthy node, then names a missing address and
+/// a stranger on port 80, one line each, with exit 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_and_check_from_inside_the_namespaces() {
+    if !require_root("probe_and_check_from_inside_the_namespaces") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let dir = TempDir::new("rt-doctor").reaping();
+    let _agent = agent(dir.path());
+    let ini = write_ini(dir.path(), "");
+    let id = format!("{}d", unique_prefix());
+    let rns = TestNs::new(&format!("qrouter-{id}")).expect("router ns");
+    let _d = start_daemon(dir.path(), &ini, &[]);
+    let (ok, out) = cli(&ini, &["router", "add", &id]);
+    assert!(ok, "{out}");
+    assert!(
+        wait_until(T, || running_pid(&ini, &id).is_some()),
+        "{:?}",
+        status(&ini)
+    );
+
+    let (ok, out) = cli(&ini, &["probe", &id, "/latest/meta-data/"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("in qrouter-{id}")) && out.contains("HTTP/1.1 200"),
+        "{out}"
+    );
+    assert!(
+        out.contains("connect ") && out.contains(" ms, total "),
+        "{out}"
+    );
+    let (ok, out) = cli(&ini, &["check"]);
+    assert!(ok && out.starts_with("ok: 1 proxies"), "{out}");
+
+    // A stranger on port 80 in the namespace, and the address removed.
+    let stranger = rns
+        .netns()
+        .run(|| std::net::TcpListener::bind("127.0.0.1:80"))
+        .expect("enter")
+        .expect("bind 127.0.0.1:80");
+    let del = Command::new("ip")
+        .args([
+            "-n",
+            &format!("qrouter-{id}"),
+            "addr",
+            "del",
+            "169.254.169.254/32",
+            "dev",
+            "lo",
+        ])
+        .status()
+        .expect("ip");
+    assert!(del.success());
+    let (ok, out) = cli(&ini, &["check"]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("169.254.169.254/32 is missing on lo"), "{out}");
+    assert!(out.contains("something besides proxy pid"), "{out}");
+    drop(stranger);
+    let (ok, out) = cli(&ini, &["probe", "no-such", "/"]);
+    assert!(!ok && out.contains("no proxy no-such"), "{out}");
+}
