@@ -9,6 +9,11 @@ use clap::{ArgMatches, Command};
 use ns_contract::neutron_options as neutron;
 use ns_ini::{Kind, Loaded, Loader, Opt, Schema, DEFAULT_GROUP as D};
 
+/// Neutron's `[ovn]` section (ml2_conf.ini, neutron_ovn_metadata_agent.ini).
+const OVN: &str = "ovn";
+/// Neutron's `[ovs]` section of neutron_ovn_metadata_agent.ini.
+const OVS: &str = "ovs";
+
 pub use ns_ini::ConfigError;
 
 /// Who answers once the instance is known (option `metadata_backend`; see `answer.rs`).
@@ -25,6 +30,23 @@ pub enum AnswererKind {
 pub enum ResolverKind {
     /// The inventory file (`inventory_file`).
     Inventory,
+    /// The OVN Southbound database (`[ovn] ovn_sb_connection`), as Neutron's OVN metadata agent.
+    Ovn,
+}
+
+/// The OVN resolver's options: Neutron's `[ovn]` and `[ovs]` keys (neutron_ovn_metadata_agent.ini).
+#[derive(Debug, Clone)]
+pub struct OvnOptions {
+    /// `[ovn] ovn_sb_connection`: remotes, comma separated (`tcp:`, `ssl:`, `unix:`).
+    pub sb_connection: String,
+    /// `[ovn] ovn_sb_private_key`, `ovn_sb_certificate`, `ovn_sb_ca_cert` (all three for `ssl:`).
+    pub sb_tls: Option<(PathBuf, PathBuf, PathBuf)>,
+    /// `[ovn] ovsdb_probe_interval` (milliseconds in the file; 0 = off).
+    pub probe_interval: Option<Duration>,
+    /// `[ovs] ovsdb_connection`: the local `Open_vSwitch` database (this chassis's `system-id`).
+    pub ovsdb_connection: String,
+    /// `[DEFAULT] agent_down_time`: bounds the random delay of the `sb-cfg` heartbeat.
+    pub agent_down_time: u64,
 }
 
 /// Unix socket permissions, as Neutron's `metadata_proxy_socket_mode`.
@@ -61,6 +83,7 @@ pub struct Config {
     pub metadata_max_connections: usize,
     pub answerer: AnswererKind,
     pub resolver: ResolverKind,
+    pub ovn: OvnOptions,
     pub inventory_file: PathBuf,
     pub inventory_poll_interval: Duration,
     pub cache_ttl: Duration,
@@ -70,6 +93,11 @@ pub struct Config {
     pub dhcp_domain: String,
     pub debug: bool,
 }
+
+/// Neutron's `[ovn] ovn_sb_connection` default.
+pub const DEFAULT_SB_CONNECTION: &str = "tcp:127.0.0.1:6642";
+/// Neutron's `[ovs] ovsdb_connection` default (neutron/conf/agent/ovn/metadata/config.py).
+pub const DEFAULT_OVSDB_CONNECTION: &str = "unix:/usr/local/var/run/openvswitch/db.sock";
 
 /// Default inventory path.
 pub const DEFAULT_INVENTORY: &str = "/etc/ns-metadata/inventory.json";
@@ -140,9 +168,28 @@ static OPTS: &[Opt] = &[
     Opt::new(D, "metadata_backend", Kind::Choice(&["auto", "nova", "builtin"]),
         "Who answers: auto = nova if nova_metadata_host is set, else builtin")
         .default("auto"),
-    Opt::new(D, "resolver", Kind::Choice(&["inventory"]),
-        "Who finds the instance behind a router/network and IP")
-        .default("inventory"),
+    Opt::new(D, "resolver", Kind::Choice(&["auto", "inventory", "ovn"]),
+        "Who finds the instance behind a router/network and IP: auto = ovn if [ovn] \
+         ovn_sb_connection is set, else inventory")
+        .default("auto"),
+    Opt::new(OVN, "ovn_sb_connection", Kind::Str,
+        "OVN Southbound remotes, comma separated (tcp:IP:PORT, ssl:IP:PORT, unix:PATH); \
+         setting it selects the OVN resolver under resolver = auto")
+        .default(DEFAULT_SB_CONNECTION)
+        .value_name("REMOTES"),
+    Opt::new(OVN, "ovn_sb_private_key", Kind::Path, "Private key (PEM) for ssl: Southbound remotes"),
+    Opt::new(OVN, "ovn_sb_certificate", Kind::Path, "Certificate (PEM) of ovn_sb_private_key"),
+    Opt::new(OVN, "ovn_sb_ca_cert", Kind::Path, "CA certificate (PEM) the Southbound server is verified with"),
+    Opt::new(OVN, "ovsdb_probe_interval", Kind::Int { min: 0, max: 1 << 31 },
+        "Milliseconds of silence on a tcp/ssl Southbound connection before probing it; 0 = off")
+        .default("60000"),
+    Opt::new(OVS, "ovsdb_connection", Kind::Str,
+        "The local Open_vSwitch database, read for this chassis's external_ids:system-id")
+        .default(DEFAULT_OVSDB_CONNECTION)
+        .value_name("REMOTE"),
+    Opt::new(D, "agent_down_time", Kind::Int { min: 1, max: i32::MAX as i64 },
+        "Neutron server's agent_down_time: the sb-cfg heartbeat waits a random 0..max(min(this/3, 10), 3) s")
+        .default("75"),
     Opt::new(D, "inventory_file", Kind::Path, "Inventory JSON (ports, networks, instances)")
         .default(DEFAULT_INVENTORY),
     Opt::new(D, "inventory_poll_interval", SECONDS_0,
@@ -176,6 +223,8 @@ pub static SCHEMA: Schema = Schema::new(OPTS)
         (D, neutron::NEUTRON),
         (D, neutron::NEUTRON_SERVER),
         (D, neutron::METADATA_AGENT),
+        (OVN, neutron::OVN_METADATA_AGENT_OVN),
+        (OVS, neutron::OVN_METADATA_AGENT_OVS),
     ])
     .foreign_sections(neutron::SECTIONS);
 
@@ -218,9 +267,24 @@ pub fn resolve(loaded: Loaded) -> Result<(Config, Vec<String>), ConfigError> {
             ("builtin", Some(AnswererKind::Builtin)),
         ],
     )?;
-    let answerer = backend.unwrap_or(match nova_host {
-        Some(_) => AnswererKind::Nova,
-        None => AnswererKind::Builtin,
+    let resolver = match v.choice_as(
+        D,
+        "resolver",
+        &[
+            ("auto", None),
+            ("inventory", Some(ResolverKind::Inventory)),
+            ("ovn", Some(ResolverKind::Ovn)),
+        ],
+    )? {
+        Some(r) => r,
+        None if v.is_set(OVN, "ovn_sb_connection")? => ResolverKind::Ovn,
+        None => ResolverKind::Inventory,
+    };
+    let ovn = ovn_options(&v, resolver == ResolverKind::Ovn)?;
+    // Neutron's OVN agent always forwards to Nova (127.0.0.1 unless set); so does ours.
+    let answerer = backend.unwrap_or(match (nova_host.is_some(), resolver) {
+        (true, _) | (false, ResolverKind::Ovn) => AnswererKind::Nova,
+        _ => AnswererKind::Builtin,
     });
 
     // Neutron sends a client certificate only when both files are set and says nothing
@@ -278,7 +342,8 @@ pub fn resolve(loaded: Loaded) -> Result<(Config, Vec<String>), ConfigError> {
         nova_max_response_bytes: v.int(D, "nova_max_response_bytes")?,
         metadata_max_connections: v.int(D, "metadata_max_connections")?,
         answerer,
-        resolver: v.choice_as(D, "resolver", &[("inventory", ResolverKind::Inventory)])?,
+        resolver,
+        ovn,
         inventory_file: v
             .path(D, "inventory_file")?
             .unwrap_or_else(|| PathBuf::from(DEFAULT_INVENTORY)),
@@ -291,6 +356,49 @@ pub fn resolve(loaded: Loaded) -> Result<(Config, Vec<String>), ConfigError> {
         debug: v.bool(D, "debug")?,
     };
     Ok((cfg, warnings))
+}
+
+/// `[ovn]`/`[ovs]`; when the OVN resolver is used (`check`) the remotes must parse and
+/// `ssl:` needs the key, certificate and CA.
+fn ovn_options(v: &ns_ini::Values, check: bool) -> Result<OvnOptions, ConfigError> {
+    let sb = v.str(OVN, "ovn_sb_connection")?;
+    let ovs = v.str(OVS, "ovsdb_connection")?;
+    let remotes = match check {
+        true => {
+            ns_ovsdb::Remote::parse_list(&sb).map_err(|e| v.error(OVN, "ovn_sb_connection", e))?
+        }
+        false => Vec::new(),
+    };
+    if check {
+        ns_ovsdb::Remote::parse_list(&ovs).map_err(|e| v.error(OVS, "ovsdb_connection", e))?;
+    }
+    let files = (
+        v.path(OVN, "ovn_sb_private_key")?,
+        v.path(OVN, "ovn_sb_certificate")?,
+        v.path(OVN, "ovn_sb_ca_cert")?,
+    );
+    let sb_tls = match files {
+        (Some(k), Some(c), Some(ca)) => Some((k, c, ca)),
+        _ if remotes
+            .iter()
+            .any(|r| matches!(r, ns_ovsdb::Remote::Ssl { .. })) =>
+        {
+            return Err(v.error(
+                OVN,
+                "ovn_sb_connection",
+                "ssl: needs ovn_sb_private_key, ovn_sb_certificate and ovn_sb_ca_cert",
+            ))
+        }
+        _ => None,
+    };
+    let probe: u64 = v.int(OVN, "ovsdb_probe_interval")?;
+    Ok(OvnOptions {
+        sb_connection: sb,
+        sb_tls,
+        probe_interval: (probe > 0).then(|| Duration::from_millis(probe)),
+        ovsdb_connection: ovs,
+        agent_down_time: v.int(D, "agent_down_time")?,
+    })
 }
 
 /// Flags only, as `(flag, value)` pairs (no files, no environment): tests and embedders.

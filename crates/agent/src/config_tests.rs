@@ -240,8 +240,8 @@ fn bad_values_name_file_line_env_or_flag() {
             "metadata_proxy_socket: \"rel/sock\" must be an absolute path",
         ),
         (
-            "resolver = ovn",
-            "resolver: invalid value \"ovn\": expected one of inventory",
+            "resolver = neutron",
+            "resolver: invalid value \"neutron\": expected one of auto, inventory, ovn",
         ),
         ("cache_ttl = -1", "cache_ttl: -1 is out of range 0..="),
         ("metadata_workers = 2000", "metadata_workers: 2000 is out of range 0..=1024"),
@@ -282,10 +282,11 @@ fn unknown_keys_warn_once_with_a_suggestion_and_neutrons_stay_quiet() {
                 router_distributed = true\n\
                 [AGENT]\nreport_interval = 30\n\
                 [cache]\nenabled = true\n\
-                [ovs]\novsdb_connection = tcp:1\n\
-                [ovn]\novn_sb_connection = tcp:2\n\
+                [ovs]\novsdb_connection = tcp:127.0.0.1:1\n\
+                [ovn]\novn_sb_connection = tcp:127.0.0.1:2\n\
                 [defaults]\nx = 1\n";
-    let (_, w) = load(text, &[], &[]).expect("valid");
+    // [ovn] selects the OVN resolver and so Nova: a secret keeps its warning out.
+    let (_, w) = load(text, &[], &[("metadata-proxy-shared-secret", "s")]).expect("valid");
     assert_eq!(
         w,
         [
@@ -347,4 +348,50 @@ fn response_cap_and_connection_cap_are_options() {
     assert_eq!(c.metadata_max_connections, 16);
     assert!(err("[DEFAULT]\nnova_max_response_bytes = 0\n", &[], &[])
         .contains("nova_max_response_bytes"));
+}
+
+#[test]
+fn ovn_resolver_follows_neutrons_ovn_file() {
+    let c = ini("");
+    assert_eq!(c.resolver, ResolverKind::Inventory, "no [ovn]: inventory");
+    assert_eq!(c.ovn.sb_connection, "tcp:127.0.0.1:6642");
+    assert_eq!(
+        c.ovn.ovsdb_connection,
+        "unix:/usr/local/var/run/openvswitch/db.sock"
+    );
+    assert_eq!(c.ovn.agent_down_time, 75);
+    assert_eq!(c.ovn.probe_interval, Some(Duration::from_secs(60)));
+
+    // neutron_ovn_metadata_agent.ini: the OVN resolver, answering through Nova.
+    let (c, w) = load(
+        "[ovs]\novsdb_connection = unix:/run/openvswitch/db.sock\n\
+         [ovn]\novn_sb_connection = tcp:10.0.0.1:6642,tcp:10.0.0.2:6642\n\
+         ovsdb_connection_timeout = 180\novsdb_probe_interval = 0\n",
+        &[],
+        &[("metadata-proxy-shared-secret", "s")],
+    )
+    .expect("valid");
+    assert!(w.is_empty(), "{w:?}");
+    assert_eq!(c.resolver, ResolverKind::Ovn);
+    assert_eq!(c.answerer, AnswererKind::Nova);
+    assert_eq!(c.ovn.ovsdb_connection, "unix:/run/openvswitch/db.sock");
+    assert_eq!(c.ovn.probe_interval, None);
+    assert!(c.ovn.sb_tls.is_none());
+
+    let e = load("[ovn]\novn_sb_connection = ssl:10.0.0.1:6642\n", &[], &[])
+        .expect_err("ssl without files")
+        .to_string();
+    assert!(e.contains("ssl: needs ovn_sb_private_key"), "{e}");
+    let e = load("[ovn]\novn_sb_connection = http://x\n", &[], &[])
+        .expect_err("bad remote")
+        .to_string();
+    assert!(e.contains("ovn_sb_connection"), "{e}");
+    // Forcing the inventory leaves [ovn] alone.
+    let (c, _) = load(
+        "[DEFAULT]\nresolver = inventory\n[ovn]\novn_sb_connection = x\n",
+        &[],
+        &[],
+    )
+    .expect("not checked");
+    assert_eq!(c.resolver, ResolverKind::Inventory);
 }

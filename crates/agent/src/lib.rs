@@ -11,6 +11,7 @@ pub mod handler;
 pub mod inventory;
 pub mod notify;
 pub mod nova;
+pub mod ovn;
 pub mod resolve;
 pub mod resolvers;
 pub mod respond;
@@ -41,6 +42,10 @@ pub enum Error {
     Inventory(#[from] inventory::InventoryError),
     #[error(transparent)]
     Socket(#[from] socket::BindError),
+    #[error(transparent)]
+    OvnIdentity(#[from] ovn::identity::IdentityError),
+    #[error(transparent)]
+    Southbound(#[from] ovn::southbound::StartError),
 }
 
 impl Error {
@@ -56,38 +61,141 @@ impl Error {
 /// How long in-flight requests may finish after SIGTERM.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Build the request handler from the configuration (reads inventory and TLS files).
-pub fn build_agent(cfg: &Config) -> Result<(Arc<handler::Agent>, Arc<store::InventoryStore>)> {
-    let store = Arc::new(store::InventoryStore::open(&cfg.inventory_file)?);
-    // A new resolver: one file under resolvers/, one ResolverKind value, one arm here.
-    let resolver: Box<dyn resolve::Resolver> = match cfg.resolver {
-        ResolverKind::Inventory => {
-            Box::new(resolvers::inventory::InventoryResolver::new(store.clone()))
-        }
+/// The parts of the agent that need no network: the inventory in force (when the inventory
+/// resolver or the built-in responder uses it) and the answerer (reads TLS files).
+pub struct Prepared {
+    pub store: Option<Arc<store::InventoryStore>>,
+    pub answerer: answer::Answerer,
+}
+
+/// Read the inventory (if used) and build the answerer.
+pub fn prepare(cfg: &Config) -> Result<Prepared> {
+    let needs_store =
+        cfg.resolver == ResolverKind::Inventory || cfg.answerer == AnswererKind::Builtin;
+    let store = match needs_store {
+        true => Some(Arc::new(store::InventoryStore::open(&cfg.inventory_file)?)),
+        false => None,
     };
-    let resolver = resolve::Cached::new(resolver, cfg.cache_ttl);
-    let answerer = match cfg.answerer {
-        AnswererKind::Nova => answer::Answerer::Nova(nova::Nova::new(cfg)?),
-        AnswererKind::Builtin => answer::Answerer::Builtin {
+    let answerer = match (&store, cfg.answerer) {
+        (Some(store), AnswererKind::Builtin) => answer::Answerer::Builtin {
             responder: builtin::Builtin::new(builtin::BuiltinOptions {
                 dhcp_domain: cfg.dhcp_domain.clone(),
                 require_token: cfg.imds_require_token,
             }),
             store: store.clone(),
         },
+        _ => answer::Answerer::Nova(nova::Nova::new(cfg)?),
     };
-    Ok((Arc::new(handler::Agent::new(resolver, answerer)), store))
+    Ok(Prepared { store, answerer })
+}
+
+/// The resolver in force. The OVN one connects first: it returns once the first Southbound
+/// view of this chassis is in (it waits, retrying, for the databases to answer).
+pub async fn build_resolver(
+    cfg: &Config,
+    store: Option<&Arc<store::InventoryStore>>,
+) -> Result<(
+    Box<dyn resolve::Resolver>,
+    Option<Arc<ovn::southbound::Southbound>>,
+)> {
+    // A new resolver: one file under resolvers/, one ResolverKind value, one arm here.
+    Ok(match (cfg.resolver, store) {
+        (ResolverKind::Inventory, Some(store)) => (
+            Box::new(resolvers::inventory::InventoryResolver::new(store.clone())),
+            None,
+        ),
+        (ResolverKind::Inventory, None) => {
+            let store = Arc::new(store::InventoryStore::open(&cfg.inventory_file)?);
+            (
+                Box::new(resolvers::inventory::InventoryResolver::new(store)),
+                None,
+            )
+        }
+        (ResolverKind::Ovn, _) => {
+            let id = ovn::identity::read(&cfg.ovn.ovsdb_connection).await?;
+            tracing::info!(chassis = %id.chassis, bridge = %id.bridge, sb = %cfg.ovn.sb_connection,
+                "OVN resolver: following this chassis in the Southbound database");
+            let sb = Arc::new(ovn::southbound::Southbound::start(&cfg.ovn, id).await?);
+            (
+                Box::new(resolvers::ovn::OvnResolver::new(sb.clone())),
+                Some(sb),
+            )
+        }
+    })
+}
+
+/// Build the request handler from the configuration (reads inventory and TLS files; the OVN
+/// resolver waits for its first view).
+pub async fn build_agent(cfg: &Config) -> Result<Built> {
+    let Prepared { store, answerer } = prepare(cfg)?;
+    let (resolver, ovn) = build_resolver(cfg, store.as_ref()).await?;
+    Ok(Built {
+        agent: Arc::new(handler::Agent::new(
+            resolve::Cached::new(resolver, cfg.cache_ttl),
+            answerer,
+        )),
+        store,
+        ovn,
+    })
+}
+
+/// SIGHUP without an inventory (the OVN resolver follows its database live): say so, and
+/// frame it with RELOADING and READY for `Type=notify-reload` units.
+async fn nothing_to_reload(mut hup: tokio::signal::unix::Signal) {
+    while hup.recv().await.is_some() {
+        notify::systemd(&[State::Reloading]);
+        tracing::info!("SIGHUP: nothing to reload (the resolver follows its database live)");
+        notify::systemd(&[State::Ready]);
+    }
+}
+
+/// A built agent and what it keeps running.
+pub struct Built {
+    pub agent: Arc<handler::Agent>,
+    /// The inventory, when the inventory resolver or the built-in responder reads it.
+    pub store: Option<Arc<store::InventoryStore>>,
+    /// The Southbound side of the OVN resolver (dropping it stops the connection).
+    pub ovn: Option<Arc<ovn::southbound::Southbound>>,
 }
 
 /// Run the agent until `shutdown` resolves: bind the socket, watch the inventory, serve,
-/// then remove the socket. Under systemd it reports READY once listening and STOPPING when
-/// `shutdown` resolves.
+/// then remove the socket. Under systemd it reports READY once listening (with the OVN
+/// resolver: once the first Southbound view is in) and STOPPING when `shutdown` resolves.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
-    let (agent, store) = build_agent(&cfg)?;
+    let Prepared { store, answerer } = prepare(&cfg)?;
     let socket::Bound {
         listener,
         file: socket_file,
     } = socket::bind_socket(&cfg)?;
+    // Without an inventory nothing reloads, but SIGHUP (systemd's reload) must never kill the
+    // agent: installing the handler now also covers the wait for the first OVN view.
+    let hup = match store {
+        None => tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|err| tracing::warn!(%err, "cannot handle SIGHUP"))
+            .ok(),
+        Some(_) => None,
+    };
+    // Proxies may connect now; they wait in the backlog until the first view is in.
+    let mut shutdown = std::pin::pin!(shutdown);
+    let built = tokio::select! {
+        r = build_resolver(&cfg, store.as_ref()) => r,
+        _ = &mut shutdown => {
+            socket_file.remove();
+            tracing::info!("metadata agent stopped before it was ready");
+            return Ok(());
+        }
+    };
+    let (resolver, _ovn) = match built {
+        Ok(x) => x,
+        Err(e) => {
+            socket_file.remove();
+            return Err(e);
+        }
+    };
+    let agent = Arc::new(handler::Agent::new(
+        resolve::Cached::new(resolver, cfg.cache_ttl),
+        answerer,
+    ));
     let resolver = agent.resolver.inner().name();
     match &agent.answerer {
         answer::Answerer::Nova(n) => tracing::info!(
@@ -100,7 +208,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
         ),
     }
     // SIGHUP is handled from here on (`watch` installs the handler before returning).
-    let watcher = tokio::spawn(store.watch(cfg.inventory_poll_interval));
+    let watcher = match (store, hup) {
+        (Some(s), _) => Some(tokio::spawn(s.watch(cfg.inventory_poll_interval))),
+        (None, Some(hup)) => Some(tokio::spawn(nothing_to_reload(hup))),
+        (None, None) => None,
+    };
     notify::systemd(&[
         State::Ready,
         State::Status(format!(
@@ -118,7 +230,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
         notify::systemd(&[State::Stopping]);
     };
     server::serve(listener, agent, opts, shutdown).await;
-    watcher.abort();
+    if let Some(w) = watcher {
+        w.abort();
+    }
     socket_file.remove();
     tracing::info!("metadata agent stopped");
     Ok(())

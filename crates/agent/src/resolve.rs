@@ -83,7 +83,7 @@ pub type ResolveFuture<'a> =
 
 /// A source of answers to "which instance is `client` behind `resource`". A new source (OVN
 /// Southbound, the Neutron API) is one file under `resolvers/` implementing this, a value of
-/// the `resolver` option, and one arm in `build_agent`.
+/// the `resolver` option, and one arm in `build_resolver`.
 pub trait Resolver: Send + Sync {
     /// The `resolver` option value that selects it, for logs.
     fn name(&self) -> &'static str;

@@ -13,6 +13,7 @@ pub mod neutron;
 pub mod neutron_options;
 pub mod notify;
 pub mod options;
+pub mod ovn;
 pub mod resource;
 pub mod socket;
 

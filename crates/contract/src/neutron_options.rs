@@ -262,6 +262,47 @@ pub const SECTIONS: &[&str] = &[
     "service_providers",
 ];
 
+/// `[ovn]` keys of Neutron 29's OVN metadata agent (`neutron.conf.plugins.ml2.drivers.ovn`)
+/// that our agent accepts without reading them (it reads `ovn_sb_*` and
+/// `ovsdb_probe_interval`).
+pub const OVN_METADATA_AGENT_OVN: &[&str] = &[
+    "bfd_min_rx",
+    "bfd_min_tx",
+    "bfd_mult",
+    "broadcast_arps_to_all_routers",
+    "dhcp_default_lease_time",
+    "disable_ovn_dhcp_for_baremetal_ports",
+    "dns_records_ovn_owned",
+    "dns_servers",
+    "enable_distributed_floating_ip",
+    "fdb_age_threshold",
+    "ha_failover_strategy",
+    "live_migration_activation_strategy",
+    "localnet_learn_fdb",
+    "logical_switch_per_vlan_segment",
+    "mac_binding_age_threshold",
+    "neutron_sync_mode",
+    "ovn_dhcp4_global_options",
+    "ovn_dhcp6_global_options",
+    "ovn_l3_scheduler",
+    "ovn_metadata_enabled",
+    "ovn_nb_ca_cert",
+    "ovn_nb_certificate",
+    "ovn_nb_connection",
+    "ovn_nb_private_key",
+    "ovn_router_indirect_snat",
+    "ovs_create_tap",
+    "ovsdb_connection_timeout",
+    "ovsdb_log_level",
+    "ovsdb_retry_max_interval",
+    "stateless_nat_enabled",
+    "vhost_sock_dir",
+];
+
+/// `[ovs]` keys of the OVN metadata agent accepted without being read (ours reads
+/// `ovsdb_connection`).
+pub const OVN_METADATA_AGENT_OVS: &[&str] = &["ovsdb_connection_timeout"];
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,6 +26,17 @@ pub struct Row {
 }
 
 impl Row {
+    /// A row from `(column, value)` pairs, for fakes and tests (the client builds its rows
+    /// from the wire). A column named twice keeps its last value.
+    pub fn from_columns(columns: impl IntoIterator<Item = (String, Datum)>) -> Row {
+        let sorted: BTreeMap<String, Datum> = columns.into_iter().collect();
+        let (names, values): (Vec<String>, Vec<Datum>) = sorted.into_iter().unzip();
+        Row {
+            names: names.into(),
+            values,
+        }
+    }
+
     pub fn get(&self, column: &str) -> Option<&Datum> {
         let i = self
             .names

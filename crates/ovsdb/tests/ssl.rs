@@ -10,29 +10,6 @@ use ns_ovsdb::{Monitor, TlsFiles};
 use ns_testkit::http::free_port;
 use ns_testkit::TempDir;
 
-/// `ovs-pki init` in `DIR/NAME`, then a signed key pair per entry of `certs` (as
-/// `DIR/NAME-<cert>-privkey.pem` / `-cert.pem`); the CA certificate's path. The key pairs are
-/// named relative to DIR (the programs' working directory): ovs-pki puts the name in the
-/// certificate's CN, which holds at most 64 characters.
-fn pki(dir: &TempDir, name: &str, certs: &[&str]) -> String {
-    let root = dir.join(name).display().to_string();
-    let log = dir.join(format!("{name}.log")).display().to_string();
-    ovs_run(
-        dir.path(),
-        OVS_PKI,
-        &["--dir", &root, "--log", &log, "init"],
-    );
-    for c in certs {
-        let prefix = format!("{name}-{c}");
-        ovs_run(
-            dir.path(),
-            OVS_PKI,
-            &["--dir", &root, "--log", &log, "req+sign", &prefix, "switch"],
-        );
-    }
-    format!("{root}/switchca/cacert.pem")
-}
-
 fn files(dir: &Path, name: &str, cert: &str, ca: &str) -> TlsFiles {
     TlsFiles {
         private_key: dir.join(format!("{name}-{cert}-privkey.pem")),

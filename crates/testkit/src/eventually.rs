@@ -58,6 +58,24 @@ pub async fn eventually_async<T>(what: &str, timeout: Duration, f: impl FnMut() 
         .unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
 }
 
+/// [`eventually_async`] for a check that is itself a future (a request to the code under
+/// test): each check runs to completion, then the next one starts a tick later.
+pub async fn eventually_await<T, F>(what: &str, timeout: Duration, mut f: impl FnMut() -> F) -> T
+where
+    F: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(TICK).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,6 +12,7 @@
 //! | [`nova`] | one Nova metadata API stand-in that checks the signature as Nova does |
 //! | [`netns`] | namespace and veth fixtures |
 //! | [`neutron`] | the wrapper around Neutron's real metadata agent and its venv |
+//! | [`ovsdb`] | real `ovsdb-server`s from the shipped OVN/OVS schemas, and their command-line tools |
 #![forbid(unsafe_code)]
 
 pub mod agent;
@@ -20,12 +21,13 @@ pub mod http;
 pub mod netns;
 pub mod neutron;
 pub mod nova;
+pub mod ovsdb;
 pub mod proc;
 pub mod skip;
 pub mod tempdir;
 
 pub use eventually::{
-    eventually, eventually_async, poll, poll_async, wait_until, wait_until_async,
+    eventually, eventually_async, eventually_await, poll, poll_async, wait_until, wait_until_async,
 };
 pub use proc::{bin_path, ChildGuard, PidGuard};
 pub use skip::{require, require_root, skip};
