@@ -87,6 +87,8 @@ pub struct Config {
     pub inventory_file: PathBuf,
     pub inventory_poll_interval: Duration,
     pub cache_ttl: Duration,
+    /// `metrics_bind`: a TCP address serving only `GET /metrics` (off by default).
+    pub metrics_bind: Option<std::net::SocketAddr>,
     pub keepalive: bool,
     pub keepalive_idle_timeout: Duration,
     pub imds_require_token: bool,
@@ -198,6 +200,8 @@ static OPTS: &[Opt] = &[
     Opt::new(D, "cache_ttl", SECONDS_0,
         "Seconds a lookup answer is cached; 0 = no cache. Reloads invalidate it")
         .default("5"),
+    Opt::new(D, "metrics_bind", Kind::Str,
+        "ADDRESS:PORT where Prometheus scrapes GET /metrics over TCP (empty: off)"),
     Opt::new(D, "keepalive", Kind::Bool,
         "Keep proxy connections open and send X-NS-Metadata-Keepalive")
         .default("true"),
@@ -232,7 +236,7 @@ pub static SCHEMA: Schema = Schema::new(OPTS)
 pub fn command() -> Command {
     SCHEMA.augment(
         Command::new("ns-metadata-agent")
-            .version(env!("CARGO_PKG_VERSION"))
+            .version(ns_contract::VERSION)
             .about("Neutron-compatible metadata agent"),
     )
 }
@@ -349,6 +353,20 @@ pub fn resolve(loaded: Loaded) -> Result<(Config, Vec<String>), ConfigError> {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_INVENTORY)),
         inventory_poll_interval: v.seconds(D, "inventory_poll_interval")?,
         cache_ttl: v.seconds(D, "cache_ttl")?,
+        metrics_bind: v
+            .opt_str(D, "metrics_bind")?
+            .map(|a| {
+                a.parse().map_err(|e| {
+                    v.error(
+                        D,
+                        "metrics_bind",
+                        format!(
+                            "{a:?} is not ADDRESS:PORT ({e}); e.g. 127.0.0.1:9716 or [::1]:9716"
+                        ),
+                    )
+                })
+            })
+            .transpose()?,
         keepalive: v.bool(D, "keepalive")?,
         keepalive_idle_timeout: v.seconds(D, "keepalive_idle_timeout")?,
         imds_require_token: v.bool(D, "imds_require_token")?,

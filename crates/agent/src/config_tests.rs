@@ -395,3 +395,18 @@ fn ovn_resolver_follows_neutrons_ovn_file() {
     .expect("not checked");
     assert_eq!(c.resolver, ResolverKind::Inventory);
 }
+
+#[test]
+fn metrics_bind_is_an_address_and_port() {
+    assert_eq!(ini("[DEFAULT]\n").metrics_bind, None, "off by default");
+    let c = ini("[DEFAULT]\nmetrics_bind = 127.0.0.1:9716\n");
+    assert_eq!(
+        c.metrics_bind,
+        Some("127.0.0.1:9716".parse().expect("addr"))
+    );
+    let e = err("[DEFAULT]\nmetrics_bind = :9716\n", &[], &[]);
+    assert!(
+        e.contains("metrics_bind: \":9716\" is not ADDRESS:PORT"),
+        "{e}"
+    );
+}

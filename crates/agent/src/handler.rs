@@ -25,6 +25,7 @@ const RESOURCE_KINDS: [Kind; 3] = [Kind::Network, Kind::Router, Kind::OvnNetwork
 pub struct Agent {
     pub resolver: Cached,
     pub answerer: Answerer,
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// The single value of a header; Err if it appears more than once or is not text.
@@ -80,20 +81,41 @@ fn names<S: AsRef<str>>(items: impl Iterator<Item = S>, last: &str) -> String {
 
 impl Agent {
     pub fn new(resolver: Cached, answerer: Answerer) -> Agent {
-        Agent { resolver, answerer }
+        Agent {
+            resolver,
+            answerer,
+            metrics: crate::metrics::Metrics::default(),
+        }
     }
 
-    /// Validate, resolve and answer.
+    /// The Prometheus text of `GET /metrics`.
+    pub fn render_metrics(&self) -> String {
+        self.metrics
+            .render(self.resolver.counts(), self.resolver.inner().generation())
+    }
+
+    /// Validate, resolve and answer; count the answer.
     pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Resp
     where
         B: hyper::body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let (who, resp) = self.handle_inner(req).await;
+        self.metrics.answered(who, resp.status().as_u16());
+        resp
+    }
+
+    async fn handle_inner<B>(&self, req: Request<B>) -> (crate::metrics::Answer, Resp)
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        use crate::metrics::Answer;
         let (parts, body) = req.into_parts();
         let h = &parts.headers;
         let bad = |msg: &str| {
             tracing::warn!(path = %parts.uri.path(), "{msg}");
-            error(StatusCode::BAD_REQUEST, msg)
+            (Answer::Rejected, error(StatusCode::BAD_REQUEST, msg))
         };
         let resource = match resource(h) {
             Ok(r) => r,
@@ -110,7 +132,10 @@ impl Agent {
         let body = match Limited::new(body, MAX_BODY).collect().await {
             Ok(c) => c.to_bytes(),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return error(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large.");
+                return (
+                    Answer::Rejected,
+                    error(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large."),
+                );
             }
             Err(e) => {
                 tracing::debug!(err = %e, "request body broke off");
@@ -122,9 +147,12 @@ impl Agent {
             Ok(found) => found,
             Err(ResolveError::Unavailable(why)) => {
                 tracing::warn!(%resource, ip = %client.ip, resolver = self.resolver.inner().name(), %why, "lookup unavailable");
-                return error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "The instance lookup is temporarily unavailable. Please try again later.",
+                return (
+                    Answer::Unavailable,
+                    error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "The instance lookup is temporarily unavailable. Please try again later.",
+                    ),
                 );
             }
             Err(miss) => {
@@ -134,9 +162,12 @@ impl Agent {
                     tracing::warn!(%resource, ip = %client.ip, "no port found");
                 }
                 // Name the network or router and the IP (LP#2106713).
-                return error(
-                    StatusCode::NOT_FOUND,
-                    &format!("Instance was not found on {resource} for IP {}.", client.ip),
+                return (
+                    Answer::NotFound,
+                    error(
+                        StatusCode::NOT_FOUND,
+                        &format!("Instance was not found on {resource} for IP {}.", client.ip),
+                    ),
                 );
             }
         };
@@ -148,7 +179,15 @@ impl Agent {
             client: &client,
             found: &found,
         };
-        self.answerer.answer(asked).await
+        match &self.answerer {
+            Answerer::Nova(_) => {
+                let started = std::time::Instant::now();
+                let r = self.answerer.answer(asked).await;
+                self.metrics.nova_latency(started.elapsed());
+                (Answer::Nova, r)
+            }
+            Answerer::Builtin { .. } => (Answer::Builtin, self.answerer.answer(asked).await),
+        }
     }
 }
 

@@ -9,6 +9,7 @@ pub mod builtin;
 pub mod config;
 pub mod handler;
 pub mod inventory;
+pub mod metrics;
 pub mod notify;
 pub mod nova;
 pub mod ovn;
@@ -46,6 +47,8 @@ pub enum Error {
     OvnIdentity(#[from] ovn::identity::IdentityError),
     #[error(transparent)]
     Southbound(#[from] ovn::southbound::StartError),
+    #[error("metrics_bind {0}: cannot listen: {1}")]
+    Metrics(std::net::SocketAddr, std::io::Error),
 }
 
 impl Error {
@@ -163,6 +166,14 @@ pub struct Built {
 /// resolver: once the first Southbound view is in) and STOPPING when `shutdown` resolves.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
     let Prepared { store, answerer } = prepare(&cfg)?;
+    let metrics = match cfg.metrics_bind {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| Error::Metrics(addr, e))?,
+        ),
+        None => None,
+    };
     let socket::Bound {
         listener,
         file: socket_file,
@@ -207,6 +218,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
             keepalive = cfg.keepalive, "metadata agent listening, answering from the inventory"
         ),
     }
+    let metrics_task = metrics.map(|m| {
+        tracing::info!(addr = ?m.local_addr().ok(), "serving GET /metrics over TCP");
+        tokio::spawn(server::serve_metrics(m, agent.clone()))
+    });
     // SIGHUP is handled from here on (`watch` installs the handler before returning).
     let watcher = match (store, hup) {
         (Some(s), _) => Some(tokio::spawn(s.watch(cfg.inventory_poll_interval))),
@@ -232,6 +247,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
     server::serve(listener, agent, opts, shutdown).await;
     if let Some(w) = watcher {
         w.abort();
+    }
+    if let Some(m) = metrics_task {
+        m.abort();
     }
     socket_file.remove();
     tracing::info!("metadata agent stopped");

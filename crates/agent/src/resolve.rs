@@ -106,6 +106,9 @@ pub struct Cached {
     inner: Box<dyn Resolver>,
     ttl: Duration,
     cache: Mutex<HashMap<Key, Entry>>,
+    /// Lookups answered from the cache, and those that asked the resolver (metrics).
+    hits: std::sync::atomic::AtomicU64,
+    misses: std::sync::atomic::AtomicU64,
 }
 
 /// Bound on cached entries; the cache is cleared when it fills (entries are cheap to redo).
@@ -117,7 +120,15 @@ impl Cached {
             inner,
             ttl,
             cache: Mutex::new(HashMap::new()),
+            hits: std::sync::atomic::AtomicU64::new(0),
+            misses: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// (cache hits, lookups that asked the resolver) so far.
+    pub fn counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.hits.load(Relaxed), self.misses.load(Relaxed))
     }
 
     /// The resolver behind the cache.
@@ -131,7 +142,9 @@ impl Cached {
         resource: &Resource,
         client: &Client,
     ) -> Result<Resolved, ResolveError> {
+        use std::sync::atomic::Ordering::Relaxed;
         if self.ttl.is_zero() {
+            self.misses.fetch_add(1, Relaxed);
             return self.inner.resolve(resource, client).await;
         }
         // Read before the lookup: if the data changes meanwhile, the entry is stamped with
@@ -142,10 +155,12 @@ impl Cached {
             let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((g, at, found)) = cache.get(&key) {
                 if *g == generation && at.elapsed() < self.ttl {
+                    self.hits.fetch_add(1, Relaxed);
                     return found.clone();
                 }
             }
         }
+        self.misses.fetch_add(1, Relaxed);
         let found = self.inner.resolve(resource, client).await;
         if !matches!(found, Err(ResolveError::Unavailable(_))) {
             let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());

@@ -172,6 +172,53 @@ impl Drop for Registered {
 /// Header reads without keep-alive are bounded like haproxy's `timeout http-request`.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Serve `GET /metrics` (and nothing else: 404) on the `metrics_bind` listener, one task per
+/// connection, until the task is aborted.
+pub async fn serve_metrics(listener: tokio::net::TcpListener, agent: Arc<Agent>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(err = %e, "metrics accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let agent = agent.clone();
+                async move {
+                    let r = if req.method() == http::Method::GET && req.uri().path() == "/metrics" {
+                        let mut r = http::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from(agent.render_metrics()),
+                        ));
+                        r.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                        );
+                        r
+                    } else {
+                        crate::respond::error(
+                            http::StatusCode::NOT_FOUND,
+                            "Only GET /metrics is served here.",
+                        )
+                    };
+                    Ok::<_, Infallible>(r)
+                }
+            });
+            if let Err(e) = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                tracing::debug!(err = %e, "metrics connection");
+            }
+        });
+    }
+}
+
 /// Serve until `shutdown` resolves; then stop accepting, let connections finish for
 /// `grace`, and return.
 pub async fn serve(

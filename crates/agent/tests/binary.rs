@@ -141,3 +141,75 @@ async fn runs_reloads_on_sighup_and_stops_on_sigterm() {
         status.1
     );
 }
+
+/// Issue "the operator's view": `metrics_bind` serves the agent's metrics over TCP, in valid
+/// exposition text, counting what was answered (built-in answers, 404 for an unknown client,
+/// 400 for a malformed request) and the resolver's cache; anything but GET /metrics is 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_bind_counts_what_was_answered() {
+    let dir = TempDir::new("bin-metrics");
+    let inv = dir.join("inventory.json");
+    write_atomic(&inv, INVENTORY);
+    let sock = dir.join("agent.sock");
+    let port = ns_testkit::http::free_port();
+    let _child = ChildGuard(
+        Command::new(BIN)
+            .arg("--metadata-proxy-socket")
+            .arg(&sock)
+            .arg("--inventory-file")
+            .arg(&inv)
+            .args(["--metrics-bind", &format!("127.0.0.1:{port}")])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn agent"),
+    );
+    assert!(wait_until_async(Duration::from_secs(10), || sock.exists()).await);
+    let hostname = get(
+        "/latest/meta-data/hostname",
+        "10.250.41.2",
+        "X-Neutron-Network-ID",
+        "n1",
+    );
+    assert_eq!(ask(&sock, &hostname).await.text(), "vm1.novalocal");
+    assert_eq!(ask(&sock, &hostname).await.text(), "vm1.novalocal");
+    let unknown = get(
+        "/latest/meta-data/",
+        "10.250.41.99",
+        "X-Neutron-Network-ID",
+        "n1",
+    );
+    assert!(ask(&sock, &unknown).await.text().contains("not found"));
+    let no_id = "GET / HTTP/1.1\r\nX-Forwarded-For: 10.250.41.2\r\nConnection: close\r\n\r\n";
+    ask(&sock, no_id).await;
+    let scrape = |line: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            c.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            write!(c, "{line} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send");
+            let mut out = String::new();
+            c.read_to_string(&mut out).expect("read");
+            out
+        })
+    };
+    let m = scrape("GET /metrics").await.expect("join");
+    let (head, body) = m.split_once("\r\n\r\n").expect("http answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    ns_contract::metrics::check_exposition(body).unwrap_or_else(|e| panic!("{e}\n{body}"));
+    for line in [
+        "ns_metadata_agent_requests_total{answer=\"builtin\",code=\"2xx\"} 2",
+        "ns_metadata_agent_requests_total{answer=\"not_found\",code=\"4xx\"} 1",
+        "ns_metadata_agent_requests_total{answer=\"rejected\",code=\"4xx\"} 1",
+        "ns_metadata_agent_lookups_total{cache=\"hit\"} 1",
+        "ns_metadata_agent_lookups_total{cache=\"miss\"} 2",
+    ] {
+        assert!(body.lines().any(|l| l == line), "{line}\n{body}");
+    }
+    assert!(
+        body.contains("ns_metadata_build_info{binary=\"ns-metadata-agent\""),
+        "{body}"
+    );
+    let other = scrape("GET /latest/meta-data/").await.expect("join");
+    assert!(other.starts_with("HTTP/1.1 404"), "{other}");
+}

@@ -9,6 +9,7 @@ pub mod id;
 pub mod journal;
 pub mod keepalive;
 pub mod limits;
+pub mod metrics;
 pub mod neutron;
 pub mod neutron_options;
 pub mod notify;
@@ -16,6 +17,10 @@ pub mod options;
 pub mod ovn;
 pub mod resource;
 pub mod socket;
+
+/// The version every binary reports (`--version`, `build_info`): the package version and the
+/// commit it was built from (see build.rs).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("NS_GIT_COMMIT"), ")");
 
 pub use id::{validate_id, validate_ifname, validate_netns, InvalidName};
 pub use keepalive::KeepaliveMode;

@@ -158,7 +158,7 @@ pub fn command() -> Command {
     SCHEMA
         .augment(
             Command::new("ns-metadata-proxy")
-                .version(env!("CARGO_PKG_VERSION"))
+                .version(ns_contract::VERSION)
                 .about(
                     "Relays a VM's metadata requests (169.254.169.254) from inside a network \
                      namespace to the metadata agent's Unix socket, adding X-Forwarded-For and \

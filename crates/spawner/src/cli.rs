@@ -18,7 +18,7 @@ use crate::{Error, Result};
 
 /// Per-namespace metadata proxy supervisor (Neutron-compatible).
 #[derive(Debug, Parser)]
-#[command(name = "ns-metadata-spawner", version)]
+#[command(name = "ns-metadata-spawner", version = crate::VERSION)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

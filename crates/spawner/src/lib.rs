@@ -28,6 +28,9 @@ pub mod statedir;
 pub mod status;
 pub mod supervisor;
 
+/// This build's version and commit (`--version`, `build_info`).
+pub const VERSION: &str = ns_contract::VERSION;
+
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

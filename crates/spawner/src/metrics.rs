@@ -7,11 +7,7 @@ use crate::agent_probe::AgentStatus;
 use crate::platform::Platform;
 use crate::supervisor::{State, Supervisor};
 
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
+use ns_contract::metrics::label;
 
 /// Prometheus text of the supervisor's state, with the agent as just probed.
 pub fn render<P: Platform>(sup: &Supervisor<P>, agent: &AgentStatus) -> String {
@@ -80,6 +76,8 @@ pub fn render<P: Platform>(sup: &Supervisor<P>, agent: &AgentStatus) -> String {
             p.restarts
         );
     }
+    ns_contract::metrics::build_info(&mut s, "ns-metadata-spawner", crate::VERSION);
+    ns_contract::metrics::process(&mut s);
     s
 }
 
@@ -88,7 +86,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    fn the_supervisors_metrics_are_valid_exposition_text() {
+        use crate::records::{Records, Router};
+        let dir = std::env::temp_dir().join(format!("spawner-metrics-{}", std::process::id()));
+        let mut cfg = crate::config::Config::defaults().with_overrides(Some(&dir), None);
+        cfg.proxy_binary = "/nonexistent".into();
+        let mut records = Records::default();
+        for id in ["r1", "r\"2"] {
+            let r = Router {
+                id: id.into(),
+                netns: Some(format!("missing-{id}")),
+                ha_state: None,
+                distributed: false,
+            };
+            records.api_routers.insert(r.id.clone(), r);
+        }
+        let sup = crate::supervisor::Supervisor::new(crate::platform::Host, cfg, records);
+        let agent = AgentStatus {
+            socket: "/run/a\"b.sock".into(),
+            reachable: false,
+            error: Some("socket missing".into()),
+        };
+        let text = render(&sup, &agent);
+        ns_contract::metrics::check_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert!(
+            text.contains("ns_metadata_build_info{binary=\"ns-metadata-spawner\""),
+            "{text}"
+        );
+        assert!(text.contains("process_resident_memory_bytes "), "{text}");
+        assert!(text.contains("socket=\"/run/a\\\"b.sock\""), "{text}");
     }
 }
