@@ -25,17 +25,26 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 REL=$CARGO_TARGET_DIR/release
 if [[ $QUICK == 1 ]]; then
     RUNS=1 DUR=3 IDLE=10 KILLS=3 CEIL_SECS=2 MIN_REQ=0 N=${NSB_N:-200}
-    MANY_RUNS=1
+    MANY_RUNS=1 DROPIN_K=10
 else
     RUNS=5 DUR=5 IDLE=30 KILLS=10 CEIL_SECS=3 MIN_REQ=1000000 N=${NSB_N:-200}
-    MANY_RUNS=3
+    MANY_RUNS=3 DROPIN_K=20
 fi
+# Figure 7: routers PUT before the timed ones, timed ones (the same in --quick: ~3 s).
+PUT_FILL=5000 PUT_MEASURE=1000
+# Figure 8: proxies started through Neutron's driver for the memory sample (at most N: they
+# use figure 2's namespaces); DROPIN_K of them are also timed one by one per round.
+DROPIN_N=${NSB_DROPIN_N:-$N}
+((DROPIN_N <= N)) || DROPIN_N=$N
+((DROPIN_K <= DROPIN_N)) || DROPIN_K=$DROPIN_N
+NEUTRON_VENV=${NS_NEUTRON_VENV:-/opt/ns-metadata-ci/neutron-29.0.0}
+REAL_HAPROXY=/usr/sbin/haproxy
 
 log() { printf '%s run.sh: %s\n' "$(date -u +%T)" "$*" >&2; }
 
 # ---------------------------------------------------------------- tools
 need=()
-command -v haproxy >/dev/null || need+=(haproxy)
+command -v haproxy >/dev/null && [[ -x $REAL_HAPROXY ]] || need+=(haproxy)
 command -v wrk >/dev/null || need+=(wrk)
 if ((${#need[@]})); then
     log "installing ${need[*]} from apt"
@@ -86,6 +95,7 @@ WORK=$(mktemp -d "/tmp/nsb-$RUN.XXXX")
 RAW=$WORK/raw.tsv
 : >"$RAW"
 PIDS=()                              # processes this script started directly
+declare -A NEUTRON_PID NIN NOUT      # figure 8: Neutron's driver per side, its stdin and stdout fds
 CLK=$(getconf CLK_TCK)
 
 # The process is one this run started (its command line names the run directory or run id).
@@ -93,26 +103,39 @@ is_ours() { { tr '\0' ' ' </proc/"$1"/cmdline; } 2>/dev/null | grep -q -e "$WORK
 # The pid is the first field (the spawner's pid files hold `pid starttime netns-inode iface`).
 pidfile_pids() { local f p _; for f in "$@"; do [[ -s $f ]] && read -r p _ <"$f" && echo "$p"; done 2>/dev/null || true; }
 
+# Every pid file of a proxy this run had started for it (bench haproxy, both spawners,
+# Neutron's driver in figure 8).
+run_pidfile_pids() {
+    pidfile_pids "$WORK"/hap/*.pid "$WORK"/spawner/pids/*.pid "$WORK"/spawner-api/pids/*.pid \
+        "$WORK"/neutron-*/external/pids/*.pid.haproxy
+}
+
 cleanup() {
     local rc=$? p ns
     trap - EXIT INT TERM
+    trap '' PIPE # a closed stderr must not end the cleanup half-way
+    set +e       # every step below runs, whatever the one before it did
     log "cleanup"
+    # Neutron's driver first, at once: its ProcessMonitor would respawn the proxies killed
+    # below, and in the middle of a spawn it does not act on SIGTERM until the spawn returns.
+    for p in "${NEUTRON_PID[@]}"; do disown "$p" 2>/dev/null; kill -KILL "$p" 2>/dev/null; done
+    for p in "${NEUTRON_PID[@]}"; do wait_for "neutron_driver.py $p exit" 100 gone "$p"; done
     # Indirectly started processes are found through the pid files this run wrote, and
     # only killed if their cmdline still names this run's directory or router ids.
-    for p in $(pidfile_pids "$WORK"/hap/*.pid "$WORK"/spawner/pids/*.pid) "${PIDS[@]}"; do
+    for p in $(run_pidfile_pids) "${PIDS[@]}"; do
         if is_ours "$p"; then
             kill -TERM "$p" 2>/dev/null || true
         fi
     done
     for _ in $(seq 50); do
         local alive=0
-        for p in $(pidfile_pids "$WORK"/hap/*.pid "$WORK"/spawner/pids/*.pid) "${PIDS[@]}"; do
+        for p in $(run_pidfile_pids) "${PIDS[@]}"; do
             if is_ours "$p"; then alive=1; fi
         done
         ((alive)) || break
         sleep 0.1
     done
-    for p in $(pidfile_pids "$WORK"/hap/*.pid "$WORK"/spawner/pids/*.pid) "${PIDS[@]}"; do
+    for p in $(run_pidfile_pids) "${PIDS[@]}"; do
         if is_ours "$p"; then
             kill -KILL "$p" 2>/dev/null || true
         fi
@@ -126,6 +149,8 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+# A write to Neutron's driver after it died (figure 8) ends the run through the cleanup.
+trap 'exit 141' PIPE
 
 # A numeric field of the one-line JSON the ns-bench tool prints.
 field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p" <<<"$2"; }
@@ -530,6 +555,200 @@ for run in $(seq "$MANY_RUNS"); do
         many_haproxy
     fi
 done
+
+# ---------------------------------------------------------------- figure 7: control API with 5,000 records
+# Issue 13 item 13: PUT latency on a spawner that already holds PUT_FILL API records. A
+# spawner of its own (own state dir, so figure 2's keeps its records.json), routers whose
+# namespaces (qrouter-<id>) do not exist: they wait, as records announced ahead of their
+# namespace do, and no proxy starts.
+control_put() {
+    local sp w last
+    log "figure 7: $PUT_FILL + $PUT_MEASURE router PUTs through a spawner's control API"
+    cat >"$WORK/spawner-api.ini" <<EOT
+[DEFAULT]
+metadata_proxy_socket = $WORK/agent-spawner.sock
+
+[spawner]
+proxy_binary = $PROXY
+state_dir = $WORK/spawner-api
+router_interface = lo
+EOT
+    "$SPAWNER" run --config-file "$WORK/spawner-api.ini" 2>>"$WORK/spawner-api.log" &
+    sp=$!
+    PIDS+=($!)
+    wait_for "figure 7 spawner control socket" 200 "$SPAWNER" status --config-file "$WORK/spawner-api.ini" >/dev/null 2>&1
+    last=$(printf '0000%s-0000-4000-a000-%012d' "$RUN" $((PUT_FILL + PUT_MEASURE - 1)))
+    if w=$("$TOOL" control-put --socket "$WORK/spawner-api/control.sock" --prefix "0000$RUN-0000-4000-a000" \
+        --fill "$PUT_FILL" --measure "$PUT_MEASURE" --gap-ms 1); then
+        log "figure 7: $w"
+        sample put_fill_n ours "$PUT_FILL"
+        sample put_records_n ours $((PUT_FILL + PUT_MEASURE))
+        sample put_fill_mean_ms ours "$(field fill_mean_ms "$w")"
+        sample put_p50_ms ours "$(field p50_ms "$w")"
+        sample put_p99_ms ours "$(field p99_ms "$w")"
+        sample put_max_ms ours "$(field max_ms "$w")"
+        # The answers did not wait for the disk; the debounced save must still happen.
+        wait_for "records.json with all $((PUT_FILL + PUT_MEASURE)) routers" 200 grep -q "$last" "$WORK/spawner-api/records.json" \
+            || log "figure 7: records.json lacks $last"
+        sample put_spawner_pss_kb ours "$(mem_kb Pss "$sp")"
+    else
+        log "figure 7 failed (see above); no samples"
+    fi
+    kill -TERM "$sp"
+    wait_for "figure 7 spawner exit" 200 gone "$sp" || kill -KILL "$sp" 2>/dev/null || true
+    wait "$sp" || true
+}
+[[ $SPAWN == 0 ]] || control_put
+
+# ---------------------------------------------------------------- figure 8: the haproxy drop-in
+# Issue 14: ns-metadata-proxy run as `haproxy -f <Neutron's config>` by Neutron 29's own
+# driver code (crates/proxy/tests/neutron_driver.py, the drop-in tests' harness, unchanged),
+# against the real haproxy run by the same code. Each side has its own driver process whose
+# PATH starts with $WORK/bin-<side>/haproxy, a link to ns-metadata-proxy or to
+# /usr/sbin/haproxy; nothing outside $WORK changes. The l3 agent's call for a router
+# (`bind 0.0.0.0:9697` in the namespace, probed on 127.0.0.1:9697), in figure 2's namespaces.
+DRIVER_PY=$REPO/crates/proxy/tests/neutron_driver.py
+NEUTRON_PY=$NEUTRON_VENV/bin/python
+declare -A EXE
+neutron_venv() {
+    [[ -x $NEUTRON_PY ]] && return 0
+    log "creating $NEUTRON_VENV (python3 -m venv; pip install neutron==29.0.0), as .ci/run does"
+    python3 -m venv "$NEUTRON_VENV" >&2 && "$NEUTRON_VENV/bin/pip" install -q --disable-pip-version-check neutron==29.0.0 >&2
+}
+# Start Neutron's driver for side $1 with `haproxy` -> $2 first on its PATH.
+neutron_start() {
+    local side=$1 dir=$WORK/neutron-$1 line fd
+    mkdir -p "$WORK/bin-$side" "$dir"
+    ln -s "$2" "$WORK/bin-$side/haproxy"
+    EXE[$side]=$(readlink -f "$2")
+    mkfifo "$dir.in" "$dir.out"
+    PATH="$WORK/bin-$side:$PATH" "$NEUTRON_PY" "$DRIVER_PY" "$dir" "$WORK/agent-neutron.sock" \
+        <"$dir.in" >"$dir.out" 2>>"$dir.log" &
+    NEUTRON_PID[$side]=$!
+    PIDS+=($!)
+    # Same order as the child opens them (stdin, then stdout), or both block.
+    exec {fd}>"$dir.in"
+    NIN[$side]=$fd
+    exec {fd}<"$dir.out"
+    NOUT[$side]=$fd
+    IFS= read -r -t 120 -u "${NOUT[$side]}" line && [[ $line == READY ]] \
+        || { log "neutron_driver.py ($side) did not start: see $dir.log"; tail -5 "$dir.log" >&2; return 1; }
+}
+# One request to side $1's driver; the answer in NREPLY. An error answer fails.
+neutron_call() {
+    local side=$1
+    shift
+    echo "$*" >&"${NIN[$side]}"
+    IFS= read -r -t 120 -u "${NOUT[$side]}" NREPLY || { log "neutron_driver.py ($side): no answer to $*"; return 1; }
+    [[ $NREPLY != *error=* ]] || { log "neutron_driver.py ($side): $* -> $NREPLY"; return 1; }
+}
+kv() { sed -n "s/^\(.* \)\{0,1\}$1=\([^ ]*\).*/\2/p" <<<"$2"; }
+# Its proxies are destroyed by then; SIGTERM rather than waiting for the driver's monitor
+# thread to wind down after stdin closes (that took over 10 s).
+neutron_stop() {
+    local side=$1 fd p=${NEUTRON_PID[$1]}
+    fd=${NIN[$side]}
+    exec {fd}>&-
+    fd=${NOUT[$side]}
+    exec {fd}<&-
+    kill -TERM "$p" 2>/dev/null || true
+    wait_for "neutron_driver.py ($side) exit" 200 gone "$p" || kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+    unset "NEUTRON_PID[$side]"
+}
+# Router $2 (index into figure 2's namespaces) through side $1's driver: the l3 agent's call.
+# Checks that the process Neutron started is the program of that side.
+dropin_spawn() {
+    local p
+    neutron_call "$1" "spawn driver=ml2 ns=$PFX-r$2 port=9697 router_id=$(rid "$2")"
+    p=$(kv pid "$NREPLY")
+    [[ $(kv active "$NREPLY") == True && $(readlink "/proc/$p/exe" 2>/dev/null) == "${EXE[$1]}" ]] \
+        || { log "figure 8: $1 router $2: $NREPLY, exe $(readlink "/proc/$p/exe" 2>/dev/null), expected ${EXE[$1]}"; return 1; }
+}
+# Neutron's destroy (SIGTERM, pid file and config removed), then wait until the process is gone.
+dropin_destroy() {
+    local p
+    p=$(pidfile_pids "$WORK/neutron-$1/external/pids/$(rid "$2").pid.haproxy")
+    neutron_call "$1" "destroy driver=ml2 uuid=$(rid "$2") ns=$PFX-r$2"
+    [[ -z $p ]] || wait_for "$1 proxy $p exit" 200 gone "$p"
+}
+# (a) spawn -> answering, one proxy at a time, the two sides alternating in the same
+# namespace (each destroyed before the other side starts there). Arg: round.
+dropin_timed() {
+    local i k side t0 t1 w
+    local -a sides=(dropin haproxy)
+    for i in $(seq "$DROPIN_K"); do
+        echo "$PFX-r$i" >"$WORK/one.list"
+        for k in 0 1; do
+            side=${sides[$(((i + k + $1) % 2))]}
+            t0=${EPOCHREALTIME/[.,]/}000
+            dropin_spawn "$side" "$i"
+            t1=${EPOCHREALTIME/[.,]/}000
+            w=$("$TOOL" wait --netns-file "$WORK/one.list" --addr 127.0.0.1:9697 --t0-ns "$t0" --timeout-ms 10000)
+            sample dropin_spawn_call_ms "$side" "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", (b - a) / 1e6}')"
+            sample dropin_spawn_answer_ms "$side" "$(field all_ms "$w")"
+            dropin_destroy "$side" "$i"
+        done
+    done
+}
+# (b) DROPIN_N proxies of side $1 started one after another through the driver: time until
+# all answer, then memory as in figure 2; then destroyed through the driver.
+dropin_many() {
+    local side=$1 j t0 t1 w before acc_before after acc_after pss uss p
+    local -a pids
+    log "figure 8: $DROPIN_N x $side through Neutron's driver"
+    read -r before acc_before <<<"$(meminfo_kb)"
+    t0=${EPOCHREALTIME/[.,]/}000
+    for j in $(seq "$DROPIN_N"); do dropin_spawn "$side" "$j"; done
+    t1=${EPOCHREALTIME/[.,]/}000
+    w=$("$TOOL" wait --netns-file "$WORK/dropin.list" --addr 127.0.0.1:9697 --t0-ns "$t0" --t1-ns "$t1")
+    read -r after acc_after <<<"$(meminfo_kb)"
+    mapfile -t pids < <(pidfile_pids "$WORK/neutron-$side"/external/pids/*.pid.haproxy)
+    for p in "${pids[@]}"; do
+        [[ $(readlink "/proc/$p/exe" 2>/dev/null) == "${EXE[$side]}" ]] || { log "figure 8: pid $p is not ${EXE[$side]}"; return 1; }
+    done
+    ((${#pids[@]} == DROPIN_N)) || { log "figure 8: ${#pids[@]} $side pid files, expected $DROPIN_N"; return 1; }
+    sample dropin_all_ms "$side" "$(field all_ms "$w")"
+    sample dropin_n "$side" "${#pids[@]}"
+    pss=$(mem_kb Pss "${pids[@]}")
+    sample dropin_pss_sum_kb "$side" "$pss"
+    sample dropin_pss_per_kb "$side" $((pss / DROPIN_N))
+    sample dropin_rss_per_kb "$side" $(($(mem_kb Rss "${pids[@]}") / DROPIN_N))
+    uss=$(($(mem_kb Private_Clean "${pids[@]}") + $(mem_kb Private_Dirty "${pids[@]}")))
+    sample dropin_uss_per_kb "$side" $((uss / DROPIN_N))
+    sample dropin_accounted_per_kb "$side" $(((acc_after - acc_before) / DROPIN_N))
+    for j in $(seq "$DROPIN_N"); do dropin_destroy "$side" "$j"; done
+}
+dropin_figure() {
+    local run
+    neutron_venv || { log "figure 8 skipped: no Neutron venv at $NEUTRON_VENV"; return 0; }
+    log "figure 8: the haproxy drop-in under Neutron's driver ($DROPIN_K timed spawns per side per round, $DROPIN_N for memory)"
+    start_agent neutron close
+    head -n "$DROPIN_N" "$WORK/many.list" >"$WORK/dropin.list"
+    # A venv whose Neutron does not import loses this figure, not the run (the cleanup
+    # stops whatever did start).
+    if ! neutron_start dropin "$PROXY" || ! neutron_start haproxy "$REAL_HAPROXY"; then
+        log "figure 8 skipped: Neutron's driver did not start"
+        return 0
+    fi
+    for run in $(seq "$MANY_RUNS"); do
+        dropin_timed "$run"
+        # Memory one side at a time (PSS divides shared pages among the processes mapping
+        # them); which side goes first alternates, as in figure 2.
+        if ((run % 2)); then
+            dropin_many dropin
+            dropin_many haproxy
+        else
+            dropin_many haproxy
+            dropin_many dropin
+        fi
+    done
+    neutron_stop dropin
+    neutron_stop haproxy
+    kill "${AGENT_PID[neutron]}"
+}
+# The drop-in needs a proxy built with it (its start-up line names it).
+[[ $OURS == 0 ]] || ! grep -qa 'haproxy drop-in' "$PROXY" || dropin_figure
 
 # ---------------------------------------------------------------- report
 mkdir -p "$REPO/bench/results"

@@ -1,5 +1,6 @@
 //! `ns-bench`: the measuring tool `run.sh` drives (agent ceiling, namespace probes,
-//! kill -9 timing, request loop across a supervisor restart, report rendering).
+//! kill -9 timing, request loop across a supervisor restart, control API latency, report
+//! rendering).
 //! Results go to stdout as one JSON object per call (report: Markdown).
 #![forbid(unsafe_code)]
 
@@ -12,7 +13,7 @@ use clap::{Parser, Subcommand};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use ns_bench::probe::{get, Netns, Probe};
-use ns_bench::{load, report};
+use ns_bench::{control, load, report};
 use serde_json::json;
 
 #[derive(Parser, Debug)]
@@ -87,6 +88,25 @@ enum Cmd {
         secs: f64,
         #[arg(long)]
         partial: bool,
+    },
+    /// PUT FILL routers (`{}` body, ids PREFIX-<12 digits>) through the spawner's control
+    /// socket, then MEASURE more on top, one at a time, each on a fresh connection; prints the
+    /// latency percentiles of the MEASURE ones (figure 7, issue 13 item 13). GAP_MS between
+    /// the measured ones spreads them over many of the spawner's save windows (100 ms), so
+    /// some meet a save in progress, as a steady stream of announcements does.
+    ControlPut {
+        #[arg(long)]
+        socket: PathBuf,
+        #[arg(long)]
+        prefix: String,
+        #[arg(long, default_value_t = 5000)]
+        fill: usize,
+        #[arg(long, default_value_t = 1000)]
+        measure: usize,
+        #[arg(long, default_value_t = 0.0)]
+        gap_ms: f64,
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
     },
     /// Render raw samples into Markdown (stdout and --md) and JSON (--json).
     Report {
@@ -308,6 +328,42 @@ fn main() -> anyhow::Result<()> {
             emit(&json!({"opened": held.len(), "failed": failed}));
             std::thread::sleep(Duration::from_secs_f64(secs));
             drop(held);
+        }
+        Cmd::ControlPut {
+            socket,
+            prefix,
+            fill,
+            measure,
+            gap_ms,
+            timeout_ms,
+        } => {
+            let timeout = Duration::from_millis(timeout_ms);
+            let id = |i: usize| format!("{prefix}-{i:012}");
+            let start = Instant::now();
+            for i in 0..fill {
+                control::put_router(&socket, &id(i), timeout)?;
+            }
+            let fill_secs = start.elapsed().as_secs_f64();
+            let start = Instant::now();
+            let mut ms = Vec::with_capacity(measure);
+            for i in fill..fill + measure {
+                if gap_ms > 0.0 {
+                    std::thread::sleep(Duration::from_secs_f64(gap_ms / 1e3));
+                }
+                let (_, took) = control::put_router(&socket, &id(i), timeout)?;
+                ms.push(took.as_secs_f64() * 1e3);
+            }
+            emit(&json!({
+                "fill": fill,
+                "fill_secs": fill_secs,
+                "fill_mean_ms": fill_secs * 1e3 / fill.max(1) as f64,
+                "measured": measure,
+                "measure_secs": start.elapsed().as_secs_f64(),
+                "p50_ms": control::percentile(&ms, 50.0),
+                "p99_ms": control::percentile(&ms, 99.0),
+                "max_ms": control::percentile(&ms, 100.0),
+                "last_id": id((fill + measure).saturating_sub(1)),
+            }));
         }
         Cmd::Report {
             raw,

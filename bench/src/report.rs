@@ -2,7 +2,8 @@
 //!
 //! Raw format: one sample per line, `metric<TAB>variant<TAB>value`. Variants: `haproxy`,
 //! `off` / `on` (ns-metadata-proxy with `--agent-keepalive off|on`), `ours` (proxies run by
-//! ns-metadata-spawner), `close` / `keepalive` (agent ceiling). Every figure is the median of
+//! ns-metadata-spawner), `close` / `keepalive` (agent ceiling), `dropin` (ns-metadata-proxy
+//! run as `haproxy -f` by Neutron's driver, figure 8). Every figure is the median of
 //! its samples.
 
 use std::collections::BTreeMap;
@@ -491,6 +492,8 @@ pub fn markdown(s: &Samples) -> String {
         fmt(med(s, "restart_total", "ours"), Unit::Count)
     );
 
+    control_and_dropin(s, &mut md);
+
     let _ = writeln!(
         md,
         "\n### Agent stand-in ceiling (direct Unix-socket load, one core each)\n"
@@ -507,6 +510,139 @@ pub fn markdown(s: &Samples) -> String {
     md
 }
 
+/// `" ✓"` / `" ✗"` for a value against an upper bound, nothing without both.
+fn at_most(v: Option<f64>, bound: f64) -> &'static str {
+    match v {
+        Some(v) if v <= bound => " ✓",
+        Some(_) => " ✗",
+        None => "",
+    }
+}
+
+/// Figures 7 (control API latency with many records) and 8 (the haproxy drop-in under
+/// Neutron's own driver, against haproxy under the same driver). Each table only when the
+/// run measured it.
+fn control_and_dropin(s: &Samples, md: &mut String) {
+    if s.contains_key("put_p50_ms") {
+        let fill = med(s, "put_fill_n", "ours").unwrap_or(0.0);
+        let total = med(s, "put_records_n", "ours").unwrap_or(0.0);
+        let _ = writeln!(
+            md,
+            "\n### Spawner control API with {fill:.0} records (figure 7)\n"
+        );
+        let _ = writeln!(md, "| figure | ours | Neutron | target |");
+        let _ = writeln!(md, "|---|---|---|---|");
+        let na = "n/a: no control API";
+        let p50 = med(s, "put_p50_ms", "ours");
+        let _ = writeln!(
+            md,
+            "| 7 PUT latency p50, {fill:.0} records or more (ms) | {}{} | {na} | ≤ 5 ms |",
+            fmt2(p50),
+            at_most(p50, 5.0)
+        );
+        for (label, metric) in [
+            ("7 PUT latency p99 (ms)", "put_p99_ms"),
+            ("7 PUT latency max (ms)", "put_max_ms"),
+            ("7 the fill PUTs before them, mean (ms)", "put_fill_mean_ms"),
+        ] {
+            let label = label.replace("fill", &format!("{fill:.0}"));
+            let _ = writeln!(md, "| {label} | {} | | |", fmt2(med(s, metric, "ours")));
+        }
+        let _ = writeln!(
+            md,
+            "| 7 spawner PSS with {total:.0} records (MB) | {} | | |",
+            fmt(med(s, "put_spawner_pss_kb", "ours"), Unit::Mb)
+        );
+    }
+    if s.contains_key("dropin_pss_per_kb") || s.contains_key("dropin_spawn_answer_ms") {
+        let n = med(s, "dropin_n", "dropin")
+            .or(med(s, "dropin_n", "haproxy"))
+            .unwrap_or(0.0);
+        let _ = writeln!(
+            md,
+            "\n### The haproxy drop-in, started by Neutron 29's own driver (figure 8)\n"
+        );
+        let _ = writeln!(
+            md,
+            "| figure | drop-in | haproxy | ratio | target |\n|---|---|---|---|---|"
+        );
+        let row = |md: &mut String, label: &str, metric: &str, unit: Unit, bound: Option<f64>| {
+            let d = med(s, metric, "dropin");
+            let (mark, target) = match bound {
+                Some(b) => (at_most(d, b), format!("≤ {:.2} MB", b / 1024.0)),
+                None => ("", String::new()),
+            };
+            let _ = writeln!(
+                md,
+                "| {label} | {}{mark} | {} | {} | {target} |",
+                fmt(d, unit),
+                fmt(med(s, metric, "haproxy"), unit),
+                ratio_cell(paired_ratio(s, metric, "dropin", "haproxy"), None)
+            );
+        };
+        row(
+            md,
+            "8 Neutron's spawn_monitored_metadata_proxy returns, median (ms)",
+            "dropin_spawn_call_ms",
+            Unit::One,
+            None,
+        );
+        row(
+            md,
+            "8 Neutron's spawn → answering, median (ms)",
+            "dropin_spawn_answer_ms",
+            Unit::One,
+            None,
+        );
+        row(
+            md,
+            &format!("8 {n:.0} spawned one after another → all answering (ms)"),
+            "dropin_all_ms",
+            Unit::One,
+            None,
+        );
+        row(
+            md,
+            &format!("8 PSS per proxy, {n:.0} running (MB)"),
+            "dropin_pss_per_kb",
+            Unit::Mb,
+            Some(0.35 * 1024.0),
+        );
+        row(
+            md,
+            &format!("8 PSS sum, {n:.0} proxies (MB)"),
+            "dropin_pss_sum_kb",
+            Unit::Mb,
+            None,
+        );
+        row(
+            md,
+            "8 RSS per proxy (MB)",
+            "dropin_rss_per_kb",
+            Unit::Mb,
+            None,
+        );
+        row(
+            md,
+            "8 USS (private pages) per proxy (MB)",
+            "dropin_uss_per_kb",
+            Unit::Mb,
+            None,
+        );
+        row(
+            md,
+            "8 anon + kernel memory per proxy (MB)",
+            "dropin_accounted_per_kb",
+            Unit::Mb,
+            None,
+        );
+    }
+}
+
+fn fmt2(v: Option<f64>) -> String {
+    v.map_or_else(|| "–".to_owned(), |v| format!("{v:.2}"))
+}
+
 /// The JSON document: metadata, every median, every paired ratio against haproxy, every sample.
 pub fn json(s: &Samples, meta: &[(String, String)]) -> Value {
     let mut medians = Map::new();
@@ -520,7 +656,7 @@ pub fn json(s: &Samples, meta: &[(String, String)]) -> Value {
     let mut ratios = Map::new();
     for metric in s.keys() {
         let mut m = Map::new();
-        for ours in ["off", "on", "ours"] {
+        for ours in ["off", "on", "ours", "dropin"] {
             if let Some(r) = paired_ratio(s, metric, ours, "haproxy") {
                 m.insert(ours.to_owned(), json!(r));
             }
@@ -569,6 +705,28 @@ mod tests {
         // Unequal counts fall back to the ratio of medians.
         let s = parse_raw("x\thaproxy\t100\nx\ton\t150\nx\ton\t130\n").expect("valid");
         assert_eq!(paired_ratio(&s, "x", "on", "haproxy"), Some(1.4));
+    }
+
+    #[test]
+    fn control_and_dropin_tables() {
+        let s = parse_raw(
+            "put_fill_n\tours\t5000\nput_records_n\tours\t6000\nput_p50_ms\tours\t0.8\n\
+             dropin_n\tdropin\t200\ndropin_pss_per_kb\tdropin\t300\n\
+             dropin_pss_per_kb\thaproxy\t3000\n",
+        )
+        .expect("valid");
+        let md = markdown(&s);
+        assert!(
+            md.contains("| 7 PUT latency p50, 5000 records or more (ms) | 0.80 ✓ |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| 8 PSS per proxy, 200 running (MB) | 0.29 ✓ | 2.93 | 0.10× | ≤ 0.35 MB |"
+            ),
+            "{md}"
+        );
+        assert!(!markdown(&parse_raw("x\thaproxy\t1\n").expect("valid")).contains("figure 8"));
     }
 
     #[test]
