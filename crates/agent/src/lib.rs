@@ -196,7 +196,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
             return Ok(());
         }
     };
-    let (resolver, _ovn) = match built {
+    let (resolver, ovn) = match built {
         Ok(x) => x,
         Err(e) => {
             socket_file.remove();
@@ -207,6 +207,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
         resolve::Cached::new(resolver, cfg.cache_ttl),
         answerer,
     ));
+    if let Some(sb) = &ovn {
+        agent.metrics.watch_southbound(sb.client.clone());
+    }
     let resolver = agent.resolver.inner().name();
     match &agent.answerer {
         answer::Answerer::Nova(n) => tracing::info!(

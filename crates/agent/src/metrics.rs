@@ -46,11 +46,12 @@ impl Answer {
 const CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
 
 /// Counters updated on the request path without locks.
-#[derive(Debug)]
 pub struct Metrics {
     /// [answer][status class]
     requests: [[AtomicU64; 4]; 5],
     nova: Histogram,
+    /// The Southbound connection of the OVN resolver, when it is in use.
+    southbound: std::sync::OnceLock<std::sync::Arc<ns_ovsdb::Client>>,
 }
 
 impl Default for Metrics {
@@ -58,6 +59,7 @@ impl Default for Metrics {
         Metrics {
             requests: Default::default(),
             nova: Histogram::new(LATENCY_BUCKETS),
+            southbound: std::sync::OnceLock::new(),
         }
     }
 }
@@ -68,6 +70,11 @@ impl Metrics {
         let a = Answer::ALL.iter().position(|x| *x == answer).unwrap_or(0);
         let c = usize::from((status / 100).clamp(2, 5) - 2);
         self.requests[a][c].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Report the OVN resolver's Southbound connection from now on.
+    pub fn watch_southbound(&self, client: std::sync::Arc<ns_ovsdb::Client>) {
+        let _ = self.southbound.set(client);
     }
 
     /// How long Nova took to answer (or fail).
@@ -121,6 +128,29 @@ impl Metrics {
             "Generation of the resolver's data: bumped by every inventory reload or Southbound change.",
         );
         s.push_str(&format!("ns_metadata_agent_data_generation {generation}\n"));
+        if let Some(sb) = self.southbound.get() {
+            let st = sb.status();
+            family(
+                &mut s,
+                "ns_metadata_agent_southbound_up",
+                "gauge",
+                "1 while the OVN Southbound connection is up (answers come from the last view while it is down).",
+            );
+            s.push_str(&format!(
+                "ns_metadata_agent_southbound_up {}\n",
+                u8::from(st.connected.is_some())
+            ));
+            family(
+                &mut s,
+                "ns_metadata_agent_southbound_ready_total",
+                "counter",
+                "Times the Southbound view became ready: first connect, resumes and resyncs after a reconnect.",
+            );
+            s.push_str(&format!(
+                "ns_metadata_agent_southbound_ready_total {}\n",
+                st.ready_count
+            ));
+        }
         ns_contract::metrics::build_info(&mut s, "ns-metadata-agent", ns_contract::VERSION);
         ns_contract::metrics::process(&mut s);
         s

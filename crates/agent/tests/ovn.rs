@@ -522,12 +522,14 @@ async fn the_binary_is_ready_with_the_first_view() {
     cloud.port(1, "fa:16:3e:00:00:05 10.0.0.5", Some(HERE), "vm1");
     let nova = Nova::echo(SECRET);
     let sock = cloud.dir.join("agent.sock");
+    let metrics = ns_testkit::http::free_port();
     let conf = cloud.dir.join("neutron_ovn_metadata_agent.ini");
     std::fs::write(
         &conf,
         format!(
             "[DEFAULT]\nmetadata_proxy_socket = {}\nnova_metadata_host = 127.0.0.1\n\
              nova_metadata_port = {}\nmetadata_proxy_shared_secret = {SECRET}\nmetadata_workers = 1\n\
+             metrics_bind = 127.0.0.1:{metrics}\n\
              [ovs]\novsdb_connection = {}\novsdb_connection_timeout = 180\n\
              [ovn]\novn_sb_connection = {}\novsdb_probe_interval = 60000\n",
             sock.display(),
@@ -556,6 +558,25 @@ async fn the_binary_is_ready_with_the_first_view() {
     let (status, seen, body) = ask_ovn(&sock, "10.0.0.5").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(seen.expect("echo").header("X-Instance-ID"), Some("vm1"));
+    // The Southbound connection shows in the metrics.
+    let scraped = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", metrics)).expect("connect");
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .expect("send");
+        let mut out = String::new();
+        c.read_to_string(&mut out).expect("read");
+        out
+    })
+    .await
+    .expect("join");
+    for line in [
+        "ns_metadata_agent_southbound_up 1",
+        "ns_metadata_agent_southbound_ready_total 1",
+        "ns_metadata_agent_requests_total{answer=\"nova\",code=\"2xx\"} 1",
+    ] {
+        assert!(scraped.lines().any(|l| l == line), "{line}\n{scraped}");
+    }
     // systemd's reload: nothing to re-read, but framed for Type=notify-reload, and alive.
     agent.signal("HUP");
     let n = rx.recv(&mut buf).expect("RELOADING");
