@@ -23,7 +23,19 @@ pub struct Conn {
     sock: TcpStream,
     /// The VM's address (IPv4 plainly, never v4-mapped).
     peer: IpAddr,
+    /// The client's source port, for the access line.
+    peer_port: u16,
     shutdown: watch::Receiver<bool>,
+}
+
+/// How a request ended, for the access line's `term` (and, for an agent failure, `reason`).
+enum End<'a> {
+    /// The agent's answer was relayed.
+    Relayed,
+    /// The proxy answered itself: a bad request, a timeout, a rate limit.
+    Own,
+    /// The agent could not answer: the error becomes `reason`.
+    Agent(&'a UpError),
 }
 
 /// One request, for its answer and its access-log line.
@@ -33,6 +45,8 @@ struct Seen<'a> {
     /// The client's bytes (method and target are ranges into them).
     inb: &'a [u8],
     started: Instant,
+    /// When the agent was asked (the request was read by then).
+    agent: Option<Instant>,
 }
 
 impl Conn {
@@ -46,6 +60,7 @@ impl Conn {
             shared,
             sock,
             peer: peer.ip().to_canonical(),
+            peer_port: peer.port(),
             shutdown,
         }
     }
@@ -138,6 +153,7 @@ impl Conn {
                         info: None,
                         inb: &inb,
                         started,
+                        agent: None,
                     };
                     self.answer(e.status(), false, seen).await;
                     return None;
@@ -156,6 +172,7 @@ impl Conn {
                         info: None,
                         inb: &inb,
                         started,
+                        agent: None,
                     };
                     self.answer(408, false, seen).await;
                     return None;
@@ -175,6 +192,7 @@ impl Conn {
                         info: Some(&info),
                         inb: &inb,
                         started,
+                        agent: None,
                     };
                     self.answer(status, false, seen).await;
                 }
@@ -192,6 +210,7 @@ impl Conn {
             info: Some(&info),
             inb: &inb,
             started,
+            agent: None,
         };
         if let Err(e) = finished {
             self.answer(e.status(), false, seen).await;
@@ -220,16 +239,21 @@ impl Conn {
             io: &mut self.sock,
             timeout: self.shared.timeouts.client,
         };
+        let asked = Instant::now();
         let result = self
             .shared
             .agent
             .exchange(&mut out, x, client, &self.shutdown)
             .await;
         drop(out);
+        let seen = Seen {
+            agent: Some(asked),
+            ..seen
+        };
         match result {
             Ok(o) => {
                 self.shared.agent_ok();
-                self.access_log(seen, o.status, o.bytes);
+                self.access_log(seen, o.status, o.bytes, End::Relayed);
                 if o.client_close || !keep_alive {
                     return None;
                 }
@@ -243,7 +267,9 @@ impl Conn {
                     }
                 }
                 let keep = keep_alive && !*self.shutdown.borrow();
-                let ok = self.answer(e.status(), keep, seen).await;
+                let ok = self
+                    .answer_for(e.status(), keep, seen, End::Agent(&e))
+                    .await;
                 ok.then(|| rest(inb, consumed))
             }
         }
@@ -330,14 +356,21 @@ impl Conn {
     /// Write the proxy's own answer and its access-log line. Returns whether the connection
     /// may stay open (`keep` asked for it and the write succeeded).
     async fn answer(&mut self, status: u16, keep: bool, seen: Seen<'_>) -> bool {
+        self.answer_for(status, keep, seen, End::Own).await
+    }
+
+    async fn answer_for(&mut self, status: u16, keep: bool, seen: Seen<'_>, end: End<'_>) -> bool {
         let mut b = Buf::get();
         http1::error_page(status, keep, &mut b);
         let ok = self.write(&b, self.shared.timeouts.client).await.is_ok();
-        self.access_log(seen, status, b.len() as u64);
+        self.access_log(seen, status, b.len() as u64, end);
         ok && keep
     }
 
-    fn access_log(&self, seen: Seen<'_>, status: u16, bytes: u64) {
+    /// One line per request, with what haproxy's `httplog` gives operators: client address
+    /// and port, method, path, HTTP version, status, bytes, the time to read the request, the
+    /// agent's time, the total, how it ended (`term`), and for an agent failure why.
+    fn access_log(&self, seen: Seen<'_>, status: u16, bytes: u64, end: End<'_>) {
         let field = |r: Option<std::ops::Range<usize>>| {
             r.and_then(|r| seen.inb.get(r))
                 .and_then(|s| std::str::from_utf8(s).ok())
@@ -345,16 +378,54 @@ impl Conn {
         };
         let method = field(seen.info.map(|i| i.method.clone()));
         let path = field(seen.info.map(|i| i.target.clone()));
-        tracing::info!(
-            target: "access",
-            client = %self.peer,
-            method,
-            path,
-            status,
-            bytes,
-            duration_us = seen.started.elapsed().as_micros() as u64,
-            id = %self.shared.id,
-        );
+        let http = match seen.info.map(|i| i.minor) {
+            Some(0) => "1.0",
+            Some(_) => "1.1",
+            None => "-",
+        };
+        let now = Instant::now();
+        let us = |d: std::time::Duration| d.as_micros() as u64;
+        // Until the agent was asked (or until now, for the proxy's own answers).
+        let request_us = us(seen.agent.unwrap_or(now).duration_since(seen.started));
+        let agent_us = seen.agent.map_or(0, |a| us(now.duration_since(a)));
+        let (term, reason) = match end {
+            End::Relayed => ("agent", None),
+            End::Own => ("proxy", None),
+            End::Agent(e) => (e.term(), Some(e)),
+        };
+        match reason {
+            None => tracing::info!(
+                target: "access",
+                client = %self.peer,
+                client_port = self.peer_port,
+                method = %method,
+                path = %path,
+                http = %http,
+                status,
+                bytes,
+                request_us,
+                agent_us,
+                duration_us = us(now.duration_since(seen.started)),
+                term = %term,
+                id = %self.shared.id,
+            ),
+            Some(e) => tracing::info!(
+                target: "access",
+                client = %self.peer,
+                client_port = self.peer_port,
+                method = %method,
+                path = %path,
+                http = %http,
+                status,
+                bytes,
+                request_us,
+                agent_us,
+                duration_us = us(now.duration_since(seen.started)),
+                term = %term,
+                reason = %e,
+                id = %self.shared.id,
+            ),
+        }
     }
 }
 

@@ -40,6 +40,18 @@ pub enum UpError {
 }
 
 impl UpError {
+    /// The access line's `term`: which side ended the exchange, and how.
+    pub fn term(&self) -> &'static str {
+        match self {
+            UpError::Unavailable(_) => "agent_unavailable",
+            UpError::NoReply => "agent_closed",
+            UpError::Timeout => "agent_timeout",
+            UpError::BadResponse(_) => "agent_bad_response",
+            UpError::Send(_) => "agent_send_failed",
+            UpError::ShuttingDown => "proxy_shutdown",
+        }
+    }
+
     pub fn status(&self) -> u16 {
         match self {
             UpError::Unavailable(_) | UpError::ShuttingDown => 503,
