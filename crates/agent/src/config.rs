@@ -87,6 +87,8 @@ pub struct Config {
     pub inventory_file: PathBuf,
     pub inventory_poll_interval: Duration,
     pub cache_ttl: Duration,
+    /// oslo.log's `log_file` (relative ones in `log_dir`); `None`: stderr.
+    pub log_file: Option<PathBuf>,
     /// `metrics_bind`: a TCP address serving only `GET /metrics` (off by default).
     pub metrics_bind: Option<std::net::SocketAddr>,
     pub keepalive: bool,
@@ -221,7 +223,7 @@ static OPTS: &[Opt] = &[
 /// reads (its own, oslo's, Neutron's core) and neutron.conf's server keys, since Neutron's
 /// units pass `--config-file neutron.conf` too; ours among them still count as ours.
 pub static SCHEMA: Schema = Schema::new(OPTS)
-    .shared(&[ns_contract::options::SOCKET])
+    .shared(&[ns_contract::options::SOCKET, ns_contract::options::LOGGING])
     .ignored(&[
         (D, neutron::OSLO),
         (D, neutron::NEUTRON),
@@ -353,6 +355,7 @@ pub fn resolve(loaded: Loaded) -> Result<(Config, Vec<String>), ConfigError> {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_INVENTORY)),
         inventory_poll_interval: v.seconds(D, "inventory_poll_interval")?,
         cache_ttl: v.seconds(D, "cache_ttl")?,
+        log_file: ns_contract::options::log_file(&v, "ns-metadata-agent.log")?,
         metrics_bind: v
             .opt_str(D, "metrics_bind")?
             .map(|a| {

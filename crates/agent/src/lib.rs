@@ -142,10 +142,18 @@ pub async fn build_agent(cfg: &Config) -> Result<Built> {
     })
 }
 
+/// SIGHUP: reopen `log_file` by its path, so logrotate can move it away.
+pub(crate) fn reopen_log_file() {
+    if let Err(e) = ns_contract::logfile::reopen() {
+        tracing::warn!(err = %e, "cannot reopen the log file; logging to the old one");
+    }
+}
+
 /// SIGHUP without an inventory (the OVN resolver follows its database live): say so, and
 /// frame it with RELOADING and READY for `Type=notify-reload` units.
 async fn nothing_to_reload(mut hup: tokio::signal::unix::Signal) {
     while hup.recv().await.is_some() {
+        reopen_log_file();
         notify::systemd(&[State::Reloading]);
         tracing::info!("SIGHUP: nothing to reload (the resolver follows its database live)");
         notify::systemd(&[State::Ready]);

@@ -15,12 +15,29 @@ fn main() {
     let default_level = if cfg.debug { "debug" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Priority prefixes and no timestamp under journald; colour only at a terminal.
-        .event_format(ns_contract::journal::StderrFormat::detect())
-        .init();
+    match &cfg.log_file {
+        // oslo.log's --log-file / --log-dir, as Neutron's launchers pass them.
+        Some(path) => {
+            let file = match ns_contract::logfile::LogFile::install(path) {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("ns-metadata-agent: log_file {}: {e}", path.display());
+                    std::process::exit(2);
+                }
+            };
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(file)
+                .event_format(ns_contract::journal::StderrFormat::new(false, false))
+                .init();
+        }
+        None => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            // Priority prefixes and no timestamp under journald; colour only at a terminal.
+            .event_format(ns_contract::journal::StderrFormat::detect())
+            .init(),
+    }
     for w in warnings {
         tracing::warn!("{w}");
     }

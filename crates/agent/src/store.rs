@@ -141,6 +141,7 @@ impl InventoryStore {
                 _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => true,
             };
             if force {
+                crate::reopen_log_file();
                 tracing::info!("SIGHUP: reloading inventory");
                 notify::systemd(&[State::Reloading]);
             }

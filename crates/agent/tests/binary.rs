@@ -213,3 +213,45 @@ async fn metrics_bind_counts_what_was_answered() {
     let other = scrape("GET /latest/meta-data/").await.expect("join");
     assert!(other.starts_with("HTTP/1.1 404"), "{other}");
 }
+
+/// Issue "the operator's view": the agent takes oslo.log's `--log-dir` and `--log-file` as
+/// Neutron's launchers pass them (a relative file inside the directory), logs there, and
+/// reopens the file by its path on SIGHUP (logrotate moved it away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_file_in_log_dir_and_reopened_on_sighup() {
+    let dir = TempDir::new("bin-logfile");
+    let inv = dir.join("inventory.json");
+    write_atomic(&inv, INVENTORY);
+    let sock = dir.join("agent.sock");
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).expect("mkdir");
+    let child = ChildGuard(
+        Command::new(BIN)
+            .arg("--metadata-proxy-socket")
+            .arg(&sock)
+            .arg("--inventory-file")
+            .arg(&inv)
+            .args(["--inventory-poll-interval", "0"])
+            .arg("--log-dir")
+            .arg(&logs)
+            .args(["--log-file", "metadata-agent.log"])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn agent"),
+    );
+    let log = logs.join("metadata-agent.log");
+    assert!(wait_until_async(Duration::from_secs(10), || sock.exists()).await);
+    assert!(
+        wait_until_async(Duration::from_secs(10), || std::fs::read_to_string(&log)
+            .is_ok_and(|t| t.contains("metadata agent listening")))
+        .await
+    );
+    std::fs::rename(&log, logs.join("metadata-agent.log.1")).expect("rotate");
+    child.signal("HUP");
+    assert!(
+        wait_until_async(Duration::from_secs(10), || std::fs::read_to_string(&log)
+            .is_ok_and(|t| t.contains("SIGHUP")))
+        .await,
+        "a new file after SIGHUP"
+    );
+}

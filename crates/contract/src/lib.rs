@@ -9,6 +9,7 @@ pub mod id;
 pub mod journal;
 pub mod keepalive;
 pub mod limits;
+pub mod logfile;
 pub mod metrics;
 pub mod neutron;
 pub mod neutron_options;

@@ -23,6 +23,44 @@ const COUNT: Kind = Kind::Int {
     max: u32::MAX as i64,
 };
 
+/// oslo.log's `[DEFAULT] log_file` and `log_dir` (old names `logfile`, `logdir`), as
+/// Neutron's launchers pass them (`--log-file`, `--log-dir`). Read with [`log_file`].
+pub static LOGGING: &[Opt] = &[
+    Opt::new(
+        D,
+        "log_file",
+        Kind::Str,
+        "Write logs to this file (appending, reopened on SIGHUP) instead of stderr",
+    )
+    .value_name("PATH")
+    .aliases(&["logfile"])
+    .deprecated(&[(D, "logfile")]),
+    Opt::new(
+        D,
+        "log_dir",
+        Kind::Path,
+        "Directory for the log file: a relative --log-file goes there, and without --log-file \
+         the file is DIR/<name>.log (the proxy: neutron-ns-metadata-proxy-<id>.log, Neutron's \
+         name; the agent: ns-metadata-agent.log)",
+    )
+    .value_name("DIR")
+    .aliases(&["logdir"])
+    .deprecated(&[(D, "logdir")]),
+];
+
+/// The log file as oslo.log finds it: `log_file`, relative ones inside `log_dir`;
+/// `log_dir/<default_name>` when only `log_dir` is set; `None` for stderr.
+pub fn log_file(v: &Values, default_name: &str) -> ConfigResult<Option<PathBuf>> {
+    let log_dir = v.path(D, "log_dir")?;
+    Ok(
+        match (v.opt_str(D, "log_file")?.map(PathBuf::from), log_dir) {
+            (Some(f), Some(d)) if f.is_relative() => Some(d.join(f)),
+            (None, Some(d)) => Some(d.join(default_name)),
+            (f, _) => f,
+        },
+    )
+}
+
 /// `[DEFAULT] state_path` and `metadata_proxy_socket`, with Neutron's defaults.
 pub static SOCKET: &[Opt] = &[
     Opt::new(

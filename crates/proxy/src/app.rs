@@ -89,7 +89,7 @@ pub fn run(cfg: Config, daemon_child: bool) -> Result<()> {
                 tokio::select! {
                     _ = term.recv() => break process::notify_stopping(),
                     _ = int.recv() => break process::notify_stopping(),
-                    _ = hup.recv() => match crate::logfile::reopen() {
+                    _ = hup.recv() => match ns_contract::logfile::reopen() {
                         Ok(true) => tracing::info!("SIGHUP: log file reopened"),
                         Ok(false) => tracing::info!("SIGHUP ignored: nothing to reload"),
                         Err(e) => tracing::warn!(err = %e, "SIGHUP: cannot reopen the log file; still writing to the old one"),

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use clap::{Arg, ArgAction, ArgMatches, Command, CommandFactory, FromArgMatches, Parser};
 use ns_contract::limits::{Rate, RateLimit, Timeouts, Versions, RATE_GROUP};
 use ns_contract::neutron_options as neutron;
-use ns_contract::options::{self, HAPROXY, RATE_LIMITING, SOCKET};
+use ns_contract::options::{self, HAPROXY, LOGGING, RATE_LIMITING, SOCKET};
 use ns_contract::{KeepaliveMode, Kind as IdKind, Resource};
 use ns_ini::{Kind, Loader, Opt, Origin, Schema, Values, DEFAULT_GROUP as D};
 
@@ -74,16 +74,6 @@ static OPTS: &[Opt] = &[
         "Reuse agent connections: off (one request per connection, what Neutron's agent \
          needs), on, or auto (only after the agent's response carries X-NS-Metadata-Keepalive)")
         .default("auto"),
-    Opt::new(D, "log_file", Kind::Str, "Write logs to this file (appending) instead of stderr")
-        .value_name("PATH")
-        .aliases(&["logfile"])
-        .deprecated(&[(D, "logfile")]),
-    Opt::new(D, "log_dir", Kind::Path,
-        "Directory for the log file: a relative --log-file goes there, and without --log-file \
-         the file is DIR/neutron-ns-metadata-proxy-<id>.log (Neutron's name)")
-        .value_name("DIR")
-        .aliases(&["logdir"])
-        .deprecated(&[(D, "logdir")]),
     Opt::new(D, "debug", Kind::Bool, "Debug logging (RUST_LOG overrides)").default("false"),
     Opt::new(D, "use_syslog", Kind::Bool,
         "Log to syslog (/dev/log) with the tag `haproxy-metadata-proxy-<id>`, as Neutron's \
@@ -106,7 +96,7 @@ static OPTS: &[Opt] = &[
 /// operator passes `metadata_agent.ini`, `l3_agent.ini`, `dhcp_agent.ini` or `neutron.conf`
 /// as they are, and still hears about a typo in a key or section of ours.
 pub static SCHEMA: Schema = Schema::new(OPTS)
-    .shared(&[SOCKET, HAPROXY, RATE_LIMITING])
+    .shared(&[SOCKET, HAPROXY, RATE_LIMITING, LOGGING])
     .ignored(&[
         (D, neutron::OSLO),
         (D, neutron::NEUTRON),
@@ -269,14 +259,10 @@ impl Config {
             m.get_one::<Versions>("rate_limit_ip_versions").copied(),
         )?;
         // oslo.log: a relative log_file lives in log_dir; the agents named it after the uuid.
-        let log_dir = v.path(D, "log_dir")?;
-        let log_file = match (v.opt_str(D, "log_file")?.map(PathBuf::from), log_dir) {
-            (Some(f), Some(d)) if f.is_relative() => Some(d.join(f)),
-            (None, Some(d)) => {
-                Some(d.join(format!("neutron-ns-metadata-proxy-{}.log", resource.id())))
-            }
-            (f, _) => f,
-        };
+        let log_file = options::log_file(
+            v,
+            &format!("neutron-ns-metadata-proxy-{}.log", resource.id()),
+        )?;
         let syslog_facility = if v.bool(D, "use_syslog")? {
             let name = v.str(D, "syslog_log_facility")?;
             let f = crate::syslog::facility(&name).ok_or_else(|| {

@@ -13,7 +13,6 @@ pub mod dropin;
 pub mod error;
 pub mod haproxy;
 pub mod http1;
-pub mod logfile;
 pub mod process;
 pub mod ratelimit;
 pub mod request;

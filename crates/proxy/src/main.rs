@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use ns_metadata_proxy::dropin::{self, Route};
-use ns_metadata_proxy::{app, logfile, process, syslog, Args, Config};
+use ns_metadata_proxy::{app, process, syslog, Args, Config};
 use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt as _};
 use tracing_subscriber::EnvFilter;
 
@@ -94,7 +94,7 @@ fn init_logging(cfg: &Config) -> anyhow::Result<bool> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let file = match &cfg.log_file {
         Some(path) => Some(
-            logfile::LogFile::install(path)
+            ns_contract::logfile::LogFile::install(path)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
         ),
         None => None,

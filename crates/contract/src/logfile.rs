@@ -1,5 +1,5 @@
-//! The `--log-file` writer: appends, and is reopened by path on SIGHUP so `logrotate`
-//! can move the file away (no `copytruncate` needed).
+//! The `--log-file` writer of the proxy and the agent: appends, and is reopened by path on
+//! SIGHUP so `logrotate` can move the file away (no `copytruncate` needed).
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -17,7 +17,7 @@ pub struct LogFile {
 }
 
 /// Open for appending (never truncating) without following a symlink at `path`, and only a
-/// regular file: the proxy opens it as root, often in a directory others can write to.
+/// regular file: it is opened as root, often in a directory others can write to.
 fn open(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let f = OpenOptions::new()
