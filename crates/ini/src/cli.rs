@@ -100,8 +100,17 @@ fn help(opt: &Opt) -> String {
 }
 
 /// `--config-file PATH`, repeatable (alias `--config_file`); later files win key by key.
+/// The `--help` heading of the flags of an INI section.
+fn heading(group: &str) -> String {
+    format!("[{group}] options")
+}
+
+/// The `--help` heading of `--config-file` and `--config-dir`.
+const FILES_HEADING: &str = "Configuration files";
+
 pub fn config_file_arg() -> Arg {
     Arg::new(CONFIG_FILE_ID)
+        .help_heading(FILES_HEADING)
         .long("config-file")
         .alias("config_file")
         .value_name("PATH")
@@ -114,6 +123,7 @@ pub fn config_file_arg() -> Arg {
 /// over every `--config-file`.
 pub fn config_dir_arg() -> Arg {
     Arg::new(CONFIG_DIR_ID)
+        .help_heading(FILES_HEADING)
         .long("config-dir")
         .alias("config_dir")
         .value_name("DIR")
@@ -134,6 +144,8 @@ fn opt_args(opt: &Opt) -> Vec<Arg> {
         .aliases(aliases(opt))
         .value_name(value_name)
         .help(help(opt))
+        // `--help` groups the flags by the INI section they set.
+        .help_heading(heading(opt.group))
         .action(ArgAction::Append)
         .hide(opt.flag.hidden);
     if let Some(c) = opt.flag.short {
@@ -396,6 +408,14 @@ mod tests {
         );
         assert!(help.contains("--config-file"), "{help}");
         assert!(!help.contains("--nodebug"), "{help}");
+        // Grouped by the section each flag sets, the files first.
+        let files = help.find("Configuration files:").expect("files heading");
+        let default = help.find("[DEFAULT] options:").expect("DEFAULT heading");
+        let haproxy = help
+            .find("[metadata_haproxy] options:")
+            .expect("section heading");
+        assert!(files < default && default < haproxy, "{help}");
+        assert!(help[haproxy..].contains("--timeout-server"), "{help}");
     }
 
     #[test]
