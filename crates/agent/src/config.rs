@@ -99,9 +99,9 @@ pub struct Config {
 }
 
 /// Neutron's `[ovn] ovn_sb_connection` default.
-pub const DEFAULT_SB_CONNECTION: &str = "tcp:127.0.0.1:6642";
+pub const DEFAULT_SB_CONNECTION: &str = ns_contract::ovn::DEFAULT_SB_CONNECTION;
 /// Neutron's `[ovs] ovsdb_connection` default (neutron/conf/agent/ovn/metadata/config.py).
-pub const DEFAULT_OVSDB_CONNECTION: &str = "unix:/usr/local/var/run/openvswitch/db.sock";
+pub const DEFAULT_OVSDB_CONNECTION: &str = ns_contract::ovn::DEFAULT_OVSDB_CONNECTION;
 
 /// Default inventory path.
 pub const DEFAULT_INVENTORY: &str = "/etc/ns-metadata/inventory.json";

@@ -303,6 +303,24 @@ pub const OVN_METADATA_AGENT_OVN: &[&str] = &[
 /// `ovsdb_connection`).
 pub const OVN_METADATA_AGENT_OVS: &[&str] = &["ovsdb_connection_timeout"];
 
+/// `[ovs]` keys of Neutron 29's l3 and dhcp agents (neutron/conf/agent/ovs_conf.py,
+/// neutron/conf/agent/ovsdb_api.py), accepted without being read by a program that also reads
+/// `[ovs] ovsdb_connection` (the spawner's OVN source) and is passed those agents' files.
+pub const AGENT_OVS: &[&str] = &[
+    "bridge_mac_table_size",
+    "igmp_flood",
+    "igmp_flood_reports",
+    "igmp_flood_unregistered",
+    "igmp_snooping_enable",
+    "integration_bridge",
+    "ovsdb_connection_timeout",
+    "ovsdb_debug",
+    "ovsdb_timeout",
+    "ssl_ca_cert_file",
+    "ssl_cert_file",
+    "ssl_key_file",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -155,6 +155,54 @@ impl Netlink {
             .map_err(|e| self.fail("set up", format_args!("interface {ifname}"), e))
     }
 
+    /// Set the hardware address of `ifname` (idempotent: the kernel accepts the same value).
+    /// NotFound if absent.
+    pub async fn set_mac(&self, ifname: &str, mac: [u8; 6]) -> Result<()> {
+        let index = self.index(ifname).await?;
+        let msg = LinkUnspec::new_with_index(index)
+            .address(mac.to_vec())
+            .build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| self.fail("set the MAC of", format_args!("interface {ifname}"), e))
+    }
+
+    /// Set the MTU of `ifname` (idempotent). NotFound if absent.
+    pub async fn set_mtu(&self, ifname: &str, mtu: u32) -> Result<()> {
+        let index = self.index(ifname).await?;
+        let msg = LinkUnspec::new_with_index(index).mtu(mtu).build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| self.fail("set the MTU of", format_args!("interface {ifname}"), e))
+    }
+
+    /// The hardware address and MTU of `ifname`, `None` if absent.
+    pub async fn link_mac_mtu(&self, ifname: &str) -> Result<Option<(Option<[u8; 6]>, u32)>> {
+        let Some(link) = self.link(ifname).await? else {
+            return Ok(None);
+        };
+        let mut mac = None;
+        let mut mtu = 0;
+        for a in &link.attributes {
+            match a {
+                LinkAttribute::Address(b) if b.len() == 6 => {
+                    let mut m = [0u8; 6];
+                    m.copy_from_slice(b);
+                    mac = Some(m);
+                }
+                LinkAttribute::Mtu(v) => mtu = *v,
+                _ => {}
+            }
+        }
+        Ok(Some((mac, mtu)))
+    }
+
     /// Add `addr/prefix` to `ifname`; success if it is already there. IPv4 and IPv6, any prefix.
     ///
     /// IPv6 addresses are added with IFA_F_NODAD: they are addresses this project owns inside

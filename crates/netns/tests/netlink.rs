@@ -284,3 +284,27 @@ async fn dropped_handles_release_the_namespace_and_its_veth() {
     }
     assert!(gone, "namespace a still alive: veth end vb15 remains in b");
 }
+
+#[tokio::test]
+async fn mac_and_mtu_are_set_and_read_back() {
+    if !require_root("mac_and_mtu_are_set_and_read_back") {
+        return;
+    }
+    let t = TestNs::new(&format!("{}-mac", unique_prefix())).expect("test ns");
+    let nl = Netlink::open(t.netns()).await.expect("netlink");
+    nl.create_veth("vmac0", "vmac1").await.expect("veth");
+    let mac = [0xfa, 0x16, 0x3e, 0x01, 0x02, 0x03];
+    nl.set_mac("vmac1", mac).await.expect("mac");
+    nl.set_mac("vmac1", mac).await.expect("mac again is ok");
+    nl.set_mtu("vmac1", 1400).await.expect("mtu");
+    nl.set_mtu("vmac0", 1400).await.expect("mtu");
+    let (m, mtu) = nl
+        .link_mac_mtu("vmac1")
+        .await
+        .expect("read")
+        .expect("present");
+    assert_eq!((m, mtu), (Some(mac), 1400));
+    assert_eq!(nl.link_mac_mtu("nope0").await.expect("read"), None);
+    let e = nl.set_mtu("nope0", 1400).await.expect_err("absent");
+    assert!(e.is_not_found(), "{e}");
+}

@@ -28,6 +28,7 @@ pub mod error;
 mod framing;
 mod leader;
 pub mod monitor;
+pub mod ovn;
 pub mod remote;
 pub mod replica;
 pub mod schema;

@@ -20,6 +20,13 @@ use crate::Result;
 /// Our own section.
 pub const GROUP: &str = "spawner";
 
+/// Neutron's OVN metadata agent's sections, read with `source = ovn`.
+const OVN: &str = "ovn";
+const OVS: &str = "ovs";
+
+/// `[spawner] source`: the records only, or also the OVN Southbound database.
+const SOURCES: [&str; 2] = ["records", "ovn"];
+
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/ns-metadata";
 
@@ -140,6 +147,42 @@ static OPTS: &[Opt] = &[
     .default("30"),
     Opt::new(
         GROUP,
+        "source",
+        Kind::Choice(&SOURCES),
+        "Where records come from besides the control API and records_file: ovn = the OVN Southbound database ([ovn] ovn_sb_connection) builds ovnmeta- namespaces",
+    )
+    .default("records"),
+    Opt::new(
+        OVN,
+        "ovn_sb_connection",
+        Kind::Str,
+        "OVN Southbound remotes, comma separated (tcp:IP:PORT, ssl:IP:PORT, unix:PATH), read with source = ovn",
+    )
+    .default(ns_contract::ovn::DEFAULT_SB_CONNECTION),
+    Opt::new(OVN, "ovn_sb_private_key", Kind::Path, "Private key (PEM) for ssl: Southbound remotes"),
+    Opt::new(OVN, "ovn_sb_certificate", Kind::Path, "Certificate (PEM) of ovn_sb_private_key"),
+    Opt::new(
+        OVN,
+        "ovn_sb_ca_cert",
+        Kind::Path,
+        "CA certificate (PEM) the Southbound server is verified with",
+    ),
+    Opt::new(
+        OVN,
+        "ovsdb_probe_interval",
+        Kind::Int { min: 0, max: 1 << 31 },
+        "Milliseconds of silence on a tcp/ssl Southbound connection before probing it; 0 = off",
+    )
+    .default("60000"),
+    Opt::new(
+        OVS,
+        "ovsdb_connection",
+        Kind::Str,
+        "The local Open_vSwitch database (system-id, ovn-bridge; the metadata ports are plugged there), read with source = ovn",
+    )
+    .default(ns_contract::ovn::DEFAULT_OVSDB_CONNECTION),
+    Opt::new(
+        GROUP,
         "metrics_bind",
         Kind::Str,
         "ADDRESS:PORT where Prometheus scrapes GET /metrics over TCP (empty: off; the control socket serves it too)",
@@ -156,6 +199,8 @@ pub static SCHEMA: Schema = Schema::new(OPTS)
         (D, neutron::NEUTRON_SERVER),
         (D, neutron::DHCP_AGENT),
         (D, neutron::L3_AGENT),
+        (OVN, neutron::OVN_METADATA_AGENT_OVN),
+        (OVS, neutron::AGENT_OVS),
     ])
     .foreign_sections(neutron::SECTIONS);
 
@@ -198,6 +243,8 @@ pub struct Config {
     pub max_restart_delay: Duration,
     /// `[spawner] metrics_bind`: a TCP address serving only `GET /metrics` (off by default).
     pub metrics_bind: Option<std::net::SocketAddr>,
+    /// `[spawner] source = ovn`: the databases of the OVN source (`None`: records only).
+    pub ovn: Option<crate::ovn_source::OvnOptions>,
 }
 
 /// `ns-metadata-proxy` next to our executable if it is there, else the bare name (PATH).
@@ -266,6 +313,41 @@ impl Config {
                     })
                 })
                 .transpose()?,
+            ovn: match v.choice(GROUP, "source")? {
+                "ovn" => {
+                    let sb = v.str(OVN, "ovn_sb_connection")?;
+                    ns_ovsdb::Remote::parse_list(&sb)
+                        .map_err(|e| v.error(OVN, "ovn_sb_connection", e))?;
+                    let ovs = v.str(OVS, "ovsdb_connection")?;
+                    ns_ovsdb::Remote::parse_list(&ovs)
+                        .map_err(|e| v.error(OVS, "ovsdb_connection", e))?;
+                    let tls = match (
+                        v.path(OVN, "ovn_sb_private_key")?,
+                        v.path(OVN, "ovn_sb_certificate")?,
+                        v.path(OVN, "ovn_sb_ca_cert")?,
+                    ) {
+                        (Some(k), Some(c), Some(ca)) => Some((k, c, ca)),
+                        _ if sb.split(',').any(|r| r.trim().starts_with("ssl:")) => {
+                            return Err(v
+                                .error(
+                                    OVN,
+                                    "ovn_sb_connection",
+                                    "ssl: needs ovn_sb_private_key, ovn_sb_certificate and ovn_sb_ca_cert",
+                                )
+                                .into())
+                        }
+                        _ => None,
+                    };
+                    let probe: u64 = v.int(OVN, "ovsdb_probe_interval")?;
+                    Some(crate::ovn_source::OvnOptions {
+                        sb_connection: sb,
+                        sb_tls: tls,
+                        probe_interval: (probe > 0).then(|| Duration::from_millis(probe)),
+                        ovsdb_connection: ovs,
+                    })
+                }
+                _ => None,
+            },
         };
         Ok((config, warnings))
     }

@@ -418,3 +418,29 @@ fn metrics_bind_is_an_address_and_port() {
         "{e}"
     );
 }
+
+#[test]
+fn ovn_source_reads_neutrons_ovn_and_ovs_sections() {
+    let (c, w) = load("[spawner]\nsource = records\n").expect("valid");
+    assert!(c.ovn.is_none() && w.is_empty(), "{w:?}");
+    let (c, w) = load(
+        "[spawner]\nsource = ovn\n[ovn]\novn_sb_connection = tcp:10.0.0.1:6642,tcp:10.0.0.2:6642\n\
+         ovn_metadata_enabled = true\n[ovs]\novsdb_connection = unix:/run/openvswitch/db.sock\n\
+         integration_bridge = br-int\n",
+    )
+    .expect("valid");
+    assert!(w.is_empty(), "Neutron's keys stay quiet: {w:?}");
+    let o = c.ovn.expect("ovn on");
+    assert_eq!(o.sb_connection, "tcp:10.0.0.1:6642,tcp:10.0.0.2:6642");
+    assert_eq!(o.ovsdb_connection, "unix:/run/openvswitch/db.sock");
+    assert_eq!(o.probe_interval, Some(Duration::from_secs(60)));
+    let e = load("[spawner]\nsource = ovn\n[ovn]\novn_sb_connection = ssl:10.0.0.1:6642\n")
+        .expect_err("ssl without files");
+    assert!(
+        e.to_string().contains("ssl: needs ovn_sb_private_key"),
+        "{e}"
+    );
+    let e = load("[spawner]\nsource = ovn\n[ovs]\novsdb_connection = db.sock\n")
+        .expect_err("bad remote");
+    assert!(e.to_string().contains("[ovs] ovsdb_connection"), "{e}");
+}

@@ -116,8 +116,15 @@ pub async fn run<P: Platform>(platform: P, opts: RunOptions) -> Result<()> {
         tracing::warn!(path = %cfg.proxy_binary.display(), "proxy binary not found; proxies will fail to start (set [spawner] proxy_binary)");
     }
     let control_socket = cfg.control_socket.clone();
+    let ovn = cfg.ovn.clone();
     let sup = Supervisor::new(platform, cfg, records);
     sup.set_recovery(recovery);
+    // The OVN source builds its namespaces and hands over their records before adoption, so
+    // running proxies are adopted, not rebuilt. Held until exit (dropping it stops it).
+    let _ovn = match &ovn {
+        Some(o) => Some(crate::ovn_source::OvnSource::start(sup.clone(), o).await?),
+        None => None,
+    };
     sup.adopt_and_start().await;
     tracing::info!(proxies = sup.status().len(), socket = %control_socket.display(), "first reconcile done");
     // READY alone first: a watcher that reads one datagram sees exactly it.

@@ -25,7 +25,7 @@ pub struct ProxySpec {
     /// network's proxy is keyed by the network, though it carries the router id, so it never
     /// collides with that router's own proxy).
     pub key: String,
-    /// Router or network (this module never picks [`Kind::OvnNetwork`]).
+    /// Router, network, or OVN network (only from the OVN source's records).
     pub kind: Kind,
     /// The id passed to the proxy.
     pub id: String,
@@ -58,6 +58,19 @@ pub fn desired(records: &Records, cfg: &Config) -> Desired {
             // A router record and a network record with the same id: keep the router's.
             out.specs.entry(s.key.clone()).or_insert(s);
         }
+    }
+    for (id, ipv6) in &records.ovn_networks {
+        // The OVN source built the namespace (ovn_provision.rs); the inner veth end holds the
+        // addresses and, with IPv6, the v6 bind.
+        let s = ProxySpec {
+            key: id.clone(),
+            kind: Kind::OvnNetwork,
+            id: id.clone(),
+            netns: crate::ovn_decide::netns(id),
+            interface: crate::ovn_decide::veth_names(id).1,
+            ipv6: *ipv6,
+        };
+        out.specs.entry(s.key.clone()).or_insert(s);
     }
     out
 }

@@ -36,6 +36,12 @@ pub fn render<P: Platform>(sup: &Supervisor<P>, agent: &AgentStatus) -> String {
         "ns_metadata_records{{kind=\"network\"}} {}",
         rec.networks().len()
     );
+    let _ = writeln!(
+        s,
+        "ns_metadata_records{{kind=\"{}\"}} {}",
+        ns_contract::Kind::OvnNetwork.as_str(),
+        rec.ovn_networks.len()
+    );
     let _ = writeln!(s, "# HELP ns_metadata_reconciles_total Reconcile passes.\n# TYPE ns_metadata_reconciles_total counter");
     let _ = writeln!(s, "ns_metadata_reconciles_total {}", sup.reconcile_count());
     let _ = writeln!(

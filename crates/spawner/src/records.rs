@@ -185,6 +185,8 @@ pub struct Records {
     pub file: RecordSet,
     /// Router ids auto-enabled from `qrouter-<id>` namespaces.
     pub auto_routers: BTreeSet<String>,
+    /// OVN networks provisioned by the OVN source (`ovnmeta-<id>`), by id: whether IPv6 is on.
+    pub ovn_networks: BTreeMap<String, bool>,
 }
 
 impl Records {

@@ -315,6 +315,11 @@ impl<P: Platform> Supervisor<P> {
         });
     }
 
+    /// Replace the OVN networks the OVN source provisioned (id → IPv6 on).
+    pub fn set_ovn_networks(&self, nets: BTreeMap<String, bool>) {
+        self.update_records(false, |r| r.ovn_networks = nets);
+    }
+
     /// Replace every auto-enabled router (after a rescan of `/run/netns`).
     pub fn set_auto_routers(&self, ids: BTreeSet<String>) {
         self.update_records(false, |r| r.auto_routers = ids);

@@ -5,7 +5,6 @@
 
 mod root_common;
 
-use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -24,52 +23,6 @@ const T: Duration = Duration::from_secs(15);
 /// The daemons of these tests run one at a time: with auto_enable_routers a daemon would
 /// otherwise claim (and on exit clean up) the other tests' qrouter- namespaces.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Start the daemon and wait for its READY=1 on a private NOTIFY_SOCKET.
-fn start_daemon(dir: &Path, ini: &Path, extra: &[&str]) -> ChildGuard {
-    start_daemon_by(
-        Command::new(env!("CARGO_BIN_EXE_ns-metadata-spawner")),
-        dir,
-        ini,
-        extra,
-    )
-}
-
-/// The same, run by `cmd` (the daemon binary itself, or a wrapper with the binary as its
-/// last argument so far).
-fn start_daemon_by(mut cmd: Command, dir: &Path, ini: &Path, extra: &[&str]) -> ChildGuard {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let notify = dir.join(format!("notify-{}.sock", N.fetch_add(1, Ordering::Relaxed)));
-    let _ = std::fs::remove_file(&notify);
-    let rx = UnixDatagram::bind(&notify).expect("notify socket");
-    rx.set_read_timeout(Some(T)).expect("timeout");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("daemon.log"))
-        .expect("log");
-    let child = cmd
-        .arg("--config-file")
-        .arg(ini)
-        .arg("run")
-        .args(extra)
-        .env("NOTIFY_SOCKET", &notify)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn daemon");
-    let guard = ChildGuard(child);
-    let mut buf = [0u8; 64];
-    let n = rx.recv(&mut buf).unwrap_or_else(|e| {
-        panic!(
-            "no READY=1: {e}; log:\n{}",
-            std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default()
-        )
-    });
-    assert_eq!(&buf[..n], b"READY=1");
-    guard
-}
 
 fn cli(ini: &Path, args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ns-metadata-spawner"))

@@ -13,11 +13,11 @@ pub const METADATA_ID_KEY: &str = "neutron:ovn-metadata-id";
 /// `neutron:ovn-bridge`: the integration bridge (`Open_vSwitch` `external_ids:ovn-bridge`).
 pub const BRIDGE_KEY: &str = "neutron:ovn-bridge";
 /// `neutron:ovn-metadata-sb-cfg`: the last `nb_cfg` seen, Neutron's heartbeat.
-pub const SB_CFG_KEY: &str = "neutron:ovn-metadata-sb-cfg";
+pub const SB_CFG_KEY: &str = ns_contract::ovn::SB_CFG_KEYS[0];
 /// The OVN agent's keys (`neutron-ovn-agent`), removed at start as Neutron's metadata agent
 /// does: one chassis runs one of the two.
 pub const OVN_AGENT_KEYS: [&str; 3] = [
-    "neutron:ovn-neutron-agent-sb-cfg",
+    ns_contract::ovn::SB_CFG_KEYS[1],
     "neutron:description-neutron-agent",
     "neutron:ovn-neutron-agent-id",
 ];

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ns_ovsdb::ovn::{port_conditions, PORT_BINDING_COLUMNS};
 use ns_ovsdb::{Client, Condition, Config, Event, Monitor, Replica, TlsFiles, Uuid};
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
@@ -23,29 +24,6 @@ use tokio::sync::{mpsc, watch};
 use super::identity::Identity;
 use super::register;
 use crate::config::OvnOptions;
-
-/// The `Port_Binding` columns the lookup and the spawner's future needs read.
-const PORT_COLUMNS: [&str; 7] = [
-    "logical_port",
-    "mac",
-    "chassis",
-    "additional_chassis",
-    "datapath",
-    "type",
-    "external_ids",
-];
-
-/// The `Port_Binding` clauses (OR-ed): bound here, additionally bound here, or a localport.
-/// Before our `Chassis` row is known only the localports.
-pub fn port_conditions(chassis: Option<&Uuid>) -> Vec<Condition> {
-    let mut c = Vec::new();
-    if let Some(u) = chassis {
-        c.push(Condition::eq("chassis", u.clone()));
-        c.push(Condition::includes("additional_chassis", u.clone()));
-    }
-    c.push(Condition::eq("type", "localport"));
-    c
-}
 
 /// Everything this chassis needs from the Southbound database.
 pub fn monitor(chassis: &str) -> Monitor {
@@ -59,7 +37,11 @@ pub fn monitor(chassis: &str) -> Monitor {
         )
         .table("SB_Global", ["nb_cfg"], None)
         .table("Datapath_Binding", ["external_ids"], None)
-        .table("Port_Binding", PORT_COLUMNS, Some(port_conditions(None)))
+        .table(
+            "Port_Binding",
+            PORT_BINDING_COLUMNS,
+            Some(port_conditions(None)),
+        )
 }
 
 /// The UUID of a row of `table` named `name` in the view.

@@ -4,14 +4,17 @@
 #![allow(dead_code)]
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use ns_metadata_spawner::config::Config;
 use ns_netns::Netns;
 pub use ns_testkit::agent::{Behave, StandIn};
-use ns_testkit::bin_path;
 use ns_testkit::http::Blocking;
+use ns_testkit::{bin_path, ChildGuard};
 
 /// Where a VM finds the metadata service.
 pub const META: SocketAddr =
@@ -60,4 +63,53 @@ pub fn write_ini(dir: &Path, extra: &str) -> PathBuf {
     );
     std::fs::write(&p, text).expect("write ini");
     p
+}
+
+/// How long a daemon may take to send READY=1.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Start the daemon and wait for its READY=1 on a private NOTIFY_SOCKET.
+pub fn start_daemon(dir: &Path, ini: &Path, extra: &[&str]) -> ChildGuard {
+    start_daemon_by(
+        Command::new(env!("CARGO_BIN_EXE_ns-metadata-spawner")),
+        dir,
+        ini,
+        extra,
+    )
+}
+
+/// The same, run by `cmd` (the daemon binary itself, or a wrapper with the binary as its
+/// last argument so far).
+pub fn start_daemon_by(mut cmd: Command, dir: &Path, ini: &Path, extra: &[&str]) -> ChildGuard {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let notify = dir.join(format!("notify-{}.sock", N.fetch_add(1, Ordering::Relaxed)));
+    let _ = std::fs::remove_file(&notify);
+    let rx = UnixDatagram::bind(&notify).expect("notify socket");
+    rx.set_read_timeout(Some(READY_TIMEOUT)).expect("timeout");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("daemon.log"))
+        .expect("log");
+    let child = cmd
+        .arg("--config-file")
+        .arg(ini)
+        .arg("run")
+        .args(extra)
+        .env("NOTIFY_SOCKET", &notify)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn daemon");
+    let guard = ChildGuard(child);
+    let mut buf = [0u8; 64];
+    let n = rx.recv(&mut buf).unwrap_or_else(|e| {
+        panic!(
+            "no READY=1: {e}; log:\n{}",
+            std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default()
+        )
+    });
+    assert_eq!(&buf[..n], b"READY=1");
+    guard
 }

@@ -1,0 +1,190 @@
+//! Case-by-case tests of the OVN decision.
+
+use super::*;
+
+const NET: &str = "0f3a1c2e-9b7d-4e11-8a55-1234567890ab";
+const DP: &str = "dp-1";
+const US: &str = "ch-us";
+
+fn meta(cidrs: &str) -> PortRow {
+    PortRow {
+        logical_port: "mdport".into(),
+        kind: "localport".into(),
+        mac: vec!["fa:16:3e:11:22:33 10.250.0.2 fd00::2".into()],
+        datapath: DP.into(),
+        external_ids: [
+            (
+                KEY_DEVICE_OWNER.to_owned(),
+                "network:distributed".to_owned(),
+            ),
+            (KEY_CIDRS.to_owned(), cidrs.to_owned()),
+            (KEY_MTU.to_owned(), "1442".to_owned()),
+        ]
+        .into(),
+        ..PortRow::default()
+    }
+}
+
+fn vif(name: &str, mac: &str, chassis: Option<&str>, additional: &[&str]) -> PortRow {
+    PortRow {
+        logical_port: name.into(),
+        kind: String::new(),
+        mac: vec![mac.into()],
+        chassis: chassis.map(str::to_owned),
+        additional_chassis: additional.iter().map(|s| (*s).to_owned()).collect(),
+        datapath: DP.into(),
+        ..PortRow::default()
+    }
+}
+
+fn view(ports: Vec<PortRow>) -> SbView {
+    SbView {
+        chassis: Some(US.into()),
+        datapaths: [(DP.to_owned(), format!("neutron-{NET}"))].into(),
+        ports,
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("ip")
+}
+
+#[test]
+fn vm_bound_here_and_metadata_port_give_a_namespace() {
+    let sb = view(vec![
+        meta("10.250.0.2/24 10.250.9.2/24"),
+        vif("vm1", "fa:16:3e:00:00:01 10.250.0.10", Some(US), &[]),
+    ]);
+    let nets = ovn_networks(&sb);
+    let n = &nets[NET];
+    assert_eq!(n.netns(), format!("ovnmeta-{NET}"));
+    assert_eq!(n.mac, [0xfa, 0x16, 0x3e, 0x11, 0x22, 0x33]);
+    assert_eq!(n.logical_port, "mdport");
+    assert_eq!(n.mtu, Some(1442));
+    // Only the subnet with a local VIF (LP#1981113).
+    assert_eq!(n.cidrs, vec![(ip("10.250.0.2"), 24)]);
+    assert!(!n.ipv6);
+}
+
+#[test]
+fn no_vif_here_no_namespace() {
+    let other = view(vec![
+        meta("10.250.0.2/24"),
+        vif(
+            "vm1",
+            "fa:16:3e:00:00:01 10.250.0.10",
+            Some("ch-other"),
+            &[],
+        ),
+    ]);
+    assert!(ovn_networks(&other).is_empty());
+    let unbound = view(vec![
+        meta("10.250.0.2/24"),
+        vif("vm1", "fa:16:3e:00:00:01 10.250.0.10", None, &[]),
+    ]);
+    assert!(ovn_networks(&unbound).is_empty());
+    // A VIF without addresses does not count.
+    let no_ip = view(vec![
+        meta("10.250.0.2/24"),
+        vif("vm1", "fa:16:3e:00:00:01", Some(US), &[]),
+    ]);
+    assert!(ovn_networks(&no_ip).is_empty());
+    // Our Chassis row unknown: nothing.
+    let mut sb = view(vec![
+        meta("10.250.0.2/24"),
+        vif("vm1", "fa:16:3e:00:00:01 10.250.0.10", Some(US), &[]),
+    ]);
+    sb.chassis = None;
+    assert!(ovn_networks(&sb).is_empty());
+}
+
+#[test]
+fn live_migration_target_counts() {
+    let sb = view(vec![
+        meta("10.250.0.2/24"),
+        vif(
+            "vm1",
+            "fa:16:3e:00:00:01 10.250.0.10",
+            Some("ch-src"),
+            &[US],
+        ),
+    ]);
+    assert!(ovn_networks(&sb).contains_key(NET));
+}
+
+#[test]
+fn metadata_port_needs_owner_localport_and_mac() {
+    let vm = vif("vm1", "fa:16:3e:00:00:01 10.250.0.10", Some(US), &[]);
+    let mut m = meta("10.250.0.2/24");
+    m.external_ids
+        .insert(KEY_DEVICE_OWNER.into(), "network:dhcp".into());
+    assert!(ovn_networks(&view(vec![m, vm.clone()])).is_empty());
+    let mut m = meta("10.250.0.2/24");
+    m.kind = String::new();
+    // Now it is a VIF, not a metadata port.
+    assert!(ovn_networks(&view(vec![m, vm.clone()])).is_empty());
+    let mut m = meta("10.250.0.2/24");
+    m.mac = vec!["unknown".into()];
+    assert!(ovn_networks(&view(vec![m, vm.clone()])).is_empty());
+    let mut m = meta("10.250.0.2/24");
+    m.mac.clear();
+    assert!(ovn_networks(&view(vec![m, vm])).is_empty());
+}
+
+#[test]
+fn ipv6_only_vif_counts_and_turns_v6_on() {
+    let sb = view(vec![
+        meta("10.250.0.2/24 fd00::2/64"),
+        vif("vm1", "fa:16:3e:00:00:01 fd00::10", Some(US), &[]),
+    ]);
+    let n = &ovn_networks(&sb)[NET];
+    assert!(n.ipv6);
+    assert_eq!(n.cidrs, vec![(ip("fd00::2"), 64)]);
+}
+
+#[test]
+fn cidr_change_follows_the_local_subnets() {
+    let vm = vif(
+        "vm1",
+        "fa:16:3e:00:00:01 10.250.0.10 10.250.9.10",
+        Some(US),
+        &[],
+    );
+    let n = &ovn_networks(&view(vec![meta("10.250.0.2/24 10.250.9.2/24"), vm]))[NET];
+    assert_eq!(
+        n.cidrs,
+        vec![(ip("10.250.0.2"), 24), (ip("10.250.9.2"), 24)]
+    );
+}
+
+#[test]
+fn other_datapaths_and_bad_values_are_ignored() {
+    let mut sb = view(vec![
+        meta("10.250.0.2/24"),
+        vif("vm1", "fa:16:3e:00:00:01 10.250.0.10", Some(US), &[]),
+    ]);
+    sb.datapaths.insert(DP.into(), "router-x".into());
+    assert!(ovn_networks(&sb).is_empty());
+    let mut m = meta("10.250.0.2/24 garbage");
+    m.external_ids.insert(KEY_MTU.into(), "huge".into());
+    let n = &ovn_networks(&view(vec![
+        m,
+        vif("vm1", "fa:16:3e:00:00:01 10.250.0.10", Some(US), &[]),
+    ]))[NET];
+    assert_eq!(n.mtu, None);
+    assert_eq!(n.cidrs, vec![(ip("10.250.0.2"), 24)]);
+}
+
+#[test]
+fn veth_names_follow_neutron() {
+    assert_eq!(
+        veth_names(NET),
+        ("tap0f3a1c2e-90".to_owned(), "tap0f3a1c2e-91".to_owned())
+    );
+    assert_eq!(
+        parse_mac("FA:16:3e:00:00:0a"),
+        Some([0xfa, 0x16, 0x3e, 0, 0, 10])
+    );
+    assert_eq!(parse_mac("fa:16:3e:00:00"), None);
+    assert_eq!(parse_mac("fa:16:3e:00:00:00:00"), None);
+}

@@ -1,0 +1,602 @@
+//! Root tests of the OVN source end to end: real `ovsdb-server`s for the Southbound and the
+//! local OVS database (no ovs-vswitchd: the OVS rows are checked as rows), real namespaces, the
+//! real proxy.
+//! - A VM port bound here + a metadata port → `ovnmeta-<net>` with the veth pair, MAC, MTU,
+//!   addresses, the OVS Port/Interface rows and a proxy; a VM namespace wired to the outer veth
+//!   end (moved into it: it stands in for br-int) fetches metadata through the proxy with
+//!   `X-OVN-Network-ID` reaching the agent stand-in; CIDR changes move the addresses; an IPv6
+//!   VIF adds `fe80::a9fe:a9fe/128` and the v6 bind; unbinding the last VIF removes everything.
+//! - The daemon binary (`source = ovn`): a migration target (`additional_chassis`) gets the
+//!   namespace; at start a stale agent-built `ovnmeta-` namespace is removed and a foreign one
+//!   kept; kill -9 and restart adopts the proxy and rebuilds nothing; a Southbound server
+//!   restart tears nothing down; the migration ending elsewhere removes it all.
+//! - A live Neutron OVN metadata agent (sb-cfg within 1 of nb_cfg, no marker) is refused.
+//! - A `datapath_type=netdev` bridge row brings the CHECKSUM rule into the namespace.
+//!
+//! Everything is made under a per-run prefix and removed on drop; the tests run one at a time.
+
+mod common;
+mod root_common;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use common::*;
+use ns_metadata_spawner::netns_platform::Namespaces;
+use ns_metadata_spawner::ovn_decide::veth_names;
+use ns_metadata_spawner::ovn_source::{OvnOptions, OvnSource};
+use ns_metadata_spawner::records::Records;
+use ns_metadata_spawner::supervisor::{State, Supervisor};
+use ns_netns::Netlink;
+use ns_testkit::netns::{unique_prefix, TestNs};
+use ns_testkit::ovsdb::{sb_and_ovs_servers, vsctl, Server};
+use ns_testkit::{eventually_async, eventually_await, require_root, TempDir};
+use root_common::*;
+
+const T: Duration = Duration::from_secs(20);
+
+/// One at a time: an OVN source removes, at start, every `ovnmeta-` namespace it does not
+/// want (Neutron's sync), so it would remove the other test's.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Removes what the spawner builds for `net` if the test stops half-way.
+struct Leftovers(String);
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        let _ = ns_netns::delete(&format!("ovnmeta-{}", self.0));
+        let (outer, _) = veth_names(&self.0);
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &outer])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+const BRIDGE: &str = "br-test";
+
+/// The databases of one test: our chassis and integration bridge in the local OVS database,
+/// our `Chassis` row, the network's datapath and its metadata port in the Southbound database.
+struct Fixture {
+    prefix: String,
+    net: String,
+    outer: String,
+    inner: String,
+    chassis_row: String,
+    datapath: String,
+    _leftovers: Leftovers,
+}
+
+impl Fixture {
+    fn new(db_dir: &TempDir, sb: &Server, ovs: &Server) -> Fixture {
+        let prefix = unique_prefix();
+        let net = format!("{prefix}net");
+        let (outer, inner) = veth_names(&net);
+        let chassis = format!("{prefix}-chassis");
+        let ovs_db = ovs.unix();
+        vsctl(db_dir.path(), &ovs_db, &["add-br", BRIDGE]);
+        vsctl(
+            db_dir.path(),
+            &ovs_db,
+            &[
+                "set",
+                "Open_vSwitch",
+                ".",
+                &format!("external_ids:system-id={chassis}"),
+                &format!("external_ids:ovn-bridge={BRIDGE}"),
+            ],
+        );
+        sb.sbctl(&["chassis-add", &chassis, "geneve", "127.0.0.1"]);
+        let chassis_row = find_uuid(sb, "Chassis", &chassis);
+        let datapath = sb.sbctl(&[
+            "create",
+            "Datapath_Binding",
+            "tunnel_key=7",
+            &format!("external_ids:name=neutron-{net}"),
+        ]);
+        sb.sbctl(&[
+            "create",
+            "Port_Binding",
+            "logical_port=md-port",
+            &format!("datapath={datapath}"),
+            "tunnel_key=1",
+            "type=localport",
+            "mac=\"fa:16:3e:aa:bb:01 10.250.7.2 10.250.8.2\"",
+            "external_ids:\"neutron:device_owner\"=\"network:distributed\"",
+            "external_ids:\"neutron:cidrs\"=\"10.250.7.2/24 10.250.8.2/24\"",
+            "external_ids:\"neutron:mtu\"=1400",
+        ]);
+        Fixture {
+            prefix,
+            _leftovers: Leftovers(net.clone()),
+            net,
+            outer,
+            inner,
+            chassis_row,
+            datapath,
+        }
+    }
+
+    /// A VM port on the network, bound to `chassis` and/or with `additional` as its
+    /// additional chassis (live migration).
+    fn bind_vm(
+        &self,
+        sb: &Server,
+        name: &str,
+        key: u32,
+        mac: &str,
+        chassis: Option<&str>,
+        additional: Option<&str>,
+    ) {
+        let mut args = vec![
+            "create".to_owned(),
+            "Port_Binding".to_owned(),
+            format!("logical_port={name}"),
+            format!("datapath={}", self.datapath),
+            format!("tunnel_key={key}"),
+            format!("mac=\"{mac}\""),
+        ];
+        if let Some(c) = chassis {
+            args.push(format!("chassis={c}"));
+        }
+        if let Some(c) = additional {
+            args.push(format!("additional_chassis={c}"));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        sb.sbctl(&args);
+    }
+}
+
+/// A supervisor on real namespaces (state under `dir`) and the OVN source's start on the two
+/// servers, bounded by [`T`]: the source, or its error.
+async fn start_source(
+    dir: &TempDir,
+    sb: &Server,
+    ovs: &Server,
+) -> (
+    Supervisor<Namespaces>,
+    Result<OvnSource, ns_metadata_spawner::Error>,
+) {
+    let sup = Supervisor::new(Namespaces, real_config(dir.path()), Records::default());
+    let opts = OvnOptions {
+        sb_connection: sb.unix(),
+        sb_tls: None,
+        probe_interval: None,
+        ovsdb_connection: ovs.unix(),
+    };
+    let r = tokio::time::timeout(T, OvnSource::start(sup.clone(), &opts))
+        .await
+        .expect("the OVN source answers in time");
+    (sup, r)
+}
+
+/// The UUID of the row of `table` named `name` (empty if none).
+fn find_uuid(sb: &Server, table: &str, name: &str) -> String {
+    sb.sbctl(&[
+        "--bare",
+        "--columns=_uuid",
+        "find",
+        table,
+        &format!("name={name}"),
+    ])
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("ip")
+}
+
+async fn inner_addresses(net: &str, ifname: &str) -> Vec<(IpAddr, u8)> {
+    let ns = ns_netns::Netns::open(&format!("ovnmeta-{net}")).expect("ovnmeta namespace");
+    let nl = Netlink::open(&ns).await.expect("netlink");
+    nl.addresses(ifname).await.expect("addresses")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_bound_here_gets_an_ovnmeta_namespace_that_answers_and_unbinding_removes_it() {
+    let test = "vm_bound_here_gets_an_ovnmeta_namespace_that_answers_and_unbinding_removes_it";
+    if !require_root(test) {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let Some((db_dir, sb, ovs)) = sb_and_ovs_servers(test, "ovn-spawn", |_| (None, vec![])) else {
+        return;
+    };
+    let f = Fixture::new(&db_dir, &sb, &ovs);
+    let (net, outer, inner, bridge, ovs_db) = (
+        f.net.clone(),
+        f.outer.clone(),
+        f.inner.clone(),
+        BRIDGE,
+        ovs.unix(),
+    );
+    let p = f.prefix.clone();
+    f.bind_vm(
+        &sb,
+        "vm-port",
+        2,
+        "fa:16:3e:aa:bb:10 10.250.7.10",
+        Some(&f.chassis_row),
+        None,
+    );
+
+    let dir = TempDir::new("rt-ovn").reaping();
+    let agent = agent(dir.path());
+    let (sup, source) = start_source(&dir, &sb, &ovs).await;
+    let _source = source.expect("the OVN source starts");
+    sup.adopt_and_start().await;
+    let looper = sup.clone();
+    tokio::spawn(async move { looper.run_loop().await });
+
+    // The namespace, the veth pair, MAC, MTU, addresses, the proxy.
+    let pid = running_pid(&sup, &net, T).await;
+    let st = status_of(&sup, &net).expect("status");
+    assert_eq!(st.netns, format!("ovnmeta-{net}"));
+    let ns = ns_netns::Netns::open(&format!("ovnmeta-{net}")).expect("ovnmeta namespace");
+    let nl = Netlink::open(&ns).await.expect("netlink");
+    let (mac, mtu) = nl
+        .link_mac_mtu(&inner)
+        .await
+        .expect("link")
+        .expect("inner end in the namespace");
+    assert_eq!(mac, Some([0xfa, 0x16, 0x3e, 0xaa, 0xbb, 0x01]));
+    assert_eq!(mtu, 1400);
+    let root = Netlink::current().await.expect("netlink");
+    let (_, outer_mtu) = root
+        .link_mac_mtu(&outer)
+        .await
+        .expect("link")
+        .expect("outer end in the root namespace");
+    assert_eq!(outer_mtu, 1400);
+    let addrs = inner_addresses(&net, &inner).await;
+    assert!(addrs.contains(&(ip("169.254.169.254"), 32)), "{addrs:?}");
+    assert!(addrs.contains(&(ip("10.250.7.2"), 24)), "{addrs:?}");
+    // Only subnets with local VIF addresses (LP#1981113).
+    assert!(!addrs.contains(&(ip("10.250.8.2"), 24)), "{addrs:?}");
+    // The OVS rows: a Port in the bridge, its Interface bound to the metadata port.
+    assert_eq!(
+        vsctl(db_dir.path(), &ovs_db, &["list-ports", bridge]),
+        outer
+    );
+    assert_eq!(
+        vsctl(
+            db_dir.path(),
+            &ovs_db,
+            &["get", "Interface", &outer, "external_ids:iface-id"]
+        )
+        .trim_matches('"'),
+        "md-port"
+    );
+
+    // A VM on the outer end (moved into the VM's namespace: it stands in for br-int).
+    let vm = TestNs::new(&format!("{p}vm")).expect("vm ns");
+    root.move_link(&outer, vm.netns())
+        .await
+        .expect("move outer end");
+    let vnl = Netlink::open(vm.netns()).await.expect("netlink");
+    vnl.ensure_address(&outer, ip("10.250.7.10"), 24)
+        .await
+        .expect("vm address");
+    vnl.set_link_up(&outer).await.expect("up");
+    vnl.set_link_up("lo").await.expect("lo up");
+    vnl.ensure_route(ip("169.254.169.254"), 32, Some(ip("10.250.7.2")), None)
+        .await
+        .expect("route");
+    let mut body = Err(String::new());
+    for _ in 0..250 {
+        body = get_in(vm.netns(), META);
+        if body.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    body.expect("the VM gets an answer through the proxy");
+    let heads: Vec<String> = agent.received().into_iter().map(|r| r.head).collect();
+    assert!(
+        heads
+            .iter()
+            .any(|h| h.contains(&format!("X-OVN-Network-ID: {net}\r\n"))
+                && h.contains("10.250.7.10")),
+        "{heads:?}"
+    );
+
+    // A second subnet gets a local VIF address: the metadata port's address there follows.
+    sb.sbctl(&[
+        "set",
+        "Port_Binding",
+        "vm-port",
+        "mac=\"fa:16:3e:aa:bb:10 10.250.7.10 10.250.8.10\"",
+    ]);
+    let (n, i) = (net.clone(), inner.clone());
+    eventually_await("the second subnet's address", T, || {
+        let (n, i) = (n.clone(), i.clone());
+        async move {
+            inner_addresses(&n, &i)
+                .await
+                .contains(&(ip("10.250.8.2"), 24))
+                .then_some(())
+        }
+    })
+    .await;
+    sb.sbctl(&[
+        "set",
+        "Port_Binding",
+        "md-port",
+        "external_ids:\"neutron:cidrs\"=\"10.250.7.2/24\"",
+    ]);
+    eventually_await("the dropped CIDR removed", T, || {
+        let (n, i) = (n.clone(), i.clone());
+        async move {
+            (!inner_addresses(&n, &i)
+                .await
+                .contains(&(ip("10.250.8.2"), 24)))
+            .then_some(())
+        }
+    })
+    .await;
+    assert_eq!(
+        status_of(&sup, &net).and_then(|s| s.pid),
+        Some(pid),
+        "proxy kept"
+    );
+
+    // An IPv6 address on the VM: fe80::a9fe:a9fe/128 and the v6 bind on the inner end.
+    sb.sbctl(&[
+        "set",
+        "Port_Binding",
+        "md-port",
+        "external_ids:\"neutron:cidrs\"=\"10.250.7.2/24 fd00:250:7::2/64\"",
+    ]);
+    sb.sbctl(&[
+        "set",
+        "Port_Binding",
+        "vm-port",
+        "mac=\"fa:16:3e:aa:bb:10 10.250.7.10 fd00:250:7::10\"",
+    ]);
+    let v6_pid = eventually_async("the proxy restarted with the v6 bind", T, || {
+        let s = status_of(&sup, &net)?;
+        let pid = s.pid.filter(|p| *p != pid && s.state == State::Running)?;
+        let argv = ns_metadata_spawner::pidfile::cmdline(pid)?;
+        argv.iter()
+            .any(|a| *a == format!("[fe80::a9fe:a9fe]:80%{inner}"))
+            .then_some(pid)
+    })
+    .await;
+    let addrs = inner_addresses(&net, &inner).await;
+    assert!(addrs.contains(&(ip("fe80::a9fe:a9fe"), 128)), "{addrs:?}");
+    assert!(addrs.contains(&(ip("fd00:250:7::2"), 64)), "{addrs:?}");
+    assert!(get_in(vm.netns(), META).is_ok(), "IPv4 still answers");
+    let pid = v6_pid;
+
+    // Unbind the last VIF: proxy, namespace, veth and OVS port all gone.
+    sb.sbctl(&["clear", "Port_Binding", "vm-port", "chassis"]);
+    eventually_async("the proxy gone", T, || {
+        status_of(&sup, &net).is_none().then_some(())
+    })
+    .await;
+    eventually_async("the namespace gone", T, || {
+        (!std::path::Path::new(&format!("/run/netns/ovnmeta-{net}")).exists()).then_some(())
+    })
+    .await;
+    eventually_async("the OVS port gone", T, || {
+        vsctl(db_dir.path(), &ovs_db, &["list-ports", bridge])
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    // The bridge's own interface stays; ours went with its Port.
+    let ifaces = vsctl(
+        db_dir.path(),
+        &ovs_db,
+        &["--bare", "--columns=name", "list", "Interface"],
+    );
+    assert!(!ifaces.contains(&outer), "{ifaces}");
+    assert!(!ns_testkit::proc::alive(pid), "proxy stopped");
+    assert!(sup.status().iter().all(|s| s.state != State::Backoff));
+}
+
+/// The inode of a named namespace (the same inode: the same namespace, not rebuilt).
+fn netns_inode(name: &str) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/run/netns/{name}"))
+        .ok()
+        .map(|m| m.ino())
+}
+
+/// `ns-metadata-spawner run` with `source = ovn`, waited for until READY=1.
+fn start_ovn_daemon(dir: &std::path::Path, sb: &Server, ovs: &Server) -> ns_testkit::ChildGuard {
+    let ini = dir.join("spawner.ini");
+    std::fs::write(
+        &ini,
+        format!(
+            "[DEFAULT]\nmetadata_proxy_socket = {}\n[spawner]\nstate_dir = {}\nproxy_binary = {}\n\
+             stop_timeout = 3\nsource = ovn\n[ovn]\novn_sb_connection = {}\n[ovs]\novsdb_connection = {}\n",
+            dir.join("agent.sock").display(),
+            dir.display(),
+            ns_testkit::bin_path("ns-metadata-proxy").display(),
+            sb.unix(),
+            ovs.unix(),
+        ),
+    )
+    .expect("write ini");
+    start_daemon(dir, &ini, &[])
+}
+
+/// The proxy's pid from its pid file, once it is there and alive.
+fn proxy_pid(dir: &std::path::Path, key: &str) -> Option<u32> {
+    let pid = ns_metadata_spawner::pidfile::read(&ns_metadata_spawner::pidfile::path(
+        &dir.join("pids"),
+        key,
+    ))?;
+    ns_testkit::proc::alive(pid).then_some(pid)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_follows_migration_adopts_after_kill9_and_survives_a_southbound_restart() {
+    let test = "daemon_follows_migration_adopts_after_kill9_and_survives_a_southbound_restart";
+    if !require_root(test) {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let Some((db_dir, mut sb, ovs)) = sb_and_ovs_servers(test, "ovn-daemon", |_| (None, vec![]))
+    else {
+        return;
+    };
+    let f = Fixture::new(&db_dir, &sb, &ovs);
+    let ns_name = format!("ovnmeta-{}", f.net);
+    // A VM migrating here: bound elsewhere, with us as its additional chassis.
+    let other = format!("{}-other", f.prefix);
+    sb.sbctl(&["chassis-add", &other, "geneve", "127.0.0.2"]);
+    let other_row = find_uuid(&sb, "Chassis", &other);
+    f.bind_vm(
+        &sb,
+        "vm-port",
+        2,
+        "fa:16:3e:aa:bb:10 10.250.7.10",
+        Some(&other_row),
+        Some(&f.chassis_row),
+    );
+    // Left from before: a namespace an agent built for a network no longer here (removed at
+    // start), and one named ovnmeta- that no agent built (left alone).
+    let stale_id = format!("{}old", f.prefix);
+    let stale = TestNs::new(&format!("ovnmeta-{stale_id}")).expect("stale ns");
+    let (o, i) = veth_names(&stale_id);
+    Netlink::open(stale.netns())
+        .await
+        .expect("netlink")
+        .create_veth(&o, &i)
+        .await
+        .expect("veth");
+    let foreign = TestNs::new(&format!("ovnmeta-{}x", f.prefix)).expect("foreign ns");
+    let dir = TempDir::new("rt-ovnd").reaping();
+    let _agent = agent(dir.path());
+    let daemon = start_ovn_daemon(dir.path(), &sb, &ovs);
+    // READY comes after the first pass and adoption: the namespace is there already.
+    let ino = netns_inode(&ns_name).expect("ovnmeta namespace at READY");
+    assert_eq!(netns_inode(stale.name()), None, "stale namespace removed");
+    assert!(
+        netns_inode(foreign.name()).is_some(),
+        "foreign namespace kept"
+    );
+    let pid = eventually_async("the proxy", T, || proxy_pid(dir.path(), &f.net)).await;
+
+    // kill -9 and restart: nothing rebuilt, the proxy adopted.
+    drop(daemon);
+    let read_log = || std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
+    let before = read_log().len();
+    let daemon = start_ovn_daemon(dir.path(), &sb, &ovs);
+    assert_eq!(netns_inode(&ns_name), Some(ino), "namespace not rebuilt");
+    assert_eq!(proxy_pid(dir.path(), &f.net), Some(pid), "proxy adopted");
+    let log = read_log();
+    assert!(!log[before..].contains("tearing down"), "{log}");
+
+    // The Southbound server restarts: no teardown, then it is followed again.
+    sb.kill();
+    sb.restart();
+    eventually_async("the Southbound connection back", T, || {
+        std::fs::read_to_string(dir.path().join("daemon.log"))
+            .ok()?
+            .contains("Southbound connection back")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(netns_inode(&ns_name), Some(ino), "kept over the outage");
+    assert_eq!(proxy_pid(dir.path(), &f.net), Some(pid), "proxy kept");
+
+    // The migration ends elsewhere (we leave additional_chassis): all gone.
+    sb.sbctl(&["clear", "Port_Binding", "vm-port", "additional_chassis"]);
+    eventually_async("the namespace gone", T, || {
+        netns_inode(&ns_name).is_none().then_some(())
+    })
+    .await;
+    eventually_async("the proxy gone", T, || {
+        (!ns_testkit::proc::alive(pid)).then_some(())
+    })
+    .await;
+    drop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_to_run_next_to_a_live_neutron_ovn_metadata_agent() {
+    let test = "refuses_to_run_next_to_a_live_neutron_ovn_metadata_agent";
+    // Nothing is built by the refusal (it comes before any namespace work); the start that
+    // follows runs the first pass, which needs root.
+    if !require_root(test) {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let Some((db_dir, sb, ovs)) = sb_and_ovs_servers(test, "ovn-coexist", |_| (None, vec![]))
+    else {
+        return;
+    };
+    let f = Fixture::new(&db_dir, &sb, &ovs);
+    let chassis = format!("{}-chassis", f.prefix);
+    let existing = find_uuid(&sb, "Chassis_Private", &chassis);
+    if existing.is_empty() {
+        sb.sbctl(&["create", "Chassis_Private", &format!("name={chassis}")]);
+    }
+    sb.sbctl(&["set", "SB_Global", ".", "nb_cfg=5"]);
+    sb.sbctl(&[
+        "set",
+        "Chassis_Private",
+        &chassis,
+        "external_ids:\"neutron:ovn-metadata-sb-cfg\"=4",
+    ]);
+    let dir = TempDir::new("rt-ovnc");
+    let err = match start_source(&dir, &sb, &ovs).await.1 {
+        Ok(_) => panic!("started next to a live Neutron agent"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("Neutron's OVN metadata agent is alive"),
+        "{err}"
+    );
+    // Our own agent writes the same key with its marker: that is no reason to refuse.
+    sb.sbctl(&[
+        "set",
+        "Chassis_Private",
+        &chassis,
+        &format!("external_ids:\"{}\"=1", ns_contract::ovn::AGENT_MARKER_KEY),
+    ]);
+    let (_, started) = start_source(&dir, &sb, &ovs).await;
+    assert!(started.is_ok(), "{:?}", started.err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn netdev_bridge_gets_the_checksum_rule_in_the_namespace() {
+    let test = "netdev_bridge_gets_the_checksum_rule_in_the_namespace";
+    if !require_root(test) || !ns_testkit::ovsdb::have(test, &["iptables"], &[]) {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let Some((db_dir, sb, ovs)) = sb_and_ovs_servers(test, "ovn-netdev", |_| (None, vec![])) else {
+        return;
+    };
+    let f = Fixture::new(&db_dir, &sb, &ovs);
+    // A userspace (DPDK) integration bridge, as a row.
+    vsctl(
+        db_dir.path(),
+        &ovs.unix(),
+        &["set", "Bridge", BRIDGE, "datapath_type=netdev"],
+    );
+    f.bind_vm(
+        &sb,
+        "vm-port",
+        2,
+        "fa:16:3e:aa:bb:10 10.250.7.10",
+        Some(&f.chassis_row),
+        None,
+    );
+    let dir = TempDir::new("rt-ovnn").reaping();
+    let _agent = agent(dir.path());
+    let (sup, source) = start_source(&dir, &sb, &ovs).await;
+    let source = source.expect("the OVN source starts");
+    assert!(
+        ns_metadata_spawner::ovn_provision::checksum_rule_present(&f.net)
+            .await
+            .expect("iptables -C"),
+        "CHECKSUM --checksum-fill in ovnmeta-{}",
+        f.net
+    );
+    drop(source);
+    sup.stop_all().await;
+}
