@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench/run.sh [--quick] [--no-build] [--only-haproxy]
+# bench/run.sh [--quick] [--no-build] [--only-haproxy] [--only-ovn | --no-ovn]
 #
 # Side-by-side benchmark: ns-metadata-proxy (and ns-metadata-spawner) vs haproxy with
 # Neutron's generated config, same agent stand-in, same namespace topology. Writes
@@ -8,12 +8,14 @@
 # exit, also on Ctrl-C or error. See bench/README.md for what each figure means.
 set -euo pipefail
 
-QUICK=0 BUILD=1 OURS=auto
+QUICK=0 BUILD=1 OURS=auto ONLY_OVN=0 OVN=1
 for arg in "$@"; do
     case "$arg" in
         --quick) QUICK=1 ;;
         --no-build) BUILD=0 ;;
         --only-haproxy) OURS=0 ;;
+        --only-ovn) ONLY_OVN=1 ;;
+        --no-ovn) OVN=0 ;;
         -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $arg" >&2; exit 2 ;;
     esac
@@ -38,14 +40,25 @@ DROPIN_N=${NSB_DROPIN_N:-$N}
 ((DROPIN_N <= N)) || DROPIN_N=$N
 ((DROPIN_K <= DROPIN_N)) || DROPIN_K=$DROPIN_N
 NEUTRON_VENV=${NS_NEUTRON_VENV:-/opt/ns-metadata-ci/neutron-29.0.0}
+NEUTRON_PY=$NEUTRON_VENV/bin/python
 REAL_HAPROXY=/usr/sbin/haproxy
+# Figure 9 (issue 15): Port_Binding rows in the Southbound database, how many bound to this
+# chassis, networks (one localport metadata port each, counted in the rows), chassis.
+OVN_PORTS=${NSB_OVN_PORTS:-50000} OVN_HERE=500 OVN_NETS=500 OVN_CHASSIS=100
+((OVN_PORTS >= 2 * (OVN_HERE + OVN_NETS))) || { echo "run.sh: NSB_OVN_PORTS must be at least $((2 * (OVN_HERE + OVN_NETS)))" >&2; exit 2; }
 
 log() { printf '%s run.sh: %s\n' "$(date -u +%T)" "$*" >&2; }
+# Neutron 29's venv (figures 8 and 9), created as .ci/run does if missing.
+neutron_venv() {
+    [[ -x $NEUTRON_PY ]] && return 0
+    log "creating $NEUTRON_VENV (python3 -m venv; pip install neutron==29.0.0), as .ci/run does"
+    python3 -m venv "$NEUTRON_VENV" >&2 && "$NEUTRON_VENV/bin/pip" install -q --disable-pip-version-check neutron==29.0.0 >&2
+}
 
 # ---------------------------------------------------------------- tools
 need=()
-command -v haproxy >/dev/null && [[ -x $REAL_HAPROXY ]] || need+=(haproxy)
-command -v wrk >/dev/null || need+=(wrk)
+[[ $ONLY_OVN == 1 ]] || command -v haproxy >/dev/null && [[ -x $REAL_HAPROXY ]] || need+=(haproxy)
+[[ $ONLY_OVN == 1 ]] || command -v wrk >/dev/null || need+=(wrk)
 if ((${#need[@]})); then
     log "installing ${need[*]} from apt"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >&2 \
@@ -107,7 +120,7 @@ pidfile_pids() { local f p _; for f in "$@"; do [[ -s $f ]] && read -r p _ <"$f"
 # Neutron's driver in figure 8).
 run_pidfile_pids() {
     pidfile_pids "$WORK"/hap/*.pid "$WORK"/spawner/pids/*.pid "$WORK"/spawner-api/pids/*.pid \
-        "$WORK"/neutron-*/external/pids/*.pid.haproxy
+        "$WORK"/neutron-*/external/pids/*.pid.haproxy "$WORK"/ovn/*.pid
 }
 
 cleanup() {
@@ -245,6 +258,148 @@ listen listener
     http-request set-header X-Neutron-Router-ID $1
 EOF
 }
+
+# ---------------------------------------------------------------- figure 9: OVN Southbound, 50,000 Port_Binding rows
+# Issue 15: our agent's OVN resolver (conditional monitor) against Neutron 29's
+# MetadataAgentOvnSbIdl (its full replica) on the same ovsdb-server: start -> ready, memory
+# once ready, Southbound bytes (through one byte-counting relay per side, bench/ovn_sb.py
+# relay) and the server's CPU. Everything on Unix sockets in $WORK/ovn; the OVS programs'
+# run/log/db dirs point there too. Sides alternate which goes first per round.
+OVN_PY=$REPO/bench/ovn_sb.py
+OVNDIR=$WORK/ovn
+OVN_HERE_NAME=bench-here-$RUN
+# A plain command prefix (not a function), so that `$!` of `"${OVS_ENV[@]}" prog &` is prog's pid.
+OVS_ENV=(env PYTHONDONTWRITEBYTECODE=1 OVS_RUNDIR="$OVNDIR" OVS_DBDIR="$OVNDIR" OVS_LOGDIR="$OVNDIR"
+    OVS_SYSCONFDIR="$OVNDIR")
+# ovsdb-server NAME serving a new database of SCHEMA on $OVNDIR/NAME.sock (pid: OVN_SRV[NAME]).
+declare -A OVN_SRV
+ovn_server() {
+    "${OVS_ENV[@]}" ovsdb-tool create "$OVNDIR/$1.db" "$2" >&2
+    "${OVS_ENV[@]}" ovsdb-server "$OVNDIR/$1.db" --remote="punix:$OVNDIR/$1.sock" --unixctl="$OVNDIR/$1.ctl" \
+        --log-file="$OVNDIR/$1.log" --no-chdir </dev/null >/dev/null 2>>"$OVNDIR/$1.err" &
+    PIDS+=($!)
+    OVN_SRV[$1]=$!
+    wait_for "ovsdb-server $1" 200 test -S "$OVNDIR/$1.sock"
+}
+ovn_relay() { # side
+    "${OVS_ENV[@]}" python3 "$OVN_PY" relay "$OVNDIR/relay-$1.sock" "$OVNDIR/sb.sock" "$OVNDIR/relay-$1.json" \
+        2>>"$OVNDIR/relay.log" &
+    PIDS+=($!)
+    wait_for "relay $1" 200 test -s "$OVNDIR/relay-$1.json"
+}
+# One side, one round: start it, wait for READY=1, sample, wait 1 s, count bytes, stop it.
+ovn_side() {
+    local side=$1 w before after t0 t1 p
+    before=$(cat "$OVNDIR/relay-$side.json")
+    t0=$(cpu_ticks "${OVN_SRV[sb]}")
+    if [[ $side == ours ]]; then
+        w=$("${OVS_ENV[@]}" python3 "$OVN_PY" launch "$OVNDIR/notify-$side.sock" "$OVNDIR/$side.pid" 60 -- \
+            "$REL/ns-metadata-agent" --config-file "$OVNDIR/agent.ini" 2>>"$OVNDIR/agent.log") || true
+    else
+        w=$("${OVS_ENV[@]}" python3 "$OVN_PY" launch "$OVNDIR/notify-$side.sock" "$OVNDIR/$side.pid" 600 -- \
+            "$NEUTRON_PY" "$OVN_PY" neutron "unix:$OVNDIR/relay-neutron.sock" "$OVN_HERE_NAME" "$OVN_PORTS" \
+            2>>"$OVNDIR/neutron.log") || true
+    fi
+    p=$(pidfile_pids "$OVNDIR/$side.pid")
+    if [[ $w != *ready_ms* ]]; then
+        log "figure 9: $side not ready: $w"
+        [[ -z $p ]] || ! is_ours "$p" || kill -KILL "$p"
+        return 1
+    fi
+    log "figure 9: $side $w"
+    sleep 1
+    t1=$(cpu_ticks "${OVN_SRV[sb]}")
+    after=$(cat "$OVNDIR/relay-$side.json")
+    sample ovn_ready_ms "$side" "$(field ready_ms "$w")"
+    sample ovn_hwm_kb "$side" "$(field hwm_kb "$w")"
+    sample ovn_rss_kb "$side" "$(field rss_kb "$w")"
+    sample ovn_pss_kb "$side" "$(field pss_kb "$w")"
+    sample ovn_sb_down_bytes "$side" $(($(field down "$after") - $(field down "$before")))
+    sample ovn_sb_up_bytes "$side" $(($(field up "$after") - $(field up "$before")))
+    sample ovn_sb_conns "$side" $(($(field conns "$after") - $(field conns "$before")))
+    sample ovn_server_cpu_ms "$side" $(((t1 - t0) * 1000 / CLK))
+    if [[ $side == neutron ]]; then
+        sample ovn_neutron_import_ms neutron "$(field import_ms "$w")"
+        sample ovn_neutron_replica_ms neutron "$(field replica_ms "$w")"
+        sample ovn_neutron_port_bindings neutron "$(field port_bindings "$w")"
+    fi
+    kill -TERM "$p"
+    wait_for "figure 9 $side exit" 200 gone "$p" || kill -KILL "$p" 2>/dev/null || true
+    rm -f "$OVNDIR/$side.pid"
+}
+ovn_figure() {
+    local run w p
+    for p in ovsdb-tool ovsdb-server ovs-vsctl; do
+        command -v "$p" >/dev/null || { log "figure 9 skipped: no $p (openvswitch-common, openvswitch-switch)"; return 0; }
+    done
+    [[ -f /usr/share/ovn/ovn-sb.ovsschema && -f /usr/share/openvswitch/vswitch.ovsschema ]] \
+        || { log "figure 9 skipped: no ovn-sb.ovsschema (ovn-common) or vswitch.ovsschema"; return 0; }
+    [[ -x $REL/ns-metadata-agent ]] && "$REL/ns-metadata-agent" --help 2>/dev/null | grep -q -- '--ovn-sb-connection' \
+        || { log "figure 9 skipped: no ns-metadata-agent with the OVN resolver in $REL"; return 0; }
+    neutron_venv || { log "figure 9 skipped: no Neutron venv at $NEUTRON_VENV"; return 0; }
+    mkdir -p "$OVNDIR"
+    ovn_server sb /usr/share/ovn/ovn-sb.ovsschema
+    ovn_server ovs /usr/share/openvswitch/vswitch.ovsschema
+    "${OVS_ENV[@]}" ovs-vsctl --db="unix:$OVNDIR/ovs.sock" --no-wait --timeout=20 init
+    "${OVS_ENV[@]}" ovs-vsctl --db="unix:$OVNDIR/ovs.sock" --no-wait --timeout=20 set Open_vSwitch . \
+        "external_ids:system-id=$OVN_HERE_NAME" external_ids:ovn-bridge=br-int
+    log "figure 9: filling the Southbound database: $OVN_PORTS Port_Binding rows ($OVN_HERE here, $OVN_NETS localports), $OVN_CHASSIS chassis"
+    w=$("${OVS_ENV[@]}" python3 "$OVN_PY" fill "$OVNDIR/sb.sock" "$OVN_HERE_NAME" "$OVN_PORTS" "$OVN_HERE" "$OVN_NETS" "$OVN_CHASSIS") \
+        || { log "figure 9 skipped: filling the database failed: $w"; return 0; }
+    log "figure 9: $w"
+    sample ovn_fill_s setup "$(field secs "$w")"
+    sample ovn_port_bindings setup "$OVN_PORTS"
+    sample ovn_here setup "$OVN_HERE"
+    sample ovn_localports setup "$OVN_NETS"
+    sample ovn_chassis setup "$OVN_CHASSIS"
+    cat >"$OVNDIR/agent.ini" <<EOT
+[DEFAULT]
+metadata_proxy_socket = $OVNDIR/agent.sock
+nova_metadata_host = 127.0.0.1
+nova_metadata_port = 9
+metadata_proxy_shared_secret = bench
+metadata_workers = 1
+
+[ovs]
+ovsdb_connection = unix:$OVNDIR/ovs.sock
+
+[ovn]
+ovn_sb_connection = unix:$OVNDIR/relay-ours.sock
+EOT
+    ovn_relay ours
+    ovn_relay neutron
+    for run in $(seq "$MANY_RUNS"); do
+        if ((run % 2)); then
+            ovn_side ours && ovn_side neutron || return 0
+        else
+            ovn_side neutron && ovn_side ours || return 0
+        fi
+    done
+}
+
+# ---------------------------------------------------------------- report
+write_report() {
+    mkdir -p "$REPO/bench/results"
+    local stamp
+    stamp=$(date -u +%Y%m%dT%H%M%SZ)
+    "$TOOL" report --raw "$RAW" --json "$REPO/bench/results/$stamp.json" --md "$REPO/bench/results/$stamp.md" \
+        --meta "date=$(date -u +%FT%TZ)" --meta "quick=$QUICK" --meta "runs=$RUNS" --meta "many_runs=$MANY_RUNS" --meta "duration_s=$DUR" \
+        --meta "idle_s=$IDLE" --meta "n=$N" --meta "kernel=$(uname -r)" --meta "cpus=$(nproc)" \
+        --meta "loadavg_start=$LOAD_START" --meta "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" \
+        --meta "elapsed_s=$(($(date +%s) - T_START))" --meta "haproxy=$(haproxy -v 2>/dev/null | head -1)" \
+        --meta "commit=$COMMIT" --meta "built=$BUILD" \
+        --meta "ours_proxy=$OURS" --meta "ours_spawner=$SPAWN" --meta "only_ovn=$ONLY_OVN"
+    cp "$RAW" "$REPO/bench/results/$stamp.raw.tsv"
+    # Under sudo the results belong to the invoking user, like the build.
+    [[ -z ${SUDO_USER:-} ]] || chown -R "$SUDO_USER:" "$REPO/bench/results" 2>/dev/null || true
+    log "results: bench/results/$stamp.{md,json,raw.tsv}"
+}
+if [[ $ONLY_OVN == 1 ]]; then
+    log "figure 9 only (--only-ovn)"
+    ovn_figure
+    if [[ -s $RAW ]]; then write_report; else log "figure 9 measured nothing; no report"; fi
+    exit 0
+fi
 
 # ---------------------------------------------------------------- agent ceiling
 log "agent stand-in ceiling (direct Unix-socket load, ${CEIL_SECS}s x $MANY_RUNS)"
@@ -608,13 +763,7 @@ EOT
 # /usr/sbin/haproxy; nothing outside $WORK changes. The l3 agent's call for a router
 # (`bind 0.0.0.0:9697` in the namespace, probed on 127.0.0.1:9697), in figure 2's namespaces.
 DRIVER_PY=$REPO/crates/proxy/tests/neutron_driver.py
-NEUTRON_PY=$NEUTRON_VENV/bin/python
 declare -A EXE
-neutron_venv() {
-    [[ -x $NEUTRON_PY ]] && return 0
-    log "creating $NEUTRON_VENV (python3 -m venv; pip install neutron==29.0.0), as .ci/run does"
-    python3 -m venv "$NEUTRON_VENV" >&2 && "$NEUTRON_VENV/bin/pip" install -q --disable-pip-version-check neutron==29.0.0 >&2
-}
 # Start Neutron's driver for side $1 with `haproxy` -> $2 first on its PATH.
 neutron_start() {
     local side=$1 dir=$WORK/neutron-$1 line fd
@@ -750,17 +899,6 @@ dropin_figure() {
 # The drop-in needs a proxy built with it (its start-up line names it).
 [[ $OURS == 0 ]] || ! grep -qa 'haproxy drop-in' "$PROXY" || dropin_figure
 
-# ---------------------------------------------------------------- report
-mkdir -p "$REPO/bench/results"
-stamp=$(date -u +%Y%m%dT%H%M%SZ)
-"$TOOL" report --raw "$RAW" --json "$REPO/bench/results/$stamp.json" --md "$REPO/bench/results/$stamp.md" \
-    --meta "date=$(date -u +%FT%TZ)" --meta "quick=$QUICK" --meta "runs=$RUNS" --meta "many_runs=$MANY_RUNS" --meta "duration_s=$DUR" \
-    --meta "idle_s=$IDLE" --meta "n=$N" --meta "kernel=$(uname -r)" --meta "cpus=$(nproc)" \
-    --meta "loadavg_start=$LOAD_START" --meta "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" \
-    --meta "elapsed_s=$(($(date +%s) - T_START))" --meta "haproxy=$(haproxy -v | head -1)" \
-    --meta "commit=$COMMIT" --meta "built=$BUILD" \
-    --meta "ours_proxy=$OURS" --meta "ours_spawner=$SPAWN"
-cp "$RAW" "$REPO/bench/results/$stamp.raw.tsv"
-# Under sudo the results belong to the invoking user, like the build.
-[[ -z ${SUDO_USER:-} ]] || chown -R "$SUDO_USER:" "$REPO/bench/results" 2>/dev/null || true
-log "results: bench/results/$stamp.{md,json,raw.tsv}"
+# ---------------------------------------------------------------- figure 9 and the report
+[[ $OVN == 0 ]] || ovn_figure
+write_report

@@ -3,8 +3,9 @@
 //! Raw format: one sample per line, `metric<TAB>variant<TAB>value`. Variants: `haproxy`,
 //! `off` / `on` (ns-metadata-proxy with `--agent-keepalive off|on`), `ours` (proxies run by
 //! ns-metadata-spawner), `close` / `keepalive` (agent ceiling), `dropin` (ns-metadata-proxy
-//! run as `haproxy -f` by Neutron's driver, figure 8). Every figure is the median of
-//! its samples.
+//! run as `haproxy -f` by Neutron's driver, figure 8), `neutron` (Neutron 29's Southbound
+//! replica, figure 9; `setup` holds that figure's database sizes). Every figure is the median
+//! of its samples.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -151,6 +152,11 @@ const LOADS: [(&str, &str); 4] = [
 /// Render the three Markdown tables.
 pub fn markdown(s: &Samples) -> String {
     let mut md = String::new();
+    if !s.is_empty() && s.keys().all(|k| k.starts_with("ovn_")) {
+        // `run.sh --only-ovn`: figure 9 alone.
+        ovn_southbound(s, &mut md);
+        return md;
+    }
     let _ = writeln!(md, "### One proxy, same agent stand-in, wrk from the vm namespace (figures 1, 3; issue 8 rows)\n");
     let _ = writeln!(
         md,
@@ -493,6 +499,7 @@ pub fn markdown(s: &Samples) -> String {
     );
 
     control_and_dropin(s, &mut md);
+    ovn_southbound(s, &mut md);
 
     let _ = writeln!(
         md,
@@ -639,6 +646,99 @@ fn control_and_dropin(s: &Samples, md: &mut String) {
     }
 }
 
+/// Figure 9 (issue 15): our agent's OVN resolver vs Neutron 29's Southbound replica
+/// (`MetadataAgentOvnSbIdl` with the metadata agent's tables and condition) on the same
+/// ovsdb-server. The ratio column is Neutron ÷ ours (how many times less ours needs).
+fn ovn_southbound(s: &Samples, md: &mut String) {
+    if !s.contains_key("ovn_ready_ms") {
+        return;
+    }
+    let setup = |m: &str| med(s, m, "setup").unwrap_or(0.0);
+    let _ = writeln!(
+        md,
+        "\n### OVN Southbound with {:.0} Port_Binding rows, {:.0} bound here (figure 9)\n",
+        setup("ovn_port_bindings"),
+        setup("ovn_here")
+    );
+    let _ = writeln!(
+        md,
+        "Database: {:.0} Port_Binding rows ({:.0} bound to this chassis, {:.0} localport \
+         metadata ports, one per network, the rest bound to {:.0} other chassis), filled in {:.1} s. \
+         Ours: `ns-metadata-agent` (its conditional monitor); Neutron: Neutron 29's \
+         `MetadataAgentOvnSbIdl` with its metadata agent's tables and chassis condition (full \
+         replica of Port_Binding, Datapath_Binding, Encap, SB_Global). Ratio = Neutron ÷ ours.\n",
+        setup("ovn_port_bindings"),
+        setup("ovn_here"),
+        setup("ovn_localports"),
+        setup("ovn_chassis") - 1.0,
+        setup("ovn_fill_s")
+    );
+    let _ = writeln!(
+        md,
+        "| figure | ours | Neutron | Neutron ÷ ours | target |\n|---|---|---|---|---|"
+    );
+    // `div` scales the samples (bytes to MB), `target`: Neutron ÷ ours ≥ 10×.
+    let row = |md: &mut String, label: &str, metric: &str, div: f64, target: bool| {
+        let v = |side: &str| med(s, metric, side).map(|v| v / div);
+        let cell = |v: Option<f64>| match v {
+            Some(v) if div > 1.0 => format!("{v:.2}"),
+            Some(v) if v.fract() != 0.0 => format!("{v:.1}"),
+            v => fmt(v, Unit::Count),
+        };
+        let _ = writeln!(
+            md,
+            "| {label} | {} | {} | {} | {} |",
+            cell(v("ours")),
+            cell(v("neutron")),
+            ratio_cell(
+                paired_ratio(s, metric, "neutron", "ours"),
+                target.then_some((10.0, true))
+            ),
+            if target { "≥ 10×" } else { "" }
+        );
+    };
+    const MB_KB: f64 = 1024.0;
+    const MB: f64 = 1024.0 * 1024.0;
+    row(md, "9 start → ready (ms)", "ovn_ready_ms", 1.0, true);
+    row(
+        md,
+        "9 peak RSS (VmHWM) at ready (MB)",
+        "ovn_hwm_kb",
+        MB_KB,
+        true,
+    );
+    row(md, "9 RSS at ready (MB)", "ovn_rss_kb", MB_KB, false);
+    row(md, "9 PSS at ready (MB)", "ovn_pss_kb", MB_KB, false);
+    row(
+        md,
+        "9 Southbound bytes to the client, start → ready + 1 s (MB)",
+        "ovn_sb_down_bytes",
+        MB,
+        false,
+    );
+    row(
+        md,
+        "9 Southbound bytes from the client (kB)",
+        "ovn_sb_up_bytes",
+        1024.0,
+        false,
+    );
+    row(md, "9 Southbound connections", "ovn_sb_conns", 1.0, false);
+    row(
+        md,
+        "9 ovsdb-server CPU, start → ready + 1 s (ms)",
+        "ovn_server_cpu_ms",
+        1.0,
+        false,
+    );
+    let _ = writeln!(
+        md,
+        "| 9 Neutron: Python imports / replica load (ms) | – | {} / {} | | |",
+        fmt(med(s, "ovn_neutron_import_ms", "neutron"), Unit::One),
+        fmt(med(s, "ovn_neutron_replica_ms", "neutron"), Unit::One)
+    );
+}
+
 fn fmt2(v: Option<f64>) -> String {
     v.map_or_else(|| "–".to_owned(), |v| format!("{v:.2}"))
 }
@@ -665,11 +765,19 @@ pub fn json(s: &Samples, meta: &[(String, String)]) -> Value {
             ratios.insert(metric.clone(), Value::Object(m));
         }
     }
+    // Figure 9: Neutron ÷ ours (how many times less ours needs).
+    let mut ovn = Map::new();
+    for metric in s.keys().filter(|m| m.starts_with("ovn_")) {
+        if let Some(r) = paired_ratio(s, metric, "neutron", "ours") {
+            ovn.insert(metric.clone(), json!(r));
+        }
+    }
     let meta: Map<String, Value> = meta
         .iter()
         .map(|(k, v)| (k.clone(), Value::String(v.clone())))
         .collect();
-    json!({ "meta": meta, "medians": medians, "ratios_vs_haproxy": ratios, "samples": s })
+    json!({ "meta": meta, "medians": medians, "ratios_vs_haproxy": ratios,
+            "ratios_neutron_over_ours": ovn, "samples": s })
 }
 
 #[cfg(test)]
@@ -727,6 +835,33 @@ mod tests {
             "{md}"
         );
         assert!(!markdown(&parse_raw("x\thaproxy\t1\n").expect("valid")).contains("figure 8"));
+    }
+
+    #[test]
+    fn ovn_table() {
+        let s = parse_raw(
+            "ovn_port_bindings\tsetup\t50000\novn_here\tsetup\t500\n\
+             ovn_ready_ms\tours\t500\novn_ready_ms\tneutron\t40000\n\
+             ovn_hwm_kb\tours\t8192\novn_hwm_kb\tneutron\t40960\n\
+             ovn_sb_down_bytes\tours\t1048576\novn_sb_down_bytes\tneutron\t41943040\n",
+        )
+        .expect("valid");
+        let md = markdown(&s);
+        assert!(
+            md.contains("50000 Port_Binding rows, 500 bound here"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 9 start → ready (ms) | 500 | 40000 | 80.00× ✓ | ≥ 10× |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 9 peak RSS (VmHWM) at ready (MB) | 8.00 | 40.00 | 5.00× ✗ | ≥ 10× |"),
+            "{md}"
+        );
+        assert!(md.contains("| 1.00 | 40.00 | 40.00× |"), "{md}");
+        // --only-ovn: nothing of the other figures.
+        assert!(!md.contains("figures 1, 3"), "{md}");
     }
 
     #[test]
