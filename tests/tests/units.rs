@@ -117,3 +117,134 @@ fn units_carry_the_hardening_options() {
     }
     assert_eq!(values(&t, "KillMode"), ["process"]);
 }
+
+/// The unit's ExecStart argv with this build's binaries and `config` for its `--config-file`.
+fn exec_start(unit: &str, config: &Path) -> Vec<String> {
+    let bins = bin_path("ns-metadata-spawner")
+        .parent()
+        .expect("target dir")
+        .to_owned();
+    let line = values(&unit_text(unit), "ExecStart").join(" ");
+    line.split_whitespace()
+        .map(|w| {
+            if let Some(b) = w.strip_prefix("/usr/local/bin/") {
+                bins.join(b).display().to_string()
+            } else if w.starts_with("/etc/ns-metadata/") {
+                config.display().to_string()
+            } else {
+                w.to_owned()
+            }
+        })
+        .collect()
+}
+
+/// Run `argv` as systemd would for a `Type=notify` unit whose stderr is the journal: a
+/// NOTIFY_SOCKET and a JOURNAL_STREAM naming the stderr pipe. Returns the first datagram
+/// and, after SIGTERM, the exit code and what it wrote to stderr.
+fn run_as_systemd(dir: &Path, bin: &str, argv: &[String]) -> (String, Option<i32>, String) {
+    assert_eq!(
+        Path::new(&argv[0]),
+        bin_path(bin),
+        "the unit runs {bin} from /usr/local/bin"
+    );
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let notify = dir.join("notify.sock");
+    let rx = std::os::unix::net::UnixDatagram::bind(&notify).expect("notify socket");
+    rx.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .expect("timeout");
+    let (mut r, w) = std::io::pipe().expect("pipe");
+    let m = std::fs::metadata(format!("/proc/self/fd/{}", w.as_raw_fd())).expect("stat pipe");
+    let mut child = ns_e2e::ChildGuard(
+        Command::new(bin_path(bin))
+            .args(&argv[1..])
+            .env("NOTIFY_SOCKET", &notify)
+            .env("JOURNAL_STREAM", format!("{}:{}", m.dev(), m.ino()))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(w)
+            .spawn()
+            .expect("spawn"),
+    );
+    let mut buf = [0u8; 512];
+    let first = match rx.recv(&mut buf) {
+        Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+        Err(e) => format!("no datagram: {e}"),
+    };
+    child.signal("TERM");
+    let code = child.0.wait().ok().and_then(|s| s.code());
+    let mut err = String::new();
+    let _ = r.read_to_string(&mut err);
+    (first, code, err)
+}
+
+/// Issue "the operator's view": CI has no systemd as PID 1, so each notify unit's ExecStart
+/// is run by hand as systemd would: READY=1 arrives, log lines carry journald priorities,
+/// SIGTERM exits 0.
+#[test]
+fn agent_and_spawner_execstart_say_ready_and_log_for_the_journal() {
+    let dir = TempDir::new("units-exec");
+    let agent_ini = dir.path().join("metadata_agent.ini");
+    std::fs::write(
+        &agent_ini,
+        format!(
+            "[DEFAULT]\nmetadata_proxy_socket = {}\ninventory_file = {}\n",
+            dir.path().join("agent.sock").display(),
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../examples/inventory.json")
+                .display()
+        ),
+    )
+    .expect("agent ini");
+    let (ready, code, err) = run_as_systemd(
+        dir.path(),
+        "ns-metadata-agent",
+        &exec_start("ns-metadata-agent.service", &agent_ini),
+    );
+    assert_eq!(
+        ready,
+        "READY=1\nSTATUS=listening on ".to_owned()
+            + &dir.path().join("agent.sock").display().to_string(),
+        "{err}"
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        !err.is_empty() && err.lines().all(|l| l.starts_with('<')),
+        "{err}"
+    );
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("<6>") && l.contains("listening")),
+        "{err}"
+    );
+
+    if !ns_e2e::require_root(
+        "agent_and_spawner_execstart_say_ready_and_log_for_the_journal (spawner)",
+    ) {
+        return;
+    }
+    let sdir = TempDir::new("units-exec-spawner");
+    let spawner_ini = sdir.path().join("spawner.ini");
+    std::fs::write(
+        &spawner_ini,
+        format!(
+            "[DEFAULT]\nmetadata_proxy_socket = {}\n[spawner]\nstate_dir = {}\nproxy_binary = {}\n",
+            sdir.path().join("agent.sock").display(),
+            sdir.path().join("state").display(),
+            bin_path("ns-metadata-proxy").display()
+        ),
+    )
+    .expect("spawner ini");
+    let (ready, code, err) = run_as_systemd(
+        sdir.path(),
+        "ns-metadata-spawner",
+        &exec_start("ns-metadata-spawner.service", &spawner_ini),
+    );
+    assert_eq!(ready, "READY=1", "{err}");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        !err.is_empty() && err.lines().all(|l| l.starts_with('<')),
+        "{err}"
+    );
+}
