@@ -154,7 +154,8 @@ fn run_as_systemd(dir: &Path, bin: &str, argv: &[String]) -> (String, Option<i32
     let rx = std::os::unix::net::UnixDatagram::bind(&notify).expect("notify socket");
     rx.set_read_timeout(Some(std::time::Duration::from_secs(20)))
         .expect("timeout");
-    let (mut r, w) = std::io::pipe().expect("pipe");
+    let (r, w) = nix::unistd::pipe().expect("pipe");
+    let mut r = std::fs::File::from(r);
     let m = std::fs::metadata(format!("/proc/self/fd/{}", w.as_raw_fd())).expect("stat pipe");
     let mut child = ns_e2e::ChildGuard(
         Command::new(bin_path(bin))
