@@ -9,7 +9,7 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use http::{Method, StatusCode};
 
 use ns_contract::neutron::HostRoute;
-use ns_contract::validate_id;
+use ns_contract::{validate_id, Kind};
 
 use crate::client::{call, reason};
 use crate::config::{Sources, SCHEMA};
@@ -327,8 +327,27 @@ async fn get_json(sock: &std::path::Path, path: &str) -> Result<serde_json::Valu
 /// has none: an HA backup, a network that needs no proxy).
 async fn show(sock: &std::path::Path, kind: &str, id: &str) -> Result<()> {
     validate_id(id)?;
-    let record = get_json(sock, &format!("/v1/{kind}s/{id}")).await?;
+    let record = get_json(sock, &format!("/v1/{kind}s/{id}")).await;
     let proxies = get_json(sock, "/v1/proxies").await?;
+    // A network of the OVN source has no record: show its proxy.
+    let ovn = Kind::OvnNetwork.as_str();
+    let record = match record {
+        Err(e) if kind == "network" => {
+            let Some(p) = proxies.as_array().and_then(|l| {
+                l.iter()
+                    .find(|p| p["key"] == id && p["kind"] == ovn)
+                    .cloned()
+            }) else {
+                return Err(e);
+            };
+            let both = serde_json::json!({ "ovn_network": { "id": id, "netns": p["netns"], "interface": p["interface"] }, "proxy": p });
+            return out(&format!(
+                "{}\n",
+                serde_json::to_string_pretty(&both).map_err(|e| Error::Invalid(e.to_string()))?
+            ));
+        }
+        r => r?,
+    };
     let proxy = proxies
         .as_array()
         .and_then(|l| {
@@ -388,6 +407,19 @@ async fn client_call(command: &Command, sock: &std::path::Path) -> Result<()> {
                     cell(&n["subnets"]),
                     cell(&n["ports"]),
                 ]);
+            }
+            // OVN networks come from the Southbound database (source = ovn), not records:
+            // listed from their proxies.
+            let proxies = get_json(&sock, "/v1/proxies").await?;
+            for p in proxies.as_array().into_iter().flatten() {
+                if p["kind"] == Kind::OvnNetwork.as_str() {
+                    rows.push(vec![
+                        cell(&p["id"]),
+                        cell(&p["interface"]),
+                        "(ovn)".to_owned(),
+                        "-".to_owned(),
+                    ]);
+                }
             }
             out(&table(rows))
         }

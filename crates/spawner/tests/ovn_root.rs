@@ -478,6 +478,27 @@ async fn daemon_follows_migration_adopts_after_kill9_and_survives_a_southbound_r
         "foreign namespace kept"
     );
     let pid = eventually_async("the proxy", T, || proxy_pid(dir.path(), &f.net)).await;
+    // The CLI lists the OVN network (from its proxy: it has no record) and shows it.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ns-metadata-spawner"))
+            .arg("--config-file")
+            .arg(dir.path().join("spawner.ini"))
+            .args(args)
+            .output()
+            .expect("cli");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let list = cli(&["network", "list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(&format!("{} ", f.net)) && l.contains("(ovn)")),
+        "{list}"
+    );
+    let shown: serde_json::Value =
+        serde_json::from_str(&cli(&["network", "show", &f.net])).expect("show json");
+    assert_eq!(shown["ovn_network"]["id"], f.net.as_str(), "{shown}");
+    assert_eq!(shown["ovn_network"]["netns"], ns_name.as_str(), "{shown}");
 
     // kill -9 and restart: nothing rebuilt, the proxy adopted.
     drop(daemon);
