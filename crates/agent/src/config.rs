@@ -356,20 +356,12 @@ pub fn resolve(loaded: Loaded) -> Result<(Config, Vec<String>), ConfigError> {
         inventory_poll_interval: v.seconds(D, "inventory_poll_interval")?,
         cache_ttl: v.seconds(D, "cache_ttl")?,
         log_file: ns_contract::options::log_file(&v, "ns-metadata-agent.log")?,
-        metrics_bind: v
-            .opt_str(D, "metrics_bind")?
-            .map(|a| {
-                a.parse().map_err(|e| {
-                    v.error(
-                        D,
-                        "metrics_bind",
-                        format!(
-                            "{a:?} is not ADDRESS:PORT ({e}); e.g. 127.0.0.1:9716 or [::1]:9716"
-                        ),
-                    )
-                })
-            })
-            .transpose()?,
+        metrics_bind: ns_contract::options::socket_addr(
+            &v,
+            D,
+            "metrics_bind",
+            "127.0.0.1:9716 or [::1]:9716",
+        )?,
         keepalive: v.bool(D, "keepalive")?,
         keepalive_idle_timeout: v.seconds(D, "keepalive_idle_timeout")?,
         imds_require_token: v.bool(D, "imds_require_token")?,

@@ -61,6 +61,27 @@ pub fn log_file(v: &Values, default_name: &str) -> ConfigResult<Option<PathBuf>>
     )
 }
 
+/// An optional `ADDRESS:PORT` value (`metrics_bind`): `None` when empty; an error naming the
+/// key and the expected form (with `example`) otherwise.
+pub fn socket_addr(
+    v: &Values,
+    group: &str,
+    key: &str,
+    example: &str,
+) -> ConfigResult<Option<std::net::SocketAddr>> {
+    v.opt_str(group, key)?
+        .map(|a| {
+            a.parse().map_err(|e| {
+                v.error(
+                    group,
+                    key,
+                    format!("{a:?} is not ADDRESS:PORT ({e}); e.g. {example}"),
+                )
+            })
+        })
+        .transpose()
+}
+
 /// `[DEFAULT] state_path` and `metadata_proxy_socket`, with Neutron's defaults.
 pub static SOCKET: &[Opt] = &[
     Opt::new(

@@ -29,6 +29,16 @@ pub(crate) enum Verdict<N> {
     Remove,
 }
 
+/// The resource a proxy's argv serves: the first `--router-id|--network-id|--ovn-network-id
+/// ID` pair.
+fn kind_and_id(argv: &[String]) -> Option<(ns_contract::Kind, String)> {
+    ns_contract::Kind::ALL.iter().find_map(|k| {
+        argv.windows(2)
+            .find(|w| w[0] == k.flag())
+            .map(|w| (*k, w[1].clone()))
+    })
+}
+
 /// Whether `argv` holds the exact `--router-id|--network-id ID` pair of `spec`.
 pub(crate) fn has_pair(argv: &[String], spec: &ProxySpec) -> bool {
     argv.windows(2)
@@ -93,15 +103,7 @@ pub(crate) fn judge<P: Platform>(
         return Verdict::Remove;
     };
     let ns = platform.open_process_ns(pid).ok();
-    let (kind, id) = ns_contract::Kind::ALL
-        .iter()
-        .find_map(|k| {
-            info.argv
-                .windows(2)
-                .find(|w| w[0] == k.flag())
-                .map(|w| (*k, w[1].clone()))
-        })
-        .unwrap_or((ns_contract::Kind::Router, key.to_owned()));
+    let (kind, id) = kind_and_id(&info.argv).unwrap_or((ns_contract::Kind::Router, key.to_owned()));
     let stale_spec = ProxySpec {
         key: key.to_owned(),
         kind,
@@ -173,12 +175,7 @@ pub(crate) fn unmanaged<P: Platform>(
     pid: u32,
     info: &pidfile::ProcInfo,
 ) -> Option<Stale<P::Ns>> {
-    let (kind, id) = ns_contract::Kind::ALL.iter().find_map(|k| {
-        info.argv
-            .windows(2)
-            .find(|w| w[0] == k.flag())
-            .map(|w| (*k, w[1].clone()))
-    })?;
+    let (kind, id) = kind_and_id(&info.argv)?;
     let ipv6_if = info
         .argv
         .iter()

@@ -301,18 +301,12 @@ impl Config {
             ready_timeout: v.seconds(GROUP, "ready_timeout")?,
             stop_timeout: v.seconds(GROUP, "stop_timeout")?,
             max_restart_delay: v.seconds(GROUP, "max_restart_delay")?,
-            metrics_bind: v
-                .opt_str(GROUP, "metrics_bind")?
-                .map(|a| {
-                    a.parse().map_err(|e| {
-                        v.error(
-                            GROUP,
-                            "metrics_bind",
-                            format!("{a:?} is not ADDRESS:PORT ({e}); e.g. 127.0.0.1:9715 or [::1]:9715"),
-                        )
-                    })
-                })
-                .transpose()?,
+            metrics_bind: ns_contract::options::socket_addr(
+                v,
+                GROUP,
+                "metrics_bind",
+                "127.0.0.1:9715 or [::1]:9715",
+            )?,
             ovn: match v.choice(GROUP, "source")? {
                 "ovn" => {
                     let sb = v.str(OVN, "ovn_sb_connection")?;

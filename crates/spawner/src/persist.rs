@@ -160,9 +160,14 @@ pub(crate) enum Next {
 }
 
 impl Saver {
+    /// The state; a panic elsewhere while it was held leaves counters that are still usable.
+    fn lock(&self) -> std::sync::MutexGuard<'_, SaverState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Record a change; the answer says whether a save task must be started.
     pub(crate) fn mark(&self) -> Next {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.lock();
         s.wanted += 1;
         if s.running {
             Next::Scheduled
@@ -174,14 +179,14 @@ impl Saver {
 
     /// The generation to write now.
     pub(crate) fn begin(&self) -> u64 {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).wanted
+        self.lock().wanted
     }
 
     /// After a write of generation `gen`; true when another change came meanwhile (write
     /// again), false when the task may end (it is marked ended under the same lock, so a
     /// change arriving now starts a new one).
     pub(crate) fn finish(&self, gen: u64, r: &Result<()>) -> bool {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.lock();
         s.saved = s.saved.max(gen);
         s.writes += 1;
         match r {
@@ -213,12 +218,12 @@ impl Saver {
 
     /// Writes done so far.
     pub(crate) fn writes(&self) -> u64 {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).writes
+        self.lock().writes
     }
 
     /// Whether every change so far has been written (or attempted).
     fn settled(&self) -> bool {
-        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let s = self.lock();
         s.saved >= s.wanted && !s.running
     }
 
