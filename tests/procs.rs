@@ -337,6 +337,17 @@ impl Spawner {
             .unwrap_or_else(|| panic!("no 169.254.169.254 route in `host-routes`: {out}"))
     }
 
+    /// [`Spawner::proxy_pid`], waited for: the spawner writes the pid file after the proxy's
+    /// READY, so a proxy can answer a moment before its file is there.
+    pub fn wait_proxy_pid(&self, id: &str) -> Option<i32> {
+        let mut pid = None;
+        wait_until(READY, || {
+            pid = self.proxy_pid(id);
+            pid.is_some()
+        });
+        pid
+    }
+
     /// The pid of the live proxy for `id`, from the spawner's pid file.
     pub fn proxy_pid(&self, id: &str) -> Option<i32> {
         let text =

@@ -42,7 +42,7 @@ fn kill_dash_nine_drills_proxy_spawner_agent() {
     // 1. The proxy: the spawner restarts it at once.
     let old = world
         .spawner
-        .proxy_pid(&router)
+        .wait_proxy_pid(&router)
         .expect("proxy pid file names a live proxy");
     let lp = RequestLoop::start(&vm.ns, PATH, 2000);
     assert!(lp.wait_count(Duration::ZERO, 5, BOUND), "request loop runs");
@@ -177,7 +177,10 @@ fn vanished_namespace_stops_its_proxy_and_a_recreated_one_gets_it_back() {
     world.wait_answering(PATH);
     let router = world.proxy_ids[0].clone();
     let ns = format!("qrouter-{router}");
-    let old = world.spawner.proxy_pid(&router).expect("proxy running");
+    let old = world
+        .spawner
+        .wait_proxy_pid(&router)
+        .expect("proxy running");
 
     // neutron-netns-cleanup (or a crashed l3 agent) deletes the namespace under the proxy.
     ns_e2e::topo::ip(&["netns", "del", &ns]);
