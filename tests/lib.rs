@@ -18,6 +18,15 @@ pub use ns_testkit::netns::{self as topo, unique_prefix, TestNs};
 pub use ns_testkit::nova;
 pub use ns_testkit::{bin_path, require, require_root, wait_until, ChildGuard, TempDir};
 
+/// `Key=` values of a systemd unit's text, continuation lines joined (the example units are
+/// read by tests/tests/units.rs and packaging.rs).
+pub fn unit_values(text: &str, key: &str) -> Vec<String> {
+    text.replace("\\\n", " ")
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("{key}=")).map(str::to_owned))
+        .collect()
+}
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 

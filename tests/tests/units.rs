@@ -1,6 +1,6 @@
 //! The example systemd units (examples/systemd) pass `systemd-analyze verify` with the
 //! binaries at their ExecStart paths (here: this build's binaries, substituted for
-//! `/usr/local/bin/`), and carry the hardening the issue "hardening" (item 10) asks for:
+//! `/usr/bin/`), and carry the hardening the issue "hardening" (item 10) asks for:
 //! the agent and `proxy@` get `NoNewPrivileges`, `CapabilityBoundingSet`, `PrivateTmp`,
 //! `ProtectSystem`; the spawner gets `NoNewPrivileges` and its capability set but nothing
 //! that gives it a mount namespace of its own.
@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ns_e2e::{bin_path, require, TempDir};
+use ns_e2e::{bin_path, require, unit_values as values, TempDir};
 
 const UNITS: [&str; 3] = [
     "ns-metadata-agent.service",
@@ -19,14 +19,6 @@ const UNITS: [&str; 3] = [
 fn unit_text(name: &str) -> String {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/systemd");
     std::fs::read_to_string(dir.join(name)).expect("unit")
-}
-
-/// `Key=value` lines of the unit (continuations joined), for the key.
-fn values(text: &str, key: &str) -> Vec<String> {
-    text.replace("\\\n", " ")
-        .lines()
-        .filter_map(|l| l.strip_prefix(&format!("{key}=")).map(str::to_owned))
-        .collect()
 }
 
 #[test]
@@ -46,14 +38,17 @@ fn example_units_verify_with_systemd_analyze() {
         .to_owned();
     let mut paths = Vec::new();
     for name in UNITS {
-        let text = unit_text(name).replace("/usr/local/bin/", &format!("{}/", bins.display()));
+        let text = unit_text(name).replace("/usr/bin/", &format!("{}/", bins.display()));
         // A template is verified as one of its instances.
         let file = dir.path().join(name.replace("@.", "@r1."));
         std::fs::write(&file, text).expect("write unit");
         paths.push(file);
     }
+    // The Documentation= man pages are installed by the package, not on this host:
+    // tests/tests/packaging.rs verifies them in the root it installs the package into.
     let out = Command::new("systemd-analyze")
         .arg("verify")
+        .arg("--man=no")
         .args(&paths)
         .output()
         .expect("run systemd-analyze");
@@ -127,7 +122,7 @@ fn exec_start(unit: &str, config: &Path) -> Vec<String> {
     let line = values(&unit_text(unit), "ExecStart").join(" ");
     line.split_whitespace()
         .map(|w| {
-            if let Some(b) = w.strip_prefix("/usr/local/bin/") {
+            if let Some(b) = w.strip_prefix("/usr/bin/") {
                 bins.join(b).display().to_string()
             } else if w.starts_with("/etc/ns-metadata/") {
                 config.display().to_string()
@@ -145,7 +140,7 @@ fn run_as_systemd(dir: &Path, bin: &str, argv: &[String]) -> (String, Option<i32
     assert_eq!(
         Path::new(&argv[0]),
         bin_path(bin),
-        "the unit runs {bin} from /usr/local/bin"
+        "the unit runs {bin} from /usr/bin"
     );
     use std::io::Read;
     use std::os::fd::AsRawFd;
