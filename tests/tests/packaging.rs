@@ -235,7 +235,8 @@ fn deb_package_installs_into_a_fresh_debian_root() {
     let deb = PathBuf::from(out.lines().last().unwrap_or_default().trim());
     assert!(deb.is_file(), "no .deb at {deb:?}: {out}");
 
-    // 2. What is in it: every path the units and READMEs name, nothing under /usr/local.
+    // 2. What is in it: every path the units name (programs, Documentation=), the man pages
+    // and completions, README.Debian; nothing under /usr/local, no haproxy.
     let files = contents(&deb);
     let mut want: Vec<String> = Vec::new();
     for b in BINS {
