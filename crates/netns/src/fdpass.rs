@@ -106,6 +106,59 @@ pub fn recv_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<
     Ok((bytes, fds))
 }
 
+/// Accept one connection on the listening socket `listener` (any family or type, e.g. a
+/// `SOCK_SEQPACKET` control socket), close-on-exec and non-blocking.
+pub fn accept_owned(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{accept4, SockFlag};
+    let fd = accept4(
+        listener.as_raw_fd(),
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+    )
+    .map_err(io::Error::from)?;
+    // SAFETY: accept4 just created `fd` for us; nothing else refers to it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Take ownership of a descriptor this process inherited at `execve` and was told about on
+/// its command line (e.g. `--control-fd 3`), marking it close-on-exec. Refuses stdin, stdout
+/// and stderr, a descriptor that is not open, and one already taken (each number once per
+/// process), so two owners can never close the same descriptor.
+pub fn take_inherited(fd: RawFd) -> io::Result<OwnedFd> {
+    use std::sync::Mutex;
+    static TAKEN: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
+    if fd <= 2 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("fd {fd} is standard input, output or error"),
+        ));
+    }
+    let mut taken = TAKEN.lock().unwrap_or_else(|p| p.into_inner());
+    if taken.contains(&fd) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("fd {fd} was already taken"),
+        ));
+    }
+    // SAFETY: F_GETFD/F_SETFD only read and set the descriptor's flags; an fd that is not
+    // open makes F_GETFD fail with EBADF and nothing else happens.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        return Err(io::Error::other(format!(
+            "fd {fd} is not open: {}",
+            io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: as above, on an fd we just saw open.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    taken.push(fd);
+    // SAFETY: the descriptor is open (checked), was inherited for us (the caller's contract:
+    // it was named on our command line), and the registry above hands each number out once,
+    // so this OwnedFd is its only owner in the process.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 impl Netns {
     /// The network namespace the socket `sock` was created in (`SIOCGSKNS`, Linux 4.9+), as
     /// a handle like any other: compare it with a record's namespace (`==` is dev + inode).
@@ -208,6 +261,20 @@ mod tests {
         let mut buf = [0u8; 8];
         let err = recv_fds(b.as_fd(), &mut buf).expect_err("truncated");
         assert!(err.to_string().contains("more than"), "{err}");
+    }
+
+    #[test]
+    fn an_inherited_descriptor_is_taken_once() {
+        use std::os::fd::IntoRawFd;
+        assert!(take_inherited(1).is_err(), "stdout is not ours to take");
+        let (a, _b) = std::os::unix::net::UnixStream::pair().expect("pair");
+        let raw = a.into_raw_fd();
+        let owned = take_inherited(raw).expect("take");
+        let flags = nix::fcntl::fcntl(&owned, nix::fcntl::FcntlArg::F_GETFD).expect("getfd");
+        assert_ne!(flags & libc::FD_CLOEXEC, 0, "close-on-exec once taken");
+        let again = take_inherited(raw).expect_err("twice");
+        assert!(again.to_string().contains("already taken"), "{again}");
+        assert!(take_inherited(100_000).is_err(), "not open");
     }
 
     #[test]
