@@ -106,6 +106,34 @@ pub fn recv_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<
     Ok((bytes, fds))
 }
 
+/// A listening `AF_UNIX` `SOCK_SEQPACKET` socket bound at `path` (close-on-exec), for a
+/// control channel whose messages carry descriptors.
+pub fn seqpacket_listen(path: &std::path::Path, backlog: i32) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{bind, listen, Backlog, UnixAddr};
+    let fd = seqpacket()?;
+    bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    listen(&fd, Backlog::new(backlog)?)?;
+    Ok(fd)
+}
+
+/// A `SOCK_SEQPACKET` connection to the listening socket at `path` (close-on-exec).
+pub fn seqpacket_connect(path: &std::path::Path) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{connect, UnixAddr};
+    let fd = seqpacket()?;
+    connect(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    Ok(fd)
+}
+
+fn seqpacket() -> io::Result<OwnedFd> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    Ok(socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?)
+}
+
 /// Accept one connection on the listening socket `listener` (any family or type, e.g. a
 /// `SOCK_SEQPACKET` control socket), close-on-exec and non-blocking.
 pub fn accept_owned(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {

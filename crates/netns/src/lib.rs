@@ -21,7 +21,9 @@ pub mod testing;
 
 pub use command::CommandExt;
 pub use error::{Error, Result};
-pub use fdpass::{accept_owned, recv_fds, send_fds, take_inherited, MAX_FDS};
+pub use fdpass::{
+    accept_owned, recv_fds, send_fds, seqpacket_connect, seqpacket_listen, take_inherited, MAX_FDS,
+};
 pub use manage::{create, delete, list, validate_name, NETNS_RUN_DIR};
 pub use mem::release_free_memory;
 pub use netlink::Netlink;

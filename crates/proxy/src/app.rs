@@ -141,9 +141,7 @@ fn run_shared(cfg: Config, ss: &crate::shared::SharedServer) -> Result<()> {
     warn_if_no_agent(&cfg.socket);
     let pid_file = cfg.pid_file.as_deref().map(PidFile::create).transpose()?;
     // Thousands of namespaces' listeners and their connections: all the hard limit allows.
-    process::raise_nofile(usize::MAX / 4);
-    let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        .map_or(1024, |(soft, _)| soft);
+    let nofile = process::raise_nofile_to_hard();
     creds.drop_privileges()?;
     confine()?;
     check_agent_access(&cfg.socket)?;
