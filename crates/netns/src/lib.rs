@@ -1,12 +1,14 @@
 //! Network namespaces and rtnetlink: open, enter, create, delete, watch; addresses and links.
 //!
 //! This is the only crate of the workspace allowed to use `unsafe`: entering a namespace in a
-//! forked child (`pre_exec`) and the `NS_GET_NSTYPE` ioctl have no safe wrapper. Every block
+//! forked child (`pre_exec`), the `NS_GET_NSTYPE` and `SIOCGSKNS` ioctls and descriptors
+//! received with `SCM_RIGHTS` have no safe wrapper. Every block
 //! carries a `// SAFETY:` comment.
 #![allow(unsafe_code)]
 
 mod command;
 mod error;
+mod fdpass;
 mod manage;
 mod mem;
 mod netlink;
@@ -19,6 +21,9 @@ pub mod testing;
 
 pub use command::CommandExt;
 pub use error::{Error, Result};
+pub use fdpass::{
+    accept_owned, recv_fds, send_fds, seqpacket_connect, seqpacket_listen, take_inherited, MAX_FDS,
+};
 pub use manage::{create, delete, list, validate_name, NETNS_RUN_DIR};
 pub use mem::release_free_memory;
 pub use netlink::Netlink;

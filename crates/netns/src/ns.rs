@@ -57,6 +57,18 @@ impl Netns {
         Netns::open_inner(&path, None, "namespace of the current thread")
     }
 
+    /// A handle on an already open namespace fd (e.g. from `SIOCGSKNS`), checked to be one.
+    pub(crate) fn from_parts(fd: OwnedFd, path: PathBuf, dev: u64, inode: u64) -> Result<Netns> {
+        check_is_netns(fd.as_fd(), &path)?;
+        Ok(Netns {
+            fd,
+            path,
+            name: None,
+            dev,
+            inode,
+        })
+    }
+
     fn open_inner(path: &Path, name: Option<String>, what: &str) -> Result<Netns> {
         // O_CLOEXEC (std's default): children get the namespace only through CommandExt.
         let file = File::open(path).map_err(|e| Error::from_io("open", path, what, e))?;

@@ -90,6 +90,35 @@ fn run_enters_namespace_on_a_dedicated_thread() {
 }
 
 #[test]
+fn a_socket_handed_over_names_the_namespace_it_was_opened_in() {
+    use std::os::fd::AsFd;
+    if !require_root("a_socket_handed_over_names_the_namespace_it_was_opened_in") {
+        return;
+    }
+    let t = TestNs::new(&format!("{}-skns", unique_prefix())).expect("test ns");
+    let listener = t
+        .netns()
+        .run(|| std::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("run")
+        .expect("bind inside");
+    // Through SCM_RIGHTS, as the spawner hands sockets to the shared server and back.
+    let (a, b) = std::os::unix::net::UnixDatagram::pair().expect("pair");
+    ns_netns::send_fds(a.as_fd(), b"router x", &[listener.as_fd()]).expect("send");
+    drop(listener);
+    let mut buf = [0u8; 32];
+    let (n, mut fds) = ns_netns::recv_fds(b.as_fd(), &mut buf).expect("recv");
+    assert_eq!(&buf[..n], b"router x");
+    let got = fds.pop().expect("one fd");
+    let ns = Netns::of_socket(got.as_fd()).expect("SIOCGSKNS");
+    assert_eq!(
+        &ns,
+        t.netns(),
+        "the socket's namespace is the test namespace"
+    );
+    assert_ne!(ns, Netns::current().expect("current"));
+}
+
+#[test]
 fn std_command_enters_namespace() {
     if !require_root("std_command_enters_namespace") {
         return;

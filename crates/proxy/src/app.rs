@@ -17,6 +17,13 @@ use crate::{bind, server};
 /// Run the proxy; returns when it has shut down cleanly. `daemon_child` says this process
 /// is the re-executed `--daemonize` child (see [`process::daemonize_parent`]).
 pub fn run(cfg: Config, daemon_child: bool) -> Result<()> {
+    if let Some(ss) = cfg.shared_server.clone() {
+        return run_shared(cfg, &ss);
+    }
+    let resource = cfg
+        .resource
+        .clone()
+        .ok_or_else(|| Error::Config("no --router-id, --network-id or --ovn-network-id".into()))?;
     if daemon_child {
         process::become_daemon()?;
     }
@@ -42,15 +49,7 @@ pub fn run(cfg: Config, daemon_child: bool) -> Result<()> {
     confine()?;
     check_agent_access(&cfg.socket)?;
 
-    // One thread: the benchmark showed a multi-thread runtime losing at every load (issue 8).
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-        .map_err(|source| Error::Io {
-            op: "tokio runtime",
-            source,
-        })?;
+    let rt = runtime()?;
     rt.block_on(async move {
         let listeners = listeners
             .into_iter()
@@ -60,14 +59,8 @@ pub fn run(cfg: Config, daemon_child: bool) -> Result<()> {
                 op: "listener",
                 source,
             })?;
-        let io = |source| Error::Io {
-            op: "signal handler",
-            source,
-        };
-        let mut term = signal(SignalKind::terminate()).map_err(io)?;
-        let mut int = signal(SignalKind::interrupt()).map_err(io)?;
-        let mut hup = signal(SignalKind::hangup()).map_err(io)?;
-        let shared = Arc::new(Shared::new(&cfg));
+        let shutdown = until_stopped()?;
+        let shared = Arc::new(Shared::new(&cfg, &resource));
         tracing::info!(
             id = %shared.id,
             binds = ?cfg.binds.iter().map(ToString::to_string).collect::<Vec<_>>(),
@@ -84,19 +77,6 @@ pub fn run(cfg: Config, daemon_child: bool) -> Result<()> {
         if daemon_child {
             process::detach_stdio();
         }
-        let shutdown = async move {
-            loop {
-                tokio::select! {
-                    _ = term.recv() => break process::notify_stopping(),
-                    _ = int.recv() => break process::notify_stopping(),
-                    _ = hup.recv() => match ns_contract::logfile::reopen() {
-                        Ok(true) => tracing::info!("SIGHUP: log file reopened"),
-                        Ok(false) => tracing::info!("SIGHUP ignored: nothing to reload"),
-                        Err(e) => tracing::warn!(err = %e, "SIGHUP: cannot reopen the log file; still writing to the old one"),
-                    },
-                }
-            }
-        };
         server::serve(
             shared,
             listeners,
@@ -106,6 +86,78 @@ pub fn run(cfg: Config, daemon_child: bool) -> Result<()> {
         )
         .await;
         Ok::<(), Error>(())
+    })?;
+    if let Some(p) = pid_file {
+        p.remove();
+    }
+    Ok(())
+}
+
+/// One thread: the benchmark showed a multi-thread runtime losing at every load (issue 8).
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|source| Error::Io {
+            op: "tokio runtime",
+            source,
+        })
+}
+
+/// Resolves at SIGTERM or SIGINT (telling systemd we are stopping); SIGHUP reopens the log
+/// file. The handlers are installed now, so a signal that comes before the first poll counts.
+fn until_stopped() -> Result<impl std::future::Future<Output = ()>> {
+    let io = |source| Error::Io {
+        op: "signal handler",
+        source,
+    };
+    let mut term = signal(SignalKind::terminate()).map_err(io)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(io)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(io)?;
+    Ok(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => break process::notify_stopping(),
+                _ = int.recv() => break process::notify_stopping(),
+                _ = hup.recv() => match ns_contract::logfile::reopen() {
+                    Ok(true) => tracing::info!("SIGHUP: log file reopened"),
+                    Ok(false) => tracing::info!("SIGHUP ignored: nothing to reload"),
+                    Err(e) => tracing::warn!(err = %e, "SIGHUP: cannot reopen the log file; still writing to the old one"),
+                },
+            }
+        }
+    })
+}
+
+/// The shared server (`--shared-server`, [`crate::shared`]): no namespace of its own; the
+/// control socket, the pid file and the privilege drop as for one proxy, then every namespace
+/// the spawner hands over.
+fn run_shared(cfg: Config, ss: &crate::shared::SharedServer) -> Result<()> {
+    let starting_uid = nix::unistd::getuid().as_raw();
+    let control = crate::shared::take_control(ss.control_fd)?;
+    let ready = Readiness::open(&cfg.ready_fds)?;
+    let creds = Creds::resolve(cfg.user.as_deref(), cfg.group.as_deref())?;
+    warn_if_no_agent(&cfg.socket);
+    let pid_file = cfg.pid_file.as_deref().map(PidFile::create).transpose()?;
+    // Thousands of namespaces' listeners and their connections: all the hard limit allows.
+    let nofile = process::raise_nofile_to_hard();
+    creds.drop_privileges()?;
+    confine()?;
+    check_agent_access(&cfg.socket)?;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let shutdown = until_stopped()?;
+        tracing::info!(
+            state_dir = %ss.state_dir.display(),
+            socket = %cfg.socket.display(),
+            nofile,
+            pid = std::process::id(),
+            "shared server: waiting for namespaces on the control socket"
+        );
+        ns_netns::release_free_memory();
+        ready.notify();
+        crate::shared::serve(cfg, control, starting_uid, nofile, shutdown).await
     })?;
     if let Some(p) = pid_file {
         p.remove();

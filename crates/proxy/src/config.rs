@@ -15,6 +15,7 @@ use ns_ini::{Kind, Loader, Opt, Origin, Schema, Values, DEFAULT_GROUP as D};
 
 use crate::bind::BindSpec;
 use crate::error::{Error, Result};
+pub use crate::shared::SharedServer;
 
 /// Retries of a refused agent connect: Neutron's haproxy template says `retries 3`.
 pub const DEFAULT_RETRIES: u32 = 3;
@@ -110,7 +111,7 @@ pub static SCHEMA: Schema = Schema::new(OPTS)
 /// Flags that are not INI options. The `--rate-limit-*` flags set `[metadata_rate_limiting]`
 /// in the spawner's compact form; they are not `[DEFAULT]` keys because `rate_limit_burst` is
 /// already oslo.log's key there, in every Neutron file.
-fn own_args() -> [Arg; 4] {
+fn own_args() -> [Arg; 6] {
     [
         Arg::new("rate_limit_base")
             .long("rate-limit-base")
@@ -140,6 +141,22 @@ fn own_args() -> [Arg; 4] {
             .action(ArgAction::Append)
             .value_parser(clap::value_parser!(i32))
             .help("After all binds succeed write `READY=1\\n` to this inherited fd (a pipe) and close it"),
+        Arg::new("shared_server")
+            .long("shared-server")
+            .value_name("STATE_DIR")
+            .value_parser(clap::value_parser!(PathBuf))
+            .requires("control_fd")
+            .help(
+                "Serve every namespace the spawner of STATE_DIR hands over on --control-fd \
+                 (the shared proxy model) instead of one namespace; no --router-id, \
+                 --network-id, --ovn-network-id, --netns, --bind or --daemonize",
+            ),
+        Arg::new("control_fd")
+            .long("control-fd")
+            .value_name("FD")
+            .value_parser(clap::value_parser!(i32))
+            .requires("shared_server")
+            .help("With --shared-server: the inherited listening control socket (SOCK_SEQPACKET)"),
     ]
 }
 
@@ -196,7 +213,11 @@ impl Parser for Args {}
 /// Everything the proxy runs with, checked.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub resource: Resource,
+    /// The one resource served; `None` only for the shared server ([`Config::shared_server`]),
+    /// which learns its namespaces' resources from the spawner.
+    pub resource: Option<Resource>,
+    /// `--shared-server STATE_DIR --control-fd N`: serve the namespaces handed over.
+    pub shared_server: Option<SharedServer>,
     pub socket: PathBuf,
     pub binds: Vec<BindSpec>,
     pub netns: Option<String>,
@@ -250,7 +271,23 @@ impl Config {
         let loaded = loader.load()?;
         let v = &loaded.values;
         let m = &a.matches;
-        let resource = resource(v)?;
+        let shared_server = match (
+            m.get_one::<PathBuf>("shared_server"),
+            m.get_one::<i32>("control_fd"),
+        ) {
+            (Some(dir), Some(fd)) => Some(SharedServer {
+                state_dir: dir.clone(),
+                control_fd: *fd,
+            }),
+            _ => None,
+        };
+        let resource = match &shared_server {
+            None => Some(resource(v)?),
+            Some(_) => {
+                only_for_one_namespace(v)?;
+                None
+            }
+        };
         let binds = binds(v)?;
         let rate_limit = rate_limit(
             v,
@@ -261,7 +298,10 @@ impl Config {
         // oslo.log: a relative log_file lives in log_dir; the agents named it after the uuid.
         let log_file = options::log_file(
             v,
-            &format!("neutron-ns-metadata-proxy-{}.log", resource.id()),
+            &match &resource {
+                Some(r) => format!("neutron-ns-metadata-proxy-{}.log", r.id()),
+                None => "ns-metadata-proxy-shared.log".to_owned(),
+            },
         )?;
         let syslog_facility = if v.bool(D, "use_syslog")? {
             let name = v.str(D, "syslog_log_facility")?;
@@ -282,6 +322,7 @@ impl Config {
         };
         Ok(Config {
             resource,
+            shared_server,
             socket: options::agent_socket(v)?,
             binds,
             netns: v.opt_str(D, "netns")?,
@@ -318,6 +359,33 @@ fn rank(o: &Origin) -> u8 {
         Origin::Env { .. } => 2,
         Origin::Flag { .. } => 3,
     }
+}
+
+/// With `--shared-server`: none of the options that name or place one namespace.
+fn only_for_one_namespace(v: &Values) -> Result<()> {
+    let keys = IdKind::ALL
+        .map(IdKind::key)
+        .into_iter()
+        .chain(["netns", "bind", "metadata_port"]);
+    for key in keys {
+        let set = match v.origin(D, key)? {
+            Origin::Default => false,
+            Origin::Flag { .. } => true,
+            _ => v.text(D, key)?.is_some_and(|t| !t.trim().is_empty()),
+        };
+        if set {
+            return Err(Error::Config(format!(
+                "--shared-server serves the namespaces its spawner hands over: {key} does not \
+                 apply (each namespace's id and sockets come from the spawner)"
+            )));
+        }
+    }
+    if v.bool(D, "daemonize")? {
+        return Err(Error::Config(
+            "--shared-server runs in the foreground under its spawner: no --daemonize".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The one resource served: exactly one of the three ids, checked with the contract's id

@@ -107,7 +107,7 @@ fn defaults_and_neutron_spellings() {
         "--metadata_port=9697",
     ])
     .expect("ok");
-    assert_eq!(c.resource, res(IdKind::Router, "r-1"));
+    assert_eq!(c.resource, Some(res(IdKind::Router, "r-1")));
     assert_eq!(c.binds.len(), 1);
     assert_eq!(c.binds[0].to_string(), "0.0.0.0:9697");
     assert_eq!(c.pid_file, Some(PathBuf::from("/tmp/p")));
@@ -147,7 +147,7 @@ fn exactly_one_valid_id() {
         parse(&["--router-id", "r_1"])
             .expect("'_' is valid")
             .resource,
-        res(IdKind::Router, "r_1")
+        Some(res(IdKind::Router, "r_1"))
     );
     assert!(parse(&["--router-id", "r 1"]).is_err());
     assert_eq!(
@@ -171,7 +171,7 @@ fn an_empty_id_is_invalid_not_missing() {
         &[("OS_DEFAULT__OVN_NETWORK_ID", "")],
     )
     .expect("ok");
-    assert_eq!(c.resource, res(IdKind::Network, "n"));
+    assert_eq!(c.resource, Some(res(IdKind::Network, "n")));
 }
 
 #[test]
@@ -196,19 +196,25 @@ fn ovn_network_id_sends_the_ovn_header() {
         &["--ovn_network_id=n-9"][..],
     ] {
         let c = parse(argv).expect("ok");
-        assert_eq!(c.resource, res(IdKind::OvnNetwork, "n-9"));
-        assert_eq!(c.resource.header_line(), "X-OVN-Network-ID: n-9\r\n");
+        assert_eq!(c.resource, Some(res(IdKind::OvnNetwork, "n-9")));
+        assert_eq!(
+            c.resource.as_ref().expect("one resource").header_line(),
+            "X-OVN-Network-ID: n-9\r\n"
+        );
     }
     let (_t, f) = ini("[DEFAULT]\novn_network_id = n-8\n");
     let c = parse(&["--config-file", &f]).expect("ok");
-    assert_eq!(c.resource.header_line(), "X-OVN-Network-ID: n-8\r\n");
+    assert_eq!(
+        c.resource.as_ref().expect("one resource").header_line(),
+        "X-OVN-Network-ID: n-8\r\n"
+    );
 }
 
 #[test]
 fn ini_values_and_cli_precedence() {
     let (_t, f) = ini("[DEFAULT]\nnetwork_id = n-2\nmetadata_proxy_socket = /s\nagent_keepalive = on\n[metadata_haproxy]\ntimeout_server = 7\n[metadata_rate_limiting]\nrate_limit_enabled = true\nip_versions = 6\nbase_query_rate_limit = 5\n");
     let c = parse(&["--config-file", &f, "--timeout-server", "9"]).expect("ok");
-    assert_eq!(c.resource, res(IdKind::Network, "n-2"));
+    assert_eq!(c.resource, Some(res(IdKind::Network, "n-2")));
     assert_eq!(c.socket, PathBuf::from("/s"));
     assert_eq!(c.agent_keepalive, KeepaliveMode::On);
     assert_eq!(c.timeouts.server, Duration::from_secs(9));
@@ -319,7 +325,7 @@ fn config_dir_wins_over_files_env_over_both_flags_over_all() {
     assert_eq!((c.max_connections, c.debug), (60, true));
     // The id from the environment alone.
     let c = load(&[], &[("OS_DEFAULT__ROUTER_ID", "r-env")]).expect("ok");
-    assert_eq!(c.resource, res(IdKind::Router, "r-env"));
+    assert_eq!(c.resource, Some(res(IdKind::Router, "r-env")));
 }
 
 #[test]

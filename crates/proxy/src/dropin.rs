@@ -147,7 +147,8 @@ pub fn to_config(h: &HaproxyConfig) -> Result<Config, String> {
         None => (None, None),
     };
     Ok(Config {
-        resource: h.resource.clone(),
+        resource: Some(h.resource.clone()),
+        shared_server: None,
         socket: h.server.clone(),
         binds: h.binds.clone(),
         netns: None,
@@ -341,7 +342,13 @@ mod tests {
     #[test]
     fn each_keyword_has_haproxys_effect() {
         let c = conf(BASE);
-        assert_eq!(c.resource.header_line(), "X-OVN-Network-ID: n1\r\n");
+        assert_eq!(
+            c.resource
+                .as_ref()
+                .map(ns_contract::Resource::header_line)
+                .as_deref(),
+            Some("X-OVN-Network-ID: n1\r\n")
+        );
         assert_eq!(c.socket, Path::new("/run/agent.sock"));
         assert_eq!(c.binds[0].to_string(), "[::]:9697");
         assert_eq!(c.max_connections, 7);

@@ -18,6 +18,7 @@ pub mod ratelimit;
 pub mod request;
 pub mod response;
 pub mod server;
+pub mod shared;
 pub mod state;
 pub mod syslog;
 pub mod upstream;

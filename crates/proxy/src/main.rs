@@ -104,7 +104,10 @@ fn init_logging(cfg: &Config) -> anyhow::Result<bool> {
         let tag = cfg
             .syslog_tag
             .clone()
-            .unwrap_or_else(|| format!("haproxy-metadata-proxy-{}", cfg.resource.id()));
+            .unwrap_or_else(|| match &cfg.resource {
+                Some(r) => format!("haproxy-metadata-proxy-{}", r.id()),
+                None => "ns-metadata-proxy-shared".to_owned(),
+            });
         match syslog::Syslog::connect(&cfg.syslog_socket, facility, &tag) {
             Ok(s) => Some(s),
             Err(e) => {

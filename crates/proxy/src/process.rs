@@ -168,6 +168,23 @@ pub fn raise_nofile(max_connections: usize) {
     }
 }
 
+/// The shared server: every descriptor the hard limit allows (thousands of namespaces'
+/// listeners and their connections). The soft limit now in force.
+pub fn raise_nofile_to_hard() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                tracing::warn!(err = %e, "cannot raise the open-files limit");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(_) => 1024,
+    }
+}
+
 /// The pid file: flock'ed for the process's life, like Neutron's old proxy daemon.
 ///
 /// The proxy writes it as root, often in a directory others can write to, so the path is

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::bufpool;
 use crate::conn::Conn;
@@ -38,10 +38,28 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
+    serve_capped(shared, listeners, max_connections, None, shutdown, grace).await;
+}
+
+/// [`serve`] where every connection also takes a permit of `global`, a cap shared with other
+/// namespaces served by the same process (the shared model, [`crate::shared`]): a namespace
+/// gets at most `max_connections`, all of them together at most what `global` holds.
+pub async fn serve_capped(
+    shared: Arc<Shared>,
+    listeners: Vec<TcpListener>,
+    max_connections: usize,
+    global: Option<Arc<Semaphore>>,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) {
     let sem = Arc::new(Semaphore::new(max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
     for l in listeners {
-        tokio::spawn(accept_loop(l, shared.clone(), sem.clone(), stop_rx.clone()));
+        let caps = Caps {
+            own: sem.clone(),
+            global: global.clone(),
+        };
+        tokio::spawn(accept_loop(l, shared.clone(), caps, stop_rx.clone()));
     }
     tokio::spawn(housekeeping(shared.clone(), stop_rx.clone()));
     shutdown.await;
@@ -128,16 +146,35 @@ fn needs_backoff(e: &io::Error) -> bool {
     )
 }
 
+/// The connection caps an accept loop honours: its own namespace's, and the process's.
+struct Caps {
+    own: Arc<Semaphore>,
+    global: Option<Arc<Semaphore>>,
+}
+
+impl Caps {
+    /// A permit of each cap (the namespace's first, so a namespace at its own limit never
+    /// holds a global permit while it waits).
+    async fn acquire(&self) -> Option<(OwnedSemaphorePermit, Option<OwnedSemaphorePermit>)> {
+        let own = self.own.clone().acquire_owned().await.ok()?;
+        let global = match &self.global {
+            Some(g) => Some(g.clone().acquire_owned().await.ok()?),
+            None => None,
+        };
+        Some((own, global))
+    }
+}
+
 async fn accept_loop(
     l: TcpListener,
     shared: Arc<Shared>,
-    sem: Arc<Semaphore>,
+    caps: Caps,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut errors = AcceptErrors::default();
     loop {
         let permit = tokio::select! {
-            p = sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            p = caps.acquire() => match p { Some(p) => p, None => return },
             _ = stop.changed() => return,
         };
         let (sock, peer) = tokio::select! {

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ns_contract::limits::Timeouts;
-use ns_contract::KeepaliveMode;
+use ns_contract::{KeepaliveMode, Resource};
 use tokio::sync::Notify;
 
 use crate::config::Config;
@@ -36,11 +36,13 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(cfg: &Config) -> Shared {
+    /// The state of one namespace's proxy serving `resource` with `cfg`'s settings (the
+    /// shared server builds one per namespace from one configuration).
+    pub fn new(cfg: &Config, resource: &Resource) -> Shared {
         Shared {
-            id: cfg.resource.id().to_owned(),
+            id: resource.id().to_owned(),
             upstream: Upstream {
-                id_line: cfg.resource.header_line(),
+                id_line: resource.header_line(),
                 close: cfg.agent_keepalive == KeepaliveMode::Off,
             },
             agent: Agent::new(

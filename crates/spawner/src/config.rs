@@ -26,6 +26,17 @@ const OVS: &str = "ovs";
 
 /// `[spawner] source`: the records only, or also the OVN Southbound database.
 const SOURCES: [&str; 2] = ["records", "ovn"];
+const MODELS: [&str; 2] = ["per-namespace", "shared"];
+
+/// `[spawner] proxy_model`: how namespaces are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyModel {
+    /// One `ns-metadata-proxy` process per namespace (the default).
+    PerNamespace,
+    /// One server process for every namespace: the spawner opens each namespace's listeners
+    /// and hands them over (`ns-metadata-proxy --shared-server`, issue #20).
+    Shared,
+}
 
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/ns-metadata";
@@ -147,6 +158,13 @@ static OPTS: &[Opt] = &[
     .default("30"),
     Opt::new(
         GROUP,
+        "proxy_model",
+        Kind::Choice(&MODELS),
+        "per-namespace: one proxy process per namespace; shared: one server process for all, the spawner opening each namespace's listeners and handing them over (opt-in)",
+    )
+    .default("per-namespace"),
+    Opt::new(
+        GROUP,
         "source",
         Kind::Choice(&SOURCES),
         "Where records come from besides the control API and records_file: ovn = the OVN Southbound database ([ovn] ovn_sb_connection) builds ovnmeta- namespaces",
@@ -243,6 +261,8 @@ pub struct Config {
     pub max_restart_delay: Duration,
     /// `[spawner] metrics_bind`: a TCP address serving only `GET /metrics` (off by default).
     pub metrics_bind: Option<std::net::SocketAddr>,
+    /// `[spawner] proxy_model`.
+    pub proxy_model: ProxyModel,
     /// `[spawner] source = ovn`: the databases of the OVN source (`None`: records only).
     pub ovn: Option<crate::ovn_source::OvnOptions>,
 }
@@ -307,6 +327,10 @@ impl Config {
                 "metrics_bind",
                 "127.0.0.1:9715 or [::1]:9715",
             )?,
+            proxy_model: match v.choice(GROUP, "proxy_model")? {
+                "shared" => ProxyModel::Shared,
+                _ => ProxyModel::PerNamespace,
+            },
             ovn: match v.choice(GROUP, "source")? {
                 "ovn" => {
                     let sb = v.str(OVN, "ovn_sb_connection")?;

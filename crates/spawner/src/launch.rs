@@ -45,11 +45,20 @@ pub fn proxy_args(spec: &ProxySpec, cfg: &Config) -> Vec<String> {
         );
     }
     push("--ready-fd", READY_FD.to_string());
+    a.extend(option_args(cfg));
+    a
+}
+
+/// The flags after `--ready-fd`, the same for every proxy and for the shared server: user,
+/// group, rate limits, timeouts, agent keep-alive.
+fn option_args(cfg: &Config) -> Vec<String> {
+    let mut a: Vec<String> = Vec::with_capacity(16);
+    let literal = |v: &str| ns_ini::escape(v);
     if let Some(u) = &cfg.metadata_proxy_user {
-        push("--user", literal(u));
+        a.extend(["--user".to_owned(), literal(u)]);
     }
     if let Some(g) = &cfg.metadata_proxy_group {
-        push("--group", literal(g));
+        a.extend(["--group".to_owned(), literal(g)]);
     }
     if let Some(rl) = &cfg.rate_limit {
         a.extend(rl.args());
@@ -61,6 +70,44 @@ pub fn proxy_args(spec: &ProxySpec, cfg: &Config) -> Vec<String> {
     a.push("--agent-keepalive".to_owned());
     a.push(cfg.agent_keepalive.as_str().to_owned());
     a
+}
+
+/// The shared server's flags besides `--shared-server` and `--control-fd`: every proxy's,
+/// without an id or a bind.
+pub fn shared_args(cfg: &Config) -> Vec<String> {
+    let mut a = vec![
+        "--metadata-proxy-socket".to_owned(),
+        ns_ini::escape(&cfg.metadata_proxy_socket.display().to_string()),
+        "--ready-fd".to_owned(),
+        READY_FD.to_string(),
+    ];
+    a.extend(option_args(cfg));
+    a
+}
+
+/// What every process the spawner starts from the proxy binary gets: no `OS_*` variables,
+/// the state-dir marker, no `NOTIFY_SOCKET`, null stdin/stdout, its own session.
+pub fn proxy_env(cmd: &mut tokio::process::Command, cfg: &Config) {
+    // The proxy reads oslo-style `OS_<GROUP>__<OPTION>` variables too: what configures the
+    // spawner must not reach its proxies behind the flags given here.
+    for (k, _) in std::env::vars_os() {
+        if k.as_encoded_bytes().starts_with(b"OS_") {
+            cmd.env_remove(k);
+        }
+    }
+    // Marks the proxy as started by the spawner of this state dir: the only proof, besides
+    // a pid file, that lets a restarted spawner stop it when it is no longer wanted.
+    cmd.env(crate::pidfile::STATE_ENV, &cfg.state_dir);
+    // systemd's notify socket is the spawner unit's: a proxy's READY goes to its ready fd.
+    cmd.env_remove("NOTIFY_SOCKET");
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(false);
+    // Own session (hence own process group, no controlling terminal), so a signal to the
+    // supervisor's group or a hang-up of its terminal does not reach the proxies: they must
+    // outlive a supervisor restart.
+    cmd.new_session();
 }
 
 /// A proxy process we watch.
@@ -160,26 +207,7 @@ pub async fn launch<P: Platform>(
         .map_err(|e| Error::Spawn(format!("pipe: {e}")))?;
     let mut cmd = tokio::process::Command::new(&cfg.proxy_binary);
     cmd.args(args);
-    // The proxy reads oslo-style `OS_<GROUP>__<OPTION>` variables too: what configures the
-    // spawner must not reach its proxies behind the flags given here.
-    for (k, _) in std::env::vars_os() {
-        if k.as_encoded_bytes().starts_with(b"OS_") {
-            cmd.env_remove(k);
-        }
-    }
-    // Marks the proxy as started by the spawner of this state dir: the only proof, besides
-    // a pid file, that lets a restarted spawner stop it when it is no longer wanted.
-    cmd.env(crate::pidfile::STATE_ENV, &cfg.state_dir);
-    // systemd's notify socket is the spawner unit's: a proxy's READY goes to its ready fd.
-    cmd.env_remove("NOTIFY_SOCKET");
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(false);
-    // Own session (hence own process group, no controlling terminal), so a signal to the
-    // supervisor's group or a hang-up of its terminal does not reach the proxies: they must
-    // outlive a supervisor restart.
-    cmd.new_session();
+    proxy_env(&mut cmd, cfg);
     // Descriptors the spawner inherited without O_CLOEXEC (from whoever started it) must not
     // reach every proxy; the readiness pipe is mapped onto fd 3 after this.
     cmd.close_inherited_fds(READY_FD as u32);
@@ -192,15 +220,31 @@ pub async fn launch<P: Platform>(
     // Dropping the command closes our copy of the write end: EOF then means the proxy
     // closed (or died) without saying READY.
     drop(cmd);
-    let mut child = child?;
+    wait_ready(
+        child?,
+        rd,
+        cfg.ready_timeout,
+        &format!("proxy {} in {}", spec.id, spec.netns),
+    )
+    .await
+}
+
+/// Wait for `READY=1` on `rd` (the read end of the child's ready pipe) for up to `timeout`;
+/// a child that closes it without READY, or takes too long, is reaped (killed if needed) and
+/// the error says how, prefixed with `what`.
+pub async fn wait_ready(
+    mut child: tokio::process::Child,
+    rd: OwnedFd,
+    timeout: Duration,
+    what: &str,
+) -> Result<Running> {
     let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(rd)
         .map_err(|e| Error::Spawn(format!("pipe: {e}")));
     let ready = match rx {
-        Ok(rx) => tokio::time::timeout(cfg.ready_timeout, read_ready(rx)).await,
+        Ok(rx) => tokio::time::timeout(timeout, read_ready(rx)).await,
         Err(e) => Ok(Err(e)),
     };
-    let fail =
-        |reason: String| Error::Spawn(format!("proxy {} in {}: {reason}", spec.id, spec.netns));
+    let fail = |reason: String| Error::Spawn(format!("{what}: {reason}"));
     match ready {
         Ok(Ok(())) => Ok(Running::Child(child)),
         Ok(Err(e)) => {
@@ -218,10 +262,7 @@ pub async fn launch<P: Platform>(
         Err(_) => {
             let _ = child.start_kill();
             let _ = child.wait().await;
-            Err(fail(format!(
-                "not ready after {:?}, killed",
-                cfg.ready_timeout
-            )))
+            Err(fail(format!("not ready after {timeout:?}, killed")))
         }
     }
 }

@@ -27,6 +27,7 @@ pub mod pidfile;
 pub mod platform;
 mod proxy_task;
 pub mod records;
+pub mod shared_model;
 pub mod statedir;
 pub mod status;
 pub mod supervisor;

@@ -107,6 +107,36 @@ impl Platform for Namespaces {
         Ok(())
     }
 
+    async fn listen(
+        &self,
+        ns: &Netns,
+        spec: &ProxySpec,
+        backlog: usize,
+    ) -> Result<Vec<std::os::fd::OwnedFd>> {
+        use ns_metadata_proxy::bind::{bind_in, set_backlog, BindSpec};
+        let mut addrs = vec!["169.254.169.254:80".to_owned()];
+        if spec.ipv6 {
+            addrs.push(format!("[fe80::a9fe:a9fe]:80%{}", spec.interface));
+        }
+        let specs = addrs
+            .iter()
+            .map(|a| a.parse::<BindSpec>())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::Spawn(format!("bind spec: {e}")))?;
+        let ns = ns.try_clone().map_err(netns_err)?;
+        let key = spec.key.clone();
+        // The bind thread enters the namespace and may wait for DAD: off the runtime.
+        let listeners = tokio::task::spawn_blocking(move || {
+            let ls = bind_in(Some(&ns), &specs)?;
+            set_backlog(&ls, backlog)?;
+            Ok::<_, ns_metadata_proxy::Error>(ls)
+        })
+        .await
+        .map_err(|e| Error::Spawn(format!("listen for {key}: {e}")))?
+        .map_err(|e| Error::Spawn(format!("listen for {key}: {e}")))?;
+        Ok(listeners.into_iter().map(Into::into).collect())
+    }
+
     fn spawn(
         &self,
         ns: &Netns,

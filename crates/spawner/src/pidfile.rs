@@ -234,7 +234,7 @@ pub struct Want<'a> {
 
 /// Whether `info` runs `binary`: its exe is the binary, or the binary is a script (`#!`)
 /// that the kernel ran as `interpreter BINARY ...` (argv[1] is the script's path).
-fn runs(info: &ProcInfo, binary: &Path) -> bool {
+pub fn runs(info: &ProcInfo, binary: &Path) -> bool {
     let want = std::fs::canonicalize(binary).unwrap_or_else(|_| binary.to_owned());
     if info.exe.as_deref() == Some(want.as_path()) {
         return true;

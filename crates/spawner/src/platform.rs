@@ -48,6 +48,15 @@ pub trait Platform: Send + Sync + 'static {
     fn prepare(&self, ns: &Self::Ns, spec: &ProxySpec) -> impl Future<Output = Result<()>> + Send;
     /// Remove what `prepare` added (the addresses). An interface that is gone is fine.
     fn teardown(&self, ns: &Self::Ns, spec: &ProxySpec) -> impl Future<Output = Result<()>> + Send;
+    /// The shared model: open the proxy's listening sockets inside `ns` (prepared):
+    /// `169.254.169.254:80`, and `[fe80::a9fe:a9fe]:80` on `spec.interface` when `spec.ipv6`,
+    /// accept queues sized for `backlog` connections.
+    fn listen(
+        &self,
+        ns: &Self::Ns,
+        spec: &ProxySpec,
+        backlog: usize,
+    ) -> impl Future<Output = Result<Vec<std::os::fd::OwnedFd>>> + Send;
     /// Spawn `cmd` inside `ns` (opened before the fork, entered in the child).
     fn spawn(
         &self,
@@ -113,6 +122,17 @@ impl Platform for Host {
 
     async fn teardown(&self, _ns: &(), _spec: &ProxySpec) -> Result<()> {
         Ok(())
+    }
+    /// One loopback listener on a free port per proxy (169.254.169.254 is not here).
+    async fn listen(
+        &self,
+        _ns: &(),
+        spec: &ProxySpec,
+        _backlog: usize,
+    ) -> Result<Vec<std::os::fd::OwnedFd>> {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")
+            .map_err(|e| crate::Error::Spawn(format!("listen for {}: {e}", spec.key)))?;
+        Ok(vec![l.into()])
     }
 
     fn spawn(

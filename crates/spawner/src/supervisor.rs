@@ -11,7 +11,7 @@ use tokio::sync::{oneshot, Notify};
 
 use crate::adopt::{has_pair, judge, open_proven, unmanaged, Stale, Verdict};
 use crate::agent_probe::{self, AgentStatus};
-use crate::config::Config;
+use crate::config::{Config, ProxyModel};
 use crate::decide::{self, ProxySpec};
 use crate::launch::{proxy_args, Running};
 use crate::persist;
@@ -19,6 +19,7 @@ use crate::pidfile;
 use crate::platform::Platform;
 use crate::proxy_task::{proxy_task, Start, Task};
 use crate::records::{Network, RecordSet, Records, Router};
+use crate::shared_model::{namespace_task, SharedServer};
 use crate::status::Status;
 pub use crate::status::{ProxyStatus, State};
 use crate::Error;
@@ -121,6 +122,8 @@ struct Inner<P> {
     saver: persist::Saver,
     /// What loading `records.json` found at start.
     recovery: Mutex<persist::Recovery>,
+    /// The shared server (`proxy_model = shared`), started by the first reconcile.
+    shared: tokio::sync::OnceCell<SharedServer>,
 }
 
 /// The supervisor; cheap to clone (shared state).
@@ -159,6 +162,7 @@ impl<P: Platform> Supervisor<P> {
                 agent: Mutex::new(None),
                 saver: persist::Saver::default(),
                 recovery: Mutex::new(persist::Recovery::Clean),
+                shared: tokio::sync::OnceCell::new(),
             }),
         }
     }
@@ -431,6 +435,7 @@ impl<P: Platform> Supervisor<P> {
             .reconciles
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (present, waiting, cfg) = self.plan();
+        self.ensure_shared(&cfg).await;
         let removed: Vec<Proxy> = {
             let mut proxies = lock(&self.inner.proxies);
             let stale: Vec<String> = proxies
@@ -473,6 +478,17 @@ impl<P: Platform> Supervisor<P> {
         }
     }
 
+    /// With `proxy_model = shared`: the shared server, taken over from a previous spawner or
+    /// started, once (a later change of `proxy_model` takes effect at the next start).
+    async fn ensure_shared(&self, cfg: &Arc<Config>) {
+        if cfg.proxy_model == ProxyModel::Shared {
+            self.inner
+                .shared
+                .get_or_init(|| SharedServer::start(Arc::clone(cfg)))
+                .await;
+        }
+    }
+
     async fn stop_proxy(&self, p: Proxy) -> Result<(), String> {
         tracing::info!(key = %p.spec.key, netns = %p.spec.netns, "stopping proxy");
         let _ = p.stop.send(());
@@ -481,13 +497,16 @@ impl<P: Platform> Supervisor<P> {
             .map_err(|e| format!("{}: proxy task failed: {e}", p.spec.netns))
     }
 
-    /// Stop every proxy (for `--stop-proxies-on-exit`).
+    /// Stop every proxy, and the shared server if there is one (for `--stop-proxies-on-exit`).
     pub async fn stop_all(&self) {
         let _pass = self.inner.reconcile_lock.lock().await;
         let all: Vec<Proxy> = std::mem::take(&mut *lock(&self.inner.proxies))
             .into_values()
             .collect();
         futures::future::join_all(all.into_iter().map(|p| self.stop_proxy(p))).await;
+        if let Some(server) = self.inner.shared.get() {
+            server.stop().await;
+        }
     }
 
     /// At start: adopt the proxies that are provably ours and wanted in the namespace they
@@ -577,6 +596,7 @@ impl<P: Platform> Supervisor<P> {
         });
         futures::future::join_all(stops).await;
         *lock(&self.inner.waiting) = waiting;
+        self.ensure_shared(&cfg).await;
         let mut firsts = Vec::new();
         {
             let mut proxies = lock(&self.inner.proxies);
@@ -593,6 +613,10 @@ impl<P: Platform> Supervisor<P> {
         // Wait (bounded) until each proxy's first attempt is over: signalled by its status.
         let bound = cfg.ready_timeout + Duration::from_secs(1);
         let _ = tokio::time::timeout(bound, futures::future::join_all(firsts)).await;
+        // Sockets a previous spawner's shared server gave back that no record wants now.
+        if let Some(server) = self.inner.shared.get() {
+            server.drop_unclaimed().await;
+        }
     }
 
     fn start_proxy(
@@ -604,17 +628,23 @@ impl<P: Platform> Supervisor<P> {
     ) -> Proxy {
         let status = Arc::new(Status::new(&spec));
         let (stop_tx, stop_rx) = oneshot::channel();
-        let task = tokio::spawn(proxy_task(
-            Task {
-                platform: Arc::clone(&self.inner.platform),
-                spec: spec.clone(),
-                args: args.clone(),
-                status: Arc::clone(&status),
-                stop: stop_rx,
-                cfg: Arc::clone(cfg),
-            },
-            start,
-        ));
+        let t = Task {
+            platform: Arc::clone(&self.inner.platform),
+            spec: spec.clone(),
+            args: args.clone(),
+            status: Arc::clone(&status),
+            stop: stop_rx,
+            cfg: Arc::clone(cfg),
+        };
+        // The shared model once its server exists (`ensure_shared` runs before any start).
+        let shared = match cfg.proxy_model {
+            ProxyModel::Shared => self.inner.shared.get(),
+            ProxyModel::PerNamespace => None,
+        };
+        let task = match shared {
+            Some(server) => tokio::spawn(namespace_task(t, start, server.clone())),
+            None => tokio::spawn(proxy_task(t, start)),
+        };
         Proxy {
             spec,
             args,

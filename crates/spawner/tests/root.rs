@@ -20,32 +20,6 @@ use root_common::*;
 
 const T: Duration = Duration::from_secs(15);
 
-/// A supervisor on real namespaces with its reconcile loop running.
-fn supervisor(
-    dir: &TempDir,
-    tweak: impl FnOnce(&mut ns_metadata_spawner::config::Config),
-) -> Supervisor<Namespaces> {
-    let mut cfg = real_config(dir.path());
-    tweak(&mut cfg);
-    let sup = Supervisor::new(Namespaces, cfg, Records::default());
-    let looper = sup.clone();
-    tokio::spawn(async move { looper.run_loop().await });
-    sup
-}
-
-/// GET from the vm until it answers (the proxy may still be starting), or the last error.
-async fn answer(vm: &TestNs) -> Result<String, String> {
-    let mut last = String::new();
-    for _ in 0..300 {
-        match get_in(vm.netns(), META) {
-            Ok(b) => return Ok(b),
-            Err(e) => last = e,
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Err(last)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn router_mode_vm_reaches_agent_with_router_id_and_its_address_and_survives_kill9() {
     if !require_root(

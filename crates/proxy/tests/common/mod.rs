@@ -46,7 +46,8 @@ impl Proxy {
         let addr = std_l[0].local_addr().expect("addr");
         let l = tokio::net::TcpListener::from_std(std_l.into_iter().next().expect("one"))
             .expect("tokio listener");
-        let shared = Arc::new(server::Shared::new(&cfg));
+        let resource = cfg.resource.clone().expect("one resource");
+        let shared = Arc::new(server::Shared::new(&cfg, &resource));
         let (tx, rx) = oneshot::channel::<()>();
         let done = tokio::spawn(server::serve(
             shared.clone(),

@@ -11,9 +11,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use ns_metadata_spawner::config::Config;
+use ns_metadata_spawner::netns_platform::Namespaces;
+use ns_metadata_spawner::records::Records;
+use ns_metadata_spawner::supervisor::Supervisor;
 use ns_netns::Netns;
 pub use ns_testkit::agent::{Behave, StandIn};
 use ns_testkit::http::Blocking;
+use ns_testkit::netns::TestNs;
+use ns_testkit::TempDir;
 use ns_testkit::{bin_path, ChildGuard};
 
 /// Where a VM finds the metadata service.
@@ -112,4 +117,30 @@ pub fn start_daemon_by(mut cmd: Command, dir: &Path, ini: &Path, extra: &[&str])
     });
     assert_eq!(&buf[..n], b"READY=1");
     guard
+}
+
+/// A supervisor on real namespaces with its reconcile loop running.
+pub fn supervisor(
+    dir: &TempDir,
+    tweak: impl FnOnce(&mut ns_metadata_spawner::config::Config),
+) -> Supervisor<Namespaces> {
+    let mut cfg = real_config(dir.path());
+    tweak(&mut cfg);
+    let sup = Supervisor::new(Namespaces, cfg, Records::default());
+    let looper = sup.clone();
+    tokio::spawn(async move { looper.run_loop().await });
+    sup
+}
+
+/// GET from the vm until it answers (the proxy may still be starting), or the last error.
+pub async fn answer(vm: &TestNs) -> Result<String, String> {
+    let mut last = String::new();
+    for _ in 0..300 {
+        match get_in(vm.netns(), META) {
+            Ok(b) => return Ok(b),
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(last)
 }

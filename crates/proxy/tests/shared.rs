@@ -1,0 +1,309 @@
+//! The shared server (`--shared-server`, issue #20) through the real binary on loopback: the
+//! test plays the spawner, opening listeners and handing them over on the control socket.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::socket::{
+    bind, connect, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+};
+use ns_testkit::agent::{Behave, StandIn};
+use ns_testkit::http::Blocking;
+use ns_testkit::{bin_path, ChildGuard, TempDir};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The spawner's side of the control socket: a listening SOCK_SEQPACKET socket the server
+/// inherits (CLOEXEC off), and connections to it.
+struct ControlSocket {
+    path: std::path::PathBuf,
+    listener: OwnedFd,
+}
+
+impl ControlSocket {
+    fn new(dir: &Path) -> ControlSocket {
+        let path = dir.join("shared.sock");
+        // No SOCK_CLOEXEC: the server process inherits it at this number.
+        let listener = socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::empty(),
+            None,
+        )
+        .expect("socket");
+        bind(
+            listener.as_raw_fd(),
+            &UnixAddr::new(&path).expect("unix addr"),
+        )
+        .expect("bind control socket");
+        listen(&listener, Backlog::new(8).expect("backlog")).expect("listen");
+        ControlSocket { path, listener }
+    }
+
+    fn connect(&self) -> Control {
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .expect("socket");
+        connect(
+            fd.as_raw_fd(),
+            &UnixAddr::new(&self.path).expect("unix addr"),
+        )
+        .expect("connect control socket");
+        let d = UnixDatagram::from(fd);
+        d.set_read_timeout(Some(WAIT)).expect("timeout");
+        Control(d)
+    }
+}
+
+struct Control(UnixDatagram);
+
+impl Control {
+    fn ask(&self, msg: &str, fds: &[BorrowedFd<'_>]) -> String {
+        ns_netns::send_fds(self.0.as_fd(), msg.as_bytes(), fds).expect("send");
+        self.answer().0
+    }
+
+    fn answer(&self) -> (String, Vec<OwnedFd>) {
+        let mut buf = [0u8; 1024];
+        let (n, fds) = ns_netns::recv_fds(self.0.as_fd(), &mut buf).expect("answer");
+        (String::from_utf8_lossy(&buf[..n]).into_owned(), fds)
+    }
+}
+
+fn start_server(dir: &Path, control: &ControlSocket, agent: &Path, extra: &[&str]) -> ChildGuard {
+    let child = Command::new(bin_path("ns-metadata-proxy"))
+        .arg("--shared-server")
+        .arg(dir)
+        .args(["--control-fd", &control.listener.as_raw_fd().to_string()])
+        .arg("--metadata-proxy-socket")
+        .arg(agent)
+        .args(extra)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn shared server");
+    ChildGuard(child)
+}
+
+fn loopback_listener() -> std::net::TcpListener {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback")
+}
+
+fn get(addr: std::net::SocketAddr) -> Option<String> {
+    let mut c = Blocking::tcp(addr, WAIT).ok()?;
+    c.send(
+        b"GET /latest/meta-data/ HTTP/1.1\r\nHost: 169.254.169.254\r\nConnection: close\r\n\r\n",
+    )
+    .ok()?;
+    c.read(false, WAIT).map(|r| r.text())
+}
+
+#[test]
+fn namespaces_handed_over_are_served_with_their_own_id() {
+    let dir = TempDir::new("shared");
+    let agent = StandIn::start(Behave::Headers);
+    let control = ControlSocket::new(dir.path());
+    let _server = start_server(dir.path(), &control, agent.path(), &[]);
+    let c = control.connect();
+
+    let (a, b) = (loopback_listener(), loopback_listener());
+    let (addr_a, addr_b) = (a.local_addr().expect("a"), b.local_addr().expect("b"));
+    assert_eq!(c.ask("add router r-a qrouter-r-a", &[a.as_fd()]), "ok");
+    assert_eq!(c.ask("add network n-b qdhcp-n-b", &[b.as_fd()]), "ok");
+    // The same sockets again (a restarted spawner hands everything over): a no-op.
+    assert_eq!(c.ask("add router r-a qrouter-r-a", &[a.as_fd()]), "ok");
+
+    let body_a = get(addr_a).expect("answer through r-a");
+    assert!(body_a.contains("router=r-a network=-"), "{body_a}");
+    assert!(body_a.contains("xff=127.0.0.1"), "{body_a}");
+    let body_b = get(addr_b).expect("answer through n-b");
+    assert!(body_b.contains("router=- network=n-b"), "{body_b}");
+
+    // `list` gives every socket back, tagged.
+    ns_netns::send_fds(c.0.as_fd(), b"list", &[]).expect("list");
+    let mut have = Vec::new();
+    loop {
+        let (line, fds) = c.answer();
+        if line.starts_with("end ") {
+            assert_eq!(line, "end 2");
+            break;
+        }
+        assert_eq!(fds.len(), 1, "{line}");
+        let l = std::net::TcpListener::from(fds.into_iter().next().expect("fd"));
+        have.push((line, l.local_addr().expect("addr")));
+    }
+    have.sort();
+    assert_eq!(
+        have,
+        vec![
+            ("have network n-b qdhcp-n-b".to_owned(), addr_b),
+            ("have router r-a qrouter-r-a".to_owned(), addr_a),
+        ]
+    );
+
+    // Removed, and the spawner's copy closed: nothing listens there any more.
+    assert_eq!(c.ask("remove router r-a", &[]), "ok");
+    drop(a);
+    drop(have);
+    let refused = ns_testkit::wait_until(WAIT, || std::net::TcpStream::connect(addr_a).is_err());
+    assert!(refused, "r-a's port still accepts after remove");
+    assert!(get(addr_b).is_some_and(|t| t.contains("network=n-b")));
+}
+
+#[test]
+fn bad_requests_get_an_error_and_change_nothing() {
+    let dir = TempDir::new("shared-bad");
+    let agent = StandIn::start(Behave::Headers);
+    let control = ControlSocket::new(dir.path());
+    let _server = start_server(dir.path(), &control, agent.path(), &[]);
+    let c = control.connect();
+    let l = loopback_listener();
+    let (r, w) = std::os::unix::net::UnixStream::pair().expect("pair");
+    for (msg, fds, why) in [
+        (
+            "add router r-1 qrouter-r-1",
+            vec![],
+            "at least one listener",
+        ),
+        (
+            "add router r-1 qrouter-r-1",
+            vec![r.as_fd()],
+            "listening TCP socket",
+        ),
+        ("add router r/1 qrouter-r-1", vec![l.as_fd()], "r/1"),
+        ("add vpc r-1 qrouter-r-1", vec![l.as_fd()], "unknown kind"),
+        ("remove router r-1", vec![], "not served"),
+        ("remove router r-1", vec![l.as_fd()], "no descriptors"),
+        ("hello", vec![], "expected"),
+    ] {
+        let answer = c.ask(msg, &fds);
+        assert!(
+            answer.starts_with("error ") && answer.contains(why),
+            "{msg}: {answer}"
+        );
+    }
+    drop(w);
+    ns_netns::send_fds(c.0.as_fd(), b"list", &[]).expect("list");
+    assert_eq!(c.answer().0, "end 0");
+}
+
+#[test]
+fn one_namespace_at_its_limit_does_not_starve_another() {
+    let dir = TempDir::new("shared-fair");
+    let agent = StandIn::start(Behave::Headers);
+    let control = ControlSocket::new(dir.path());
+    let _server = start_server(
+        dir.path(),
+        &control,
+        agent.path(),
+        &["--max-connections", "2"],
+    );
+    let c = control.connect();
+    let (busy, quiet) = (loopback_listener(), loopback_listener());
+    assert_eq!(c.ask("add router busy qrouter-busy", &[busy.as_fd()]), "ok");
+    assert_eq!(
+        c.ask("add router quiet qrouter-quiet", &[quiet.as_fd()]),
+        "ok"
+    );
+    // The busy router's VMs hold every connection it may serve (a request head never
+    // finished), and more wait behind them.
+    let addr = busy.local_addr().expect("addr");
+    let held: Vec<_> = (0..6)
+        .map(|_| {
+            let mut s = Blocking::tcp(addr, WAIT).expect("connect busy");
+            s.send(b"GET / HTTP/1.1\r\n").expect("partial head");
+            s
+        })
+        .collect();
+    let body = get(quiet.local_addr().expect("addr")).expect("quiet router answered");
+    assert!(body.contains("router=quiet"), "{body}");
+    drop(held);
+    // And the busy one recovers once its connections are gone.
+    assert!(get(addr).is_some_and(|t| t.contains("router=busy")));
+}
+
+#[test]
+fn a_killed_server_loses_no_waiting_connection() {
+    let dir = TempDir::new("shared-kill");
+    let agent = StandIn::start(Behave::Headers);
+    let control = ControlSocket::new(dir.path());
+    let mut server = start_server(dir.path(), &control, agent.path(), &[]);
+    let l = loopback_listener();
+    let addr = l.local_addr().expect("addr");
+    assert_eq!(
+        control
+            .connect()
+            .ask("add router r-k qrouter-r-k", &[l.as_fd()]),
+        "ok"
+    );
+    assert!(get(addr).is_some_and(|t| t.contains("router=r-k")));
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9");
+    let _ = server.0.wait();
+    // While no server runs, the kernel still completes connections into the accept queue
+    // of the socket we (the spawner) kept: a VM sees a slow answer, not a refusal.
+    let waiting: Vec<_> = (0..3)
+        .map(|_| std::thread::spawn(move || get(addr)))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let _server2 = start_server(dir.path(), &control, agent.path(), &[]);
+    assert_eq!(
+        control
+            .connect()
+            .ask("add router r-k qrouter-r-k", &[l.as_fd()]),
+        "ok"
+    );
+    for w in waiting {
+        let body = w
+            .join()
+            .expect("thread")
+            .expect("answered after the restart");
+        assert!(body.contains("router=r-k"), "{body}");
+    }
+}
+
+#[test]
+fn options_for_one_namespace_are_refused_with_the_shared_server() {
+    let dir = TempDir::new("shared-opts");
+    let control = ControlSocket::new(dir.path());
+    for extra in [
+        &["--router-id", "r-1"][..],
+        &["--netns", "qrouter-r-1"],
+        &["--bind", "127.0.0.1:9"],
+        &["--daemonize"],
+    ] {
+        let out = Command::new(bin_path("ns-metadata-proxy"))
+            .arg("--shared-server")
+            .arg(dir.path())
+            .args(["--control-fd", &control.listener.as_raw_fd().to_string()])
+            .args(extra)
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(err.contains("--shared-server"), "{extra:?}: {err}");
+    }
+    // A control fd that is not a listening SOCK_SEQPACKET socket.
+    let out = Command::new(bin_path("ns-metadata-proxy"))
+        .arg("--shared-server")
+        .arg(dir.path())
+        .args(["--control-fd", "0"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--control-fd 0"),
+        "{err}"
+    );
+}

@@ -1,0 +1,704 @@
+//! The shared proxy model (`[spawner] proxy_model = shared`, issue #20): one
+//! `ns-metadata-proxy --shared-server STATE_DIR` process serves every namespace. For each
+//! wanted namespace the spawner prepares it as for a proxy (addresses), opens its listening
+//! sockets inside it, keeps a copy and hands them to the server on the control socket
+//! (`STATE_DIR/shared.sock`, protocol in the proxy's `src/shared.rs`).
+//!
+//! - The server is supervised like a proxy: restarted at once, then with backoff; a restarted
+//!   server is handed every socket again, so connections that arrived while it was down wait
+//!   in the kernel's accept queues instead of being refused.
+//! - The server outlives the spawner (as proxies do). A restarted spawner proves the server
+//!   is its own (pid file `STATE_DIR/shared-server.pid` with the start time, exe = the proxy
+//!   binary, argv `--shared-server STATE_DIR`), takes every socket back with `list`, and a
+//!   namespace uses a socket it got back only when the socket's own namespace
+//!   (`SIOCGSKNS`) is the record's namespace now and its address is the metadata address;
+//!   otherwise the server is told to drop it and the namespace binds afresh.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use command_fds::{CommandFdExt, FdMapping};
+use ns_netns::CommandExt as _;
+use tokio::io::Interest;
+use tokio::net::UnixDatagram;
+use tokio::sync::{oneshot, watch};
+
+use crate::backoff::Backoff;
+use crate::config::Config;
+use crate::decide::ProxySpec;
+use crate::launch::{self, Running, READY_FD};
+use crate::pidfile;
+use crate::platform::{Opened, Platform};
+use crate::proxy_task::{Start, Task};
+use crate::status::Status;
+use crate::{Error, Result};
+
+/// The control socket in the state directory.
+pub const CONTROL_SOCKET: &str = "shared.sock";
+/// The server's pid file in the state directory: `pid starttime`.
+pub const PID_FILE: &str = "shared-server.pid";
+/// Where the server finds the control socket (after the readiness pipe on 3).
+const CONTROL_FD: i32 = 4;
+/// Longest control message.
+const MAX_MESSAGE: usize = 1024;
+
+/// The server's arguments (without the program): the proxy options every proxy gets, no
+/// id and no binds.
+pub fn server_args(cfg: &Config) -> Vec<String> {
+    let mut a = vec![
+        "--shared-server".to_owned(),
+        cfg.state_dir.display().to_string(),
+        "--control-fd".to_owned(),
+        CONTROL_FD.to_string(),
+    ];
+    a.extend(launch::shared_args(cfg));
+    a
+}
+
+/// A namespace's entry: the `add` request and our copies of its sockets.
+struct Entry {
+    request: String,
+    fds: Vec<OwnedFd>,
+}
+
+struct Inner {
+    cfg: Arc<Config>,
+    entries: Mutex<BTreeMap<String, Entry>>,
+    /// The control connection while a server is up (one request at a time).
+    control: tokio::sync::Mutex<Option<UnixDatagram>>,
+    /// The server's pid while it is up and has every entry.
+    up: watch::Sender<Option<u32>>,
+    /// Sockets a running server gave back at start, by `KIND ID`: (namespace name, sockets).
+    taken: Mutex<BTreeMap<String, (String, Vec<OwnedFd>)>>,
+    /// Set to stop the server for good (`--stop-proxies-on-exit`).
+    stop: watch::Sender<bool>,
+    /// The task that keeps the server running.
+    manager: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// The handle on the shared server; cheap to clone.
+#[derive(Clone)]
+pub struct SharedServer {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn tag(spec: &ProxySpec) -> String {
+    format!("{} {}", spec.kind.as_str(), spec.id)
+}
+
+impl SharedServer {
+    /// Take over the server of a previous spawner of this state dir if one runs and is
+    /// provably ours, else start one; then keep it running.
+    pub async fn start(cfg: Arc<Config>) -> SharedServer {
+        let (up, _) = watch::channel(None);
+        let inner = Arc::new(Inner {
+            cfg: Arc::clone(&cfg),
+            entries: Mutex::new(BTreeMap::new()),
+            control: tokio::sync::Mutex::new(None),
+            up,
+            taken: Mutex::new(BTreeMap::new()),
+            stop: watch::channel(false).0,
+            manager: Mutex::new(None),
+        });
+        let adopted = match take_over(&cfg).await {
+            Ok(Some((running, pid, conn, taken))) => {
+                tracing::info!(
+                    pid,
+                    namespaces = taken.len(),
+                    "took over the running shared server and its sockets"
+                );
+                *lock(&inner.taken) = taken;
+                *inner.control.lock().await = Some(conn);
+                inner.up.send_replace(Some(pid));
+                Some(running)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(err = %e, "cannot take over the shared server of the previous run; starting a new one");
+                None
+            }
+        };
+        let task = tokio::spawn(manage(Arc::clone(&inner), adopted));
+        *lock(&inner.manager) = Some(task);
+        SharedServer { inner }
+    }
+
+    /// Stop the server for good (SIGTERM, grace, SIGKILL), with its pid file and control
+    /// socket: for `--stop-proxies-on-exit`. Otherwise the server outlives the spawner.
+    pub async fn stop(&self) {
+        self.inner.stop.send_replace(true);
+        let task = lock(&self.inner.manager).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+
+    /// The server's pid while it is up.
+    pub fn pid(&self) -> Option<u32> {
+        *self.inner.up.borrow()
+    }
+
+    /// Changes of the server's pid (`None` while it restarts).
+    pub fn watch(&self) -> watch::Receiver<Option<u32>> {
+        self.inner.up.subscribe()
+    }
+
+    /// The sockets the previous spawner's server served for `spec`, if they are still right
+    /// for it: in the namespace named `spec.netns` now (`ino`) and bound to the metadata
+    /// address. Sockets that are not right are dropped here and by the server.
+    async fn take_back(&self, spec: &ProxySpec, ino: Option<u64>) -> Option<Vec<OwnedFd>> {
+        let (netns, fds) = lock(&self.inner.taken).remove(&tag(spec))?;
+        let right = fds.iter().all(|fd| socket_is_right(fd.as_fd(), spec, ino));
+        if right && netns == spec.netns {
+            return Some(fds);
+        }
+        tracing::info!(key = %spec.key, netns = %netns, "a socket handed back is not in the record's namespace now; binding afresh");
+        drop(fds);
+        let _ = self.request(&format!("remove {}", tag(spec)), &[]).await;
+        None
+    }
+
+    /// Sockets handed back that no namespace claimed (their records are gone): dropped, and
+    /// the server told to close its copies.
+    pub async fn drop_unclaimed(&self) {
+        let left: Vec<String> = std::mem::take(&mut *lock(&self.inner.taken))
+            .into_keys()
+            .collect();
+        for t in left {
+            tracing::info!(namespace = %t, "not wanted any more: removed from the shared server");
+            let _ = self.request(&format!("remove {t}"), &[]).await;
+        }
+    }
+
+    /// Serve `spec` with `fds` (kept here too): the server's pid once it serves them.
+    async fn add(&self, spec: &ProxySpec, fds: Vec<OwnedFd>) -> Result<u32> {
+        let request = format!("add {} {}", tag(spec), spec.netns);
+        let copies = dup_all(&fds)?;
+        lock(&self.inner.entries).insert(
+            spec.key.clone(),
+            Entry {
+                request: request.clone(),
+                fds,
+            },
+        );
+        let borrowed: Vec<BorrowedFd<'_>> = copies.iter().map(AsFd::as_fd).collect();
+        match self.request(&request, &borrowed).await {
+            Ok(pid) => Ok(pid),
+            Err(e) => {
+                lock(&self.inner.entries).remove(&spec.key);
+                Err(e)
+            }
+        }
+    }
+
+    /// Stop serving `spec`: the server closes its copies, we close ours.
+    async fn remove(&self, spec: &ProxySpec) {
+        lock(&self.inner.entries).remove(&spec.key);
+        if let Err(e) = self.request(&format!("remove {}", tag(spec)), &[]).await {
+            tracing::debug!(key = %spec.key, err = %e, "shared server: remove");
+        }
+    }
+
+    /// One request once the server is up (waiting up to the ready timeout): the server's
+    /// pid on `ok`.
+    async fn request(&self, msg: &str, fds: &[BorrowedFd<'_>]) -> Result<u32> {
+        let wait = self.inner.cfg.ready_timeout;
+        let mut up = self.inner.up.subscribe();
+        let pid = match tokio::time::timeout(wait, up.wait_for(Option::is_some)).await {
+            Ok(Ok(pid)) => pid.unwrap_or_default(),
+            _ => {
+                return Err(Error::Spawn(format!(
+                    "the shared server is not up after {wait:?}"
+                )))
+            }
+        };
+        let control = self.inner.control.lock().await;
+        let conn = control
+            .as_ref()
+            .ok_or_else(|| Error::Spawn("the shared server is restarting".into()))?;
+        match ask(conn, msg, fds, wait).await {
+            Ok(a) if a == "ok" => Ok(pid),
+            Ok(a) => Err(Error::Spawn(format!(
+                "shared server: {}",
+                a.strip_prefix("error ").unwrap_or(&a)
+            ))),
+            Err(e) => Err(Error::Spawn(format!("shared server control socket: {e}"))),
+        }
+    }
+}
+
+fn dup_all(fds: &[OwnedFd]) -> Result<Vec<OwnedFd>> {
+    fds.iter()
+        .map(|fd| {
+            fd.try_clone()
+                .map_err(|e| Error::Spawn(format!("dup listener: {e}")))
+        })
+        .collect()
+}
+
+/// Whether a socket handed back is one this spec would open now: in the namespace with
+/// inode `ino` and bound to port 80 of the metadata address.
+fn socket_is_right(fd: BorrowedFd<'_>, spec: &ProxySpec, ino: Option<u64>) -> bool {
+    let in_ns = ns_netns::Netns::of_socket(fd).ok().map(|n| n.inode());
+    if in_ns.is_none() || in_ns != ino {
+        return false;
+    }
+    let Ok(dup) = fd.try_clone_to_owned() else {
+        return false;
+    };
+    let l = std::net::TcpListener::from(dup);
+    match l.local_addr() {
+        Ok(std::net::SocketAddr::V4(a)) => {
+            a.port() == 80 && a.ip().octets() == [169, 254, 169, 254]
+        }
+        Ok(std::net::SocketAddr::V6(a)) => {
+            spec.ipv6
+                && a.port() == 80
+                && a.ip().segments() == [0xfe80, 0, 0, 0, 0, 0, 0xa9fe, 0xa9fe]
+        }
+        Err(_) => false,
+    }
+}
+
+/// One request and its answer on the control connection.
+async fn ask(
+    conn: &UnixDatagram,
+    msg: &str,
+    fds: &[BorrowedFd<'_>],
+    wait: Duration,
+) -> std::io::Result<String> {
+    conn.async_io(Interest::WRITABLE, || {
+        ns_netns::send_fds(conn.as_fd(), msg.as_bytes(), fds)
+    })
+    .await?;
+    let (line, _fds) = tokio::time::timeout(wait, answer(conn))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))??;
+    Ok(line)
+}
+
+async fn answer(conn: &UnixDatagram) -> std::io::Result<(String, Vec<OwnedFd>)> {
+    let mut buf = [0u8; MAX_MESSAGE];
+    let (n, fds) = conn
+        .async_io(Interest::READABLE, || {
+            ns_netns::recv_fds(conn.as_fd(), &mut buf)
+        })
+        .await?;
+    if n == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the shared server closed the control connection",
+        ));
+    }
+    Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), fds))
+}
+
+/// A connection to the control socket at `path`.
+fn connect(path: &Path) -> std::io::Result<UnixDatagram> {
+    let d = std::os::unix::net::UnixDatagram::from(ns_netns::seqpacket_connect(path)?);
+    d.set_nonblocking(true)?;
+    UnixDatagram::from_std(d)
+}
+
+/// A fresh listening control socket at `STATE_DIR/shared.sock` (a stale socket file there is
+/// replaced; anything else is refused). The state dir is ours and 0700.
+fn control_listener(state_dir: &Path) -> Result<OwnedFd> {
+    use std::os::unix::fs::FileTypeExt as _;
+    let path = state_dir.join(CONTROL_SOCKET);
+    let io = |op: &'static str, source: std::io::Error| Error::Io {
+        op,
+        path: path.clone(),
+        source,
+    };
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.file_type().is_socket() => {
+            std::fs::remove_file(&path).map_err(|e| io("remove stale", e))?
+        }
+        Ok(_) => {
+            return Err(Error::Invalid(format!(
+                "{} exists and is not a socket: move it away",
+                path.display()
+            )))
+        }
+        Err(_) => {}
+    }
+    ns_netns::seqpacket_listen(&path, 16).map_err(|e| io("listen on", e))
+}
+
+/// Start a server on `listener` and wait for its READY; its pid file written.
+async fn spawn_server(cfg: &Config, listener: &OwnedFd) -> Result<(Running, u32)> {
+    let (rd, wr) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| Error::Spawn(format!("pipe: {e}")))?;
+    let control = listener
+        .try_clone()
+        .map_err(|e| Error::Spawn(format!("dup control socket: {e}")))?;
+    let mut cmd = tokio::process::Command::new(&cfg.proxy_binary);
+    cmd.args(server_args(cfg));
+    launch::proxy_env(&mut cmd, cfg);
+    cmd.close_inherited_fds(READY_FD as u32);
+    cmd.fd_mappings(vec![
+        FdMapping {
+            parent_fd: wr,
+            child_fd: READY_FD,
+        },
+        FdMapping {
+            parent_fd: control,
+            child_fd: CONTROL_FD,
+        },
+    ])
+    .map_err(|e| Error::Spawn(format!("fd mapping: {e}")))?;
+    let child = cmd
+        .spawn()
+        .map_err(|e| Error::Spawn(format!("spawn {}: {e}", cfg.proxy_binary.display())));
+    drop(cmd);
+    let child = child?;
+    let running = launch::wait_ready(child, rd, cfg.ready_timeout, "the shared server").await?;
+    let pid = running.pid().unwrap_or_default();
+    let start = pidfile::start_time(pid).unwrap_or_default();
+    if let Err(e) = crate::statedir::write_atomic(
+        &cfg.state_dir,
+        PID_FILE,
+        format!("{pid} {start}\n").as_bytes(),
+    ) {
+        tracing::warn!(err = %e, "cannot write the shared server's pid file; a restarted spawner will not take it over");
+    }
+    Ok((running, pid))
+}
+
+/// What a previous spawner's server gave back.
+type TakenOver = (
+    Running,
+    u32,
+    UnixDatagram,
+    BTreeMap<String, (String, Vec<OwnedFd>)>,
+);
+
+/// The server of a previous spawner of this state dir, if its pid file names a live process
+/// that is provably it, with every socket it serves.
+async fn take_over(cfg: &Config) -> Result<Option<TakenOver>> {
+    let pid_path = cfg.state_dir.join(PID_FILE);
+    let Some(bytes) = crate::statedir::read_nofollow(&pid_path, 64)? else {
+        return Ok(None);
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let mut f = text.split_ascii_whitespace();
+    let (Some(Ok(pid)), Some(Ok(start))) = (
+        f.next().map(str::parse::<u32>),
+        f.next().map(str::parse::<u64>),
+    ) else {
+        return Err(Error::Invalid(format!(
+            "{}: not `pid starttime`",
+            pid_path.display()
+        )));
+    };
+    let Some(info) = pidfile::ProcInfo::read(pid) else {
+        return Ok(None);
+    };
+    if let Err(why) = is_our_server(&info, start, cfg) {
+        tracing::info!(pid, why = %why, "the shared server's pid file names another process; not touched");
+        return Ok(None);
+    }
+    let Some(running) = crate::adopt::open_proven(pid, &info) else {
+        return Ok(None);
+    };
+    let conn = connect(&cfg.state_dir.join(CONTROL_SOCKET)).map_err(|e| Error::Io {
+        op: "connect",
+        path: cfg.state_dir.join(CONTROL_SOCKET),
+        source: e,
+    })?;
+    let wait = cfg.ready_timeout;
+    conn.async_io(Interest::WRITABLE, || {
+        ns_netns::send_fds(conn.as_fd(), b"list", &[])
+    })
+    .await
+    .map_err(|e| Error::Spawn(format!("shared server list: {e}")))?;
+    let mut taken = BTreeMap::new();
+    loop {
+        let (line, fds) = tokio::time::timeout(wait, answer(&conn))
+            .await
+            .map_err(|_| Error::Spawn("shared server list: no answer".into()))?
+            .map_err(|e| Error::Spawn(format!("shared server list: {e}")))?;
+        if line.starts_with("end ") {
+            break;
+        }
+        let words: Vec<&str> = line.split(' ').collect();
+        match words.as_slice() {
+            ["have", kind, id, netns] => {
+                taken.insert(format!("{kind} {id}"), ((*netns).to_owned(), fds));
+            }
+            _ => {
+                return Err(Error::Spawn(format!(
+                    "shared server list: unexpected {line:?}"
+                )))
+            }
+        }
+    }
+    Ok(Some((running, pid, conn, taken)))
+}
+
+/// The identity rule for the server: the proxy binary, started as `--shared-server` of this
+/// state dir, at the start time its pid file recorded.
+fn is_our_server(
+    info: &pidfile::ProcInfo,
+    start: u64,
+    cfg: &Config,
+) -> std::result::Result<(), String> {
+    if !pidfile::runs(info, &cfg.proxy_binary) {
+        return Err("not the proxy binary".into());
+    }
+    let dir = cfg.state_dir.display().to_string();
+    if !info
+        .argv
+        .windows(2)
+        .any(|w| w[0] == "--shared-server" && w[1] == dir)
+    {
+        return Err("not the shared server of this state dir".into());
+    }
+    if info.start != Some(start) {
+        return Err("started after the pid file was written (recycled pid)".into());
+    }
+    Ok(())
+}
+
+/// Keep the server running: (re)start it, hand it every entry, restart it when it dies;
+/// until asked to stop it.
+async fn manage(inner: Arc<Inner>, mut current: Option<Running>) {
+    let cfg = Arc::clone(&inner.cfg);
+    let mut stop = inner.stop.subscribe();
+    let mut backoff = Backoff::new(cfg.max_restart_delay);
+    let mut listener: Option<OwnedFd> = None;
+    loop {
+        let mut running = match current.take() {
+            Some(r) => r,
+            None => {
+                let started = async {
+                    // A taken-over server keeps the old listener; a new one gets a fresh one.
+                    if listener.is_none() {
+                        listener = Some(control_listener(&cfg.state_dir)?);
+                    }
+                    let l = listener
+                        .as_ref()
+                        .ok_or_else(|| Error::Spawn("no control socket".into()))?;
+                    let (running, pid) = spawn_server(&cfg, l).await?;
+                    let conn = connect(&cfg.state_dir.join(CONTROL_SOCKET))
+                        .map_err(|e| Error::Spawn(format!("connect to the shared server: {e}")))?;
+                    replay(&inner, &conn, cfg.ready_timeout).await?;
+                    *inner.control.lock().await = Some(conn);
+                    inner.up.send_replace(Some(pid));
+                    tracing::info!(pid, "shared server ready");
+                    Ok::<_, Error>(running)
+                };
+                match started.await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let delay = backoff.start_failed();
+                        tracing::warn!(err = %e, retry_in = ?delay, "shared server start failed");
+                        if !sleep_unless_stopped(delay, &mut stop).await {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
+        let since = Instant::now();
+        let how = tokio::select! {
+            how = running.wait() => how,
+            _ = stopped(&mut stop) => {
+                inner.up.send_replace(None);
+                *inner.control.lock().await = None;
+                let how = running.stop(cfg.stop_timeout).await;
+                tracing::info!(how = %how, "shared server stopped");
+                let _ = std::fs::remove_file(cfg.state_dir.join(PID_FILE));
+                let _ = std::fs::remove_file(cfg.state_dir.join(CONTROL_SOCKET));
+                return;
+            }
+        };
+        inner.up.send_replace(None);
+        *inner.control.lock().await = None;
+        let delay = backoff.died(since.elapsed());
+        tracing::warn!(how = %how, restart_in = ?delay, "shared server died; its sockets wait in the kernel for the next one");
+        if !sleep_unless_stopped(delay, &mut stop).await {
+            return;
+        }
+    }
+}
+
+/// Resolves once a stop is asked (or the handle is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Sleep `delay` unless a stop is asked first: true to go on.
+async fn sleep_unless_stopped(delay: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => true,
+        _ = stopped(stop) => false,
+    }
+}
+
+/// Hand every entry to a freshly started server.
+async fn replay(inner: &Inner, conn: &UnixDatagram, wait: Duration) -> Result<()> {
+    let all: Vec<(String, String, Vec<OwnedFd>)> = lock(&inner.entries)
+        .iter()
+        .map(|(k, e)| Ok((k.clone(), e.request.clone(), dup_all(&e.fds)?)))
+        .collect::<Result<_>>()?;
+    for (key, request, fds) in all {
+        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+        match ask(conn, &request, &borrowed, wait).await {
+            Ok(a) if a == "ok" => {}
+            Ok(a) => tracing::warn!(key = %key, answer = %a, "shared server refused a namespace"),
+            Err(e) => {
+                return Err(Error::Spawn(format!(
+                    "handing sockets to the shared server: {e}"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The one owner of one namespace in the shared model: open and prepare it, open its
+/// listeners (or take back the ones a previous spawner's server had), hand them to the
+/// server, follow the server's restarts in the status, and on stop take them back and tear
+/// the namespace down.
+pub(crate) async fn namespace_task<P: Platform>(t: Task<P>, start: Start, server: SharedServer) {
+    let Task {
+        platform,
+        spec,
+        status,
+        mut stop,
+        cfg,
+        ..
+    } = t;
+    let pid_dir = cfg.pid_dir();
+    if let Start::Adopt(mut r, _) = start {
+        // A proxy of the per-namespace model holds the port: the shared server takes over.
+        tracing::info!(key = %spec.key, pid = ?r.pid(), "stopping the namespace's own proxy: the shared server serves it");
+        r.stop(cfg.stop_timeout).await;
+        pidfile::remove(&pid_dir, &spec.key);
+    }
+    let mut backoff = Backoff::new(cfg.max_restart_delay);
+    let mut server_pid = server.watch();
+    loop {
+        let opened = match platform.open(&spec).await {
+            Ok(Opened::Ready(ns)) => ns,
+            Ok(Opened::Missing(reason)) => {
+                if status.waiting(reason.clone()) {
+                    tracing::info!(key = %spec.key, netns = %spec.netns, reason = %reason, "namespace waiting");
+                }
+                if !pause(crate::proxy_task::WAITING_RECHECK, &mut stop).await {
+                    status.stopped();
+                    return;
+                }
+                continue;
+            }
+            Err(e) => {
+                if !failed(&status, &spec, e, &mut backoff, &mut stop).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        status.starting();
+        let served = async {
+            platform.prepare(&opened, &spec).await?;
+            let ino = platform.namespace_inode(&spec.netns);
+            let fds = match server.take_back(&spec, ino).await {
+                Some(fds) => fds,
+                None => {
+                    platform
+                        .listen(&opened, &spec, cfg_max_connections())
+                        .await?
+                }
+            };
+            server.add(&spec, fds).await
+        };
+        match served.await {
+            Ok(pid) => {
+                tracing::info!(key = %spec.key, netns = %spec.netns, pid, "namespace served by the shared server");
+                status.running(Some(pid), None);
+            }
+            Err(e) => {
+                if !failed(&status, &spec, e, &mut backoff, &mut stop).await {
+                    let _ = platform.teardown(&opened, &spec).await;
+                    return;
+                }
+                continue;
+            }
+        }
+        // Served: follow the server's restarts until stopped.
+        loop {
+            tokio::select! {
+                asked = &mut stop => {
+                    if asked.is_err() {
+                        // The supervisor is gone: the server keeps serving for the next one.
+                        return;
+                    }
+                    status.stopping();
+                    server.remove(&spec).await;
+                    if let Err(e) = platform.teardown(&opened, &spec).await {
+                        tracing::warn!(key = %spec.key, err = %e, "teardown failed");
+                    }
+                    status.stopped();
+                    return;
+                }
+                changed = server_pid.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let pid = *server_pid.borrow_and_update();
+                    match pid {
+                        Some(pid) => status.running(Some(pid), None),
+                        None => status.died("shared server restarting".into(), true),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The connections one namespace may queue: the proxy's default `max_connections`.
+fn cfg_max_connections() -> usize {
+    ns_metadata_proxy::config::DEFAULT_MAXCONN
+}
+
+/// A failed attempt: status, backoff, and whether to go on (false: stopped or detached).
+async fn failed(
+    status: &Status,
+    spec: &ProxySpec,
+    e: Error,
+    backoff: &mut Backoff,
+    stop: &mut oneshot::Receiver<()>,
+) -> bool {
+    let delay = backoff.start_failed();
+    tracing::warn!(key = %spec.key, netns = %spec.netns, err = %e, retry_in = ?delay, "namespace not served");
+    status.start_failed(e.to_string());
+    let go_on = pause(delay, stop).await;
+    if go_on {
+        status.restarting();
+    } else {
+        status.stopped();
+    }
+    go_on
+}
+
+/// Sleep unless stopped: true to go on.
+async fn pause(delay: Duration, stop: &mut oneshot::Receiver<()>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => true,
+        _ = stop => false,
+    }
+}
+
+/// Where a state dir's control socket is (for docs and `check`).
+pub fn control_socket(state_dir: &Path) -> PathBuf {
+    state_dir.join(CONTROL_SOCKET)
+}

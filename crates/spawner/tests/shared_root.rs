@@ -1,0 +1,182 @@
+//! Root tests of the shared proxy model (`proxy_model = shared`, issue #20) with real
+//! namespaces and the real `ns-metadata-proxy --shared-server`: routers served by one
+//! process, a server killed under load, removal, and a spawner killed and restarted taking
+//! the running server and its sockets over. Each test has its own state dir and namespaces
+//! (per-run prefix), removed on drop; the server is killed on drop (`TempDir::reaping`).
+
+mod common;
+mod root_common;
+
+use std::time::Duration;
+
+use common::*;
+use ns_metadata_spawner::config::ProxyModel;
+use ns_metadata_spawner::netns_platform::Namespaces;
+use ns_metadata_spawner::supervisor::{State, Supervisor};
+use ns_testkit::netns::{link, unique_prefix, TestNs};
+use ns_testkit::proc::{alive, kill9};
+use ns_testkit::require_root;
+use ns_testkit::{eventually_async, TempDir};
+use root_common::*;
+
+const T: Duration = Duration::from_secs(15);
+
+fn shared_supervisor(dir: &TempDir) -> Supervisor<Namespaces> {
+    supervisor(dir, |c| c.proxy_model = ProxyModel::Shared)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_server_serves_every_router_and_a_kill9_refuses_nothing() {
+    if !require_root("one_server_serves_every_router_and_a_kill9_refuses_nothing") {
+        return;
+    }
+    let dir = TempDir::new("sh-routers").reaping();
+    let _agent = agent(dir.path());
+    let p = unique_prefix();
+    let ids: Vec<String> = (0..3).map(|i| format!("{p}s{i}")).collect();
+    let nss: Vec<TestNs> = ids
+        .iter()
+        .map(|id| TestNs::new(&format!("qrouter-{id}")).expect("router ns"))
+        .collect();
+    let vm = TestNs::new(&format!("{p}vm")).expect("vm ns");
+    let (_, vm_ip) = link(&nss[0], &vm, 111).await.expect("veth");
+    let sup = shared_supervisor(&dir);
+    for id in &ids {
+        sup.put_router(router(id));
+    }
+    let pids: Vec<u32> = futures_pids(&sup, &ids).await;
+    assert!(
+        pids.iter().all(|&p| p == pids[0]),
+        "one server for all: {pids:?}"
+    );
+    let server = pids[0];
+    let body = answer(&vm).await.expect("vm gets an answer");
+    assert_eq!(body, format!("router={} network=- xff={vm_ip}", ids[0]));
+    for (id, ns) in ids.iter().zip(&nss) {
+        let body = get_in(ns.netns(), META).unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert!(body.starts_with(&format!("router={id} ")), "{body}");
+    }
+
+    // kill -9 under a request loop from the vm: some requests wait, none is refused.
+    let vm_ns = vm.netns().try_clone().expect("vm ns");
+    let looping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let go = looping.clone();
+    let load = std::thread::spawn(move || {
+        let (mut ok, mut failed) = (0u32, Vec::new());
+        while go.load(std::sync::atomic::Ordering::Relaxed) {
+            match get_in(&vm_ns, META) {
+                Ok(_) => ok += 1,
+                Err(e) => failed.push(e),
+            }
+        }
+        (ok, failed)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    kill9(server);
+    let server2 = eventually_async("server restarted", T, || {
+        status_of(&sup, &ids[0])
+            .filter(|s| s.state == State::Running)
+            .and_then(|s| s.pid)
+            .filter(|&n| n != server)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    looping.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.join().expect("load thread");
+    // A request in flight at the kill may be cut (its connection reset); a new connection
+    // is never refused, since the listeners never close.
+    assert!(
+        failed.iter().all(|e| !e.contains("refused")) && failed.len() <= 1,
+        "{ok} ok, failed: {failed:?}"
+    );
+    assert!(ok > 0);
+    for id in &ids {
+        assert_eq!(
+            status_of(&sup, id).and_then(|s| s.pid),
+            Some(server2),
+            "{id} follows the restarted server"
+        );
+    }
+
+    // Removal: the namespace stops answering and loses its address; the others go on.
+    assert!(sup.remove_router(&ids[1]));
+    eventually_async("removed router refuses", T, || {
+        get_in(nss[1].netns(), META).is_err().then_some(())
+    })
+    .await;
+    let nl = ns_netns::Netlink::open(nss[1].netns())
+        .await
+        .expect("netlink");
+    let addrs = nl.addresses("lo").await.expect("addresses");
+    assert!(
+        !addrs
+            .iter()
+            .any(|(a, _)| a.to_string() == "169.254.169.254"),
+        "{addrs:?}"
+    );
+    assert!(get_in(nss[2].netns(), META).is_ok());
+    assert!(alive(server2), "the server keeps serving the rest");
+
+    // --stop-proxies-on-exit: the server too, with its pid file and control socket.
+    sup.stop_all().await;
+    eventually_async("server stopped", T, || (!alive(server2)).then_some(())).await;
+    assert!(!dir.path().join("shared-server.pid").exists());
+    assert!(!dir.path().join("shared.sock").exists());
+}
+
+async fn futures_pids(sup: &Supervisor<Namespaces>, ids: &[String]) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for id in ids {
+        pids.push(running_pid(sup, id, T).await);
+    }
+    pids
+}
+
+#[test]
+fn a_restarted_spawner_takes_the_running_server_and_its_sockets_over() {
+    if !require_root("a_restarted_spawner_takes_the_running_server_and_its_sockets_over") {
+        return;
+    }
+    let dir = TempDir::new("sh-takeover").reaping();
+    let _agent = agent(dir.path());
+    let p = unique_prefix();
+    let ids: Vec<String> = (0..2).map(|i| format!("{p}t{i}")).collect();
+    let nss: Vec<TestNs> = ids
+        .iter()
+        .map(|id| TestNs::new(&format!("qrouter-{id}")).expect("router ns"))
+        .collect();
+    let ini = write_ini(dir.path(), "");
+    let text = std::fs::read_to_string(&ini).expect("ini");
+    std::fs::write(
+        &ini,
+        format!("{text}proxy_model = shared\nauto_enable_routers = true\n"),
+    )
+    .expect("ini");
+    let mut daemon = start_daemon(dir.path(), &ini, &[]);
+    let pid_file = dir.path().join("shared-server.pid");
+    let server = ns_testkit::eventually("server pid file", T, || {
+        let text = std::fs::read_to_string(&pid_file).ok()?;
+        text.split_whitespace().next()?.parse::<u32>().ok()
+    });
+    for (id, ns) in ids.iter().zip(&nss) {
+        let body = ns_testkit::eventually(id, T, || get_in(ns.netns(), META).ok());
+        assert!(body.starts_with(&format!("router={id} ")), "{body}");
+    }
+
+    kill9(daemon.pid());
+    let _ = daemon.0.wait();
+    assert!(alive(server), "the server outlives its spawner");
+    assert!(get_in(nss[0].netns(), META).is_ok(), "and serves meanwhile");
+
+    let _daemon2 = start_daemon(dir.path(), &ini, &[]);
+    // The same server serves both namespaces with the same sockets: never restarted.
+    for (id, ns) in ids.iter().zip(&nss) {
+        let body = ns_testkit::eventually(id, T, || get_in(ns.netns(), META).ok());
+        assert!(body.starts_with(&format!("router={id} ")), "{body}");
+    }
+    let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
+    assert!(log.contains("took over the running shared server"), "{log}");
+    assert!(alive(server), "taken over, not restarted");
+    let now = std::fs::read_to_string(&pid_file).expect("pid file");
+    assert!(now.starts_with(&format!("{server} ")), "{now}");
+}
