@@ -5,7 +5,8 @@
 //!   addresses, the OVS Port/Interface rows and a proxy; a VM namespace wired to the outer veth
 //!   end (moved into it: it stands in for br-int) fetches metadata through the proxy with
 //!   `X-OVN-Network-ID` reaching the agent stand-in; CIDR changes move the addresses; an IPv6
-//!   VIF adds `fe80::a9fe:a9fe/128` and the v6 bind; unbinding the last VIF removes everything.
+//!   VIF adds `fe80::a9fe:a9fe/128`, the metadata MAC's EUI-64 link-local address and the v6
+//!   bind, and its removal takes them away; unbinding the last VIF removes everything.
 //! - The daemon binary (`source = ovn`): a migration target (`additional_chassis`) gets the
 //!   namespace; at start a stale agent-built `ovnmeta-` namespace is removed and a foreign one
 //!   kept; kill -9 and restart adopts the proxy and rebuilds nothing; a Southbound server
@@ -54,6 +55,8 @@ impl Drop for Leftovers {
 }
 
 const BRIDGE: &str = "br-test";
+/// The EUI-64 link-local address of the fixture's metadata port MAC `fa:16:3e:aa:bb:01`.
+const LLA: &str = "fe80::f816:3eff:feaa:bb01";
 
 /// The databases of one test: our chassis and integration bridge in the local OVS database,
 /// our `Chassis` row, the network's datapath and its metadata port in the Southbound database.
@@ -364,8 +367,39 @@ async fn vm_bound_here_gets_an_ovnmeta_namespace_that_answers_and_unbinding_remo
     let addrs = inner_addresses(&net, &inner).await;
     assert!(addrs.contains(&(ip("fe80::a9fe:a9fe"), 128)), "{addrs:?}");
     assert!(addrs.contains(&(ip("fd00:250:7::2"), 64)), "{addrs:?}");
+    // The metadata port MAC's EUI-64 link-local address, as Neutron's get_ipv6_lladdr.
+    assert!(addrs.contains(&(ip(LLA), 64)), "{addrs:?}");
     assert!(get_in(vm.netns(), META).is_ok(), "IPv4 still answers");
-    let pid = v6_pid;
+
+    // The VM's IPv6 address goes: both link-local addresses and the v6 bind go with it.
+    sb.sbctl(&[
+        "set",
+        "Port_Binding",
+        "vm-port",
+        "mac=\"fa:16:3e:aa:bb:10 10.250.7.10\"",
+    ]);
+    let pid = eventually_async("the proxy restarted without the v6 bind", T, || {
+        let s = status_of(&sup, &net)?;
+        let pid = s
+            .pid
+            .filter(|p| *p != v6_pid && s.state == State::Running)?;
+        let argv = ns_metadata_spawner::pidfile::cmdline(pid)?;
+        (!argv.iter().any(|a| a.contains("fe80::a9fe:a9fe"))).then_some(pid)
+    })
+    .await;
+    eventually_await("no link-local address left", T, || {
+        let (n, i) = (n.clone(), i.clone());
+        async move {
+            let v6: Vec<_> = inner_addresses(&n, &i)
+                .await
+                .into_iter()
+                .filter(|(a, _)| a.is_ipv6())
+                .collect();
+            v6.is_empty().then_some(())
+        }
+    })
+    .await;
+    assert!(get_in(vm.netns(), META).is_ok(), "IPv4 still answers");
 
     // Unbind the last VIF: proxy, namespace, veth and OVS port all gone.
     sb.sbctl(&["clear", "Port_Binding", "vm-port", "chassis"]);
