@@ -16,6 +16,8 @@
 //! - An `ssl:` Southbound with Neutron's `[ovn] ovn_sb_private_key`/`_certificate`/`_ca_cert`.
 //! - A three-member Southbound cluster: the leader killed → nothing torn down, changes through
 //!   the new leader followed.
+//! - The Southbound database down at start: the daemon waits, `status`/`check`/`STATUS=` say
+//!   what for, and READY follows once it answers.
 //!
 //! Everything is made under a per-run prefix and removed on drop; the tests run one at a time.
 
@@ -465,6 +467,16 @@ fn start_ovn_daemon_on(
     ovn_lines: &str,
     ovs: &Server,
 ) -> ns_testkit::ChildGuard {
+    start_daemon(dir, &write_ovn_ini(dir, sb, ovn_lines, ovs), &[])
+}
+
+/// `dir/spawner.ini` for `source = ovn` on Southbound remote(s) `sb`, more `[ovn]` lines.
+fn write_ovn_ini(
+    dir: &std::path::Path,
+    sb: &str,
+    ovn_lines: &str,
+    ovs: &Server,
+) -> std::path::PathBuf {
     let ini = dir.join("spawner.ini");
     std::fs::write(
         &ini,
@@ -479,7 +491,7 @@ fn start_ovn_daemon_on(
         ),
     )
     .expect("write ini");
-    start_daemon(dir, &ini, &[])
+    ini
 }
 
 /// Wait until the namespace and the proxy are gone.
@@ -843,4 +855,53 @@ async fn daemon_on_a_clustered_southbound_survives_the_leaders_death() {
     wait_address(&f.net, &f.inner, ("10.250.7.3", 24), true).await;
     cl.sbctl_via(&rest, &["clear", "Port_Binding", "vm-port", "chassis"]);
     d.all_gone().await;
+}
+
+/// The Southbound database down at start: the daemon waits for it without a time limit,
+/// saying what it waits for in `status`, `check` and systemd's `STATUS=`, builds nothing;
+/// once it answers, READY follows with the namespace built.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_waits_for_the_southbound_database_and_says_so() {
+    let test = "daemon_waits_for_the_southbound_database_and_says_so";
+    if !require_root(test) {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let Some((db_dir, mut sb, ovs)) = sb_and_ovs_servers(test, "ovn-wait", |_| (None, vec![]))
+    else {
+        return;
+    };
+    let f = Fixture::new(&db_dir, &sb, &ovs);
+    f.bind_vm_here(&sb);
+    let ns_name = format!("ovnmeta-{}", f.net);
+    sb.kill();
+    let dir = TempDir::new("rt-ovnw").reaping();
+    let _agent = agent(dir.path());
+    let ini = write_ovn_ini(dir.path(), &sb.unix(), "", &ovs);
+    let bin = env!("CARGO_BIN_EXE_ns-metadata-spawner");
+    let (daemon, rx) = spawn_daemon(std::process::Command::new(bin), dir.path(), &ini, &[]);
+    let waiting = "waiting for the Southbound database at unix:";
+    let msg = next_notify(&rx, dir.path(), |m| m.contains(waiting) || m == "READY=1");
+    assert!(msg.starts_with("STATUS=starting: "), "{msg}");
+    for cmd in ["status", "check"] {
+        let out = std::process::Command::new(bin)
+            .arg("--config-file")
+            .arg(&ini)
+            .arg(cmd)
+            .output()
+            .expect("cli");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{cmd}: {out:?}");
+        assert!(err.contains(waiting), "{cmd}: {err}");
+    }
+    assert_eq!(netns_inode(&ns_name), None, "nothing built while waiting");
+
+    sb.restart();
+    next_notify(&rx, dir.path(), |m| m == "READY=1");
+    assert!(
+        netns_inode(&ns_name).is_some(),
+        "ovnmeta namespace at READY"
+    );
+    eventually_async("the proxy", T, || proxy_pid(dir.path(), &f.net)).await;
+    drop(daemon);
 }
