@@ -21,6 +21,11 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 REL=${CARGO_TARGET_DIR:-$REPO/target}/release
 NETS=${NSB_OVNP_NETS:-500}
 ROUNDS=${NSB_OVNP_ROUNDS:-1}
+# Which side goes first in round 1 (then they alternate): NSB_OVNP_FIRST=neutron to swap.
+FIRST=0
+[[ ${NSB_OVNP_FIRST:-ours} == neutron ]] && FIRST=1
+# The sides to run (NSB_OVNP_SIDES=ours: only ours, e.g. to repeat it alone).
+SIDES=${NSB_OVNP_SIDES:-ours neutron}
 NEUTRON_VENV=${NS_NEUTRON_VENV:-/opt/ns-metadata-ci/neutron-29.0.0}
 NEUTRON_PY=$NEUTRON_VENV/bin/python
 OVN_PY=$REPO/bench/ovn_sb.py
@@ -60,13 +65,16 @@ load() { cut -d' ' -f1-3 /proc/loadavg; }
 # (<network id>.pid.haproxy).
 proxy_pids() { pidfile_pids "$WORK"/ours/pids/*.pid "$WORK"/neutron/external/pids/*.pid*; }
 
+# Exited, or its pid already reused by someone else's process (never waited for, never signalled).
+gone_or_not_ours() { gone "$1" || ! is_ours "$1"; }
 stop_side() {
-    local p
+    local p ours=()
+    # The pids are read once: a stale pid file's pid may belong to another process by now.
     for p in $(pidfile_pids "$WORK/side.pid") $(proxy_pids); do
-        is_ours "$p" && kill -TERM "$p" 2>/dev/null || true
+        is_ours "$p" && ours+=("$p") && kill -TERM "$p" 2>/dev/null || true
     done
-    for p in $(pidfile_pids "$WORK/side.pid") $(proxy_pids); do
-        wait_for "pid $p to exit" 200 gone "$p" || { is_ours "$p" && kill -KILL "$p" 2>/dev/null; } || true
+    for p in "${ours[@]}"; do
+        wait_for "pid $p to exit" 200 gone_or_not_ours "$p" || { is_ours "$p" && kill -KILL "$p" 2>/dev/null; } || true
     done
     rm -f "$WORK/side.pid" "$WORK"/ours/pids/*.pid "$WORK"/neutron/external/pids/*.pid*
     for ns in /run/netns/ovnmeta-*; do [[ -e $ns ]] && ip netns delete "${ns##*/}"; done
@@ -182,8 +190,11 @@ run_side() {
 }
 
 for round in $(seq "$ROUNDS"); do
-    if ((round % 2)); then order=(ours neutron); else order=(neutron ours); fi
-    for side in "${order[@]}"; do run_side "$side" "$round" || exit 1; done
+    if (((round + FIRST) % 2)); then order=(ours neutron); else order=(neutron ours); fi
+    for side in "${order[@]}"; do
+        [[ " $SIDES " == *" $side "* ]] || continue
+        run_side "$side" "$round" || exit 1
+    done
 done
 
 {
