@@ -522,3 +522,7 @@ fn retry_later(wake: &Arc<Notify>) {
         w.notify_one();
     });
 }
+
+#[cfg(test)]
+#[path = "ovn_source_tests.rs"]
+mod tests;
