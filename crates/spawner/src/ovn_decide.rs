@@ -9,8 +9,10 @@
 //! 2. the VIFs bound here (`chassis` is ours or ours is in `additional_chassis`, live
 //!    migration), types `""` and `external`, on that datapath, with their IP addresses
 //!    (the tokens after the MAC); none with an IPv4 or an IPv6 address → no namespace;
-//! 3. the metadata port's `neutron:cidrs`, kept only for subnets holding a local VIF address
-//!    (lazily, LP#1981113); `neutron:mtu`; IPv6 when a local VIF has an IPv6 address;
+//! 3. the metadata port's `neutron:cidrs`, kept only for subnets holding a local VIF IPv4
+//!    address (lazily, LP#1981113; Neutron's `_active_subnets_cidrs` reads only the IPv4 ones,
+//!    so the metadata port's IPv6 addresses are never put on the tap); `neutron:mtu`; IPv6
+//!    when a local VIF has an IPv6 address;
 //! 4. the inner end's addresses ([`OvnNet::addresses`]): 169.254.169.254/32, those CIDRs and,
 //!    with IPv6, `fe80::a9fe:a9fe/128` and the metadata MAC's EUI-64 link-local address.
 //!
@@ -66,7 +68,7 @@ pub struct OvnNet {
     pub logical_port: String,
     /// The metadata port's MAC, for the inner veth end.
     pub mac: [u8; 6],
-    /// The metadata port's addresses on subnets with local VIF addresses.
+    /// The metadata port's addresses on subnets with local VIF IPv4 addresses.
     pub cidrs: Vec<(IpAddr, u8)>,
     /// `neutron:mtu`, if set and valid.
     pub mtu: Option<u32>,
@@ -217,14 +219,14 @@ pub fn ovn_networks(sb: &SbView) -> BTreeMap<String, OvnNet> {
         else {
             continue;
         };
-        // 3. CIDRs of subnets with local VIF addresses (LP#1981113).
+        // 3. CIDRs of subnets with local VIF IPv4 addresses (LP#1981113).
         let cidrs = p
             .external_ids
             .get(KEY_CIDRS)
             .map(|c| {
                 c.split_whitespace()
                     .filter_map(parse_cidr)
-                    .filter(|(a, len)| ips.iter().any(|ip| contains(*a, *len, *ip)))
+                    .filter(|(a, len)| ips.iter().any(|ip| ip.is_ipv4() && contains(*a, *len, *ip)))
                     .collect()
             })
             .unwrap_or_default();

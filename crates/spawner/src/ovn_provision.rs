@@ -3,8 +3,8 @@
 //!
 //! 1. the namespace; a veth `tap<id[:10]>0` (root namespace) / `tap<id[:10]>1` (inside), the
 //!    metadata port's MAC on the inner end, `neutron:mtu` on both, both up (and `lo`);
-//! 2. on the inner end 169.254.169.254/32, the metadata port's CIDRs for subnets with local
-//!    VIFs, `fe80::a9fe:a9fe/128` and the MAC's EUI-64 link-local address when IPv6
+//! 2. on the inner end 169.254.169.254/32, the metadata port's CIDRs for subnets with a local
+//!    VIF IPv4 address, `fe80::a9fe:a9fe/128` and the MAC's EUI-64 link-local address when IPv6
 //!    ([`OvnNet::addresses`]); any other address removed, the kernel's own link-local one
 //!    included when there is no IPv6, as Neutron does;
 //! 3. the outer end plugged into the integration bridge by one OVSDB transaction on the local

@@ -290,7 +290,7 @@ async fn vm_bound_here_gets_an_ovnmeta_namespace_that_answers_and_unbinding_remo
     let addrs = inner_addresses(&net, &inner).await;
     assert!(addrs.contains(&(ip("169.254.169.254"), 32)), "{addrs:?}");
     assert!(addrs.contains(&(ip("10.250.7.2"), 24)), "{addrs:?}");
-    // Only subnets with local VIF addresses (LP#1981113).
+    // Only subnets with local VIF IPv4 addresses (LP#1981113).
     assert!(!addrs.contains(&(ip("10.250.8.2"), 24)), "{addrs:?}");
     // The OVS rows: a Port in the bridge, its Interface bound to the metadata port.
     assert_eq!(
@@ -385,7 +385,8 @@ async fn vm_bound_here_gets_an_ovnmeta_namespace_that_answers_and_unbinding_remo
     .await;
     let addrs = inner_addresses(&net, &inner).await;
     assert!(addrs.contains(&(ip("fe80::a9fe:a9fe"), 128)), "{addrs:?}");
-    assert!(addrs.contains(&(ip("fd00:250:7::2"), 64)), "{addrs:?}");
+    // As Neutron: only subnets with a local IPv4 address get the metadata port's address.
+    assert!(!addrs.contains(&(ip("fd00:250:7::2"), 64)), "{addrs:?}");
     // The metadata port MAC's EUI-64 link-local address, as Neutron's get_ipv6_lladdr.
     assert!(addrs.contains(&(ip(LLA), 64)), "{addrs:?}");
     assert!(get_in(vm.netns(), META).is_ok(), "IPv4 still answers");
