@@ -1,14 +1,17 @@
 """Figure 9 of bench/run.sh: the OVN Southbound side (issue 15). Standard library only,
 except `neutron`, which runs in Neutron 29's venv.
 
-  python3 ovn_sb.py fill SB_SOCK HERE PORTS HERE_PORTS NETS CHASSIS
+  python3 ovn_sb.py fill SB_SOCK HERE PORTS HERE_PORTS NETS CHASSIS [NETPFX]
       Fill a fresh Southbound database (ovsdb-server on the Unix socket SB_SOCK) in a few
       big JSON-RPC `transact` calls (ovsdb-client's argument cannot carry megabytes:
       one argv string is limited to 128 KiB): SB_Global, CHASSIS Chassis rows (one Encap
       and one Chassis_Private each; the first is HERE), NETS Datapath_Binding rows, and
       PORTS Port_Binding rows: one localport (Neutron's metadata port) per network, the
       rest VM ports spread over the chassis, of which HERE_PORTS bound to HERE, spread over
-      the networks. Prints one JSON line.
+      the networks. Prints one JSON line. With NETPFX (4 hex digits, per run) the network ids
+      are NETPFXnnnn-0000-4000-8000-… (distinct in their first 10 characters, as Neutron's
+      veth names tap<id[:10]>0 need) and the addresses /28s in 10.250.0.0/16 (at most 4,096
+      networks): the provisioning figure builds them for real.
   python3 ovn_sb.py relay LISTEN TARGET STATS
       A byte-counting relay: accepts on the Unix socket LISTEN, connects each client to the
       Unix socket TARGET, copies both ways and keeps STATS (JSON: bytes server->client,
@@ -18,6 +21,15 @@ except `neutron`, which runs in Neutron 29's venv.
       for READY=1; then sample /proc/PID (VmHWM, VmRSS, Pss); prints one JSON line with
       ready_ms (from just before the fork) and any X_NAME=number fields of the READY datagram.
       CMD keeps running (the caller stops it, by the pid file).
+  python3 ovn_sb.py neutron-agent CONF NETS
+      (Neutron's venv python, as root) Neutron 29's OVN metadata agent itself
+      (neutron.agent.ovn.metadata_agent.main with CONF), with only what cannot run here
+      replaced: no ovs-vswitchd, so OVS transactions do not wait for it to apply them
+      (OvsVsctlTransaction.vswitchd_has_completed is true, no ofport check); privsep runs
+      in-process (as root, no privsep-helper); Neutron's own metadata server
+      (UnixDomainMetadataProxy) is not started: its haproxys forward to the bench's agent
+      stand-in on metadata_proxy_socket, as ours do. READY=1 to $NOTIFY_SOCKET once NETS
+      ovnmeta- namespaces exist (its provisioning runs on PortBindingCreateWithChassis).
   python3 ovn_sb.py neutron SB_REMOTE CHASSIS EXPECTED_PORT_BINDINGS
       (Neutron's venv python) Neutron 29's MetadataAgentOvnSbIdl with the tables and chassis
       condition MetadataAgent.start() registers, started as the agent starts it; once
@@ -71,7 +83,17 @@ def _transact(sock, ops, rid):
     return res
 
 
-def fill(sb_sock, here, ports, here_ports, nets, nchassis):
+def _net_id(n, pfx):
+    return f"{pfx}{n:04x}-0000-4000-8000-{n:012x}" if pfx else _u(1, n)
+
+
+def _addr(n, host, pfx):
+    if pfx:  # a /28 per network in 10.250.0.0/16
+        return f"10.250.{n // 16}.{(n % 16) * 16 + host}", 28
+    return f"10.{n // 256 % 256}.{n % 256}.{host}", 24
+
+
+def fill(sb_sock, here, ports, here_ports, nets, nchassis, pfx=None):
     t0 = time.monotonic()
     s = socket.socket(socket.AF_UNIX)
     s.connect(sb_sock)
@@ -93,7 +115,7 @@ def fill(sb_sock, here, ports, here_ports, nets, nchassis):
     for n in range(nets):
         ops.append({"op": "insert", "table": "Datapath_Binding",
                     "row": {"tunnel_key": n + 1,
-                            "external_ids": ["map", [["name", f"neutron-{_u(1, n)}"],
+                            "external_ids": ["map", [["name", f"neutron-{_net_id(n, pfx)}"],
                                                      ["name2", f"net-{n}"]]]}})
     res = _transact(s, ops, 1)
     chassis = [res[1 + 3 * i + 1]["uuid"][1] for i in range(nchassis)]
@@ -118,8 +140,8 @@ def fill(sb_sock, here, ports, here_ports, nets, nchassis):
             n = p
             row_type, chassis_ref, owner = "localport", None, "network:distributed"
             opts = []
-            device = f"ovnmeta-{_u(1, n)}"
-            ip = f"10.{n // 256 % 256}.{n % 256}.2"
+            device = f"ovnmeta-{_net_id(n, pfx)}"
+            ip, plen = _addr(n, 2, pfx)
         else:
             v = p - nets
             n = v % nets
@@ -131,12 +153,12 @@ def fill(sb_sock, here, ports, here_ports, nets, nchassis):
             chassis_ref = chassis[c]
             opts = [["mcast_flood_reports", "true"], ["requested-chassis", names[c]]]
             device = _u(3, v)
-            ip = f"10.{n // 256 % 256}.{n % 256}.{key[n] % 250 + 3}"
+            ip, plen = _addr(n, key[n] % (13 if pfx else 250) + 3, pfx)
         key[n] += 1
         mac = f"fa:16:3e:{(p >> 16) & 255:02x}:{(p >> 8) & 255:02x}:{p & 255:02x}"
-        ext = [["neutron:cidrs", f"{ip}/24"], ["neutron:device_id", device],
+        ext = [["neutron:cidrs", f"{ip}/{plen}"], ["neutron:device_id", device],
                ["neutron:device_owner", owner],
-               ["neutron:network_name", f"neutron-{_u(1, n)}"],
+               ["neutron:network_name", f"neutron-{_net_id(n, pfx)}"],
                ["neutron:port_name", ""], ["neutron:project_id", _u(4, n % 50).replace("-", "")],
                ["neutron:revision_number", "4"],
                ["neutron:security_group_ids", _u(5, n % 50)]]
@@ -294,16 +316,64 @@ def neutron(remote, chassis, expected):
         time.sleep(3600)
 
 
+def neutron_agent(conf, nets):
+    import warnings
+
+    warnings.simplefilter("ignore")
+    import neutron.privileged
+    from neutron.agent.ovn import metadata_agent
+    from neutron.agent.ovn.metadata import agent
+    from neutron.conf.agent.ovn.metadata import config as ovn_meta
+    from oslo_privsep import priv_context
+    from ovsdbapp.schema.open_vswitch import impl_idl
+
+    def in_process_privsep():
+        for ctx in vars(neutron.privileged).values():
+            if isinstance(ctx, priv_context.PrivContext):
+                ctx.set_client_mode(False)
+
+    class NoMetadataServer:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def run(self):
+            pass
+
+        def wait(self):
+            while True:  # until SIGTERM (default action)
+                time.sleep(3600)
+
+    ovn_meta.setup_privsep = in_process_privsep
+    agent.metadata_server.UnixDomainMetadataProxy = NoMetadataServer
+    impl_idl.OvsVsctlTransaction.vswitchd_has_completed = lambda self, next_cfg: True
+    impl_idl.OvsVsctlTransaction.post_commit_failed_interfaces = lambda self, txn: []
+
+    def ready():
+        while True:
+            have = sum(1 for n in os.listdir("/run/netns") if n.startswith("ovnmeta-"))
+            if have >= nets:
+                break
+            time.sleep(0.02)
+        tx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        tx.sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
+
+    threading.Thread(target=ready, daemon=True).start()
+    sys.argv = ["neutron-ovn-metadata-agent", "--config-file", conf]
+    metadata_agent.main()
+
+
 def main():
     cmd = sys.argv[1]
     a = sys.argv[2:]
     if cmd == "fill":
-        fill(a[0], a[1], int(a[2]), int(a[3]), int(a[4]), int(a[5]))
+        fill(a[0], a[1], int(a[2]), int(a[3]), int(a[4]), int(a[5]), a[6] if len(a) > 6 else None)
     elif cmd == "relay":
         relay(a[0], a[1], a[2])
     elif cmd == "launch":
         sep = a.index("--")
         sys.exit(launch(a[0], a[1], float(a[2]), a[sep + 1:]))
+    elif cmd == "neutron-agent":
+        neutron_agent(a[0], int(a[1]))
     elif cmd == "neutron":
         neutron(a[0], a[1], int(a[2]))
     else:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench/run.sh [--quick] [--no-build] [--only-haproxy] [--only-ovn | --no-ovn]
+# bench/run.sh [--quick] [--no-build] [--only-haproxy] [--only-ovn | --no-ovn] [--ovn-provision]
 #
 # Side-by-side benchmark: ns-metadata-proxy (and ns-metadata-spawner) vs haproxy with
 # Neutron's generated config, same agent stand-in, same namespace topology. Writes
@@ -8,7 +8,7 @@
 # exit, also on Ctrl-C or error. See bench/README.md for what each figure means.
 set -euo pipefail
 
-QUICK=0 BUILD=1 OURS=auto ONLY_OVN=0 OVN=1
+QUICK=0 BUILD=1 OURS=auto ONLY_OVN=0 OVN=1 OVN_PROVISION=0
 for arg in "$@"; do
     case "$arg" in
         --quick) QUICK=1 ;;
@@ -16,6 +16,7 @@ for arg in "$@"; do
         --only-haproxy) OURS=0 ;;
         --only-ovn) ONLY_OVN=1 ;;
         --no-ovn) OVN=0 ;;
+        --ovn-provision) OVN_PROVISION=1 ;;
         -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $arg" >&2; exit 2 ;;
     esac
@@ -91,6 +92,8 @@ fi
 AGENT=$REL/ns-bench-agent TOOL=$REL/ns-bench
 PROXY=$REL/ns-metadata-proxy SPAWNER=$REL/ns-metadata-spawner
 [[ -x $AGENT && -x $TOOL ]] || { echo "run.sh: $AGENT or $TOOL missing (build first)" >&2; exit 1; }
+# Figure 10 (issue 16) runs alone, in a mount namespace of its own: bench/ovn_provision.sh.
+[[ $OVN_PROVISION == 0 ]] || NSB_OVNP_COMMIT=$COMMIT exec "$REPO/bench/ovn_provision.sh"
 if [[ $OURS == auto ]]; then
     OURS=0
     if [[ -x $PROXY ]] && "$PROXY" --help 2>/dev/null | grep -q -- '--agent-keepalive'; then OURS=1; fi

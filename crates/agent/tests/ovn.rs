@@ -15,7 +15,7 @@ use common::*;
 use ns_metadata_agent::{AnswererKind, Config, ResolverKind};
 use ns_testkit::neutron::venv_python;
 use ns_testkit::nova::{signature_ok, Nova, Seen};
-use ns_testkit::ovsdb::{pki, sb_and_ovs_servers, vsctl, Server, WAIT};
+use ns_testkit::ovsdb::{pssl, sb_and_ovs_servers, vsctl, Server, WAIT};
 use ns_testkit::{eventually_await, TempDir};
 
 const SECRET: &str = "ovn-secret";
@@ -594,24 +594,18 @@ async fn the_binary_is_ready_with_the_first_view() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssl_southbound_with_neutrons_options() {
     let port = ns_testkit::http::free_port();
+    let mut client = None;
     let Some(cloud) = Cloud::with("ssl_southbound_with_neutrons_options", |dir| {
-        let ca = pki(dir, "pki", &["server", "client"]);
-        let key = |c: &str, f: &str| dir.join(format!("pki-{c}-{f}.pem")).display().to_string();
-        let args = vec![
-            format!("--private-key={}", key("server", "privkey")),
-            format!("--certificate={}", key("server", "cert")),
-            format!("--ca-cert={ca}"),
-            format!("--remote=pssl:{port}:127.0.0.1"),
-        ];
-        (Some(port), args)
+        let (remote, files) = pssl(dir, port);
+        client = Some(files);
+        remote
     }) else {
         return;
     };
     cloud.port(1, "fa:16:3e:00:00:05 10.0.0.5", Some(HERE), "vm1");
     let nova = Nova::echo(SECRET);
-    let file = |f: &str| cloud.dir.join(f).display().to_string();
-    let (key, cert) = (file("pki-client-privkey.pem"), file("pki-client-cert.pem"));
-    let ca = file("pki/switchca/cacert.pem");
+    let files = client.expect("client files");
+    let (key, cert, ca) = (files.private_key, files.certificate, files.ca_cert);
     let sb = format!("ssl:127.0.0.1:{port}");
     let cfg = cloud.agent_config_with(
         &nova,

@@ -16,6 +16,9 @@ pub enum State {
     Stopping,
     /// A one-line status shown by `systemctl status` (`STATUS=...`; newlines become spaces).
     Status(String),
+    /// Start-up (or shutdown) goes on: allow this much more time from now than the unit's
+    /// timeout (`EXTEND_TIMEOUT_USEC=...`).
+    ExtendTimeout(std::time::Duration),
 }
 
 impl State {
@@ -25,6 +28,7 @@ impl State {
             State::Reloading => format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()),
             State::Stopping => "STOPPING=1".into(),
             State::Status(s) => format!("STATUS={}", s.replace('\n', " ")),
+            State::ExtendTimeout(d) => format!("EXTEND_TIMEOUT_USEC={}", d.as_micros()),
         }
     }
 }
@@ -87,6 +91,9 @@ mod tests {
         assert!(m.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{m}");
         send_to(&p, &[State::Stopping]).expect("send");
         assert_eq!(recv(&rx), "STOPPING=1");
+        let more = std::time::Duration::from_secs(60);
+        send_to(&p, &[State::ExtendTimeout(more)]).expect("send");
+        assert_eq!(recv(&rx), "EXTEND_TIMEOUT_USEC=60000000");
         std::fs::remove_dir_all(&dir).expect("cleanup");
 
         use std::os::linux::net::SocketAddrExt as _;

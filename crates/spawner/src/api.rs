@@ -65,30 +65,62 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
 /// Serve the API forever, one task per connection.
 pub async fn serve<P: Platform>(sup: Supervisor<P>, listener: UnixListener) {
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
+        let stream = accept(&listener).await;
+        let sup = sup.clone();
+        serve_connection(stream, move |req| {
+            let sup = sup.clone();
+            async move { handle(&sup, req).await }
+        });
+    }
+}
+
+/// Before READY (the OVN source waiting for its databases): every request is answered 503
+/// with `starting: <phase>`, so `status` and `check` say what the daemon waits for instead
+/// of hanging. It borrows the listener; [`serve`] takes it over once this is dropped.
+pub async fn serve_starting(listener: &UnixListener, phase: tokio::sync::watch::Receiver<String>) {
+    loop {
+        let stream = accept(listener).await;
+        let phase = phase.clone();
+        serve_connection(stream, move |_req| {
+            let now = phase.borrow().clone();
+            async move { error(StatusCode::SERVICE_UNAVAILABLE, format!("starting: {now}")) }
+        });
+    }
+}
+
+/// The next connection on the control socket (accept errors logged and retried).
+async fn accept(listener: &UnixListener) -> tokio::net::UnixStream {
+    loop {
+        match listener.accept().await {
+            Ok((s, _)) => return s,
             Err(e) => {
                 tracing::warn!(err = %e, "control socket accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
             }
-        };
-        let sup = sup.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let sup = sup.clone();
-                async move { Ok::<_, Infallible>(handle(&sup, req).await) }
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(CLIENT_TIMEOUT)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                .await
-            {
-                tracing::debug!(err = %e, "control connection");
-            }
-        });
+        }
     }
+}
+
+/// One task serving HTTP/1 on a control connection with `f` answering each request.
+fn serve_connection<F, Fut>(stream: tokio::net::UnixStream, f: F)
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let svc = hyper::service::service_fn(move |req| {
+            let fut = f(req);
+            async move { Ok::<_, Infallible>(fut.await) }
+        });
+        if let Err(e) = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(CLIENT_TIMEOUT)
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+            .await
+        {
+            tracing::debug!(err = %e, "control connection");
+        }
+    });
 }
 
 /// Bind `[spawner] metrics_bind`.

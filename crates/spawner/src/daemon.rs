@@ -35,6 +35,41 @@ async fn status_line<P: Platform>(sup: &Supervisor<P>) -> String {
     }
 }
 
+/// While the OVN source starts, systemd's start timeout is pushed back by this much, this
+/// often: waiting for a database has no time limit (the unit's `TimeoutStartSec=` still
+/// bounds everything else of the start).
+const EXTEND_BY: Duration = Duration::from_secs(60);
+const EXTEND_EVERY: Duration = Duration::from_secs(20);
+
+/// Start the OVN source: meanwhile the control socket answers 503 with what the start waits
+/// for, which is also systemd's `STATUS=`, and SIGTERM/SIGINT end the wait (`None`).
+async fn start_ovn<P: Platform>(
+    sup: &Supervisor<P>,
+    opts: &crate::ovn_source::OvnOptions,
+    listener: &tokio::net::UnixListener,
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+) -> Result<Option<crate::ovn_source::OvnSource>> {
+    let (tx, mut rx) = tokio::sync::watch::channel(String::from("connecting to the OVN databases"));
+    let start = crate::ovn_source::OvnSource::start_reporting(sup.clone(), opts, &tx);
+    let answer = api::serve_starting(listener, rx.clone());
+    tokio::pin!(start, answer);
+    let mut extend = tokio::time::interval(EXTEND_EVERY);
+    loop {
+        tokio::select! {
+            r = &mut start => return r.map(Some),
+            _ = &mut answer => {}
+            Ok(()) = rx.changed() => {
+                let now = format!("starting: {}", *rx.borrow_and_update());
+                sd_notify(&[Notify::Status(now)]);
+            }
+            _ = extend.tick() => sd_notify(&[Notify::ExtendTimeout(EXTEND_BY)]),
+            _ = term.recv() => return Ok(None),
+            _ = int.recv() => return Ok(None),
+        }
+    }
+}
+
 /// What `run` needs besides the platform.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -122,7 +157,14 @@ pub async fn run<P: Platform>(platform: P, opts: RunOptions) -> Result<()> {
     // The OVN source builds its namespaces and hands over their records before adoption, so
     // running proxies are adopted, not rebuilt. Held until exit (dropping it stops it).
     let _ovn = match &ovn {
-        Some(o) => Some(crate::ovn_source::OvnSource::start(sup.clone(), o).await?),
+        Some(o) => match start_ovn(&sup, o, &listener, &mut term, &mut int).await? {
+            Some(source) => Some(source),
+            // SIGTERM/SIGINT while starting: nothing was adopted yet.
+            None => {
+                sd_notify(&[Notify::Stopping]);
+                return Ok(());
+            }
+        },
         None => None,
     };
     sup.adopt_and_start().await;

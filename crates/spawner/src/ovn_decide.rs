@@ -9,16 +9,22 @@
 //! 2. the VIFs bound here (`chassis` is ours or ours is in `additional_chassis`, live
 //!    migration), types `""` and `external`, on that datapath, with their IP addresses
 //!    (the tokens after the MAC); none with an IPv4 or an IPv6 address → no namespace;
-//! 3. the metadata port's `neutron:cidrs`, kept only for subnets holding a local VIF address
-//!    (lazily, LP#1981113); `neutron:mtu`; IPv6 when a local VIF has an IPv6 address.
+//! 3. the metadata port's `neutron:cidrs`, kept only for subnets holding a local VIF IPv4
+//!    address (lazily, LP#1981113; Neutron's `_active_subnets_cidrs` reads only the IPv4 ones,
+//!    so the metadata port's IPv6 addresses are never put on the tap); `neutron:mtu`; IPv6
+//!    when a local VIF has an IPv6 address;
+//! 4. the inner end's addresses ([`OvnNet::addresses`]): 169.254.169.254/32, those CIDRs and,
+//!    with IPv6, `fe80::a9fe:a9fe/128` and the metadata MAC's EUI-64 link-local address.
 //!
 //! Network id = `Datapath_Binding.external_ids:name` minus `neutron-`.
 
-use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv6Addr};
 
 use ns_contract::neutron::{parse_cidr, DEVICE_OWNER_DISTRIBUTED};
 use ns_contract::Kind;
+
+use crate::netns_platform::{METADATA_V4, METADATA_V6};
 
 /// `Datapath_Binding.external_ids:name` is `neutron-<network id>`.
 const DATAPATH_NAME_PREFIX: &str = "neutron-";
@@ -62,7 +68,7 @@ pub struct OvnNet {
     pub logical_port: String,
     /// The metadata port's MAC, for the inner veth end.
     pub mac: [u8; 6],
-    /// The metadata port's addresses on subnets with local VIF addresses.
+    /// The metadata port's addresses on subnets with local VIF IPv4 addresses.
     pub cidrs: Vec<(IpAddr, u8)>,
     /// `neutron:mtu`, if set and valid.
     pub mtu: Option<u32>,
@@ -75,6 +81,37 @@ impl OvnNet {
     pub fn netns(&self) -> String {
         netns(&self.id)
     }
+
+    /// The addresses the inner veth end holds, all others removed (Neutron's
+    /// `_process_cidrs`): 169.254.169.254/32 and the CIDRs; with IPv6 also
+    /// `fe80::a9fe:a9fe/128` and the metadata MAC's EUI-64 link-local address `/64`
+    /// (`ip_lib.get_ipv6_lladdr`). Without IPv6 the kernel's own `fe80::/64` goes too.
+    pub fn addresses(&self) -> BTreeSet<(IpAddr, u8)> {
+        let mut out: BTreeSet<(IpAddr, u8)> = self.cidrs.iter().copied().collect();
+        out.insert((METADATA_V4, 32));
+        if self.ipv6 {
+            out.insert((METADATA_V6, 128));
+            out.insert((IpAddr::V6(eui64_link_local(self.mac)), 64));
+        }
+        out
+    }
+}
+
+/// The modified EUI-64 link-local address of a MAC (RFC 4291 appendix A): `fe80::` then the
+/// MAC with `ff:fe` in the middle and the universal/local bit flipped.
+pub fn eui64_link_local(mac: [u8; 6]) -> Ipv6Addr {
+    let mut o = [0u8; 16];
+    o[0] = 0xfe;
+    o[1] = 0x80;
+    o[8] = mac[0] ^ 0x02;
+    o[9] = mac[1];
+    o[10] = mac[2];
+    o[11] = 0xff;
+    o[12] = 0xfe;
+    o[13] = mac[3];
+    o[14] = mac[4];
+    o[15] = mac[5];
+    Ipv6Addr::from(o)
 }
 
 /// `ovnmeta-<network id>`.
@@ -182,14 +219,14 @@ pub fn ovn_networks(sb: &SbView) -> BTreeMap<String, OvnNet> {
         else {
             continue;
         };
-        // 3. CIDRs of subnets with local VIF addresses (LP#1981113).
+        // 3. CIDRs of subnets with local VIF IPv4 addresses (LP#1981113).
         let cidrs = p
             .external_ids
             .get(KEY_CIDRS)
             .map(|c| {
                 c.split_whitespace()
                     .filter_map(parse_cidr)
-                    .filter(|(a, len)| ips.iter().any(|ip| contains(*a, *len, *ip)))
+                    .filter(|(a, len)| ips.iter().any(|ip| ip.is_ipv4() && contains(*a, *len, *ip)))
                     .collect()
             })
             .unwrap_or_default();

@@ -139,7 +139,8 @@ fn ipv6_only_vif_counts_and_turns_v6_on() {
     ]);
     let n = &ovn_networks(&sb)[NET];
     assert!(n.ipv6);
-    assert_eq!(n.cidrs, vec![(ip("fd00::2"), 64)]);
+    // Neutron puts only the CIDRs of subnets with local IPv4 addresses on the tap.
+    assert!(n.cidrs.is_empty(), "{:?}", n.cidrs);
 }
 
 #[test]
@@ -187,4 +188,45 @@ fn veth_names_follow_neutron() {
     );
     assert_eq!(parse_mac("fa:16:3e:00:00"), None);
     assert_eq!(parse_mac("fa:16:3e:00:00:00:00"), None);
+}
+
+#[test]
+fn eui64_link_local_follows_neutron() {
+    // netaddr.EUI("fa:16:3e:11:22:33").ipv6_link_local(), as ip_lib.get_ipv6_lladdr.
+    let mac = parse_mac("fa:16:3e:11:22:33").expect("mac");
+    assert_eq!(
+        eui64_link_local(mac),
+        "fe80::f816:3eff:fe11:2233".parse::<Ipv6Addr>().expect("ip")
+    );
+    let mac = parse_mac("00:00:5e:00:53:01").expect("mac");
+    assert_eq!(
+        eui64_link_local(mac),
+        "fe80::200:5eff:fe00:5301".parse::<Ipv6Addr>().expect("ip")
+    );
+}
+
+#[test]
+fn addresses_have_the_link_local_ones_only_with_ipv6() {
+    let v4 = vif("vm1", "fa:16:3e:00:00:01 10.250.0.10", Some(US), &[]);
+    let n = &ovn_networks(&view(vec![meta("10.250.0.2/24 fd00::2/64"), v4]))[NET];
+    assert_eq!(
+        n.addresses().into_iter().collect::<Vec<_>>(),
+        vec![(ip("10.250.0.2"), 24), (ip("169.254.169.254"), 32)]
+    );
+    let v6 = vif(
+        "vm1",
+        "fa:16:3e:00:00:01 10.250.0.10 fd00::10",
+        Some(US),
+        &[],
+    );
+    let n = &ovn_networks(&view(vec![meta("10.250.0.2/24 fd00::2/64"), v6]))[NET];
+    let got = n.addresses();
+    assert!(got.contains(&(ip("fe80::a9fe:a9fe"), 128)), "{got:?}");
+    assert!(
+        got.contains(&(ip("fe80::f816:3eff:fe11:2233"), 64)),
+        "{got:?}"
+    );
+    assert!(got.contains(&(ip("169.254.169.254"), 32)), "{got:?}");
+    assert!(got.contains(&(ip("10.250.0.2"), 24)), "{got:?}");
+    assert_eq!(got.len(), 4, "{got:?}: not the metadata port's fd00::2/64");
 }

@@ -3,9 +3,10 @@
 //!
 //! 1. the namespace; a veth `tap<id[:10]>0` (root namespace) / `tap<id[:10]>1` (inside), the
 //!    metadata port's MAC on the inner end, `neutron:mtu` on both, both up (and `lo`);
-//! 2. on the inner end 169.254.169.254/32, the metadata port's CIDRs for subnets with local
-//!    VIFs, `fe80::a9fe:a9fe/128` when IPv6; any other address removed (the kernel's own
-//!    link-local addresses excepted);
+//! 2. on the inner end 169.254.169.254/32, the metadata port's CIDRs for subnets with a local
+//!    VIF IPv4 address, `fe80::a9fe:a9fe/128` and the MAC's EUI-64 link-local address when IPv6
+//!    ([`OvnNet::addresses`]); any other address removed, the kernel's own link-local one
+//!    included when there is no IPv6, as Neutron does;
 //! 3. the outer end plugged into the integration bridge by one OVSDB transaction on the local
 //!    `Open_vSwitch` database: taken out of any other bridge first, a `Port` + `Interface`
 //!    with `external_ids:iface-id=<metadata port logical_port>`.
@@ -22,7 +23,6 @@ use ns_netns::{Netlink, Netns};
 use ns_ovsdb::{named_uuid, Client, Condition, Datum, Function, Mutation, Mutator, Op, Uuid};
 use serde_json::Value;
 
-use crate::netns_platform::{METADATA_V4, METADATA_V6};
 use crate::ovn_decide::{veth_names, OvnNet};
 use crate::{Error, Result};
 
@@ -54,16 +54,6 @@ async fn ensure_namespace(name: &str) -> Result<Netns> {
     .await
     .map_err(|e| Error::Netns(format!("create namespace {name}: {e}")))?
     .map_err(netns_err)
-}
-
-/// The addresses the inner end should hold.
-pub fn wanted_addresses(net: &OvnNet) -> BTreeSet<(IpAddr, u8)> {
-    let mut out: BTreeSet<(IpAddr, u8)> = net.cidrs.iter().copied().collect();
-    out.insert((METADATA_V4, 32));
-    if net.ipv6 {
-        out.insert((METADATA_V6, 128));
-    }
-    out
 }
 
 /// Steps 1 and 2: namespace, veth, MAC, MTU, links up, addresses. Idempotent.
@@ -99,7 +89,7 @@ pub async fn provision_links(net: &OvnNet) -> Result<()> {
     }
     nl.set_link_up(&inner).await.map_err(netns_err)?;
     nl.set_link_up("lo").await.map_err(netns_err)?;
-    let want = wanted_addresses(net);
+    let want = net.addresses();
     let have: BTreeSet<(IpAddr, u8)> = nl
         .addresses(&inner)
         .await
@@ -108,20 +98,12 @@ pub async fn provision_links(net: &OvnNet) -> Result<()> {
         .collect();
     // Removals first: a CIDR whose prefix changed is replaced, not doubled.
     for (a, p) in have.difference(&want) {
-        if is_kernel_link_local(*a, *p) {
-            continue;
-        }
         nl.remove_address(&inner, *a, *p).await.map_err(netns_err)?;
     }
     for (a, p) in want.difference(&have) {
         nl.ensure_address(&inner, *a, *p).await.map_err(netns_err)?;
     }
     Ok(())
-}
-
-/// The kernel's own fe80::/64 address of the link (EUI-64), which Neutron keeps too.
-fn is_kernel_link_local(a: IpAddr, prefix: u8) -> bool {
-    matches!(a, IpAddr::V6(v6) if prefix == 64 && v6.segments()[0] == 0xfe80)
 }
 
 /// Remove the veth and the namespace; what is already gone is fine.

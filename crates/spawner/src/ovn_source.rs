@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use ns_ovsdb::ovn::{port_conditions, PORT_BINDING_COLUMNS};
 use ns_ovsdb::{Client, Condition, Config as OvsdbConfig, Event, Monitor, Replica, Uuid};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
 use crate::ovn_decide::{ovn_networks, veth_names, OvnNet, PortRow, SbView};
 use crate::ovn_provision::{ensure_checksum_rule, plug, provision_links, teardown_links, unplug};
@@ -145,18 +145,45 @@ pub fn sb_view(view: &Replica, chassis: &str) -> SbView {
     }
 }
 
-/// Wait for the first `Ready` of a client, logging the first failure to connect.
-async fn first_ready(events: &mut mpsc::Receiver<Event>, what: &str) -> Result<()> {
-    let mut warned = false;
+/// How often a start-up still waiting for a database says so in the log.
+const WAIT_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Wait, without a time limit, for the first `Ready` of a client (it retries with its
+/// backoff): the first failure is logged at once, then one line a minute while it lasts;
+/// `phase` always holds what is waited for (`status`, `check` and systemd's `STATUS=` show it).
+async fn first_ready(
+    events: &mut mpsc::Receiver<Event>,
+    what: &str,
+    remotes: &str,
+    phase: &watch::Sender<String>,
+) -> Result<()> {
+    let since = tokio::time::Instant::now();
+    phase.send_replace(format!("waiting for the {what} at {remotes}"));
+    let mut last: Option<(String, String)> = None;
+    let mut tick = tokio::time::interval_at(since + WAIT_LOG_EVERY, WAIT_LOG_EVERY);
     loop {
-        match events.recv().await {
-            Some(Event::Ready { .. }) => return Ok(()),
-            Some(Event::Disconnected { remote, error }) if !warned => {
-                warned = true;
-                tracing::warn!(%remote, %error, "cannot reach the {what} yet; retrying");
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Some(Event::Ready { remote, .. }) => {
+                    if last.is_some() {
+                        tracing::info!(%remote, waited_s = since.elapsed().as_secs(), "reached the {what}");
+                    }
+                    return Ok(());
+                }
+                Some(Event::Disconnected { remote, error }) => {
+                    if last.is_none() {
+                        tracing::warn!(%remote, %error, "cannot reach the {what} yet; retrying");
+                    }
+                    phase.send_replace(format!("waiting for the {what} at {remote}: {error}"));
+                    last = Some((remote, error.to_string()));
+                }
+                Some(_) => {}
+                None => return Err(Error::Invalid(format!("{what}: client stopped"))),
+            },
+            _ = tick.tick() => {
+                let (remote, error) = last.clone().unwrap_or_else(|| (remotes.to_owned(), "no answer yet".to_owned()));
+                tracing::warn!(%remote, %error, waited_s = since.elapsed().as_secs(), "still waiting for the {what}; retrying");
             }
-            Some(_) => {}
-            None => return Err(Error::Invalid(format!("{what}: client stopped"))),
         }
     }
 }
@@ -293,6 +320,15 @@ impl OvnSource {
     /// then follow the Southbound database in the background. Call before the supervisor's
     /// `adopt_and_start`, so running proxies are adopted, not rebuilt.
     pub async fn start<P: Platform>(sup: Supervisor<P>, opts: &OvnOptions) -> Result<OvnSource> {
+        Self::start_reporting(sup, opts, &watch::channel(String::new()).0).await
+    }
+
+    /// [`OvnSource::start`], keeping `phase` set to what the start waits for or does.
+    pub async fn start_reporting<P: Platform>(
+        sup: Supervisor<P>,
+        opts: &OvnOptions,
+        phase: &watch::Sender<String>,
+    ) -> Result<OvnSource> {
         let bad = |what: &str, e: ns_ovsdb::Error| Error::Invalid(format!("{what}: {e}"));
         let ovs_cfg = OvsdbConfig::new(
             &opts.ovsdb_connection,
@@ -301,7 +337,13 @@ impl OvnSource {
         .map_err(|e| bad("[ovs] ovsdb_connection", e))?;
         let (ovs, mut ovs_events) =
             Client::start(ovs_cfg).map_err(|e| bad("[ovs] ovsdb_connection", e))?;
-        first_ready(&mut ovs_events, "local OVS database").await?;
+        first_ready(
+            &mut ovs_events,
+            "local OVS database",
+            &opts.ovsdb_connection,
+            phase,
+        )
+        .await?;
         // Only the view and transactions are used: the events are not needed.
         drop(ovs_events);
         let (chassis, bridge) = {
@@ -338,7 +380,13 @@ impl OvnSource {
         let (sb, mut events) =
             Client::start(sb_cfg).map_err(|e| bad("[ovn] ovn_sb_connection", e))?;
         let sb = Arc::new(sb);
-        first_ready(&mut events, "Southbound database").await?;
+        first_ready(
+            &mut events,
+            "Southbound database",
+            &opts.sb_connection,
+            phase,
+        )
+        .await?;
         tracing::info!(%chassis, %bridge, "Southbound view received");
         if let Some(why) = neutron_agent_alive(&sb.view(), &chassis) {
             return Err(Error::Invalid(why));
@@ -376,6 +424,9 @@ impl OvnSource {
             recheck: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
         let recheck = state.recheck.clone();
+        phase.send_replace(format!(
+            "building the ovnmeta namespaces of chassis {chassis}"
+        ));
         let first_ok = state.pass(true).await;
         let wake = Arc::new(Notify::new());
         if !first_ok {
@@ -471,3 +522,7 @@ fn retry_later(wake: &Arc<Notify>) {
         w.notify_one();
     });
 }
+
+#[cfg(test)]
+#[path = "ovn_source_tests.rs"]
+mod tests;

@@ -5,13 +5,19 @@
 //!   addresses, the OVS Port/Interface rows and a proxy; a VM namespace wired to the outer veth
 //!   end (moved into it: it stands in for br-int) fetches metadata through the proxy with
 //!   `X-OVN-Network-ID` reaching the agent stand-in; CIDR changes move the addresses; an IPv6
-//!   VIF adds `fe80::a9fe:a9fe/128` and the v6 bind; unbinding the last VIF removes everything.
+//!   VIF adds `fe80::a9fe:a9fe/128`, the metadata MAC's EUI-64 link-local address and the v6
+//!   bind, and its removal takes them away; unbinding the last VIF removes everything.
 //! - The daemon binary (`source = ovn`): a migration target (`additional_chassis`) gets the
 //!   namespace; at start a stale agent-built `ovnmeta-` namespace is removed and a foreign one
 //!   kept; kill -9 and restart adopts the proxy and rebuilds nothing; a Southbound server
 //!   restart tears nothing down; the migration ending elsewhere removes it all.
 //! - A live Neutron OVN metadata agent (sb-cfg within 1 of nb_cfg, no marker) is refused.
 //! - A `datapath_type=netdev` bridge row brings the CHECKSUM rule into the namespace.
+//! - An `ssl:` Southbound with Neutron's `[ovn] ovn_sb_private_key`/`_certificate`/`_ca_cert`.
+//! - A three-member Southbound cluster: the leader killed → nothing torn down, changes through
+//!   the new leader followed.
+//! - The Southbound database down at start: the daemon waits, `status`/`check`/`STATUS=` say
+//!   what for, and READY follows once it answers.
 //!
 //! Everything is made under a per-run prefix and removed on drop; the tests run one at a time.
 
@@ -29,7 +35,10 @@ use ns_metadata_spawner::records::Records;
 use ns_metadata_spawner::supervisor::{State, Supervisor};
 use ns_netns::Netlink;
 use ns_testkit::netns::{unique_prefix, TestNs};
-use ns_testkit::ovsdb::{sb_and_ovs_servers, vsctl, Server};
+use ns_testkit::ovsdb::{
+    create_db, have, ovs_run, pssl, sb_and_ovs_servers, vsctl, Cluster, Server, OVN_SBCTL,
+    OVSDB_CLIENT, OVSDB_SERVER, OVSDB_TOOL, OVS_VSCTL, SB_SCHEMA, VS_SCHEMA,
+};
 use ns_testkit::{eventually_async, eventually_await, require_root, TempDir};
 use root_common::*;
 
@@ -54,6 +63,25 @@ impl Drop for Leftovers {
 }
 
 const BRIDGE: &str = "br-test";
+/// The EUI-64 link-local address of the fixture's metadata port MAC `fa:16:3e:aa:bb:01`.
+const LLA: &str = "fe80::f816:3eff:feaa:bb01";
+
+/// Writes to the Southbound database: one server, or a cluster (through its leader).
+trait Sbctl {
+    fn sbctl(&self, args: &[&str]) -> String;
+}
+
+impl Sbctl for Server {
+    fn sbctl(&self, args: &[&str]) -> String {
+        Server::sbctl(self, args)
+    }
+}
+
+impl Sbctl for Cluster {
+    fn sbctl(&self, args: &[&str]) -> String {
+        Cluster::sbctl(self, args)
+    }
+}
 
 /// The databases of one test: our chassis and integration bridge in the local OVS database,
 /// our `Chassis` row, the network's datapath and its metadata port in the Southbound database.
@@ -68,7 +96,7 @@ struct Fixture {
 }
 
 impl Fixture {
-    fn new(db_dir: &TempDir, sb: &Server, ovs: &Server) -> Fixture {
+    fn new(db_dir: &TempDir, sb: &impl Sbctl, ovs: &Server) -> Fixture {
         let prefix = unique_prefix();
         let net = format!("{prefix}net");
         let (outer, inner) = veth_names(&net);
@@ -117,11 +145,17 @@ impl Fixture {
         }
     }
 
+    /// The usual VM port, bound here.
+    fn bind_vm_here(&self, sb: &impl Sbctl) {
+        let mac = "fa:16:3e:aa:bb:10 10.250.7.10";
+        self.bind_vm(sb, "vm-port", 2, mac, Some(&self.chassis_row), None);
+    }
+
     /// A VM port on the network, bound to `chassis` and/or with `additional` as its
     /// additional chassis (live migration).
     fn bind_vm(
         &self,
-        sb: &Server,
+        sb: &impl Sbctl,
         name: &str,
         key: u32,
         mac: &str,
@@ -171,7 +205,7 @@ async fn start_source(
 }
 
 /// The UUID of the row of `table` named `name` (empty if none).
-fn find_uuid(sb: &Server, table: &str, name: &str) -> String {
+fn find_uuid(sb: &impl Sbctl, table: &str, name: &str) -> String {
     sb.sbctl(&[
         "--bare",
         "--columns=_uuid",
@@ -189,6 +223,19 @@ async fn inner_addresses(net: &str, ifname: &str) -> Vec<(IpAddr, u8)> {
     let ns = ns_netns::Netns::open(&format!("ovnmeta-{net}")).expect("ovnmeta namespace");
     let nl = Netlink::open(&ns).await.expect("netlink");
     nl.addresses(ifname).await.expect("addresses")
+}
+
+/// Wait until `ifname` in `ovnmeta-<net>` has (`present`) or lacks the address.
+async fn wait_address(net: &str, ifname: &str, (addr, prefix): (&str, u8), present: bool) {
+    let what = format!(
+        "{addr}/{prefix} {}",
+        if present { "added" } else { "removed" }
+    );
+    let want = (ip(addr), prefix);
+    eventually_await(&what, T, || async move {
+        (inner_addresses(net, ifname).await.contains(&want) == present).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,14 +257,7 @@ async fn vm_bound_here_gets_an_ovnmeta_namespace_that_answers_and_unbinding_remo
         ovs.unix(),
     );
     let p = f.prefix.clone();
-    f.bind_vm(
-        &sb,
-        "vm-port",
-        2,
-        "fa:16:3e:aa:bb:10 10.250.7.10",
-        Some(&f.chassis_row),
-        None,
-    );
+    f.bind_vm_here(&sb);
 
     let dir = TempDir::new("rt-ovn").reaping();
     let agent = agent(dir.path());
@@ -250,7 +290,7 @@ async fn vm_bound_here_gets_an_ovnmeta_namespace_that_answers_and_unbinding_remo
     let addrs = inner_addresses(&net, &inner).await;
     assert!(addrs.contains(&(ip("169.254.169.254"), 32)), "{addrs:?}");
     assert!(addrs.contains(&(ip("10.250.7.2"), 24)), "{addrs:?}");
-    // Only subnets with local VIF addresses (LP#1981113).
+    // Only subnets with local VIF IPv4 addresses (LP#1981113).
     assert!(!addrs.contains(&(ip("10.250.8.2"), 24)), "{addrs:?}");
     // The OVS rows: a Port in the bridge, its Interface bound to the metadata port.
     assert_eq!(
@@ -307,32 +347,14 @@ async fn vm_bound_here_gets_an_ovnmeta_namespace_that_answers_and_unbinding_remo
         "mac=\"fa:16:3e:aa:bb:10 10.250.7.10 10.250.8.10\"",
     ]);
     let (n, i) = (net.clone(), inner.clone());
-    eventually_await("the second subnet's address", T, || {
-        let (n, i) = (n.clone(), i.clone());
-        async move {
-            inner_addresses(&n, &i)
-                .await
-                .contains(&(ip("10.250.8.2"), 24))
-                .then_some(())
-        }
-    })
-    .await;
+    wait_address(&net, &inner, ("10.250.8.2", 24), true).await;
     sb.sbctl(&[
         "set",
         "Port_Binding",
         "md-port",
         "external_ids:\"neutron:cidrs\"=\"10.250.7.2/24\"",
     ]);
-    eventually_await("the dropped CIDR removed", T, || {
-        let (n, i) = (n.clone(), i.clone());
-        async move {
-            (!inner_addresses(&n, &i)
-                .await
-                .contains(&(ip("10.250.8.2"), 24)))
-            .then_some(())
-        }
-    })
-    .await;
+    wait_address(&net, &inner, ("10.250.8.2", 24), false).await;
     assert_eq!(
         status_of(&sup, &net).and_then(|s| s.pid),
         Some(pid),
@@ -363,9 +385,41 @@ async fn vm_bound_here_gets_an_ovnmeta_namespace_that_answers_and_unbinding_remo
     .await;
     let addrs = inner_addresses(&net, &inner).await;
     assert!(addrs.contains(&(ip("fe80::a9fe:a9fe"), 128)), "{addrs:?}");
-    assert!(addrs.contains(&(ip("fd00:250:7::2"), 64)), "{addrs:?}");
+    // As Neutron: only subnets with a local IPv4 address get the metadata port's address.
+    assert!(!addrs.contains(&(ip("fd00:250:7::2"), 64)), "{addrs:?}");
+    // The metadata port MAC's EUI-64 link-local address, as Neutron's get_ipv6_lladdr.
+    assert!(addrs.contains(&(ip(LLA), 64)), "{addrs:?}");
     assert!(get_in(vm.netns(), META).is_ok(), "IPv4 still answers");
-    let pid = v6_pid;
+
+    // The VM's IPv6 address goes: both link-local addresses and the v6 bind go with it.
+    sb.sbctl(&[
+        "set",
+        "Port_Binding",
+        "vm-port",
+        "mac=\"fa:16:3e:aa:bb:10 10.250.7.10\"",
+    ]);
+    let pid = eventually_async("the proxy restarted without the v6 bind", T, || {
+        let s = status_of(&sup, &net)?;
+        let pid = s
+            .pid
+            .filter(|p| *p != v6_pid && s.state == State::Running)?;
+        let argv = ns_metadata_spawner::pidfile::cmdline(pid)?;
+        (!argv.iter().any(|a| a.contains("fe80::a9fe:a9fe"))).then_some(pid)
+    })
+    .await;
+    eventually_await("no link-local address left", T, || {
+        let (n, i) = (n.clone(), i.clone());
+        async move {
+            let v6: Vec<_> = inner_addresses(&n, &i)
+                .await
+                .into_iter()
+                .filter(|(a, _)| a.is_ipv6())
+                .collect();
+            v6.is_empty().then_some(())
+        }
+    })
+    .await;
+    assert!(get_in(vm.netns(), META).is_ok(), "IPv4 still answers");
 
     // Unbind the last VIF: proxy, namespace, veth and OVS port all gone.
     sb.sbctl(&["clear", "Port_Binding", "vm-port", "chassis"]);
@@ -404,21 +458,53 @@ fn netns_inode(name: &str) -> Option<u64> {
 
 /// `ns-metadata-spawner run` with `source = ovn`, waited for until READY=1.
 fn start_ovn_daemon(dir: &std::path::Path, sb: &Server, ovs: &Server) -> ns_testkit::ChildGuard {
+    start_ovn_daemon_on(dir, &sb.unix(), "", ovs)
+}
+
+/// The same on the Southbound remote(s) `sb`, with more `[ovn]` lines (`key = value\n`).
+fn start_ovn_daemon_on(
+    dir: &std::path::Path,
+    sb: &str,
+    ovn_lines: &str,
+    ovs: &Server,
+) -> ns_testkit::ChildGuard {
+    start_daemon(dir, &write_ovn_ini(dir, sb, ovn_lines, ovs), &[])
+}
+
+/// `dir/spawner.ini` for `source = ovn` on Southbound remote(s) `sb`, more `[ovn]` lines.
+fn write_ovn_ini(
+    dir: &std::path::Path,
+    sb: &str,
+    ovn_lines: &str,
+    ovs: &Server,
+) -> std::path::PathBuf {
     let ini = dir.join("spawner.ini");
     std::fs::write(
         &ini,
         format!(
             "[DEFAULT]\nmetadata_proxy_socket = {}\n[spawner]\nstate_dir = {}\nproxy_binary = {}\n\
-             stop_timeout = 3\nsource = ovn\n[ovn]\novn_sb_connection = {}\n[ovs]\novsdb_connection = {}\n",
+             stop_timeout = 3\nsource = ovn\n[ovn]\novn_sb_connection = {sb}\n{ovn_lines}\
+             [ovs]\novsdb_connection = {}\n",
             dir.join("agent.sock").display(),
             dir.display(),
             ns_testkit::bin_path("ns-metadata-proxy").display(),
-            sb.unix(),
             ovs.unix(),
         ),
     )
     .expect("write ini");
-    start_daemon(dir, &ini, &[])
+    ini
+}
+
+/// Wait until the namespace and the proxy are gone.
+async fn wait_gone(ns_name: &str, pid: u32) {
+    eventually_async("the namespace gone", T, || {
+        netns_inode(ns_name).is_none().then_some(())
+    })
+    .await;
+    eventually_async("the proxy gone", T, || {
+        (!ns_testkit::proc::alive(pid)).then_some(())
+    })
+    .await;
 }
 
 /// The proxy's pid from its pid file, once it is there and alive.
@@ -525,14 +611,7 @@ async fn daemon_follows_migration_adopts_after_kill9_and_survives_a_southbound_r
 
     // The migration ends elsewhere (we leave additional_chassis): all gone.
     sb.sbctl(&["clear", "Port_Binding", "vm-port", "additional_chassis"]);
-    eventually_async("the namespace gone", T, || {
-        netns_inode(&ns_name).is_none().then_some(())
-    })
-    .await;
-    eventually_async("the proxy gone", T, || {
-        (!ns_testkit::proc::alive(pid)).then_some(())
-    })
-    .await;
+    wait_gone(&ns_name, pid).await;
     drop(daemon);
 }
 
@@ -599,14 +678,7 @@ async fn netdev_bridge_gets_the_checksum_rule_in_the_namespace() {
         &ovs.unix(),
         &["set", "Bridge", BRIDGE, "datapath_type=netdev"],
     );
-    f.bind_vm(
-        &sb,
-        "vm-port",
-        2,
-        "fa:16:3e:aa:bb:10 10.250.7.10",
-        Some(&f.chassis_row),
-        None,
-    );
+    f.bind_vm_here(&sb);
     let dir = TempDir::new("rt-ovnn").reaping();
     let _agent = agent(dir.path());
     let (sup, source) = start_source(&dir, &sb, &ovs).await;
@@ -620,4 +692,217 @@ async fn netdev_bridge_gets_the_checksum_rule_in_the_namespace() {
     );
     drop(source);
     sup.stop_all().await;
+}
+
+/// The fixture's VM bound here, and the daemon on Southbound remote(s) `sb` with more `[ovn]`
+/// lines: what was built for it by READY.
+struct BoundDaemon {
+    guard: ns_testkit::ChildGuard,
+    _agent: ns_testkit::agent::StandIn,
+    dir: TempDir,
+    ns_name: String,
+    /// The namespace's inode at READY.
+    ino: u64,
+    /// The proxy's pid.
+    pid: u32,
+}
+
+impl BoundDaemon {
+    async fn start(
+        f: &Fixture,
+        sb: &impl Sbctl,
+        remote: &str,
+        ovn_lines: &str,
+        ovs: &Server,
+    ) -> Self {
+        f.bind_vm_here(sb);
+        let dir = TempDir::new("rt-ovnd").reaping();
+        let agent = agent(dir.path());
+        let guard = start_ovn_daemon_on(dir.path(), remote, ovn_lines, ovs);
+        let ns_name = format!("ovnmeta-{}", f.net);
+        let ino = netns_inode(&ns_name).expect("ovnmeta namespace at READY");
+        let pid = eventually_async("the proxy", T, || proxy_pid(dir.path(), &f.net)).await;
+        BoundDaemon {
+            guard,
+            _agent: agent,
+            dir,
+            ns_name,
+            ino,
+            pid,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Namespace and proxy still the ones of READY.
+    fn kept(&self, when: &str) {
+        assert_eq!(
+            netns_inode(&self.ns_name),
+            Some(self.ino),
+            "namespace {when}"
+        );
+        assert_eq!(
+            proxy_pid(self.dir.path(), self.ns_name.trim_start_matches("ovnmeta-")),
+            Some(self.pid),
+            "proxy {when}"
+        );
+    }
+
+    /// After the VM's unbinding: namespace and proxy gone, then the daemon stopped.
+    async fn all_gone(self) {
+        wait_gone(&self.ns_name, self.pid).await;
+        drop(self.guard);
+    }
+}
+
+/// `ssl:` Southbound with the `[ovn]` options as Neutron names them, `ovs-pki` certificates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_on_an_ssl_southbound_with_neutrons_options() {
+    let test = "daemon_on_an_ssl_southbound_with_neutrons_options";
+    if !require_root(test) {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let port = ns_testkit::http::free_port();
+    let mut client = None;
+    let Some((db_dir, sb, ovs)) = sb_and_ovs_servers(test, "ovn-ssl", |dir| {
+        let (remote, files) = pssl(dir, port);
+        client = Some(files);
+        remote
+    }) else {
+        return;
+    };
+    let c = client.expect("client files");
+    let ovn = format!(
+        "ovn_sb_private_key = {}\novn_sb_certificate = {}\novn_sb_ca_cert = {}\n",
+        c.private_key, c.certificate, c.ca_cert
+    );
+    let f = Fixture::new(&db_dir, &sb, &ovs);
+    let d = BoundDaemon::start(&f, &sb, &format!("ssl:127.0.0.1:{port}"), &ovn, &ovs).await;
+    // Changes arrive over the ssl: connection too: the unbinding removes it all.
+    sb.sbctl(&["clear", "Port_Binding", "vm-port", "chassis"]);
+    d.all_gone().await;
+}
+
+/// Whether cluster member `remote` (a unix socket) leads the Southbound database.
+fn leads(dir: &std::path::Path, remote: &str) -> bool {
+    let query = r#"["_Server",{"op":"select","table":"Database","where":[["name","==","OVN_Southbound"]],"columns":["leader"]}]"#;
+    ovs_run(
+        dir,
+        OVSDB_CLIENT,
+        &["--timeout=20", "transact", remote, query],
+    )
+    .replace(' ', "")
+    .contains(r#""leader":true"#)
+}
+
+/// A clustered Southbound (three members, the daemon given all three): the leader dies →
+/// nothing torn down; a new leader answers → the daemon resyncs and follows changes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_on_a_clustered_southbound_survives_the_leaders_death() {
+    let test = "daemon_on_a_clustered_southbound_survives_the_leaders_death";
+    if !require_root(test)
+        || !have(
+            test,
+            &[OVSDB_SERVER, OVSDB_TOOL, OVSDB_CLIENT, OVN_SBCTL, OVS_VSCTL],
+            &[SB_SCHEMA, VS_SCHEMA],
+        )
+    {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut cl = Cluster::start("ovn-cluster");
+    let ovs_db = create_db(&cl.dir, "ovs", VS_SCHEMA);
+    let ovs = Server::start(&cl.dir, "ovs", &ovs_db, None, &[]);
+    vsctl(cl.dir.path(), &ovs.unix(), &["init"]);
+    let f = Fixture::new(&cl.dir, &cl, &ovs);
+    let remotes = cl.members.iter().map(Server::tcp).collect::<Vec<_>>();
+    let d = BoundDaemon::start(&f, &cl, &remotes.join(","), "", &ovs).await;
+
+    // The leader dies (the daemon is connected to it: it only reads from leaders).
+    let leader = (0..3)
+        .find(|&i| leads(cl.dir.path(), &cl.members[i].unix()))
+        .expect("a leader");
+    let rest: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let before = d.log().len();
+    cl.members[leader].kill();
+    eventually_async("the Southbound connection back", T, || {
+        d.log()[before..]
+            .contains("Southbound connection back")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        rest.iter()
+            .any(|&i| leads(cl.dir.path(), &cl.members[i].unix())),
+        "a new leader"
+    );
+    let log = d.log();
+    assert!(!log[before..].contains("tearing down"), "{log}");
+    d.kept("kept over the election");
+
+    // Changes through the new leader are followed: the CIDR moves, then the unbinding.
+    cl.sbctl_via(
+        &rest,
+        &[
+            "set",
+            "Port_Binding",
+            "md-port",
+            "external_ids:\"neutron:cidrs\"=\"10.250.7.3/24\"",
+        ],
+    );
+    wait_address(&f.net, &f.inner, ("10.250.7.3", 24), true).await;
+    cl.sbctl_via(&rest, &["clear", "Port_Binding", "vm-port", "chassis"]);
+    d.all_gone().await;
+}
+
+/// The Southbound database down at start: the daemon waits for it without a time limit,
+/// saying what it waits for in `status`, `check` and systemd's `STATUS=`, builds nothing;
+/// once it answers, READY follows with the namespace built.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_waits_for_the_southbound_database_and_says_so() {
+    let test = "daemon_waits_for_the_southbound_database_and_says_so";
+    if !require_root(test) {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let Some((db_dir, mut sb, ovs)) = sb_and_ovs_servers(test, "ovn-wait", |_| (None, vec![]))
+    else {
+        return;
+    };
+    let f = Fixture::new(&db_dir, &sb, &ovs);
+    f.bind_vm_here(&sb);
+    let ns_name = format!("ovnmeta-{}", f.net);
+    sb.kill();
+    let dir = TempDir::new("rt-ovnw").reaping();
+    let _agent = agent(dir.path());
+    let ini = write_ovn_ini(dir.path(), &sb.unix(), "", &ovs);
+    let bin = env!("CARGO_BIN_EXE_ns-metadata-spawner");
+    let (daemon, rx) = spawn_daemon(std::process::Command::new(bin), dir.path(), &ini, &[]);
+    let waiting = "waiting for the Southbound database at unix:";
+    let msg = next_notify(&rx, dir.path(), |m| m.contains(waiting) || m == "READY=1");
+    assert!(msg.starts_with("STATUS=starting: "), "{msg}");
+    for cmd in ["status", "check"] {
+        let out = std::process::Command::new(bin)
+            .arg("--config-file")
+            .arg(&ini)
+            .arg(cmd)
+            .output()
+            .expect("cli");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{cmd}: {out:?}");
+        assert!(err.contains(waiting), "{cmd}: {err}");
+    }
+    assert_eq!(netns_inode(&ns_name), None, "nothing built while waiting");
+
+    sb.restart();
+    next_notify(&rx, dir.path(), |m| m == "READY=1");
+    assert!(
+        netns_inode(&ns_name).is_some(),
+        "ovnmeta namespace at READY"
+    );
+    eventually_async("the proxy", T, || proxy_pid(dir.path(), &f.net)).await;
+    drop(daemon);
 }

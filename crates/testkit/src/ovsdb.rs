@@ -238,12 +238,147 @@ pub fn pki(dir: &TempDir, name: &str, certs: &[&str]) -> String {
     format!("{root}/switchca/cacert.pem")
 }
 
+/// The client's files of an `ssl:` remote made by [`pssl`]: key, certificate, CA certificate.
+pub struct SslClient {
+    pub private_key: String,
+    pub certificate: String,
+    pub ca_cert: String,
+}
+
+/// An `ovs-pki` CA and a server and client key pair in `dir` (see [`pki`]); the server's
+/// `--remote=pssl:PORT:127.0.0.1` with its key options (for [`sb_and_ovs_servers`]'s
+/// `sb_remote`), and the client's files.
+pub fn pssl(dir: &TempDir, port: u16) -> ((Option<u16>, Vec<String>), SslClient) {
+    let ca = pki(dir, "pki", &["server", "client"]);
+    let key = |c: &str, f: &str| dir.join(format!("pki-{c}-{f}.pem")).display().to_string();
+    let args = vec![
+        format!("--private-key={}", key("server", "privkey")),
+        format!("--certificate={}", key("server", "cert")),
+        format!("--ca-cert={ca}"),
+        format!("--remote=pssl:{port}:127.0.0.1"),
+    ];
+    let client = SslClient {
+        private_key: key("client", "privkey"),
+        certificate: key("client", "cert"),
+        ca_cert: ca,
+    };
+    ((Some(port), args), client)
+}
+
 /// `ovs-vsctl --no-wait --db=DB args...` (no ovs-vswitchd is running: never wait for it).
 pub fn vsctl(dir: &Path, db: &str, args: &[&str]) -> String {
     let db = format!("--db={db}");
     let mut all = vec![db.as_str(), "--no-wait", "--timeout=20"];
     all.extend_from_slice(args);
     ovs_run(dir, OVS_VSCTL, &all)
+}
+
+/// A three-member Raft cluster of the Southbound database on loopback (`ovsdb-tool
+/// create-cluster` / `join-cluster`), each member killed on drop.
+pub struct Cluster {
+    // Servers before the dir, so they die before it is removed.
+    pub members: Vec<Server>,
+    pub dir: TempDir,
+}
+
+impl Cluster {
+    /// Create the cluster's databases in a new temp dir and start the three members, each
+    /// on `DIR/sN.sock` and a `ptcp:` port on 127.0.0.1; return once all have joined.
+    pub fn start(tag: &str) -> Cluster {
+        let dir = TempDir::new(tag);
+        let raft: Vec<String> = (0..3)
+            .map(|_| format!("tcp:127.0.0.1:{}", crate::http::free_port()))
+            .collect();
+        let mut members = Vec::new();
+        for (i, local) in raft.iter().enumerate() {
+            let name = format!("s{}", i + 1);
+            let db = dir.join(format!("{name}.db")).display().to_string();
+            if i == 0 {
+                ovs_run(
+                    dir.path(),
+                    OVSDB_TOOL,
+                    &["create-cluster", &db, SB_SCHEMA, local],
+                );
+            } else {
+                ovs_run(
+                    dir.path(),
+                    OVSDB_TOOL,
+                    &["join-cluster", &db, "OVN_Southbound", local, &raft[0]],
+                );
+            }
+            let port = crate::http::free_port();
+            let remote = format!("--remote=ptcp:{port}:127.0.0.1");
+            members.push(Server::start(
+                &dir,
+                &name,
+                std::path::Path::new(&db),
+                Some(port),
+                &[remote],
+            ));
+        }
+        // A joining member serves its database only once it has joined: wait for that
+        // (ovsdb-client waits on the member's _Server database, no polling).
+        for m in &members {
+            ovs_run(
+                dir.path(),
+                OVSDB_CLIENT,
+                &[
+                    "--timeout=30",
+                    "wait",
+                    &m.unix(),
+                    "OVN_Southbound",
+                    "connected",
+                ],
+            );
+        }
+        let cl = Cluster { members, dir };
+        // ovsdb-server drops the oldest history transactions once they hold more atoms than
+        // the whole database (ovsdb/transaction.c), so a tiny database can resume from almost
+        // nothing. Real Southbound databases are large; give this one some ballast (in a
+        // table the tests do not monitor).
+        let ballast: Vec<String> = (0..300).map(|i| format!("k{i}=v{i}")).collect();
+        let ids = format!("external_ids={{{}}}", ballast.join(","));
+        cl.sbctl(&["create", "Datapath_Binding", "tunnel_key=1", &ids]);
+        cl
+    }
+
+    /// The `--db` list of every member's unix socket (ovn-sbctl finds the leader itself).
+    pub fn all_unix(&self) -> String {
+        self.members
+            .iter()
+            .map(Server::unix)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn sbctl(&self, args: &[&str]) -> String {
+        sbctl(self.dir.path(), &self.all_unix(), args)
+    }
+
+    /// ovn-sbctl through members `which` only (a stopped member would hang it).
+    pub fn sbctl_via(&self, which: &[usize], args: &[&str]) -> String {
+        let db: Vec<String> = which.iter().map(|&i| self.members[i].unix()).collect();
+        sbctl(self.dir.path(), &db.join(","), args)
+    }
+
+    /// Wait until member `i` (any role) has `Chassis_Private` row `name`.
+    pub fn member_has(&self, i: usize, name: &str) {
+        let db = self.members[i].unix();
+        eventually(&format!("s{} to have {name}", i + 1), WAIT, || {
+            let out = sbctl(
+                self.dir.path(),
+                &db,
+                &[
+                    "--no-leader-only",
+                    "--bare",
+                    "--columns=name",
+                    "list",
+                    "Chassis_Private",
+                ],
+            );
+            out.lines().any(|l| l.trim() == name).then_some(())
+        });
+    }
 }
 
 /// The usual start of an OVN agent test: skip (`None`) unless the programs and both schemas

@@ -85,7 +85,27 @@ pub fn start_daemon(dir: &Path, ini: &Path, extra: &[&str]) -> ChildGuard {
 
 /// The same, run by `cmd` (the daemon binary itself, or a wrapper with the binary as its
 /// last argument so far).
-pub fn start_daemon_by(mut cmd: Command, dir: &Path, ini: &Path, extra: &[&str]) -> ChildGuard {
+pub fn start_daemon_by(cmd: Command, dir: &Path, ini: &Path, extra: &[&str]) -> ChildGuard {
+    let (guard, rx) = spawn_daemon(cmd, dir, ini, extra);
+    let msg = next_notify(&rx, dir, |m| !is_progress(m));
+    assert_eq!(msg, "READY=1");
+    guard
+}
+
+/// Before READY the OVN source says what it waits for (`STATUS=`) and pushes systemd's
+/// start timeout back (`EXTEND_TIMEOUT_USEC=`).
+fn is_progress(msg: &str) -> bool {
+    msg.starts_with("STATUS=") || msg.starts_with("EXTEND_TIMEOUT_USEC=")
+}
+
+/// Spawn `cmd … --config-file INI run EXTRA` with its log in `dir/daemon.log` and a private
+/// NOTIFY_SOCKET, whose receiving end is returned (see [`next_notify`]).
+pub fn spawn_daemon(
+    mut cmd: Command,
+    dir: &Path,
+    ini: &Path,
+    extra: &[&str],
+) -> (ChildGuard, UnixDatagram) {
     static N: AtomicU32 = AtomicU32::new(0);
     let notify = dir.join(format!("notify-{}.sock", N.fetch_add(1, Ordering::Relaxed)));
     let _ = std::fs::remove_file(&notify);
@@ -107,16 +127,25 @@ pub fn start_daemon_by(mut cmd: Command, dir: &Path, ini: &Path, extra: &[&str])
         .stderr(log)
         .spawn()
         .expect("spawn daemon");
-    let guard = ChildGuard(child);
-    let mut buf = [0u8; 64];
-    let n = rx.recv(&mut buf).unwrap_or_else(|e| {
-        panic!(
-            "no READY=1: {e}; log:\n{}",
-            std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default()
-        )
-    });
-    assert_eq!(&buf[..n], b"READY=1");
-    guard
+    (ChildGuard(child), rx)
+}
+
+/// The next sd_notify datagram for which `want` holds (others skipped), each within
+/// [`READY_TIMEOUT`]; the daemon's log in the panic message if none comes.
+pub fn next_notify(rx: &UnixDatagram, dir: &Path, want: impl Fn(&str) -> bool) -> String {
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = rx.recv(&mut buf).unwrap_or_else(|e| {
+            panic!(
+                "no sd_notify message: {e}; log:\n{}",
+                std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default()
+            )
+        });
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if want(&msg) {
+            return msg;
+        }
+    }
 }
 
 /// A supervisor on real namespaces with its reconcile loop running.
