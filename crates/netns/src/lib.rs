@@ -1,7 +1,7 @@
 //! Network namespaces and rtnetlink: open, enter, create, delete, watch; addresses and links.
 //!
 //! This is the only crate of the workspace allowed to use `unsafe`: entering a namespace in a
-//! forked child (`pre_exec`) and the `NS_GET_NSTYPE` ioctl have no safe wrapper. Every block
+//! forked child (`pre_exec`), `posix_spawn(3)` and the `NS_GET_NSTYPE` ioctl have no safe wrapper. Every block
 //! carries a `// SAFETY:` comment.
 #![allow(unsafe_code)]
 
@@ -12,6 +12,7 @@ mod mem;
 mod netlink;
 mod ns;
 pub mod privs;
+mod spawn;
 mod watch;
 
 #[cfg(feature = "test-util")]
@@ -23,4 +24,5 @@ pub use manage::{create, delete, list, validate_name, NETNS_RUN_DIR};
 pub use mem::release_free_memory;
 pub use netlink::Netlink;
 pub use ns::Netns;
+pub use spawn::{Spawn, Spawned};
 pub use watch::{watch, watch_dir, NetnsEvent, NetnsWatcher};
