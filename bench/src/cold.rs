@@ -71,7 +71,10 @@ mod tests {
         let mut md = String::new();
         markdown(&s, &mut md);
         assert!(md.contains("| 200 | 0.50 | 2.00 | 0.25× | 2.50 |"), "{md}");
-        assert!(md.contains("| 2000 | 9.00 | 30.00 | 0.30× | 4.50 | 4.00 |"), "{md}");
+        assert!(
+            md.contains("| 2000 | 9.00 | 30.00 | 0.30× | 4.50 | 4.00 |"),
+            "{md}"
+        );
         assert!(md.contains("≤ 10 s ✓"), "{md}");
         let mut none = String::new();
         markdown(&Samples::new(), &mut none);

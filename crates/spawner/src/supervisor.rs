@@ -121,6 +121,8 @@ struct Inner<P> {
     saver: persist::Saver,
     /// What loading `records.json` found at start.
     recovery: Mutex<persist::Recovery>,
+    /// Proxy starts in flight, shared by every proxy task (`proxy_task::launch_slots`).
+    launches: Arc<tokio::sync::Semaphore>,
 }
 
 /// The supervisor; cheap to clone (shared state).
@@ -159,6 +161,9 @@ impl<P: Platform> Supervisor<P> {
                 agent: Mutex::new(None),
                 saver: persist::Saver::default(),
                 recovery: Mutex::new(persist::Recovery::Clean),
+                launches: Arc::new(tokio::sync::Semaphore::new(
+                    crate::proxy_task::launch_slots(),
+                )),
             }),
         }
     }
@@ -612,6 +617,7 @@ impl<P: Platform> Supervisor<P> {
                 status: Arc::clone(&status),
                 stop: stop_rx,
                 cfg: Arc::clone(cfg),
+                launches: Arc::clone(&self.inner.launches),
             },
             start,
         ));
