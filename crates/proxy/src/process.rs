@@ -172,8 +172,9 @@ pub fn enter_spawner_netns(cfg: &crate::Config, dropin: bool) -> Result<bool> {
     drop(ns);
     // The inherited copy: nothing else may use it, and no child may inherit it.
     let _ = nix::unistd::close(NETNS_FD);
-    // Single-threaded still, so changing the environment is sound; `/proc/PID/environ` and
-    // any child then no longer name a descriptor that is closed.
+    // Single-threaded still, so changing the environment is sound; no child (none is
+    // started today) inherits a name for a closed descriptor. `/proc/PID/environ` keeps
+    // showing the block the process was started with.
     std::env::remove_var(NETNS_FD_ENV);
     Ok(true)
 }
