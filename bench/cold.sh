@@ -8,9 +8,11 @@
 # run.sh runs it inside `unshare --mount --propagation private`: /run/netns here is a private
 # tmpfs, so the spawner's auto_enable_routers sees only the namespaces made here (never another
 # engineer's qrouter-*), and nothing made here is visible outside or outlives the run.
-# Needs in the environment: WORK RUN TOOL SPAWNER PROXY RAW COLD_SOCK COLD_NS COLD_RUNS.
+# Needs in the environment: WORK RUN TOOL SPAWNER PROXY RAW COLD_SOCK COLD_NS COLD_RUNS, and
+# COLD_HAPROXY_TMPL: Neutron's haproxy configuration with @ID@ and @PIDFILE@ left to fill.
 set -euo pipefail
 : "${WORK:?}" "${RUN:?}" "${TOOL:?}" "${SPAWNER:?}" "${PROXY:?}" "${RAW:?}" "${COLD_SOCK:?}" "${COLD_NS:?}" "${COLD_RUNS:?}"
+: "${COLD_HAPROXY_TMPL:?}"
 
 CW=$WORK/cold
 mkdir -p "$CW/hap" /run/netns
@@ -73,40 +75,10 @@ make_ns() {
     ip -batch "$CW/batch"
     ip -all netns exec ip link set lo up >/dev/null
 }
-haproxy_cfg() { # Neutron's template (neutron/common/metadata.py), as run.sh's figure 2
-    cat <<EOF
-global
-    log         /dev/log local0 info
-    log-tag     haproxy-metadata-proxy-$1
-    user        root
-    group       root
-    maxconn     1024
-    nbthread    2
-    pidfile     $CW/hap/$1.pid
-    daemon
-
-defaults
-    log global
-    mode http
-    option httplog
-    option dontlognull
-    option http-server-close
-    option forwardfor
-    retries                 3
-    timeout http-request    30s
-    timeout connect         30s
-    timeout client          32s
-    timeout server          32s
-    timeout http-keep-alive 30s
-
-listen listener
-    bind 169.254.169.254:80
-
-    server metadata $COLD_SOCK
-
-    http-request del-header X-Neutron-Network-ID
-    http-request set-header X-Neutron-Router-ID $1
-EOF
+# Neutron's rendered configuration for router $1: run.sh's template (figure 2's copy of
+# neutron/common/metadata.py), with this router's id and pid file.
+haproxy_cfg() {
+    sed -e "s|@ID@|$1|g" -e "s|@PIDFILE@|$CW/hap/$1.pid|g" "$COLD_HAPROXY_TMPL"
 }
 # t0 -> the waiter's JSON line. A pass over 2,000 silent namespaces (setns + connect each)
 # takes tens of ms of CPU: 100 ms between passes leaves the cores to the starters, for a
@@ -145,6 +117,13 @@ EOF
     ticks=$(awk '{sub(/^.*\) /, ""); print $12 + $13}' /proc/"$SP"/stat)
     sample cold_all_ms "ours-$n" "$(field all_ms "$w")"
     sample cold_cpu_ms "ours-$n" $((ticks * 1000 / CLK))
+    # PSS per proxy with all N running (issue 19 keeps figure 2's bound: ≤ 0.35 MB at 200).
+    local p pss=0 count=0
+    for p in $(pids_in "$CW"/sp/pids/*.pid); do
+        pss=$((pss + $(awk '$1 == "Pss:" {print $2}' /proc/"$p"/smaps_rollup 2>/dev/null || echo 0)))
+        count=$((count + 1))
+    done
+    ((count == 0)) || sample cold_pss_per_kb "ours-$n" $((pss / count))
     log "ours, $n: $w; spawner CPU $((ticks * 1000 / CLK)) ms"
     kill -TERM "$SP"
     wait "$SP" || true

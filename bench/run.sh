@@ -404,8 +404,9 @@ cold_figure() {
     [[ $SPAWN == 1 ]] || { log "figure 10 skipped: no spawner"; return 0; }
     log "figure 10: cold start of N = $COLD_NS namespaces, ours vs haproxy ($MANY_RUNS rounds)"
     start_agent cold close
+    haproxy_cfg @ID@ "$WORK/agent-cold.sock" @PIDFILE@ >"$WORK/cold-haproxy.tmpl"
     WORK=$WORK RUN=$RUN TOOL=$TOOL SPAWNER=$SPAWNER PROXY=$PROXY RAW=$RAW COLD_SOCK=$WORK/agent-cold.sock \
-        COLD_NS=$COLD_NS COLD_RUNS=$MANY_RUNS unshare --mount --propagation private "$REPO/bench/cold.sh" \
+        COLD_NS=$COLD_NS COLD_RUNS=$MANY_RUNS COLD_HAPROXY_TMPL=$WORK/cold-haproxy.tmpl unshare --mount --propagation private "$REPO/bench/cold.sh" \
         || log "figure 10 failed (see $WORK/cold/spawner.log)"
     kill "${AGENT_PID[cold]}"
 }

@@ -3,7 +3,8 @@
 //! Samples (`metric<TAB>variant<TAB>value`, variants `ours-N` / `haproxy-N`):
 //! `cold_all_ms` (start → every namespace answering), `cold_cpu_ms` (ours: the spawner's
 //! user+system CPU over the start; haproxy: the starting loop's, `ip netns exec` included),
-//! `cold_load1` (1-minute load average when the row started).
+//! `cold_pss_per_kb` (ours: PSS per proxy with all N running), `cold_load1` (1-minute load
+//! average when the row started).
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -29,7 +30,7 @@ pub fn markdown(s: &Samples, md: &mut String) {
     );
     let _ = writeln!(
         md,
-        "| N | ours: spawner + auto_enable_routers (s) | haproxy, Neutron's way, one after another (s) | ratio | ours per proxy (ms) | spawner CPU (s) | haproxy loop CPU (s) | load1 at start | target |\n|---|---|---|---|---|---|---|---|---|"
+        "| N | ours: spawner + auto_enable_routers (s) | haproxy, Neutron's way, one after another (s) | ratio | ours per proxy (ms) | spawner CPU (s) | haproxy loop CPU (s) | ours PSS per proxy (MB) | load1 at start | target |\n|---|---|---|---|---|---|---|---|---|---|"
     );
     for n in ns {
         let (o, h) = (format!("ours-{n}"), format!("haproxy-{n}"));
@@ -47,12 +48,13 @@ pub fn markdown(s: &Samples, md: &mut String) {
             .map_or_else(|| "–".to_owned(), |r| format!("{r:.2}×"));
         let _ = writeln!(
             md,
-            "| {n} | {} | {} | {ratio} | {} | {} | {} | {} | {target} |",
+            "| {n} | {} | {} | {ratio} | {} | {} | {} | {} | {} | {target} |",
             cell(ours.map(|v| v / 1000.0), 2),
             cell(med(s, "cold_all_ms", &h).map(|v| v / 1000.0), 2),
             cell(ours.map(|v| v / n as f64), 2),
             cell(med(s, "cold_cpu_ms", &o).map(|v| v / 1000.0), 2),
             cell(med(s, "cold_cpu_ms", &h).map(|v| v / 1000.0), 2),
+            cell(med(s, "cold_pss_per_kb", &o).map(|v| v / 1024.0), 2),
             cell(med(s, "cold_load1", &o), 1),
         );
     }
