@@ -60,6 +60,7 @@ cleanup() {
     exit "$rc"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 # N namespaces qrouter-<id>, lo up (the l3 agent does that when it builds the router), the
 # list for the waiter, and Neutron's haproxy configuration for each.
