@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # bench/run.sh [--quick] [--no-build] [--only-haproxy] [--only-ovn | --no-ovn] [--ovn-provision]
+#              [--only-cold | --no-cold]
 #
 # Side-by-side benchmark: ns-metadata-proxy (and ns-metadata-spawner) vs haproxy with
 # Neutron's generated config, same agent stand-in, same namespace topology. Writes
@@ -8,7 +9,7 @@
 # exit, also on Ctrl-C or error. See bench/README.md for what each figure means.
 set -euo pipefail
 
-QUICK=0 BUILD=1 OURS=auto ONLY_OVN=0 OVN=1 OVN_PROVISION=0
+QUICK=0 BUILD=1 OURS=auto ONLY_OVN=0 OVN=1 OVN_PROVISION=0 ONLY_COLD=0 COLD=1
 for arg in "$@"; do
     case "$arg" in
         --quick) QUICK=1 ;;
@@ -17,7 +18,9 @@ for arg in "$@"; do
         --only-ovn) ONLY_OVN=1 ;;
         --no-ovn) OVN=0 ;;
         --ovn-provision) OVN_PROVISION=1 ;;
-        -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+        --only-cold) ONLY_COLD=1 ;;
+        --no-cold) COLD=0 ;;
+        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $arg" >&2; exit 2 ;;
     esac
 done
@@ -123,7 +126,8 @@ pidfile_pids() { local f p _; for f in "$@"; do [[ -s $f ]] && read -r p _ <"$f"
 # Neutron's driver in figure 8).
 run_pidfile_pids() {
     pidfile_pids "$WORK"/hap/*.pid "$WORK"/spawner/pids/*.pid "$WORK"/spawner-api/pids/*.pid \
-        "$WORK"/neutron-*/external/pids/*.pid.haproxy "$WORK"/ovn/*.pid
+        "$WORK"/neutron-*/external/pids/*.pid.haproxy "$WORK"/ovn/*.pid \
+        "$WORK"/cold/hap/*.pid "$WORK"/cold/sp/pids/*.pid
 }
 
 cleanup() {
@@ -391,12 +395,31 @@ write_report() {
         --meta "loadavg_start=$LOAD_START" --meta "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" \
         --meta "elapsed_s=$(($(date +%s) - T_START))" --meta "haproxy=$(haproxy -v 2>/dev/null | head -1)" \
         --meta "commit=$COMMIT" --meta "built=$BUILD" \
-        --meta "ours_proxy=$OURS" --meta "ours_spawner=$SPAWN" --meta "only_ovn=$ONLY_OVN"
+        --meta "ours_proxy=$OURS" --meta "ours_spawner=$SPAWN" --meta "only_ovn=$ONLY_OVN" --meta "only_cold=$ONLY_COLD"
     cp "$RAW" "$REPO/bench/results/$stamp.raw.tsv"
     # Under sudo the results belong to the invoking user, like the build.
     [[ -z ${SUDO_USER:-} ]] || chown -R "$SUDO_USER:" "$REPO/bench/results" 2>/dev/null || true
     log "results: bench/results/$stamp.{md,json,raw.tsv}"
 }
+# ---------------------------------------------------------------- figure 11: cold start (issue 19)
+# bench/cold.sh, in a mount namespace of its own (private /run/netns): rows N = $COLD_NS.
+COLD_NS=${NSB_COLD_NS:-200 1000 2000}
+cold_figure() {
+    [[ $SPAWN == 1 ]] || { log "figure 11 skipped: no spawner"; return 0; }
+    log "figure 11: cold start of N = $COLD_NS namespaces, ours vs haproxy ($MANY_RUNS rounds)"
+    start_agent cold close
+    haproxy_cfg @ID@ "$WORK/agent-cold.sock" @PIDFILE@ >"$WORK/cold-haproxy.tmpl"
+    WORK=$WORK RUN=$RUN TOOL=$TOOL SPAWNER=$SPAWNER PROXY=$PROXY RAW=$RAW COLD_SOCK=$WORK/agent-cold.sock \
+        COLD_NS=$COLD_NS COLD_RUNS=$MANY_RUNS COLD_HAPROXY_TMPL=$WORK/cold-haproxy.tmpl unshare --mount --propagation private "$REPO/bench/cold.sh" \
+        || log "figure 11 failed (see $WORK/cold/spawner.log)"
+    kill "${AGENT_PID[cold]}"
+}
+if [[ $ONLY_COLD == 1 ]]; then
+    log "figure 11 only (--only-cold)"
+    cold_figure
+    if [[ -s $RAW ]]; then write_report; else log "figure 11 measured nothing; no report"; fi
+    exit 0
+fi
 if [[ $ONLY_OVN == 1 ]]; then
     log "figure 9 only (--only-ovn)"
     ovn_figure
@@ -904,4 +927,5 @@ dropin_figure() {
 
 # ---------------------------------------------------------------- figure 9 and the report
 [[ $OVN == 0 ]] || ovn_figure
+[[ $COLD == 0 ]] || cold_figure
 write_report

@@ -5,6 +5,7 @@
 //! agent stand-in stays cheap enough never to be the bottleneck.
 #![forbid(unsafe_code)]
 
+pub mod cold;
 pub mod control;
 pub mod load;
 pub mod probe;

@@ -59,7 +59,7 @@ pub fn median(values: &[f64]) -> Option<f64> {
     })
 }
 
-fn med(s: &Samples, metric: &str, variant: &str) -> Option<f64> {
+pub(crate) fn med(s: &Samples, metric: &str, variant: &str) -> Option<f64> {
     s.get(metric)
         .and_then(|m| m.get(variant))
         .and_then(|v| median(v))
@@ -155,6 +155,11 @@ pub fn markdown(s: &Samples) -> String {
     if !s.is_empty() && s.keys().all(|k| k.starts_with("ovn_")) {
         // `run.sh --only-ovn`: figure 9 alone.
         ovn_southbound(s, &mut md);
+        return md;
+    }
+    if !s.is_empty() && s.keys().all(|k| k.starts_with("cold_")) {
+        // `run.sh --only-cold`: figure 11 alone.
+        crate::cold::markdown(s, &mut md);
         return md;
     }
     let _ = writeln!(md, "### One proxy, same agent stand-in, wrk from the vm namespace (figures 1, 3; issue 8 rows)\n");
@@ -500,6 +505,7 @@ pub fn markdown(s: &Samples) -> String {
 
     control_and_dropin(s, &mut md);
     ovn_southbound(s, &mut md);
+    crate::cold::markdown(s, &mut md);
 
     let _ = writeln!(
         md,

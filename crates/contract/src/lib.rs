@@ -18,6 +18,7 @@ pub mod options;
 pub mod ovn;
 pub mod resource;
 pub mod socket;
+pub mod spawn;
 
 /// The version every binary reports (`--version`, `build_info`): the package version and the
 /// commit it was built from (see build.rs).

@@ -1,8 +1,8 @@
 //! Network namespaces and rtnetlink: open, enter, create, delete, watch; addresses and links.
 //!
 //! This is the only crate of the workspace allowed to use `unsafe`: entering a namespace in a
-//! forked child (`pre_exec`), the `NS_GET_NSTYPE` and `SIOCGSKNS` ioctls and descriptors
-//! received with `SCM_RIGHTS` have no safe wrapper. Every block
+//! forked child (`pre_exec`), `posix_spawn(3)`, the `NS_GET_NSTYPE` and `SIOCGSKNS` ioctls and
+//! descriptors received with `SCM_RIGHTS` have no safe wrapper. Every block
 //! carries a `// SAFETY:` comment.
 #![allow(unsafe_code)]
 
@@ -14,6 +14,7 @@ mod mem;
 mod netlink;
 mod ns;
 pub mod privs;
+mod spawn;
 mod watch;
 
 #[cfg(feature = "test-util")]
@@ -28,4 +29,5 @@ pub use manage::{create, delete, list, validate_name, NETNS_RUN_DIR};
 pub use mem::release_free_memory;
 pub use netlink::Netlink;
 pub use ns::Netns;
+pub use spawn::{Spawn, Spawned};
 pub use watch::{watch, watch_dir, NetnsEvent, NetnsWatcher};

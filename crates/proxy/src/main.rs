@@ -49,6 +49,10 @@ fn main() {
     for w in &cfg.warnings {
         tracing::warn!("{w}");
     }
+    // Before any thread exists: the namespace the spawner handed over (ns_contract::spawn).
+    if let Err(e) = process::enter_spawner_netns(&cfg, dropin_file.is_some()) {
+        fail(&e.to_string(), e.exit_code());
+    }
     if let Err(e) = app::run(cfg, daemon_child) {
         // Once per destination: the log gets it only when it is not stderr already.
         if !logs_to_stderr {

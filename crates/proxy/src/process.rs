@@ -133,6 +133,52 @@ impl Readiness {
     }
 }
 
+/// The spawner's namespace hand-over (`ns_contract::spawn`, issue 19): when
+/// `NS_METADATA_SPAWNER_NETNS_FD` is set, enter the namespace on that inherited descriptor
+/// with this (main, only) thread, so the whole process runs in it as it did when the spawner
+/// entered it between fork and exec, and close the descriptor. Refused (a one-line error)
+/// unless the process looks started by the spawner: its state-dir marker and a `--ready-fd`
+/// present, no `--netns`, no `--daemonize`, not the haproxy drop-in. Call before any thread
+/// exists. Returns whether it entered one.
+pub fn enter_spawner_netns(cfg: &crate::Config, dropin: bool) -> Result<bool> {
+    use ns_contract::spawn::{NETNS_FD, NETNS_FD_ENV, STATE_ENV};
+    let Some(value) = std::env::var_os(NETNS_FD_ENV) else {
+        return Ok(false);
+    };
+    let refuse = |why: &str| {
+        Err(Error::Config(format!(
+            "{NETNS_FD_ENV} is set but {why}: it is internal to ns-metadata-spawner;              use --netns to choose a namespace"
+        )))
+    };
+    if value != NETNS_FD.to_string().as_str() {
+        return refuse(&format!("is not {NETNS_FD}"));
+    }
+    if std::env::var_os(STATE_ENV).is_none() {
+        return refuse(&format!("{STATE_ENV} is not (not started by the spawner)"));
+    }
+    if cfg.netns.is_some() || cfg.daemonize || dropin || cfg.ready_fds.is_empty() {
+        return refuse("--netns, --daemonize or the haproxy drop-in is used, or --ready-fd is not");
+    }
+    let path = format!("/proc/self/fd/{NETNS_FD}");
+    // Checked to be a network namespace (not any descriptor that happens to be open).
+    let ns = ns_netns::Netns::open_path(Path::new(&path)).map_err(|source| Error::Netns {
+        spec: format!("{NETNS_FD_ENV}={NETNS_FD}"),
+        source,
+    })?;
+    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| Error::Io {
+        op: "setns into the spawner's namespace",
+        source: e.into(),
+    })?;
+    drop(ns);
+    // The inherited copy: nothing else may use it, and no child may inherit it.
+    let _ = nix::unistd::close(NETNS_FD);
+    // Single-threaded still, so changing the environment is sound; no child (none is
+    // started today) inherits a name for a closed descriptor. `/proc/PID/environ` keeps
+    // showing the block the process was started with.
+    std::env::remove_var(NETNS_FD_ENV);
+    Ok(true)
+}
+
 /// SIGTERM/SIGINT: tell systemd the service is stopping (`STOPPING=1`).
 pub fn notify_stopping() {
     sd_notify(State::Stopping);

@@ -452,3 +452,43 @@ fn sighup_keeps_serving_and_reopens_a_rotated_log_file() {
     assert!(guard.0.wait().expect("wait").success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The spawner's namespace hand-over (`NS_METADATA_SPAWNER_NETNS_FD`, issue 19) is internal:
+/// without the spawner's other marks it is refused before anything is bound, with one line;
+/// with them but no namespace on the descriptor, the start fails naming it.
+#[test]
+fn spawner_netns_handover_is_refused_outside_the_spawner() {
+    let port = free_port().to_string();
+    let bind = format!("127.0.0.1:{port}");
+    let run = |state_dir: bool, extra: &[&str]| {
+        let mut c = Command::new(bin_path("ns-metadata-proxy"));
+        c.args(["--router-id", "r1", "--bind", &bind])
+            .args(extra)
+            .env("NS_METADATA_SPAWNER_NETNS_FD", "4")
+            .env_remove("NS_METADATA_SPAWNER_STATE_DIR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        if state_dir {
+            c.env("NS_METADATA_SPAWNER_STATE_DIR", "/nonexistent");
+        }
+        let out = c.output().expect("run proxy");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(false, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("internal to ns-metadata-spawner"), "{err}");
+    // With the state-dir mark, still refused without a --ready-fd, or with --netns.
+    let (code, err) = run(true, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    let (code, err) = run(true, &["--ready-fd", "1", "--netns", "x"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("internal to ns-metadata-spawner"), "{err}");
+    // Every mark, but descriptor 4 is not open here: nothing is entered or bound.
+    let (code, err) = run(true, &["--ready-fd", "1"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("NS_METADATA_SPAWNER_NETNS_FD=4"), "{err}");
+}

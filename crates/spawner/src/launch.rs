@@ -1,13 +1,10 @@
-//! Starting one proxy: its argv, the readiness pipe on fd 3, its own session, and
-//! waiting for `READY=1` with a timeout; plus the handle of a running proxy (own child or
-//! adopted through a pidfd) with signals and exit waiting.
+//! Starting one proxy: its argv, `posix_spawn` with the readiness pipe on fd 3 in its own
+//! session, and waiting for `READY=1` with a timeout; plus the handle of a running proxy (own
+//! child or adopted, both through a pidfd) with signals, exit waiting and reaping.
 
-use std::os::fd::OwnedFd;
-use std::process::Stdio;
+use std::os::fd::{AsFd as _, OwnedFd};
 use std::time::Duration;
 
-use command_fds::{CommandFdExt, FdMapping};
-use ns_netns::CommandExt as _;
 use rustix::process::{Pid, Signal};
 use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncReadExt;
@@ -85,38 +82,73 @@ pub fn shared_args(cfg: &Config) -> Vec<String> {
     a
 }
 
-/// What every process the spawner starts from the proxy binary gets: no `OS_*` variables,
-/// the state-dir marker, no `NOTIFY_SOCKET`, null stdin/stdout, its own session.
-pub fn proxy_env(cmd: &mut tokio::process::Command, cfg: &Config) {
+/// What every process the spawner starts from the proxy binary gets: no `OS_*` variables, no
+/// `NOTIFY_SOCKET`, the state-dir marker, its own session (stdin and stdout are /dev/null,
+/// stderr is shared: `ns_netns::Spawn`).
+pub fn proxy_env(cmd: &mut ns_netns::Spawn, cfg: &Config) {
     // The proxy reads oslo-style `OS_<GROUP>__<OPTION>` variables too: what configures the
-    // spawner must not reach its proxies behind the flags given here.
-    for (k, _) in std::env::vars_os() {
-        if k.as_encoded_bytes().starts_with(b"OS_") {
-            cmd.env_remove(k);
+    // spawner must not reach its proxies behind the flags given here. systemd's notify
+    // socket is the spawner unit's: a proxy's READY goes to its ready fd.
+    for (k, v) in std::env::vars_os() {
+        let b = k.as_encoded_bytes();
+        if !b.starts_with(b"OS_")
+            && k != "NOTIFY_SOCKET"
+            && k != ns_contract::spawn::NETNS_FD_ENV
+            && k != ns_contract::spawn::STATE_ENV
+        {
+            cmd.env(k, v);
         }
     }
     // Marks the proxy as started by the spawner of this state dir: the only proof, besides
     // a pid file, that lets a restarted spawner stop it when it is no longer wanted.
     cmd.env(crate::pidfile::STATE_ENV, &cfg.state_dir);
-    // systemd's notify socket is the spawner unit's: a proxy's READY goes to its ready fd.
-    cmd.env_remove("NOTIFY_SOCKET");
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(false);
     // Own session (hence own process group, no controlling terminal), so a signal to the
     // supervisor's group or a hang-up of its terminal does not reach the proxies: they must
     // outlive a supervisor restart.
     cmd.new_session();
 }
 
-/// A proxy process we watch.
+/// A proxy process we watch, through a pidfd either way (pidfd signals cannot reach a
+/// recycled pid).
 #[derive(Debug)]
 pub enum Running {
-    /// Spawned by us: tokio reaps it.
-    Child(tokio::process::Child),
+    /// Spawned by us: reaped here (`waitid` on its pidfd), never by a `waitpid(-1)`.
+    Child {
+        pid: u32,
+        pidfd: AsyncFd<OwnedFd>,
+        reaped: bool,
+    },
     /// Adopted after a restart: not our child, watched through a pidfd.
     Adopted { pid: u32, pidfd: AsyncFd<OwnedFd> },
+}
+
+fn async_pidfd(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
+    // tokio 1.54 deprecates the safe constructors because a borrowed raw fd could be
+    // closed behind the reactor's back; an OwnedFd moved in cannot be, so this is sound.
+    #[allow(deprecated)]
+    AsyncFd::with_interest(fd, tokio::io::Interest::READABLE)
+}
+
+/// How a reaped child ended, as `std::process::ExitStatus` says it.
+fn describe(st: Option<rustix::process::WaitIdStatus>) -> String {
+    match st {
+        Some(st) => match (st.exit_status(), st.terminating_signal()) {
+            (Some(code), _) => format!("exited (exit status: {code})"),
+            (None, Some(sig)) => format!("exited (signal: {sig})"),
+            _ => "exited".to_owned(),
+        },
+        None => "exited".to_owned(),
+    }
+}
+
+/// Reap an exited child through its pidfd (`None` if it has not exited).
+fn reap(pidfd: &OwnedFd, block: bool) -> std::io::Result<Option<rustix::process::WaitIdStatus>> {
+    use rustix::process::{waitid, WaitId, WaitIdOptions};
+    let mut opts = WaitIdOptions::EXITED;
+    if !block {
+        opts |= WaitIdOptions::NOHANG;
+    }
+    Ok(waitid(WaitId::PidFd(pidfd.as_fd()), opts)?)
 }
 
 impl Running {
@@ -125,27 +157,45 @@ impl Running {
         let raw = i32::try_from(pid).map_err(|_| std::io::Error::other("pid out of range"))?;
         let p = Pid::from_raw(raw).ok_or_else(|| std::io::Error::other("pid 0"))?;
         let fd = rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())?;
-        // tokio 1.54 deprecates the safe constructors because a borrowed raw fd could be
-        // closed behind the reactor's back; an OwnedFd moved in cannot be, so this is sound.
-        #[allow(deprecated)]
-        let pidfd = AsyncFd::with_interest(fd, tokio::io::Interest::READABLE)?;
-        Ok(Running::Adopted { pid, pidfd })
+        Ok(Running::Adopted {
+            pid,
+            pidfd: async_pidfd(fd)?,
+        })
     }
 
-    /// The pid, while known.
+    /// Watch a child we spawned.
+    pub fn child(s: ns_netns::Spawned) -> std::io::Result<Running> {
+        Ok(Running::Child {
+            pid: s.pid,
+            pidfd: async_pidfd(s.pidfd)?,
+            reaped: false,
+        })
+    }
+
+    /// The pid, while known (a reaped child has none: the number may be reused).
     pub fn pid(&self) -> Option<u32> {
         match self {
-            Running::Child(c) => c.id(),
-            Running::Adopted { pid, .. } => Some(*pid),
+            Running::Child { reaped: true, .. } => None,
+            Running::Child { pid, .. } | Running::Adopted { pid, .. } => Some(*pid),
         }
     }
 
-    /// Wait until it exits; a description of how.
+    /// Wait until it exits (reaping our own child); a description of how.
     pub async fn wait(&mut self) -> String {
         match self {
-            Running::Child(c) => match c.wait().await {
-                Ok(st) => format!("exited ({st})"),
-                Err(e) => format!("wait failed: {e}"),
+            Running::Child { reaped: true, .. } => "exited".to_owned(),
+            Running::Child { pidfd, reaped, .. } => match pidfd.readable().await {
+                Ok(mut guard) => {
+                    guard.retain_ready();
+                    match reap(pidfd.get_ref(), true) {
+                        Ok(st) => {
+                            *reaped = true;
+                            describe(st)
+                        }
+                        Err(e) => format!("wait failed: {e}"),
+                    }
+                }
+                Err(e) => format!("pidfd wait failed: {e}"),
             },
             Running::Adopted { pidfd, .. } => match pidfd.readable().await {
                 Ok(mut guard) => {
@@ -160,16 +210,9 @@ impl Running {
     /// Send a signal (a process already gone is fine).
     pub fn signal(&mut self, sig: Signal) {
         let r = match self {
-            Running::Child(c) => match c
-                .id()
-                .and_then(|id| i32::try_from(id).ok())
-                .and_then(Pid::from_raw)
-            {
-                // Not yet reaped, so the pid cannot have been reused.
-                Some(pid) => rustix::process::kill_process(pid, sig),
-                None => Ok(()),
-            },
-            Running::Adopted { pidfd, .. } => {
+            // Reaped: nothing to signal.
+            Running::Child { reaped: true, .. } => Ok(()),
+            Running::Child { pidfd, .. } | Running::Adopted { pidfd, .. } => {
                 rustix::process::pidfd_send_signal(pidfd.get_ref(), sig)
             }
         };
@@ -193,6 +236,37 @@ impl Running {
     }
 }
 
+impl Drop for Running {
+    /// A child left running (the supervisor went away without stopping it: it must outlive
+    /// us) is still ours to reap when it exits, or it stays a zombie while we live.
+    fn drop(&mut self) {
+        let Running::Child {
+            pidfd,
+            reaped: false,
+            ..
+        } = self
+        else {
+            return;
+        };
+        if let Ok(Some(_)) = reap(pidfd.get_ref(), false) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        // Wait on a copy of the pidfd (this one closes with `self`).
+        let Ok(dup) = pidfd.get_ref().try_clone() else {
+            return;
+        };
+        rt.spawn(async move {
+            if let Ok(fd) = async_pidfd(dup) {
+                let _ = fd.readable().await;
+                let _ = reap(fd.get_ref(), false);
+            }
+        });
+    }
+}
+
 /// Prepare the open namespace `ns`, spawn the proxy in that same namespace and wait for
 /// `READY=1` on its fd 3.
 pub async fn launch<P: Platform>(
@@ -205,21 +279,19 @@ pub async fn launch<P: Platform>(
     platform.prepare(ns, spec).await?;
     let (rd, wr) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| Error::Spawn(format!("pipe: {e}")))?;
-    let mut cmd = tokio::process::Command::new(&cfg.proxy_binary);
+    // posix_spawn, not fork (ns_netns::Spawn): a fork costs in proportion to the spawner's
+    // memory and open files, which grow with the number of proxies (issue 19).
+    let mut cmd = ns_netns::Spawn::new(&cfg.proxy_binary);
     cmd.args(args);
     proxy_env(&mut cmd, cfg);
-    // Descriptors the spawner inherited without O_CLOEXEC (from whoever started it) must not
-    // reach every proxy; the readiness pipe is mapped onto fd 3 after this.
-    cmd.close_inherited_fds(READY_FD as u32);
-    cmd.fd_mappings(vec![FdMapping {
-        parent_fd: wr,
-        child_fd: READY_FD,
-    }])
-    .map_err(|e| Error::Spawn(format!("fd mapping: {e}")))?;
-    let child = platform.spawn(ns, spec, &mut cmd);
-    // Dropping the command closes our copy of the write end: EOF then means the proxy
+    // The readiness pipe on fd 3; every descriptor the spawner holds above the mapped ones
+    // (its other proxies' pidfds, sockets, whatever it inherited) is closed in the child.
+    // Our copy of the write end is closed once the spawn returns: EOF then means the proxy
     // closed (or died) without saying READY.
-    drop(cmd);
+    cmd.fd(wr, READY_FD);
+    let child = platform
+        .spawn(ns, spec, cmd)
+        .and_then(|s| Running::child(s).map_err(|e| Error::Spawn(format!("pidfd: {e}"))));
     wait_ready(
         child?,
         rd,
@@ -233,7 +305,7 @@ pub async fn launch<P: Platform>(
 /// a child that closes it without READY, or takes too long, is reaped (killed if needed) and
 /// the error says how, prefixed with `what`.
 pub async fn wait_ready(
-    mut child: tokio::process::Child,
+    mut child: Running,
     rd: OwnedFd,
     timeout: Duration,
     what: &str,
@@ -246,22 +318,22 @@ pub async fn wait_ready(
     };
     let fail = |reason: String| Error::Spawn(format!("{what}: {reason}"));
     match ready {
-        Ok(Ok(())) => Ok(Running::Child(child)),
+        Ok(Ok(())) => Ok(child),
         Ok(Err(e)) => {
             // Closed without READY: it is exiting; report how.
             let how = match tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
-                Ok(Ok(st)) => format!("exited ({st}) before ready"),
+                Ok(how) if child.pid().is_none() => format!("{how} before ready"),
                 _ => {
-                    let _ = child.start_kill();
-                    let _ = child.wait().await;
+                    child.signal(Signal::KILL);
+                    child.wait().await;
                     format!("closed its ready fd without READY=1 ({e})")
                 }
             };
             Err(fail(how))
         }
         Err(_) => {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
+            child.signal(Signal::KILL);
+            child.wait().await;
             Err(fail(format!("not ready after {timeout:?}, killed")))
         }
     }

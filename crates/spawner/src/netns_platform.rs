@@ -1,11 +1,11 @@
 //! The real [`Platform`]: named network namespaces under `/run/netns`, opened once per start,
-//! prepared with rtnetlink through that fd and entered by the child with `setns` on it (all
-//! through `ns_netns`).
+//! prepared with rtnetlink through that fd and handed to the proxy, which enters it itself
+//! (`ns_contract::spawn`; all namespace work through `ns_netns`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-use ns_netns::{CommandExt, Netlink, Netns};
+use ns_netns::{Netlink, Netns};
 
 use crate::decide::ProxySpec;
 use crate::platform::{Opened, Platform};
@@ -141,15 +141,23 @@ impl Platform for Namespaces {
         &self,
         ns: &Netns,
         spec: &ProxySpec,
-        cmd: &mut tokio::process::Command,
-    ) -> Result<tokio::process::Child> {
-        cmd.netns(ns);
-        cmd.spawn().map_err(|e| {
-            Error::Spawn(format!(
-                "spawn {:?} in {}: {e}",
-                cmd.as_std().get_program(),
-                spec.netns
-            ))
-        })
+        mut cmd: ns_netns::Spawn,
+    ) -> Result<ns_netns::Spawned> {
+        use std::os::fd::AsFd;
+        let fail = |program: &std::ffi::OsStr, e: std::io::Error| {
+            Error::Spawn(format!("spawn {program:?} in {}: {e}", spec.netns))
+        };
+        // The proxy enters the namespace itself (no code of ours runs in a posix_spawn
+        // child): the namespace on a fixed descriptor, named in its environment.
+        let fd = ns
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| fail(cmd.program(), e))?;
+        cmd.fd(fd, ns_contract::spawn::NETNS_FD).env(
+            ns_contract::spawn::NETNS_FD_ENV,
+            ns_contract::spawn::NETNS_FD.to_string(),
+        );
+        let program = cmd.program().to_owned();
+        cmd.spawn().map_err(|e| fail(&program, e))
     }
 }

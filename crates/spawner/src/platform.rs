@@ -57,13 +57,14 @@ pub trait Platform: Send + Sync + 'static {
         spec: &ProxySpec,
         backlog: usize,
     ) -> impl Future<Output = Result<Vec<std::os::fd::OwnedFd>>> + Send;
-    /// Spawn `cmd` inside `ns` (opened before the fork, entered in the child).
+    /// Spawn `cmd` to run inside `ns` (passed to the proxy as an open descriptor that it
+    /// enters itself: `ns_contract::spawn`).
     fn spawn(
         &self,
         ns: &Self::Ns,
         spec: &ProxySpec,
-        cmd: &mut tokio::process::Command,
-    ) -> Result<tokio::process::Child>;
+        cmd: ns_netns::Spawn,
+    ) -> Result<ns_netns::Spawned>;
 }
 
 /// Runs proxies in the current namespace and prepares nothing: for unprivileged tests
@@ -139,10 +140,10 @@ impl Platform for Host {
         &self,
         _ns: &(),
         _spec: &ProxySpec,
-        cmd: &mut tokio::process::Command,
-    ) -> Result<tokio::process::Child> {
-        cmd.spawn().map_err(|e| {
-            crate::Error::Spawn(format!("spawn {:?}: {e}", cmd.as_std().get_program()))
-        })
+        cmd: ns_netns::Spawn,
+    ) -> Result<ns_netns::Spawned> {
+        let program = cmd.program().to_owned();
+        cmd.spawn()
+            .map_err(|e| crate::Error::Spawn(format!("spawn {program:?}: {e}")))
     }
 }

@@ -37,6 +37,17 @@ pub(crate) struct Task<P: Platform> {
     pub status: Arc<Status>,
     pub stop: oneshot::Receiver<()>,
     pub cfg: Arc<Config>,
+    /// Starts in flight across all proxies ([`launch_slots`]).
+    pub launches: Arc<tokio::sync::Semaphore>,
+}
+
+/// How many proxies may be between "open the namespace" and "READY" at once: enough to keep
+/// every core busy (each start is mostly the new proxy's own exec and start-up, plus a few
+/// netlink round trips here), few enough that a cold start of thousands does not have them
+/// all compete at once, which would make each one's readiness wait (bounded by
+/// `ready_timeout`) grow with their number (issue 19).
+pub(crate) fn launch_slots() -> usize {
+    std::thread::available_parallelism().map_or(2, usize::from) * 16
 }
 
 /// The one owner of one proxy: start (or adopt), watch, restart, stop.
@@ -48,6 +59,7 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) {
         status,
         mut stop,
         cfg,
+        launches,
     } = t;
     let pid_dir = cfg.pid_dir();
     let cleanup = Cleanup {
@@ -79,12 +91,16 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) {
             None => {
                 // Opened once for this start: prepared, entered and later cleaned up
                 // through the same fd, even if the name is reused meanwhile.
+                // Held until this attempt is over (ready or failed). The semaphore is never
+                // closed, so no permit can only mean no limit.
+                let slot = Arc::clone(&launches).acquire_owned().await.ok();
                 let opened = match platform.open(&spec).await {
                     Ok(Opened::Ready(opened)) => Ok(opened),
                     // Not there yet (the DHCP tap is plugged after the network is
                     // announced): wait for it with a cheap re-check, not through the crash
                     // backoff, and without counting restarts.
                     Ok(Opened::Missing(reason)) => {
+                        drop(slot);
                         if status.waiting(reason.clone()) {
                             tracing::info!(key = %spec.key, netns = %spec.netns, reason = %reason, "proxy waiting");
                         }
@@ -113,6 +129,7 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) {
                     }
                     Err(e) => Err(e),
                 };
+                drop(slot);
                 match attempt {
                     Ok(r) => {
                         let pid = r.pid();

@@ -20,8 +20,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use command_fds::{CommandFdExt, FdMapping};
-use ns_netns::CommandExt as _;
 use tokio::io::Interest;
 use tokio::net::UnixDatagram;
 use tokio::sync::{oneshot, watch};
@@ -339,26 +337,16 @@ async fn spawn_server(cfg: &Config, listener: &OwnedFd) -> Result<(Running, u32)
     let control = listener
         .try_clone()
         .map_err(|e| Error::Spawn(format!("dup control socket: {e}")))?;
-    let mut cmd = tokio::process::Command::new(&cfg.proxy_binary);
+    let mut cmd = ns_netns::Spawn::new(&cfg.proxy_binary);
     cmd.args(server_args(cfg));
     launch::proxy_env(&mut cmd, cfg);
-    cmd.close_inherited_fds(READY_FD as u32);
-    cmd.fd_mappings(vec![
-        FdMapping {
-            parent_fd: wr,
-            child_fd: READY_FD,
-        },
-        FdMapping {
-            parent_fd: control,
-            child_fd: CONTROL_FD,
-        },
-    ])
-    .map_err(|e| Error::Spawn(format!("fd mapping: {e}")))?;
+    // The ready pipe on 3, the control socket on 4, nothing else of ours.
+    cmd.fd(wr, READY_FD);
+    cmd.fd(control, CONTROL_FD);
     let child = cmd
         .spawn()
-        .map_err(|e| Error::Spawn(format!("spawn {}: {e}", cfg.proxy_binary.display())));
-    drop(cmd);
-    let child = child?;
+        .map_err(|e| Error::Spawn(format!("spawn {}: {e}", cfg.proxy_binary.display())))
+        .and_then(|s| Running::child(s).map_err(|e| Error::Spawn(format!("pidfd: {e}"))))?;
     let running = launch::wait_ready(child, rd, cfg.ready_timeout, "the shared server").await?;
     let pid = running.pid().unwrap_or_default();
     let start = pidfile::start_time(pid).unwrap_or_default();

@@ -7,7 +7,8 @@
 //!   other-writable, or not owned by the effective uid, stops the start with one line.
 //! - Files are replaced atomically: a fresh temp file (`O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC`,
 //!   0600), written, fsynced, renamed over the target, then the directory fsynced, so a power
-//!   loss leaves the old content or the new one, never a torn file.
+//!   loss leaves the old content or the new one, never a torn file (pid files skip the
+//!   fsyncs: what they say dies with the machine, see `pidfile::write_record`).
 //! - Files are read with `O_NOFOLLOW` and a size cap.
 
 use std::io::{Read, Write};
@@ -59,6 +60,17 @@ pub fn check(dir: &Path) -> Result<()> {
 /// Replace `dir/name` with `bytes` atomically and durably (module docs). On error no temp
 /// file is left behind and the old file is untouched.
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    replace(dir, name, bytes, true)
+}
+
+/// As [`write_atomic`] (same temp file rules, same rename), without the fsyncs: atomic for
+/// every reader and across a crash of the process, not across a power loss. For files
+/// whose content dies with the machine anyway (pid files: a reboot ends every proxy).
+pub fn write_atomic_unsynced(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    replace(dir, name, bytes, false)
+}
+
+fn replace(dir: &Path, name: &str, bytes: &[u8], durable: bool) -> Result<()> {
     let target = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
     // A temp file left by a crash would make O_EXCL fail for ever; unlinking never follows.
@@ -72,7 +84,7 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
         .map_err(|e| Error::io("create", &tmp, e))
         .and_then(|mut f| {
             f.write_all(bytes)
-                .and_then(|()| f.sync_all())
+                .and_then(|()| if durable { f.sync_all() } else { Ok(()) })
                 .map_err(|e| Error::io("write", &tmp, e))
         })
         .and_then(|()| std::fs::rename(&tmp, &target).map_err(|e| Error::io("rename", &target, e)));
@@ -81,7 +93,9 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         return r;
     }
-    sync_dir(dir);
+    if durable {
+        sync_dir(dir);
+    }
     Ok(())
 }
 

@@ -124,6 +124,8 @@ struct Inner<P> {
     recovery: Mutex<persist::Recovery>,
     /// The shared server (`proxy_model = shared`), started by the first reconcile.
     shared: tokio::sync::OnceCell<SharedServer>,
+    /// Proxy starts in flight, shared by every proxy task (`proxy_task::launch_slots`).
+    launches: Arc<tokio::sync::Semaphore>,
 }
 
 /// The supervisor; cheap to clone (shared state).
@@ -163,6 +165,9 @@ impl<P: Platform> Supervisor<P> {
                 saver: persist::Saver::default(),
                 recovery: Mutex::new(persist::Recovery::Clean),
                 shared: tokio::sync::OnceCell::new(),
+                launches: Arc::new(tokio::sync::Semaphore::new(
+                    crate::proxy_task::launch_slots(),
+                )),
             }),
         }
     }
@@ -635,6 +640,7 @@ impl<P: Platform> Supervisor<P> {
             status: Arc::clone(&status),
             stop: stop_rx,
             cfg: Arc::clone(cfg),
+            launches: Arc::clone(&self.inner.launches),
         };
         // The shared model once its server exists (`ensure_shared` runs before any start).
         let shared = match cfg.proxy_model {

@@ -43,6 +43,15 @@ async fn router_mode_vm_reaches_agent_with_router_id_and_its_address_and_survive
         pidfile::read(&pidfile::path(&sup.config().pid_dir(), &id)),
         Some(pid)
     );
+    // Started with posix_spawn, the proxy entered the namespace itself (issue 19): the whole
+    // process is in it, and the descriptor it came on did not outlive the start.
+    assert_eq!(pidfile::netns_inode(pid), Some(rns.netns().inode()));
+    let fd4 = std::fs::read_link(format!("/proc/{pid}/fd/4"));
+    assert!(
+        fd4.as_ref()
+            .map_or(true, |l| !l.to_string_lossy().starts_with("net:")),
+        "fd 4 still holds the namespace: {fd4:?}"
+    );
 
     kill9(pid);
     let pid2 = eventually_async("restarted", T, || {
