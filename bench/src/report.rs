@@ -12,6 +12,8 @@ use std::fmt::Write as _;
 
 use serde_json::{json, Map, Value};
 
+mod shapes;
+
 /// Samples keyed by metric, then variant.
 pub type Samples = BTreeMap<String, BTreeMap<String, Vec<f64>>>;
 
@@ -155,6 +157,11 @@ pub fn markdown(s: &Samples) -> String {
     if !s.is_empty() && s.keys().all(|k| k.starts_with("ovn_")) {
         // `run.sh --only-ovn`: figure 9 alone.
         ovn_southbound(s, &mut md);
+        return md;
+    }
+    if !s.is_empty() && s.keys().all(|k| k.starts_with("shape_")) {
+        // `run.sh --only-shapes`: figure 10 alone.
+        shapes::table(s, &mut md);
         return md;
     }
     let _ = writeln!(md, "### One proxy, same agent stand-in, wrk from the vm namespace (figures 1, 3; issue 8 rows)\n");
@@ -500,6 +507,7 @@ pub fn markdown(s: &Samples) -> String {
 
     control_and_dropin(s, &mut md);
     ovn_southbound(s, &mut md);
+    shapes::table(s, &mut md);
 
     let _ = writeln!(
         md,
@@ -777,7 +785,8 @@ pub fn json(s: &Samples, meta: &[(String, String)]) -> Value {
         .map(|(k, v)| (k.clone(), Value::String(v.clone())))
         .collect();
     json!({ "meta": meta, "medians": medians, "ratios_vs_haproxy": ratios,
-            "ratios_neutron_over_ours": ovn, "samples": s })
+            "ratios_neutron_over_ours": ovn, "ratios_agent_shapes": shapes::ratios(s),
+            "samples": s })
 }
 
 #[cfg(test)]
