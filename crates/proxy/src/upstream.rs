@@ -725,6 +725,27 @@ impl Body {
 mod tests {
     use super::*;
 
+    /// A request the socket buffer cannot take at once (the agent reading slowly) still
+    /// reaches the agent whole: the stream then waits for writability instead of failing.
+    #[tokio::test]
+    async fn a_request_larger_than_the_socket_buffer_arrives_whole() {
+        let (a, b) = StdUnix::pair().expect("pair");
+        a.set_nonblocking(true).expect("nonblocking");
+        nix::sys::socket::setsockopt(&a, nix::sys::socket::sockopt::SndBuf, &4096)
+            .expect("SO_SNDBUF");
+        let data: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let reader = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            (&b).read_to_end(&mut v).map(|_| v)
+        });
+        let mut s = Stream::fresh(a);
+        s.write_all(&data).await.expect("write");
+        drop(s);
+        let got = reader.join().expect("reader thread").expect("read");
+        assert_eq!(got.len(), data.len());
+        assert!(got == data, "bytes changed on the way");
+    }
+
     /// An answer found by the read before registration, whole or in part, reaches the VM
     /// whole; the socket is registered only when more had to be waited for.
     #[tokio::test]
