@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # bench/run.sh [--quick] [--no-build] [--only-haproxy] [--only-ovn | --no-ovn] [--ovn-provision]
 #              [--only-cold | --no-cold]
+#              [--only-shapes | --no-shapes]
 #
 # Side-by-side benchmark: ns-metadata-proxy (and ns-metadata-spawner) vs haproxy with
 # Neutron's generated config, same agent stand-in, same namespace topology. Writes
@@ -9,7 +10,7 @@
 # exit, also on Ctrl-C or error. See bench/README.md for what each figure means.
 set -euo pipefail
 
-QUICK=0 BUILD=1 OURS=auto ONLY_OVN=0 OVN=1 OVN_PROVISION=0 ONLY_COLD=0 COLD=1
+QUICK=0 BUILD=1 OURS=auto ONLY_OVN=0 OVN=1 OVN_PROVISION=0 ONLY_COLD=0 COLD=1 ONLY_SHAPES=0 SHAPES=1
 for arg in "$@"; do
     case "$arg" in
         --quick) QUICK=1 ;;
@@ -20,7 +21,9 @@ for arg in "$@"; do
         --ovn-provision) OVN_PROVISION=1 ;;
         --only-cold) ONLY_COLD=1 ;;
         --no-cold) COLD=0 ;;
-        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        --only-shapes) ONLY_SHAPES=1 ;;
+        --no-shapes) SHAPES=0 ;;
+        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $arg" >&2; exit 2 ;;
     esac
 done
@@ -384,6 +387,165 @@ EOT
     done
 }
 
+# ---------------------------------------------------------------- figure 12: agent shapes (issue 19)
+# One proxy each in front of each agent shape, req/s and CPU per request at c32 (keep-alive
+# and Connection: close): the stand-in in close mode (Neutron-like) and nginx serving a Unix
+# socket (a plain keep-alive HTTP/1.1 server that never advertises reuse; skipped without
+# nginx). Per shape: ours with --agent-keepalive off and auto (the default), haproxy with
+# Neutron's template as rendered (its `log` lines) and without them. Variants of a shape share
+# its agent; each wrk run gets a fresh vm namespace (as figure 3); rounds rotate the order.
+# Names: $PFX-sq-<shape>-<variant> / $PFX-sv-…, addresses 10.250.81-88.0/24.
+SH_SHAPES=(close nginx)
+SHAPE_RUNS=3
+[[ $QUICK == 0 ]] || SHAPE_RUNS=1
+SH_VARIANTS=(off auto haproxy haproxy_nolog)
+declare -A SH_IDX SH_PID SH_AGENT SH_LINK
+SH_LINKS=0
+shape_link() { # shape variant: a fresh vm namespace and veth to the variant's qrouter namespace
+    local k=$1-$2 i=${SH_IDX[$1-$2]} qr=$PFX-sq-$1-$2 vm=$PFX-sv-$1-$2 net
+    net=10.250.$((80 + i))
+    SH_LINKS=$((SH_LINKS + 1))
+    local a=${PFX}s${i}a$SH_LINKS b=${PFX}s${i}b$SH_LINKS
+    [[ -n ${SH_LINK[$k]:-} ]] && ip -n "$qr" link delete "${SH_LINK[$k]}"
+    ip netns delete "$vm" 2>/dev/null || true
+    ip netns add "$vm"
+    ip netns exec "$vm" sysctl -qw net.ipv4.ip_local_port_range="1024 65535" net.ipv4.tcp_tw_reuse=1
+    ip link add "$a" netns "$qr" type veth peer name "$b" netns "$vm"
+    ip -n "$qr" addr add "$net.1/24" dev "$a"
+    ip -n "$qr" link set "$a" up
+    ip -n "$vm" link set lo up
+    ip -n "$vm" addr add "$net.2/24" dev "$b"
+    ip -n "$vm" link set "$b" up
+    ip -n "$vm" route add 169.254.169.254/32 via "$net.1"
+    SH_LINK[$k]=$a
+}
+# nginx in the foreground, one process (one core, like the stand-in), keep-alive on (75 s,
+# 10,000 requests per connection), no access log, a fixed 62-byte 200 like the stand-in's.
+shape_nginx() {
+    local d=$WORK/nginx
+    mkdir -p "$d/tmp"
+    cat >"$d/nginx.conf" <<EOT
+daemon off;
+master_process off;
+worker_processes 1;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $d/tmp; proxy_temp_path $d/tmp; fastcgi_temp_path $d/tmp;
+    uwsgi_temp_path $d/tmp; scgi_temp_path $d/tmp;
+    keepalive_timeout 75s;
+    keepalive_requests 10000;
+    server {
+        listen unix:$WORK/agent-shape-nginx.sock;
+        default_type "text/plain; charset=UTF-8";
+        location / { return 200 "ami-id\nhostname\ninstance-id\nlocal-ipv4\npublic-keys/\nuser-data\n"; }
+    }
+}
+EOT
+    nginx -p "$d" -e "$d/error.log" -c "$d/nginx.conf" </dev/null >/dev/null 2>>"$d/error.log" &
+    PIDS+=($!)
+    SH_AGENT[nginx]=$!
+    wait_for "nginx" 100 test -S "$WORK/agent-shape-nginx.sock"
+}
+shape_up() { # shape variant
+    local s=$1 v=$2 k=$1-$2 qr=$PFX-sq-$1-$2 sock=$WORK/agent-shape-$1.sock id
+    id=$(rid $((900 + SH_IDX[$k])))
+    ip netns add "$qr"
+    ip -n "$qr" link set lo up
+    ip -n "$qr" addr add 169.254.169.254/32 dev lo
+    shape_link "$s" "$v"
+    case $v in
+        haproxy | haproxy_nolog)
+            mkdir -p "$WORK/hap"
+            if [[ $v == haproxy ]]; then
+                haproxy_cfg "$id" "$sock" "$WORK/hap/shape-$k.pid" >"$WORK/hap/shape-$k.conf"
+            else
+                haproxy_cfg "$id" "$sock" "$WORK/hap/shape-$k.pid" | grep -v -e '^ *log ' -e '^ *log-tag ' >"$WORK/hap/shape-$k.conf"
+            fi
+            ip netns exec "$qr" env PROCESS_TAG="haproxy-$id" haproxy -f "$WORK/hap/shape-$k.conf"
+            SH_PID[$k]=$(cat "$WORK/hap/shape-$k.pid")
+            PIDS+=("${SH_PID[$k]}")
+            ;;
+        off | auto)
+            cp "$PROXY" "$WORK/ns-metadata-proxy-shape-$k"
+            "$WORK/ns-metadata-proxy-shape-$k" --router-id "$id" --metadata-proxy-socket "$sock" \
+                --bind 169.254.169.254:80 --agent-keepalive "$v" --netns "$qr" 2>>"$WORK/proxy-shape-$k.log" &
+            SH_PID[$k]=$!
+            PIDS+=($!)
+            ;;
+    esac
+    wait_for "figure 12 $k answering" 200 http_ok "$PFX-sv-$k"
+}
+shape_wrk() { # shape variant load threads conns [header]
+    local s=$1 v=$2 load=$3 t=$4 c=$5 hdr=${6:-} k=$1-$2 p a c0 c1 a0 a1 out key
+    local -a extra=()
+    p=${SH_PID[$k]} a=${SH_AGENT[$s]} key=shape_${s}_$load
+    shape_link "$s" "$v"
+    [[ -n $hdr ]] && extra=(-H "$hdr")
+    c0=$(cpu_ticks "$p") a0=$(cpu_ticks "$a")
+    out=$(ip netns exec "$PFX-sv-$k" wrk -t"$t" -c"$c" -d"${DUR}s" --timeout 5s -s "$WORK/shapes.lua" "${extra[@]}" \
+        http://169.254.169.254/latest/meta-data/ | grep '^SHAPE')
+    c1=$(cpu_ticks "$p") a1=$(cpu_ticks "$a")
+    read -r _ req dur err <<<"$out"
+    sample "${key}_rps" "$v" "$(awk -v r="$req" -v d="$dur" 'BEGIN {printf "%.1f", r / (d / 1e6)}')"
+    sample "${key}_cpu_us" "$v" "$(awk -v d=$((c1 - c0)) -v r="$req" -v k="$CLK" 'BEGIN {printf "%.2f", d * 1e6 / k / r}')"
+    sample "${key}_agent_cpu_us" "$v" "$(awk -v d=$((a1 - a0)) -v r="$req" -v k="$CLK" 'BEGIN {printf "%.2f", d * 1e6 / k / r}')"
+    sample "${key}_errors" "$v" "$err"
+    sample shape_load1 run "$(cut -d' ' -f1 /proc/loadavg)"
+}
+shapes_figure() {
+    local s v i=0 run k n cfg load t c hdr
+    local -a vs=("${SH_VARIANTS[@]}")
+    [[ $OURS == 1 ]] || vs=(haproxy haproxy_nolog)
+    cat >"$WORK/shapes.lua" <<'EOT'
+done = function(s, latency, requests)
+  io.write(string.format("SHAPE %d %d %d\n", s.requests, s.duration,
+    s.errors.connect + s.errors.read + s.errors.write + s.errors.timeout + s.errors.status))
+end
+EOT
+    local -a shapes=()
+    for s in "${SH_SHAPES[@]}"; do
+        case $s in
+            close)
+                "$AGENT" --socket "$WORK/agent-shape-close.sock" --mode close 2>>"$WORK/agent.log" &
+                PIDS+=($!)
+                SH_AGENT[close]=$!
+                wait_for "agent shape close" 100 test -S "$WORK/agent-shape-close.sock"
+                ;;
+            nginx)
+                if ! command -v nginx >/dev/null; then
+                    log "figure 12: nginx skipped: no nginx"
+                    sample shape_skipped nginx 1
+                    continue
+                fi
+                shape_nginx
+                ;;
+        esac
+        shapes+=("$s")
+        for v in "${vs[@]}"; do
+            i=$((i + 1))
+            SH_IDX[$s-$v]=$i
+            shape_up "$s" "$v"
+        done
+    done
+    log "figure 12: agent shapes ${shapes[*]} x ${vs[*]}, $SHAPE_RUNS rounds of ${DUR}s wrk runs"
+    for run in $(seq "$SHAPE_RUNS"); do
+        for cfg in "ka_c32 2 32" "close_c32 2 32 Connection: close"; do
+            read -r load t c hdr <<<"$cfg"
+            for s in "${shapes[@]}"; do
+                n=${#vs[@]}
+                for k in $(seq 0 $((n - 1))); do
+                    v=${vs[$(((k + run) % n))]}
+                    log "figure 12: run $run/$SHAPE_RUNS $load $s $v (load $(cut -d' ' -f1 /proc/loadavg))"
+                    shape_wrk "$s" "$v" "$load" "$t" "$c" "$hdr"
+                done
+            done
+        done
+    done
+}
+
 # ---------------------------------------------------------------- report
 write_report() {
     mkdir -p "$REPO/bench/results"
@@ -418,6 +580,12 @@ if [[ $ONLY_COLD == 1 ]]; then
     log "figure 11 only (--only-cold)"
     cold_figure
     if [[ -s $RAW ]]; then write_report; else log "figure 11 measured nothing; no report"; fi
+    exit 0
+fi
+if [[ $ONLY_SHAPES == 1 ]]; then
+    log "figure 12 only (--only-shapes)"
+    shapes_figure
+    write_report
     exit 0
 fi
 if [[ $ONLY_OVN == 1 ]]; then
@@ -925,7 +1093,8 @@ dropin_figure() {
 # The drop-in needs a proxy built with it (its start-up line names it).
 [[ $OURS == 0 ]] || ! grep -qa 'haproxy drop-in' "$PROXY" || dropin_figure
 
-# ---------------------------------------------------------------- figure 9 and the report
+# ---------------------------------------------------------------- figures 9, 10 and the report
+[[ $SHAPES == 0 ]] || shapes_figure
 [[ $OVN == 0 ]] || ovn_figure
 [[ $COLD == 0 ]] || cold_figure
 write_report

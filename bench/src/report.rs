@@ -12,6 +12,8 @@ use std::fmt::Write as _;
 
 use serde_json::{json, Map, Value};
 
+mod shapes;
+
 /// Samples keyed by metric, then variant.
 pub type Samples = BTreeMap<String, BTreeMap<String, Vec<f64>>>;
 
@@ -160,6 +162,11 @@ pub fn markdown(s: &Samples) -> String {
     if !s.is_empty() && s.keys().all(|k| k.starts_with("cold_")) {
         // `run.sh --only-cold`: figure 11 alone.
         crate::cold::markdown(s, &mut md);
+        return md;
+    }
+    if !s.is_empty() && s.keys().all(|k| k.starts_with("shape_")) {
+        // `run.sh --only-shapes`: figure 12 alone.
+        shapes::table(s, &mut md);
         return md;
     }
     let _ = writeln!(md, "### One proxy, same agent stand-in, wrk from the vm namespace (figures 1, 3; issue 8 rows)\n");
@@ -506,6 +513,7 @@ pub fn markdown(s: &Samples) -> String {
     control_and_dropin(s, &mut md);
     ovn_southbound(s, &mut md);
     crate::cold::markdown(s, &mut md);
+    shapes::table(s, &mut md);
 
     let _ = writeln!(
         md,
@@ -783,7 +791,8 @@ pub fn json(s: &Samples, meta: &[(String, String)]) -> Value {
         .map(|(k, v)| (k.clone(), Value::String(v.clone())))
         .collect();
     json!({ "meta": meta, "medians": medians, "ratios_vs_haproxy": ratios,
-            "ratios_neutron_over_ours": ovn, "samples": s })
+            "ratios_neutron_over_ours": ovn, "ratios_agent_shapes": shapes::ratios(s),
+            "samples": s })
 }
 
 #[cfg(test)]
