@@ -12,6 +12,7 @@ mod mem;
 mod netlink;
 mod ns;
 pub mod privs;
+mod shm;
 mod watch;
 
 #[cfg(feature = "test-util")]
@@ -23,4 +24,5 @@ pub use manage::{create, delete, list, validate_name, NETNS_RUN_DIR};
 pub use mem::release_free_memory;
 pub use netlink::Netlink;
 pub use ns::Netns;
+pub use shm::SharedCounters;
 pub use watch::{watch, watch_dir, NetnsEvent, NetnsWatcher};

@@ -21,6 +21,7 @@ pub fn run(cfg: Config, daemon_child: bool) -> Result<()> {
         process::become_daemon()?;
     }
     let ready = Readiness::open(&cfg.ready_fds)?;
+    let stats = crate::stats::Stats::open(cfg.stats_fd)?;
     let creds = Creds::resolve(cfg.user.as_deref(), cfg.group.as_deref())?;
     warn_if_no_agent(&cfg.socket);
     let netns = cfg
@@ -67,7 +68,7 @@ pub fn run(cfg: Config, daemon_child: bool) -> Result<()> {
         let mut term = signal(SignalKind::terminate()).map_err(io)?;
         let mut int = signal(SignalKind::interrupt()).map_err(io)?;
         let mut hup = signal(SignalKind::hangup()).map_err(io)?;
-        let shared = Arc::new(Shared::new(&cfg));
+        let shared = Arc::new(Shared::with_stats(&cfg, stats));
         tracing::info!(
             id = %shared.id,
             binds = ?cfg.binds.iter().map(ToString::to_string).collect::<Vec<_>>(),

@@ -110,7 +110,7 @@ pub static SCHEMA: Schema = Schema::new(OPTS)
 /// Flags that are not INI options. The `--rate-limit-*` flags set `[metadata_rate_limiting]`
 /// in the spawner's compact form; they are not `[DEFAULT]` keys because `rate_limit_burst` is
 /// already oslo.log's key there, in every Neutron file.
-fn own_args() -> [Arg; 4] {
+fn own_args() -> [Arg; 5] {
     [
         Arg::new("rate_limit_base")
             .long("rate-limit-base")
@@ -140,6 +140,14 @@ fn own_args() -> [Arg; 4] {
             .action(ArgAction::Append)
             .value_parser(clap::value_parser!(i32))
             .help("After all binds succeed write `READY=1\\n` to this inherited fd (a pipe) and close it"),
+        Arg::new("stats_fd")
+            .long("stats-fd")
+            .value_name("FD")
+            .value_parser(clap::value_parser!(i32))
+            .help(
+                "Count requests into the statistics block on this inherited fd (a file the \
+                 spawner created; see ns_contract::proxy_stats); the fd is closed once mapped",
+            ),
     ]
 }
 
@@ -152,7 +160,7 @@ pub fn command() -> Command {
                 .about(
                     "Relays a VM's metadata requests (169.254.169.254) from inside a network \
                      namespace to the metadata agent's Unix socket, adding X-Forwarded-For and \
-                     the router, network or OVN network id. Every option but --ready-fd and \
+                     the router, network or OVN network id. Every option but --ready-fd, --stats-fd and \
                      --rate-limit-* is also an INI key (see README).",
                 ),
         )
@@ -209,6 +217,8 @@ pub struct Config {
     pub rate_limit: Option<RateLimit>,
     pub agent_keepalive: KeepaliveMode,
     pub ready_fds: Vec<i32>,
+    /// `--stats-fd`: the inherited statistics block (issue #17), mapped at start.
+    pub stats_fd: Option<i32>,
     pub log_file: Option<PathBuf>,
     /// Log to syslog with this facility number (tag `haproxy-metadata-proxy-<id>`).
     pub syslog_facility: Option<u8>,
@@ -297,6 +307,7 @@ impl Config {
                 .get_many::<i32>("ready_fd")
                 .map(|fds| fds.copied().collect())
                 .unwrap_or_default(),
+            stats_fd: m.get_one::<i32>("stats_fd").copied(),
             log_file,
             syslog_facility,
             syslog_socket: PathBuf::from(crate::syslog::DEV_LOG),

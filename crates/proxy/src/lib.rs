@@ -19,6 +19,7 @@ pub mod request;
 pub mod response;
 pub mod server;
 pub mod state;
+pub mod stats;
 pub mod syslog;
 pub mod upstream;
 

@@ -45,6 +45,9 @@ pub fn proxy_args(spec: &ProxySpec, cfg: &Config) -> Vec<String> {
         );
     }
     push("--ready-fd", READY_FD.to_string());
+    if cfg.proxy_metrics {
+        push("--stats-fd", crate::proxy_stats::STATS_FD.to_string());
+    }
     if let Some(u) = &cfg.metadata_proxy_user {
         push("--user", literal(u));
     }
@@ -183,11 +186,18 @@ pub async fn launch<P: Platform>(
     // Descriptors the spawner inherited without O_CLOEXEC (from whoever started it) must not
     // reach every proxy; the readiness pipe is mapped onto fd 3 after this.
     cmd.close_inherited_fds(READY_FD as u32);
-    cmd.fd_mappings(vec![FdMapping {
+    let mut fds = vec![FdMapping {
         parent_fd: wr,
         child_fd: READY_FD,
-    }])
-    .map_err(|e| Error::Spawn(format!("fd mapping: {e}")))?;
+    }];
+    if cfg.proxy_metrics {
+        fds.push(FdMapping {
+            parent_fd: stats_block(cfg, spec)?,
+            child_fd: crate::proxy_stats::STATS_FD,
+        });
+    }
+    cmd.fd_mappings(fds)
+        .map_err(|e| Error::Spawn(format!("fd mapping: {e}")))?;
     let child = platform.spawn(ns, spec, &mut cmd);
     // Dropping the command closes our copy of the write end: EOF then means the proxy
     // closed (or died) without saying READY.
@@ -222,6 +232,19 @@ pub async fn launch<P: Platform>(
                 "not ready after {:?}, killed",
                 cfg.ready_timeout
             )))
+        }
+    }
+}
+
+/// The proxy's statistics block; if the file cannot be made (full or read-only state dir), an
+/// anonymous one, so the proxy still serves (its counts are then not exported).
+fn stats_block(cfg: &Config, spec: &ProxySpec) -> Result<OwnedFd> {
+    match crate::proxy_stats::for_start(&cfg.stats_dir(), &spec.key) {
+        Ok(fd) => Ok(fd),
+        Err(e) => {
+            tracing::warn!(key = %spec.key, err = %e, "cannot open the statistics block; this proxy's requests are not counted");
+            crate::proxy_stats::anonymous()
+                .map_err(|e| Error::Spawn(format!("statistics block: {e}")))
         }
     }
 }
@@ -266,7 +289,7 @@ mod tests {
         assert_eq!(
             proxy_args(&spec, &cfg).join(" "),
             "--router-id r1 --metadata-proxy-socket /var/lib/neutron/metadata_proxy --bind 169.254.169.254:80 \
-             --ready-fd 3 --agent-keepalive auto"
+             --ready-fd 3 --stats-fd 4 --agent-keepalive auto"
         );
         cfg.metadata_proxy_user = Some("neutron".into());
         cfg.metadata_proxy_group = Some("neutron".into());
@@ -277,6 +300,7 @@ mod tests {
         });
         cfg.timeouts = Timeouts::from_secs([1, 30, 32, 90, 30]).expect("valid");
         cfg.agent_keepalive = KeepaliveMode::Off;
+        cfg.proxy_metrics = false;
         cfg.metadata_proxy_socket = "/srv/$x/metadata_proxy".into();
         let spec = ProxySpec {
             kind: Kind::Network,
