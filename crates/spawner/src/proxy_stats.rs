@@ -151,6 +151,17 @@ struct Reading {
 }
 
 impl Reading {
+    /// The values as last read, without touching the mapping (the file may be gone or cut).
+    fn settled(&self) -> [u64; SLOTS] {
+        let mut out = [0u64; SLOTS];
+        for (i, o) in out.iter_mut().enumerate().skip(SLOT_MAGIC + 1) {
+            if i != SLOT_CONN_OPEN {
+                *o = self.base[i].saturating_add(self.last[i]);
+            }
+        }
+        out
+    }
+
     /// The monotonic values now (the magic slot reads 0).
     fn fold(&mut self) -> [u64; SLOTS] {
         let mut out = [0u64; SLOTS];
@@ -210,14 +221,16 @@ pub fn read(dir: &Path, proxies: &[(String, Kind)]) -> Snapshot {
     let mut seen = std::collections::BTreeSet::new();
     for (key, kind) in proxies {
         let p = path(dir, key);
+        // Checked at every scrape, before the mapping is read: a file cut short under the
+        // mapping would fault on access (only a proxy kept as uid 0 could do that).
         let id = std::fs::symlink_metadata(&p)
             .ok()
-            .filter(|m| m.file_type().is_file())
+            .filter(|m| m.file_type().is_file() && m.len() == BLOCK_SIZE as u64)
             .map(|m| (m.dev(), m.ino()));
         let stale = reg.open.get(&p).is_some_and(|r| Some(r.id) != id);
         if stale {
-            if let Some(mut r) = reg.open.remove(&p) {
-                let last = r.fold();
+            if let Some(r) = reg.open.remove(&p) {
+                let last = r.settled();
                 add_into(
                     reg.retired.entry(r.kind.as_str()).or_insert([0; SLOTS]),
                     &last,
@@ -258,8 +271,8 @@ pub fn read(dir: &Path, proxies: &[(String, Kind)]) -> Snapshot {
         .cloned()
         .collect();
     for p in gone {
-        if let Some(mut r) = reg.open.remove(&p) {
-            let last = r.fold();
+        if let Some(r) = reg.open.remove(&p) {
+            let last = r.settled();
             add_into(
                 reg.retired.entry(r.kind.as_str()).or_insert([0; SLOTS]),
                 &last,
