@@ -563,6 +563,7 @@ metrics_figure() {
     for v in on off; do
         i=$((i + 1))
         VIDX[$v]=$i
+        TOTAL[$v]=0
         unset "QR_LINK[$v]"
         ip netns add "$PFX-qrouter-$v"
         ip -n "$PFX-qrouter-$v" link set lo up
