@@ -250,6 +250,27 @@ mod tests {
         ] {
             assert!(text.contains(&line), "{line}\n{text}");
         }
+        // A hostile proxy writes the largest numbers everywhere, then goes back to small
+        // ones: the text stays valid, nothing panics, no counter goes down.
+        for i in 1..l::SLOTS {
+            w.store(i, u64::MAX);
+        }
+        let text = render(&sup, &agent);
+        ns_contract::metrics::check_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let inf = "ns_metadata_proxy_request_duration_seconds_bucket{kind=\"router\",le=\"+Inf\"}";
+        assert!(text.contains(&format!("{inf} {}", u64::MAX)), "{text}");
+        for i in 1..l::SLOTS {
+            w.store(i, 1);
+        }
+        let text = render(&sup, &agent);
+        ns_contract::metrics::check_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert!(
+            text.contains(&format!(
+                "ns_metadata_proxy_requests_total{{{r1},class=\"2xx\"}} {}",
+                u64::MAX
+            )),
+            "saturated, never lower: {text}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
         assert!(
             text.contains("ns_metadata_build_info{binary=\"ns-metadata-spawner\""),
