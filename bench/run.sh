@@ -2,6 +2,7 @@
 # bench/run.sh [--quick] [--no-build] [--only-haproxy] [--only-ovn | --no-ovn] [--ovn-provision]
 #              [--only-cold | --no-cold]
 #              [--only-shapes | --no-shapes]
+#              [--only-metrics]
 #
 # Side-by-side benchmark: ns-metadata-proxy (and ns-metadata-spawner) vs haproxy with
 # Neutron's generated config, same agent stand-in, same namespace topology. Writes
@@ -10,7 +11,7 @@
 # exit, also on Ctrl-C or error. See bench/README.md for what each figure means.
 set -euo pipefail
 
-QUICK=0 BUILD=1 OURS=auto ONLY_OVN=0 OVN=1 OVN_PROVISION=0 ONLY_COLD=0 COLD=1 ONLY_SHAPES=0 SHAPES=1
+QUICK=0 BUILD=1 OURS=auto ONLY_OVN=0 OVN=1 OVN_PROVISION=0 ONLY_COLD=0 COLD=1 ONLY_SHAPES=0 SHAPES=1 ONLY_METRICS=0
 for arg in "$@"; do
     case "$arg" in
         --quick) QUICK=1 ;;
@@ -23,7 +24,8 @@ for arg in "$@"; do
         --no-cold) COLD=0 ;;
         --only-shapes) ONLY_SHAPES=1 ;;
         --no-shapes) SHAPES=0 ;;
-        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+        --only-metrics) ONLY_METRICS=1 ;;
+        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $arg" >&2; exit 2 ;;
     esac
 done
@@ -128,7 +130,7 @@ pidfile_pids() { local f p _; for f in "$@"; do [[ -s $f ]] && read -r p _ <"$f"
 # Every pid file of a proxy this run had started for it (bench haproxy, both spawners,
 # Neutron's driver in figure 8).
 run_pidfile_pids() {
-    pidfile_pids "$WORK"/hap/*.pid "$WORK"/spawner/pids/*.pid "$WORK"/spawner-api/pids/*.pid \
+    pidfile_pids "$WORK"/hap/*.pid "$WORK"/spawner/pids/*.pid "$WORK"/spawner-api/pids/*.pid "$WORK"/spawner-mx/pids/*.pid \
         "$WORK"/neutron-*/external/pids/*.pid.haproxy "$WORK"/ovn/*.pid \
         "$WORK"/cold/hap/*.pid "$WORK"/cold/sp/pids/*.pid
 }
@@ -596,20 +598,24 @@ if [[ $ONLY_OVN == 1 ]]; then
 fi
 
 # ---------------------------------------------------------------- agent ceiling
-log "agent stand-in ceiling (direct Unix-socket load, ${CEIL_SECS}s x $MANY_RUNS)"
-start_agent ceil-close close
-start_agent ceil-keepalive keepalive
-for _ in $(seq "$MANY_RUNS"); do
-    v=$("$TOOL" agent-load --socket "$WORK/agent-ceil-close.sock" --secs "$CEIL_SECS")
-    sample agent_ceiling_rps close "$(field rps "$v")"
-    v=$("$TOOL" agent-load --socket "$WORK/agent-ceil-keepalive.sock" --secs "$CEIL_SECS" --reuse)
-    sample agent_ceiling_rps keepalive "$(field rps "$v")"
-done
-kill "${AGENT_PID[ceil-close]}" "${AGENT_PID[ceil-keepalive]}"
+if [[ $ONLY_METRICS == 0 ]]; then
+    log "agent stand-in ceiling (direct Unix-socket load, ${CEIL_SECS}s x $MANY_RUNS)"
+    start_agent ceil-close close
+    start_agent ceil-keepalive keepalive
+    for _ in $(seq "$MANY_RUNS"); do
+        v=$("$TOOL" agent-load --socket "$WORK/agent-ceil-close.sock" --secs "$CEIL_SECS")
+        sample agent_ceiling_rps close "$(field rps "$v")"
+        v=$("$TOOL" agent-load --socket "$WORK/agent-ceil-keepalive.sock" --secs "$CEIL_SECS" --reuse)
+        sample agent_ceiling_rps keepalive "$(field rps "$v")"
+    done
+    kill "${AGENT_PID[ceil-close]}" "${AGENT_PID[ceil-keepalive]}"
+fi
 
 # ---------------------------------------------------------------- figures 1 and 3: one proxy each
 VARIANTS=(haproxy)
 [[ $OURS == 1 ]] && VARIANTS+=(off on)
+# --only-metrics: no figure 1 proxies; figure 13 below uses the same helpers.
+[[ $ONLY_METRICS == 0 ]] || VARIANTS=()
 declare -A VIDX
 LINKS=0
 # (Re)create the vm namespace of variant $1 and its veth to the qrouter namespace. Every wrk
@@ -703,6 +709,114 @@ wrk_run() {
     sample "${key}_agent_cpu_us" "$v" "$(awk -v d=$((a1 - a0)) -v r="$req" -v k="$CLK" 'BEGIN {printf "%.2f", d * 1e6 / k / r}')"
     sample "${key}_errors" "$v" $((err + status))
 }
+# ---------------------------------------------------------------- figure 13: proxy metrics on/off
+# Issue #17: the same proxy binary with its statistics block (--stats-fd: "on") and without
+# ("off"), same agent mode (keep-alive), wrk from each side's own vm namespace, the side that
+# goes first alternating per round; then PSS per proxy with N proxies running under the
+# spawner with [spawner] proxy_metrics = true and = false, one side at a time (PSS divides
+# shared pages among the processes mapping them), the first side alternating per round.
+stats_block() { # path: a fresh statistics block (ns_contract::proxy_stats: magic, one page)
+    printf 'NSMSTAT1' >"$1"
+    truncate -s 4096 "$1"
+}
+mx_none_running() { ! compgen -G "$WORK/spawner-mx/pids/*.pid" >/dev/null; }
+mx_all_running() { local f=("$WORK"/spawner-mx/pids/*.pid); [[ -e ${f[0]} ]] && ((${#f[@]} == N)); }
+mx_many() { # on|off
+    local flag=true sp pss count
+    local -a pids
+    [[ $1 == on ]] || flag=false
+    cat >"$WORK/mx-$1.ini" <<EOF
+[DEFAULT]
+metadata_proxy_socket = $WORK/agent-mx.sock
+
+[spawner]
+proxy_binary = $PROXY
+state_dir = $WORK/spawner-mx
+router_interface = lo
+records_file = $WORK/mx-records.json
+proxy_metrics = $flag
+EOF
+    log "figure 13: $N proxies under the spawner, proxy_metrics = $flag"
+    "$SPAWNER" run --config-file "$WORK/mx-$1.ini" --stop-proxies-on-exit 2>>"$WORK/spawner-mx.log" &
+    sp=$!
+    PIDS+=("$sp")
+    wait_for "figure 13: $N proxies running ($1)" 2400 mx_all_running
+    mapfile -t pids < <(pidfile_pids "$WORK"/spawner-mx/pids/*.pid)
+    count=${#pids[@]}
+    pss=$(mem_kb Pss "${pids[@]}")
+    sample mx_many_pss_per_kb "$1" $((pss / count))
+    sample mx_many_count "$1" "$count"
+    kill -TERM "$sp"
+    wait "$sp" || true
+    wait_for "figure 13: proxies stopped ($1)" 400 mx_none_running
+}
+metrics_figure() {
+    local v i=4 run key t c hdr j sep=""
+    local -a order stats
+    log "figure 13: proxy metrics on and off"
+    stats_block "$WORK/stats-on"
+    for v in on off; do
+        i=$((i + 1))
+        VIDX[$v]=$i
+        TOTAL[$v]=0
+        unset "QR_LINK[$v]"
+        ip netns add "$PFX-qrouter-$v"
+        ip -n "$PFX-qrouter-$v" link set lo up
+        ip -n "$PFX-qrouter-$v" addr add 169.254.169.254/32 dev lo
+        vm_link "$v"
+        start_agent "m$v" keepalive
+        AGENT_PID[$v]=${AGENT_PID[m$v]}
+        cp "$PROXY" "$WORK/ns-metadata-proxy-m$v"
+        stats=()
+        [[ $v == off ]] || stats=(--stats-fd 5)
+        "$WORK/ns-metadata-proxy-m$v" --router-id "$(rid $((900000 + i)))" --metadata-proxy-socket "$WORK/agent-m$v.sock" \
+            --bind 169.254.169.254:80 --agent-keepalive on --netns "$PFX-qrouter-$v" "${stats[@]}" \
+            5<>"$WORK/stats-on" 2>>"$WORK/proxy-m$v.log" &
+        PROXY_PID[$v]=$!
+        PIDS+=($!)
+        wait_for "figure 13: metrics $v answering" 200 http_ok "$PFX-vm-$v"
+    done
+    for run in $(seq "$RUNS"); do
+        for cfg in "ka_c32 2 32" "close_c32 2 32 Connection: close"; do
+            read -r key t c hdr <<<"$cfg"
+            if ((run % 2)); then order=(on off); else order=(off on); fi
+            for v in "${order[@]}"; do
+                log "figure 13: run $run/$RUNS $key metrics $v"
+                wrk_run "$v" "mx_$key" "$t" "$c" "$hdr"
+            done
+        done
+    done
+    for v in on off; do
+        kill "${PROXY_PID[$v]}" "${AGENT_PID[$v]}" 2>/dev/null || true
+        wait_for "figure 13 proxy $v exit" 200 gone "${PROXY_PID[$v]}" || true
+        ip netns delete "$PFX-vm-$v"
+        ip netns delete "$PFX-qrouter-$v"
+        unset "QR_LINK[$v]"
+    done
+    [[ $SPAWN == 1 ]] || return 0
+    printf '{"routers": [' >"$WORK/mx-records.json"
+    for j in $(seq "$N"); do
+        ip netns add "$PFX-mx$j"
+        ip -n "$PFX-mx$j" link set lo up
+        printf '%s{"id": "%s", "netns": "%s"}' "$sep" "$(rid $((800000 + j)))" "$PFX-mx$j" >>"$WORK/mx-records.json"
+        sep=", "
+    done
+    echo ']}' >>"$WORK/mx-records.json"
+    start_agent mx keepalive
+    for run in $(seq "$MANY_RUNS"); do
+        if ((run % 2)); then order=(on off); else order=(off on); fi
+        for v in "${order[@]}"; do mx_many "$v"; done
+    done
+    kill "${AGENT_PID[mx]}"
+    for j in $(seq "$N"); do ip netns delete "$PFX-mx$j"; done
+}
+if [[ $ONLY_METRICS == 1 ]]; then
+    [[ $OURS == 1 ]] || { log "figure 13 needs our proxy"; exit 1; }
+    metrics_figure
+    write_report
+    exit 0
+fi
+
 for run in $(seq "$RUNS"); do
     for cfg in "ka_c32 2 32" "close_c32 2 32 Connection: close" "ka_c1 1 1" "close_c1 1 1 Connection: close"; do
         read -r key t c hdr <<<"$cfg"
@@ -1093,8 +1207,9 @@ dropin_figure() {
 # The drop-in needs a proxy built with it (its start-up line names it).
 [[ $OURS == 0 ]] || ! grep -qa 'haproxy drop-in' "$PROXY" || dropin_figure
 
-# ---------------------------------------------------------------- figures 9, 10 and the report
+# ---------------------------------------------------------------- figures 9, 11, 12, 13 and the report
 [[ $SHAPES == 0 ]] || shapes_figure
+[[ $OURS == 0 ]] || metrics_figure
 [[ $OVN == 0 ]] || ovn_figure
 [[ $COLD == 0 ]] || cold_figure
 write_report

@@ -169,6 +169,11 @@ pub fn markdown(s: &Samples) -> String {
         shapes::table(s, &mut md);
         return md;
     }
+    if !s.is_empty() && s.keys().all(|k| k.starts_with("mx_")) {
+        // `run.sh --only-metrics`: figure 13 alone.
+        proxy_metrics(s, &mut md);
+        return md;
+    }
     let _ = writeln!(md, "### One proxy, same agent stand-in, wrk from the vm namespace (figures 1, 3; issue 8 rows)\n");
     let _ = writeln!(
         md,
@@ -511,6 +516,7 @@ pub fn markdown(s: &Samples) -> String {
     );
 
     control_and_dropin(s, &mut md);
+    proxy_metrics(s, &mut md);
     ovn_southbound(s, &mut md);
     crate::cold::markdown(s, &mut md);
     shapes::table(s, &mut md);
@@ -529,6 +535,53 @@ pub fn markdown(s: &Samples) -> String {
         );
     }
     md
+}
+
+/// Figure 10 (issue #17): the same proxy with its statistics block (`--stats-fd`, "on") and
+/// without ("off"), in the same run, rounds alternating; and PSS per proxy with N running
+/// under the spawner with `proxy_metrics` on and off. Only when the run measured it.
+fn proxy_metrics(s: &Samples, md: &mut String) {
+    if !s.contains_key("mx_ka_c32_rps") && !s.contains_key("mx_many_pss_per_kb") {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\n### Proxy metrics on and off, same run (figure 13)\n\n\
+         | figure | metrics on | metrics off | ratio on ÷ off | target |\n|---|---|---|---|---|"
+    );
+    for (key, label) in LOADS.iter().take(2) {
+        let rps = format!("mx_{key}_rps");
+        let _ = writeln!(
+            md,
+            "| 10 req/s, {label} | {} | {} | {} | ≥ 0.97× |",
+            fmt(med(s, &rps, "on"), Unit::Count),
+            fmt(med(s, &rps, "off"), Unit::Count),
+            ratio_cell(paired_ratio(s, &rps, "on", "off"), Some((0.97, true)))
+        );
+        for (what, suffix, unit) in [
+            ("p99 (ms)", "p99_us", Unit::UsAsMs),
+            ("proxy CPU per request (µs)", "cpu_us", Unit::One),
+        ] {
+            let m = format!("mx_{key}_{suffix}");
+            let _ = writeln!(
+                md,
+                "| 10 {what}, {label} | {} | {} | {} | |",
+                fmt(med(s, &m, "on"), unit),
+                fmt(med(s, &m, "off"), unit),
+                ratio_cell(paired_ratio(s, &m, "on", "off"), None)
+            );
+        }
+    }
+    let n = med(s, "mx_many_count", "on").unwrap_or(0.0);
+    let on = med(s, "mx_many_pss_per_kb", "on");
+    let _ = writeln!(
+        md,
+        "| 10 PSS per proxy, {n:.0} running under the spawner (MB) | {}{} | {} | {} | ≤ 0.35 MB |",
+        fmt(on, Unit::Mb),
+        at_most(on, 350.0),
+        fmt(med(s, "mx_many_pss_per_kb", "off"), Unit::Mb),
+        ratio_cell(paired_ratio(s, "mx_many_pss_per_kb", "on", "off"), None)
+    );
 }
 
 /// `" ✓"` / `" ✗"` for a value against an upper bound, nothing without both.
@@ -828,6 +881,27 @@ mod tests {
         // Unequal counts fall back to the ratio of medians.
         let s = parse_raw("x\thaproxy\t100\nx\ton\t150\nx\ton\t130\n").expect("valid");
         assert_eq!(paired_ratio(&s, "x", "on", "haproxy"), Some(1.4));
+    }
+
+    #[test]
+    fn proxy_metrics_table_alone_or_in_the_full_report() {
+        let s = parse_raw(
+            "mx_ka_c32_rps\ton\t970\nmx_ka_c32_rps\toff\t1000\n\
+             mx_many_pss_per_kb\ton\t300\nmx_many_pss_per_kb\toff\t298\nmx_many_count\ton\t200\n",
+        )
+        .expect("valid");
+        let md = markdown(&s);
+        assert!(md.contains("figure 13"), "{md}");
+        assert!(!md.contains("figure 1,"), "alone: {md}");
+        assert!(
+            md.contains("| 10 req/s, c32 keep-alive | 970 | 1000 | 0.97× ✓ | ≥ 0.97× |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 10 PSS per proxy, 200 running under the spawner (MB) | 0.29 ✓ | 0.29 |"),
+            "{md}"
+        );
+        assert!(!markdown(&parse_raw("x\thaproxy\t1\n").expect("valid")).contains("figure 13"));
     }
 
     #[test]

@@ -94,8 +94,41 @@ fn alert_rules_name_exported_metrics() {
         "NsMetadataProxyRestarting",
         "NsMetadataAgent5xxRatio",
         "NsMetadataNovaErrors",
+        "NsMetadataProxy5xxRatio",
+        "NsMetadataProxy5xxRatioByKind",
     ] {
         assert!(alerts.contains(&needed), "{needed}");
+    }
+    // Issue #17: the proxies' 5xx ratio per namespace and per kind, on their own counters.
+    let rule = |name: &str| {
+        ALERTS
+            .split("- alert: ")
+            .find(|r| r.lines().next() == Some(name))
+            .unwrap_or_default()
+    };
+    assert!(rule("NsMetadataProxy5xxRatio").contains("by (instance, netns, kind, id)"));
+    assert!(rule("NsMetadataProxy5xxRatioByKind").contains("by (instance, kind)"));
+}
+
+#[test]
+fn the_dashboard_shows_the_proxies_counters() {
+    let d: serde_json::Value = serde_json::from_str(DASHBOARD).expect("dashboard is JSON");
+    let exprs: Vec<String> = d["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_owned))
+        .collect();
+    let used: BTreeSet<String> = exprs.iter().flat_map(|e| metric_names(e)).collect();
+    for m in [
+        "ns_metadata_proxy_requests_total",
+        "ns_metadata_proxy_errors_total",
+        "ns_metadata_proxy_request_duration_seconds",
+        "ns_metadata_proxy_connections_open",
+        "ns_metadata_proxy_agent_connections_total",
+    ] {
+        assert!(used.contains(m), "no panel shows {m}");
     }
 }
 

@@ -16,6 +16,7 @@ pub mod neutron_options;
 pub mod notify;
 pub mod options;
 pub mod ovn;
+pub mod proxy_stats;
 pub mod resource;
 pub mod socket;
 pub mod spawn;

@@ -14,6 +14,7 @@ mod mem;
 mod netlink;
 mod ns;
 pub mod privs;
+mod shm;
 mod spawn;
 mod watch;
 
@@ -29,5 +30,6 @@ pub use manage::{create, delete, list, validate_name, NETNS_RUN_DIR};
 pub use mem::release_free_memory;
 pub use netlink::Netlink;
 pub use ns::Netns;
+pub use shm::SharedCounters;
 pub use spawn::{Spawn, Spawned};
 pub use watch::{watch, watch_dir, NetnsEvent, NetnsWatcher};

@@ -28,6 +28,7 @@ pub fn run(cfg: Config, daemon_child: bool) -> Result<()> {
         process::become_daemon()?;
     }
     let ready = Readiness::open(&cfg.ready_fds)?;
+    let stats = crate::stats::Stats::open(cfg.stats_fd)?;
     let creds = Creds::resolve(cfg.user.as_deref(), cfg.group.as_deref())?;
     warn_if_no_agent(&cfg.socket);
     let netns = cfg
@@ -60,7 +61,7 @@ pub fn run(cfg: Config, daemon_child: bool) -> Result<()> {
                 source,
             })?;
         let shutdown = until_stopped()?;
-        let shared = Arc::new(Shared::new(&cfg, &resource));
+        let shared = Arc::new(Shared::with_stats(&cfg, &resource, stats));
         tracing::info!(
             id = %shared.id,
             binds = ?cfg.binds.iter().map(ToString::to_string).collect::<Vec<_>>(),

@@ -111,7 +111,7 @@ pub static SCHEMA: Schema = Schema::new(OPTS)
 /// Flags that are not INI options. The `--rate-limit-*` flags set `[metadata_rate_limiting]`
 /// in the spawner's compact form; they are not `[DEFAULT]` keys because `rate_limit_burst` is
 /// already oslo.log's key there, in every Neutron file.
-fn own_args() -> [Arg; 6] {
+fn own_args() -> [Arg; 7] {
     [
         Arg::new("rate_limit_base")
             .long("rate-limit-base")
@@ -157,6 +157,14 @@ fn own_args() -> [Arg; 6] {
             .value_parser(clap::value_parser!(i32))
             .requires("shared_server")
             .help("With --shared-server: the inherited listening control socket (SOCK_SEQPACKET)"),
+        Arg::new("stats_fd")
+            .long("stats-fd")
+            .value_name("FD")
+            .value_parser(clap::value_parser!(i32))
+            .help(
+                "Count requests into the statistics block on this inherited fd (a file the \
+                 spawner created; see ns_contract::proxy_stats); the fd is closed once mapped",
+            ),
     ]
 }
 
@@ -169,7 +177,7 @@ pub fn command() -> Command {
                 .about(
                     "Relays a VM's metadata requests (169.254.169.254) from inside a network \
                      namespace to the metadata agent's Unix socket, adding X-Forwarded-For and \
-                     the router, network or OVN network id. Every option but --ready-fd and \
+                     the router, network or OVN network id. Every option but --ready-fd, --stats-fd and \
                      --rate-limit-* is also an INI key (see README).",
                 ),
         )
@@ -230,6 +238,8 @@ pub struct Config {
     pub rate_limit: Option<RateLimit>,
     pub agent_keepalive: KeepaliveMode,
     pub ready_fds: Vec<i32>,
+    /// `--stats-fd`: the inherited statistics block (issue #17), mapped at start.
+    pub stats_fd: Option<i32>,
     pub log_file: Option<PathBuf>,
     /// Log to syslog with this facility number (tag `haproxy-metadata-proxy-<id>`).
     pub syslog_facility: Option<u8>,
@@ -338,6 +348,7 @@ impl Config {
                 .get_many::<i32>("ready_fd")
                 .map(|fds| fds.copied().collect())
                 .unwrap_or_default(),
+            stats_fd: m.get_one::<i32>("stats_fd").copied(),
             log_file,
             syslog_facility,
             syslog_socket: PathBuf::from(crate::syslog::DEV_LOG),

@@ -388,6 +388,13 @@ impl Conn {
         // Until the agent was asked (or until now, for the proxy's own answers).
         let request_us = us(seen.agent.unwrap_or(now).duration_since(seen.started));
         let agent_us = seen.agent.map_or(0, |a| us(now.duration_since(a)));
+        let answer = match end {
+            End::Relayed => crate::stats::Answer::Relayed,
+            End::Own | End::Agent(_) => crate::stats::Answer::Own,
+        };
+        self.shared
+            .stats
+            .request(status, answer, now.duration_since(seen.started));
         let (term, reason) = match end {
             End::Relayed => ("agent", None),
             End::Own => ("proxy", None),

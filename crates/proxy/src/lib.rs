@@ -20,6 +20,7 @@ pub mod response;
 pub mod server;
 pub mod shared;
 pub mod state;
+pub mod stats;
 pub mod syslog;
 pub mod upstream;
 

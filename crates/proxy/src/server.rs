@@ -194,11 +194,13 @@ async fn accept_loop(
         errors.succeeded(Instant::now());
         let conn = Conn::new(shared.clone(), sock, peer, stop.clone());
         shared.activity.opened();
+        shared.stats.conn_opened();
         let shared = shared.clone();
         tokio::spawn(async move {
             conn.serve().await;
             drop(permit);
             shared.activity.closed();
+            shared.stats.conn_closed();
         });
     }
 }

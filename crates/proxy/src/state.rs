@@ -1,6 +1,6 @@
 //! What every connection of one proxy shares: the settings taken from [`Config`], the agent
 //! (socket path, timeouts, connection pool), the rate limiter, the activity counters the
-//! housekeeping reads, and the log-storm state of "agent unavailable". Buffers come from the
+//! housekeeping reads, the statistics block the spawner reads, and the log-storm state of "agent unavailable". Buffers come from the
 //! per-thread pool in [`crate::bufpool`].
 
 use std::io;
@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use crate::config::Config;
 use crate::ratelimit::RateLimiter;
 use crate::request::Upstream;
+use crate::stats::Stats;
 use crate::upstream::Agent;
 
 /// While the agent stays unavailable, one summary line at most this often.
@@ -30,6 +31,8 @@ pub struct Shared {
     pub ratelimit: Option<RateLimiter>,
     pub timeouts: Timeouts,
     pub activity: Activity,
+    /// The statistics block shared with the spawner (`--stats-fd`; empty without it).
+    pub stats: std::sync::Arc<Stats>,
     /// Set while the agent is unavailable, so a success checks one flag, not the lock.
     agent_is_down: AtomicBool,
     agent_down: Mutex<AgentDown>,
@@ -39,6 +42,12 @@ impl Shared {
     /// The state of one namespace's proxy serving `resource` with `cfg`'s settings (the
     /// shared server builds one per namespace from one configuration).
     pub fn new(cfg: &Config, resource: &Resource) -> Shared {
+        Shared::with_stats(cfg, resource, Stats::default())
+    }
+
+    /// As [`Shared::new`], counting into `stats` (mapped before the privilege drop).
+    pub fn with_stats(cfg: &Config, resource: &Resource, stats: Stats) -> Shared {
+        let stats = std::sync::Arc::new(stats);
         Shared {
             id: resource.id().to_owned(),
             upstream: Upstream {
@@ -51,7 +60,8 @@ impl Shared {
                 cfg.timeouts.connect,
                 cfg.timeouts.server,
             )
-            .with_retries(cfg.connect_retries),
+            .with_retries(cfg.connect_retries)
+            .with_stats(stats.clone()),
             ratelimit: cfg.rate_limit.map(|r| {
                 let rl = RateLimiter::new(r.base, r.burst, r.versions);
                 match cfg.rate_table {
@@ -61,6 +71,7 @@ impl Shared {
             }),
             timeouts: cfg.timeouts,
             activity: Activity::default(),
+            stats,
             agent_is_down: AtomicBool::new(false),
             agent_down: Mutex::new(AgentDown::default()),
         }

@@ -290,6 +290,8 @@ pub struct Agent {
     /// Set when the shutdown grace is over: requests still waiting for the agent's head
     /// answer 503 at once instead of being cut without a reply.
     give_up: tokio::sync::watch::Sender<bool>,
+    /// New and pooled agent connections are counted here (issue #17).
+    stats: std::sync::Arc<crate::stats::Stats>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -327,7 +329,14 @@ impl Agent {
             pool: Mutex::new(Vec::new()),
             inflight: std::sync::atomic::AtomicUsize::new(0),
             give_up: tokio::sync::watch::Sender::new(false),
+            stats: std::sync::Arc::default(),
         }
+    }
+
+    /// Count agent connections (new, reused) into the proxy's statistics block.
+    pub fn with_stats(mut self, stats: std::sync::Arc<crate::stats::Stats>) -> Agent {
+        self.stats = stats;
+        self
     }
 
     /// Retry a refused or full agent connect `retries` times (haproxy's `retries`).
@@ -407,7 +416,12 @@ impl Agent {
     /// `--timeout-connect`.
     async fn connect(&self) -> Result<Fresh, UpError> {
         match timeout(self.connect_timeout, self.connect_tries()).await {
-            Ok(r) => r,
+            Ok(r) => {
+                if r.is_ok() {
+                    self.stats.agent_conn(false);
+                }
+                r
+            }
             Err(_) => Err(UpError::Unavailable(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "connect timed out",
@@ -462,7 +476,10 @@ impl Agent {
         let mut rbuf = Buf::get();
         let (mut conn, mut pooled) = match (self.mode, self.take()) {
             (KeepaliveMode::Off, _) | (_, None) => (Conn::Fresh(self.connect().await?), false),
-            (_, Some(s)) => (Conn::Pooled(s), true),
+            (_, Some(s)) => {
+                self.stats.agent_conn(true);
+                (Conn::Pooled(s), true)
+            }
         };
         let _inflight = InFlight::new(&self.inflight);
         let (mut stream, info) = loop {

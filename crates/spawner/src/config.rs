@@ -117,6 +117,14 @@ static OPTS: &[Opt] = &[
     .default("false"),
     Opt::new(
         GROUP,
+        "proxy_metrics",
+        Kind::Bool,
+        "Each proxy counts requests into <state_dir>/stats/<key>.stats (shared memory), \
+         exported by the spawner's /metrics",
+    )
+    .default("true"),
+    Opt::new(
+        GROUP,
         "auto_enable_routers",
         Kind::Bool,
         "Every qrouter-<id> namespace in /run/netns gets a router proxy",
@@ -249,6 +257,8 @@ pub struct Config {
     pub ipv6: bool,
     /// `[spawner] auto_enable_routers`: a new `qrouter-<id>` namespace gets a router proxy.
     pub auto_enable_routers: bool,
+    /// `[spawner] proxy_metrics`: pass each proxy a statistics block (`--stats-fd`).
+    pub proxy_metrics: bool,
     /// `[spawner] records_file`: static records, read at start and on SIGHUP.
     pub records_file: Option<PathBuf>,
     /// `[spawner] agent_keepalive`.
@@ -316,6 +326,7 @@ impl Config {
             router_interface,
             ipv6: v.bool(GROUP, "ipv6")?,
             auto_enable_routers: v.bool(GROUP, "auto_enable_routers")?,
+            proxy_metrics: v.bool(GROUP, "proxy_metrics")?,
             records_file: v.path(GROUP, "records_file")?,
             agent_keepalive: v.choice_as(GROUP, "agent_keepalive", &KeepaliveMode::CHOICES)?,
             ready_timeout: v.seconds(GROUP, "ready_timeout")?,
@@ -408,6 +419,11 @@ impl Config {
             self.control_socket = s.to_owned();
         }
         self
+    }
+
+    /// `<state_dir>/stats`: the proxies' statistics blocks.
+    pub fn stats_dir(&self) -> PathBuf {
+        self.state_dir.join("stats")
     }
 
     /// `<state_dir>/pids`.

@@ -62,6 +62,18 @@ fn defaults() {
     assert_eq!(c.stop_timeout, Duration::from_secs(5));
     assert_eq!(c.max_restart_delay, Duration::from_secs(30));
     assert!(c.proxy_binary.ends_with("ns-metadata-proxy"));
+    assert!(c.proxy_metrics);
+    assert_eq!(c.stats_dir(), PathBuf::from("/var/lib/ns-metadata/stats"));
+}
+
+#[test]
+fn proxy_metrics_off_from_the_file_or_the_flag() {
+    let (c, _) = load("[spawner]\nproxy_metrics = false\n").expect("loads");
+    assert!(!c.proxy_metrics);
+    let (c, _) = load_with("", &[("proxy_metrics", "false")], &[]).expect("loads");
+    assert!(!c.proxy_metrics);
+    let e = err("[spawner]\nproxy_metrics = maybe\n", &[], &[]);
+    assert!(e.contains("proxy_metrics"), "{e}");
 }
 
 #[test]

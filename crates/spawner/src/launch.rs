@@ -42,6 +42,9 @@ pub fn proxy_args(spec: &ProxySpec, cfg: &Config) -> Vec<String> {
         );
     }
     push("--ready-fd", READY_FD.to_string());
+    if cfg.proxy_metrics {
+        push("--stats-fd", crate::proxy_stats::STATS_FD.to_string());
+    }
     a.extend(option_args(cfg));
     a
 }
@@ -284,11 +287,15 @@ pub async fn launch<P: Platform>(
     let mut cmd = ns_netns::Spawn::new(&cfg.proxy_binary);
     cmd.args(args);
     proxy_env(&mut cmd, cfg);
-    // The readiness pipe on fd 3; every descriptor the spawner holds above the mapped ones
-    // (its other proxies' pidfds, sockets, whatever it inherited) is closed in the child.
+    // The readiness pipe on fd 3 (the namespace goes on 4, the statistics block on 5); every
+    // descriptor the spawner holds above the mapped ones (its other proxies' pidfds, sockets,
+    // whatever it inherited) is closed in the child.
     // Our copy of the write end is closed once the spawn returns: EOF then means the proxy
     // closed (or died) without saying READY.
     cmd.fd(wr, READY_FD);
+    if cfg.proxy_metrics {
+        cmd.fd(stats_block(cfg, spec)?, crate::proxy_stats::STATS_FD);
+    }
     let child = platform
         .spawn(ns, spec, cmd)
         .and_then(|s| Running::child(s).map_err(|e| Error::Spawn(format!("pidfd: {e}"))));
@@ -339,6 +346,19 @@ pub async fn wait_ready(
     }
 }
 
+/// The proxy's statistics block; if the file cannot be made (full or read-only state dir), an
+/// anonymous one, so the proxy still serves (its counts are then not exported).
+fn stats_block(cfg: &Config, spec: &ProxySpec) -> Result<OwnedFd> {
+    match crate::proxy_stats::for_start(&cfg.stats_dir(), &spec.key) {
+        Ok(fd) => Ok(fd),
+        Err(e) => {
+            tracing::warn!(key = %spec.key, err = %e, "cannot open the statistics block; this proxy's requests are not counted");
+            crate::proxy_stats::anonymous()
+                .map_err(|e| Error::Spawn(format!("statistics block: {e}")))
+        }
+    }
+}
+
 async fn read_ready(mut rx: tokio::net::unix::pipe::Receiver) -> Result<()> {
     let mut buf = Vec::with_capacity(16);
     let mut chunk = [0u8; 64];
@@ -379,7 +399,7 @@ mod tests {
         assert_eq!(
             proxy_args(&spec, &cfg).join(" "),
             "--router-id r1 --metadata-proxy-socket /var/lib/neutron/metadata_proxy --bind 169.254.169.254:80 \
-             --ready-fd 3 --agent-keepalive auto"
+             --ready-fd 3 --stats-fd 5 --agent-keepalive auto"
         );
         cfg.metadata_proxy_user = Some("neutron".into());
         cfg.metadata_proxy_group = Some("neutron".into());
@@ -390,6 +410,7 @@ mod tests {
         });
         cfg.timeouts = Timeouts::from_secs([1, 30, 32, 90, 30]).expect("valid");
         cfg.agent_keepalive = KeepaliveMode::Off;
+        cfg.proxy_metrics = false;
         cfg.metadata_proxy_socket = "/srv/$x/metadata_proxy".into();
         let spec = ProxySpec {
             kind: Kind::Network,

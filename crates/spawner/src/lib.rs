@@ -25,6 +25,7 @@ pub mod ovn_source;
 pub mod persist;
 pub mod pidfile;
 pub mod platform;
+pub mod proxy_stats;
 mod proxy_task;
 pub mod records;
 pub mod shared_model;

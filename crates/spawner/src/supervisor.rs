@@ -441,6 +441,7 @@ impl<P: Platform> Supervisor<P> {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (present, waiting, cfg) = self.plan();
         self.ensure_shared(&cfg).await;
+        let keep = stats_keys(&cfg, &present, &waiting);
         let removed: Vec<Proxy> = {
             let mut proxies = lock(&self.inner.proxies);
             let stale: Vec<String> = proxies
@@ -471,6 +472,7 @@ impl<P: Platform> Supervisor<P> {
             }
         }
         self.start_missing(later, &cfg);
+        crate::proxy_stats::retain(&cfg.stats_dir(), &keep);
         errors
     }
 
@@ -524,6 +526,7 @@ impl<P: Platform> Supervisor<P> {
             .reconciles
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (present, waiting, cfg) = self.plan();
+        crate::proxy_stats::retain(&cfg.stats_dir(), &stats_keys(&cfg, &present, &waiting));
         let pid_dir = cfg.pid_dir();
         let platform = &*self.inner.platform;
         let mut adopt: BTreeMap<String, (Running, Vec<String>)> = BTreeMap::new();
@@ -659,4 +662,17 @@ impl<P: Platform> Supervisor<P> {
             task,
         }
     }
+}
+
+/// The keys whose statistics blocks stay: every wanted proxy's, running or waiting (none when
+/// `proxy_metrics` is off).
+fn stats_keys<A, B>(
+    cfg: &Config,
+    present: &BTreeMap<String, A>,
+    waiting: &BTreeMap<String, B>,
+) -> BTreeSet<String> {
+    if !cfg.proxy_metrics {
+        return BTreeSet::new();
+    }
+    present.keys().chain(waiting.keys()).cloned().collect()
 }

@@ -1,0 +1,186 @@
+//! Request statistics into the spawner's shared block (`--stats-fd`, issue #17): per request
+//! a few relaxed atomic adds on a mapped page (status class, error code, latency bucket and
+//! sum), per connection one add and one subtract. No syscall, no lock, no allocation; without
+//! `--stats-fd` every call is one branch. Layout: [`ns_contract::proxy_stats`].
+
+use std::time::Duration;
+
+use ns_contract::proxy_stats as layout;
+use ns_netns::SharedCounters;
+
+use crate::error::{Error, Result};
+
+/// The mapped block, or nothing when the proxy runs without `--stats-fd`.
+#[derive(Debug, Default)]
+pub struct Stats(Option<SharedCounters>);
+
+/// Who produced an answer, as the counters see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// The agent's answer, relayed (counted by class only).
+    Relayed,
+    /// The proxy's own error answer (also counted by code).
+    Own,
+}
+
+impl Stats {
+    /// Map the block on inherited fd `fd` and close that fd. Called before the privilege drop:
+    /// the block is reopened through `/proc/self/fd` (no `unsafe` here), which checks access
+    /// as the user the proxy still is. A block that is not a regular file of
+    /// [`layout::BLOCK_SIZE`] bytes starting with [`layout::MAGIC`] is refused.
+    pub fn open(fd: Option<i32>) -> Result<Stats> {
+        let Some(fd) = fd else {
+            return Ok(Stats(None));
+        };
+        let bad = |why: String| Error::Config(format!("--stats-fd {fd}: {why}"));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/self/fd/{fd}"))
+            .map_err(|e| bad(e.to_string()))?;
+        let size = file.metadata().map_err(|e| bad(e.to_string()))?.len();
+        if size != layout::BLOCK_SIZE as u64 {
+            return Err(bad(format!(
+                "{size} bytes, a statistics block has {}",
+                layout::BLOCK_SIZE
+            )));
+        }
+        let block =
+            SharedCounters::map(&file, layout::SLOTS).map_err(|e| bad(format!("mmap: {e}")))?;
+        if block.load(layout::SLOT_MAGIC) != layout::MAGIC {
+            return Err(bad("not a statistics block (bad magic)".to_owned()));
+        }
+        drop(file);
+        // The inherited descriptor itself: the mapping stays, the proxy keeps no fd it could
+        // truncate the file through.
+        let _ = nix::unistd::close(fd);
+        Ok(Stats(Some(block)))
+    }
+
+    /// One answered request: its status, who produced it, and how long it took.
+    #[inline]
+    pub fn request(&self, status: u16, answer: Answer, took: Duration) {
+        let Some(b) = &self.0 else { return };
+        b.add(layout::class_slot(status), 1);
+        if answer == Answer::Own {
+            if let Some(i) = layout::error_slot(status) {
+                b.add(i, 1);
+            }
+        }
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        b.add(layout::latency_slot(us), 1);
+        b.add(layout::SLOT_LATENCY_SUM_US, us);
+    }
+
+    /// A client connection was accepted.
+    #[inline]
+    pub fn conn_opened(&self) {
+        if let Some(b) = &self.0 {
+            b.add(layout::SLOT_CONN_ACCEPTED, 1);
+            b.add(layout::SLOT_CONN_OPEN, 1);
+        }
+    }
+
+    /// A client connection was closed.
+    #[inline]
+    pub fn conn_closed(&self) {
+        if let Some(b) = &self.0 {
+            b.sub(layout::SLOT_CONN_OPEN, 1);
+        }
+    }
+
+    /// The agent was asked on a new connection (`reused == false`) or a pooled one.
+    #[inline]
+    pub fn agent_conn(&self, reused: bool) {
+        if let Some(b) = &self.0 {
+            let i = if reused {
+                layout::SLOT_AGENT_REUSED
+            } else {
+                layout::SLOT_AGENT_NEW
+            };
+            b.add(i, 1);
+        }
+    }
+
+    /// Whether a block is mapped.
+    pub fn enabled(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+    use std::os::fd::IntoRawFd as _;
+
+    fn block(name: &str, magic: u64, size: usize) -> (std::path::PathBuf, i32) {
+        let p = std::env::temp_dir().join(format!("proxy-stats-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_file(&p);
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&p)
+            .expect("create");
+        let mut bytes = vec![0u8; size];
+        if size >= 8 {
+            bytes[..8].copy_from_slice(&magic.to_le_bytes());
+        }
+        f.write_all(&bytes).expect("write");
+        (p, f.into_raw_fd())
+    }
+
+    #[test]
+    fn counts_land_in_the_contracts_slots() {
+        let (p, fd) = block("ok", layout::MAGIC, layout::BLOCK_SIZE);
+        let s = Stats::open(Some(fd)).expect("open");
+        assert!(s.enabled());
+        s.request(200, Answer::Relayed, Duration::from_micros(700));
+        s.request(429, Answer::Own, Duration::from_millis(3));
+        s.request(503, Answer::Relayed, Duration::from_secs(60));
+        s.conn_opened();
+        s.conn_opened();
+        s.conn_closed();
+        s.agent_conn(false);
+        s.agent_conn(true);
+        s.agent_conn(true);
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&p)
+            .expect("reopen");
+        let r = SharedCounters::map(&f, layout::SLOTS).expect("map");
+        assert_eq!(r.load(layout::class_slot(200)), 1);
+        assert_eq!(r.load(layout::class_slot(429)), 1);
+        assert_eq!(r.load(layout::class_slot(503)), 1);
+        assert_eq!(r.load(layout::error_slot(429).expect("429")), 1);
+        assert_eq!(r.load(layout::error_slot(503).expect("503")), 0, "relayed");
+        assert_eq!(r.load(layout::latency_slot(700)), 1);
+        assert_eq!(r.load(layout::latency_slot(3_000)), 1);
+        assert_eq!(r.load(layout::latency_slot(u64::MAX)), 1);
+        assert_eq!(r.load(layout::SLOT_LATENCY_SUM_US), 60_003_700);
+        assert_eq!(r.load(layout::SLOT_CONN_ACCEPTED), 2);
+        assert_eq!(r.load(layout::SLOT_CONN_OPEN), 1);
+        assert_eq!(r.load(layout::SLOT_AGENT_NEW), 1);
+        assert_eq!(r.load(layout::SLOT_AGENT_REUSED), 2);
+        let _ = std::fs::remove_file(&p);
+    }
+
+    #[test]
+    fn a_wrong_block_is_a_one_line_error() {
+        let (p, fd) = block("magic", 7, layout::BLOCK_SIZE);
+        let e = Stats::open(Some(fd)).expect_err("bad magic").to_string();
+        assert!(e.contains("--stats-fd") && e.contains("magic"), "{e}");
+        let _ = nix::unistd::close(fd);
+        let _ = std::fs::remove_file(&p);
+        let (p, fd) = block("short", layout::MAGIC, 100);
+        let e = Stats::open(Some(fd)).expect_err("short").to_string();
+        assert!(e.contains("100 bytes"), "{e}");
+        let _ = nix::unistd::close(fd);
+        let _ = std::fs::remove_file(&p);
+        let e = Stats::open(Some(987_654)).expect_err("no fd").to_string();
+        assert!(e.contains("--stats-fd 987654"), "{e}");
+        assert!(!Stats::open(None).expect("none").enabled());
+    }
+}

@@ -1,0 +1,365 @@
+//! The proxies' statistics blocks (issue #17): one file per namespace,
+//! `<state_dir>/stats/<key>.stats`, a page of counters ([`ns_contract::proxy_stats`]) that
+//! the proxy maps through an inherited fd (`--stats-fd 5`) and bumps with relaxed atomic adds,
+//! and that the spawner maps to read at each scrape.
+//!
+//! - **Created** by the spawner before each start: `O_CREAT|O_EXCL|O_NOFOLLOW`, 0600, in the
+//!   0700 stats dir; an existing file is reused only if it is a regular file, ours, not
+//!   hard-linked, of [`BLOCK_SIZE`] bytes with the magic, else it is replaced. Nothing is
+//!   followed through a link. The proxy gets an fd, not a path: it can write only its block.
+//! - **Cumulative**: the same file serves every proxy of that key, so counters go on across
+//!   a proxy's kill -9 and restart; it survives a spawner restart, so adopted proxies keep
+//!   their counts. The open-connections gauge is zeroed before each start.
+//! - **Untrusted**: a proxy can only lie about itself. Every slot read goes through a
+//!   monotonic fold (a value lower than the last one read is a reset: the last value is kept
+//!   as a base), so exported counters never go down and nothing read can panic.
+//! - **Removed** with the key: after each reconcile pass, files of keys no longer wanted go.
+//!   Their last values stay in the per-kind latency histogram (kept by this process).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write as _;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use ns_contract::proxy_stats::{BLOCK_SIZE, MAGIC, SLOTS, SLOT_CONN_OPEN, SLOT_MAGIC};
+use ns_contract::Kind;
+use ns_netns::SharedCounters;
+
+/// `O_NOFOLLOW` (std adds `O_CLOEXEC` itself).
+const NOFOLLOW: i32 = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
+
+/// The fd number the proxy finds its block on (after the readiness pipe on 3 and the
+/// namespace on 4).
+pub const STATS_FD: i32 = 5;
+
+/// The block file of `key` in `dir`.
+pub fn path(dir: &Path, key: &str) -> PathBuf {
+    dir.join(format!("{key}.stats"))
+}
+
+/// Open `key`'s block for a proxy start, creating it if needed, with the open-connections
+/// gauge zeroed (a proxy killed with connections open never decremented it).
+pub fn for_start(dir: &Path, key: &str) -> std::io::Result<OwnedFd> {
+    crate::statedir::prepare(dir).map_err(std::io::Error::other)?;
+    let f = open_block(&path(dir, key), true)?;
+    let map = SharedCounters::map(&f, SLOTS)?;
+    map.store(SLOT_CONN_OPEN, 0);
+    Ok(f.into())
+}
+
+/// A block in memory only (`memfd`), for a proxy whose file could not be made.
+pub fn anonymous() -> std::io::Result<OwnedFd> {
+    let fd = rustix::fs::memfd_create("ns-metadata-stats", rustix::fs::MemfdFlags::CLOEXEC)?;
+    let mut f = File::from(fd);
+    let mut page = vec![0u8; BLOCK_SIZE];
+    page[..8].copy_from_slice(&MAGIC.to_le_bytes());
+    f.write_all(&page)?;
+    Ok(f.into())
+}
+
+/// Open an existing good block (read-write, no link followed, ours, one link, the right size
+/// and magic); with `create`, replace a bad one and create a missing one.
+fn open_block(p: &Path, create: bool) -> std::io::Result<File> {
+    let open = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(NOFOLLOW)
+            .open(p)
+    };
+    match open() {
+        Ok(f) => match check(&f) {
+            Ok(()) => return Ok(f),
+            Err(why) if create => {
+                tracing::warn!(file = %p.display(), %why, "statistics block replaced");
+                std::fs::remove_file(p)?;
+            }
+            Err(why) => return Err(std::io::Error::other(why)),
+        },
+        Err(e) if create && e.kind() == std::io::ErrorKind::NotFound => {}
+        // ELOOP: a symlink planted there. Replaced when creating, never followed.
+        Err(e) if create && e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+            tracing::warn!(file = %p.display(), "statistics block was a symlink; replaced");
+            std::fs::remove_file(p)?;
+        }
+        Err(e) => return Err(e),
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(NOFOLLOW)
+        .open(p)?;
+    let mut page = vec![0u8; BLOCK_SIZE];
+    page[..8].copy_from_slice(&MAGIC.to_le_bytes());
+    f.write_all(&page)?;
+    Ok(f)
+}
+
+fn check(f: &File) -> std::result::Result<(), String> {
+    let m = f.metadata().map_err(|e| e.to_string())?;
+    if !m.file_type().is_file() {
+        return Err("not a regular file".into());
+    }
+    if m.uid() != rustix::process::geteuid().as_raw() {
+        return Err(format!("owned by uid {}", m.uid()));
+    }
+    if m.nlink() != 1 {
+        return Err(format!("{} hard links", m.nlink()));
+    }
+    if m.len() != BLOCK_SIZE as u64 {
+        return Err(format!("{} bytes, not {BLOCK_SIZE}", m.len()));
+    }
+    let mut head = [0u8; 8];
+    rustix::io::pread(f, &mut head, 0).map_err(|e| e.to_string())?;
+    if u64::from_le_bytes(head) != MAGIC {
+        return Err("bad magic".into());
+    }
+    Ok(())
+}
+
+/// After a reconcile pass: remove the blocks of keys not in `keep`.
+pub fn retain(dir: &Path, keep: &std::collections::BTreeSet<String>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(key) = name.to_str().and_then(|n| n.strip_suffix(".stats")) else {
+            continue;
+        };
+        if !keep.contains(key) {
+            if let Err(err) = std::fs::remove_file(e.path()) {
+                tracing::warn!(file = %e.path().display(), %err, "cannot remove statistics block");
+            }
+        }
+    }
+}
+
+/// One block as the spawner reads it: the mapping, and per slot the last value seen and the
+/// base folded in from resets.
+struct Reading {
+    map: SharedCounters,
+    /// (device, inode): a file replaced under the same name is a new block.
+    id: (u64, u64),
+    kind: Kind,
+    last: [u64; SLOTS],
+    base: [u64; SLOTS],
+}
+
+impl Reading {
+    /// The values as last read, without touching the mapping (the file may be gone or cut).
+    fn settled(&self) -> [u64; SLOTS] {
+        let mut out = [0u64; SLOTS];
+        for (i, o) in out.iter_mut().enumerate().skip(SLOT_MAGIC + 1) {
+            if i != SLOT_CONN_OPEN {
+                *o = self.base[i].saturating_add(self.last[i]);
+            }
+        }
+        out
+    }
+
+    /// The monotonic values now (the magic slot reads 0).
+    fn fold(&mut self) -> [u64; SLOTS] {
+        let mut out = [0u64; SLOTS];
+        for (i, o) in out.iter_mut().enumerate().skip(SLOT_MAGIC + 1) {
+            let v = self.map.load(i);
+            if i == SLOT_CONN_OPEN {
+                // A gauge: as it is (a proxy can only lie about itself).
+                *o = v;
+                continue;
+            }
+            if v < self.last[i] {
+                self.base[i] = self.base[i].saturating_add(self.last[i]);
+            }
+            self.last[i] = v;
+            *o = self.base[i].saturating_add(v);
+        }
+        out
+    }
+}
+
+/// The blocks this spawner reads, by file path, and the counts of blocks gone (per kind),
+/// so per-kind totals never go down when a namespace is removed.
+#[derive(Default)]
+struct Registry {
+    open: BTreeMap<PathBuf, Reading>,
+    retired: BTreeMap<&'static str, [u64; SLOTS]>,
+}
+
+static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
+
+fn registry() -> MutexGuard<'static, Option<Registry>> {
+    REGISTRY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What a scrape reads: per proxy (by key) its folded slots, and per kind the sum of every
+/// block of that kind (live and retired) for the histograms.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub per_key: BTreeMap<String, [u64; SLOTS]>,
+    pub per_kind: BTreeMap<&'static str, [u64; SLOTS]>,
+}
+
+fn add_into(acc: &mut [u64; SLOTS], v: &[u64; SLOTS]) {
+    for (a, b) in acc.iter_mut().zip(v) {
+        *a = a.saturating_add(*b);
+    }
+}
+
+/// Read the blocks of `proxies` (key, kind) in `dir`. A block that cannot be read (missing:
+/// the proxy has not started yet; bad: refused) is left out, never an error.
+pub fn read(dir: &Path, proxies: &[(String, Kind)]) -> Snapshot {
+    let mut guard = registry();
+    let reg = guard.get_or_insert_with(Registry::default);
+    let mut snap = Snapshot::default();
+    let mut seen = std::collections::BTreeSet::new();
+    for (key, kind) in proxies {
+        let p = path(dir, key);
+        // Checked at every scrape, before the mapping is read: a file cut short under the
+        // mapping would fault on access (only a proxy kept as uid 0 could do that).
+        let id = std::fs::symlink_metadata(&p)
+            .ok()
+            .filter(|m| m.file_type().is_file() && m.len() == BLOCK_SIZE as u64)
+            .map(|m| (m.dev(), m.ino()));
+        let stale = reg.open.get(&p).is_some_and(|r| Some(r.id) != id);
+        if stale {
+            if let Some(r) = reg.open.remove(&p) {
+                let last = r.settled();
+                add_into(
+                    reg.retired.entry(r.kind.as_str()).or_insert([0; SLOTS]),
+                    &last,
+                );
+            }
+        }
+        if !reg.open.contains_key(&p) {
+            let Some(id) = id else { continue };
+            let Ok(f) = open_block(&p, false) else {
+                continue;
+            };
+            let Ok(map) = SharedCounters::map(&f, SLOTS) else {
+                continue;
+            };
+            reg.open.insert(
+                p.clone(),
+                Reading {
+                    map,
+                    id,
+                    kind: *kind,
+                    last: [0; SLOTS],
+                    base: [0; SLOTS],
+                },
+            );
+        }
+        if let Some(r) = reg.open.get_mut(&p) {
+            let v = r.fold();
+            add_into(snap.per_kind.entry(kind.as_str()).or_insert([0; SLOTS]), &v);
+            snap.per_key.insert(key.clone(), v);
+            seen.insert(p);
+        }
+    }
+    // Blocks of this dir no longer listed: their last counts stay in their kind's totals.
+    let gone: Vec<PathBuf> = reg
+        .open
+        .keys()
+        .filter(|p| p.parent() == Some(dir) && !seen.contains(*p))
+        .cloned()
+        .collect();
+    for p in gone {
+        if let Some(r) = reg.open.remove(&p) {
+            let last = r.settled();
+            add_into(
+                reg.retired.entry(r.kind.as_str()).or_insert([0; SLOTS]),
+                &last,
+            );
+        }
+    }
+    for (kind, v) in &reg.retired {
+        add_into(snap.per_kind.entry(kind).or_insert([0; SLOTS]), v);
+    }
+    snap
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ns_contract::proxy_stats as layout;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("spawner-stats-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn counters_never_go_down_across_resets_and_removal() {
+        let d = dir("fold");
+        let fd = for_start(&d, "r1").expect("create");
+        let w = SharedCounters::map(&File::from(fd), SLOTS).expect("map");
+        let ok = layout::class_slot(200);
+        let lat = layout::latency_slot(10);
+        w.add(ok, 5);
+        w.add(lat, 5);
+        w.add(SLOT_CONN_OPEN, 3);
+        let proxies = [("r1".to_owned(), Kind::Router)];
+        let s = read(&d, &proxies);
+        assert_eq!(s.per_key["r1"][ok], 5);
+        assert_eq!(s.per_key["r1"][SLOT_CONN_OPEN], 3);
+        // A hostile or reset writer goes back to 2: the export goes on from 5.
+        w.store(ok, 2);
+        let s = read(&d, &proxies);
+        assert_eq!(s.per_key["r1"][ok], 7);
+        // A new start reuses the block (counts go on) and zeroes the gauge.
+        drop(for_start(&d, "r1").expect("reopen"));
+        assert_eq!(w.load(ok), 2, "same block");
+        assert_eq!(w.load(SLOT_CONN_OPEN), 0);
+        w.add(ok, 1);
+        assert_eq!(read(&d, &proxies).per_key["r1"][ok], 8);
+        // Removed: the per-kind total keeps its counts.
+        retain(&d, &Default::default());
+        assert!(!path(&d, "r1").exists());
+        let s = read(&d, &[]);
+        assert!(s.per_key.is_empty());
+        assert_eq!(s.per_kind["router"][lat], 5);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn bad_blocks_are_refused_for_reading_and_replaced_for_a_start() {
+        let d = dir("bad");
+        crate::statedir::prepare(&d).expect("dir");
+        let p = path(&d, "n1");
+        std::fs::write(&p, b"short").expect("write");
+        assert!(open_block(&p, false).is_err());
+        assert!(read(&d, &[("n1".to_owned(), Kind::Network)])
+            .per_key
+            .is_empty());
+        drop(for_start(&d, "n1").expect("replaced"));
+        assert_eq!(
+            std::fs::metadata(&p).expect("stat").len(),
+            BLOCK_SIZE as u64
+        );
+        // A symlink is never followed.
+        let victim = d.join("victim");
+        std::fs::write(&victim, vec![0u8; BLOCK_SIZE]).expect("victim");
+        let l = path(&d, "n2");
+        std::os::unix::fs::symlink(&victim, &l).expect("symlink");
+        assert!(open_block(&l, false).is_err());
+        drop(for_start(&d, "n2").expect("replaced link"));
+        assert!(!std::fs::symlink_metadata(&l)
+            .expect("stat")
+            .file_type()
+            .is_symlink());
+        assert_eq!(
+            std::fs::read(&victim).expect("victim"),
+            vec![0u8; BLOCK_SIZE]
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
