@@ -17,3 +17,15 @@ pub const NETNS_FD: i32 = 4;
 
 /// Set to [`NETNS_FD`] by the spawner when it passes a namespace to enter.
 pub const NETNS_FD_ENV: &str = "NS_METADATA_SPAWNER_NETNS_FD";
+
+/// Set by the spawner when it restarts a running proxy by socket takeover (`restart ID`): the
+/// comma-separated descriptor numbers of the listening sockets the new proxy must serve
+/// instead of binding its `--bind`s (taken from the old proxy with `pidfd_getfd`, so
+/// connections waiting in the accept queue are never reset). Honoured only next to
+/// [`STATE_ENV`] and a `--ready-fd`; each descriptor must be a listening TCP socket in the
+/// proxy's namespace bound to one of its `--bind`s, every `--bind` covered once.
+pub const LISTEN_FDS_ENV: &str = "NS_METADATA_SPAWNER_LISTEN_FDS";
+
+/// The first descriptor number of the inherited listeners ([`LISTEN_FDS_ENV`]), after the
+/// ready pipe (3), the namespace (4) and the statistics block (5).
+pub const FIRST_LISTEN_FD: i32 = 6;

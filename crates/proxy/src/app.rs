@@ -41,7 +41,16 @@ pub fn run(cfg: Config, daemon_child: bool) -> Result<()> {
             })
         })
         .transpose()?;
-    let listeners = bind::bind_in(netns.as_ref(), &cfg.binds)?;
+    // A restart by socket takeover (`ns-metadata-spawner restart`): the old proxy's
+    // listeners, with whatever waits in their accept queues, instead of new ones.
+    let by_spawner = std::env::var_os(ns_contract::spawn::STATE_ENV).is_some()
+        && !cfg.ready_fds.is_empty()
+        && cfg.netns.is_none()
+        && !cfg.daemonize;
+    let listeners = match bind::inherited(&cfg.binds, by_spawner)? {
+        Some(l) => l,
+        None => bind::bind_in(netns.as_ref(), &cfg.binds)?,
+    };
     drop(netns);
     bind::set_backlog(&listeners, cfg.max_connections)?;
     let pid_file = cfg.pid_file.as_deref().map(PidFile::create).transpose()?;

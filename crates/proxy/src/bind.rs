@@ -260,6 +260,112 @@ pub fn bind_in(netns: Option<&Netns>, specs: &[BindSpec]) -> Result<Vec<std::net
     }
 }
 
+/// The listening sockets the spawner handed over for a restart by socket takeover
+/// (`ns_contract::spawn::LISTEN_FDS_ENV`), to serve instead of binding `binds`; `None` when
+/// the variable is not set. Refused (one line) unless started by the spawner (its state-dir
+/// marker and a `--ready-fd`, no `--netns`, no `--daemonize`); each descriptor must be a
+/// listening TCP socket of this network namespace bound to one of `binds` (a link-local
+/// address on its interface), and every bind must be covered exactly once. Call after the
+/// namespace is entered, before any thread exists (the variable is removed).
+pub fn inherited(
+    binds: &[BindSpec],
+    started_by_spawner: bool,
+) -> Result<Option<Vec<std::net::TcpListener>>> {
+    use ns_contract::spawn::LISTEN_FDS_ENV;
+    let Some(value) = std::env::var_os(LISTEN_FDS_ENV) else {
+        return Ok(None);
+    };
+    let fail = |why: String| Error::Config(format!("{LISTEN_FDS_ENV}: {why}"));
+    if !started_by_spawner {
+        return Err(fail(
+            "internal to ns-metadata-spawner (needs its state-dir marker and a --ready-fd, \
+             no --netns or --daemonize); use --bind"
+                .into(),
+        ));
+    }
+    let value = value
+        .into_string()
+        .map_err(|_| fail("not a list of descriptor numbers".into()))?;
+    let here = Netns::current().map_err(|e| fail(format!("this namespace: {e}")))?;
+    let mut got: Vec<Option<std::net::TcpListener>> = binds.iter().map(|_| None).collect();
+    for item in value.split(',') {
+        let fd: i32 = item
+            .trim()
+            .parse()
+            .map_err(|_| fail(format!("{item:?} is not a descriptor number")))?;
+        let owned = ns_netns::take_inherited(fd).map_err(|e| fail(e.to_string()))?;
+        let at =
+            match_listener(&owned, binds, &here).map_err(|why| fail(format!("fd {fd}: {why}")))?;
+        if got[at].is_some() {
+            return Err(fail(format!("fd {fd}: a second socket for {}", binds[at])));
+        }
+        got[at] = Some(std::net::TcpListener::from(owned));
+    }
+    // Not inherited by anything this process might start, and not seen twice.
+    std::env::remove_var(LISTEN_FDS_ENV);
+    let mut out = Vec::with_capacity(binds.len());
+    for (l, spec) in got.into_iter().zip(binds) {
+        let l = l.ok_or_else(|| fail(format!("no socket for --bind {spec}")))?;
+        l.set_nonblocking(true)
+            .map_err(|e| fail(format!("{spec}: {e}")))?;
+        out.push(l);
+    }
+    Ok(Some(out))
+}
+
+/// Which of `binds` the inherited `fd` serves: it must be a TCP socket in the listening state,
+/// created in the namespace `here`, bound to that address and port (and interface).
+fn match_listener(
+    fd: &std::os::fd::OwnedFd,
+    binds: &[BindSpec],
+    here: &Netns,
+) -> std::result::Result<usize, String> {
+    use nix::sys::socket::{getsockname, getsockopt, sockopt, SockType, SockaddrStorage};
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let st = nix::sys::stat::fstat(fd).map_err(|e| format!("fstat: {e}"))?;
+    let sock = nix::sys::stat::SFlag::from_bits_truncate(st.st_mode)
+        & nix::sys::stat::SFlag::S_IFMT
+        == nix::sys::stat::SFlag::S_IFSOCK;
+    if !sock {
+        return Err("not a socket".into());
+    }
+    let stream = getsockopt(fd, sockopt::SockType).map_err(|e| format!("SO_TYPE: {e}"))?;
+    let listening =
+        getsockopt(fd, sockopt::AcceptConn).map_err(|e| format!("SO_ACCEPTCONN: {e}"))?;
+    if stream != SockType::Stream || !listening {
+        return Err("not a listening TCP socket".into());
+    }
+    let name: SockaddrStorage =
+        getsockname(fd.as_raw_fd()).map_err(|e| format!("getsockname: {e}"))?;
+    let addr: SocketAddr = if let Some(a) = name.as_sockaddr_in() {
+        SocketAddr::from(std::net::SocketAddrV4::from(*a))
+    } else if let Some(a) = name.as_sockaddr_in6() {
+        SocketAddr::V6(SocketAddrV6::from(*a))
+    } else {
+        return Err("not a TCP/IP socket".into());
+    };
+    let ns = Netns::of_socket(fd.as_fd()).map_err(|e| e.to_string())?;
+    if ns != *here {
+        return Err(format!("{addr} belongs to another network namespace"));
+    }
+    let scope = |spec: &BindSpec| {
+        spec.iface
+            .as_deref()
+            .map_or(Some(0), |i| nix::net::if_::if_nametoindex(i).ok())
+    };
+    binds
+        .iter()
+        .position(|spec| {
+            spec.addr == addr.ip()
+                && spec.port == addr.port()
+                && match addr {
+                    SocketAddr::V4(_) => true,
+                    SocketAddr::V6(a) => scope(spec) == Some(a.scope_id()),
+                }
+        })
+        .ok_or_else(|| format!("bound to {addr}, which is not one of the --bind addresses"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

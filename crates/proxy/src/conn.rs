@@ -17,6 +17,11 @@ use crate::response::ForClient;
 use crate::state::Shared;
 use crate::upstream::{Client, Exchange, UpError};
 
+/// After SIGTERM, how long an idle keep-alive connection waits for its client's next
+/// request (answered with `Connection: close`) before it is closed; within the server's
+/// [`crate::server::GRACE`].
+pub const DRAIN_IDLE: Duration = Duration::from_secs(1);
+
 /// One accepted VM connection and what serving it needs.
 pub struct Conn {
     shared: Arc<Shared>,
@@ -82,6 +87,13 @@ impl Conn {
                 } else {
                     self.shared.timeouts.keepalive
                 };
+                // Shutting down (SIGTERM, e.g. a restart whose successor already serves our
+                // listeners): an idle connection is not cut at once, since its client may be
+                // sending on it right now; its next request is answered with
+                // `Connection: close` (`one_request` sees the shutdown), and it is closed if
+                // nothing comes within DRAIN_IDLE.
+                let draining = *self.shutdown.borrow();
+                let wait = if draining { wait.min(DRAIN_IDLE) } else { wait };
                 tokio::select! {
                     r = timeout(wait, self.sock.readable()) => {
                         if !matches!(r, Ok(Ok(()))) {
@@ -89,7 +101,12 @@ impl Conn {
                             return;
                         }
                     }
-                    _ = self.shutdown.changed() => return,
+                    changed = self.shutdown.changed(), if !draining => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
                 }
             }
             let inb = match pending.take() {
@@ -114,9 +131,9 @@ impl Conn {
                     return;
                 }
             }
-            if *self.shutdown.borrow() {
-                return;
-            }
+            // Answered with keep-alive although a shutdown began meanwhile: the client may
+            // send its next request at once, so the loop waits (DRAIN_IDLE) for it and
+            // answers it with `Connection: close` rather than closing under it.
         }
     }
 

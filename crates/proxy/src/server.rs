@@ -17,6 +17,9 @@ use crate::conn::Conn;
 pub use crate::state::Shared;
 
 /// How long in-flight requests may finish after SIGTERM (Neutron sends SIGKILL after 5 s).
+/// The listeners are closed at once (after a restart by socket takeover the new proxy holds
+/// them too, so nothing waiting in their accept queues is lost); idle keep-alive connections
+/// get [`crate::conn::DRAIN_IDLE`] to send a last request, answered with `Connection: close`.
 pub const GRACE: Duration = Duration::from_secs(3);
 const HOUSEKEEPING: Duration = Duration::from_secs(5);
 /// No connection open and none accepted for this long: the proxy counts as idle.

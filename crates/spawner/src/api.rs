@@ -20,7 +20,7 @@ use crate::decide::host_routes;
 use crate::metrics;
 use crate::platform::Platform;
 use crate::records::{network_from_json, router_from_json};
-use crate::supervisor::{Applied, Change, ProxyStatus, RecordsState, Supervisor};
+use crate::supervisor::{Applied, Change, ProxyStatus, RecordsState, RestartError, Supervisor};
 use crate::{Error, Result};
 
 /// `GET /v1/status`: the agent as just probed, `records.json`, and every proxy.
@@ -333,6 +333,23 @@ pub async fn handle<P: Platform>(
                 ),
             }
         }
+        (["v1", "proxies", id, "restart"], &Method::POST) => {
+            if let Err(e) = validate_id(id) {
+                return error(StatusCode::BAD_REQUEST, e);
+            }
+            match sup.restart(id).await {
+                Ok(done) => json(StatusCode::OK, &done),
+                Err(e) => {
+                    let code = match e {
+                        RestartError::Unknown(_) => StatusCode::NOT_FOUND,
+                        RestartError::NotRunning(_) => StatusCode::CONFLICT,
+                        RestartError::Shared => StatusCode::NOT_IMPLEMENTED,
+                        RestartError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                    };
+                    error(code, e)
+                }
+            }
+        }
         (["v1", "networks", id, "host-routes"], &Method::GET) => {
             if let Err(e) = validate_id(id) {
                 return error(StatusCode::BAD_REQUEST, e);
@@ -346,7 +363,8 @@ pub async fn handle<P: Platform>(
             ["metrics"]
             | ["v1", "proxies" | "status"]
             | ["v1", "routers" | "networks"]
-            | ["v1", "networks", _, "host-routes"],
+            | ["v1", "networks", _, "host-routes"]
+            | ["v1", "proxies", _, "restart"],
             m,
         ) => error(
             StatusCode::METHOD_NOT_ALLOWED,

@@ -121,6 +121,20 @@ pub enum Command {
     /// every proxy runs, in its namespace, with the metadata address, alone on port 80, and
     /// answers a probe. One line per problem; exit 1 if there is any.
     Check,
+    /// Restart a running proxy without losing a request (after an upgrade of the proxy
+    /// binary): the new proxy takes the old one's listening sockets over, then the old one
+    /// finishes what it holds and exits; when that is impossible, a plain stop and start
+    /// (said in the output). Returns once the new proxy is ready. Exit 0 when restarted, 1
+    /// otherwise (unknown id, not running, failed).
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["id", "all"])))]
+    Restart {
+        /// The proxy's key: the router or network id.
+        id: Option<String>,
+        /// Every running proxy, one at a time (each one ready before the next); proxies
+        /// that are not running are skipped and listed.
+        #[arg(long)]
+        all: bool,
+    },
     /// The DHCP option-121 routes Neutron's dhcp agent would push for a network.
     HostRoutes {
         /// Network id.
@@ -196,6 +210,7 @@ pub async fn client(command: &Command, sources: &Sources) -> Result<u8> {
     match command {
         Command::Probe { id, path } => probe_cmd(&sock, id, path).await,
         Command::Check => check_cmd(&sock).await,
+        Command::Restart { id, all } => restart_cmd(&sock, id.as_deref(), *all).await,
         _ => client_call(command, &sock).await.map(|()| 0),
     }
 }
@@ -234,6 +249,63 @@ async fn probe_cmd(sock: &std::path::Path, id: &str, path: &str) -> Result<u8> {
         r.total.as_secs_f64() * 1e3
     ))?;
     Ok(if r.status.is_some() { 0 } else { 1 })
+}
+
+/// `restart ID` / `restart --all`: one `POST /v1/proxies/{id}/restart` at a time.
+async fn restart_cmd(sock: &std::path::Path, id: Option<&str>, all: bool) -> Result<u8> {
+    if let Some(id) = id.filter(|_| !all) {
+        validate_id(id)?;
+        out(&restart_one(sock, id).await?)?;
+        return Ok(0);
+    }
+    let list = get_json(sock, "/v1/proxies").await?;
+    let (mut done, mut failed) = (0usize, 0usize);
+    for p in list.as_array().into_iter().flatten() {
+        let key = cell(&p["key"]);
+        if p["state"] != "running" {
+            out(&format!(
+                "skipped {key}: not running ({})\n",
+                cell(&p["state"])
+            ))?;
+            continue;
+        }
+        match restart_one(sock, &key).await {
+            Ok(line) => {
+                done += 1;
+                out(&line)?;
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("ns-metadata-spawner: {e}");
+            }
+        }
+    }
+    out(&format!("{done} restarted, {failed} failed\n"))?;
+    Ok(if failed == 0 { 0 } else { 1 })
+}
+
+/// Restart one proxy; the line that says how.
+async fn restart_one(sock: &std::path::Path, id: &str) -> Result<String> {
+    let (st, b) = call(
+        sock,
+        Method::POST,
+        &format!("/v1/proxies/{id}/restart"),
+        None,
+    )
+    .await?;
+    check(st, &b)?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&b).map_err(|e| Error::Invalid(format!("restart reply: {e}")))?;
+    let how = match (v["method"].as_str(), v["note"].as_str()) {
+        (Some("takeover"), _) => "socket takeover, nothing lost".to_owned(),
+        (_, Some(why)) => format!("stopped and started, connections meanwhile refused: {why}"),
+        (m, None) => m.unwrap_or("?").to_owned(),
+    };
+    Ok(format!(
+        "restarted {id}: pid {} -> {} ({how})\n",
+        cell(&v["old_pid"]),
+        cell(&v["new_pid"])
+    ))
 }
 
 async fn check_cmd(sock: &std::path::Path) -> Result<u8> {
@@ -491,9 +563,10 @@ async fn client_call(command: &Command, sock: &std::path::Path) -> Result<()> {
             check(st, &b)?;
             out(&format!("network {id} removed\n"))
         }
-        Command::Status { .. } | Command::Probe { .. } | Command::Check => {
-            Err(Error::Invalid("answered by client()".into()))
-        }
+        Command::Status { .. }
+        | Command::Probe { .. }
+        | Command::Check
+        | Command::Restart { .. } => Err(Error::Invalid("answered by client()".into())),
         Command::HostRoutes { id } => {
             validate_id(id)?;
             let (st, b) = call(
@@ -673,6 +746,16 @@ mod tests {
         assert!(!bad(&["x", "run", "--stop-proxies-on-exit"]));
         assert!(!bad(&["x", "network", "put", "-"]));
         assert!(bad(&["x", "host-routes"]));
+        assert!(bad(&["x", "restart"]), "an id or --all");
+        assert!(bad(&["x", "restart", "r1", "--all"]));
+        assert!(!bad(&["x", "restart", "r1"]));
+        assert!(matches!(
+            parse(&["restart", "--all"]).command,
+            Command::Restart {
+                id: None,
+                all: true
+            }
+        ));
         // Option flags other than the socket's belong to `run`.
         assert!(bad(&["x", "status", "--ipv6"]));
         assert!(bad(&["x", "--ipv6", "run"]));

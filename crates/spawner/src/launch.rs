@@ -98,6 +98,7 @@ pub fn proxy_env(cmd: &mut ns_netns::Spawn, cfg: &Config) {
             && k != "NOTIFY_SOCKET"
             && k != ns_contract::spawn::NETNS_FD_ENV
             && k != ns_contract::spawn::STATE_ENV
+            && k != ns_contract::spawn::LISTEN_FDS_ENV
         {
             cmd.env(k, v);
         }
@@ -180,6 +181,16 @@ impl Running {
         match self {
             Running::Child { reaped: true, .. } => None,
             Running::Child { pid, .. } | Running::Adopted { pid, .. } => Some(*pid),
+        }
+    }
+
+    /// The pidfd, while the process is not reaped (for `pidfd_getfd`: [`crate::takeover`]).
+    pub fn pidfd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        match self {
+            Running::Child { reaped: true, .. } => None,
+            Running::Child { pidfd, .. } | Running::Adopted { pidfd, .. } => {
+                Some(pidfd.get_ref().as_fd())
+            }
         }
     }
 
@@ -279,6 +290,21 @@ pub async fn launch<P: Platform>(
     cfg: &Config,
     args: &[String],
 ) -> Result<Running> {
+    launch_with(platform, ns, spec, cfg, args, Vec::new()).await
+}
+
+/// [`launch`], handing the proxy `listeners` (taken from its predecessor: a restart by socket
+/// takeover, [`crate::takeover`]) to serve instead of binding: on fds 6, 7, … named in
+/// `ns_contract::spawn::LISTEN_FDS_ENV`, in `--bind` order. The statistics block's
+/// open-connections gauge is then left as it is (the predecessor still counts its own).
+pub async fn launch_with<P: Platform>(
+    platform: &P,
+    ns: &P::Ns,
+    spec: &ProxySpec,
+    cfg: &Config,
+    args: &[String],
+    listeners: Vec<OwnedFd>,
+) -> Result<Running> {
     platform.prepare(ns, spec).await?;
     let (rd, wr) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| Error::Spawn(format!("pipe: {e}")))?;
@@ -293,8 +319,20 @@ pub async fn launch<P: Platform>(
     // Our copy of the write end is closed once the spawn returns: EOF then means the proxy
     // closed (or died) without saying READY.
     cmd.fd(wr, READY_FD);
+    let takeover = !listeners.is_empty();
     if cfg.proxy_metrics {
-        cmd.fd(stats_block(cfg, spec)?, crate::proxy_stats::STATS_FD);
+        cmd.fd(
+            stats_block(cfg, spec, takeover)?,
+            crate::proxy_stats::STATS_FD,
+        );
+    }
+    if takeover {
+        let mut names = Vec::with_capacity(listeners.len());
+        for (n, l) in (ns_contract::spawn::FIRST_LISTEN_FD..).zip(listeners) {
+            cmd.fd(l, n);
+            names.push(n.to_string());
+        }
+        cmd.env(ns_contract::spawn::LISTEN_FDS_ENV, names.join(","));
     }
     let child = platform
         .spawn(ns, spec, cmd)
@@ -348,8 +386,13 @@ pub async fn wait_ready(
 
 /// The proxy's statistics block; if the file cannot be made (full or read-only state dir), an
 /// anonymous one, so the proxy still serves (its counts are then not exported).
-fn stats_block(cfg: &Config, spec: &ProxySpec) -> Result<OwnedFd> {
-    match crate::proxy_stats::for_start(&cfg.stats_dir(), &spec.key) {
+fn stats_block(cfg: &Config, spec: &ProxySpec, takeover: bool) -> Result<OwnedFd> {
+    let block = if takeover {
+        crate::proxy_stats::for_takeover(&cfg.stats_dir(), &spec.key)
+    } else {
+        crate::proxy_stats::for_start(&cfg.stats_dir(), &spec.key)
+    };
+    match block {
         Ok(fd) => Ok(fd),
         Err(e) => {
             tracing::warn!(key = %spec.key, err = %e, "cannot open the statistics block; this proxy's requests are not counted");

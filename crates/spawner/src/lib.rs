@@ -32,6 +32,7 @@ pub mod shared_model;
 pub mod statedir;
 pub mod status;
 pub mod supervisor;
+mod takeover;
 
 /// This build's version and commit (`--version`, `build_info`).
 pub const VERSION: &str = ns_contract::VERSION;

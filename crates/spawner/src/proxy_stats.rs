@@ -50,6 +50,13 @@ pub fn for_start(dir: &Path, key: &str) -> std::io::Result<OwnedFd> {
     Ok(f.into())
 }
 
+/// Open `key`'s block for a proxy that takes over from a running one (`restart`): the
+/// open-connections gauge stays, since the predecessor still holds (and will close) its own.
+pub fn for_takeover(dir: &Path, key: &str) -> std::io::Result<OwnedFd> {
+    crate::statedir::prepare(dir).map_err(std::io::Error::other)?;
+    Ok(open_block(&path(dir, key), true)?.into())
+}
+
 /// A block in memory only (`memfd`), for a proxy whose file could not be made.
 pub fn anonymous() -> std::io::Result<OwnedFd> {
     let fd = rustix::fs::memfd_create("ns-metadata-stats", rustix::fs::MemfdFlags::CLOEXEC)?;

@@ -7,13 +7,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::adopt;
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::decide::ProxySpec;
-use crate::launch::{launch, Running};
+use crate::launch::{launch, launch_with, Running};
 use crate::pidfile;
 use crate::platform::{Opened, Platform};
 use crate::status::Status;
@@ -39,6 +39,35 @@ pub(crate) struct Task<P: Platform> {
     pub cfg: Arc<Config>,
     /// Starts in flight across all proxies ([`launch_slots`]).
     pub launches: Arc<tokio::sync::Semaphore>,
+    /// `restart` requests ([`Supervisor::restart`](crate::supervisor::Supervisor::restart)),
+    /// served while the proxy runs.
+    pub restart: mpsc::UnboundedReceiver<RestartReply>,
+}
+
+/// What `restart ID` did (the control API's answer).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Restarted {
+    pub key: String,
+    pub old_pid: Option<u32>,
+    pub new_pid: Option<u32>,
+    /// `takeover` (the new proxy serves the old one's sockets; nothing lost) or `stop-start`
+    /// (the fallback: stopped, then started; connections arriving in between are refused).
+    pub method: &'static str,
+    /// Why the fallback was used.
+    pub note: Option<String>,
+}
+
+/// Where a restart request's answer goes.
+pub(crate) type RestartReply = oneshot::Sender<Result<Restarted, String>>;
+
+/// How a restart request ended for the task.
+enum AfterRestart<N> {
+    /// The successor runs (the old proxy is gone), in this namespace: watch it.
+    Replaced(Running, Restarted, N),
+    /// The successor failed; the old proxy keeps serving.
+    Kept(Running, String),
+    /// No takeover possible (the reason): the old proxy was stopped; a plain start follows.
+    Stopped(Option<u32>, String),
 }
 
 /// How many proxies may be between "open the namespace" and "READY" at once: enough to keep
@@ -60,7 +89,10 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) {
         mut stop,
         cfg,
         launches,
+        mut restart,
     } = t;
+    // A restart that fell back to stop + start, answered by the start's outcome.
+    let mut pending_restart: Option<(RestartReply, Option<u32>, String)> = None;
     let pid_dir = cfg.pid_dir();
     let cleanup = Cleanup {
         platform: &*platform,
@@ -143,6 +175,15 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) {
                         });
                         tracing::info!(key = %spec.key, netns = %spec.netns, pid = ?pid, "proxy ready");
                         status.running(pid, pid_error);
+                        if let Some((reply, old_pid, why)) = pending_restart.take() {
+                            let _ = reply.send(Ok(Restarted {
+                                key: spec.key.clone(),
+                                old_pid,
+                                new_pid: pid,
+                                method: "stop-start",
+                                note: Some(why),
+                            }));
+                        }
                         r
                     }
                     Err(e) => {
@@ -164,6 +205,11 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) {
                             tracing::info!(key = %spec.key, pid, "start failed next to a proxy of ours with other arguments; restarting it");
                             r.stop(cfg.stop_timeout).await;
                             continue;
+                        }
+                        if let Some((reply, _, why)) = pending_restart.take() {
+                            let _ = reply.send(Err(format!(
+                                "stopped for a plain restart ({why}), but the new proxy failed: {e}"
+                            )));
                         }
                         tracing::warn!(key = %spec.key, netns = %spec.netns, err = %e, "proxy start failed");
                         let delay = backoff.start_failed();
@@ -188,6 +234,31 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) {
                     return;
                 }
             }
+            Some(reply) = restart.recv() => {
+                if reply.is_closed() {
+                    current = Some(running);
+                    continue;
+                }
+                let r = Restart { platform: &*platform, spec: &spec, cfg: &cfg, args: &args };
+                match r.run(running, &launches, &status).await {
+                    AfterRestart::Replaced(new, done, new_ns) => {
+                        tracing::info!(key = %spec.key, old = ?done.old_pid, new = ?done.new_pid, "proxy restarted by socket takeover");
+                        let _ = reply.send(Ok(done));
+                        ns = Some(new_ns);
+                        current = Some(new);
+                    }
+                    AfterRestart::Kept(old, e) => {
+                        tracing::warn!(key = %spec.key, err = %e, "restart failed; the running proxy keeps serving");
+                        let _ = reply.send(Err(e));
+                        current = Some(old);
+                    }
+                    AfterRestart::Stopped(old_pid, why) => {
+                        tracing::warn!(key = %spec.key, reason = %why, "no socket takeover; restarting by stop and start");
+                        pidfile::remove_own(&pid_dir, &spec.key, old_pid);
+                        pending_restart = Some((reply, old_pid, why));
+                    }
+                }
+            }
             asked = &mut stop => {
                 if asked.is_err() {
                     // The supervisor is gone without asking for a stop (its last handle was
@@ -203,6 +274,92 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) {
                 return;
             }
         }
+    }
+}
+
+/// One restart by socket takeover of a running proxy.
+struct Restart<'a, P: Platform> {
+    platform: &'a P,
+    spec: &'a ProxySpec,
+    cfg: &'a Config,
+    args: &'a [String],
+}
+
+impl<P: Platform> Restart<'_, P> {
+    /// Take the old proxy's listeners, start the successor with them, wait for its READY,
+    /// write its pid file, then stop the old one (SIGTERM: it stops accepting at once and
+    /// finishes what it holds). Without the listeners (no CAP_SYS_PTRACE, the process gone,
+    /// the namespace replaced) the old proxy is stopped for a plain start.
+    async fn run(
+        &self,
+        mut old: Running,
+        launches: &Arc<tokio::sync::Semaphore>,
+        status: &Status,
+    ) -> AfterRestart<P::Ns> {
+        let (spec, cfg) = (self.spec, self.cfg);
+        let old_pid = old.pid();
+        let stop_for_plain_start = |mut old: Running, why: String| async move {
+            old.stop(cfg.stop_timeout).await;
+            AfterRestart::Stopped(old_pid, why)
+        };
+        let (Some(pid), Some(ino)) = (old_pid, self.platform.namespace_inode(&spec.netns)) else {
+            return stop_for_plain_start(
+                old,
+                format!("namespace {} or the process is gone", spec.netns),
+            )
+            .await;
+        };
+        let ns = match self.platform.open(spec).await {
+            Ok(Opened::Ready(ns)) => ns,
+            Ok(Opened::Missing(why)) => return AfterRestart::Kept(old, why),
+            Err(e) => return AfterRestart::Kept(old, e.to_string()),
+        };
+        if self.platform.namespace_inode(&spec.netns) != Some(ino) {
+            return AfterRestart::Kept(
+                old,
+                format!("namespace {} was replaced meanwhile", spec.netns),
+            );
+        }
+        let taken = match old.pidfd() {
+            Some(pidfd) => crate::takeover::take_listeners(pidfd, pid, spec, ino),
+            None => Err("the process is gone".to_owned()),
+        };
+        let listeners = match taken {
+            Ok(l) => l,
+            Err(why) => return stop_for_plain_start(old, why).await,
+        };
+        let slot = Arc::clone(launches).acquire_owned().await.ok();
+        let started = launch_with(self.platform, &ns, spec, cfg, self.args, listeners).await;
+        drop(slot);
+        let new = match started {
+            Ok(new) => new,
+            Err(e) => {
+                return AfterRestart::Kept(
+                    old,
+                    format!("the new proxy failed, pid {pid} keeps serving: {e}"),
+                )
+            }
+        };
+        let new_pid = new.pid();
+        let pid_error = new_pid.and_then(|p| {
+            pidfile::write(&cfg.pid_dir(), &spec.key, p, &spec.interface)
+                .err()
+                .map(|e| format!("cannot write pid file: {e}"))
+        });
+        status.running(new_pid, pid_error);
+        let how = old.stop(cfg.stop_timeout).await;
+        tracing::info!(key = %spec.key, pid, how = %how, "previous proxy stopped");
+        AfterRestart::Replaced(
+            new,
+            Restarted {
+                key: spec.key.clone(),
+                old_pid,
+                new_pid,
+                method: "takeover",
+                note: None,
+            },
+            ns,
+        )
     }
 }
 

@@ -17,7 +17,8 @@ use crate::launch::{proxy_args, Running};
 use crate::persist;
 use crate::pidfile;
 use crate::platform::Platform;
-use crate::proxy_task::{proxy_task, Start, Task};
+pub use crate::proxy_task::Restarted;
+use crate::proxy_task::{proxy_task, RestartReply, Start, Task};
 use crate::records::{Network, RecordSet, Records, Router};
 use crate::shared_model::{namespace_task, SharedServer};
 use crate::status::Status;
@@ -104,7 +105,34 @@ struct Proxy {
     args: Vec<String>,
     status: Arc<Status>,
     stop: oneshot::Sender<()>,
+    restart: tokio::sync::mpsc::UnboundedSender<RestartReply>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Why `restart ID` did not restart anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestartError {
+    /// No proxy has this key (404).
+    Unknown(String),
+    /// It has no running process to restart: waiting, starting, backoff (409).
+    NotRunning(String),
+    /// The shared model (`proxy_model = shared`) has no restart yet (501).
+    Shared,
+    /// It failed (500); the message says what runs now.
+    Failed(String),
+}
+
+impl std::fmt::Display for RestartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RestartError::Unknown(m) | RestartError::NotRunning(m) | RestartError::Failed(m) => {
+                f.write_str(m)
+            }
+            RestartError::Shared => f.write_str(
+                "restart is not supported in the shared model (proxy_model = shared) yet",
+            ),
+        }
+    }
 }
 
 struct Inner<P> {
@@ -405,6 +433,55 @@ impl<P: Platform> Supervisor<P> {
         out
     }
 
+    /// Restart the proxy keyed `key` (a router or network id) without losing a request: its
+    /// successor takes its listening sockets over (`takeover.rs`), or, when that is not
+    /// possible, it is stopped and started (`method: stop-start`, with the reason). Returns
+    /// once the successor is READY and the old process is gone. `restarts` is not counted:
+    /// it counts deaths and failed starts.
+    pub async fn restart(&self, key: &str) -> Result<Restarted, RestartError> {
+        let cfg = self.config();
+        if cfg.proxy_model == ProxyModel::Shared {
+            return Err(RestartError::Shared);
+        }
+        let found = lock(&self.inner.proxies)
+            .get(key)
+            .map(|p| (p.status.snapshot(), p.restart.clone()));
+        let Some((st, tx)) = found else {
+            return Err(match lock(&self.inner.waiting).get(key) {
+                Some(spec) => RestartError::NotRunning(format!(
+                    "proxy {key} is not running: namespace {} does not exist",
+                    spec.netns
+                )),
+                None => RestartError::Unknown(format!("no proxy {key}: see `status`")),
+            });
+        };
+        if st.state != State::Running {
+            let why = st.last_error.map(|e| format!(": {e}")).unwrap_or_default();
+            return Err(RestartError::NotRunning(format!(
+                "proxy {key} is not running ({}){why}",
+                st.state.as_str()
+            )));
+        }
+        let (reply, rx) = oneshot::channel();
+        if tx.send(reply).is_err() {
+            return Err(RestartError::NotRunning(format!(
+                "proxy {key} is being removed"
+            )));
+        }
+        // Bounded: a successor's READY, the old one's stop, maybe a plain start after it.
+        let limit = cfg.ready_timeout * 2 + cfg.stop_timeout * 2 + Duration::from_secs(5);
+        match tokio::time::timeout(limit, rx).await {
+            Ok(Ok(Ok(done))) => Ok(done),
+            Ok(Ok(Err(e))) => Err(RestartError::Failed(format!("proxy {key}: {e}"))),
+            Ok(Err(_)) => Err(RestartError::NotRunning(format!(
+                "proxy {key} stopped before it could be restarted"
+            ))),
+            Err(_) => Err(RestartError::Failed(format!(
+                "proxy {key}: no restart within {limit:?}; see `status`"
+            ))),
+        }
+    }
+
     /// The desired proxies whose namespace exists, with their argv, and those waiting.
     fn plan(&self) -> Plan {
         let cfg = self.config();
@@ -636,6 +713,7 @@ impl<P: Platform> Supervisor<P> {
     ) -> Proxy {
         let status = Arc::new(Status::new(&spec));
         let (stop_tx, stop_rx) = oneshot::channel();
+        let (restart_tx, restart_rx) = tokio::sync::mpsc::unbounded_channel();
         let t = Task {
             platform: Arc::clone(&self.inner.platform),
             spec: spec.clone(),
@@ -644,6 +722,7 @@ impl<P: Platform> Supervisor<P> {
             stop: stop_rx,
             cfg: Arc::clone(cfg),
             launches: Arc::clone(&self.inner.launches),
+            restart: restart_rx,
         };
         // The shared model once its server exists (`ensure_shared` runs before any start).
         let shared = match cfg.proxy_model {
@@ -659,6 +738,7 @@ impl<P: Platform> Supervisor<P> {
             args,
             status,
             stop: stop_tx,
+            restart: restart_tx,
             task,
         }
     }

@@ -24,23 +24,6 @@ const T: Duration = Duration::from_secs(15);
 /// otherwise claim (and on exit clean up) the other tests' qrouter- namespaces.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn cli(ini: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ns-metadata-spawner"))
-        .arg("--config-file")
-        .arg(ini)
-        .args(args)
-        .output()
-        .expect("cli");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 fn status(ini: &Path) -> Vec<serde_json::Value> {
     // Exit 0 (every proxy runs) or 3 (one does not): both answer with the JSON.
     let o = Command::new(env!("CARGO_BIN_EXE_ns-metadata-spawner"))

@@ -72,22 +72,6 @@ fn samples(text: &str, netns: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
-fn pid_of(dir: &Path, id: &str) -> Option<u32> {
-    let o = Command::new(env!("CARGO_BIN_EXE_ns-metadata-spawner"))
-        .arg("--state-dir")
-        .arg(dir)
-        .args(["status", "--json"])
-        .output()
-        .ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
-    v["proxies"]
-        .as_array()?
-        .iter()
-        .find(|p| p["id"] == id && p["state"] == "running")
-        .and_then(|p| p["pid"].as_u64())
-        .map(|p| p as u32)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_counts_by_class_and_error_survive_kill9_and_a_spawner_restart() {
     if !require_root("proxy_counts_by_class_and_error_survive_kill9_and_a_spawner_restart") {

@@ -173,3 +173,45 @@ pub async fn answer(vm: &TestNs) -> Result<String, String> {
     }
     Err(last)
 }
+
+/// Run the CLI with `--config-file INI ARGS`: (success, stdout then stderr).
+pub fn cli(ini: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ns-metadata-spawner"))
+        .arg("--config-file")
+        .arg(ini)
+        .args(args)
+        .output()
+        .expect("cli");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The proxy of record `id` in `status --json` of the daemon on state dir `dir`.
+pub fn proxy_json(dir: &Path, id: &str) -> Option<serde_json::Value> {
+    let o = Command::new(env!("CARGO_BIN_EXE_ns-metadata-spawner"))
+        .arg("--state-dir")
+        .arg(dir)
+        .args(["status", "--json"])
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+    v["proxies"]
+        .as_array()?
+        .iter()
+        .find(|p| p["id"] == id)
+        .cloned()
+}
+
+/// The pid of record `id`'s proxy while it is running (daemon on state dir `dir`).
+pub fn pid_of(dir: &Path, id: &str) -> Option<u32> {
+    proxy_json(dir, id)
+        .filter(|p| p["state"] == "running")
+        .and_then(|p| p["pid"].as_u64())
+        .and_then(|p| u32::try_from(p).ok())
+}
