@@ -1,7 +1,7 @@
 //! Inherited listeners (`NS_METADATA_SPAWNER_LISTEN_FDS`, the spawner's `restart` by socket
-//! takeover), with the real binary and no root: served when the spawner's rules hold; refused
-//! with one line outside the spawner, for a socket that is not listening, and for one bound
-//! to another address than the `--bind`s.
+//! takeover), with the real binary: served when the spawner's rules hold; refused with one
+//! line outside the spawner, for a socket that is not listening, for one bound to another
+//! address than the `--bind`s, and (as root) for one of another network namespace.
 
 use std::io::Read as _;
 use std::os::fd::OwnedFd;
@@ -131,6 +131,30 @@ fn a_listener_on_another_address_is_refused() {
     assert!(
         line.contains(&format!(
             "fd 6: bound to 127.0.0.1:{port}, which is not one of the --bind addresses"
+        )),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_listener_of_another_namespace_is_refused() {
+    if !ns_testkit::require_root("a_listener_of_another_namespace_is_refused") {
+        return;
+    }
+    let ns = ns_testkit::netns::TestNs::new(&format!("{}lfd", ns_testkit::netns::unique_prefix()))
+        .expect("namespace");
+    let l = ns
+        .netns()
+        .run(|| std::net::TcpListener::bind("0.0.0.0:0"))
+        .expect("enter")
+        .expect("bind there");
+    let port = l.local_addr().expect("addr").port();
+    let (ready, err) = run(OwnedFd::from(l), &format!("0.0.0.0:{port}"), true, || {});
+    assert!(!ready);
+    let line = error_line(&err);
+    assert!(
+        line.contains(&format!(
+            "fd 6: 0.0.0.0:{port} belongs to another network namespace"
         )),
         "{line}"
     );

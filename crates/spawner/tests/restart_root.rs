@@ -6,6 +6,7 @@
 //! test has its own state dir and namespaces (per-run prefix), removed on drop; proxies are
 //! killed on drop.
 
+mod common;
 mod root_common;
 
 use std::net::TcpStream;
@@ -14,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::running_pid;
 use ns_netns::Netns;
 use ns_testkit::http::Blocking;
 use ns_testkit::netns::{link, unique_prefix, TestNs};
@@ -219,4 +221,61 @@ async fn restart_under_load_loses_no_request() {
     let body = answer(&vm).await.expect("vm gets an answer");
     assert_eq!(body, format!("router={id} network=- xff={vm_ip}"));
     drop(rns);
+}
+
+/// With IPv6 the proxy has two listeners (169.254.169.254:80 and `[fe80::a9fe:a9fe]:80` on
+/// the DHCP tap): both are taken over, and both answer from the new proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_takes_over_both_listeners_with_ipv6() {
+    if !require_root("restart_takes_over_both_listeners_with_ipv6") {
+        return;
+    }
+    let dir = TempDir::new("rt-restart6").reaping();
+    let _agent = agent(dir.path());
+    let p = unique_prefix();
+    let id = format!("{p}n6");
+    let dns = TestNs::new(&format!("qdhcp-{id}")).expect("dhcp ns");
+    let vm = TestNs::new(&format!("{p}vm")).expect("vm ns");
+    let (dhcp_ip, _) = link(&dns, &vm, 132).await.expect("veth");
+    let sup = supervisor(&dir, |c| {
+        c.enable_isolated_metadata = true;
+        c.ipv6 = true;
+    });
+    let net: ns_metadata_spawner::records::Network = serde_json::from_value(serde_json::json!({
+        "id": id, "interface": "va132",
+        "subnets": [
+            {"id": "s1", "cidr": "10.250.132.0/24", "gateway_ip": null, "enable_dhcp": true, "ip_version": 4},
+            {"id": "s6", "cidr": "fd00:250:132::/64", "gateway_ip": null, "enable_dhcp": true, "ip_version": 6}
+        ],
+        "ports": [{"id": "pd", "device_owner": "network:dhcp", "device_id": "d", "fixed_ips": [{"subnet_id": "s1", "ip_address": dhcp_ip.to_string()}]}]
+    }))
+    .expect("network json");
+    sup.put_network(net);
+    let old = running_pid(&sup, &id, T).await;
+    let mut guard = PidGuard(vec![old]);
+    let done = sup.restart(&id).await.expect("restarted");
+    let new = done.new_pid.expect("new pid");
+    guard.0 = vec![new];
+    assert_eq!(
+        (done.method, done.old_pid),
+        ("takeover", Some(old)),
+        "{done:?}"
+    );
+    assert!(!alive(old));
+    let nl = ns_netns::Netlink::open(dns.netns()).await.expect("netlink");
+    let index = nl.link_index("va132").await.expect("index");
+    let v6 = std::net::SocketAddr::V6(std::net::SocketAddrV6::new(
+        "fe80::a9fe:a9fe".parse().expect("ip"),
+        80,
+        0,
+        index,
+    ));
+    for addr in [META, v6] {
+        let body = get_in(dns.netns(), addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
+        assert!(
+            body.starts_with(&format!("router=- network={id} ")),
+            "{body}"
+        );
+    }
+    sup.stop_all().await;
 }
