@@ -321,7 +321,7 @@ impl<P: Platform> Restart<'_, P> {
             );
         }
         let taken = match old.pidfd() {
-            Some(pidfd) => crate::takeover::take_listeners(pidfd, pid, spec, ino),
+            Some(pidfd) => crate::takeover::take_listeners(pidfd, pid, spec.ipv6, ino),
             None => Err("the process is gone".to_owned()),
         };
         let listeners = match taken {

@@ -9,12 +9,10 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
 
-use crate::decide::ProxySpec;
-
 /// The addresses a per-namespace proxy binds (`launch::proxy_args`: `--bind`s), in order.
-fn wanted(spec: &ProxySpec) -> Vec<(IpAddr, u16)> {
+fn wanted(ipv6: bool) -> Vec<(IpAddr, u16)> {
     let mut w = vec![(IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)), 80)];
-    if spec.ipv6 {
+    if ipv6 {
         w.push((
             IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xa9fe, 0xa9fe)),
             80,
@@ -44,7 +42,8 @@ fn listening_inodes(pid: u32) -> BTreeSet<u64> {
     out
 }
 
-/// Copy the proxy's listening sockets (one per bind of `spec`, in `--bind` order) out of the
+/// Copy the proxy's listening sockets (one per bind: `169.254.169.254:80`, and
+/// `[fe80::a9fe:a9fe]:80` with `ipv6`, in `--bind` order) out of the
 /// process behind `pidfd` (proven ours: spawned by us, or adopted by the pid-file rules, and
 /// held through this pidfd since). `pid` only names its `/proc` entries; a descriptor copied
 /// through the pidfd always comes from that very process. `ns_inode` is the record's
@@ -53,10 +52,10 @@ fn listening_inodes(pid: u32) -> BTreeSet<u64> {
 pub(crate) fn take_listeners(
     pidfd: BorrowedFd<'_>,
     pid: u32,
-    spec: &ProxySpec,
+    ipv6: bool,
     ns_inode: u64,
 ) -> Result<Vec<OwnedFd>, String> {
-    let wanted = wanted(spec);
+    let wanted = wanted(ipv6);
     let inodes = listening_inodes(pid);
     let dir = format!("/proc/{pid}/fd");
     let entries = std::fs::read_dir(&dir).map_err(|e| format!("{dir}: {e}"))?;
@@ -168,15 +167,7 @@ mod tests {
             return; // no pidfd_open (old kernel): nothing to test here
         };
         let ino = ns_netns::Netns::current().expect("ns").inode();
-        let spec = ProxySpec {
-            key: "r1".into(),
-            kind: ns_contract::Kind::Router,
-            id: "r1".into(),
-            netns: "qrouter-r1".into(),
-            interface: "lo".into(),
-            ipv6: false,
-        };
-        let e = take_listeners(pidfd.as_fd(), pid, &spec, ino).expect_err("no such listener");
+        let e = take_listeners(pidfd.as_fd(), pid, false, ino).expect_err("no such listener");
         assert!(e.contains("169.254.169.254:80"), "{e}");
         assert!(!e.contains('\n'), "{e}");
         drop(l);

@@ -241,15 +241,7 @@ async fn restart_takes_over_both_listeners_with_ipv6() {
         c.enable_isolated_metadata = true;
         c.ipv6 = true;
     });
-    let net: ns_metadata_spawner::records::Network = serde_json::from_value(serde_json::json!({
-        "id": id, "interface": "va132",
-        "subnets": [
-            {"id": "s1", "cidr": "10.250.132.0/24", "gateway_ip": null, "enable_dhcp": true, "ip_version": 4},
-            {"id": "s6", "cidr": "fd00:250:132::/64", "gateway_ip": null, "enable_dhcp": true, "ip_version": 6}
-        ],
-        "ports": [{"id": "pd", "device_owner": "network:dhcp", "device_id": "d", "fixed_ips": [{"subnet_id": "s1", "ip_address": dhcp_ip.to_string()}]}]
-    }))
-    .expect("network json");
+    let net = dual_stack_network(&id, 132, dhcp_ip);
     sup.put_network(net);
     let old = running_pid(&sup, &id, T).await;
     let mut guard = PidGuard(vec![old]);
@@ -262,14 +254,7 @@ async fn restart_takes_over_both_listeners_with_ipv6() {
         "{done:?}"
     );
     assert!(!alive(old));
-    let nl = ns_netns::Netlink::open(dns.netns()).await.expect("netlink");
-    let index = nl.link_index("va132").await.expect("index");
-    let v6 = std::net::SocketAddr::V6(std::net::SocketAddrV6::new(
-        "fe80::a9fe:a9fe".parse().expect("ip"),
-        80,
-        0,
-        index,
-    ));
+    let v6 = v6_meta(dns.netns(), "va132").await;
     for addr in [META, v6] {
         let body = get_in(dns.netns(), addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
         assert!(

@@ -287,15 +287,7 @@ async fn ipv6_adds_and_binds_the_link_local_metadata_address() {
         c.enable_isolated_metadata = true;
         c.ipv6 = true;
     });
-    let net: Network = serde_json::from_value(serde_json::json!({
-        "id": id, "interface": "va106",
-        "subnets": [
-            {"id": "s1", "cidr": "10.250.106.0/24", "gateway_ip": null, "enable_dhcp": true, "ip_version": 4},
-            {"id": "s6", "cidr": "fd00:250:106::/64", "gateway_ip": null, "enable_dhcp": true, "ip_version": 6}
-        ],
-        "ports": [{"id": "pd", "device_owner": "network:dhcp", "device_id": "d", "fixed_ips": [{"subnet_id": "s1", "ip_address": dhcp_ip.to_string()}]}]
-    }))
-    .expect("network json");
+    let net = dual_stack_network(&id, 106, dhcp_ip);
     sup.put_network(net);
     let pid = running_pid(&sup, &id, T).await;
     let argv = pidfile::cmdline(pid).expect("alive");
@@ -303,14 +295,8 @@ async fn ipv6_adds_and_binds_the_link_local_metadata_address() {
         argv.iter().any(|a| a == "[fe80::a9fe:a9fe]:80%va106"),
         "{argv:?}"
     );
+    let addr = v6_meta(dns.netns(), "va106").await;
     let nl = ns_netns::Netlink::open(dns.netns()).await.expect("netlink");
-    let index = nl.link_index("va106").await.expect("index");
-    let addr = std::net::SocketAddr::V6(std::net::SocketAddrV6::new(
-        "fe80::a9fe:a9fe".parse().expect("ip"),
-        80,
-        0,
-        index,
-    ));
     let body = get_in(dns.netns(), addr).expect("answers on fe80::a9fe:a9fe");
     assert!(
         body.starts_with(&format!("router=- network={id} xff=fe80::a9fe:a9fe")),

@@ -215,3 +215,33 @@ pub fn pid_of(dir: &Path, id: &str) -> Option<u32> {
         .and_then(|p| p["pid"].as_u64())
         .and_then(|p| u32::try_from(p).ok())
 }
+
+/// An isolated network `id` with an IPv4 and an IPv6 DHCP subnet, its DHCP port on interface
+/// `va{n}` with `dhcp_ip` (as `ns_testkit::netns::link(…, n)` makes them).
+pub fn dual_stack_network(
+    id: &str,
+    n: u8,
+    dhcp_ip: std::net::IpAddr,
+) -> ns_metadata_spawner::records::Network {
+    serde_json::from_value(serde_json::json!({
+        "id": id, "interface": format!("va{n}"),
+        "subnets": [
+            {"id": "s1", "cidr": format!("10.250.{n}.0/24"), "gateway_ip": null, "enable_dhcp": true, "ip_version": 4},
+            {"id": "s6", "cidr": format!("fd00:250:{n}::/64"), "gateway_ip": null, "enable_dhcp": true, "ip_version": 6}
+        ],
+        "ports": [{"id": "pd", "device_owner": "network:dhcp", "device_id": "d", "fixed_ips": [{"subnet_id": "s1", "ip_address": dhcp_ip.to_string()}]}]
+    }))
+    .expect("network json")
+}
+
+/// `[fe80::a9fe:a9fe]:80` on interface `iface` of `ns` (its scope id looked up there).
+pub async fn v6_meta(ns: &Netns, iface: &str) -> SocketAddr {
+    let nl = ns_netns::Netlink::open(ns).await.expect("netlink");
+    let index = nl.link_index(iface).await.expect("index");
+    SocketAddr::V6(std::net::SocketAddrV6::new(
+        "fe80::a9fe:a9fe".parse().expect("ip"),
+        80,
+        0,
+        index,
+    ))
+}
