@@ -51,6 +51,8 @@ struct State {
     stamp: Vec<u8>,
     /// The microseconds of the last [`State::refresh_stamp`].
     micros: u32,
+    /// A reading of the wall clock (since the epoch) and the `Instant` it was taken at.
+    base: Option<(Instant, Duration)>,
 }
 
 /// One access line's fields, in the order they are printed.
@@ -128,7 +130,7 @@ impl Sink {
         let plain_prefix =
             !self.journal && (self.stderr || self.file.is_some()) || self.syslog.is_some();
         if plain_prefix {
-            st.refresh_stamp();
+            st.refresh_stamp(now);
         }
         if let Some(s) = &self.syslog {
             // `<PRI>TAG[PID]: ` + the line as the fmt layer prints it, one datagram.
@@ -177,11 +179,23 @@ impl Sink {
 }
 
 impl State {
-    /// Reformat the date and time only when the second changed.
-    fn refresh_stamp(&mut self) {
-        let t = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
+    /// The wall-clock time of `now` (the request's end, already read for its timers): the
+    /// clock is read at most once a second, the rest is `now`'s distance from that reading
+    /// (a clock step shows within a second). The date and time are reformatted only when
+    /// the second changed.
+    fn refresh_stamp(&mut self, now: Instant) {
+        let t = match self.base {
+            Some((at, wall)) if now >= at && now.duration_since(at) < Duration::from_secs(1) => {
+                wall + now.duration_since(at)
+            }
+            _ => {
+                let wall = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default();
+                self.base = Some((now, wall));
+                wall
+            }
+        };
         let sec = t.as_secs();
         if self.stamp.is_empty() || sec != self.sec {
             self.sec = sec;
@@ -399,6 +413,26 @@ mod tests {
             );
         }
         assert!(sink.lock().pending.is_empty(), "nothing batched for syslog");
+    }
+
+    /// The timestamp follows the request's `Instant` from one clock reading a second.
+    #[test]
+    fn timestamps_follow_the_instant_between_clock_readings() {
+        let mut st = State::default();
+        let t0 = Instant::now();
+        st.refresh_stamp(t0);
+        let (sec0, us0) = (st.sec, st.micros);
+        st.refresh_stamp(t0 + Duration::from_millis(250));
+        let later = st.sec * 1_000_000 + u64::from(st.micros);
+        assert_eq!(later - (sec0 * 1_000_000 + u64::from(us0)), 250_000);
+        // More than a second on: the clock is read again.
+        st.refresh_stamp(t0 + Duration::from_secs(2));
+        assert_eq!(st.base.map(|(at, _)| at), Some(t0 + Duration::from_secs(2)));
+        let mut head = Vec::new();
+        push_plain_head(&mut head, &st.stamp, st.micros);
+        let head = String::from_utf8(head).expect("utf8");
+        assert_eq!(head.len(), 27 + "  INFO access: ".len(), "{head}");
+        assert!(head.ends_with("Z  INFO access: "), "{head}");
     }
 
     #[test]
