@@ -55,6 +55,11 @@ impl LogFile {
         Ok(CURRENT.get_or_init(|| lf))
     }
 
+    /// Append `buf` (whole lines) to the current file: the proxy's batched access lines.
+    pub fn write_all(&self, buf: &[u8]) -> io::Result<()> {
+        io::Write::write_all(&mut *self.file(), buf)
+    }
+
     fn file(&self) -> MutexGuard<'_, File> {
         self.file.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -108,6 +108,8 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
+        // The access lines of this turn, in one write (src/accesslog.rs).
+        .on_thread_park(crate::accesslog::flush)
         .build()
         .map_err(|source| Error::Io {
             op: "tokio runtime",
@@ -130,7 +132,7 @@ fn until_stopped() -> Result<impl std::future::Future<Output = ()>> {
             tokio::select! {
                 _ = term.recv() => break process::notify_stopping(),
                 _ = int.recv() => break process::notify_stopping(),
-                _ = hup.recv() => match ns_contract::logfile::reopen() {
+                _ = hup.recv() => match crate::accesslog::reopen_log_file() {
                     Ok(true) => tracing::info!("SIGHUP: log file reopened"),
                     Ok(false) => tracing::info!("SIGHUP ignored: nothing to reload"),
                     Err(e) => tracing::warn!(err = %e, "SIGHUP: cannot reopen the log file; still writing to the old one"),

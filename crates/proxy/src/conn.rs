@@ -415,41 +415,26 @@ impl Conn {
         let (term, reason) = match end {
             End::Relayed => ("agent", None),
             End::Own => ("proxy", None),
-            End::Agent(e) => (e.term(), Some(e)),
+            End::Agent(e) => (e.term(), Some(e as &dyn std::fmt::Display)),
         };
-        match reason {
-            None => tracing::info!(
-                target: "access",
-                client = %self.peer,
-                client_port = self.peer_port,
-                method = %method,
-                path = %path,
-                http = %http,
+        crate::accesslog::log(
+            &crate::accesslog::Access {
+                client: self.peer,
+                client_port: self.peer_port,
+                method,
+                path,
+                http,
                 status,
                 bytes,
                 request_us,
                 agent_us,
-                duration_us = us(now.duration_since(seen.started)),
-                term = %term,
-                id = %self.shared.id,
-            ),
-            Some(e) => tracing::info!(
-                target: "access",
-                client = %self.peer,
-                client_port = self.peer_port,
-                method = %method,
-                path = %path,
-                http = %http,
-                status,
-                bytes,
-                request_us,
-                agent_us,
-                duration_us = us(now.duration_since(seen.started)),
-                term = %term,
-                reason = %e,
-                id = %self.shared.id,
-            ),
-        }
+                duration_us: us(now.duration_since(seen.started)),
+                term,
+                reason,
+                id: &self.shared.id,
+            },
+            now,
+        );
     }
 }
 

@@ -4,6 +4,7 @@
 //! agent's Unix socket as one write (Neutron's agent reads a single `recv(4096)`); the answer is relayed back.
 #![forbid(unsafe_code)]
 
+pub mod accesslog;
 pub mod app;
 pub mod bind;
 pub mod bufpool;

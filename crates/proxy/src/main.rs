@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 use clap::Parser;
+use ns_metadata_proxy::accesslog::{self, Ordered};
 use ns_metadata_proxy::dropin::{self, Route};
 use ns_metadata_proxy::{app, process, syslog, Args, Config};
 use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt as _};
@@ -66,6 +67,8 @@ fn main() {
         };
         fail(&e.to_string(), code);
     }
+    // A clean exit (SIGTERM, SIGINT) loses no access line.
+    accesslog::flush();
 }
 
 /// Our own command line.
@@ -84,6 +87,7 @@ fn own_config() -> Config {
 }
 
 fn fail(msg: &str, code: i32) -> ! {
+    accesslog::flush();
     eprintln!("ns-metadata-proxy: {msg}");
     std::process::exit(code)
 }
@@ -122,15 +126,18 @@ fn init_logging(cfg: &Config) -> anyhow::Result<bool> {
     });
     // Syslog and a log file together get every line (as oslo.log does); neither: stderr.
     let to_stderr = syslog.is_none() && file.is_none();
-    let writer = match (syslog, file) {
-        (Some(s), Some(f)) => BoxMakeWriter::new(s.and(f)),
-        (Some(s), None) => BoxMakeWriter::new(s),
-        (None, Some(f)) => BoxMakeWriter::new(f),
-        (None, None) => BoxMakeWriter::new(std::io::stderr),
-    };
     // On stderr under journald (a proxy the spawner started shares its journal stream):
     // priority prefixes and no timestamp. Never colour: logs are read by machines.
     let journal = to_stderr && ns_contract::journal::stderr_is_journal();
+    // The access lines' own writer, to the same places (src/accesslog.rs); every other line
+    // is written after the access lines pending before it.
+    accesslog::install(to_stderr, journal, file, syslog.clone());
+    let writer = match (syslog, file) {
+        (Some(s), Some(f)) => BoxMakeWriter::new(Ordered(s.and(f))),
+        (Some(s), None) => BoxMakeWriter::new(Ordered(s)),
+        (None, Some(f)) => BoxMakeWriter::new(Ordered(f)),
+        (None, None) => BoxMakeWriter::new(Ordered(std::io::stderr)),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .event_format(ns_contract::journal::StderrFormat::new(journal, false))

@@ -57,6 +57,21 @@ impl Syslog {
     }
 }
 
+impl Syslog {
+    /// Append a datagram's `<PRI>TAG[PID]: ` for a line of `severity` (syslog's 0-7).
+    pub fn push_head(&self, severity: u8, out: &mut Vec<u8>) {
+        use std::io::Write as _;
+        let pri = u16::from(self.facility) * 8 + u16::from(severity);
+        let _ = write!(out, "<{pri}>{}: ", self.tag);
+    }
+
+    /// Send one whole datagram, never waiting: a full or restarting syslog daemon must not
+    /// stop the proxy, the line is lost then.
+    pub fn send_raw(&self, msg: &[u8]) {
+        let _ = self.sock.send_to(msg, &self.path);
+    }
+}
+
 /// The writer for one log event, carrying its severity.
 pub struct Line<'a> {
     log: &'a Syslog,
@@ -65,12 +80,14 @@ pub struct Line<'a> {
 
 impl io::Write for Line<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let text = String::from_utf8_lossy(buf);
-        let text = text.trim_end_matches('\n');
-        let pri = u16::from(self.log.facility) * 8 + u16::from(self.severity);
-        let msg = format!("<{pri}>{}: {text}", self.log.tag);
-        // A full or restarting syslog daemon must not stop the proxy: the line is lost.
-        let _ = self.log.sock.send_to(msg.as_bytes(), &self.log.path);
+        let mut text = buf;
+        while let Some(t) = text.strip_suffix(b"\n") {
+            text = t;
+        }
+        let mut msg = Vec::with_capacity(text.len() + 64);
+        self.log.push_head(self.severity, &mut msg);
+        msg.extend_from_slice(text);
+        self.log.send_raw(&msg);
         Ok(buf.len())
     }
 

@@ -22,24 +22,32 @@ fn ask(port: u16, req: &str) -> String {
     out
 }
 
+/// A proxy `id` on 127.0.0.1:`port` for the agent at `socket`, with `extra` arguments and
+/// its stderr to `stderr`.
+fn proxy(
+    id: &str,
+    port: u16,
+    socket: &std::path::Path,
+    extra: &[&std::ffi::OsStr],
+    stderr: Stdio,
+) -> ChildGuard {
+    let child = Command::new(bin_path("ns-metadata-proxy"))
+        .args(["--router-id", id, "--bind", &format!("127.0.0.1:{port}")])
+        .arg("--metadata-proxy-socket")
+        .arg(socket)
+        .args(extra)
+        .stderr(stderr)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn proxy");
+    ChildGuard(child)
+}
+
 /// The access lines of a proxy on `socket` after `requests`.
 fn access_lines(socket: &std::path::Path, requests: &[&str]) -> Vec<String> {
     let port = free_port();
     let (r, w) = nix::unistd::pipe().expect("pipe");
-    let child = Command::new(bin_path("ns-metadata-proxy"))
-        .args([
-            "--router-id",
-            "acc-r1",
-            "--bind",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .arg("--metadata-proxy-socket")
-        .arg(socket)
-        .stderr(Stdio::from(w))
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn proxy");
-    let mut guard = ChildGuard(child);
+    let mut guard = proxy("acc-r1", port, socket, &[], Stdio::from(w));
     assert!(wait_until(Duration::from_secs(10), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     }));
@@ -109,4 +117,82 @@ fn an_agent_failure_names_its_reason_on_the_5xx_line() {
         "{l}"
     );
     assert!(l.contains("reason=agent unavailable: "), "{l}");
+}
+
+/// Access lines are batched (src/accesslog.rs): far more than one batch (8 KiB) of them all
+/// arrive, in the order of the requests, before the shutdown line, and none is lost at
+/// SIGTERM.
+#[test]
+fn batched_lines_all_arrive_in_order_at_sigterm() {
+    let dir = TempDir::new("access-batch");
+    let sock = dir.path().join("agent.sock");
+    let _agent = StandIn::start_at(sock.clone(), Behave::Headers);
+    let reqs: Vec<String> = (0..150)
+        .map(|i| format!("GET /n{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+        .collect();
+    let reqs: Vec<&str> = reqs.iter().map(String::as_str).collect();
+    let lines = access_lines(&sock, &reqs);
+    assert_eq!(lines.len(), 150, "{lines:#?}");
+    let total: usize = lines.iter().map(|l| l.len() + 1).sum();
+    assert!(total > 8 * 1024, "more than one batch: {total} bytes");
+    for (i, l) in lines.iter().enumerate() {
+        assert!(
+            l.contains(&format!(" path=/n{i} ")) && l.contains("status=200"),
+            "line {i}: {l}"
+        );
+        // Exactly as the fmt layer prints an event: timestamp, level, target, fields.
+        let (stamp, rest) = l.split_at(27);
+        assert!(
+            stamp.len() == 27 && stamp.starts_with("20") && stamp.ends_with('Z'),
+            "{l}"
+        );
+        assert!(rest.starts_with("  INFO access: client=127.0.0.1 "), "{l}");
+    }
+}
+
+/// With `--log-file`, access lines go to the file; those of requests before a SIGHUP stay
+/// in the rotated file, those after it go to the new one.
+#[test]
+fn access_lines_follow_a_rotated_log_file() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let dir = TempDir::new("access-file");
+    let sock = dir.path().join("agent.sock");
+    let _agent = StandIn::start_at(sock.clone(), Behave::Headers);
+    let log = dir.path().join("proxy.log");
+    let port = free_port();
+    let mut guard = proxy(
+        "acc-file",
+        port,
+        &sock,
+        &["--log-file".as_ref(), log.as_os_str()],
+        Stdio::null(),
+    );
+    let pid = Pid::from_raw(guard.0.id() as i32);
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    assert!(wait_until(Duration::from_secs(10), || read(&log).contains("listening")));
+    let get = |p: &str| {
+        ask(
+            port,
+            &format!("GET {p} HTTP/1.1\r\nConnection: close\r\n\r\n"),
+        )
+    };
+    get("/before");
+    let rotated = dir.path().join("proxy.log.1");
+    std::fs::rename(&log, &rotated).expect("rotate");
+    kill(pid, Signal::SIGHUP).expect("SIGHUP");
+    assert!(wait_until(Duration::from_secs(10), || read(&log).contains("reopened")));
+    get("/after");
+    guard.signal("TERM");
+    assert!(guard.0.wait().expect("wait").success());
+    let (old, new) = (read(&rotated), read(&log));
+    assert!(
+        old.contains(" access: ") && old.contains("path=/before "),
+        "{old}"
+    );
+    assert!(!old.contains("path=/after "), "{old}");
+    assert!(
+        new.contains("path=/after ") && !new.contains("path=/before "),
+        "{new}"
+    );
 }

@@ -14,13 +14,14 @@ use ns_testkit::{bin_path, wait_until, ChildGuard, TempDir};
 /// not, once it has logged its start-up lines and been stopped.
 fn stderr_lines(matching: bool) -> String {
     let dir = TempDir::new("journal");
+    let port = free_port();
     let (r, w) = nix::unistd::pipe().expect("pipe");
     let m = nix::sys::stat::fstat(w.as_fd()).expect("fstat");
     let ino = if matching { m.st_ino } else { m.st_ino + 1 };
     let child = Command::new(bin_path("ns-metadata-proxy"))
         .args(["--router-id", "journal-r1"])
         .arg("--bind")
-        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg(format!("127.0.0.1:{port}"))
         .arg("--metadata-proxy-socket")
         .arg(dir.path().join("missing.sock"))
         .env("JOURNAL_STREAM", format!("{}:{ino}", m.st_dev))
@@ -38,6 +39,13 @@ fn stderr_lines(matching: bool) -> String {
         text.push_str(&String::from_utf8_lossy(&buf[..n]));
         text.contains("listening")
     }));
+    // One request (the agent is missing: a 503), for its access line.
+    if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+        use std::io::Write as _;
+        let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+        let _ = c.write_all(b"GET /j HTTP/1.1\r\nConnection: close\r\n\r\n");
+        let _ = c.read_to_end(&mut Vec::new());
+    }
     guard.signal("TERM");
     let _ = guard.0.wait();
     f.read_to_string(&mut text).expect("read");
@@ -58,6 +66,12 @@ fn journal_lines_carry_priorities_and_no_timestamp() {
         .expect("listening");
     assert!(info.starts_with("<6>"), "{text}");
     assert!(text.lines().all(|l| l.starts_with('<')), "{text}");
+    // The access line too (written by its own writer, src/accesslog.rs).
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("<6> INFO access: client=127.0.0.1 ") && l.contains("path=/j ")),
+        "{text}"
+    );
     // Under another stream the same lines are timestamped, without priorities.
     let other = stderr_lines(false);
     assert!(other.lines().all(|l| !l.starts_with('<')), "{other}");
@@ -65,6 +79,12 @@ fn journal_lines_carry_priorities_and_no_timestamp() {
         other
             .lines()
             .any(|l| l.contains("listening") && l.starts_with("20")),
+        "{other}"
+    );
+    assert!(
+        other
+            .lines()
+            .any(|l| l.starts_with("20") && l.contains("Z  INFO access: client=127.0.0.1 ")),
         "{other}"
     );
 }
