@@ -175,9 +175,15 @@ impl SharedServer {
         }
     }
 
-    /// Serve `spec` with `fds` (kept here too): the server's pid once it serves them.
-    async fn add(&self, spec: &ProxySpec, fds: Vec<OwnedFd>) -> Result<u32> {
-        let request = format!("add {} {}", tag(spec), spec.netns);
+    /// Serve `spec` with `fds` (kept here too): the server's pid once it serves them. With
+    /// `proxy_metrics`, the namespace's statistics block goes last (`stats=1`), so its answers
+    /// are counted into the same block a proxy of the per-namespace model would use.
+    async fn add(&self, spec: &ProxySpec, mut fds: Vec<OwnedFd>) -> Result<u32> {
+        let mut request = format!("add {} {}", tag(spec), spec.netns);
+        if self.inner.cfg.proxy_metrics {
+            fds.push(stats_block(&self.inner.cfg, spec)?);
+            request.push_str(" stats=1");
+        }
         let copies = dup_all(&fds)?;
         lock(&self.inner.entries).insert(
             spec.key.clone(),
@@ -230,6 +236,15 @@ impl SharedServer {
             Err(e) => Err(Error::Spawn(format!("shared server control socket: {e}"))),
         }
     }
+}
+
+/// The namespace's statistics block for the server; if its file cannot be made (full or
+/// read-only state dir), an anonymous one, so the namespace is still served (uncounted).
+fn stats_block(cfg: &Config, spec: &ProxySpec) -> Result<OwnedFd> {
+    crate::proxy_stats::for_shared(&cfg.stats_dir(), &spec.key).or_else(|e| {
+        tracing::warn!(key = %spec.key, err = %e, "cannot open the statistics block; this namespace's requests are not counted");
+        crate::proxy_stats::anonymous().map_err(|e| Error::Spawn(format!("statistics block: {e}")))
+    })
 }
 
 fn dup_all(fds: &[OwnedFd]) -> Result<Vec<OwnedFd>> {

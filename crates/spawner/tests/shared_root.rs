@@ -104,10 +104,21 @@ async fn one_server_serves_every_router_and_a_kill9_refuses_nothing() {
         get_in(nss[1].netns(), META).is_err().then_some(())
     })
     .await;
+    // The server stops serving first, then the namespace is torn down: polled.
     let nl = ns_netns::Netlink::open(nss[1].netns())
         .await
         .expect("netlink");
-    let addrs = nl.addresses("lo").await.expect("addresses");
+    let deadline = std::time::Instant::now() + T;
+    let addrs = loop {
+        let addrs = nl.addresses("lo").await.expect("addresses");
+        let gone = !addrs
+            .iter()
+            .any(|(a, _)| a.to_string() == "169.254.169.254");
+        if gone || std::time::Instant::now() > deadline {
+            break addrs;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(
         !addrs
             .iter()
@@ -132,6 +143,24 @@ async fn futures_pids(sup: &Supervisor<Namespaces>, ids: &[String]) -> Vec<u32> 
     pids
 }
 
+/// The daemon's config for the shared model, routers enabled from `/run/netns`.
+fn shared_ini(dir: &std::path::Path) -> std::path::PathBuf {
+    let ini = write_ini(dir, "");
+    let text = std::fs::read_to_string(&ini).expect("ini");
+    std::fs::write(
+        &ini,
+        format!("{text}proxy_model = shared\nauto_enable_routers = true\n"),
+    )
+    .expect("ini");
+    ini
+}
+
+/// The pid the shared server's pid file names.
+fn server_pid(dir: &std::path::Path) -> Option<u32> {
+    let text = std::fs::read_to_string(dir.join("shared-server.pid")).ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
 #[test]
 fn a_restarted_spawner_takes_the_running_server_and_its_sockets_over() {
     if !require_root("a_restarted_spawner_takes_the_running_server_and_its_sockets_over") {
@@ -145,19 +174,10 @@ fn a_restarted_spawner_takes_the_running_server_and_its_sockets_over() {
         .iter()
         .map(|id| TestNs::new(&format!("qrouter-{id}")).expect("router ns"))
         .collect();
-    let ini = write_ini(dir.path(), "");
-    let text = std::fs::read_to_string(&ini).expect("ini");
-    std::fs::write(
-        &ini,
-        format!("{text}proxy_model = shared\nauto_enable_routers = true\n"),
-    )
-    .expect("ini");
+    let ini = shared_ini(dir.path());
     let mut daemon = start_daemon(dir.path(), &ini, &[]);
     let pid_file = dir.path().join("shared-server.pid");
-    let server = ns_testkit::eventually("server pid file", T, || {
-        let text = std::fs::read_to_string(&pid_file).ok()?;
-        text.split_whitespace().next()?.parse::<u32>().ok()
-    });
+    let server = ns_testkit::eventually("server pid file", T, || server_pid(dir.path()));
     for (id, ns) in ids.iter().zip(&nss) {
         let body = ns_testkit::eventually(id, T, || get_in(ns.netns(), META).ok());
         assert!(body.starts_with(&format!("router={id} ")), "{body}");
@@ -179,4 +199,128 @@ fn a_restarted_spawner_takes_the_running_server_and_its_sockets_over() {
     assert!(alive(server), "taken over, not restarted");
     let now = std::fs::read_to_string(&pid_file).expect("pid file");
     assert!(now.starts_with(&format!("{server} ")), "{now}");
+}
+
+/// One raw request from inside `ns`: the status answered (0: none).
+fn status_in(ns: &ns_netns::Netns, raw: &'static [u8]) -> u16 {
+    use ns_testkit::http::Blocking;
+    ns.run(move || {
+        let mut c = Blocking::tcp(META, Duration::from_secs(2)).ok()?;
+        c.send(raw).ok()?;
+        Some(c.read(false, Duration::from_secs(5))?.status)
+    })
+    .ok()
+    .flatten()
+    .unwrap_or(0)
+}
+
+const GET: &[u8] =
+    b"GET /latest/meta-data/ HTTP/1.1\r\nHost: 169.254.169.254\r\nConnection: close\r\n\r\n";
+
+/// The daemon's `/metrics`: the value of every `ns_metadata_proxy_*` series whose labels hold
+/// `labels`, by name and extra labels.
+fn proxy_series(dir: &std::path::Path, labels: &str) -> std::collections::BTreeMap<String, f64> {
+    let r = ns_testkit::http::Blocking::unix(&dir.join("control.sock"))
+        .expect("control socket")
+        .exchange(
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(5),
+        );
+    let text = String::from_utf8_lossy(&r).into_owned();
+    text.lines()
+        .filter(|l| l.starts_with("ns_metadata_proxy_") && l.contains(labels))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.replace(labels, ""), v.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn shared_namespaces_are_counted_in_metrics_across_a_server_kill9_and_a_takeover() {
+    if !require_root(
+        "shared_namespaces_are_counted_in_metrics_across_a_server_kill9_and_a_takeover",
+    ) {
+        return;
+    }
+    let dir = TempDir::new("sh-metrics").reaping();
+    let agent_sock = dir.path().join("agent.sock");
+    let ok_agent = agent(dir.path());
+    let id = format!("{}m", unique_prefix());
+    let netns = format!("qrouter-{id}");
+    let rns = TestNs::new(&netns).expect("router ns");
+    let ns = rns.netns();
+    let ini = shared_ini(dir.path());
+    let mut daemon = start_daemon(dir.path(), &ini, &[]);
+    let server_pid = || server_pid(dir.path());
+    // Known traffic: the first answer is awaited, then 3 more 200s, a 400, a 503.
+    let mut ok = 0u64;
+    ns_testkit::eventually("served", T, || (status_in(ns, GET) == 200).then_some(()));
+    ok += 1;
+    for _ in 0..3 {
+        assert_eq!(status_in(ns, GET), 200);
+        ok += 1;
+    }
+    assert_eq!(status_in(ns, b"NOT HTTP AT ALL\r\n\r\n"), 400);
+    drop(ok_agent);
+    let _ = std::fs::remove_file(&agent_sock);
+    assert_eq!(status_in(ns, GET), 503);
+    let _agent = agent(dir.path());
+
+    let labels = format!("netns=\"{netns}\",kind=\"router\",id=\"{id}\"");
+    // The counts land after each answer is written: polled until they are all there.
+    let want = |ok: u64| {
+        let matches = |got: &std::collections::BTreeMap<String, f64>| {
+            [
+                ("ns_metadata_proxy_requests_total{,class=\"2xx\"}", ok),
+                ("ns_metadata_proxy_requests_total{,class=\"4xx\"}", 1),
+                ("ns_metadata_proxy_requests_total{,class=\"5xx\"}", 1),
+                ("ns_metadata_proxy_errors_total{,code=\"400\"}", 1),
+                ("ns_metadata_proxy_errors_total{,code=\"503\"}", 1),
+                ("ns_metadata_proxy_connections_open{}", 0),
+            ]
+            .iter()
+            .all(|(series, n)| got.get(*series) == Some(&(*n as f64)))
+                // A client that gave up while its connection waited for a new server still
+                // counts as accepted.
+                && got
+                    .get("ns_metadata_proxy_connections_accepted_total{}")
+                    .is_some_and(|&a| a >= (ok + 2) as f64)
+        };
+        let mut last = Default::default();
+        let found = ns_testkit::wait_until(T, || {
+            last = proxy_series(dir.path(), &labels);
+            matches(&last)
+        });
+        assert!(
+            found,
+            "{ok} 200s, a 400 and a 503 wanted in /metrics: {last:?}"
+        );
+    };
+    want(ok);
+
+    // The server killed: a new one counts on into the same block.
+    let first = server_pid().expect("server pid");
+    kill9(first);
+    ns_testkit::eventually("a new server", T, || {
+        server_pid().filter(|&p| p != first && alive(p))
+    });
+    ns_testkit::eventually("served again", T, || {
+        (status_in(ns, GET) == 200).then_some(())
+    });
+    ok += 1;
+    want(ok);
+
+    // The spawner killed and restarted: it takes the server over, the counts go on.
+    kill9(daemon.pid());
+    let _ = daemon.0.wait();
+    let _daemon2 = start_daemon(dir.path(), &ini, &[]);
+    ns_testkit::eventually("taken over", T, || {
+        let log = std::fs::read_to_string(dir.path().join("daemon.log")).ok()?;
+        log.contains("took over the running shared server")
+            .then_some(())
+    });
+    want(ok);
+    assert_eq!(status_in(ns, GET), 200);
+    want(ok + 1);
 }
