@@ -324,3 +324,72 @@ fn shared_namespaces_are_counted_in_metrics_across_a_server_kill9_and_a_takeover
     assert_eq!(status_in(ns, GET), 200);
     want(ok + 1);
 }
+
+/// `ns-metadata-spawner check` against the daemon of `ini`: success and its output.
+fn check_cli(ini: &std::path::Path) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ns-metadata-spawner"))
+        .arg("--config-file")
+        .arg(ini)
+        .arg("check")
+        .output()
+        .expect("check");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn check_knows_the_shared_server_and_names_what_is_wrong() {
+    if !require_root("check_knows_the_shared_server_and_names_what_is_wrong") {
+        return;
+    }
+    let dir = TempDir::new("sh-check").reaping();
+    let _agent = agent(dir.path());
+    let id = format!("{}c", unique_prefix());
+    let netns = format!("qrouter-{id}");
+    let rns = TestNs::new(&netns).expect("router ns");
+    let ini = shared_ini(dir.path());
+    let _daemon = start_daemon(dir.path(), &ini, &[]);
+    ns_testkit::eventually("served", T, || get_in(rns.netns(), META).ok());
+    // Served by a process in no namespace of its own, with the sockets it holds: healthy.
+    let (ok, out) = check_cli(&ini);
+    assert!(ok && out.starts_with("ok: 1 proxies"), "{out}");
+
+    // A stranger on port 80 in the namespace: named, with the server's pid.
+    let server = server_pid(dir.path()).expect("server pid");
+    let stranger = rns
+        .netns()
+        .run(|| std::net::TcpListener::bind("127.0.0.1:80"))
+        .expect("enter")
+        .expect("bind 127.0.0.1:80");
+    let (ok, out) = check_cli(&ini);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "{netns}: something besides shared server pid {server} listens on port 80"
+        )),
+        "{out}"
+    );
+    assert_eq!(out.lines().count(), 1, "one line per problem: {out}");
+    drop(stranger);
+
+    // A pid file that does not prove the server (another start time): said, one line.
+    let pid_file = dir.path().join("shared-server.pid");
+    let good = std::fs::read_to_string(&pid_file).expect("pid file");
+    std::fs::write(&pid_file, format!("{server} 1\n")).expect("forge");
+    let (ok, out) = check_cli(&ini);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!("{netns}: shared server pid {server}"))
+            && out.contains("recycled pid"),
+        "{out}"
+    );
+    std::fs::write(&pid_file, good).expect("restore");
+    let (ok, out) = check_cli(&ini);
+    assert!(ok, "{out}");
+}
