@@ -485,6 +485,11 @@ impl<P: Platform> Supervisor<P> {
         }
     }
 
+    /// The shared server (`proxy_model = shared`) once the first reconcile started it.
+    pub fn shared_server(&self) -> Option<SharedServer> {
+        self.inner.shared.get().cloned()
+    }
+
     /// With `proxy_model = shared`: the shared server, taken over from a previous spawner or
     /// started, once (a later change of `proxy_model` takes effect at the next start).
     async fn ensure_shared(&self, cfg: &Arc<Config>) {

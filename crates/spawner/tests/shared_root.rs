@@ -58,19 +58,7 @@ async fn one_server_serves_every_router_and_a_kill9_refuses_nothing() {
     }
 
     // kill -9 under a request loop from the vm: some requests wait, none is refused.
-    let vm_ns = vm.netns().try_clone().expect("vm ns");
-    let looping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let go = looping.clone();
-    let load = std::thread::spawn(move || {
-        let (mut ok, mut failed) = (0u32, Vec::new());
-        while go.load(std::sync::atomic::Ordering::Relaxed) {
-            match get_in(&vm_ns, META) {
-                Ok(_) => ok += 1,
-                Err(e) => failed.push(e),
-            }
-        }
-        (ok, failed)
-    });
+    let load = RequestLoop::start(vm.netns());
     tokio::time::sleep(Duration::from_millis(300)).await;
     kill9(server);
     let server2 = eventually_async("server restarted", T, || {
@@ -81,8 +69,7 @@ async fn one_server_serves_every_router_and_a_kill9_refuses_nothing() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    looping.store(false, std::sync::atomic::Ordering::Relaxed);
-    let (ok, failed) = load.join().expect("load thread");
+    let (ok, failed) = load.finish();
     // A request in flight at the kill may be cut (its connection reset); a new connection
     // is never refused, since the listeners never close.
     assert!(
@@ -135,6 +122,53 @@ async fn one_server_serves_every_router_and_a_kill9_refuses_nothing() {
     assert!(!dir.path().join("shared.sock").exists());
 }
 
+/// GET requests in a loop from inside a namespace, on a thread, until finished.
+struct RequestLoop {
+    go: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    answered: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    thread: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl RequestLoop {
+    fn start(ns: &ns_netns::Netns) -> RequestLoop {
+        use std::sync::atomic::Ordering::Relaxed;
+        let ns = ns.try_clone().expect("ns");
+        let go = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let (g, a) = (go.clone(), answered.clone());
+        let thread = std::thread::spawn(move || {
+            let mut failed = Vec::new();
+            while g.load(Relaxed) {
+                match get_in(&ns, META) {
+                    Ok(_) => {
+                        a.fetch_add(1, Relaxed);
+                    }
+                    Err(e) => failed.push(e),
+                }
+            }
+            failed
+        });
+        RequestLoop {
+            go,
+            answered,
+            thread,
+        }
+    }
+
+    /// Requests answered with a 200 so far.
+    fn answered(&self) -> u32 {
+        self.answered.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stop: how many were answered, and how each other one failed.
+    fn finish(self) -> (u32, Vec<String>) {
+        self.go.store(false, std::sync::atomic::Ordering::Relaxed);
+        let answered = self.answered;
+        let failed = self.thread.join().expect("request loop");
+        (answered.load(std::sync::atomic::Ordering::Relaxed), failed)
+    }
+}
+
 async fn futures_pids(sup: &Supervisor<Namespaces>, ids: &[String]) -> Vec<u32> {
     let mut pids = Vec::new();
     for id in ids {
@@ -143,16 +177,32 @@ async fn futures_pids(sup: &Supervisor<Namespaces>, ids: &[String]) -> Vec<u32> 
     pids
 }
 
-/// The daemon's config for the shared model, routers enabled from `/run/netns`.
+/// The daemon's config for the shared model. Routers are added by the test, never enabled
+/// from `/run/netns`: other tests' namespaces live there too.
 fn shared_ini(dir: &std::path::Path) -> std::path::PathBuf {
     let ini = write_ini(dir, "");
     let text = std::fs::read_to_string(&ini).expect("ini");
-    std::fs::write(
-        &ini,
-        format!("{text}proxy_model = shared\nauto_enable_routers = true\n"),
-    )
-    .expect("ini");
+    std::fs::write(&ini, format!("{text}proxy_model = shared\n")).expect("ini");
     ini
+}
+
+/// `ns-metadata-spawner router add ID` to the daemon of `ini`.
+fn add_router(ini: &std::path::Path, id: &str) {
+    let st = std::process::Command::new(env!("CARGO_BIN_EXE_ns-metadata-spawner"))
+        .arg("--config-file")
+        .arg(ini)
+        .args(["router", "add", id])
+        .output()
+        .expect("cli");
+    assert!(st.status.success(), "router add {id}: {st:?}");
+    // Saved before anything kills the daemon: a restarted one knows the router.
+    let records = ini.parent().expect("dir").join("records.json");
+    ns_testkit::eventually("router saved", T, || {
+        std::fs::read_to_string(&records)
+            .ok()?
+            .contains(&format!("\"{id}\""))
+            .then_some(())
+    });
 }
 
 /// The pid the shared server's pid file names.
@@ -176,6 +226,9 @@ fn a_restarted_spawner_takes_the_running_server_and_its_sockets_over() {
         .collect();
     let ini = shared_ini(dir.path());
     let mut daemon = start_daemon(dir.path(), &ini, &[]);
+    for id in &ids {
+        add_router(&ini, id);
+    }
     let pid_file = dir.path().join("shared-server.pid");
     let server = ns_testkit::eventually("server pid file", T, || server_pid(dir.path()));
     for (id, ns) in ids.iter().zip(&nss) {
@@ -252,6 +305,7 @@ fn shared_namespaces_are_counted_in_metrics_across_a_server_kill9_and_a_takeover
     let ns = rns.netns();
     let ini = shared_ini(dir.path());
     let mut daemon = start_daemon(dir.path(), &ini, &[]);
+    add_router(&ini, &id);
     let server_pid = || server_pid(dir.path());
     // Known traffic: the first answer is awaited, then 3 more 200s, a 400, a 503.
     let mut ok = 0u64;
@@ -355,6 +409,7 @@ fn check_knows_the_shared_server_and_names_what_is_wrong() {
     let rns = TestNs::new(&netns).expect("router ns");
     let ini = shared_ini(dir.path());
     let _daemon = start_daemon(dir.path(), &ini, &[]);
+    add_router(&ini, &id);
     ns_testkit::eventually("served", T, || get_in(rns.netns(), META).ok());
     // Served by a process in no namespace of its own, with the sockets it holds: healthy.
     let (ok, out) = check_cli(&ini);
@@ -392,4 +447,57 @@ fn check_knows_the_shared_server_and_names_what_is_wrong() {
     std::fs::write(&pid_file, good).expect("restore");
     let (ok, out) = check_cli(&ini);
     assert!(ok, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_server_restart_loses_no_request() {
+    if !require_root("a_graceful_server_restart_loses_no_request") {
+        return;
+    }
+    let dir = TempDir::new("sh-replace").reaping();
+    let _agent = agent(dir.path());
+    let ids: Vec<String> = (0..2).map(|i| format!("{}g{i}", unique_prefix())).collect();
+    let nss: Vec<TestNs> = ids
+        .iter()
+        .map(|id| TestNs::new(&format!("qrouter-{id}")).expect("router ns"))
+        .collect();
+    let sup = shared_supervisor(&dir);
+    for id in &ids {
+        sup.put_router(router(id));
+    }
+    let old = futures_pids(&sup, &ids).await[0];
+    let server = sup.shared_server().expect("the shared server");
+
+    // A request loop from inside the first namespace across the restart: every request
+    // answered with a 200.
+    let load = RequestLoop::start(nss[0].netns());
+    // Requests before and after, observed rather than slept on.
+    eventually_async("answers before", T, || (load.answered() > 0).then_some(())).await;
+    let new = server.replace().await.expect("replaced");
+    assert_ne!(new, old);
+    eventually_async("the old server drained and exited", T, || {
+        (!alive(old)).then_some(())
+    })
+    .await;
+    let before = load.answered();
+    eventually_async("answers after", T, || {
+        (load.answered() > before).then_some(())
+    })
+    .await;
+    let (ok, failed) = load.finish();
+    assert!(failed.is_empty(), "{ok} ok, lost: {failed:?}");
+    assert!(ok > 0);
+    for (id, ns) in ids.iter().zip(&nss) {
+        let body = get_in(ns.netns(), META).unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert!(body.starts_with(&format!("router={id} ")), "{body}");
+        assert_eq!(
+            status_of(&sup, id).and_then(|s| s.pid),
+            Some(new),
+            "{id} follows the new server"
+        );
+    }
+    let recorded = server_pid(dir.path());
+    assert_eq!(recorded, Some(new), "the pid file names the new server");
+    sup.stop_all().await;
+    eventually_async("server stopped", T, || (!alive(new)).then_some(())).await;
 }
