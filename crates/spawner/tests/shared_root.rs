@@ -270,17 +270,22 @@ fn status_in(ns: &ns_netns::Netns, raw: &'static [u8]) -> u16 {
 const GET: &[u8] =
     b"GET /latest/meta-data/ HTTP/1.1\r\nHost: 169.254.169.254\r\nConnection: close\r\n\r\n";
 
+/// The daemon's `/metrics` text.
+fn scrape(dir: &std::path::Path) -> String {
+    let mut c =
+        ns_testkit::http::Blocking::unix(&dir.join("control.sock")).expect("control socket");
+    c.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    c.read(false, Duration::from_secs(5))
+        .map(|r| r.text())
+        .unwrap_or_default()
+}
+
 /// The daemon's `/metrics`: the value of every `ns_metadata_proxy_*` series whose labels hold
 /// `labels`, by name and extra labels.
 fn proxy_series(dir: &std::path::Path, labels: &str) -> std::collections::BTreeMap<String, f64> {
-    let r = ns_testkit::http::Blocking::unix(&dir.join("control.sock"))
-        .expect("control socket")
-        .exchange(
-            b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-            Duration::from_secs(5),
-        );
-    let text = String::from_utf8_lossy(&r).into_owned();
-    text.lines()
+    scrape(dir)
+        .lines()
         .filter(|l| l.starts_with("ns_metadata_proxy_") && l.contains(labels))
         .filter_map(|l| {
             let (k, v) = l.rsplit_once(' ')?;
@@ -352,6 +357,12 @@ fn shared_namespaces_are_counted_in_metrics_across_a_server_kill9_and_a_takeover
         );
     };
     want(ok);
+    let text = scrape(dir.path());
+    ns_contract::metrics::check_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert!(
+        text.contains("\nns_metadata_shared_server_up 1\n"),
+        "{text}"
+    );
 
     // The server killed: a new one counts on into the same block.
     let first = server_pid().expect("server pid");
