@@ -1,7 +1,10 @@
 //! Root tests of the shared proxy model (`proxy_model = shared`, issue #20) with real
 //! namespaces and the real `ns-metadata-proxy --shared-server`: routers served by one
-//! process, a server killed under load, removal, and a spawner killed and restarted taking
-//! the running server and its sockets over. Each test has its own state dir and namespaces
+//! process, a server killed under load, removal, a spawner killed and restarted taking
+//! the running server and its sockets over, each namespace's counts in `/metrics` across
+//! both, `check` on the server, and a graceful server restart under a request loop. Routers
+//! are added explicitly (never auto-enabled: other tests' namespaces share `/run/netns`).
+//! Each test has its own state dir and namespaces
 //! (per-run prefix), removed on drop; the server is killed on drop (`TempDir::reaping`).
 
 mod common;
