@@ -19,6 +19,7 @@
 //! | request | answer |
 //! |---|---|
 //! | `add KIND ID NETNS` + 1..=[`ns_netns::MAX_FDS`] listeners | `ok`, or `error REASON` |
+//! | `add KIND ID NETNS stats=1` + listeners + the namespace's statistics block last | as `add` |
 //! | `remove KIND ID` | `ok` (stops accepting, lets its connections finish), or `error REASON` |
 //! | `list` | one `have KIND ID NETNS` + its listeners per namespace, then `end COUNT` |
 //!
@@ -27,6 +28,16 @@
 //! socket's namespace itself with `SIOCGSKNS` when it takes sockets back). `add` for a
 //! namespace already served replaces its sockets (the old ones drain), unless they are the
 //! same sockets, which is a no-op: a restarted spawner may hand everything over again.
+//!
+//! With `stats=1` the last descriptor is the namespace's statistics block
+//! ([`ns_contract::proxy_stats`], validated as `--stats-fd` is: a regular file, its size, its
+//! magic), and that namespace's answers are counted into it as one proxy's would be. The
+//! open-connections gauge is zeroed when a namespace is first served by this process, not
+//! when its sockets are replaced (the old connections still count down into it). `list` gives
+//! listeners only: the spawner reopens the block from its own file.
+//!
+//! [`Namespaces`] is the table itself, usable in-process (the proxy's behaviour tests serve
+//! through it); the control connection is one caller of it.
 
 use std::collections::HashMap;
 use std::io;
@@ -45,6 +56,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::server;
 use crate::state::Shared;
+use crate::stats::Stats;
 
 /// Longest control message (a request or an answer); a longer one is refused.
 pub const MAX_MESSAGE: usize = 1024;
@@ -66,8 +78,15 @@ pub struct SharedServer {
 /// One request on the control socket, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    Add { resource: Resource, netns: String },
-    Remove { resource: Resource },
+    Add {
+        resource: Resource,
+        netns: String,
+        /// The last descriptor is the namespace's statistics block.
+        stats: bool,
+    },
+    Remove {
+        resource: Resource,
+    },
     List,
 }
 
@@ -83,20 +102,23 @@ impl Request {
                 .ok_or_else(|| format!("unknown kind {kind:?}"))?;
             Resource::new(kind, id).map_err(|e| e.to_string())
         };
+        let add = |kind: &str, id: &str, netns: &str, stats: bool| {
+            ns_contract::validate_netns(netns).map_err(|e| e.to_string())?;
+            Ok(Request::Add {
+                resource: resource(kind, id)?,
+                netns: netns.to_owned(),
+                stats,
+            })
+        };
         match words.as_slice() {
-            ["add", kind, id, netns] => {
-                ns_contract::validate_netns(netns).map_err(|e| e.to_string())?;
-                Ok(Request::Add {
-                    resource: resource(kind, id)?,
-                    netns: (*netns).to_owned(),
-                })
-            }
+            ["add", kind, id, netns] => add(kind, id, netns, false),
+            ["add", kind, id, netns, "stats=1"] => add(kind, id, netns, true),
             ["remove", kind, id] => Ok(Request::Remove {
                 resource: resource(kind, id)?,
             }),
             ["list"] => Ok(Request::List),
             _ => Err(format!(
-                "expected `add KIND ID NETNS`, `remove KIND ID` or `list`, got {:?}",
+                "expected `add KIND ID NETNS [stats=1]`, `remove KIND ID` or `list`, got {:?}",
                 text.chars().take(80).collect::<String>()
             )),
         }
@@ -110,6 +132,8 @@ struct Served {
     listeners: Vec<OwnedFd>,
     /// (device, inode) of each listener: same set = same sockets.
     identity: Vec<(u64, u64)>,
+    /// Its relay state (and statistics block).
+    shared: Arc<Shared>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
 }
@@ -120,8 +144,10 @@ struct Table {
     served: HashMap<Resource, Served>,
 }
 
-/// Everything the control connections and the namespaces' servers share.
-struct Server {
+/// The namespaces one process serves, each with its own relay state, under one global
+/// connection cap: what the control socket's `add`/`remove` drive, and what the proxy's
+/// behaviour tests serve through in-process.
+pub struct Namespaces {
     base: Config,
     table: Mutex<Table>,
     global: Arc<Semaphore>,
@@ -130,11 +156,41 @@ struct Server {
     global_max: usize,
     /// The descriptor limit: a namespace whose sockets would not fit is refused.
     nofile: u64,
-    /// Who may talk on the control socket besides root.
-    starting_uid: u32,
+    /// How long a stopped namespace's connections may take to finish.
+    grace: std::time::Duration,
 }
 
-impl Server {
+impl Namespaces {
+    /// An empty table: every namespace gets `base`'s options (its resource set per
+    /// namespace); `nofile` is the descriptor limit the sockets must fit in.
+    pub fn new(base: Config, nofile: u64) -> Namespaces {
+        Namespaces {
+            base,
+            table: Mutex::new(Table::default()),
+            global: Arc::new(Semaphore::new(0)),
+            global_size: Mutex::new(0),
+            global_max: global_cap(nofile),
+            nofile,
+            grace: server::GRACE,
+        }
+    }
+
+    /// The same, with another drain grace than [`server::GRACE`].
+    pub fn with_grace(mut self, grace: std::time::Duration) -> Namespaces {
+        self.grace = grace;
+        self
+    }
+
+    /// How many namespaces are served.
+    pub fn len(&self) -> usize {
+        self.table().served.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     fn table(&self) -> std::sync::MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -152,12 +208,17 @@ impl Server {
         }
     }
 
-    fn add(
+    /// Serve `resource`'s listeners `fds` (listening TCP sockets), counting into `stats`;
+    /// the namespace's relay state once served. The same sockets again are a no-op (the
+    /// state already serving them is returned); other sockets replace the old ones, which
+    /// drain.
+    pub fn add(
         &self,
         resource: Resource,
         netns: String,
         fds: Vec<OwnedFd>,
-    ) -> std::result::Result<(), String> {
+        stats: Stats,
+    ) -> std::result::Result<Arc<Shared>, String> {
         if fds.is_empty() {
             return Err("add needs at least one listener".into());
         }
@@ -173,7 +234,7 @@ impl Server {
         let mut table = self.table();
         if let Some(old) = table.served.get(&resource) {
             if old.identity == identity {
-                return Ok(());
+                return Ok(old.shared.clone());
             }
         }
         // Each listener is held twice here (served, and our copy for `list`).
@@ -204,19 +265,22 @@ impl Server {
         }
         let mut cfg = self.base.clone();
         cfg.resource = Some(resource.clone());
-        let shared = Arc::new(Shared::new(&cfg, &resource));
+        if !table.served.contains_key(&resource) {
+            stats.reset_open_connections();
+        }
+        let shared = Arc::new(Shared::with_stats(&cfg, &resource, stats));
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let per_ns = self.base.max_connections;
         let global = self.global.clone();
         let task = tokio::spawn(server::serve_capped(
-            shared,
+            shared.clone(),
             tokio_listeners,
             per_ns,
             Some(global),
             async move {
                 let _ = stop_rx.await;
             },
-            server::GRACE,
+            self.grace,
         ));
         let replaced = table.served.insert(
             resource.clone(),
@@ -224,6 +288,7 @@ impl Server {
                 netns: netns.clone(),
                 listeners: copies,
                 identity,
+                shared: shared.clone(),
                 stop: stop_tx,
                 task,
             },
@@ -238,10 +303,12 @@ impl Server {
             }
             None => tracing::info!(%resource, %netns, namespaces = count, "serving namespace"),
         }
-        Ok(())
+        Ok(shared)
     }
 
-    fn remove(&self, resource: &Resource) -> std::result::Result<(), String> {
+    /// Stop serving `resource`: it stops accepting, its connections finish (up to the grace),
+    /// our copies of its sockets close now.
+    pub fn remove(&self, resource: &Resource) -> std::result::Result<(), String> {
         let old = self
             .table()
             .served
@@ -256,7 +323,7 @@ impl Server {
     }
 
     /// Stop every namespace and wait for their connections (up to the grace each).
-    async fn shutdown(&self) {
+    pub async fn shutdown(&self) {
         let all: Vec<Served> = self.table().served.drain().map(|(_, s)| s).collect();
         let mut tasks = Vec::with_capacity(all.len());
         for s in all {
@@ -325,15 +392,7 @@ pub async fn serve(
         op: "control socket",
         source,
     })?;
-    let server = Arc::new(Server {
-        base,
-        table: Mutex::new(Table::default()),
-        global: Arc::new(Semaphore::new(0)),
-        global_size: Mutex::new(0),
-        global_max: global_cap(nofile),
-        nofile,
-        starting_uid,
-    });
+    let server = Arc::new(Namespaces::new(base, nofile));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -341,7 +400,7 @@ pub async fn serve(
             r = control.accept() => match r.and_then(|(c, _)| seqpacket(c)) {
                 Ok(conn) => {
                     let server = server.clone();
-                    tokio::spawn(async move { control_connection(server, conn).await });
+                    tokio::spawn(async move { control_connection(server, starting_uid, conn).await });
                 }
                 Err(e) => {
                     tracing::warn!(err = %e, "control socket: accept failed");
@@ -376,10 +435,10 @@ fn seqpacket(c: tokio::net::UnixStream) -> io::Result<UnixDatagram> {
 }
 
 /// One control connection: requests in order, one answer each, until the peer closes.
-async fn control_connection(server: Arc<Server>, conn: UnixDatagram) {
+async fn control_connection(server: Arc<Namespaces>, starting_uid: u32, conn: UnixDatagram) {
     use nix::sys::socket::{getsockopt, sockopt};
     match getsockopt(&conn, sockopt::PeerCredentials) {
-        Ok(c) if c.uid() == 0 || c.uid() == server.starting_uid => {}
+        Ok(c) if c.uid() == 0 || c.uid() == starting_uid => {}
         Ok(c) => {
             tracing::warn!(
                 uid = c.uid(),
@@ -407,7 +466,11 @@ async fn control_connection(server: Arc<Server>, conn: UnixDatagram) {
         }
         let answer = match Request::parse(&buf[..n]) {
             Err(e) => format!("error {e}"),
-            Ok(Request::Add { resource, netns }) => match server.add(resource, netns, fds) {
+            Ok(Request::Add {
+                resource,
+                netns,
+                stats,
+            }) => match add(&server, resource, netns, fds, stats) {
                 Ok(()) => "ok".to_owned(),
                 Err(e) => format!("error {e}"),
             },
@@ -431,8 +494,32 @@ async fn control_connection(server: Arc<Server>, conn: UnixDatagram) {
     }
 }
 
+/// `add` as the control socket says it: with `stats`, the last descriptor is the block.
+fn add(
+    server: &Namespaces,
+    resource: Resource,
+    netns: String,
+    mut fds: Vec<OwnedFd>,
+    stats: bool,
+) -> std::result::Result<(), String> {
+    let stats = if stats {
+        if fds.len() < 2 {
+            return Err("add stats=1 needs the listeners and then the statistics block".into());
+        }
+        let block = fds.pop().map(std::fs::File::from);
+        match block.as_ref().map(Stats::from_file) {
+            Some(Ok(s)) => s,
+            Some(Err(why)) => return Err(format!("statistics block of {resource}: {why}")),
+            None => Stats::default(),
+        }
+    } else {
+        Stats::default()
+    };
+    server.add(resource, netns, fds, stats).map(drop)
+}
+
 /// `list`: one `have` message with its listeners per namespace; returns how many.
-async fn list(server: &Server, conn: &UnixDatagram) -> io::Result<usize> {
+async fn list(server: &Namespaces, conn: &UnixDatagram) -> io::Result<usize> {
     // Copies taken under the lock, sent without it.
     let mut all: Vec<(String, Vec<OwnedFd>)> = Vec::new();
     for (resource, s) in &server.table().served {
@@ -488,7 +575,16 @@ mod tests {
             Request::parse(b"add router r-1 qrouter-r-1"),
             Ok(Request::Add {
                 resource: router("r-1"),
-                netns: "qrouter-r-1".into()
+                netns: "qrouter-r-1".into(),
+                stats: false,
+            })
+        );
+        assert_eq!(
+            Request::parse(b"add router r-1 qrouter-r-1 stats=1"),
+            Ok(Request::Add {
+                resource: router("r-1"),
+                netns: "qrouter-r-1".into(),
+                stats: true,
             })
         );
         assert_eq!(
@@ -505,6 +601,7 @@ mod tests {
         for (msg, why) in [
             (&b"add router r-1"[..], "expected"),
             (b"add router r-1 qrouter-r-1 extra", "expected"),
+            (b"add router r-1 qrouter-r-1 stats=0", "expected"),
             (b"add  router r-1 ns", "expected"),
             (b"add vpc r-1 ns", "unknown kind"),
             (b"add router r/1 ns", "r/1"),

@@ -38,23 +38,42 @@ impl Stats {
             .write(true)
             .open(format!("/proc/self/fd/{fd}"))
             .map_err(|e| bad(e.to_string()))?;
-        let size = file.metadata().map_err(|e| bad(e.to_string()))?.len();
-        if size != layout::BLOCK_SIZE as u64 {
-            return Err(bad(format!(
-                "{size} bytes, a statistics block has {}",
-                layout::BLOCK_SIZE
-            )));
-        }
-        let block =
-            SharedCounters::map(&file, layout::SLOTS).map_err(|e| bad(format!("mmap: {e}")))?;
-        if block.load(layout::SLOT_MAGIC) != layout::MAGIC {
-            return Err(bad("not a statistics block (bad magic)".to_owned()));
-        }
+        let stats = Stats::from_file(&file).map_err(bad)?;
         drop(file);
         // The inherited descriptor itself: the mapping stays, the proxy keeps no fd it could
         // truncate the file through.
         let _ = nix::unistd::close(fd);
+        Ok(stats)
+    }
+
+    /// Map the block open as `file` (the shared server gets one per namespace on its control
+    /// socket): refused unless it is a regular file of [`layout::BLOCK_SIZE`] bytes starting
+    /// with [`layout::MAGIC`]. The reason, without a prefix, on error.
+    pub fn from_file(file: &std::fs::File) -> std::result::Result<Stats, String> {
+        let meta = file.metadata().map_err(|e| e.to_string())?;
+        if !meta.file_type().is_file() {
+            return Err("not a regular file".to_owned());
+        }
+        let size = meta.len();
+        if size != layout::BLOCK_SIZE as u64 {
+            return Err(format!(
+                "{size} bytes, a statistics block has {}",
+                layout::BLOCK_SIZE
+            ));
+        }
+        let block = SharedCounters::map(file, layout::SLOTS).map_err(|e| format!("mmap: {e}"))?;
+        if block.load(layout::SLOT_MAGIC) != layout::MAGIC {
+            return Err("not a statistics block (bad magic)".to_owned());
+        }
         Ok(Stats(Some(block)))
+    }
+
+    /// Zero the open-connections gauge: for a block a new server starts counting into (a
+    /// server killed with connections open never decremented it).
+    pub fn reset_open_connections(&self) {
+        if let Some(b) = &self.0 {
+            b.store(layout::SLOT_CONN_OPEN, 0);
+        }
     }
 
     /// One answered request: its status, who produced it, and how long it took.

@@ -6,10 +6,12 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{Client, Proxy, TempDir};
+use common::{Client, Model, TempDir};
 use ns_testkit::neutron::venv_python;
 use ns_testkit::nova::{Nova, Seen};
 use ns_testkit::ChildGuard;
+
+crate::in_both_models!(real_neutron_agent_answers_through_the_proxy_and_auto_is_off,);
 
 /// Nova's shared secret (the stand-in refuses a request whose signature does not match it).
 const SECRET: &str = "s3cret";
@@ -59,14 +61,13 @@ fn start_agent(py: &Path) -> NeutronAgent {
     }
 }
 
-#[tokio::test]
-async fn real_neutron_agent_answers_through_the_proxy_and_auto_is_off() {
+async fn real_neutron_agent_answers_through_the_proxy_and_auto_is_off(model: Model) {
     let Some(py) = venv_python("real_neutron_agent_answers_through_the_proxy_and_auto_is_off")
     else {
         return;
     };
     let agent = start_agent(&py);
-    let p = Proxy::start(
+    let p = model.start(
         &agent.socket,
         "127.0.0.1:0",
         &["--router-id", "r-neutron-1"],
@@ -132,7 +133,7 @@ async fn real_neutron_agent_answers_through_the_proxy_and_auto_is_off() {
     assert_eq!(c.read(false).await.expect("still alive").status, 200);
 
     // The agent's own error (bare \n line ends): instance not found on this network.
-    let other = Proxy::start(
+    let other = model.start(
         &agent.socket,
         "127.0.0.1:0",
         &["--network-id", "net-unknown"],
@@ -148,7 +149,7 @@ async fn real_neutron_agent_answers_through_the_proxy_and_auto_is_off() {
     );
 
     // Forcing reuse on is harmless too: Neutron closes after each reply, the pool sees it.
-    let on = Proxy::start(
+    let on = model.start(
         &agent.socket,
         "127.0.0.1:0",
         &["--router-id", "r-neutron-1", "--agent-keepalive", "on"],

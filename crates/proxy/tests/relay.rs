@@ -3,7 +3,27 @@
 
 mod common;
 
-use common::{request, Behave, Client, Proxy, StandIn, TempDir};
+use common::{request, Behave, Client, Model, StandIn, TempDir};
+
+crate::in_both_models!(
+    relays_method_path_query_body_and_sets_identity_headers,
+    underscore_spellings_of_identity_headers_are_stripped,
+    xff_from_ipv6_peer_and_v4_mapped_written_plain,
+    chunked_request_body_is_sent_with_content_length,
+    keep_alive_to_client_and_head_and_http10,
+    agent_missing_or_refusing_gives_503,
+    agent_closing_without_reply_gives_502,
+    concurrent_requests_get_their_own_whole_answers,
+    slow_agent_gives_504,
+    bad_requests_400_413_431,
+    silent_client_is_closed_after_request_timeout,
+    rate_limit_429_per_source,
+    agent_keepalive_auto_reuses_only_when_advertised,
+    pooled_failure_retried_once_only_for_idempotent,
+    graceful_shutdown_finishes_in_flight_request,
+    shutdown_lets_the_request_in_flight_finish,
+    pooled_buffers_are_released_when_idle,
+);
 
 const ECHO: Behave = Behave::Echo {
     advertise: None,
@@ -17,10 +37,9 @@ fn count(haystack: &str, needle: &str) -> usize {
         .count()
 }
 
-#[tokio::test]
-async fn relays_method_path_query_body_and_sets_identity_headers() {
+async fn relays_method_path_query_body_and_sets_identity_headers(model: Model) {
     let agent = StandIn::start(ECHO);
-    let p = Proxy::start(&agent.path, "127.0.0.1:0", &[]);
+    let p = model.start(&agent.path, "127.0.0.1:0", &[]);
     let r = request(
         p.addr,
         b"POST /openstack/latest/password?a=1&b=%20x HTTP/1.1\r\nHost: 169.254.169.254\r\n\
@@ -65,10 +84,9 @@ async fn relays_method_path_query_body_and_sets_identity_headers() {
 
 /// WSGI (the Neutron agent's Python side) maps `X_Forwarded_For` and `X-Forwarded-For` to
 /// the same environ key, so the underscore spellings must not reach the agent either.
-#[tokio::test]
-async fn underscore_spellings_of_identity_headers_are_stripped() {
+async fn underscore_spellings_of_identity_headers_are_stripped(model: Model) {
     let agent = StandIn::start(ECHO);
-    let p = Proxy::start(&agent.path, "127.0.0.1:0", &[]);
+    let p = model.start(&agent.path, "127.0.0.1:0", &[]);
     let r = request(
         p.addr,
         b"GET /latest/meta-data/ HTTP/1.1\r\nHost: 169.254.169.254\r\n\
@@ -86,10 +104,9 @@ async fn underscore_spellings_of_identity_headers_are_stripped() {
     assert!(r.text().contains("X_Keep_Me: yes\r\n"), "{}", r.text());
 }
 
-#[tokio::test]
-async fn xff_from_ipv6_peer_and_v4_mapped_written_plain() {
+async fn xff_from_ipv6_peer_and_v4_mapped_written_plain(model: Model) {
     let agent = StandIn::start(ECHO);
-    let p6 = Proxy::start(&agent.path, "[::1]:0", &[]);
+    let p6 = model.start(&agent.path, "[::1]:0", &[]);
     let r = request(p6.addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .expect("resp");
@@ -99,7 +116,7 @@ async fn xff_from_ipv6_peer_and_v4_mapped_written_plain() {
         r.text()
     );
     // A dual-stack [::] listener sees IPv4 clients as ::ffff:127.0.0.1.
-    let pd = Proxy::start(&agent.path, "[::]:0", &[]);
+    let pd = model.start(&agent.path, "[::]:0", &[]);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], pd.addr.port()));
     let r = request(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -111,10 +128,9 @@ async fn xff_from_ipv6_peer_and_v4_mapped_written_plain() {
     );
 }
 
-#[tokio::test]
-async fn chunked_request_body_is_sent_with_content_length() {
+async fn chunked_request_body_is_sent_with_content_length(model: Model) {
     let agent = StandIn::start(ECHO);
-    let p = Proxy::start(&agent.path, "127.0.0.1:0", &[]);
+    let p = model.start(&agent.path, "127.0.0.1:0", &[]);
     let r = request(
         p.addr,
         b"PUT /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
@@ -129,10 +145,9 @@ async fn chunked_request_body_is_sent_with_content_length() {
     assert_eq!(count(&up, "transfer-encoding"), 0);
 }
 
-#[tokio::test]
-async fn keep_alive_to_client_and_head_and_http10() {
+async fn keep_alive_to_client_and_head_and_http10(model: Model) {
     let agent = StandIn::start(ECHO);
-    let p = Proxy::start(&agent.path, "127.0.0.1:0", &[]);
+    let p = model.start(&agent.path, "127.0.0.1:0", &[]);
     let mut c = Client::tcp(p.addr).await;
     for i in 0..3 {
         c.send(format!("GET /n/{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
@@ -168,10 +183,9 @@ async fn keep_alive_to_client_and_head_and_http10() {
     assert_eq!(agent.connections(), 7);
 }
 
-#[tokio::test]
-async fn agent_missing_or_refusing_gives_503() {
+async fn agent_missing_or_refusing_gives_503(model: Model) {
     let dir = TempDir::new("missing");
-    let p = Proxy::start(&dir.path().join("nope.sock"), "127.0.0.1:0", &[]);
+    let p = model.start(&dir.path().join("nope.sock"), "127.0.0.1:0", &[]);
     let mut c = Client::tcp(p.addr).await;
     c.send(b"GET / HTTP/1.1\r\n\r\n").await;
     assert_eq!(c.read(false).await.expect("503").status, 503);
@@ -181,17 +195,16 @@ async fn agent_missing_or_refusing_gives_503() {
 
     let refused = dir.path().join("refused.sock");
     drop(std::os::unix::net::UnixListener::bind(&refused).expect("bind"));
-    let p = Proxy::start(&refused, "127.0.0.1:0", &[]);
+    let p = model.start(&refused, "127.0.0.1:0", &[]);
     let r = request(p.addr, b"GET / HTTP/1.1\r\n\r\n")
         .await
         .expect("resp");
     assert_eq!(r.status, 503);
 }
 
-#[tokio::test]
-async fn agent_closing_without_reply_gives_502() {
+async fn agent_closing_without_reply_gives_502(model: Model) {
     let agent = StandIn::start(Behave::CloseNoReply);
-    let p = Proxy::start(&agent.path, "127.0.0.1:0", &[]);
+    let p = model.start(&agent.path, "127.0.0.1:0", &[]);
     let r = request(p.addr, b"GET / HTTP/1.1\r\n\r\n")
         .await
         .expect("resp");
@@ -205,11 +218,10 @@ async fn agent_closing_without_reply_gives_502() {
 
 /// Many requests at once, one agent connection each (what Neutron's agent needs): every
 /// VM gets its own complete answer, whether the agent's answer arrives whole or in pieces.
-#[tokio::test]
-async fn concurrent_requests_get_their_own_whole_answers() {
+async fn concurrent_requests_get_their_own_whole_answers(model: Model) {
     for behave in [ECHO, Behave::Split] {
         let agent = StandIn::start(behave);
-        let p = Proxy::start(&agent.path, "127.0.0.1:0", &["--agent-keepalive", "off"]);
+        let p = model.start(&agent.path, "127.0.0.1:0", &["--agent-keepalive", "off"]);
         let mut tasks = Vec::new();
         for i in 0..24 {
             let addr = p.addr;
@@ -237,20 +249,18 @@ async fn concurrent_requests_get_their_own_whole_answers() {
     }
 }
 
-#[tokio::test]
-async fn slow_agent_gives_504() {
+async fn slow_agent_gives_504(model: Model) {
     let agent = StandIn::start(Behave::Slow);
-    let p = Proxy::start(&agent.path, "127.0.0.1:0", &["--timeout-server", "1"]);
+    let p = model.start(&agent.path, "127.0.0.1:0", &["--timeout-server", "1"]);
     let r = request(p.addr, b"GET / HTTP/1.1\r\n\r\n")
         .await
         .expect("resp");
     assert_eq!(r.status, 504);
 }
 
-#[tokio::test]
-async fn bad_requests_400_413_431() {
+async fn bad_requests_400_413_431(model: Model) {
     let agent = StandIn::start(ECHO);
-    let p = Proxy::start(&agent.path, "127.0.0.1:0", &[]);
+    let p = model.start(&agent.path, "127.0.0.1:0", &[]);
     for raw in [
         &b"GET / HTTP/1.1\r\nContent-Length: abc\r\n\r\n"[..],
         b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
@@ -288,10 +298,9 @@ async fn bad_requests_400_413_431() {
     );
 }
 
-#[tokio::test]
-async fn silent_client_is_closed_after_request_timeout() {
+async fn silent_client_is_closed_after_request_timeout(model: Model) {
     let agent = StandIn::start(ECHO);
-    let p = Proxy::start(&agent.path, "127.0.0.1:0", &["--timeout-request", "1"]);
+    let p = model.start(&agent.path, "127.0.0.1:0", &["--timeout-request", "1"]);
     let mut c = Client::tcp(p.addr).await;
     assert!(c.closed().await, "closed without an answer");
     let mut c = Client::tcp(p.addr).await;
@@ -299,10 +308,9 @@ async fn silent_client_is_closed_after_request_timeout() {
     assert_eq!(c.read(false).await.expect("408").status, 408);
 }
 
-#[tokio::test]
-async fn rate_limit_429_per_source() {
+async fn rate_limit_429_per_source(model: Model) {
     let agent = StandIn::start(ECHO);
-    let p = Proxy::start(&agent.path, "127.0.0.1:0", &["--rate-limit-base", "2/60"]);
+    let p = model.start(&agent.path, "127.0.0.1:0", &["--rate-limit-base", "2/60"]);
     let mut c = Client::tcp(p.addr).await;
     for expect in [200, 200, 429, 429] {
         c.send(b"GET / HTTP/1.1\r\n\r\n").await;
@@ -310,7 +318,7 @@ async fn rate_limit_429_per_source() {
     }
     assert_eq!(agent.connections(), 2);
     // Another source (IPv6 loopback) has its own count.
-    let p6 = Proxy::start(&agent.path, "[::1]:0", &["--rate-limit-base", "2/60"]);
+    let p6 = model.start(&agent.path, "[::1]:0", &["--rate-limit-base", "2/60"]);
     assert_eq!(
         request(p6.addr, b"GET / HTTP/1.1\r\n\r\n")
             .await
@@ -320,8 +328,8 @@ async fn rate_limit_429_per_source() {
     );
 }
 
-async fn two_gets(agent: &StandIn, mode: &str) -> (usize, Vec<String>) {
-    let p = Proxy::start(&agent.path, "127.0.0.1:0", &["--agent-keepalive", mode]);
+async fn two_gets(model: Model, agent: &StandIn, mode: &str) -> (usize, Vec<String>) {
+    let p = model.start(&agent.path, "127.0.0.1:0", &["--agent-keepalive", mode]);
     let mut c = Client::tcp(p.addr).await;
     for _ in 0..2 {
         c.send(b"GET / HTTP/1.1\r\n\r\n").await;
@@ -332,13 +340,12 @@ async fn two_gets(agent: &StandIn, mode: &str) -> (usize, Vec<String>) {
     (agent.connections(), agent.requests())
 }
 
-#[tokio::test]
-async fn agent_keepalive_auto_reuses_only_when_advertised() {
+async fn agent_keepalive_auto_reuses_only_when_advertised(model: Model) {
     let adv = Behave::Echo {
         advertise: Some(10),
         reuse: true,
     };
-    let (conns, reqs) = two_gets(&StandIn::start(adv), "auto").await;
+    let (conns, reqs) = two_gets(model, &StandIn::start(adv), "auto").await;
     assert_eq!(conns, 1, "auto + signal: reused");
     assert!(!reqs[0].contains("Connection: close"));
     let silent = Behave::Echo {
@@ -346,24 +353,23 @@ async fn agent_keepalive_auto_reuses_only_when_advertised() {
         reuse: true,
     };
     assert_eq!(
-        two_gets(&StandIn::start(silent), "auto").await.0,
+        two_gets(model, &StandIn::start(silent), "auto").await.0,
         2,
         "auto without signal == off"
     );
     assert_eq!(
-        two_gets(&StandIn::start(silent), "on").await.0,
+        two_gets(model, &StandIn::start(silent), "on").await.0,
         1,
         "on: reused"
     );
-    let (conns, reqs) = two_gets(&StandIn::start(adv), "off").await;
+    let (conns, reqs) = two_gets(model, &StandIn::start(adv), "off").await;
     assert_eq!(conns, 2, "off: never reused");
     assert!(reqs.iter().all(|r| r.contains("Connection: close\r\n")));
 }
 
-#[tokio::test]
-async fn pooled_failure_retried_once_only_for_idempotent() {
+async fn pooled_failure_retried_once_only_for_idempotent(model: Model) {
     let agent = StandIn::start(Behave::DropSecond);
-    let p = Proxy::start(&agent.path, "127.0.0.1:0", &["--agent-keepalive", "on"]);
+    let p = model.start(&agent.path, "127.0.0.1:0", &["--agent-keepalive", "on"]);
     let mut c = Client::tcp(p.addr).await;
     c.send(b"GET /1 HTTP/1.1\r\n\r\n").await;
     assert_eq!(c.read(false).await.expect("first").status, 200);
@@ -380,10 +386,9 @@ async fn pooled_failure_retried_once_only_for_idempotent() {
     assert_eq!(agent.requests().len(), 4);
 }
 
-#[tokio::test]
-async fn graceful_shutdown_finishes_in_flight_request() {
+async fn graceful_shutdown_finishes_in_flight_request(model: Model) {
     let agent = StandIn::start(ECHO);
-    let p = Proxy::start(&agent.path, "127.0.0.1:0", &[]);
+    let p = model.start(&agent.path, "127.0.0.1:0", &[]);
     let addr = p.addr;
     let mut c = Client::tcp(addr).await;
     c.send(b"GET / HTTP/1.1\r\n\r\n").await;
@@ -399,10 +404,9 @@ async fn graceful_shutdown_finishes_in_flight_request() {
     );
 }
 
-#[tokio::test]
-async fn shutdown_lets_the_request_in_flight_finish() {
+async fn shutdown_lets_the_request_in_flight_finish(model: Model) {
     let agent = StandIn::start(Behave::Delay(300));
-    let p = Proxy::start(&agent.path, "127.0.0.1:0", &[]);
+    let p = model.start(&agent.path, "127.0.0.1:0", &[]);
     let mut c = Client::tcp(p.addr).await;
     c.send(b"GET /slow HTTP/1.1\r\n\r\n").await;
     // Wait until the agent has the request, then stop the proxy.
@@ -422,11 +426,10 @@ async fn shutdown_lets_the_request_in_flight_finish() {
 
 /// Buffers kept for the next request are given back once no client connection has been
 /// open for a moment (issue 8: memory returns after load), and not while one is open.
-#[tokio::test]
-async fn pooled_buffers_are_released_when_idle() {
+async fn pooled_buffers_are_released_when_idle(model: Model) {
     use ns_metadata_proxy::bufpool;
     let agent = StandIn::start(ECHO);
-    let p = Proxy::start(&agent.path, "127.0.0.1:0", &[]);
+    let p = model.start(&agent.path, "127.0.0.1:0", &[]);
     let mut held = Client::tcp(p.addr).await;
     held.send(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n").await;
     assert_eq!(held.read(false).await.expect("reply").status, 200);

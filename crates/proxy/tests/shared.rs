@@ -307,3 +307,74 @@ fn options_for_one_namespace_are_refused_with_the_shared_server() {
         "{err}"
     );
 }
+
+/// A statistics block as the spawner makes one: a page of zeros with the magic first.
+fn stats_block(dir: &Path, name: &str, magic: u64) -> std::fs::File {
+    use ns_contract::proxy_stats::BLOCK_SIZE;
+    let p = dir.join(name);
+    let mut page = vec![0u8; BLOCK_SIZE];
+    page[..8].copy_from_slice(&magic.to_le_bytes());
+    std::fs::write(&p, page).expect("write block");
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&p)
+        .expect("open block")
+}
+
+#[test]
+fn a_namespace_handed_over_with_its_block_counts_its_answers_into_it() {
+    use ns_contract::proxy_stats as layout;
+    let dir = TempDir::new("shared-stats");
+    let agent = StandIn::start(Behave::Headers);
+    let control = ControlSocket::new(dir.path());
+    let _server = start_server(dir.path(), &control, agent.path(), &[]);
+    let c = control.connect();
+
+    // Refused like a bad `--stats-fd`: the reason named, nothing served.
+    let l = loopback_listener();
+    let bad = stats_block(dir.path(), "bad.stats", 7);
+    let a = c.ask(
+        "add router r-s qrouter-r-s stats=1",
+        &[l.as_fd(), bad.as_fd()],
+    );
+    assert!(a.starts_with("error ") && a.contains("magic"), "{a}");
+    let a = c.ask("add router r-s qrouter-r-s stats=1", &[l.as_fd()]);
+    assert!(
+        a.starts_with("error ") && a.contains("statistics block"),
+        "{a}"
+    );
+    let a = c.ask(
+        "add router r-s qrouter-r-s stats=1",
+        &[l.as_fd(), l.as_fd()],
+    );
+    assert!(a.starts_with("error ") && a.contains("regular file"), "{a}");
+
+    // A block with a stale open-connections gauge: zeroed when first served.
+    let block = stats_block(dir.path(), "r-s.stats", layout::MAGIC);
+    let read = ns_netns::SharedCounters::map(&block, layout::SLOTS).expect("map");
+    read.store(layout::SLOT_CONN_OPEN, 5);
+    let addr = l.local_addr().expect("addr");
+    assert_eq!(
+        c.ask(
+            "add router r-s qrouter-r-s stats=1",
+            &[l.as_fd(), block.as_fd()]
+        ),
+        "ok"
+    );
+    for _ in 0..3 {
+        assert!(get(addr).expect("answer").contains("router=r-s"));
+    }
+    let mut bad_req = Blocking::tcp(addr, WAIT).expect("connect");
+    bad_req.send(b"NOT HTTP\r\n\r\n").expect("send");
+    assert_eq!(bad_req.read(false, WAIT).expect("answer").status, 400);
+    drop(bad_req);
+    // Counted by the connection task after the answer is written: polled, not slept on.
+    ns_testkit::eventually("counted", WAIT, || {
+        (read.load(layout::class_slot(400)) == 1 && read.load(layout::SLOT_CONN_OPEN) == 0)
+            .then_some(())
+    });
+    assert_eq!(read.load(layout::class_slot(200)), 3);
+    assert_eq!(read.load(layout::error_slot(400).expect("400")), 1);
+    assert_eq!(read.load(layout::SLOT_CONN_ACCEPTED), 4);
+}

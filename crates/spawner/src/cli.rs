@@ -298,6 +298,10 @@ async fn restart_one(sock: &std::path::Path, id: &str) -> Result<String> {
         serde_json::from_slice(&b).map_err(|e| Error::Invalid(format!("restart reply: {e}")))?;
     let how = match (v["method"].as_str(), v["note"].as_str()) {
         (Some("takeover"), _) => "socket takeover, nothing lost".to_owned(),
+        (Some("shared-server"), _) => {
+            "the shared server replaced for every namespace, sockets handed over, nothing lost"
+                .to_owned()
+        }
         (_, Some(why)) => format!("stopped and started, connections meanwhile refused: {why}"),
         (m, None) => m.unwrap_or("?").to_owned(),
     };

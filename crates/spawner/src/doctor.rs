@@ -10,6 +10,12 @@
 //! shared mount, and for every proxy: it runs, its pid is the process in its namespace, its
 //! namespace carries the metadata address, nothing else listens on port 80 there, and a probe
 //! through it gets an HTTP answer other than 502/503/504. One line per problem; exit 1 if any.
+//!
+//! In the shared model (issue #20) a namespace's pid is the shared server's, which runs in no
+//! namespace of its own: instead of "the pid is the process in the namespace", the server must
+//! be the one its pid file (`STATE_DIR/shared-server.pid`: pid and start time) names, and the
+//! port-80 sockets in the namespace must be ones it holds. The probe through each namespace
+//! proves the server serves it.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -118,12 +124,12 @@ fn socket_inodes(pid: u32) -> Vec<u64> {
         .collect()
 }
 
-/// Inodes of the TCP sockets listening on port 80 in `pid`'s network namespace
-/// (/proc/PID/net/tcp and tcp6: state 0A, local port 0050).
-fn port80_listeners(pid: u32) -> Vec<u64> {
+/// Inodes of the TCP sockets listening on port 80 in the network namespace `proc` sees
+/// (`/proc/PID` or `/proc/thread-self`; its net/tcp and tcp6: state 0A, local port 0050).
+fn port80_listeners(proc: &str) -> Vec<u64> {
     ["tcp", "tcp6"]
         .iter()
-        .filter_map(|t| std::fs::read_to_string(format!("/proc/{pid}/net/{t}")).ok())
+        .filter_map(|t| std::fs::read_to_string(format!("{proc}/net/{t}")).ok())
         .flat_map(|text| {
             text.lines()
                 .skip(1)
@@ -139,13 +145,66 @@ fn port80_listeners(pid: u32) -> Vec<u64> {
         .collect()
 }
 
-/// The problems of one running proxy: process, address, port 80, probe.
+/// The state dir of the shared server `pid` is (`--shared-server DIR` in its argv), if it is one.
+fn shared_server_dir(pid: u32) -> Option<std::path::PathBuf> {
+    let argv = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let words: Vec<&[u8]> = argv.split(|&b| b == 0).collect();
+    words
+        .windows(2)
+        .find(|w| w[0] == b"--shared-server")
+        .map(|w| std::path::PathBuf::from(String::from_utf8_lossy(w[1]).into_owned()))
+}
+
+/// Whether `pid` is the shared server its state dir's pid file names (same pid, same start
+/// time): the reason when not.
+fn is_recorded_server(pid: u32, dir: &std::path::Path) -> std::result::Result<(), String> {
+    let file = dir.join(crate::shared_model::PID_FILE);
+    let text = match crate::statedir::read_nofollow(&file, 64) {
+        Ok(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
+        Ok(None) => return Err(format!("{} is missing", file.display())),
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut f = text.split_ascii_whitespace();
+    let recorded = (f.next(), f.next());
+    let now = crate::pidfile::start_time(pid).map(|s| s.to_string());
+    match recorded {
+        (Some(p), Some(start)) if p == pid.to_string() && Some(start) == now.as_deref() => Ok(()),
+        (Some(p), Some(_)) if p == pid.to_string() => Err(format!(
+            "pid {pid} started after {} was written (a recycled pid)",
+            file.display()
+        )),
+        _ => Err(format!("{} names another process", file.display())),
+    }
+}
+
+/// The port-80 listeners inside `netns`, read from a thread that entered it.
+async fn port80_listeners_in(netns: &str) -> std::result::Result<Vec<u64>, String> {
+    let name = netns.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let ns = Netns::open(&name).map_err(|e| e.to_string())?;
+        ns.run(|| port80_listeners("/proc/thread-self"))
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// The problems of one running proxy (or, in the shared model, of the shared server for
+/// this namespace): process, address, port 80, probe.
 pub async fn check_proxy(netns: &str, interface: &str, pid: u32) -> Vec<String> {
     let mut problems = Vec::new();
+    let shared = shared_server_dir(pid);
+    if let Some(dir) = &shared {
+        if let Err(why) = is_recorded_server(pid, dir) {
+            problems.push(format!("{netns}: shared server pid {pid}: {why}"));
+        }
+    }
     let same_ns = std::fs::metadata(format!("/proc/{pid}/ns/net")).and_then(|p| {
         std::fs::metadata(format!("{}/{netns}", ns_netns::NETNS_RUN_DIR)).map(|n| (p, n))
     });
     match same_ns {
+        // The shared server runs in none of the namespaces it serves.
+        _ if shared.is_some() => {}
         Ok((p, n)) => {
             use std::os::unix::fs::MetadataExt;
             if p.ino() != n.ino() {
@@ -170,14 +229,22 @@ pub async fn check_proxy(netns: &str, interface: &str, pid: u32) -> Vec<String> 
         Err(e) => problems.push(format!("{netns}: {e}")),
     }
     let ours = socket_inodes(pid);
-    let strangers: Vec<u64> = port80_listeners(pid)
-        .into_iter()
-        .filter(|i| !ours.contains(i))
-        .collect();
-    if !strangers.is_empty() {
+    let listeners = match shared {
+        Some(_) => port80_listeners_in(netns).await.unwrap_or_else(|e| {
+            problems.push(format!("{netns}: port 80 listeners: {e}"));
+            Vec::new()
+        }),
+        None => port80_listeners(&format!("/proc/{pid}")),
+    };
+    let strangers = listeners.iter().filter(|i| !ours.contains(i)).count();
+    if strangers > 0 {
+        let who = if shared.is_some() {
+            "shared server"
+        } else {
+            "proxy"
+        };
         problems.push(format!(
-            "{netns}: something besides proxy pid {pid} listens on port 80 ({} socket(s))",
-            strangers.len()
+            "{netns}: something besides {who} pid {pid} listens on port 80 ({strangers} socket(s))"
         ));
     }
     let name = netns.to_owned();

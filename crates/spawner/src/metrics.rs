@@ -1,5 +1,6 @@
 //! `GET /metrics`: the supervisor's state in Prometheus text exposition format (proxies by
-//! state, records, reconcile passes, per-proxy up and restarts, agent reachability) and what
+//! state, records, reconcile passes, per-proxy up and restarts, agent reachability, the
+//! shared server in the shared model) and what
 //! the proxies counted in their statistics blocks (requests by class, errors by code,
 //! connections, agent pool reuse, latency per kind).
 
@@ -87,6 +88,15 @@ pub fn render<P: Platform>(sup: &Supervisor<P>, agent: &AgentStatus) -> String {
         );
     }
     let cfg = sup.config();
+    if cfg.proxy_model == crate::config::ProxyModel::Shared {
+        let _ = writeln!(
+            s,
+            "# HELP ns_metadata_shared_server_up 1 if the shared proxy server is up and serving \
+             (proxy_model = shared).\n# TYPE ns_metadata_shared_server_up gauge"
+        );
+        let up = sup.shared_server().and_then(|h| h.pid()).is_some();
+        let _ = writeln!(s, "ns_metadata_shared_server_up {}", u8::from(up));
+    }
     if cfg.proxy_metrics {
         let keys: Vec<(String, ns_contract::Kind)> =
             status.iter().map(|p| (p.key.clone(), p.kind)).collect();

@@ -43,8 +43,7 @@ pub fn path(dir: &Path, key: &str) -> PathBuf {
 /// Open `key`'s block for a proxy start, creating it if needed, with the open-connections
 /// gauge zeroed (a proxy killed with connections open never decremented it).
 pub fn for_start(dir: &Path, key: &str) -> std::io::Result<OwnedFd> {
-    crate::statedir::prepare(dir).map_err(std::io::Error::other)?;
-    let f = open_block(&path(dir, key), true)?;
+    let f = File::from(for_shared(dir, key)?);
     let map = SharedCounters::map(&f, SLOTS)?;
     map.store(SLOT_CONN_OPEN, 0);
     Ok(f.into())
@@ -53,6 +52,14 @@ pub fn for_start(dir: &Path, key: &str) -> std::io::Result<OwnedFd> {
 /// Open `key`'s block for a proxy that takes over from a running one (`restart`): the
 /// open-connections gauge stays, since the predecessor still holds (and will close) its own.
 pub fn for_takeover(dir: &Path, key: &str) -> std::io::Result<OwnedFd> {
+    for_shared(dir, key)
+}
+
+/// Open `key`'s block for the shared server (`add ... stats=1`), creating it if needed. The
+/// gauge is left alone: the server zeroes it when it first serves the namespace, and not when
+/// a restarted spawner hands over the sockets it already serves (its connections still count
+/// down into it).
+pub fn for_shared(dir: &Path, key: &str) -> std::io::Result<OwnedFd> {
     crate::statedir::prepare(dir).map_err(std::io::Error::other)?;
     Ok(open_block(&path(dir, key), true)?.into())
 }

@@ -13,6 +13,10 @@
 //!   namespace uses a socket it got back only when the socket's own namespace
 //!   (`SIOCGSKNS`) is the record's namespace now and its address is the metadata address;
 //!   otherwise the server is told to drop it and the namespace binds afresh.
+//! - A graceful restart ([`SharedServer::replace`]) starts a new server on a fresh control
+//!   socket, hands it every socket, waits for its READY, and only then SIGTERMs the old one,
+//!   which stops accepting and finishes what it has: both accept from the same listening
+//!   sockets meanwhile, so no connection is refused or lost.
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -75,6 +79,8 @@ struct Inner {
     stop: watch::Sender<bool>,
     /// The task that keeps the server running.
     manager: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Asks the manager for a graceful restart; answered with the new server's pid.
+    replace: tokio::sync::mpsc::Sender<oneshot::Sender<Result<u32>>>,
 }
 
 /// The handle on the shared server; cheap to clone.
@@ -96,6 +102,7 @@ impl SharedServer {
     /// provably ours, else start one; then keep it running.
     pub async fn start(cfg: Arc<Config>) -> SharedServer {
         let (up, _) = watch::channel(None);
+        let (replace, replace_rx) = tokio::sync::mpsc::channel(1);
         let inner = Arc::new(Inner {
             cfg: Arc::clone(&cfg),
             entries: Mutex::new(BTreeMap::new()),
@@ -104,6 +111,7 @@ impl SharedServer {
             taken: Mutex::new(BTreeMap::new()),
             stop: watch::channel(false).0,
             manager: Mutex::new(None),
+            replace,
         });
         let adopted = match take_over(&cfg).await {
             Ok(Some((running, pid, conn, taken))) => {
@@ -123,7 +131,7 @@ impl SharedServer {
                 None
             }
         };
-        let task = tokio::spawn(manage(Arc::clone(&inner), adopted));
+        let task = tokio::spawn(manage(Arc::clone(&inner), adopted, replace_rx));
         *lock(&inner.manager) = Some(task);
         SharedServer { inner }
     }
@@ -136,6 +144,21 @@ impl SharedServer {
         if let Some(task) = task {
             let _ = task.await;
         }
+    }
+
+    /// Restart the server without losing a request: a new server on a fresh control socket
+    /// gets every namespace's sockets and says READY, then the old one gets SIGTERM and
+    /// drains (SIGKILL after `stop_timeout`). Requests to the server wait meanwhile. The new
+    /// server's pid; on error the old server goes on serving.
+    pub async fn replace(&self) -> Result<u32> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .replace
+            .send(tx)
+            .await
+            .map_err(|_| Error::Spawn("the shared server is stopped".into()))?;
+        rx.await
+            .map_err(|_| Error::Spawn("the shared server stopped during the restart".into()))?
     }
 
     /// The server's pid while it is up.
@@ -175,9 +198,15 @@ impl SharedServer {
         }
     }
 
-    /// Serve `spec` with `fds` (kept here too): the server's pid once it serves them.
-    async fn add(&self, spec: &ProxySpec, fds: Vec<OwnedFd>) -> Result<u32> {
-        let request = format!("add {} {}", tag(spec), spec.netns);
+    /// Serve `spec` with `fds` (kept here too): the server's pid once it serves them. With
+    /// `proxy_metrics`, the namespace's statistics block goes last (`stats=1`), so its answers
+    /// are counted into the same block a proxy of the per-namespace model would use.
+    async fn add(&self, spec: &ProxySpec, mut fds: Vec<OwnedFd>) -> Result<u32> {
+        let mut request = format!("add {} {}", tag(spec), spec.netns);
+        if self.inner.cfg.proxy_metrics {
+            fds.push(stats_block(&self.inner.cfg, spec)?);
+            request.push_str(" stats=1");
+        }
         let copies = dup_all(&fds)?;
         lock(&self.inner.entries).insert(
             spec.key.clone(),
@@ -230,6 +259,15 @@ impl SharedServer {
             Err(e) => Err(Error::Spawn(format!("shared server control socket: {e}"))),
         }
     }
+}
+
+/// The namespace's statistics block for the server; if its file cannot be made (full or
+/// read-only state dir), an anonymous one, so the namespace is still served (uncounted).
+fn stats_block(cfg: &Config, spec: &ProxySpec) -> Result<OwnedFd> {
+    crate::proxy_stats::for_shared(&cfg.stats_dir(), &spec.key).or_else(|e| {
+        tracing::warn!(key = %spec.key, err = %e, "cannot open the statistics block; this namespace's requests are not counted");
+        crate::proxy_stats::anonymous().map_err(|e| Error::Spawn(format!("statistics block: {e}")))
+    })
 }
 
 fn dup_all(fds: &[OwnedFd]) -> Result<Vec<OwnedFd>> {
@@ -457,7 +495,11 @@ fn is_our_server(
 
 /// Keep the server running: (re)start it, hand it every entry, restart it when it dies;
 /// until asked to stop it.
-async fn manage(inner: Arc<Inner>, mut current: Option<Running>) {
+async fn manage(
+    inner: Arc<Inner>,
+    mut current: Option<Running>,
+    mut replace: tokio::sync::mpsc::Receiver<oneshot::Sender<Result<u32>>>,
+) {
     let cfg = Arc::clone(&inner.cfg);
     let mut stop = inner.stop.subscribe();
     let mut backoff = Backoff::new(cfg.max_restart_delay);
@@ -474,13 +516,8 @@ async fn manage(inner: Arc<Inner>, mut current: Option<Running>) {
                     let l = listener
                         .as_ref()
                         .ok_or_else(|| Error::Spawn("no control socket".into()))?;
-                    let (running, pid) = spawn_server(&cfg, l).await?;
-                    let conn = connect(&cfg.state_dir.join(CONTROL_SOCKET))
-                        .map_err(|e| Error::Spawn(format!("connect to the shared server: {e}")))?;
-                    replay(&inner, &conn, cfg.ready_timeout).await?;
-                    *inner.control.lock().await = Some(conn);
-                    inner.up.send_replace(Some(pid));
-                    tracing::info!(pid, "shared server ready");
+                    let mut control = inner.control.lock().await;
+                    let (running, _) = start_and_replay(&inner, l, &mut control).await?;
                     Ok::<_, Error>(running)
                 };
                 match started.await {
@@ -497,8 +534,35 @@ async fn manage(inner: Arc<Inner>, mut current: Option<Running>) {
             }
         };
         let since = Instant::now();
-        let how = tokio::select! {
-            how = running.wait() => how,
+        let how = loop {
+            tokio::select! {
+            how = running.wait() => break how,
+            Some(reply) = replace.recv() => {
+                // A fresh control socket: the old server still listens on its own (unlinked)
+                // one until it exits, so a connection by path reaches only the new server.
+                let replaced = async {
+                    let mut control = inner.control.lock().await;
+                    let fresh = control_listener(&cfg.state_dir)?;
+                    let started = start_and_replay(&inner, &fresh, &mut control).await;
+                    listener = Some(fresh);
+                    started
+                };
+                match replaced.await {
+                    Ok((new, pid)) => {
+                        let mut old = std::mem::replace(&mut running, new);
+                        let grace = cfg.stop_timeout;
+                        tokio::spawn(async move {
+                            let how = old.stop(grace).await;
+                            tracing::info!(how = %how, "previous shared server drained and stopped");
+                        });
+                        let _ = reply.send(Ok(pid));
+                    }
+                    Err(e) => {
+                        tracing::warn!(err = %e, "shared server restart failed; the running one goes on");
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
             _ = stopped(&mut stop) => {
                 inner.up.send_replace(None);
                 *inner.control.lock().await = None;
@@ -508,6 +572,7 @@ async fn manage(inner: Arc<Inner>, mut current: Option<Running>) {
                 let _ = std::fs::remove_file(cfg.state_dir.join(CONTROL_SOCKET));
                 return;
             }
+            }
         };
         inner.up.send_replace(None);
         *inner.control.lock().await = None;
@@ -515,6 +580,35 @@ async fn manage(inner: Arc<Inner>, mut current: Option<Running>) {
         tracing::warn!(how = %how, restart_in = ?delay, "shared server died; its sockets wait in the kernel for the next one");
         if !sleep_unless_stopped(delay, &mut stop).await {
             return;
+        }
+    }
+}
+
+/// Start a server on the control socket `listener`, hand it every entry, and make it the one
+/// requests go to (`control` is the held control slot): it and its pid.
+async fn start_and_replay(
+    inner: &Inner,
+    listener: &OwnedFd,
+    control: &mut Option<UnixDatagram>,
+) -> Result<(Running, u32)> {
+    let cfg = &inner.cfg;
+    let (mut running, pid) = spawn_server(cfg, listener).await?;
+    let handed = async {
+        let conn = connect(&cfg.state_dir.join(CONTROL_SOCKET))
+            .map_err(|e| Error::Spawn(format!("connect to the shared server: {e}")))?;
+        replay(inner, &conn, cfg.ready_timeout).await?;
+        Ok::<_, Error>(conn)
+    };
+    match handed.await {
+        Ok(conn) => {
+            *control = Some(conn);
+            inner.up.send_replace(Some(pid));
+            tracing::info!(pid, "shared server ready");
+            Ok((running, pid))
+        }
+        Err(e) => {
+            running.stop(cfg.stop_timeout).await;
+            Err(e)
         }
     }
 }

@@ -116,7 +116,7 @@ pub enum RestartError {
     Unknown(String),
     /// It has no running process to restart: waiting, starting, backoff (409).
     NotRunning(String),
-    /// The shared model (`proxy_model = shared`) has no restart yet (501).
+    /// The shared model (`proxy_model = shared`) has no server to restart yet (501).
     Shared,
     /// It failed (500); the message says what runs now.
     Failed(String),
@@ -128,9 +128,9 @@ impl std::fmt::Display for RestartError {
             RestartError::Unknown(m) | RestartError::NotRunning(m) | RestartError::Failed(m) => {
                 f.write_str(m)
             }
-            RestartError::Shared => f.write_str(
-                "restart is not supported in the shared model (proxy_model = shared) yet",
-            ),
+            RestartError::Shared => {
+                f.write_str("the shared model (proxy_model = shared) has no server to restart yet")
+            }
         }
     }
 }
@@ -441,7 +441,7 @@ impl<P: Platform> Supervisor<P> {
     pub async fn restart(&self, key: &str) -> Result<Restarted, RestartError> {
         let cfg = self.config();
         if cfg.proxy_model == ProxyModel::Shared {
-            return Err(RestartError::Shared);
+            return self.restart_shared(key).await;
         }
         let found = lock(&self.inner.proxies)
             .get(key)
@@ -560,6 +560,49 @@ impl<P: Platform> Supervisor<P> {
                 slot.insert(self.start_proxy(spec, args, Start::Fresh, cfg));
             }
         }
+    }
+
+    /// The shared server (`proxy_model = shared`) once the first reconcile started it.
+    /// `restart ID` in the shared model: one server serves every namespace, so it is the server
+    /// that is replaced (`SharedServer::replace`: the new one gets every socket and says READY
+    /// before the old one drains; nothing is lost), for every namespace at once.
+    async fn restart_shared(&self, key: &str) -> Result<Restarted, RestartError> {
+        let st = lock(&self.inner.proxies)
+            .get(key)
+            .map(|p| p.status.snapshot());
+        let Some(st) = st else {
+            return Err(RestartError::Unknown(format!(
+                "no proxy {key}: see `status`"
+            )));
+        };
+        if st.state != State::Running {
+            return Err(RestartError::NotRunning(format!(
+                "proxy {key} is not running ({})",
+                st.state.as_str()
+            )));
+        }
+        let server = self.shared_server().ok_or(RestartError::Shared)?;
+        let old_pid = server.pid();
+        match server.replace().await {
+            Ok(pid) => Ok(Restarted {
+                key: key.to_owned(),
+                old_pid,
+                new_pid: Some(pid),
+                method: "shared-server",
+                note: Some(
+                    "the shared server serves every namespace: it was replaced for all of them, \
+                     each handing its sockets over (nothing lost)"
+                        .into(),
+                ),
+            }),
+            Err(e) => Err(RestartError::Failed(format!(
+                "shared server: {e}; the old server goes on serving"
+            ))),
+        }
+    }
+
+    pub fn shared_server(&self) -> Option<SharedServer> {
+        self.inner.shared.get().cloned()
     }
 
     /// With `proxy_model = shared`: the shared server, taken over from a previous spawner or

@@ -1,7 +1,10 @@
 //! Root tests of the shared proxy model (`proxy_model = shared`, issue #20) with real
 //! namespaces and the real `ns-metadata-proxy --shared-server`: routers served by one
-//! process, a server killed under load, removal, and a spawner killed and restarted taking
-//! the running server and its sockets over. Each test has its own state dir and namespaces
+//! process, a server killed under load, removal, a spawner killed and restarted taking
+//! the running server and its sockets over, each namespace's counts in `/metrics` across
+//! both, `check` on the server, and a graceful server restart under a request loop. Routers
+//! are added explicitly (never auto-enabled: other tests' namespaces share `/run/netns`).
+//! Each test has its own state dir and namespaces
 //! (per-run prefix), removed on drop; the server is killed on drop (`TempDir::reaping`).
 
 mod common;
@@ -58,19 +61,7 @@ async fn one_server_serves_every_router_and_a_kill9_refuses_nothing() {
     }
 
     // kill -9 under a request loop from the vm: some requests wait, none is refused.
-    let vm_ns = vm.netns().try_clone().expect("vm ns");
-    let looping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let go = looping.clone();
-    let load = std::thread::spawn(move || {
-        let (mut ok, mut failed) = (0u32, Vec::new());
-        while go.load(std::sync::atomic::Ordering::Relaxed) {
-            match get_in(&vm_ns, META) {
-                Ok(_) => ok += 1,
-                Err(e) => failed.push(e),
-            }
-        }
-        (ok, failed)
-    });
+    let load = RequestLoop::start(vm.netns());
     tokio::time::sleep(Duration::from_millis(300)).await;
     kill9(server);
     let server2 = eventually_async("server restarted", T, || {
@@ -81,8 +72,7 @@ async fn one_server_serves_every_router_and_a_kill9_refuses_nothing() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    looping.store(false, std::sync::atomic::Ordering::Relaxed);
-    let (ok, failed) = load.join().expect("load thread");
+    let (ok, failed) = load.finish();
     // A request in flight at the kill may be cut (its connection reset); a new connection
     // is never refused, since the listeners never close.
     assert!(
@@ -104,10 +94,21 @@ async fn one_server_serves_every_router_and_a_kill9_refuses_nothing() {
         get_in(nss[1].netns(), META).is_err().then_some(())
     })
     .await;
+    // The server stops serving first, then the namespace is torn down: polled.
     let nl = ns_netns::Netlink::open(nss[1].netns())
         .await
         .expect("netlink");
-    let addrs = nl.addresses("lo").await.expect("addresses");
+    let deadline = std::time::Instant::now() + T;
+    let addrs = loop {
+        let addrs = nl.addresses("lo").await.expect("addresses");
+        let gone = !addrs
+            .iter()
+            .any(|(a, _)| a.to_string() == "169.254.169.254");
+        if gone || std::time::Instant::now() > deadline {
+            break addrs;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(
         !addrs
             .iter()
@@ -124,12 +125,93 @@ async fn one_server_serves_every_router_and_a_kill9_refuses_nothing() {
     assert!(!dir.path().join("shared.sock").exists());
 }
 
+/// GET requests in a loop from inside a namespace, on a thread, until finished.
+struct RequestLoop {
+    go: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    answered: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    thread: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl RequestLoop {
+    fn start(ns: &ns_netns::Netns) -> RequestLoop {
+        use std::sync::atomic::Ordering::Relaxed;
+        let ns = ns.try_clone().expect("ns");
+        let go = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let (g, a) = (go.clone(), answered.clone());
+        let thread = std::thread::spawn(move || {
+            let mut failed = Vec::new();
+            while g.load(Relaxed) {
+                match get_in(&ns, META) {
+                    Ok(_) => {
+                        a.fetch_add(1, Relaxed);
+                    }
+                    Err(e) => failed.push(e),
+                }
+            }
+            failed
+        });
+        RequestLoop {
+            go,
+            answered,
+            thread,
+        }
+    }
+
+    /// Requests answered with a 200 so far.
+    fn answered(&self) -> u32 {
+        self.answered.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stop: how many were answered, and how each other one failed.
+    fn finish(self) -> (u32, Vec<String>) {
+        self.go.store(false, std::sync::atomic::Ordering::Relaxed);
+        let answered = self.answered;
+        let failed = self.thread.join().expect("request loop");
+        (answered.load(std::sync::atomic::Ordering::Relaxed), failed)
+    }
+}
+
 async fn futures_pids(sup: &Supervisor<Namespaces>, ids: &[String]) -> Vec<u32> {
     let mut pids = Vec::new();
     for id in ids {
         pids.push(running_pid(sup, id, T).await);
     }
     pids
+}
+
+/// The daemon's config for the shared model. Routers are added by the test, never enabled
+/// from `/run/netns`: other tests' namespaces live there too.
+fn shared_ini(dir: &std::path::Path) -> std::path::PathBuf {
+    let ini = write_ini(dir, "");
+    let text = std::fs::read_to_string(&ini).expect("ini");
+    std::fs::write(&ini, format!("{text}proxy_model = shared\n")).expect("ini");
+    ini
+}
+
+/// `ns-metadata-spawner router add ID` to the daemon of `ini`.
+fn add_router(ini: &std::path::Path, id: &str) {
+    let st = std::process::Command::new(env!("CARGO_BIN_EXE_ns-metadata-spawner"))
+        .arg("--config-file")
+        .arg(ini)
+        .args(["router", "add", id])
+        .output()
+        .expect("cli");
+    assert!(st.status.success(), "router add {id}: {st:?}");
+    // Saved before anything kills the daemon: a restarted one knows the router.
+    let records = ini.parent().expect("dir").join("records.json");
+    ns_testkit::eventually("router saved", T, || {
+        std::fs::read_to_string(&records)
+            .ok()?
+            .contains(&format!("\"{id}\""))
+            .then_some(())
+    });
+}
+
+/// The pid the shared server's pid file names.
+fn server_pid(dir: &std::path::Path) -> Option<u32> {
+    let text = std::fs::read_to_string(dir.join("shared-server.pid")).ok()?;
+    text.split_whitespace().next()?.parse().ok()
 }
 
 #[test]
@@ -145,19 +227,13 @@ fn a_restarted_spawner_takes_the_running_server_and_its_sockets_over() {
         .iter()
         .map(|id| TestNs::new(&format!("qrouter-{id}")).expect("router ns"))
         .collect();
-    let ini = write_ini(dir.path(), "");
-    let text = std::fs::read_to_string(&ini).expect("ini");
-    std::fs::write(
-        &ini,
-        format!("{text}proxy_model = shared\nauto_enable_routers = true\n"),
-    )
-    .expect("ini");
+    let ini = shared_ini(dir.path());
     let mut daemon = start_daemon(dir.path(), &ini, &[]);
+    for id in &ids {
+        add_router(&ini, id);
+    }
     let pid_file = dir.path().join("shared-server.pid");
-    let server = ns_testkit::eventually("server pid file", T, || {
-        let text = std::fs::read_to_string(&pid_file).ok()?;
-        text.split_whitespace().next()?.parse::<u32>().ok()
-    });
+    let server = ns_testkit::eventually("server pid file", T, || server_pid(dir.path()));
     for (id, ns) in ids.iter().zip(&nss) {
         let body = ns_testkit::eventually(id, T, || get_in(ns.netns(), META).ok());
         assert!(body.starts_with(&format!("router={id} ")), "{body}");
@@ -179,4 +255,263 @@ fn a_restarted_spawner_takes_the_running_server_and_its_sockets_over() {
     assert!(alive(server), "taken over, not restarted");
     let now = std::fs::read_to_string(&pid_file).expect("pid file");
     assert!(now.starts_with(&format!("{server} ")), "{now}");
+}
+
+/// One raw request from inside `ns`: the status answered (0: none).
+fn status_in(ns: &ns_netns::Netns, raw: &'static [u8]) -> u16 {
+    use ns_testkit::http::Blocking;
+    ns.run(move || {
+        let mut c = Blocking::tcp(META, Duration::from_secs(2)).ok()?;
+        c.send(raw).ok()?;
+        Some(c.read(false, Duration::from_secs(5))?.status)
+    })
+    .ok()
+    .flatten()
+    .unwrap_or(0)
+}
+
+const GET: &[u8] =
+    b"GET /latest/meta-data/ HTTP/1.1\r\nHost: 169.254.169.254\r\nConnection: close\r\n\r\n";
+
+/// The daemon's `/metrics` text.
+fn scrape(dir: &std::path::Path) -> String {
+    let mut c =
+        ns_testkit::http::Blocking::unix(&dir.join("control.sock")).expect("control socket");
+    c.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    c.read(false, Duration::from_secs(5))
+        .map(|r| r.text())
+        .unwrap_or_default()
+}
+
+/// The daemon's `/metrics`: the value of every `ns_metadata_proxy_*` series whose labels hold
+/// `labels`, by name and extra labels.
+fn proxy_series(dir: &std::path::Path, labels: &str) -> std::collections::BTreeMap<String, f64> {
+    scrape(dir)
+        .lines()
+        .filter(|l| l.starts_with("ns_metadata_proxy_") && l.contains(labels))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.replace(labels, ""), v.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn shared_namespaces_are_counted_in_metrics_across_a_server_kill9_and_a_takeover() {
+    if !require_root(
+        "shared_namespaces_are_counted_in_metrics_across_a_server_kill9_and_a_takeover",
+    ) {
+        return;
+    }
+    let dir = TempDir::new("sh-metrics").reaping();
+    let agent_sock = dir.path().join("agent.sock");
+    let ok_agent = agent(dir.path());
+    let id = format!("{}m", unique_prefix());
+    let netns = format!("qrouter-{id}");
+    let rns = TestNs::new(&netns).expect("router ns");
+    let ns = rns.netns();
+    let ini = shared_ini(dir.path());
+    let mut daemon = start_daemon(dir.path(), &ini, &[]);
+    add_router(&ini, &id);
+    let server_pid = || server_pid(dir.path());
+    // Known traffic: the first answer is awaited, then 3 more 200s, a 400, a 503.
+    let mut ok = 0u64;
+    ns_testkit::eventually("served", T, || (status_in(ns, GET) == 200).then_some(()));
+    ok += 1;
+    for _ in 0..3 {
+        assert_eq!(status_in(ns, GET), 200);
+        ok += 1;
+    }
+    assert_eq!(status_in(ns, b"NOT HTTP AT ALL\r\n\r\n"), 400);
+    drop(ok_agent);
+    let _ = std::fs::remove_file(&agent_sock);
+    assert_eq!(status_in(ns, GET), 503);
+    let _agent = agent(dir.path());
+
+    let labels = format!("netns=\"{netns}\",kind=\"router\",id=\"{id}\"");
+    // The counts land after each answer is written: polled until they are all there.
+    let want = |ok: u64| {
+        let matches = |got: &std::collections::BTreeMap<String, f64>| {
+            [
+                ("ns_metadata_proxy_requests_total{,class=\"2xx\"}", ok),
+                ("ns_metadata_proxy_requests_total{,class=\"4xx\"}", 1),
+                ("ns_metadata_proxy_requests_total{,class=\"5xx\"}", 1),
+                ("ns_metadata_proxy_errors_total{,code=\"400\"}", 1),
+                ("ns_metadata_proxy_errors_total{,code=\"503\"}", 1),
+                ("ns_metadata_proxy_connections_open{}", 0),
+            ]
+            .iter()
+            .all(|(series, n)| got.get(*series) == Some(&(*n as f64)))
+                // A client that gave up while its connection waited for a new server still
+                // counts as accepted.
+                && got
+                    .get("ns_metadata_proxy_connections_accepted_total{}")
+                    .is_some_and(|&a| a >= (ok + 2) as f64)
+        };
+        let mut last = Default::default();
+        let found = ns_testkit::wait_until(T, || {
+            last = proxy_series(dir.path(), &labels);
+            matches(&last)
+        });
+        assert!(
+            found,
+            "{ok} 200s, a 400 and a 503 wanted in /metrics: {last:?}"
+        );
+    };
+    want(ok);
+    let text = scrape(dir.path());
+    ns_contract::metrics::check_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert!(
+        text.contains("\nns_metadata_shared_server_up 1\n"),
+        "{text}"
+    );
+
+    // The server killed: a new one counts on into the same block.
+    let first = server_pid().expect("server pid");
+    kill9(first);
+    ns_testkit::eventually("a new server", T, || {
+        server_pid().filter(|&p| p != first && alive(p))
+    });
+    ns_testkit::eventually("served again", T, || {
+        (status_in(ns, GET) == 200).then_some(())
+    });
+    ok += 1;
+    want(ok);
+
+    // The spawner killed and restarted: it takes the server over, the counts go on.
+    kill9(daemon.pid());
+    let _ = daemon.0.wait();
+    let _daemon2 = start_daemon(dir.path(), &ini, &[]);
+    ns_testkit::eventually("taken over", T, || {
+        let log = std::fs::read_to_string(dir.path().join("daemon.log")).ok()?;
+        log.contains("took over the running shared server")
+            .then_some(())
+    });
+    want(ok);
+    assert_eq!(status_in(ns, GET), 200);
+    want(ok + 1);
+}
+
+/// `ns-metadata-spawner check` against the daemon of `ini`: success and its output.
+fn check_cli(ini: &std::path::Path) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ns-metadata-spawner"))
+        .arg("--config-file")
+        .arg(ini)
+        .arg("check")
+        .output()
+        .expect("check");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn check_knows_the_shared_server_and_names_what_is_wrong() {
+    if !require_root("check_knows_the_shared_server_and_names_what_is_wrong") {
+        return;
+    }
+    let dir = TempDir::new("sh-check").reaping();
+    let _agent = agent(dir.path());
+    let id = format!("{}c", unique_prefix());
+    let netns = format!("qrouter-{id}");
+    let rns = TestNs::new(&netns).expect("router ns");
+    let ini = shared_ini(dir.path());
+    let _daemon = start_daemon(dir.path(), &ini, &[]);
+    add_router(&ini, &id);
+    ns_testkit::eventually("served", T, || get_in(rns.netns(), META).ok());
+    // Served by a process in no namespace of its own, with the sockets it holds: healthy.
+    let (ok, out) = check_cli(&ini);
+    assert!(ok && out.starts_with("ok: 1 proxies"), "{out}");
+
+    // A stranger on port 80 in the namespace: named, with the server's pid.
+    let server = server_pid(dir.path()).expect("server pid");
+    let stranger = rns
+        .netns()
+        .run(|| std::net::TcpListener::bind("127.0.0.1:80"))
+        .expect("enter")
+        .expect("bind 127.0.0.1:80");
+    let (ok, out) = check_cli(&ini);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "{netns}: something besides shared server pid {server} listens on port 80"
+        )),
+        "{out}"
+    );
+    assert_eq!(out.lines().count(), 1, "one line per problem: {out}");
+    drop(stranger);
+
+    // A pid file that does not prove the server (another start time): said, one line.
+    let pid_file = dir.path().join("shared-server.pid");
+    let good = std::fs::read_to_string(&pid_file).expect("pid file");
+    std::fs::write(&pid_file, format!("{server} 1\n")).expect("forge");
+    let (ok, out) = check_cli(&ini);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!("{netns}: shared server pid {server}"))
+            && out.contains("recycled pid"),
+        "{out}"
+    );
+    std::fs::write(&pid_file, good).expect("restore");
+    let (ok, out) = check_cli(&ini);
+    assert!(ok, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_server_restart_loses_no_request() {
+    if !require_root("a_graceful_server_restart_loses_no_request") {
+        return;
+    }
+    let dir = TempDir::new("sh-replace").reaping();
+    let _agent = agent(dir.path());
+    let ids: Vec<String> = (0..2).map(|i| format!("{}g{i}", unique_prefix())).collect();
+    let nss: Vec<TestNs> = ids
+        .iter()
+        .map(|id| TestNs::new(&format!("qrouter-{id}")).expect("router ns"))
+        .collect();
+    let sup = shared_supervisor(&dir);
+    for id in &ids {
+        sup.put_router(router(id));
+    }
+    let old = futures_pids(&sup, &ids).await[0];
+    let server = sup.shared_server().expect("the shared server");
+
+    // A request loop from inside the first namespace across the restart: every request
+    // answered with a 200.
+    let load = RequestLoop::start(nss[0].netns());
+    // Requests before and after, observed rather than slept on.
+    eventually_async("answers before", T, || (load.answered() > 0).then_some(())).await;
+    let new = server.replace().await.expect("replaced");
+    assert_ne!(new, old);
+    eventually_async("the old server drained and exited", T, || {
+        (!alive(old)).then_some(())
+    })
+    .await;
+    let before = load.answered();
+    eventually_async("answers after", T, || {
+        (load.answered() > before).then_some(())
+    })
+    .await;
+    let (ok, failed) = load.finish();
+    assert!(failed.is_empty(), "{ok} ok, lost: {failed:?}");
+    assert!(ok > 0);
+    for (id, ns) in ids.iter().zip(&nss) {
+        let body = get_in(ns.netns(), META).unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert!(body.starts_with(&format!("router={id} ")), "{body}");
+        assert_eq!(
+            status_of(&sup, id).and_then(|s| s.pid),
+            Some(new),
+            "{id} follows the new server"
+        );
+    }
+    let recorded = server_pid(dir.path());
+    assert_eq!(recorded, Some(new), "the pid file names the new server");
+    sup.stop_all().await;
+    eventually_async("server stopped", T, || (!alive(new)).then_some(())).await;
 }

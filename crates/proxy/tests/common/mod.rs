@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use ns_metadata_proxy::shared::Namespaces;
+use ns_metadata_proxy::stats::Stats;
 use ns_metadata_proxy::{bind, server, Args, Config};
 use tokio::sync::oneshot;
 
@@ -18,17 +20,70 @@ pub use ns_testkit::TempDir;
 /// A client connection to the proxy under test.
 pub type Client = Conn<tokio::net::TcpStream>;
 
+/// Which proxy model a behaviour test runs against (issue #20: every proxy behaviour test runs
+/// against both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Model {
+    /// One proxy per namespace: [`server::serve`] on the listener.
+    PerNamespace,
+    /// The shared server's per-namespace table ([`ns_metadata_proxy::shared::Namespaces`]),
+    /// the listener handed to it as the spawner hands one over.
+    Shared,
+}
+
+impl Model {
+    /// [`Proxy::start`] in this model.
+    pub fn start(self, socket: &Path, bind_addr: &str, args: &[&str]) -> Proxy {
+        Proxy::start_in(self, socket, bind_addr, args)
+    }
+}
+
+/// Each `async fn NAME(model: Model)` named becomes two tests, `per_namespace::NAME` and
+/// `shared::NAME`.
+#[macro_export]
+macro_rules! in_both_models {
+    ($($name:ident),+ $(,)?) => {
+        mod per_namespace {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::common::Model::PerNamespace).await
+                }
+            )+
+        }
+        mod shared {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::common::Model::Shared).await
+                }
+            )+
+        }
+    };
+}
+
+/// How a proxy under test is being served.
+enum Serving {
+    Own(oneshot::Sender<()>, tokio::task::JoinHandle<()>),
+    Table(Arc<Namespaces>, ns_contract::Resource),
+}
+
 /// A proxy served in this test's runtime; stops on drop.
 pub struct Proxy {
     pub addr: SocketAddr,
     pub shared: Arc<server::Shared>,
-    stop: Option<oneshot::Sender<()>>,
-    pub done: Option<tokio::task::JoinHandle<()>>,
+    serving: Option<Serving>,
 }
 
 impl Proxy {
-    /// `args`: extra command-line flags; binds `bind` (port 0) and uses `socket`.
+    /// `args`: extra command-line flags; binds `bind` (port 0) and uses `socket`. One proxy
+    /// per namespace.
     pub fn start(socket: &Path, bind_addr: &str, args: &[&str]) -> Proxy {
+        Proxy::start_in(Model::PerNamespace, socket, bind_addr, args)
+    }
+
+    /// As [`Proxy::start`], served in `model`.
+    pub fn start_in(model: Model, socket: &Path, bind_addr: &str, args: &[&str]) -> Proxy {
         let id: &[&str] = if args.iter().any(|a| a.ends_with("-id")) {
             &[]
         } else {
@@ -44,42 +99,73 @@ impl Proxy {
         let cfg = Config::from_args(Args::try_parse_from(argv).expect("args")).expect("config");
         let std_l = bind::bind_all(&[bind_addr.parse().expect("bind spec")]).expect("bind");
         let addr = std_l[0].local_addr().expect("addr");
-        let l = tokio::net::TcpListener::from_std(std_l.into_iter().next().expect("one"))
-            .expect("tokio listener");
+        let std_l = std_l.into_iter().next().expect("one");
         let resource = cfg.resource.clone().expect("one resource");
-        let shared = Arc::new(server::Shared::new(&cfg, &resource));
-        let (tx, rx) = oneshot::channel::<()>();
-        let done = tokio::spawn(server::serve(
-            shared.clone(),
-            vec![l],
-            cfg.max_connections,
-            async move {
-                let _ = rx.await;
-            },
-            Duration::from_secs(2),
-        ));
-        Proxy {
-            addr,
-            shared,
-            stop: Some(tx),
-            done: Some(done),
+        match model {
+            Model::PerNamespace => {
+                let l = tokio::net::TcpListener::from_std(std_l).expect("tokio listener");
+                let shared = Arc::new(server::Shared::new(&cfg, &resource));
+                let (tx, rx) = oneshot::channel::<()>();
+                let done = tokio::spawn(server::serve(
+                    shared.clone(),
+                    vec![l],
+                    cfg.max_connections,
+                    async move {
+                        let _ = rx.await;
+                    },
+                    GRACE,
+                ));
+                Proxy {
+                    addr,
+                    shared,
+                    serving: Some(Serving::Own(tx, done)),
+                }
+            }
+            Model::Shared => {
+                let table = Arc::new(Namespaces::new(cfg, 65_536).with_grace(GRACE));
+                let shared = table
+                    .add(
+                        resource.clone(),
+                        "test-ns".to_owned(),
+                        vec![std::os::fd::OwnedFd::from(std_l)],
+                        Stats::default(),
+                    )
+                    .expect("served by the shared table");
+                Proxy {
+                    addr,
+                    shared,
+                    serving: Some(Serving::Table(table, resource)),
+                }
+            }
         }
     }
 
+    /// Stop accepting and wait for the connections in flight (up to the grace).
     pub async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(d) = self.done.take() {
-            let _ = d.await;
+        match self.serving.take() {
+            Some(Serving::Own(tx, done)) => {
+                let _ = tx.send(());
+                let _ = done.await;
+            }
+            Some(Serving::Table(table, _)) => table.shutdown().await,
+            None => {}
         }
     }
 }
 
+/// How long a stopped proxy's connections may take to finish, in both models.
+const GRACE: Duration = Duration::from_secs(2);
+
 impl Drop for Proxy {
     fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
+        match self.serving.take() {
+            Some(Serving::Own(tx, _)) => {
+                let _ = tx.send(());
+            }
+            Some(Serving::Table(table, resource)) => {
+                let _ = table.remove(&resource);
+            }
+            None => {}
         }
     }
 }
