@@ -110,6 +110,8 @@ struct Served {
     listeners: Vec<OwnedFd>,
     /// (device, inode) of each listener: same set = same sockets.
     identity: Vec<(u64, u64)>,
+    /// Its relay state, for the one housekeeping task of all namespaces.
+    state: Arc<Shared>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
 }
@@ -137,6 +139,15 @@ struct Server {
 impl Server {
     fn table(&self) -> std::sync::MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every namespace's relay state, for [`server::housekeeping_all`].
+    fn states(&self) -> Vec<Arc<Shared>> {
+        self.table()
+            .served
+            .values()
+            .map(|s| s.state.clone())
+            .collect()
     }
 
     /// Grow the global cap to `namespaces` × [`GLOBAL_CONNECTIONS_PER_NAMESPACE`], at most
@@ -209,7 +220,7 @@ impl Server {
         let per_ns = self.base.max_connections;
         let global = self.global.clone();
         let task = tokio::spawn(server::serve_capped(
-            shared,
+            shared.clone(),
             tokio_listeners,
             per_ns,
             Some(global),
@@ -224,6 +235,7 @@ impl Server {
                 netns: netns.clone(),
                 listeners: copies,
                 identity,
+                state: shared,
                 stop: stop_tx,
                 task,
             },
@@ -334,6 +346,10 @@ pub async fn serve(
         nofile,
         starting_uid,
     });
+    // One housekeeping task for every namespace (not one timer each).
+    let (tend_stop, tend_rx) = tokio::sync::watch::channel(false);
+    let tended = server.clone();
+    tokio::spawn(server::housekeeping_all(move || tended.states(), tend_rx));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -351,6 +367,7 @@ pub async fn serve(
             },
         }
     }
+    let _ = tend_stop.send(true);
     server.shutdown().await;
     Ok(())
 }
