@@ -51,3 +51,9 @@ private_netns() { # tmpfs name
     trap cleanup EXIT
     trap 'exit 130' INT TERM
 }
+# The spawner's configuration for these figures: every qrouter- namespace auto-enabled, the
+# address on lo, the agent at $1, state in $2; further lines ($3...) appended.
+spawner_ini() { # agent-socket state-dir [line...]
+    printf '[DEFAULT]\nmetadata_proxy_socket = %s\n\n[spawner]\nproxy_binary = %s\nstate_dir = %s\n' "$1" "$PROXY" "$2"
+    printf '%s\n' "router_interface = lo" "auto_enable_routers = true" "agent_keepalive = auto" "${@:3}"
+}

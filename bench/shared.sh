@@ -140,18 +140,7 @@ kill_figure() { # n
 side_ours() { # model n first_n
     local m=$1 n=$2 v="$1-$2" t0 w mem0
     rm -rf "$SW/sp"
-    cat >"$SW/spawner.ini" <<EOF
-[DEFAULT]
-metadata_proxy_socket = $SH_SOCK
-
-[spawner]
-proxy_binary = $PROXY
-state_dir = $SW/sp
-router_interface = lo
-auto_enable_routers = true
-agent_keepalive = auto
-proxy_model = $m
-EOF
+    spawner_ini "$SH_SOCK" "$SW/sp" "proxy_model = $m" >"$SW/spawner.ini"
     sample sh_load1 "$v" "$(load1)"
     mem0=$(mem_available_kb)
     t0=$(date +%s%N)
