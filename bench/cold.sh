@@ -14,53 +14,22 @@ set -euo pipefail
 : "${WORK:?}" "${RUN:?}" "${TOOL:?}" "${SPAWNER:?}" "${PROXY:?}" "${RAW:?}" "${COLD_SOCK:?}" "${COLD_NS:?}" "${COLD_RUNS:?}"
 : "${COLD_HAPROXY_TMPL:?}"
 
+SCRIPT=cold.sh TAG=c
+# shellcheck source=bench/mountns.sh
+. "$(dirname "$0")/mountns.sh"
 CW=$WORK/cold
-mkdir -p "$CW/hap" /run/netns
-mount -t tmpfs -o mode=0755 nsb-cold /run/netns
-CLK=$(getconf CLK_TCK)
+run_pids() { [[ -z $SP ]] || echo "$SP"; pids_in "$CW"/sp/pids/*.pid "$CW"/hap/*.pid; }
 SP=
+private_netns nsb-cold
+mkdir -p "$CW/hap"
+CLK=$(getconf CLK_TCK)
 
-log() { printf '%s cold.sh: %s\n' "$(date -u +%T)" "$*" >&2; }
-sample() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$RAW"; }
-field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p" <<<"$2"; }
-gone() { [[ ! -r /proc/$1/stat ]] || [[ $(sed 's/.*) //' /proc/"$1"/stat | cut -c1) == Z ]]; }
-rid() { printf 'c%s-0000-4000-8000-%012d' "$RUN" "$1"; } # the run id in every router id
-# A process this run started (its argv names the run directory or a router id of this run).
-ours() { { tr '\0' ' ' </proc/"$1"/cmdline; } 2>/dev/null | grep -q -e "$WORK" -e "c$RUN-"; }
-pids_in() { local f p _; for f in "$@"; do [[ -s $f ]] && read -r p _ <"$f" && echo "$p"; done 2>/dev/null || true; }
 # Children's user+system CPU of this shell so far, in ms (bash `times`, second line; run in
 # this shell, not in a command substitution, whose subshell has no children yet).
 children_ms() {
     times >"$CW/times"
     awk 'NR == 2 { t = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] } printf "%d", t * 1000 }' "$CW/times"
 }
-# Signal every process of this run still alive (pid files, the spawner), then wait.
-stop_all() {
-    local p
-    for p in $SP $(pids_in "$CW"/sp/pids/*.pid "$CW"/hap/*.pid); do
-        ours "$p" && kill -"$1" "$p" 2>/dev/null || true
-    done
-    for _ in $(seq 200); do
-        local alive=0
-        for p in $SP $(pids_in "$CW"/sp/pids/*.pid "$CW"/hap/*.pid); do
-            ours "$p" && ! gone "$p" && alive=1
-        done
-        ((alive)) || return 0
-        sleep 0.05
-    done
-    return 1
-}
-cleanup() {
-    local rc=$?
-    trap - EXIT
-    set +e
-    stop_all TERM || stop_all KILL
-    ip -all netns delete 2>/dev/null
-    umount -l /run/netns 2>/dev/null
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 # N namespaces qrouter-<id>, lo up (the l3 agent does that when it builds the router), the
 # list for the waiter, and Neutron's haproxy configuration for each.
@@ -92,17 +61,7 @@ waiter() {
 cold_ours() {
     local n=$1 t0 w ticks
     rm -rf "$CW/sp"
-    cat >"$CW/spawner.ini" <<EOF
-[DEFAULT]
-metadata_proxy_socket = $COLD_SOCK
-
-[spawner]
-proxy_binary = $PROXY
-state_dir = $CW/sp
-router_interface = lo
-auto_enable_routers = true
-agent_keepalive = auto
-EOF
+    spawner_ini "$COLD_SOCK" "$CW/sp" >"$CW/spawner.ini"
     sample cold_load1 "ours-$n" "$(cut -d' ' -f1 /proc/loadavg)"
     t0=$(date +%s%N)
     "$SPAWNER" --config-file "$CW/spawner.ini" run --stop-proxies-on-exit 2>>"$CW/spawner.log" &

@@ -2,7 +2,7 @@
 # bench/run.sh [--quick] [--no-build] [--only-haproxy] [--only-ovn | --no-ovn] [--ovn-provision]
 #              [--only-cold | --no-cold]
 #              [--only-shapes | --no-shapes]
-#              [--only-metrics]
+#              [--only-metrics] [--only-shared | --no-shared]
 #
 # Side-by-side benchmark: ns-metadata-proxy (and ns-metadata-spawner) vs haproxy with
 # Neutron's generated config, same agent stand-in, same namespace topology. Writes
@@ -11,7 +11,7 @@
 # exit, also on Ctrl-C or error. See bench/README.md for what each figure means.
 set -euo pipefail
 
-QUICK=0 BUILD=1 OURS=auto ONLY_OVN=0 OVN=1 OVN_PROVISION=0 ONLY_COLD=0 COLD=1 ONLY_SHAPES=0 SHAPES=1 ONLY_METRICS=0
+QUICK=0 BUILD=1 OURS=auto ONLY_OVN=0 OVN=1 OVN_PROVISION=0 ONLY_COLD=0 COLD=1 ONLY_SHAPES=0 SHAPES=1 ONLY_METRICS=0 ONLY_SHARED=0 SHARED=1
 for arg in "$@"; do
     case "$arg" in
         --quick) QUICK=1 ;;
@@ -25,6 +25,8 @@ for arg in "$@"; do
         --only-shapes) ONLY_SHAPES=1 ;;
         --no-shapes) SHAPES=0 ;;
         --only-metrics) ONLY_METRICS=1 ;;
+        --only-shared) ONLY_SHARED=1 ;;
+        --no-shared) SHARED=0 ;;
         -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $arg" >&2; exit 2 ;;
     esac
@@ -582,6 +584,33 @@ if [[ $ONLY_COLD == 1 ]]; then
     log "figure 11 only (--only-cold)"
     cold_figure
     if [[ -s $RAW ]]; then write_report; else log "figure 11 measured nothing; no report"; fi
+    exit 0
+fi
+# ---------------------------------------------------------------- figure 14: shared model (issue 20)
+# bench/shared.sh, in a mount namespace of its own like figure 11: rows N = $SHARED_NS.
+SHARED_NS=${NSB_SHARED_NS:-200 1000 2000}
+shared_figure() {
+    [[ $SPAWN == 1 ]] || { log "figure 14 skipped: no spawner"; return 0; }
+    log "figure 14: shared model vs per-namespace vs haproxy, N = $SHARED_NS ($MANY_RUNS rounds)"
+    start_agent shared close
+    haproxy_cfg @ID@ "$WORK/agent-shared.sock" @PIDFILE@ >"$WORK/shared-haproxy.tmpl"
+    cat >"$WORK/shared.lua" <<'EOF'
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("NSBENCH %d %d %d %d %d %d\n", summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(99), e.connect + e.read + e.write + e.timeout, e.status))
+end
+EOF
+    WORK=$WORK RUN=$RUN TOOL=$TOOL SPAWNER=$SPAWNER PROXY=$PROXY RAW=$RAW SH_SOCK=$WORK/agent-shared.sock \
+        SH_NS=$SHARED_NS SH_RUNS=$MANY_RUNS SH_DUR=$DUR SH_LUA=$WORK/shared.lua SH_HAPROXY_TMPL=$WORK/shared-haproxy.tmpl \
+        unshare --mount --propagation private "$REPO/bench/shared.sh" \
+        || log "figure 14 failed (see $WORK/shared/spawner-*.log)"
+    kill "${AGENT_PID[shared]}"
+}
+if [[ $ONLY_SHARED == 1 ]]; then
+    log "figure 14 only (--only-shared)"
+    shared_figure
+    if [[ -s $RAW ]]; then write_report; else log "figure 14 measured nothing; no report"; fi
     exit 0
 fi
 if [[ $ONLY_SHAPES == 1 ]]; then
@@ -1212,4 +1241,5 @@ dropin_figure() {
 [[ $OURS == 0 ]] || metrics_figure
 [[ $OVN == 0 ]] || ovn_figure
 [[ $COLD == 0 ]] || cold_figure
+[[ $SHARED == 0 ]] || shared_figure
 write_report

@@ -10,6 +10,7 @@ pub mod control;
 pub mod load;
 pub mod probe;
 pub mod report;
+pub mod shared;
 
 /// The header a keep-alive agent sets to tell the proxy it may reuse the connection
 /// (the signal `--agent-keepalive auto` waits for, issue 8).

@@ -68,7 +68,7 @@ enum Cmd {
         timeout_ms: u64,
     },
     /// Request loop (fresh connection per request, round-robin over namespaces) for SECS;
-    /// counts failures.
+    /// counts failures, and among them connections not made (refused).
     Loop {
         #[arg(long)]
         netns_file: PathBuf,
@@ -271,7 +271,7 @@ fn main() -> anyhow::Result<()> {
                 netns_file.display()
             );
             let end = Instant::now() + Duration::from_secs_f64(secs);
-            let (mut ok, mut failed) = (0u64, 0u64);
+            let (mut ok, mut failed, mut refused) = (0u64, 0u64, 0u64);
             let mut samples = Vec::new();
             let mut i = 0usize;
             while Instant::now() < end {
@@ -282,13 +282,20 @@ fn main() -> anyhow::Result<()> {
                     Probe::Status(200) => ok += 1,
                     other => {
                         failed += 1;
+                        // Not connected at all (refused, or no answer to the SYN), as
+                        // against a request lost in flight.
+                        if matches!(&other, Probe::Failed(e) if e.starts_with("connect")) {
+                            refused += 1;
+                        }
                         if samples.len() < 10 {
                             samples.push(format!("{}: {other:?}", ns.name));
                         }
                     }
                 }
             }
-            emit(&json!({"ok": ok, "failed": failed, "total": ok + failed, "failures": samples}));
+            emit(
+                &json!({"ok": ok, "failed": failed, "refused": refused, "total": ok + failed, "failures": samples}),
+            );
         }
         Cmd::Hold {
             netns,

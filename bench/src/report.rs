@@ -164,6 +164,11 @@ pub fn markdown(s: &Samples) -> String {
         crate::cold::markdown(s, &mut md);
         return md;
     }
+    if !s.is_empty() && s.keys().all(|k| k.starts_with("sh_")) {
+        // `run.sh --only-shared`: figure 14 alone.
+        crate::shared::markdown(s, &mut md);
+        return md;
+    }
     if !s.is_empty() && s.keys().all(|k| k.starts_with("shape_")) {
         // `run.sh --only-shapes`: figure 12 alone.
         shapes::table(s, &mut md);
@@ -520,6 +525,7 @@ pub fn markdown(s: &Samples) -> String {
     ovn_southbound(s, &mut md);
     crate::cold::markdown(s, &mut md);
     shapes::table(s, &mut md);
+    crate::shared::markdown(s, &mut md);
 
     let _ = writeln!(
         md,

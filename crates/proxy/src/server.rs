@@ -46,7 +46,9 @@ pub async fn serve(
 
 /// [`serve`] where every connection also takes a permit of `global`, a cap shared with other
 /// namespaces served by the same process (the shared model, [`crate::shared`]): a namespace
-/// gets at most `max_connections`, all of them together at most what `global` holds.
+/// gets at most `max_connections`, all of them together at most what `global` holds; with
+/// `global` there is no housekeeping task per namespace: the caller runs one
+/// [`housekeeping_all`] for every namespace.
 pub async fn serve_capped(
     shared: Arc<Shared>,
     listeners: Vec<TcpListener>,
@@ -64,7 +66,9 @@ pub async fn serve_capped(
         };
         tokio::spawn(accept_loop(l, shared.clone(), caps, stop_rx.clone()));
     }
-    tokio::spawn(housekeeping(shared.clone(), stop_rx.clone()));
+    if global.is_none() {
+        tokio::spawn(housekeeping(shared.clone(), stop_rx.clone()));
+    }
     shutdown.await;
     tracing::info!(id = %shared.id, "shutting down");
     let _ = stop_tx.send(true);
@@ -213,20 +217,57 @@ async fn accept_loop(
 /// back: pooled buffers, spare table capacity, then glibc's free pages
 /// ([`ns_netns::release_free_memory`]); at most every [`RELEASE_EVERY`], never while a
 /// request is in flight.
-async fn housekeeping(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let activity = &shared.activity;
+async fn housekeeping(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+    let one = [shared];
+    tend(|| one.to_vec(), Some(&one[0].activity.idle), stop).await;
+}
+
+/// [`housekeeping`] for every namespace of the shared server in one task (issue #20): one
+/// timer for all instead of one per namespace. `states` gives the namespaces served now; the
+/// process counts as idle when none of them has a connection open and none accepted one
+/// for [`QUIET`]. Runs on the runtime thread that serves them (the buffer pool is per
+/// thread) until `stop` changes.
+pub async fn housekeeping_all(states: impl Fn() -> Vec<Arc<Shared>>, stop: watch::Receiver<bool>) {
+    tend(states, None, stop).await;
+}
+
+/// Open connections and accepted ones so far, over `all`.
+fn activity_of(all: &[Arc<Shared>]) -> (usize, u64) {
+    all.iter().fold((0, 0), |(open, seen), s| {
+        (
+            open + s.activity.open(),
+            seen.wrapping_add(s.activity.accepted()),
+        )
+    })
+}
+
+async fn tend(
+    states: impl Fn() -> Vec<Arc<Shared>>,
+    idle: Option<&tokio::sync::Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
     // Accepted count at the last release: nothing new served, nothing to give back.
-    let mut released_at = activity.accepted();
+    let mut released_at = activity_of(&states()).1;
     let mut last_release: Option<Instant> = None;
     loop {
+        let went_idle = async {
+            match idle {
+                Some(n) => n.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tokio::time::sleep(HOUSEKEEPING) => {}
-            _ = activity.idle.notified() => {}
+            _ = went_idle => {}
             _ = stop.changed() => return,
         }
-        shared.agent.prune();
-        let seen = activity.accepted();
-        if activity.open() > 0 || seen == released_at {
+        let all = states();
+        for s in &all {
+            s.agent.prune();
+        }
+        let (open, seen) = activity_of(&all);
+        drop(all);
+        if open > 0 || seen == released_at {
             continue;
         }
         if last_release.is_some_and(|t| t.elapsed() < RELEASE_EVERY) {
@@ -236,22 +277,26 @@ async fn housekeeping(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             _ = tokio::time::sleep(QUIET) => {}
             _ = stop.changed() => return,
         }
-        if activity.open() > 0 || activity.accepted() != seen {
+        let all = states();
+        if activity_of(&all) != (0, seen) {
             continue;
         }
-        release_memory(&shared);
+        release_memory(&all);
         released_at = seen;
         last_release = Some(Instant::now());
     }
 }
 
 /// Give memory kept for the next requests back to the system.
-fn release_memory(shared: &Shared) {
+fn release_memory(all: &[Arc<Shared>]) {
     let buffers = bufpool::pooled();
     bufpool::release();
-    shared.agent.shrink();
-    if let Some(rl) = &shared.ratelimit {
-        rl.shrink(Instant::now());
+    let now = Instant::now();
+    for shared in all {
+        shared.agent.shrink();
+        if let Some(rl) = &shared.ratelimit {
+            rl.shrink(now);
+        }
     }
     let trimmed = ns_netns::release_free_memory();
     tracing::debug!(buffers, trimmed, "idle: memory released");

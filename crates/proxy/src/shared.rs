@@ -132,7 +132,8 @@ struct Served {
     listeners: Vec<OwnedFd>,
     /// (device, inode) of each listener: same set = same sockets.
     identity: Vec<(u64, u64)>,
-    /// Its relay state (and statistics block).
+    /// Its relay state (and statistics block); also read by the one housekeeping task of all
+    /// namespaces.
     shared: Arc<Shared>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
@@ -193,6 +194,15 @@ impl Namespaces {
 
     fn table(&self) -> std::sync::MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every namespace's relay state, for [`server::housekeeping_all`].
+    pub fn states(&self) -> Vec<Arc<Shared>> {
+        self.table()
+            .served
+            .values()
+            .map(|s| s.shared.clone())
+            .collect()
     }
 
     /// Grow the global cap to `namespaces` × [`GLOBAL_CONNECTIONS_PER_NAMESPACE`], at most
@@ -393,6 +403,10 @@ pub async fn serve(
         source,
     })?;
     let server = Arc::new(Namespaces::new(base, nofile));
+    // One housekeeping task for every namespace (not one timer each).
+    let (tend_stop, tend_rx) = tokio::sync::watch::channel(false);
+    let tended = server.clone();
+    tokio::spawn(server::housekeeping_all(move || tended.states(), tend_rx));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -410,6 +424,7 @@ pub async fn serve(
             },
         }
     }
+    let _ = tend_stop.send(true);
     server.shutdown().await;
     Ok(())
 }

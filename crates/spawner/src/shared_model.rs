@@ -626,23 +626,51 @@ async fn sleep_unless_stopped(delay: Duration, stop: &mut watch::Receiver<bool>)
     }
 }
 
-/// Hand every entry to a freshly started server.
+/// Requests [`replay`] sends ahead of their answers.
+const REPLAY_WINDOW: usize = 64;
+
+/// Hand every entry to a freshly started server. The requests are pipelined (up to
+/// [`REPLAY_WINDOW`] ahead of their answers, which come in order): a restarted server serves
+/// all of 2,000 namespaces again after one burst, not after 2,000 round trips (issue #20).
 async fn replay(inner: &Inner, conn: &UnixDatagram, wait: Duration) -> Result<()> {
     let all: Vec<(String, String, Vec<OwnedFd>)> = lock(&inner.entries)
         .iter()
         .map(|(k, e)| Ok((k.clone(), e.request.clone(), dup_all(&e.fds)?)))
         .collect::<Result<_>>()?;
+    let lost =
+        |e: std::io::Error| Error::Spawn(format!("handing sockets to the shared server: {e}"));
+    let mut pending: std::collections::VecDeque<String> =
+        std::collections::VecDeque::with_capacity(REPLAY_WINDOW);
     for (key, request, fds) in all {
-        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
-        match ask(conn, &request, &borrowed, wait).await {
-            Ok(a) if a == "ok" => {}
-            Ok(a) => tracing::warn!(key = %key, answer = %a, "shared server refused a namespace"),
-            Err(e) => {
-                return Err(Error::Spawn(format!(
-                    "handing sockets to the shared server: {e}"
-                )))
+        if pending.len() == REPLAY_WINDOW {
+            if let Some(key) = pending.pop_front() {
+                replayed(conn, &key, wait).await.map_err(lost)?;
             }
         }
+        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+        conn.async_io(Interest::WRITABLE, || {
+            ns_netns::send_fds(conn.as_fd(), request.as_bytes(), &borrowed)
+        })
+        .await
+        .map_err(lost)?;
+        // Our copies close now: the message holds its own references until received.
+        drop(borrowed);
+        drop(fds);
+        pending.push_back(key);
+    }
+    while let Some(key) = pending.pop_front() {
+        replayed(conn, &key, wait).await.map_err(lost)?;
+    }
+    Ok(())
+}
+
+/// The answer to one replayed request (for entry `key`): a refusal is logged, not fatal.
+async fn replayed(conn: &UnixDatagram, key: &str, wait: Duration) -> std::io::Result<()> {
+    let (a, _) = tokio::time::timeout(wait, answer(conn))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))??;
+    if a != "ok" {
+        tracing::warn!(key = %key, answer = %a, "shared server refused a namespace");
     }
     Ok(())
 }
@@ -658,6 +686,7 @@ pub(crate) async fn namespace_task<P: Platform>(t: Task<P>, start: Start, server
         status,
         mut stop,
         cfg,
+        launches,
         ..
     } = t;
     let pid_dir = cfg.pid_dir();
@@ -670,9 +699,17 @@ pub(crate) async fn namespace_task<P: Platform>(t: Task<P>, start: Start, server
     let mut backoff = Backoff::new(cfg.max_restart_delay);
     let mut server_pid = server.watch();
     loop {
-        let opened = match platform.open(&spec).await {
+        // At most `launch_slots` namespaces between open and served at once: a cold start of
+        // thousands would otherwise have every one's netlink and bind threads (and the
+        // blocking pool's, with their stacks and malloc arenas) alive together (issue #20).
+        // The semaphore is never closed, so no permit can only mean no limit.
+        let slot = Arc::clone(&launches).acquire_owned().await.ok();
+        // The start's futures are boxed: the task that then waits for a stop for as long as
+        // the namespace is served keeps only its own small state (its start futures are freed once served).
+        let opened = match Box::pin(platform.open(&spec)).await {
             Ok(Opened::Ready(ns)) => ns,
             Ok(Opened::Missing(reason)) => {
+                drop(slot);
                 if status.waiting(reason.clone()) {
                     tracing::info!(key = %spec.key, netns = %spec.netns, reason = %reason, "namespace waiting");
                 }
@@ -683,6 +720,7 @@ pub(crate) async fn namespace_task<P: Platform>(t: Task<P>, start: Start, server
                 continue;
             }
             Err(e) => {
+                drop(slot);
                 if !failed(&status, &spec, e, &mut backoff, &mut stop).await {
                     return;
                 }
@@ -690,7 +728,7 @@ pub(crate) async fn namespace_task<P: Platform>(t: Task<P>, start: Start, server
             }
         };
         status.starting();
-        let served = async {
+        let served = Box::pin(async {
             platform.prepare(&opened, &spec).await?;
             let ino = platform.namespace_inode(&spec.netns);
             let fds = match server.take_back(&spec, ino).await {
@@ -702,8 +740,10 @@ pub(crate) async fn namespace_task<P: Platform>(t: Task<P>, start: Start, server
                 }
             };
             server.add(&spec, fds).await
-        };
-        match served.await {
+        });
+        let served = served.await;
+        drop(slot);
+        match served {
             Ok(pid) => {
                 tracing::info!(key = %spec.key, netns = %spec.netns, pid, "namespace served by the shared server");
                 status.running(Some(pid), None);

@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# bench/shared.sh: figure 14 (issue 20), the shared proxy model side by side with the
+# per-namespace model and with haproxy, N router namespaces (rows N in $SH_NS), $SH_RUNS rounds
+# (sides rotate which goes first). For each N and side: start -> every namespace answering
+# 169.254.169.254:80, then memory per namespace (PSS of every process of the side / N, and
+# the drop of MemAvailable / N). At the smallest N, both models of ours also get: one busy
+# namespace (wrk c32: req/s and CPU per request of the serving process(es)), the p99 of a
+# quiet namespace (wrk c1) idle and while another namespace floods with 2,000 connections.
+# At every N, the shared model: server kill -9 -> namespace N (the last one handed over)
+# answering again, with a request loop over namespaces 2..11 counting failed requests during
+# it. Appends `sh_*` samples to $RAW (bench/src/shared.rs).
+#
+# run.sh runs it inside `unshare --mount --propagation private`, like cold.sh: /run/netns
+# here is a private tmpfs, so auto_enable_routers sees only the namespaces made here.
+# Needs in the environment: WORK RUN TOOL SPAWNER PROXY RAW SH_SOCK SH_NS SH_RUNS SH_DUR
+# SH_LUA (wrk's report script: one `NSBENCH req dur_us p50_us p99_us errors status` line),
+# SH_HAPROXY_TMPL: Neutron's haproxy configuration with @ID@ and @PIDFILE@ left to fill.
+set -euo pipefail
+: "${WORK:?}" "${RUN:?}" "${TOOL:?}" "${SPAWNER:?}" "${PROXY:?}" "${RAW:?}" "${SH_SOCK:?}" "${SH_NS:?}" "${SH_RUNS:?}"
+: "${SH_DUR:?}" "${SH_LUA:?}" "${SH_HAPROXY_TMPL:?}"
+
+SCRIPT=shared.sh TAG=s
+# shellcheck source=bench/mountns.sh
+. "$(dirname "$0")/mountns.sh"
+SW=$WORK/shared
+# Every process of the side running now: the spawner, its proxies or its shared server,
+# haproxy's pid files.
+run_pids() {
+    [[ -z $SP ]] || echo "$SP"
+    pids_in "$SW"/sp/pids/*.pid "$SW"/sp/shared-server.pid "$SW"/hap/*.pid
+}
+SP=
+private_netns nsb-shared
+mkdir -p "$SW/hap"
+ulimit -n "$(ulimit -Hn)" # wrk's 2,000 connections, and the spawner's 2 x N listeners
+CLK=$(getconf CLK_TCK)
+load1() { cut -d' ' -f1 /proc/loadavg; }
+pss_kb() { awk '$1 == "Pss:" {print $2}' /proc/"$1"/smaps_rollup 2>/dev/null || echo 0; }
+ticks() { awk '{sub(/^.*\) /, ""); print $12 + $13}' /proc/"$1"/stat 2>/dev/null || echo 0; }
+mem_available_kb() { awk '$1 == "MemAvailable:" {print $2}' /proc/meminfo; }
+
+make_ns() {
+    local n=$1 j
+    : >"$SW/batch"
+    : >"$SW/ns.list"
+    for j in $(seq "$n"); do
+        echo "netns add qrouter-$(rid "$j")" >>"$SW/batch"
+        echo "qrouter-$(rid "$j")" >>"$SW/ns.list"
+        sed -e "s|@ID@|$(rid "$j")|g" -e "s|@PIDFILE@|$SW/hap/$(rid "$j").pid|g" "$SH_HAPROXY_TMPL" >"$SW/hap/$(rid "$j").conf"
+    done
+    ip -batch "$SW/batch"
+    ip -all netns exec ip link set lo up >/dev/null
+    # The quiet namespaces of the request loop during a server kill: 2..11.
+    sed -n 2,11p "$SW/ns.list" >"$SW/loop.list"
+}
+waiter() {
+    "$TOOL" wait --netns-file "$SW/ns.list" --t0-ns "$1" --timeout-ms 600000 --pause-ms 100
+}
+# Memory of the side with all N answering (after a 2 s settle): PSS / N, MemAvailable drop / N.
+memory() { # variant n mem0
+    local v=$1 n=$2 mem0=$3 p k pss=0 each=
+    sleep 2
+    for p in $(run_pids); do
+        k=$(pss_kb "$p")
+        pss=$((pss + k))
+        # The spawner and the shared server by name in the log (haproxy's are many).
+        [[ $v == haproxy-* || $p != "$SP" && $v == per-namespace-* ]] \
+            || each+=" $(tr -d '\0' </proc/"$p"/comm 2>/dev/null) ${k} kB $(awk '$1 == "Threads:" {print $2}' /proc/"$p"/status 2>/dev/null) threads;"
+    done
+    [[ -z $each ]] || log "$v:$each"
+    sample sh_pss_per_ns_b "$v" $((pss * 1024 / n))
+    sample sh_avail_per_ns_b "$v" $(((mem0 - $(mem_available_kb)) * 1024 / n))
+    log "$v: PSS $((pss / 1024)) MB in all, $((pss * 1024 / n)) B per namespace; MemAvailable -$(((mem0 - $(mem_available_kb)) / 1024)) MB"
+}
+# wrk in namespace $1 (c$2, $SH_DUR s): `req dur_us p50_us p99_us errors status`.
+wrk_in() {
+    ip netns exec "$1" wrk -t1 -c"$2" -d"${SH_DUR}s" --timeout 5s -s "$SH_LUA" \
+        http://169.254.169.254/latest/meta-data/ | sed -n 's/^NSBENCH //p'
+}
+# The processes serving namespace 1 (busy) for the CPU figure: the shared server, or the
+# namespace's own proxy.
+serving_pid() { # model
+    if [[ $1 == shared ]]; then
+        pids_in "$SW"/sp/shared-server.pid
+    else
+        pids_in "$SW"/sp/pids/*"$(rid 1)"*.pid
+    fi
+}
+# One busy namespace, then a quiet one idle and beside a 2,000-connection flood.
+load_figures() { # model n
+    local m=$1 v="$1-$2" p c0 c1 out req dur idle p99 err status fl
+    p=$(serving_pid "$m")
+    [[ -n $p ]] || { log "$v: no serving process found; load figures skipped"; return 0; }
+    sample sh_load_load1 "$v" "$(load1)"
+    c0=$(ticks "$p")
+    out=$(wrk_in "qrouter-$(rid 1)" 32)
+    c1=$(ticks "$p")
+    read -r req dur _ _ err status <<<"$out"
+    sample sh_busy_rps "$v" "$(awk -v r="$req" -v d="$dur" 'BEGIN {printf "%.1f", r / (d / 1e6)}')"
+    sample sh_busy_cpu_us "$v" "$(awk -v d=$((c1 - c0)) -v r="$req" -v k="$CLK" 'BEGIN {printf "%.2f", d * 1e6 / k / r}')"
+    sample sh_busy_errors "$v" $((err + status))
+    log "$v busy: $req requests in ${SH_DUR}s, CPU $((c1 - c0)) ticks, errors $((err + status))"
+    read -r _ _ _ idle _ _ <<<"$(wrk_in "qrouter-$(rid 2)" 1)"
+    sample sh_quiet_idle_p99_us "$v" "$idle"
+    # The flood: 2,000 connections from namespace 1, requests as fast as it answers.
+    ip netns exec "qrouter-$(rid 1)" wrk -t1 -c2000 -d"$((SH_DUR + 4))s" --timeout 5s \
+        http://169.254.169.254/latest/meta-data/ >"$SW/flood.out" 2>&1 &
+    fl=$!
+    sleep 2
+    read -r _ _ _ p99 err status <<<"$(wrk_in "qrouter-$(rid 2)" 1)"
+    wait "$fl" || true
+    sample sh_quiet_flood_p99_us "$v" "$p99"
+    sample sh_quiet_flood_errors "$v" $((err + status))
+    log "$v quiet p99: idle $idle us, flooded $p99 us (flood: $(grep -m1 'Requests/sec' "$SW/flood.out"))"
+}
+# Shared model: kill -9 the server, time until namespace N answers again; a request loop
+# over namespaces 2..11 meanwhile counts failed requests: refused (no connection), and lost
+# in flight (accepted by the server that was killed).
+kill_figure() { # n
+    local v="shared-$1" p w lp out
+    p=$(pids_in "$SW"/sp/shared-server.pid)
+    [[ -n $p ]] && ours "$p" || { log "$v: no shared server pid; kill figure skipped"; return 0; }
+    "$TOOL" loop --netns-file "$SW/loop.list" --secs 3 >"$SW/loop.out" &
+    lp=$!
+    sleep 1
+    sample sh_kill_load1 "$v" "$(load1)"
+    # Namespace N: the last one a restarted server is handed again (entries go in id order).
+    w=$("$TOOL" kill-wait --netns "qrouter-$(rid "$1")" --pid "$p" --timeout-ms 10000) || w='{"ms":-1}'
+    wait "$lp" || true
+    out=$(<"$SW/loop.out")
+    sample sh_kill_answer_ms "$v" "$(field ms "$w")"
+    sample sh_kill_failed "$v" "$(field failed "$out")"
+    sample sh_kill_refused "$v" "$(field refused "$out")"
+    sample sh_kill_total "$v" "$(field total "$out")"
+    log "$v kill -9 server: $w; loop $out"
+    # Wait for the spawner's restart to settle before the side stops.
+    "$TOOL" wait --netns-file "$SW/ns.list" --t0-ns "$(date +%s%N)" --timeout-ms 60000 --pause-ms 50 >/dev/null
+}
+
+side_ours() { # model n first_n
+    local m=$1 n=$2 v="$1-$2" t0 w mem0
+    rm -rf "$SW/sp"
+    spawner_ini "$SH_SOCK" "$SW/sp" "proxy_model = $m" >"$SW/spawner.ini"
+    sample sh_load1 "$v" "$(load1)"
+    mem0=$(mem_available_kb)
+    t0=$(date +%s%N)
+    "$SPAWNER" --config-file "$SW/spawner.ini" run --stop-proxies-on-exit 2>>"$SW/spawner-$m.log" &
+    SP=$!
+    w=$(waiter "$t0")
+    sample sh_start_ms "$v" "$(field all_ms "$w")"
+    sample sh_start_cpu_ms "$v" $(($(ticks "$SP") * 1000 / CLK))
+    log "$v: $w"
+    memory "$v" "$n" "$mem0"
+    [[ $n != "$3" ]] || load_figures "$m" "$n"
+    [[ $m != shared ]] || kill_figure "$n"
+    kill -TERM "$SP"
+    wait "$SP" || true
+    SP=
+    stop_all TERM
+}
+side_haproxy() { # n
+    local n=$1 v="haproxy-$1" t0 w mem0 j id
+    sample sh_load1 "$v" "$(load1)"
+    mem0=$(mem_available_kb)
+    t0=$(date +%s%N)
+    for j in $(seq "$n"); do
+        id=$(rid "$j")
+        ip -n "qrouter-$id" addr replace 169.254.169.254/32 dev lo
+        ip netns exec "qrouter-$id" env "PROCESS_TAG=haproxy-$id" haproxy -f "$SW/hap/$id.conf"
+    done
+    w=$(waiter "$t0")
+    sample sh_start_ms "$v" "$(field all_ms "$w")"
+    log "$v: $w"
+    memory "$v" "$n" "$mem0"
+    stop_all TERM
+    rm -f "$SW"/hap/*.pid
+    ip -all netns exec ip addr del 169.254.169.254/32 dev lo >/dev/null
+}
+
+SIDES=${SH_SIDES:-shared per-namespace haproxy}
+read -r first _ <<<"$SH_NS"
+for n in $SH_NS; do
+    log "$n namespaces"
+    make_ns "$n"
+    for r in $(seq "$SH_RUNS"); do
+        order=($SIDES)
+        for ((k = 0; k < ${#order[@]}; k++)); do
+            s=${order[$(((k + r - 1) % ${#order[@]}))]}
+            case $s in
+                haproxy) side_haproxy "$n" ;;
+                *) side_ours "$s" "$n" "$first" ;;
+            esac
+        done
+    done
+    ip -all netns delete
+done
