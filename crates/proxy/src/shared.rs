@@ -196,6 +196,16 @@ impl Namespaces {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Start the one housekeeping task of every namespace served here (agent pool pruning,
+    /// memory given back when the whole table is idle; not one timer per namespace), on this
+    /// runtime thread. It runs until the returned sender sends `true` or is dropped.
+    pub fn housekeeping(self: &Arc<Self>) -> tokio::sync::watch::Sender<bool> {
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let tended = Arc::clone(self);
+        tokio::spawn(server::housekeeping_all(move || tended.states(), rx));
+        stop
+    }
+
     /// Every namespace's relay state, for [`server::housekeeping_all`].
     pub fn states(&self) -> Vec<Arc<Shared>> {
         self.table()
@@ -403,10 +413,7 @@ pub async fn serve(
         source,
     })?;
     let server = Arc::new(Namespaces::new(base, nofile));
-    // One housekeeping task for every namespace (not one timer each).
-    let (tend_stop, tend_rx) = tokio::sync::watch::channel(false);
-    let tended = server.clone();
-    tokio::spawn(server::housekeeping_all(move || tended.states(), tend_rx));
+    let tend_stop = server.housekeeping();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

@@ -65,7 +65,11 @@ macro_rules! in_both_models {
 /// How a proxy under test is being served.
 enum Serving {
     Own(oneshot::Sender<()>, tokio::task::JoinHandle<()>),
-    Table(Arc<Namespaces>, ns_contract::Resource),
+    Table(
+        Arc<Namespaces>,
+        ns_contract::Resource,
+        tokio::sync::watch::Sender<bool>,
+    ),
 }
 
 /// A proxy served in this test's runtime; stops on drop.
@@ -123,6 +127,8 @@ impl Proxy {
             }
             Model::Shared => {
                 let table = Arc::new(Namespaces::new(cfg, 65_536).with_grace(GRACE));
+                // As the server runs it: one housekeeping task for the table.
+                let tending = table.housekeeping();
                 let shared = table
                     .add(
                         resource.clone(),
@@ -134,7 +140,7 @@ impl Proxy {
                 Proxy {
                     addr,
                     shared,
-                    serving: Some(Serving::Table(table, resource)),
+                    serving: Some(Serving::Table(table, resource, tending)),
                 }
             }
         }
@@ -147,7 +153,10 @@ impl Proxy {
                 let _ = tx.send(());
                 let _ = done.await;
             }
-            Some(Serving::Table(table, _)) => table.shutdown().await,
+            Some(Serving::Table(table, _, tending)) => {
+                let _ = tending.send(true);
+                table.shutdown().await
+            }
             None => {}
         }
     }
@@ -162,7 +171,8 @@ impl Drop for Proxy {
             Some(Serving::Own(tx, _)) => {
                 let _ = tx.send(());
             }
-            Some(Serving::Table(table, resource)) => {
+            Some(Serving::Table(table, resource, tending)) => {
+                let _ = tending.send(true);
                 let _ = table.remove(&resource);
             }
             None => {}
