@@ -559,7 +559,7 @@ fn proxy_metrics(s: &Samples, md: &mut String) {
         let rps = format!("mx_{key}_rps");
         let _ = writeln!(
             md,
-            "| 10 req/s, {label} | {} | {} | {} | ≥ 0.97× |",
+            "| 13 req/s, {label} | {} | {} | {} | ≥ 0.97× |",
             fmt(med(s, &rps, "on"), Unit::Count),
             fmt(med(s, &rps, "off"), Unit::Count),
             ratio_cell(paired_ratio(s, &rps, "on", "off"), Some((0.97, true)))
@@ -571,7 +571,7 @@ fn proxy_metrics(s: &Samples, md: &mut String) {
             let m = format!("mx_{key}_{suffix}");
             let _ = writeln!(
                 md,
-                "| 10 {what}, {label} | {} | {} | {} | |",
+                "| 13 {what}, {label} | {} | {} | {} | |",
                 fmt(med(s, &m, "on"), unit),
                 fmt(med(s, &m, "off"), unit),
                 ratio_cell(paired_ratio(s, &m, "on", "off"), None)
@@ -582,7 +582,7 @@ fn proxy_metrics(s: &Samples, md: &mut String) {
     let on = med(s, "mx_many_pss_per_kb", "on");
     let _ = writeln!(
         md,
-        "| 10 PSS per proxy, {n:.0} running under the spawner (MB) | {}{} | {} | {} | ≤ 0.35 MB |",
+        "| 13 PSS per proxy, {n:.0} running under the spawner (MB) | {}{} | {} | {} | ≤ 0.35 MB |",
         fmt(on, Unit::Mb),
         at_most(on, 350.0),
         fmt(med(s, "mx_many_pss_per_kb", "off"), Unit::Mb),
@@ -900,7 +900,7 @@ mod tests {
         assert!(md.contains("figure 13"), "{md}");
         assert!(!md.contains("figure 1,"), "alone: {md}");
         assert!(
-            md.contains("| 10 req/s, c32 keep-alive | 970 | 1000 | 0.97× ✓ | ≥ 0.97× |"),
+            md.contains("| 13 req/s, c32 keep-alive | 970 | 1000 | 0.97× ✓ | ≥ 0.97× |"),
             "{md}"
         );
         assert!(
