@@ -904,7 +904,7 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("| 10 PSS per proxy, 200 running under the spawner (MB) | 0.29 ✓ | 0.29 |"),
+            md.contains("| 13 PSS per proxy, 200 running under the spawner (MB) | 0.29 ✓ | 0.29 |"),
             "{md}"
         );
         assert!(!markdown(&parse_raw("x\thaproxy\t1\n").expect("valid")).contains("figure 13"));
