@@ -62,10 +62,16 @@ impl AsRef<Path> for TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        let path = self.path.display().to_string();
         if self.reap {
-            crate::proc::kill_mentioning(&self.path.display().to_string());
+            crate::proc::kill_mentioning(&path);
         }
         let _ = std::fs::remove_dir_all(&self.path);
+        if self.reap {
+            // A supervisor still running in the test's runtime (a test that panicked) may
+            // have restarted one in between; with the directory gone it cannot again.
+            crate::proc::kill_mentioning(&path);
+        }
     }
 }
 
