@@ -88,10 +88,14 @@ fn kill_dash_nine_drills_proxy_spawner_agent() {
     );
     let restarted_at = lp.now();
     world.spawner.restart();
-    assert!(
-        lp.wait_count(restarted_at, 20, BOUND),
-        "requests after the spawner is back"
-    );
+    if !lp.wait_count(restarted_at, 20, BOUND) {
+        let samples = lp.finish();
+        panic!(
+            "requests after the spawner is back: vm saw {}; spawner log:\n{}",
+            timeline(&samples),
+            world.spawner.log()
+        );
+    }
     let samples = lp.finish();
     report(format!(
         "spawner kill -9 at {:.2}s, restarted at {:.2}s; vm saw: {}",
