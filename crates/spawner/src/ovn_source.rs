@@ -21,8 +21,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ns_ovsdb::ovn::{port_conditions, PORT_BINDING_COLUMNS};
-use ns_ovsdb::{Client, Condition, Config as OvsdbConfig, Event, Monitor, Replica, Uuid};
+use ns_ovsdb::ovn::port_conditions;
+use ns_ovsdb::{Client, Config as OvsdbConfig, Event, Monitor, Replica, Uuid};
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::ovn_decide::{ovn_networks, veth_names, OvnNet, PortRow, SbView};
@@ -48,24 +48,8 @@ pub struct OvnOptions {
 }
 
 fn sb_monitor(chassis: &str) -> Monitor {
-    Monitor::new("OVN_Southbound")
-        .table(
-            "Chassis",
-            ["name"],
-            Some(vec![Condition::eq("name", chassis)]),
-        )
-        .table(
-            "Chassis_Private",
-            ["name", "external_ids"],
-            Some(vec![Condition::eq("name", chassis)]),
-        )
-        .table("SB_Global", ["nb_cfg"], None)
-        .table("Datapath_Binding", ["external_ids"], None)
-        .table(
-            "Port_Binding",
-            PORT_BINDING_COLUMNS,
-            Some(port_conditions(None)),
-        )
+    // The coexistence check reads our Chassis_Private row's external_ids only.
+    ns_ovsdb::ovn::chassis_monitor(chassis, ["name", "external_ids"])
 }
 
 /// Why the OVN source must not run: Neutron's OVN metadata agent is alive on this chassis

@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ns_ovsdb::ovn::{port_conditions, PORT_BINDING_COLUMNS};
-use ns_ovsdb::{Client, Condition, Config, Event, Monitor, Replica, TlsFiles, Uuid};
+use ns_ovsdb::ovn::port_conditions;
+use ns_ovsdb::{Client, Config, Event, Monitor, Replica, TlsFiles, Uuid};
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 
@@ -27,21 +27,8 @@ use crate::config::OvnOptions;
 
 /// Everything this chassis needs from the Southbound database.
 pub fn monitor(chassis: &str) -> Monitor {
-    let ours = || Some(vec![Condition::eq("name", chassis)]);
-    Monitor::new("OVN_Southbound")
-        .table("Chassis", ["name"], ours())
-        .table(
-            "Chassis_Private",
-            ["name", "chassis", "nb_cfg", "external_ids"],
-            ours(),
-        )
-        .table("SB_Global", ["nb_cfg"], None)
-        .table("Datapath_Binding", ["external_ids"], None)
-        .table(
-            "Port_Binding",
-            PORT_BINDING_COLUMNS,
-            Some(port_conditions(None)),
-        )
+    // Registration and the liveness heartbeat read our Chassis_Private row's config.
+    ns_ovsdb::ovn::chassis_monitor(chassis, ["name", "chassis", "nb_cfg", "external_ids"])
 }
 
 /// The UUID of a row of `table` named `name` in the view.
