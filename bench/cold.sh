@@ -31,25 +31,6 @@ children_ms() {
     awk 'NR == 2 { t = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] } printf "%d", t * 1000 }' "$CW/times"
 }
 
-# N namespaces qrouter-<id>, lo up (the l3 agent does that when it builds the router), the
-# list for the waiter, and Neutron's haproxy configuration for each.
-make_ns() {
-    local n=$1 j
-    : >"$CW/batch"
-    : >"$CW/ns.list"
-    for j in $(seq "$n"); do
-        echo "netns add qrouter-$(rid "$j")" >>"$CW/batch"
-        echo "qrouter-$(rid "$j")" >>"$CW/ns.list"
-        haproxy_cfg "$(rid "$j")" >"$CW/hap/$(rid "$j").conf"
-    done
-    ip -batch "$CW/batch"
-    ip -all netns exec ip link set lo up >/dev/null
-}
-# Neutron's rendered configuration for router $1: run.sh's template (figure 2's copy of
-# neutron/common/metadata.py), with this router's id and pid file.
-haproxy_cfg() {
-    sed -e "s|@ID@|$1|g" -e "s|@PIDFILE@|$CW/hap/$1.pid|g" "$COLD_HAPROXY_TMPL"
-}
 # t0 -> the waiter's JSON line. A pass over 2,000 silent namespaces (setns + connect each)
 # takes tens of ms of CPU: 100 ms between passes leaves the cores to the starters, for a
 # resolution that is still 1% of the figure at 2,000.
@@ -118,7 +99,7 @@ cold_haproxy() {
 SIDES=${COLD_SIDES:-haproxy ours}
 for n in $COLD_NS; do
     log "$n namespaces"
-    make_ns "$n"
+    make_ns "$n" "$CW" "$COLD_HAPROXY_TMPL"
     for r in $(seq "$COLD_RUNS"); do
         if ((r % 2)); then
             [[ $SIDES != *haproxy* ]] || cold_haproxy "$n"

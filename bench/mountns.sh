@@ -13,6 +13,22 @@ sample() {
 field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p" <<<"$2"; }
 gone() { [[ ! -r /proc/$1/stat ]] || [[ $(sed 's/.*) //' /proc/"$1"/stat | cut -c1) == Z ]]; }
 rid() { printf '%s%s-0000-4000-8000-%012d' "$TAG" "$RUN" "$1"; } # the run id in every router id
+# N namespaces qrouter-<id>, lo up (the l3 agent does that when it builds the router), their
+# names in DIR/ns.list for the waiter, and Neutron's haproxy configuration for each in
+# DIR/hap/<id>.conf from TEMPLATE (@ID@ and @PIDFILE@ filled in).
+make_ns() { # n dir template
+    local n=$1 dir=$2 tmpl=$3 j id
+    : >"$dir/batch"
+    : >"$dir/ns.list"
+    for j in $(seq "$n"); do
+        id=$(rid "$j")
+        echo "netns add qrouter-$id" >>"$dir/batch"
+        echo "qrouter-$id" >>"$dir/ns.list"
+        sed -e "s|@ID@|$id|g" -e "s|@PIDFILE@|$dir/hap/$id.pid|g" "$tmpl" >"$dir/hap/$id.conf"
+    done
+    ip -batch "$dir/batch"
+    ip -all netns exec ip link set lo up >/dev/null
+}
 # A process this run started (its argv names the run directory or a router id of this run).
 ours() { { tr '\0' ' ' </proc/"$1"/cmdline; } 2>/dev/null | grep -q -e "$WORK" -e "$TAG$RUN-"; }
 pids_in() { local f p _; for f in "$@"; do [[ -s $f ]] && read -r p _ <"$f" && echo "$p"; done 2>/dev/null || true; }

@@ -405,12 +405,12 @@ SHAPE_RUNS=3
 SH_VARIANTS=(off auto haproxy haproxy_nolog)
 declare -A SH_IDX SH_PID SH_AGENT SH_LINK
 SH_LINKS=0
-shape_link() { # shape variant: a fresh vm namespace and veth to the variant's qrouter namespace
-    local k=$1-$2 i=${SH_IDX[$1-$2]} qr=$PFX-sq-$1-$2 vm=$PFX-sv-$1-$2 net
-    net=10.250.$((80 + i))
-    SH_LINKS=$((SH_LINKS + 1))
-    local a=${PFX}s${i}a$SH_LINKS b=${PFX}s${i}b$SH_LINKS
-    [[ -n ${SH_LINK[$k]:-} ]] && ip -n "$qr" link delete "${SH_LINK[$k]}"
+# A fresh vm namespace VM joined to router namespace QR by the veth A (in QR, NET.1/24) and B
+# (in VM, NET.2/24), 169.254.169.254 routed through it; the previous veth OLD (in QR, if any)
+# deleted first, which removes its other end and address. Same client settings everywhere.
+fresh_vm_link() { # qr vm net a b [old]
+    local qr=$1 vm=$2 net=$3 a=$4 b=$5 old=${6:-}
+    [[ -n $old ]] && ip -n "$qr" link delete "$old"
     ip netns delete "$vm" 2>/dev/null || true
     ip netns add "$vm"
     ip netns exec "$vm" sysctl -qw net.ipv4.ip_local_port_range="1024 65535" net.ipv4.tcp_tw_reuse=1
@@ -421,6 +421,13 @@ shape_link() { # shape variant: a fresh vm namespace and veth to the variant's q
     ip -n "$vm" addr add "$net.2/24" dev "$b"
     ip -n "$vm" link set "$b" up
     ip -n "$vm" route add 169.254.169.254/32 via "$net.1"
+}
+shape_link() { # shape variant: a fresh vm namespace and veth to the variant's qrouter namespace
+    local k=$1-$2 i=${SH_IDX[$1-$2]} qr=$PFX-sq-$1-$2 vm=$PFX-sv-$1-$2 net
+    net=10.250.$((80 + i))
+    SH_LINKS=$((SH_LINKS + 1))
+    local a=${PFX}s${i}a$SH_LINKS b=${PFX}s${i}b$SH_LINKS
+    fresh_vm_link "$qr" "$vm" "$net" "$a" "$b" "${SH_LINK[$k]:-}"
     SH_LINK[$k]=$a
 }
 # nginx in the foreground, one process (one core, like the stand-in), keep-alive on (75 s,
@@ -657,18 +664,7 @@ vm_link() {
     local v=$1 i=${VIDX[$1]} vm=$PFX-vm-$1 qr=$PFX-qrouter-$1 net=10.250.$((70 + ${VIDX[$1]}))
     LINKS=$((LINKS + 1))
     local a=${PFX}${i}a$LINKS b=${PFX}${i}b$LINKS
-    # Deleting one end of the pair (synchronous) removes the other end and its address.
-    [[ -n ${QR_LINK[$v]:-} ]] && ip -n "$qr" link delete "${QR_LINK[$v]}"
-    ip netns delete "$vm" 2>/dev/null || true
-    ip netns add "$vm"
-    ip netns exec "$vm" sysctl -qw net.ipv4.ip_local_port_range="1024 65535" net.ipv4.tcp_tw_reuse=1
-    ip link add "$a" netns "$qr" type veth peer name "$b" netns "$vm"
-    ip -n "$qr" addr add "$net.1/24" dev "$a"
-    ip -n "$qr" link set "$a" up
-    ip -n "$vm" link set lo up
-    ip -n "$vm" addr add "$net.2/24" dev "$b"
-    ip -n "$vm" link set "$b" up
-    ip -n "$vm" route add 169.254.169.254/32 via "$net.1"
+    fresh_vm_link "$qr" "$vm" "$net" "$a" "$b" "${QR_LINK[$v]:-}"
     QR_LINK[$v]=$a
 }
 declare -A QR_LINK

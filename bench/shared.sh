@@ -39,20 +39,6 @@ pss_kb() { awk '$1 == "Pss:" {print $2}' /proc/"$1"/smaps_rollup 2>/dev/null || 
 ticks() { awk '{sub(/^.*\) /, ""); print $12 + $13}' /proc/"$1"/stat 2>/dev/null || echo 0; }
 mem_available_kb() { awk '$1 == "MemAvailable:" {print $2}' /proc/meminfo; }
 
-make_ns() {
-    local n=$1 j
-    : >"$SW/batch"
-    : >"$SW/ns.list"
-    for j in $(seq "$n"); do
-        echo "netns add qrouter-$(rid "$j")" >>"$SW/batch"
-        echo "qrouter-$(rid "$j")" >>"$SW/ns.list"
-        sed -e "s|@ID@|$(rid "$j")|g" -e "s|@PIDFILE@|$SW/hap/$(rid "$j").pid|g" "$SH_HAPROXY_TMPL" >"$SW/hap/$(rid "$j").conf"
-    done
-    ip -batch "$SW/batch"
-    ip -all netns exec ip link set lo up >/dev/null
-    # The quiet namespaces of the request loop during a server kill: 2..11.
-    sed -n 2,11p "$SW/ns.list" >"$SW/loop.list"
-}
 waiter() {
     "$TOOL" wait --netns-file "$SW/ns.list" --t0-ns "$1" --timeout-ms 600000 --pause-ms 100
 }
@@ -181,7 +167,9 @@ SIDES=${SH_SIDES:-shared per-namespace haproxy}
 read -r first _ <<<"$SH_NS"
 for n in $SH_NS; do
     log "$n namespaces"
-    make_ns "$n"
+    make_ns "$n" "$SW" "$SH_HAPROXY_TMPL"
+    # The quiet namespaces of the request loop during a server kill: 2..11.
+    sed -n 2,11p "$SW/ns.list" >"$SW/loop.list"
     for r in $(seq "$SH_RUNS"); do
         order=($SIDES)
         for ((k = 0; k < ${#order[@]}; k++)); do
