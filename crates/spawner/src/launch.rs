@@ -12,6 +12,7 @@ use tokio::io::AsyncReadExt;
 use crate::config::Config;
 use crate::decide::ProxySpec;
 use crate::platform::Platform;
+use crate::proxy_stats::Gauge;
 use crate::{Error, Result};
 
 /// The fd number the proxy reports readiness on.
@@ -384,22 +385,12 @@ pub async fn wait_ready(
     }
 }
 
-/// The proxy's statistics block; if the file cannot be made (full or read-only state dir), an
-/// anonymous one, so the proxy still serves (its counts are then not exported).
+/// The proxy's statistics block (`proxy_stats::block_or_anonymous`): the gauge kept for a
+/// takeover, zeroed for a fresh start.
 fn stats_block(cfg: &Config, spec: &ProxySpec, takeover: bool) -> Result<OwnedFd> {
-    let block = if takeover {
-        crate::proxy_stats::for_takeover(&cfg.stats_dir(), &spec.key)
-    } else {
-        crate::proxy_stats::for_start(&cfg.stats_dir(), &spec.key)
-    };
-    match block {
-        Ok(fd) => Ok(fd),
-        Err(e) => {
-            tracing::warn!(key = %spec.key, err = %e, "cannot open the statistics block; this proxy's requests are not counted");
-            crate::proxy_stats::anonymous()
-                .map_err(|e| Error::Spawn(format!("statistics block: {e}")))
-        }
-    }
+    let gauge = if takeover { Gauge::Keep } else { Gauge::Zero };
+    crate::proxy_stats::block_or_anonymous(&cfg.stats_dir(), &spec.key, gauge)
+        .map_err(|e| Error::Spawn(format!("statistics block: {e}")))
 }
 
 async fn read_ready(mut rx: tokio::net::unix::pipe::Receiver) -> Result<()> {

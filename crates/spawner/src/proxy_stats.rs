@@ -40,28 +40,44 @@ pub fn path(dir: &Path, key: &str) -> PathBuf {
     dir.join(format!("{key}.stats"))
 }
 
+/// What a start does with the open-connections gauge of a block it reuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gauge {
+    /// A fresh proxy: zeroed (a proxy killed with connections open never decremented it).
+    Zero,
+    /// A proxy taking over from a running one (`restart`), or the shared server (`add …
+    /// stats=1`): kept, since the predecessor's connections, or the ones the server already
+    /// serves, still count down into it (the server zeroes it itself when it first serves the
+    /// namespace).
+    Keep,
+}
+
 /// Open `key`'s block for a proxy start, creating it if needed, with the open-connections
-/// gauge zeroed (a proxy killed with connections open never decremented it).
+/// gauge zeroed.
 pub fn for_start(dir: &Path, key: &str) -> std::io::Result<OwnedFd> {
-    let f = File::from(for_shared(dir, key)?);
+    let f = File::from(for_handover(dir, key)?);
     let map = SharedCounters::map(&f, SLOTS)?;
     map.store(SLOT_CONN_OPEN, 0);
     Ok(f.into())
 }
 
-/// Open `key`'s block for a proxy that takes over from a running one (`restart`): the
-/// open-connections gauge stays, since the predecessor still holds (and will close) its own.
-pub fn for_takeover(dir: &Path, key: &str) -> std::io::Result<OwnedFd> {
-    for_shared(dir, key)
-}
-
-/// Open `key`'s block for the shared server (`add ... stats=1`), creating it if needed. The
-/// gauge is left alone: the server zeroes it when it first serves the namespace, and not when
-/// a restarted spawner hands over the sockets it already serves (its connections still count
-/// down into it).
-pub fn for_shared(dir: &Path, key: &str) -> std::io::Result<OwnedFd> {
+/// Open `key`'s block, creating it if needed, with its gauge as it is ([`Gauge::Keep`]).
+pub fn for_handover(dir: &Path, key: &str) -> std::io::Result<OwnedFd> {
     crate::statedir::prepare(dir).map_err(std::io::Error::other)?;
     Ok(open_block(&path(dir, key), true)?.into())
+}
+
+/// `key`'s block for a start; if its file cannot be made (full or read-only state dir), an
+/// anonymous one, so the proxy (or the shared server's namespace) still serves, uncounted.
+pub fn block_or_anonymous(dir: &Path, key: &str, gauge: Gauge) -> std::io::Result<OwnedFd> {
+    let block = match gauge {
+        Gauge::Zero => for_start(dir, key),
+        Gauge::Keep => for_handover(dir, key),
+    };
+    block.or_else(|e| {
+        tracing::warn!(%key, err = %e, "cannot open the statistics block; the requests served for it are not counted");
+        anonymous()
+    })
 }
 
 /// A block in memory only (`memfd`), for a proxy whose file could not be made.

@@ -34,6 +34,7 @@ use crate::decide::ProxySpec;
 use crate::launch::{self, Running, READY_FD};
 use crate::pidfile;
 use crate::platform::{Opened, Platform};
+use crate::proxy_stats::Gauge;
 use crate::proxy_task::{Start, Task};
 use crate::status::Status;
 use crate::{Error, Result};
@@ -261,13 +262,11 @@ impl SharedServer {
     }
 }
 
-/// The namespace's statistics block for the server; if its file cannot be made (full or
-/// read-only state dir), an anonymous one, so the namespace is still served (uncounted).
+/// The namespace's statistics block for the server, its gauge kept
+/// (`proxy_stats::block_or_anonymous`).
 fn stats_block(cfg: &Config, spec: &ProxySpec) -> Result<OwnedFd> {
-    crate::proxy_stats::for_shared(&cfg.stats_dir(), &spec.key).or_else(|e| {
-        tracing::warn!(key = %spec.key, err = %e, "cannot open the statistics block; this namespace's requests are not counted");
-        crate::proxy_stats::anonymous().map_err(|e| Error::Spawn(format!("statistics block: {e}")))
-    })
+    crate::proxy_stats::block_or_anonymous(&cfg.stats_dir(), &spec.key, Gauge::Keep)
+        .map_err(|e| Error::Spawn(format!("statistics block: {e}")))
 }
 
 fn dup_all(fds: &[OwnedFd]) -> Result<Vec<OwnedFd>> {
