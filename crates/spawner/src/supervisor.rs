@@ -689,6 +689,16 @@ impl<P: Platform> Supervisor<P> {
                     && info.netns.is_some()
                     && info.netns == platform.namespace_inode(&spec.netns)
             });
+            // The other half of a restart the previous spawner did not finish (killed while
+            // both proxies ran on the same sockets): the namespace is served by the adopted
+            // one, so this one is stopped without a teardown, which would remove the
+            // addresses the adopted proxy answers on.
+            let twin = present.iter().find(|(k, (spec, _))| {
+                adopt.contains_key(*k)
+                    && has_pair(&info.argv, spec)
+                    && info.netns.is_some()
+                    && info.netns == platform.namespace_inode(&spec.netns)
+            });
             if let Some((key, (spec, _))) = owner {
                 let Some(r) = open_proven(pid, &info) else {
                     continue;
@@ -698,6 +708,18 @@ impl<P: Platform> Supervisor<P> {
                     tracing::warn!(key = %key, err = %e, "cannot write pid file");
                 }
                 adopt.insert(key.clone(), (r, info.argv));
+            } else if let Some((key, (spec, _))) = twin {
+                let Some(r) = open_proven(pid, &info) else {
+                    continue;
+                };
+                stale.push(Stale {
+                    pid,
+                    running: Some(r),
+                    ns: None,
+                    spec: spec.clone(),
+                    why: "stopping the second proxy of an unfinished restart (the one of the pid file serves the namespace; no teardown)",
+                });
+                tracing::debug!(key = %key, pid, "twin of an adopted proxy");
             } else if !lost {
                 if let Some(s) = unmanaged(platform, &cfg, pid, &info) {
                     stale.push(s);

@@ -284,3 +284,128 @@ async fn restart_takes_over_both_listeners_with_ipv6() {
     }
     sup.stop_all().await;
 }
+
+/// The listening sockets of proxy `pid` bound to `169.254.169.254:80`, copied with
+/// `pidfd_getfd` (as the spawner's takeover does).
+fn listeners_of(pid: u32) -> Vec<std::os::fd::OwnedFd> {
+    let raw = rustix::process::Pid::from_raw(pid as i32).expect("pid");
+    let pidfd =
+        rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()).expect("pidfd");
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fds")
+        .flatten()
+    {
+        let Some(n) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(fd) =
+            rustix::process::pidfd_getfd(&pidfd, n, rustix::process::PidfdGetfdFlags::empty())
+        else {
+            continue;
+        };
+        let bound = rustix::net::getsockname(&fd)
+            .ok()
+            .and_then(|a| std::net::SocketAddr::try_from(a).ok());
+        if rustix::net::sockopt::socket_acceptconn(&fd).unwrap_or(false) && bound == Some(META) {
+            out.push(fd);
+        }
+    }
+    out
+}
+
+/// A restart the previous spawner did not finish: it was killed while the new proxy ran next
+/// to the old one on the same sockets, before the new one's pid file was written. The next
+/// spawner adopts the proxy of the pid file and stops the other one without tearing the
+/// namespace down: the addresses both served stay, and the VM is answered throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfinished_restart_leaves_the_namespace_served() {
+    if !require_root("an_unfinished_restart_leaves_the_namespace_served") {
+        return;
+    }
+    let dir = TempDir::new("rt-unfinished").reaping();
+    let _agent = StandIn::start_at(dir.path().join("agent.sock"), Behave::Headers);
+    let ini = write_ini(dir.path(), "");
+    let p = unique_prefix();
+    let id = format!("{p}ru");
+    let netns = format!("qrouter-{id}");
+    let rns = TestNs::new(&netns).expect("router ns");
+    let vm = TestNs::new(&format!("{p}vm")).expect("vm ns");
+    let (_, vm_ip) = link(&rns, &vm, 134).await.expect("veth");
+    let mut first = start_daemon(dir.path(), &ini, &[]);
+    assert!(cli(&ini, &["router", "add", &id]).0);
+    assert!(wait_until(T, || pid_of(dir.path(), &id).is_some()));
+    let old = pid_of(dir.path(), &id).expect("pid");
+    let mut guard = PidGuard(vec![old]);
+    assert!(wait_until(T, || std::fs::read_to_string(
+        dir.path().join("records.json")
+    )
+    .is_ok_and(|t| t.contains(&id))));
+    let expect = format!("router={id} network=- xff={vm_ip}");
+    assert_eq!(answer(&vm).await.expect("answered"), expect);
+
+    // The spawner dies mid-restart: the successor runs on the old proxy's sockets (copied
+    // as the takeover does), started as the spawner starts it, and the pid file still names
+    // the old proxy.
+    first.signal("KILL");
+    assert!(wait_until(T, || !first.alive()));
+    let argv = ns_metadata_spawner::pidfile::cmdline(old).expect("old proxy alive");
+    let ready = dir.path().join("twin-ready");
+    let mut cmd = ns_netns::Spawn::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    cmd.env(ns_contract::spawn::STATE_ENV, dir.path());
+    cmd.env(
+        ns_contract::spawn::NETNS_FD_ENV,
+        ns_contract::spawn::NETNS_FD.to_string(),
+    );
+    let first_fd = ns_contract::spawn::FIRST_LISTEN_FD;
+    cmd.env(ns_contract::spawn::LISTEN_FDS_ENV, first_fd.to_string());
+    let ready_file = std::fs::File::create(&ready).expect("ready file");
+    cmd.fd(ready_file.into(), 3);
+    let log = std::fs::File::create(dir.path().join("twin.log")).expect("twin log");
+    cmd.fd(log.into(), 2);
+    let ns_fd = std::fs::File::open(format!("/run/netns/{netns}")).expect("netns fd");
+    cmd.fd(ns_fd.into(), ns_contract::spawn::NETNS_FD);
+    // The proxy's own statistics block, as a restart passes it.
+    let stats = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.path().join(format!("stats/{id}.stats")))
+        .expect("statistics block");
+    cmd.fd(stats.into(), 5);
+    let mut taken = listeners_of(old);
+    assert_eq!(taken.len(), 1, "the old proxy's one listener");
+    cmd.fd(taken.remove(0), first_fd);
+    let twin = cmd.spawn().expect("twin").pid;
+    guard.0.push(twin);
+    assert!(
+        wait_until(T, || std::fs::read_to_string(&ready)
+            .is_ok_and(|t| t.contains("READY=1"))),
+        "the second proxy is not ready: {}",
+        std::fs::read_to_string(dir.path().join("twin.log")).unwrap_or_default()
+    );
+
+    let _second = start_daemon(dir.path(), &ini, &[]);
+    let st = proxy_json(dir.path(), &id).expect("status");
+    assert_eq!(
+        (st["pid"].as_u64(), st["adopted"].as_bool()),
+        (Some(u64::from(old)), Some(true)),
+        "{st}"
+    );
+    assert!(
+        wait_until(T, || {
+            let _ = rustix::process::waitpid(
+                rustix::process::Pid::from_raw(twin as i32),
+                rustix::process::WaitOptions::NOHANG,
+            );
+            !alive(twin)
+        }),
+        "the second proxy is stopped"
+    );
+    assert!(alive(old), "the proxy of the pid file serves on");
+    // The namespace kept its address: the VM is answered, by the adopted proxy.
+    for _ in 0..20 {
+        assert_eq!(get_in(vm.netns(), META).as_deref(), Ok(expect.as_str()));
+    }
+    drop(rns);
+}
