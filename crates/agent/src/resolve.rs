@@ -32,24 +32,16 @@ pub fn parse_client(xff: &str) -> Option<Client> {
         v4 => v4,
     };
     let mac = match ip {
-        IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80 => eui64_mac(&v6.octets()),
+        IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80 => ns_contract::eui64::mac(&v6)
+            .map(|m| {
+                m.iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":")
+            }),
         _ => None,
     };
     Some(Client { ip, mac })
-}
-
-/// The MAC inside a modified EUI-64 interface id (`xx:xx:xx:ff:fe:xx:xx:xx`, U/L bit flipped).
-fn eui64_mac(o: &[u8; 16]) -> Option<String> {
-    if o[11] != 0xff || o[12] != 0xfe {
-        return None;
-    }
-    let m = [o[8] ^ 0x02, o[9], o[10], o[13], o[14], o[15]];
-    Some(
-        m.iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":"),
-    )
 }
 
 /// What every answerer needs to know about the client's instance.

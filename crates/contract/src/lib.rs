@@ -4,6 +4,7 @@
 //! the Neutron model types, and `sd_notify`. A fact that two crates need lives here.
 #![forbid(unsafe_code)]
 
+pub mod eui64;
 pub mod headers;
 pub mod id;
 pub mod journal;

@@ -19,7 +19,7 @@
 //! Network id = `Datapath_Binding.external_ids:name` minus `neutron-`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 
 use ns_contract::neutron::{parse_cidr, DEVICE_OWNER_DISTRIBUTED};
 use ns_contract::Kind;
@@ -91,27 +91,10 @@ impl OvnNet {
         out.insert((METADATA_V4, 32));
         if self.ipv6 {
             out.insert((METADATA_V6, 128));
-            out.insert((IpAddr::V6(eui64_link_local(self.mac)), 64));
+            out.insert((IpAddr::V6(ns_contract::eui64::link_local(self.mac)), 64));
         }
         out
     }
-}
-
-/// The modified EUI-64 link-local address of a MAC (RFC 4291 appendix A): `fe80::` then the
-/// MAC with `ff:fe` in the middle and the universal/local bit flipped.
-pub fn eui64_link_local(mac: [u8; 6]) -> Ipv6Addr {
-    let mut o = [0u8; 16];
-    o[0] = 0xfe;
-    o[1] = 0x80;
-    o[8] = mac[0] ^ 0x02;
-    o[9] = mac[1];
-    o[10] = mac[2];
-    o[11] = 0xff;
-    o[12] = 0xfe;
-    o[13] = mac[3];
-    o[14] = mac[4];
-    o[15] = mac[5];
-    Ipv6Addr::from(o)
 }
 
 /// `ovnmeta-<network id>`.

@@ -191,21 +191,6 @@ fn veth_names_follow_neutron() {
 }
 
 #[test]
-fn eui64_link_local_follows_neutron() {
-    // netaddr.EUI("fa:16:3e:11:22:33").ipv6_link_local(), as ip_lib.get_ipv6_lladdr.
-    let mac = parse_mac("fa:16:3e:11:22:33").expect("mac");
-    assert_eq!(
-        eui64_link_local(mac),
-        "fe80::f816:3eff:fe11:2233".parse::<Ipv6Addr>().expect("ip")
-    );
-    let mac = parse_mac("00:00:5e:00:53:01").expect("mac");
-    assert_eq!(
-        eui64_link_local(mac),
-        "fe80::200:5eff:fe00:5301".parse::<Ipv6Addr>().expect("ip")
-    );
-}
-
-#[test]
 fn addresses_have_the_link_local_ones_only_with_ipv6() {
     let v4 = vif("vm1", "fa:16:3e:00:00:01 10.250.0.10", Some(US), &[]);
     let n = &ovn_networks(&view(vec![meta("10.250.0.2/24 fd00::2/64"), v4]))[NET];
