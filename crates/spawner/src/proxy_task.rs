@@ -104,7 +104,7 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) {
     let mut current: Option<Running> = None;
     // The namespace the running proxy was prepared in and entered, for its teardown.
     let mut ns: Option<P::Ns> = None;
-    if let Start::Adopt(mut r, argv) = start {
+    if let Start::Adopt(r, argv) = start {
         let pid = r.pid().unwrap_or_default();
         // The tail of the cmdline: argv[0] (and an interpreter's script path) may differ.
         if argv.ends_with(&args) {
@@ -112,9 +112,32 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) {
             status.adopted(pid);
             current = Some(*r);
         } else {
-            tracing::info!(key = %spec.key, pid, "proxy runs with other arguments; restarting it");
-            r.stop(cfg.stop_timeout).await;
-            pidfile::remove(&pid_dir, &spec.key);
+            // Other arguments (a changed configuration, or an upgrade that added a flag):
+            // replaced by socket takeover, as `restart ID` does, so no connection is refused
+            // meanwhile; without the sockets, or if the successor fails, stopped and started.
+            tracing::info!(key = %spec.key, pid, "proxy runs with other arguments; replacing it");
+            let restart = Restart {
+                platform: &*platform,
+                spec: &spec,
+                cfg: &cfg,
+                args: &args,
+            };
+            match restart.run(*r, &launches, &status).await {
+                AfterRestart::Replaced(new, done, new_ns) => {
+                    tracing::info!(key = %spec.key, old = ?done.old_pid, new = ?done.new_pid, "proxy with other arguments replaced by socket takeover");
+                    ns = Some(new_ns);
+                    current = Some(new);
+                }
+                AfterRestart::Kept(mut old, why) => {
+                    tracing::info!(key = %spec.key, pid, reason = %why, "no socket takeover; stopping it for a plain start");
+                    old.stop(cfg.stop_timeout).await;
+                    pidfile::remove_own(&pid_dir, &spec.key, Some(pid));
+                }
+                AfterRestart::Stopped(old_pid, why) => {
+                    tracing::info!(key = %spec.key, pid, reason = %why, "no socket takeover; stopped it for a plain start");
+                    pidfile::remove_own(&pid_dir, &spec.key, old_pid);
+                }
+            }
         }
     }
     loop {

@@ -107,6 +107,22 @@ async fn restart_with_requests_in_flight_loses_none() {
     restart_under_load("rt-restart-slow", Behave::Delay(150), 133).await;
 }
 
+/// A fresh connection per request from `vm`, back to back until `go` is false: (answered,
+/// failures).
+fn fresh_loop(vm: &TestNs, go: &Arc<AtomicBool>) -> std::thread::JoinHandle<(u32, Vec<String>)> {
+    let (ns, go) = (vm.netns().try_clone().expect("vm ns"), go.clone());
+    std::thread::spawn(move || {
+        let (mut ok, mut failed) = (0u32, Vec::new());
+        while go.load(Ordering::Relaxed) {
+            match get_in(&ns, META) {
+                Ok(_) => ok += 1,
+                Err(e) => failed.push(e),
+            }
+        }
+        (ok, failed)
+    })
+}
+
 /// A router proxy answering through an agent that behaves as `behave`; the VM on link `n`.
 async fn restart_under_load(tag: &str, behave: Behave, n: u8) {
     let headers = matches!(behave, Behave::Headers);
@@ -152,21 +168,7 @@ async fn restart_under_load(tag: &str, behave: Behave, n: u8) {
 
     // Load from the VM: fresh connections on two threads, one keep-alive client.
     let go = Arc::new(AtomicBool::new(true));
-    let fresh: Vec<_> = (0..2)
-        .map(|_| {
-            let (ns, go) = (vm.netns().try_clone().expect("vm ns"), go.clone());
-            std::thread::spawn(move || {
-                let (mut ok, mut failed) = (0u32, Vec::new());
-                while go.load(Ordering::Relaxed) {
-                    match get_in(&ns, META) {
-                        Ok(_) => ok += 1,
-                        Err(e) => failed.push(e),
-                    }
-                }
-                (ok, failed)
-            })
-        })
-        .collect();
+    let fresh: Vec<_> = (0..2).map(|_| fresh_loop(&vm, &go)).collect();
     let kept = {
         let (ns, go) = (vm.netns().try_clone().expect("vm ns"), go.clone());
         std::thread::spawn(move || keepalive_loop(&ns, go))
@@ -407,5 +409,62 @@ async fn an_unfinished_restart_leaves_the_namespace_served() {
     for _ in 0..20 {
         assert_eq!(get_in(vm.netns(), META).as_deref(), Ok(expect.as_str()));
     }
+    drop(rns);
+}
+
+/// An adopted proxy that runs with other arguments (here: started without a statistics
+/// block, as before an upgrade that added `--stats-fd`) is replaced by socket takeover, as
+/// `restart ID` does: under a loop of fresh connections from the VM no request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adopted_proxy_with_other_arguments_is_replaced_without_refusing() {
+    if !require_root("an_adopted_proxy_with_other_arguments_is_replaced_without_refusing") {
+        return;
+    }
+    let dir = TempDir::new("rt-upgrade").reaping();
+    let _agent = StandIn::start_at(dir.path().join("agent.sock"), Behave::Headers);
+    let ini = write_ini(dir.path(), "");
+    let mut text = std::fs::read_to_string(&ini).expect("ini");
+    text.push_str("proxy_metrics = false\n");
+    std::fs::write(&ini, text).expect("ini without metrics");
+    let p = unique_prefix();
+    let id = format!("{p}ug");
+    let rns = TestNs::new(&format!("qrouter-{id}")).expect("router ns");
+    let vm = TestNs::new(&format!("{p}vm")).expect("vm ns");
+    let (_, vm_ip) = link(&rns, &vm, 135).await.expect("veth");
+    let mut first = start_daemon(dir.path(), &ini, &[]);
+    assert!(cli(&ini, &["router", "add", &id]).0);
+    assert!(wait_until(T, || pid_of(dir.path(), &id).is_some()));
+    let old = pid_of(dir.path(), &id).expect("pid");
+    let mut guard = PidGuard(vec![old]);
+    let argv = ns_metadata_spawner::pidfile::cmdline(old).expect("alive");
+    assert!(!argv.iter().any(|a| a == "--stats-fd"), "{argv:?}");
+    let expect = format!("router={id} network=- xff={vm_ip}");
+    assert_eq!(answer(&vm).await.expect("answered"), expect);
+    // The spawner stops (its proxies keep serving); the next one has metrics on.
+    first.signal("TERM");
+    assert!(wait_until(T, || !first.alive()));
+    assert!(alive(old));
+    write_ini(dir.path(), "");
+
+    let go = Arc::new(AtomicBool::new(true));
+    let fresh = fresh_loop(&vm, &go);
+    let _second = start_daemon(dir.path(), &ini, &[]);
+    assert!(wait_until(T, || pid_of(dir.path(), &id).is_some_and(|p| p != old)));
+    let new = pid_of(dir.path(), &id).expect("pid");
+    guard.0.push(new);
+    assert!(wait_until(T, || !alive(old)), "the old proxy is stopped");
+    let argv = ns_metadata_spawner::pidfile::cmdline(new).expect("alive");
+    assert!(argv.iter().any(|a| a == "--stats-fd"), "{argv:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    go.store(false, Ordering::Relaxed);
+    let (ok, failed) = fresh.join().expect("load thread");
+    assert!(failed.is_empty(), "{ok} ok, failed: {failed:?}");
+    assert!(ok > 0);
+    let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
+    assert!(
+        log.contains("replaced by socket takeover"),
+        "the daemon's log:\n{log}"
+    );
+    assert_eq!(get_in(vm.netns(), META).as_deref(), Ok(expect.as_str()));
     drop(rns);
 }
