@@ -79,8 +79,11 @@ pub(crate) fn launch_slots() -> usize {
     std::thread::available_parallelism().map_or(2, usize::from) * 16
 }
 
-/// The one owner of one proxy: start (or adopt), watch, restart, stop.
-pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) {
+/// The one owner of one proxy: start (or adopt), watch, restart, stop. Detached (its stop
+/// sender dropped without a stop) it leaves the proxy running and returns it, so a new task
+/// for the same namespace with other arguments can take it over
+/// ([`Supervisor::reconcile`](crate::supervisor::Supervisor::reconcile)).
+pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) -> Option<Running> {
     let Task {
         platform,
         spec,
@@ -165,9 +168,9 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) {
                                 // No process, and no addresses without the interface.
                                 pidfile::remove_own(&pid_dir, &spec.key, None);
                                 status.stopped();
-                                return;
+                                return None;
                             }
-                            Wake::Detached => return,
+                            Wake::Detached => return None,
                         }
                     }
                     Err(e) => Err(e),
@@ -238,7 +241,7 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) {
                         let delay = backoff.start_failed();
                         status.start_failed(e.to_string());
                         if !retry_after(delay, &mut stop, &cleanup, ns.as_ref()).await {
-                            return;
+                            return None;
                         }
                         continue;
                     }
@@ -254,7 +257,7 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) {
                 tracing::warn!(key = %spec.key, netns = %spec.netns, how = %how, restart_in = ?delay, "proxy died");
                 status.died(format!("proxy {how}"), delay.is_zero());
                 if !retry_after(delay, &mut stop, &cleanup, ns.as_ref()).await {
-                    return;
+                    return None;
                 }
             }
             Some(reply) = restart.recv() => {
@@ -288,13 +291,13 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) {
                     // dropped, e.g. on exit or in a restart): the proxy must outlive it, and
                     // its pid file stays so the next supervisor adopts it.
                     tracing::debug!(key = %spec.key, pid = ?running.pid(), "supervisor gone; leaving the proxy running");
-                    return;
+                    return Some(running);
                 }
                 status.stopping();
                 let how = running.stop(cfg.stop_timeout).await;
                 tracing::info!(key = %spec.key, netns = %spec.netns, how = %how, "proxy stopped");
                 cleanup.finish(ns.as_ref()).await;
-                return;
+                return None;
             }
         }
     }

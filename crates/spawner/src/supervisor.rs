@@ -106,7 +106,8 @@ struct Proxy {
     status: Arc<Status>,
     stop: oneshot::Sender<()>,
     restart: tokio::sync::mpsc::UnboundedSender<RestartReply>,
-    task: tokio::task::JoinHandle<()>,
+    /// Ends with the proxy still running only when detached (see [`proxy_task`]).
+    task: tokio::task::JoinHandle<Option<Running>>,
 }
 
 /// Why `restart ID` did not restart anything.
@@ -519,7 +520,8 @@ impl<P: Platform> Supervisor<P> {
         let (present, waiting, cfg) = self.plan();
         self.ensure_shared(&cfg).await;
         let keep = stats_keys(&cfg, &present, &waiting);
-        let removed: Vec<Proxy> = {
+        let mut present = present;
+        let (removed, handed): (Vec<Proxy>, Vec<Proxy>) = {
             let mut proxies = lock(&self.inner.proxies);
             let stale: Vec<String> = proxies
                 .iter()
@@ -530,9 +532,34 @@ impl<P: Platform> Supervisor<P> {
                 })
                 .map(|(k, _)| k.clone())
                 .collect();
-            stale.iter().filter_map(|k| proxies.remove(k)).collect()
+            stale
+                .iter()
+                .filter_map(|k| proxies.remove(k))
+                .partition(|p| !(replaceable(&cfg, p, &present)))
         };
         *lock(&self.inner.waiting) = waiting;
+        // Same namespace and addresses, other arguments (a changed option): the running
+        // proxy is handed to a new task that replaces it by socket takeover, as an adopted
+        // one with other arguments is, so no connection is refused meanwhile.
+        let mut handovers = Vec::with_capacity(handed.len());
+        for p in handed {
+            let Some((spec, args)) = present.remove(&p.spec.key) else {
+                continue;
+            };
+            drop(p.stop);
+            handovers.push(async move {
+                let running = p.task.await.ok().flatten();
+                (spec, args, running, p.args)
+            });
+        }
+        for (spec, args, running, old_args) in futures::future::join_all(handovers).await {
+            let start = match running {
+                Some(r) => Start::Adopt(Box::new(r), old_args),
+                None => Start::Fresh,
+            };
+            let p = self.start_proxy(spec, args, start, &cfg);
+            lock(&self.inner.proxies).insert(p.spec.key.clone(), p);
+        }
         // Removals before additions, per namespace: a proxy replacing one in the same
         // namespace (same port, same address) starts only after the old one is gone; the
         // others start right away instead of waiting for unrelated stops' grace periods.
@@ -621,6 +648,7 @@ impl<P: Platform> Supervisor<P> {
         let _ = p.stop.send(());
         p.task
             .await
+            .map(drop)
             .map_err(|e| format!("{}: proxy task failed: {e}", p.spec.netns))
     }
 
@@ -795,7 +823,13 @@ impl<P: Platform> Supervisor<P> {
             ProxyModel::PerNamespace => None,
         };
         let task = match shared {
-            Some(server) => tokio::spawn(namespace_task(t, start, server.clone())),
+            Some(server) => {
+                let server = server.clone();
+                tokio::spawn(async move {
+                    namespace_task(t, start, server).await;
+                    None
+                })
+            }
             None => tokio::spawn(proxy_task(t, start)),
         };
         Proxy {
@@ -807,6 +841,20 @@ impl<P: Platform> Supervisor<P> {
             task,
         }
     }
+}
+
+/// Whether `p` can be replaced by socket takeover instead of stop and start: the
+/// per-namespace model, the same spec (namespace, interface, addresses) wanted, only the
+/// arguments differ.
+fn replaceable(
+    cfg: &Config,
+    p: &Proxy,
+    present: &BTreeMap<String, (ProxySpec, Vec<String>)>,
+) -> bool {
+    cfg.proxy_model == ProxyModel::PerNamespace
+        && present
+            .get(&p.spec.key)
+            .is_some_and(|(s, a)| *s == p.spec && *a != p.args)
 }
 
 /// The keys whose statistics blocks stay: every wanted proxy's, running or waiting (none when

@@ -468,3 +468,53 @@ async fn an_adopted_proxy_with_other_arguments_is_replaced_without_refusing() {
     assert_eq!(get_in(vm.netns(), META).as_deref(), Ok(expect.as_str()));
     drop(rns);
 }
+
+/// A configuration change that only changes a proxy's arguments (SIGHUP after editing the
+/// file) replaces the proxy by socket takeover: under a loop of fresh connections from the
+/// VM no request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_option_replaces_the_proxy_without_refusing() {
+    if !require_root("a_changed_option_replaces_the_proxy_without_refusing") {
+        return;
+    }
+    let dir = TempDir::new("rt-reload").reaping();
+    let _agent = StandIn::start_at(dir.path().join("agent.sock"), Behave::Headers);
+    let ini = write_ini(dir.path(), "");
+    let p = unique_prefix();
+    let id = format!("{p}hu");
+    let rns = TestNs::new(&format!("qrouter-{id}")).expect("router ns");
+    let vm = TestNs::new(&format!("{p}vm")).expect("vm ns");
+    let (_, vm_ip) = link(&rns, &vm, 136).await.expect("veth");
+    let daemon = start_daemon(dir.path(), &ini, &[]);
+    assert!(cli(&ini, &["router", "add", &id]).0);
+    assert!(wait_until(T, || pid_of(dir.path(), &id).is_some()));
+    let old = pid_of(dir.path(), &id).expect("pid");
+    let mut guard = PidGuard(vec![old]);
+    let expect = format!("router={id} network=- xff={vm_ip}");
+    assert_eq!(answer(&vm).await.expect("answered"), expect);
+
+    let go = Arc::new(AtomicBool::new(true));
+    let fresh = fresh_loop(&vm, &go);
+    let mut text = std::fs::read_to_string(&ini).expect("ini");
+    text.push_str("proxy_metrics = false\n");
+    std::fs::write(&ini, text).expect("ini without metrics");
+    daemon.signal("HUP");
+    assert!(wait_until(T, || pid_of(dir.path(), &id).is_some_and(|p| p != old)));
+    let new = pid_of(dir.path(), &id).expect("pid");
+    guard.0.push(new);
+    assert!(wait_until(T, || !alive(old)), "the old proxy is stopped");
+    let argv = ns_metadata_spawner::pidfile::cmdline(new).expect("alive");
+    assert!(!argv.iter().any(|a| a == "--stats-fd"), "{argv:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    go.store(false, Ordering::Relaxed);
+    let (ok, failed) = fresh.join().expect("load thread");
+    assert!(failed.is_empty(), "{ok} ok, failed: {failed:?}");
+    assert!(ok > 0);
+    let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
+    assert!(
+        log.contains("replaced by socket takeover"),
+        "the daemon's log:\n{log}"
+    );
+    assert_eq!(get_in(vm.netns(), META).as_deref(), Ok(expect.as_str()));
+    drop(rns);
+}
