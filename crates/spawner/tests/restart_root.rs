@@ -449,22 +449,10 @@ async fn an_adopted_proxy_with_other_arguments_is_replaced_without_refusing() {
     let go = Arc::new(AtomicBool::new(true));
     let fresh = fresh_loop(&vm, &go);
     let _second = start_daemon(dir.path(), &ini, &[]);
-    assert!(wait_until(T, || pid_of(dir.path(), &id).is_some_and(|p| p != old)));
-    let new = pid_of(dir.path(), &id).expect("pid");
+    let new = replaced_without_refusing(dir.path(), &id, old, (go, fresh));
     guard.0.push(new);
-    assert!(wait_until(T, || !alive(old)), "the old proxy is stopped");
     let argv = ns_metadata_spawner::pidfile::cmdline(new).expect("alive");
     assert!(argv.iter().any(|a| a == "--stats-fd"), "{argv:?}");
-    std::thread::sleep(Duration::from_millis(200));
-    go.store(false, Ordering::Relaxed);
-    let (ok, failed) = fresh.join().expect("load thread");
-    assert!(failed.is_empty(), "{ok} ok, failed: {failed:?}");
-    assert!(ok > 0);
-    let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
-    assert!(
-        log.contains("replaced by socket takeover"),
-        "the daemon's log:\n{log}"
-    );
     assert_eq!(get_in(vm.netns(), META).as_deref(), Ok(expect.as_str()));
     drop(rns);
 }
@@ -499,22 +487,34 @@ async fn a_changed_option_replaces_the_proxy_without_refusing() {
     text.push_str("proxy_metrics = false\n");
     std::fs::write(&ini, text).expect("ini without metrics");
     daemon.signal("HUP");
-    assert!(wait_until(T, || pid_of(dir.path(), &id).is_some_and(|p| p != old)));
-    let new = pid_of(dir.path(), &id).expect("pid");
+    let new = replaced_without_refusing(dir.path(), &id, old, (go, fresh));
     guard.0.push(new);
-    assert!(wait_until(T, || !alive(old)), "the old proxy is stopped");
     let argv = ns_metadata_spawner::pidfile::cmdline(new).expect("alive");
     assert!(!argv.iter().any(|a| a == "--stats-fd"), "{argv:?}");
+    assert_eq!(get_in(vm.netns(), META).as_deref(), Ok(expect.as_str()));
+    drop(rns);
+}
+
+/// Proxy `id` (pid `old`) was replaced by socket takeover while `load` ran: the new pid, once
+/// the old proxy is gone; the load stopped, none of its requests failed.
+fn replaced_without_refusing(
+    dir: &Path,
+    id: &str,
+    old: u32,
+    load: (Arc<AtomicBool>, std::thread::JoinHandle<(u32, Vec<String>)>),
+) -> u32 {
+    assert!(wait_until(T, || pid_of(dir, id).is_some_and(|p| p != old)));
+    let new = pid_of(dir, id).expect("pid");
+    assert!(wait_until(T, || !alive(old)), "the old proxy is stopped");
     std::thread::sleep(Duration::from_millis(200));
-    go.store(false, Ordering::Relaxed);
-    let (ok, failed) = fresh.join().expect("load thread");
+    load.0.store(false, Ordering::Relaxed);
+    let (ok, failed) = load.1.join().expect("load thread");
     assert!(failed.is_empty(), "{ok} ok, failed: {failed:?}");
     assert!(ok > 0);
-    let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
+    let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
     assert!(
         log.contains("replaced by socket takeover"),
         "the daemon's log:\n{log}"
     );
-    assert_eq!(get_in(vm.netns(), META).as_deref(), Ok(expect.as_str()));
-    drop(rns);
+    new
 }
