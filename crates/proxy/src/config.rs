@@ -74,7 +74,7 @@ static OPTS: &[Opt] = &[
     Opt::new(D, "max_agent_requests", Kind::Int { min: 0, max: 1_000_000 },
         "Requests relayed to the agent at once (per namespace in the shared server); more \
          wait in arrival order, up to timeout_connect, then 503; 0 = no limit")
-        .default("32"),
+        .default("16"),
     Opt::new(D, "agent_keepalive", Kind::Choice(&KEEPALIVE),
         "Reuse agent connections: off (one request per connection, what Neutron's agent \
          needs), on, or auto (only after the agent's response carries X-NS-Metadata-Keepalive)")

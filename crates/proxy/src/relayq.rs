@@ -15,10 +15,13 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-/// Requests of one namespace with the agent at once, by default (bench figure 14 in
-/// bench/RESULTS.md: small enough that a flooding namespace keeps a quiet one's p99 near its
-/// idle value in the shared server, large enough for one busy namespace's throughput).
-pub const DEFAULT_MAX_AGENT_REQUESTS: usize = 32;
+/// Requests of one namespace with the agent at once, by default. Bench figure 14
+/// (bench/RESULTS.md, "The relay queue"): a quiet namespace's p99 beside a 2,000-connection
+/// flood grows with it (median 3.4 / 6.5 / 9.6 ms at 8 / 16 / 32, ~43 ms unlimited; 16 is
+/// within 2× its idle p99), and one busy namespace's req/s did not drop at 8 with a fast agent;
+/// with a slow agent it bounds a namespace's rate (16 slots at 50 ms each: 320 req/s), hence
+/// not lower.
+pub const DEFAULT_MAX_AGENT_REQUESTS: usize = 16;
 
 /// One namespace's queue; `0` slots means no limit (every request goes to the agent at once).
 #[derive(Debug)]

@@ -210,9 +210,10 @@ async fn shared_server_answers_a_quiet_namespace_while_a_flooding_one_is_held() 
         .find(|s| s.id == "busy")
         .expect("busy served");
     let flood = requests(addrs[0], FLOOD);
-    // The default queue: 32 with the agent (held there), every other one waiting.
+    // The default queue: N with the agent (held there), every other one waiting.
+    const N: usize = ns_metadata_proxy::relayq::DEFAULT_MAX_AGENT_REQUESTS;
     let saturated = wait_until_async(WAIT, || {
-        agent.held() == 32 && busy_state.queue.waiting() == FLOOD - 32
+        agent.held() == N && busy_state.queue.waiting() == FLOOD - N
     })
     .await;
     assert!(
@@ -229,13 +230,13 @@ async fn shared_server_answers_a_quiet_namespace_while_a_flooding_one_is_held() 
         (quiet.status, quiet.body.as_slice()),
         (200, &b"router=quiet"[..])
     );
-    assert_eq!(agent.held(), 32, "the flood is still held");
+    assert_eq!(agent.held(), N, "the flood is still held");
 
     let _ = agent.release.send(true);
     for r in flood {
         assert_eq!(r.await.expect("task").expect("answer").status, 200);
     }
-    assert_eq!(agent.most.load(Ordering::SeqCst), 32);
+    assert_eq!(agent.most.load(Ordering::SeqCst), N);
     let _ = tending.send(true);
     table.shutdown().await;
 }

@@ -148,7 +148,7 @@ static OPTS: &[Opt] = &[
         "max_agent_requests",
         Kind::Int { min: 0, max: 1_000_000 },
         "Requests of one namespace relayed to the agent at once, the rest queued in order \
-         (passed as --max-agent-requests; unset: the proxy's default, 32; 0 = no limit)",
+         (passed as --max-agent-requests; unset: the proxy's default, 16; 0 = no limit)",
     ),
     Opt::new(
         GROUP,
