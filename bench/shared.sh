@@ -15,6 +15,10 @@
 # Needs in the environment: WORK RUN TOOL SPAWNER PROXY RAW SH_SOCK SH_NS SH_RUNS SH_DUR
 # SH_LUA (wrk's report script: one `NSBENCH req dur_us p50_us p99_us errors status` line),
 # SH_HAPROXY_TMPL: Neutron's haproxy configuration with @ID@ and @PIDFILE@ left to fill.
+# Optional: SH_MAX_AGENT_REQUESTS (the spawner's `max_agent_requests` for both models of ours;
+# unset: the proxy's default), SH_PERF=DIR (`perf record -g` of the serving process under the
+# busy load, DIR/perf-MODEL-N.data, then `strace -c` over a second busy run,
+# DIR/strace-MODEL-N.txt with its request count).
 set -euo pipefail
 : "${WORK:?}" "${RUN:?}" "${TOOL:?}" "${SPAWNER:?}" "${PROXY:?}" "${RAW:?}" "${SH_SOCK:?}" "${SH_NS:?}" "${SH_RUNS:?}"
 : "${SH_DUR:?}" "${SH_LUA:?}" "${SH_HAPROXY_TMPL:?}"
@@ -79,13 +83,28 @@ load_figures() { # model n
     [[ -n $p ]] || { log "$v: no serving process found; load figures skipped"; return 0; }
     sample sh_load_load1 "$v" "$(load1)"
     c0=$(ticks "$p")
+    # SH_PERF=DIR: a call-graph profile of the serving process under the busy load, per side.
+    local perf=
+    if [[ -n ${SH_PERF:-} ]]; then
+        perf record -q -g -p "$p" -o "$SH_PERF/perf-$v.data" -- sleep "$SH_DUR" 2>/dev/null &
+        perf=$!
+    fi
     out=$(wrk_in "qrouter-$(rid 1)" 32)
     c1=$(ticks "$p")
+    [[ -z $perf ]] || wait "$perf" || true
     read -r req dur _ _ err status <<<"$out"
     sample sh_busy_rps "$v" "$(awk -v r="$req" -v d="$dur" 'BEGIN {printf "%.1f", r / (d / 1e6)}')"
     sample sh_busy_cpu_us "$v" "$(awk -v d=$((c1 - c0)) -v r="$req" -v k="$CLK" 'BEGIN {printf "%.2f", d * 1e6 / k / r}')"
     sample sh_busy_errors "$v" $((err + status))
     log "$v busy: $req requests in ${SH_DUR}s, CPU $((c1 - c0)) ticks, errors $((err + status))"
+    if [[ -n ${SH_PERF:-} ]]; then
+        # Syscalls per request, on a second busy run (strace slows it; not a figure).
+        strace -c -f -p "$p" -o "$SH_PERF/strace-$v.txt" &
+        perf=$!
+        read -r req _ <<<"$(wrk_in "qrouter-$(rid 1)" 32)"
+        kill -INT "$perf" && wait "$perf" || true
+        echo "requests $req" >>"$SH_PERF/strace-$v.txt"
+    fi
     read -r _ _ _ idle _ _ <<<"$(wrk_in "qrouter-$(rid 2)" 1)"
     sample sh_quiet_idle_p99_us "$v" "$idle"
     # The flood: 2,000 connections from namespace 1, requests as fast as it answers.
@@ -126,7 +145,8 @@ kill_figure() { # n
 side_ours() { # model n first_n
     local m=$1 n=$2 v="$1-$2" t0 w mem0
     rm -rf "$SW/sp"
-    spawner_ini "$SH_SOCK" "$SW/sp" "proxy_model = $m" >"$SW/spawner.ini"
+    spawner_ini "$SH_SOCK" "$SW/sp" "proxy_model = $m" \
+        ${SH_MAX_AGENT_REQUESTS:+"max_agent_requests = $SH_MAX_AGENT_REQUESTS"} >"$SW/spawner.ini"
     sample sh_load1 "$v" "$(load1)"
     mem0=$(mem_available_kb)
     t0=$(date +%s%N)

@@ -71,6 +71,10 @@ static OPTS: &[Opt] = &[
     Opt::new(D, "max_connections", Kind::Int { min: 1, max: 1_000_000 },
         "Client connections served at once; more wait in the listen backlog")
         .default("1024"),
+    Opt::new(D, "max_agent_requests", Kind::Int { min: 0, max: 1_000_000 },
+        "Requests relayed to the agent at once (per namespace in the shared server); more \
+         wait in arrival order, up to timeout_connect, then 503; 0 = no limit")
+        .default("16"),
     Opt::new(D, "agent_keepalive", Kind::Choice(&KEEPALIVE),
         "Reuse agent connections: off (one request per connection, what Neutron's agent \
          needs), on, or auto (only after the agent's response carries X-NS-Metadata-Keepalive)")
@@ -235,6 +239,8 @@ pub struct Config {
     pub group: Option<String>,
     pub timeouts: Timeouts,
     pub max_connections: usize,
+    /// Requests with the agent at once, the rest queued ([`crate::relayq`]); 0: no limit.
+    pub max_agent_requests: usize,
     pub rate_limit: Option<RateLimit>,
     pub agent_keepalive: KeepaliveMode,
     pub ready_fds: Vec<i32>,
@@ -342,6 +348,7 @@ impl Config {
             group: v.opt_str(D, "metadata_proxy_group")?,
             timeouts: options::timeouts(v)?,
             max_connections: v.int(D, "max_connections")?,
+            max_agent_requests: v.int(D, "max_agent_requests")?,
             rate_limit,
             agent_keepalive: v.choice_as(D, "agent_keepalive", &KeepaliveMode::CHOICES)?,
             ready_fds: m

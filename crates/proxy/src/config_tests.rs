@@ -82,6 +82,11 @@ fn table_and_command_are_sound() {
         "the table's default and the constant"
     );
     assert_eq!(c.connect_retries, DEFAULT_RETRIES);
+    assert_eq!(
+        c.max_agent_requests,
+        crate::relayq::DEFAULT_MAX_AGENT_REQUESTS,
+        "the table's default and the constant"
+    );
     command().debug_assert();
     let help = command().render_long_help().to_string();
     for want in [
@@ -287,6 +292,18 @@ fn bad_values_name_file_line_env_or_flag() {
         err(&["--router-id", "r", "--max-connections", "0"]),
         "--max-connections: 0 is out of range 1..=1000000"
     );
+    assert_eq!(
+        err(&["--router-id", "r", "--max-agent-requests=-1"]),
+        "--max-agent-requests: -1 is out of range 0..=1000000"
+    );
+    let (_t, f) = ini("[DEFAULT]\nmax_agent_requests = many\n");
+    let e = err(&["--router-id", "r", "--config-file", &f]);
+    assert!(
+        e.ends_with(":2: [DEFAULT] max_agent_requests: invalid integer \"many\""),
+        "{e}"
+    );
+    let c = parse(&["--router-id", "r", "--max-agent-requests", "0"]).expect("0: no limit");
+    assert_eq!(c.max_agent_requests, 0);
     assert_eq!(
         err(&["--router-id", "r", "--debug=maybe"]),
         "--debug: invalid boolean \"maybe\": expected true/false, yes/no, on/off or 1/0"

@@ -41,6 +41,8 @@ enum End<'a> {
     Own,
     /// The agent could not answer: the error becomes `reason`.
     Agent(&'a UpError),
+    /// No slot with the agent within the queue's wait (`--max-agent-requests`): 503.
+    Queue,
 }
 
 /// One request, for its answer and its access-log line.
@@ -242,7 +244,16 @@ impl Conn {
             }
         }
 
-        // 4. The agent.
+        // 4. A slot with the agent: at most `--max-agent-requests` of this namespace's
+        // requests are there at once, the others wait here in order (parked, not runnable,
+        // so a flooding namespace cannot fill the shared server's run queue; issue #20).
+        // haproxy's `timeout queue` defaults to `timeout connect`: so does this wait.
+        let Some(slot) = self.shared.queue.enter(self.shared.timeouts.connect).await else {
+            let ok = self.answer_for(503, keep_alive, seen, End::Queue).await;
+            return ok.then(|| rest(inb, consumed));
+        };
+
+        // 5. The agent.
         let x = Exchange {
             retry_ok: info.idempotent,
             has_body,
@@ -262,6 +273,7 @@ impl Conn {
             .agent
             .exchange(&mut out, x, client, &self.shutdown)
             .await;
+        drop(slot);
         drop(out);
         let seen = Seen {
             agent: Some(asked),
@@ -407,7 +419,7 @@ impl Conn {
         let agent_us = seen.agent.map_or(0, |a| us(now.duration_since(a)));
         let answer = match end {
             End::Relayed => crate::stats::Answer::Relayed,
-            End::Own | End::Agent(_) => crate::stats::Answer::Own,
+            End::Own | End::Agent(_) | End::Queue => crate::stats::Answer::Own,
         };
         self.shared
             .stats
@@ -415,6 +427,7 @@ impl Conn {
         let (term, reason) = match end {
             End::Relayed => ("agent", None),
             End::Own => ("proxy", None),
+            End::Queue => ("queue_timeout", None),
             End::Agent(e) => (e.term(), Some(e as &dyn std::fmt::Display)),
         };
         crate::accesslog::log(

@@ -158,6 +158,8 @@ pub fn to_config(h: &HaproxyConfig) -> Result<Config, String> {
         group: h.group.as_ref().map(|(g, _)| g.clone()),
         timeouts,
         max_connections: h.maxconn.unwrap_or(crate::config::DEFAULT_MAXCONN),
+        // Neutron's `server` line has no `maxconn`: haproxy queues nothing, nor do we.
+        max_agent_requests: 0,
         rate_limit,
         // `option http-server-close`: one request per agent connection (Neutron's agent
         // needs that); without it haproxy keeps server connections, as `auto` may.

@@ -16,6 +16,7 @@ pub mod haproxy;
 pub mod http1;
 pub mod process;
 pub mod ratelimit;
+pub mod relayq;
 pub mod request;
 pub mod response;
 pub mod server;

@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 
 use crate::config::Config;
 use crate::ratelimit::RateLimiter;
+use crate::relayq::RelayQueue;
 use crate::request::Upstream;
 use crate::stats::Stats;
 use crate::upstream::Agent;
@@ -29,6 +30,8 @@ pub struct Shared {
     pub upstream: Upstream,
     pub agent: Agent,
     pub ratelimit: Option<RateLimiter>,
+    /// Requests with the agent at once, the rest waiting in order (`--max-agent-requests`).
+    pub queue: RelayQueue,
     pub timeouts: Timeouts,
     pub activity: Activity,
     /// The statistics block shared with the spawner (`--stats-fd`; empty without it).
@@ -69,6 +72,7 @@ impl Shared {
                     None => rl,
                 }
             }),
+            queue: RelayQueue::new(cfg.max_agent_requests),
             timeouts: cfg.timeouts,
             activity: Activity::default(),
             stats,

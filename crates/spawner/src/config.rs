@@ -145,6 +145,13 @@ static OPTS: &[Opt] = &[
     .default("auto"),
     Opt::new(
         GROUP,
+        "max_agent_requests",
+        Kind::Int { min: 0, max: 1_000_000 },
+        "Requests of one namespace relayed to the agent at once, the rest queued in order \
+         (passed as --max-agent-requests; unset: the proxy's default, 16; 0 = no limit)",
+    ),
+    Opt::new(
+        GROUP,
         "ready_timeout",
         SECONDS,
         "Seconds a proxy may take to report READY",
@@ -263,6 +270,9 @@ pub struct Config {
     pub records_file: Option<PathBuf>,
     /// `[spawner] agent_keepalive`.
     pub agent_keepalive: KeepaliveMode,
+    /// `[spawner] max_agent_requests`, passed as `--max-agent-requests` when set (unset: the
+    /// proxy's default, and no flag, so the argv of running proxies stays as it was).
+    pub max_agent_requests: Option<usize>,
     /// `[spawner] ready_timeout`: how long a proxy may take to report READY.
     pub ready_timeout: Duration,
     /// `[spawner] stop_timeout`: SIGTERM → SIGKILL grace (Neutron: 5 s).
@@ -329,6 +339,10 @@ impl Config {
             proxy_metrics: v.bool(GROUP, "proxy_metrics")?,
             records_file: v.path(GROUP, "records_file")?,
             agent_keepalive: v.choice_as(GROUP, "agent_keepalive", &KeepaliveMode::CHOICES)?,
+            max_agent_requests: match v.is_set(GROUP, "max_agent_requests")? {
+                true => Some(v.int(GROUP, "max_agent_requests")?),
+                false => None,
+            },
             ready_timeout: v.seconds(GROUP, "ready_timeout")?,
             stop_timeout: v.seconds(GROUP, "stop_timeout")?,
             max_restart_delay: v.seconds(GROUP, "max_restart_delay")?,

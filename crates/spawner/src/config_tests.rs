@@ -53,6 +53,10 @@ fn defaults() {
     );
     assert_eq!(c.router_interface, "lo");
     assert_eq!(c.agent_keepalive, KeepaliveMode::Auto);
+    assert_eq!(
+        c.max_agent_requests, None,
+        "unset: the proxy's default, no flag"
+    );
     assert_eq!(c.timeouts, Timeouts::default());
     assert!(!c.ipv6 && !c.auto_enable_routers && !c.force_metadata && !c.enable_isolated_metadata);
     assert_eq!(c.rate_limit, None);
@@ -83,7 +87,7 @@ fn neutron_names_and_our_section() {
          enable_metadata_network = yes\nmetadata_proxy_user = neutron\ndebug = true\n\
          [metadata_rate_limiting]\nrate_limit_enabled = true\nbase_query_rate_limit = 5\n\
          [spawner]\nstate_dir = /tmp/s\nrouter_interface = dummy0\nipv6 = on\nagent_keepalive = ON\n\
-         ready_timeout = 2.5\nrecords_file = /etc/r.json\n[agent]\nwhatever = 1\n",
+         max_agent_requests = 0\nready_timeout = 2.5\nrecords_file = /etc/r.json\n[agent]\nwhatever = 1\n",
     )
     .expect("valid");
     assert!(w.is_empty(), "{w:?}");
@@ -105,6 +109,7 @@ fn neutron_names_and_our_section() {
     assert_eq!(c.router_interface, "dummy0");
     assert!(c.ipv6);
     assert_eq!(c.agent_keepalive, KeepaliveMode::On);
+    assert_eq!(c.max_agent_requests, Some(0));
     assert_eq!(c.ready_timeout, Duration::from_millis(2500));
     assert_eq!(c.records_file, Some(PathBuf::from("/etc/r.json")));
 }
@@ -195,6 +200,18 @@ fn bad_values_are_blamed_where_they_were_set() {
             &[],
             &[],
             "s.ini:2: [spawner] agent_keepalive: invalid value \"sometimes\": expected one of off, on, auto",
+        ),
+        (
+            "[spawner]\nmax_agent_requests = lots\n",
+            &[],
+            &[],
+            "s.ini:2: [spawner] max_agent_requests: invalid integer \"lots\"",
+        ),
+        (
+            "",
+            &[("max-agent-requests", "1000001")],
+            &[],
+            "--max-agent-requests: 1000001 is out of range 0..=1000000",
         ),
         (
             "[spawner]\nready_timeout = -1\n",

@@ -70,6 +70,9 @@ fn option_args(cfg: &Config) -> Vec<String> {
     a.extend(cfg.timeouts.args());
     a.push("--agent-keepalive".to_owned());
     a.push(cfg.agent_keepalive.as_str().to_owned());
+    if let Some(n) = cfg.max_agent_requests {
+        a.extend(["--max-agent-requests".to_owned(), n.to_string()]);
+    }
     a
 }
 
@@ -444,6 +447,7 @@ mod tests {
         });
         cfg.timeouts = Timeouts::from_secs([1, 30, 32, 90, 30]).expect("valid");
         cfg.agent_keepalive = KeepaliveMode::Off;
+        cfg.max_agent_requests = Some(8);
         cfg.proxy_metrics = false;
         cfg.metadata_proxy_socket = "/srv/$x/metadata_proxy".into();
         let spec = ProxySpec {
@@ -458,7 +462,7 @@ mod tests {
             "--network-id n1 --metadata-proxy-socket /srv/$$x/metadata_proxy --bind 169.254.169.254:80 \
              --bind [fe80::a9fe:a9fe]:80%tap1 --ready-fd 3 --user neutron --group neutron \
              --rate-limit-base 10/10 --rate-limit-burst 20/5 --rate-limit-ip-versions 6 \
-             --timeout-request 1 --timeout-server 90 --agent-keepalive off"
+             --timeout-request 1 --timeout-server 90 --agent-keepalive off --max-agent-requests 8"
         );
     }
 }

@@ -1,0 +1,242 @@
+//! The relay queue (`--max-agent-requests`, issue #20), on loopback: a namespace has at most N
+//! requests with the agent at once and the others wait in order; a request that waits longer
+//! than `timeout connect` gets 503; and in the shared server a namespace whose requests all
+//! wait (held by the agent) does not hold up another namespace's request.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use common::{request, Model, TempDir};
+use ns_contract::{Kind, Resource};
+use ns_metadata_proxy::shared::Namespaces;
+use ns_metadata_proxy::stats::Stats;
+use ns_metadata_proxy::{bind, Args, Config};
+use ns_testkit::wait_until_async;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+const WAIT: Duration = Duration::from_secs(10);
+const GET: &str =
+    "GET /latest/meta-data/ HTTP/1.1\r\nHost: 169.254.169.254\r\nConnection: close\r\n\r\n";
+
+/// An agent stand-in that holds every request for router `busy` until released, and answers
+/// any other at once with `router=<id>`; it counts the held requests.
+struct HoldingAgent {
+    _dir: TempDir,
+    path: std::path::PathBuf,
+    /// Requests held now, and the most held at once.
+    held: Arc<AtomicUsize>,
+    most: Arc<AtomicUsize>,
+    release: watch::Sender<bool>,
+}
+
+impl HoldingAgent {
+    fn start() -> HoldingAgent {
+        let dir = TempDir::new("queue-agent");
+        let path = dir.path().join("agent.sock");
+        let l = tokio::net::UnixListener::bind(&path).expect("agent socket");
+        let (release, rx) = watch::channel(false);
+        let (held, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (h, m) = (held.clone(), most.clone());
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                tokio::spawn(answer(s, h.clone(), m.clone(), rx.clone()));
+            }
+        });
+        HoldingAgent {
+            _dir: dir,
+            path,
+            held,
+            most,
+            release,
+        }
+    }
+
+    fn held(&self) -> usize {
+        self.held.load(Ordering::SeqCst)
+    }
+}
+
+/// One agent connection: one request, one answer, close (as Neutron's agent does).
+async fn answer(
+    mut s: tokio::net::UnixStream,
+    held: Arc<AtomicUsize>,
+    most: Arc<AtomicUsize>,
+    mut release: watch::Receiver<bool>,
+) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf).await {
+            Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+            _ => return,
+        }
+    }
+    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let router = text
+        .lines()
+        .find_map(|l| l.strip_prefix("x-neutron-router-id: "))
+        .unwrap_or("-")
+        .trim()
+        .to_owned();
+    if router == "busy" {
+        let now = held.fetch_add(1, Ordering::SeqCst) + 1;
+        most.fetch_max(now, Ordering::SeqCst);
+        let _ = release.wait_for(|r| *r).await;
+        held.fetch_sub(1, Ordering::SeqCst);
+    }
+    let body = format!("router={router}");
+    let reply = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = s.write_all(reply.as_bytes()).await;
+}
+
+/// `n` requests to `addr`, each on its own connection, running in the background.
+fn requests(
+    addr: std::net::SocketAddr,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<Option<ns_testkit::http::Response>>> {
+    (0..n)
+        .map(|_| tokio::spawn(async move { request(addr, GET).await }))
+        .collect()
+}
+
+crate::in_both_models!(
+    at_most_n_requests_are_with_the_agent_and_the_rest_wait_their_turn,
+    a_request_that_waits_longer_than_timeout_connect_gets_503,
+);
+
+async fn at_most_n_requests_are_with_the_agent_and_the_rest_wait_their_turn(model: Model) {
+    let agent = HoldingAgent::start();
+    let proxy = model.start(
+        &agent.path,
+        "127.0.0.1:0",
+        &["--router-id", "busy", "--max-agent-requests", "2"],
+    );
+    let all = requests(proxy.addr, 5);
+    // Two with the agent, three waiting in the proxy's queue.
+    let queued = wait_until_async(WAIT, || {
+        agent.held() == 2 && proxy.shared.queue.waiting() == 3
+    })
+    .await;
+    assert!(
+        queued,
+        "held by the agent {}, waiting {}",
+        agent.held(),
+        proxy.shared.queue.waiting()
+    );
+    let _ = agent.release.send(true);
+    for r in all {
+        let r = r.await.expect("task").expect("an answer");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, b"router=busy");
+    }
+    assert_eq!(
+        agent.most.load(Ordering::SeqCst),
+        2,
+        "never more than 2 at the agent"
+    );
+    assert_eq!(proxy.shared.queue.waiting(), 0);
+    proxy.stop().await;
+}
+
+async fn a_request_that_waits_longer_than_timeout_connect_gets_503(model: Model) {
+    let agent = HoldingAgent::start();
+    let proxy = model.start(
+        &agent.path,
+        "127.0.0.1:0",
+        &[
+            "--router-id",
+            "busy",
+            "--max-agent-requests",
+            "1",
+            "--timeout-connect",
+            "1",
+        ],
+    );
+    let first = requests(proxy.addr, 1);
+    assert!(wait_until_async(WAIT, || agent.held() == 1).await);
+    // The only slot stays taken: the second request gives up after `timeout connect`.
+    let second = request(proxy.addr, GET).await.expect("an answer");
+    assert_eq!(second.status, 503);
+    let _ = agent.release.send(true);
+    for r in first {
+        assert_eq!(r.await.expect("task").expect("answer").status, 200);
+    }
+    proxy.stop().await;
+}
+
+/// The shared server: router `busy` floods with far more connections than it may have with
+/// the agent, and the agent holds every one of them; router `quiet` is still answered, and
+/// `busy`'s requests all complete, in the end, once the agent lets them go.
+#[tokio::test]
+async fn shared_server_answers_a_quiet_namespace_while_a_flooding_one_is_held() {
+    // Within the table's process-wide cap for two namespaces (2 × 64 connections).
+    const FLOOD: usize = 100;
+    let agent = HoldingAgent::start();
+    let argv = [
+        "ns-metadata-proxy",
+        "--router-id",
+        "unused",
+        "--metadata-proxy-socket",
+        agent.path.to_str().expect("utf-8 path"),
+    ];
+    let cfg = Config::from_args(Args::try_parse_from(argv).expect("args")).expect("config");
+    let table = Arc::new(Namespaces::new(cfg, 65_536));
+    let tending = table.housekeeping();
+    let mut addrs = Vec::new();
+    for id in ["busy", "quiet"] {
+        let l = bind::bind_all(&["127.0.0.1:0".parse().expect("spec")]).expect("bind");
+        let l = l.into_iter().next().expect("one listener");
+        addrs.push(l.local_addr().expect("addr"));
+        table
+            .add(
+                Resource::new(Kind::Router, id).expect("id"),
+                format!("qrouter-{id}"),
+                vec![std::os::fd::OwnedFd::from(l)],
+                Stats::default(),
+            )
+            .expect("served");
+    }
+    let busy_state = table
+        .states()
+        .into_iter()
+        .find(|s| s.id == "busy")
+        .expect("busy served");
+    let flood = requests(addrs[0], FLOOD);
+    // The default queue: N with the agent (held there), every other one waiting.
+    const N: usize = ns_metadata_proxy::relayq::DEFAULT_MAX_AGENT_REQUESTS;
+    let saturated = wait_until_async(WAIT, || {
+        agent.held() == N && busy_state.queue.waiting() == FLOOD - N
+    })
+    .await;
+    assert!(
+        saturated,
+        "held {}, waiting {}",
+        agent.held(),
+        busy_state.queue.waiting()
+    );
+
+    let quiet = request(addrs[1], GET)
+        .await
+        .expect("the quiet router answered");
+    assert_eq!(
+        (quiet.status, quiet.body.as_slice()),
+        (200, &b"router=quiet"[..])
+    );
+    assert_eq!(agent.held(), N, "the flood is still held");
+
+    let _ = agent.release.send(true);
+    for r in flood {
+        assert_eq!(r.await.expect("task").expect("answer").status, 200);
+    }
+    assert_eq!(agent.most.load(Ordering::SeqCst), N);
+    let _ = tending.send(true);
+    table.shutdown().await;
+}
