@@ -295,6 +295,13 @@ impl Config {
             None => Some(resource(v)?),
             Some(_) => {
                 only_for_one_namespace(v)?;
+                if m.get_one::<i32>("stats_fd").is_some() {
+                    return Err(Error::Config(
+                        "--shared-server counts each namespace into the statistics block its \
+                         spawner hands over with it: no --stats-fd"
+                            .into(),
+                    ));
+                }
                 None
             }
         };

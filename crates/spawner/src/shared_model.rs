@@ -45,8 +45,7 @@ pub const CONTROL_SOCKET: &str = "shared.sock";
 pub const PID_FILE: &str = "shared-server.pid";
 /// Where the server finds the control socket (after the readiness pipe on 3).
 const CONTROL_FD: i32 = 4;
-/// Longest control message.
-const MAX_MESSAGE: usize = 1024;
+use ns_metadata_proxy::shared::{batch_message, BatchItem, MAX_BATCH_MESSAGE, MAX_MESSAGE};
 
 /// The server's arguments (without the program): the proxy options every proxy gets, no
 /// id and no binds.
@@ -61,10 +60,11 @@ pub fn server_args(cfg: &Config) -> Vec<String> {
     a
 }
 
-/// A namespace's entry: the `add` request and our copies of its sockets.
+/// A namespace's entry: what its `add` says and our copies of its sockets (shared with a
+/// replay in progress, which borrows them: a message carries its own references).
 struct Entry {
-    request: String,
-    fds: Vec<OwnedFd>,
+    item: BatchItem,
+    fds: Arc<Vec<OwnedFd>>,
 }
 
 struct Inner {
@@ -204,19 +204,28 @@ impl SharedServer {
     /// are counted into the same block a proxy of the per-namespace model would use.
     async fn add(&self, spec: &ProxySpec, mut fds: Vec<OwnedFd>) -> Result<u32> {
         let mut request = format!("add {} {}", tag(spec), spec.netns);
-        if self.inner.cfg.proxy_metrics {
+        let listeners = fds.len();
+        let stats = self.inner.cfg.proxy_metrics;
+        if stats {
             fds.push(stats_block(&self.inner.cfg, spec)?);
             request.push_str(" stats=1");
         }
-        let copies = dup_all(&fds)?;
+        let item = BatchItem {
+            resource: ns_contract::Resource::new(spec.kind, &spec.id)
+                .map_err(|e| Error::Invalid(e.to_string()))?,
+            netns: spec.netns.clone(),
+            listeners,
+            stats,
+        };
+        let fds = Arc::new(fds);
         lock(&self.inner.entries).insert(
             spec.key.clone(),
             Entry {
-                request: request.clone(),
-                fds,
+                item,
+                fds: Arc::clone(&fds),
             },
         );
-        let borrowed: Vec<BorrowedFd<'_>> = copies.iter().map(AsFd::as_fd).collect();
+        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
         match self.request(&request, &borrowed).await {
             Ok(pid) => Ok(pid),
             Err(e) => {
@@ -269,15 +278,6 @@ fn stats_block(cfg: &Config, spec: &ProxySpec) -> Result<OwnedFd> {
         .map_err(|e| Error::Spawn(format!("statistics block: {e}")))
 }
 
-fn dup_all(fds: &[OwnedFd]) -> Result<Vec<OwnedFd>> {
-    fds.iter()
-        .map(|fd| {
-            fd.try_clone()
-                .map_err(|e| Error::Spawn(format!("dup listener: {e}")))
-        })
-        .collect()
-}
-
 /// Whether a socket handed back is one this spec would open now: in the namespace with
 /// inode `ino` and bound to port 80 of the metadata address.
 fn socket_is_right(fd: BorrowedFd<'_>, spec: &ProxySpec, ino: Option<u64>) -> bool {
@@ -313,14 +313,15 @@ async fn ask(
         ns_netns::send_fds(conn.as_fd(), msg.as_bytes(), fds)
     })
     .await?;
-    let (line, _fds) = tokio::time::timeout(wait, answer(conn))
+    let (line, _fds) = tokio::time::timeout(wait, answer(conn, MAX_MESSAGE))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))??;
     Ok(line)
 }
 
-async fn answer(conn: &UnixDatagram) -> std::io::Result<(String, Vec<OwnedFd>)> {
-    let mut buf = [0u8; MAX_MESSAGE];
+/// One message of at most `max` bytes from the server.
+async fn answer(conn: &UnixDatagram, max: usize) -> std::io::Result<(String, Vec<OwnedFd>)> {
+    let mut buf = vec![0u8; max];
     let (n, fds) = conn
         .async_io(Interest::READABLE, || {
             ns_netns::recv_fds(conn.as_fd(), &mut buf)
@@ -446,7 +447,7 @@ async fn take_over(cfg: &Config) -> Result<Option<TakenOver>> {
     .map_err(|e| Error::Spawn(format!("shared server list: {e}")))?;
     let mut taken = BTreeMap::new();
     loop {
-        let (line, fds) = tokio::time::timeout(wait, answer(&conn))
+        let (line, fds) = tokio::time::timeout(wait, answer(&conn, MAX_MESSAGE))
             .await
             .map_err(|_| Error::Spawn("shared server list: no answer".into()))?
             .map_err(|e| Error::Spawn(format!("shared server list: {e}")))?;
@@ -595,14 +596,15 @@ async fn start_and_replay(
     let handed = async {
         let conn = connect(&cfg.state_dir.join(CONTROL_SOCKET))
             .map_err(|e| Error::Spawn(format!("connect to the shared server: {e}")))?;
-        replay(inner, &conn, cfg.ready_timeout).await?;
-        Ok::<_, Error>(conn)
+        let served = replay(inner, &conn, cfg.ready_timeout).await?;
+        Ok::<_, Error>((conn, served))
     };
+    let begun = Instant::now();
     match handed.await {
-        Ok(conn) => {
+        Ok((conn, served)) => {
             *control = Some(conn);
             inner.up.send_replace(Some(pid));
-            tracing::info!(pid, "shared server ready");
+            tracing::info!(pid, namespaces = served, replay = ?begun.elapsed(), "shared server ready");
             Ok((running, pid))
         }
         Err(e) => {
@@ -625,53 +627,87 @@ async fn sleep_unless_stopped(delay: Duration, stop: &mut watch::Receiver<bool>)
     }
 }
 
-/// Requests [`replay`] sends ahead of their answers.
-const REPLAY_WINDOW: usize = 64;
+/// `add-batch` messages [`replay`] sends ahead of their answers.
+const REPLAY_WINDOW: usize = 4;
 
-/// Hand every entry to a freshly started server. The requests are pipelined (up to
-/// [`REPLAY_WINDOW`] ahead of their answers, which come in order): a restarted server serves
-/// all of 2,000 namespaces again after one burst, not after 2,000 round trips (issue #20).
-async fn replay(inner: &Inner, conn: &UnixDatagram, wait: Duration) -> Result<()> {
-    let all: Vec<(String, String, Vec<OwnedFd>)> = lock(&inner.entries)
-        .iter()
-        .map(|(k, e)| Ok((k.clone(), e.request.clone(), dup_all(&e.fds)?)))
-        .collect::<Result<_>>()?;
+/// Hand every entry to a freshly started server, as few `add-batch` messages as the
+/// descriptor limit per message allows (at most [`ns_netns::SCM_MAX_FD`] descriptors and
+/// [`MAX_BATCH_MESSAGE`] bytes each), pipelined [`REPLAY_WINDOW`] ahead of their answers: a
+/// restarted server serves all of 2,000 namespaces again after ~25 messages, not 2,000
+/// (issue #20). The entries' sockets are borrowed, not duplicated.
+async fn replay(inner: &Inner, conn: &UnixDatagram, wait: Duration) -> Result<usize> {
+    let all: Vec<(BatchItem, Arc<Vec<OwnedFd>>)> = lock(&inner.entries)
+        .values()
+        .map(|e| (e.item.clone(), Arc::clone(&e.fds)))
+        .collect();
     let lost =
         |e: std::io::Error| Error::Spawn(format!("handing sockets to the shared server: {e}"));
-    let mut pending: std::collections::VecDeque<String> =
-        std::collections::VecDeque::with_capacity(REPLAY_WINDOW);
-    for (key, request, fds) in all {
-        if pending.len() == REPLAY_WINDOW {
-            if let Some(key) = pending.pop_front() {
-                replayed(conn, &key, wait).await.map_err(lost)?;
-            }
+    let mut pending = 0usize;
+    let mut refused = 0usize;
+    for batch in batches(&all) {
+        if pending == REPLAY_WINDOW {
+            refused += replayed(conn, wait).await.map_err(lost)?;
+            pending -= 1;
         }
-        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+        let items: Vec<BatchItem> = batch.iter().map(|(i, _)| i.clone()).collect();
+        let msg = batch_message(&items);
+        let borrowed: Vec<BorrowedFd<'_>> = batch
+            .iter()
+            .flat_map(|(_, fds)| fds.iter().map(AsFd::as_fd))
+            .collect();
         conn.async_io(Interest::WRITABLE, || {
-            ns_netns::send_fds(conn.as_fd(), request.as_bytes(), &borrowed)
+            ns_netns::send_fds(conn.as_fd(), msg.as_bytes(), &borrowed)
         })
         .await
         .map_err(lost)?;
-        // Our copies close now: the message holds its own references until received.
-        drop(borrowed);
-        drop(fds);
-        pending.push_back(key);
+        pending += 1;
     }
-    while let Some(key) = pending.pop_front() {
-        replayed(conn, &key, wait).await.map_err(lost)?;
+    for _ in 0..pending {
+        refused += replayed(conn, wait).await.map_err(lost)?;
     }
-    Ok(())
+    Ok(all.len() - refused.min(all.len()))
 }
 
-/// The answer to one replayed request (for entry `key`): a refusal is logged, not fatal.
-async fn replayed(conn: &UnixDatagram, key: &str, wait: Duration) -> std::io::Result<()> {
-    let (a, _) = tokio::time::timeout(wait, answer(conn))
+/// `all` cut into `add-batch` messages: each within the descriptor and size limits.
+fn batches<T>(all: &[(BatchItem, T)]) -> Vec<&[(BatchItem, T)]> {
+    let mut out = Vec::new();
+    let (mut start, mut fds, mut bytes) = (0, 0, 32);
+    for (i, (item, _)) in all.iter().enumerate() {
+        let (f, b) = (item.fds(), item.line().len() + 1);
+        if i > start && (fds + f > ns_netns::SCM_MAX_FD || bytes + b > MAX_BATCH_MESSAGE) {
+            out.push(&all[start..i]);
+            (start, fds, bytes) = (i, 0, 32);
+        }
+        fds += f;
+        bytes += b;
+    }
+    if start < all.len() {
+        out.push(&all[start..]);
+    }
+    out
+}
+
+/// The answer to one `add-batch`: how many namespaces it refused (each logged, not fatal).
+async fn replayed(conn: &UnixDatagram, wait: Duration) -> std::io::Result<usize> {
+    let (a, _) = tokio::time::timeout(wait, answer(conn, MAX_BATCH_MESSAGE))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))??;
-    if a != "ok" {
-        tracing::warn!(key = %key, answer = %a, "shared server refused a namespace");
+    if a.starts_with("ok ") {
+        return Ok(0);
     }
-    Ok(())
+    let mut lines = a.lines();
+    let head = lines.next().unwrap_or_default();
+    if !head.starts_with("refused ") {
+        // The whole batch was refused: a bug on one side; every namespace in it is missing.
+        tracing::warn!(answer = %head, "shared server refused a batch of namespaces");
+        return Err(std::io::Error::other(format!("add-batch refused: {head}")));
+    }
+    let mut n = 0;
+    for line in lines {
+        tracing::warn!(namespace = %line, "shared server refused a namespace");
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// The one owner of one namespace in the shared model: open and prepare it, open its
@@ -822,4 +858,39 @@ async fn pause(delay: Duration, stop: &mut oneshot::Receiver<()>) -> bool {
 /// Where a state dir's control socket is (for docs and `check`).
 pub fn control_socket(state_dir: &Path) -> PathBuf {
     state_dir.join(CONTROL_SOCKET)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ns_contract::{Kind, Resource};
+
+    fn item(i: usize, listeners: usize, stats: bool) -> (BatchItem, ()) {
+        let item = BatchItem {
+            resource: Resource::new(Kind::Router, format!("r-{i}")).expect("id"),
+            netns: format!("qrouter-r-{i}"),
+            listeners,
+            stats,
+        };
+        (item, ())
+    }
+
+    #[test]
+    fn a_replay_is_cut_at_the_descriptor_limit_per_message() {
+        // 2,000 namespaces of two listeners and a statistics block: 84 per message.
+        let all: Vec<_> = (0..2000).map(|i| item(i, 2, true)).collect();
+        let cut = batches(&all);
+        assert_eq!(cut.len(), 24);
+        assert!(cut.iter().all(|b| b.len() <= 84));
+        assert_eq!(cut.iter().map(|b| b.len()).sum::<usize>(), 2000);
+        for b in &cut {
+            let items: Vec<_> = b.iter().map(|(i, _)| i.clone()).collect();
+            let msg = batch_message(&items);
+            assert!(msg.len() <= MAX_BATCH_MESSAGE);
+            let fds: usize = items.iter().map(BatchItem::fds).sum();
+            assert!(fds <= ns_netns::SCM_MAX_FD, "{fds}");
+        }
+        assert!(batches::<()>(&[]).is_empty());
+        assert_eq!(batches(&[item(1, 1, false)]).len(), 1);
+    }
 }
