@@ -67,8 +67,36 @@ struct Entry {
     fds: Arc<Vec<OwnedFd>>,
 }
 
+/// What `status` says of a shared server (`GET /v1/status` `servers`, one per server).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ServerStatus {
+    /// Which server (0 with one).
+    pub shard: usize,
+    /// `starting`, `running`, `restarting` (died; the next one is being started), `backoff`
+    /// (a start failed; retried after a delay) or `stopped`.
+    pub state: String,
+    pub pid: Option<u32>,
+    /// Namespaces handed to it (the spawner's entries; one it refused is logged).
+    pub namespaces: usize,
+    /// Deaths and failed starts (a graceful `restart` is not counted).
+    pub restarts: u64,
+    pub last_error: Option<String>,
+    /// Taken over from a previous spawner (not started by this one).
+    pub adopted: bool,
+}
+
+/// The parts of [`ServerStatus`] the manager keeps.
+#[derive(Default)]
+struct Health {
+    state: &'static str,
+    restarts: u64,
+    last_error: Option<String>,
+    adopted: bool,
+}
+
 struct Inner {
     cfg: Arc<Config>,
+    health: Mutex<Health>,
     entries: Mutex<BTreeMap<String, Entry>>,
     /// The control connection while a server is up (one request at a time).
     control: tokio::sync::Mutex<Option<UnixDatagram>>,
@@ -106,6 +134,10 @@ impl SharedServer {
         let (replace, replace_rx) = tokio::sync::mpsc::channel(1);
         let inner = Arc::new(Inner {
             cfg: Arc::clone(&cfg),
+            health: Mutex::new(Health {
+                state: "starting",
+                ..Health::default()
+            }),
             entries: Mutex::new(BTreeMap::new()),
             control: tokio::sync::Mutex::new(None),
             up,
@@ -124,6 +156,9 @@ impl SharedServer {
                 *lock(&inner.taken) = taken;
                 *inner.control.lock().await = Some(conn);
                 inner.up.send_replace(Some(pid));
+                let mut h = lock(&inner.health);
+                h.state = "running";
+                h.adopted = true;
                 Some(running)
             }
             Ok(None) => None,
@@ -160,6 +195,20 @@ impl SharedServer {
             .map_err(|_| Error::Spawn("the shared server is stopped".into()))?;
         rx.await
             .map_err(|_| Error::Spawn("the shared server stopped during the restart".into()))?
+    }
+
+    /// The server's line in `status`.
+    pub fn status(&self) -> ServerStatus {
+        let h = lock(&self.inner.health);
+        ServerStatus {
+            shard: 0,
+            state: h.state.to_owned(),
+            pid: self.pid(),
+            namespaces: lock(&self.inner.entries).len(),
+            restarts: h.restarts,
+            last_error: h.last_error.clone(),
+            adopted: h.adopted,
+        }
     }
 
     /// The server's pid while it is up.
@@ -521,10 +570,14 @@ async fn manage(
                     Ok::<_, Error>(running)
                 };
                 match started.await {
-                    Ok(r) => r,
+                    Ok(r) => {
+                        lock(&inner.health).adopted = false;
+                        r
+                    }
                     Err(e) => {
                         let delay = backoff.start_failed();
                         tracing::warn!(err = %e, retry_in = ?delay, "shared server start failed");
+                        inner.note("backoff", Some(e.to_string()), true);
                         if !sleep_unless_stopped(delay, &mut stop).await {
                             return;
                         }
@@ -533,6 +586,7 @@ async fn manage(
                 }
             }
         };
+        inner.note("running", None, false);
         let since = Instant::now();
         let how = loop {
             tokio::select! {
@@ -568,6 +622,7 @@ async fn manage(
                 *inner.control.lock().await = None;
                 let how = running.stop(cfg.stop_timeout).await;
                 tracing::info!(how = %how, "shared server stopped");
+                inner.note("stopped", None, false);
                 let _ = std::fs::remove_file(cfg.state_dir.join(PID_FILE));
                 let _ = std::fs::remove_file(cfg.state_dir.join(CONTROL_SOCKET));
                 return;
@@ -578,8 +633,23 @@ async fn manage(
         *inner.control.lock().await = None;
         let delay = backoff.died(since.elapsed());
         tracing::warn!(how = %how, restart_in = ?delay, "shared server died; its sockets wait in the kernel for the next one");
+        inner.note("restarting", Some(format!("shared server {how}")), true);
         if !sleep_unless_stopped(delay, &mut stop).await {
             return;
+        }
+    }
+}
+
+impl Inner {
+    /// The manager's view of the server, for `status`; `failed` counts a restart.
+    fn note(&self, state: &'static str, error: Option<String>, failed: bool) {
+        let mut h = lock(&self.health);
+        h.state = state;
+        if failed {
+            h.restarts += 1;
+        }
+        if error.is_some() {
+            h.last_error = error;
         }
     }
 }

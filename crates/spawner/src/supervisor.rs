@@ -605,6 +605,42 @@ impl<P: Platform> Supervisor<P> {
         self.inner.shared.get().cloned()
     }
 
+    /// Every shared server's line in `status` (none in the per-namespace model).
+    pub fn servers(&self) -> Vec<crate::shared_model::ServerStatus> {
+        self.inner
+            .shared
+            .get()
+            .map(|s| vec![s.status()])
+            .unwrap_or_default()
+    }
+
+    /// Replace shared server `shard` without losing a request (`restart --all` in the shared
+    /// model: each server once, not once per namespace it serves).
+    pub async fn restart_server(&self, shard: usize) -> Result<Restarted, RestartError> {
+        let server = self.shared_server().filter(|_| shard == 0).ok_or_else(|| {
+            match self.shared_server() {
+                None => RestartError::Shared,
+                Some(_) => RestartError::Unknown(format!("no shared server {shard}")),
+            }
+        })?;
+        let old_pid = server.pid();
+        let namespaces = server.status().namespaces;
+        match server.replace().await {
+            Ok(pid) => Ok(Restarted {
+                key: format!("shared-server-{shard}"),
+                old_pid,
+                new_pid: Some(pid),
+                method: "shared-server",
+                note: Some(format!(
+                    "{namespaces} namespaces handed to the new server (nothing lost)"
+                )),
+            }),
+            Err(e) => Err(RestartError::Failed(format!(
+                "shared server {shard}: {e}; the old server goes on serving"
+            ))),
+        }
+    }
+
     /// With `proxy_model = shared`: the shared server, taken over from a previous spawner or
     /// started, once (a later change of `proxy_model` takes effect at the next start).
     async fn ensure_shared(&self, cfg: &Arc<Config>) {

@@ -2,7 +2,8 @@
 //! namespaces and the real `ns-metadata-proxy --shared-server`: routers served by one
 //! process, a server killed under load, removal, a spawner killed and restarted taking
 //! the running server and its sockets over, each namespace's counts in `/metrics` across
-//! both, `check` on the server, and a graceful server restart under a request loop. Routers
+//! both, `check` on the server, a graceful server restart under a request loop, and the
+//! server's line in `status` (text and JSON) with `restart --all` replacing it once. Routers
 //! are added explicitly (never auto-enabled: other tests' namespaces share `/run/netns`).
 //! Each test has its own state dir and namespaces
 //! (per-run prefix), removed on drop; the server is killed on drop (`TempDir::reaping`).
@@ -514,4 +515,116 @@ async fn a_graceful_server_restart_loses_no_request() {
     assert_eq!(recorded, Some(new), "the pid file names the new server");
     sup.stop_all().await;
     eventually_async("server stopped", T, || (!alive(new)).then_some(())).await;
+}
+
+/// `ns-metadata-spawner ARGS` against the daemon of `ini`: exit code and stdout.
+fn cli(ini: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ns-metadata-spawner"))
+        .arg("--config-file")
+        .arg(ini)
+        .args(args)
+        .output()
+        .expect("cli");
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn status_shows_the_server_and_restart_all_replaces_it_once() {
+    if !require_root("status_shows_the_server_and_restart_all_replaces_it_once") {
+        return;
+    }
+    let dir = TempDir::new("sh-status").reaping();
+    let _agent = agent(dir.path());
+    let p = unique_prefix();
+    let ids: Vec<String> = (0..3).map(|i| format!("{p}s{i}")).collect();
+    let nss: Vec<TestNs> = ids
+        .iter()
+        .map(|id| TestNs::new(&format!("qrouter-{id}")).expect("router ns"))
+        .collect();
+    let ini = shared_ini(dir.path());
+    let _daemon = start_daemon(dir.path(), &ini, &[]);
+    for id in &ids {
+        add_router(&ini, id);
+    }
+    for (id, ns) in ids.iter().zip(&nss) {
+        let body = ns_testkit::eventually(id, T, || get_in(ns.netns(), META).ok());
+        assert!(body.starts_with(&format!("router={id} ")), "{body}");
+    }
+    let server = server_pid(dir.path()).expect("server pid");
+
+    // Text: the server's own line under the proxies' table.
+    let (code, out) = cli(&ini, &["status"]);
+    assert_eq!(code, Some(0), "{out}");
+    let line = out
+        .lines()
+        .skip_while(|l| !l.starts_with("SHARED SERVER"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no server line: {out}"));
+    let cells: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        cells[..5],
+        ["0", "running", &server.to_string(), "3", "0"],
+        "{out}"
+    );
+    // JSON: the same under `servers`.
+    let (code, out) = cli(&ini, &["status", "--json"]);
+    assert_eq!(code, Some(0), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let s = &v["servers"][0];
+    assert_eq!(
+        (&s["shard"], &s["state"], &s["pid"], &s["namespaces"]),
+        (
+            &serde_json::json!(0),
+            &serde_json::json!("running"),
+            &serde_json::json!(server),
+            &serde_json::json!(3)
+        ),
+        "{out}"
+    );
+    assert_eq!(v["servers"].as_array().map(Vec::len), Some(1), "{out}");
+
+    // restart --all: the server once, not once per namespace.
+    let (code, out) = cli(&ini, &["restart", "--all"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(out.matches("restarted shared server").count(), 1, "{out}");
+    assert!(
+        out.contains(&format!("restarted shared server 0: pid {server} -> "))
+            && out.contains("3 namespaces handed to the new server")
+            && out.ends_with("1 shared servers restarted, 0 failed\n"),
+        "{out}"
+    );
+    let new = server_pid(dir.path()).expect("new server pid");
+    assert_ne!(new, server);
+    ns_testkit::eventually("the old server gone", T, || (!alive(server)).then_some(()));
+    for (id, ns) in ids.iter().zip(&nss) {
+        let body = get_in(ns.netns(), META).expect("answered by the new server");
+        assert!(body.starts_with(&format!("router={id} ")), "{body}");
+    }
+    let (code, out) = cli(&ini, &["status", "--json"]);
+    assert_eq!(code, Some(0), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["servers"][0]["pid"], serde_json::json!(new), "{out}");
+    // A graceful restart is not counted as a death.
+    assert_eq!(v["servers"][0]["restarts"], serde_json::json!(0), "{out}");
+
+    // kill -9: counted, the reason kept, running again.
+    kill9(new);
+    let why = ns_testkit::eventually("restarted after kill -9", T, || {
+        let (_, out) = cli(&ini, &["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        let s = &v["servers"][0];
+        (s["state"] == "running" && s["restarts"] == 1 && s["pid"] != serde_json::json!(new))
+            .then_some(s["last_error"].as_str().unwrap_or_default().to_owned())
+    });
+    assert!(
+        why.starts_with("shared server ") && why.contains('9'),
+        "{why}"
+    );
 }
