@@ -13,10 +13,13 @@
 //!   namespace uses a socket it got back only when the socket's own namespace
 //!   (`SIOCGSKNS`) is the record's namespace now and its address is the metadata address;
 //!   otherwise the server is told to drop it and the namespace binds afresh.
-//! - A graceful restart ([`SharedServer::replace`]) starts a new server on a fresh control
-//!   socket, hands it every socket, waits for its READY, and only then SIGTERMs the old one,
-//!   which stops accepting and finishes what it has: both accept from the same listening
-//!   sockets meanwhile, so no connection is refused or lost.
+//! - A graceful restart ([`SharedServer::replace`]) starts a new server on a control socket
+//!   of its own (`shared.sock.next`), waits for its READY, hands it every socket, and only
+//!   then renames that socket over `shared.sock`, points the pid file at it and SIGTERMs the
+//!   old one, which stops accepting and finishes what it has: both accept from the same
+//!   listening sockets meanwhile, so no connection is refused or lost. A replacement that
+//!   fails before that leaves the old server, its control socket path and pid file as they
+//!   were (a restarted spawner still takes it over).
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -392,11 +395,15 @@ fn connect(path: &Path) -> std::io::Result<UnixDatagram> {
     UnixDatagram::from_std(d)
 }
 
-/// A fresh listening control socket at `STATE_DIR/shared.sock` (a stale socket file there is
+/// Where a replacement server's control socket is bound until it has every socket: renamed
+/// over [`CONTROL_SOCKET`] then, removed if the replacement fails.
+const NEXT_CONTROL_SOCKET: &str = "shared.sock.next";
+
+/// A fresh listening control socket at `STATE_DIR/NAME` (a stale socket file there is
 /// replaced; anything else is refused). The state dir is ours and 0700.
-fn control_listener(state_dir: &Path) -> Result<OwnedFd> {
+fn control_listener(state_dir: &Path, name: &str) -> Result<OwnedFd> {
     use std::os::unix::fs::FileTypeExt as _;
-    let path = state_dir.join(CONTROL_SOCKET);
+    let path = state_dir.join(name);
     let io = |op: &'static str, source: std::io::Error| Error::Io {
         op,
         path: path.clone(),
@@ -436,6 +443,11 @@ async fn spawn_server(cfg: &Config, listener: &OwnedFd) -> Result<(Running, u32)
         .and_then(|s| Running::child(s).map_err(|e| Error::Spawn(format!("pidfd: {e}"))))?;
     let running = launch::wait_ready(child, rd, cfg.ready_timeout, "the shared server").await?;
     let pid = running.pid().unwrap_or_default();
+    Ok((running, pid))
+}
+
+/// Name `pid` in the server's pid file (`pid starttime`): what a restarted spawner takes over.
+fn write_pid_file(cfg: &Config, pid: u32) {
     let start = pidfile::start_time(pid).unwrap_or_default();
     if let Err(e) = crate::statedir::write_atomic(
         &cfg.state_dir,
@@ -444,7 +456,6 @@ async fn spawn_server(cfg: &Config, listener: &OwnedFd) -> Result<(Running, u32)
     ) {
         tracing::warn!(err = %e, "cannot write the shared server's pid file; a restarted spawner will not take it over");
     }
-    Ok((running, pid))
 }
 
 /// What a previous spawner's server gave back.
@@ -560,13 +571,14 @@ async fn manage(
                 let started = async {
                     // A taken-over server keeps the old listener; a new one gets a fresh one.
                     if listener.is_none() {
-                        listener = Some(control_listener(&cfg.state_dir)?);
+                        listener = Some(control_listener(&cfg.state_dir, CONTROL_SOCKET)?);
                     }
                     let l = listener
                         .as_ref()
                         .ok_or_else(|| Error::Spawn("no control socket".into()))?;
                     let mut control = inner.control.lock().await;
-                    let (running, _) = start_and_replay(&inner, l, &mut control).await?;
+                    let (running, _) =
+                        start_and_replay(&inner, l, CONTROL_SOCKET, &mut control).await?;
                     Ok::<_, Error>(running)
                 };
                 match started.await {
@@ -592,14 +604,28 @@ async fn manage(
             tokio::select! {
             how = running.wait() => break how,
             Some(reply) = replace.recv() => {
-                // A fresh control socket: the old server still listens on its own (unlinked)
-                // one until it exits, so a connection by path reaches only the new server.
+                // Transactional: the new server gets a control socket of its own at
+                // NEXT_CONTROL_SOCKET; only once it has every socket is that renamed over
+                // the control socket's path and the pid file made to name it (the old
+                // server keeps its now unlinked socket until it exits). If anything fails
+                // before, the new server is stopped and its path removed: the old one
+                // keeps serving, its path and pid file untouched, so a restarted spawner
+                // still takes it over.
                 let replaced = async {
                     let mut control = inner.control.lock().await;
-                    let fresh = control_listener(&cfg.state_dir)?;
-                    let started = start_and_replay(&inner, &fresh, &mut control).await;
-                    listener = Some(fresh);
-                    started
+                    let fresh = control_listener(&cfg.state_dir, NEXT_CONTROL_SOCKET)?;
+                    let started =
+                        start_and_replay(&inner, &fresh, NEXT_CONTROL_SOCKET, &mut control).await;
+                    match started {
+                        Ok(new) => {
+                            listener = Some(fresh);
+                            Ok(new)
+                        }
+                        Err(e) => {
+                            let _ = std::fs::remove_file(cfg.state_dir.join(NEXT_CONTROL_SOCKET));
+                            Err(e)
+                        }
+                    }
                 };
                 match replaced.await {
                     Ok((new, pid)) => {
@@ -654,19 +680,33 @@ impl Inner {
     }
 }
 
-/// Start a server on the control socket `listener`, hand it every entry, and make it the one
-/// requests go to (`control` is the held control slot): it and its pid.
+/// Start a server on the control socket `listener` (bound at `STATE_DIR/name`), hand it every
+/// entry, and make it the one requests go to (`control` is the held control slot): it and its
+/// pid. Then, and only then, the pid file names it, and a `name` other than
+/// [`CONTROL_SOCKET`] is renamed over that path (the commit of a graceful replace); on an
+/// error the new server is stopped and neither is touched.
 async fn start_and_replay(
     inner: &Inner,
     listener: &OwnedFd,
+    name: &str,
     control: &mut Option<UnixDatagram>,
 ) -> Result<(Running, u32)> {
     let cfg = &inner.cfg;
     let (mut running, pid) = spawn_server(cfg, listener).await?;
     let handed = async {
-        let conn = connect(&cfg.state_dir.join(CONTROL_SOCKET))
+        let conn = connect(&cfg.state_dir.join(name))
             .map_err(|e| Error::Spawn(format!("connect to the shared server: {e}")))?;
         let served = replay(inner, &conn, cfg.ready_timeout).await?;
+        if name != CONTROL_SOCKET {
+            std::fs::rename(cfg.state_dir.join(name), cfg.state_dir.join(CONTROL_SOCKET)).map_err(
+                |e| Error::Io {
+                    op: "rename the new control socket over",
+                    path: cfg.state_dir.join(CONTROL_SOCKET),
+                    source: e,
+                },
+            )?;
+        }
+        write_pid_file(cfg, pid);
         Ok::<_, Error>((conn, served))
     };
     let begun = Instant::now();

@@ -3,7 +3,8 @@
 //! process, a server killed under load, removal, a spawner killed and restarted taking
 //! the running server and its sockets over, each namespace's counts in `/metrics` across
 //! both, `check` on the server, a graceful server restart under a request loop, and the
-//! server's line in `status` (text and JSON) with `restart --all` replacing it once. Routers
+//! server's line in `status` (text and JSON) with `restart --all` replacing it once, and a
+//! failed server restart leaving the old server to be taken over. Routers
 //! are added explicitly (never auto-enabled: other tests' namespaces share `/run/netns`).
 //! Each test has its own state dir and namespaces
 //! (per-run prefix), removed on drop; the server is killed on drop (`TempDir::reaping`).
@@ -627,4 +628,78 @@ fn status_shows_the_server_and_restart_all_replaces_it_once() {
         why.starts_with("shared server ") && why.contains('9'),
         "{why}"
     );
+}
+
+#[test]
+fn a_failed_server_restart_leaves_the_old_server_in_place_for_a_takeover() {
+    use std::os::unix::fs::PermissionsExt as _;
+    if !require_root("a_failed_server_restart_leaves_the_old_server_in_place_for_a_takeover") {
+        return;
+    }
+    let dir = TempDir::new("sh-replace-fails").reaping();
+    let _agent = agent(dir.path());
+    let id = format!("{}f", unique_prefix());
+    let rns = TestNs::new(&format!("qrouter-{id}")).expect("router ns");
+    // Our own copy of the proxy binary, so the test can make the next start fail.
+    let proxy = dir.path().join("proxy");
+    std::fs::copy(ns_testkit::bin_path("ns-metadata-proxy"), &proxy).expect("copy proxy");
+    let ini = shared_ini(dir.path());
+    let text = std::fs::read_to_string(&ini).expect("ini");
+    let text = text
+        .lines()
+        .map(|l| match l.starts_with("proxy_binary") {
+            true => format!("proxy_binary = {}", proxy.display()),
+            false => l.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&ini, format!("{text}\n")).expect("ini");
+    let mut daemon = start_daemon(dir.path(), &ini, &[]);
+    add_router(&ini, &id);
+    let body = ns_testkit::eventually("served", T, || get_in(rns.netns(), META).ok());
+    assert!(body.starts_with(&format!("router={id} ")), "{body}");
+    let server = server_pid(dir.path()).expect("server pid");
+    let pid_file = std::fs::read_to_string(dir.path().join("shared-server.pid")).expect("pid");
+
+    // The new server cannot start (not executable): the restart fails, the old one serves.
+    std::fs::set_permissions(&proxy, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let (code, out) = cli(&ini, &["restart", "--all"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("shared server 0") && out.contains("the old server goes on serving"),
+        "{out}"
+    );
+    assert!(alive(server));
+    assert!(
+        get_in(rns.netns(), META).is_ok(),
+        "the old server still answers"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("shared-server.pid")).expect("pid"),
+        pid_file,
+        "the pid file still names the old server"
+    );
+    assert!(
+        !dir.path().join("shared.sock.next").exists(),
+        "the new server's control socket is removed"
+    );
+
+    // So a restarted spawner takes the old server over (its control socket path is its own).
+    std::fs::set_permissions(&proxy, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    kill9(daemon.pid());
+    let _ = daemon.0.wait();
+    let _daemon2 = start_daemon(dir.path(), &ini, &[]);
+    let (code, out) = ns_testkit::eventually("running", T, || {
+        let (code, out) = cli(&ini, &["status", "--json"]);
+        (code == Some(0)).then_some((code, out))
+    });
+    let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        (&v["servers"][0]["pid"], &v["servers"][0]["adopted"]),
+        (&serde_json::json!(server), &serde_json::json!(true)),
+        "{code:?} {out}\n{log}"
+    );
+    assert!(log.contains("took over the running shared server"), "{log}");
+    assert!(get_in(rns.netns(), META).is_ok());
 }
