@@ -90,6 +90,8 @@ pub struct SharedServer {
     pub state_dir: PathBuf,
     /// The inherited listening control socket.
     pub control_fd: i32,
+    /// `--shard N`: which of the spawner's servers (0 for the first, which has no flag).
+    pub shard: u16,
 }
 
 /// One request on the control socket, parsed.

@@ -42,23 +42,67 @@ use crate::proxy_task::{Start, Task};
 use crate::status::Status;
 use crate::{Error, Result};
 
-/// The control socket in the state directory.
+/// The (first) server's control socket in the state directory.
 pub const CONTROL_SOCKET: &str = "shared.sock";
-/// The server's pid file in the state directory: `pid starttime`.
+/// The (first) server's pid file in the state directory: `pid starttime`.
 pub const PID_FILE: &str = "shared-server.pid";
 /// Where the server finds the control socket (after the readiness pipe on 3).
 const CONTROL_FD: i32 = 4;
 use ns_metadata_proxy::shared::{batch_message, BatchItem, MAX_BATCH_MESSAGE, MAX_MESSAGE};
 
-/// The server's arguments (without the program): the proxy options every proxy gets, no
-/// id and no binds.
-pub fn server_args(cfg: &Config) -> Vec<String> {
+/// A shard's files in the state directory. The first keeps a single server's names
+/// (`shared.sock`, `shared-server.pid`), so raising `shared_servers` from 1 takes the running
+/// server over as shard 0; shard N has `shared-N.sock` and `shared-server-N.pid`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardFiles {
+    /// The control socket.
+    pub control: String,
+    /// A replacement server's control socket until it has every socket.
+    pub next: String,
+    /// The pid file (`pid starttime`).
+    pub pid: String,
+}
+
+impl ShardFiles {
+    pub fn of(shard: usize) -> ShardFiles {
+        if shard == 0 {
+            return ShardFiles {
+                control: CONTROL_SOCKET.to_owned(),
+                next: format!("{CONTROL_SOCKET}.next"),
+                pid: PID_FILE.to_owned(),
+            };
+        }
+        ShardFiles {
+            control: format!("shared-{shard}.sock"),
+            next: format!("shared-{shard}.sock.next"),
+            pid: format!("shared-server-{shard}.pid"),
+        }
+    }
+}
+
+/// The shard serving the namespace keyed `key`, of `shards`: a fixed hash (FNV-1a), so a
+/// restarted spawner (or another build) finds every namespace on the same shard.
+pub fn shard_of(key: &str, shards: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    usize::try_from(h % shards.max(1) as u64).unwrap_or(0)
+}
+
+/// A server's arguments (without the program): the proxy options every proxy gets, no id
+/// and no binds; `--shard N` for all but the first (argv is its identity).
+pub fn server_args(cfg: &Config, shard: usize) -> Vec<String> {
     let mut a = vec![
         "--shared-server".to_owned(),
         cfg.state_dir.display().to_string(),
         "--control-fd".to_owned(),
         CONTROL_FD.to_string(),
     ];
+    if shard > 0 {
+        a.extend(["--shard".to_owned(), shard.to_string()]);
+    }
     a.extend(launch::shared_args(cfg));
     a
 }
@@ -99,6 +143,8 @@ struct Health {
 
 struct Inner {
     cfg: Arc<Config>,
+    shard: usize,
+    files: ShardFiles,
     health: Mutex<Health>,
     entries: Mutex<BTreeMap<String, Entry>>,
     /// The control connection while a server is up (one request at a time).
@@ -132,11 +178,13 @@ fn tag(spec: &ProxySpec) -> String {
 impl SharedServer {
     /// Take over the server of a previous spawner of this state dir if one runs and is
     /// provably ours, else start one; then keep it running.
-    pub async fn start(cfg: Arc<Config>) -> SharedServer {
+    pub async fn start(cfg: Arc<Config>, shard: usize) -> SharedServer {
         let (up, _) = watch::channel(None);
         let (replace, replace_rx) = tokio::sync::mpsc::channel(1);
         let inner = Arc::new(Inner {
             cfg: Arc::clone(&cfg),
+            shard,
+            files: ShardFiles::of(shard),
             health: Mutex::new(Health {
                 state: "starting",
                 ..Health::default()
@@ -149,10 +197,11 @@ impl SharedServer {
             manager: Mutex::new(None),
             replace,
         });
-        let adopted = match take_over(&cfg).await {
+        let adopted = match take_over(&cfg, shard).await {
             Ok(Some((running, pid, conn, taken))) => {
                 tracing::info!(
                     pid,
+                    shard,
                     namespaces = taken.len(),
                     "took over the running shared server and its sockets"
                 );
@@ -166,7 +215,7 @@ impl SharedServer {
             }
             Ok(None) => None,
             Err(e) => {
-                tracing::warn!(err = %e, "cannot take over the shared server of the previous run; starting a new one");
+                tracing::warn!(err = %e, shard, "cannot take over the shared server of the previous run; starting a new one");
                 None
             }
         };
@@ -204,7 +253,7 @@ impl SharedServer {
     pub fn status(&self) -> ServerStatus {
         let h = lock(&self.inner.health);
         ServerStatus {
-            shard: 0,
+            shard: self.inner.shard,
             state: h.state.to_owned(),
             pid: self.pid(),
             namespaces: lock(&self.inner.entries).len(),
@@ -323,6 +372,72 @@ impl SharedServer {
     }
 }
 
+/// Every server of the shared model (`[spawner] shared_servers` shards, each namespace on
+/// [`shard_of`] its key); cheap to clone.
+#[derive(Clone)]
+pub struct SharedServers {
+    shards: Arc<Vec<SharedServer>>,
+}
+
+impl SharedServers {
+    /// Take over or start every shard ([`SharedServer::start`]), at once.
+    pub async fn start(cfg: Arc<Config>) -> SharedServers {
+        let n = cfg.shared_servers.max(1);
+        let shards = futures::future::join_all(
+            (0..n).map(|shard| SharedServer::start(Arc::clone(&cfg), shard)),
+        )
+        .await;
+        SharedServers {
+            shards: Arc::new(shards),
+        }
+    }
+
+    /// Every shard, in order.
+    pub fn all(&self) -> &[SharedServer] {
+        &self.shards
+    }
+
+    /// Shard `shard`, if there is one.
+    pub fn get(&self, shard: usize) -> Option<&SharedServer> {
+        self.shards.get(shard)
+    }
+
+    /// The shard serving the namespace keyed `key`.
+    pub fn for_key(&self, key: &str) -> &SharedServer {
+        &self.shards[shard_of(key, self.shards.len())]
+    }
+
+    /// Stop every shard for good (`--stop-proxies-on-exit`).
+    pub async fn stop(&self) {
+        futures::future::join_all(self.shards.iter().map(SharedServer::stop)).await;
+    }
+
+    /// [`SharedServer::drop_unclaimed`] on every shard.
+    pub async fn drop_unclaimed(&self) {
+        for s in self.shards.iter() {
+            s.drop_unclaimed().await;
+        }
+    }
+
+    /// The sockets a previous spawner's servers served for `spec` ([`SharedServer::take_back`]):
+    /// from its own shard, or from another one (`shared_servers` changed): that one is told
+    /// to stop serving them first, so they move (connections meanwhile wait in the kernel).
+    async fn take_back(&self, spec: &ProxySpec, ino: Option<u64>) -> Option<Vec<OwnedFd>> {
+        let own = shard_of(&spec.key, self.shards.len());
+        if let Some(fds) = self.shards[own].take_back(spec, ino).await {
+            return Some(fds);
+        }
+        for (i, other) in self.shards.iter().enumerate().filter(|(i, _)| *i != own) {
+            if let Some(fds) = other.take_back(spec, ino).await {
+                tracing::info!(key = %spec.key, from = i, to = own, "namespace moves to another shared server");
+                let _ = other.request(&format!("remove {}", tag(spec)), &[]).await;
+                return Some(fds);
+            }
+        }
+        None
+    }
+}
+
 /// The namespace's statistics block for the server, its gauge kept
 /// (`proxy_stats::block_or_anonymous`).
 fn stats_block(cfg: &Config, spec: &ProxySpec) -> Result<OwnedFd> {
@@ -395,10 +510,6 @@ fn connect(path: &Path) -> std::io::Result<UnixDatagram> {
     UnixDatagram::from_std(d)
 }
 
-/// Where a replacement server's control socket is bound until it has every socket: renamed
-/// over [`CONTROL_SOCKET`] then, removed if the replacement fails.
-const NEXT_CONTROL_SOCKET: &str = "shared.sock.next";
-
 /// A fresh listening control socket at `STATE_DIR/NAME` (a stale socket file there is
 /// replaced; anything else is refused). The state dir is ours and 0700.
 fn control_listener(state_dir: &Path, name: &str) -> Result<OwnedFd> {
@@ -425,14 +536,14 @@ fn control_listener(state_dir: &Path, name: &str) -> Result<OwnedFd> {
 }
 
 /// Start a server on `listener` and wait for its READY; its pid file written.
-async fn spawn_server(cfg: &Config, listener: &OwnedFd) -> Result<(Running, u32)> {
+async fn spawn_server(cfg: &Config, shard: usize, listener: &OwnedFd) -> Result<(Running, u32)> {
     let (rd, wr) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| Error::Spawn(format!("pipe: {e}")))?;
     let control = listener
         .try_clone()
         .map_err(|e| Error::Spawn(format!("dup control socket: {e}")))?;
     let mut cmd = ns_netns::Spawn::new(&cfg.proxy_binary);
-    cmd.args(server_args(cfg));
+    cmd.args(server_args(cfg, shard));
     launch::proxy_env(&mut cmd, cfg);
     // The ready pipe on 3, the control socket on 4, nothing else of ours.
     cmd.fd(wr, READY_FD);
@@ -447,11 +558,11 @@ async fn spawn_server(cfg: &Config, listener: &OwnedFd) -> Result<(Running, u32)
 }
 
 /// Name `pid` in the server's pid file (`pid starttime`): what a restarted spawner takes over.
-fn write_pid_file(cfg: &Config, pid: u32) {
+fn write_pid_file(cfg: &Config, files: &ShardFiles, pid: u32) {
     let start = pidfile::start_time(pid).unwrap_or_default();
     if let Err(e) = crate::statedir::write_atomic(
         &cfg.state_dir,
-        PID_FILE,
+        &files.pid,
         format!("{pid} {start}\n").as_bytes(),
     ) {
         tracing::warn!(err = %e, "cannot write the shared server's pid file; a restarted spawner will not take it over");
@@ -468,8 +579,9 @@ type TakenOver = (
 
 /// The server of a previous spawner of this state dir, if its pid file names a live process
 /// that is provably it, with every socket it serves.
-async fn take_over(cfg: &Config) -> Result<Option<TakenOver>> {
-    let pid_path = cfg.state_dir.join(PID_FILE);
+async fn take_over(cfg: &Config, shard: usize) -> Result<Option<TakenOver>> {
+    let files = ShardFiles::of(shard);
+    let pid_path = cfg.state_dir.join(&files.pid);
     let Some(bytes) = crate::statedir::read_nofollow(&pid_path, 64)? else {
         return Ok(None);
     };
@@ -487,16 +599,16 @@ async fn take_over(cfg: &Config) -> Result<Option<TakenOver>> {
     let Some(info) = pidfile::ProcInfo::read(pid) else {
         return Ok(None);
     };
-    if let Err(why) = is_our_server(&info, start, cfg) {
+    if let Err(why) = is_our_server(&info, start, cfg, shard) {
         tracing::info!(pid, why = %why, "the shared server's pid file names another process; not touched");
         return Ok(None);
     }
     let Some(running) = crate::adopt::open_proven(pid, &info) else {
         return Ok(None);
     };
-    let conn = connect(&cfg.state_dir.join(CONTROL_SOCKET)).map_err(|e| Error::Io {
+    let conn = connect(&cfg.state_dir.join(&files.control)).map_err(|e| Error::Io {
         op: "connect",
-        path: cfg.state_dir.join(CONTROL_SOCKET),
+        path: cfg.state_dir.join(&files.control),
         source: e,
     })?;
     let wait = cfg.ready_timeout;
@@ -535,6 +647,7 @@ fn is_our_server(
     info: &pidfile::ProcInfo,
     start: u64,
     cfg: &Config,
+    shard: usize,
 ) -> std::result::Result<(), String> {
     if !pidfile::runs(info, &cfg.proxy_binary) {
         return Err("not the proxy binary".into());
@@ -546,6 +659,14 @@ fn is_our_server(
         .any(|w| w[0] == "--shared-server" && w[1] == dir)
     {
         return Err("not the shared server of this state dir".into());
+    }
+    let its_shard = info
+        .argv
+        .windows(2)
+        .find(|w| w[0] == "--shard")
+        .map_or(Some(0), |w| w[1].parse::<usize>().ok());
+    if its_shard != Some(shard) {
+        return Err(format!("not shared server {shard} (--shard)"));
     }
     if info.start != Some(start) {
         return Err("started after the pid file was written (recycled pid)".into());
@@ -571,14 +692,14 @@ async fn manage(
                 let started = async {
                     // A taken-over server keeps the old listener; a new one gets a fresh one.
                     if listener.is_none() {
-                        listener = Some(control_listener(&cfg.state_dir, CONTROL_SOCKET)?);
+                        listener = Some(control_listener(&cfg.state_dir, &inner.files.control)?);
                     }
                     let l = listener
                         .as_ref()
                         .ok_or_else(|| Error::Spawn("no control socket".into()))?;
                     let mut control = inner.control.lock().await;
                     let (running, _) =
-                        start_and_replay(&inner, l, CONTROL_SOCKET, &mut control).await?;
+                        start_and_replay(&inner, l, &inner.files.control, &mut control).await?;
                     Ok::<_, Error>(running)
                 };
                 match started.await {
@@ -605,7 +726,7 @@ async fn manage(
             how = running.wait() => break how,
             Some(reply) = replace.recv() => {
                 // Transactional: the new server gets a control socket of its own at
-                // NEXT_CONTROL_SOCKET; only once it has every socket is that renamed over
+                // `files.next`; only once it has every socket is that renamed over
                 // the control socket's path and the pid file made to name it (the old
                 // server keeps its now unlinked socket until it exits). If anything fails
                 // before, the new server is stopped and its path removed: the old one
@@ -613,16 +734,16 @@ async fn manage(
                 // still takes it over.
                 let replaced = async {
                     let mut control = inner.control.lock().await;
-                    let fresh = control_listener(&cfg.state_dir, NEXT_CONTROL_SOCKET)?;
-                    let started =
-                        start_and_replay(&inner, &fresh, NEXT_CONTROL_SOCKET, &mut control).await;
+                    let next = &inner.files.next;
+                    let fresh = control_listener(&cfg.state_dir, next)?;
+                    let started = start_and_replay(&inner, &fresh, next, &mut control).await;
                     match started {
                         Ok(new) => {
                             listener = Some(fresh);
                             Ok(new)
                         }
                         Err(e) => {
-                            let _ = std::fs::remove_file(cfg.state_dir.join(NEXT_CONTROL_SOCKET));
+                            let _ = std::fs::remove_file(cfg.state_dir.join(next));
                             Err(e)
                         }
                     }
@@ -649,8 +770,8 @@ async fn manage(
                 let how = running.stop(cfg.stop_timeout).await;
                 tracing::info!(how = %how, "shared server stopped");
                 inner.note("stopped", None, false);
-                let _ = std::fs::remove_file(cfg.state_dir.join(PID_FILE));
-                let _ = std::fs::remove_file(cfg.state_dir.join(CONTROL_SOCKET));
+                let _ = std::fs::remove_file(cfg.state_dir.join(&inner.files.pid));
+                let _ = std::fs::remove_file(cfg.state_dir.join(&inner.files.control));
                 return;
             }
             }
@@ -683,7 +804,7 @@ impl Inner {
 /// Start a server on the control socket `listener` (bound at `STATE_DIR/name`), hand it every
 /// entry, and make it the one requests go to (`control` is the held control slot): it and its
 /// pid. Then, and only then, the pid file names it, and a `name` other than
-/// [`CONTROL_SOCKET`] is renamed over that path (the commit of a graceful replace); on an
+/// the shard's control socket is renamed over that path (the commit of a graceful replace); on an
 /// error the new server is stopped and neither is touched.
 async fn start_and_replay(
     inner: &Inner,
@@ -692,21 +813,20 @@ async fn start_and_replay(
     control: &mut Option<UnixDatagram>,
 ) -> Result<(Running, u32)> {
     let cfg = &inner.cfg;
-    let (mut running, pid) = spawn_server(cfg, listener).await?;
+    let (mut running, pid) = spawn_server(cfg, inner.shard, listener).await?;
     let handed = async {
         let conn = connect(&cfg.state_dir.join(name))
             .map_err(|e| Error::Spawn(format!("connect to the shared server: {e}")))?;
         let served = replay(inner, &conn, cfg.ready_timeout).await?;
-        if name != CONTROL_SOCKET {
-            std::fs::rename(cfg.state_dir.join(name), cfg.state_dir.join(CONTROL_SOCKET)).map_err(
-                |e| Error::Io {
-                    op: "rename the new control socket over",
-                    path: cfg.state_dir.join(CONTROL_SOCKET),
-                    source: e,
-                },
-            )?;
+        let control_path = cfg.state_dir.join(&inner.files.control);
+        if name != inner.files.control {
+            std::fs::rename(cfg.state_dir.join(name), &control_path).map_err(|e| Error::Io {
+                op: "rename the new control socket over",
+                path: control_path.clone(),
+                source: e,
+            })?;
         }
-        write_pid_file(cfg, pid);
+        write_pid_file(cfg, &inner.files, pid);
         Ok::<_, Error>((conn, served))
     };
     let begun = Instant::now();
@@ -824,7 +944,7 @@ async fn replayed(conn: &UnixDatagram, wait: Duration) -> std::io::Result<usize>
 /// listeners (or take back the ones a previous spawner's server had), hand them to the
 /// server, follow the server's restarts in the status, and on stop take them back and tear
 /// the namespace down.
-pub(crate) async fn namespace_task<P: Platform>(t: Task<P>, start: Start, server: SharedServer) {
+pub(crate) async fn namespace_task<P: Platform>(t: Task<P>, start: Start, servers: SharedServers) {
     let Task {
         platform,
         spec,
@@ -835,6 +955,7 @@ pub(crate) async fn namespace_task<P: Platform>(t: Task<P>, start: Start, server
         ..
     } = t;
     let pid_dir = cfg.pid_dir();
+    let server = servers.for_key(&spec.key).clone();
     if let Start::Adopt(mut r, _) = start {
         // A proxy of the per-namespace model holds the port: the shared server takes over.
         tracing::info!(key = %spec.key, pid = ?r.pid(), "stopping the namespace's own proxy: the shared server serves it");
@@ -876,7 +997,7 @@ pub(crate) async fn namespace_task<P: Platform>(t: Task<P>, start: Start, server
         let served = Box::pin(async {
             platform.prepare(&opened, &spec).await?;
             let ino = platform.namespace_inode(&spec.netns);
-            let fds = match server.take_back(&spec, ino).await {
+            let fds = match servers.take_back(&spec, ino).await {
                 Some(fds) => fds,
                 None => {
                     platform
@@ -983,6 +1104,36 @@ mod tests {
             stats,
         };
         (item, ())
+    }
+
+    #[test]
+    fn a_namespace_stays_on_its_shard() {
+        // A fixed hash: these values are what every build computes (a restarted spawner
+        // finds each namespace on the server that has it).
+        assert_eq!(shard_of("r-1", 1), 0);
+        assert_eq!(shard_of("", 4), shard_of("", 4));
+        let keys: Vec<String> = (0..1000).map(|i| format!("router-{i}")).collect();
+        let mut per = [0usize; 4];
+        for k in &keys {
+            per[shard_of(k, 4)] += 1;
+        }
+        assert!(per.iter().all(|&n| (180..=320).contains(&n)), "{per:?}");
+        assert_eq!(shard_of("router-7", 4), shard_of("router-7", 4));
+        assert_eq!(shard_of("a", 2), (0xaf63_dc4c_8601_ec8c_u64 % 2) as usize);
+    }
+
+    #[test]
+    fn the_first_shard_keeps_a_single_servers_files() {
+        assert_eq!(
+            ShardFiles::of(0),
+            ShardFiles {
+                control: "shared.sock".into(),
+                next: "shared.sock.next".into(),
+                pid: "shared-server.pid".into(),
+            }
+        );
+        assert_eq!(ShardFiles::of(2).control, "shared-2.sock");
+        assert_eq!(ShardFiles::of(2).pid, "shared-server-2.pid");
     }
 
     #[test]

@@ -212,8 +212,7 @@ fn add_router(ini: &std::path::Path, id: &str) {
 
 /// The pid the shared server's pid file names.
 fn server_pid(dir: &std::path::Path) -> Option<u32> {
-    let text = std::fs::read_to_string(dir.join("shared-server.pid")).ok()?;
-    text.split_whitespace().next()?.parse().ok()
+    shard_pid(dir, 0)
 }
 
 #[test]
@@ -365,7 +364,7 @@ fn shared_namespaces_are_counted_in_metrics_across_a_server_kill9_and_a_takeover
     let text = scrape(dir.path());
     ns_contract::metrics::check_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     assert!(
-        text.contains("\nns_metadata_shared_server_up 1\n"),
+        text.contains("\nns_metadata_shared_server_up{shard=\"0\"} 1\n"),
         "{text}"
     );
 
@@ -702,4 +701,130 @@ fn a_failed_server_restart_leaves_the_old_server_in_place_for_a_takeover() {
     );
     assert!(log.contains("took over the running shared server"), "{log}");
     assert!(get_in(rns.netns(), META).is_ok());
+}
+
+/// The pid shard `shard`'s pid file names.
+fn shard_pid(dir: &std::path::Path, shard: usize) -> Option<u32> {
+    let name = ns_metadata_spawner::shared_model::ShardFiles::of(shard).pid;
+    let text = std::fs::read_to_string(dir.join(name)).ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+#[test]
+fn two_shards_serve_apart_and_are_both_taken_over() {
+    use ns_metadata_spawner::shared_model::shard_of;
+    if !require_root("two_shards_serve_apart_and_are_both_taken_over") {
+        return;
+    }
+    let dir = TempDir::new("sh-shards").reaping();
+    let _agent = agent(dir.path());
+    let p = unique_prefix();
+    // Two routers on each shard (the hash decides; the test picks ids until it has them).
+    let mut ids: [Vec<String>; 2] = [vec![], vec![]];
+    for i in 0.. {
+        let id = format!("{p}h{i}");
+        let shard = shard_of(&id, 2);
+        if ids[shard].len() < 2 {
+            ids[shard].push(id);
+        }
+        if ids.iter().all(|v| v.len() == 2) {
+            break;
+        }
+    }
+    let all: Vec<(usize, String)> = (0..2)
+        .flat_map(|s| ids[s].iter().map(move |id| (s, id.clone())))
+        .collect();
+    let nss: Vec<TestNs> = all
+        .iter()
+        .map(|(_, id)| TestNs::new(&format!("qrouter-{id}")).expect("router ns"))
+        .collect();
+    let ini = shared_ini(dir.path());
+    let text = std::fs::read_to_string(&ini).expect("ini");
+    std::fs::write(&ini, format!("{text}shared_servers = 2\n")).expect("ini");
+    let mut daemon = start_daemon(dir.path(), &ini, &[]);
+    for (_, id) in &all {
+        add_router(&ini, id);
+    }
+    let answers = |nss: &[TestNs]| {
+        for ((_, id), ns) in all.iter().zip(nss) {
+            let body = ns_testkit::eventually(id, T, || get_in(ns.netns(), META).ok());
+            assert!(body.starts_with(&format!("router={id} ")), "{body}");
+        }
+    };
+    answers(&nss);
+    let pids = [
+        shard_pid(dir.path(), 0).expect("shard 0"),
+        shard_pid(dir.path(), 1).expect("shard 1"),
+    ];
+    assert_ne!(pids[0], pids[1]);
+    // Each namespace runs with its own shard's pid; status has a line per shard.
+    let (code, out) = cli(&ini, &["status", "--json"]);
+    assert_eq!(code, Some(0), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    for (shard, id) in &all {
+        let proxy = v["proxies"]
+            .as_array()
+            .and_then(|l| l.iter().find(|p| p["id"] == id.as_str()))
+            .unwrap_or_else(|| panic!("{id}: {out}"));
+        assert_eq!(proxy["pid"], serde_json::json!(pids[*shard]), "{id}: {out}");
+    }
+    for shard in 0..2 {
+        let s = &v["servers"][shard];
+        assert_eq!(
+            (&s["shard"], &s["pid"], &s["namespaces"]),
+            (
+                &serde_json::json!(shard),
+                &serde_json::json!(pids[shard]),
+                &serde_json::json!(2)
+            ),
+            "{out}"
+        );
+    }
+    let metrics = scrape(dir.path());
+    assert!(
+        metrics.contains("\nns_metadata_shared_server_up{shard=\"1\"} 1\n")
+            && metrics.contains("\nns_metadata_shared_server_namespaces{shard=\"0\"} 2\n"),
+        "{metrics}"
+    );
+
+    // kill -9 of shard 1: shard 0's namespaces answer throughout, its server untouched.
+    kill9(pids[1]);
+    for ((shard, _), ns) in all.iter().zip(&nss) {
+        if *shard == 0 {
+            assert!(get_in(ns.netns(), META).is_ok(), "shard 0 disturbed");
+        }
+    }
+    let restarted = ns_testkit::eventually("shard 1 restarted", T, || {
+        shard_pid(dir.path(), 1).filter(|p| *p != pids[1])
+    });
+    answers(&nss);
+    assert!(alive(pids[0]));
+    assert_eq!(shard_pid(dir.path(), 0), Some(pids[0]));
+
+    // A restarted spawner takes both over, each with its own namespaces.
+    kill9(daemon.pid());
+    let _ = daemon.0.wait();
+    let _daemon2 = start_daemon(dir.path(), &ini, &[]);
+    answers(&nss);
+    let (code, out) = ns_testkit::eventually("running", T, || {
+        let (code, out) = cli(&ini, &["status", "--json"]);
+        (code == Some(0)).then_some((code, out))
+    });
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    for (shard, pid) in [(0, pids[0]), (1, restarted)] {
+        let s = &v["servers"][shard];
+        assert_eq!(
+            (&s["pid"], &s["adopted"], &s["namespaces"]),
+            (
+                &serde_json::json!(pid),
+                &serde_json::json!(true),
+                &serde_json::json!(2)
+            ),
+            "{code:?} {out}"
+        );
+    }
+    assert!(
+        alive(pids[0]) && alive(restarted),
+        "taken over, not restarted"
+    );
 }
