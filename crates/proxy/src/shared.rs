@@ -633,7 +633,7 @@ async fn control_connection(server: Arc<Namespaces>, starting_uid: u32, conn: Un
             Ok(Request::Add { .. }) | Ok(Request::Remove { .. }) | Ok(Request::List)
                 if n > MAX_MESSAGE =>
             {
-                format!("error a request but add-batch has at most {MAX_MESSAGE} bytes")
+                format!("error a request other than add-batch has at most {MAX_MESSAGE} bytes")
             }
             Ok(Request::Add {
                 resource,

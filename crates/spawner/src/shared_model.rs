@@ -872,12 +872,12 @@ async fn replay(inner: &Inner, conn: &UnixDatagram, wait: Duration) -> Result<us
         .collect();
     let lost =
         |e: std::io::Error| Error::Spawn(format!("handing sockets to the shared server: {e}"));
-    let mut pending = 0usize;
+    let mut pending = std::collections::VecDeque::with_capacity(REPLAY_WINDOW);
     let mut refused = 0usize;
     for batch in batches(&all) {
-        if pending == REPLAY_WINDOW {
-            refused += replayed(conn, wait).await.map_err(lost)?;
-            pending -= 1;
+        if pending.len() == REPLAY_WINDOW {
+            let sent = pending.pop_front().unwrap_or_default();
+            refused += replayed(conn, wait, sent).await.map_err(lost)?;
         }
         let items: Vec<BatchItem> = batch.iter().map(|(i, _)| i.clone()).collect();
         let msg = batch_message(&items);
@@ -890,10 +890,10 @@ async fn replay(inner: &Inner, conn: &UnixDatagram, wait: Duration) -> Result<us
         })
         .await
         .map_err(lost)?;
-        pending += 1;
+        pending.push_back(batch.len());
     }
-    for _ in 0..pending {
-        refused += replayed(conn, wait).await.map_err(lost)?;
+    while let Some(sent) = pending.pop_front() {
+        refused += replayed(conn, wait, sent).await.map_err(lost)?;
     }
     Ok(all.len() - refused.min(all.len()))
 }
@@ -917,8 +917,9 @@ fn batches<T>(all: &[(BatchItem, T)]) -> Vec<&[(BatchItem, T)]> {
     out
 }
 
-/// The answer to one `add-batch`: how many namespaces it refused (each logged, not fatal).
-async fn replayed(conn: &UnixDatagram, wait: Duration) -> std::io::Result<usize> {
+/// The answer to one `add-batch` of `sent` namespaces: how many it refused (each logged, not
+/// fatal: the others are served; a batch refused whole counts all of its namespaces).
+async fn replayed(conn: &UnixDatagram, wait: Duration, sent: usize) -> std::io::Result<usize> {
     let (a, _) = tokio::time::timeout(wait, answer(conn, MAX_BATCH_MESSAGE))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))??;
@@ -928,9 +929,9 @@ async fn replayed(conn: &UnixDatagram, wait: Duration) -> std::io::Result<usize>
     let mut lines = a.lines();
     let head = lines.next().unwrap_or_default();
     if !head.starts_with("refused ") {
-        // The whole batch was refused: a bug on one side; every namespace in it is missing.
-        tracing::warn!(answer = %head, "shared server refused a batch of namespaces");
-        return Err(std::io::Error::other(format!("add-batch refused: {head}")));
+        // Refused whole (a bug on one side): those namespaces are missing, the rest served.
+        tracing::warn!(answer = %head, namespaces = sent, "shared server refused a batch of namespaces");
+        return Ok(sent);
     }
     let mut n = 0;
     for line in lines {
