@@ -343,7 +343,8 @@ async fn restart_one(sock: &std::path::Path, id: &str) -> Result<String> {
     let how = match (v["method"].as_str(), v["note"].as_str()) {
         (Some("takeover"), _) => "socket takeover, nothing lost".to_owned(),
         (Some("shared-server"), _) => {
-            "the shared server replaced for every namespace, sockets handed over, nothing lost"
+            "the shared server replaced for every namespace of its shard, sockets handed over, \
+             nothing lost"
                 .to_owned()
         }
         (_, Some(why)) => format!("stopped and started, connections meanwhile refused: {why}"),

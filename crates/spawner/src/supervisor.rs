@@ -593,8 +593,8 @@ impl<P: Platform> Supervisor<P> {
                 new_pid: Some(pid),
                 method: "shared-server",
                 note: Some(
-                    "the shared server serves every namespace: it was replaced for all of them, \
-                     each handing its sockets over (nothing lost)"
+                    "the shared server serves every namespace of its shard: it was replaced \
+                     for all of them, each handing its sockets over (nothing lost)"
                         .into(),
                 ),
             }),
