@@ -20,6 +20,11 @@
 //!   listening sockets meanwhile, so no connection is refused or lost. A replacement that
 //!   fails before that leaves the old server, its control socket path and pid file as they
 //!   were (a restarted spawner still takes it over).
+//! - With `shared_servers = N` there are N such servers ([`SharedServers`], shards), each
+//!   with its own files ([`ShardFiles`]) and `--shard` in its argv; a namespace is served by
+//!   the one [`shard_of`] its key picks. The control-socket client and the replay in
+//!   `add-batch` messages are in `shared_control.rs`, the task per namespace in
+//!   `shared_task.rs`.
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -36,10 +41,7 @@ use crate::config::Config;
 use crate::decide::ProxySpec;
 use crate::launch::{self, Running, READY_FD};
 use crate::pidfile;
-use crate::platform::{Opened, Platform};
 use crate::proxy_stats::Gauge;
-use crate::proxy_task::{Start, Task};
-use crate::status::Status;
 use crate::{Error, Result};
 
 /// The (first) server's control socket in the state directory.
@@ -48,7 +50,8 @@ pub const CONTROL_SOCKET: &str = "shared.sock";
 pub const PID_FILE: &str = "shared-server.pid";
 /// Where the server finds the control socket (after the readiness pipe on 3).
 const CONTROL_FD: i32 = 4;
-use ns_metadata_proxy::shared::{batch_message, BatchItem, MAX_BATCH_MESSAGE, MAX_MESSAGE};
+use crate::shared_control::{answer, ask, connect, control_listener, replay};
+use ns_metadata_proxy::shared::{BatchItem, MAX_MESSAGE};
 
 /// A shard's files in the state directory. The first keeps a single server's names
 /// (`shared.sock`, `shared-server.pid`), so raising `shared_servers` from 1 takes the running
@@ -276,7 +279,11 @@ impl SharedServer {
     /// The sockets the previous spawner's server served for `spec`, if they are still right
     /// for it: in the namespace named `spec.netns` now (`ino`) and bound to the metadata
     /// address. Sockets that are not right are dropped here and by the server.
-    async fn take_back(&self, spec: &ProxySpec, ino: Option<u64>) -> Option<Vec<OwnedFd>> {
+    pub(crate) async fn take_back(
+        &self,
+        spec: &ProxySpec,
+        ino: Option<u64>,
+    ) -> Option<Vec<OwnedFd>> {
         let (netns, fds) = lock(&self.inner.taken).remove(&tag(spec))?;
         let right = fds.iter().all(|fd| socket_is_right(fd.as_fd(), spec, ino));
         if right && netns == spec.netns {
@@ -303,7 +310,7 @@ impl SharedServer {
     /// Serve `spec` with `fds` (kept here too): the server's pid once it serves them. With
     /// `proxy_metrics`, the namespace's statistics block goes last (`stats=1`), so its answers
     /// are counted into the same block a proxy of the per-namespace model would use.
-    async fn add(&self, spec: &ProxySpec, mut fds: Vec<OwnedFd>) -> Result<u32> {
+    pub(crate) async fn add(&self, spec: &ProxySpec, mut fds: Vec<OwnedFd>) -> Result<u32> {
         let mut request = format!("add {} {}", tag(spec), spec.netns);
         let listeners = fds.len();
         let stats = self.inner.cfg.proxy_metrics;
@@ -337,7 +344,7 @@ impl SharedServer {
     }
 
     /// Stop serving `spec`: the server closes its copies, we close ours.
-    async fn remove(&self, spec: &ProxySpec) {
+    pub(crate) async fn remove(&self, spec: &ProxySpec) {
         lock(&self.inner.entries).remove(&spec.key);
         if let Err(e) = self.request(&format!("remove {}", tag(spec)), &[]).await {
             tracing::debug!(key = %spec.key, err = %e, "shared server: remove");
@@ -422,7 +429,11 @@ impl SharedServers {
     /// The sockets a previous spawner's servers served for `spec` ([`SharedServer::take_back`]):
     /// from its own shard, or from another one (`shared_servers` changed): that one is told
     /// to stop serving them first, so they move (connections meanwhile wait in the kernel).
-    async fn take_back(&self, spec: &ProxySpec, ino: Option<u64>) -> Option<Vec<OwnedFd>> {
+    pub(crate) async fn take_back(
+        &self,
+        spec: &ProxySpec,
+        ino: Option<u64>,
+    ) -> Option<Vec<OwnedFd>> {
         let own = shard_of(&spec.key, self.shards.len());
         if let Some(fds) = self.shards[own].take_back(spec, ino).await {
             return Some(fds);
@@ -467,72 +478,6 @@ fn socket_is_right(fd: BorrowedFd<'_>, spec: &ProxySpec, ino: Option<u64>) -> bo
         }
         Err(_) => false,
     }
-}
-
-/// One request and its answer on the control connection.
-async fn ask(
-    conn: &UnixDatagram,
-    msg: &str,
-    fds: &[BorrowedFd<'_>],
-    wait: Duration,
-) -> std::io::Result<String> {
-    conn.async_io(Interest::WRITABLE, || {
-        ns_netns::send_fds(conn.as_fd(), msg.as_bytes(), fds)
-    })
-    .await?;
-    let (line, _fds) = tokio::time::timeout(wait, answer(conn, MAX_MESSAGE))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))??;
-    Ok(line)
-}
-
-/// One message of at most `max` bytes from the server.
-async fn answer(conn: &UnixDatagram, max: usize) -> std::io::Result<(String, Vec<OwnedFd>)> {
-    let mut buf = vec![0u8; max];
-    let (n, fds) = conn
-        .async_io(Interest::READABLE, || {
-            ns_netns::recv_fds(conn.as_fd(), &mut buf)
-        })
-        .await?;
-    if n == 0 {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "the shared server closed the control connection",
-        ));
-    }
-    Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), fds))
-}
-
-/// A connection to the control socket at `path`.
-fn connect(path: &Path) -> std::io::Result<UnixDatagram> {
-    let d = std::os::unix::net::UnixDatagram::from(ns_netns::seqpacket_connect(path)?);
-    d.set_nonblocking(true)?;
-    UnixDatagram::from_std(d)
-}
-
-/// A fresh listening control socket at `STATE_DIR/NAME` (a stale socket file there is
-/// replaced; anything else is refused). The state dir is ours and 0700.
-fn control_listener(state_dir: &Path, name: &str) -> Result<OwnedFd> {
-    use std::os::unix::fs::FileTypeExt as _;
-    let path = state_dir.join(name);
-    let io = |op: &'static str, source: std::io::Error| Error::Io {
-        op,
-        path: path.clone(),
-        source,
-    };
-    match std::fs::symlink_metadata(&path) {
-        Ok(m) if m.file_type().is_socket() => {
-            std::fs::remove_file(&path).map_err(|e| io("remove stale", e))?
-        }
-        Ok(_) => {
-            return Err(Error::Invalid(format!(
-                "{} exists and is not a socket: move it away",
-                path.display()
-            )))
-        }
-        Err(_) => {}
-    }
-    ns_netns::seqpacket_listen(&path, 16).map_err(|e| io("listen on", e))
 }
 
 /// Start a server on `listener` and wait for its READY; its pid file written.
@@ -817,7 +762,11 @@ async fn start_and_replay(
     let handed = async {
         let conn = connect(&cfg.state_dir.join(name))
             .map_err(|e| Error::Spawn(format!("connect to the shared server: {e}")))?;
-        let served = replay(inner, &conn, cfg.ready_timeout).await?;
+        let all: Vec<(BatchItem, Arc<Vec<OwnedFd>>)> = lock(&inner.entries)
+            .values()
+            .map(|e| (e.item.clone(), Arc::clone(&e.fds)))
+            .collect();
+        let served = replay(&all, &conn, cfg.ready_timeout).await?;
         let control_path = cfg.state_dir.join(&inner.files.control);
         if name != inner.files.control {
             std::fs::rename(cfg.state_dir.join(name), &control_path).map_err(|e| Error::Io {
@@ -857,236 +806,6 @@ async fn sleep_unless_stopped(delay: Duration, stop: &mut watch::Receiver<bool>)
     }
 }
 
-/// `add-batch` messages [`replay`] sends ahead of their answers.
-const REPLAY_WINDOW: usize = 4;
-
-/// Hand every entry to a freshly started server, as few `add-batch` messages as the
-/// descriptor limit per message allows (at most [`ns_netns::SCM_MAX_FD`] descriptors and
-/// [`MAX_BATCH_MESSAGE`] bytes each), pipelined [`REPLAY_WINDOW`] ahead of their answers: a
-/// restarted server serves all of 2,000 namespaces again after ~25 messages, not 2,000
-/// (issue #20). The entries' sockets are borrowed, not duplicated.
-async fn replay(inner: &Inner, conn: &UnixDatagram, wait: Duration) -> Result<usize> {
-    let all: Vec<(BatchItem, Arc<Vec<OwnedFd>>)> = lock(&inner.entries)
-        .values()
-        .map(|e| (e.item.clone(), Arc::clone(&e.fds)))
-        .collect();
-    let lost =
-        |e: std::io::Error| Error::Spawn(format!("handing sockets to the shared server: {e}"));
-    let mut pending = std::collections::VecDeque::with_capacity(REPLAY_WINDOW);
-    let mut refused = 0usize;
-    for batch in batches(&all) {
-        if pending.len() == REPLAY_WINDOW {
-            let sent = pending.pop_front().unwrap_or_default();
-            refused += replayed(conn, wait, sent).await.map_err(lost)?;
-        }
-        let items: Vec<BatchItem> = batch.iter().map(|(i, _)| i.clone()).collect();
-        let msg = batch_message(&items);
-        let borrowed: Vec<BorrowedFd<'_>> = batch
-            .iter()
-            .flat_map(|(_, fds)| fds.iter().map(AsFd::as_fd))
-            .collect();
-        conn.async_io(Interest::WRITABLE, || {
-            ns_netns::send_fds(conn.as_fd(), msg.as_bytes(), &borrowed)
-        })
-        .await
-        .map_err(lost)?;
-        pending.push_back(batch.len());
-    }
-    while let Some(sent) = pending.pop_front() {
-        refused += replayed(conn, wait, sent).await.map_err(lost)?;
-    }
-    Ok(all.len() - refused.min(all.len()))
-}
-
-/// `all` cut into `add-batch` messages: each within the descriptor and size limits.
-fn batches<T>(all: &[(BatchItem, T)]) -> Vec<&[(BatchItem, T)]> {
-    let mut out = Vec::new();
-    let (mut start, mut fds, mut bytes) = (0, 0, 32);
-    for (i, (item, _)) in all.iter().enumerate() {
-        let (f, b) = (item.fds(), item.line().len() + 1);
-        if i > start && (fds + f > ns_netns::SCM_MAX_FD || bytes + b > MAX_BATCH_MESSAGE) {
-            out.push(&all[start..i]);
-            (start, fds, bytes) = (i, 0, 32);
-        }
-        fds += f;
-        bytes += b;
-    }
-    if start < all.len() {
-        out.push(&all[start..]);
-    }
-    out
-}
-
-/// The answer to one `add-batch` of `sent` namespaces: how many it refused (each logged, not
-/// fatal: the others are served; a batch refused whole counts all of its namespaces).
-async fn replayed(conn: &UnixDatagram, wait: Duration, sent: usize) -> std::io::Result<usize> {
-    let (a, _) = tokio::time::timeout(wait, answer(conn, MAX_BATCH_MESSAGE))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))??;
-    if a.starts_with("ok ") {
-        return Ok(0);
-    }
-    let mut lines = a.lines();
-    let head = lines.next().unwrap_or_default();
-    if !head.starts_with("refused ") {
-        // Refused whole (a bug on one side): those namespaces are missing, the rest served.
-        tracing::warn!(answer = %head, namespaces = sent, "shared server refused a batch of namespaces");
-        return Ok(sent);
-    }
-    let mut n = 0;
-    for line in lines {
-        tracing::warn!(namespace = %line, "shared server refused a namespace");
-        n += 1;
-    }
-    Ok(n)
-}
-
-/// The one owner of one namespace in the shared model: open and prepare it, open its
-/// listeners (or take back the ones a previous spawner's server had), hand them to the
-/// server, follow the server's restarts in the status, and on stop take them back and tear
-/// the namespace down.
-pub(crate) async fn namespace_task<P: Platform>(t: Task<P>, start: Start, servers: SharedServers) {
-    let Task {
-        platform,
-        spec,
-        status,
-        mut stop,
-        cfg,
-        launches,
-        ..
-    } = t;
-    let pid_dir = cfg.pid_dir();
-    let server = servers.for_key(&spec.key).clone();
-    if let Start::Adopt(mut r, _) = start {
-        // A proxy of the per-namespace model holds the port: the shared server takes over.
-        tracing::info!(key = %spec.key, pid = ?r.pid(), "stopping the namespace's own proxy: the shared server serves it");
-        r.stop(cfg.stop_timeout).await;
-        pidfile::remove(&pid_dir, &spec.key);
-    }
-    let mut backoff = Backoff::new(cfg.max_restart_delay);
-    let mut server_pid = server.watch();
-    loop {
-        // At most `launch_slots` namespaces between open and served at once: a cold start of
-        // thousands would otherwise have every one's netlink and bind threads (and the
-        // blocking pool's, with their stacks and malloc arenas) alive together (issue #20).
-        // The semaphore is never closed, so no permit can only mean no limit.
-        let slot = Arc::clone(&launches).acquire_owned().await.ok();
-        // The start's futures are boxed: the task that then waits for a stop for as long as
-        // the namespace is served keeps only its own small state (its start futures are freed once served).
-        let opened = match Box::pin(platform.open(&spec)).await {
-            Ok(Opened::Ready(ns)) => ns,
-            Ok(Opened::Missing(reason)) => {
-                drop(slot);
-                if status.waiting(reason.clone()) {
-                    tracing::info!(key = %spec.key, netns = %spec.netns, reason = %reason, "namespace waiting");
-                }
-                if !pause(crate::proxy_task::WAITING_RECHECK, &mut stop).await {
-                    status.stopped();
-                    return;
-                }
-                continue;
-            }
-            Err(e) => {
-                drop(slot);
-                if !failed(&status, &spec, e, &mut backoff, &mut stop).await {
-                    return;
-                }
-                continue;
-            }
-        };
-        status.starting();
-        let served = Box::pin(async {
-            platform.prepare(&opened, &spec).await?;
-            let ino = platform.namespace_inode(&spec.netns);
-            let fds = match servers.take_back(&spec, ino).await {
-                Some(fds) => fds,
-                None => {
-                    platform
-                        .listen(&opened, &spec, cfg_max_connections())
-                        .await?
-                }
-            };
-            server.add(&spec, fds).await
-        });
-        let served = served.await;
-        drop(slot);
-        match served {
-            Ok(pid) => {
-                tracing::info!(key = %spec.key, netns = %spec.netns, pid, "namespace served by the shared server");
-                status.running(Some(pid), None);
-            }
-            Err(e) => {
-                if !failed(&status, &spec, e, &mut backoff, &mut stop).await {
-                    let _ = platform.teardown(&opened, &spec).await;
-                    return;
-                }
-                continue;
-            }
-        }
-        // Served: follow the server's restarts until stopped.
-        loop {
-            tokio::select! {
-                asked = &mut stop => {
-                    if asked.is_err() {
-                        // The supervisor is gone: the server keeps serving for the next one.
-                        return;
-                    }
-                    status.stopping();
-                    server.remove(&spec).await;
-                    if let Err(e) = platform.teardown(&opened, &spec).await {
-                        tracing::warn!(key = %spec.key, err = %e, "teardown failed");
-                    }
-                    status.stopped();
-                    return;
-                }
-                changed = server_pid.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    let pid = *server_pid.borrow_and_update();
-                    match pid {
-                        Some(pid) => status.running(Some(pid), None),
-                        None => status.died("shared server restarting".into(), true),
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The connections one namespace may queue: the proxy's default `max_connections`.
-fn cfg_max_connections() -> usize {
-    ns_metadata_proxy::config::DEFAULT_MAXCONN
-}
-
-/// A failed attempt: status, backoff, and whether to go on (false: stopped or detached).
-async fn failed(
-    status: &Status,
-    spec: &ProxySpec,
-    e: Error,
-    backoff: &mut Backoff,
-    stop: &mut oneshot::Receiver<()>,
-) -> bool {
-    let delay = backoff.start_failed();
-    tracing::warn!(key = %spec.key, netns = %spec.netns, err = %e, retry_in = ?delay, "namespace not served");
-    status.start_failed(e.to_string());
-    let go_on = pause(delay, stop).await;
-    if go_on {
-        status.restarting();
-    } else {
-        status.stopped();
-    }
-    go_on
-}
-
-/// Sleep unless stopped: true to go on.
-async fn pause(delay: Duration, stop: &mut oneshot::Receiver<()>) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(delay) => true,
-        _ = stop => false,
-    }
-}
-
 /// Where a state dir's control socket is (for docs and `check`).
 pub fn control_socket(state_dir: &Path) -> PathBuf {
     state_dir.join(CONTROL_SOCKET)
@@ -1095,17 +814,6 @@ pub fn control_socket(state_dir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ns_contract::{Kind, Resource};
-
-    fn item(i: usize, listeners: usize, stats: bool) -> (BatchItem, ()) {
-        let item = BatchItem {
-            resource: Resource::new(Kind::Router, format!("r-{i}")).expect("id"),
-            netns: format!("qrouter-r-{i}"),
-            listeners,
-            stats,
-        };
-        (item, ())
-    }
 
     #[test]
     fn a_namespace_stays_on_its_shard() {
@@ -1135,24 +843,5 @@ mod tests {
         );
         assert_eq!(ShardFiles::of(2).control, "shared-2.sock");
         assert_eq!(ShardFiles::of(2).pid, "shared-server-2.pid");
-    }
-
-    #[test]
-    fn a_replay_is_cut_at_the_descriptor_limit_per_message() {
-        // 2,000 namespaces of two listeners and a statistics block: 84 per message.
-        let all: Vec<_> = (0..2000).map(|i| item(i, 2, true)).collect();
-        let cut = batches(&all);
-        assert_eq!(cut.len(), 24);
-        assert!(cut.iter().all(|b| b.len() <= 84));
-        assert_eq!(cut.iter().map(|b| b.len()).sum::<usize>(), 2000);
-        for b in &cut {
-            let items: Vec<_> = b.iter().map(|(i, _)| i.clone()).collect();
-            let msg = batch_message(&items);
-            assert!(msg.len() <= MAX_BATCH_MESSAGE);
-            let fds: usize = items.iter().map(BatchItem::fds).sum();
-            assert!(fds <= ns_netns::SCM_MAX_FD, "{fds}");
-        }
-        assert!(batches::<()>(&[]).is_empty());
-        assert_eq!(batches(&[item(1, 1, false)]).len(), 1);
     }
 }
