@@ -265,8 +265,6 @@ struct Served {
     netns: String,
     /// Our copies of its listeners, for `list` and to recognise a repeated `add`.
     listeners: Vec<OwnedFd>,
-    /// (device, inode) of each listener: same set = same sockets.
-    identity: Vec<(u64, u64)>,
     /// Its relay state (and statistics block); also read by the one housekeeping task of all
     /// namespaces.
     shared: Arc<Shared>,
@@ -381,24 +379,24 @@ impl Namespaces {
         if fds.is_empty() {
             return Err("add needs at least one listener".into());
         }
-        let mut identity = Vec::with_capacity(fds.len());
         let mut listeners = Vec::with_capacity(fds.len());
         for fd in fds {
             let l = std::net::TcpListener::from(fd);
-            let meta = listening_tcp(&l)?;
-            identity.push(meta);
+            listening_tcp(&l)?;
             listeners.push(l);
         }
-        identity.sort_unstable();
         let mut table = self.table();
         if let Some(old) = table.served.get(&resource) {
-            if old.identity == identity {
+            // Only a repeated `add` compares sockets: a fresh server's replay of thousands
+            // of namespaces skips the fstats (issue #20: kill -9 to answering again).
+            let new = identity(listeners.iter().map(AsFd::as_fd))?;
+            if identity(old.listeners.iter().map(AsFd::as_fd))? == new {
                 return Ok(old.shared.clone());
             }
         }
         // Each listener is held twice here (served, and our copy for `list`); a replaced
         // namespace's old sockets are still held until they drain.
-        let need = table.held + 2 * identity.len() as u64 + RESERVED_FDS;
+        let need = table.held + 2 * listeners.len() as u64 + RESERVED_FDS;
         if need > self.nofile {
             return Err(format!(
                 "no room for the sockets of another namespace: {} namespaces served, \
@@ -443,7 +441,6 @@ impl Namespaces {
             Served {
                 netns: netns.clone(),
                 listeners: copies,
-                identity,
                 shared: shared.clone(),
                 stop: stop_tx,
                 task,
@@ -504,8 +501,8 @@ impl Namespaces {
     }
 }
 
-/// A TCP socket in the listening state, by (device, inode) of its socket inode.
-fn listening_tcp(l: &std::net::TcpListener) -> std::result::Result<(u64, u64), String> {
+/// Whether `l` is a TCP socket in the listening state.
+fn listening_tcp(l: &std::net::TcpListener) -> std::result::Result<(), String> {
     use nix::sys::socket::{getsockopt, sockopt};
     let listening = getsockopt(l, sockopt::AcceptConn).map_err(|e| format!("not a socket: {e}"))?;
     let ty = getsockopt(l, sockopt::SockType).map_err(|e| format!("socket type: {e}"))?;
@@ -514,8 +511,23 @@ fn listening_tcp(l: &std::net::TcpListener) -> std::result::Result<(u64, u64), S
     }
     l.local_addr()
         .map_err(|e| format!("not a TCP socket: {e}"))?;
-    let st = nix::sys::stat::fstat(l).map_err(|e| format!("fstat: {e}"))?;
-    Ok((st.st_dev, st.st_ino))
+    Ok(())
+}
+
+/// The sockets `fds` are, as the sorted (device, inode) of their socket inodes: the same set
+/// means the same sockets.
+fn identity<'a>(
+    fds: impl Iterator<Item = std::os::fd::BorrowedFd<'a>>,
+) -> std::result::Result<Vec<(u64, u64)>, String> {
+    let mut ids = fds
+        .map(|fd| {
+            nix::sys::stat::fstat(fd)
+                .map(|st| (st.st_dev, st.st_ino))
+                .map_err(|e| format!("fstat: {e}"))
+        })
+        .collect::<std::result::Result<Vec<_>, String>>()?;
+    ids.sort_unstable();
+    Ok(ids)
 }
 
 /// Take the inherited control socket: a listening `SOCK_SEQPACKET` Unix socket.

@@ -436,4 +436,8 @@ fn a_batch_serves_many_namespaces_in_one_message_and_names_what_it_refused() {
         n += 1;
     }
     assert_eq!(n, 100);
+    // Other sockets for a namespace served: they replace its old ones.
+    let other = loopback_listener();
+    assert_eq!(c.ask("add router r-0 qrouter-r-0", &[other.as_fd()]), "ok");
+    assert!(get(other.local_addr().expect("addr")).is_some_and(|t| t.contains("router=r-0 ")));
 }
