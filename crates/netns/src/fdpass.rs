@@ -17,14 +17,16 @@ use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, Ms
 use crate::error::{Error, Result};
 use crate::ns::Netns;
 
-/// Most descriptors one message may carry. One namespace has at most a handful of
-/// listeners; a message with more is refused (its descriptors closed at once), so a hostile
-/// peer cannot fill our descriptor table with one message.
+/// Most descriptors [`recv_fds`] accepts in one message. One namespace has at most a handful
+/// of listeners; a message with more is refused (its descriptors closed at once), so a
+/// hostile peer cannot fill our descriptor table with one message. A receiver that expects
+/// batches (several namespaces per message) asks for more with [`recv_fds_upto`].
 pub const MAX_FDS: usize = 16;
-/// The kernel's own limit per message (`SCM_MAX_FD`). The control buffer has room for this
-/// many, so the kernel never truncates (it would install the first ones and leave us no way
-/// to see them) and every descriptor that arrives is ours to close.
-const SCM_MAX_FD: usize = 253;
+/// The kernel's own limit per message (`SCM_MAX_FD`): the most [`send_fds`] sends and
+/// [`recv_fds_upto`] accepts. The control buffer always has room for this many, so the kernel
+/// never truncates (it would install the first ones and leave us no way to see them) and
+/// every descriptor that arrives is ours to close.
+pub const SCM_MAX_FD: usize = 253;
 
 /// Send `payload` with `fds` attached as one message on the Unix socket `sock` (best used
 /// with `SOCK_SEQPACKET`, where a message is never split or merged). The descriptors stay
@@ -37,11 +39,11 @@ pub fn send_fds(sock: BorrowedFd<'_>, payload: &[u8], fds: &[BorrowedFd<'_>]) ->
             "a message with descriptors needs a payload",
         ));
     }
-    if fds.len() > MAX_FDS {
+    if fds.len() > SCM_MAX_FD {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
-                "{} descriptors in one message, at most {MAX_FDS}",
+                "{} descriptors in one message, at most {SCM_MAX_FD}",
                 fds.len()
             ),
         ));
@@ -68,6 +70,16 @@ pub fn send_fds(sock: BorrowedFd<'_>, payload: &[u8], fds: &[BorrowedFd<'_>]) ->
 /// [`MAX_FDS`] descriptors, is an error (`InvalidData`) and every descriptor that came with
 /// it is closed: the caller never acts on half a message.
 pub fn recv_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    recv_fds_upto(sock, buf, MAX_FDS)
+}
+
+/// [`recv_fds`] accepting up to `max` descriptors (at most [`SCM_MAX_FD`]) in one message.
+pub fn recv_fds_upto(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    max: usize,
+) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let max = max.min(SCM_MAX_FD);
     let mut space = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
     let mut iov = [IoSliceMut::new(buf)];
     let msg = recvmsg::<()>(
@@ -91,10 +103,10 @@ pub fn recv_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<
     }
     let flags = msg.flags;
     let bytes = msg.bytes;
-    if fds.len() > MAX_FDS || flags.contains(MsgFlags::MSG_CTRUNC) {
+    if fds.len() > max || flags.contains(MsgFlags::MSG_CTRUNC) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("message carried more than {MAX_FDS} descriptors"),
+            format!("message carried more than {max} descriptors"),
         ));
     }
     if flags.contains(MsgFlags::MSG_TRUNC) {
@@ -272,10 +284,16 @@ mod tests {
     fn too_many_descriptors_are_refused_on_both_sides() {
         let (a, b) = pair();
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let many: Vec<BorrowedFd<'_>> = (0..MAX_FDS + 1).map(|_| l.as_fd()).collect();
-        let err = send_fds(a.as_fd(), b"x", &many).expect_err("too many");
+        let over_kernel: Vec<BorrowedFd<'_>> = (0..=SCM_MAX_FD).map(|_| l.as_fd()).collect();
+        let err = send_fds(a.as_fd(), b"x", &over_kernel).expect_err("too many");
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
-        // A peer that sends more than we accept (raw sendmsg): truncated control data.
+        // A batch: more than recv_fds takes, as many as recv_fds_upto is told to.
+        let many: Vec<BorrowedFd<'_>> = (0..MAX_FDS + 1).map(|_| l.as_fd()).collect();
+        send_fds(a.as_fd(), b"x", &many).expect("a batch");
+        let mut buf = [0u8; 8];
+        let (_, got) = recv_fds_upto(b.as_fd(), &mut buf, SCM_MAX_FD).expect("a batch");
+        assert_eq!(got.len(), MAX_FDS + 1);
+        // A peer that sends more than recv_fds accepts: refused, every descriptor closed.
         let raw: Vec<RawFd> = many.iter().map(AsRawFd::as_raw_fd).collect();
         let iov = [IoSlice::new(b"x")];
         sendmsg::<()>(

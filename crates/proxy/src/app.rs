@@ -162,6 +162,7 @@ fn run_shared(cfg: Config, ss: &crate::shared::SharedServer) -> Result<()> {
         let shutdown = until_stopped()?;
         tracing::info!(
             state_dir = %ss.state_dir.display(),
+            shard = ss.shard,
             socket = %cfg.socket.display(),
             nofile,
             pid = std::process::id(),

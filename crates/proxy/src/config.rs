@@ -115,7 +115,7 @@ pub static SCHEMA: Schema = Schema::new(OPTS)
 /// Flags that are not INI options. The `--rate-limit-*` flags set `[metadata_rate_limiting]`
 /// in the spawner's compact form; they are not `[DEFAULT]` keys because `rate_limit_burst` is
 /// already oslo.log's key there, in every Neutron file.
-fn own_args() -> [Arg; 7] {
+fn own_args() -> [Arg; 8] {
     [
         Arg::new("rate_limit_base")
             .long("rate-limit-base")
@@ -161,6 +161,15 @@ fn own_args() -> [Arg; 7] {
             .value_parser(clap::value_parser!(i32))
             .requires("shared_server")
             .help("With --shared-server: the inherited listening control socket (SOCK_SEQPACKET)"),
+        Arg::new("shard")
+            .long("shard")
+            .value_name("N")
+            .value_parser(clap::value_parser!(u16).range(1..64))
+            .requires("shared_server")
+            .help(
+                "With --shared-server: which of the spawner's servers this is (1..63; the first \
+                 has none), part of its identity in argv",
+            ),
         Arg::new("stats_fd")
             .long("stats-fd")
             .value_name("FD")
@@ -294,6 +303,7 @@ impl Config {
             (Some(dir), Some(fd)) => Some(SharedServer {
                 state_dir: dir.clone(),
                 control_fd: *fd,
+                shard: m.get_one::<u16>("shard").copied().unwrap_or(0),
             }),
             _ => None,
         };
@@ -301,6 +311,13 @@ impl Config {
             None => Some(resource(v)?),
             Some(_) => {
                 only_for_one_namespace(v)?;
+                if m.get_one::<i32>("stats_fd").is_some() {
+                    return Err(Error::Config(
+                        "--shared-server counts each namespace into the statistics block its \
+                         spawner hands over with it: no --stats-fd"
+                            .into(),
+                    ));
+                }
                 None
             }
         };

@@ -580,3 +580,20 @@ fn the_example_file_loads_quietly() {
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
 }
+
+#[test]
+fn the_shared_server_refuses_a_statistics_fd_of_its_own() {
+    let e = err(&[
+        "--shared-server",
+        "/tmp/x",
+        "--control-fd",
+        "4",
+        "--stats-fd",
+        "5",
+    ]);
+    assert!(
+        e.contains("--shared-server") && e.contains("--stats-fd"),
+        "{e}"
+    );
+    assert_eq!(e.lines().count(), 1, "{e}");
+}

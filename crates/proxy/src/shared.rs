@@ -20,8 +20,19 @@
 //! |---|---|
 //! | `add KIND ID NETNS` + 1..=[`ns_netns::MAX_FDS`] listeners | `ok`, or `error REASON` |
 //! | `add KIND ID NETNS stats=1` + listeners + the namespace's statistics block last | as `add` |
+//! | `add-batch COUNT` + COUNT lines `KIND ID NETNS LISTENERS [stats=1]` + their descriptors | `ok COUNT`, or `refused R of COUNT` and a line `KIND ID REASON` for each refused one, or `error REASON` |
 //! | `remove KIND ID` | `ok` (stops accepting, lets its connections finish), or `error REASON` |
 //! | `list` | one `have KIND ID NETNS` + its listeners per namespace, then `end COUNT` |
+//!
+//! `add-batch` is how a restarted server gets thousands of namespaces back in a few messages
+//! (issue #20: kill -9 to answering again ≤ 50 ms at 2,000). Its lines are separated by `\n`;
+//! each says how many listeners (1..=[`ns_netns::MAX_FDS`]) are its own, and the descriptors
+//! come in line order (a line's listeners, then its statistics block with `stats=1`), at
+//! most [`ns_netns::SCM_MAX_FD`] in all, the message at most [`MAX_BATCH_MESSAGE`] bytes. A
+//! malformed batch (a bad line, a resource twice, descriptors that do not add up) is refused
+//! whole (`error REASON`, every descriptor closed); a well-formed one is applied line by line,
+//! each as `add` would, and the lines refused (no room, not a listening socket, a bad
+//! statistics block) are named in the answer (reasons cut to [`MAX_REASON`] characters).
 //!
 //! `KIND` is `router`, `network` or `ovn-network` ([`Kind::as_str`]); `ID` follows the
 //! contract's id rule; `NETNS` is the namespace's name, for logs only (the spawner checks a
@@ -42,7 +53,6 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::MetadataExt as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -58,8 +68,15 @@ use crate::server;
 use crate::state::Shared;
 use crate::stats::Stats;
 
-/// Longest control message (a request or an answer); a longer one is refused.
+/// Longest control message (a request or an answer) but an `add-batch` and its answer; a
+/// longer one is refused.
 pub const MAX_MESSAGE: usize = 1024;
+
+/// Longest `add-batch` request or answer: room for [`ns_netns::SCM_MAX_FD`] namespaces' lines.
+pub const MAX_BATCH_MESSAGE: usize = 64 * 1024;
+
+/// Longest reason given for one refused line of an `add-batch`, in characters.
+pub const MAX_REASON: usize = 120;
 
 /// The process-wide connection cap grows by this much per namespace served (and never past
 /// what the descriptor limit allows); each namespace keeps its own `max_connections` inside it.
@@ -73,6 +90,8 @@ pub struct SharedServer {
     pub state_dir: PathBuf,
     /// The inherited listening control socket.
     pub control_fd: i32,
+    /// `--shard N`: which of the spawner's servers (0 for the first, which has no flag).
+    pub shard: u16,
 }
 
 /// One request on the control socket, parsed.
@@ -84,24 +103,62 @@ pub enum Request {
         /// The last descriptor is the namespace's statistics block.
         stats: bool,
     },
+    /// Several namespaces, their descriptors in line order.
+    AddBatch(Vec<BatchItem>),
     Remove {
         resource: Resource,
     },
     List,
 }
 
+/// One line of an `add-batch`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchItem {
+    pub resource: Resource,
+    pub netns: String,
+    /// How many of the message's descriptors are this namespace's listeners.
+    pub listeners: usize,
+    /// Its statistics block follows its listeners.
+    pub stats: bool,
+}
+
+impl BatchItem {
+    /// How many descriptors this line takes.
+    pub fn fds(&self) -> usize {
+        self.listeners + usize::from(self.stats)
+    }
+
+    /// The line as `add-batch` carries it.
+    pub fn line(&self) -> String {
+        format!(
+            "{} {} {} {}{}",
+            self.resource.kind().as_str(),
+            self.resource.id(),
+            self.netns,
+            self.listeners,
+            if self.stats { " stats=1" } else { "" }
+        )
+    }
+}
+
+/// An `add-batch` message's text for `items` (lines in order).
+pub fn batch_message(items: &[BatchItem]) -> String {
+    let mut m = format!("add-batch {}", items.len());
+    for i in items {
+        m.push('\n');
+        m.push_str(&i.line());
+    }
+    m
+}
+
 impl Request {
     /// Parse one message's text: exact words, nothing left over.
     pub fn parse(msg: &[u8]) -> std::result::Result<Request, String> {
         let text = std::str::from_utf8(msg).map_err(|_| "not UTF-8".to_owned())?;
+        if let Some(rest) = text.strip_prefix("add-batch ") {
+            return parse_batch(rest).map(Request::AddBatch);
+        }
         let words: Vec<&str> = text.split(' ').collect();
-        let resource = |kind: &str, id: &str| -> std::result::Result<Resource, String> {
-            let kind = Kind::ALL
-                .into_iter()
-                .find(|k| k.as_str() == kind)
-                .ok_or_else(|| format!("unknown kind {kind:?}"))?;
-            Resource::new(kind, id).map_err(|e| e.to_string())
-        };
         let add = |kind: &str, id: &str, netns: &str, stats: bool| {
             ns_contract::validate_netns(netns).map_err(|e| e.to_string())?;
             Ok(Request::Add {
@@ -118,11 +175,89 @@ impl Request {
             }),
             ["list"] => Ok(Request::List),
             _ => Err(format!(
-                "expected `add KIND ID NETNS [stats=1]`, `remove KIND ID` or `list`, got {:?}",
+                "expected `add KIND ID NETNS [stats=1]`, `add-batch COUNT`, `remove KIND ID` \
+                 or `list`, got {:?}",
                 text.chars().take(80).collect::<String>()
             )),
         }
     }
+}
+
+fn resource(kind: &str, id: &str) -> std::result::Result<Resource, String> {
+    let kind = Kind::ALL
+        .into_iter()
+        .find(|k| k.as_str() == kind)
+        .ok_or_else(|| format!("unknown kind {kind:?}"))?;
+    Resource::new(kind, id).map_err(|e| e.to_string())
+}
+
+/// An `add-batch` after its first word: `COUNT`, then COUNT lines, each resource once, at
+/// most [`ns_netns::SCM_MAX_FD`] descriptors in all.
+fn parse_batch(rest: &str) -> std::result::Result<Vec<BatchItem>, String> {
+    let mut lines = rest.split('\n');
+    let count = lines.next().unwrap_or_default();
+    let count: usize = count
+        .parse()
+        .ok()
+        .filter(|c| (1..=ns_netns::SCM_MAX_FD).contains(c))
+        .ok_or_else(|| {
+            format!(
+                "add-batch: count {count:?} is not 1..={}",
+                ns_netns::SCM_MAX_FD
+            )
+        })?;
+    let mut items: Vec<BatchItem> = Vec::with_capacity(count);
+    let mut seen = std::collections::HashSet::with_capacity(count);
+    let mut fds = 0usize;
+    for (n, line) in lines.enumerate() {
+        let bad = |why: String| format!("add-batch line {}: {why}", n + 1);
+        let (words, stats) = match line.strip_suffix(" stats=1") {
+            Some(w) => (w, true),
+            None => (line, false),
+        };
+        let [kind, id, netns, listeners] = words.split(' ').collect::<Vec<_>>()[..] else {
+            return Err(bad(format!(
+                "expected `KIND ID NETNS LISTENERS [stats=1]`, got {:?}",
+                line.chars().take(80).collect::<String>()
+            )));
+        };
+        let resource = resource(kind, id).map_err(bad)?;
+        ns_contract::validate_netns(netns).map_err(|e| bad(e.to_string()))?;
+        let listeners: usize = listeners
+            .parse()
+            .ok()
+            .filter(|l| (1..=ns_netns::MAX_FDS).contains(l))
+            .ok_or_else(|| {
+                bad(format!(
+                    "listeners {listeners:?} is not 1..={}",
+                    ns_netns::MAX_FDS
+                ))
+            })?;
+        if !seen.insert(resource.clone()) {
+            return Err(bad(format!("{resource} twice")));
+        }
+        let item = BatchItem {
+            resource,
+            netns: netns.to_owned(),
+            listeners,
+            stats,
+        };
+        fds += item.fds();
+        items.push(item);
+    }
+    if items.len() != count {
+        return Err(format!(
+            "add-batch: {} lines, the count says {count}",
+            items.len()
+        ));
+    }
+    if fds > ns_netns::SCM_MAX_FD {
+        return Err(format!(
+            "add-batch: {fds} descriptors, at most {}",
+            ns_netns::SCM_MAX_FD
+        ));
+    }
+    Ok(items)
 }
 
 /// A namespace being served.
@@ -130,8 +265,6 @@ struct Served {
     netns: String,
     /// Our copies of its listeners, for `list` and to recognise a repeated `add`.
     listeners: Vec<OwnedFd>,
-    /// (device, inode) of each listener: same set = same sockets.
-    identity: Vec<(u64, u64)>,
     /// Its relay state (and statistics block); also read by the one housekeeping task of all
     /// namespaces.
     shared: Arc<Shared>,
@@ -143,6 +276,10 @@ struct Served {
 #[derive(Default)]
 struct Table {
     served: HashMap<Resource, Served>,
+    /// Descriptors the served namespaces hold: each listener twice (served, and our copy for
+    /// `list`). Kept as a count, so an `add` costs the same at the 2,000th namespace as at the
+    /// first (summing over the table made a replay O(N²)).
+    held: u64,
 }
 
 /// The namespaces one process serves, each with its own relay state, under one global
@@ -242,28 +379,24 @@ impl Namespaces {
         if fds.is_empty() {
             return Err("add needs at least one listener".into());
         }
-        let mut identity = Vec::with_capacity(fds.len());
         let mut listeners = Vec::with_capacity(fds.len());
         for fd in fds {
             let l = std::net::TcpListener::from(fd);
-            let meta = listening_tcp(&l)?;
-            identity.push(meta);
+            listening_tcp(&l)?;
             listeners.push(l);
         }
-        identity.sort_unstable();
         let mut table = self.table();
         if let Some(old) = table.served.get(&resource) {
-            if old.identity == identity {
+            // Only a repeated `add` compares sockets: a fresh server's replay of thousands
+            // of namespaces skips the fstats (issue #20: kill -9 to answering again).
+            let new = identity(listeners.iter().map(AsFd::as_fd))?;
+            if identity(old.listeners.iter().map(AsFd::as_fd))? == new {
                 return Ok(old.shared.clone());
             }
         }
-        // Each listener is held twice here (served, and our copy for `list`).
-        let held: u64 = table
-            .served
-            .values()
-            .map(|s| 2 * s.listeners.len() as u64)
-            .sum();
-        let need = held + 2 * identity.len() as u64 + RESERVED_FDS;
+        // Each listener is held twice here (served, and our copy for `list`); a replaced
+        // namespace's old sockets are still held until they drain.
+        let need = table.held + 2 * listeners.len() as u64 + RESERVED_FDS;
         if need > self.nofile {
             return Err(format!(
                 "no room for the sockets of another namespace: {} namespaces served, \
@@ -302,26 +435,30 @@ impl Namespaces {
             },
             self.grace,
         ));
+        table.held += 2 * copies.len() as u64;
         let replaced = table.served.insert(
             resource.clone(),
             Served {
                 netns: netns.clone(),
                 listeners: copies,
-                identity,
                 shared: shared.clone(),
                 stop: stop_tx,
                 task,
             },
         );
+        if let Some(old) = &replaced {
+            table.held = table.held.saturating_sub(2 * old.listeners.len() as u64);
+        }
         let count = table.served.len();
         drop(table);
         self.size_global(count);
+        // One line per request is the caller's (a batch of hundreds logs once).
         match replaced {
             Some(old) => {
-                tracing::info!(%resource, %netns, "namespace's sockets replaced");
+                tracing::debug!(%resource, %netns, "namespace's sockets replaced");
                 let _ = old.stop.send(());
             }
-            None => tracing::info!(%resource, %netns, namespaces = count, "serving namespace"),
+            None => tracing::debug!(%resource, %netns, namespaces = count, "serving namespace"),
         }
         Ok(shared)
     }
@@ -329,11 +466,15 @@ impl Namespaces {
     /// Stop serving `resource`: it stops accepting, its connections finish (up to the grace),
     /// our copies of its sockets close now.
     pub fn remove(&self, resource: &Resource) -> std::result::Result<(), String> {
-        let old = self
-            .table()
-            .served
-            .remove(resource)
-            .ok_or_else(|| format!("{resource} is not served"))?;
+        let old = {
+            let mut table = self.table();
+            let old = table
+                .served
+                .remove(resource)
+                .ok_or_else(|| format!("{resource} is not served"))?;
+            table.held = table.held.saturating_sub(2 * old.listeners.len() as u64);
+            old
+        };
         tracing::info!(%resource, netns = %old.netns, "namespace removed; its connections finish");
         // The task stops accepting and drains; our copies of its sockets close now.
         let _ = old.stop.send(());
@@ -344,7 +485,11 @@ impl Namespaces {
 
     /// Stop every namespace and wait for their connections (up to the grace each).
     pub async fn shutdown(&self) {
-        let all: Vec<Served> = self.table().served.drain().map(|(_, s)| s).collect();
+        let all: Vec<Served> = {
+            let mut table = self.table();
+            table.held = 0;
+            table.served.drain().map(|(_, s)| s).collect()
+        };
         let mut tasks = Vec::with_capacity(all.len());
         for s in all {
             let _ = s.stop.send(());
@@ -356,8 +501,8 @@ impl Namespaces {
     }
 }
 
-/// A TCP socket in the listening state, by (device, inode) of its socket inode.
-fn listening_tcp(l: &std::net::TcpListener) -> std::result::Result<(u64, u64), String> {
+/// Whether `l` is a TCP socket in the listening state.
+fn listening_tcp(l: &std::net::TcpListener) -> std::result::Result<(), String> {
     use nix::sys::socket::{getsockopt, sockopt};
     let listening = getsockopt(l, sockopt::AcceptConn).map_err(|e| format!("not a socket: {e}"))?;
     let ty = getsockopt(l, sockopt::SockType).map_err(|e| format!("socket type: {e}"))?;
@@ -366,14 +511,23 @@ fn listening_tcp(l: &std::net::TcpListener) -> std::result::Result<(u64, u64), S
     }
     l.local_addr()
         .map_err(|e| format!("not a TCP socket: {e}"))?;
-    let meta = std::fs::File::from(
-        l.as_fd()
-            .try_clone_to_owned()
-            .map_err(|e| format!("dup: {e}"))?,
-    )
-    .metadata()
-    .map_err(|e| format!("fstat: {e}"))?;
-    Ok((meta.dev(), meta.ino()))
+    Ok(())
+}
+
+/// The sockets `fds` are, as the sorted (device, inode) of their socket inodes: the same set
+/// means the same sockets.
+fn identity<'a>(
+    fds: impl Iterator<Item = std::os::fd::BorrowedFd<'a>>,
+) -> std::result::Result<Vec<(u64, u64)>, String> {
+    let mut ids = fds
+        .map(|fd| {
+            nix::sys::stat::fstat(fd)
+                .map(|st| (st.st_dev, st.st_ino))
+                .map_err(|e| format!("fstat: {e}"))
+        })
+        .collect::<std::result::Result<Vec<_>, String>>()?;
+    ids.sort_unstable();
+    Ok(ids)
 }
 
 /// Take the inherited control socket: a listening `SOCK_SEQPACKET` Unix socket.
@@ -474,7 +628,7 @@ async fn control_connection(server: Arc<Namespaces>, starting_uid: u32, conn: Un
             return;
         }
     }
-    let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut buf = vec![0u8; MAX_BATCH_MESSAGE];
     loop {
         let (n, fds) = match recv(&conn, &mut buf).await {
             Ok(x) => x,
@@ -488,14 +642,23 @@ async fn control_connection(server: Arc<Namespaces>, starting_uid: u32, conn: Un
         }
         let answer = match Request::parse(&buf[..n]) {
             Err(e) => format!("error {e}"),
+            Ok(Request::Add { .. }) | Ok(Request::Remove { .. }) | Ok(Request::List)
+                if n > MAX_MESSAGE =>
+            {
+                format!("error a request other than add-batch has at most {MAX_MESSAGE} bytes")
+            }
             Ok(Request::Add {
                 resource,
                 netns,
                 stats,
-            }) => match add(&server, resource, netns, fds, stats) {
-                Ok(()) => "ok".to_owned(),
+            }) => match add(&server, resource.clone(), netns.clone(), fds, stats) {
+                Ok(()) => {
+                    tracing::info!(%resource, %netns, namespaces = server.len(), "serving namespace");
+                    "ok".to_owned()
+                }
                 Err(e) => format!("error {e}"),
             },
+            Ok(Request::AddBatch(items)) => add_batch(&server, items, fds),
             Ok(Request::Remove { resource }) if fds.is_empty() => match server.remove(&resource) {
                 Ok(()) => "ok".to_owned(),
                 Err(e) => format!("error {e}"),
@@ -524,6 +687,13 @@ fn add(
     mut fds: Vec<OwnedFd>,
     stats: bool,
 ) -> std::result::Result<(), String> {
+    if fds.len() > ns_netns::MAX_FDS + usize::from(stats) {
+        return Err(format!(
+            "{} descriptors, a namespace has at most {} listeners",
+            fds.len(),
+            ns_netns::MAX_FDS
+        ));
+    }
     let stats = if stats {
         if fds.len() < 2 {
             return Err("add stats=1 needs the listeners and then the statistics block".into());
@@ -538,6 +708,58 @@ fn add(
         Stats::default()
     };
     server.add(resource, netns, fds, stats).map(drop)
+}
+
+/// `add-batch`: each line as `add` would, in order; the answer names the lines refused. A
+/// batch whose descriptors do not add up is refused whole (they all close).
+fn add_batch(server: &Namespaces, items: Vec<BatchItem>, fds: Vec<OwnedFd>) -> String {
+    let want: usize = items.iter().map(BatchItem::fds).sum();
+    if fds.len() != want {
+        return format!(
+            "error add-batch: {} descriptors attached, its lines name {want}",
+            fds.len()
+        );
+    }
+    let count = items.len();
+    let mut fds = fds.into_iter();
+    let mut refused = Vec::new();
+    for item in items {
+        let mine: Vec<OwnedFd> = fds.by_ref().take(item.fds()).collect();
+        if let Err(why) = add(
+            server,
+            item.resource.clone(),
+            item.netns.clone(),
+            mine,
+            item.stats,
+        ) {
+            tracing::warn!(resource = %item.resource, netns = %item.netns, err = %why, "add-batch: namespace refused");
+            refused.push(format!(
+                "{} {} {}",
+                item.resource.kind().as_str(),
+                item.resource.id(),
+                why.chars().take(MAX_REASON).collect::<String>()
+            ));
+        }
+    }
+    tracing::debug!(
+        batch = count,
+        refused = refused.len(),
+        namespaces = server.len(),
+        "add-batch"
+    );
+    if refused.is_empty() {
+        return format!("ok {count}");
+    }
+    let mut answer = format!("refused {} of {count}", refused.len());
+    for line in refused {
+        // Every line fits (SCM_MAX_FD lines of at most ~200 bytes); never send a longer one.
+        if answer.len() + 1 + line.len() > MAX_BATCH_MESSAGE {
+            break;
+        }
+        answer.push('\n');
+        answer.push_str(&line);
+    }
+    answer
 }
 
 /// `list`: one `have` message with its listeners per namespace; returns how many.
@@ -568,8 +790,10 @@ async fn list(server: &Namespaces, conn: &UnixDatagram) -> io::Result<usize> {
 }
 
 async fn recv(conn: &UnixDatagram, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
-    conn.async_io(Interest::READABLE, || ns_netns::recv_fds(conn.as_fd(), buf))
-        .await
+    conn.async_io(Interest::READABLE, || {
+        ns_netns::recv_fds_upto(conn.as_fd(), buf, ns_netns::SCM_MAX_FD)
+    })
+    .await
 }
 
 async fn send(
@@ -635,6 +859,68 @@ mod tests {
         ] {
             let e = Request::parse(msg).expect_err("bad");
             assert!(e.contains(why), "{msg:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn batches_parse_exactly_and_round_trip() {
+        let items = vec![
+            BatchItem {
+                resource: router("r-1"),
+                netns: "qrouter-r-1".into(),
+                listeners: 2,
+                stats: true,
+            },
+            BatchItem {
+                resource: Resource::new(Kind::Network, "n-1").expect("id"),
+                netns: "qdhcp-n-1".into(),
+                listeners: 1,
+                stats: false,
+            },
+        ];
+        let msg = batch_message(&items);
+        assert_eq!(
+            msg,
+            "add-batch 2\nrouter r-1 qrouter-r-1 2 stats=1\nnetwork n-1 qdhcp-n-1 1"
+        );
+        assert_eq!(Request::parse(msg.as_bytes()), Ok(Request::AddBatch(items)));
+    }
+
+    #[test]
+    fn bad_batches_say_why() {
+        let many = (0..254)
+            .map(|i| format!("\nrouter r-{i} qrouter-r-{i} 1"))
+            .collect::<String>();
+        let fds_over = (0..130)
+            .map(|i| format!("\nrouter r-{i} qrouter-r-{i} 1 stats=1"))
+            .collect::<String>();
+        for (msg, why) in [
+            ("add-batch 0".to_owned(), "count \"0\""),
+            ("add-batch x\nrouter r-1 ns 1".into(), "count \"x\""),
+            (
+                "add-batch 2\nrouter r-1 ns 1".into(),
+                "1 lines, the count says 2",
+            ),
+            ("add-batch 1\nrouter r-1 ns 1\n".into(), "line 2: expected"),
+            ("add-batch 1\nrouter r-1 ns".into(), "line 1: expected"),
+            ("add-batch 1\nrouter r-1 ns 0".into(), "listeners \"0\""),
+            ("add-batch 1\nrouter r-1 ns 17".into(), "listeners \"17\""),
+            ("add-batch 1\nrouter r-1 ns 1 stats=0".into(), "expected"),
+            ("add-batch 1\nvpc r-1 ns 1".into(), "unknown kind"),
+            ("add-batch 1\nrouter r/1 ns 1".into(), "r/1"),
+            ("add-batch 1\nrouter r-1 ../x 1".into(), ".."),
+            (
+                "add-batch 2\nrouter r-1 a 1\nrouter r-1 b 1".into(),
+                "line 2: router r-1 twice",
+            ),
+            (format!("add-batch 254{many}"), "count \"254\""),
+            (
+                format!("add-batch 130{fds_over}"),
+                "260 descriptors, at most 253",
+            ),
+        ] {
+            let e = Request::parse(msg.as_bytes()).expect_err("bad");
+            assert!(e.contains(why), "{msg:.60}: {e}");
         }
     }
 

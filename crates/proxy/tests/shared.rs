@@ -281,6 +281,7 @@ fn options_for_one_namespace_are_refused_with_the_shared_server() {
         &["--netns", "qrouter-r-1"],
         &["--bind", "127.0.0.1:9"],
         &["--daemonize"],
+        &["--stats-fd", "5"],
     ] {
         let out = Command::new(bin_path("ns-metadata-proxy"))
             .arg("--shared-server")
@@ -377,4 +378,66 @@ fn a_namespace_handed_over_with_its_block_counts_its_answers_into_it() {
     assert_eq!(read.load(layout::class_slot(200)), 3);
     assert_eq!(read.load(layout::error_slot(400).expect("400")), 1);
     assert_eq!(read.load(layout::SLOT_CONN_ACCEPTED), 4);
+}
+
+#[test]
+fn a_batch_serves_many_namespaces_in_one_message_and_names_what_it_refused() {
+    use ns_metadata_proxy::shared::{batch_message, BatchItem};
+    let dir = TempDir::new("shared-batch");
+    let agent = StandIn::start(Behave::Headers);
+    let control = ControlSocket::new(dir.path());
+    let _server = start_server(dir.path(), &control, agent.path(), &[]);
+    let c = control.connect();
+    let item = |i: usize| BatchItem {
+        resource: ns_contract::Resource::new(ns_contract::Kind::Router, format!("r-{i}"))
+            .expect("id"),
+        netns: format!("qrouter-r-{i}"),
+        listeners: 1,
+        stats: false,
+    };
+    let listeners: Vec<_> = (0..100).map(|_| loopback_listener()).collect();
+    let items: Vec<_> = (0..100).map(item).collect();
+    // Line 7 gets a socket that is not listening: refused alone, named in the answer.
+    let (not_listening, _peer) = std::os::unix::net::UnixStream::pair().expect("pair");
+    let mut fds: Vec<BorrowedFd<'_>> = listeners.iter().map(AsFd::as_fd).collect();
+    fds[7] = not_listening.as_fd();
+
+    // Descriptors that do not add up: the whole batch refused, nothing served.
+    let a = c.ask(&batch_message(&items), &fds[..99]);
+    assert!(
+        a.starts_with("error ") && a.contains("99 descriptors"),
+        "{a}"
+    );
+    ns_netns::send_fds(c.0.as_fd(), b"list", &[]).expect("list");
+    assert_eq!(c.answer().0, "end 0");
+
+    let a = c.ask(&batch_message(&items), &fds);
+    let mut lines = a.lines();
+    assert_eq!(lines.next(), Some("refused 1 of 100"), "{a}");
+    let line = lines.next().expect("the refused line");
+    assert!(
+        line.starts_with("router r-7 ") && line.contains("listening TCP socket"),
+        "{line}"
+    );
+    assert_eq!(lines.next(), None);
+    for i in [0, 6, 8, 99] {
+        let body = get(listeners[i].local_addr().expect("addr")).expect("answered");
+        assert!(body.contains(&format!("router=r-{i} ")), "{body}");
+    }
+    // The same batch again (a restarted spawner): a no-op but for the line now right.
+    fds[7] = listeners[7].as_fd();
+    assert_eq!(c.ask(&batch_message(&items), &fds), "ok 100");
+    assert!(
+        get(listeners[7].local_addr().expect("addr")).is_some_and(|t| t.contains("router=r-7 "))
+    );
+    ns_netns::send_fds(c.0.as_fd(), b"list", &[]).expect("list");
+    let mut n = 0;
+    while !c.answer().0.starts_with("end ") {
+        n += 1;
+    }
+    assert_eq!(n, 100);
+    // Other sockets for a namespace served: they replace its old ones.
+    let other = loopback_listener();
+    assert_eq!(c.ask("add router r-0 qrouter-r-0", &[other.as_fd()]), "ok");
+    assert!(get(other.local_addr().expect("addr")).is_some_and(|t| t.contains("router=r-0 ")));
 }

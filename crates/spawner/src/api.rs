@@ -29,6 +29,9 @@ pub struct StatusReply {
     pub agent: AgentStatus,
     pub records: RecordsState,
     pub proxies: Vec<ProxyStatus>,
+    /// The shared servers (`proxy_model = shared`); left out in the per-namespace model.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<crate::shared_model::ServerStatus>,
 }
 
 /// Largest request body accepted (a network with many ports fits easily).
@@ -252,6 +255,7 @@ pub async fn handle<P: Platform>(
                     agent,
                     records: sup.records_state(),
                     proxies: sup.status(),
+                    servers: sup.servers(),
                 },
             )
         }
@@ -333,21 +337,25 @@ pub async fn handle<P: Platform>(
                 ),
             }
         }
+        (["v1", "shared-servers", shard, "restart"], &Method::POST) => {
+            let Ok(shard) = shard.parse::<usize>() else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("shared server {shard:?}: not a number"),
+                );
+            };
+            match sup.restart_server(shard).await {
+                Ok(done) => json(StatusCode::OK, &done),
+                Err(e) => error(restart_code(&e), e),
+            }
+        }
         (["v1", "proxies", id, "restart"], &Method::POST) => {
             if let Err(e) = validate_id(id) {
                 return error(StatusCode::BAD_REQUEST, e);
             }
             match sup.restart(id).await {
                 Ok(done) => json(StatusCode::OK, &done),
-                Err(e) => {
-                    let code = match e {
-                        RestartError::Unknown(_) => StatusCode::NOT_FOUND,
-                        RestartError::NotRunning(_) => StatusCode::CONFLICT,
-                        RestartError::Shared => StatusCode::NOT_IMPLEMENTED,
-                        RestartError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
-                    };
-                    error(code, e)
-                }
+                Err(e) => error(restart_code(&e), e),
             }
         }
         (["v1", "networks", id, "host-routes"], &Method::GET) => {
@@ -364,12 +372,23 @@ pub async fn handle<P: Platform>(
             | ["v1", "proxies" | "status"]
             | ["v1", "routers" | "networks"]
             | ["v1", "networks", _, "host-routes"]
-            | ["v1", "proxies", _, "restart"],
+            | ["v1", "proxies", _, "restart"]
+            | ["v1", "shared-servers", _, "restart"],
             m,
         ) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{m} not allowed on {path}"),
         ),
         _ => error(StatusCode::NOT_FOUND, format!("no such resource {path}")),
+    }
+}
+
+/// The HTTP status of a failed restart.
+fn restart_code(e: &RestartError) -> StatusCode {
+    match e {
+        RestartError::Unknown(_) => StatusCode::NOT_FOUND,
+        RestartError::NotRunning(_) => StatusCode::CONFLICT,
+        RestartError::Shared => StatusCode::NOT_IMPLEMENTED,
+        RestartError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -100,8 +100,9 @@ pub enum Command {
     #[command(subcommand)]
     Network(NetworkCmd),
     /// Whether the agent socket is reachable, and every proxy: namespace, id, state, pid,
-    /// restarts, last error. Exit status 0 when every proxy runs, 3 when one does not
-    /// (waiting, starting, in backoff), 1 on an error.
+    /// restarts, last error; in the shared model also each shared server: state, pid,
+    /// namespaces handed to it, restarts, last error. Exit status 0 when every proxy (and
+    /// server) runs, 3 when one does not (waiting, starting, in backoff), 1 on an error.
     Status {
         /// Print the JSON of GET /v1/status (`{"agent": ..., "proxies": [...]}`) instead.
         #[arg(long)]
@@ -131,7 +132,8 @@ pub enum Command {
         /// The proxy's key: the router or network id.
         id: Option<String>,
         /// Every running proxy, one at a time (each one ready before the next); proxies
-        /// that are not running are skipped and listed.
+        /// that are not running are skipped and listed. In the shared model: each shared
+        /// server once (it hands every namespace to its successor).
         #[arg(long)]
         all: bool,
     },
@@ -258,7 +260,11 @@ async fn restart_cmd(sock: &std::path::Path, id: Option<&str>, all: bool) -> Res
         out(&restart_one(sock, id).await?)?;
         return Ok(0);
     }
-    let list = get_json(sock, "/v1/proxies").await?;
+    let status = get_json(sock, "/v1/status").await?;
+    if let Some(servers) = status["servers"].as_array().filter(|s| !s.is_empty()) {
+        return restart_servers(sock, servers).await;
+    }
+    let list = &status["proxies"];
     let (mut done, mut failed) = (0usize, 0usize);
     for p in list.as_array().into_iter().flatten() {
         let key = cell(&p["key"]);
@@ -284,6 +290,44 @@ async fn restart_cmd(sock: &std::path::Path, id: Option<&str>, all: bool) -> Res
     Ok(if failed == 0 { 0 } else { 1 })
 }
 
+/// `restart --all` in the shared model: each shared server replaced once (it hands every
+/// namespace it serves to its successor), not once per namespace.
+async fn restart_servers(sock: &std::path::Path, servers: &[serde_json::Value]) -> Result<u8> {
+    let (mut done, mut failed) = (0usize, 0usize);
+    for s in servers {
+        let shard = cell(&s["shard"]);
+        let (st, b) = call(
+            sock,
+            Method::POST,
+            &format!("/v1/shared-servers/{shard}/restart"),
+            None,
+        )
+        .await?;
+        match check(st, &b).and_then(|()| {
+            serde_json::from_slice::<serde_json::Value>(&b)
+                .map_err(|e| Error::Invalid(format!("restart reply: {e}")))
+        }) {
+            Ok(v) => {
+                done += 1;
+                out(&format!(
+                    "restarted shared server {shard}: pid {} -> {} ({})\n",
+                    cell(&v["old_pid"]),
+                    cell(&v["new_pid"]),
+                    cell(&v["note"])
+                ))?;
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("ns-metadata-spawner: shared server {shard}: {e}");
+            }
+        }
+    }
+    out(&format!(
+        "{done} shared servers restarted, {failed} failed\n"
+    ))?;
+    Ok(if failed == 0 { 0 } else { 1 })
+}
+
 /// Restart one proxy; the line that says how.
 async fn restart_one(sock: &std::path::Path, id: &str) -> Result<String> {
     let (st, b) = call(
@@ -299,7 +343,8 @@ async fn restart_one(sock: &std::path::Path, id: &str) -> Result<String> {
     let how = match (v["method"].as_str(), v["note"].as_str()) {
         (Some("takeover"), _) => "socket takeover, nothing lost".to_owned(),
         (Some("shared-server"), _) => {
-            "the shared server replaced for every namespace, sockets handed over, nothing lost"
+            "the shared server replaced for every namespace of its shard, sockets handed over, \
+             nothing lost"
                 .to_owned()
         }
         (_, Some(why)) => format!("stopped and started, connections meanwhile refused: {why}"),
@@ -372,7 +417,8 @@ async fn status(sock: &std::path::Path, json: bool) -> Result<u8> {
     let all_running = reply
         .proxies
         .iter()
-        .all(|p| p.get("state").and_then(serde_json::Value::as_str) == Some("running"));
+        .all(|p| p.get("state").and_then(serde_json::Value::as_str) == Some("running"))
+        && reply.servers.iter().all(|s| s.state == "running");
     if json {
         out(&format!("{}\n", String::from_utf8_lossy(&b)))?;
     } else {
@@ -383,8 +429,13 @@ async fn status(sock: &std::path::Path, json: bool) -> Result<u8> {
             .summary()
             .map(|r| format!("{r}\n"))
             .unwrap_or_default();
+        let servers = if reply.servers.is_empty() {
+            String::new()
+        } else {
+            format!("\n{}", servers_table(&reply.servers))
+        };
         out(&format!(
-            "{}\n{}\n{records}",
+            "{}{servers}\n{}\n{records}",
             status_table(&reply.proxies),
             reply.agent.summary()
         ))?;
@@ -615,6 +666,8 @@ struct StatusReplyOwned {
     #[serde(default)]
     records: crate::supervisor::RecordsState,
     proxies: Vec<serde_json::Value>,
+    #[serde(default)]
+    servers: Vec<crate::shared_model::ServerStatus>,
 }
 
 /// Format `GET /v1/proxies` as an aligned table.
@@ -648,6 +701,36 @@ pub fn status_table(list: &[serde_json::Value]) -> String {
             s(p, "pid"),
             s(p, "restarts"),
             s(p, "last_error"),
+        ]);
+    }
+    table(rows)
+}
+
+/// The shared servers as an aligned table (under the proxies' in `status`).
+pub fn servers_table(list: &[crate::shared_model::ServerStatus]) -> String {
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
+    let mut rows = vec![[
+        "SHARED SERVER",
+        "STATE",
+        "PID",
+        "NAMESPACES",
+        "RESTARTS",
+        "LAST ERROR",
+    ]
+    .map(str::to_owned)
+    .to_vec()];
+    for s in list {
+        let mut state = s.state.clone();
+        if s.adopted {
+            state.push_str(" (adopted)");
+        }
+        rows.push(vec![
+            s.shard.to_string(),
+            state,
+            opt(s.pid.map(|p| p.to_string())),
+            s.namespaces.to_string(),
+            s.restarts.to_string(),
+            opt(s.last_error.clone()),
         ]);
     }
     table(rows)
@@ -687,6 +770,36 @@ fn table(rows: Vec<Vec<String>>) -> String {
 mod tests {
     use super::*;
     use std::path::PathBuf;
+
+    #[test]
+    fn the_servers_table_has_a_line_per_server() {
+        let s = crate::shared_model::ServerStatus {
+            shard: 0,
+            state: "running".into(),
+            pid: Some(4242),
+            namespaces: 2000,
+            restarts: 1,
+            last_error: Some("shared server killed by signal 9".into()),
+            adopted: true,
+        };
+        let t = servers_table(&[s]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 2, "{t}");
+        assert!(lines[0].starts_with("SHARED SERVER  STATE"), "{t}");
+        let cells: Vec<&str> = lines[1].split("  ").filter(|c| !c.is_empty()).collect();
+        assert_eq!(
+            cells.iter().map(|c| c.trim()).collect::<Vec<_>>(),
+            [
+                "0",
+                "running (adopted)",
+                "4242",
+                "2000",
+                "1",
+                "shared server killed by signal 9"
+            ],
+            "{t}"
+        );
+    }
 
     #[test]
     fn status_table_aligns_and_marks_adopted() {

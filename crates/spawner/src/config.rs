@@ -180,6 +180,13 @@ static OPTS: &[Opt] = &[
     .default("per-namespace"),
     Opt::new(
         GROUP,
+        "shared_servers",
+        Kind::Int { min: 1, max: 64 },
+        "With proxy_model = shared: how many server processes (shards) serve the namespaces, each namespace on the one a hash of its key picks (the same after a restart); read at start",
+    )
+    .default("1"),
+    Opt::new(
+        GROUP,
         "source",
         Kind::Choice(&SOURCES),
         "Where records come from besides the control API and records_file: ovn = the OVN Southbound database ([ovn] ovn_sb_connection) builds ovnmeta- namespaces",
@@ -283,6 +290,8 @@ pub struct Config {
     pub metrics_bind: Option<std::net::SocketAddr>,
     /// `[spawner] proxy_model`.
     pub proxy_model: ProxyModel,
+    /// `[spawner] shared_servers`: shards of the shared model (1..=64).
+    pub shared_servers: usize,
     /// `[spawner] source = ovn`: the databases of the OVN source (`None`: records only).
     pub ovn: Option<crate::ovn_source::OvnOptions>,
 }
@@ -356,6 +365,7 @@ impl Config {
                 "shared" => ProxyModel::Shared,
                 _ => ProxyModel::PerNamespace,
             },
+            shared_servers: v.int(GROUP, "shared_servers")?,
             ovn: match v.choice(GROUP, "source")? {
                 "ovn" => {
                     let sb = v.str(OVN, "ovn_sb_connection")?;

@@ -145,20 +145,29 @@ fn port80_listeners(proc: &str) -> Vec<u64> {
         .collect()
 }
 
-/// The state dir of the shared server `pid` is (`--shared-server DIR` in its argv), if it is one.
-fn shared_server_dir(pid: u32) -> Option<std::path::PathBuf> {
+/// The state dir and shard of the shared server `pid` is (`--shared-server DIR` and
+/// `--shard N`, none for the first, in its argv), if it is one.
+fn shared_server_dir(pid: u32) -> Option<(std::path::PathBuf, usize)> {
     let argv = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let words: Vec<&[u8]> = argv.split(|&b| b == 0).collect();
-    words
+    let dir = words
         .windows(2)
         .find(|w| w[0] == b"--shared-server")
-        .map(|w| std::path::PathBuf::from(String::from_utf8_lossy(w[1]).into_owned()))
+        .map(|w| std::path::PathBuf::from(String::from_utf8_lossy(w[1]).into_owned()))?;
+    let shard = match words.windows(2).find(|w| w[0] == b"--shard") {
+        None => 0,
+        Some(w) => std::str::from_utf8(w[1]).ok()?.parse().ok()?,
+    };
+    Some((dir, shard))
 }
 
-/// Whether `pid` is the shared server its state dir's pid file names (same pid, same start
-/// time): the reason when not.
-fn is_recorded_server(pid: u32, dir: &std::path::Path) -> std::result::Result<(), String> {
-    let file = dir.join(crate::shared_model::PID_FILE);
+/// Whether `pid` is the shared server its state dir's pid file (of its shard) names (same
+/// pid, same start time): the reason when not.
+fn is_recorded_server(
+    pid: u32,
+    (dir, shard): &(std::path::PathBuf, usize),
+) -> std::result::Result<(), String> {
+    let file = dir.join(crate::shared_model::ShardFiles::of(*shard).pid);
     let text = match crate::statedir::read_nofollow(&file, 64) {
         Ok(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
         Ok(None) => return Err(format!("{} is missing", file.display())),

@@ -91,11 +91,25 @@ pub fn render<P: Platform>(sup: &Supervisor<P>, agent: &AgentStatus) -> String {
     if cfg.proxy_model == crate::config::ProxyModel::Shared {
         let _ = writeln!(
             s,
-            "# HELP ns_metadata_shared_server_up 1 if the shared proxy server is up and serving \
-             (proxy_model = shared).\n# TYPE ns_metadata_shared_server_up gauge"
+            "# HELP ns_metadata_shared_server_up 1 if the shared proxy server (shard) is up and \
+             serving (proxy_model = shared).\n# TYPE ns_metadata_shared_server_up gauge\n\
+             # HELP ns_metadata_shared_server_namespaces Namespaces handed to the shared proxy \
+             server (shard).\n# TYPE ns_metadata_shared_server_namespaces gauge\n\
+             # HELP ns_metadata_shared_server_restarts_total Deaths and failed starts of the \
+             shared proxy server (shard) since this supervisor started.\n\
+             # TYPE ns_metadata_shared_server_restarts_total counter"
         );
-        let up = sup.shared_server().and_then(|h| h.pid()).is_some();
-        let _ = writeln!(s, "ns_metadata_shared_server_up {}", u8::from(up));
+        for st in sup.servers() {
+            let shard = st.shard;
+            let up = u8::from(st.pid.is_some());
+            let _ = writeln!(
+                s,
+                "ns_metadata_shared_server_up{{shard=\"{shard}\"}} {up}\n\
+                 ns_metadata_shared_server_namespaces{{shard=\"{shard}\"}} {}\n\
+                 ns_metadata_shared_server_restarts_total{{shard=\"{shard}\"}} {}",
+                st.namespaces, st.restarts
+            );
+        }
     }
     if cfg.proxy_metrics {
         let keys: Vec<(String, ns_contract::Kind)> =

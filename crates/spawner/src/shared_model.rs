@@ -13,10 +13,18 @@
 //!   namespace uses a socket it got back only when the socket's own namespace
 //!   (`SIOCGSKNS`) is the record's namespace now and its address is the metadata address;
 //!   otherwise the server is told to drop it and the namespace binds afresh.
-//! - A graceful restart ([`SharedServer::replace`]) starts a new server on a fresh control
-//!   socket, hands it every socket, waits for its READY, and only then SIGTERMs the old one,
-//!   which stops accepting and finishes what it has: both accept from the same listening
-//!   sockets meanwhile, so no connection is refused or lost.
+//! - A graceful restart ([`SharedServer::replace`]) starts a new server on a control socket
+//!   of its own (`shared.sock.next`), waits for its READY, hands it every socket, and only
+//!   then renames that socket over `shared.sock`, points the pid file at it and SIGTERMs the
+//!   old one, which stops accepting and finishes what it has: both accept from the same
+//!   listening sockets meanwhile, so no connection is refused or lost. A replacement that
+//!   fails before that leaves the old server, its control socket path and pid file as they
+//!   were (a restarted spawner still takes it over).
+//! - With `shared_servers = N` there are N such servers ([`SharedServers`], shards), each
+//!   with its own files ([`ShardFiles`]) and `--shard` in its argv; a namespace is served by
+//!   the one [`shard_of`] its key picks. The control-socket client and the replay in
+//!   `add-batch` messages are in `shared_control.rs`, the task per namespace in
+//!   `shared_task.rs`.
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -33,42 +41,114 @@ use crate::config::Config;
 use crate::decide::ProxySpec;
 use crate::launch::{self, Running, READY_FD};
 use crate::pidfile;
-use crate::platform::{Opened, Platform};
 use crate::proxy_stats::Gauge;
-use crate::proxy_task::{Start, Task};
-use crate::status::Status;
 use crate::{Error, Result};
 
-/// The control socket in the state directory.
+/// The (first) server's control socket in the state directory.
 pub const CONTROL_SOCKET: &str = "shared.sock";
-/// The server's pid file in the state directory: `pid starttime`.
+/// The (first) server's pid file in the state directory: `pid starttime`.
 pub const PID_FILE: &str = "shared-server.pid";
 /// Where the server finds the control socket (after the readiness pipe on 3).
 const CONTROL_FD: i32 = 4;
-/// Longest control message.
-const MAX_MESSAGE: usize = 1024;
+use crate::shared_control::{answer, ask, connect, control_listener, replay};
+use ns_metadata_proxy::shared::{BatchItem, MAX_MESSAGE};
 
-/// The server's arguments (without the program): the proxy options every proxy gets, no
-/// id and no binds.
-pub fn server_args(cfg: &Config) -> Vec<String> {
+/// A shard's files in the state directory. The first keeps a single server's names
+/// (`shared.sock`, `shared-server.pid`), so raising `shared_servers` from 1 takes the running
+/// server over as shard 0; shard N has `shared-N.sock` and `shared-server-N.pid`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardFiles {
+    /// The control socket.
+    pub control: String,
+    /// A replacement server's control socket until it has every socket.
+    pub next: String,
+    /// The pid file (`pid starttime`).
+    pub pid: String,
+}
+
+impl ShardFiles {
+    pub fn of(shard: usize) -> ShardFiles {
+        if shard == 0 {
+            return ShardFiles {
+                control: CONTROL_SOCKET.to_owned(),
+                next: format!("{CONTROL_SOCKET}.next"),
+                pid: PID_FILE.to_owned(),
+            };
+        }
+        ShardFiles {
+            control: format!("shared-{shard}.sock"),
+            next: format!("shared-{shard}.sock.next"),
+            pid: format!("shared-server-{shard}.pid"),
+        }
+    }
+}
+
+/// The shard serving the namespace keyed `key`, of `shards`: a fixed hash (FNV-1a), so a
+/// restarted spawner (or another build) finds every namespace on the same shard.
+pub fn shard_of(key: &str, shards: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    usize::try_from(h % shards.max(1) as u64).unwrap_or(0)
+}
+
+/// A server's arguments (without the program): the proxy options every proxy gets, no id
+/// and no binds; `--shard N` for all but the first (argv is its identity).
+pub fn server_args(cfg: &Config, shard: usize) -> Vec<String> {
     let mut a = vec![
         "--shared-server".to_owned(),
         cfg.state_dir.display().to_string(),
         "--control-fd".to_owned(),
         CONTROL_FD.to_string(),
     ];
+    if shard > 0 {
+        a.extend(["--shard".to_owned(), shard.to_string()]);
+    }
     a.extend(launch::shared_args(cfg));
     a
 }
 
-/// A namespace's entry: the `add` request and our copies of its sockets.
+/// A namespace's entry: what its `add` says and our copies of its sockets (shared with a
+/// replay in progress, which borrows them: a message carries its own references).
 struct Entry {
-    request: String,
-    fds: Vec<OwnedFd>,
+    item: BatchItem,
+    fds: Arc<Vec<OwnedFd>>,
+}
+
+/// What `status` says of a shared server (`GET /v1/status` `servers`, one per server).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ServerStatus {
+    /// Which server (0 with one).
+    pub shard: usize,
+    /// `starting`, `running`, `restarting` (died; the next one is being started), `backoff`
+    /// (a start failed; retried after a delay) or `stopped`.
+    pub state: String,
+    pub pid: Option<u32>,
+    /// Namespaces handed to it (the spawner's entries; one it refused is logged).
+    pub namespaces: usize,
+    /// Deaths and failed starts (a graceful `restart` is not counted).
+    pub restarts: u64,
+    pub last_error: Option<String>,
+    /// Taken over from a previous spawner (not started by this one).
+    pub adopted: bool,
+}
+
+/// The parts of [`ServerStatus`] the manager keeps.
+#[derive(Default)]
+struct Health {
+    state: &'static str,
+    restarts: u64,
+    last_error: Option<String>,
+    adopted: bool,
 }
 
 struct Inner {
     cfg: Arc<Config>,
+    shard: usize,
+    files: ShardFiles,
+    health: Mutex<Health>,
     entries: Mutex<BTreeMap<String, Entry>>,
     /// The control connection while a server is up (one request at a time).
     control: tokio::sync::Mutex<Option<UnixDatagram>>,
@@ -101,11 +181,17 @@ fn tag(spec: &ProxySpec) -> String {
 impl SharedServer {
     /// Take over the server of a previous spawner of this state dir if one runs and is
     /// provably ours, else start one; then keep it running.
-    pub async fn start(cfg: Arc<Config>) -> SharedServer {
+    pub async fn start(cfg: Arc<Config>, shard: usize) -> SharedServer {
         let (up, _) = watch::channel(None);
         let (replace, replace_rx) = tokio::sync::mpsc::channel(1);
         let inner = Arc::new(Inner {
             cfg: Arc::clone(&cfg),
+            shard,
+            files: ShardFiles::of(shard),
+            health: Mutex::new(Health {
+                state: "starting",
+                ..Health::default()
+            }),
             entries: Mutex::new(BTreeMap::new()),
             control: tokio::sync::Mutex::new(None),
             up,
@@ -114,21 +200,25 @@ impl SharedServer {
             manager: Mutex::new(None),
             replace,
         });
-        let adopted = match take_over(&cfg).await {
+        let adopted = match take_over(&cfg, shard).await {
             Ok(Some((running, pid, conn, taken))) => {
                 tracing::info!(
                     pid,
+                    shard,
                     namespaces = taken.len(),
                     "took over the running shared server and its sockets"
                 );
                 *lock(&inner.taken) = taken;
                 *inner.control.lock().await = Some(conn);
                 inner.up.send_replace(Some(pid));
+                let mut h = lock(&inner.health);
+                h.state = "running";
+                h.adopted = true;
                 Some(running)
             }
             Ok(None) => None,
             Err(e) => {
-                tracing::warn!(err = %e, "cannot take over the shared server of the previous run; starting a new one");
+                tracing::warn!(err = %e, shard, "cannot take over the shared server of the previous run; starting a new one");
                 None
             }
         };
@@ -162,6 +252,20 @@ impl SharedServer {
             .map_err(|_| Error::Spawn("the shared server stopped during the restart".into()))?
     }
 
+    /// The server's line in `status`.
+    pub fn status(&self) -> ServerStatus {
+        let h = lock(&self.inner.health);
+        ServerStatus {
+            shard: self.inner.shard,
+            state: h.state.to_owned(),
+            pid: self.pid(),
+            namespaces: lock(&self.inner.entries).len(),
+            restarts: h.restarts,
+            last_error: h.last_error.clone(),
+            adopted: h.adopted,
+        }
+    }
+
     /// The server's pid while it is up.
     pub fn pid(&self) -> Option<u32> {
         *self.inner.up.borrow()
@@ -175,7 +279,11 @@ impl SharedServer {
     /// The sockets the previous spawner's server served for `spec`, if they are still right
     /// for it: in the namespace named `spec.netns` now (`ino`) and bound to the metadata
     /// address. Sockets that are not right are dropped here and by the server.
-    async fn take_back(&self, spec: &ProxySpec, ino: Option<u64>) -> Option<Vec<OwnedFd>> {
+    pub(crate) async fn take_back(
+        &self,
+        spec: &ProxySpec,
+        ino: Option<u64>,
+    ) -> Option<Vec<OwnedFd>> {
         let (netns, fds) = lock(&self.inner.taken).remove(&tag(spec))?;
         let right = fds.iter().all(|fd| socket_is_right(fd.as_fd(), spec, ino));
         if right && netns == spec.netns {
@@ -202,21 +310,30 @@ impl SharedServer {
     /// Serve `spec` with `fds` (kept here too): the server's pid once it serves them. With
     /// `proxy_metrics`, the namespace's statistics block goes last (`stats=1`), so its answers
     /// are counted into the same block a proxy of the per-namespace model would use.
-    async fn add(&self, spec: &ProxySpec, mut fds: Vec<OwnedFd>) -> Result<u32> {
+    pub(crate) async fn add(&self, spec: &ProxySpec, mut fds: Vec<OwnedFd>) -> Result<u32> {
         let mut request = format!("add {} {}", tag(spec), spec.netns);
-        if self.inner.cfg.proxy_metrics {
+        let listeners = fds.len();
+        let stats = self.inner.cfg.proxy_metrics;
+        if stats {
             fds.push(stats_block(&self.inner.cfg, spec)?);
             request.push_str(" stats=1");
         }
-        let copies = dup_all(&fds)?;
+        let item = BatchItem {
+            resource: ns_contract::Resource::new(spec.kind, &spec.id)
+                .map_err(|e| Error::Invalid(e.to_string()))?,
+            netns: spec.netns.clone(),
+            listeners,
+            stats,
+        };
+        let fds = Arc::new(fds);
         lock(&self.inner.entries).insert(
             spec.key.clone(),
             Entry {
-                request: request.clone(),
-                fds,
+                item,
+                fds: Arc::clone(&fds),
             },
         );
-        let borrowed: Vec<BorrowedFd<'_>> = copies.iter().map(AsFd::as_fd).collect();
+        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
         match self.request(&request, &borrowed).await {
             Ok(pid) => Ok(pid),
             Err(e) => {
@@ -227,7 +344,7 @@ impl SharedServer {
     }
 
     /// Stop serving `spec`: the server closes its copies, we close ours.
-    async fn remove(&self, spec: &ProxySpec) {
+    pub(crate) async fn remove(&self, spec: &ProxySpec) {
         lock(&self.inner.entries).remove(&spec.key);
         if let Err(e) = self.request(&format!("remove {}", tag(spec)), &[]).await {
             tracing::debug!(key = %spec.key, err = %e, "shared server: remove");
@@ -262,20 +379,81 @@ impl SharedServer {
     }
 }
 
+/// Every server of the shared model (`[spawner] shared_servers` shards, each namespace on
+/// [`shard_of`] its key); cheap to clone.
+#[derive(Clone)]
+pub struct SharedServers {
+    shards: Arc<Vec<SharedServer>>,
+}
+
+impl SharedServers {
+    /// Take over or start every shard ([`SharedServer::start`]), at once.
+    pub async fn start(cfg: Arc<Config>) -> SharedServers {
+        let n = cfg.shared_servers.max(1);
+        let shards = futures::future::join_all(
+            (0..n).map(|shard| SharedServer::start(Arc::clone(&cfg), shard)),
+        )
+        .await;
+        SharedServers {
+            shards: Arc::new(shards),
+        }
+    }
+
+    /// Every shard, in order.
+    pub fn all(&self) -> &[SharedServer] {
+        &self.shards
+    }
+
+    /// Shard `shard`, if there is one.
+    pub fn get(&self, shard: usize) -> Option<&SharedServer> {
+        self.shards.get(shard)
+    }
+
+    /// The shard serving the namespace keyed `key`.
+    pub fn for_key(&self, key: &str) -> &SharedServer {
+        &self.shards[shard_of(key, self.shards.len())]
+    }
+
+    /// Stop every shard for good (`--stop-proxies-on-exit`).
+    pub async fn stop(&self) {
+        futures::future::join_all(self.shards.iter().map(SharedServer::stop)).await;
+    }
+
+    /// [`SharedServer::drop_unclaimed`] on every shard.
+    pub async fn drop_unclaimed(&self) {
+        for s in self.shards.iter() {
+            s.drop_unclaimed().await;
+        }
+    }
+
+    /// The sockets a previous spawner's servers served for `spec` ([`SharedServer::take_back`]):
+    /// from its own shard, or from another one (`shared_servers` changed): that one is told
+    /// to stop serving them first, so they move (connections meanwhile wait in the kernel).
+    pub(crate) async fn take_back(
+        &self,
+        spec: &ProxySpec,
+        ino: Option<u64>,
+    ) -> Option<Vec<OwnedFd>> {
+        let own = shard_of(&spec.key, self.shards.len());
+        if let Some(fds) = self.shards[own].take_back(spec, ino).await {
+            return Some(fds);
+        }
+        for (i, other) in self.shards.iter().enumerate().filter(|(i, _)| *i != own) {
+            if let Some(fds) = other.take_back(spec, ino).await {
+                tracing::info!(key = %spec.key, from = i, to = own, "namespace moves to another shared server");
+                let _ = other.request(&format!("remove {}", tag(spec)), &[]).await;
+                return Some(fds);
+            }
+        }
+        None
+    }
+}
+
 /// The namespace's statistics block for the server, its gauge kept
 /// (`proxy_stats::block_or_anonymous`).
 fn stats_block(cfg: &Config, spec: &ProxySpec) -> Result<OwnedFd> {
     crate::proxy_stats::block_or_anonymous(&cfg.stats_dir(), &spec.key, Gauge::Keep)
         .map_err(|e| Error::Spawn(format!("statistics block: {e}")))
-}
-
-fn dup_all(fds: &[OwnedFd]) -> Result<Vec<OwnedFd>> {
-    fds.iter()
-        .map(|fd| {
-            fd.try_clone()
-                .map_err(|e| Error::Spawn(format!("dup listener: {e}")))
-        })
-        .collect()
 }
 
 /// Whether a socket handed back is one this spec would open now: in the namespace with
@@ -302,80 +480,15 @@ fn socket_is_right(fd: BorrowedFd<'_>, spec: &ProxySpec, ino: Option<u64>) -> bo
     }
 }
 
-/// One request and its answer on the control connection.
-async fn ask(
-    conn: &UnixDatagram,
-    msg: &str,
-    fds: &[BorrowedFd<'_>],
-    wait: Duration,
-) -> std::io::Result<String> {
-    conn.async_io(Interest::WRITABLE, || {
-        ns_netns::send_fds(conn.as_fd(), msg.as_bytes(), fds)
-    })
-    .await?;
-    let (line, _fds) = tokio::time::timeout(wait, answer(conn))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))??;
-    Ok(line)
-}
-
-async fn answer(conn: &UnixDatagram) -> std::io::Result<(String, Vec<OwnedFd>)> {
-    let mut buf = [0u8; MAX_MESSAGE];
-    let (n, fds) = conn
-        .async_io(Interest::READABLE, || {
-            ns_netns::recv_fds(conn.as_fd(), &mut buf)
-        })
-        .await?;
-    if n == 0 {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "the shared server closed the control connection",
-        ));
-    }
-    Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), fds))
-}
-
-/// A connection to the control socket at `path`.
-fn connect(path: &Path) -> std::io::Result<UnixDatagram> {
-    let d = std::os::unix::net::UnixDatagram::from(ns_netns::seqpacket_connect(path)?);
-    d.set_nonblocking(true)?;
-    UnixDatagram::from_std(d)
-}
-
-/// A fresh listening control socket at `STATE_DIR/shared.sock` (a stale socket file there is
-/// replaced; anything else is refused). The state dir is ours and 0700.
-fn control_listener(state_dir: &Path) -> Result<OwnedFd> {
-    use std::os::unix::fs::FileTypeExt as _;
-    let path = state_dir.join(CONTROL_SOCKET);
-    let io = |op: &'static str, source: std::io::Error| Error::Io {
-        op,
-        path: path.clone(),
-        source,
-    };
-    match std::fs::symlink_metadata(&path) {
-        Ok(m) if m.file_type().is_socket() => {
-            std::fs::remove_file(&path).map_err(|e| io("remove stale", e))?
-        }
-        Ok(_) => {
-            return Err(Error::Invalid(format!(
-                "{} exists and is not a socket: move it away",
-                path.display()
-            )))
-        }
-        Err(_) => {}
-    }
-    ns_netns::seqpacket_listen(&path, 16).map_err(|e| io("listen on", e))
-}
-
 /// Start a server on `listener` and wait for its READY; its pid file written.
-async fn spawn_server(cfg: &Config, listener: &OwnedFd) -> Result<(Running, u32)> {
+async fn spawn_server(cfg: &Config, shard: usize, listener: &OwnedFd) -> Result<(Running, u32)> {
     let (rd, wr) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| Error::Spawn(format!("pipe: {e}")))?;
     let control = listener
         .try_clone()
         .map_err(|e| Error::Spawn(format!("dup control socket: {e}")))?;
     let mut cmd = ns_netns::Spawn::new(&cfg.proxy_binary);
-    cmd.args(server_args(cfg));
+    cmd.args(server_args(cfg, shard));
     launch::proxy_env(&mut cmd, cfg);
     // The ready pipe on 3, the control socket on 4, nothing else of ours.
     cmd.fd(wr, READY_FD);
@@ -386,15 +499,19 @@ async fn spawn_server(cfg: &Config, listener: &OwnedFd) -> Result<(Running, u32)
         .and_then(|s| Running::child(s).map_err(|e| Error::Spawn(format!("pidfd: {e}"))))?;
     let running = launch::wait_ready(child, rd, cfg.ready_timeout, "the shared server").await?;
     let pid = running.pid().unwrap_or_default();
+    Ok((running, pid))
+}
+
+/// Name `pid` in the server's pid file (`pid starttime`): what a restarted spawner takes over.
+fn write_pid_file(cfg: &Config, files: &ShardFiles, pid: u32) {
     let start = pidfile::start_time(pid).unwrap_or_default();
     if let Err(e) = crate::statedir::write_atomic(
         &cfg.state_dir,
-        PID_FILE,
+        &files.pid,
         format!("{pid} {start}\n").as_bytes(),
     ) {
         tracing::warn!(err = %e, "cannot write the shared server's pid file; a restarted spawner will not take it over");
     }
-    Ok((running, pid))
 }
 
 /// What a previous spawner's server gave back.
@@ -407,8 +524,9 @@ type TakenOver = (
 
 /// The server of a previous spawner of this state dir, if its pid file names a live process
 /// that is provably it, with every socket it serves.
-async fn take_over(cfg: &Config) -> Result<Option<TakenOver>> {
-    let pid_path = cfg.state_dir.join(PID_FILE);
+async fn take_over(cfg: &Config, shard: usize) -> Result<Option<TakenOver>> {
+    let files = ShardFiles::of(shard);
+    let pid_path = cfg.state_dir.join(&files.pid);
     let Some(bytes) = crate::statedir::read_nofollow(&pid_path, 64)? else {
         return Ok(None);
     };
@@ -426,16 +544,16 @@ async fn take_over(cfg: &Config) -> Result<Option<TakenOver>> {
     let Some(info) = pidfile::ProcInfo::read(pid) else {
         return Ok(None);
     };
-    if let Err(why) = is_our_server(&info, start, cfg) {
+    if let Err(why) = is_our_server(&info, start, cfg, shard) {
         tracing::info!(pid, why = %why, "the shared server's pid file names another process; not touched");
         return Ok(None);
     }
     let Some(running) = crate::adopt::open_proven(pid, &info) else {
         return Ok(None);
     };
-    let conn = connect(&cfg.state_dir.join(CONTROL_SOCKET)).map_err(|e| Error::Io {
+    let conn = connect(&cfg.state_dir.join(&files.control)).map_err(|e| Error::Io {
         op: "connect",
-        path: cfg.state_dir.join(CONTROL_SOCKET),
+        path: cfg.state_dir.join(&files.control),
         source: e,
     })?;
     let wait = cfg.ready_timeout;
@@ -446,7 +564,7 @@ async fn take_over(cfg: &Config) -> Result<Option<TakenOver>> {
     .map_err(|e| Error::Spawn(format!("shared server list: {e}")))?;
     let mut taken = BTreeMap::new();
     loop {
-        let (line, fds) = tokio::time::timeout(wait, answer(&conn))
+        let (line, fds) = tokio::time::timeout(wait, answer(&conn, MAX_MESSAGE))
             .await
             .map_err(|_| Error::Spawn("shared server list: no answer".into()))?
             .map_err(|e| Error::Spawn(format!("shared server list: {e}")))?;
@@ -474,6 +592,7 @@ fn is_our_server(
     info: &pidfile::ProcInfo,
     start: u64,
     cfg: &Config,
+    shard: usize,
 ) -> std::result::Result<(), String> {
     if !pidfile::runs(info, &cfg.proxy_binary) {
         return Err("not the proxy binary".into());
@@ -485,6 +604,14 @@ fn is_our_server(
         .any(|w| w[0] == "--shared-server" && w[1] == dir)
     {
         return Err("not the shared server of this state dir".into());
+    }
+    let its_shard = info
+        .argv
+        .windows(2)
+        .find(|w| w[0] == "--shard")
+        .map_or(Some(0), |w| w[1].parse::<usize>().ok());
+    if its_shard != Some(shard) {
+        return Err(format!("not shared server {shard} (--shard)"));
     }
     if info.start != Some(start) {
         return Err("started after the pid file was written (recycled pid)".into());
@@ -510,20 +637,25 @@ async fn manage(
                 let started = async {
                     // A taken-over server keeps the old listener; a new one gets a fresh one.
                     if listener.is_none() {
-                        listener = Some(control_listener(&cfg.state_dir)?);
+                        listener = Some(control_listener(&cfg.state_dir, &inner.files.control)?);
                     }
                     let l = listener
                         .as_ref()
                         .ok_or_else(|| Error::Spawn("no control socket".into()))?;
                     let mut control = inner.control.lock().await;
-                    let (running, _) = start_and_replay(&inner, l, &mut control).await?;
+                    let (running, _) =
+                        start_and_replay(&inner, l, &inner.files.control, &mut control).await?;
                     Ok::<_, Error>(running)
                 };
                 match started.await {
-                    Ok(r) => r,
+                    Ok(r) => {
+                        lock(&inner.health).adopted = false;
+                        r
+                    }
                     Err(e) => {
                         let delay = backoff.start_failed();
                         tracing::warn!(err = %e, retry_in = ?delay, "shared server start failed");
+                        inner.note("backoff", Some(e.to_string()), true);
                         if !sleep_unless_stopped(delay, &mut stop).await {
                             return;
                         }
@@ -532,19 +664,34 @@ async fn manage(
                 }
             }
         };
+        inner.note("running", None, false);
         let since = Instant::now();
         let how = loop {
             tokio::select! {
             how = running.wait() => break how,
             Some(reply) = replace.recv() => {
-                // A fresh control socket: the old server still listens on its own (unlinked)
-                // one until it exits, so a connection by path reaches only the new server.
+                // Transactional: the new server gets a control socket of its own at
+                // `files.next`; only once it has every socket is that renamed over
+                // the control socket's path and the pid file made to name it (the old
+                // server keeps its now unlinked socket until it exits). If anything fails
+                // before, the new server is stopped and its path removed: the old one
+                // keeps serving, its path and pid file untouched, so a restarted spawner
+                // still takes it over.
                 let replaced = async {
                     let mut control = inner.control.lock().await;
-                    let fresh = control_listener(&cfg.state_dir)?;
-                    let started = start_and_replay(&inner, &fresh, &mut control).await;
-                    listener = Some(fresh);
-                    started
+                    let next = &inner.files.next;
+                    let fresh = control_listener(&cfg.state_dir, next)?;
+                    let started = start_and_replay(&inner, &fresh, next, &mut control).await;
+                    match started {
+                        Ok(new) => {
+                            listener = Some(fresh);
+                            Ok(new)
+                        }
+                        Err(e) => {
+                            let _ = std::fs::remove_file(cfg.state_dir.join(next));
+                            Err(e)
+                        }
+                    }
                 };
                 match replaced.await {
                     Ok((new, pid)) => {
@@ -567,8 +714,9 @@ async fn manage(
                 *inner.control.lock().await = None;
                 let how = running.stop(cfg.stop_timeout).await;
                 tracing::info!(how = %how, "shared server stopped");
-                let _ = std::fs::remove_file(cfg.state_dir.join(PID_FILE));
-                let _ = std::fs::remove_file(cfg.state_dir.join(CONTROL_SOCKET));
+                inner.note("stopped", None, false);
+                let _ = std::fs::remove_file(cfg.state_dir.join(&inner.files.pid));
+                let _ = std::fs::remove_file(cfg.state_dir.join(&inner.files.control));
                 return;
             }
             }
@@ -577,32 +725,65 @@ async fn manage(
         *inner.control.lock().await = None;
         let delay = backoff.died(since.elapsed());
         tracing::warn!(how = %how, restart_in = ?delay, "shared server died; its sockets wait in the kernel for the next one");
+        inner.note("restarting", Some(format!("shared server {how}")), true);
         if !sleep_unless_stopped(delay, &mut stop).await {
             return;
         }
     }
 }
 
-/// Start a server on the control socket `listener`, hand it every entry, and make it the one
-/// requests go to (`control` is the held control slot): it and its pid.
+impl Inner {
+    /// The manager's view of the server, for `status`; `failed` counts a restart.
+    fn note(&self, state: &'static str, error: Option<String>, failed: bool) {
+        let mut h = lock(&self.health);
+        h.state = state;
+        if failed {
+            h.restarts += 1;
+        }
+        if error.is_some() {
+            h.last_error = error;
+        }
+    }
+}
+
+/// Start a server on the control socket `listener` (bound at `STATE_DIR/name`), hand it every
+/// entry, and make it the one requests go to (`control` is the held control slot): it and its
+/// pid. Then, and only then, the pid file names it, and a `name` other than
+/// the shard's control socket is renamed over that path (the commit of a graceful replace); on an
+/// error the new server is stopped and neither is touched.
 async fn start_and_replay(
     inner: &Inner,
     listener: &OwnedFd,
+    name: &str,
     control: &mut Option<UnixDatagram>,
 ) -> Result<(Running, u32)> {
     let cfg = &inner.cfg;
-    let (mut running, pid) = spawn_server(cfg, listener).await?;
+    let (mut running, pid) = spawn_server(cfg, inner.shard, listener).await?;
     let handed = async {
-        let conn = connect(&cfg.state_dir.join(CONTROL_SOCKET))
+        let conn = connect(&cfg.state_dir.join(name))
             .map_err(|e| Error::Spawn(format!("connect to the shared server: {e}")))?;
-        replay(inner, &conn, cfg.ready_timeout).await?;
-        Ok::<_, Error>(conn)
+        let all: Vec<(BatchItem, Arc<Vec<OwnedFd>>)> = lock(&inner.entries)
+            .values()
+            .map(|e| (e.item.clone(), Arc::clone(&e.fds)))
+            .collect();
+        let served = replay(&all, &conn, cfg.ready_timeout).await?;
+        let control_path = cfg.state_dir.join(&inner.files.control);
+        if name != inner.files.control {
+            std::fs::rename(cfg.state_dir.join(name), &control_path).map_err(|e| Error::Io {
+                op: "rename the new control socket over",
+                path: control_path.clone(),
+                source: e,
+            })?;
+        }
+        write_pid_file(cfg, &inner.files, pid);
+        Ok::<_, Error>((conn, served))
     };
+    let begun = Instant::now();
     match handed.await {
-        Ok(conn) => {
+        Ok((conn, served)) => {
             *control = Some(conn);
             inner.up.send_replace(Some(pid));
-            tracing::info!(pid, "shared server ready");
+            tracing::info!(pid, namespaces = served, replay = ?begun.elapsed(), "shared server ready");
             Ok((running, pid))
         }
         Err(e) => {
@@ -625,201 +806,42 @@ async fn sleep_unless_stopped(delay: Duration, stop: &mut watch::Receiver<bool>)
     }
 }
 
-/// Requests [`replay`] sends ahead of their answers.
-const REPLAY_WINDOW: usize = 64;
-
-/// Hand every entry to a freshly started server. The requests are pipelined (up to
-/// [`REPLAY_WINDOW`] ahead of their answers, which come in order): a restarted server serves
-/// all of 2,000 namespaces again after one burst, not after 2,000 round trips (issue #20).
-async fn replay(inner: &Inner, conn: &UnixDatagram, wait: Duration) -> Result<()> {
-    let all: Vec<(String, String, Vec<OwnedFd>)> = lock(&inner.entries)
-        .iter()
-        .map(|(k, e)| Ok((k.clone(), e.request.clone(), dup_all(&e.fds)?)))
-        .collect::<Result<_>>()?;
-    let lost =
-        |e: std::io::Error| Error::Spawn(format!("handing sockets to the shared server: {e}"));
-    let mut pending: std::collections::VecDeque<String> =
-        std::collections::VecDeque::with_capacity(REPLAY_WINDOW);
-    for (key, request, fds) in all {
-        if pending.len() == REPLAY_WINDOW {
-            if let Some(key) = pending.pop_front() {
-                replayed(conn, &key, wait).await.map_err(lost)?;
-            }
-        }
-        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
-        conn.async_io(Interest::WRITABLE, || {
-            ns_netns::send_fds(conn.as_fd(), request.as_bytes(), &borrowed)
-        })
-        .await
-        .map_err(lost)?;
-        // Our copies close now: the message holds its own references until received.
-        drop(borrowed);
-        drop(fds);
-        pending.push_back(key);
-    }
-    while let Some(key) = pending.pop_front() {
-        replayed(conn, &key, wait).await.map_err(lost)?;
-    }
-    Ok(())
-}
-
-/// The answer to one replayed request (for entry `key`): a refusal is logged, not fatal.
-async fn replayed(conn: &UnixDatagram, key: &str, wait: Duration) -> std::io::Result<()> {
-    let (a, _) = tokio::time::timeout(wait, answer(conn))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))??;
-    if a != "ok" {
-        tracing::warn!(key = %key, answer = %a, "shared server refused a namespace");
-    }
-    Ok(())
-}
-
-/// The one owner of one namespace in the shared model: open and prepare it, open its
-/// listeners (or take back the ones a previous spawner's server had), hand them to the
-/// server, follow the server's restarts in the status, and on stop take them back and tear
-/// the namespace down.
-pub(crate) async fn namespace_task<P: Platform>(t: Task<P>, start: Start, server: SharedServer) {
-    let Task {
-        platform,
-        spec,
-        status,
-        mut stop,
-        cfg,
-        launches,
-        ..
-    } = t;
-    let pid_dir = cfg.pid_dir();
-    if let Start::Adopt(mut r, _) = start {
-        // A proxy of the per-namespace model holds the port: the shared server takes over.
-        tracing::info!(key = %spec.key, pid = ?r.pid(), "stopping the namespace's own proxy: the shared server serves it");
-        r.stop(cfg.stop_timeout).await;
-        pidfile::remove(&pid_dir, &spec.key);
-    }
-    let mut backoff = Backoff::new(cfg.max_restart_delay);
-    let mut server_pid = server.watch();
-    loop {
-        // At most `launch_slots` namespaces between open and served at once: a cold start of
-        // thousands would otherwise have every one's netlink and bind threads (and the
-        // blocking pool's, with their stacks and malloc arenas) alive together (issue #20).
-        // The semaphore is never closed, so no permit can only mean no limit.
-        let slot = Arc::clone(&launches).acquire_owned().await.ok();
-        // The start's futures are boxed: the task that then waits for a stop for as long as
-        // the namespace is served keeps only its own small state (its start futures are freed once served).
-        let opened = match Box::pin(platform.open(&spec)).await {
-            Ok(Opened::Ready(ns)) => ns,
-            Ok(Opened::Missing(reason)) => {
-                drop(slot);
-                if status.waiting(reason.clone()) {
-                    tracing::info!(key = %spec.key, netns = %spec.netns, reason = %reason, "namespace waiting");
-                }
-                if !pause(crate::proxy_task::WAITING_RECHECK, &mut stop).await {
-                    status.stopped();
-                    return;
-                }
-                continue;
-            }
-            Err(e) => {
-                drop(slot);
-                if !failed(&status, &spec, e, &mut backoff, &mut stop).await {
-                    return;
-                }
-                continue;
-            }
-        };
-        status.starting();
-        let served = Box::pin(async {
-            platform.prepare(&opened, &spec).await?;
-            let ino = platform.namespace_inode(&spec.netns);
-            let fds = match server.take_back(&spec, ino).await {
-                Some(fds) => fds,
-                None => {
-                    platform
-                        .listen(&opened, &spec, cfg_max_connections())
-                        .await?
-                }
-            };
-            server.add(&spec, fds).await
-        });
-        let served = served.await;
-        drop(slot);
-        match served {
-            Ok(pid) => {
-                tracing::info!(key = %spec.key, netns = %spec.netns, pid, "namespace served by the shared server");
-                status.running(Some(pid), None);
-            }
-            Err(e) => {
-                if !failed(&status, &spec, e, &mut backoff, &mut stop).await {
-                    let _ = platform.teardown(&opened, &spec).await;
-                    return;
-                }
-                continue;
-            }
-        }
-        // Served: follow the server's restarts until stopped.
-        loop {
-            tokio::select! {
-                asked = &mut stop => {
-                    if asked.is_err() {
-                        // The supervisor is gone: the server keeps serving for the next one.
-                        return;
-                    }
-                    status.stopping();
-                    server.remove(&spec).await;
-                    if let Err(e) = platform.teardown(&opened, &spec).await {
-                        tracing::warn!(key = %spec.key, err = %e, "teardown failed");
-                    }
-                    status.stopped();
-                    return;
-                }
-                changed = server_pid.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    let pid = *server_pid.borrow_and_update();
-                    match pid {
-                        Some(pid) => status.running(Some(pid), None),
-                        None => status.died("shared server restarting".into(), true),
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The connections one namespace may queue: the proxy's default `max_connections`.
-fn cfg_max_connections() -> usize {
-    ns_metadata_proxy::config::DEFAULT_MAXCONN
-}
-
-/// A failed attempt: status, backoff, and whether to go on (false: stopped or detached).
-async fn failed(
-    status: &Status,
-    spec: &ProxySpec,
-    e: Error,
-    backoff: &mut Backoff,
-    stop: &mut oneshot::Receiver<()>,
-) -> bool {
-    let delay = backoff.start_failed();
-    tracing::warn!(key = %spec.key, netns = %spec.netns, err = %e, retry_in = ?delay, "namespace not served");
-    status.start_failed(e.to_string());
-    let go_on = pause(delay, stop).await;
-    if go_on {
-        status.restarting();
-    } else {
-        status.stopped();
-    }
-    go_on
-}
-
-/// Sleep unless stopped: true to go on.
-async fn pause(delay: Duration, stop: &mut oneshot::Receiver<()>) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(delay) => true,
-        _ = stop => false,
-    }
-}
-
 /// Where a state dir's control socket is (for docs and `check`).
 pub fn control_socket(state_dir: &Path) -> PathBuf {
     state_dir.join(CONTROL_SOCKET)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_namespace_stays_on_its_shard() {
+        // A fixed hash: these values are what every build computes (a restarted spawner
+        // finds each namespace on the server that has it).
+        assert_eq!(shard_of("r-1", 1), 0);
+        assert_eq!(shard_of("", 4), shard_of("", 4));
+        let keys: Vec<String> = (0..1000).map(|i| format!("router-{i}")).collect();
+        let mut per = [0usize; 4];
+        for k in &keys {
+            per[shard_of(k, 4)] += 1;
+        }
+        assert!(per.iter().all(|&n| (180..=320).contains(&n)), "{per:?}");
+        assert_eq!(shard_of("router-7", 4), shard_of("router-7", 4));
+        assert_eq!(shard_of("a", 2), (0xaf63_dc4c_8601_ec8c_u64 % 2) as usize);
+    }
+
+    #[test]
+    fn the_first_shard_keeps_a_single_servers_files() {
+        assert_eq!(
+            ShardFiles::of(0),
+            ShardFiles {
+                control: "shared.sock".into(),
+                next: "shared.sock.next".into(),
+                pid: "shared-server.pid".into(),
+            }
+        );
+        assert_eq!(ShardFiles::of(2).control, "shared-2.sock");
+        assert_eq!(ShardFiles::of(2).pid, "shared-server-2.pid");
+    }
 }

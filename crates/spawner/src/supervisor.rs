@@ -20,7 +20,8 @@ use crate::platform::Platform;
 pub use crate::proxy_task::Restarted;
 use crate::proxy_task::{proxy_task, RestartReply, Start, Task};
 use crate::records::{Network, RecordSet, Records, Router};
-use crate::shared_model::{namespace_task, SharedServer};
+use crate::shared_model::{SharedServer, SharedServers};
+use crate::shared_task::namespace_task;
 use crate::status::Status;
 pub use crate::status::{ProxyStatus, State};
 use crate::Error;
@@ -152,7 +153,7 @@ struct Inner<P> {
     /// What loading `records.json` found at start.
     recovery: Mutex<persist::Recovery>,
     /// The shared server (`proxy_model = shared`), started by the first reconcile.
-    shared: tokio::sync::OnceCell<SharedServer>,
+    shared: tokio::sync::OnceCell<SharedServers>,
     /// Proxy starts in flight, shared by every proxy task (`proxy_task::launch_slots`).
     launches: Arc<tokio::sync::Semaphore>,
 }
@@ -608,7 +609,10 @@ impl<P: Platform> Supervisor<P> {
                 st.state.as_str()
             )));
         }
-        let server = self.shared_server().ok_or(RestartError::Shared)?;
+        let server = self
+            .shared_servers()
+            .map(|s| s.for_key(key).clone())
+            .ok_or(RestartError::Shared)?;
         let old_pid = server.pid();
         match server.replace().await {
             Ok(pid) => Ok(Restarted {
@@ -617,8 +621,8 @@ impl<P: Platform> Supervisor<P> {
                 new_pid: Some(pid),
                 method: "shared-server",
                 note: Some(
-                    "the shared server serves every namespace: it was replaced for all of them, \
-                     each handing its sockets over (nothing lost)"
+                    "the shared server serves every namespace of its shard: it was replaced \
+                     for all of them, each handing its sockets over (nothing lost)"
                         .into(),
                 ),
             }),
@@ -628,8 +632,49 @@ impl<P: Platform> Supervisor<P> {
         }
     }
 
+    /// The first shared server (the only one with `shared_servers = 1`).
     pub fn shared_server(&self) -> Option<SharedServer> {
+        self.shared_servers().and_then(|s| s.get(0).cloned())
+    }
+
+    /// Every shared server (`proxy_model = shared`) once the first reconcile started them.
+    pub fn shared_servers(&self) -> Option<SharedServers> {
         self.inner.shared.get().cloned()
+    }
+
+    /// Every shared server's line in `status` (none in the per-namespace model).
+    pub fn servers(&self) -> Vec<crate::shared_model::ServerStatus> {
+        self.inner
+            .shared
+            .get()
+            .map(|s| s.all().iter().map(SharedServer::status).collect())
+            .unwrap_or_default()
+    }
+
+    /// Replace shared server `shard` without losing a request (`restart --all` in the shared
+    /// model: each server once, not once per namespace it serves).
+    pub async fn restart_server(&self, shard: usize) -> Result<Restarted, RestartError> {
+        let servers = self.shared_servers().ok_or(RestartError::Shared)?;
+        let server = servers
+            .get(shard)
+            .cloned()
+            .ok_or_else(|| RestartError::Unknown(format!("no shared server {shard}")))?;
+        let old_pid = server.pid();
+        let namespaces = server.status().namespaces;
+        match server.replace().await {
+            Ok(pid) => Ok(Restarted {
+                key: format!("shared-server-{shard}"),
+                old_pid,
+                new_pid: Some(pid),
+                method: "shared-server",
+                note: Some(format!(
+                    "{namespaces} namespaces handed to the new server (nothing lost)"
+                )),
+            }),
+            Err(e) => Err(RestartError::Failed(format!(
+                "shared server {shard}: {e}; the old server goes on serving"
+            ))),
+        }
     }
 
     /// With `proxy_model = shared`: the shared server, taken over from a previous spawner or
@@ -638,7 +683,7 @@ impl<P: Platform> Supervisor<P> {
         if cfg.proxy_model == ProxyModel::Shared {
             self.inner
                 .shared
-                .get_or_init(|| SharedServer::start(Arc::clone(cfg)))
+                .get_or_init(|| SharedServers::start(Arc::clone(cfg)))
                 .await;
         }
     }

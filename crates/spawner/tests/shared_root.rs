@@ -2,7 +2,9 @@
 //! namespaces and the real `ns-metadata-proxy --shared-server`: routers served by one
 //! process, a server killed under load, removal, a spawner killed and restarted taking
 //! the running server and its sockets over, each namespace's counts in `/metrics` across
-//! both, `check` on the server, and a graceful server restart under a request loop. Routers
+//! both, `check` on the server, a graceful server restart under a request loop, and the
+//! server's line in `status` (text and JSON) with `restart --all` replacing it once, and a
+//! failed server restart leaving the old server to be taken over. Routers
 //! are added explicitly (never auto-enabled: other tests' namespaces share `/run/netns`).
 //! Each test has its own state dir and namespaces
 //! (per-run prefix), removed on drop; the server is killed on drop (`TempDir::reaping`).
@@ -210,8 +212,7 @@ fn add_router(ini: &std::path::Path, id: &str) {
 
 /// The pid the shared server's pid file names.
 fn server_pid(dir: &std::path::Path) -> Option<u32> {
-    let text = std::fs::read_to_string(dir.join("shared-server.pid")).ok()?;
-    text.split_whitespace().next()?.parse().ok()
+    shard_pid(dir, 0)
 }
 
 #[test]
@@ -363,7 +364,7 @@ fn shared_namespaces_are_counted_in_metrics_across_a_server_kill9_and_a_takeover
     let text = scrape(dir.path());
     ns_contract::metrics::check_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     assert!(
-        text.contains("\nns_metadata_shared_server_up 1\n"),
+        text.contains("\nns_metadata_shared_server_up{shard=\"0\"} 1\n"),
         "{text}"
     );
 
@@ -514,4 +515,316 @@ async fn a_graceful_server_restart_loses_no_request() {
     assert_eq!(recorded, Some(new), "the pid file names the new server");
     sup.stop_all().await;
     eventually_async("server stopped", T, || (!alive(new)).then_some(())).await;
+}
+
+/// `ns-metadata-spawner ARGS` against the daemon of `ini`: exit code and stdout.
+fn cli(ini: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ns-metadata-spawner"))
+        .arg("--config-file")
+        .arg(ini)
+        .args(args)
+        .output()
+        .expect("cli");
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn status_shows_the_server_and_restart_all_replaces_it_once() {
+    if !require_root("status_shows_the_server_and_restart_all_replaces_it_once") {
+        return;
+    }
+    let dir = TempDir::new("sh-status").reaping();
+    let _agent = agent(dir.path());
+    let p = unique_prefix();
+    let ids: Vec<String> = (0..3).map(|i| format!("{p}s{i}")).collect();
+    let nss: Vec<TestNs> = ids
+        .iter()
+        .map(|id| TestNs::new(&format!("qrouter-{id}")).expect("router ns"))
+        .collect();
+    let ini = shared_ini(dir.path());
+    let _daemon = start_daemon(dir.path(), &ini, &[]);
+    for id in &ids {
+        add_router(&ini, id);
+    }
+    for (id, ns) in ids.iter().zip(&nss) {
+        let body = ns_testkit::eventually(id, T, || get_in(ns.netns(), META).ok());
+        assert!(body.starts_with(&format!("router={id} ")), "{body}");
+    }
+    let server = server_pid(dir.path()).expect("server pid");
+
+    // Text: the server's own line under the proxies' table.
+    let (code, out) = cli(&ini, &["status"]);
+    assert_eq!(code, Some(0), "{out}");
+    let line = out
+        .lines()
+        .skip_while(|l| !l.starts_with("SHARED SERVER"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no server line: {out}"));
+    let cells: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        cells[..5],
+        ["0", "running", &server.to_string(), "3", "0"],
+        "{out}"
+    );
+    // JSON: the same under `servers`.
+    let (code, out) = cli(&ini, &["status", "--json"]);
+    assert_eq!(code, Some(0), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let s = &v["servers"][0];
+    assert_eq!(
+        (&s["shard"], &s["state"], &s["pid"], &s["namespaces"]),
+        (
+            &serde_json::json!(0),
+            &serde_json::json!("running"),
+            &serde_json::json!(server),
+            &serde_json::json!(3)
+        ),
+        "{out}"
+    );
+    assert_eq!(v["servers"].as_array().map(Vec::len), Some(1), "{out}");
+
+    // restart --all: the server once, not once per namespace.
+    let (code, out) = cli(&ini, &["restart", "--all"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(out.matches("restarted shared server").count(), 1, "{out}");
+    assert!(
+        out.contains(&format!("restarted shared server 0: pid {server} -> "))
+            && out.contains("3 namespaces handed to the new server")
+            && out.ends_with("1 shared servers restarted, 0 failed\n"),
+        "{out}"
+    );
+    let new = server_pid(dir.path()).expect("new server pid");
+    assert_ne!(new, server);
+    ns_testkit::eventually("the old server gone", T, || (!alive(server)).then_some(()));
+    for (id, ns) in ids.iter().zip(&nss) {
+        let body = get_in(ns.netns(), META).expect("answered by the new server");
+        assert!(body.starts_with(&format!("router={id} ")), "{body}");
+    }
+    let (code, out) = cli(&ini, &["status", "--json"]);
+    assert_eq!(code, Some(0), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["servers"][0]["pid"], serde_json::json!(new), "{out}");
+    // A graceful restart is not counted as a death.
+    assert_eq!(v["servers"][0]["restarts"], serde_json::json!(0), "{out}");
+
+    // kill -9: counted, the reason kept, running again.
+    kill9(new);
+    let why = ns_testkit::eventually("restarted after kill -9", T, || {
+        let (_, out) = cli(&ini, &["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        let s = &v["servers"][0];
+        (s["state"] == "running" && s["restarts"] == 1 && s["pid"] != serde_json::json!(new))
+            .then_some(s["last_error"].as_str().unwrap_or_default().to_owned())
+    });
+    assert!(
+        why.starts_with("shared server ") && why.contains('9'),
+        "{why}"
+    );
+}
+
+#[test]
+fn a_failed_server_restart_leaves_the_old_server_in_place_for_a_takeover() {
+    use std::os::unix::fs::PermissionsExt as _;
+    if !require_root("a_failed_server_restart_leaves_the_old_server_in_place_for_a_takeover") {
+        return;
+    }
+    let dir = TempDir::new("sh-replace-fails").reaping();
+    let _agent = agent(dir.path());
+    let id = format!("{}f", unique_prefix());
+    let rns = TestNs::new(&format!("qrouter-{id}")).expect("router ns");
+    // Our own copy of the proxy binary, so the test can make the next start fail.
+    let proxy = dir.path().join("proxy");
+    std::fs::copy(ns_testkit::bin_path("ns-metadata-proxy"), &proxy).expect("copy proxy");
+    let ini = shared_ini(dir.path());
+    let text = std::fs::read_to_string(&ini).expect("ini");
+    let text = text
+        .lines()
+        .map(|l| match l.starts_with("proxy_binary") {
+            true => format!("proxy_binary = {}", proxy.display()),
+            false => l.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&ini, format!("{text}\n")).expect("ini");
+    let mut daemon = start_daemon(dir.path(), &ini, &[]);
+    add_router(&ini, &id);
+    let body = ns_testkit::eventually("served", T, || get_in(rns.netns(), META).ok());
+    assert!(body.starts_with(&format!("router={id} ")), "{body}");
+    let server = server_pid(dir.path()).expect("server pid");
+    let pid_file = std::fs::read_to_string(dir.path().join("shared-server.pid")).expect("pid");
+
+    // The new server cannot start (not executable): the restart fails, the old one serves.
+    std::fs::set_permissions(&proxy, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let (code, out) = cli(&ini, &["restart", "--all"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("shared server 0") && out.contains("the old server goes on serving"),
+        "{out}"
+    );
+    assert!(alive(server));
+    assert!(
+        get_in(rns.netns(), META).is_ok(),
+        "the old server still answers"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("shared-server.pid")).expect("pid"),
+        pid_file,
+        "the pid file still names the old server"
+    );
+    assert!(
+        !dir.path().join("shared.sock.next").exists(),
+        "the new server's control socket is removed"
+    );
+
+    // So a restarted spawner takes the old server over (its control socket path is its own).
+    std::fs::set_permissions(&proxy, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    kill9(daemon.pid());
+    let _ = daemon.0.wait();
+    let _daemon2 = start_daemon(dir.path(), &ini, &[]);
+    let (code, out) = ns_testkit::eventually("running", T, || {
+        let (code, out) = cli(&ini, &["status", "--json"]);
+        (code == Some(0)).then_some((code, out))
+    });
+    let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        (&v["servers"][0]["pid"], &v["servers"][0]["adopted"]),
+        (&serde_json::json!(server), &serde_json::json!(true)),
+        "{code:?} {out}\n{log}"
+    );
+    assert!(log.contains("took over the running shared server"), "{log}");
+    assert!(get_in(rns.netns(), META).is_ok());
+}
+
+/// The pid shard `shard`'s pid file names.
+fn shard_pid(dir: &std::path::Path, shard: usize) -> Option<u32> {
+    let name = ns_metadata_spawner::shared_model::ShardFiles::of(shard).pid;
+    let text = std::fs::read_to_string(dir.join(name)).ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+#[test]
+fn two_shards_serve_apart_and_are_both_taken_over() {
+    use ns_metadata_spawner::shared_model::shard_of;
+    if !require_root("two_shards_serve_apart_and_are_both_taken_over") {
+        return;
+    }
+    let dir = TempDir::new("sh-shards").reaping();
+    let _agent = agent(dir.path());
+    let p = unique_prefix();
+    // Two routers on each shard (the hash decides; the test picks ids until it has them).
+    let mut ids: [Vec<String>; 2] = [vec![], vec![]];
+    for i in 0.. {
+        let id = format!("{p}h{i}");
+        let shard = shard_of(&id, 2);
+        if ids[shard].len() < 2 {
+            ids[shard].push(id);
+        }
+        if ids.iter().all(|v| v.len() == 2) {
+            break;
+        }
+    }
+    let all: Vec<(usize, String)> = (0..2)
+        .flat_map(|s| ids[s].iter().map(move |id| (s, id.clone())))
+        .collect();
+    let nss: Vec<TestNs> = all
+        .iter()
+        .map(|(_, id)| TestNs::new(&format!("qrouter-{id}")).expect("router ns"))
+        .collect();
+    let ini = shared_ini(dir.path());
+    let text = std::fs::read_to_string(&ini).expect("ini");
+    std::fs::write(&ini, format!("{text}shared_servers = 2\n")).expect("ini");
+    let mut daemon = start_daemon(dir.path(), &ini, &[]);
+    for (_, id) in &all {
+        add_router(&ini, id);
+    }
+    let answers = |nss: &[TestNs]| {
+        for ((_, id), ns) in all.iter().zip(nss) {
+            let body = ns_testkit::eventually(id, T, || get_in(ns.netns(), META).ok());
+            assert!(body.starts_with(&format!("router={id} ")), "{body}");
+        }
+    };
+    answers(&nss);
+    let pids = [
+        shard_pid(dir.path(), 0).expect("shard 0"),
+        shard_pid(dir.path(), 1).expect("shard 1"),
+    ];
+    assert_ne!(pids[0], pids[1]);
+    // Each namespace runs with its own shard's pid; status has a line per shard.
+    let (code, out) = cli(&ini, &["status", "--json"]);
+    assert_eq!(code, Some(0), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    for (shard, id) in &all {
+        let proxy = v["proxies"]
+            .as_array()
+            .and_then(|l| l.iter().find(|p| p["id"] == id.as_str()))
+            .unwrap_or_else(|| panic!("{id}: {out}"));
+        assert_eq!(proxy["pid"], serde_json::json!(pids[*shard]), "{id}: {out}");
+    }
+    for shard in 0..2 {
+        let s = &v["servers"][shard];
+        assert_eq!(
+            (&s["shard"], &s["pid"], &s["namespaces"]),
+            (
+                &serde_json::json!(shard),
+                &serde_json::json!(pids[shard]),
+                &serde_json::json!(2)
+            ),
+            "{out}"
+        );
+    }
+    let metrics = scrape(dir.path());
+    assert!(
+        metrics.contains("\nns_metadata_shared_server_up{shard=\"1\"} 1\n")
+            && metrics.contains("\nns_metadata_shared_server_namespaces{shard=\"0\"} 2\n"),
+        "{metrics}"
+    );
+
+    // kill -9 of shard 1: shard 0's namespaces answer throughout, its server untouched.
+    kill9(pids[1]);
+    for ((shard, _), ns) in all.iter().zip(&nss) {
+        if *shard == 0 {
+            assert!(get_in(ns.netns(), META).is_ok(), "shard 0 disturbed");
+        }
+    }
+    let restarted = ns_testkit::eventually("shard 1 restarted", T, || {
+        shard_pid(dir.path(), 1).filter(|p| *p != pids[1])
+    });
+    answers(&nss);
+    assert!(alive(pids[0]));
+    assert_eq!(shard_pid(dir.path(), 0), Some(pids[0]));
+
+    // A restarted spawner takes both over, each with its own namespaces.
+    kill9(daemon.pid());
+    let _ = daemon.0.wait();
+    let _daemon2 = start_daemon(dir.path(), &ini, &[]);
+    answers(&nss);
+    let (code, out) = ns_testkit::eventually("running", T, || {
+        let (code, out) = cli(&ini, &["status", "--json"]);
+        (code == Some(0)).then_some((code, out))
+    });
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    for (shard, pid) in [(0, pids[0]), (1, restarted)] {
+        let s = &v["servers"][shard];
+        assert_eq!(
+            (&s["pid"], &s["adopted"], &s["namespaces"]),
+            (
+                &serde_json::json!(pid),
+                &serde_json::json!(true),
+                &serde_json::json!(2)
+            ),
+            "{code:?} {out}"
+        );
+    }
+    assert!(
+        alive(pids[0]) && alive(restarted),
+        "taken over, not restarted"
+    );
 }
