@@ -621,11 +621,11 @@ impl Agent {
     /// the VMs' requests are all in, and wake the agent once for all of them. Connected
     /// one by one between the reads, each `connect` and request woke the agent on its own,
     /// and a Unix socket's wake-up is synchronous: the agent ran on the proxy's core and
-    /// preempted its only thread, about once per request. Measured at c32 keep-alive
-    /// against the close-mode stand-in (loopback, `bench/README.md`, figure 12): agent
-    /// wake-ups per request 0.25-0.30 → 0.09-0.11, the proxy's involuntary context switches
-    /// 0.39-0.54 → 0.14-0.22, proxy CPU per request -8%, the agent's -17%, req/s +15%.
-    /// A lone request does not wait (nothing else to read).
+    /// preempted its only thread, about once per request. Measured side by side at c32
+    /// keep-alive against the close-mode stand-in (loopback; bench/RESULTS.md, figure 12
+    /// section): agent wake-ups per request 0.10-0.57 → 0.06-0.12, proxy CPU per request
+    /// about 8% lower, the agent's 10-50% lower. A lone request does not wait (nothing else
+    /// to read); yielding before every connect measured no better.
     async fn after_the_turn(&self) {
         if self.inflight.load(std::sync::atomic::Ordering::Relaxed) > 0 {
             tokio::task::yield_now().await;
