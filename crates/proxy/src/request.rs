@@ -21,6 +21,10 @@ pub const MAX_HEADERS: usize = 100;
 /// `handle`), so the whole upstream request must fit in that or it would be cut: 413.
 pub const MAX_UPSTREAM: usize = 4096;
 
+/// Asks the agent to close after its answer (`--agent-keepalive off`, and `auto` against an
+/// agent that does not advertise reuse).
+const CLOSE_LINE: &[u8] = b"Connection: close\r\n";
+
 /// Other request headers never forwarded: the hop-by-hop set (RFC 9110 §7.6.1) and
 /// framing we re-create. Compared ignoring case.
 const STRIP: &[&str] = &[
@@ -214,7 +218,7 @@ pub fn parse(
     }
     out.extend_from_slice(up.id_line.as_bytes());
     if up.close {
-        out.extend_from_slice(b"Connection: close\r\n");
+        out.extend_from_slice(CLOSE_LINE);
     }
     if let Body::Length(n) = body {
         // Fail before reading a body that cannot be sent anyway. `n` is the client's
@@ -245,6 +249,26 @@ pub fn parse(
         idempotent: is_idempotent(method),
         is_head: method == "HEAD",
     }))
+}
+
+/// Add `Connection: close` to a finished agent request in `out` (head and body, from
+/// [`finish`]) that has none: `auto` found that the agent does not advertise reuse (issue
+/// 19). False, and `out` unchanged, if the request already asks for it or the line would
+/// take it over [`MAX_UPSTREAM`] (then the proxy ends the exchange itself, as before).
+pub fn ask_close(out: &mut Vec<u8>) -> bool {
+    // The head is ours: its first empty line is its end (no header value holds CR LF).
+    let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = &out[..end + 2];
+    let asked = head
+        .windows(CLOSE_LINE.len() + 2)
+        .any(|w| w.starts_with(b"\r\n") && &w[2..] == CLOSE_LINE);
+    if asked || out.len() + CLOSE_LINE.len() > MAX_UPSTREAM {
+        return false;
+    }
+    out.splice(end + 2..end + 2, CLOSE_LINE.iter().copied());
+    true
 }
 
 /// Complete the agent's request in `out` (from [`parse`]) with the body: head and body
@@ -279,6 +303,27 @@ mod tests {
         let body = req[info.head_len..].to_vec();
         finish(&mut out, info.body, &body)?;
         Ok((info, String::from_utf8(out).expect("utf8")))
+    }
+
+    /// `auto` asks an agent that does not advertise reuse to close: the line goes at the end
+    /// of the head, the body stays as it was; never twice, never over the agent's 4096 bytes.
+    #[test]
+    fn ask_close_adds_the_line_to_the_head_once() {
+        let mut out =
+            b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 6\r\n\r\na\r\n\r\nb".to_vec();
+        assert!(ask_close(&mut out));
+        assert_eq!(
+            out,
+            b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 6\r\nConnection: close\r\n\r\na\r\n\r\nb"
+        );
+        assert!(!ask_close(&mut out), "already there");
+        let mut big = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n".to_vec();
+        big.resize(MAX_UPSTREAM - 10, b'x');
+        let before = big.clone();
+        assert!(!ask_close(&mut big), "would not fit in one recv(4096)");
+        assert_eq!(big, before);
+        let mut no_head = b"GET / HTTP/1.1\r\n".to_vec();
+        assert!(!ask_close(&mut no_head));
     }
 
     #[test]
