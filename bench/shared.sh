@@ -16,7 +16,8 @@
 # SH_LUA (wrk's report script: one `NSBENCH req dur_us p50_us p99_us errors status` line),
 # SH_HAPROXY_TMPL: Neutron's haproxy configuration with @ID@ and @PIDFILE@ left to fill.
 # Optional: SH_MAX_AGENT_REQUESTS (the spawner's `max_agent_requests` for both models of ours;
-# unset: the proxy's default), SH_PERF=DIR (`perf record -g` of the serving process under the
+# unset: the proxy's default), SH_PROXY_METRICS (`true`/`false`: the spawner's `proxy_metrics`;
+# unset: its default, on), SH_PERF=DIR (`perf record -g` of the serving process under the
 # busy load, DIR/perf-MODEL-N.data, then `strace -c` over a second busy run,
 # DIR/strace-MODEL-N.txt with its request count).
 set -euo pipefail
@@ -146,7 +147,8 @@ side_ours() { # model n first_n
     local m=$1 n=$2 v="$1-$2" t0 w mem0
     rm -rf "$SW/sp"
     spawner_ini "$SH_SOCK" "$SW/sp" "proxy_model = $m" \
-        ${SH_MAX_AGENT_REQUESTS:+"max_agent_requests = $SH_MAX_AGENT_REQUESTS"} >"$SW/spawner.ini"
+        ${SH_MAX_AGENT_REQUESTS:+"max_agent_requests = $SH_MAX_AGENT_REQUESTS"} \
+        ${SH_PROXY_METRICS:+"proxy_metrics = $SH_PROXY_METRICS"} >"$SW/spawner.ini"
     sample sh_load1 "$v" "$(load1)"
     mem0=$(mem_available_kb)
     t0=$(date +%s%N)
