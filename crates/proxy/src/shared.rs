@@ -6,9 +6,8 @@
 //! requests in flight: connections waiting in the kernel's accept queues stay there until the
 //! restarted server is handed the same sockets. Each namespace gets its own relay state
 //! ([`Shared`]: id header, rate limiter, agent pool, `max_connections`), so one VM flooding its
-//! router cannot take another router's share; a process-wide cap
-//! ([`GLOBAL_CONNECTIONS_PER_NAMESPACE`] times the namespaces, bounded by the descriptor limit)
-//! contains them all.
+//! router cannot take another router's share; a process-wide cap (`max_connections` times the
+//! namespaces, bounded by the descriptor limit: [`global_cap`]) contains them all.
 //!
 //! ## The control protocol
 //! `N` is a listening `AF_UNIX` `SOCK_SEQPACKET` socket the spawner created in its state
@@ -77,10 +76,6 @@ pub const MAX_BATCH_MESSAGE: usize = 64 * 1024;
 
 /// Longest reason given for one refused line of an `add-batch`, in characters.
 pub const MAX_REASON: usize = 120;
-
-/// The process-wide connection cap grows by this much per namespace served (and never past
-/// what the descriptor limit allows); each namespace keeps its own `max_connections` inside it.
-pub const GLOBAL_CONNECTIONS_PER_NAMESPACE: usize = 64;
 
 /// What `--shared-server` and `--control-fd` say.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -352,11 +347,13 @@ impl Namespaces {
             .collect()
     }
 
-    /// Grow the global cap to `namespaces` × [`GLOBAL_CONNECTIONS_PER_NAMESPACE`], at most
-    /// `global_max`.
+    /// Grow the global cap to `namespaces` × `max_connections`, at most `global_max`: one
+    /// namespace's flood (held to its own `max_connections`) can then not take the permits
+    /// another namespace needs, unless the descriptor limit binds first. (It grew by 64 per
+    /// namespace before: with two namespaces a flood of 128 connections starved the other.)
     fn size_global(&self, namespaces: usize) {
         let want = namespaces
-            .saturating_mul(GLOBAL_CONNECTIONS_PER_NAMESPACE)
+            .saturating_mul(self.base.max_connections.max(1))
             .min(self.global_max);
         let mut size = self.global_size.lock().unwrap_or_else(|p| p.into_inner());
         if want > *size {
