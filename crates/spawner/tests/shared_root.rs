@@ -193,13 +193,8 @@ fn shared_ini(dir: &std::path::Path) -> std::path::PathBuf {
 
 /// `ns-metadata-spawner router add ID` to the daemon of `ini`.
 fn add_router(ini: &std::path::Path, id: &str) {
-    let st = std::process::Command::new(env!("CARGO_BIN_EXE_ns-metadata-spawner"))
-        .arg("--config-file")
-        .arg(ini)
-        .args(["router", "add", id])
-        .output()
-        .expect("cli");
-    assert!(st.status.success(), "router add {id}: {st:?}");
+    let (ok, out) = cli(ini, &["router", "add", id]);
+    assert!(ok, "router add {id}: {out}");
     // Saved before anything kills the daemon: a restarted one knows the router.
     let records = ini.parent().expect("dir").join("records.json");
     ns_testkit::eventually("router saved", T, || {
@@ -208,6 +203,12 @@ fn add_router(ini: &std::path::Path, id: &str) {
             .contains(&format!("\"{id}\""))
             .then_some(())
     });
+}
+
+/// Wait until router `id`'s namespace `ns` answers, as router `id`.
+fn answered_for(ns: &TestNs, id: &str) {
+    let body = ns_testkit::eventually(id, T, || get_in(ns.netns(), META).ok());
+    assert!(body.starts_with(&format!("router={id} ")), "{body}");
 }
 
 /// The pid the shared server's pid file names.
@@ -236,8 +237,7 @@ fn a_restarted_spawner_takes_the_running_server_and_its_sockets_over() {
     let pid_file = dir.path().join("shared-server.pid");
     let server = ns_testkit::eventually("server pid file", T, || server_pid(dir.path()));
     for (id, ns) in ids.iter().zip(&nss) {
-        let body = ns_testkit::eventually(id, T, || get_in(ns.netns(), META).ok());
-        assert!(body.starts_with(&format!("router={id} ")), "{body}");
+        answered_for(ns, id);
     }
 
     kill9(daemon.pid());
@@ -248,8 +248,7 @@ fn a_restarted_spawner_takes_the_running_server_and_its_sockets_over() {
     let _daemon2 = start_daemon(dir.path(), &ini, &[]);
     // The same server serves both namespaces with the same sockets: never restarted.
     for (id, ns) in ids.iter().zip(&nss) {
-        let body = ns_testkit::eventually(id, T, || get_in(ns.netns(), META).ok());
-        assert!(body.starts_with(&format!("router={id} ")), "{body}");
+        answered_for(ns, id);
     }
     let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
     assert!(log.contains("took over the running shared server"), "{log}");
@@ -394,24 +393,6 @@ fn shared_namespaces_are_counted_in_metrics_across_a_server_kill9_and_a_takeover
     want(ok + 1);
 }
 
-/// `ns-metadata-spawner check` against the daemon of `ini`: success and its output.
-fn check_cli(ini: &std::path::Path) -> (bool, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ns-metadata-spawner"))
-        .arg("--config-file")
-        .arg(ini)
-        .arg("check")
-        .output()
-        .expect("check");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 #[test]
 fn check_knows_the_shared_server_and_names_what_is_wrong() {
     if !require_root("check_knows_the_shared_server_and_names_what_is_wrong") {
@@ -427,7 +408,7 @@ fn check_knows_the_shared_server_and_names_what_is_wrong() {
     add_router(&ini, &id);
     ns_testkit::eventually("served", T, || get_in(rns.netns(), META).ok());
     // Served by a process in no namespace of its own, with the sockets it holds: healthy.
-    let (ok, out) = check_cli(&ini);
+    let (ok, out) = cli(&ini, &["check"]);
     assert!(ok && out.starts_with("ok: 1 proxies"), "{out}");
 
     // A stranger on port 80 in the namespace: named, with the server's pid.
@@ -437,7 +418,7 @@ fn check_knows_the_shared_server_and_names_what_is_wrong() {
         .run(|| std::net::TcpListener::bind("127.0.0.1:80"))
         .expect("enter")
         .expect("bind 127.0.0.1:80");
-    let (ok, out) = check_cli(&ini);
+    let (ok, out) = cli(&ini, &["check"]);
     assert!(!ok, "{out}");
     assert!(
         out.contains(&format!(
@@ -452,7 +433,7 @@ fn check_knows_the_shared_server_and_names_what_is_wrong() {
     let pid_file = dir.path().join("shared-server.pid");
     let good = std::fs::read_to_string(&pid_file).expect("pid file");
     std::fs::write(&pid_file, format!("{server} 1\n")).expect("forge");
-    let (ok, out) = check_cli(&ini);
+    let (ok, out) = cli(&ini, &["check"]);
     assert!(!ok, "{out}");
     assert!(
         out.contains(&format!("{netns}: shared server pid {server}"))
@@ -460,7 +441,7 @@ fn check_knows_the_shared_server_and_names_what_is_wrong() {
         "{out}"
     );
     std::fs::write(&pid_file, good).expect("restore");
-    let (ok, out) = check_cli(&ini);
+    let (ok, out) = cli(&ini, &["check"]);
     assert!(ok, "{out}");
 }
 
@@ -517,24 +498,6 @@ async fn a_graceful_server_restart_loses_no_request() {
     eventually_async("server stopped", T, || (!alive(new)).then_some(())).await;
 }
 
-/// `ns-metadata-spawner ARGS` against the daemon of `ini`: exit code and stdout.
-fn cli(ini: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ns-metadata-spawner"))
-        .arg("--config-file")
-        .arg(ini)
-        .args(args)
-        .output()
-        .expect("cli");
-    (
-        out.status.code(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 #[test]
 fn status_shows_the_server_and_restart_all_replaces_it_once() {
     if !require_root("status_shows_the_server_and_restart_all_replaces_it_once") {
@@ -554,13 +517,12 @@ fn status_shows_the_server_and_restart_all_replaces_it_once() {
         add_router(&ini, id);
     }
     for (id, ns) in ids.iter().zip(&nss) {
-        let body = ns_testkit::eventually(id, T, || get_in(ns.netns(), META).ok());
-        assert!(body.starts_with(&format!("router={id} ")), "{body}");
+        answered_for(ns, id);
     }
     let server = server_pid(dir.path()).expect("server pid");
 
     // Text: the server's own line under the proxies' table.
-    let (code, out) = cli(&ini, &["status"]);
+    let (code, out) = cli_code(&ini, &["status"]);
     assert_eq!(code, Some(0), "{out}");
     let line = out
         .lines()
@@ -574,7 +536,7 @@ fn status_shows_the_server_and_restart_all_replaces_it_once() {
         "{out}"
     );
     // JSON: the same under `servers`.
-    let (code, out) = cli(&ini, &["status", "--json"]);
+    let (code, out) = cli_code(&ini, &["status", "--json"]);
     assert_eq!(code, Some(0), "{out}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     let s = &v["servers"][0];
@@ -591,7 +553,7 @@ fn status_shows_the_server_and_restart_all_replaces_it_once() {
     assert_eq!(v["servers"].as_array().map(Vec::len), Some(1), "{out}");
 
     // restart --all: the server once, not once per namespace.
-    let (code, out) = cli(&ini, &["restart", "--all"]);
+    let (code, out) = cli_code(&ini, &["restart", "--all"]);
     assert_eq!(code, Some(0), "{out}");
     assert_eq!(out.matches("restarted shared server").count(), 1, "{out}");
     assert!(
@@ -607,7 +569,7 @@ fn status_shows_the_server_and_restart_all_replaces_it_once() {
         let body = get_in(ns.netns(), META).expect("answered by the new server");
         assert!(body.starts_with(&format!("router={id} ")), "{body}");
     }
-    let (code, out) = cli(&ini, &["status", "--json"]);
+    let (code, out) = cli_code(&ini, &["status", "--json"]);
     assert_eq!(code, Some(0), "{out}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v["servers"][0]["pid"], serde_json::json!(new), "{out}");
@@ -617,7 +579,7 @@ fn status_shows_the_server_and_restart_all_replaces_it_once() {
     // kill -9: counted, the reason kept, running again.
     kill9(new);
     let why = ns_testkit::eventually("restarted after kill -9", T, || {
-        let (_, out) = cli(&ini, &["status", "--json"]);
+        let (_, out) = cli_code(&ini, &["status", "--json"]);
         let v: serde_json::Value = serde_json::from_str(&out).ok()?;
         let s = &v["servers"][0];
         (s["state"] == "running" && s["restarts"] == 1 && s["pid"] != serde_json::json!(new))
@@ -655,14 +617,13 @@ fn a_failed_server_restart_leaves_the_old_server_in_place_for_a_takeover() {
     std::fs::write(&ini, format!("{text}\n")).expect("ini");
     let mut daemon = start_daemon(dir.path(), &ini, &[]);
     add_router(&ini, &id);
-    let body = ns_testkit::eventually("served", T, || get_in(rns.netns(), META).ok());
-    assert!(body.starts_with(&format!("router={id} ")), "{body}");
+    answered_for(&rns, &id);
     let server = server_pid(dir.path()).expect("server pid");
     let pid_file = std::fs::read_to_string(dir.path().join("shared-server.pid")).expect("pid");
 
     // The new server cannot start (not executable): the restart fails, the old one serves.
     std::fs::set_permissions(&proxy, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    let (code, out) = cli(&ini, &["restart", "--all"]);
+    let (code, out) = cli_code(&ini, &["restart", "--all"]);
     assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains("shared server 0") && out.contains("the old server goes on serving"),
@@ -689,7 +650,7 @@ fn a_failed_server_restart_leaves_the_old_server_in_place_for_a_takeover() {
     let _ = daemon.0.wait();
     let _daemon2 = start_daemon(dir.path(), &ini, &[]);
     let (code, out) = ns_testkit::eventually("running", T, || {
-        let (code, out) = cli(&ini, &["status", "--json"]);
+        let (code, out) = cli_code(&ini, &["status", "--json"]);
         (code == Some(0)).then_some((code, out))
     });
     let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
@@ -747,8 +708,7 @@ fn two_shards_serve_apart_and_are_both_taken_over() {
     }
     let answers = |nss: &[TestNs]| {
         for ((_, id), ns) in all.iter().zip(nss) {
-            let body = ns_testkit::eventually(id, T, || get_in(ns.netns(), META).ok());
-            assert!(body.starts_with(&format!("router={id} ")), "{body}");
+            answered_for(ns, id);
         }
     };
     answers(&nss);
@@ -758,7 +718,7 @@ fn two_shards_serve_apart_and_are_both_taken_over() {
     ];
     assert_ne!(pids[0], pids[1]);
     // Each namespace runs with its own shard's pid; status has a line per shard.
-    let (code, out) = cli(&ini, &["status", "--json"]);
+    let (code, out) = cli_code(&ini, &["status", "--json"]);
     assert_eq!(code, Some(0), "{out}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     for (shard, id) in &all {
@@ -807,7 +767,7 @@ fn two_shards_serve_apart_and_are_both_taken_over() {
     let _daemon2 = start_daemon(dir.path(), &ini, &[]);
     answers(&nss);
     let (code, out) = ns_testkit::eventually("running", T, || {
-        let (code, out) = cli(&ini, &["status", "--json"]);
+        let (code, out) = cli_code(&ini, &["status", "--json"]);
         (code == Some(0)).then_some((code, out))
     });
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");

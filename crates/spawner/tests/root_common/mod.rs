@@ -176,6 +176,12 @@ pub async fn answer(vm: &TestNs) -> Result<String, String> {
 
 /// Run the CLI with `--config-file INI ARGS`: (success, stdout then stderr).
 pub fn cli(ini: &Path, args: &[&str]) -> (bool, String) {
+    let (code, out) = cli_code(ini, args);
+    (code == Some(0), out)
+}
+
+/// The same with the exit code (`None`: killed by a signal).
+pub fn cli_code(ini: &Path, args: &[&str]) -> (Option<i32>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ns-metadata-spawner"))
         .arg("--config-file")
         .arg(ini)
@@ -183,7 +189,7 @@ pub fn cli(ini: &Path, args: &[&str]) -> (bool, String) {
         .output()
         .expect("cli");
     (
-        out.status.success(),
+        out.status.code(),
         format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
