@@ -577,6 +577,13 @@ write_report() {
 # ---------------------------------------------------------------- figure 11: cold start (issue 19)
 # bench/cold.sh, in a mount namespace of its own (private /run/netns): rows N = $COLD_NS.
 COLD_NS=${NSB_COLD_NS:-200 1000 2000}
+# --only-NAME: run figure N's function alone, write the report if it measured anything, exit.
+only_figure() { # figure-number option-name function
+    log "figure $1 only (--only-$2)"
+    "$3"
+    if [[ -s $RAW ]]; then write_report; else log "figure $1 measured nothing; no report"; fi
+    exit 0
+}
 cold_figure() {
     [[ $SPAWN == 1 ]] || { log "figure 11 skipped: no spawner"; return 0; }
     log "figure 11: cold start of N = $COLD_NS namespaces, ours vs haproxy ($MANY_RUNS rounds)"
@@ -587,12 +594,7 @@ cold_figure() {
         || log "figure 11 failed (see $WORK/cold/spawner.log)"
     kill "${AGENT_PID[cold]}"
 }
-if [[ $ONLY_COLD == 1 ]]; then
-    log "figure 11 only (--only-cold)"
-    cold_figure
-    if [[ -s $RAW ]]; then write_report; else log "figure 11 measured nothing; no report"; fi
-    exit 0
-fi
+[[ $ONLY_COLD != 1 ]] || only_figure 11 cold cold_figure
 # ---------------------------------------------------------------- figure 14: shared model (issue 20)
 # bench/shared.sh, in a mount namespace of its own like figure 11: rows N = $SHARED_NS.
 SHARED_NS=${NSB_SHARED_NS:-200 1000 2000}
@@ -614,24 +616,14 @@ EOF
         || log "figure 14 failed (see $WORK/shared/spawner-*.log)"
     kill "${AGENT_PID[shared]}"
 }
-if [[ $ONLY_SHARED == 1 ]]; then
-    log "figure 14 only (--only-shared)"
-    shared_figure
-    if [[ -s $RAW ]]; then write_report; else log "figure 14 measured nothing; no report"; fi
-    exit 0
-fi
+[[ $ONLY_SHARED != 1 ]] || only_figure 14 shared shared_figure
 if [[ $ONLY_SHAPES == 1 ]]; then
     log "figure 12 only (--only-shapes)"
     shapes_figure
     write_report
     exit 0
 fi
-if [[ $ONLY_OVN == 1 ]]; then
-    log "figure 9 only (--only-ovn)"
-    ovn_figure
-    if [[ -s $RAW ]]; then write_report; else log "figure 9 measured nothing; no report"; fi
-    exit 0
-fi
+[[ $ONLY_OVN != 1 ]] || only_figure 9 ovn ovn_figure
 
 # ---------------------------------------------------------------- agent ceiling
 if [[ $ONLY_METRICS == 0 ]]; then
