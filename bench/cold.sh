@@ -59,12 +59,9 @@ cold_ours() {
     sample cold_all_ms "ours-$n" "$(field all_ms "$w")"
     sample cold_cpu_ms "ours-$n" $((ticks * 1000 / CLK))
     # PSS per proxy with all N running (issue 19 keeps figure 2's bound: ≤ 0.35 MB at 200).
-    local p pss=0 count=0
-    for p in $(pids_in "$CW"/sp/pids/*.pid); do
-        pss=$((pss + $(awk '$1 == "Pss:" {print $2}' /proc/"$p"/smaps_rollup 2>/dev/null || echo 0)))
-        count=$((count + 1))
-    done
-    ((count == 0)) || sample cold_pss_per_kb "ours-$n" $((pss / count))
+    local proxies
+    mapfile -t proxies < <(pids_in "$CW"/sp/pids/*.pid)
+    ((${#proxies[@]} == 0)) || sample cold_pss_per_kb "ours-$n" $(($(mem_kb Pss "${proxies[@]}") / ${#proxies[@]}))
     log "ours, $n: $w; spawner CPU $((ticks * 1000 / CLK)) ms"
     kill -TERM "$SP"
     wait "$SP" || true
@@ -72,18 +69,13 @@ cold_ours() {
     stop_all TERM # nothing left, unless the spawner failed to stop some
 }
 
-# haproxy as Neutron's l3 agent starts it, one after another; the address added with it
-# (Neutron adds an iptables redirect per router instead: also one command per namespace).
+# haproxy as Neutron's l3 agent starts it, one after another (mountns.sh: start_haproxies).
 cold_haproxy() {
-    local n=$1 t0 w c0 c1 j id
+    local n=$1 t0 w c0 c1
     sample cold_load1 "haproxy-$n" "$(cut -d' ' -f1 /proc/loadavg)"
     children_ms >"$CW/c0"
     t0=$(date +%s%N)
-    for j in $(seq "$n"); do
-        id=$(rid "$j")
-        ip -n "qrouter-$id" addr replace 169.254.169.254/32 dev lo
-        ip netns exec "qrouter-$id" env "PROCESS_TAG=haproxy-$id" haproxy -f "$CW/hap/$id.conf"
-    done
+    start_haproxies "$n" "$CW"
     children_ms >"$CW/c1"
     w=$(waiter "$t0")
     c0=$(<"$CW/c0") c1=$(<"$CW/c1")

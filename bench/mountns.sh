@@ -4,6 +4,8 @@
 # pid of a process it may have started that is running now), then calls private_netns.
 : "${WORK:?}" "${RUN:?}" "${RAW:?}" "${SCRIPT:?}" "${TAG:?}"
 
+# shellcheck source=bench/mem.sh
+. "$(dirname "${BASH_SOURCE[0]}")/mem.sh" # mem_kb
 log() { printf '%s %s: %s\n' "$(date -u +%T)" "$SCRIPT" "$*" >&2; }
 # One sample; a value the measurement did not produce is logged, not written.
 sample() {
@@ -69,6 +71,17 @@ private_netns() { # tmpfs name
 }
 # The spawner's configuration for these figures: every qrouter- namespace auto-enabled, the
 # address on lo, the agent at $1, state in $2; further lines ($3...) appended.
+# haproxy started as Neutron's l3 agent starts it, for namespaces 1..N one after another, from
+# DIR/hap/<id>.conf (make_ns wrote them); the address added with it (Neutron adds an iptables
+# redirect per router instead: also one command per namespace).
+start_haproxies() { # n dir
+    local j id
+    for j in $(seq "$1"); do
+        id=$(rid "$j")
+        ip -n "qrouter-$id" addr replace 169.254.169.254/32 dev lo
+        ip netns exec "qrouter-$id" env "PROCESS_TAG=haproxy-$id" haproxy -f "$2/hap/$id.conf"
+    done
+}
 spawner_ini() { # agent-socket state-dir [line...]
     printf '[DEFAULT]\nmetadata_proxy_socket = %s\n\n[spawner]\nproxy_binary = %s\nstate_dir = %s\n' "$1" "$PROXY" "$2"
     printf '%s\n' "router_interface = lo" "auto_enable_routers = true" "agent_keepalive = auto" "${@:3}"

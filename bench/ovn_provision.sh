@@ -50,15 +50,8 @@ wait_for() {
     log "timed out waiting for $what"
     return 1
 }
-mem_kb() {
-    local field=$1 p sum=0 v
-    shift
-    for p in "$@"; do
-        v=$(awk -v f="$field:" '$1 == f {print $2}' /proc/"$p"/smaps_rollup 2>/dev/null || echo 0)
-        sum=$((sum + ${v:-0}))
-    done
-    echo "$sum"
-}
+# shellcheck source=bench/mem.sh
+. "$REPO/bench/mem.sh" # mem_kb
 field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p" <<<"$2"; }
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 # Every proxy a side started: ours from the spawner's pid files, Neutron's from its own

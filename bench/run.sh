@@ -190,16 +190,8 @@ sample() {
     fi
     printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$RAW"
 }
-# PSS and RSS in kB summed over pids (smaps_rollup).
-mem_kb() {
-    local field=$1 p sum=0 v
-    shift
-    for p in "$@"; do
-        v=$(awk -v f="$field:" '$1 == f {print $2}' /proc/"$p"/smaps_rollup 2>/dev/null || echo 0)
-        sum=$((sum + ${v:-0}))
-    done
-    echo "$sum"
-}
+# shellcheck source=bench/mem.sh
+. "$REPO/bench/mem.sh" # mem_kb
 # utime+stime in clock ticks (all threads).
 cpu_ticks() { awk '{sub(/^.*\) /, ""); print $12 + $13}' /proc/"$1"/stat; }
 # MemAvailable and the memory the kernel accounts to processes and itself

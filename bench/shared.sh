@@ -40,7 +40,6 @@ mkdir -p "$SW/hap"
 ulimit -n "$(ulimit -Hn)" # wrk's 2,000 connections, and the spawner's 2 x N listeners
 CLK=$(getconf CLK_TCK)
 load1() { cut -d' ' -f1 /proc/loadavg; }
-pss_kb() { awk '$1 == "Pss:" {print $2}' /proc/"$1"/smaps_rollup 2>/dev/null || echo 0; }
 ticks() { awk '{sub(/^.*\) /, ""); print $12 + $13}' /proc/"$1"/stat 2>/dev/null || echo 0; }
 mem_available_kb() { awk '$1 == "MemAvailable:" {print $2}' /proc/meminfo; }
 
@@ -52,7 +51,7 @@ memory() { # variant n mem0
     local v=$1 n=$2 mem0=$3 p k pss=0 each=
     sleep 2
     for p in $(run_pids); do
-        k=$(pss_kb "$p")
+        k=$(mem_kb Pss "$p")
         pss=$((pss + k))
         # The spawner and the shared server by name in the log (haproxy's are many).
         [[ $v == haproxy-* || $p != "$SP" && $v == per-namespace-* ]] \
@@ -167,15 +166,11 @@ side_ours() { # model n first_n
     stop_all TERM
 }
 side_haproxy() { # n
-    local n=$1 v="haproxy-$1" t0 w mem0 j id
+    local n=$1 v="haproxy-$1" t0 w mem0
     sample sh_load1 "$v" "$(load1)"
     mem0=$(mem_available_kb)
     t0=$(date +%s%N)
-    for j in $(seq "$n"); do
-        id=$(rid "$j")
-        ip -n "qrouter-$id" addr replace 169.254.169.254/32 dev lo
-        ip netns exec "qrouter-$id" env "PROCESS_TAG=haproxy-$id" haproxy -f "$SW/hap/$id.conf"
-    done
+    start_haproxies "$n" "$SW"
     w=$(waiter "$t0")
     sample sh_start_ms "$v" "$(field all_ms "$w")"
     log "$v: $w"
