@@ -94,7 +94,7 @@ async fn restart_under_load_loses_no_request() {
     if !require_root("restart_under_load_loses_no_request") {
         return;
     }
-    restart_under_load("rt-restart", Behave::Headers, 131).await;
+    restart_under_load("restart", Behave::Headers, 131).await;
 }
 
 /// The same with an agent that takes 150 ms per answer: requests are always in flight in the
@@ -104,7 +104,7 @@ async fn restart_with_requests_in_flight_loses_none() {
     if !require_root("restart_with_requests_in_flight_loses_none") {
         return;
     }
-    restart_under_load("rt-restart-slow", Behave::Delay(150), 133).await;
+    restart_under_load("slow", Behave::Delay(150), 133).await;
 }
 
 /// A fresh connection per request from `vm`, back to back until `go` is false: (answered,
@@ -123,69 +123,119 @@ fn fresh_loop(vm: &TestNs, go: &Arc<AtomicBool>) -> std::thread::JoinHandle<(u32
     })
 }
 
+/// One router served by a real spawner daemon, answered from a VM namespace on link `n`:
+/// what every test here starts from. Fields drop in order: the daemon first, the state dir last.
+struct Served {
+    daemon: ns_testkit::ChildGuard,
+    /// Guards the running proxy (tests add its successors).
+    guard: PidGuard,
+    vm: TestNs,
+    _rns: TestNs,
+    _agent: StandIn,
+    /// The proxy's pid once it ran.
+    old: u32,
+    p: String,
+    id: String,
+    netns: String,
+    vm_ip: std::net::IpAddr,
+    ini: std::path::PathBuf,
+    dir: TempDir,
+}
+
+impl Served {
+    /// Agent `behave`, `[spawner]` lines `extra` in the daemon's INI, router `<prefix><tag>`
+    /// added through the CLI and running (not yet asked: see [`Served::expect`]).
+    async fn start(tag: &str, behave: Behave, n: u8, extra: &str) -> Served {
+        let dir = TempDir::new(&format!("rt-{tag}")).reaping();
+        let agent = StandIn::start_at(dir.path().join("agent.sock"), behave);
+        let ini = write_ini(dir.path(), "");
+        let mut text = std::fs::read_to_string(&ini).expect("ini");
+        text.push_str(extra);
+        std::fs::write(&ini, text).expect("ini");
+        let p = unique_prefix();
+        let id = format!("{p}{tag}");
+        let netns = format!("qrouter-{id}");
+        let rns = TestNs::new(&netns).expect("router ns");
+        let vm = TestNs::new(&format!("{p}vm")).expect("vm ns");
+        let (_, vm_ip) = link(&rns, &vm, n).await.expect("veth");
+        let daemon = start_daemon(dir.path(), &ini, &[]);
+        let (ok, text) = cli(&ini, &["router", "add", &id]);
+        assert!(ok, "{text}");
+        assert!(wait_until(T, || pid_of(dir.path(), &id).is_some()));
+        let old = pid_of(dir.path(), &id).expect("pid");
+        Served {
+            daemon,
+            guard: PidGuard(vec![old]),
+            vm,
+            _rns: rns,
+            _agent: agent,
+            old,
+            p,
+            id,
+            netns,
+            vm_ip,
+            ini,
+            dir,
+        }
+    }
+
+    /// The body a `Behave::Headers` agent answers the VM with.
+    fn expect(&self) -> String {
+        format!("router={} network=- xff={}", self.id, self.vm_ip)
+    }
+}
+
 /// A router proxy answering through an agent that behaves as `behave`; the VM on link `n`.
 async fn restart_under_load(tag: &str, behave: Behave, n: u8) {
     let headers = matches!(behave, Behave::Headers);
-    let dir = TempDir::new(tag).reaping();
-    let _agent = StandIn::start_at(dir.path().join("agent.sock"), behave);
-    let ini = write_ini(dir.path(), "");
-    let p = unique_prefix();
-    let id = format!("{p}rs");
-    let netns = format!("qrouter-{id}");
-    let rns = TestNs::new(&netns).expect("router ns");
-    let vm = TestNs::new(&format!("{p}vm")).expect("vm ns");
-    let (_, vm_ip) = link(&rns, &vm, n).await.expect("veth");
-    let _d = start_daemon(dir.path(), &ini, &[]);
-    let (ok, text) = cli(&ini, &["router", "add", &id]);
-    assert!(ok, "{text}");
-    assert!(wait_until(T, || pid_of(dir.path(), &id).is_some()));
-    let old = pid_of(dir.path(), &id).expect("pid");
-    let mut guard = PidGuard(vec![old]);
-    let body = answer(&vm).await.expect("vm gets an answer");
+    let mut s = Served::start(tag, behave, n, "").await;
+    let (dir, ini, p, id, netns, vm) = (&s.dir, &s.ini, &s.p, &s.id, &s.netns, &s.vm);
+    let old = s.old;
+    let body = answer(vm).await.expect("vm gets an answer");
     if headers {
-        assert_eq!(body, format!("router={id} network=- xff={vm_ip}"));
+        assert_eq!(body, s.expect());
     }
-    assert!(wait_until(T, || served_2xx(dir.path(), &netns) >= 1.0));
+    assert!(wait_until(T, || served_2xx(dir.path(), netns) >= 1.0));
 
     // The verb's errors: one line, exit 1.
-    let (ok, text) = cli(&ini, &["restart", &format!("{p}nope")]);
+    let (ok, text) = cli(ini, &["restart", &format!("{p}nope")]);
     assert!(!ok);
     assert_eq!(
         text.trim(),
         format!("ns-metadata-spawner: 404: no proxy {p}nope: see `status`")
     );
     let waiting = format!("{p}wt");
-    assert!(cli(&ini, &["router", "add", &waiting]).0);
+    assert!(cli(ini, &["router", "add", &waiting]).0);
     assert!(wait_until(T, || proxy_json(dir.path(), &waiting).is_some()));
-    let (ok, text) = cli(&ini, &["restart", &waiting]);
+    let (ok, text) = cli(ini, &["restart", &waiting]);
     assert!(!ok);
     assert_eq!(text.lines().count(), 1, "{text}");
     assert!(
         text.contains(&format!("409: proxy {waiting} is not running")),
         "{text}"
     );
-    assert!(cli(&ini, &["router", "remove", &waiting]).0);
+    assert!(cli(ini, &["router", "remove", &waiting]).0);
 
     // Load from the VM: fresh connections on two threads, one keep-alive client.
     let go = Arc::new(AtomicBool::new(true));
-    let fresh: Vec<_> = (0..2).map(|_| fresh_loop(&vm, &go)).collect();
+    let fresh: Vec<_> = (0..2).map(|_| fresh_loop(vm, &go)).collect();
     let kept = {
         let (ns, go) = (vm.netns().try_clone().expect("vm ns"), go.clone());
         std::thread::spawn(move || keepalive_loop(&ns, go))
     };
     // Requests flow before the restart.
-    let before = served_2xx(dir.path(), &netns);
-    assert!(wait_until(T, || served_2xx(dir.path(), &netns) > before + 20.0));
-    let counted_before = served_2xx(dir.path(), &netns);
+    let before = served_2xx(dir.path(), netns);
+    assert!(wait_until(T, || served_2xx(dir.path(), netns) > before + 20.0));
+    let counted_before = served_2xx(dir.path(), netns);
 
     // Three restarts in a row under the load.
     let (mut old, mut new, mut mid) = (old, old, counted_before);
     for _ in 0..3 {
-        let (ok, text) = cli(&ini, &["restart", &id]);
+        let (ok, text) = cli(ini, &["restart", id]);
         assert!(ok, "{text}");
-        new = pid_of(dir.path(), &id).expect("running after the restart");
+        new = pid_of(dir.path(), id).expect("running after the restart");
         // Never kill a pid that may be recycled: only the live proxy is guarded.
-        guard.0 = vec![new];
+        s.guard.0 = vec![new];
         assert_ne!(new, old);
         assert_eq!(
             text,
@@ -198,12 +248,12 @@ async fn restart_under_load(tag: &str, behave: Behave, n: u8) {
             pid_file.split_whitespace().next(),
             Some(new.to_string().as_str())
         );
-        let st = proxy_json(dir.path(), &id).expect("status");
+        let st = proxy_json(dir.path(), id).expect("status");
         assert_eq!(st["restarts"], 0, "a restart is not a crash: {st}");
         // Requests flow after it, counted on from where they were.
-        let now = served_2xx(dir.path(), &netns);
+        let now = served_2xx(dir.path(), netns);
         assert!(now >= mid, "monotonic: {now} < {mid}");
-        assert!(wait_until(T, || served_2xx(dir.path(), &netns) > now + 20.0));
+        assert!(wait_until(T, || served_2xx(dir.path(), netns) > now + 20.0));
         (old, mid) = (new, now);
     }
     go.store(false, Ordering::Relaxed);
@@ -223,14 +273,14 @@ async fn restart_under_load(tag: &str, behave: Behave, n: u8) {
         "connections were reused: {ka_ok} answers on {conns}"
     );
     assert!(total > 0 && ka_ok > 0);
-    let after = served_2xx(dir.path(), &netns);
+    let after = served_2xx(dir.path(), netns);
     assert!(after >= mid, "monotonic: {after} < {mid}");
 
     // `restart --all`: every running proxy, one at a time.
-    let (ok, text) = cli(&ini, &["restart", "--all"]);
+    let (ok, text) = cli(ini, &["restart", "--all"]);
     assert!(ok, "{text}");
-    let newest = pid_of(dir.path(), &id).expect("running");
-    guard.0 = vec![newest];
+    let newest = pid_of(dir.path(), id).expect("running");
+    s.guard.0 = vec![newest];
     assert!(
         text.contains(&format!(
             "restarted {id}: pid {new} -> {newest} (socket takeover"
@@ -238,11 +288,10 @@ async fn restart_under_load(tag: &str, behave: Behave, n: u8) {
         "{text}"
     );
     assert!(!alive(new));
-    let body = answer(&vm).await.expect("vm gets an answer");
+    let body = answer(vm).await.expect("vm gets an answer");
     if headers {
-        assert_eq!(body, format!("router={id} network=- xff={vm_ip}"));
+        assert_eq!(body, s.expect());
     }
-    drop(rns);
 }
 
 /// With IPv6 the proxy has two listeners (169.254.169.254:80 and `[fe80::a9fe:a9fe]:80` on
@@ -325,32 +374,20 @@ async fn an_unfinished_restart_leaves_the_namespace_served() {
     if !require_root("an_unfinished_restart_leaves_the_namespace_served") {
         return;
     }
-    let dir = TempDir::new("rt-unfinished").reaping();
-    let _agent = StandIn::start_at(dir.path().join("agent.sock"), Behave::Headers);
-    let ini = write_ini(dir.path(), "");
-    let p = unique_prefix();
-    let id = format!("{p}ru");
-    let netns = format!("qrouter-{id}");
-    let rns = TestNs::new(&netns).expect("router ns");
-    let vm = TestNs::new(&format!("{p}vm")).expect("vm ns");
-    let (_, vm_ip) = link(&rns, &vm, 134).await.expect("veth");
-    let mut first = start_daemon(dir.path(), &ini, &[]);
-    assert!(cli(&ini, &["router", "add", &id]).0);
-    assert!(wait_until(T, || pid_of(dir.path(), &id).is_some()));
-    let old = pid_of(dir.path(), &id).expect("pid");
-    let mut guard = PidGuard(vec![old]);
+    let mut s = Served::start("unfinished", Behave::Headers, 134, "").await;
+    let (dir, ini, id, netns, vm, old) = (&s.dir, &s.ini, &s.id, &s.netns, &s.vm, s.old);
     assert!(wait_until(T, || std::fs::read_to_string(
         dir.path().join("records.json")
     )
-    .is_ok_and(|t| t.contains(&id))));
-    let expect = format!("router={id} network=- xff={vm_ip}");
-    assert_eq!(answer(&vm).await.expect("answered"), expect);
+    .is_ok_and(|t| t.contains(id.as_str()))));
+    let expect = s.expect();
+    assert_eq!(answer(vm).await.expect("answered"), expect);
 
     // The spawner dies mid-restart: the successor runs on the old proxy's sockets (copied
     // as the takeover does), started as the spawner starts it, and the pid file still names
     // the old proxy.
-    first.signal("KILL");
-    assert!(wait_until(T, || !first.alive()));
+    s.daemon.signal("KILL");
+    assert!(wait_until(T, || !s.daemon.alive()));
     let argv = ns_metadata_spawner::pidfile::cmdline(old).expect("old proxy alive");
     let ready = dir.path().join("twin-ready");
     let mut cmd = ns_netns::Spawn::new(&argv[0]);
@@ -379,7 +416,7 @@ async fn an_unfinished_restart_leaves_the_namespace_served() {
     assert_eq!(taken.len(), 1, "the old proxy's one listener");
     cmd.fd(taken.remove(0), first_fd);
     let twin = cmd.spawn().expect("twin").pid;
-    guard.0.push(twin);
+    s.guard.0.push(twin);
     assert!(
         wait_until(T, || std::fs::read_to_string(&ready)
             .is_ok_and(|t| t.contains("READY=1"))),
@@ -387,8 +424,8 @@ async fn an_unfinished_restart_leaves_the_namespace_served() {
         std::fs::read_to_string(dir.path().join("twin.log")).unwrap_or_default()
     );
 
-    let _second = start_daemon(dir.path(), &ini, &[]);
-    let st = proxy_json(dir.path(), &id).expect("status");
+    let _second = start_daemon(dir.path(), ini, &[]);
+    let st = proxy_json(dir.path(), id).expect("status");
     assert_eq!(
         (st["pid"].as_u64(), st["adopted"].as_bool()),
         (Some(u64::from(old)), Some(true)),
@@ -409,7 +446,6 @@ async fn an_unfinished_restart_leaves_the_namespace_served() {
     for _ in 0..20 {
         assert_eq!(get_in(vm.netns(), META).as_deref(), Ok(expect.as_str()));
     }
-    drop(rns);
 }
 
 /// An adopted proxy that runs with other arguments (here: started without a statistics
@@ -420,41 +456,26 @@ async fn an_adopted_proxy_with_other_arguments_is_replaced_without_refusing() {
     if !require_root("an_adopted_proxy_with_other_arguments_is_replaced_without_refusing") {
         return;
     }
-    let dir = TempDir::new("rt-upgrade").reaping();
-    let _agent = StandIn::start_at(dir.path().join("agent.sock"), Behave::Headers);
-    let ini = write_ini(dir.path(), "");
-    let mut text = std::fs::read_to_string(&ini).expect("ini");
-    text.push_str("proxy_metrics = false\n");
-    std::fs::write(&ini, text).expect("ini without metrics");
-    let p = unique_prefix();
-    let id = format!("{p}ug");
-    let rns = TestNs::new(&format!("qrouter-{id}")).expect("router ns");
-    let vm = TestNs::new(&format!("{p}vm")).expect("vm ns");
-    let (_, vm_ip) = link(&rns, &vm, 135).await.expect("veth");
-    let mut first = start_daemon(dir.path(), &ini, &[]);
-    assert!(cli(&ini, &["router", "add", &id]).0);
-    assert!(wait_until(T, || pid_of(dir.path(), &id).is_some()));
-    let old = pid_of(dir.path(), &id).expect("pid");
-    let mut guard = PidGuard(vec![old]);
+    let mut s = Served::start("upgrade", Behave::Headers, 135, "proxy_metrics = false\n").await;
+    let (dir, ini, id, vm, old) = (&s.dir, &s.ini, &s.id, &s.vm, s.old);
     let argv = ns_metadata_spawner::pidfile::cmdline(old).expect("alive");
     assert!(!argv.iter().any(|a| a == "--stats-fd"), "{argv:?}");
-    let expect = format!("router={id} network=- xff={vm_ip}");
-    assert_eq!(answer(&vm).await.expect("answered"), expect);
+    let expect = s.expect();
+    assert_eq!(answer(vm).await.expect("answered"), expect);
     // The spawner stops (its proxies keep serving); the next one has metrics on.
-    first.signal("TERM");
-    assert!(wait_until(T, || !first.alive()));
+    s.daemon.signal("TERM");
+    assert!(wait_until(T, || !s.daemon.alive()));
     assert!(alive(old));
     write_ini(dir.path(), "");
 
     let go = Arc::new(AtomicBool::new(true));
-    let fresh = fresh_loop(&vm, &go);
-    let _second = start_daemon(dir.path(), &ini, &[]);
-    let new = replaced_without_refusing(dir.path(), &id, old, (go, fresh));
-    guard.0.push(new);
+    let fresh = fresh_loop(vm, &go);
+    let _second = start_daemon(dir.path(), ini, &[]);
+    let new = replaced_without_refusing(dir.path(), id, old, (go, fresh));
+    s.guard.0.push(new);
     let argv = ns_metadata_spawner::pidfile::cmdline(new).expect("alive");
     assert!(argv.iter().any(|a| a == "--stats-fd"), "{argv:?}");
     assert_eq!(get_in(vm.netns(), META).as_deref(), Ok(expect.as_str()));
-    drop(rns);
 }
 
 /// A configuration change that only changes a proxy's arguments (SIGHUP after editing the
@@ -465,34 +486,22 @@ async fn a_changed_option_replaces_the_proxy_without_refusing() {
     if !require_root("a_changed_option_replaces_the_proxy_without_refusing") {
         return;
     }
-    let dir = TempDir::new("rt-reload").reaping();
-    let _agent = StandIn::start_at(dir.path().join("agent.sock"), Behave::Headers);
-    let ini = write_ini(dir.path(), "");
-    let p = unique_prefix();
-    let id = format!("{p}hu");
-    let rns = TestNs::new(&format!("qrouter-{id}")).expect("router ns");
-    let vm = TestNs::new(&format!("{p}vm")).expect("vm ns");
-    let (_, vm_ip) = link(&rns, &vm, 136).await.expect("veth");
-    let daemon = start_daemon(dir.path(), &ini, &[]);
-    assert!(cli(&ini, &["router", "add", &id]).0);
-    assert!(wait_until(T, || pid_of(dir.path(), &id).is_some()));
-    let old = pid_of(dir.path(), &id).expect("pid");
-    let mut guard = PidGuard(vec![old]);
-    let expect = format!("router={id} network=- xff={vm_ip}");
-    assert_eq!(answer(&vm).await.expect("answered"), expect);
+    let mut s = Served::start("reload", Behave::Headers, 136, "").await;
+    let (dir, ini, id, vm, old) = (&s.dir, &s.ini, &s.id, &s.vm, s.old);
+    let expect = s.expect();
+    assert_eq!(answer(vm).await.expect("answered"), expect);
 
     let go = Arc::new(AtomicBool::new(true));
-    let fresh = fresh_loop(&vm, &go);
-    let mut text = std::fs::read_to_string(&ini).expect("ini");
+    let fresh = fresh_loop(vm, &go);
+    let mut text = std::fs::read_to_string(ini).expect("ini");
     text.push_str("proxy_metrics = false\n");
-    std::fs::write(&ini, text).expect("ini without metrics");
-    daemon.signal("HUP");
-    let new = replaced_without_refusing(dir.path(), &id, old, (go, fresh));
-    guard.0.push(new);
+    std::fs::write(ini, text).expect("ini without metrics");
+    s.daemon.signal("HUP");
+    let new = replaced_without_refusing(dir.path(), id, old, (go, fresh));
+    s.guard.0.push(new);
     let argv = ns_metadata_spawner::pidfile::cmdline(new).expect("alive");
     assert!(!argv.iter().any(|a| a == "--stats-fd"), "{argv:?}");
     assert_eq!(get_in(vm.netns(), META).as_deref(), Ok(expect.as_str()));
-    drop(rns);
 }
 
 /// Proxy `id` (pid `old`) was replaced by socket takeover while `load` ran: the new pid, once
