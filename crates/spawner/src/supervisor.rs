@@ -756,47 +756,46 @@ impl<P: Platform> Supervisor<P> {
             if busy.contains(&pid) || !pidfile::started_by(pid, &cfg.state_dir) {
                 continue;
             }
-            let owner = present.iter().find(|(k, (spec, _))| {
-                !adopt.contains_key(*k)
-                    && has_pair(&info.argv, spec)
+            // The wanted proxy this one serves (our binary, the exact id pair, the record's
+            // namespace), if any.
+            let wanted = present.iter().find(|(_, (spec, _))| {
+                has_pair(&info.argv, spec)
                     && info.netns.is_some()
                     && info.netns == platform.namespace_inode(&spec.netns)
             });
-            // The other half of a restart the previous spawner did not finish (killed while
-            // both proxies ran on the same sockets): the namespace is served by the adopted
-            // one, so this one is stopped without a teardown, which would remove the
-            // addresses the adopted proxy answers on.
-            let twin = present.iter().find(|(k, (spec, _))| {
-                adopt.contains_key(*k)
-                    && has_pair(&info.argv, spec)
-                    && info.netns.is_some()
-                    && info.netns == platform.namespace_inode(&spec.netns)
-            });
-            if let Some((key, (spec, _))) = owner {
-                let Some(r) = open_proven(pid, &info) else {
-                    continue;
-                };
-                tracing::info!(key = %key, pid, "found a running proxy without a pid file");
-                if let Err(e) = pidfile::write(&pid_dir, key, pid, &spec.interface) {
-                    tracing::warn!(key = %key, err = %e, "cannot write pid file");
+            match wanted {
+                Some((key, (spec, _))) if !adopt.contains_key(key) => {
+                    let Some(r) = open_proven(pid, &info) else {
+                        continue;
+                    };
+                    tracing::info!(key = %key, pid, "found a running proxy without a pid file");
+                    if let Err(e) = pidfile::write(&pid_dir, key, pid, &spec.interface) {
+                        tracing::warn!(key = %key, err = %e, "cannot write pid file");
+                    }
+                    adopt.insert(key.clone(), (r, info.argv));
                 }
-                adopt.insert(key.clone(), (r, info.argv));
-            } else if let Some((key, (spec, _))) = twin {
-                let Some(r) = open_proven(pid, &info) else {
-                    continue;
-                };
-                stale.push(Stale {
-                    pid,
-                    running: Some(r),
-                    ns: None,
-                    spec: spec.clone(),
-                    why: "stopping the second proxy of an unfinished restart (the one of the pid file serves the namespace; no teardown)",
-                });
-                tracing::debug!(key = %key, pid, "twin of an adopted proxy");
-            } else if !lost {
-                if let Some(s) = unmanaged(platform, &cfg, pid, &info) {
-                    stale.push(s);
+                // The other half of a restart the previous spawner did not finish (killed
+                // while both proxies ran on the same sockets): the namespace is served by the
+                // adopted one, so this one is stopped without a teardown, which would remove
+                // the addresses the adopted proxy answers on.
+                Some((_, (spec, _))) => {
+                    let Some(r) = open_proven(pid, &info) else {
+                        continue;
+                    };
+                    stale.push(Stale {
+                        pid,
+                        running: Some(r),
+                        ns: None,
+                        spec: spec.clone(),
+                        why: "stopping the second proxy of an unfinished restart (the one of the pid file serves the namespace; no teardown)",
+                    });
                 }
+                None if !lost => {
+                    if let Some(s) = unmanaged(platform, &cfg, pid, &info) {
+                        stale.push(s);
+                    }
+                }
+                None => {}
             }
         }
         let grace = cfg.stop_timeout;
