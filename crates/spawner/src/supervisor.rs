@@ -518,10 +518,9 @@ impl<P: Platform> Supervisor<P> {
         self.inner
             .reconciles
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (present, waiting, cfg) = self.plan();
+        let (mut present, waiting, cfg) = self.plan();
         self.ensure_shared(&cfg).await;
         let keep = stats_keys(&cfg, &present, &waiting);
-        let mut present = present;
         let (removed, handed): (Vec<Proxy>, Vec<Proxy>) = {
             let mut proxies = lock(&self.inner.proxies);
             let stale: Vec<String> = proxies
@@ -536,7 +535,7 @@ impl<P: Platform> Supervisor<P> {
             stale
                 .iter()
                 .filter_map(|k| proxies.remove(k))
-                .partition(|p| !(replaceable(&cfg, p, &present)))
+                .partition(|p| !replaceable(&cfg, p, &present))
         };
         *lock(&self.inner.waiting) = waiting;
         // Same namespace and addresses, other arguments (a changed option): the running
