@@ -38,11 +38,7 @@ async fn one_server_serves_every_router_and_a_kill9_refuses_nothing() {
     let dir = TempDir::new("sh-routers").reaping();
     let _agent = agent(dir.path());
     let p = unique_prefix();
-    let ids: Vec<String> = (0..3).map(|i| format!("{p}s{i}")).collect();
-    let nss: Vec<TestNs> = ids
-        .iter()
-        .map(|id| TestNs::new(&format!("qrouter-{id}")).expect("router ns"))
-        .collect();
+    let (ids, nss) = routers(&p, "s", 3);
     let vm = TestNs::new(&format!("{p}vm")).expect("vm ns");
     let (_, vm_ip) = link(&nss[0], &vm, 111).await.expect("veth");
     let sup = shared_supervisor(&dir);
@@ -205,6 +201,16 @@ fn add_router(ini: &std::path::Path, id: &str) {
     });
 }
 
+/// Namespaces `qrouter-<prefix><tag><i>` for i in 0..n: the ids and the namespaces.
+fn routers(prefix: &str, tag: &str, n: usize) -> (Vec<String>, Vec<TestNs>) {
+    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}{tag}{i}")).collect();
+    let nss = ids
+        .iter()
+        .map(|id| TestNs::new(&format!("qrouter-{id}")).expect("router ns"))
+        .collect();
+    (ids, nss)
+}
+
 /// Wait until router `id`'s namespace `ns` answers, as router `id`.
 fn answered_for(ns: &TestNs, id: &str) {
     let body = ns_testkit::eventually(id, T, || get_in(ns.netns(), META).ok());
@@ -224,11 +230,7 @@ fn a_restarted_spawner_takes_the_running_server_and_its_sockets_over() {
     let dir = TempDir::new("sh-takeover").reaping();
     let _agent = agent(dir.path());
     let p = unique_prefix();
-    let ids: Vec<String> = (0..2).map(|i| format!("{p}t{i}")).collect();
-    let nss: Vec<TestNs> = ids
-        .iter()
-        .map(|id| TestNs::new(&format!("qrouter-{id}")).expect("router ns"))
-        .collect();
+    let (ids, nss) = routers(&p, "t", 2);
     let ini = shared_ini(dir.path());
     let mut daemon = start_daemon(dir.path(), &ini, &[]);
     for id in &ids {
@@ -452,11 +454,7 @@ async fn a_graceful_server_restart_loses_no_request() {
     }
     let dir = TempDir::new("sh-replace").reaping();
     let _agent = agent(dir.path());
-    let ids: Vec<String> = (0..2).map(|i| format!("{}g{i}", unique_prefix())).collect();
-    let nss: Vec<TestNs> = ids
-        .iter()
-        .map(|id| TestNs::new(&format!("qrouter-{id}")).expect("router ns"))
-        .collect();
+    let (ids, nss) = routers(&unique_prefix(), "g", 2);
     let sup = shared_supervisor(&dir);
     for id in &ids {
         sup.put_router(router(id));
@@ -506,11 +504,7 @@ fn status_shows_the_server_and_restart_all_replaces_it_once() {
     let dir = TempDir::new("sh-status").reaping();
     let _agent = agent(dir.path());
     let p = unique_prefix();
-    let ids: Vec<String> = (0..3).map(|i| format!("{p}s{i}")).collect();
-    let nss: Vec<TestNs> = ids
-        .iter()
-        .map(|id| TestNs::new(&format!("qrouter-{id}")).expect("router ns"))
-        .collect();
+    let (ids, nss) = routers(&p, "s", 3);
     let ini = shared_ini(dir.path());
     let _daemon = start_daemon(dir.path(), &ini, &[]);
     for id in &ids {
