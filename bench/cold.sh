@@ -42,7 +42,7 @@ waiter() {
 cold_ours() {
     local n=$1 t0 w ticks
     rm -rf "$CW/sp"
-    spawner_ini "$COLD_SOCK" "$CW/sp" >"$CW/spawner.ini"
+    spawner_ini "$COLD_SOCK" "$CW/sp" "auto_enable_routers = true" "agent_keepalive = auto" >"$CW/spawner.ini"
     sample cold_load1 "ours-$n" "$(cut -d' ' -f1 /proc/loadavg)"
     t0=$(date +%s%N)
     "$SPAWNER" --config-file "$CW/spawner.ini" run --stop-proxies-on-exit 2>>"$CW/spawner.log" &

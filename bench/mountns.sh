@@ -4,8 +4,8 @@
 # pid of a process it may have started that is running now), then calls private_netns.
 : "${WORK:?}" "${RUN:?}" "${RAW:?}" "${SCRIPT:?}" "${TAG:?}"
 
-# shellcheck source=bench/mem.sh
-. "$(dirname "${BASH_SOURCE[0]}")/mem.sh" # mem_kb
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh" # mem_kb, spawner_ini
 log() { printf '%s %s: %s\n' "$(date -u +%T)" "$SCRIPT" "$*" >&2; }
 # One sample; a value the measurement did not produce is logged, not written.
 sample() {
@@ -81,8 +81,4 @@ start_haproxies() { # n dir
         ip -n "qrouter-$id" addr replace 169.254.169.254/32 dev lo
         ip netns exec "qrouter-$id" env "PROCESS_TAG=haproxy-$id" haproxy -f "$2/hap/$id.conf"
     done
-}
-spawner_ini() { # agent-socket state-dir [line...]
-    printf '[DEFAULT]\nmetadata_proxy_socket = %s\n\n[spawner]\nproxy_binary = %s\nstate_dir = %s\n' "$1" "$PROXY" "$2"
-    printf '%s\n' "router_interface = lo" "auto_enable_routers = true" "agent_keepalive = auto" "${@:3}"
 }

@@ -50,8 +50,8 @@ wait_for() {
     log "timed out waiting for $what"
     return 1
 }
-# shellcheck source=bench/mem.sh
-. "$REPO/bench/mem.sh" # mem_kb
+# shellcheck source=bench/lib.sh
+. "$REPO/bench/lib.sh" # mem_kb
 field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p" <<<"$2"; }
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 # Every proxy a side started: ours from the spawner's pid files, Neutron's from its own

@@ -190,8 +190,8 @@ sample() {
     fi
     printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$RAW"
 }
-# shellcheck source=bench/mem.sh
-. "$REPO/bench/mem.sh" # mem_kb
+# shellcheck source=bench/lib.sh
+. "$REPO/bench/lib.sh" # mem_kb, spawner_ini
 # utime+stime in clock ticks (all threads).
 cpu_ticks() { awk '{sub(/^.*\) /, ""); print $12 + $13}' /proc/"$1"/stat; }
 # MemAvailable and the memory the kernel accounts to processes and itself
@@ -734,17 +734,8 @@ mx_many() { # on|off
     local flag=true sp pss count
     local -a pids
     [[ $1 == on ]] || flag=false
-    cat >"$WORK/mx-$1.ini" <<EOF
-[DEFAULT]
-metadata_proxy_socket = $WORK/agent-mx.sock
-
-[spawner]
-proxy_binary = $PROXY
-state_dir = $WORK/spawner-mx
-router_interface = lo
-records_file = $WORK/mx-records.json
-proxy_metrics = $flag
-EOF
+    spawner_ini "$WORK/agent-mx.sock" "$WORK/spawner-mx" "records_file = $WORK/mx-records.json" \
+        "proxy_metrics = $flag" >"$WORK/mx-$1.ini"
     log "figure 13: $N proxies under the spawner, proxy_metrics = $flag"
     "$SPAWNER" run --config-file "$WORK/mx-$1.ini" --stop-proxies-on-exit 2>>"$WORK/spawner-mx.log" &
     sp=$!
@@ -904,16 +895,7 @@ mkdir -p "$WORK/hap" "$WORK/spawner"
 for j in $(seq "$N"); do
     haproxy_cfg "$(rid "$j")" "$WORK/agent-many-haproxy.sock" "$WORK/hap/$(rid "$j").pid" >"$WORK/hap/$(rid "$j").conf"
 done
-cat >"$WORK/spawner.ini" <<EOF
-[DEFAULT]
-metadata_proxy_socket = $WORK/agent-spawner.sock
-
-[spawner]
-proxy_binary = $PROXY
-state_dir = $WORK/spawner
-router_interface = lo
-agent_keepalive = auto
-EOF
+spawner_ini "$WORK/agent-spawner.sock" "$WORK/spawner" "agent_keepalive = auto" >"$WORK/spawner.ini"
 start_agent many-haproxy close
 [[ $SPAWN == 1 ]] && start_agent spawner keepalive
 
@@ -1036,15 +1018,7 @@ done
 control_put() {
     local sp w last
     log "figure 7: $PUT_FILL + $PUT_MEASURE router PUTs through a spawner's control API"
-    cat >"$WORK/spawner-api.ini" <<EOT
-[DEFAULT]
-metadata_proxy_socket = $WORK/agent-spawner.sock
-
-[spawner]
-proxy_binary = $PROXY
-state_dir = $WORK/spawner-api
-router_interface = lo
-EOT
+    spawner_ini "$WORK/agent-spawner.sock" "$WORK/spawner-api" >"$WORK/spawner-api.ini"
     "$SPAWNER" run --config-file "$WORK/spawner-api.ini" 2>>"$WORK/spawner-api.log" &
     sp=$!
     PIDS+=($!)

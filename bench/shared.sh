@@ -145,7 +145,7 @@ kill_figure() { # n
 side_ours() { # model n first_n
     local m=$1 n=$2 v="$1-$2" t0 w mem0
     rm -rf "$SW/sp"
-    spawner_ini "$SH_SOCK" "$SW/sp" "proxy_model = $m" \
+    spawner_ini "$SH_SOCK" "$SW/sp" "auto_enable_routers = true" "agent_keepalive = auto" "proxy_model = $m" \
         ${SH_MAX_AGENT_REQUESTS:+"max_agent_requests = $SH_MAX_AGENT_REQUESTS"} \
         ${SH_PROXY_METRICS:+"proxy_metrics = $SH_PROXY_METRICS"} >"$SW/spawner.ini"
     sample sh_load1 "$v" "$(load1)"
