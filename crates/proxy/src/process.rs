@@ -2,7 +2,7 @@
 //! the pid file, dropping privileges after bind, and telling the starter it is ready.
 
 use std::fs::File;
-use std::io::{Read as _, Seek as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::os::fd::AsRawFd as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -257,7 +257,7 @@ impl PidFile {
     /// Lock and write our pid. Fails if another live process holds the lock, if the path is
     /// a symlink or not a regular file, or if the file holds something other than a pid.
     pub fn create(path: &Path) -> Result<PidFile> {
-        use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+        use std::os::unix::fs::{FileExt as _, MetadataExt as _, OpenOptionsExt as _};
         let err = |reason: String| Error::PidFile {
             path: path.to_owned(),
             reason,
@@ -305,11 +305,16 @@ impl PidFile {
                     .into(),
             ));
         }
-        lock.set_len(0).map_err(|e| err(e.to_string()))?;
-        lock.rewind().map_err(|e| err(e.to_string()))?;
-        // A bare pid: Neutron reads the file with int().
-        writeln!(lock, "{}", std::process::id()).map_err(|e| err(e.to_string()))?;
-        lock.flush().map_err(|e| err(e.to_string()))?;
+        // A bare pid: Neutron reads the file with int() at any moment, so it must never see
+        // it empty (truncate, then write, showed it "" and its ProcessManager a pid of None).
+        // One write at offset 0, padded with spaces over a longer old pid (int() ignores
+        // them), then the padding is cut off.
+        let pid = std::process::id().to_string();
+        let text = format!("{pid:<width$}\n", width = old.len().saturating_sub(1));
+        lock.write_all_at(text.as_bytes(), 0)
+            .map_err(|e| err(e.to_string()))?;
+        lock.set_len(pid.len() as u64 + 1)
+            .map_err(|e| err(e.to_string()))?;
         Ok(PidFile {
             path: path.to_owned(),
             id: (meta.dev(), meta.ino()),
@@ -461,6 +466,47 @@ mod tests {
         // Not a regular file.
         let e = PidFile::create(&d).expect_err("directory refused");
         assert!(!e.to_string().is_empty());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Neutron reads the pid file with `int()` at any moment (its ProcessMonitor, every
+    /// `check_child_processes_interval`): a rewrite must never show it an empty file, or it
+    /// thinks the proxy is gone for a moment (seen as `pid=None, active=True` in CI).
+    #[test]
+    fn pid_file_rewrite_never_reads_empty() {
+        let d = scratch("pid-rewrite");
+        let p = d.join("proxy.pid");
+        std::fs::write(&p, "4294967295\n").expect("a longer stale pid");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (p, stop) = (p.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut bad = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let text = std::fs::read_to_string(&p).expect("read");
+                    if text.trim().parse::<u32>().is_err() {
+                        bad.push(text);
+                    }
+                }
+                bad
+            })
+        };
+        for _ in 0..3000 {
+            // Dropped without remove: the next create rewrites the file in place.
+            drop(PidFile::create(&p).expect("create"));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let bad = reader.join().expect("reader");
+        assert!(
+            bad.is_empty(),
+            "{} reads did not parse: {:?}",
+            bad.len(),
+            &bad[..bad.len().min(3)]
+        );
+        assert_eq!(
+            std::fs::read_to_string(&p).expect("read"),
+            format!("{}\n", std::process::id())
+        );
         let _ = std::fs::remove_dir_all(&d);
     }
 
