@@ -232,6 +232,20 @@ impl Netns {
     }
 }
 
+/// `l` (listening, non-blocking) registered with the current tokio runtime for readability,
+/// to accept with `accept4` directly: the accepted socket is not registered anywhere yet, so
+/// the thread that serves it registers it once (the proxy's serving threads). tokio made its
+/// safe constructor `unsafe` (a type could hand out another fd later); a `TcpListener` owns
+/// its one fd, so that cannot happen here. Must be called within a runtime.
+pub fn async_listener(
+    l: std::net::TcpListener,
+) -> std::io::Result<tokio::io::unix::AsyncFd<std::net::TcpListener>> {
+    // SAFETY: `TcpListener::as_raw_fd` returns the fd it owns, the same one for its whole
+    // life, and it stays open until the AsyncFd (which owns the listener) is dropped.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(l, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

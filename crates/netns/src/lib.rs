@@ -24,8 +24,8 @@ pub mod testing;
 pub use command::CommandExt;
 pub use error::{Error, Result};
 pub use fdpass::{
-    accept_owned, recv_fds, recv_fds_upto, send_fds, seqpacket_connect, seqpacket_listen,
-    take_inherited, MAX_FDS, SCM_MAX_FD,
+    accept_owned, async_listener, recv_fds, recv_fds_upto, send_fds, seqpacket_connect,
+    seqpacket_listen, take_inherited, MAX_FDS, SCM_MAX_FD,
 };
 pub use manage::{create, delete, list, validate_name, NETNS_RUN_DIR};
 pub use mem::release_free_memory;

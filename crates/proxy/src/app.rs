@@ -59,16 +59,11 @@ pub fn run(cfg: Config, daemon_child: bool) -> Result<()> {
     confine()?;
     check_agent_access(&cfg.socket)?;
 
-    let rt = runtime()?;
+    // One serving thread, more only under load (crate::workers): a multi-thread runtime lost
+    // at every load in the issue 8 bench.
+    crate::workers::init(cfg.threads);
+    let rt = crate::workers::runtime()?;
     rt.block_on(async move {
-        let listeners = listeners
-            .into_iter()
-            .map(tokio::net::TcpListener::from_std)
-            .collect::<std::io::Result<Vec<_>>>()
-            .map_err(|source| Error::Io {
-                op: "listener",
-                source,
-            })?;
         let shutdown = until_stopped()?;
         let shared = Arc::new(Shared::with_stats(&cfg, &resource, stats));
         tracing::info!(
@@ -101,20 +96,6 @@ pub fn run(cfg: Config, daemon_child: bool) -> Result<()> {
         p.remove();
     }
     Ok(())
-}
-
-/// One thread: the benchmark showed a multi-thread runtime losing at every load (issue 8).
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        // The access lines of this turn, in one write (src/accesslog.rs).
-        .on_thread_park(crate::accesslog::flush)
-        .build()
-        .map_err(|source| Error::Io {
-            op: "tokio runtime",
-            source,
-        })
 }
 
 /// Resolves at SIGTERM or SIGINT (telling systemd we are stopping); SIGHUP reopens the log
@@ -157,7 +138,8 @@ fn run_shared(cfg: Config, ss: &crate::shared::SharedServer) -> Result<()> {
     creds.drop_privileges()?;
     confine()?;
     check_agent_access(&cfg.socket)?;
-    let rt = runtime()?;
+    crate::workers::init(cfg.threads);
+    let rt = crate::workers::runtime()?;
     rt.block_on(async move {
         let shutdown = until_stopped()?;
         tracing::info!(

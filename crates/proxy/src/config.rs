@@ -75,6 +75,12 @@ static OPTS: &[Opt] = &[
         "Requests relayed to the agent at once (per namespace in the shared server); more \
          wait in arrival order, up to timeout_connect, then 503; 0 = no limit")
         .default("16"),
+    Opt::new(D, "threads", Kind::Str,
+        "Serving threads at most: one serves, another starts only while every running one has \
+         8 connections open, and stops once the proxy is idle; auto = 2 with 2 CPUs or more, \
+         else 1")
+        .default("auto")
+        .value_name("auto|1..16"),
     Opt::new(D, "agent_keepalive", Kind::Choice(&KEEPALIVE),
         "Reuse agent connections: off (one request per connection, what Neutron's agent \
          needs), on, or auto (only after the agent's response carries X-NS-Metadata-Keepalive)")
@@ -250,6 +256,8 @@ pub struct Config {
     pub max_connections: usize,
     /// Requests with the agent at once, the rest queued ([`crate::relayq`]); 0: no limit.
     pub max_agent_requests: usize,
+    /// Serving threads at most ([`crate::workers`]; haproxy's `nbthread`).
+    pub threads: usize,
     pub rate_limit: Option<RateLimit>,
     pub agent_keepalive: KeepaliveMode,
     pub ready_fds: Vec<i32>,
@@ -366,6 +374,7 @@ impl Config {
             timeouts: options::timeouts(v)?,
             max_connections: v.int(D, "max_connections")?,
             max_agent_requests: v.int(D, "max_agent_requests")?,
+            threads: threads(v)?,
             rate_limit,
             agent_keepalive: v.choice_as(D, "agent_keepalive", &KeepaliveMode::CHOICES)?,
             ready_fds: m
@@ -383,6 +392,29 @@ impl Config {
             rate_table: None,
             warnings: loaded.warnings.iter().map(ToString::to_string).collect(),
         })
+    }
+}
+
+/// `threads`: `auto` or a count of 1..=[`crate::workers::MAX_THREADS`].
+fn threads(v: &Values) -> Result<usize> {
+    let text = v.str(D, "threads")?;
+    match text.trim() {
+        "auto" => Ok(crate::workers::auto()),
+        t => t
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=crate::workers::MAX_THREADS).contains(n))
+            .ok_or_else(|| {
+                v.error(
+                    D,
+                    "threads",
+                    format!(
+                        "{t:?} is neither auto nor a thread count of 1 to {}",
+                        crate::workers::MAX_THREADS
+                    ),
+                )
+                .into()
+            }),
     }
 }
 

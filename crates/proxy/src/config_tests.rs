@@ -304,6 +304,17 @@ fn bad_values_name_file_line_env_or_flag() {
     );
     let c = parse(&["--router-id", "r", "--max-agent-requests", "0"]).expect("0: no limit");
     assert_eq!(c.max_agent_requests, 0);
+    let (_t, f) = ini("[DEFAULT]\nthreads = two\n");
+    let e = err(&["--router-id", "r", "--config-file", &f]);
+    assert!(
+        e.ends_with(":2: [DEFAULT] threads: \"two\" is neither auto nor a thread count of 1 to 16"),
+        "{e}"
+    );
+    assert!(err(&["--router-id", "r", "--threads", "0"]).starts_with("--threads: "));
+    let c = parse(&["--router-id", "r", "--threads", "3"]).expect("3 threads");
+    assert_eq!(c.threads, 3);
+    let c = parse(&["--router-id", "r"]).expect("auto");
+    assert_eq!(c.threads, crate::workers::auto());
     assert_eq!(
         err(&["--router-id", "r", "--debug=maybe"]),
         "--debug: invalid boolean \"maybe\": expected true/false, yes/no, on/off or 1/0"

@@ -25,6 +25,7 @@ pub mod state;
 pub mod stats;
 pub mod syslog;
 pub mod upstream;
+pub mod workers;
 
 pub use config::{Args, Config};
 pub use error::{Error, Result};

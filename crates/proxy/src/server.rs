@@ -1,13 +1,17 @@
 //! The serving loop: accept on every listener under `--max-connections`, one task per
-//! connection, graceful shutdown, rate-limited accept-error logging, and idle housekeeping
-//! (pool pruning; when the proxy goes idle, freed memory is given back).
+//! connection on the serving thread [`crate::workers`] chooses, graceful shutdown,
+//! rate-limited accept-error logging, and idle housekeeping (pool pruning; when the proxy
+//! goes idle, freed memory and extra serving threads are given back).
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
+use tokio::io::unix::AsyncFd;
+use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::bufpool;
@@ -31,12 +35,13 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// While accept(2) keeps failing, one summary line at most this often.
 const ACCEPT_REPORT_EVERY: Duration = Duration::from_secs(60);
 
-/// Serve until `shutdown` resolves, then stop accepting, let in-flight requests finish
-/// for up to `grace`, and return. Must run on a current-thread runtime (the buffer pool
-/// is per thread).
+/// Serve `listeners` (listening, non-blocking) until `shutdown` resolves, then stop
+/// accepting, let in-flight requests finish for up to `grace`, and return. Must run on a
+/// current-thread runtime (the buffer pool is per thread; busy, connections also go to the
+/// serving threads of [`crate::workers`]).
 pub async fn serve(
     shared: Arc<Shared>,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<std::net::TcpListener>,
     max_connections: usize,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
@@ -51,7 +56,7 @@ pub async fn serve(
 /// [`housekeeping_all`] for every namespace.
 pub async fn serve_capped(
     shared: Arc<Shared>,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<std::net::TcpListener>,
     max_connections: usize,
     global: Option<Arc<Semaphore>>,
     shutdown: impl Future<Output = ()>,
@@ -64,7 +69,14 @@ pub async fn serve_capped(
             own: sem.clone(),
             global: global.clone(),
         };
-        tokio::spawn(accept_loop(l, shared.clone(), caps, stop_rx.clone()));
+        match ns_netns::async_listener(l) {
+            Ok(l) => {
+                tokio::spawn(accept_loop(l, shared.clone(), caps, stop_rx.clone()));
+            }
+            Err(e) => {
+                tracing::error!(id = %shared.id, err = %e, "cannot watch a listener; it is not served")
+            }
+        }
     }
     if global.is_none() {
         tokio::spawn(housekeeping(shared.clone(), stop_rx.clone()));
@@ -173,7 +185,7 @@ impl Caps {
 }
 
 async fn accept_loop(
-    l: TcpListener,
+    l: AsyncFd<std::net::TcpListener>,
     shared: Arc<Shared>,
     caps: Caps,
     mut stop: watch::Receiver<bool>,
@@ -184,8 +196,8 @@ async fn accept_loop(
             p = caps.acquire() => match p { Some(p) => p, None => return },
             _ = stop.changed() => return,
         };
-        let (sock, peer) = tokio::select! {
-            r = l.accept() => match r {
+        let (fd, peer) = tokio::select! {
+            r = accept(&l) => match r {
                 Ok(x) => x,
                 Err(e) => {
                     errors.failed(&e, Instant::now());
@@ -199,16 +211,47 @@ async fn accept_loop(
             _ = stop.changed() => return,
         };
         errors.succeeded(Instant::now());
-        let conn = Conn::new(shared.clone(), sock, peer, stop.clone());
         shared.activity.opened();
         shared.stats.conn_opened();
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            conn.serve().await;
-            drop(permit);
+        let (place, open) = crate::workers::place();
+        let (shared, stop) = (shared.clone(), stop.clone());
+        // Registered with the runtime of the thread that serves it, when it first runs there.
+        let conn = async move {
+            match TcpStream::from_std(std::net::TcpStream::from(fd)) {
+                Ok(sock) => Conn::new(shared.clone(), sock, peer, stop).serve().await,
+                Err(e) => {
+                    tracing::warn!(client = %peer.ip(), err = %e, "cannot serve an accepted connection")
+                }
+            }
+            drop((permit, open));
             shared.activity.closed();
             shared.stats.conn_closed();
+        };
+        match place {
+            crate::workers::Place::Here => drop(tokio::spawn(conn)),
+            crate::workers::Place::On(helper) => drop(helper.spawn(conn)),
+        }
+    }
+}
+
+/// One connection from `l` (non-blocking, close-on-exec) and its peer (from `accept4`, no
+/// `getpeername`), not registered with any runtime yet: the thread that serves it does
+/// that.
+async fn accept(l: &AsyncFd<std::net::TcpListener>) -> io::Result<(OwnedFd, SocketAddr)> {
+    use rustix::net::{acceptfrom_with, SocketFlags};
+    loop {
+        let mut ready = l.readable().await?;
+        let accepted = ready.try_io(|l| {
+            acceptfrom_with(l.get_ref(), SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)
+                .map_err(io::Error::from)
         });
+        if let Ok(r) = accepted {
+            let (fd, addr) = r?;
+            let peer = addr
+                .and_then(|a| SocketAddr::try_from(a).ok())
+                .ok_or_else(|| io::Error::other("accepted a connection without a peer address"))?;
+            return Ok((fd, peer));
+        }
     }
 }
 
@@ -298,8 +341,14 @@ fn release_memory(all: &[Arc<Shared>]) {
             rl.shrink(now);
         }
     }
+    // Extra serving threads without a connection end, with their agent connections.
+    let threads = crate::workers::retire_idle(|i| {
+        for shared in all {
+            shared.agent.forget(i);
+        }
+    });
     let trimmed = ns_netns::release_free_memory();
-    tracing::debug!(buffers, trimmed, "idle: memory released");
+    tracing::debug!(buffers, threads, trimmed, "idle: memory released");
 }
 
 #[cfg(test)]

@@ -403,15 +403,14 @@ impl Namespaces {
             ));
         }
         let mut copies = Vec::with_capacity(listeners.len());
-        let mut tokio_listeners = Vec::with_capacity(listeners.len());
+        let mut serving = Vec::with_capacity(listeners.len());
         for l in listeners {
             copies.push(OwnedFd::from(
                 l.try_clone().map_err(|e| format!("dup listener: {e}"))?,
             ));
             l.set_nonblocking(true)
                 .map_err(|e| format!("listener non-blocking: {e}"))?;
-            tokio_listeners
-                .push(tokio::net::TcpListener::from_std(l).map_err(|e| format!("listener: {e}"))?);
+            serving.push(l);
         }
         let mut cfg = self.base.clone();
         cfg.resource = Some(resource.clone());
@@ -424,7 +423,7 @@ impl Namespaces {
         let global = self.global.clone();
         let task = tokio::spawn(server::serve_capped(
             shared.clone(),
-            tokio_listeners,
+            serving,
             per_ns,
             Some(global),
             async move {

@@ -107,7 +107,7 @@ impl Proxy {
         let resource = cfg.resource.clone().expect("one resource");
         match model {
             Model::PerNamespace => {
-                let l = tokio::net::TcpListener::from_std(std_l).expect("tokio listener");
+                let l = std_l;
                 let shared = Arc::new(server::Shared::new(&cfg, &resource));
                 let (tx, rx) = oneshot::channel::<()>();
                 let done = tokio::spawn(server::serve(

@@ -1,0 +1,330 @@
+//! Serving threads (issue #19): a proxy serves on one runtime thread, and starts another
+//! only while it is busy.
+//!
+//! One thread is what an idle proxy should cost: a node runs thousands of them. Under load
+//! one thread is not enough on a small machine: the VMs' load and the agent share the cores
+//! with it, and a preempted proxy stops serving while haproxy's second thread (it starts one
+//! per CPU) goes on. Measured at c32 keep-alive against haproxy without its log lines, ours
+//! used less CPU per request (0.85×) yet served fewer (0.95×).
+//!
+//! So the accept loops stay on the main runtime thread, and each accepted connection goes
+//! to the serving thread with the fewest connections open. When every running thread has
+//! [`START_AT`] open, another one is started (up to `--threads`), with its own
+//! current-thread runtime, agent pool and buffer pool: nothing is shared between threads on
+//! the request path but the per-namespace atomics and locks every connection already takes.
+//! A connection stays on its thread for its life. Once the proxy is idle again (the
+//! housekeeping that gives memory back, [`crate::server`]), helpers without a connection
+//! are retired: their runtime ends, the thread exits and its memory goes with it.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use tokio::runtime::Handle;
+
+use crate::error::{Error, Result};
+
+/// Connections open on every running serving thread before another one is started: a few
+/// VMs at once do not need a second thread; a flood or a benchmark does.
+pub const START_AT: usize = 8;
+
+/// Most serving threads `--threads` may ask for.
+pub const MAX_THREADS: usize = 16;
+
+thread_local! {
+    /// This thread's serving index: 0 on the main runtime thread, 1.. on helpers.
+    static INDEX: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The serving index of the calling thread (0 outside a helper), for per-thread state such
+/// as the agent pools.
+#[inline]
+pub fn index() -> usize {
+    INDEX.with(Cell::get)
+}
+
+/// The process's serving threads.
+#[derive(Debug)]
+struct Workers {
+    /// Threads allowed, the main one included.
+    max: usize,
+    /// Connections open per serving index.
+    open: Box<[AtomicUsize]>,
+    /// Running helpers, at index - 1.
+    helpers: Mutex<Vec<Option<Helper>>>,
+    /// A helper could not be started: serve on the threads there are, say it once.
+    failed: AtomicBool,
+}
+
+#[derive(Debug)]
+struct Helper {
+    handle: Handle,
+    /// Dropped or sent: the helper's runtime ends.
+    retire: tokio::sync::oneshot::Sender<()>,
+}
+
+static WORKERS: OnceLock<Workers> = OnceLock::new();
+
+/// Allow up to `threads` serving threads (the main one included); before serving. A second
+/// call is ignored (one configuration per process).
+pub fn init(threads: usize) {
+    let _ = WORKERS.set(Workers::new(threads));
+}
+
+/// The serving threads allowed (1 before [`init`]): the size of per-thread tables.
+pub fn max() -> usize {
+    WORKERS.get().map_or(1, |w| w.max)
+}
+
+/// `--threads auto`: two where there are two CPUs or more (like haproxy's one thread per
+/// CPU, but started only under load), one otherwise.
+pub fn auto() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(2))
+}
+
+/// Where a connection is served.
+#[derive(Debug)]
+pub enum Place {
+    /// On the calling (main) runtime thread.
+    Here,
+    /// On a helper's runtime.
+    On(Handle),
+}
+
+/// A connection counted as open on its serving thread until dropped.
+#[derive(Debug)]
+pub struct Open {
+    workers: Option<&'static Workers>,
+    index: usize,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if let Some(n) = self.workers.and_then(|w| w.open.get(self.index)) {
+            n.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Choose the serving thread of a connection just accepted (on the main thread): the one
+/// with the fewest connections open, starting a helper when all have [`START_AT`].
+pub fn place() -> (Place, Open) {
+    match WORKERS.get() {
+        Some(w) => w.place(),
+        None => (
+            Place::Here,
+            Open {
+                workers: None,
+                index: 0,
+            },
+        ),
+    }
+}
+
+/// Retire the helpers without a connection open (the proxy went idle); `forget(i)` drops
+/// what the caller keeps for helper `i` (its agent connections, registered with the
+/// helper's runtime). Returns how many were retired.
+pub fn retire_idle(forget: impl Fn(usize)) -> usize {
+    WORKERS.get().map_or(0, |w| w.retire_idle(forget))
+}
+
+impl Workers {
+    fn new(threads: usize) -> Workers {
+        let max = threads.clamp(1, MAX_THREADS);
+        Workers {
+            max,
+            open: (0..max).map(|_| AtomicUsize::new(0)).collect(),
+            helpers: Mutex::new((1..max).map(|_| None).collect()),
+            failed: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Option<Helper>>> {
+        self.helpers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn load(&self, i: usize) -> usize {
+        self.open[i].load(Ordering::Relaxed)
+    }
+
+    fn place(&'static self) -> (Place, Open) {
+        let count = |index: usize| {
+            self.open[index].fetch_add(1, Ordering::Relaxed);
+            Open {
+                workers: Some(self),
+                index,
+            }
+        };
+        if self.max == 1 {
+            return (Place::Here, count(0));
+        }
+        let mut helpers = self.lock();
+        let (mut best, mut least) = (0, self.load(0));
+        for (i, h) in helpers.iter().enumerate() {
+            if h.is_some() && self.load(i + 1) < least {
+                (best, least) = (i + 1, self.load(i + 1));
+            }
+        }
+        if least >= START_AT && !self.failed.load(Ordering::Relaxed) {
+            if let Some(free) = helpers.iter().position(Option::is_none) {
+                match start(free + 1) {
+                    Ok(h) => {
+                        helpers[free] = Some(h);
+                        best = free + 1;
+                        let running = helpers.iter().flatten().count() + 1;
+                        tracing::debug!(threads = running, "busy: another serving thread started");
+                    }
+                    Err(e) => {
+                        self.failed.store(true, Ordering::Relaxed);
+                        tracing::warn!(err = %e, "cannot start another serving thread; serving on the ones running");
+                    }
+                }
+            }
+        }
+        match best.checked_sub(1).and_then(|i| helpers[i].as_ref()) {
+            Some(h) => (Place::On(h.handle.clone()), count(best)),
+            None => (Place::Here, count(0)),
+        }
+    }
+
+    fn retire_idle(&self, forget: impl Fn(usize)) -> usize {
+        let mut helpers = self.lock();
+        let mut retired = 0;
+        for (i, slot) in helpers.iter_mut().enumerate() {
+            // Connections are put on a helper only under this lock: none can arrive now.
+            if slot.is_some() && self.load(i + 1) == 0 {
+                if let Some(h) = slot.take() {
+                    forget(i + 1);
+                    let _ = h.retire.send(());
+                    retired += 1;
+                }
+            }
+        }
+        retired
+    }
+
+    #[cfg(test)]
+    fn running(&self) -> usize {
+        self.lock().iter().flatten().count() + 1
+    }
+}
+
+/// A serving thread's runtime: one thread, I/O and timers, the access lines of a turn
+/// written in one go when the thread parks ([`crate::accesslog::flush`]).
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .on_thread_park(crate::accesslog::flush)
+        .build()
+        .map_err(|source| Error::Io {
+            op: "tokio runtime",
+            source,
+        })
+}
+
+/// Start helper `i`: a thread running a runtime of its own until retired.
+fn start(i: usize) -> std::result::Result<Helper, String> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    let (retire, retired) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name(format!("serve-{i}"))
+        .spawn(move || {
+            INDEX.with(|c| c.set(i));
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(rt.handle().clone()));
+            rt.block_on(async {
+                let _ = retired.await;
+            });
+            drop(rt);
+            // This thread's pooled buffers go with it.
+            crate::bufpool::release();
+        })
+        .map_err(|e| format!("thread: {e}"))?;
+    let handle = ready_rx
+        .recv()
+        .map_err(|_| "the thread ended before its runtime was built".to_owned())??;
+    Ok(Helper { handle, retire })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaked(threads: usize) -> &'static Workers {
+        Box::leak(Box::new(Workers::new(threads)))
+    }
+
+    /// The index of the thread a placed connection's task runs on.
+    fn runs_on(place: &Place) -> usize {
+        match place {
+            Place::Here => index(),
+            Place::On(h) => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                h.spawn(async move { tx.send(index()).expect("send") });
+                rx.recv().expect("the helper ran the task")
+            }
+        }
+    }
+
+    #[test]
+    fn one_thread_until_busy_then_balanced_then_retired_when_idle() {
+        let w = leaked(2);
+        let mut open = Vec::new();
+        for _ in 0..START_AT {
+            let (p, o) = w.place();
+            assert!(matches!(p, Place::Here), "{p:?}");
+            open.push(o);
+        }
+        assert_eq!(w.running(), 1, "no helper below START_AT");
+        // The next connection starts the helper, and the following ones go there until both
+        // threads hold as many.
+        let mut on_helper = Vec::new();
+        for _ in 0..START_AT {
+            let (p, o) = w.place();
+            assert_eq!(runs_on(&p), 1, "served by the helper");
+            on_helper.push(o);
+        }
+        assert_eq!(w.running(), 2);
+        let (p, o) = w.place();
+        assert!(
+            matches!(p, Place::Here),
+            "even again: the main thread first"
+        );
+        open.push(o);
+        assert_eq!((w.load(0), w.load(1)), (START_AT + 1, START_AT));
+        // Busy helpers are kept; a helper without connections is retired, and its pools
+        // forgotten.
+        let forgot = std::sync::Mutex::new(Vec::new());
+        assert_eq!(w.retire_idle(|i| forgot.lock().expect("lock").push(i)), 0);
+        on_helper.clear();
+        assert_eq!(w.retire_idle(|i| forgot.lock().expect("lock").push(i)), 1);
+        assert_eq!(*forgot.lock().expect("lock"), vec![1]);
+        assert_eq!(w.running(), 1);
+        // Busy again: a new helper.
+        let (p, _o) = w.place();
+        assert_eq!(runs_on(&p), 1);
+    }
+
+    #[test]
+    fn one_thread_allowed_never_starts_a_helper() {
+        let w = leaked(1);
+        let open: Vec<_> = (0..4 * START_AT).map(|_| w.place()).collect();
+        assert!(open.iter().all(|(p, _)| matches!(p, Place::Here)));
+        assert_eq!(w.load(0), 4 * START_AT);
+        drop(open);
+        assert_eq!(w.load(0), 0, "counted down when closed");
+        assert_eq!(w.running(), 1);
+    }
+
+    #[test]
+    fn auto_is_one_or_two() {
+        assert!((1..=2).contains(&auto()));
+    }
+}
