@@ -8,12 +8,18 @@
 //! current runtime turn (at most 8 KiB). Syslog gets one datagram per line at once, as before
 //! (and as haproxy sends its own).
 //!
+//! The line being formatted and the pending buffer are per serving thread
+//! ([`crate::workers`]): two threads appending to one buffer under one lock bounced it
+//! between the cores on every request. Each thread writes its own batch (the writes are
+//! serialized, so batches never interleave); [`flush`] writes the calling thread's.
+//!
 //! Without [`install`] (the library used on its own) the line goes through `tracing`.
 
+use std::cell::RefCell;
 use std::fmt::Display;
 use std::io::Write as _;
 use std::net::IpAddr;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracing_subscriber::fmt::MakeWriter;
@@ -27,6 +33,11 @@ const FLUSH_AFTER: Duration = Duration::from_millis(100);
 
 static SINK: OnceLock<Sink> = OnceLock::new();
 
+thread_local! {
+    /// This thread's line buffers and pending lines.
+    static STATE: RefCell<State> = RefCell::new(State::default());
+}
+
 /// Where the process's log lines go (chosen once, by `main`).
 pub struct Sink {
     /// Stderr, with journald priority prefixes (and no timestamp) when `journal`.
@@ -34,7 +45,8 @@ pub struct Sink {
     journal: bool,
     file: Option<&'static ns_contract::logfile::LogFile>,
     syslog: Option<Syslog>,
-    state: Mutex<State>,
+    /// Held while a batch is written (threads' batches never interleave).
+    writing: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -85,7 +97,7 @@ pub fn install(
         journal: stderr && journal,
         file,
         syslog,
-        state: Mutex::new(State::default()),
+        writing: Mutex::new(()),
     })
 }
 
@@ -100,12 +112,16 @@ pub fn log(a: &Access<'_>, now: Instant) {
     }
 }
 
-/// Write the pending access lines now (the runtime's `on_thread_park`, exit, and before
-/// any other log line).
+/// Write the calling thread's pending access lines now (the runtime's `on_thread_park`,
+/// exit, and before any other log line).
 pub fn flush() {
     if let Some(sink) = SINK.get() {
-        let mut st = sink.lock();
-        sink.flush_locked(&mut st);
+        // Not while this thread is formatting a line (a log line from inside it).
+        let _ = STATE.try_with(|st| {
+            if let Ok(mut st) = st.try_borrow_mut() {
+                sink.flush_state(&mut st);
+            }
+        });
     }
 }
 
@@ -117,13 +133,15 @@ pub fn reopen_log_file() -> std::io::Result<bool> {
 }
 
 impl Sink {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn log(&self, a: &Access<'_>, now: Instant) {
+        let _ = STATE.try_with(|st| {
+            if let Ok(mut st) = st.try_borrow_mut() {
+                self.log_into(&mut st, a, now);
+            }
+        });
     }
 
-    fn log(&self, a: &Access<'_>, now: Instant) {
-        let mut guard = self.lock();
-        let st = &mut *guard;
+    fn log_into(&self, st: &mut State, a: &Access<'_>, now: Instant) {
         let mut line = std::mem::take(&mut st.line);
         line.clear();
         fields(&mut line, a);
@@ -152,17 +170,18 @@ impl Sink {
             st.pending.push(b'\n');
             let since = *st.since.get_or_insert(now);
             if st.pending.len() >= FLUSH_AT || now.saturating_duration_since(since) >= FLUSH_AFTER {
-                self.flush_locked(st);
+                self.flush_state(st);
             }
         }
         st.line = line;
     }
 
-    fn flush_locked(&self, st: &mut State) {
+    fn flush_state(&self, st: &mut State) {
         st.since = None;
         if st.pending.is_empty() {
             return;
         }
+        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         // As the fmt layer does: a failed log write is not the request's failure.
         if self.stderr {
             let _ = std::io::stderr().lock().write_all(&st.pending);
@@ -389,7 +408,7 @@ mod tests {
             journal: false,
             file: None,
             syslog: Some(log),
-            state: Mutex::new(State::default()),
+            writing: Mutex::new(()),
         };
         sink.log(&sample(), Instant::now());
         sink.log(&sample(), Instant::now());
@@ -412,7 +431,10 @@ mod tests {
                 "{g}"
             );
         }
-        assert!(sink.lock().pending.is_empty(), "nothing batched for syslog");
+        assert!(
+            STATE.with_borrow(|st| st.pending.is_empty()),
+            "nothing batched for syslog"
+        );
     }
 
     /// The timestamp follows the request's `Instant` from one clock reading a second.

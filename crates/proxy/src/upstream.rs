@@ -17,6 +17,7 @@ use crate::bufpool::Buf;
 use crate::http1;
 use crate::request;
 use crate::response::{self, ForClient, Framing, RespInfo};
+use crate::workers::PerThread;
 
 /// Idle connections kept at most (enough for the c32 benchmark shape).
 pub const POOL_MAX: usize = 32;
@@ -357,11 +358,11 @@ pub struct Agent {
     server_timeout: Duration,
     /// Idle connections, one pool per serving thread ([`crate::workers`]): a connection is
     /// registered with the runtime of the thread that made it.
-    pools: Box<[Mutex<Vec<Idle>>]>,
+    pools: PerThread<Mutex<Vec<Idle>>>,
     /// Exchanges in flight per serving thread: with others running on the same thread, a
     /// fresh connection's answer is looked for once after the others had their turn,
     /// before registering the socket.
-    inflight: Box<[std::sync::atomic::AtomicUsize]>,
+    inflight: PerThread<std::sync::atomic::AtomicUsize>,
     /// Set when the shutdown grace is over: requests still waiting for the agent's head
     /// answer 503 at once instead of being cut without a reply.
     give_up: tokio::sync::watch::Sender<bool>,
@@ -403,12 +404,8 @@ impl Agent {
             connect_timeout,
             connect_tries: crate::config::DEFAULT_RETRIES + 1,
             server_timeout,
-            pools: (0..crate::workers::max())
-                .map(|_| Mutex::new(Vec::new()))
-                .collect(),
-            inflight: (0..crate::workers::max())
-                .map(|_| std::sync::atomic::AtomicUsize::new(0))
-                .collect(),
+            pools: PerThread::new(|| Mutex::new(Vec::new())),
+            inflight: PerThread::new(|| std::sync::atomic::AtomicUsize::new(0)),
             give_up: tokio::sync::watch::Sender::new(false),
             stats: std::sync::Arc::default(),
             advertised: Advertised::new(Instant::now()),
@@ -432,12 +429,6 @@ impl Agent {
         &self.path
     }
 
-    /// The calling serving thread's slot of a per-thread table.
-    fn mine<T>(table: &[T]) -> &T {
-        let i = crate::workers::index().min(table.len() - 1);
-        &table[i]
-    }
-
     fn lock(pool: &Mutex<Vec<Idle>>) -> std::sync::MutexGuard<'_, Vec<Idle>> {
         match pool.lock() {
             Ok(p) => p,
@@ -447,12 +438,12 @@ impl Agent {
 
     /// This serving thread's pool.
     fn pool(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
-        Agent::lock(Agent::mine(&self.pools))
+        Agent::lock(self.pools.mine())
     }
 
     /// This serving thread's exchanges in flight.
     fn inflight(&self) -> &std::sync::atomic::AtomicUsize {
-        Agent::mine(&self.inflight)
+        self.inflight.mine()
     }
 
     /// Serving thread `i` is retired: its pooled connections (registered with its runtime)

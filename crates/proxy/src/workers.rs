@@ -43,6 +43,39 @@ pub fn index() -> usize {
     INDEX.with(Cell::get)
 }
 
+/// One value per serving thread, each on its own cache line (two threads updating
+/// neighbouring values would bounce the line between their cores on every request).
+#[derive(Debug)]
+pub struct PerThread<T>(Box<[Padded<T>]>);
+
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Padded<T>(T);
+
+impl<T> PerThread<T> {
+    /// One `make()` for each serving thread allowed ([`max`]).
+    pub fn new(make: impl Fn() -> T) -> PerThread<T> {
+        PerThread((0..max()).map(|_| Padded(make())).collect())
+    }
+
+    /// The calling thread's value.
+    #[inline]
+    pub fn mine(&self) -> &T {
+        let i = index().min(self.0.len() - 1);
+        &self.0[i].0
+    }
+
+    /// Thread `i`'s value.
+    pub fn get(&self, i: usize) -> Option<&T> {
+        self.0.get(i).map(|p| &p.0)
+    }
+
+    /// Every thread's value.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.0.iter().map(|p| &p.0)
+    }
+}
+
 /// The process's serving threads.
 #[derive(Debug)]
 struct Workers {
@@ -243,6 +276,7 @@ fn start(i: usize) -> std::result::Result<Helper, String> {
                 let _ = retired.await;
             });
             drop(rt);
+            crate::accesslog::flush();
             // This thread's pooled buffers go with it.
             crate::bufpool::release();
         })
