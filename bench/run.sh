@@ -474,7 +474,8 @@ shape_up() { # shape variant
         off | auto)
             cp "$PROXY" "$WORK/ns-metadata-proxy-shape-$k"
             "$WORK/ns-metadata-proxy-shape-$k" --router-id "$id" --metadata-proxy-socket "$sock" \
-                --bind 169.254.169.254:80 --agent-keepalive "$v" --netns "$qr" 2>>"$WORK/proxy-shape-$k.log" &
+                --bind 169.254.169.254:80 --agent-keepalive "$v" --threads "${NSB_SHAPE_THREADS:-1}" \
+                --netns "$qr" 2>>"$WORK/proxy-shape-$k.log" &
             SH_PID[$k]=$!
             PIDS+=($!)
             ;;

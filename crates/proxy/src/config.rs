@@ -77,9 +77,8 @@ static OPTS: &[Opt] = &[
         .default("16"),
     Opt::new(D, "threads", Kind::Str,
         "Serving threads at most: one serves, another starts only while every running one has \
-         8 connections open, and stops once the proxy is idle; auto = 2 with 2 CPUs or more, \
-         else 1")
-        .default("auto")
+         8 connections open, and stops once the proxy is idle; auto = 2 with 2 CPUs or more")
+        .default("1")
         .value_name("auto|1..16"),
     Opt::new(D, "agent_keepalive", Kind::Choice(&KEEPALIVE),
         "Reuse agent connections: off (one request per connection, what Neutron's agent \

@@ -313,7 +313,9 @@ fn bad_values_name_file_line_env_or_flag() {
     assert!(err(&["--router-id", "r", "--threads", "0"]).starts_with("--threads: "));
     let c = parse(&["--router-id", "r", "--threads", "3"]).expect("3 threads");
     assert_eq!(c.threads, 3);
-    let c = parse(&["--router-id", "r"]).expect("auto");
+    let c = parse(&["--router-id", "r"]).expect("default");
+    assert_eq!(c.threads, 1);
+    let c = parse(&["--router-id", "r", "--threads", "auto"]).expect("auto");
     assert_eq!(c.threads, crate::workers::auto());
     assert_eq!(
         err(&["--router-id", "r", "--debug=maybe"]),

@@ -160,10 +160,11 @@ pub fn to_config(h: &HaproxyConfig) -> Result<Config, String> {
         max_connections: h.maxconn.unwrap_or(crate::config::DEFAULT_MAXCONN),
         // Neutron's `server` line has no `maxconn`: haproxy queues nothing, nor do we.
         max_agent_requests: 0,
-        // haproxy starts one thread per CPU unless told `nbthread`; ours start under load.
+        // haproxy starts one thread per CPU unless told `nbthread`; ours serve on one (see
+        // crate::workers for why), more only when `nbthread` asks, and then only under load.
         threads: h
             .nbthread
-            .map_or_else(crate::workers::auto, |n| n as usize)
+            .map_or(1, |n| n as usize)
             .clamp(1, crate::workers::MAX_THREADS),
         rate_limit,
         // `option http-server-close`: one request per agent connection (Neutron's agent
@@ -365,13 +366,9 @@ mod tests {
         assert_eq!(c.user.as_deref(), Some("root"));
         assert_eq!(c.connect_retries, 1);
         assert_eq!(c.agent_keepalive, KeepaliveMode::Off, "http-server-close");
-        assert_eq!(
-            c.threads,
-            crate::workers::auto(),
-            "no nbthread: one per CPU, up to 2"
-        );
-        let one = conf(&BASE.replace("    daemon\n", "    daemon\n    nbthread 1\n"));
-        assert_eq!(one.threads, 1, "nbthread");
+        assert_eq!(c.threads, 1, "no nbthread: one");
+        let two = conf(&BASE.replace("    daemon\n", "    daemon\n    nbthread 2\n"));
+        assert_eq!(two.threads, 2, "nbthread");
         let many = conf(&BASE.replace("    daemon\n", "    daemon\n    nbthread 64\n"));
         assert_eq!(
             many.threads,

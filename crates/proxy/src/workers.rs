@@ -1,20 +1,23 @@
-//! Serving threads (issue #19): a proxy serves on one runtime thread, and starts another
-//! only while it is busy.
+//! Serving threads (`--threads`, issue #19): a proxy serves on one runtime thread and, when
+//! allowed more, starts another only while it is busy.
 //!
-//! One thread is what an idle proxy should cost: a node runs thousands of them. Under load
-//! one thread is not enough on a small machine: the VMs' load and the agent share the cores
-//! with it, and a preempted proxy stops serving while haproxy's second thread (it starts one
-//! per CPU) goes on. Measured at c32 keep-alive against haproxy without its log lines, ours
-//! used less CPU per request (0.85×) yet served fewer (0.95×).
-//!
-//! So the accept loops stay on the main runtime thread, and each accepted connection goes
-//! to the serving thread with the fewest connections open. When every running thread has
-//! [`START_AT`] open, another one is started (up to `--threads`), with its own
-//! current-thread runtime, agent pool and buffer pool: nothing is shared between threads on
-//! the request path but the per-namespace atomics and locks every connection already takes.
-//! A connection stays on its thread for its life. Once the proxy is idle again (the
+//! One thread is what an idle proxy should cost: a node runs thousands of them. The accept
+//! loops stay on the main runtime thread, and each accepted connection goes to the serving
+//! thread with the fewest connections open. When every running thread has [`START_AT`]
+//! open, another one is started (up to `--threads`), with its own current-thread runtime,
+//! agent pool, buffer pool and access-line buffer: nothing is shared between threads on the
+//! request path but the per-namespace atomics and locks every connection already takes. A
+//! connection stays on its thread for its life. Once the proxy is idle again (the
 //! housekeeping that gives memory back, [`crate::server`]), helpers without a connection
 //! are retired: their runtime ends, the thread exits and its memory goes with it.
+//!
+//! The default is one thread. On this project's 2-core bench machine, where the VMs' load
+//! generator and the agent share the cores with the proxy, a second thread did not raise
+//! req/s beyond the noise at c32 keep-alive and cost about 20% more CPU per request (each
+//! thread parks more often: `epoll_wait` 0.83 per request against 0.09, agent sockets
+//! registered 0.49 per request against 0.04, access-line writes 0.51 against 0.03;
+//! bench/README.md, figure 12). With spare cores (not measured here) a second thread lets
+//! one busy namespace use two.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -109,8 +112,8 @@ pub fn max() -> usize {
     WORKERS.get().map_or(1, |w| w.max)
 }
 
-/// `--threads auto`: two where there are two CPUs or more (like haproxy's one thread per
-/// CPU, but started only under load), one otherwise.
+/// `--threads auto`: two where there are two CPUs or more (haproxy starts one per CPU;
+/// these start only under load), one otherwise.
 pub fn auto() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(2))
 }
