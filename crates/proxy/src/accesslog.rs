@@ -2,11 +2,18 @@
 //! reused buffer, byte for byte as the `tracing` fmt layer would print it (same destinations,
 //! same journald priority prefix or timestamp), without the field machinery. Lines for stderr
 //! and `--log-file` are batched: appended to a pending buffer and written with one `write(2)`
-//! when the runtime is about to park (`on_thread_park`, see [`flush`]), when 8 KiB are
-//! pending, when a line comes 100 ms after the oldest pending one, before any other log line
-//! (so the order of lines is kept), and at exit. A SIGKILL loses at most the lines of the
-//! current runtime turn (at most 8 KiB). Syslog gets one datagram per line at once, as before
-//! (and as haproxy sends its own).
+//! when 32 KiB are pending, [`FLUSH_AFTER`] after the oldest pending line (a timer on the
+//! serving thread, and a check when the runtime parks), before any other log line (so the
+//! order of lines is kept), and at exit. A SIGKILL loses at most the last 50 ms of lines (at
+//! most 32 KiB). Syslog gets one datagram per line at once, as before (and as haproxy sends
+//! its own).
+//!
+//! Why not one write per runtime turn, as before: under load that was a write every few
+//! requests, and a small append to a file costs more than its bytes (on the bench machine's
+//! ext4, Linux 6.18, most of it zeroing the unwritten part of the page-cache folio each
+//! append begins). Paired on loopback at c32 keep-alive with the log in a file, CPU per
+//! request 24.7 → 23.4 and 24.7 → 22.7 µs with 32–64 KiB writes (21.0–21.7 with stderr to
+//! `/dev/null`; bench/README.md, figure 12).
 //!
 //! The line being formatted and the pending buffer are per serving thread
 //! ([`crate::workers`]): two threads appending to one buffer under one lock bounced it
@@ -26,10 +33,10 @@ use tracing_subscriber::fmt::MakeWriter;
 
 use crate::syslog::Syslog;
 
-/// Pending bytes that are written at once, whatever the runtime does.
-const FLUSH_AT: usize = 8 * 1024;
-/// A pending line older than this is written with the next line.
-const FLUSH_AFTER: Duration = Duration::from_millis(100);
+/// Pending bytes that are written at once.
+const FLUSH_AT: usize = 32 * 1024;
+/// The longest a line waits in the pending buffer.
+pub const FLUSH_AFTER: Duration = Duration::from_millis(50);
 
 static SINK: OnceLock<Sink> = OnceLock::new();
 
@@ -112,8 +119,24 @@ pub fn log(a: &Access<'_>, now: Instant) {
     }
 }
 
-/// Write the calling thread's pending access lines now (the runtime's `on_thread_park`,
-/// exit, and before any other log line).
+/// The runtime is about to park: write the calling thread's pending lines if the oldest
+/// has waited [`FLUSH_AFTER`] (the timer usually did it already).
+pub fn park() {
+    let due = STATE
+        .try_with(|st| {
+            st.try_borrow().is_ok_and(|st| {
+                st.since
+                    .is_some_and(|t| t.elapsed() >= FLUSH_AFTER && !st.pending.is_empty())
+            })
+        })
+        .unwrap_or(false);
+    if due {
+        flush();
+    }
+}
+
+/// Write the calling thread's pending access lines now (exit, the flush timer, and before
+/// any other log line).
 pub fn flush() {
     if let Some(sink) = SINK.get() {
         // Not while this thread is formatting a line (a log line from inside it).
@@ -168,8 +191,13 @@ impl Sink {
             }
             st.pending.extend_from_slice(&line);
             st.pending.push(b'\n');
+            let first = st.since.is_none();
             let since = *st.since.get_or_insert(now);
-            if st.pending.len() >= FLUSH_AT || now.saturating_duration_since(since) >= FLUSH_AFTER {
+            let due = st.pending.len() >= FLUSH_AT
+                || now.saturating_duration_since(since) >= FLUSH_AFTER
+                // The first pending line arms the timer; outside a runtime, now.
+                || (first && !flush_later());
+            if due {
                 self.flush_state(st);
             }
         }
@@ -194,6 +222,21 @@ impl Sink {
         if st.pending.capacity() > 4 * FLUSH_AT {
             st.pending.shrink_to(FLUSH_AT * 2);
         }
+    }
+}
+
+/// Write this thread's pending lines [`FLUSH_AFTER`] from now, on its runtime (a timer, no
+/// syscall of its own); `false` outside a runtime (write now).
+fn flush_later() -> bool {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            drop(rt.spawn(async {
+                tokio::time::sleep(FLUSH_AFTER).await;
+                flush();
+            }));
+            true
+        }
+        Err(_) => false,
     }
 }
 

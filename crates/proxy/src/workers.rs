@@ -245,13 +245,14 @@ impl Workers {
     }
 }
 
-/// A serving thread's runtime: one thread, I/O and timers, the access lines of a turn
-/// written in one go when the thread parks ([`crate::accesslog::flush`]).
+/// A serving thread's runtime: one thread, I/O and timers; when it parks, access lines
+/// waiting longer than [`crate::accesslog::FLUSH_AFTER`] are written
+/// ([`crate::accesslog::park`]).
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
-        .on_thread_park(crate::accesslog::flush)
+        .on_thread_park(crate::accesslog::park)
         .build()
         .map_err(|source| Error::Io {
             op: "tokio runtime",
