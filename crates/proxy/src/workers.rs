@@ -14,8 +14,8 @@
 //! The default is one thread. On this project's 2-core bench machine, where the VMs' load
 //! generator and the agent share the cores with the proxy, a second thread did not raise
 //! req/s beyond the noise at c32 keep-alive and cost about 20% more CPU per request (each
-//! thread parks more often: `epoll_wait` 0.83 per request against 0.09, agent sockets
-//! registered 0.49 per request against 0.04, access-line writes 0.51 against 0.03;
+//! thread parks more often: `epoll_wait` 0.83 per request against 0.13, agent sockets
+//! registered 0.49 per request against 0.06, access-line writes 0.51 against 0.03;
 //! bench/README.md, figure 12). With spare cores (not measured here) a second thread lets
 //! one busy namespace use two.
 
