@@ -242,11 +242,13 @@ fn old_neutron_ns_metadata_proxy_command_line_serves_the_vm() {
     let r = ns_e2e::client::curl_with(&vm.ns, &format!("http://{gw}:9697{PATH}"), &[], 5);
     assert_eq!(r.status, 200, "{}", r.error);
     assert!(r.body.starts_with("i-"), "{}", r.body);
-    let log = std::fs::read_to_string(dir.join(format!("neutron-ns-metadata-proxy-{router}.log")))
-        .unwrap_or_default();
+    // Access lines are written in batches, at the latest 50 ms after the request.
+    let log_file = dir.join(format!("neutron-ns-metadata-proxy-{router}.log"));
+    let log = || std::fs::read_to_string(&log_file).unwrap_or_default();
     assert!(
-        log.contains("status=200"),
-        "access line in the --log-dir log:\n{log}"
+        ns_e2e::wait_until(BOUND, || log().contains("status=200")),
+        "access line in the --log-dir log:\n{}",
+        log()
     );
     drop(stop);
     assert!(
