@@ -374,8 +374,21 @@ pub fn record_for(dir: &Path, shard: usize, key: &str) -> Option<SlabRecord> {
         let fresh = s.record_of(key).is_none();
         let record = s.allocate(key).map_err(|e: NoRecord| e.to_string())?;
         if fresh {
+            // A namespace moving from another shard's server (`shared_servers` changed)
+            // brings its counts along and frees its record there.
+            let moved: Vec<[u64; SLOTS]> = reg
+                .slabs
+                .iter_mut()
+                .filter(|(p, _)| p.parent() == Some(dir) && **p != sp)
+                .filter_map(|(_, other)| other.as_mut()?.free(key))
+                .collect();
+            let s = reg.slab(&sp).map_err(|e| e.to_string())?;
+            for last in moved {
+                copy_counts(s, record, |i| last[i]);
+            }
             adopt_block_file(s, record, &path(dir, key));
         }
+        let s = reg.slab(&sp).map_err(|e| e.to_string())?;
         let rec = SlabRecord {
             slab: s.fd().try_clone_to_owned().map_err(|e| e.to_string())?,
             slab_id: s.id(),
@@ -401,19 +414,24 @@ pub fn release(dir: &Path, shard: usize, key: &str) {
     reg.free(&crate::stats_slab::path(dir, shard), dir, key);
 }
 
+/// Add the counters of a block the key had before (`from`, by slot) into its record: not the
+/// magic, not the open-connections gauge (the connections counted there count down there).
+fn copy_counts(s: &Slab, record: u32, from: impl Fn(usize) -> u64) {
+    for i in SLOT_MAGIC + 1..SLOTS {
+        if i != SLOT_CONN_OPEN {
+            s.store(record, i, s.load(record, i).saturating_add(from(i)));
+        }
+    }
+}
+
 /// A key's block file from before it had a record (the per-namespace model, or a shared
-/// server of an older spawner): its counts copied into `record` (not its open-connections
-/// gauge: the connections counted there count down there), then the file removed.
+/// server of an older spawner): its counts added into `record`, then the file removed.
 fn adopt_block_file(s: &Slab, record: u32, p: &Path) {
     let Ok(f) = open_block(p, false) else {
         return;
     };
     if let Ok(map) = SharedCounters::map(&f, SLOTS) {
-        for i in SLOT_MAGIC + 1..SLOTS {
-            if i != SLOT_CONN_OPEN {
-                s.store(record, i, map.load(i));
-            }
-        }
+        copy_counts(s, record, |i| map.load(i));
     }
     if let Err(err) = std::fs::remove_file(p) {
         tracing::warn!(file = %p.display(), %err, "cannot remove a statistics block moved into the slab");
@@ -674,6 +692,31 @@ mod tests {
         assert_eq!(record_for(&d, 0, "r3").expect("record").record, 2);
         assert_eq!(slab.load(at(2, lat)), 0);
         assert!(record_for(&d, 0, &"k".repeat(200)).is_none());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_namespace_moving_to_another_shard_brings_its_counts() {
+        let d = dir("shards");
+        let ok = layout::class_slot(200);
+        let at = |r: u32, slot: usize| r as usize * layout::RECORD_SLOTS + slot;
+        let from = record_for(&d, 1, "m1").expect("record");
+        let one = SharedCounters::map(&File::from(from.slab), layout::SLAB_SIZE / 8).expect("map");
+        one.add(at(from.record, ok), 6);
+        one.add(at(from.record, SLOT_CONN_OPEN), 1);
+        let proxies = [("m1".to_owned(), Kind::Network)];
+        assert_eq!(read(&d, &proxies).per_key["m1"][ok], 6);
+        let to = record_for(&d, 0, "m1").expect("record");
+        let zero = SharedCounters::map(&File::from(to.slab), layout::SLAB_SIZE / 8).expect("map");
+        assert_eq!(zero.load(at(to.record, ok)), 6);
+        assert_eq!(zero.load(at(to.record, SLOT_CONN_OPEN)), 0);
+        assert_eq!(
+            one.load(at(from.record, 0)),
+            0,
+            "freed on the shard it left"
+        );
+        zero.add(at(to.record, ok), 1);
+        assert_eq!(read(&d, &proxies).per_key["m1"][ok], 7);
         let _ = std::fs::remove_dir_all(&d);
     }
 }
