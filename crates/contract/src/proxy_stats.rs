@@ -1,7 +1,9 @@
 //! The per-namespace statistics block the proxy fills and the spawner reads (issue #17): one
 //! page of little-endian `u64` slots, shared by `mmap`, updated by the proxy with relaxed
 //! atomic adds (no syscall per request). One block per namespace, not per process, so a
-//! shared proxy serving many namespaces (issue #20) fills one block each the same way.
+//! shared proxy serving many namespaces (issue #20) fills one block each the same way; there
+//! the blocks are records of one slab per server ([`RECORD_SIZE`] bytes each, the key in the
+//! record's tail), so a namespace costs an eighth of a page, not a page.
 //!
 //! The layout is the contract between the two binaries, so it lives here once: slot indexes,
 //! the status classes, the error codes counted, the latency buckets. Slot 0 holds
@@ -11,6 +13,30 @@ use crate::metrics::LATENCY_BUCKETS;
 
 /// The block's size in bytes: one page, room to grow without a new format.
 pub const BLOCK_SIZE: usize = 4096;
+
+/// The shared model's slab (one file per shared server, issue #20): records of
+/// [`RECORD_SIZE`] bytes, each a block's first [`RECORD_SLOTS`] slots (same indexes, same
+/// [`MAGIC`] in slot 0 while in use, 0 while free), so 8 namespaces share a page instead of
+/// one page each. Record 0 is the header: [`SLAB_MAGIC`], then the capacity.
+pub const RECORD_SIZE: usize = 512;
+/// Slots per record.
+pub const RECORD_SLOTS: usize = RECORD_SIZE / 8;
+/// Records per slab, the header's included: 8 MiB, created sparse (a page never touched
+/// costs no memory).
+pub const SLAB_RECORDS: usize = 16_384;
+/// The slab's size in bytes.
+pub const SLAB_SIZE: usize = RECORD_SIZE * SLAB_RECORDS;
+/// Slot 0 of record 0: "NSMSLAB1".
+pub const SLAB_MAGIC: u64 = u64::from_le_bytes(*b"NSMSLAB1");
+/// Slot 1 of record 0: the capacity in records ([`SLAB_RECORDS`]).
+pub const SLAB_SLOT_CAPACITY: usize = 1;
+/// In a used record, the key of its namespace: this slot holds its length in bytes, the
+/// bytes follow from the next slot on (little-endian, zero-padded), so a restarted spawner
+/// finds which record is whose from the slab itself. Slots [`SLOTS`]..this one stay free
+/// for new counters.
+pub const SLOT_KEY_LEN: usize = 40;
+/// The longest key a record holds; a namespace with a longer one keeps a block file.
+pub const MAX_RECORD_KEY: usize = (RECORD_SLOTS - SLOT_KEY_LEN - 1) * 8;
 /// Slot 0: "NSMSTAT1" (a block of another format or a random file is refused).
 pub const MAGIC: u64 = u64::from_le_bytes(*b"NSMSTAT1");
 
@@ -41,6 +67,40 @@ pub const SLOT_AGENT_REUSED: usize = SLOT_AGENT_NEW + 1;
 pub const SLOTS: usize = SLOT_AGENT_REUSED + 1;
 
 const _: () = assert!(SLOTS * 8 <= BLOCK_SIZE);
+const _: () = assert!(SLOTS <= SLOT_KEY_LEN && SLOT_KEY_LEN < RECORD_SLOTS);
+
+/// A key as the `u64` slots of a record's tail (after [`SLOT_KEY_LEN`]); `None` if longer
+/// than [`MAX_RECORD_KEY`].
+pub fn key_slots(key: &str) -> Option<Vec<u64>> {
+    let b = key.as_bytes();
+    if b.len() > MAX_RECORD_KEY {
+        return None;
+    }
+    Some(
+        b.chunks(8)
+            .map(|c| {
+                let mut w = [0u8; 8];
+                w[..c.len()].copy_from_slice(c);
+                u64::from_le_bytes(w)
+            })
+            .collect(),
+    )
+}
+
+/// The key a record's tail holds: its length slot and the slots after it, as read. `None`
+/// for a length out of range or bytes that are not UTF-8 (a record written by something else).
+pub fn key_of(len: u64, slots: &[u64]) -> Option<String> {
+    let len = usize::try_from(len).ok().filter(|&l| l <= MAX_RECORD_KEY)?;
+    let bytes: Vec<u8> = slots
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .take(len)
+        .collect();
+    if bytes.len() != len {
+        return None;
+    }
+    String::from_utf8(bytes).ok()
+}
 
 /// The class slot of a status code.
 pub fn class_slot(status: u16) -> usize {
@@ -97,5 +157,23 @@ mod tests {
         assert_eq!(latency_slot(1_001), SLOT_LATENCY + 1);
         assert_eq!(latency_slot(u64::MAX), SLOT_LATENCY + 13);
         assert_eq!(SLOTS, 34);
+    }
+
+    #[test]
+    fn a_key_round_trips_through_a_records_tail() {
+        assert_eq!(RECORD_SLOTS, 64);
+        assert_eq!(MAX_RECORD_KEY, 184);
+        assert_eq!(SLAB_SIZE, 8 << 20);
+        let key = "4f3c2a1e-8b7d-4c6e-9f1a-2b3c4d5e6f70";
+        let slots = key_slots(key).expect("fits");
+        assert_eq!(slots.len(), 5);
+        assert_eq!(key_of(key.len() as u64, &slots).as_deref(), Some(key));
+        assert_eq!(key_of(0, &[]).as_deref(), Some(""));
+        assert!(key_slots(&"k".repeat(MAX_RECORD_KEY)).is_some());
+        assert!(key_slots(&"k".repeat(MAX_RECORD_KEY + 1)).is_none());
+        // Whatever a record holds, reading it cannot panic.
+        assert!(key_of(u64::MAX, &slots).is_none());
+        assert!(key_of(41, &slots).is_none());
+        assert!(key_of(8, &[u64::MAX]).is_none());
     }
 }

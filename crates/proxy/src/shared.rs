@@ -19,7 +19,9 @@
 //! |---|---|
 //! | `add KIND ID NETNS` + 1..=[`ns_netns::MAX_FDS`] listeners | `ok`, or `error REASON` |
 //! | `add KIND ID NETNS stats=1` + listeners + the namespace's statistics block last | as `add` |
-//! | `add-batch COUNT` + COUNT lines `KIND ID NETNS LISTENERS [stats=1]` + their descriptors | `ok COUNT`, or `refused R of COUNT` and a line `KIND ID REASON` for each refused one, or `error REASON` |
+//! | `stats-slab` + the statistics slab | `ok`, or `error REASON` |
+//! | `add KIND ID NETNS stats=@RECORD` + listeners | as `add` |
+//! | `add-batch COUNT` + COUNT lines `KIND ID NETNS LISTENERS [stats=1\|stats=@RECORD]` + their descriptors | `ok COUNT`, or `refused R of COUNT` and a line `KIND ID REASON` for each refused one, or `error REASON` |
 //! | `remove KIND ID` | `ok` (stops accepting, lets its connections finish), or `error REASON` |
 //! | `list` | one `have KIND ID NETNS` + its listeners per namespace, then `end COUNT` |
 //!
@@ -46,6 +48,14 @@
 //! when its sockets are replaced (the old connections still count down into it). `list` gives
 //! listeners only: the spawner reopens the block from its own file.
 //!
+//! `stats-slab` hands over the spawner's slab of statistics records (one per server, issue
+//! #20: a namespace's block is then a 512-byte record, not a page; validated as a file of
+//! [`ns_contract::proxy_stats::SLAB_SIZE`] bytes with the slab's magic and capacity), before
+//! the namespaces that count into it; a later one replaces it for the `add`s that follow.
+//! `stats=@RECORD` counts the namespace into that record of it, with no descriptor: refused
+//! unless a slab was handed over, the record is within it and in use (the block's magic).
+//! An `add` of the same sockets is a no-op only if it counts into the same block too.
+//!
 //! [`Namespaces`] is the table itself, usable in-process (the proxy's behaviour tests serve
 //! through it); the control connection is one caller of it.
 
@@ -65,7 +75,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::server;
 use crate::state::Shared;
-use crate::stats::Stats;
+use crate::stats::{Slab, Stats};
 
 /// Longest control message (a request or an answer) but an `add-batch` and its answer; a
 /// longer one is refused.
@@ -95,9 +105,11 @@ pub enum Request {
     Add {
         resource: Resource,
         netns: String,
-        /// The last descriptor is the namespace's statistics block.
-        stats: bool,
+        /// Where its answers are counted.
+        stats: StatsRef,
     },
+    /// The statistics slab, the one descriptor.
+    StatsSlab,
     /// Several namespaces, their descriptors in line order.
     AddBatch(Vec<BatchItem>),
     Remove {
@@ -113,26 +125,70 @@ pub struct BatchItem {
     pub netns: String,
     /// How many of the message's descriptors are this namespace's listeners.
     pub listeners: usize,
-    /// Its statistics block follows its listeners.
-    pub stats: bool,
+    /// Where its answers are counted (a block file follows its listeners).
+    pub stats: StatsRef,
+}
+
+/// Where a namespace's answers are counted, as its `add` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StatsRef {
+    /// Not counted.
+    #[default]
+    None,
+    /// `stats=1`: into the block file that is its last descriptor.
+    Block,
+    /// `stats=@N`: into record N of the slab handed over with `stats-slab`.
+    Record(u32),
+}
+
+impl StatsRef {
+    /// The word as a request carries it (none for [`StatsRef::None`]).
+    pub fn word(&self) -> Option<String> {
+        match self {
+            StatsRef::None => None,
+            StatsRef::Block => Some("stats=1".to_owned()),
+            StatsRef::Record(n) => Some(format!("stats=@{n}")),
+        }
+    }
+
+    /// How many descriptors it takes.
+    pub fn fds(&self) -> usize {
+        usize::from(*self == StatsRef::Block)
+    }
+
+    /// `stats=1` or `stats=@N` (N in decimal digits); `None` for anything else.
+    fn parse(word: &str) -> Option<StatsRef> {
+        if word == "stats=1" {
+            return Some(StatsRef::Block);
+        }
+        let n = word.strip_prefix("stats=@")?;
+        if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        n.parse().ok().map(StatsRef::Record)
+    }
 }
 
 impl BatchItem {
     /// How many descriptors this line takes.
     pub fn fds(&self) -> usize {
-        self.listeners + usize::from(self.stats)
+        self.listeners + self.stats.fds()
     }
 
     /// The line as `add-batch` carries it.
     pub fn line(&self) -> String {
-        format!(
-            "{} {} {} {}{}",
+        let mut l = format!(
+            "{} {} {} {}",
             self.resource.kind().as_str(),
             self.resource.id(),
             self.netns,
             self.listeners,
-            if self.stats { " stats=1" } else { "" }
-        )
+        );
+        if let Some(w) = self.stats.word() {
+            l.push(' ');
+            l.push_str(&w);
+        }
+        l
     }
 }
 
@@ -154,7 +210,14 @@ impl Request {
             return parse_batch(rest).map(Request::AddBatch);
         }
         let words: Vec<&str> = text.split(' ').collect();
-        let add = |kind: &str, id: &str, netns: &str, stats: bool| {
+        let expected = || {
+            format!(
+                "expected `add KIND ID NETNS [stats=1|stats=@RECORD]`, `add-batch COUNT`, \
+                 `stats-slab`, `remove KIND ID` or `list`, got {:?}",
+                text.chars().take(80).collect::<String>()
+            )
+        };
+        let add = |kind: &str, id: &str, netns: &str, stats: StatsRef| {
             ns_contract::validate_netns(netns).map_err(|e| e.to_string())?;
             Ok(Request::Add {
                 resource: resource(kind, id)?,
@@ -163,17 +226,17 @@ impl Request {
             })
         };
         match words.as_slice() {
-            ["add", kind, id, netns] => add(kind, id, netns, false),
-            ["add", kind, id, netns, "stats=1"] => add(kind, id, netns, true),
+            ["add", kind, id, netns] => add(kind, id, netns, StatsRef::None),
+            ["add", kind, id, netns, word] => match StatsRef::parse(word) {
+                Some(stats) => add(kind, id, netns, stats),
+                None => Err(expected()),
+            },
+            ["stats-slab"] => Ok(Request::StatsSlab),
             ["remove", kind, id] => Ok(Request::Remove {
                 resource: resource(kind, id)?,
             }),
             ["list"] => Ok(Request::List),
-            _ => Err(format!(
-                "expected `add KIND ID NETNS [stats=1]`, `add-batch COUNT`, `remove KIND ID` \
-                 or `list`, got {:?}",
-                text.chars().take(80).collect::<String>()
-            )),
+            _ => Err(expected()),
         }
     }
 }
@@ -206,13 +269,14 @@ fn parse_batch(rest: &str) -> std::result::Result<Vec<BatchItem>, String> {
     let mut fds = 0usize;
     for (n, line) in lines.enumerate() {
         let bad = |why: String| format!("add-batch line {}: {why}", n + 1);
-        let (words, stats) = match line.strip_suffix(" stats=1") {
-            Some(w) => (w, true),
-            None => (line, false),
+        let words: Vec<&str> = line.split(' ').collect();
+        let (words, stats) = match words.split_last() {
+            Some((last, rest)) if rest.len() == 4 => (rest, StatsRef::parse(last)),
+            _ => (&words[..], Some(StatsRef::None)),
         };
-        let [kind, id, netns, listeners] = words.split(' ').collect::<Vec<_>>()[..] else {
+        let ([kind, id, netns, listeners], Some(stats)) = (words, stats) else {
             return Err(bad(format!(
-                "expected `KIND ID NETNS LISTENERS [stats=1]`, got {:?}",
+                "expected `KIND ID NETNS LISTENERS [stats=1|stats=@RECORD]`, got {:?}",
                 line.chars().take(80).collect::<String>()
             )));
         };
@@ -233,7 +297,7 @@ fn parse_batch(rest: &str) -> std::result::Result<Vec<BatchItem>, String> {
         }
         let item = BatchItem {
             resource,
-            netns: netns.to_owned(),
+            netns: (*netns).to_owned(),
             listeners,
             stats,
         };
@@ -260,6 +324,8 @@ struct Served {
     netns: String,
     /// Our copies of its listeners, for `list` and to recognise a repeated `add`.
     listeners: Vec<OwnedFd>,
+    /// The block it counts into ([`Stats::identity`]), to recognise a repeated `add`.
+    stats: Option<(u64, u64, usize)>,
     /// Its relay state (and statistics block); also read by the one housekeeping task of all
     /// namespaces.
     shared: Arc<Shared>,
@@ -291,6 +357,8 @@ pub struct Namespaces {
     nofile: u64,
     /// How long a stopped namespace's connections may take to finish.
     grace: std::time::Duration,
+    /// The statistics slab handed over last (`stats-slab`).
+    slab: Mutex<Option<Slab>>,
 }
 
 impl Namespaces {
@@ -305,6 +373,20 @@ impl Namespaces {
             global_max: global_cap(nofile),
             nofile,
             grace: server::GRACE,
+            slab: Mutex::new(None),
+        }
+    }
+
+    /// Count the namespaces added from now on with `stats=@N` into `slab`'s records.
+    pub fn set_slab(&self, slab: Slab) {
+        *self.slab.lock().unwrap_or_else(|p| p.into_inner()) = Some(slab);
+    }
+
+    /// Record `n` of the slab, if one was handed over and `n` is a record in use.
+    pub fn record(&self, n: u32) -> std::result::Result<Stats, String> {
+        match &*self.slab.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(slab) => slab.record(u64::from(n)),
+            None => Err("no statistics slab was handed over (stats-slab)".to_owned()),
         }
     }
 
@@ -386,8 +468,12 @@ impl Namespaces {
         if let Some(old) = table.served.get(&resource) {
             // Only a repeated `add` compares sockets: a fresh server's replay of thousands
             // of namespaces skips the fstats (issue #20: kill -9 to answering again).
+            // The same sockets counting into another block (a namespace moved from its
+            // block file into the slab) are served again, counting there.
             let new = identity(listeners.iter().map(AsFd::as_fd))?;
-            if identity(old.listeners.iter().map(AsFd::as_fd))? == new {
+            if old.stats == stats.identity()
+                && identity(old.listeners.iter().map(AsFd::as_fd))? == new
+            {
                 return Ok(old.shared.clone());
             }
         }
@@ -417,6 +503,7 @@ impl Namespaces {
         if !table.served.contains_key(&resource) {
             stats.reset_open_connections();
         }
+        let stats_id = stats.identity();
         let shared = Arc::new(Shared::with_stats(&cfg, &resource, stats));
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let per_ns = self.base.max_connections;
@@ -437,6 +524,7 @@ impl Namespaces {
             Served {
                 netns: netns.clone(),
                 listeners: copies,
+                stats: stats_id,
                 shared: shared.clone(),
                 stop: stop_tx,
                 task,
@@ -638,7 +726,10 @@ async fn control_connection(server: Arc<Namespaces>, starting_uid: u32, conn: Un
         }
         let answer = match Request::parse(&buf[..n]) {
             Err(e) => format!("error {e}"),
-            Ok(Request::Add { .. }) | Ok(Request::Remove { .. }) | Ok(Request::List)
+            Ok(Request::Add { .. })
+            | Ok(Request::Remove { .. })
+            | Ok(Request::List)
+            | Ok(Request::StatsSlab)
                 if n > MAX_MESSAGE =>
             {
                 format!("error a request other than add-batch has at most {MAX_MESSAGE} bytes")
@@ -655,6 +746,10 @@ async fn control_connection(server: Arc<Namespaces>, starting_uid: u32, conn: Un
                 Err(e) => format!("error {e}"),
             },
             Ok(Request::AddBatch(items)) => add_batch(&server, items, fds),
+            Ok(Request::StatsSlab) => match stats_slab(&server, fds) {
+                Ok(()) => "ok".to_owned(),
+                Err(e) => format!("error {e}"),
+            },
             Ok(Request::Remove { resource }) if fds.is_empty() => match server.remove(&resource) {
                 Ok(()) => "ok".to_owned(),
                 Err(e) => format!("error {e}"),
@@ -675,33 +770,48 @@ async fn control_connection(server: Arc<Namespaces>, starting_uid: u32, conn: Un
     }
 }
 
-/// `add` as the control socket says it: with `stats`, the last descriptor is the block.
+/// `stats-slab`: its one descriptor is the slab the following `stats=@N` count into.
+fn stats_slab(server: &Namespaces, fds: Vec<OwnedFd>) -> std::result::Result<(), String> {
+    let [fd] = <[OwnedFd; 1]>::try_from(fds)
+        .map_err(|fds| format!("stats-slab takes one descriptor, got {}", fds.len()))?;
+    let slab = Slab::from_file(&std::fs::File::from(fd))
+        .map_err(|why| format!("statistics slab: {why}"))?;
+    server.set_slab(slab);
+    tracing::debug!("statistics slab handed over");
+    Ok(())
+}
+
+/// `add` as the control socket says it: with `stats=1`, the last descriptor is the block.
 fn add(
     server: &Namespaces,
     resource: Resource,
     netns: String,
     mut fds: Vec<OwnedFd>,
-    stats: bool,
+    stats: StatsRef,
 ) -> std::result::Result<(), String> {
-    if fds.len() > ns_netns::MAX_FDS + usize::from(stats) {
+    if fds.len() > ns_netns::MAX_FDS + stats.fds() {
         return Err(format!(
             "{} descriptors, a namespace has at most {} listeners",
             fds.len(),
             ns_netns::MAX_FDS
         ));
     }
-    let stats = if stats {
-        if fds.len() < 2 {
-            return Err("add stats=1 needs the listeners and then the statistics block".into());
+    let stats = match stats {
+        StatsRef::None => Stats::default(),
+        StatsRef::Block => {
+            if fds.len() < 2 {
+                return Err("add stats=1 needs the listeners and then the statistics block".into());
+            }
+            let block = fds.pop().map(std::fs::File::from);
+            match block.as_ref().map(Stats::from_file) {
+                Some(Ok(s)) => s,
+                Some(Err(why)) => return Err(format!("statistics block of {resource}: {why}")),
+                None => Stats::default(),
+            }
         }
-        let block = fds.pop().map(std::fs::File::from);
-        match block.as_ref().map(Stats::from_file) {
-            Some(Ok(s)) => s,
-            Some(Err(why)) => return Err(format!("statistics block of {resource}: {why}")),
-            None => Stats::default(),
-        }
-    } else {
-        Stats::default()
+        StatsRef::Record(n) => server
+            .record(n)
+            .map_err(|why| format!("statistics of {resource}: {why}"))?,
     };
     server.add(resource, netns, fds, stats).map(drop)
 }
@@ -818,7 +928,7 @@ mod tests {
             Ok(Request::Add {
                 resource: router("r-1"),
                 netns: "qrouter-r-1".into(),
-                stats: false,
+                stats: StatsRef::None,
             })
         );
         assert_eq!(
@@ -826,9 +936,18 @@ mod tests {
             Ok(Request::Add {
                 resource: router("r-1"),
                 netns: "qrouter-r-1".into(),
-                stats: true,
+                stats: StatsRef::Block,
             })
         );
+        assert_eq!(
+            Request::parse(b"add router r-1 qrouter-r-1 stats=@17"),
+            Ok(Request::Add {
+                resource: router("r-1"),
+                netns: "qrouter-r-1".into(),
+                stats: StatsRef::Record(17),
+            })
+        );
+        assert_eq!(Request::parse(b"stats-slab"), Ok(Request::StatsSlab));
         assert_eq!(
             Request::parse(b"remove ovn-network n-1"),
             Ok(Request::Remove {
@@ -844,6 +963,12 @@ mod tests {
             (&b"add router r-1"[..], "expected"),
             (b"add router r-1 qrouter-r-1 extra", "expected"),
             (b"add router r-1 qrouter-r-1 stats=0", "expected"),
+            (b"add router r-1 qrouter-r-1 stats=@", "expected"),
+            (b"add router r-1 qrouter-r-1 stats=@-1", "expected"),
+            (b"add router r-1 qrouter-r-1 stats=@+1", "expected"),
+            (b"add router r-1 qrouter-r-1 stats=@4294967296", "expected"),
+            (b"add router r-1 qrouter-r-1 stats=1 stats=@1", "expected"),
+            (b"stats-slab 1", "expected"),
             (b"add  router r-1 ns", "expected"),
             (b"add vpc r-1 ns", "unknown kind"),
             (b"add router r/1 ns", "r/1"),
@@ -865,20 +990,28 @@ mod tests {
                 resource: router("r-1"),
                 netns: "qrouter-r-1".into(),
                 listeners: 2,
-                stats: true,
+                stats: StatsRef::Block,
             },
             BatchItem {
                 resource: Resource::new(Kind::Network, "n-1").expect("id"),
                 netns: "qdhcp-n-1".into(),
                 listeners: 1,
-                stats: false,
+                stats: StatsRef::None,
+            },
+            BatchItem {
+                resource: Resource::new(Kind::OvnNetwork, "n-2").expect("id"),
+                netns: "ovnmeta-n-2".into(),
+                listeners: 1,
+                stats: StatsRef::Record(16_383),
             },
         ];
         let msg = batch_message(&items);
         assert_eq!(
             msg,
-            "add-batch 2\nrouter r-1 qrouter-r-1 2 stats=1\nnetwork n-1 qdhcp-n-1 1"
+            "add-batch 3\nrouter r-1 qrouter-r-1 2 stats=1\nnetwork n-1 qdhcp-n-1 1\n\
+             ovn-network n-2 ovnmeta-n-2 1 stats=@16383"
         );
+        assert_eq!(items.iter().map(BatchItem::fds).sum::<usize>(), 5);
         assert_eq!(Request::parse(msg.as_bytes()), Ok(Request::AddBatch(items)));
     }
 
@@ -902,6 +1035,9 @@ mod tests {
             ("add-batch 1\nrouter r-1 ns 0".into(), "listeners \"0\""),
             ("add-batch 1\nrouter r-1 ns 17".into(), "listeners \"17\""),
             ("add-batch 1\nrouter r-1 ns 1 stats=0".into(), "expected"),
+            ("add-batch 1\nrouter r-1 ns 1 stats=@x".into(), "expected"),
+            ("add-batch 1\nrouter r-1 ns 1 stats=@".into(), "expected"),
+            ("add-batch 1\nrouter r-1 ns 1 stats=1 x".into(), "expected"),
             ("add-batch 1\nvpc r-1 ns 1".into(), "unknown kind"),
             ("add-batch 1\nrouter r/1 ns 1".into(), "r/1"),
             ("add-batch 1\nrouter r-1 ../x 1".into(), ".."),

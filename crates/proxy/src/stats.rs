@@ -2,7 +2,13 @@
 //! a few relaxed atomic adds on a mapped page (status class, error code, latency bucket and
 //! sum), per connection one add and one subtract. No syscall, no lock, no allocation; without
 //! `--stats-fd` every call is one branch. Layout: [`ns_contract::proxy_stats`].
+//!
+//! The shared server counts each namespace into a block of its own too: a file handed over
+//! with its listeners (`stats=1`), or a record of the one slab the spawner handed over for
+//! every namespace ([`Slab`], `stats=@N`, issue #20): the same slots at the record's base.
 
+use std::os::unix::fs::MetadataExt as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ns_contract::proxy_stats as layout;
@@ -12,7 +18,79 @@ use crate::error::{Error, Result};
 
 /// The mapped block, or nothing when the proxy runs without `--stats-fd`.
 #[derive(Debug, Default)]
-pub struct Stats(Option<SharedCounters>);
+pub struct Stats(Option<Block>);
+
+/// Where a namespace's slots are: a mapping (a block file's, or a whole slab shared by every
+/// namespace) and the first slot of its block in it.
+#[derive(Debug)]
+struct Block {
+    map: Arc<SharedCounters>,
+    base: usize,
+    /// (device, inode) of the file mapped.
+    file: (u64, u64),
+}
+
+/// The shared model's slab (`stats-slab`): mapped once, every namespace's record in it.
+#[derive(Debug)]
+pub struct Slab {
+    map: Arc<SharedCounters>,
+    file: (u64, u64),
+}
+
+impl Slab {
+    /// Map the slab open as `file`: refused unless it is a regular file of
+    /// [`layout::SLAB_SIZE`] bytes whose header holds [`layout::SLAB_MAGIC`] and the capacity.
+    /// The reason, without a prefix, on error.
+    pub fn from_file(file: &std::fs::File) -> std::result::Result<Slab, String> {
+        let meta = file.metadata().map_err(|e| e.to_string())?;
+        if !meta.file_type().is_file() {
+            return Err("not a regular file".to_owned());
+        }
+        if meta.len() != layout::SLAB_SIZE as u64 {
+            return Err(format!(
+                "{} bytes, a statistics slab has {}",
+                meta.len(),
+                layout::SLAB_SIZE
+            ));
+        }
+        let map =
+            SharedCounters::map(file, layout::SLAB_SIZE / 8).map_err(|e| format!("mmap: {e}"))?;
+        if map.load(0) != layout::SLAB_MAGIC
+            || map.load(layout::SLAB_SLOT_CAPACITY) != layout::SLAB_RECORDS as u64
+        {
+            return Err("not a statistics slab (bad magic or capacity)".to_owned());
+        }
+        Ok(Slab {
+            map: Arc::new(map),
+            file: (meta.dev(), meta.ino()),
+        })
+    }
+
+    /// The block of record `n`: refused unless `n` is a record (1..capacity) in use (its
+    /// first slot holds [`layout::MAGIC`]).
+    pub fn record(&self, n: u64) -> std::result::Result<Stats, String> {
+        let base = usize::try_from(n)
+            .ok()
+            .filter(|n| (1..layout::SLAB_RECORDS).contains(n))
+            .map(|n| n * layout::RECORD_SLOTS)
+            .ok_or_else(|| {
+                format!(
+                    "record {n} is not 1..={} of the statistics slab",
+                    layout::SLAB_RECORDS - 1
+                )
+            })?;
+        if self.map.load(base + layout::SLOT_MAGIC) != layout::MAGIC {
+            return Err(format!(
+                "record {n} of the statistics slab is not in use (bad magic)"
+            ));
+        }
+        Ok(Stats(Some(Block {
+            map: Arc::clone(&self.map),
+            base,
+            file: self.file,
+        })))
+    }
+}
 
 /// Who produced an answer, as the counters see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +99,22 @@ pub enum Answer {
     Relayed,
     /// The proxy's own error answer (also counted by code).
     Own,
+}
+
+impl Block {
+    #[inline]
+    fn add(&self, slot: usize, v: u64) {
+        self.map.add(self.base + slot, v);
+    }
+
+    #[inline]
+    fn sub(&self, slot: usize, v: u64) {
+        self.map.sub(self.base + slot, v);
+    }
+
+    fn store(&self, slot: usize, v: u64) {
+        self.map.store(self.base + slot, v);
+    }
 }
 
 impl Stats {
@@ -65,7 +159,17 @@ impl Stats {
         if block.load(layout::SLOT_MAGIC) != layout::MAGIC {
             return Err("not a statistics block (bad magic)".to_owned());
         }
-        Ok(Stats(Some(block)))
+        Ok(Stats(Some(Block {
+            map: Arc::new(block),
+            base: 0,
+            file: (meta.dev(), meta.ino()),
+        })))
+    }
+
+    /// Which block this is (file device and inode, first slot), to tell a repeated `add` of
+    /// the same block from one that moves the namespace's counts elsewhere.
+    pub fn identity(&self) -> Option<(u64, u64, usize)> {
+        self.0.as_ref().map(|b| (b.file.0, b.file.1, b.base))
     }
 
     /// Zero the open-connections gauge: for a block a new server starts counting into (a
@@ -201,5 +305,59 @@ mod tests {
         let e = Stats::open(Some(987_654)).expect_err("no fd").to_string();
         assert!(e.contains("--stats-fd 987654"), "{e}");
         assert!(!Stats::open(None).expect("none").enabled());
+    }
+
+    fn slab(name: &str, magic: u64, size: usize) -> (std::path::PathBuf, std::fs::File) {
+        let p = std::env::temp_dir().join(format!("proxy-slab-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_file(&p);
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&p)
+            .expect("create");
+        f.set_len(size as u64).expect("size");
+        if let Ok(m) = SharedCounters::map(&f, 2) {
+            m.store(0, magic);
+            m.store(layout::SLAB_SLOT_CAPACITY, layout::SLAB_RECORDS as u64);
+        }
+        (p, f)
+    }
+
+    #[test]
+    fn a_slab_record_counts_at_its_base_and_bad_ones_are_refused() {
+        let (p, f) = slab("ok", layout::SLAB_MAGIC, layout::SLAB_SIZE);
+        let s = Slab::from_file(&f).expect("slab");
+        let e = s.record(3).expect_err("free").to_string();
+        assert!(e.contains("record 3") && e.contains("not in use"), "{e}");
+        for n in [0, layout::SLAB_RECORDS as u64, u64::MAX] {
+            let e = s.record(n).expect_err("out of range");
+            assert!(e.contains(&format!("record {n} is not 1..=16383")), "{e}");
+        }
+        let w = SharedCounters::map(&f, layout::SLAB_SIZE / 8).expect("map");
+        let base = 3 * layout::RECORD_SLOTS;
+        w.store(base, layout::MAGIC);
+        w.store(base + layout::SLOT_CONN_OPEN, 4);
+        let r = s.record(3).expect("in use");
+        r.reset_open_connections();
+        r.request(200, Answer::Relayed, Duration::from_micros(10));
+        r.conn_opened();
+        assert_eq!(w.load(base + layout::class_slot(200)), 1);
+        assert_eq!(w.load(base + layout::SLOT_CONN_OPEN), 1);
+        assert_eq!(w.load(layout::class_slot(200)), 0, "not the header");
+        assert_eq!(
+            w.load(2 * layout::RECORD_SLOTS + layout::class_slot(200)),
+            0
+        );
+        assert_eq!(r.identity().map(|i| i.2), Some(base));
+        let _ = std::fs::remove_file(&p);
+        let (p, f) = slab("magic", layout::MAGIC, layout::SLAB_SIZE);
+        let e = Slab::from_file(&f).expect_err("magic");
+        assert!(e.contains("bad magic"), "{e}");
+        let _ = std::fs::remove_file(&p);
+        let (p, f) = slab("size", layout::SLAB_MAGIC, 4096);
+        let e = Slab::from_file(&f).expect_err("size");
+        assert!(e.contains("4096 bytes"), "{e}");
+        let _ = std::fs::remove_file(&p);
     }
 }

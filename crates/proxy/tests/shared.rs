@@ -380,6 +380,105 @@ fn a_namespace_handed_over_with_its_block_counts_its_answers_into_it() {
     assert_eq!(read.load(layout::SLOT_CONN_ACCEPTED), 4);
 }
 
+/// A slab as the spawner makes one: sparse, the slab's magic and capacity in record 0.
+fn stats_slab(dir: &Path, name: &str) -> std::fs::File {
+    use ns_contract::proxy_stats as layout;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(dir.join(name))
+        .expect("create slab");
+    f.set_len(layout::SLAB_SIZE as u64).expect("size");
+    let m = ns_netns::SharedCounters::map(&f, 2).expect("map");
+    m.store(0, layout::SLAB_MAGIC);
+    m.store(layout::SLAB_SLOT_CAPACITY, layout::SLAB_RECORDS as u64);
+    f
+}
+
+#[test]
+fn namespaces_count_into_their_records_of_the_slab_handed_over_once() {
+    use ns_contract::proxy_stats as layout;
+    use ns_metadata_proxy::shared::{batch_message, BatchItem, StatsRef};
+    let dir = TempDir::new("shared-slab");
+    let agent = StandIn::start(Behave::Headers);
+    let control = ControlSocket::new(dir.path());
+    let _server = start_server(dir.path(), &control, agent.path(), &[]);
+    let c = control.connect();
+    let l1 = loopback_listener();
+    let l2 = loopback_listener();
+
+    // A record before any slab, a bad slab, a slab with no descriptor: refused, said why.
+    let a = c.ask("add router r-1 qrouter-r-1 stats=@1", &[l1.as_fd()]);
+    assert!(
+        a.starts_with("error ") && a.contains("no statistics slab"),
+        "{a}"
+    );
+    let block = stats_block(dir.path(), "r.stats", layout::MAGIC);
+    let a = c.ask("stats-slab", &[block.as_fd()]);
+    assert!(a.starts_with("error ") && a.contains("4096 bytes"), "{a}");
+    let a = c.ask("stats-slab", &[]);
+    assert!(
+        a.starts_with("error ") && a.contains("one descriptor"),
+        "{a}"
+    );
+
+    let slab = stats_slab(dir.path(), "shared.slab");
+    assert_eq!(c.ask("stats-slab", &[slab.as_fd()]), "ok");
+    let all = ns_netns::SharedCounters::map(&slab, layout::SLAB_SIZE / 8).expect("map");
+    let at = |r: usize, slot: usize| r * layout::RECORD_SLOTS + slot;
+    // A record not in use, or past the end: refused.
+    let a = c.ask("add router r-1 qrouter-r-1 stats=@1", &[l1.as_fd()]);
+    assert!(a.starts_with("error ") && a.contains("not in use"), "{a}");
+    let a = c.ask("add router r-1 qrouter-r-1 stats=@16384", &[l1.as_fd()]);
+    assert!(a.starts_with("error ") && a.contains("record 16384"), "{a}");
+
+    // Two namespaces, records 1 and 2 (a stale gauge zeroed when first served).
+    all.store(at(1, 0), layout::MAGIC);
+    all.store(at(2, 0), layout::MAGIC);
+    all.store(at(2, layout::SLOT_CONN_OPEN), 5);
+    assert_eq!(
+        c.ask("add router r-1 qrouter-r-1 stats=@1", &[l1.as_fd()]),
+        "ok"
+    );
+    let item = BatchItem {
+        resource: ns_contract::Resource::new(ns_contract::Kind::Router, "r-2").expect("id"),
+        netns: "qrouter-r-2".into(),
+        listeners: 1,
+        stats: StatsRef::Record(2),
+    };
+    assert_eq!(c.ask(&batch_message(&[item]), &[l2.as_fd()]), "ok 1");
+    let (a1, a2) = (
+        l1.local_addr().expect("addr"),
+        l2.local_addr().expect("addr"),
+    );
+    for _ in 0..3 {
+        assert!(get(a1).expect("answer").contains("router=r-1"));
+    }
+    assert!(get(a2).expect("answer").contains("router=r-2"));
+    ns_testkit::eventually("counted", WAIT, || {
+        (all.load(at(1, layout::class_slot(200))) == 3
+            && all.load(at(2, layout::class_slot(200))) == 1
+            && all.load(at(2, layout::SLOT_CONN_OPEN)) == 0)
+            .then_some(())
+    });
+    assert_eq!(all.load(at(1, layout::SLOT_CONN_ACCEPTED)), 3);
+    assert_eq!(
+        all.load(layout::class_slot(200)),
+        0,
+        "the header is nobody's"
+    );
+    // The same sockets and record again: a no-op, counting goes on in the same place.
+    assert_eq!(
+        c.ask("add router r-1 qrouter-r-1 stats=@1", &[l1.as_fd()]),
+        "ok"
+    );
+    assert!(get(a1).expect("answer").contains("router=r-1"));
+    ns_testkit::eventually("counted on", WAIT, || {
+        (all.load(at(1, layout::class_slot(200))) == 4).then_some(())
+    });
+}
+
 #[test]
 fn a_batch_serves_many_namespaces_in_one_message_and_names_what_it_refused() {
     use ns_metadata_proxy::shared::{batch_message, BatchItem};
@@ -393,7 +492,7 @@ fn a_batch_serves_many_namespaces_in_one_message_and_names_what_it_refused() {
             .expect("id"),
         netns: format!("qrouter-r-{i}"),
         listeners: 1,
-        stats: false,
+        stats: ns_metadata_proxy::shared::StatsRef::None,
     };
     let listeners: Vec<_> = (0..100).map(|_| loopback_listener()).collect();
     let items: Vec<_> = (0..100).map(item).collect();

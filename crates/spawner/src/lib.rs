@@ -32,6 +32,7 @@ mod shared_control;
 pub mod shared_model;
 mod shared_task;
 pub mod statedir;
+pub mod stats_slab;
 pub mod status;
 pub mod supervisor;
 mod takeover;

@@ -15,6 +15,12 @@
 //!   as a base), so exported counters never go down and nothing read can panic.
 //! - **Removed** with the key: after each reconcile pass, files of keys no longer wanted go.
 //!   Their last values stay in the per-kind latency histogram (kept by this process).
+//! - **In the shared model** a namespace's block is a record of its server's slab
+//!   ([`crate::stats_slab`]) instead: taken by [`record_for`] (a key with a block file moves
+//!   its counts into the record and the file goes), read here with the same fold, freed by
+//!   [`retain`] (after the reconcile pass, so after the server's answer to `remove`) with its
+//!   last values kept in the per-kind totals. A key too long for a record, or a full or
+//!   changed slab: that namespace keeps a block file as above (logged).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -25,6 +31,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use ns_contract::proxy_stats::{BLOCK_SIZE, MAGIC, SLOTS, SLOT_CONN_OPEN, SLOT_MAGIC};
+
+use crate::stats_slab::{NoRecord, Slab};
 use ns_contract::Kind;
 use ns_netns::SharedCounters;
 
@@ -93,6 +101,23 @@ pub fn anonymous() -> std::io::Result<OwnedFd> {
 /// Open an existing good block (read-write, no link followed, ours, one link, the right size
 /// and magic); with `create`, replace a bad one and create a missing one.
 fn open_block(p: &Path, create: bool) -> std::io::Result<File> {
+    let check = |f: &File| check_file(f, BLOCK_SIZE, &MAGIC.to_le_bytes());
+    open_file(p, create, check, |f| {
+        let mut page = vec![0u8; BLOCK_SIZE];
+        page[..8].copy_from_slice(&MAGIC.to_le_bytes());
+        f.write_all(&page)
+    })
+}
+
+/// Open the statistics file (a block or a slab) at `p` read-write, never through a link, if
+/// `check` accepts it; with `create`, replace a bad one (logged) and create a missing one
+/// (`O_EXCL`, 0600) laid out by `init`.
+pub(crate) fn open_file(
+    p: &Path,
+    create: bool,
+    check: impl Fn(&File) -> std::result::Result<(), String>,
+    init: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> std::io::Result<File> {
     let open = || {
         std::fs::OpenOptions::new()
             .read(true)
@@ -104,7 +129,7 @@ fn open_block(p: &Path, create: bool) -> std::io::Result<File> {
         Ok(f) => match check(&f) {
             Ok(()) => return Ok(f),
             Err(why) if create => {
-                tracing::warn!(file = %p.display(), %why, "statistics block replaced");
+                tracing::warn!(file = %p.display(), %why, "statistics file replaced");
                 std::fs::remove_file(p)?;
             }
             Err(why) => return Err(std::io::Error::other(why)),
@@ -112,7 +137,7 @@ fn open_block(p: &Path, create: bool) -> std::io::Result<File> {
         Err(e) if create && e.kind() == std::io::ErrorKind::NotFound => {}
         // ELOOP: a symlink planted there. Replaced when creating, never followed.
         Err(e) if create && e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
-            tracing::warn!(file = %p.display(), "statistics block was a symlink; replaced");
+            tracing::warn!(file = %p.display(), "statistics file was a symlink; replaced");
             std::fs::remove_file(p)?;
         }
         Err(e) => return Err(e),
@@ -124,13 +149,13 @@ fn open_block(p: &Path, create: bool) -> std::io::Result<File> {
         .mode(0o600)
         .custom_flags(NOFOLLOW)
         .open(p)?;
-    let mut page = vec![0u8; BLOCK_SIZE];
-    page[..8].copy_from_slice(&MAGIC.to_le_bytes());
-    f.write_all(&page)?;
+    init(&mut f)?;
     Ok(f)
 }
 
-fn check(f: &File) -> std::result::Result<(), String> {
+/// What every statistics file passes before it is used: a regular file of ours, one link,
+/// `size` bytes, starting with `head`.
+pub(crate) fn check_file(f: &File, size: usize, head: &[u8]) -> std::result::Result<(), String> {
     let m = f.metadata().map_err(|e| e.to_string())?;
     if !m.file_type().is_file() {
         return Err("not a regular file".into());
@@ -141,19 +166,39 @@ fn check(f: &File) -> std::result::Result<(), String> {
     if m.nlink() != 1 {
         return Err(format!("{} hard links", m.nlink()));
     }
-    if m.len() != BLOCK_SIZE as u64 {
-        return Err(format!("{} bytes, not {BLOCK_SIZE}", m.len()));
+    if m.len() != size as u64 {
+        return Err(format!("{} bytes, not {size}", m.len()));
     }
-    let mut head = [0u8; 8];
-    rustix::io::pread(f, &mut head, 0).map_err(|e| e.to_string())?;
-    if u64::from_le_bytes(head) != MAGIC {
+    let mut got = vec![0u8; head.len()];
+    let n = rustix::io::pread(f, &mut got, 0).map_err(|e| e.to_string())?;
+    if n != head.len() || got != head {
         return Err("bad magic".into());
     }
     Ok(())
 }
 
-/// After a reconcile pass: remove the blocks of keys not in `keep`.
+/// After a reconcile pass: remove the blocks of keys not in `keep`, and free their slab
+/// records (their last values kept in the per-kind totals).
 pub fn retain(dir: &Path, keep: &std::collections::BTreeSet<String>) {
+    {
+        let mut guard = registry();
+        let reg = guard.get_or_insert_with(Registry::default);
+        let gone: Vec<(PathBuf, String)> = reg
+            .slabs
+            .iter()
+            .filter(|(p, _)| p.parent() == Some(dir))
+            .filter_map(|(p, s)| s.as_ref().map(|s| (p, s)))
+            .flat_map(|(p, s)| {
+                s.keys()
+                    .filter(|k| !keep.contains(*k))
+                    .map(|k| (p.clone(), k.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for (slab, key) in gone {
+            reg.free(&slab, dir, &key);
+        }
+    }
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
     };
@@ -170,18 +215,34 @@ pub fn retain(dir: &Path, keep: &std::collections::BTreeSet<String>) {
     }
 }
 
-/// One block as the spawner reads it: the mapping, and per slot the last value seen and the
-/// base folded in from resets.
+/// Where a block the spawner reads is.
+enum Origin {
+    /// A block file, mapped, and its (device, inode): a file replaced under the same name is
+    /// a new block.
+    File { map: SharedCounters, id: (u64, u64) },
+    /// A record of the slab at this path.
+    Record { slab: PathBuf, record: u32 },
+}
+
+/// One block as the spawner reads it: where, and per slot the last value seen and the base
+/// folded in from resets.
 struct Reading {
-    map: SharedCounters,
-    /// (device, inode): a file replaced under the same name is a new block.
-    id: (u64, u64),
+    origin: Origin,
     kind: Kind,
     last: [u64; SLOTS],
     base: [u64; SLOTS],
 }
 
 impl Reading {
+    fn new(origin: Origin, kind: Kind) -> Reading {
+        Reading {
+            origin,
+            kind,
+            last: [0; SLOTS],
+            base: [0; SLOTS],
+        }
+    }
+
     /// The values as last read, without touching the mapping (the file may be gone or cut).
     fn settled(&self) -> [u64; SLOTS] {
         let mut out = [0u64; SLOTS];
@@ -193,14 +254,16 @@ impl Reading {
         out
     }
 
-    /// The monotonic values now (the magic slot reads 0).
-    fn fold(&mut self) -> [u64; SLOTS] {
+    /// The monotonic values now (the magic slot reads 0), from `now` (the block's slots).
+    fn fold(&mut self, now: &[u64; SLOTS]) -> [u64; SLOTS] {
         let mut out = [0u64; SLOTS];
         for (i, o) in out.iter_mut().enumerate().skip(SLOT_MAGIC + 1) {
-            let v = self.map.load(i);
+            let v = now[i];
             if i == SLOT_CONN_OPEN {
-                // A gauge: as it is (a proxy can only lie about itself).
-                *o = v;
+                // A gauge: as it is (a proxy can only lie about itself), but never "negative":
+                // a removed namespace's last connections closing after its record was freed
+                // and taken again count below zero.
+                *o = if v > i64::MAX as u64 { 0 } else { v };
                 continue;
             }
             if v < self.last[i] {
@@ -217,8 +280,162 @@ impl Reading {
 /// so per-kind totals never go down when a namespace is removed.
 #[derive(Default)]
 struct Registry {
+    /// By the key's block file path (also for a key whose block is a slab record).
     open: BTreeMap<PathBuf, Reading>,
     retired: BTreeMap<&'static str, [u64; SLOTS]>,
+    /// The shared servers' slabs by path; `None` for one that changed under us (not touched
+    /// again by this process).
+    slabs: BTreeMap<PathBuf, Option<Slab>>,
+}
+
+impl Registry {
+    /// Move a reading's last values into its kind's retired totals.
+    fn retire(&mut self, r: &Reading) {
+        let last = r.settled();
+        add_into(
+            self.retired.entry(r.kind.as_str()).or_insert([0; SLOTS]),
+            &last,
+        );
+    }
+
+    /// The slab at `p`, opened (or created) once; `None` once it changed under us.
+    fn slab(&mut self, p: &Path) -> std::io::Result<&mut Slab> {
+        if !self.slabs.contains_key(p) {
+            let slab = Slab::open(p)?;
+            self.slabs.insert(p.to_owned(), Some(slab));
+        }
+        match self.slabs.get_mut(p) {
+            Some(Some(s)) => match s.check() {
+                Ok(()) => self
+                    .slabs
+                    .get_mut(p)
+                    .and_then(Option::as_mut)
+                    .ok_or_else(gone),
+                Err(why) => {
+                    tracing::warn!(file = %p.display(), %why, "statistics slab changed under the spawner: not used again by this process");
+                    self.slabs.insert(p.to_owned(), None);
+                    Err(std::io::Error::other(why))
+                }
+            },
+            _ => Err(gone()),
+        }
+    }
+
+    /// Free `key`'s record in the slab at `slab`: its last counts go to the retired totals
+    /// (through its reading's fold when there is one: only a scrape knows its kind).
+    fn free(&mut self, slab: &Path, dir: &Path, key: &str) {
+        let Some(Some(s)) = self.slabs.get_mut(slab) else {
+            return;
+        };
+        let Some(last) = s.free(key) else {
+            return;
+        };
+        if let Some(mut r) = self.open.remove(&path(dir, key)) {
+            if matches!(&r.origin, Origin::Record { slab: p, .. } if p == slab) {
+                r.fold(&last);
+                self.retire(&r);
+            }
+        }
+    }
+}
+
+fn gone() -> std::io::Error {
+    std::io::Error::other("the statistics slab changed under the spawner")
+}
+
+/// A key's record in its shard's slab: the slab's file (to hand to the server) and identity,
+/// and the record.
+pub struct SlabRecord {
+    pub slab: OwnedFd,
+    pub slab_id: (u64, u64),
+    pub record: u32,
+}
+
+/// The slab of shard `shard` in `dir`: a duplicate of its descriptor (for `stats-slab`) and
+/// its identity. Created if missing.
+pub fn slab_fd(dir: &Path, shard: usize) -> std::io::Result<(OwnedFd, (u64, u64))> {
+    crate::statedir::prepare(dir).map_err(std::io::Error::other)?;
+    let mut guard = registry();
+    let reg = guard.get_or_insert_with(Registry::default);
+    let s = reg.slab(&crate::stats_slab::path(dir, shard))?;
+    Ok((s.fd().try_clone_to_owned()?, s.id()))
+}
+
+/// `key`'s record in the slab of shard `shard` in `dir`, taken if it has none (its gauge as
+/// it is: [`Gauge::Keep`]). A key that had a block file moves its counts into the record and
+/// the file is removed. `None` (logged) when it cannot have one: it keeps a block file.
+pub fn record_for(dir: &Path, shard: usize, key: &str) -> Option<SlabRecord> {
+    let got = (|| {
+        crate::statedir::prepare(dir).map_err(|e| e.to_string())?;
+        let mut guard = registry();
+        let reg = guard.get_or_insert_with(Registry::default);
+        let sp = crate::stats_slab::path(dir, shard);
+        let s = reg.slab(&sp).map_err(|e| e.to_string())?;
+        let fresh = s.record_of(key).is_none();
+        let record = s.allocate(key).map_err(|e: NoRecord| e.to_string())?;
+        if fresh {
+            // A namespace moving from another shard's server (`shared_servers` changed)
+            // brings its counts along and frees its record there.
+            let moved: Vec<[u64; SLOTS]> = reg
+                .slabs
+                .iter_mut()
+                .filter(|(p, _)| p.parent() == Some(dir) && **p != sp)
+                .filter_map(|(_, other)| other.as_mut()?.free(key))
+                .collect();
+            let s = reg.slab(&sp).map_err(|e| e.to_string())?;
+            for last in moved {
+                copy_counts(s, record, |i| last[i]);
+            }
+            adopt_block_file(s, record, &path(dir, key));
+        }
+        let s = reg.slab(&sp).map_err(|e| e.to_string())?;
+        let rec = SlabRecord {
+            slab: s.fd().try_clone_to_owned().map_err(|e| e.to_string())?,
+            slab_id: s.id(),
+            record,
+        };
+        if fresh {
+            // Its counts are in the record now: the file's reading goes without being retired.
+            reg.open.remove(&path(dir, key));
+        }
+        Ok::<_, String>(rec)
+    })();
+    got.map_err(|why| {
+        tracing::warn!(%key, %why, "no statistics slab record: the namespace gets a block file of its own");
+    })
+    .ok()
+}
+
+/// Free `key`'s record in the slab of shard `shard` in `dir`, if it has one (its counts go to
+/// the retired totals): for a namespace that got a record but then a block file after all.
+pub fn release(dir: &Path, shard: usize, key: &str) {
+    let mut guard = registry();
+    let reg = guard.get_or_insert_with(Registry::default);
+    reg.free(&crate::stats_slab::path(dir, shard), dir, key);
+}
+
+/// Add the counters of a block the key had before (`from`, by slot) into its record: not the
+/// magic, not the open-connections gauge (the connections counted there count down there).
+fn copy_counts(s: &Slab, record: u32, from: impl Fn(usize) -> u64) {
+    for i in SLOT_MAGIC + 1..SLOTS {
+        if i != SLOT_CONN_OPEN {
+            s.store(record, i, s.load(record, i).saturating_add(from(i)));
+        }
+    }
+}
+
+/// A key's block file from before it had a record (the per-namespace model, or a shared
+/// server of an older spawner): its counts added into `record`, then the file removed.
+fn adopt_block_file(s: &Slab, record: u32, p: &Path) {
+    let Ok(f) = open_block(p, false) else {
+        return;
+    };
+    if let Ok(map) = SharedCounters::map(&f, SLOTS) {
+        copy_counts(s, record, |i| map.load(i));
+    }
+    if let Err(err) = std::fs::remove_file(p) {
+        tracing::warn!(file = %p.display(), %err, "cannot remove a statistics block moved into the slab");
+    }
 }
 
 static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
@@ -250,45 +467,81 @@ pub fn read(dir: &Path, proxies: &[(String, Kind)]) -> Snapshot {
     let reg = guard.get_or_insert_with(Registry::default);
     let mut snap = Snapshot::default();
     let mut seen = std::collections::BTreeSet::new();
+    // Each slab of this dir checked once per scrape before its mapping is read (as a block
+    // file is below); one that changed is not read again.
+    let slabs: Vec<PathBuf> = reg
+        .slabs
+        .keys()
+        .filter(|p| p.parent() == Some(dir))
+        .cloned()
+        .collect();
+    for p in &slabs {
+        let _ = reg.slab(p);
+    }
     for (key, kind) in proxies {
         let p = path(dir, key);
-        // Checked at every scrape, before the mapping is read: a file cut short under the
-        // mapping would fault on access (only a proxy kept as uid 0 could do that).
-        let id = std::fs::symlink_metadata(&p)
-            .ok()
-            .filter(|m| m.file_type().is_file() && m.len() == BLOCK_SIZE as u64)
-            .map(|m| (m.dev(), m.ino()));
-        let stale = reg.open.get(&p).is_some_and(|r| Some(r.id) != id);
-        if stale {
-            if let Some(r) = reg.open.remove(&p) {
-                let last = r.settled();
-                add_into(
-                    reg.retired.entry(r.kind.as_str()).or_insert([0; SLOTS]),
-                    &last,
-                );
+        let record = reg.slabs.iter().find_map(|(sp, s)| {
+            let r = s.as_ref()?.record_of(key)?;
+            (sp.parent() == Some(dir)).then(|| (sp.clone(), r))
+        });
+        let now = match record {
+            Some((slab, record)) => {
+                let same = matches!(reg.open.get(&p), Some(Reading { origin: Origin::Record { slab: s, record: r }, .. }) if *s == slab && *r == record);
+                if !same {
+                    if let Some(r) = reg.open.remove(&p) {
+                        reg.retire(&r);
+                    }
+                    reg.open.insert(
+                        p.clone(),
+                        Reading::new(
+                            Origin::Record {
+                                slab: slab.clone(),
+                                record,
+                            },
+                            *kind,
+                        ),
+                    );
+                }
+                match reg.slabs.get(&slab) {
+                    Some(Some(s)) => s.slots(record),
+                    _ => continue,
+                }
             }
-        }
-        if !reg.open.contains_key(&p) {
-            let Some(id) = id else { continue };
-            let Ok(f) = open_block(&p, false) else {
-                continue;
-            };
-            let Ok(map) = SharedCounters::map(&f, SLOTS) else {
-                continue;
-            };
-            reg.open.insert(
-                p.clone(),
-                Reading {
-                    map,
-                    id,
-                    kind: *kind,
-                    last: [0; SLOTS],
-                    base: [0; SLOTS],
-                },
-            );
-        }
+            None => {
+                // Checked at every scrape, before the mapping is read: a file cut short under
+                // the mapping would fault on access (only a proxy kept as uid 0 could do that).
+                let id = std::fs::symlink_metadata(&p)
+                    .ok()
+                    .filter(|m| m.file_type().is_file() && m.len() == BLOCK_SIZE as u64)
+                    .map(|m| (m.dev(), m.ino()));
+                let stale = reg.open.get(&p).is_some_and(|r| match &r.origin {
+                    Origin::File { id: was, .. } => Some(*was) != id,
+                    Origin::Record { .. } => true,
+                });
+                if stale {
+                    if let Some(r) = reg.open.remove(&p) {
+                        reg.retire(&r);
+                    }
+                }
+                if !reg.open.contains_key(&p) {
+                    let Some(id) = id else { continue };
+                    let Ok(f) = open_block(&p, false) else {
+                        continue;
+                    };
+                    let Ok(map) = SharedCounters::map(&f, SLOTS) else {
+                        continue;
+                    };
+                    reg.open
+                        .insert(p.clone(), Reading::new(Origin::File { map, id }, *kind));
+                }
+                match reg.open.get(&p).map(|r| &r.origin) {
+                    Some(Origin::File { map, .. }) => std::array::from_fn(|i| map.load(i)),
+                    _ => continue,
+                }
+            }
+        };
         if let Some(r) = reg.open.get_mut(&p) {
-            let v = r.fold();
+            let v = r.fold(&now);
             add_into(snap.per_kind.entry(kind.as_str()).or_insert([0; SLOTS]), &v);
             snap.per_key.insert(key.clone(), v);
             seen.insert(p);
@@ -303,11 +556,7 @@ pub fn read(dir: &Path, proxies: &[(String, Kind)]) -> Snapshot {
         .collect();
     for p in gone {
         if let Some(r) = reg.open.remove(&p) {
-            let last = r.settled();
-            add_into(
-                reg.retired.entry(r.kind.as_str()).or_insert([0; SLOTS]),
-                &last,
-            );
+            reg.retire(&r);
         }
     }
     for (kind, v) in &reg.retired {
@@ -390,6 +639,84 @@ mod tests {
             std::fs::read(&victim).expect("victim"),
             vec![0u8; BLOCK_SIZE]
         );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn slab_records_are_read_folded_and_retired_like_block_files() {
+        // Its own kind: the retired totals are the process's, shared with the other tests.
+        let d = dir("slab");
+        // A key with a block file from before: its counts move into its record.
+        let old = SharedCounters::map(&File::from(for_start(&d, "r1").expect("block")), SLOTS)
+            .expect("map");
+        let ok = layout::class_slot(200);
+        let lat = layout::latency_slot(10);
+        old.add(ok, 4);
+        old.add(lat, 4);
+        old.add(SLOT_CONN_OPEN, 2);
+        let proxies = [
+            ("r1".to_owned(), Kind::OvnNetwork),
+            ("r2".to_owned(), Kind::OvnNetwork),
+        ];
+        assert_eq!(read(&d, &proxies).per_key["r1"][ok], 4);
+        let r1 = record_for(&d, 0, "r1").expect("record");
+        let r2 = record_for(&d, 0, "r2").expect("record");
+        assert_eq!((r1.record, r2.record), (1, 2));
+        assert!(!path(&d, "r1").exists(), "the block file went");
+        assert!(crate::stats_slab::path(&d, 0).exists());
+        let slab = SharedCounters::map(&File::from(r1.slab), layout::SLAB_SIZE / 8).expect("map");
+        let at = |r: u32, slot: usize| r as usize * layout::RECORD_SLOTS + slot;
+        assert_eq!(slab.load(at(1, ok)), 4, "moved");
+        assert_eq!(slab.load(at(1, SLOT_CONN_OPEN)), 0, "not the gauge");
+        slab.add(at(1, ok), 1);
+        slab.add(at(2, lat), 3);
+        let s = read(&d, &proxies);
+        assert_eq!(s.per_key["r1"][ok], 5, "counts go on, not twice");
+        assert_eq!(s.per_key["r2"][lat], 3);
+        assert_eq!(s.per_kind["ovn-network"][lat], 7);
+        // A reset writer: the export goes on.
+        slab.store(at(2, lat), 1);
+        assert_eq!(read(&d, &proxies).per_key["r2"][lat], 4);
+        // The same key gets the same record back, its gauge kept.
+        slab.store(at(2, SLOT_CONN_OPEN), 1);
+        assert_eq!(record_for(&d, 0, "r2").expect("record").record, 2);
+        assert_eq!(slab.load(at(2, SLOT_CONN_OPEN)), 1);
+        // A removed key: its record freed and zeroed, its counts kept in its kind's total.
+        retain(&d, &["r1".to_owned()].into());
+        assert_eq!(slab.load(at(2, 0)), 0);
+        assert!(crate::stats_slab::path(&d, 0).exists(), "the slab stays");
+        let s = read(&d, &proxies[..1]);
+        assert!(!s.per_key.contains_key("r2"));
+        assert_eq!(s.per_kind["ovn-network"][lat], 8);
+        // Its record goes to the next key, zeroed; a key too long for a record gets none.
+        assert_eq!(record_for(&d, 0, "r3").expect("record").record, 2);
+        assert_eq!(slab.load(at(2, lat)), 0);
+        assert!(record_for(&d, 0, &"k".repeat(200)).is_none());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_namespace_moving_to_another_shard_brings_its_counts() {
+        let d = dir("shards");
+        let ok = layout::class_slot(200);
+        let at = |r: u32, slot: usize| r as usize * layout::RECORD_SLOTS + slot;
+        let from = record_for(&d, 1, "m1").expect("record");
+        let one = SharedCounters::map(&File::from(from.slab), layout::SLAB_SIZE / 8).expect("map");
+        one.add(at(from.record, ok), 6);
+        one.add(at(from.record, SLOT_CONN_OPEN), 1);
+        let proxies = [("m1".to_owned(), Kind::Network)];
+        assert_eq!(read(&d, &proxies).per_key["m1"][ok], 6);
+        let to = record_for(&d, 0, "m1").expect("record");
+        let zero = SharedCounters::map(&File::from(to.slab), layout::SLAB_SIZE / 8).expect("map");
+        assert_eq!(zero.load(at(to.record, ok)), 6);
+        assert_eq!(zero.load(at(to.record, SLOT_CONN_OPEN)), 0);
+        assert_eq!(
+            one.load(at(from.record, 0)),
+            0,
+            "freed on the shard it left"
+        );
+        zero.add(at(to.record, ok), 1);
+        assert_eq!(read(&d, &proxies).per_key["m1"][ok], 7);
         let _ = std::fs::remove_dir_all(&d);
     }
 }

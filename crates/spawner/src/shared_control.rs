@@ -172,8 +172,9 @@ async fn replayed(conn: &UnixDatagram, wait: Duration, sent: usize) -> std::io::
 mod tests {
     use super::*;
     use ns_contract::{Kind, Resource};
+    use ns_metadata_proxy::shared::StatsRef;
 
-    fn item(i: usize, listeners: usize, stats: bool) -> (BatchItem, ()) {
+    fn item(i: usize, listeners: usize, stats: StatsRef) -> (BatchItem, ()) {
         let item = BatchItem {
             resource: Resource::new(Kind::Router, format!("r-{i}")).expect("id"),
             netns: format!("qrouter-r-{i}"),
@@ -186,7 +187,7 @@ mod tests {
     #[test]
     fn a_replay_is_cut_at_the_descriptor_limit_per_message() {
         // 2,000 namespaces of two listeners and a statistics block: 84 per message.
-        let all: Vec<_> = (0..2000).map(|i| item(i, 2, true)).collect();
+        let all: Vec<_> = (0..2000).map(|i| item(i, 2, StatsRef::Block)).collect();
         let cut = batches(&all);
         assert_eq!(cut.len(), 24);
         assert!(cut.iter().all(|b| b.len() <= 84));
@@ -199,6 +200,6 @@ mod tests {
             assert!(fds <= ns_netns::SCM_MAX_FD, "{fds}");
         }
         assert!(batches::<()>(&[]).is_empty());
-        assert_eq!(batches(&[item(1, 1, false)]).len(), 1);
+        assert_eq!(batches(&[item(1, 1, StatsRef::None)]).len(), 1);
     }
 }

@@ -51,7 +51,7 @@ pub const PID_FILE: &str = "shared-server.pid";
 /// Where the server finds the control socket (after the readiness pipe on 3).
 const CONTROL_FD: i32 = 4;
 use crate::shared_control::{answer, ask, connect, control_listener, replay};
-use ns_metadata_proxy::shared::{BatchItem, MAX_MESSAGE};
+use ns_metadata_proxy::shared::{BatchItem, StatsRef, MAX_MESSAGE};
 
 /// A shard's files in the state directory. The first keeps a single server's names
 /// (`shared.sock`, `shared-server.pid`), so raising `shared_servers` from 1 takes the running
@@ -162,6 +162,8 @@ struct Inner {
     manager: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Asks the manager for a graceful restart; answered with the new server's pid.
     replace: tokio::sync::mpsc::Sender<oneshot::Sender<Result<u32>>>,
+    /// The statistics slab the running server has (`stats-slab`), by (device, inode).
+    slab_sent: Mutex<Option<(u64, u64)>>,
 }
 
 /// The handle on the shared server; cheap to clone.
@@ -199,7 +201,15 @@ impl SharedServer {
             stop: watch::channel(false).0,
             manager: Mutex::new(None),
             replace,
+            slab_sent: Mutex::new(None),
         });
+        if cfg.proxy_metrics {
+            // Opened now (a restarted spawner learns whose each record is before its first
+            // reconcile frees the records of namespaces no longer wanted).
+            if let Err(e) = crate::proxy_stats::slab_fd(&cfg.stats_dir(), shard) {
+                tracing::warn!(err = %e, shard, "cannot open the statistics slab; namespaces get block files of their own");
+            }
+        }
         let adopted = match take_over(&cfg, shard).await {
             Ok(Some((running, pid, conn, taken))) => {
                 tracing::info!(
@@ -308,15 +318,21 @@ impl SharedServer {
     }
 
     /// Serve `spec` with `fds` (kept here too): the server's pid once it serves them. With
-    /// `proxy_metrics`, the namespace's statistics block goes last (`stats=1`), so its answers
-    /// are counted into the same block a proxy of the per-namespace model would use.
+    /// `proxy_metrics`, the namespace is counted into its record of the shard's slab
+    /// (`stats=@N`, the slab handed over first if this server does not have it yet), or, if
+    /// it cannot have one, into a block file of its own that goes last (`stats=1`), the
+    /// block a proxy of the per-namespace model would use.
     pub(crate) async fn add(&self, spec: &ProxySpec, mut fds: Vec<OwnedFd>) -> Result<u32> {
         let mut request = format!("add {} {}", tag(spec), spec.netns);
         let listeners = fds.len();
-        let stats = self.inner.cfg.proxy_metrics;
-        if stats {
-            fds.push(stats_block(&self.inner.cfg, spec)?);
-            request.push_str(" stats=1");
+        let stats = if self.inner.cfg.proxy_metrics {
+            self.stats_for(spec, &mut fds).await?
+        } else {
+            StatsRef::None
+        };
+        if let Some(word) = stats.word() {
+            request.push(' ');
+            request.push_str(&word);
         }
         let item = BatchItem {
             resource: ns_contract::Resource::new(spec.kind, &spec.id)
@@ -341,6 +357,29 @@ impl SharedServer {
                 Err(e)
             }
         }
+    }
+
+    /// Where `spec`'s answers are counted: its slab record, else a block file pushed on `fds`.
+    async fn stats_for(&self, spec: &ProxySpec, fds: &mut Vec<OwnedFd>) -> Result<StatsRef> {
+        let dir = self.inner.cfg.stats_dir();
+        if let Some(rec) = crate::proxy_stats::record_for(&dir, self.inner.shard, &spec.key) {
+            let sent = *lock(&self.inner.slab_sent) == Some(rec.slab_id);
+            if sent {
+                return Ok(StatsRef::Record(rec.record));
+            }
+            match self.request("stats-slab", &[rec.slab.as_fd()]).await {
+                Ok(_) => {
+                    *lock(&self.inner.slab_sent) = Some(rec.slab_id);
+                    return Ok(StatsRef::Record(rec.record));
+                }
+                Err(e) => {
+                    tracing::warn!(key = %spec.key, err = %e, "the shared server did not take the statistics slab; the namespace gets a block file of its own");
+                    crate::proxy_stats::release(&dir, self.inner.shard, &spec.key);
+                }
+            }
+        }
+        fds.push(stats_block(&self.inner.cfg, spec)?);
+        Ok(StatsRef::Block)
     }
 
     /// Stop serving `spec`: the server closes its copies, we close ours.
@@ -762,10 +801,19 @@ async fn start_and_replay(
     let handed = async {
         let conn = connect(&cfg.state_dir.join(name))
             .map_err(|e| Error::Spawn(format!("connect to the shared server: {e}")))?;
-        let all: Vec<(BatchItem, Arc<Vec<OwnedFd>>)> = lock(&inner.entries)
+        let slab = hand_slab(inner, &conn).await?;
+        let mut all: Vec<(BatchItem, Arc<Vec<OwnedFd>>)> = lock(&inner.entries)
             .values()
             .map(|e| (e.item.clone(), Arc::clone(&e.fds)))
             .collect();
+        if slab.is_none() {
+            // Served uncounted rather than refused.
+            for (item, _) in &mut all {
+                if matches!(item.stats, StatsRef::Record(_)) {
+                    item.stats = StatsRef::None;
+                }
+            }
+        }
         let served = replay(&all, &conn, cfg.ready_timeout).await?;
         let control_path = cfg.state_dir.join(&inner.files.control);
         if name != inner.files.control {
@@ -776,11 +824,12 @@ async fn start_and_replay(
             })?;
         }
         write_pid_file(cfg, &inner.files, pid);
-        Ok::<_, Error>((conn, served))
+        Ok::<_, Error>((conn, served, slab))
     };
     let begun = Instant::now();
     match handed.await {
-        Ok((conn, served)) => {
+        Ok((conn, served, slab)) => {
+            *lock(&inner.slab_sent) = slab;
             *control = Some(conn);
             inner.up.send_replace(Some(pid));
             tracing::info!(pid, namespaces = served, replay = ?begun.elapsed(), "shared server ready");
@@ -790,6 +839,34 @@ async fn start_and_replay(
             running.stop(cfg.stop_timeout).await;
             Err(e)
         }
+    }
+}
+
+/// A new server's first request, before the replay: the shard's statistics slab
+/// (`stats-slab`), so the replay's `stats=@N` count into it. Its identity once taken; `None`
+/// without `proxy_metrics` or when the slab cannot be opened (the namespaces counted in it
+/// are then served uncounted).
+async fn hand_slab(inner: &Inner, conn: &UnixDatagram) -> Result<Option<(u64, u64)>> {
+    let cfg = &inner.cfg;
+    if !cfg.proxy_metrics {
+        return Ok(None);
+    }
+    let (fd, id) = match crate::proxy_stats::slab_fd(&cfg.stats_dir(), inner.shard) {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::warn!(err = %e, shard = inner.shard, "no statistics slab for the new shared server: its namespaces are served uncounted");
+            return Ok(None);
+        }
+    };
+    match ask(conn, "stats-slab", &[fd.as_fd()], cfg.ready_timeout).await {
+        Ok(a) if a == "ok" => Ok(Some(id)),
+        Ok(a) => {
+            tracing::warn!(answer = %a, "the shared server refused the statistics slab: its namespaces are served uncounted");
+            Ok(None)
+        }
+        Err(e) => Err(Error::Spawn(format!(
+            "handing the statistics slab over: {e}"
+        ))),
     }
 }
 

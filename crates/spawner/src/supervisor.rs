@@ -718,7 +718,8 @@ impl<P: Platform> Supervisor<P> {
             .reconciles
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (present, waiting, cfg) = self.plan();
-        crate::proxy_stats::retain(&cfg.stats_dir(), &stats_keys(&cfg, &present, &waiting));
+        let keep = stats_keys(&cfg, &present, &waiting);
+        crate::proxy_stats::retain(&cfg.stats_dir(), &keep);
         let pid_dir = cfg.pid_dir();
         let platform = &*self.inner.platform;
         let mut adopt: BTreeMap<String, (Running, Vec<String>)> = BTreeMap::new();
@@ -837,6 +838,8 @@ impl<P: Platform> Supervisor<P> {
         // Sockets a previous spawner's shared server gave back that no record wants now.
         if let Some(server) = self.inner.shared.get() {
             server.drop_unclaimed().await;
+            // Their slab records too, now that the server stopped counting into them.
+            crate::proxy_stats::retain(&cfg.stats_dir(), &keep);
         }
     }
 

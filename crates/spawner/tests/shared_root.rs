@@ -393,6 +393,10 @@ fn shared_namespaces_are_counted_in_metrics_across_a_server_kill9_and_a_takeover
     want(ok);
     assert_eq!(status_in(ns, GET), 200);
     want(ok + 1);
+    // Counted in a record of the server's slab, not a block file of its own (issue #20).
+    let stats = dir.path().join("stats");
+    assert!(stats.join("shared.slab").is_file());
+    assert!(!stats.join(format!("{id}.stats")).exists());
 }
 
 #[test]
