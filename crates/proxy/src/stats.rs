@@ -173,10 +173,14 @@ impl Stats {
     }
 
     /// Zero the open-connections gauge: for a block a new server starts counting into (a
-    /// server killed with connections open never decremented it).
+    /// server killed with connections open never decremented it). Read first and written
+    /// only if not zero: a restarted server's replay then takes no write fault per page of
+    /// the slab (the first count of each page comes later, off the restart's path).
     pub fn reset_open_connections(&self) {
         if let Some(b) = &self.0 {
-            b.store(layout::SLOT_CONN_OPEN, 0);
+            if b.map.load(b.base + layout::SLOT_CONN_OPEN) != 0 {
+                b.store(layout::SLOT_CONN_OPEN, 0);
+            }
         }
     }
 
