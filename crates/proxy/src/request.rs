@@ -255,9 +255,15 @@ pub fn parse(
 /// [`finish`]) that has none: `auto` found that the agent does not advertise reuse (issue
 /// 19). False, and `out` unchanged, if the request already asks for it or the line would
 /// take it over [`MAX_UPSTREAM`] (then the proxy ends the exchange itself, as before).
-pub fn ask_close(out: &mut Vec<u8>) -> bool {
+/// `body_len`: the body's bytes at the end of `out` (the request's own framing), so the
+/// head's end is found without a scan; where no head ends there, it is scanned for.
+pub fn ask_close(out: &mut Vec<u8>, body_len: usize) -> bool {
     // The head is ours: its first empty line is its end (no header value holds CR LF).
-    let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") else {
+    let known = out
+        .len()
+        .checked_sub(body_len + 4)
+        .filter(|&e| out.get(e..e + 4) == Some(b"\r\n\r\n"));
+    let Some(end) = known.or_else(|| out.windows(4).position(|w| w == b"\r\n\r\n")) else {
         return false;
     };
     let head = &out[..end + 2];
@@ -311,19 +317,24 @@ mod tests {
     fn ask_close_adds_the_line_to_the_head_once() {
         let mut out =
             b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 6\r\n\r\na\r\n\r\nb".to_vec();
-        assert!(ask_close(&mut out));
+        assert!(ask_close(&mut out, 6));
         assert_eq!(
             out,
             b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 6\r\nConnection: close\r\n\r\na\r\n\r\nb"
         );
-        assert!(!ask_close(&mut out), "already there");
+        assert!(!ask_close(&mut out, 6), "already there");
+        // A length where no head ends: the head's end is scanned for.
+        let mut wrong =
+            b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 6\r\n\r\na\r\n\r\nb".to_vec();
+        assert!(ask_close(&mut wrong, 3));
+        assert_eq!(wrong, out);
         let mut big = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n".to_vec();
         big.resize(MAX_UPSTREAM - 10, b'x');
         let before = big.clone();
-        assert!(!ask_close(&mut big), "would not fit in one recv(4096)");
+        assert!(!ask_close(&mut big, 0), "would not fit in one recv(4096)");
         assert_eq!(big, before);
         let mut no_head = b"GET / HTTP/1.1\r\n".to_vec();
-        assert!(!ask_close(&mut no_head));
+        assert!(!ask_close(&mut no_head, 0));
     }
 
     #[test]

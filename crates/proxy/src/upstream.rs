@@ -336,6 +336,8 @@ pub struct Exchange {
     /// Safe to send again on a fresh connection (an idempotent method).
     pub retry_ok: bool,
     pub has_body: bool,
+    /// The body's bytes at the end of the request buffer.
+    pub body_len: usize,
     /// About the VM's request, for the head it gets.
     pub fc: ForClient,
 }
@@ -572,13 +574,14 @@ impl Agent {
         let Exchange {
             retry_ok,
             has_body,
+            body_len,
             fc,
         } = x;
         let mut rbuf = Buf::get();
         let (mut conn, mut pooled) = match (self.mode, self.take()) {
             (KeepaliveMode::Off, _) | (_, None) => {
                 self.after_the_turn().await;
-                (self.connect_fresh(buf).await?, false)
+                (self.connect_fresh(buf, body_len).await?, false)
             }
             (_, Some(s)) => {
                 self.stats.agent_conn(true);
@@ -613,7 +616,7 @@ impl Agent {
                     let failed_early = matches!(e, UpError::NoReply | UpError::Send(_));
                     if pooled && failed_early && retry_ok && (!has_body || !wrote) {
                         tracing::debug!(err = %e, "pooled agent connection failed, retrying once");
-                        conn = self.connect_fresh(buf).await?;
+                        conn = self.connect_fresh(buf, body_len).await?;
                         pooled = false;
                         rbuf.clear();
                         continue;
@@ -660,10 +663,10 @@ impl Agent {
 
     /// A fresh connection for the request in `buf`; in `auto` against an agent that does
     /// not advertise reuse, the request now asks it to close.
-    async fn connect_fresh(&self, buf: &mut Buf) -> Result<Conn, UpError> {
+    async fn connect_fresh(&self, buf: &mut Buf, body_len: usize) -> Result<Conn, UpError> {
         let fresh = self.connect().await?;
         if self.mode == KeepaliveMode::Auto && self.advertised.ask_close(Instant::now) {
-            request::ask_close(buf);
+            request::ask_close(buf, body_len);
         }
         Ok(Conn::Fresh(fresh))
     }
