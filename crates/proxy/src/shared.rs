@@ -498,13 +498,13 @@ impl Namespaces {
                 .map_err(|e| format!("listener non-blocking: {e}"))?;
             serving.push(l);
         }
-        let mut cfg = self.base.clone();
-        cfg.resource = Some(resource.clone());
         if !table.served.contains_key(&resource) {
             stats.reset_open_connections();
         }
         let stats_id = stats.identity();
-        let shared = Arc::new(Shared::with_stats(&cfg, &resource, stats));
+        // The namespace's state from the one configuration (no copy of it per namespace: the
+        // replay of thousands after a kill -9 is on the clock).
+        let shared = Arc::new(Shared::with_stats(&self.base, &resource, stats));
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let per_ns = self.base.max_connections;
         let global = self.global.clone();
