@@ -152,6 +152,13 @@ static OPTS: &[Opt] = &[
     ),
     Opt::new(
         GROUP,
+        "proxy_threads",
+        Kind::Str,
+        "Serving threads of each proxy and of the shared server at most, started only under \
+         load (passed as --threads: auto or 1..16; unset: the proxy's default, 1)",
+    ),
+    Opt::new(
+        GROUP,
         "ready_timeout",
         SECONDS,
         "Seconds a proxy may take to report READY",
@@ -280,6 +287,9 @@ pub struct Config {
     /// `[spawner] max_agent_requests`, passed as `--max-agent-requests` when set (unset: the
     /// proxy's default, and no flag, so the argv of running proxies stays as it was).
     pub max_agent_requests: Option<usize>,
+    /// `[spawner] proxy_threads` (`auto` or 1..=16), passed as `--threads` when set (unset:
+    /// no flag, as for `max_agent_requests`).
+    pub proxy_threads: Option<String>,
     /// `[spawner] ready_timeout`: how long a proxy may take to report READY.
     pub ready_timeout: Duration,
     /// `[spawner] stop_timeout`: SIGTERM → SIGKILL grace (Neutron: 5 s).
@@ -327,6 +337,24 @@ impl Config {
         let router_interface = v.str(GROUP, "router_interface")?;
         ns_contract::validate_ifname(&router_interface)
             .map_err(|e| v.error(GROUP, "router_interface", e))?;
+        let proxy_threads = match v.opt_str(GROUP, "proxy_threads")? {
+            None => None,
+            Some(t) => {
+                let t = t.trim().to_owned();
+                let max = ns_metadata_proxy::workers::MAX_THREADS;
+                let ok = t == "auto" || t.parse::<usize>().is_ok_and(|n| (1..=max).contains(&n));
+                if !ok {
+                    return Err(v
+                        .error(
+                            GROUP,
+                            "proxy_threads",
+                            format!("{t:?} is neither auto nor a thread count of 1 to {max}"),
+                        )
+                        .into());
+                }
+                Some(t)
+            }
+        };
         let proxy_binary = v
             .opt_str(GROUP, "proxy_binary")?
             .ok_or_else(|| v.error(GROUP, "proxy_binary", "must not be empty"))?;
@@ -352,6 +380,7 @@ impl Config {
                 true => Some(v.int(GROUP, "max_agent_requests")?),
                 false => None,
             },
+            proxy_threads,
             ready_timeout: v.seconds(GROUP, "ready_timeout")?,
             stop_timeout: v.seconds(GROUP, "stop_timeout")?,
             max_restart_delay: v.seconds(GROUP, "max_restart_delay")?,

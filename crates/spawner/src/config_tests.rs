@@ -57,6 +57,7 @@ fn defaults() {
         c.max_agent_requests, None,
         "unset: the proxy's default, no flag"
     );
+    assert_eq!(c.proxy_threads, None, "unset: the proxy's default, no flag");
     assert_eq!(c.timeouts, Timeouts::default());
     assert!(!c.ipv6 && !c.auto_enable_routers && !c.force_metadata && !c.enable_isolated_metadata);
     assert_eq!(c.rate_limit, None);
@@ -87,7 +88,7 @@ fn neutron_names_and_our_section() {
          enable_metadata_network = yes\nmetadata_proxy_user = neutron\ndebug = true\n\
          [metadata_rate_limiting]\nrate_limit_enabled = true\nbase_query_rate_limit = 5\n\
          [spawner]\nstate_dir = /tmp/s\nrouter_interface = dummy0\nipv6 = on\nagent_keepalive = ON\n\
-         max_agent_requests = 0\nready_timeout = 2.5\nrecords_file = /etc/r.json\n[agent]\nwhatever = 1\n",
+         max_agent_requests = 0\nproxy_threads = auto\nready_timeout = 2.5\nrecords_file = /etc/r.json\n[agent]\nwhatever = 1\n",
     )
     .expect("valid");
     assert!(w.is_empty(), "{w:?}");
@@ -110,6 +111,7 @@ fn neutron_names_and_our_section() {
     assert!(c.ipv6);
     assert_eq!(c.agent_keepalive, KeepaliveMode::On);
     assert_eq!(c.max_agent_requests, Some(0));
+    assert_eq!(c.proxy_threads.as_deref(), Some("auto"));
     assert_eq!(c.ready_timeout, Duration::from_millis(2500));
     assert_eq!(c.records_file, Some(PathBuf::from("/etc/r.json")));
 }
@@ -206,6 +208,12 @@ fn bad_values_are_blamed_where_they_were_set() {
             &[],
             &[],
             "s.ini:2: [spawner] max_agent_requests: invalid integer \"lots\"",
+        ),
+        (
+            "[spawner]\nproxy_threads = 17\n",
+            &[],
+            &[],
+            "s.ini:2: [spawner] proxy_threads: \"17\" is neither auto nor a thread count of 1 to 16",
         ),
         (
             "",

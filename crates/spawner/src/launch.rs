@@ -73,6 +73,9 @@ fn option_args(cfg: &Config) -> Vec<String> {
     if let Some(n) = cfg.max_agent_requests {
         a.extend(["--max-agent-requests".to_owned(), n.to_string()]);
     }
+    if let Some(t) = &cfg.proxy_threads {
+        a.extend(["--threads".to_owned(), t.clone()]);
+    }
     a
 }
 
@@ -448,6 +451,7 @@ mod tests {
         cfg.timeouts = Timeouts::from_secs([1, 30, 32, 90, 30]).expect("valid");
         cfg.agent_keepalive = KeepaliveMode::Off;
         cfg.max_agent_requests = Some(8);
+        cfg.proxy_threads = Some("2".into());
         cfg.proxy_metrics = false;
         cfg.metadata_proxy_socket = "/srv/$x/metadata_proxy".into();
         let spec = ProxySpec {
@@ -462,7 +466,8 @@ mod tests {
             "--network-id n1 --metadata-proxy-socket /srv/$$x/metadata_proxy --bind 169.254.169.254:80 \
              --bind [fe80::a9fe:a9fe]:80%tap1 --ready-fd 3 --user neutron --group neutron \
              --rate-limit-base 10/10 --rate-limit-burst 20/5 --rate-limit-ip-versions 6 \
-             --timeout-request 1 --timeout-server 90 --agent-keepalive off --max-agent-requests 8"
+             --timeout-request 1 --timeout-server 90 --agent-keepalive off --max-agent-requests 8 \
+             --threads 2"
         );
     }
 }
