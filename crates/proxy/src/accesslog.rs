@@ -3,7 +3,7 @@
 //! same journald priority prefix or timestamp), without the field machinery. Lines for stderr
 //! and `--log-file` are batched: appended to a pending buffer and written with one `write(2)`
 //! when 32 KiB are pending, [`FLUSH_AFTER`] after the oldest pending line (a timer on the
-//! serving thread, and a check when the runtime parks), before any other log line (so the
+//! serving thread, armed by the first line of each batch), before any other log line (so the
 //! order of lines is kept), and at exit. A SIGKILL loses at most the last 50 ms of lines (at
 //! most 32 KiB). Syslog gets one datagram per line at once, as before (and as haproxy sends
 //! its own).
@@ -116,22 +116,6 @@ pub fn log(a: &Access<'_>, now: Instant) {
     match SINK.get() {
         Some(sink) => sink.log(a, now),
         None => via_tracing(a),
-    }
-}
-
-/// The runtime is about to park: write the calling thread's pending lines if the oldest
-/// has waited [`FLUSH_AFTER`] (the timer usually did it already).
-pub fn park() {
-    let due = STATE
-        .try_with(|st| {
-            st.try_borrow().is_ok_and(|st| {
-                st.since
-                    .is_some_and(|t| t.elapsed() >= FLUSH_AFTER && !st.pending.is_empty())
-            })
-        })
-        .unwrap_or(false);
-    if due {
-        flush();
     }
 }
 

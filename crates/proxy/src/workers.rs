@@ -245,14 +245,12 @@ impl Workers {
     }
 }
 
-/// A serving thread's runtime: one thread, I/O and timers; when it parks, access lines
-/// waiting longer than [`crate::accesslog::FLUSH_AFTER`] are written
-/// ([`crate::accesslog::park`]).
+/// A serving thread's runtime: one thread, I/O and timers (the access lines' flush timer,
+/// [`crate::accesslog::FLUSH_AFTER`], runs on it).
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
-        .on_thread_park(crate::accesslog::park)
         .build()
         .map_err(|source| Error::Io {
             op: "tokio runtime",
