@@ -397,24 +397,7 @@ impl Config {
 /// `threads`: `auto` or a count of 1..=[`crate::workers::MAX_THREADS`].
 fn threads(v: &Values) -> Result<usize> {
     let text = v.str(D, "threads")?;
-    match text.trim() {
-        "auto" => Ok(crate::workers::auto()),
-        t => t
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=crate::workers::MAX_THREADS).contains(n))
-            .ok_or_else(|| {
-                v.error(
-                    D,
-                    "threads",
-                    format!(
-                        "{t:?} is neither auto nor a thread count of 1 to {}",
-                        crate::workers::MAX_THREADS
-                    ),
-                )
-                .into()
-            }),
-    }
+    crate::workers::parse_threads(&text).map_err(|why| v.error(D, "threads", why).into())
 }
 
 /// How high the layer that set a value is: default < files < environment < flags.

@@ -118,6 +118,21 @@ pub fn auto() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(2))
 }
 
+/// A `--threads` value (`threads`, the spawner's `proxy_threads`): `auto` ([`auto`]) or a
+/// count of 1..=[`MAX_THREADS`]; the count, or why not, for the caller to name its key.
+pub fn parse_threads(text: &str) -> std::result::Result<usize, String> {
+    match text.trim() {
+        "auto" => Ok(auto()),
+        t => t
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_THREADS).contains(n))
+            .ok_or_else(|| {
+                format!("{t:?} is neither auto nor a thread count of 1 to {MAX_THREADS}")
+            }),
+    }
+}
+
 /// Where a connection is served.
 #[derive(Debug)]
 pub enum Place {

@@ -339,21 +339,11 @@ impl Config {
             .map_err(|e| v.error(GROUP, "router_interface", e))?;
         let proxy_threads = match v.opt_str(GROUP, "proxy_threads")? {
             None => None,
-            Some(t) => {
-                let t = t.trim().to_owned();
-                let max = ns_metadata_proxy::workers::MAX_THREADS;
-                let ok = t == "auto" || t.parse::<usize>().is_ok_and(|n| (1..=max).contains(&n));
-                if !ok {
-                    return Err(v
-                        .error(
-                            GROUP,
-                            "proxy_threads",
-                            format!("{t:?} is neither auto nor a thread count of 1 to {max}"),
-                        )
-                        .into());
-                }
-                Some(t)
-            }
+            // Checked by the proxy's own rule; passed on as written.
+            Some(t) => match ns_metadata_proxy::workers::parse_threads(&t) {
+                Ok(_) => Some(t.trim().to_owned()),
+                Err(why) => return Err(v.error(GROUP, "proxy_threads", why).into()),
+            },
         };
         let proxy_binary = v
             .opt_str(GROUP, "proxy_binary")?
