@@ -223,7 +223,7 @@ impl Conn {
             None => &inb[info.head_len..consumed],
         };
         let finished = request::finish(&mut out, info.body, body);
-        let (has_body, body_len) = (!body.is_empty(), body.len());
+        let body_len = body.len();
         drop(chunk_body);
         let seen = Seen {
             info: Some(&info),
@@ -256,7 +256,6 @@ impl Conn {
         // 5. The agent.
         let x = Exchange {
             retry_ok: info.idempotent,
-            has_body,
             body_len,
             fc: ForClient {
                 is_head: info.is_head,

@@ -335,8 +335,7 @@ impl Advertised {
 pub struct Exchange {
     /// Safe to send again on a fresh connection (an idempotent method).
     pub retry_ok: bool,
-    pub has_body: bool,
-    /// The body's bytes at the end of the request buffer.
+    /// The body's bytes at the end of the request buffer (0: none).
     pub body_len: usize,
     /// About the VM's request, for the head it gets.
     pub fc: ForClient,
@@ -573,7 +572,6 @@ impl Agent {
     {
         let Exchange {
             retry_ok,
-            has_body,
             body_len,
             fc,
         } = x;
@@ -614,7 +612,7 @@ impl Agent {
                     // failed before any response byte, for an idempotent method, and
                     // the body was not delivered (issue 8).
                     let failed_early = matches!(e, UpError::NoReply | UpError::Send(_));
-                    if pooled && failed_early && retry_ok && (!has_body || !wrote) {
+                    if pooled && failed_early && retry_ok && (body_len == 0 || !wrote) {
                         tracing::debug!(err = %e, "pooled agent connection failed, retrying once");
                         conn = self.connect_fresh(buf, body_len).await?;
                         pooled = false;
