@@ -11,17 +11,13 @@ use std::time::Duration;
 
 use common::{Behave, StandIn};
 use ns_metadata_proxy::workers::START_AT;
+use ns_testkit::http::free_port;
 use ns_testkit::{bin_path, eventually, wait_until, ChildGuard};
 
 const ECHO: Behave = Behave::Echo {
     advertise: None,
     reuse: false,
 };
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
 
 /// The proxy on `127.0.0.1:port` in front of `agent`, with `args`.
 fn proxy(agent: &StandIn, port: u16, args: &[&str]) -> ChildGuard {
