@@ -228,6 +228,32 @@ impl Running {
         }
     }
 
+    /// Wait until it exits, without reaping our own child: a description of how. The
+    /// zombie keeps its pid until it is reaped (by [`Running::wait`] or the drop), so a
+    /// restart can come first: reaping a process that held thousands of descriptors costs
+    /// the reaper milliseconds (its `/proc` entries are pruned then; issue #20).
+    pub async fn exited(&mut self) -> String {
+        match self {
+            Running::Child {
+                reaped: false,
+                pidfd,
+                ..
+            } => match pidfd.readable().await {
+                Ok(mut guard) => {
+                    guard.retain_ready();
+                    use rustix::process::{waitid, WaitId, WaitIdOptions};
+                    let opts = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT;
+                    match waitid(WaitId::PidFd(pidfd.get_ref().as_fd()), opts) {
+                        Ok(st) => describe(st),
+                        Err(e) => format!("wait failed: {e}"),
+                    }
+                }
+                Err(e) => format!("pidfd wait failed: {e}"),
+            },
+            _ => self.wait().await,
+        }
+    }
+
     /// Send a signal (a process already gone is fine).
     pub fn signal(&mut self, sig: Signal) {
         let r = match self {

@@ -669,6 +669,8 @@ async fn manage(
     let mut stop = inner.stop.subscribe();
     let mut backoff = Backoff::new(cfg.max_restart_delay);
     let mut listener: Option<OwnedFd> = None;
+    // A server that died, not reaped yet: reaped once the next one is started (below).
+    let mut dead: Option<Running> = None;
     loop {
         let mut running = match current.take() {
             Some(r) => r,
@@ -686,7 +688,11 @@ async fn manage(
                         start_and_replay(&inner, l, &inner.files.control, &mut control).await?;
                     Ok::<_, Error>(running)
                 };
-                match started.await {
+                let started = started.await;
+                // Reaping a server that held thousands of sockets takes milliseconds of
+                // kernel time (its `/proc` entries are pruned): after the restart, not before.
+                drop(dead.take());
+                match started {
                     Ok(r) => {
                         lock(&inner.health).adopted = false;
                         r
@@ -707,7 +713,7 @@ async fn manage(
         let since = Instant::now();
         let how = loop {
             tokio::select! {
-            how = running.wait() => break how,
+            how = running.exited() => break how,
             Some(reply) = replace.recv() => {
                 // Transactional: the new server gets a control socket of its own at
                 // `files.next`; only once it has every socket is that renamed over
@@ -760,6 +766,7 @@ async fn manage(
             }
             }
         };
+        dead = Some(running);
         inner.up.send_replace(None);
         *inner.control.lock().await = None;
         let delay = backoff.died(since.elapsed());

@@ -41,7 +41,6 @@ pub(crate) async fn namespace_task<P: Platform>(t: Task<P>, start: Start, server
         pidfile::remove(&pid_dir, &spec.key);
     }
     let mut backoff = Backoff::new(cfg.max_restart_delay);
-    let mut server_pid = server.watch();
     loop {
         // At most `launch_slots` namespaces between open and served at once: a cold start of
         // thousands would otherwise have every one's netlink and bind threads (and the
@@ -91,6 +90,7 @@ pub(crate) async fn namespace_task<P: Platform>(t: Task<P>, start: Start, server
             Ok(pid) => {
                 tracing::info!(key = %spec.key, netns = %spec.netns, pid, "namespace served by the shared server");
                 status.running(Some(pid), None);
+                status.follow_server(server.watch());
             }
             Err(e) => {
                 if !failed(&status, &spec, e, &mut backoff, &mut stop).await {
@@ -100,34 +100,19 @@ pub(crate) async fn namespace_task<P: Platform>(t: Task<P>, start: Start, server
                 continue;
             }
         }
-        // Served: follow the server's restarts until stopped.
-        loop {
-            tokio::select! {
-                asked = &mut stop => {
-                    if asked.is_err() {
-                        // The supervisor is gone: the server keeps serving for the next one.
-                        return;
-                    }
-                    status.stopping();
-                    server.remove(&spec).await;
-                    if let Err(e) = platform.teardown(&opened, &spec).await {
-                        tracing::warn!(key = %spec.key, err = %e, "teardown failed");
-                    }
-                    status.stopped();
-                    return;
-                }
-                changed = server_pid.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    let pid = *server_pid.borrow_and_update();
-                    match pid {
-                        Some(pid) => status.running(Some(pid), None),
-                        None => status.died("shared server restarting".into(), true),
-                    }
-                }
-            }
+        // Served until stopped; the status follows the server's restarts by itself.
+        let asked = (&mut stop).await;
+        if asked.is_err() {
+            // The supervisor is gone: the server keeps serving for the next one.
+            return;
         }
+        status.stopping();
+        server.remove(&spec).await;
+        if let Err(e) = platform.teardown(&opened, &spec).await {
+            tracing::warn!(key = %spec.key, err = %e, "teardown failed");
+        }
+        status.stopped();
+        return;
     }
 }
 

@@ -109,6 +109,11 @@ struct Live {
 #[derive(Debug)]
 pub struct Status {
     tx: watch::Sender<Live>,
+    /// In the shared model, once served: the shard's server pid (`None` while it restarts).
+    /// A running namespace's pid and state are read from it, so a server restart changes
+    /// one value, not one status per namespace (thousands of task wake-ups on the spawner's
+    /// cores while the new server is being handed the sockets; issue #20).
+    server: std::sync::OnceLock<watch::Receiver<Option<u32>>>,
 }
 
 impl Status {
@@ -119,12 +124,34 @@ impl Status {
                 status: ProxyStatus::new(spec),
                 settled: false,
             }),
+            server: std::sync::OnceLock::new(),
         }
     }
 
     /// A copy of the current status.
     pub fn snapshot(&self) -> ProxyStatus {
-        self.tx.borrow().status.clone()
+        let mut s = self.tx.borrow().status.clone();
+        if let Some(server) = self.server_pid(&s) {
+            s.pid = server;
+            if server.is_none() && s.state == State::Running {
+                s.state = State::Starting;
+                s.last_error = Some("shared server restarting".into());
+            }
+        }
+        s
+    }
+
+    /// Served by the shared server from now on (the shard's pid watch): while this status
+    /// says running, its pid and state follow that server's.
+    pub fn follow_server(&self, pid: watch::Receiver<Option<u32>>) {
+        let _ = self.server.set(pid);
+    }
+
+    /// The followed server's pid (`Some(None)`: restarting), when `s` is served by it
+    /// (running, or stopping: removed from it) and a server is followed.
+    fn server_pid(&self, s: &ProxyStatus) -> Option<Option<u32>> {
+        let server = self.server.get()?;
+        matches!(s.state, State::Running | State::Stopping).then(|| *server.borrow())
     }
 
     /// Wait until the first start attempt is over: the proxy ran (or was adopted), failed,
@@ -231,7 +258,11 @@ impl Status {
 
     /// The pid, while known.
     pub fn pid(&self) -> Option<u32> {
-        self.tx.borrow().status.pid
+        let s = self.tx.borrow();
+        match self.server_pid(&s.status) {
+            Some(server) => server,
+            None => s.status.pid,
+        }
     }
 }
 
@@ -282,5 +313,41 @@ mod tests {
             (json["kind"].as_str(), json["state"].as_str()),
             (Some("router"), Some("stopped"))
         );
+    }
+
+    /// The shared model: a served namespace's pid and state are the server's, across its
+    /// restarts, without a transition of its own; its own states (stopping) still win.
+    #[test]
+    fn a_served_namespace_follows_its_server() {
+        let st = Status::new(&spec());
+        let (server, rx) = watch::channel(Some(40));
+        st.running(Some(40), None);
+        st.follow_server(rx);
+        let s = st.snapshot();
+        assert_eq!(
+            (s.state, s.pid, s.last_error),
+            (State::Running, Some(40), None)
+        );
+        server.send_replace(None);
+        let s = st.snapshot();
+        assert_eq!(
+            (s.state, s.pid, s.last_error.as_deref()),
+            (State::Starting, None, Some("shared server restarting"))
+        );
+        assert_eq!(st.pid(), None);
+        server.send_replace(Some(41));
+        let s = st.snapshot();
+        assert_eq!(
+            (s.state, s.pid, s.last_error),
+            (State::Running, Some(41), None)
+        );
+        assert_eq!(st.pid(), Some(41));
+        st.stopping();
+        assert_eq!(st.snapshot().pid, Some(41));
+        server.send_replace(None);
+        let s = st.snapshot();
+        assert_eq!((s.state, s.pid), (State::Stopping, None));
+        st.stopped();
+        assert_eq!((st.snapshot().state, st.pid()), (State::Stopped, None));
     }
 }
