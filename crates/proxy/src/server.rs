@@ -64,15 +64,10 @@ pub async fn serve_capped(
 ) {
     let sem = Arc::new(Semaphore::new(max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
+    let mut accepting = Vec::with_capacity(listeners.len());
     for l in listeners {
-        let caps = Caps {
-            own: sem.clone(),
-            global: global.clone(),
-        };
         match ns_netns::async_listener(l) {
-            Ok(l) => {
-                tokio::spawn(accept_loop(l, shared.clone(), caps, stop_rx.clone()));
-            }
+            Ok(l) => accepting.push(l),
             Err(e) => {
                 tracing::error!(id = %shared.id, err = %e, "cannot watch a listener; it is not served")
             }
@@ -81,7 +76,30 @@ pub async fn serve_capped(
     if global.is_none() {
         tokio::spawn(housekeeping(shared.clone(), stop_rx.clone()));
     }
-    shutdown.await;
+    let caps = || Caps {
+        own: sem.clone(),
+        global: global.clone(),
+    };
+    tokio::pin!(shutdown);
+    if accepting.len() == 1 {
+        // One listener (IPv4 only, the usual case): accepted in this task, not one of its
+        // own, so a shared server handed thousands of namespaces at once (after a kill -9)
+        // schedules one task per namespace, not two (issue #20).
+        let l = accepting.pop().expect("one listener");
+        let accepting = async {
+            accept_loop(l, shared.clone(), caps(), stop_rx.clone()).await;
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            () = accepting => {}
+            () = &mut shutdown => {}
+        }
+    } else {
+        for l in accepting {
+            tokio::spawn(accept_loop(l, shared.clone(), caps(), stop_rx.clone()));
+        }
+        shutdown.await;
+    }
     tracing::info!(id = %shared.id, "shutting down");
     let _ = stop_tx.send(true);
     let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
