@@ -423,6 +423,121 @@ impl SharedServer {
 #[derive(Clone)]
 pub struct SharedServers {
     shards: Arc<Vec<SharedServer>>,
+    /// Servers of shards no longer configured (`shared_servers` lowered), taken over at
+    /// start: their sockets move to the shards that serve the namespaces now, then they stop.
+    retired: Arc<Vec<Retired>>,
+}
+
+/// Shards a state dir can have had (`shared_servers` is 1..=64).
+const MAX_SHARDS: usize = 64;
+
+/// The server of a shard beyond `shared_servers` (the setting was lowered since it started),
+/// proven ours and taken over like a shard's, but never restarted: each namespace it serves
+/// is told to move (`remove` there, the sockets handed to the namespace's shard, as when
+/// `shared_servers` is raised); after the first reconcile what is left is dropped and the
+/// server stopped, its pid file and control socket removed. Without this its sockets would
+/// stay bound and the namespaces' new shards could not bind theirs.
+struct Retired {
+    shard: usize,
+    pid: u32,
+    running: Mutex<Option<Running>>,
+    conn: UnixDatagram,
+    taken: Mutex<BTreeMap<String, (String, Vec<OwnedFd>)>>,
+}
+
+impl Retired {
+    /// Every shard file beyond the first `shards` that names a running server of ours.
+    async fn find(cfg: &Config, shards: usize) -> Vec<Retired> {
+        let mut out = Vec::new();
+        for shard in shards..MAX_SHARDS {
+            let taken = match take_over(cfg, shard).await {
+                Ok(Some(t)) => t,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(err = %e, shard, "a server of a shard no longer configured could not be taken over; its sockets stay with it");
+                    continue;
+                }
+            };
+            let (running, pid, conn, taken) = taken;
+            tracing::info!(
+                pid,
+                shard,
+                namespaces = taken.len(),
+                shared_servers = shards,
+                "shared_servers was lowered: this shard's server hands its namespaces to the shards that serve them now, then stops"
+            );
+            if cfg.proxy_metrics {
+                // Open, so the counts of each namespace that moves go along with it.
+                if let Err(e) = crate::proxy_stats::slab_fd(&cfg.stats_dir(), shard) {
+                    tracing::warn!(err = %e, shard, "cannot open the retired shard's statistics slab; its namespaces' counts start again");
+                }
+            }
+            out.push(Retired {
+                shard,
+                pid,
+                running: Mutex::new(Some(running)),
+                conn,
+                taken: Mutex::new(taken),
+            });
+        }
+        out
+    }
+
+    /// `spec`'s sockets, if this server had them and they are still right for it (as
+    /// [`SharedServer::take_back`]); either way the server stops serving them.
+    async fn take_back(&self, spec: &ProxySpec, ino: Option<u64>) -> Option<Vec<OwnedFd>> {
+        let (netns, fds) = lock(&self.taken).remove(&tag(spec))?;
+        self.forget(&tag(spec)).await;
+        let right = fds.iter().all(|fd| socket_is_right(fd.as_fd(), spec, ino));
+        if right && netns == spec.netns {
+            tracing::info!(key = %spec.key, from = self.shard, "namespace moves from a shard no longer configured");
+            return Some(fds);
+        }
+        tracing::info!(key = %spec.key, netns = %netns, "a socket handed back is not in the record's namespace now; binding afresh");
+        None
+    }
+
+    /// Tell the server to stop serving `tag` (it drains; the sockets stay in the kernel).
+    async fn forget(&self, tag: &str) {
+        let wait = Duration::from_secs(5);
+        match ask(&self.conn, &format!("remove {tag}"), &[], wait).await {
+            Ok(a) if a == "ok" => {}
+            Ok(a) => {
+                tracing::warn!(shard = self.shard, namespace = %tag, answer = %a, "retired shared server refused a remove")
+            }
+            Err(e) => {
+                tracing::warn!(shard = self.shard, namespace = %tag, err = %e, "retired shared server did not answer a remove")
+            }
+        }
+    }
+
+    /// Drop what no namespace claimed and stop the server (it drains its connections in
+    /// the background); its pid file and control socket go once it is gone.
+    async fn retire(&self, cfg: &Config) {
+        let left: Vec<String> = std::mem::take(&mut *lock(&self.taken))
+            .into_keys()
+            .collect();
+        for t in &left {
+            tracing::info!(namespace = %t, shard = self.shard, "not wanted any more: dropped with its retired shared server");
+        }
+        let Some(mut running) = lock(&self.running).take() else {
+            return;
+        };
+        let files = ShardFiles::of(self.shard);
+        let (dir, grace, shard, pid) = (
+            cfg.state_dir.clone(),
+            cfg.stop_timeout,
+            self.shard,
+            self.pid,
+        );
+        tokio::spawn(async move {
+            let how = running.stop(grace).await;
+            for f in [&files.pid, &files.control] {
+                let _ = std::fs::remove_file(dir.join(f));
+            }
+            tracing::info!(shard, pid, how = %how, "retired shared server stopped");
+        });
+    }
 }
 
 impl SharedServers {
@@ -433,8 +548,10 @@ impl SharedServers {
             (0..n).map(|shard| SharedServer::start(Arc::clone(&cfg), shard)),
         )
         .await;
+        let retired = Retired::find(&cfg, n).await;
         SharedServers {
             shards: Arc::new(shards),
+            retired: Arc::new(retired),
         }
     }
 
@@ -458,10 +575,14 @@ impl SharedServers {
         futures::future::join_all(self.shards.iter().map(SharedServer::stop)).await;
     }
 
-    /// [`SharedServer::drop_unclaimed`] on every shard.
+    /// [`SharedServer::drop_unclaimed`] on every shard; servers of shards no longer
+    /// configured are stopped.
     pub async fn drop_unclaimed(&self) {
         for s in self.shards.iter() {
             s.drop_unclaimed().await;
+        }
+        for r in self.retired.iter() {
+            r.retire(&self.shards[0].inner.cfg).await;
         }
     }
 
@@ -481,6 +602,11 @@ impl SharedServers {
             if let Some(fds) = other.take_back(spec, ino).await {
                 tracing::info!(key = %spec.key, from = i, to = own, "namespace moves to another shared server");
                 let _ = other.request(&format!("remove {}", tag(spec)), &[]).await;
+                return Some(fds);
+            }
+        }
+        for r in self.retired.iter() {
+            if let Some(fds) = r.take_back(spec, ino).await {
                 return Some(fds);
             }
         }

@@ -762,7 +762,7 @@ fn two_shards_serve_apart_and_are_both_taken_over() {
     // A restarted spawner takes both over, each with its own namespaces.
     kill9(daemon.pid());
     let _ = daemon.0.wait();
-    let _daemon2 = start_daemon(dir.path(), &ini, &[]);
+    let mut daemon2 = start_daemon(dir.path(), &ini, &[]);
     answers(&nss);
     let (code, out) = ns_testkit::eventually("running", T, || {
         let (code, out) = cli_code(&ini, &["status", "--json"]);
@@ -785,4 +785,35 @@ fn two_shards_serve_apart_and_are_both_taken_over() {
         alive(pids[0]) && alive(restarted),
         "taken over, not restarted"
     );
+
+    // shared_servers lowered to 1: the next spawner takes shard 1's server over only to move
+    // its namespaces to shard 0 (the sockets, not fresh binds: shard 1 still holds them),
+    // then stops it and removes its files.
+    kill9(daemon2.pid());
+    let _ = daemon2.0.wait();
+    std::fs::write(&ini, format!("{text}shared_servers = 1\n")).expect("ini");
+    let _daemon3 = start_daemon(dir.path(), &ini, &[]);
+    ns_testkit::eventually("shard 1's server stopped", T, || {
+        (!alive(restarted)).then_some(())
+    });
+    answers(&nss);
+    assert_eq!(shard_pid(dir.path(), 1), None, "shard 1's pid file removed");
+    assert!(
+        !dir.path()
+            .join(ns_metadata_spawner::shared_model::ShardFiles::of(1).control)
+            .exists(),
+        "shard 1's control socket removed"
+    );
+    let out = ns_testkit::eventually("every namespace on shard 0", T, || {
+        let (code, out) = cli_code(&ini, &["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        let on_0 = v["proxies"]
+            .as_array()?
+            .iter()
+            .all(|p| p["state"] == "running" && p["pid"] == serde_json::json!(pids[0]));
+        (code == Some(0) && on_0 && v["servers"].as_array()?.len() == 1).then_some(out)
+    });
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["servers"][0]["namespaces"], serde_json::json!(4), "{out}");
+    assert!(alive(pids[0]), "shard 0 taken over, not restarted");
 }
