@@ -4,6 +4,7 @@
 //! is missing it waits with a short re-check instead of the backoff; a supervisor that goes
 //! away without saying so leaves its proxies running for the next one to adopt.
 
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,7 @@ use crate::adopt;
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::decide::ProxySpec;
-use crate::launch::{launch, launch_with, Running};
+use crate::launch::{launch_with, Running};
 use crate::pidfile;
 use crate::platform::{Opened, Platform};
 use crate::status::Status;
@@ -42,6 +43,9 @@ pub(crate) struct Task<P: Platform> {
     /// `restart` requests ([`Supervisor::restart`](crate::supervisor::Supervisor::restart)),
     /// served while the proxy runs.
     pub restart: mpsc::UnboundedReceiver<RestartReply>,
+    /// Shared servers of a previous run (the model was switched back to per-namespace): a
+    /// proxy's first start takes its namespace's sockets from them instead of binding.
+    pub handover: Option<crate::shared_model::RetiredServers>,
 }
 
 /// What `restart ID` did (the control API's answer).
@@ -93,6 +97,7 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) -> Option<
         cfg,
         launches,
         mut restart,
+        handover,
     } = t;
     // A restart that fell back to stop + start, answered by the start's outcome.
     let mut pending_restart: Option<(RestartReply, Option<u32>, String)> = None;
@@ -181,7 +186,12 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) -> Option<
                 // seen right after (by the select below or by wait_or_stop).
                 let attempt = match opened {
                     Ok(opened) => {
-                        let r = launch(&*platform, &opened, &spec, &cfg, &args).await;
+                        let listeners = match &handover {
+                            Some(h) => handed_over(&*platform, h, &spec).await,
+                            None => Vec::new(),
+                        };
+                        let r =
+                            launch_with(&*platform, &opened, &spec, &cfg, &args, listeners).await;
                         ns = Some(opened);
                         r
                     }
@@ -472,6 +482,32 @@ async fn retry_after<P: Platform>(
         }
         Wake::Detached => false,
     }
+}
+
+/// The listening sockets a shared server of a previous run served `spec`'s namespace with,
+/// in `--bind` order (the metadata address, then its IPv6 one), when they are all the
+/// proxy binds: it takes them over (nothing refused while the model changes). Anything else
+/// is dropped and the proxy binds afresh (the server has been told to close its copies).
+async fn handed_over<P: Platform>(
+    platform: &P,
+    from: &crate::shared_model::RetiredServers,
+    spec: &ProxySpec,
+) -> Vec<OwnedFd> {
+    let ino = platform.namespace_inode(&spec.netns);
+    let Some(mut fds) = from.take_back(spec, ino).await else {
+        return Vec::new();
+    };
+    let v6 = |fd: &OwnedFd| {
+        rustix::net::getsockname(fd)
+            .is_ok_and(|a| a.address_family() == rustix::net::AddressFamily::INET6)
+    };
+    fds.sort_by_key(v6);
+    let want = 1 + usize::from(spec.ipv6);
+    if fds.len() != want || fds.iter().skip(1).any(|fd| !v6(fd)) || v6(&fds[0]) {
+        tracing::info!(key = %spec.key, sockets = fds.len(), "the shared server's sockets are not the ones this proxy binds; binding afresh");
+        return Vec::new();
+    }
+    fds
 }
 
 #[cfg(test)]

@@ -425,7 +425,43 @@ pub struct SharedServers {
     shards: Arc<Vec<SharedServer>>,
     /// Servers of shards no longer configured (`shared_servers` lowered), taken over at
     /// start: their sockets move to the shards that serve the namespaces now, then they stop.
-    retired: Arc<Vec<Retired>>,
+    retired: RetiredServers,
+}
+
+/// Shared servers of a previous run that this one does not keep: shards beyond
+/// `shared_servers`, or every one after a switch to `proxy_model = per-namespace`. Taken over
+/// at start (proven ours) only to hand each namespace's sockets to what serves it now, and
+/// stopped after the first reconcile ([`Retired`]); cheap to clone.
+#[derive(Clone, Default)]
+pub struct RetiredServers(Arc<Vec<Retired>>);
+
+impl RetiredServers {
+    /// The running servers of ours for shards `from` and up.
+    pub async fn find(cfg: &Config, from: usize) -> RetiredServers {
+        RetiredServers(Arc::new(Retired::find(cfg, from).await))
+    }
+
+    /// `spec`'s sockets, if one of them served it and they are still right for it; that
+    /// server stops serving them.
+    pub(crate) async fn take_back(
+        &self,
+        spec: &ProxySpec,
+        ino: Option<u64>,
+    ) -> Option<Vec<OwnedFd>> {
+        for r in self.0.iter() {
+            if let Some(fds) = r.take_back(spec, ino).await {
+                return Some(fds);
+            }
+        }
+        None
+    }
+
+    /// After the first reconcile: drop what no namespace claimed and stop them.
+    pub async fn retire(&self, cfg: &Config) {
+        for r in self.0.iter() {
+            r.retire(cfg).await;
+        }
+    }
 }
 
 /// Shards a state dir can have had (`shared_servers` is 1..=64).
@@ -446,7 +482,7 @@ struct Retired {
 }
 
 impl Retired {
-    /// Every shard file beyond the first `shards` that names a running server of ours.
+    /// Every shard file from `shards` up that names a running server of ours.
     async fn find(cfg: &Config, shards: usize) -> Vec<Retired> {
         let mut out = Vec::new();
         for shard in shards..MAX_SHARDS {
@@ -463,8 +499,8 @@ impl Retired {
                 pid,
                 shard,
                 namespaces = taken.len(),
-                shared_servers = shards,
-                "shared_servers was lowered: this shard's server hands its namespaces to the shards that serve them now, then stops"
+                shards_kept = shards,
+                "a shared server this run does not keep (shared_servers lowered, or proxy_model changed): its namespaces' sockets go to what serves them now, then it stops"
             );
             if cfg.proxy_metrics {
                 // Open, so the counts of each namespace that moves go along with it.
@@ -490,7 +526,7 @@ impl Retired {
         self.forget(&tag(spec)).await;
         let right = fds.iter().all(|fd| socket_is_right(fd.as_fd(), spec, ino));
         if right && netns == spec.netns {
-            tracing::info!(key = %spec.key, from = self.shard, "namespace moves from a shard no longer configured");
+            tracing::info!(key = %spec.key, from = self.shard, "namespace's sockets taken from a shared server this run does not keep");
             return Some(fds);
         }
         tracing::info!(key = %spec.key, netns = %netns, "a socket handed back is not in the record's namespace now; binding afresh");
@@ -548,10 +584,10 @@ impl SharedServers {
             (0..n).map(|shard| SharedServer::start(Arc::clone(&cfg), shard)),
         )
         .await;
-        let retired = Retired::find(&cfg, n).await;
+        let retired = RetiredServers::find(&cfg, n).await;
         SharedServers {
             shards: Arc::new(shards),
-            retired: Arc::new(retired),
+            retired,
         }
     }
 
@@ -581,9 +617,7 @@ impl SharedServers {
         for s in self.shards.iter() {
             s.drop_unclaimed().await;
         }
-        for r in self.retired.iter() {
-            r.retire(&self.shards[0].inner.cfg).await;
-        }
+        self.retired.retire(&self.shards[0].inner.cfg).await;
     }
 
     /// The sockets a previous spawner's servers served for `spec` ([`SharedServer::take_back`]):
@@ -605,12 +639,7 @@ impl SharedServers {
                 return Some(fds);
             }
         }
-        for r in self.retired.iter() {
-            if let Some(fds) = r.take_back(spec, ino).await {
-                return Some(fds);
-            }
-        }
-        None
+        self.retired.take_back(spec, ino).await
     }
 }
 

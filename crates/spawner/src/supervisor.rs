@@ -20,7 +20,7 @@ use crate::platform::Platform;
 pub use crate::proxy_task::Restarted;
 use crate::proxy_task::{proxy_task, RestartReply, Start, Task};
 use crate::records::{Network, RecordSet, Records, Router};
-use crate::shared_model::{SharedServer, SharedServers};
+use crate::shared_model::{RetiredServers, SharedServer, SharedServers};
 use crate::shared_task::namespace_task;
 use crate::status::Status;
 pub use crate::status::{ProxyStatus, State};
@@ -154,6 +154,9 @@ struct Inner<P> {
     recovery: Mutex<persist::Recovery>,
     /// The shared server (`proxy_model = shared`), started by the first reconcile.
     shared: tokio::sync::OnceCell<SharedServers>,
+    /// With `proxy_model = per-namespace`: the shared servers a previous run left (the model
+    /// was switched), whose sockets the proxies take over, stopped after the first reconcile.
+    retired: tokio::sync::OnceCell<RetiredServers>,
     /// Proxy starts in flight, shared by every proxy task (`proxy_task::launch_slots`).
     launches: Arc<tokio::sync::Semaphore>,
 }
@@ -195,6 +198,7 @@ impl<P: Platform> Supervisor<P> {
                 saver: persist::Saver::default(),
                 recovery: Mutex::new(persist::Recovery::Clean),
                 shared: tokio::sync::OnceCell::new(),
+                retired: tokio::sync::OnceCell::new(),
                 launches: Arc::new(tokio::sync::Semaphore::new(
                     crate::proxy_task::launch_slots(),
                 )),
@@ -684,6 +688,12 @@ impl<P: Platform> Supervisor<P> {
                 .shared
                 .get_or_init(|| SharedServers::start(Arc::clone(cfg)))
                 .await;
+        } else {
+            // Switched back from the shared model: its servers hand their sockets over.
+            self.inner
+                .retired
+                .get_or_init(|| RetiredServers::find(cfg, 0))
+                .await;
         }
     }
 
@@ -841,6 +851,9 @@ impl<P: Platform> Supervisor<P> {
             // Their slab records too, now that the server stopped counting into them.
             crate::proxy_stats::retain(&cfg.stats_dir(), &keep);
         }
+        if let Some(retired) = self.inner.retired.get() {
+            retired.retire(&cfg).await;
+        }
     }
 
     fn start_proxy(
@@ -862,6 +875,7 @@ impl<P: Platform> Supervisor<P> {
             cfg: Arc::clone(cfg),
             launches: Arc::clone(&self.inner.launches),
             restart: restart_rx,
+            handover: self.inner.retired.get().cloned(),
         };
         // The shared model once its server exists (`ensure_shared` runs before any start).
         let shared = match cfg.proxy_model {

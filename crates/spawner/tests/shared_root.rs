@@ -21,7 +21,7 @@ use ns_metadata_spawner::supervisor::{State, Supervisor};
 use ns_testkit::netns::{link, unique_prefix, TestNs};
 use ns_testkit::proc::{alive, kill9};
 use ns_testkit::require_root;
-use ns_testkit::{eventually_async, TempDir};
+use ns_testkit::{eventually_async, ChildGuard, TempDir};
 use root_common::*;
 
 const T: Duration = Duration::from_secs(15);
@@ -222,6 +222,31 @@ fn server_pid(dir: &std::path::Path) -> Option<u32> {
     shard_pid(dir, 0)
 }
 
+/// A spawner daemon of the shared model (`ini` in `dir`) serving two routers tagged `tag`,
+/// both answering: the ini, the daemon, the ids and namespaces, and the server's pid.
+fn serving_two_routers(
+    dir: &std::path::Path,
+    tag: &str,
+) -> (
+    std::path::PathBuf,
+    ChildGuard,
+    Vec<String>,
+    Vec<TestNs>,
+    u32,
+) {
+    let (ids, nss) = routers(&unique_prefix(), tag, 2);
+    let ini = shared_ini(dir);
+    let daemon = start_daemon(dir, &ini, &[]);
+    for id in &ids {
+        add_router(&ini, id);
+    }
+    let server = ns_testkit::eventually("server pid file", T, || server_pid(dir));
+    for (id, ns) in ids.iter().zip(&nss) {
+        answered_for(ns, id);
+    }
+    (ini, daemon, ids, nss, server)
+}
+
 #[test]
 fn a_restarted_spawner_takes_the_running_server_and_its_sockets_over() {
     if !require_root("a_restarted_spawner_takes_the_running_server_and_its_sockets_over") {
@@ -229,18 +254,8 @@ fn a_restarted_spawner_takes_the_running_server_and_its_sockets_over() {
     }
     let dir = TempDir::new("sh-takeover").reaping();
     let _agent = agent(dir.path());
-    let p = unique_prefix();
-    let (ids, nss) = routers(&p, "t", 2);
-    let ini = shared_ini(dir.path());
-    let mut daemon = start_daemon(dir.path(), &ini, &[]);
-    for id in &ids {
-        add_router(&ini, id);
-    }
+    let (ini, mut daemon, ids, nss, server) = serving_two_routers(dir.path(), "t");
     let pid_file = dir.path().join("shared-server.pid");
-    let server = ns_testkit::eventually("server pid file", T, || server_pid(dir.path()));
-    for (id, ns) in ids.iter().zip(&nss) {
-        answered_for(ns, id);
-    }
 
     kill9(daemon.pid());
     let _ = daemon.0.wait();
@@ -816,4 +831,76 @@ fn two_shards_serve_apart_and_are_both_taken_over() {
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v["servers"][0]["namespaces"], serde_json::json!(4), "{out}");
     assert!(alive(pids[0]), "shard 0 taken over, not restarted");
+}
+
+/// Switching `proxy_model` back to per-namespace: the next spawner takes the shared server
+/// over only to hand each namespace's sockets to its new proxy (nothing refused meanwhile),
+/// then stops it and removes its files.
+#[test]
+fn switching_back_to_per_namespace_hands_the_servers_sockets_to_the_proxies() {
+    if !require_root("switching_back_to_per_namespace_hands_the_servers_sockets_to_the_proxies") {
+        return;
+    }
+    let dir = TempDir::new("sh-back").reaping();
+    let _agent = agent(dir.path());
+    let (ini, mut daemon, ids, nss, server) = serving_two_routers(dir.path(), "b");
+    kill9(daemon.pid());
+    let _ = daemon.0.wait();
+    let text = std::fs::read_to_string(&ini).expect("ini");
+    std::fs::write(
+        &ini,
+        text.replace("proxy_model = shared", "proxy_model = per-namespace"),
+    )
+    .expect("ini");
+
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (ok, failed) = std::thread::scope(|s| {
+        // Requests into the first namespace all through the switch.
+        let load = s.spawn(|| {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match get_in(nss[0].netns(), META) {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(e),
+                }
+            }
+            (ok, failed)
+        });
+        let _daemon2 = start_daemon(dir.path(), &ini, &[]);
+        ns_testkit::eventually("the shared server stopped", T, || {
+            (!alive(server)).then_some(())
+        });
+        for (id, ns) in ids.iter().zip(&nss) {
+            answered_for(ns, id);
+        }
+        ns_testkit::eventually("every router has a proxy of its own", T, || {
+            let (code, out) = cli_code(&ini, &["status", "--json"]);
+            let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+            let pids: Vec<u64> = v["proxies"]
+                .as_array()?
+                .iter()
+                .filter(|p| p["state"] == "running")
+                .filter_map(|p| p["pid"].as_u64())
+                .collect();
+            let own = pids.len() == 2
+                && pids[0] != pids[1]
+                && pids
+                    .iter()
+                    .all(|&p| p != u64::from(server) && alive(p as u32));
+            (code == Some(0) && own).then_some(())
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        load.join().expect("load")
+    });
+    assert!(
+        ok > 0 && failed.iter().all(|e| !e.contains("refused")) && failed.len() <= 1,
+        "{ok} ok, failed: {failed:?}"
+    );
+    assert_eq!(server_pid(dir.path()), None, "its pid file removed");
+    let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
+    assert!(
+        log.contains("taken from a shared server this run does not keep"),
+        "the proxies got the server's sockets, not fresh binds: {log}"
+    );
 }
