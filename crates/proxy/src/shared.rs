@@ -725,7 +725,9 @@ async fn control_connection(server: Arc<Namespaces>, starting_uid: u32, conn: Un
         if n == 0 {
             return; // the spawner went away; we keep serving
         }
-        let answer = match Request::parse(&buf[..n]) {
+        let request = Request::parse(&buf[..n]);
+        let batch = matches!(request, Ok(Request::AddBatch(_)));
+        let answer = match request {
             Err(e) => format!("error {e}"),
             Ok(Request::Add { .. })
             | Ok(Request::Remove { .. })
@@ -767,6 +769,13 @@ async fn control_connection(server: Arc<Namespaces>, starting_uid: u32, conn: Un
         if let Err(e) = send(&conn, answer.as_bytes(), &[]).await {
             tracing::warn!(err = %e, "control connection: cannot answer; closed");
             return;
+        }
+        if batch {
+            // The namespaces just added start accepting before the next batch is read: the
+            // spawner sends those with connections waiting first (issue #20), and the next
+            // batches are already queued on this socket, so without a yield none of them
+            // would accept until the whole replay was read.
+            tokio::task::yield_now().await;
         }
     }
 }

@@ -976,6 +976,7 @@ async fn start_and_replay(
                 }
             }
         }
+        waiting_first(&mut all);
         let served = replay(&all, &conn, cfg.ready_timeout).await?;
         let control_path = cfg.state_dir.join(&inner.files.control);
         if name != inner.files.control {
@@ -1002,6 +1003,44 @@ async fn start_and_replay(
             Err(e)
         }
     }
+}
+
+/// Namespaces with a connection waiting in a listener's accept queue first (in their order
+/// otherwise): after a server died, the VMs already waiting are answered before the idle
+/// namespaces are set up (issue #20; one `poll(2)` over every listener, no wait).
+fn waiting_first(all: &mut Vec<(BatchItem, Arc<Vec<OwnedFd>>)>) {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let waiting: Vec<bool> = {
+        let mut fds: Vec<PollFd<'_>> = all
+            .iter()
+            .flat_map(|(_, fds)| fds.iter().map(|fd| PollFd::new(fd, PollFlags::IN)))
+            .collect();
+        if poll(&mut fds, Some(&rustix::event::Timespec::default())).is_err() {
+            return;
+        }
+        let mut ready = fds.iter().map(|p| p.revents().contains(PollFlags::IN));
+        all.iter()
+            .map(|(_, own)| {
+                // Every listener's flag is consumed, so the next entry starts at its own.
+                let flags: Vec<bool> = own.iter().map(|_| ready.next().unwrap_or(false)).collect();
+                flags.contains(&true)
+            })
+            .collect()
+    };
+    let first = waiting.iter().filter(|w| **w).count();
+    if first == 0 {
+        return;
+    }
+    tracing::debug!(
+        waiting = first,
+        "namespaces with connections waiting go first"
+    );
+    let (mut ordered, rest): (Vec<_>, Vec<_>) = std::mem::take(all)
+        .into_iter()
+        .zip(waiting)
+        .partition(|(_, w)| *w);
+    ordered.extend(rest);
+    *all = ordered.into_iter().map(|(entry, _)| entry).collect();
 }
 
 /// A new server's first request, before the replay: the shard's statistics slab
@@ -1053,6 +1092,57 @@ pub fn control_socket(state_dir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// After a server died, namespaces whose listeners have a connection waiting are handed
+    /// to the next one first; the others keep their order (and each keeps its listeners).
+    #[test]
+    fn namespaces_with_waiting_connections_go_first() {
+        let entry = |i: usize, listeners: usize| {
+            let fds: Vec<OwnedFd> = (0..listeners)
+                .map(|_| OwnedFd::from(std::net::TcpListener::bind("127.0.0.1:0").expect("bind")))
+                .collect();
+            let item = BatchItem {
+                resource: ns_contract::Resource::new(ns_contract::Kind::Router, format!("r-{i}"))
+                    .expect("id"),
+                netns: format!("qrouter-r-{i}"),
+                listeners,
+                stats: StatsRef::None,
+            };
+            (item, Arc::new(fds))
+        };
+        let mut all: Vec<_> = (0..5).map(|i| entry(i, 1 + i % 2)).collect();
+        let addr = |i: usize, l: usize, all: &Vec<(BatchItem, Arc<Vec<OwnedFd>>)>| {
+            let fd = all[i].1[l].try_clone().expect("dup");
+            std::net::TcpListener::from(fd).local_addr().expect("addr")
+        };
+        // Connections waiting in namespace 3 (its second listener) and namespace 1.
+        let _a = std::net::TcpStream::connect(addr(3, 1, &all)).expect("connect");
+        let _b = std::net::TcpStream::connect(addr(1, 0, &all)).expect("connect");
+        let before: Vec<(String, usize)> = all
+            .iter()
+            .map(|(i, f)| (i.netns.clone(), f.len()))
+            .collect();
+        waiting_first(&mut all);
+        let order: Vec<&str> = all.iter().map(|(i, _)| i.netns.as_str()).collect();
+        assert_eq!(
+            order,
+            [
+                "qrouter-r-1",
+                "qrouter-r-3",
+                "qrouter-r-0",
+                "qrouter-r-2",
+                "qrouter-r-4"
+            ]
+        );
+        for (item, fds) in &all {
+            assert!(before.contains(&(item.netns.clone(), fds.len())));
+        }
+        // Nothing waiting: the order stays.
+        let mut idle: Vec<_> = (0..3).map(|i| entry(i, 1)).collect();
+        waiting_first(&mut idle);
+        let order: Vec<&str> = idle.iter().map(|(i, _)| i.netns.as_str()).collect();
+        assert_eq!(order, ["qrouter-r-0", "qrouter-r-1", "qrouter-r-2"]);
+    }
 
     #[test]
     fn a_namespace_stays_on_its_shard() {
