@@ -43,15 +43,8 @@ OVS_ENV=(env PYTHONDONTWRITEBYTECODE=1 OVS_RUNDIR="$WORK" OVS_DBDIR="$WORK" OVS_
 is_ours() { { tr '\0' ' ' </proc/"$1"/cmdline; } 2>/dev/null | grep -q -e "$WORK"; }
 pidfile_pids() { local f p _; for f in "$@"; do [[ -s $f ]] && read -r p _ <"$f" && echo "$p"; done 2>/dev/null || true; }
 gone() { [[ ! -r /proc/$1/stat ]] || [[ $(sed 's/.*) //' /proc/"$1"/stat | cut -c1) == Z ]]; }
-wait_for() {
-    local what=$1 tries=$2
-    shift 2
-    for _ in $(seq "$tries"); do "$@" && return 0; sleep 0.05; done
-    log "timed out waiting for $what"
-    return 1
-}
 # shellcheck source=bench/lib.sh
-. "$REPO/bench/lib.sh" # mem_kb
+. "$REPO/bench/lib.sh" # mem_kb, wait_for, ovsdb_start
 field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p" <<<"$2"; }
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 # Every proxy a side started: ours from the spawner's pid files, Neutron's from its own
@@ -92,14 +85,9 @@ done
 
 # ovsdb-server NAME on $WORK/NAME.sock serving a new database of SCHEMA.
 declare -A SRV
-server() {
-    rm -f "$WORK/$1.db"
-    "${OVS_ENV[@]}" ovsdb-tool create "$WORK/$1.db" "$2" >&2
-    "${OVS_ENV[@]}" ovsdb-server "$WORK/$1.db" --remote="punix:$WORK/$1.sock" --unixctl="$WORK/$1.ctl" \
-        --log-file="$WORK/$1.log" --no-chdir </dev/null >/dev/null 2>>"$WORK/$1.err" &
-    PIDS+=($!)
-    SRV[$1]=$!
-    wait_for "ovsdb-server $1" 200 test -S "$WORK/$1.sock"
+server() { # name schema
+    ovsdb_start "$WORK" "$1" "$2"
+    SRV[$1]=$OVSDB_PID
 }
 # A fresh local OVS database for each side: the integration bridge and our chassis name.
 ovs_fresh() {

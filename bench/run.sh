@@ -191,7 +191,7 @@ sample() {
     printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$RAW"
 }
 # shellcheck source=bench/lib.sh
-. "$REPO/bench/lib.sh" # mem_kb, spawner_ini
+. "$REPO/bench/lib.sh" # mem_kb, spawner_ini, wait_for, ovsdb_start
 # utime+stime in clock ticks (all threads).
 cpu_ticks() { awk '{sub(/^.*\) /, ""); print $12 + $13}' /proc/"$1"/stat; }
 # MemAvailable and the memory the kernel accounts to processes and itself
@@ -208,14 +208,6 @@ meminfo_kb() {
         ((i == 5)) || sleep 0.1
     done >"$WORK/meminfo.tmp"
     echo "$(cut -d' ' -f1 "$WORK/meminfo.tmp" | sort -n | sed -n 3p) $(cut -d' ' -f2 "$WORK/meminfo.tmp" | sort -n | sed -n 3p)"
-}
-# Poll a condition with a timeout (never a fixed sleep for readiness).
-wait_for() {
-    local what=$1 tries=$2
-    shift 2
-    for _ in $(seq "$tries"); do "$@" && return 0; sleep 0.05; done
-    echo "run.sh: timed out waiting for $what" >&2
-    return 1
 }
 http_ok() { [[ $(ip netns exec "$1" curl -s -o /dev/null -w '%{http_code}' --max-time 2 http://169.254.169.254/latest/meta-data/) == 200 ]]; }
 rid() { printf '%s-0000-4000-8000-%012d' "0000$RUN" "$1"; }   # UUID-like router id, unique per run
@@ -279,13 +271,9 @@ OVS_ENV=(env PYTHONDONTWRITEBYTECODE=1 OVS_RUNDIR="$OVNDIR" OVS_DBDIR="$OVNDIR" 
     OVS_SYSCONFDIR="$OVNDIR")
 # ovsdb-server NAME serving a new database of SCHEMA on $OVNDIR/NAME.sock (pid: OVN_SRV[NAME]).
 declare -A OVN_SRV
-ovn_server() {
-    "${OVS_ENV[@]}" ovsdb-tool create "$OVNDIR/$1.db" "$2" >&2
-    "${OVS_ENV[@]}" ovsdb-server "$OVNDIR/$1.db" --remote="punix:$OVNDIR/$1.sock" --unixctl="$OVNDIR/$1.ctl" \
-        --log-file="$OVNDIR/$1.log" --no-chdir </dev/null >/dev/null 2>>"$OVNDIR/$1.err" &
-    PIDS+=($!)
-    OVN_SRV[$1]=$!
-    wait_for "ovsdb-server $1" 200 test -S "$OVNDIR/$1.sock"
+ovn_server() { # name schema
+    ovsdb_start "$OVNDIR" "$1" "$2"
+    OVN_SRV[$1]=$OVSDB_PID
 }
 ovn_relay() { # side
     "${OVS_ENV[@]}" python3 "$OVN_PY" relay "$OVNDIR/relay-$1.sock" "$OVNDIR/sb.sock" "$OVNDIR/relay-$1.json" \

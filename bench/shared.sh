@@ -6,9 +6,10 @@
 # the drop of MemAvailable / N). At the smallest N, both models of ours also get: one busy
 # namespace (wrk c32: req/s and CPU per request of the serving process(es)), the p99 of a
 # quiet namespace (wrk c1) idle and while another namespace floods with 2,000 connections.
-# At every N, the shared model: server kill -9 -> namespace N (the last one handed over)
-# answering again, with a request loop over namespaces 2..11 counting failed requests during
-# it. Appends `sh_*` samples to $RAW (bench/src/shared.rs).
+# At every N, the shared model: server kill -9 -> namespace N answering again (the last one
+# in id order; namespaces with a connection waiting are handed over first), and -> every
+# namespace handed to the new server (the spawner's log), with a request loop over namespaces
+# 2..11 counting failed requests during it. Appends `sh_*` samples to $RAW (bench/src/shared.rs).
 #
 # run.sh runs it inside `unshare --mount --propagation private`, like cold.sh: /run/netns
 # here is a private tmpfs, so auto_enable_routers sees only the namespaces made here.
@@ -125,6 +126,8 @@ kill_figure() { # n
     local v="shared-$1" p w lp out
     p=$(pids_in "$SW"/sp/shared-server.pid)
     [[ -n $p ]] && ours "$p" || { log "$v: no shared server pid; kill figure skipped"; return 0; }
+    local slog=$SW/spawner-shared.log readies died ready
+    readies=$(grep -c 'shared server ready' "$slog" || true)
     "$TOOL" loop --netns-file "$SW/loop.list" --secs 3 >"$SW/loop.out" &
     lp=$!
     sleep 1
@@ -138,6 +141,18 @@ kill_figure() { # n
     sample sh_kill_refused "$v" "$(field refused "$out")"
     sample sh_kill_total "$v" "$(field total "$out")"
     log "$v kill -9 server: $w; loop $out"
+    # Every namespace handed to the new server (namespaces with a connection waiting go
+    # first, so namespace N may answer before): the spawner's log, its death seen → ready.
+    for _ in $(seq 200); do
+        (($(grep -c 'shared server ready' "$slog" || true) > readies)) && break
+        sleep 0.05
+    done
+    died=$(grep 'shared server died' "$slog" | tail -1 | cut -d' ' -f1)
+    ready=$(grep 'shared server ready' "$slog" | tail -1 | cut -d' ' -f1)
+    if [[ -n $died && -n $ready ]]; then
+        sample sh_kill_all_ms "$v" "$(awk -v a="$(date -d "$died" +%s%N)" -v b="$(date -d "$ready" +%s%N)" \
+            'BEGIN {printf "%.1f", (b - a) / 1e6}')"
+    fi
     # Wait for the spawner's restart to settle before the side stops.
     "$TOOL" wait --netns-file "$SW/ns.list" --t0-ns "$(date +%s%N)" --timeout-ms 60000 --pause-ms 50 >/dev/null
 }

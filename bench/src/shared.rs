@@ -9,7 +9,8 @@
 //! the serving process per request), `sh_quiet_idle_p99_us` / `sh_quiet_flood_p99_us` /
 //! `sh_quiet_flood_errors` (wrk c1 in a quiet namespace, idle and beside a 2,000-connection
 //! flood), `sh_load_load1`; shared only, every N: `sh_kill_answer_ms` (server kill -9 →
-//! namespace N answering again), `sh_kill_failed` / `sh_kill_refused` / `sh_kill_total` (a
+//! namespace N answering again), `sh_kill_all_ms` (→ every namespace handed to the new
+//! server, from the spawner seeing the death), `sh_kill_failed` / `sh_kill_refused` / `sh_kill_total` (a
 //! request loop over 10 other namespaces meanwhile: failed, of which refused), `sh_kill_load1`.
 
 use std::collections::BTreeSet;
@@ -134,7 +135,7 @@ fn load(s: &Samples, md: &mut String) {
     };
     let _ = writeln!(
         md,
-        "\n| N | shared server kill -9 → namespace N answering again (ms) | connections refused meanwhile (loop over 10 other namespaces) | requests lost in flight | of | load1 | target |\n|---|---|---|---|---|---|---|"
+        "\n| N | shared server kill -9 → namespace N answering again (ms) | → every namespace handed over, from its death seen (ms) | connections refused meanwhile (loop over 10 other namespaces) | requests lost in flight | of | load1 | target |\n|---|---|---|---|---|---|---|---|"
     );
     let mut rows: Vec<(u64, &String)> = kill.keys().filter_map(|v| Some((n_of(v)?, v))).collect();
     rows.sort_unstable();
@@ -144,8 +145,9 @@ fn load(s: &Samples, md: &mut String) {
         let lost = med(s, "sh_kill_failed", v).zip(refused).map(|(f, r)| f - r);
         let _ = writeln!(
             md,
-            "| {n} | {} | {} | {} | {} | {} | {}; {} |",
+            "| {n} | {} | {} | {} | {} | {} | {} | {}; {} |",
             cell(ms, 1),
+            cell(med(s, "sh_kill_all_ms", v), 1),
             cell(refused, 0),
             cell(lost, 0),
             cell(med(s, "sh_kill_total", v), 0),
@@ -168,7 +170,7 @@ mod tests {
                    sh_busy_rps\tshared-200\t12000\nsh_busy_rps\tper-namespace-200\t10000\n\
                    sh_quiet_idle_p99_us\tshared-200\t1000\nsh_quiet_flood_p99_us\tshared-200\t1500\n\
                    sh_kill_answer_ms\tshared-200\t12.5\nsh_kill_failed\tshared-200\t1\n\
-                   sh_kill_refused\tshared-200\t0\n\
+                   sh_kill_refused\tshared-200\t0\nsh_kill_all_ms\tshared-200\t20.5\n\
                    sh_kill_total\tshared-200\t900\n";
         let s = crate::report::parse_raw(raw).expect("raw");
         let mut md = String::new();
@@ -184,7 +186,7 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("| 200 | 12.5 | 0 | 1 | 900 | – | ≤ 50 ms ✓; 0 refused ✓ |"),
+            md.contains("| 200 | 12.5 | 20.5 | 0 | 1 | 900 | – | ≤ 50 ms ✓; 0 refused ✓ |"),
             "{md}"
         );
     }
