@@ -182,7 +182,7 @@ static OPTS: &[Opt] = &[
         GROUP,
         "proxy_model",
         Kind::Choice(&MODELS),
-        "per-namespace: one proxy process per namespace; shared: one server process for all, the spawner opening each namespace's listeners and handing them over (opt-in)",
+        "per-namespace: one proxy process per namespace; shared: one server process for all, the spawner opening each namespace's listeners and handing them over (opt-in); read at start",
     )
     .default("per-namespace"),
     Opt::new(
@@ -321,6 +321,37 @@ fn default_proxy_binary() -> String {
 }
 
 impl Config {
+    /// A configuration read again (SIGHUP) keeps `old`'s values of what changes only on
+    /// restart: where state lives and is served (`state_dir`, the control socket,
+    /// `metrics_bind`), and how namespaces are served (`proxy_model`, `shared_servers`: the
+    /// shared servers are taken over, started or retired once, at start; switching at run
+    /// time would leave namespaces of both models, and a server's sockets held twice). The
+    /// names of the keys whose new value was not taken.
+    pub fn keep_restart_only(&mut self, old: &Config) -> Vec<&'static str> {
+        let mut kept = Vec::new();
+        if self.state_dir != old.state_dir {
+            self.state_dir = old.state_dir.clone();
+            kept.push("state_dir");
+        }
+        if self.control_socket != old.control_socket {
+            self.control_socket = old.control_socket.clone();
+            kept.push("control_socket");
+        }
+        if self.metrics_bind != old.metrics_bind {
+            self.metrics_bind = old.metrics_bind;
+            kept.push("metrics_bind");
+        }
+        if self.proxy_model != old.proxy_model {
+            self.proxy_model = old.proxy_model;
+            kept.push("proxy_model");
+        }
+        if self.shared_servers != old.shared_servers {
+            self.shared_servers = old.shared_servers;
+            kept.push("shared_servers");
+        }
+        kept
+    }
+
     /// The configuration from resolved values, plus the warnings of the cross-field checks.
     pub fn from_values(v: &Values) -> Result<(Config, Vec<String>)> {
         let mut warnings = Vec::new();

@@ -481,3 +481,33 @@ fn ovn_source_reads_neutrons_ovn_and_ovs_sections() {
         .expect_err("bad remote");
     assert!(e.to_string().contains("[ovs] ovsdb_connection"), "{e}");
 }
+
+/// SIGHUP: what changes only on restart keeps its old value and is named.
+#[test]
+fn a_reload_keeps_what_changes_only_on_restart() {
+    let (old, _) = load("[spawner]\nproxy_model = shared\nshared_servers = 2\n").expect("old");
+    let (mut new, _) = load(
+        "[spawner]\nproxy_model = per-namespace\nshared_servers = 1\nstate_dir = /x\n\
+         agent_keepalive = off\n",
+    )
+    .expect("new");
+    let kept = new.keep_restart_only(&old);
+    // The control socket's default lives in the state dir.
+    assert_eq!(
+        kept,
+        [
+            "state_dir",
+            "control_socket",
+            "proxy_model",
+            "shared_servers"
+        ]
+    );
+    assert_eq!(
+        (new.proxy_model, new.shared_servers, &new.state_dir),
+        (ProxyModel::Shared, 2, &old.state_dir)
+    );
+    assert_eq!(new.agent_keepalive, KeepaliveMode::Off, "the rest is taken");
+    let (mut same, _) =
+        load("[spawner]\nproxy_model = shared\nshared_servers = 2\n").expect("same");
+    assert!(same.keep_restart_only(&old).is_empty());
+}

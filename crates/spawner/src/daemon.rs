@@ -270,14 +270,9 @@ fn reload<P: Platform>(sup: &Supervisor<P>, opts: &RunOptions) {
             return;
         }
     };
-    if cfg.state_dir != old.state_dir
-        || cfg.control_socket != old.control_socket
-        || cfg.metrics_bind != old.metrics_bind
-    {
-        tracing::warn!("state_dir, the control socket and metrics_bind change only on restart");
-        cfg.state_dir = old.state_dir.clone();
-        cfg.control_socket = old.control_socket.clone();
-        cfg.metrics_bind = old.metrics_bind;
+    let kept = cfg.keep_restart_only(&old);
+    if !kept.is_empty() {
+        tracing::warn!(keys = %kept.join(", "), "these change only on restart; their old values are kept");
     }
     match load_file_records(&cfg) {
         Ok(set) => sup.set_file_records(set),
