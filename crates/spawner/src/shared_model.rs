@@ -479,6 +479,9 @@ struct Retired {
     running: Mutex<Option<Running>>,
     conn: UnixDatagram,
     taken: Mutex<BTreeMap<String, (String, Vec<OwnedFd>)>>,
+    /// Cleared when a `remove` goes unanswered: the server is not asked again (thousands of
+    /// namespaces would each wait for it), only stopped after the first reconcile.
+    answers: std::sync::atomic::AtomicBool,
 }
 
 impl Retired {
@@ -514,6 +517,7 @@ impl Retired {
                 running: Mutex::new(Some(running)),
                 conn,
                 taken: Mutex::new(taken),
+                answers: std::sync::atomic::AtomicBool::new(true),
             });
         }
         out
@@ -535,6 +539,10 @@ impl Retired {
 
     /// Tell the server to stop serving `tag` (it drains; the sockets stay in the kernel).
     async fn forget(&self, tag: &str) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if !self.answers.load(Relaxed) {
+            return;
+        }
         let wait = Duration::from_secs(5);
         match ask(&self.conn, &format!("remove {tag}"), &[], wait).await {
             Ok(a) if a == "ok" => {}
@@ -542,7 +550,8 @@ impl Retired {
                 tracing::warn!(shard = self.shard, namespace = %tag, answer = %a, "retired shared server refused a remove")
             }
             Err(e) => {
-                tracing::warn!(shard = self.shard, namespace = %tag, err = %e, "retired shared server did not answer a remove")
+                self.answers.store(false, Relaxed);
+                tracing::warn!(shard = self.shard, pid = self.pid, namespace = %tag, err = %e, "retired shared server did not answer a remove; not asked again, it is stopped after the first reconcile")
             }
         }
     }
