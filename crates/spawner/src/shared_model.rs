@@ -295,11 +295,9 @@ impl SharedServer {
         ino: Option<u64>,
     ) -> Option<Vec<OwnedFd>> {
         let (netns, fds) = lock(&self.inner.taken).remove(&tag(spec))?;
-        let right = fds.iter().all(|fd| socket_is_right(fd.as_fd(), spec, ino));
-        if right && netns == spec.netns {
+        if still_right(spec, ino, &netns, &fds) {
             return Some(fds);
         }
-        tracing::info!(key = %spec.key, netns = %netns, "a socket handed back is not in the record's namespace now; binding afresh");
         drop(fds);
         let _ = self.request(&format!("remove {}", tag(spec)), &[]).await;
         None
@@ -528,13 +526,11 @@ impl Retired {
     async fn take_back(&self, spec: &ProxySpec, ino: Option<u64>) -> Option<Vec<OwnedFd>> {
         let (netns, fds) = lock(&self.taken).remove(&tag(spec))?;
         self.forget(&tag(spec)).await;
-        let right = fds.iter().all(|fd| socket_is_right(fd.as_fd(), spec, ino));
-        if right && netns == spec.netns {
-            tracing::info!(key = %spec.key, from = self.shard, "namespace's sockets taken from a shared server this run does not keep");
-            return Some(fds);
+        if !still_right(spec, ino, &netns, &fds) {
+            return None;
         }
-        tracing::info!(key = %spec.key, netns = %netns, "a socket handed back is not in the record's namespace now; binding afresh");
-        None
+        tracing::info!(key = %spec.key, from = self.shard, "namespace's sockets taken from a shared server this run does not keep");
+        Some(fds)
     }
 
     /// Tell the server to stop serving `tag` (it drains; the sockets stay in the kernel).
@@ -657,6 +653,17 @@ impl SharedServers {
 fn stats_block(cfg: &Config, spec: &ProxySpec) -> Result<OwnedFd> {
     crate::proxy_stats::block_or_anonymous(&cfg.stats_dir(), &spec.key, Gauge::Keep)
         .map_err(|e| Error::Spawn(format!("statistics block: {e}")))
+}
+
+/// Whether the sockets a previous server served for `spec` (in `netns` then) are what it
+/// would open now: in its namespace (inode `ino`) and bound to the metadata address. Logged
+/// when not (the namespace then binds afresh).
+fn still_right(spec: &ProxySpec, ino: Option<u64>, netns: &str, fds: &[OwnedFd]) -> bool {
+    let right = netns == spec.netns && fds.iter().all(|fd| socket_is_right(fd.as_fd(), spec, ino));
+    if !right {
+        tracing::info!(key = %spec.key, netns = %netns, "a socket handed back is not in the record's namespace now; binding afresh");
+    }
+    right
 }
 
 /// Whether a socket handed back is one this spec would open now: in the namespace with
@@ -1030,9 +1037,10 @@ fn waiting_first(all: &mut Vec<(BatchItem, Arc<Vec<OwnedFd>>)>) {
         let mut ready = fds.iter().map(|p| p.revents().contains(PollFlags::IN));
         all.iter()
             .map(|(_, own)| {
-                // Every listener's flag is consumed, so the next entry starts at its own.
-                let flags: Vec<bool> = own.iter().map(|_| ready.next().unwrap_or(false)).collect();
-                flags.contains(&true)
+                // Every listener's flag is consumed (`|`, not `||`), so the next entry starts
+                // at its own.
+                own.iter()
+                    .fold(false, |any, _| ready.next().unwrap_or(false) | any)
             })
             .collect()
     };
