@@ -306,11 +306,7 @@ impl Registry {
         }
         match self.slabs.get_mut(p) {
             Some(Some(s)) => match s.check() {
-                Ok(()) => self
-                    .slabs
-                    .get_mut(p)
-                    .and_then(Option::as_mut)
-                    .ok_or_else(gone),
+                Ok(()) => self.slab_checked(p),
                 Err(why) => {
                     tracing::warn!(file = %p.display(), %why, "statistics slab changed under the spawner: not used again by this process");
                     self.slabs.insert(p.to_owned(), None);
@@ -319,6 +315,15 @@ impl Registry {
             },
             _ => Err(gone()),
         }
+    }
+
+    /// The slab at `p` as [`Registry::slab`] last checked it, without checking it again:
+    /// for a second borrow under the same lock.
+    fn slab_checked(&mut self, p: &Path) -> std::io::Result<&mut Slab> {
+        self.slabs
+            .get_mut(p)
+            .and_then(Option::as_mut)
+            .ok_or_else(gone)
     }
 
     /// Free `key`'s record in the slab at `slab`: its last counts go to the retired totals
@@ -382,13 +387,14 @@ pub fn record_for(dir: &Path, shard: usize, key: &str) -> Option<SlabRecord> {
                 .filter(|(p, _)| p.parent() == Some(dir) && **p != sp)
                 .filter_map(|(_, other)| other.as_mut()?.free(key))
                 .collect();
-            let s = reg.slab(&sp).map_err(|e| e.to_string())?;
+            // Checked once above (a stat and an lstat: once per namespace, not three times).
+            let s = reg.slab_checked(&sp).map_err(|e| e.to_string())?;
             for last in moved {
                 copy_counts(s, record, |i| last[i]);
             }
             adopt_block_file(s, record, &path(dir, key));
         }
-        let s = reg.slab(&sp).map_err(|e| e.to_string())?;
+        let s = reg.slab_checked(&sp).map_err(|e| e.to_string())?;
         let rec = SlabRecord {
             slab: s.fd().try_clone_to_owned().map_err(|e| e.to_string())?,
             slab_id: s.id(),
