@@ -80,25 +80,21 @@ pub async fn serve_capped(
         own: sem.clone(),
         global: global.clone(),
     };
-    tokio::pin!(shutdown);
-    if accepting.len() == 1 {
-        // One listener (IPv4 only, the usual case): accepted in this task, not one of its
-        // own, so a shared server handed thousands of namespaces at once (after a kill -9)
-        // schedules one task per namespace, not two (issue #20).
-        let l = accepting.pop().expect("one listener");
-        let accepting = async {
-            accept_loop(l, shared.clone(), caps(), stop_rx.clone()).await;
-            std::future::pending::<()>().await
-        };
-        tokio::select! {
-            () = accepting => {}
-            () = &mut shutdown => {}
-        }
-    } else {
-        for l in accepting {
-            tokio::spawn(accept_loop(l, shared.clone(), caps(), stop_rx.clone()));
-        }
-        shutdown.await;
+    // Every listener's accept loop in this task, not one of its own: a shared server handed
+    // thousands of namespaces at once (after a kill -9) schedules one task per namespace
+    // (issue #20). The loops end with the shutdown, when this future is dropped.
+    let accepting = async {
+        futures::future::join_all(
+            accepting
+                .into_iter()
+                .map(|l| accept_loop(l, shared.clone(), caps(), stop_rx.clone())),
+        )
+        .await;
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        () = accepting => {}
+        () = shutdown => {}
     }
     tracing::info!(id = %shared.id, "shutting down");
     let _ = stop_tx.send(true);
