@@ -311,9 +311,9 @@ mod tests {
         assert!(!Stats::open(None).expect("none").enabled());
     }
 
-    fn slab(name: &str, magic: u64, size: usize) -> (std::path::PathBuf, std::fs::File) {
-        let p = std::env::temp_dir().join(format!("proxy-slab-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_file(&p);
+    /// A slab-shaped file in `dir` (removed with it, also when the test fails).
+    fn slab(dir: &ns_testkit::TempDir, name: &str, magic: u64, size: usize) -> std::fs::File {
+        let p = dir.path().join(name);
         let f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -325,12 +325,13 @@ mod tests {
             m.store(0, magic);
             m.store(layout::SLAB_SLOT_CAPACITY, layout::SLAB_RECORDS as u64);
         }
-        (p, f)
+        f
     }
 
     #[test]
     fn a_slab_record_counts_at_its_base_and_bad_ones_are_refused() {
-        let (p, f) = slab("ok", layout::SLAB_MAGIC, layout::SLAB_SIZE);
+        let d = ns_testkit::TempDir::new("proxy-slab");
+        let f = slab(&d, "ok", layout::SLAB_MAGIC, layout::SLAB_SIZE);
         let s = Slab::from_file(&f).expect("slab");
         let e = s.record(3).expect_err("free").to_string();
         assert!(e.contains("record 3") && e.contains("not in use"), "{e}");
@@ -354,14 +355,11 @@ mod tests {
             0
         );
         assert_eq!(r.identity().map(|i| i.2), Some(base));
-        let _ = std::fs::remove_file(&p);
-        let (p, f) = slab("magic", layout::MAGIC, layout::SLAB_SIZE);
+        let f = slab(&d, "magic", layout::MAGIC, layout::SLAB_SIZE);
         let e = Slab::from_file(&f).expect_err("magic");
         assert!(e.contains("bad magic"), "{e}");
-        let _ = std::fs::remove_file(&p);
-        let (p, f) = slab("size", layout::SLAB_MAGIC, 4096);
+        let f = slab(&d, "size", layout::SLAB_MAGIC, 4096);
         let e = Slab::from_file(&f).expect_err("size");
         assert!(e.contains("4096 bytes"), "{e}");
-        let _ = std::fs::remove_file(&p);
     }
 }

@@ -576,15 +576,17 @@ mod tests {
     use super::*;
     use ns_contract::proxy_stats as layout;
 
-    fn dir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("spawner-stats-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        d
+    /// A statistics directory not made yet, in a temporary one removed with the guard, also
+    /// when the test fails.
+    fn dir(name: &str) -> (ns_testkit::TempDir, PathBuf) {
+        let t = ns_testkit::TempDir::new(&format!("stats-{name}"));
+        let d = t.path().join("stats");
+        (t, d)
     }
 
     #[test]
     fn counters_never_go_down_across_resets_and_removal() {
-        let d = dir("fold");
+        let (_t, d) = dir("fold");
         let fd = for_start(&d, "r1").expect("create");
         let w = SharedCounters::map(&File::from(fd), SLOTS).expect("map");
         let ok = layout::class_slot(200);
@@ -612,12 +614,11 @@ mod tests {
         let s = read(&d, &[]);
         assert!(s.per_key.is_empty());
         assert_eq!(s.per_kind["router"][lat], 5);
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
     fn bad_blocks_are_refused_for_reading_and_replaced_for_a_start() {
-        let d = dir("bad");
+        let (_t, d) = dir("bad");
         crate::statedir::prepare(&d).expect("dir");
         let p = path(&d, "n1");
         std::fs::write(&p, b"short").expect("write");
@@ -645,13 +646,12 @@ mod tests {
             std::fs::read(&victim).expect("victim"),
             vec![0u8; BLOCK_SIZE]
         );
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
     fn slab_records_are_read_folded_and_retired_like_block_files() {
         // Its own kind: the retired totals are the process's, shared with the other tests.
-        let d = dir("slab");
+        let (_t, d) = dir("slab");
         // A key with a block file from before: its counts move into its record.
         let old = SharedCounters::map(&File::from(for_start(&d, "r1").expect("block")), SLOTS)
             .expect("map");
@@ -698,12 +698,11 @@ mod tests {
         assert_eq!(record_for(&d, 0, "r3").expect("record").record, 2);
         assert_eq!(slab.load(at(2, lat)), 0);
         assert!(record_for(&d, 0, &"k".repeat(200)).is_none());
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
     fn a_namespace_moving_to_another_shard_brings_its_counts() {
-        let d = dir("shards");
+        let (_t, d) = dir("shards");
         let ok = layout::class_slot(200);
         let at = |r: u32, slot: usize| r as usize * layout::RECORD_SLOTS + slot;
         let from = record_for(&d, 1, "m1").expect("record");
@@ -723,6 +722,5 @@ mod tests {
         );
         zero.add(at(to.record, ok), 1);
         assert_eq!(read(&d, &proxies).per_key["m1"][ok], 7);
-        let _ = std::fs::remove_dir_all(&d);
     }
 }

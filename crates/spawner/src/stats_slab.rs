@@ -283,16 +283,18 @@ mod tests {
     use super::*;
     use ns_contract::proxy_stats::{class_slot, SLOT_CONN_OPEN};
 
-    fn dir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("spawner-slab-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
+    /// A fresh statistics directory (mode 0700, as the spawner makes it), removed with the
+    /// guard, also when the test fails.
+    fn dir(name: &str) -> (ns_testkit::TempDir, PathBuf) {
+        let t = ns_testkit::TempDir::new(&format!("slab-{name}"));
+        let d = t.path().join("stats");
         crate::statedir::prepare(&d).expect("dir");
-        d
+        (t, d)
     }
 
     #[test]
     fn records_are_taken_lowest_first_freed_and_reused() {
-        let d = dir("alloc");
+        let (_t, d) = dir("alloc");
         let p = path(&d, 0);
         let mut s = Slab::open(&p).expect("create");
         let m = std::fs::symlink_metadata(&p).expect("stat");
@@ -319,12 +321,11 @@ mod tests {
             s.allocate(&"k".repeat(ns_contract::proxy_stats::MAX_RECORD_KEY + 1)),
             Err(NoRecord::LongKey)
         );
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
     fn a_reopened_slab_gives_each_key_its_record_back() {
-        let d = dir("reopen");
+        let (_t, d) = dir("reopen");
         let p = path(&d, 3);
         assert!(p.ends_with("shared-3.slab"));
         let key = "4f3c2a1e-8b7d-4c6e-9f1a-2b3c4d5e6f70";
@@ -351,24 +352,22 @@ mod tests {
         assert_eq!(s.allocate("d"), Ok(1));
         assert_eq!(s.allocate("e"), Ok(4));
         assert_eq!(s.allocate("f"), Ok(5));
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
     fn a_full_slab_says_so() {
-        let d = dir("full");
+        let (_t, d) = dir("full");
         let mut s = Slab::open(&path(&d, 0)).expect("create");
         s.used.iter_mut().for_each(|w| *w = u64::MAX);
         assert_eq!(s.allocate("x"), Err(NoRecord::Full));
         s.mark(SLAB_RECORDS - 1, false);
         assert_eq!(s.allocate("x"), Ok(SLAB_RECORDS as u32 - 1));
         assert_eq!(s.allocate("y"), Err(NoRecord::Full));
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
     fn bad_slab_files_are_replaced_never_followed() {
-        let d = dir("bad");
+        let (_t, d) = dir("bad");
         let p = path(&d, 0);
         let good = |p: &Path| {
             let m = std::fs::symlink_metadata(p).expect("stat");
@@ -422,6 +421,5 @@ mod tests {
         assert!(s.check().is_err());
         assert!(matches!(s.allocate("r2"), Err(NoRecord::Changed(_))));
         assert_eq!(s.free("r1"), None);
-        let _ = std::fs::remove_dir_all(&d);
     }
 }
