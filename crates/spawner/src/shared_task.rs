@@ -10,7 +10,9 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use crate::backoff::Backoff;
+use crate::config::Config;
 use crate::decide::ProxySpec;
+use crate::launch::Running;
 use crate::pidfile;
 use crate::platform::{Opened, Platform};
 use crate::proxy_task::{Start, Task};
@@ -32,14 +34,15 @@ pub(crate) async fn namespace_task<P: Platform>(t: Task<P>, start: Start, server
         launches,
         ..
     } = t;
-    let pid_dir = cfg.pid_dir();
     let server = servers.for_key(&spec.key).clone();
-    if let Start::Adopt(mut r, _) = start {
-        // A proxy of the per-namespace model holds the port: the shared server takes over.
-        tracing::info!(key = %spec.key, pid = ?r.pid(), "stopping the namespace's own proxy: the shared server serves it");
-        r.stop(cfg.stop_timeout).await;
-        pidfile::remove(&pid_dir, &spec.key);
-    }
+    // A proxy of the per-namespace model serves the namespace (the model was switched): its
+    // listening sockets go to the shared server, so nothing is refused while the model
+    // changes, and it is stopped once the server serves them (or, if they cannot be taken,
+    // just before the namespace binds afresh).
+    let mut own = match start {
+        Start::Adopt(r, _) => Some(r),
+        Start::Fresh => None,
+    };
     let mut backoff = Backoff::new(cfg.max_restart_delay);
     loop {
         // At most `launch_slots` namespaces between open and served at once: a cold start of
@@ -57,6 +60,7 @@ pub(crate) async fn namespace_task<P: Platform>(t: Task<P>, start: Start, server
                     tracing::info!(key = %spec.key, netns = %spec.netns, reason = %reason, "namespace waiting");
                 }
                 if !pause(crate::proxy_task::WAITING_RECHECK, &mut stop).await {
+                    stop_own(&mut own, &spec, &cfg).await;
                     status.stopped();
                     return;
                 }
@@ -65,6 +69,7 @@ pub(crate) async fn namespace_task<P: Platform>(t: Task<P>, start: Start, server
             Err(e) => {
                 drop(slot);
                 if !failed(&status, &spec, e, &mut backoff, &mut stop).await {
+                    stop_own(&mut own, &spec, &cfg).await;
                     return;
                 }
                 continue;
@@ -76,11 +81,18 @@ pub(crate) async fn namespace_task<P: Platform>(t: Task<P>, start: Start, server
             let ino = platform.namespace_inode(&spec.netns);
             let fds = match servers.take_back(&spec, ino).await {
                 Some(fds) => fds,
-                None => {
-                    platform
-                        .listen(&opened, &spec, cfg_max_connections())
-                        .await?
-                }
+                None => match own.as_deref().map(|r| own_listeners(r, &spec, ino)) {
+                    Some(Ok(fds)) => fds,
+                    taken => {
+                        if let Some(Err(why)) = taken {
+                            tracing::warn!(key = %spec.key, err = %why, "cannot take the namespace's own proxy's sockets; stopping it to bind afresh");
+                        }
+                        stop_own(&mut own, &spec, &cfg).await;
+                        platform
+                            .listen(&opened, &spec, cfg_max_connections())
+                            .await?
+                    }
+                },
             };
             server.add(&spec, fds).await
         });
@@ -91,9 +103,12 @@ pub(crate) async fn namespace_task<P: Platform>(t: Task<P>, start: Start, server
                 tracing::info!(key = %spec.key, netns = %spec.netns, pid, "namespace served by the shared server");
                 status.running(Some(pid), None);
                 status.follow_server(server.watch());
+                stop_own(&mut own, &spec, &cfg).await;
             }
             Err(e) => {
+                // The namespace's own proxy (if any) serves on while this is retried.
                 if !failed(&status, &spec, e, &mut backoff, &mut stop).await {
+                    stop_own(&mut own, &spec, &cfg).await;
                     let _ = platform.teardown(&opened, &spec).await;
                     return;
                 }
@@ -113,6 +128,36 @@ pub(crate) async fn namespace_task<P: Platform>(t: Task<P>, start: Start, server
         }
         status.stopped();
         return;
+    }
+}
+
+/// The listening sockets of the namespace's own proxy (the per-namespace model's), copied
+/// out of it as `restart` does ([`crate::takeover`]): checked on the sockets themselves to be
+/// listening, bound to what the namespace is served on and in its namespace now (`ino`).
+fn own_listeners(
+    own: &Running,
+    spec: &ProxySpec,
+    ino: Option<u64>,
+) -> Result<Vec<std::os::fd::OwnedFd>, String> {
+    let ino = ino.ok_or_else(|| format!("namespace {} is gone", spec.netns))?;
+    match (own.pid(), own.pidfd()) {
+        (Some(pid), Some(pidfd)) => {
+            let fds = crate::takeover::take_listeners(pidfd, pid, spec.ipv6, ino)?;
+            tracing::info!(key = %spec.key, pid, sockets = fds.len(), "the namespace's own proxy's sockets go to the shared server");
+            Ok(fds)
+        }
+        _ => Err("the process is gone".to_owned()),
+    }
+}
+
+/// Stop the namespace's own proxy, if one is left (SIGTERM: it stops accepting at once and
+/// finishes what it holds), and remove its pid file.
+async fn stop_own(own: &mut Option<Box<Running>>, spec: &ProxySpec, cfg: &Config) {
+    if let Some(mut r) = own.take() {
+        let pid = r.pid();
+        let how = r.stop(cfg.stop_timeout).await;
+        pidfile::remove(&cfg.pid_dir(), &spec.key);
+        tracing::info!(key = %spec.key, pid = ?pid, how = %how, "the namespace's own proxy stopped: the shared server serves it");
     }
 }
 

@@ -4,7 +4,8 @@
 //! the running server and its sockets over, each namespace's counts in `/metrics` across
 //! both, `check` on the server, a graceful server restart under a request loop, and the
 //! server's line in `status` (text and JSON) with `restart --all` replacing it once, and a
-//! failed server restart leaving the old server to be taken over. Routers
+//! failed server restart leaving the old server to be taken over, and switching the model
+//! either way under a request loop with nothing refused. Routers
 //! are added explicitly (never auto-enabled: other tests' namespaces share `/run/netns`).
 //! Each test has its own state dir and namespaces
 //! (per-run prefix), removed on drop; the server is killed on drop (`TempDir::reaping`).
@@ -836,6 +837,21 @@ fn two_shards_serve_apart_and_are_both_taken_over() {
 /// Switching `proxy_model` back to per-namespace: the next spawner takes the shared server
 /// over only to hand each namespace's sockets to its new proxy (nothing refused meanwhile),
 /// then stops it and removes its files.
+/// The pids `status --json` shows running, once `ok` holds for them.
+fn running_pids(ini: &std::path::Path, ok: impl Fn(&[u32]) -> bool) -> Vec<u32> {
+    ns_testkit::eventually("the proxies running", T, || {
+        let (code, out) = cli_code(ini, &["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        let pids: Vec<u32> = v["proxies"]
+            .as_array()?
+            .iter()
+            .filter(|p| p["state"] == "running")
+            .filter_map(|p| p["pid"].as_u64().and_then(|p| u32::try_from(p).ok()))
+            .collect();
+        (code == Some(0) && ok(&pids)).then_some(pids)
+    })
+}
+
 #[test]
 fn switching_back_to_per_namespace_hands_the_servers_sockets_to_the_proxies() {
     if !require_root("switching_back_to_per_namespace_hands_the_servers_sockets_to_the_proxies") {
@@ -853,46 +869,21 @@ fn switching_back_to_per_namespace_hands_the_servers_sockets_to_the_proxies() {
     )
     .expect("ini");
 
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let (ok, failed) = std::thread::scope(|s| {
-        // Requests into the first namespace all through the switch.
-        let load = s.spawn(|| {
-            let (mut ok, mut failed) = (0u32, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match get_in(nss[0].netns(), META) {
-                    Ok(_) => ok += 1,
-                    Err(e) => failed.push(e),
-                }
-            }
-            (ok, failed)
-        });
-        let _daemon2 = start_daemon(dir.path(), &ini, &[]);
-        ns_testkit::eventually("the shared server stopped", T, || {
-            (!alive(server)).then_some(())
-        });
-        for (id, ns) in ids.iter().zip(&nss) {
-            answered_for(ns, id);
-        }
-        ns_testkit::eventually("every router has a proxy of its own", T, || {
-            let (code, out) = cli_code(&ini, &["status", "--json"]);
-            let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-            let pids: Vec<u64> = v["proxies"]
-                .as_array()?
-                .iter()
-                .filter(|p| p["state"] == "running")
-                .filter_map(|p| p["pid"].as_u64())
-                .collect();
-            let own = pids.len() == 2
-                && pids[0] != pids[1]
-                && pids
-                    .iter()
-                    .all(|&p| p != u64::from(server) && alive(p as u32));
-            (code == Some(0) && own).then_some(())
-        });
-        std::thread::sleep(Duration::from_millis(200));
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        load.join().expect("load")
+    // Requests into the first namespace all through the switch.
+    let load = RequestLoop::start(nss[0].netns());
+    let _daemon2 = start_daemon(dir.path(), &ini, &[]);
+    ns_testkit::eventually("the shared server stopped", T, || {
+        (!alive(server)).then_some(())
     });
+    for (id, ns) in ids.iter().zip(&nss) {
+        answered_for(ns, id);
+    }
+    // Every router has a proxy of its own.
+    running_pids(&ini, |p| {
+        p.len() == 2 && p[0] != p[1] && p.iter().all(|&p| p != server && alive(p))
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let (ok, failed) = load.finish();
     assert!(
         ok > 0 && failed.iter().all(|e| !e.contains("refused")) && failed.len() <= 1,
         "{ok} ok, failed: {failed:?}"
@@ -902,5 +893,56 @@ fn switching_back_to_per_namespace_hands_the_servers_sockets_to_the_proxies() {
     assert!(
         log.contains("taken from a shared server this run does not keep"),
         "the proxies got the server's sockets, not fresh binds: {log}"
+    );
+}
+
+#[test]
+fn switching_to_the_shared_model_hands_the_proxies_sockets_to_the_server() {
+    if !require_root("switching_to_the_shared_model_hands_the_proxies_sockets_to_the_server") {
+        return;
+    }
+    let dir = TempDir::new("sh-to").reaping();
+    let _agent = agent(dir.path());
+    let (ids, nss) = routers(&unique_prefix(), "t", 2);
+    let ini = write_ini(dir.path(), "");
+    let mut daemon = start_daemon(dir.path(), &ini, &[]);
+    for id in &ids {
+        add_router(&ini, id);
+    }
+    for (id, ns) in ids.iter().zip(&nss) {
+        answered_for(ns, id);
+    }
+    let proxies = running_pids(&ini, |p| p.len() == 2 && p[0] != p[1]);
+    // The spawner goes away (its proxies outlive it) and comes back with the shared model.
+    kill9(daemon.pid());
+    let _ = daemon.0.wait();
+    let text = std::fs::read_to_string(&ini).expect("ini");
+    std::fs::write(&ini, format!("{text}proxy_model = shared\n")).expect("ini");
+
+    // Requests into the first namespace all through the switch.
+    let load = RequestLoop::start(nss[0].netns());
+    let _daemon2 = start_daemon(dir.path(), &ini, &[]);
+    let server = ns_testkit::eventually("server pid file", T, || server_pid(dir.path()));
+    ns_testkit::eventually("the namespaces' own proxies stopped", T, || {
+        proxies.iter().all(|&p| !alive(p)).then_some(())
+    });
+    for (id, ns) in ids.iter().zip(&nss) {
+        answered_for(ns, id);
+    }
+    running_pids(&ini, |p| p.len() == 2 && p.iter().all(|&p| p == server));
+    std::thread::sleep(Duration::from_millis(200));
+    let (ok, failed) = load.finish();
+    assert!(
+        ok > 0 && failed.iter().all(|e| !e.contains("refused")) && failed.len() <= 1,
+        "{ok} ok, failed: {failed:?}"
+    );
+    let pids = std::fs::read_dir(dir.path().join("pids"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(pids, 0, "the proxies' pid files removed");
+    let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
+    assert!(
+        log.contains("own proxy's sockets go to the shared server"),
+        "the server got the proxies' sockets, not fresh binds: {log}"
     );
 }
