@@ -7,6 +7,8 @@
 //!   `X-OVN-Network-ID` reaching the agent stand-in; CIDR changes move the addresses; an IPv6
 //!   VIF adds `fe80::a9fe:a9fe/128`, the metadata MAC's EUI-64 link-local address and the v6
 //!   bind, and its removal takes them away; unbinding the last VIF removes everything.
+//! - The same namespace in the shared model (`proxy_model = shared`): served by the shared
+//!   server with `X-OVN-Network-ID`, removed from it when the last VIF goes.
 //! - The daemon binary (`source = ovn`): a migration target (`additional_chassis`) gets the
 //!   namespace; at start a stale agent-built `ovnmeta-` namespace is removed and a foreign one
 //!   kept; kill -9 and restart adopts the proxy and rebuilds nothing; a Southbound server
@@ -28,6 +30,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use common::*;
+use ns_metadata_spawner::config::ProxyModel;
 use ns_metadata_spawner::netns_platform::Namespaces;
 use ns_metadata_spawner::ovn_decide::veth_names;
 use ns_metadata_spawner::ovn_source::{OvnOptions, OvnSource};
@@ -191,7 +194,22 @@ async fn start_source(
     Supervisor<Namespaces>,
     Result<OvnSource, ns_metadata_spawner::Error>,
 ) {
-    let sup = Supervisor::new(Namespaces, real_config(dir.path()), Records::default());
+    start_source_in(dir, sb, ovs, ProxyModel::PerNamespace).await
+}
+
+/// The same, in proxy model `model`.
+async fn start_source_in(
+    dir: &TempDir,
+    sb: &Server,
+    ovs: &Server,
+    model: ProxyModel,
+) -> (
+    Supervisor<Namespaces>,
+    Result<OvnSource, ns_metadata_spawner::Error>,
+) {
+    let mut cfg = real_config(dir.path());
+    cfg.proxy_model = model;
+    let sup = Supervisor::new(Namespaces, cfg, Records::default());
     let opts = OvnOptions {
         sb_connection: sb.unix(),
         sb_tls: None,
@@ -307,37 +325,7 @@ async fn vm_bound_here_gets_an_ovnmeta_namespace_that_answers_and_unbinding_remo
         "md-port"
     );
 
-    // A VM on the outer end (moved into the VM's namespace: it stands in for br-int).
-    let vm = TestNs::new(&format!("{p}vm")).expect("vm ns");
-    root.move_link(&outer, vm.netns())
-        .await
-        .expect("move outer end");
-    let vnl = Netlink::open(vm.netns()).await.expect("netlink");
-    vnl.ensure_address(&outer, ip("10.250.7.10"), 24)
-        .await
-        .expect("vm address");
-    vnl.set_link_up(&outer).await.expect("up");
-    vnl.set_link_up("lo").await.expect("lo up");
-    vnl.ensure_route(ip("169.254.169.254"), 32, Some(ip("10.250.7.2")), None)
-        .await
-        .expect("route");
-    let mut body = Err(String::new());
-    for _ in 0..250 {
-        body = get_in(vm.netns(), META);
-        if body.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    body.expect("the VM gets an answer through the proxy");
-    let heads: Vec<String> = agent.received().into_iter().map(|r| r.head).collect();
-    assert!(
-        heads
-            .iter()
-            .any(|h| h.contains(&format!("X-OVN-Network-ID: {net}\r\n"))
-                && h.contains("10.250.7.10")),
-        "{heads:?}"
-    );
+    let vm = vm_asks(&root, &outer, &p, &net, &agent).await;
 
     // A second subnet gets a local VIF address: the metadata port's address there follows.
     sb.sbctl(&[
@@ -446,6 +434,86 @@ async fn vm_bound_here_gets_an_ovnmeta_namespace_that_answers_and_unbinding_remo
     assert!(!ifaces.contains(&outer), "{ifaces}");
     assert!(!ns_testkit::proc::alive(pid), "proxy stopped");
     assert!(sup.status().iter().all(|s| s.state != State::Backoff));
+}
+
+/// A VM on the outer end `outer` (moved into the VM's namespace `<p>vm`: it stands in for
+/// br-int) at 10.250.7.10 gets an answer, and the agent saw it with `X-OVN-Network-ID: net`.
+async fn vm_asks(root: &Netlink, outer: &str, p: &str, net: &str, agent: &StandIn) -> TestNs {
+    let vm = TestNs::new(&format!("{p}vm")).expect("vm ns");
+    root.move_link(outer, vm.netns())
+        .await
+        .expect("move outer end");
+    let vnl = Netlink::open(vm.netns()).await.expect("netlink");
+    vnl.ensure_address(outer, ip("10.250.7.10"), 24)
+        .await
+        .expect("vm address");
+    vnl.set_link_up(outer).await.expect("up");
+    vnl.set_link_up("lo").await.expect("lo up");
+    vnl.ensure_route(ip("169.254.169.254"), 32, Some(ip("10.250.7.2")), None)
+        .await
+        .expect("route");
+    let mut body = Err(String::new());
+    for _ in 0..250 {
+        body = get_in(vm.netns(), META);
+        if body.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    body.expect("the VM gets an answer through the proxy");
+    let heads: Vec<String> = agent.received().into_iter().map(|r| r.head).collect();
+    assert!(
+        heads
+            .iter()
+            .any(|h| h.contains(&format!("X-OVN-Network-ID: {net}\r\n"))
+                && h.contains("10.250.7.10")),
+        "{heads:?}"
+    );
+    vm
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_server_serves_an_ovnmeta_namespace_until_its_last_vif_goes() {
+    let test = "the_shared_server_serves_an_ovnmeta_namespace_until_its_last_vif_goes";
+    if !require_root(test) {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let Some((db_dir, sb, ovs)) = sb_and_ovs_servers(test, "ovn-shared", |_| (None, vec![])) else {
+        return;
+    };
+    let f = Fixture::new(&db_dir, &sb, &ovs);
+    let (net, outer) = (f.net.clone(), f.outer.clone());
+    f.bind_vm_here(&sb);
+
+    let dir = TempDir::new("rt-ovn-sh").reaping();
+    let agent = agent(dir.path());
+    let (sup, source) = start_source_in(&dir, &sb, &ovs, ProxyModel::Shared).await;
+    let _source = source.expect("the OVN source starts");
+    sup.adopt_and_start().await;
+    let looper = sup.clone();
+    tokio::spawn(async move { looper.run_loop().await });
+
+    let pid = running_pid(&sup, &net, T).await;
+    let server = sup.shared_server().expect("the shared server");
+    assert_eq!(server.pid(), Some(pid), "the namespace is the server's");
+    let root = Netlink::current().await.expect("netlink");
+    let _vm = vm_asks(&root, &outer, &f.prefix, &net, &agent).await;
+
+    // Unbind the last VIF: the namespace goes; the server stays, serving nothing.
+    sb.sbctl(&["clear", "Port_Binding", "vm-port", "chassis"]);
+    eventually_async("the namespace gone", T, || {
+        (status_of(&sup, &net).is_none()
+            && !std::path::Path::new(&format!("/run/netns/ovnmeta-{net}")).exists())
+        .then_some(())
+    })
+    .await;
+    assert!(ns_testkit::proc::alive(pid), "the server serves on");
+    sup.stop_all().await;
+    eventually_async("server stopped", T, || {
+        (!ns_testkit::proc::alive(pid)).then_some(())
+    })
+    .await;
 }
 
 /// The inode of a named namespace (the same inode: the same namespace, not rebuilt).
