@@ -5,7 +5,9 @@
 # 169.254.169.254:80, then memory per namespace (PSS of every process of the side / N, and
 # the drop of MemAvailable / N). At the smallest N, both models of ours also get: one busy
 # namespace (wrk c32: req/s and CPU per request of the serving process(es)), the p99 of a
-# quiet namespace (wrk c1) idle and while another namespace floods with 2,000 connections.
+# quiet namespace (wrk c1) idle and while another namespace floods with 2,000 connections,
+# with the same p99s read from the quiet namespace's access lines (the whole answer as the
+# proxy saw it, and the proxy's own part of it).
 # At every N, the shared model: server kill -9 -> namespace N answering again (the last one
 # in id order; namespaces with a connection waiting are handed over first), and -> every
 # namespace handed to the new server (the spawner's log), with a request loop over namespaces
@@ -77,9 +79,32 @@ serving_pid() { # model
         pids_in "$SW"/sp/pids/*"$(rid 1)"*.pid
     fi
 }
+# Seconds into the UTC day now (the access lines' clock).
+day_s() { date -u +%H:%M:%S.%N | awk -F: '{print $1 * 3600 + $2 * 60 + $3}'; }
+# The quiet namespace's own access lines (the spawner's log: the shared server's stderr, and
+# the proxies') between seconds FROM and TO of the UTC day: p99 of the whole answer
+# (`duration_us`) and of the proxy's own part (`duration_us` - `agent_us`), as
+# sh_quiet_PHASE_whole_p99_us / sh_quiet_PHASE_own_p99_us. Where a wrk p99 goes.
+proxy_p99() { # model variant phase from to
+    local out
+    out=$(awk -v id="id=$(rid 2)" -v a="$4" -v b="$5" '$NF == id {
+            split(substr($1, 12), t, ":"); s = t[1] * 3600 + t[2] * 60 + t[3]
+            if (s < a || s > b) next
+            d = g = -1
+            for (i = 2; i < NF; i++) {
+                if ($i ~ /^duration_us=/) d = substr($i, 13) + 0
+                else if ($i ~ /^agent_us=/) g = substr($i, 10) + 0
+            }
+            if (d >= 0 && g >= 0) print d, d - g
+        }' "$SW/spawner-$1.log" 2>/dev/null)
+    [[ -n $out ]] || { log "$2: no access lines of the quiet namespace in the $3 run"; return 0; }
+    sample "sh_quiet_${3}_whole_p99_us" "$2" "$(sort -n -k1,1 <<<"$out" | p99_of 1)"
+    sample "sh_quiet_${3}_own_p99_us" "$2" "$(sort -n -k2,2 <<<"$out" | p99_of 2)"
+}
+p99_of() { awk -v c="$1" '{a[NR] = $c} END {i = int(NR * 0.99); if (i < 1) i = 1; print a[i]}'; }
 # One busy namespace, then a quiet one idle and beside a 2,000-connection flood.
 load_figures() { # model n
-    local m=$1 v="$1-$2" p c0 c1 out req dur idle p99 err status fl
+    local m=$1 v="$1-$2" p c0 c1 out req dur idle p99 err status fl t0
     p=$(serving_pid "$m")
     [[ -n $p ]] || { log "$v: no serving process found; load figures skipped"; return 0; }
     sample sh_load_load1 "$v" "$(load1)"
@@ -106,14 +131,18 @@ load_figures() { # model n
         kill -INT "$perf" && wait "$perf" || true
         echo "requests $req" >>"$SH_PERF/strace-$v.txt"
     fi
+    t0=$(day_s)
     read -r _ _ _ idle _ _ <<<"$(wrk_in "qrouter-$(rid 2)" 1)"
+    proxy_p99 "$m" "$v" idle "$t0" "$(day_s)"
     sample sh_quiet_idle_p99_us "$v" "$idle"
     # The flood: 2,000 connections from namespace 1, requests as fast as it answers.
     ip netns exec "qrouter-$(rid 1)" wrk -t1 -c2000 -d"$((SH_DUR + 4))s" --timeout 5s \
         http://169.254.169.254/latest/meta-data/ >"$SW/flood.out" 2>&1 &
     fl=$!
     sleep 2
+    t0=$(day_s)
     read -r _ _ _ p99 err status <<<"$(wrk_in "qrouter-$(rid 2)" 1)"
+    proxy_p99 "$m" "$v" flood "$t0" "$(day_s)"
     wait "$fl" || true
     sample sh_quiet_flood_p99_us "$v" "$p99"
     sample sh_quiet_flood_errors "$v" $((err + status))

@@ -8,7 +8,9 @@
 //! `sh_busy_rps` / `sh_busy_cpu_us` / `sh_busy_errors` (one namespace under wrk c32; CPU of
 //! the serving process per request), `sh_quiet_idle_p99_us` / `sh_quiet_flood_p99_us` /
 //! `sh_quiet_flood_errors` (wrk c1 in a quiet namespace, idle and beside a 2,000-connection
-//! flood), `sh_load_load1`; shared only, every N: `sh_kill_answer_ms` (server kill -9 →
+//! flood), `sh_quiet_{idle,flood}_{whole,own}_p99_us` (the same from the quiet namespace's
+//! access lines: the whole answer as the proxy saw it, and the proxy's own part of it, the
+//! rest being the agent's), `sh_load_load1`; shared only, every N: `sh_kill_answer_ms` (server kill -9 →
 //! namespace N answering again), `sh_kill_all_ms` (→ every namespace handed to the new
 //! server, from the spawner seeing the death), `sh_kill_failed` / `sh_kill_refused` / `sh_kill_total` (a
 //! request loop over 10 other namespaces meanwhile: failed, of which refused), `sh_kill_load1`.
@@ -130,6 +132,7 @@ fn load(s: &Samples, md: &mut String) {
             );
         }
     }
+    quiet_at_the_proxy(s, md);
     let Some(kill) = s.get("sh_kill_answer_ms") else {
         return;
     };
@@ -158,6 +161,39 @@ fn load(s: &Samples, md: &mut String) {
     }
 }
 
+/// Where the quiet namespace's p99 goes: the same requests as the proxy's access lines saw
+/// them, and the proxy's own part (the rest of the wrk figure is the client, the kernel and
+/// the cores; the rest of the whole answer is the agent's).
+fn quiet_at_the_proxy(s: &Samples, md: &mut String) {
+    let Some(whole) = s.get("sh_quiet_flood_whole_p99_us") else {
+        return;
+    };
+    let mut rows: Vec<(u64, &String)> = whole.keys().filter_map(|v| Some((n_of(v)?, v))).collect();
+    rows.sort_unstable();
+    let _ = writeln!(
+        md,
+        "\n| N | model | quiet p99 seen by wrk, idle → flooded (ms) | the whole answer at the proxy (access line), idle → flooded (ms) | the proxy's own part, idle → flooded (µs) |\n|---|---|---|---|---|"
+    );
+    let pair = |key: &str, v: &str, scale: f64, digits: usize| {
+        let at = |phase: &str| med(s, &key.replace("PHASE", phase), v).map(|x| x / scale);
+        format!(
+            "{} → {}",
+            cell(at("idle"), digits),
+            cell(at("flood"), digits)
+        )
+    };
+    for (n, v) in rows {
+        let m = v.strip_suffix(&format!("-{n}")).unwrap_or(v);
+        let _ = writeln!(
+            md,
+            "| {n} | {m} | {} | {} | {} |",
+            pair("sh_quiet_PHASE_p99_us", v, 1000.0, 2),
+            pair("sh_quiet_PHASE_whole_p99_us", v, 1000.0, 2),
+            pair("sh_quiet_PHASE_own_p99_us", v, 1.0, 0),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,7 +207,9 @@ mod tests {
                    sh_quiet_idle_p99_us\tshared-200\t1000\nsh_quiet_flood_p99_us\tshared-200\t1500\n\
                    sh_kill_answer_ms\tshared-200\t12.5\nsh_kill_failed\tshared-200\t1\n\
                    sh_kill_refused\tshared-200\t0\nsh_kill_all_ms\tshared-200\t20.5\n\
-                   sh_kill_total\tshared-200\t900\n";
+                   sh_kill_total\tshared-200\t900\n\
+                   sh_quiet_idle_whole_p99_us\tshared-200\t110\nsh_quiet_flood_whole_p99_us\tshared-200\t460\n\
+                   sh_quiet_idle_own_p99_us\tshared-200\t2\nsh_quiet_flood_own_p99_us\tshared-200\t3\n";
         let s = crate::report::parse_raw(raw).expect("raw");
         let mut md = String::new();
         markdown(&s, &mut md);
@@ -187,6 +225,10 @@ mod tests {
         );
         assert!(
             md.contains("| 200 | 12.5 | 20.5 | 0 | 1 | 900 | – | ≤ 50 ms ✓; 0 refused ✓ |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 200 | shared | 1.00 → 1.50 | 0.11 → 0.46 | 2 → 3 |"),
             "{md}"
         );
     }
