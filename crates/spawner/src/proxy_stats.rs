@@ -12,7 +12,10 @@
 //!   their counts. The open-connections gauge is zeroed before each start.
 //! - **Untrusted**: a proxy can only lie about itself. Every slot read goes through a
 //!   monotonic fold (a value lower than the last one read is a reset: the last value is kept
-//!   as a base), so exported counters never go down and nothing read can panic.
+//!   as a base), so exported counters never go down and nothing read can panic. A proxy
+//!   can also cut its block short (`ftruncate` on its read-write fd, whatever its uid): the
+//!   mapping then reads zeros instead of killing the spawner with `SIGBUS`
+//!   ([`SharedCounters::is_cut`]) and is replaced at the next scrape.
 //! - **Removed** with the key: after each reconcile pass, files of keys no longer wanted go.
 //!   Their last values stay in the per-kind latency histogram (kept by this process).
 //! - **In the shared model** a namespace's block is a record of its server's slab
@@ -514,14 +517,17 @@ pub fn read(dir: &Path, proxies: &[(String, Kind)]) -> Snapshot {
                 }
             }
             None => {
-                // Checked at every scrape, before the mapping is read: a file cut short under
-                // the mapping would fault on access (only a proxy kept as uid 0 could do that).
+                // Checked at every scrape, before the mapping is read. The proxy holds its
+                // block read-write, so it can cut it short whatever its uid (ftruncate checks
+                // only the descriptor): a page past the end would fault on access, and a
+                // check before the access cannot close that race. The mapping then reads
+                // zeros instead (`SharedCounters::is_cut`) and is replaced here.
                 let id = std::fs::symlink_metadata(&p)
                     .ok()
                     .filter(|m| m.file_type().is_file() && m.len() == BLOCK_SIZE as u64)
                     .map(|m| (m.dev(), m.ino()));
                 let stale = reg.open.get(&p).is_some_and(|r| match &r.origin {
-                    Origin::File { id: was, .. } => Some(*was) != id,
+                    Origin::File { id: was, map } => Some(*was) != id || map.is_cut(),
                     Origin::Record { .. } => true,
                 });
                 if stale {
