@@ -51,6 +51,76 @@ pub(crate) async fn answer(
     Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), fds))
 }
 
+/// Most listeners one namespace has: `169.254.169.254:80` and `[fe80::a9fe:a9fe]:80`.
+const MAX_LISTENERS: usize = 2;
+
+/// What `list` gives back, by `KIND ID`: the namespace the server names and its listeners
+/// (checked by the caller before any is used).
+pub(crate) type Listed = std::collections::BTreeMap<String, (String, Vec<OwnedFd>)>;
+
+/// Ask a running server (of a previous spawner) for every namespace it serves, with their
+/// listeners. The server runs unprivileged and is not trusted: the whole answer must come
+/// within `wait` (not each message: a server dribbling `have` lines would otherwise keep the
+/// spawner's start waiting for ever) with listeners for at most half our descriptor limit
+/// ([`listed_fds_max`]: one that never stops would otherwise fill our descriptor table and
+/// memory); a line with a bad resource or namespace name, or more listeners than a
+/// namespace has, is left out and its descriptors closed.
+pub(crate) async fn take_list(conn: &UnixDatagram, wait: Duration) -> Result<Listed> {
+    let fail = |why: String| Error::Spawn(format!("shared server list: {why}"));
+    let max_fds = listed_fds_max();
+    let mut held = 0usize;
+    conn.async_io(Interest::WRITABLE, || {
+        ns_netns::send_fds(conn.as_fd(), b"list", &[])
+    })
+    .await
+    .map_err(|e| fail(e.to_string()))?;
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut taken = Listed::new();
+    loop {
+        let (line, fds) = tokio::time::timeout_at(deadline, answer(conn, MAX_MESSAGE))
+            .await
+            .map_err(|_| fail(format!("not finished within {wait:?}")))?
+            .map_err(|e| fail(e.to_string()))?;
+        if line.starts_with("end ") {
+            return Ok(taken);
+        }
+        let ["have", kind, id, netns] = line.split(' ').collect::<Vec<_>>()[..] else {
+            return Err(fail(format!(
+                "unexpected {:?}",
+                line.chars().take(80).collect::<String>()
+            )));
+        };
+        let checked = ns_metadata_proxy::shared::resource(kind, id)
+            .and_then(|_| ns_contract::validate_netns(netns).map_err(|e| e.to_string()))
+            .and_then(|()| match fds.len() {
+                1..=MAX_LISTENERS => Ok(()),
+                n => Err(format!("{n} listeners")),
+            });
+        if let Err(why) = checked {
+            tracing::warn!(line = %line.chars().take(80).collect::<String>(), %why, "shared server list: a namespace left out");
+            continue;
+        }
+        held += fds.len();
+        if held > max_fds {
+            return Err(fail(format!(
+                "more listeners than {max_fds}, half the spawner's descriptor limit"
+            )));
+        }
+        if let Some((_, old)) = taken.insert(format!("{kind} {id}"), (netns.to_owned(), fds)) {
+            held -= old.len();
+        }
+    }
+}
+
+/// Half the soft `RLIMIT_NOFILE`: what the listeners a server lists may take of our
+/// descriptors (2,000 namespaces take 2,000 to 4,000).
+fn listed_fds_max() -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    usize::try_from(soft / 2).unwrap_or(usize::MAX)
+}
+
 /// A connection to the control socket at `path`.
 pub(crate) fn connect(path: &Path) -> std::io::Result<UnixDatagram> {
     let d = std::os::unix::net::UnixDatagram::from(ns_netns::seqpacket_connect(path)?);
@@ -182,6 +252,81 @@ mod tests {
             stats,
         };
         (item, ())
+    }
+
+    /// A server (unprivileged, perhaps compromised) that answers `list` without end, or
+    /// with lines the spawner must not keep: the spawner's start is not held for ever, and
+    /// nothing but well-formed namespaces with one or two listeners is kept.
+    #[tokio::test]
+    async fn a_hostile_list_answer_is_bounded_and_checked() {
+        use std::os::fd::AsFd as _;
+        // A SOCK_SEQPACKET pair, as the control socket is.
+        let pair = || {
+            use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+            let (a, b) = socketpair(
+                AddressFamily::UNIX,
+                SocketType::SEQPACKET,
+                SocketFlags::CLOEXEC,
+                None,
+            )
+            .expect("socketpair");
+            let b = std::os::unix::net::UnixDatagram::from(b);
+            b.set_nonblocking(true).expect("nonblocking");
+            (
+                std::os::unix::net::UnixDatagram::from(a),
+                UnixDatagram::from_std(b).expect("tokio"),
+            )
+        };
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        // Well-formed lines, then bad ones (each left out), then the end.
+        let (server, conn) = pair();
+        let send = |msg: &str, n: usize| {
+            let fds: Vec<_> = (0..n).map(|_| l.as_fd()).collect();
+            ns_netns::send_fds(server.as_fd(), msg.as_bytes(), &fds).expect("send");
+        };
+        send("have router r-1 qrouter-r-1", 2);
+        send("have router r-2 qrouter-r-2", 3);
+        send("have router r-3 qrouter-r-3", 0);
+        send("have vpc r-4 qrouter-r-4", 1);
+        send("have router r/5 qrouter-r-5", 1);
+        send("have router r-6 ../etc", 1);
+        send("end 6", 0);
+        let taken = take_list(&conn, Duration::from_secs(30))
+            .await
+            .expect("listed");
+        assert_eq!(taken.keys().collect::<Vec<_>>(), ["router r-1"]);
+        assert_eq!(taken["router r-1"].1.len(), 2);
+        let mut buf = [0u8; 8];
+        assert_eq!(
+            server.recv(&mut buf).expect("request"),
+            4,
+            "`list` was asked"
+        );
+        // A server that names namespaces for ever, as fast as we read them.
+        let (server, conn) = pair();
+        let endless = std::thread::spawn(move || {
+            let mut i = 0u64;
+            while ns_netns::send_fds(
+                server.as_fd(),
+                format!("have router r-{i} qrouter-r-{i}").as_bytes(),
+                &[l.as_fd()],
+            )
+            .is_ok()
+            {
+                i += 1;
+            }
+            i
+        });
+        let e = tokio::time::timeout(
+            Duration::from_secs(120),
+            take_list(&conn, Duration::from_secs(100)),
+        )
+        .await
+        .expect("the list must end")
+        .expect_err("endless");
+        assert!(e.to_string().contains("descriptor limit"), "{e}");
+        drop(conn);
+        assert!(endless.join().expect("thread") as usize > listed_fds_max());
     }
 
     #[test]

@@ -32,7 +32,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::io::Interest;
 use tokio::net::UnixDatagram;
 use tokio::sync::{oneshot, watch};
 
@@ -50,8 +49,8 @@ pub const CONTROL_SOCKET: &str = "shared.sock";
 pub const PID_FILE: &str = "shared-server.pid";
 /// Where the server finds the control socket (after the readiness pipe on 3).
 const CONTROL_FD: i32 = 4;
-use crate::shared_control::{answer, ask, connect, control_listener, replay};
-use ns_metadata_proxy::shared::{BatchItem, StatsRef, MAX_MESSAGE};
+use crate::shared_control::{ask, connect, control_listener, replay, take_list};
+use ns_metadata_proxy::shared::{BatchItem, StatsRef};
 
 /// A shard's files in the state directory. The first keeps a single server's names
 /// (`shared.sock`, `shared-server.pid`), so raising `shared_servers` from 1 takes the running
@@ -666,28 +665,18 @@ fn still_right(spec: &ProxySpec, ino: Option<u64>, netns: &str, fds: &[OwnedFd])
     right
 }
 
-/// Whether a socket handed back is one this spec would open now: in the namespace with
-/// inode `ino` and bound to port 80 of the metadata address.
+/// Whether a socket handed back is one this spec would open now: a listening TCP socket in
+/// the namespace with inode `ino`, bound to port 80 of the metadata address; the same check
+/// as `restart`'s takeover. A server (unprivileged, so possibly compromised) also holds the
+/// namespace's accepted connections, which have that namespace and that local address:
+/// only `SO_ACCEPTCONN` tells them apart, and one kept as a "listener" would leave the
+/// namespace unserved after the server is gone.
 fn socket_is_right(fd: BorrowedFd<'_>, spec: &ProxySpec, ino: Option<u64>) -> bool {
-    let in_ns = ns_netns::Netns::of_socket(fd).ok().map(|n| n.inode());
-    if in_ns.is_none() || in_ns != ino {
-        return false;
-    }
-    let Ok(dup) = fd.try_clone_to_owned() else {
+    let Some(ino) = ino else {
         return false;
     };
-    let l = std::net::TcpListener::from(dup);
-    match l.local_addr() {
-        Ok(std::net::SocketAddr::V4(a)) => {
-            a.port() == 80 && a.ip().octets() == [169, 254, 169, 254]
-        }
-        Ok(std::net::SocketAddr::V6(a)) => {
-            spec.ipv6
-                && a.port() == 80
-                && a.ip().segments() == [0xfe80, 0, 0, 0, 0, 0, 0xa9fe, 0xa9fe]
-        }
-        Err(_) => false,
-    }
+    let wanted = crate::takeover::wanted(spec.ipv6);
+    matches!(crate::takeover::which(fd, &wanted, ino), Ok(Some(_)))
 }
 
 /// Start a server on `listener` and wait for its READY; its pid file written.
@@ -766,33 +755,7 @@ async fn take_over(cfg: &Config, shard: usize) -> Result<Option<TakenOver>> {
         path: cfg.state_dir.join(&files.control),
         source: e,
     })?;
-    let wait = cfg.ready_timeout;
-    conn.async_io(Interest::WRITABLE, || {
-        ns_netns::send_fds(conn.as_fd(), b"list", &[])
-    })
-    .await
-    .map_err(|e| Error::Spawn(format!("shared server list: {e}")))?;
-    let mut taken = BTreeMap::new();
-    loop {
-        let (line, fds) = tokio::time::timeout(wait, answer(&conn, MAX_MESSAGE))
-            .await
-            .map_err(|_| Error::Spawn("shared server list: no answer".into()))?
-            .map_err(|e| Error::Spawn(format!("shared server list: {e}")))?;
-        if line.starts_with("end ") {
-            break;
-        }
-        let words: Vec<&str> = line.split(' ').collect();
-        match words.as_slice() {
-            ["have", kind, id, netns] => {
-                taken.insert(format!("{kind} {id}"), ((*netns).to_owned(), fds));
-            }
-            _ => {
-                return Err(Error::Spawn(format!(
-                    "shared server list: unexpected {line:?}"
-                )))
-            }
-        }
-    }
+    let taken = take_list(&conn, cfg.ready_timeout).await?;
     Ok(Some((running, pid, conn, taken)))
 }
 
@@ -1189,5 +1152,56 @@ mod tests {
         );
         assert_eq!(ShardFiles::of(2).control, "shared-2.sock");
         assert_eq!(ShardFiles::of(2).pid, "shared-server-2.pid");
+    }
+
+    /// A server handing back one of the namespace's accepted connections as its listener
+    /// (same namespace, same local address 169.254.169.254:80): refused, as a listener in
+    /// another namespace is; the namespace's real listener is taken.
+    #[test]
+    fn only_listening_sockets_in_the_namespace_are_taken_back() {
+        if !ns_testkit::skip::require_root("only_listening_sockets_in_the_namespace_are_taken_back")
+        {
+            return;
+        }
+        let name = format!("{}qrouter-back", ns_testkit::netns::unique_prefix());
+        let ns = ns_testkit::netns::netns(&name);
+        ns_testkit::netns::ip(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            "169.254.169.254/32",
+            "dev",
+            "lo",
+        ]);
+        let (listener, accepted, _client) = ns
+            .netns()
+            .run(|| {
+                let l = std::net::TcpListener::bind("169.254.169.254:80").expect("bind");
+                let c = std::net::TcpStream::connect("169.254.169.254:80").expect("connect");
+                let (a, _) = l.accept().expect("accept");
+                (OwnedFd::from(l), OwnedFd::from(a), c)
+            })
+            .expect("in the namespace");
+        let spec = ProxySpec {
+            key: "r-1".into(),
+            kind: ns_contract::Kind::Router,
+            id: "r-1".into(),
+            netns: name.clone(),
+            interface: "lo".into(),
+            ipv6: false,
+        };
+        let ino = Some(ns.netns().inode());
+        assert!(socket_is_right(listener.as_fd(), &spec, ino));
+        assert!(
+            !socket_is_right(accepted.as_fd(), &spec, ino),
+            "a connection is no listener"
+        );
+        assert!(
+            !socket_is_right(listener.as_fd(), &spec, Some(1)),
+            "another namespace"
+        );
+        assert!(!socket_is_right(listener.as_fd(), &spec, None));
+        assert!(!still_right(&spec, ino, &name, &[listener, accepted]));
     }
 }
