@@ -31,7 +31,10 @@ pub(crate) async fn ask(
     Ok(line)
 }
 
-/// One message of at most `max` bytes from the server.
+/// One message of at most `max` bytes from the server, as text with no control character
+/// but `\n` (the line separator of `add-batch` answers): the server runs unprivileged and
+/// is not trusted, and its answers reach the log, `status` and `restart`'s output on an
+/// operator's terminal, where an escape sequence would be obeyed.
 pub(crate) async fn answer(
     conn: &UnixDatagram,
     max: usize,
@@ -48,7 +51,20 @@ pub(crate) async fn answer(
             "the shared server closed the control connection",
         ));
     }
-    Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), fds))
+    Ok((printable(&String::from_utf8_lossy(&buf[..n])), fds))
+}
+
+/// `text` with every control character but `\n` replaced by U+FFFD.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' {
+                char::REPLACEMENT_CHARACTER
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 /// Most listeners one namespace has: `169.254.169.254:80` and `[fe80::a9fe:a9fe]:80`.
@@ -260,23 +276,7 @@ mod tests {
     #[tokio::test]
     async fn a_hostile_list_answer_is_bounded_and_checked() {
         use std::os::fd::AsFd as _;
-        // A SOCK_SEQPACKET pair, as the control socket is.
-        let pair = || {
-            use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
-            let (a, b) = socketpair(
-                AddressFamily::UNIX,
-                SocketType::SEQPACKET,
-                SocketFlags::CLOEXEC,
-                None,
-            )
-            .expect("socketpair");
-            let b = std::os::unix::net::UnixDatagram::from(b);
-            b.set_nonblocking(true).expect("nonblocking");
-            (
-                std::os::unix::net::UnixDatagram::from(a),
-                UnixDatagram::from_std(b).expect("tokio"),
-            )
-        };
+        let pair = seqpacket_pair;
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         // Well-formed lines, then bad ones (each left out), then the end.
         let (server, conn) = pair();
@@ -327,6 +327,39 @@ mod tests {
         assert!(e.to_string().contains("descriptor limit"), "{e}");
         drop(conn);
         assert!(endless.join().expect("thread") as usize > listed_fds_max());
+    }
+
+    /// A server's answer that carries terminal escape sequences (a compromised server
+    /// writing to root's terminal through `status` or `restart`) arrives without them.
+    #[tokio::test]
+    async fn a_servers_answer_carries_no_control_characters() {
+        let (server, conn) = seqpacket_pair();
+        let hostile = "error \x1b]0;owned\x07\x1b[2J\rgone\nrouter r-1 \x1b[8mhidden";
+        ns_netns::send_fds(server.as_fd(), hostile.as_bytes(), &[]).expect("send");
+        let a = ask(&conn, "list", &[], Duration::from_secs(10))
+            .await
+            .expect("answer");
+        assert!(!a.chars().any(|c| c.is_control() && c != '\n'), "{a:?}");
+        assert_eq!(a.lines().count(), 2, "{a:?}");
+        assert!(a.contains("owned") && a.contains("hidden"), "{a:?}");
+    }
+
+    /// A SOCK_SEQPACKET pair, as the control socket is: the server's end (blocking) and ours.
+    fn seqpacket_pair() -> (std::os::unix::net::UnixDatagram, UnixDatagram) {
+        use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+        let (a, b) = socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .expect("socketpair");
+        let b = std::os::unix::net::UnixDatagram::from(b);
+        b.set_nonblocking(true).expect("nonblocking");
+        (
+            std::os::unix::net::UnixDatagram::from(a),
+            UnixDatagram::from_std(b).expect("tokio"),
+        )
     }
 
     #[test]
