@@ -51,20 +51,10 @@ pub(crate) async fn answer(
             "the shared server closed the control connection",
         ));
     }
-    Ok((printable(&String::from_utf8_lossy(&buf[..n])), fds))
-}
-
-/// `text` with every control character but `\n` replaced by U+FFFD.
-fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_control() && c != '\n' {
-                char::REPLACEMENT_CHARACTER
-            } else {
-                c
-            }
-        })
-        .collect()
+    Ok((
+        crate::printable(&String::from_utf8_lossy(&buf[..n]), &['\n']),
+        fds,
+    ))
 }
 
 /// Most listeners one namespace has: `169.254.169.254:80` and `[fe80::a9fe:a9fe]:80`.

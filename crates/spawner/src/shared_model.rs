@@ -1163,17 +1163,8 @@ mod tests {
         {
             return;
         }
-        let name = format!("{}qrouter-back", ns_testkit::netns::unique_prefix());
-        let ns = ns_testkit::netns::netns(&name);
-        ns_testkit::netns::ip(&[
-            "-n",
-            &name,
-            "addr",
-            "add",
-            "169.254.169.254/32",
-            "dev",
-            "lo",
-        ]);
+        let ns = ns_testkit::netns::metadata_netns("qrouter-back");
+        let name = ns.name().to_owned();
         let (listener, accepted, _client) = ns
             .netns()
             .run(|| {
