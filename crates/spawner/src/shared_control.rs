@@ -156,7 +156,14 @@ pub(crate) fn control_listener(state_dir: &Path, name: &str) -> Result<OwnedFd> 
         }
         Err(_) => {}
     }
-    ns_netns::seqpacket_listen(&path, 16).map_err(|e| io("listen on", e))
+    let l = ns_netns::seqpacket_listen(&path, 16).map_err(|e| io("listen on", e))?;
+    // Only root may connect, as to the control API's socket: the state dir may be 0755
+    // (statedir::check allows it) and the umask anything. The server checks its peer too
+    // (SO_PEERCRED); this keeps every other user from even queueing in its backlog.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| io("chmod", e))?;
+    Ok(l)
 }
 
 /// `add-batch` messages [`replay`] sends ahead of their answers.
@@ -350,6 +357,21 @@ mod tests {
             std::os::unix::net::UnixDatagram::from(a),
             UnixDatagram::from_std(b).expect("tokio"),
         )
+    }
+
+    /// A shared server's control socket is root's alone, whatever the umask and even in a
+    /// state dir others may enter (0755 is allowed).
+    #[test]
+    fn the_control_socket_is_0600() {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let dir = ns_testkit::TempDir::new("shared-sock-mode");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let _l = control_listener(dir.path(), "shared.sock").expect("listen");
+        let mode = std::fs::symlink_metadata(dir.path().join("shared.sock"))
+            .expect("stat")
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     }
 
     #[test]
