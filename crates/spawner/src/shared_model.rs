@@ -294,10 +294,9 @@ impl SharedServer {
         ino: Option<u64>,
     ) -> Option<Vec<OwnedFd>> {
         let (netns, fds) = lock(&self.inner.taken).remove(&tag(spec))?;
-        if still_right(spec, ino, &netns, &fds) {
+        if let Some(fds) = still_right(spec, ino, &netns, fds) {
             return Some(fds);
         }
-        drop(fds);
         let _ = self.request(&format!("remove {}", tag(spec)), &[]).await;
         None
     }
@@ -525,9 +524,7 @@ impl Retired {
     async fn take_back(&self, spec: &ProxySpec, ino: Option<u64>) -> Option<Vec<OwnedFd>> {
         let (netns, fds) = lock(&self.taken).remove(&tag(spec))?;
         self.forget(&tag(spec)).await;
-        if !still_right(spec, ino, &netns, &fds) {
-            return None;
-        }
+        let fds = still_right(spec, ino, &netns, fds)?;
         tracing::info!(key = %spec.key, from = self.shard, "namespace's sockets taken from a shared server this run does not keep");
         Some(fds)
     }
@@ -654,29 +651,38 @@ fn stats_block(cfg: &Config, spec: &ProxySpec) -> Result<OwnedFd> {
         .map_err(|e| Error::Spawn(format!("statistics block: {e}")))
 }
 
-/// Whether the sockets a previous server served for `spec` (in `netns` then) are what it
-/// would open now: in its namespace (inode `ino`) and bound to the metadata address. Logged
-/// when not (the namespace then binds afresh).
-fn still_right(spec: &ProxySpec, ino: Option<u64>, netns: &str, fds: &[OwnedFd]) -> bool {
-    let right = netns == spec.netns && fds.iter().all(|fd| socket_is_right(fd.as_fd(), spec, ino));
-    if !right {
-        tracing::info!(key = %spec.key, netns = %netns, "a socket handed back is not in the record's namespace now; binding afresh");
-    }
-    right
-}
-
-/// Whether a socket handed back is one this spec would open now: a listening TCP socket in
-/// the namespace with inode `ino`, bound to port 80 of the metadata address; the same check
-/// as `restart`'s takeover. A server (unprivileged, so possibly compromised) also holds the
-/// namespace's accepted connections, which have that namespace and that local address:
-/// only `SO_ACCEPTCONN` tells them apart, and one kept as a "listener" would leave the
-/// namespace unserved after the server is gone.
-fn socket_is_right(fd: BorrowedFd<'_>, spec: &ProxySpec, ino: Option<u64>) -> bool {
-    let Some(ino) = ino else {
-        return false;
-    };
+/// The sockets a previous server served for `spec` (in `netns` then), if they are what it
+/// would open now: exactly one listening TCP socket per address it binds, in its namespace
+/// (inode `ino`), the same check as `restart`'s takeover (`takeover::which`), returned in
+/// `--bind` order (a per-namespace proxy takes them in that order). `None`, logged,
+/// otherwise: the namespace then binds afresh. A server runs unprivileged, so it may be
+/// compromised: it also holds the namespace's accepted connections, which have that
+/// namespace and local address (only `SO_ACCEPTCONN` tells them apart), and it could hand
+/// one listener twice and leave another out; kept, either would leave the namespace (or its
+/// IPv6 address) unserved once that server is gone.
+fn still_right(
+    spec: &ProxySpec,
+    ino: Option<u64>,
+    netns: &str,
+    fds: Vec<OwnedFd>,
+) -> Option<Vec<OwnedFd>> {
     let wanted = crate::takeover::wanted(spec.ipv6);
-    matches!(crate::takeover::which(fd, &wanted, ino), Ok(Some(_)))
+    let mut slots: Vec<Option<OwnedFd>> = wanted.iter().map(|_| None).collect();
+    let mut right = netns == spec.netns && fds.len() == wanted.len();
+    if let (true, Some(ino)) = (right, ino) {
+        for fd in fds {
+            match crate::takeover::which(fd.as_fd(), &wanted, ino) {
+                Ok(Some(i)) if slots[i].is_none() => slots[i] = Some(fd),
+                _ => right = false,
+            }
+        }
+    }
+    let taken: Option<Vec<OwnedFd>> = slots.into_iter().collect();
+    if !right || taken.is_none() {
+        tracing::info!(key = %spec.key, netns = %netns, "the sockets handed back are not the record's listeners now; binding afresh");
+        return None;
+    }
+    taken
 }
 
 /// Start a server on `listener` and wait for its READY; its pid file written.
@@ -1155,8 +1161,9 @@ mod tests {
     }
 
     /// A server handing back one of the namespace's accepted connections as its listener
-    /// (same namespace, same local address 169.254.169.254:80): refused, as a listener in
-    /// another namespace is; the namespace's real listener is taken.
+    /// (same namespace, same local address 169.254.169.254:80), or one listener twice for
+    /// the two a namespace with IPv6 has: refused, as a listener in another namespace is;
+    /// the namespace's real listener is taken.
     #[test]
     fn only_listening_sockets_in_the_namespace_are_taken_back() {
         if !ns_testkit::skip::require_root("only_listening_sockets_in_the_namespace_are_taken_back")
@@ -1174,7 +1181,7 @@ mod tests {
                 (OwnedFd::from(l), OwnedFd::from(a), c)
             })
             .expect("in the namespace");
-        let spec = ProxySpec {
+        let mut spec = ProxySpec {
             key: "r-1".into(),
             kind: ns_contract::Kind::Router,
             id: "r-1".into(),
@@ -1183,16 +1190,35 @@ mod tests {
             ipv6: false,
         };
         let ino = Some(ns.netns().inode());
-        assert!(socket_is_right(listener.as_fd(), &spec, ino));
+        let l = || listener.try_clone().expect("dup");
+        let back = |spec: &ProxySpec, ino, netns: &str, fds| still_right(spec, ino, netns, fds);
+        assert_eq!(back(&spec, ino, &name, vec![l()]).map(|v| v.len()), Some(1));
+        let a = accepted.try_clone().expect("dup");
         assert!(
-            !socket_is_right(accepted.as_fd(), &spec, ino),
+            back(&spec, ino, &name, vec![a]).is_none(),
             "a connection is no listener"
         );
         assert!(
-            !socket_is_right(listener.as_fd(), &spec, Some(1)),
+            back(&spec, ino, &name, vec![l(), l()]).is_none(),
+            "one listener twice"
+        );
+        assert!(
+            back(&spec, Some(1), &name, vec![l()]).is_none(),
             "another namespace"
         );
-        assert!(!socket_is_right(listener.as_fd(), &spec, None));
-        assert!(!still_right(&spec, ino, &name, &[listener, accepted]));
+        assert!(back(&spec, None, &name, vec![l()]).is_none());
+        assert!(
+            back(&spec, ino, "qrouter-other", vec![l()]).is_none(),
+            "another name"
+        );
+        spec.ipv6 = true;
+        assert!(
+            back(&spec, ino, &name, vec![l()]).is_none(),
+            "no IPv6 listener"
+        );
+        assert!(
+            back(&spec, ino, &name, vec![l(), l()]).is_none(),
+            "v4 twice, no IPv6"
+        );
     }
 }
