@@ -622,6 +622,52 @@ mod tests {
         assert_eq!(s.per_kind["router"][lat], 5);
     }
 
+    /// A proxy holds its block read-write, so whatever its uid it can cut the file short and
+    /// grow it back, again and again, while the spawner scrapes: every scrape goes on (no
+    /// SIGBUS, however the cuts fall between the spawner's check and its read), and what is
+    /// exported never goes down.
+    #[test]
+    fn a_proxy_cutting_its_block_short_while_scraped_neither_kills_nor_confuses_the_reader() {
+        let (_t, d) = dir("cut");
+        let block = File::from(for_start(&d, "r-cut").expect("create"));
+        let w = SharedCounters::map(&block, SLOTS).expect("map");
+        let ok = layout::class_slot(200);
+        w.add(ok, 100);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cutter = {
+            let stop = std::sync::Arc::clone(&stop);
+            // The proxy's own descriptor of its block (its --stats-fd).
+            let fd = block.try_clone().expect("dup");
+            std::thread::spawn(move || {
+                let mut cuts = 0u64;
+                use std::os::unix::fs::FileExt as _;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = fd.set_len(0);
+                    // Good again (size and magic), so the spawner maps it again next time.
+                    let _ = fd.set_len(BLOCK_SIZE as u64);
+                    let _ = fd.write_all_at(&MAGIC.to_le_bytes(), 0);
+                    let _ = fd.write_all_at(&100u64.to_le_bytes(), (ok * 8) as u64);
+                    cuts += 1;
+                }
+                cuts
+            })
+        };
+        let proxies = [("r-cut".to_owned(), Kind::Router)];
+        let (mut last, mut seen) = (0, 0);
+        for _ in 0..20_000 {
+            let s = read(&d, &proxies);
+            seen += usize::from(s.per_key.contains_key("r-cut"));
+            // Per kind (a block read again starts its own count; the last one's is kept).
+            let total = s.per_kind.get("router").map_or(0, |v| v[ok]);
+            assert!(total >= last, "{total} after {last}");
+            last = total;
+        }
+        assert!(seen > 0, "the block was read");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(cutter.join().expect("cutter") > 0);
+        drop(w);
+    }
+
     #[test]
     fn bad_blocks_are_refused_for_reading_and_replaced_for_a_start() {
         let (_t, d) = dir("bad");
