@@ -227,7 +227,7 @@ impl SharedServer {
             }
             Ok(None) => None,
             Err(e) => {
-                tracing::warn!(err = %e, shard, "cannot take over the shared server of the previous run; starting a new one");
+                tracing::warn!(err = %e, shard, "cannot take over the shared server of the previous run (stopped if it was ours); starting a new one");
                 None
             }
         };
@@ -489,7 +489,7 @@ impl Retired {
                 Ok(Some(t)) => t,
                 Ok(None) => continue,
                 Err(e) => {
-                    tracing::warn!(err = %e, shard, "a server of a shard no longer configured could not be taken over; its sockets stay with it");
+                    tracing::warn!(err = %e, shard, "a server of a shard no longer configured could not be taken over (stopped if it was ours)");
                     continue;
                 }
             };
@@ -753,16 +753,30 @@ async fn take_over(cfg: &Config, shard: usize) -> Result<Option<TakenOver>> {
         tracing::info!(pid, why = %why, "the shared server's pid file names another process; not touched");
         return Ok(None);
     }
-    let Some(running) = crate::adopt::open_proven(pid, &info) else {
+    let Some(mut running) = crate::adopt::open_proven(pid, &info) else {
         return Ok(None);
     };
-    let conn = connect(&cfg.state_dir.join(&files.control)).map_err(|e| Error::Io {
-        op: "connect",
-        path: cfg.state_dir.join(&files.control),
-        source: e,
-    })?;
-    let taken = take_list(&conn, cfg.ready_timeout).await?;
-    Ok(Some((running, pid, conn, taken)))
+    let listed = async {
+        let conn = connect(&cfg.state_dir.join(&files.control)).map_err(|e| Error::Io {
+            op: "connect",
+            path: cfg.state_dir.join(&files.control),
+            source: e,
+        })?;
+        let taken = take_list(&conn, cfg.ready_timeout).await?;
+        Ok::<_, Error>((conn, taken))
+    };
+    match listed.await {
+        Ok((conn, taken)) => Ok(Some((running, pid, conn, taken))),
+        Err(e) => {
+            // Ours (proven, held by its pidfd) but not answering as a server must (its
+            // control socket gone or replaced, a hostile or broken answer): left running, it
+            // would keep every namespace's port-80 sockets, unmanaged, and the next server
+            // could bind none of them. Stopped, so the namespaces bind afresh.
+            let how = running.stop(cfg.stop_timeout).await;
+            tracing::warn!(pid, shard, err = %e, how = %how, "the previous run's shared server could not be taken over; stopped");
+            Err(e)
+        }
+    }
 }
 
 /// The identity rule for the server: the proxy binary, started as `--shared-server` of this
