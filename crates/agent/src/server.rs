@@ -173,8 +173,13 @@ impl Drop for Registered {
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serve `GET /metrics` (and nothing else: 404) on the `metrics_bind` listener, one task per
-/// connection, until the task is aborted.
+/// connection, until the task is aborted. Any local user can connect to it: at most
+/// `MAX_SCRAPE_CONNECTIONS` at once (one more is closed at once), each for at most
+/// `SCRAPE_CONNECTION_LIFETIME` (`ns_contract::metrics`), so none can fill our descriptor
+/// table and starve the agent socket.
 pub async fn serve_metrics(listener: tokio::net::TcpListener, agent: Arc<Agent>) {
+    use ns_contract::metrics::{MAX_SCRAPE_CONNECTIONS, SCRAPE_CONNECTION_LIFETIME};
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPE_CONNECTIONS));
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -184,8 +189,13 @@ pub async fn serve_metrics(listener: tokio::net::TcpListener, agent: Arc<Agent>)
                 continue;
             }
         };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::debug!("metrics: {MAX_SCRAPE_CONNECTIONS} connections open; one more closed");
+            continue;
+        };
         let agent = agent.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let agent = agent.clone();
                 async move {
@@ -207,13 +217,14 @@ pub async fn serve_metrics(listener: tokio::net::TcpListener, agent: Arc<Agent>)
                     Ok::<_, Infallible>(r)
                 }
             });
-            if let Err(e) = http1::Builder::new()
+            let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(5))
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                tracing::debug!(err = %e, "metrics connection");
+                .serve_connection(TokioIo::new(stream), svc);
+            match tokio::time::timeout(SCRAPE_CONNECTION_LIFETIME, conn).await {
+                Ok(Err(e)) => tracing::debug!(err = %e, "metrics connection"),
+                Ok(Ok(())) => {}
+                Err(_) => tracing::debug!("metrics connection closed at the end of its lifetime"),
             }
         });
     }

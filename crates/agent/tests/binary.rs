@@ -148,22 +148,7 @@ async fn runs_reloads_on_sighup_and_stops_on_sigterm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_bind_counts_what_was_answered() {
     let dir = TempDir::new("bin-metrics");
-    let inv = dir.join("inventory.json");
-    write_atomic(&inv, INVENTORY);
-    let sock = dir.join("agent.sock");
-    let port = ns_testkit::http::free_port();
-    let _child = ChildGuard(
-        Command::new(BIN)
-            .arg("--metadata-proxy-socket")
-            .arg(&sock)
-            .arg("--inventory-file")
-            .arg(&inv)
-            .args(["--metrics-bind", &format!("127.0.0.1:{port}")])
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn agent"),
-    );
-    assert!(wait_until_async(Duration::from_secs(10), || sock.exists()).await);
+    let (_child, sock, port) = agent_with_metrics(&dir).await;
     let hostname = get(
         "/latest/meta-data/hostname",
         "10.250.41.2",
@@ -214,33 +199,76 @@ async fn metrics_bind_counts_what_was_answered() {
     assert!(other.starts_with("HTTP/1.1 404"), "{other}");
 }
 
-/// Issue "the operator's view": the agent takes oslo.log's `--log-dir` and `--log-file` as
-/// Neutron's launchers pass them (a relative file inside the directory), logs there, and
-/// reopens the file by its path on SIGHUP (logrotate moved it away).
+/// `metrics_bind` is TCP on loopback: any local user can connect. Clients that ask and never
+/// read take at most `MAX_SCRAPE_CONNECTIONS` of the agent's connections; one more is closed
+/// unanswered, the agent socket answers meanwhile, and once they are gone a scrape is
+/// answered again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn log_file_in_log_dir_and_reopened_on_sighup() {
-    let dir = TempDir::new("bin-logfile");
+async fn metrics_bind_serves_a_bounded_number_of_connections() {
+    use ns_contract::metrics::MAX_SCRAPE_CONNECTIONS;
+    use ns_testkit::http::{assert_scrapes_bounded, eventually_scraped};
+    let dir = TempDir::new("bin-metrics-bound");
+    let (_child, sock, port) = agent_with_metrics(&dir).await;
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let stalled = assert_scrapes_bounded(addr, MAX_SCRAPE_CONNECTIONS).await;
+    // The agent socket answers meanwhile.
+    let vm1 = "GET /latest/meta-data/ HTTP/1.1\r\nX-Forwarded-For: 10.250.41.2\r\n\
+               X-Neutron-Network-ID: n1\r\n\r\n";
+    assert!(ask(&sock, vm1).await.text().contains("hostname"));
+    drop(stalled);
+    eventually_scraped(addr).await;
+}
+
+/// The agent on the inventory in `dir` with `extra` arguments, once its socket exists: the
+/// process (killed on drop) and its socket.
+async fn start_agent(dir: &TempDir, extra: &[&str]) -> (ChildGuard, std::path::PathBuf) {
     let inv = dir.join("inventory.json");
     write_atomic(&inv, INVENTORY);
     let sock = dir.join("agent.sock");
-    let logs = dir.join("logs");
-    std::fs::create_dir_all(&logs).expect("mkdir");
     let child = ChildGuard(
         Command::new(BIN)
             .arg("--metadata-proxy-socket")
             .arg(&sock)
             .arg("--inventory-file")
             .arg(&inv)
-            .args(["--inventory-poll-interval", "0"])
-            .arg("--log-dir")
-            .arg(&logs)
-            .args(["--log-file", "metadata-agent.log"])
+            .args(extra)
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn agent"),
     );
-    let log = logs.join("metadata-agent.log");
     assert!(wait_until_async(Duration::from_secs(10), || sock.exists()).await);
+    (child, sock)
+}
+
+/// [`start_agent`] with `metrics_bind` on a free loopback port: also the port.
+async fn agent_with_metrics(dir: &TempDir) -> (ChildGuard, std::path::PathBuf, u16) {
+    let port = ns_testkit::http::free_port();
+    let (child, sock) = start_agent(dir, &["--metrics-bind", &format!("127.0.0.1:{port}")]).await;
+    (child, sock, port)
+}
+
+/// Issue "the operator's view": the agent takes oslo.log's `--log-dir` and `--log-file` as
+/// Neutron's launchers pass them (a relative file inside the directory), logs there, and
+/// reopens the file by its path on SIGHUP (logrotate moved it away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_file_in_log_dir_and_reopened_on_sighup() {
+    let dir = TempDir::new("bin-logfile");
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).expect("mkdir");
+    let logs_arg = logs.to_str().expect("utf-8 temp dir");
+    let (child, _sock) = start_agent(
+        &dir,
+        &[
+            "--inventory-poll-interval",
+            "0",
+            "--log-dir",
+            logs_arg,
+            "--log-file",
+            "metadata-agent.log",
+        ],
+    )
+    .await;
+    let log = logs.join("metadata-agent.log");
     assert!(
         wait_until_async(Duration::from_secs(10), || std::fs::read_to_string(&log)
             .is_ok_and(|t| t.contains("metadata agent listening")))

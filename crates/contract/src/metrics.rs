@@ -5,6 +5,18 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Most connections a `metrics_bind` listener (TCP, loopback: any local user can connect)
+/// serves at once; one more is closed at once. Without a bound, a local user holding
+/// connections open (or sending requests and never reading the answers) fills the
+/// descriptor table of the process, the spawner's being root's supervisor of every proxy.
+/// A Prometheus server needs one per target.
+pub const MAX_SCRAPE_CONNECTIONS: usize = 16;
+
+/// Longest life of one connection to a `metrics_bind` listener, whatever it does: a client
+/// that asks and never reads the answer would otherwise keep its slot for ever (hyper has
+/// no write timeout). A scraper's keep-alive connection is simply opened again.
+pub const SCRAPE_CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A label value escaped for the text format (backslash, double quote, newline).
 pub fn label(v: &str) -> String {
     v.replace('\\', "\\\\")

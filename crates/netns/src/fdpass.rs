@@ -7,12 +7,12 @@
 //! borrowed descriptors and hand out owned ones, so nothing leaks on any error path.
 
 use std::fs::File;
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 
 use crate::error::{Error, Result};
 use crate::ns::Netns;
@@ -24,8 +24,8 @@ use crate::ns::Netns;
 pub const MAX_FDS: usize = 16;
 /// The kernel's own limit per message (`SCM_MAX_FD`): the most [`send_fds`] sends and
 /// [`recv_fds_upto`] accepts. The control buffer always has room for this many, so the kernel
-/// never truncates (it would install the first ones and leave us no way to see them) and
-/// every descriptor that arrives is ours to close.
+/// never truncates for want of room; it still does when our descriptor limit is reached
+/// mid-message (it installs what fits and sets `MSG_CTRUNC`), and those are closed too.
 pub const SCM_MAX_FD: usize = 253;
 
 /// Send `payload` with `fds` attached as one message on the Unix socket `sock` (best used
@@ -66,9 +66,10 @@ pub fn send_fds(sock: BorrowedFd<'_>, payload: &[u8], fds: &[BorrowedFd<'_>]) ->
 }
 
 /// Receive one message into `buf`, with the descriptors attached to it (close-on-exec).
-/// `Ok((0, []))` is end of stream. A message longer than `buf`, or carrying more than
-/// [`MAX_FDS`] descriptors, is an error (`InvalidData`) and every descriptor that came with
-/// it is closed: the caller never acts on half a message.
+/// `Ok((0, []))` is end of stream. A message longer than `buf`, carrying more than
+/// [`MAX_FDS`] descriptors, or cut short because our descriptor limit was reached, is an
+/// error (`InvalidData`) and every descriptor that came with it is closed: the caller never
+/// acts on half a message, and a peer cannot make us leak.
 pub fn recv_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
     recv_fds_upto(sock, buf, MAX_FDS)
 }
@@ -80,42 +81,75 @@ pub fn recv_fds_upto(
     max: usize,
 ) -> io::Result<(usize, Vec<OwnedFd>)> {
     let max = max.min(SCM_MAX_FD);
-    let mut space = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
-    let mut iov = [IoSliceMut::new(buf)];
-    let msg = recvmsg::<()>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(io::Error::from)?;
+    // Room for SCM_MAX_FD descriptors (CMSG_SPACE(253 * 4) is 1,032 bytes), cmsghdr-aligned.
+    let mut control = [0u64; 160];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: a zeroed msghdr is "no name, no iov, no control"; the fields set next point
+    // at `iov` and `control`, which outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: `msg` describes buffers we own for the duration of the call; the kernel writes
+    // at most iov_len bytes to `buf` and msg_controllen bytes to `control`.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Own every descriptor the kernel installed before judging the message: with
+    // MSG_CTRUNC (our descriptor limit reached mid-message: the kernel installs what fits
+    // and says so) the ones that did arrive are ours to close too, or they would leak.
+    let fds = installed_fds(&msg);
+    let flags = msg.msg_flags;
+    if fds.len() > max || flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("message carried more than {max} descriptors, or more than we could take"),
+        ));
+    }
+    if flags & libc::MSG_TRUNC != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("message longer than {} bytes", buf.len()),
+        ));
+    }
+    Ok((n as usize, fds))
+}
+
+/// Every descriptor an `SCM_RIGHTS` control message of `msg` (as `recvmsg` returned it)
+/// carries, owned.
+fn installed_fds(msg: &libc::msghdr) -> Vec<OwnedFd> {
     let mut fds = Vec::new();
-    // cmsgs() fails only on MSG_CTRUNC, which the buffer size rules out.
-    for c in msg.cmsgs().map_err(io::Error::from)? {
-        if let ControlMessageOwned::ScmRights(raw) = c {
-            for fd in raw {
+    // SAFETY: `msg` was filled by recvmsg: msg_control/msg_controllen describe the control
+    // messages the kernel wrote (msg_controllen is what it used), and CMSG_FIRSTHDR /
+    // CMSG_NXTHDR never step past that; each header's cmsg_len was set by the kernel.
+    let mut c = unsafe { libc::CMSG_FIRSTHDR(msg) };
+    while !c.is_null() {
+        // SAFETY: a non-null header within the control buffer (see above).
+        let h = unsafe { &*c };
+        if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SCM_RIGHTS {
+            // SAFETY: CMSG_DATA of a valid header points inside it.
+            let data = unsafe { libc::CMSG_DATA(c) };
+            let header = data as usize - c as usize;
+            let count = (h.cmsg_len as usize).saturating_sub(header) / std::mem::size_of::<RawFd>();
+            for i in 0..count {
+                // SAFETY: `count` ints follow CMSG_DATA within cmsg_len; read unaligned (the
+                // data is only guaranteed int-aligned by the kernel's layout, not by Rust's).
+                let fd = unsafe { std::ptr::read_unaligned(data.cast::<RawFd>().add(i)) };
                 // SAFETY: the kernel just installed `fd` in our table for this message
                 // (SCM_RIGHTS); nothing else refers to it, so taking ownership is sound and
                 // it is closed exactly once, by the OwnedFd.
                 fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
             }
         }
+        // SAFETY: as for CMSG_FIRSTHDR: bounded by msg_controllen.
+        c = unsafe { libc::CMSG_NXTHDR(msg, c) };
     }
-    let flags = msg.flags;
-    let bytes = msg.bytes;
-    if fds.len() > max || flags.contains(MsgFlags::MSG_CTRUNC) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("message carried more than {max} descriptors"),
-        ));
-    }
-    if flags.contains(MsgFlags::MSG_TRUNC) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("message longer than {} bytes", buf.len()),
-        ));
-    }
-    Ok((bytes, fds))
+    fds
 }
 
 /// A listening `AF_UNIX` `SOCK_SEQPACKET` socket bound at `path` (close-on-exec), for a

@@ -2,7 +2,8 @@
 //!
 //! This is the only crate of the workspace allowed to use `unsafe`: entering a namespace in a
 //! forked child (`pre_exec`), `posix_spawn(3)`, the `NS_GET_NSTYPE` and `SIOCGSKNS` ioctls and
-//! descriptors received with `SCM_RIGHTS` have no safe wrapper. Every block
+//! descriptors received with `SCM_RIGHTS`, shared mappings and the `SIGBUS` handler that
+//! guards them have no safe wrapper. Every block
 //! carries a `// SAFETY:` comment.
 #![allow(unsafe_code)]
 

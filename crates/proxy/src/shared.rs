@@ -241,7 +241,8 @@ impl Request {
     }
 }
 
-fn resource(kind: &str, id: &str) -> std::result::Result<Resource, String> {
+/// A protocol line's `KIND ID`, checked: a known kind and an id that follows the id rule.
+pub fn resource(kind: &str, id: &str) -> std::result::Result<Resource, String> {
     let kind = Kind::ALL
         .into_iter()
         .find(|k| k.as_str() == kind)

@@ -540,3 +540,56 @@ fn a_batch_serves_many_namespaces_in_one_message_and_names_what_it_refused() {
     assert_eq!(c.ask("add router r-0 qrouter-r-0", &[other.as_fd()]), "ok");
     assert!(get(other.local_addr().expect("addr")).is_some_and(|t| t.contains("router=r-0 ")));
 }
+
+/// Issue #13 for the shared model: a local user who reaches the control socket (here it is
+/// made reachable on purpose: a state dir left 0755 and a socket 0777) and hands the server
+/// a listener of their own tagged with another tenant's router id gets nothing: the server
+/// checks its peer (`SO_PEERCRED`: root or its own starting uid only) and closes the
+/// connection unanswered, so no request to that listener would ever carry
+/// `X-Neutron-Router-ID: r-victim`.
+#[test]
+fn a_local_user_cannot_hand_the_server_a_socket_under_another_routers_id() {
+    use std::os::unix::fs::PermissionsExt as _;
+    if !ns_testkit::require_root(
+        "a_local_user_cannot_hand_the_server_a_socket_under_another_routers_id",
+    ) {
+        return;
+    }
+    let dir = TempDir::new("shared-peer");
+    let agent = StandIn::start(Behave::Headers);
+    let control = ControlSocket::new(dir.path());
+    let open = |p: &Path, mode| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod")
+    };
+    open(dir.path(), 0o755);
+    open(&control.path, 0o777);
+    let _server = start_server(dir.path(), &control, agent.path(), &[]);
+    // As uid nobody: a listener of its own, handed over as router r-victim's.
+    const THIEF: &str = r#"
+import socket, sys
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen()
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+s.connect(sys.argv[1])
+s.settimeout(10)
+try:
+    socket.send_fds(s, [b"add router r-victim qrouter-r-victim"], [l.fileno()])
+    a = s.recv(1024)
+    print("answered " + a.decode() if a else "closed")
+except OSError as e:
+    print("closed " + str(e))
+"#;
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        // The system python: a per-user one (pyenv under /root) is not nobody's to run.
+        .args(["/usr/bin/python3", "-c", THIEF])
+        .arg(&control.path)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run python3 as nobody");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.starts_with("closed"), "nobody's add: {said}");
+    // Nothing was added under r-victim.
+    let c = control.connect();
+    ns_netns::send_fds(c.0.as_fd(), b"list", &[]).expect("list");
+    assert_eq!(c.answer().0, "end 0");
+}

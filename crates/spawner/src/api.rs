@@ -134,8 +134,12 @@ pub async fn bind_metrics(addr: std::net::SocketAddr) -> Result<tokio::net::TcpL
 }
 
 /// Serve `GET /metrics` (only that: the control API stays on its root-only Unix socket) on
-/// the `metrics_bind` listener, for Prometheus.
+/// the `metrics_bind` listener, for Prometheus. Any local user can connect to it: at most
+/// [`MAX_SCRAPE_CONNECTIONS`] at once (one more is closed at once), each for at most
+/// [`SCRAPE_CONNECTION_LIFETIME`], so none can fill the supervisor's descriptor table.
 pub async fn serve_metrics<P: Platform>(sup: Supervisor<P>, listener: tokio::net::TcpListener) {
+    use ns_contract::metrics::{MAX_SCRAPE_CONNECTIONS, SCRAPE_CONNECTION_LIFETIME};
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPE_CONNECTIONS));
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -145,8 +149,13 @@ pub async fn serve_metrics<P: Platform>(sup: Supervisor<P>, listener: tokio::net
                 continue;
             }
         };
+        let Ok(slot) = std::sync::Arc::clone(&slots).try_acquire_owned() else {
+            tracing::debug!("metrics: {MAX_SCRAPE_CONNECTIONS} connections open; one more closed");
+            continue;
+        };
         let sup = sup.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let sup = sup.clone();
                 async move {
@@ -159,13 +168,14 @@ pub async fn serve_metrics<P: Platform>(sup: Supervisor<P>, listener: tokio::net
                     })
                 }
             });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
+            let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(CLIENT_TIMEOUT)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                .await
-            {
-                tracing::debug!(err = %e, "metrics connection");
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            match tokio::time::timeout(SCRAPE_CONNECTION_LIFETIME, conn).await {
+                Ok(Err(e)) => tracing::debug!(err = %e, "metrics connection"),
+                Ok(Ok(())) => {}
+                Err(_) => tracing::debug!("metrics connection closed at the end of its lifetime"),
             }
         });
     }

@@ -36,7 +36,8 @@ const PROBE_MAX: u64 = 1 << 20;
 /// What one probe saw.
 #[derive(Debug, Clone)]
 pub struct Probe {
-    /// The status line, headers and body as received.
+    /// The status line, headers (lines ending in `\n`) and body as received, with no
+    /// control character but line ends (and tabs in the body).
     pub head: String,
     pub body: String,
     /// The status code, when the answer parsed.
@@ -79,6 +80,10 @@ pub fn probe(netns: &str, path: &str) -> Result<Probe> {
             Some((h, b)) => (h.to_owned(), b.to_owned()),
             None => (text, String::new()),
         };
+        // Printed on an operator's terminal: what answers here (a tenant's user data, a
+        // proxy that may be compromised) must not drive it with escape sequences.
+        let head = crate::printable(&head.replace("\r\n", "\n"), &['\n']);
+        let body = crate::printable(&body, &['\n', '\t']);
         let status = head
             .lines()
             .next()
@@ -275,6 +280,46 @@ pub async fn check_proxy(netns: &str, interface: &str, pid: u32) -> Vec<String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An answer carrying terminal escape sequences (a tenant's user data, a compromised
+    /// proxy) reaches the operator's terminal without them.
+    #[test]
+    fn a_probe_answer_carries_no_control_characters() {
+        if !ns_testkit::skip::require_root("a_probe_answer_carries_no_control_characters") {
+            return;
+        }
+        let ns = ns_testkit::netns::metadata_netns("qrouter-probe");
+        let name = ns.name().to_owned();
+        let l = ns
+            .netns()
+            .run(|| std::net::TcpListener::bind(METADATA).expect("bind"))
+            .expect("in the namespace");
+        let answering = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().expect("accept");
+            let mut req = [0u8; 512];
+            let _ = c.read(&mut req);
+            let _ = c.write_all(
+                b"HTTP/1.1 200 OK\r\nX-T: \x1b]0;owned\x07\r\n\r\nline\tone\n\x1b[2J\x1b[8mhidden\r",
+            );
+        });
+        let p = probe(&name, "/openstack/latest/user_data").expect("probe");
+        answering.join().expect("answered");
+        assert_eq!(p.status, Some(200));
+        for text in [&p.head, &p.body] {
+            assert!(
+                !text
+                    .chars()
+                    .any(|c| c.is_control() && c != '\n' && c != '\t'),
+                "{text:?}"
+            );
+        }
+        assert!(p.head.contains("X-T: \u{fffd}]0;owned"), "{:?}", p.head);
+        assert!(
+            p.body.starts_with("line\tone\n") && p.body.contains("hidden"),
+            "{:?}",
+            p.body
+        );
+    }
 
     #[test]
     fn probe_paths_are_checked_before_anything_is_sent() {

@@ -88,3 +88,19 @@ impl Error {
         }
     }
 }
+
+/// `text` with every control character but those in `keep` replaced by U+FFFD: for text
+/// from a process or a peer we do not trust (a shared server's answers, what a probe
+/// receives) on its way to a log or an operator's terminal, where an escape sequence in it
+/// would be obeyed.
+pub(crate) fn printable(text: &str, keep: &[char]) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() && !keep.contains(&c) {
+                char::REPLACEMENT_CHARACTER
+            } else {
+                c
+            }
+        })
+        .collect()
+}

@@ -12,7 +12,10 @@
 //!   their counts. The open-connections gauge is zeroed before each start.
 //! - **Untrusted**: a proxy can only lie about itself. Every slot read goes through a
 //!   monotonic fold (a value lower than the last one read is a reset: the last value is kept
-//!   as a base), so exported counters never go down and nothing read can panic.
+//!   as a base), so exported counters never go down and nothing read can panic. A proxy
+//!   can also cut its block short (`ftruncate` on its read-write fd, whatever its uid): the
+//!   mapping then reads zeros instead of killing the spawner with `SIGBUS`
+//!   ([`SharedCounters::is_cut`]) and is replaced at the next scrape.
 //! - **Removed** with the key: after each reconcile pass, files of keys no longer wanted go.
 //!   Their last values stay in the per-kind latency histogram (kept by this process).
 //! - **In the shared model** a namespace's block is a record of its server's slab
@@ -514,14 +517,17 @@ pub fn read(dir: &Path, proxies: &[(String, Kind)]) -> Snapshot {
                 }
             }
             None => {
-                // Checked at every scrape, before the mapping is read: a file cut short under
-                // the mapping would fault on access (only a proxy kept as uid 0 could do that).
+                // Checked at every scrape, before the mapping is read. The proxy holds its
+                // block read-write, so it can cut it short whatever its uid (ftruncate checks
+                // only the descriptor): a page past the end would fault on access, and a
+                // check before the access cannot close that race. The mapping then reads
+                // zeros instead (`SharedCounters::is_cut`) and is replaced here.
                 let id = std::fs::symlink_metadata(&p)
                     .ok()
                     .filter(|m| m.file_type().is_file() && m.len() == BLOCK_SIZE as u64)
                     .map(|m| (m.dev(), m.ino()));
                 let stale = reg.open.get(&p).is_some_and(|r| match &r.origin {
-                    Origin::File { id: was, .. } => Some(*was) != id,
+                    Origin::File { id: was, map } => Some(*was) != id || map.is_cut(),
                     Origin::Record { .. } => true,
                 });
                 if stale {
@@ -614,6 +620,52 @@ mod tests {
         let s = read(&d, &[]);
         assert!(s.per_key.is_empty());
         assert_eq!(s.per_kind["router"][lat], 5);
+    }
+
+    /// A proxy holds its block read-write, so whatever its uid it can cut the file short and
+    /// grow it back, again and again, while the spawner scrapes: every scrape goes on (no
+    /// SIGBUS, however the cuts fall between the spawner's check and its read), and what is
+    /// exported never goes down.
+    #[test]
+    fn a_proxy_cutting_its_block_short_while_scraped_neither_kills_nor_confuses_the_reader() {
+        let (_t, d) = dir("cut");
+        let block = File::from(for_start(&d, "r-cut").expect("create"));
+        let w = SharedCounters::map(&block, SLOTS).expect("map");
+        let ok = layout::class_slot(200);
+        w.add(ok, 100);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cutter = {
+            let stop = std::sync::Arc::clone(&stop);
+            // The proxy's own descriptor of its block (its --stats-fd).
+            let fd = block.try_clone().expect("dup");
+            std::thread::spawn(move || {
+                let mut cuts = 0u64;
+                use std::os::unix::fs::FileExt as _;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = fd.set_len(0);
+                    // Good again (size and magic), so the spawner maps it again next time.
+                    let _ = fd.set_len(BLOCK_SIZE as u64);
+                    let _ = fd.write_all_at(&MAGIC.to_le_bytes(), 0);
+                    let _ = fd.write_all_at(&100u64.to_le_bytes(), (ok * 8) as u64);
+                    cuts += 1;
+                }
+                cuts
+            })
+        };
+        let proxies = [("r-cut".to_owned(), Kind::Router)];
+        let (mut last, mut seen) = (0, 0);
+        for _ in 0..20_000 {
+            let s = read(&d, &proxies);
+            seen += usize::from(s.per_key.contains_key("r-cut"));
+            // Per kind (a block read again starts its own count; the last one's is kept).
+            let total = s.per_kind.get("router").map_or(0, |v| v[ok]);
+            assert!(total >= last, "{total} after {last}");
+            last = total;
+        }
+        assert!(seen > 0, "the block was read");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(cutter.join().expect("cutter") > 0);
+        drop(w);
     }
 
     #[test]

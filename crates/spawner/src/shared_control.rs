@@ -31,7 +31,10 @@ pub(crate) async fn ask(
     Ok(line)
 }
 
-/// One message of at most `max` bytes from the server.
+/// One message of at most `max` bytes from the server, as text with no control character
+/// but `\n` (the line separator of `add-batch` answers): the server runs unprivileged and
+/// is not trusted, and its answers reach the log, `status` and `restart`'s output on an
+/// operator's terminal, where an escape sequence would be obeyed.
 pub(crate) async fn answer(
     conn: &UnixDatagram,
     max: usize,
@@ -48,7 +51,80 @@ pub(crate) async fn answer(
             "the shared server closed the control connection",
         ));
     }
-    Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), fds))
+    Ok((
+        crate::printable(&String::from_utf8_lossy(&buf[..n]), &['\n']),
+        fds,
+    ))
+}
+
+/// Most listeners one namespace has: `169.254.169.254:80` and `[fe80::a9fe:a9fe]:80`.
+const MAX_LISTENERS: usize = 2;
+
+/// What `list` gives back, by `KIND ID`: the namespace the server names and its listeners
+/// (checked by the caller before any is used).
+pub(crate) type Listed = std::collections::BTreeMap<String, (String, Vec<OwnedFd>)>;
+
+/// Ask a running server (of a previous spawner) for every namespace it serves, with their
+/// listeners. The server runs unprivileged and is not trusted: the whole answer must come
+/// within `wait` (not each message: a server dribbling `have` lines would otherwise keep the
+/// spawner's start waiting for ever) with listeners for at most half our descriptor limit
+/// ([`listed_fds_max`]: one that never stops would otherwise fill our descriptor table and
+/// memory); a line with a bad resource or namespace name, or more listeners than a
+/// namespace has, is left out and its descriptors closed.
+pub(crate) async fn take_list(conn: &UnixDatagram, wait: Duration) -> Result<Listed> {
+    let fail = |why: String| Error::Spawn(format!("shared server list: {why}"));
+    let max_fds = listed_fds_max();
+    let mut held = 0usize;
+    conn.async_io(Interest::WRITABLE, || {
+        ns_netns::send_fds(conn.as_fd(), b"list", &[])
+    })
+    .await
+    .map_err(|e| fail(e.to_string()))?;
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut taken = Listed::new();
+    loop {
+        let (line, fds) = tokio::time::timeout_at(deadline, answer(conn, MAX_MESSAGE))
+            .await
+            .map_err(|_| fail(format!("not finished within {wait:?}")))?
+            .map_err(|e| fail(e.to_string()))?;
+        if line.starts_with("end ") {
+            return Ok(taken);
+        }
+        let ["have", kind, id, netns] = line.split(' ').collect::<Vec<_>>()[..] else {
+            return Err(fail(format!(
+                "unexpected {:?}",
+                line.chars().take(80).collect::<String>()
+            )));
+        };
+        let checked = ns_metadata_proxy::shared::resource(kind, id)
+            .and_then(|_| ns_contract::validate_netns(netns).map_err(|e| e.to_string()))
+            .and_then(|()| match fds.len() {
+                1..=MAX_LISTENERS => Ok(()),
+                n => Err(format!("{n} listeners")),
+            });
+        if let Err(why) = checked {
+            tracing::warn!(line = %line.chars().take(80).collect::<String>(), %why, "shared server list: a namespace left out");
+            continue;
+        }
+        held += fds.len();
+        if held > max_fds {
+            return Err(fail(format!(
+                "more listeners than {max_fds}, half the spawner's descriptor limit"
+            )));
+        }
+        if let Some((_, old)) = taken.insert(format!("{kind} {id}"), (netns.to_owned(), fds)) {
+            held -= old.len();
+        }
+    }
+}
+
+/// Half the soft `RLIMIT_NOFILE`: what the listeners a server lists may take of our
+/// descriptors (2,000 namespaces take 2,000 to 4,000).
+fn listed_fds_max() -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    usize::try_from(soft / 2).unwrap_or(usize::MAX)
 }
 
 /// A connection to the control socket at `path`.
@@ -80,7 +156,14 @@ pub(crate) fn control_listener(state_dir: &Path, name: &str) -> Result<OwnedFd> 
         }
         Err(_) => {}
     }
-    ns_netns::seqpacket_listen(&path, 16).map_err(|e| io("listen on", e))
+    let l = ns_netns::seqpacket_listen(&path, 16).map_err(|e| io("listen on", e))?;
+    // Only root may connect, as to the control API's socket: the state dir may be 0755
+    // (statedir::check allows it) and the umask anything. The server checks its peer too
+    // (SO_PEERCRED); this keeps every other user from even queueing in its backlog.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| io("chmod", e))?;
+    Ok(l)
 }
 
 /// `add-batch` messages [`replay`] sends ahead of their answers.
@@ -182,6 +265,113 @@ mod tests {
             stats,
         };
         (item, ())
+    }
+
+    /// A server (unprivileged, perhaps compromised) that answers `list` without end, or
+    /// with lines the spawner must not keep: the spawner's start is not held for ever, and
+    /// nothing but well-formed namespaces with one or two listeners is kept.
+    #[tokio::test]
+    async fn a_hostile_list_answer_is_bounded_and_checked() {
+        use std::os::fd::AsFd as _;
+        let pair = seqpacket_pair;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        // Well-formed lines, then bad ones (each left out), then the end.
+        let (server, conn) = pair();
+        let send = |msg: &str, n: usize| {
+            let fds: Vec<_> = (0..n).map(|_| l.as_fd()).collect();
+            ns_netns::send_fds(server.as_fd(), msg.as_bytes(), &fds).expect("send");
+        };
+        send("have router r-1 qrouter-r-1", 2);
+        send("have router r-2 qrouter-r-2", 3);
+        send("have router r-3 qrouter-r-3", 0);
+        send("have vpc r-4 qrouter-r-4", 1);
+        send("have router r/5 qrouter-r-5", 1);
+        send("have router r-6 ../etc", 1);
+        send("end 6", 0);
+        let taken = take_list(&conn, Duration::from_secs(30))
+            .await
+            .expect("listed");
+        assert_eq!(taken.keys().collect::<Vec<_>>(), ["router r-1"]);
+        assert_eq!(taken["router r-1"].1.len(), 2);
+        let mut buf = [0u8; 8];
+        assert_eq!(
+            server.recv(&mut buf).expect("request"),
+            4,
+            "`list` was asked"
+        );
+        // A server that names namespaces for ever, as fast as we read them.
+        let (server, conn) = pair();
+        let endless = std::thread::spawn(move || {
+            let mut i = 0u64;
+            while ns_netns::send_fds(
+                server.as_fd(),
+                format!("have router r-{i} qrouter-r-{i}").as_bytes(),
+                &[l.as_fd()],
+            )
+            .is_ok()
+            {
+                i += 1;
+            }
+            i
+        });
+        let e = tokio::time::timeout(
+            Duration::from_secs(120),
+            take_list(&conn, Duration::from_secs(100)),
+        )
+        .await
+        .expect("the list must end")
+        .expect_err("endless");
+        assert!(e.to_string().contains("descriptor limit"), "{e}");
+        drop(conn);
+        assert!(endless.join().expect("thread") as usize > listed_fds_max());
+    }
+
+    /// A server's answer that carries terminal escape sequences (a compromised server
+    /// writing to root's terminal through `status` or `restart`) arrives without them.
+    #[tokio::test]
+    async fn a_servers_answer_carries_no_control_characters() {
+        let (server, conn) = seqpacket_pair();
+        let hostile = "error \x1b]0;owned\x07\x1b[2J\rgone\nrouter r-1 \x1b[8mhidden";
+        ns_netns::send_fds(server.as_fd(), hostile.as_bytes(), &[]).expect("send");
+        let a = ask(&conn, "list", &[], Duration::from_secs(10))
+            .await
+            .expect("answer");
+        assert!(!a.chars().any(|c| c.is_control() && c != '\n'), "{a:?}");
+        assert_eq!(a.lines().count(), 2, "{a:?}");
+        assert!(a.contains("owned") && a.contains("hidden"), "{a:?}");
+    }
+
+    /// A SOCK_SEQPACKET pair, as the control socket is: the server's end (blocking) and ours.
+    fn seqpacket_pair() -> (std::os::unix::net::UnixDatagram, UnixDatagram) {
+        use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+        let (a, b) = socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .expect("socketpair");
+        let b = std::os::unix::net::UnixDatagram::from(b);
+        b.set_nonblocking(true).expect("nonblocking");
+        (
+            std::os::unix::net::UnixDatagram::from(a),
+            UnixDatagram::from_std(b).expect("tokio"),
+        )
+    }
+
+    /// A shared server's control socket is root's alone, whatever the umask and even in a
+    /// state dir others may enter (0755 is allowed).
+    #[test]
+    fn the_control_socket_is_0600() {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let dir = ns_testkit::TempDir::new("shared-sock-mode");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let _l = control_listener(dir.path(), "shared.sock").expect("listen");
+        let mode = std::fs::symlink_metadata(dir.path().join("shared.sock"))
+            .expect("stat")
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     }
 
     #[test]

@@ -32,7 +32,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::io::Interest;
 use tokio::net::UnixDatagram;
 use tokio::sync::{oneshot, watch};
 
@@ -50,8 +49,8 @@ pub const CONTROL_SOCKET: &str = "shared.sock";
 pub const PID_FILE: &str = "shared-server.pid";
 /// Where the server finds the control socket (after the readiness pipe on 3).
 const CONTROL_FD: i32 = 4;
-use crate::shared_control::{answer, ask, connect, control_listener, replay};
-use ns_metadata_proxy::shared::{BatchItem, StatsRef, MAX_MESSAGE};
+use crate::shared_control::{ask, connect, control_listener, replay, take_list};
+use ns_metadata_proxy::shared::{BatchItem, StatsRef};
 
 /// A shard's files in the state directory. The first keeps a single server's names
 /// (`shared.sock`, `shared-server.pid`), so raising `shared_servers` from 1 takes the running
@@ -228,7 +227,7 @@ impl SharedServer {
             }
             Ok(None) => None,
             Err(e) => {
-                tracing::warn!(err = %e, shard, "cannot take over the shared server of the previous run; starting a new one");
+                tracing::warn!(err = %e, shard, "cannot take over the shared server of the previous run (stopped if it was ours); starting a new one");
                 None
             }
         };
@@ -295,10 +294,9 @@ impl SharedServer {
         ino: Option<u64>,
     ) -> Option<Vec<OwnedFd>> {
         let (netns, fds) = lock(&self.inner.taken).remove(&tag(spec))?;
-        if still_right(spec, ino, &netns, &fds) {
+        if let Some(fds) = still_right(spec, ino, &netns, fds) {
             return Some(fds);
         }
-        drop(fds);
         let _ = self.request(&format!("remove {}", tag(spec)), &[]).await;
         None
     }
@@ -491,7 +489,7 @@ impl Retired {
                 Ok(Some(t)) => t,
                 Ok(None) => continue,
                 Err(e) => {
-                    tracing::warn!(err = %e, shard, "a server of a shard no longer configured could not be taken over; its sockets stay with it");
+                    tracing::warn!(err = %e, shard, "a server of a shard no longer configured could not be taken over (stopped if it was ours)");
                     continue;
                 }
             };
@@ -526,9 +524,7 @@ impl Retired {
     async fn take_back(&self, spec: &ProxySpec, ino: Option<u64>) -> Option<Vec<OwnedFd>> {
         let (netns, fds) = lock(&self.taken).remove(&tag(spec))?;
         self.forget(&tag(spec)).await;
-        if !still_right(spec, ino, &netns, &fds) {
-            return None;
-        }
+        let fds = still_right(spec, ino, &netns, fds)?;
         tracing::info!(key = %spec.key, from = self.shard, "namespace's sockets taken from a shared server this run does not keep");
         Some(fds)
     }
@@ -655,39 +651,38 @@ fn stats_block(cfg: &Config, spec: &ProxySpec) -> Result<OwnedFd> {
         .map_err(|e| Error::Spawn(format!("statistics block: {e}")))
 }
 
-/// Whether the sockets a previous server served for `spec` (in `netns` then) are what it
-/// would open now: in its namespace (inode `ino`) and bound to the metadata address. Logged
-/// when not (the namespace then binds afresh).
-fn still_right(spec: &ProxySpec, ino: Option<u64>, netns: &str, fds: &[OwnedFd]) -> bool {
-    let right = netns == spec.netns && fds.iter().all(|fd| socket_is_right(fd.as_fd(), spec, ino));
-    if !right {
-        tracing::info!(key = %spec.key, netns = %netns, "a socket handed back is not in the record's namespace now; binding afresh");
-    }
-    right
-}
-
-/// Whether a socket handed back is one this spec would open now: in the namespace with
-/// inode `ino` and bound to port 80 of the metadata address.
-fn socket_is_right(fd: BorrowedFd<'_>, spec: &ProxySpec, ino: Option<u64>) -> bool {
-    let in_ns = ns_netns::Netns::of_socket(fd).ok().map(|n| n.inode());
-    if in_ns.is_none() || in_ns != ino {
-        return false;
-    }
-    let Ok(dup) = fd.try_clone_to_owned() else {
-        return false;
-    };
-    let l = std::net::TcpListener::from(dup);
-    match l.local_addr() {
-        Ok(std::net::SocketAddr::V4(a)) => {
-            a.port() == 80 && a.ip().octets() == [169, 254, 169, 254]
+/// The sockets a previous server served for `spec` (in `netns` then), if they are what it
+/// would open now: exactly one listening TCP socket per address it binds, in its namespace
+/// (inode `ino`), the same check as `restart`'s takeover (`takeover::which`), returned in
+/// `--bind` order (a per-namespace proxy takes them in that order). `None`, logged,
+/// otherwise: the namespace then binds afresh. A server runs unprivileged, so it may be
+/// compromised: it also holds the namespace's accepted connections, which have that
+/// namespace and local address (only `SO_ACCEPTCONN` tells them apart), and it could hand
+/// one listener twice and leave another out; kept, either would leave the namespace (or its
+/// IPv6 address) unserved once that server is gone.
+fn still_right(
+    spec: &ProxySpec,
+    ino: Option<u64>,
+    netns: &str,
+    fds: Vec<OwnedFd>,
+) -> Option<Vec<OwnedFd>> {
+    let wanted = crate::takeover::wanted(spec.ipv6);
+    let mut slots: Vec<Option<OwnedFd>> = wanted.iter().map(|_| None).collect();
+    let mut right = netns == spec.netns && fds.len() == wanted.len();
+    if let (true, Some(ino)) = (right, ino) {
+        for fd in fds {
+            match crate::takeover::which(fd.as_fd(), &wanted, ino) {
+                Ok(Some(i)) if slots[i].is_none() => slots[i] = Some(fd),
+                _ => right = false,
+            }
         }
-        Ok(std::net::SocketAddr::V6(a)) => {
-            spec.ipv6
-                && a.port() == 80
-                && a.ip().segments() == [0xfe80, 0, 0, 0, 0, 0, 0xa9fe, 0xa9fe]
-        }
-        Err(_) => false,
     }
+    let taken: Option<Vec<OwnedFd>> = slots.into_iter().collect();
+    if !right || taken.is_none() {
+        tracing::info!(key = %spec.key, netns = %netns, "the sockets handed back are not the record's listeners now; binding afresh");
+        return None;
+    }
+    taken
 }
 
 /// Start a server on `listener` and wait for its READY; its pid file written.
@@ -758,42 +753,30 @@ async fn take_over(cfg: &Config, shard: usize) -> Result<Option<TakenOver>> {
         tracing::info!(pid, why = %why, "the shared server's pid file names another process; not touched");
         return Ok(None);
     }
-    let Some(running) = crate::adopt::open_proven(pid, &info) else {
+    let Some(mut running) = crate::adopt::open_proven(pid, &info) else {
         return Ok(None);
     };
-    let conn = connect(&cfg.state_dir.join(&files.control)).map_err(|e| Error::Io {
-        op: "connect",
-        path: cfg.state_dir.join(&files.control),
-        source: e,
-    })?;
-    let wait = cfg.ready_timeout;
-    conn.async_io(Interest::WRITABLE, || {
-        ns_netns::send_fds(conn.as_fd(), b"list", &[])
-    })
-    .await
-    .map_err(|e| Error::Spawn(format!("shared server list: {e}")))?;
-    let mut taken = BTreeMap::new();
-    loop {
-        let (line, fds) = tokio::time::timeout(wait, answer(&conn, MAX_MESSAGE))
-            .await
-            .map_err(|_| Error::Spawn("shared server list: no answer".into()))?
-            .map_err(|e| Error::Spawn(format!("shared server list: {e}")))?;
-        if line.starts_with("end ") {
-            break;
-        }
-        let words: Vec<&str> = line.split(' ').collect();
-        match words.as_slice() {
-            ["have", kind, id, netns] => {
-                taken.insert(format!("{kind} {id}"), ((*netns).to_owned(), fds));
-            }
-            _ => {
-                return Err(Error::Spawn(format!(
-                    "shared server list: unexpected {line:?}"
-                )))
-            }
+    let listed = async {
+        let conn = connect(&cfg.state_dir.join(&files.control)).map_err(|e| Error::Io {
+            op: "connect",
+            path: cfg.state_dir.join(&files.control),
+            source: e,
+        })?;
+        let taken = take_list(&conn, cfg.ready_timeout).await?;
+        Ok::<_, Error>((conn, taken))
+    };
+    match listed.await {
+        Ok((conn, taken)) => Ok(Some((running, pid, conn, taken))),
+        Err(e) => {
+            // Ours (proven, held by its pidfd) but not answering as a server must (its
+            // control socket gone or replaced, a hostile or broken answer): left running, it
+            // would keep every namespace's port-80 sockets, unmanaged, and the next server
+            // could bind none of them. Stopped, so the namespaces bind afresh.
+            let how = running.stop(cfg.stop_timeout).await;
+            tracing::warn!(pid, shard, err = %e, how = %how, "the previous run's shared server could not be taken over; stopped");
+            Err(e)
         }
     }
-    Ok(Some((running, pid, conn, taken)))
 }
 
 /// The identity rule for the server: the proxy binary, started as `--shared-server` of this
@@ -1189,5 +1172,67 @@ mod tests {
         );
         assert_eq!(ShardFiles::of(2).control, "shared-2.sock");
         assert_eq!(ShardFiles::of(2).pid, "shared-server-2.pid");
+    }
+
+    /// A server handing back one of the namespace's accepted connections as its listener
+    /// (same namespace, same local address 169.254.169.254:80), or one listener twice for
+    /// the two a namespace with IPv6 has: refused, as a listener in another namespace is;
+    /// the namespace's real listener is taken.
+    #[test]
+    fn only_listening_sockets_in_the_namespace_are_taken_back() {
+        if !ns_testkit::skip::require_root("only_listening_sockets_in_the_namespace_are_taken_back")
+        {
+            return;
+        }
+        let ns = ns_testkit::netns::metadata_netns("qrouter-back");
+        let name = ns.name().to_owned();
+        let (listener, accepted, _client) = ns
+            .netns()
+            .run(|| {
+                let l = std::net::TcpListener::bind("169.254.169.254:80").expect("bind");
+                let c = std::net::TcpStream::connect("169.254.169.254:80").expect("connect");
+                let (a, _) = l.accept().expect("accept");
+                (OwnedFd::from(l), OwnedFd::from(a), c)
+            })
+            .expect("in the namespace");
+        let mut spec = ProxySpec {
+            key: "r-1".into(),
+            kind: ns_contract::Kind::Router,
+            id: "r-1".into(),
+            netns: name.clone(),
+            interface: "lo".into(),
+            ipv6: false,
+        };
+        let ino = Some(ns.netns().inode());
+        let l = || listener.try_clone().expect("dup");
+        let back = |spec: &ProxySpec, ino, netns: &str, fds| still_right(spec, ino, netns, fds);
+        assert_eq!(back(&spec, ino, &name, vec![l()]).map(|v| v.len()), Some(1));
+        let a = accepted.try_clone().expect("dup");
+        assert!(
+            back(&spec, ino, &name, vec![a]).is_none(),
+            "a connection is no listener"
+        );
+        assert!(
+            back(&spec, ino, &name, vec![l(), l()]).is_none(),
+            "one listener twice"
+        );
+        assert!(
+            back(&spec, Some(1), &name, vec![l()]).is_none(),
+            "another namespace"
+        );
+        assert!(back(&spec, None, &name, vec![l()]).is_none());
+        assert!(
+            back(&spec, ino, "qrouter-other", vec![l()]).is_none(),
+            "another name"
+        );
+        spec.ipv6 = true;
+        assert!(
+            back(&spec, ino, &name, vec![l()]).is_none(),
+            "no IPv6 listener"
+        );
+        assert!(
+            back(&spec, ino, &name, vec![l(), l()]).is_none(),
+            "v4 twice, no IPv6"
+        );
     }
 }

@@ -178,6 +178,11 @@ impl Slab {
     /// Whether the mapping may be touched: the held file still has the slab's size and is
     /// the one at the path. The reason if not.
     pub fn check(&self) -> std::result::Result<(), String> {
+        if self.map.is_cut() {
+            // Cut short under the mapping by a holder of the file (its server: the kernel
+            // lets any writable descriptor truncate): what it reads now is not the file.
+            return Err("cut short under the spawner's mapping".into());
+        }
         let len = self.file.metadata().map_err(|e| e.to_string())?.len();
         if len != SLAB_SIZE as u64 {
             return Err(format!("{len} bytes, not {SLAB_SIZE}"));
@@ -416,6 +421,21 @@ mod tests {
             .expect("victim")
             .iter()
             .all(|&b| b == 0));
+        drop(s);
+        // Cut short by its server (which holds it read-write) between a check and a read:
+        // the spawner reads zeros instead of dying of SIGBUS, and never uses it again.
+        let mut s = Slab::open(&p).expect("open");
+        let r = s.allocate("r9").expect("record");
+        s.store(r, class_slot(200), 4);
+        s.check().expect("good");
+        s.file.set_len(0).expect("cut");
+        assert_eq!(s.slots(r)[class_slot(200)], 0);
+        let e = s.check().expect_err("cut");
+        assert!(e.contains("cut short"), "{e}");
+        assert!(matches!(s.allocate("r10"), Err(NoRecord::Changed(_))));
+        drop(s);
+        let mut s = Slab::open(&p).expect("replaced");
+        s.allocate("r1").expect("record");
         // Replaced under us: not touched again.
         std::fs::remove_file(&p).expect("rm");
         assert!(s.check().is_err());

@@ -9,8 +9,9 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
 
-/// The addresses a per-namespace proxy binds (`launch::proxy_args`: `--bind`s), in order.
-fn wanted(ipv6: bool) -> Vec<(IpAddr, u16)> {
+/// The addresses a per-namespace proxy binds (`launch::proxy_args`: `--bind`s), in order;
+/// the shared model's listeners are the same.
+pub(crate) fn wanted(ipv6: bool) -> Vec<(IpAddr, u16)> {
     let mut w = vec![(IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)), 80)];
     if ipv6 {
         w.push((
@@ -91,7 +92,7 @@ pub(crate) fn take_listeners(
                 continue;
             }
         };
-        match which(&copy, &wanted, ns_inode) {
+        match which(copy.as_fd(), &wanted, ns_inode) {
             Ok(Some(i)) if got[i].is_none() => got[i] = Some(copy),
             Ok(_) => {}
             Err(e) => last_error = Some(format!("fd {fd} of pid {pid}: {e}")),
@@ -113,9 +114,14 @@ pub(crate) fn take_listeners(
     Ok(out)
 }
 
-/// Which wanted address the copied descriptor listens on (`None`: another one of the
-/// process's listeners); an error for a socket that is not what it must be.
-fn which(sock: &OwnedFd, wanted: &[(IpAddr, u16)], ns_inode: u64) -> Result<Option<usize>, String> {
+/// Which wanted address the descriptor listens on (`None`: not a listening TCP socket, or
+/// another one of the process's listeners); an error for a listener on a wanted address
+/// that lives in another namespace. Also the check of sockets a shared server hands back.
+pub(crate) fn which(
+    sock: BorrowedFd<'_>,
+    wanted: &[(IpAddr, u16)],
+    ns_inode: u64,
+) -> Result<Option<usize>, String> {
     use rustix::net::sockopt;
     let st = rustix::fs::fstat(sock).map_err(|e| format!("fstat: {e}"))?;
     if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Socket {

@@ -448,3 +448,34 @@ async fn metrics_bind_serves_only_metrics_over_tcp() {
     task.abort();
     s.sup.stop_all().await;
 }
+
+/// `metrics_bind` is TCP on loopback: any local user can connect. Clients that ask and never
+/// read the answers take at most `MAX_SCRAPE_CONNECTIONS` connections of the spawner; one
+/// more is closed without an answer (before, each got a task and a descriptor of root's
+/// supervisor for as long as it liked), and once they are gone a scrape is answered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_bind_serves_a_bounded_number_of_connections() {
+    use ns_contract::metrics::MAX_SCRAPE_CONNECTIONS;
+    use ns_testkit::http::{assert_scrapes_bounded, eventually_scraped};
+    let dir = TempDir::new("api-metrics-bound").reaping();
+    let s = server(&dir);
+    let listener = api::bind_metrics("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let _task = AbortOnDrop(tokio::spawn(api::serve_metrics(s.sup.clone(), listener)));
+    let stalled = assert_scrapes_bounded(addr, MAX_SCRAPE_CONNECTIONS).await;
+    let (st, _) = req(&s, Method::GET, "/v1/proxies", None).await;
+    assert_eq!(st, StatusCode::OK, "the control API answers meanwhile");
+    drop(stalled);
+    eventually_scraped(addr).await;
+}
+
+/// Aborts a task when dropped (also when the test fails).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

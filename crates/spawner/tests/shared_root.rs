@@ -4,8 +4,9 @@
 //! the running server and its sockets over, each namespace's counts in `/metrics` across
 //! both, `check` on the server, a graceful server restart under a request loop, and the
 //! server's line in `status` (text and JSON) with `restart --all` replacing it once, and a
-//! failed server restart leaving the old server to be taken over, and switching the model
-//! either way under a request loop with nothing refused. Routers
+//! failed server restart leaving the old server to be taken over, one that cannot be taken
+//! over stopped and replaced, and switching the model either way under a request loop with
+//! nothing refused. Routers
 //! are added explicitly (never auto-enabled: other tests' namespaces share `/run/netns`).
 //! Each test has its own state dir and namespaces
 //! (per-run prefix), removed on drop; the server is killed on drop (`TempDir::reaping`).
@@ -248,6 +249,18 @@ fn serving_two_routers(
     (ini, daemon, ids, nss, server)
 }
 
+/// A daemon of the shared model in `dir` serving two routers tagged `tag`, then killed -9
+/// (its server runs on): the ini, the ids and namespaces, and the server's pid.
+fn two_routers_and_a_killed_spawner(
+    dir: &std::path::Path,
+    tag: &str,
+) -> (std::path::PathBuf, Vec<String>, Vec<TestNs>, u32) {
+    let (ini, mut daemon, ids, nss, server) = serving_two_routers(dir, tag);
+    kill9(daemon.pid());
+    let _ = daemon.0.wait();
+    (ini, ids, nss, server)
+}
+
 #[test]
 fn a_restarted_spawner_takes_the_running_server_and_its_sockets_over() {
     if !require_root("a_restarted_spawner_takes_the_running_server_and_its_sockets_over") {
@@ -255,11 +268,8 @@ fn a_restarted_spawner_takes_the_running_server_and_its_sockets_over() {
     }
     let dir = TempDir::new("sh-takeover").reaping();
     let _agent = agent(dir.path());
-    let (ini, mut daemon, ids, nss, server) = serving_two_routers(dir.path(), "t");
+    let (ini, ids, nss, server) = two_routers_and_a_killed_spawner(dir.path(), "t");
     let pid_file = dir.path().join("shared-server.pid");
-
-    kill9(daemon.pid());
-    let _ = daemon.0.wait();
     assert!(alive(server), "the server outlives its spawner");
     assert!(get_in(nss[0].netns(), META).is_ok(), "and serves meanwhile");
 
@@ -273,6 +283,34 @@ fn a_restarted_spawner_takes_the_running_server_and_its_sockets_over() {
     assert!(alive(server), "taken over, not restarted");
     let now = std::fs::read_to_string(&pid_file).expect("pid file");
     assert!(now.starts_with(&format!("{server} ")), "{now}");
+}
+
+/// A previous run's server that is provably ours but cannot be taken over (here its control
+/// socket is gone; a broken or hostile answer to `list` is the same) is stopped, not left
+/// holding every namespace's port-80 sockets unmanaged where no new server could bind them:
+/// a new server serves both routers.
+#[test]
+fn a_server_that_cannot_be_taken_over_is_stopped_and_replaced() {
+    if !require_root("a_server_that_cannot_be_taken_over_is_stopped_and_replaced") {
+        return;
+    }
+    let dir = TempDir::new("sh-untakeable").reaping();
+    let _agent = agent(dir.path());
+    let (ini, ids, nss, server) = two_routers_and_a_killed_spawner(dir.path(), "u");
+    std::fs::remove_file(dir.path().join("shared.sock")).expect("remove its control socket");
+
+    let _daemon2 = start_daemon(dir.path(), &ini, &[]);
+    assert!(
+        ns_testkit::wait_until(T, || !alive(server)),
+        "the server that could not be taken over still runs"
+    );
+    let new = ns_testkit::eventually("a new server", T, || {
+        server_pid(dir.path()).filter(|p| *p != server)
+    });
+    for (id, ns) in ids.iter().zip(&nss) {
+        answered_for(ns, id);
+    }
+    assert!(alive(new));
 }
 
 /// One raw request from inside `ns`: the status answered (0: none).
@@ -859,9 +897,7 @@ fn switching_back_to_per_namespace_hands_the_servers_sockets_to_the_proxies() {
     }
     let dir = TempDir::new("sh-back").reaping();
     let _agent = agent(dir.path());
-    let (ini, mut daemon, ids, nss, server) = serving_two_routers(dir.path(), "b");
-    kill9(daemon.pid());
-    let _ = daemon.0.wait();
+    let (ini, ids, nss, server) = two_routers_and_a_killed_spawner(dir.path(), "b");
     let text = std::fs::read_to_string(&ini).expect("ini");
     std::fs::write(
         &ini,

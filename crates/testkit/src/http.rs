@@ -326,6 +326,97 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// A request for `/metrics` that keeps the connection open.
+const SCRAPE: &[u8] = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+
+/// `n` hostile clients of a `metrics_bind` listener at `addr` (any local user can be one):
+/// each answered once (so the server is serving it), then asking again and again without
+/// ever reading, until the server's writes and ours block. Drop them to let go.
+pub fn stalled_scrapers(addr: SocketAddr, n: usize) -> Vec<std::net::TcpStream> {
+    (0..n)
+        .map(|_| {
+            let mut c = small_receive_buffer(addr);
+            c.set_read_timeout(Some(READ_TIMEOUT)).expect("timeout");
+            c.write_all(SCRAPE).expect("send");
+            let mut head = [0u8; 12];
+            c.read_exact(&mut head).expect("first answer");
+            assert_eq!(&head, b"HTTP/1.1 200", "first answer");
+            c.set_nonblocking(true).expect("nonblocking");
+            loop {
+                match c.write(SCRAPE) {
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("asking without reading: {e}"),
+                }
+            }
+            c
+        })
+        .collect()
+}
+
+/// One `GET /metrics` (`Connection: close`) on a fresh connection to `addr`: how reading
+/// ended (bytes, or the error's kind) and everything that came.
+pub fn scrape_once(addr: SocketAddr) -> (Result<usize, std::io::ErrorKind>, Vec<u8>) {
+    let mut c = std::net::TcpStream::connect(addr).expect("connect");
+    c.set_read_timeout(Some(READ_TIMEOUT)).expect("timeout");
+    let _ = c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut got = Vec::new();
+    let end = c.read_to_end(&mut got).map_err(|e| e.kind());
+    (end, got)
+}
+
+/// What every `metrics_bind` listener at `addr` must do against hostile local clients: `max`
+/// clients asking and never reading ([`stalled_scrapers`]) are served, and one more is
+/// closed at once, unanswered (panics otherwise). The stalled clients: drop them to let go.
+pub async fn assert_scrapes_bounded(addr: SocketAddr, max: usize) -> Vec<std::net::TcpStream> {
+    let (stalled, (end, got)) = tokio::task::spawn_blocking(move || {
+        let stalled = stalled_scrapers(addr, max);
+        (stalled, scrape_once(addr))
+    })
+    .await
+    .expect("join");
+    use std::io::ErrorKind::{TimedOut, WouldBlock};
+    assert!(
+        got.is_empty() && !matches!(end, Err(WouldBlock | TimedOut)),
+        "one connection more than {max} is closed at once, unanswered: {end:?} {}",
+        String::from_utf8_lossy(&got)
+    );
+    stalled
+}
+
+/// Wait until a scrape of `addr` is answered 200 (panics after 30 s).
+pub async fn eventually_scraped(addr: SocketAddr) {
+    crate::eventually_await(
+        "a scrape answered",
+        Duration::from_secs(30),
+        || async move {
+            let (_, got) = tokio::task::spawn_blocking(move || scrape_once(addr))
+                .await
+                .ok()?;
+            got.starts_with(b"HTTP/1.1 200").then_some(())
+        },
+    )
+    .await;
+}
+
+/// A client connection with the smallest receive buffer: one that never reads blocks the
+/// server's writes after a few answers.
+fn small_receive_buffer(addr: SocketAddr) -> std::net::TcpStream {
+    use nix::sys::socket::{
+        connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage,
+    };
+    use std::os::fd::AsRawFd as _;
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).expect("socket");
+    setsockopt(&fd, sockopt::RcvBuf, &1).expect("SO_RCVBUF");
+    connect(fd.as_raw_fd(), &SockaddrStorage::from(addr)).expect("connect");
+    std::net::TcpStream::from(fd)
+}
+
 /// A loopback TCP port that was free a moment ago (bound, then released): for a server the
 /// test starts next, or for an address where nothing listens.
 pub fn free_port() -> u16 {

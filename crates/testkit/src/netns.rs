@@ -27,6 +27,24 @@ pub fn netns(name: &str) -> TestNs {
     ns
 }
 
+/// A namespace named `<per-run prefix><tag>` (deleted on drop) with loopback up and the
+/// metadata address 169.254.169.254/32 on it, as a proxy's namespace has it: for tests that
+/// bind or answer on port 80 there themselves.
+pub fn metadata_netns(tag: &str) -> TestNs {
+    let name = format!("{}{tag}", unique_prefix());
+    let ns = netns(&name);
+    ip(&[
+        "-n",
+        &name,
+        "addr",
+        "add",
+        "169.254.169.254/32",
+        "dev",
+        "lo",
+    ]);
+    ns
+}
+
 /// One end of a veth: namespace, interface name, optional address in CIDR form.
 pub struct End<'a> {
     pub ns: &'a str,
