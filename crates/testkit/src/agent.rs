@@ -163,7 +163,12 @@ fn read_request(conn: &mut UnixStream, buf: &mut Vec<u8>, seen: &Seen) -> Option
         .lines()
         .find_map(|l| l.strip_prefix("content-length:"))
         .and_then(|v| v.trim().parse::<usize>().ok());
-    let chunked = lower.contains("transfer-encoding: chunked");
+    // A header line, not the words anywhere: a value may hold them (the hostile tests
+    // send `Host: xTransfer-Encoding: chunked`).
+    let chunked = lower.lines().any(|l| {
+        l.strip_prefix("transfer-encoding:")
+            .is_some_and(|v| v.trim() == "chunked")
+    });
     let body_end = loop {
         let have = buf.len() - head_end;
         let done = match cl {
