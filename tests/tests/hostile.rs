@@ -12,7 +12,8 @@ mod agent_raw;
 #[path = "common/raw.rs"]
 mod raw;
 
-use raw::{assert_rejected_or_closed, show, status, statuses, Proxy};
+use ns_testkit::fuzz;
+use raw::{assert_rejected_or_closed, read_until_closed, show, status, statuses, Behave, Proxy};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -47,6 +48,14 @@ fn request_smuggling_attempts_are_rejected() {
         (
             "Transfer-Encoding that is not chunked last",
             b"POST /teid HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, identity\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        ),
+        (
+            "chunked in two Transfer-Encoding lines",
+            b"POST /te2 HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        ),
+        (
+            "chunked twice in one Transfer-Encoding line",
+            b"POST /te2 HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
         ),
         (
             "obs-fold header line",
@@ -667,4 +676,84 @@ fn two_host_headers_get_400() {
         WAIT,
     );
     assert_eq!(status(&r), Some(400), "two Host lines: {}", show(&r));
+}
+
+/// Valid requests the wire mutations start from (no HEAD: the reader below frames bodies).
+const WIRE: &[&[u8]] = &[
+    b"GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: 169.254.169.254\r\nAccept: */*\r\n\r\n",
+    b"POST /openstack/latest/password HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello",
+    b"PUT /latest/api/token HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nX-T: y\r\n\r\n",
+    b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /second HTTP/1.1\r\n\r\n",
+];
+
+/// Smuggling shapes the wire mutations splice in.
+const WIRE_DICT: &[&[u8]] = &[
+    b"Content-Length: 4\r\n",
+    b"Content-Length: 40\r\n",
+    b"Transfer-Encoding: chunked\r\n",
+    b"Transfer-Encoding: chunked, chunked\r\n",
+    b"Transfer-Encoding : chunked\r\n",
+    b"\r\n folded: x",
+    b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"ffffffffffffffffff\r\n",
+    b";ext\n",
+    b"Expect: 100-continue\r\n",
+    b"Connection: close\r\n",
+];
+
+/// Seeded mutations of valid requests (truncations, flips, NUL, bare CR/LF, duplicated and
+/// oversized fields, the smuggling shapes above; `NS_FUZZ_SEED` replays a run) over real
+/// sockets: every case gets only well-formed answers and a close once the client has sent
+/// everything; the agent (an echo stand-in that reads every request an agent connection
+/// carries) sees exactly the requests whose answers the client got, so no smuggled request;
+/// the same proxy then answers a normal request.
+#[test]
+fn mutated_requests_on_the_wire_get_well_formed_answers() {
+    let mut p = Proxy::start_behaving(
+        "wirefuzz",
+        None,
+        Behave::Echo {
+            advertise: None,
+            reuse: true,
+        },
+        &[],
+    );
+    fuzz::run("wire", 0x5eed_0101, 1000, |rng, case| {
+        let before = p.agent.received().len();
+        let valid = rng.pick(WIRE);
+        let bytes = fuzz::mutate(rng, valid, WIRE_DICT);
+        let mut s = p.connect();
+        let _ = s.write_all(&bytes);
+        let _ = s.shutdown(Shutdown::Write);
+        let (r, closed) = read_until_closed(&mut s, WAIT);
+        let sent = String::from_utf8_lossy(&bytes[..bytes.len().min(400)]).into_owned();
+        assert!(
+            closed,
+            "case {case}: not closed after the client's end: {sent:?} -> {}",
+            show(&r)
+        );
+        let mut at = 0;
+        let mut relayed = 0;
+        while at < r.len() {
+            let rest = &r[at..];
+            assert!(
+                status(rest).is_some(),
+                "case {case}: not a status line: {sent:?} -> {}",
+                show(rest)
+            );
+            let (resp, used) = ns_testkit::http::parse(rest, false, true).unwrap_or_else(|| {
+                panic!("case {case}: incomplete answer: {sent:?} -> {}", show(rest))
+            });
+            assert!(
+                resp.header("content-length").is_some() || at + used == r.len(),
+                "case {case}: neither a length nor the close frames {}",
+                show(rest)
+            );
+            relayed += usize::from(resp.status == 200);
+            at += used;
+        }
+        let seen = p.agent.received().len() - before;
+        assert_eq!(seen, relayed, "case {case}: the agent saw {seen} requests, the client got {relayed} answers from it: {sent:?} -> {}", show(&r));
+    });
+    p.assert_healthy("wire mutations");
 }

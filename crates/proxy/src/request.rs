@@ -162,6 +162,11 @@ pub fn parse(
                 _ => body = Body::Length(n),
             }
         } else if name_is(h.name, "transfer-encoding") {
+            // Two lines are one list (RFC 9110 §5.3): `chunked` twice, which a server
+            // behind a proxy may read as something else, so a smuggling shape.
+            if has_te {
+                return Err(ReqError::Bad("more than one Transfer-Encoding"));
+            }
             has_te = true;
             // Only `chunked` as the final (here: only) coding can be framed (RFC 9112 §6.3).
             if !chunked_only(h.value) {
