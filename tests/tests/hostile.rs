@@ -576,6 +576,19 @@ fn hostile_agent_answers_give_502_and_the_proxy_survives() {
         );
         p.assert_healthy(path);
     }
+    // Chunked with bare LFs, an extension and a control byte in a trailer: the VM gets the
+    // data in strict CRLF chunks.
+    let r = p.exchange(
+        b"GET /agent-lfchunked HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    let body_at = r
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(r.len(), |i| i + 4);
+    assert_eq!(status(&r), Some(200), "{}", show(&r));
+    assert_eq!(&r[body_at..], b"5\r\nhello\r\n0\r\n\r\n", "{}", show(&r));
+    p.assert_healthy("/agent-lfchunked");
     // A never-ending chunked answer: the client reads some, then goes away; the proxy must
     // stop pulling from the agent.
     let mut s = p.connect();

@@ -131,7 +131,10 @@ pub fn parse(
     };
     let decode_chunked = framing == Framing::Chunked && client.minor == 0;
     let client_close = !client.keep_alive || framing == Framing::Close || decode_chunked;
-    let agent_reusable = !close && framing != Framing::Close;
+    // RFC 9112 §6.1, §6.3: Transfer-Encoding with Content-Length, or in HTTP/1.0, is read as
+    // chunked, but such framing may be a smuggled second answer: never reuse that connection.
+    let suspect = te.is_some() && (length.is_some() || minor == 0);
+    let agent_reusable = !close && !suspect && framing != Framing::Close;
 
     out.clear();
     let _ = write!(out, "HTTP/1.1 {status} {reason}\r\n");
@@ -239,6 +242,28 @@ mod tests {
         );
         assert!(i.decode_chunked && i.client_close);
         assert!(!out.contains("chunked"));
+    }
+
+    /// RFC 9112 §6.1, §6.3: `Transfer-Encoding` with `Content-Length`, or on an HTTP/1.0
+    /// answer, is read as chunked but the framing is suspect: that agent connection is not
+    /// used again (a smuggled second answer would meet the next request).
+    #[test]
+    fn suspect_framing_is_relayed_but_the_agent_connection_not_reused() {
+        for raw in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            let (i, out) = run(raw, C11);
+            assert_eq!(i.framing, Framing::Chunked);
+            assert!(!i.agent_reusable, "{raw:?}");
+            assert!(!out.contains("Content-Length"), "{out}");
+        }
+        let (i, _) = run(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            C11,
+        );
+        assert!(i.agent_reusable);
     }
 
     #[test]

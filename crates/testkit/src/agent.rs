@@ -36,7 +36,8 @@ pub enum Behave {
     Split,
     /// One request per connection, answered by path: `/agent-truncated`, `-badstatus`,
     /// `-garbage`, `-silent` (8 s), `-close`, `-cl2`, `-clte`, `-negcl`, `-hugeheaders`,
-    /// `-endless` (a chunked answer until the reader lets go), `-big` (1 MiB); anything else
+    /// `-endless` (a chunked answer until the reader lets go), `-big` (1 MiB), `-lfchunked` (chunked
+    /// with bare LFs, an extension and a trailer); anything else
     /// 200 `path=<path> body=<body>`. The write side is shut after each answer.
     Hostile,
 }
@@ -310,6 +311,7 @@ fn hostile(conn: &mut UnixStream, req: &Request, seen: &Seen, stop: &AtomicBool)
         "/agent-cl2" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 30\r\n\r\nokHTTP/1.1 200 OK\r\nX-Injected: 1\r\nContent-Length: 0\r\n\r\n",
         "/agent-clte" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\nokHTTP/1.1 200 OK\r\nX-Injected: 1\r\nContent-Length: 0\r\n\r\n",
         "/agent-negcl" => b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\nok",
+        "/agent-lfchunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=\"y z\"\nhello\n0\nX-Trailer: \x01\n\n",
         _ => b"",
     };
     if !canned.is_empty() {
