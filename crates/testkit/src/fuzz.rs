@@ -146,6 +146,85 @@ pub fn mutate(rng: &mut Rng, input: &[u8], dict: &[&[u8]]) -> Vec<u8> {
     v
 }
 
+/// A sample INI with its commented-out options (`#key = value`) switched on at random, each
+/// with probability 1/2: the samples document every option that way, so the mutations start
+/// from files that set many of them (with the samples' placeholder values, bad ones too).
+pub fn uncomment(rng: &mut Rng, ini: &str) -> String {
+    let mut out = String::with_capacity(ini.len());
+    for line in ini.lines() {
+        let on = line
+            .strip_prefix('#')
+            .filter(|l| l.starts_with(|c: char| c.is_ascii_lowercase()) && l.contains(" = "));
+        match on {
+            Some(l) if rng.one_in(2) => out.push_str(l),
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// What a configuration error must be: one line (no raw line break or control byte from
+/// a value) naming `place` (the file, `path:LINE: ...`) or the default a value reached
+/// through `$` (`name (default): ...`).
+pub fn assert_config_error(msg: &str, place: &str) {
+    assert!(
+        !msg.contains(|c: char| c.is_control()),
+        "not one clean line: {msg:?}"
+    );
+    assert!(
+        msg.contains(place) || msg.contains("(default)"),
+        "does not name {place}: {msg}"
+    );
+}
+
+/// A program's sample INI, its options switched on at random ([`uncomment`]) and mutated
+/// with `dict`, `cases` times: `load` reads the text as the file `place` and returns its
+/// error, if any, which must pass [`assert_config_error`].
+pub fn sample_files(
+    name: &str,
+    seed: u64,
+    cases: usize,
+    sample: &str,
+    dict: &[&[u8]],
+    place: &str,
+    mut load: impl FnMut(&str) -> Option<String>,
+) {
+    run(name, seed, cases, |rng, _| {
+        let text = uncomment(rng, sample);
+        let bytes = mutate(rng, text.as_bytes(), dict);
+        if let Some(msg) = load(&String::from_utf8_lossy(&bytes)) {
+            assert_config_error(&msg, place);
+        }
+    });
+}
+
+/// `base` (which must load: `load` gives no error) then each `(group, name)` option set in
+/// turn to values with a continuation line, a control byte, `$` references and an
+/// unclosed bracket (lines oslo reads as one value): each error passes
+/// [`assert_config_error`], so a value is never echoed unquoted.
+pub fn hostile_values<'a>(
+    options: impl IntoIterator<Item = (&'a str, &'a str)>,
+    base: &str,
+    place: &str,
+    mut load: impl FnMut(&str) -> Option<String>,
+) {
+    assert_eq!(load(base), None, "the base configuration loads");
+    for (group, name) in options {
+        for bad in [
+            "169.254.169.254:80\n  x:1",
+            "1\n  \u{1}",
+            "$$x\n  ${nope}",
+            "tcp:[::1\n  ]:1",
+        ] {
+            let text = format!("{base}[{group}]\n{name} = {bad}\n");
+            if let Some(msg) = load(&text) {
+                assert_config_error(&msg, place);
+            }
+        }
+    }
+}
+
 /// The seed of this run: `NS_FUZZ_SEED` when set (to replay a failure), else `default`.
 pub fn seed(default: u64) -> u64 {
     std::env::var("NS_FUZZ_SEED")
@@ -217,6 +296,12 @@ mod tests {
         }
         assert_eq!(Rng::new(0).below(0), 0);
         let n = truncations_and_substitutions(b"abc", b"\0\n").count();
+        let mut r = Rng::new(1);
+        let on: Vec<String> = (0..20)
+            .map(|_| uncomment(&mut r, "[DEFAULT]\n#a = 1\n# prose\n"))
+            .collect();
+        assert!(on.iter().any(|t| t == "[DEFAULT]\na = 1\n# prose\n"));
+        assert!(on.iter().any(|t| t == "[DEFAULT]\n#a = 1\n# prose\n"));
         assert_eq!(n, 3 + 3 * 2);
     }
 }
