@@ -13,7 +13,8 @@ mod agent_raw;
 mod raw;
 
 use ns_testkit::fuzz;
-use raw::{assert_rejected_or_closed, read_until_closed, show, status, statuses, Behave, Proxy};
+use ns_testkit::http::{answers, Blocking};
+use raw::{assert_rejected_or_closed, show, status, statuses, Behave, Proxy};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -735,36 +736,22 @@ fn mutated_requests_on_the_wire_get_well_formed_answers() {
         let before = p.agent.received().len();
         let valid = rng.pick(WIRE);
         let bytes = fuzz::mutate(rng, valid, WIRE_DICT);
-        let mut s = p.connect();
-        let _ = s.write_all(&bytes);
-        let _ = s.shutdown(Shutdown::Write);
-        let (r, closed) = read_until_closed(&mut s, WAIT);
+        let (r, closed) = Blocking::new(p.connect()).send_last(&bytes, WAIT);
         let sent = String::from_utf8_lossy(&bytes[..bytes.len().min(400)]).into_owned();
         assert!(
             closed,
             "case {case}: not closed after the client's end: {sent:?} -> {}",
             show(&r)
         );
-        let mut at = 0;
-        let mut relayed = 0;
-        while at < r.len() {
-            let rest = &r[at..];
-            assert!(
-                status(rest).is_some(),
-                "case {case}: not a status line: {sent:?} -> {}",
-                show(rest)
-            );
-            let (resp, used) = ns_testkit::http::parse(rest, false, true).unwrap_or_else(|| {
-                panic!("case {case}: incomplete answer: {sent:?} -> {}", show(rest))
-            });
-            assert!(
-                resp.header("content-length").is_some() || at + used == r.len(),
-                "case {case}: neither a length nor the close frames {}",
-                show(rest)
-            );
-            relayed += usize::from(resp.status == 200);
-            at += used;
-        }
+        let answers = answers(&r).unwrap_or_else(|e| panic!("case {case}: {sent:?}: {e}"));
+        // Only the last answer may be framed by the close.
+        let framed = &answers[..answers.len().saturating_sub(1)];
+        assert!(
+            framed.iter().all(|a| a.header("content-length").is_some()),
+            "case {case}: an answer with neither a length nor the close: {}",
+            show(&r)
+        );
+        let relayed = answers.iter().filter(|a| a.status == 200).count();
         let seen = p.agent.received().len() - before;
         assert_eq!(seen, relayed, "case {case}: the agent saw {seen} requests, the client got {relayed} answers from it: {sent:?} -> {}", show(&r));
     });

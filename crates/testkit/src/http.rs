@@ -225,17 +225,24 @@ pub struct Blocking<S> {
 /// What a blocking stream needs: read, write and a read timeout.
 pub trait Stream: Read + Write {
     fn set_timeout(&self, t: Option<Duration>) -> std::io::Result<()>;
+    fn shutdown_write(&self) -> std::io::Result<()>;
 }
 
 impl Stream for std::net::TcpStream {
     fn set_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
         self.set_read_timeout(t)
     }
+    fn shutdown_write(&self) -> std::io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
+    }
 }
 
 impl Stream for std::os::unix::net::UnixStream {
     fn set_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
         self.set_read_timeout(t)
+    }
+    fn shutdown_write(&self) -> std::io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
     }
 }
 
@@ -297,6 +304,15 @@ impl<S: Stream> Blocking<S> {
         self.read_until_closed(wait).0
     }
 
+    /// Send `raw` as all the client will ever send (then its write side is shut) and return
+    /// every byte until the peer closes or `wait` passes, and whether it closed: a server
+    /// must answer what it got and close, whatever `raw` is.
+    pub fn send_last(&mut self, raw: &[u8], wait: Duration) -> (Vec<u8>, bool) {
+        let _ = self.send(raw);
+        let _ = self.stream.shutdown_write();
+        self.read_until_closed(wait)
+    }
+
     /// Every byte until the peer closes (EOF or reset) or `wait` passes; whether it closed.
     pub fn read_until_closed(&mut self, wait: Duration) -> (Vec<u8>, bool) {
         let start = Instant::now();
@@ -348,6 +364,25 @@ pub fn status(r: &[u8]) -> Option<u16> {
         return None;
     }
     code.parse().ok()
+}
+
+/// The responses `r` holds, all of it: each with a well-formed status line ([`status`]) and
+/// complete framing (a body framed by the close ends at the end of `r`, which came with a
+/// close); or why `r` is not such a sequence (for hostile-input tests of servers).
+pub fn answers(r: &[u8]) -> Result<Vec<Response>, String> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < r.len() {
+        let rest = &r[at..];
+        if status(rest).is_none() {
+            return Err(format!("not a status line: {}", show(rest)));
+        }
+        let (resp, used) =
+            parse(rest, false, true).ok_or_else(|| format!("incomplete answer: {}", show(rest)))?;
+        out.push(resp);
+        at += used;
+    }
+    Ok(out)
 }
 
 /// Every status code of the responses in `r`, in order (bodies must not contain "HTTP/1.").

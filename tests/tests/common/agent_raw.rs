@@ -289,32 +289,26 @@ pub fn run() {
     ns_testkit::fuzz::run("agent-wire", 0x5eed_0102, 1000, |rng, case| {
         let v: &Vec<u8> = rng.pick(&valid);
         let bytes = ns_testkit::fuzz::mutate(rng, &v.clone(), dict);
-        let mut s = UnixStream::connect(&sock).expect("connect");
-        let _ = s.write_all(&bytes);
-        let _ = s.shutdown(std::net::Shutdown::Write);
-        let (r, closed) = Blocking::new(s).read_until_closed(Duration::from_secs(10));
+        let (r, closed) = Blocking::unix(&sock)
+            .expect("connect")
+            .send_last(&bytes, Duration::from_secs(10));
         let sent = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();
         assert!(
             closed,
             "case {case}: not closed: {sent:?} -> {}",
             super::raw::show(&r)
         );
-        let mut at = 0;
-        while at < r.len() {
-            let rest = &r[at..];
-            let code = super::raw::status(rest);
+        let answers =
+            ns_testkit::http::answers(&r).unwrap_or_else(|e| panic!("case {case}: {sent:?}: {e}"));
+        for a in answers {
             assert!(
-                code.is_some_and(|c| matches!(
-                    c,
+                matches!(
+                    a.status,
                     200 | 400 | 401 | 403 | 404 | 405 | 409 | 413 | 414 | 431 | 501 | 505
-                )),
+                ),
                 "case {case}: {sent:?} -> {}",
-                super::raw::show(rest)
+                a.head
             );
-            let (_, used) = ns_testkit::http::parse(rest, false, true).unwrap_or_else(|| {
-                panic!("case {case}: incomplete answer {}", super::raw::show(rest))
-            });
-            at += used;
         }
     });
     healthy("mutated requests");
