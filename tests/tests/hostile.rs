@@ -723,16 +723,27 @@ const WIRE_DICT: &[&[u8]] = &[
 /// the same proxy then answers a normal request.
 #[test]
 fn mutated_requests_on_the_wire_get_well_formed_answers() {
+    wire_mutations("wirefuzz", None, &[]);
+}
+
+/// The same with pooled agent connections (`--agent-keepalive on`, an agent that advertises
+/// reuse): a mutated request never leaves a pooled connection out of step.
+#[test]
+fn mutated_requests_on_the_wire_with_pooled_agent_connections() {
+    wire_mutations("wirepool", Some(10), &["--agent-keepalive", "on"]);
+}
+
+fn wire_mutations(test: &str, advertise: Option<u64>, extra: &[&str]) {
     let mut p = Proxy::start_behaving(
-        "wirefuzz",
+        test,
         None,
         Behave::Echo {
-            advertise: None,
+            advertise,
             reuse: true,
         },
-        &[],
+        extra,
     );
-    fuzz::run("wire", 0x5eed_0101, 1000, |rng, case| {
+    fuzz::run(test, 0x5eed_0101, 1000, |rng, case| {
         let before = p.agent.received().len();
         let valid = rng.pick(WIRE);
         let bytes = fuzz::mutate(rng, valid, WIRE_DICT);
