@@ -768,3 +768,59 @@ fn wire_mutations(test: &str, advertise: Option<u64>, extra: &[&str]) {
     });
     p.assert_healthy("wire mutations");
 }
+
+/// Agent answers the mutations start from: each framing, bare-LF chunks, Neutron's bare-LF
+/// error page, a head ended by the close.
+const AGENT_ANSWERS: &[&[u8]] = &[
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;e\nhello\n0\nT: 1\n\n",
+    b"HTTP/1.0 404 Not Found\nContent-Type: text/html\nContent-Length: 3\n\nabc",
+    b"HTTP/1.1 500 Internal Server Error\r\nConnection: close\r\n\r\nboom",
+    b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain",
+];
+
+const AGENT_DICT: &[&[u8]] = &[
+    b"Content-Length: 2\r\n",
+    b"Content-Length: 99999999999999999999\r\n",
+    b"Transfer-Encoding: chunked\r\n",
+    b"HTTP/1.1 200 OK\r\nX-Injected: 1\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 100 Continue\r\n\r\n",
+    b"ffffffffffffffffff\r\n",
+    b"\r\n folded",
+];
+
+/// Seeded mutations of the agent's answer (`NS_FUZZ_SEED` replays): the VM gets one
+/// well-formed answer (relayed, or the proxy's 502), or a relayed head whose body is cut short
+/// and then the close; never a second answer; the same proxy then answers normally.
+#[test]
+fn mutated_agent_answers_reach_the_vm_well_formed() {
+    let mut p = Proxy::start_behaving("agentfuzz", None, Behave::Canned, &[]);
+    let get = b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n";
+    fuzz::run("agent-answers", 0x5eed_0104, 500, |rng, case| {
+        let valid = rng.pick(AGENT_ANSWERS);
+        let answer = fuzz::mutate(rng, valid, AGENT_DICT);
+        p.agent.set_answer(&answer);
+        let (r, closed) = Blocking::new(p.connect()).send_last(get, WAIT);
+        let said = String::from_utf8_lossy(&answer[..answer.len().min(300)]).into_owned();
+        assert!(closed, "case {case}: not closed: {said:?} -> {}", show(&r));
+        assert!(
+            status(&r).is_some(),
+            "case {case}: {said:?} -> {}",
+            show(&r)
+        );
+        match answers(&r) {
+            Ok(a) => assert_eq!(a.len(), 1, "case {case}: {said:?} -> {}", show(&r)),
+            // Cut short after the head was relayed: the close says so.
+            Err(e) => assert!(
+                e.starts_with("incomplete answer")
+                    && r.windows(4).any(|w| w == b"\r\n\r\n")
+                    && !r.starts_with(b"HTTP/1.1 502"),
+                "case {case}: {said:?} -> {e}"
+            ),
+        }
+    });
+    p.agent
+        .set_answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    p.assert_healthy("mutated agent answers");
+}

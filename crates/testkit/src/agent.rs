@@ -40,6 +40,9 @@ pub enum Behave {
     /// with bare LFs, an extension and a trailer); anything else
     /// 200 `path=<path> body=<body>`. The write side is shut after each answer.
     Hostile,
+    /// Answer each request with the bytes last given to [`StandIn::set_answer`], exactly,
+    /// then shut the write side (hostile-input tests of the proxy's answer parsing).
+    Canned,
 }
 
 /// One request as the stand-in read it.
@@ -62,6 +65,8 @@ pub struct Seen {
     /// `/agent-endless` answers begun, and whether one stopped because its write failed.
     pub endless_started: AtomicUsize,
     pub endless_stopped: AtomicBool,
+    /// What [`Behave::Canned`] sends.
+    pub canned: Mutex<Vec<u8>>,
 }
 
 /// The stand-in; stops accepting on drop (its socket is removed with its directory).
@@ -110,6 +115,11 @@ impl StandIn {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The bytes [`Behave::Canned`] answers with from now on.
+    pub fn set_answer(&self, bytes: &[u8]) {
+        *self.seen.canned.lock().expect("lock") = bytes.to_vec();
     }
 
     pub fn connections(&self) -> usize {
@@ -291,6 +301,12 @@ fn serve(mut conn: UnixStream, b: Behave, seen: &Seen, stop: &AtomicBool) {
                     return;
                 }
                 let _ = conn.write_all(&echo_reply(&req.raw, Some(10)));
+            }
+            Behave::Canned => {
+                let answer = seen.canned.lock().expect("lock").clone();
+                let _ = conn.write_all(&answer);
+                let _ = conn.shutdown(Shutdown::Write);
+                return;
             }
             Behave::Hostile => {
                 hostile(&mut conn, &req, seen, stop);

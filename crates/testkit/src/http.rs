@@ -379,10 +379,60 @@ pub fn answers(r: &[u8]) -> Result<Vec<Response>, String> {
         }
         let (resp, used) =
             parse(rest, false, true).ok_or_else(|| format!("incomplete answer: {}", show(rest)))?;
+        let end = head_end(rest).unwrap_or(used);
+        if rest[..end]
+            .windows(2)
+            .any(|w| w[1] == b'\n' && w[0] != b'\r')
+        {
+            return Err(format!("a bare LF in the head: {}", show(rest)));
+        }
+        let chunked = resp
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+        if chunked && !strict_chunks(&rest[end..used]) {
+            return Err(format!("chunked framing not in CRLF lines: {}", show(rest)));
+        }
         out.push(resp);
         at += used;
     }
     Ok(out)
+}
+
+/// Whether `b` is exactly a chunked body in RFC 9112's form: hex size (an extension
+/// allowed), CRLF, the data, CRLF, ..., `0` CRLF, trailer lines ending in CRLF, CRLF.
+fn strict_chunks(mut b: &[u8]) -> bool {
+    let line = |b: &[u8]| -> Option<(usize, usize)> {
+        let end = find(b, b"\r\n")?;
+        (!b[..end].contains(&b'\n') && !b[..end].contains(&b'\r')).then_some((end, end + 2))
+    };
+    loop {
+        let Some((end, next)) = line(b) else {
+            return false;
+        };
+        let size = b[..end].split(|&c| c == b';').next().unwrap_or_default();
+        let Some(size) = std::str::from_utf8(size)
+            .ok()
+            .filter(|s| !s.is_empty() && s.bytes().all(|c| c.is_ascii_hexdigit()))
+            .and_then(|s| usize::from_str_radix(s, 16).ok())
+        else {
+            return false;
+        };
+        b = &b[next..];
+        if size == 0 {
+            // Trailer lines, then the empty line that ends the body.
+            loop {
+                match line(b) {
+                    Some((0, 2)) => return b.len() == 2,
+                    Some((_, next)) => b = &b[next..],
+                    None => return false,
+                }
+            }
+        }
+        if b.len() < size + 2 || &b[size..size + 2] != b"\r\n" {
+            return false;
+        }
+        b = &b[size + 2..];
+    }
 }
 
 /// Every status code of the responses in `r`, in order (bodies must not contain "HTTP/1.").
@@ -410,6 +460,22 @@ pub fn show(r: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_are_strict_about_line_ends_and_chunks() {
+        let ok = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x\r\nhello\r\n0\r\nT: 1\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n";
+        let got = answers(ok).expect("strict");
+        assert_eq!(got.iter().map(|a| a.status).collect::<Vec<_>>(), [200, 204]);
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\nX: y\r\n\r\na",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab",
+            b"garbage",
+        ] {
+            assert!(answers(bad).is_err(), "{}", show(bad));
+        }
+    }
 
     #[test]
     fn content_length_and_pipelined() {
