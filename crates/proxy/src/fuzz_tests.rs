@@ -107,11 +107,24 @@ fn check_request(buf: &[u8]) {
         return;
     }
     assert!(out.len() <= request::MAX_UPSTREAM);
-    // The agent gets exactly one request: one strict parse, its own framing, the proxy's
-    // identity headers once each, nothing the VM sent in their place.
+    assert_one_request(&out, buf, &info);
+    // `auto` may add `Connection: close` to the finished request: still one request, the
+    // line once, within the agent's one recv.
+    let mut closing = out.clone();
+    if request::ask_close(&mut closing, body.len()) {
+        assert!(closing.len() <= request::MAX_UPSTREAM);
+        let r = assert_one_request(&closing, buf, &info);
+        assert_eq!(r, 1, "{closing:?}");
+    }
+}
+
+/// The agent gets exactly one request: one strict parse, its own framing, the proxy's
+/// identity headers once each, nothing the VM sent in their place. Returns how many
+/// `Connection: close` lines it has.
+fn assert_one_request(out: &[u8], buf: &[u8], info: &ReqInfo) -> usize {
     let mut h = [httparse::EMPTY_HEADER; 128];
     let mut r = httparse::Request::new(&mut h);
-    let n = match r.parse(&out) {
+    let n = match r.parse(out) {
         Ok(httparse::Status::Complete(n)) => n,
         other => panic!("agent request does not parse ({other:?}): {:?}", out),
     };
@@ -143,6 +156,10 @@ fn check_request(buf: &[u8]) {
     }
     assert_eq!(r.method.map(str::as_bytes), buf.get(info.method.clone()));
     assert_eq!(r.path.map(str::as_bytes), buf.get(info.target.clone()));
+    r.headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection") && h.value == b"close")
+        .count()
 }
 
 #[test]
