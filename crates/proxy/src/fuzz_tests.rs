@@ -25,6 +25,8 @@ const REQUESTS: &[&[u8]] = &[
 /// Tokens the request mutations insert: framing headers in smuggling shapes.
 const REQUEST_DICT: &[&[u8]] = &[
     b"Content-Length: 0\r\n",
+    b"Content_Length: 0\r\n",
+    b"transfer_encoding: chunked\r\n",
     b"Content-Length: 5\r\n",
     b"Content-Length: 18446744073709551616\r\n",
     b"Content-Length: +5\r\n",
@@ -145,6 +147,27 @@ fn assert_one_request(out: &[u8], buf: &[u8], info: &ReqInfo) -> usize {
     assert_eq!(count(r.headers, "x-forwarded-for"), 1, "{out:?}");
     assert_eq!(count(r.headers, "x-neutron-router-id"), 1, "{out:?}");
     assert_eq!(count(r.headers, "x-neutron-network-id"), 0, "{out:?}");
+    // Framing and hop-by-hop headers, in any WSGI spelling, are the proxy's own only.
+    for h in r.headers.iter() {
+        let wsgi = |n: &str| ns_contract::headers::eq_wsgi(h.name, n);
+        if wsgi("content-length") || wsgi("connection") {
+            assert!(
+                h.name == "Content-Length" || (h.name == "Connection" && h.value == b"close"),
+                "{}: {out:?}",
+                h.name
+            );
+        }
+        for n in [
+            "transfer-encoding",
+            "keep-alive",
+            "te",
+            "trailer",
+            "upgrade",
+            "expect",
+        ] {
+            assert!(!wsgi(n), "{}: {out:?}", h.name);
+        }
+    }
     // Every identity header (any spelling) is one the proxy wrote.
     for h in r.headers.iter() {
         if ns_contract::headers::is_identity(h.name) {
