@@ -824,3 +824,35 @@ fn mutated_agent_answers_reach_the_vm_well_formed() {
         .set_answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
     p.assert_healthy("mutated agent answers");
 }
+
+/// A chunked body whose extension or trailers never end is refused once they pass 16 KiB:
+/// 400 and a close, while the client still holds its side open (before, the proxy kept
+/// reading them for as long as bytes came).
+#[test]
+fn endless_chunk_extensions_and_trailers_get_400() {
+    let mut p = Proxy::start("chunkext-endless", &[]);
+    let head = b"POST /ext HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let mut ext = head.to_vec();
+    ext.extend_from_slice(b"1;");
+    ext.resize(ext.len() + 20 * 1024, b'e');
+    let mut trailers = head.to_vec();
+    trailers.extend_from_slice(b"0\r\n");
+    while trailers.len() < 24 * 1024 {
+        trailers.extend_from_slice(b"X-Trailer: 0123456789\r\n");
+    }
+    for (case, bytes) in [("extension", ext), ("trailers", trailers)] {
+        let mut c = Blocking::new(p.connect());
+        let _ = c.send(&bytes);
+        let (r, closed) = c.read_until_closed(WAIT);
+        assert!(closed, "{case}: the proxy kept reading: {}", show(&r));
+        assert_eq!(status(&r), Some(400), "{case}: {}", show(&r));
+        p.assert_healthy(case);
+    }
+    assert!(
+        p.agent
+            .received()
+            .iter()
+            .all(|r| !r.head.starts_with("POST /ext")),
+        "an endless chunked body reached the agent"
+    );
+}
