@@ -856,3 +856,29 @@ fn endless_chunk_extensions_and_trailers_get_400() {
         "an endless chunked body reached the agent"
     );
 }
+
+/// Framing headers in their WSGI spellings (`Content_Length`, `Transfer_Encoding`), which the
+/// agent's webob reads as the body's length, never reach it: only the proxy's own length.
+#[test]
+fn underscore_framing_headers_never_reach_the_agent() {
+    let mut p = Proxy::start("wsgi-framing", &[]);
+    let r = p.exchange(
+        b"POST /wsgi HTTP/1.1\r\nHost: h\r\nContent_Length: 0\r\nTransfer_Encoding: chunked\r\nconnection_: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+        WAIT,
+    );
+    assert_eq!(status(&r), Some(200), "{}", show(&r));
+    let seen = p.agent.received();
+    let got = seen
+        .iter()
+        .find(|r| r.head.starts_with("POST /wsgi "))
+        .expect("the request reached the agent");
+    let head = got.head.to_ascii_lowercase();
+    assert!(
+        !head.contains("content_length") && !head.contains("transfer_encoding"),
+        "{}",
+        got.head
+    );
+    assert_eq!(head.matches("content-length").count(), 1, "{}", got.head);
+    assert_eq!(got.body, b"hi");
+    p.assert_healthy("underscore framing headers");
+}
