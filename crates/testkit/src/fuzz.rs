@@ -200,8 +200,8 @@ pub fn sample_files(
 }
 
 /// `base` (which must load: `load` gives no error) then each `(group, name)` option set in
-/// turn to values with a continuation line, a control byte, `$` references and an
-/// unclosed bracket (lines oslo reads as one value): each error passes
+/// turn to values with a continuation line, a control byte, `$` references, an unclosed
+/// bracket and a long path (lines oslo reads as one value): each error passes
 /// [`assert_config_error`], so a value is never echoed unquoted.
 pub fn hostile_values<'a>(
     options: impl IntoIterator<Item = (&'a str, &'a str)>,
@@ -210,12 +210,15 @@ pub fn hostile_values<'a>(
     mut load: impl FnMut(&str) -> Option<String>,
 ) {
     assert_eq!(load(base), None, "the base configuration loads");
+    // Also one long enough for every length check (a socket path, a name).
+    let long = format!("/var/lib/x\n  {}", "y".repeat(200));
     for (group, name) in options {
         for bad in [
             "169.254.169.254:80\n  x:1",
             "1\n  \u{1}",
             "$$x\n  ${nope}",
             "tcp:[::1\n  ]:1",
+            &long,
         ] {
             let text = format!("{base}[{group}]\n{name} = {bad}\n");
             if let Some(msg) = load(&text) {
