@@ -796,11 +796,16 @@ const AGENT_DICT: &[&[u8]] = &[
 #[test]
 fn mutated_agent_answers_reach_the_vm_well_formed() {
     let mut p = Proxy::start_behaving("agentfuzz", None, Behave::Canned, &[]);
-    let get = b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n";
+    // HTTP/1.1, and HTTP/1.0 (a chunked answer is de-chunked and ends with the close).
+    let gets: [&[u8]; 2] = [
+        b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"GET /x HTTP/1.0\r\n\r\n",
+    ];
     fuzz::run("agent-answers", 0x5eed_0104, 500, |rng, case| {
         let valid = rng.pick(AGENT_ANSWERS);
         let answer = fuzz::mutate(rng, valid, AGENT_DICT);
         p.agent.set_answer(&answer);
+        let get = *rng.pick(&gets);
         let (r, closed) = Blocking::new(p.connect()).send_last(get, WAIT);
         let said = String::from_utf8_lossy(&answer[..answer.len().min(300)]).into_owned();
         assert!(closed, "case {case}: not closed: {said:?} -> {}", show(&r));
