@@ -782,6 +782,7 @@ const AGENT_ANSWERS: &[&[u8]] = &[
 
 const AGENT_DICT: &[&[u8]] = &[
     b"Content-Length: 2\r\n",
+    b"Transfer-Encoding: gzip\r\n",
     b"Content-Length: 99999999999999999999\r\n",
     b"Transfer-Encoding: chunked\r\n",
     b"HTTP/1.1 200 OK\r\nX-Injected: 1\r\nContent-Length: 0\r\n\r\n",

@@ -59,16 +59,8 @@ pub fn content_length(v: &[u8]) -> Option<u64> {
     s.parse().ok()
 }
 
-/// Whether a `Transfer-Encoding` value ends with `chunked` (RFC 9112 §6.3: only then is the
-/// body's end known from the framing).
-pub fn chunked_is_final(v: &[u8]) -> bool {
-    tokens(v)
-        .last()
-        .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"))
-}
-
-/// Whether a `Transfer-Encoding` value is exactly `chunked` (the only coding a request
-/// may use here).
+/// Whether a `Transfer-Encoding` value is exactly `chunked` (the only coding relayed, in
+/// either direction: the proxy decodes no other).
 pub fn chunked_only(v: &[u8]) -> bool {
     let mut it = tokens(v);
     matches!((it.next(), it.next()), (Some(t), None) if t.eq_ignore_ascii_case(b"chunked"))
@@ -378,8 +370,6 @@ mod tests {
         assert!(!named_in_connection(&h, "x-other"));
         assert!(chunked_only(b" Chunked "));
         assert!(!chunked_only(b"gzip, chunked"));
-        assert!(chunked_is_final(b"gzip, chunked"));
-        assert!(!chunked_is_final(b"chunked, gzip"));
     }
 
     #[test]
