@@ -12,7 +12,9 @@ mod agent_raw;
 #[path = "common/raw.rs"]
 mod raw;
 
-use raw::{assert_rejected_or_closed, show, status, statuses, Proxy};
+use ns_testkit::fuzz;
+use ns_testkit::http::{answers, Blocking};
+use raw::{assert_rejected_or_closed, show, status, statuses, Behave, Proxy};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -47,6 +49,14 @@ fn request_smuggling_attempts_are_rejected() {
         (
             "Transfer-Encoding that is not chunked last",
             b"POST /teid HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, identity\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        ),
+        (
+            "chunked in two Transfer-Encoding lines",
+            b"POST /te2 HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        ),
+        (
+            "chunked twice in one Transfer-Encoding line",
+            b"POST /te2 HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
         ),
         (
             "obs-fold header line",
@@ -567,6 +577,19 @@ fn hostile_agent_answers_give_502_and_the_proxy_survives() {
         );
         p.assert_healthy(path);
     }
+    // Chunked with bare LFs, an extension and a control byte in a trailer: the VM gets the
+    // data in strict CRLF chunks.
+    let r = p.exchange(
+        b"GET /agent-lfchunked HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    let body_at = r
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(r.len(), |i| i + 4);
+    assert_eq!(status(&r), Some(200), "{}", show(&r));
+    assert_eq!(&r[body_at..], b"5\r\nhello\r\n0\r\n\r\n", "{}", show(&r));
+    p.assert_healthy("/agent-lfchunked");
     // A never-ending chunked answer: the client reads some, then goes away; the proxy must
     // stop pulling from the agent.
     let mut s = p.connect();
@@ -667,4 +690,201 @@ fn two_host_headers_get_400() {
         WAIT,
     );
     assert_eq!(status(&r), Some(400), "two Host lines: {}", show(&r));
+}
+
+/// Valid requests the wire mutations start from (no HEAD: the reader below frames bodies).
+const WIRE: &[&[u8]] = &[
+    b"GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: 169.254.169.254\r\nAccept: */*\r\n\r\n",
+    b"POST /openstack/latest/password HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello",
+    b"PUT /latest/api/token HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nX-T: y\r\n\r\n",
+    b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /second HTTP/1.1\r\n\r\n",
+];
+
+/// Smuggling shapes the wire mutations splice in.
+const WIRE_DICT: &[&[u8]] = &[
+    b"Content-Length: 4\r\n",
+    b"Content-Length: 40\r\n",
+    b"Transfer-Encoding: chunked\r\n",
+    b"Transfer-Encoding: chunked, chunked\r\n",
+    b"Transfer-Encoding : chunked\r\n",
+    b"\r\n folded: x",
+    b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"ffffffffffffffffff\r\n",
+    b";ext\n",
+    b"Expect: 100-continue\r\n",
+    b"Connection: close\r\n",
+];
+
+/// Seeded mutations of valid requests (truncations, flips, NUL, bare CR/LF, duplicated and
+/// oversized fields, the smuggling shapes above; `NS_FUZZ_SEED` replays a run) over real
+/// sockets: every case gets only well-formed answers and a close once the client has sent
+/// everything; the agent (an echo stand-in that reads every request an agent connection
+/// carries) sees exactly the requests whose answers the client got, so no smuggled request;
+/// the same proxy then answers a normal request.
+#[test]
+fn mutated_requests_on_the_wire_get_well_formed_answers() {
+    wire_mutations("wirefuzz", None, &[]);
+}
+
+/// The same with pooled agent connections (`--agent-keepalive on`, an agent that advertises
+/// reuse): a mutated request never leaves a pooled connection out of step.
+#[test]
+fn mutated_requests_on_the_wire_with_pooled_agent_connections() {
+    wire_mutations("wirepool", Some(10), &["--agent-keepalive", "on"]);
+}
+
+fn wire_mutations(test: &str, advertise: Option<u64>, extra: &[&str]) {
+    let mut p = Proxy::start_behaving(
+        test,
+        None,
+        Behave::Echo {
+            advertise,
+            reuse: true,
+        },
+        extra,
+    );
+    fuzz::run(test, 0x5eed_0101, 1000, |rng, case| {
+        let before = p.agent.received().len();
+        let valid = rng.pick(WIRE);
+        let bytes = fuzz::mutate(rng, valid, WIRE_DICT);
+        let (r, closed) = Blocking::new(p.connect()).send_last(&bytes, WAIT);
+        let sent = String::from_utf8_lossy(&bytes[..bytes.len().min(400)]).into_owned();
+        assert!(
+            closed,
+            "case {case}: not closed after the client's end: {sent:?} -> {}",
+            show(&r)
+        );
+        let answers = answers(&r).unwrap_or_else(|e| panic!("case {case}: {sent:?}: {e}"));
+        // Only the last answer may be framed by the close.
+        let framed = &answers[..answers.len().saturating_sub(1)];
+        assert!(
+            framed.iter().all(|a| a.header("content-length").is_some()),
+            "case {case}: an answer with neither a length nor the close: {}",
+            show(&r)
+        );
+        let relayed = answers.iter().filter(|a| a.status == 200).count();
+        let seen = p.agent.received().len() - before;
+        assert_eq!(seen, relayed, "case {case}: the agent saw {seen} requests, the client got {relayed} answers from it: {sent:?} -> {}", show(&r));
+    });
+    p.assert_healthy("wire mutations");
+}
+
+/// Agent answers the mutations start from: each framing, bare-LF chunks, Neutron's bare-LF
+/// error page, a head ended by the close.
+const AGENT_ANSWERS: &[&[u8]] = &[
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;e\nhello\n0\nT: 1\n\n",
+    b"HTTP/1.0 404 Not Found\nContent-Type: text/html\nContent-Length: 3\n\nabc",
+    b"HTTP/1.1 500 Internal Server Error\r\nConnection: close\r\n\r\nboom",
+    b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain",
+];
+
+const AGENT_DICT: &[&[u8]] = &[
+    b"Content-Length: 2\r\n",
+    b"Transfer-Encoding: gzip\r\n",
+    b"Content-Length: 99999999999999999999\r\n",
+    b"Transfer-Encoding: chunked\r\n",
+    b"HTTP/1.1 200 OK\r\nX-Injected: 1\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 100 Continue\r\n\r\n",
+    b"ffffffffffffffffff\r\n",
+    b"\r\n folded",
+];
+
+/// Seeded mutations of the agent's answer (`NS_FUZZ_SEED` replays): the VM gets one
+/// well-formed answer (relayed, or the proxy's 502), or a relayed head whose body is cut short
+/// and then the close; never a second answer; the same proxy then answers normally.
+#[test]
+fn mutated_agent_answers_reach_the_vm_well_formed() {
+    let mut p = Proxy::start_behaving("agentfuzz", None, Behave::Canned, &[]);
+    // HTTP/1.1, and HTTP/1.0 (a chunked answer is de-chunked and ends with the close).
+    let gets: [&[u8]; 2] = [
+        b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"GET /x HTTP/1.0\r\n\r\n",
+    ];
+    fuzz::run("agent-answers", 0x5eed_0104, 500, |rng, case| {
+        let valid = rng.pick(AGENT_ANSWERS);
+        let answer = fuzz::mutate(rng, valid, AGENT_DICT);
+        p.agent.set_answer(&answer);
+        let get = *rng.pick(&gets);
+        let (r, closed) = Blocking::new(p.connect()).send_last(get, WAIT);
+        let said = String::from_utf8_lossy(&answer[..answer.len().min(300)]).into_owned();
+        assert!(closed, "case {case}: not closed: {said:?} -> {}", show(&r));
+        assert!(
+            status(&r).is_some(),
+            "case {case}: {said:?} -> {}",
+            show(&r)
+        );
+        match answers(&r) {
+            Ok(a) => assert_eq!(a.len(), 1, "case {case}: {said:?} -> {}", show(&r)),
+            // Cut short after the head was relayed: the close says so.
+            Err(e) => assert!(
+                e.starts_with("incomplete answer")
+                    && r.windows(4).any(|w| w == b"\r\n\r\n")
+                    && !r.starts_with(b"HTTP/1.1 502"),
+                "case {case}: {said:?} -> {e}"
+            ),
+        }
+    });
+    p.agent
+        .set_answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    p.assert_healthy("mutated agent answers");
+}
+
+/// A chunked body whose extension or trailers never end is refused once they pass 16 KiB:
+/// 400 and a close, while the client still holds its side open (before, the proxy kept
+/// reading them for as long as bytes came).
+#[test]
+fn endless_chunk_extensions_and_trailers_get_400() {
+    let mut p = Proxy::start("chunkext-endless", &[]);
+    let head = b"POST /ext HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let mut ext = head.to_vec();
+    ext.extend_from_slice(b"1;");
+    ext.resize(ext.len() + 20 * 1024, b'e');
+    let mut trailers = head.to_vec();
+    trailers.extend_from_slice(b"0\r\n");
+    while trailers.len() < 24 * 1024 {
+        trailers.extend_from_slice(b"X-Trailer: 0123456789\r\n");
+    }
+    for (case, bytes) in [("extension", ext), ("trailers", trailers)] {
+        let mut c = Blocking::new(p.connect());
+        let _ = c.send(&bytes);
+        let (r, closed) = c.read_until_closed(WAIT);
+        assert!(closed, "{case}: the proxy kept reading: {}", show(&r));
+        assert_eq!(status(&r), Some(400), "{case}: {}", show(&r));
+        p.assert_healthy(case);
+    }
+    assert!(
+        p.agent
+            .received()
+            .iter()
+            .all(|r| !r.head.starts_with("POST /ext")),
+        "an endless chunked body reached the agent"
+    );
+}
+
+/// Framing headers in their WSGI spellings (`Content_Length`, `Transfer_Encoding`), which the
+/// agent's webob reads as the body's length, never reach it: only the proxy's own length.
+#[test]
+fn underscore_framing_headers_never_reach_the_agent() {
+    let mut p = Proxy::start("wsgi-framing", &[]);
+    let r = p.exchange(
+        b"POST /wsgi HTTP/1.1\r\nHost: h\r\nContent_Length: 0\r\nTransfer_Encoding: chunked\r\nconnection_: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+        WAIT,
+    );
+    assert_eq!(status(&r), Some(200), "{}", show(&r));
+    let seen = p.agent.received();
+    let got = seen
+        .iter()
+        .find(|r| r.head.starts_with("POST /wsgi "))
+        .expect("the request reached the agent");
+    let head = got.head.to_ascii_lowercase();
+    assert!(
+        !head.contains("content_length") && !head.contains("transfer_encoding"),
+        "{}",
+        got.head
+    );
+    assert_eq!(head.matches("content-length").count(), 1, "{}", got.head);
+    assert_eq!(got.body, b"hi");
+    p.assert_healthy("underscore framing headers");
 }

@@ -410,3 +410,37 @@ fn metrics_bind_is_an_address_and_port() {
         "{e}"
     );
 }
+
+/// The sample metadata_agent.ini with its options switched on at random and mutated
+/// (seeded; `NS_FUZZ_SEED` replays): a configuration, or one line naming the file's line (or
+/// the default a value reached through `$`); never a panic.
+#[test]
+fn mutated_sample_files_load_or_name_the_line() {
+    const DICT: &[&[u8]] = &[
+        b"\nnova_metadata_port = 0\n",
+        b"\nnova_metadata_protocol = gopher\n",
+        b"\nmetadata_backend = nova\n",
+        b"\nmetadata_proxy_socket_mode = 0777\n",
+        b"\nkeepalive = -1\n",
+        b"\nmetadata_workers = 99999999999999999999\n",
+        b"\n[ovn]\novn_sb_connection = tcp:[::1\n",
+        b"$state_path",
+        b"$$",
+    ];
+    let sample = include_str!("../../../examples/metadata_agent.ini");
+    ns_testkit::fuzz::sample_files("agent-ini", 0x5eed_0010, 1000, sample, DICT, FILE, |t| {
+        load(t, &[], &[]).err().map(|e| e.to_string())
+    });
+}
+
+/// Every option set to a hostile multi-line value, with the OVN resolver and Nova on so
+/// their checks run too: an error names the place in one line, the value quoted.
+#[test]
+fn every_option_with_a_hostile_value_is_refused_in_one_line() {
+    ns_testkit::fuzz::hostile_values(
+        SCHEMA.all().map(|o| (o.group, o.name)),
+        "[DEFAULT]\nresolver = ovn\nnova_metadata_host = n\n",
+        FILE,
+        |t| load(t, &[], &[]).err().map(|e| e.to_string()),
+    );
+}

@@ -443,6 +443,72 @@ mod tests {
         }
     }
 
+    /// Mutations of the sample (seeded; `NS_FUZZ_SEED` replays), deep nesting and huge
+    /// numbers: a one-line error naming the file, or a snapshot whose lookups never panic.
+    #[test]
+    fn mutated_inventories_load_or_say_why_in_one_line() {
+        use ns_testkit::fuzz;
+        const DICT: &[&[u8]] = &[
+            b"{\"id\": \"x\", \"network_id\": \"net1\"},",
+            b"\"cidr\": \"10.0.0.0/255\",",
+            b"\"ip_address\": \"::ffff:10.250.1.2\",",
+            b"\"user_data_b64\": \"====\",",
+            b"\"mtu\": 99999999999999999999999,",
+            b"\"launch_index\": -1,",
+            b"\"\\ud800\"",
+            b"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
+        ];
+        let sample = include_str!("../../../examples/inventory.json");
+        let ips: Vec<IpAddr> = [
+            "10.250.1.2",
+            "10.250.2.3",
+            "fe80::f816:3eff:fe00:2",
+            "::",
+            "255.255.255.255",
+        ]
+        .iter()
+        .map(|s| ip(s))
+        .collect();
+        let check = |text: &[u8]| match Snapshot::parse(text, "inv.json") {
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.starts_with("inv.json: ") && !msg.contains('\n'),
+                    "{msg:?}"
+                );
+            }
+            Ok(s) => {
+                for p in &s.inventory.ports {
+                    for kind in [Kind::Network, Kind::Router, Kind::OvnNetwork] {
+                        let Ok(r) = Resource::new(kind, &p.network_id) else {
+                            continue;
+                        };
+                        for ip in &ips {
+                            let _ = s.lookup(&r, *ip, p.mac_address.as_deref());
+                            let _ = s.subnet_for(&p.network_id, *ip);
+                        }
+                    }
+                }
+                for i in &s.inventory.instances {
+                    let _ = i.user_data_bytes();
+                }
+            }
+        };
+        for m in fuzz::truncations_and_substitutions(SAMPLE.as_bytes(), b"\0\"}") {
+            check(&m);
+        }
+        let deep = format!(
+            "{{\"vendor_data\": {}{}}}",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        check(deep.as_bytes());
+        fuzz::run("inventory", 0x5eed_0008, 2000, |rng, _| {
+            let text = if rng.one_in(2) { SAMPLE } else { sample };
+            check(&fuzz::mutate(rng, text.as_bytes(), DICT));
+        });
+    }
+
     #[test]
     fn an_ovn_network_resolves_as_a_network() {
         let s = snap();

@@ -25,13 +25,14 @@ pub fn default_socket(state_path: &str) -> String {
 /// inside its namespace) and short enough for `sun_path`.
 pub fn check_socket_path(path: &Path) -> Result<(), String> {
     let len = path.as_os_str().len();
+    // Quoted: a value from a file may hold a line break (a continuation line) or control
+    // bytes, and the error must stay one line.
     if path.is_relative() {
-        return Err(format!("{} must be an absolute path", path.display()));
+        return Err(format!("{path:?} must be an absolute path"));
     }
     if len > MAX_SOCKET_PATH {
         return Err(format!(
-            "{} is {len} bytes; a Unix socket path holds at most {MAX_SOCKET_PATH}",
-            path.display()
+            "{path:?} is {len} bytes; a Unix socket path holds at most {MAX_SOCKET_PATH}"
         ));
     }
     Ok(())
@@ -57,5 +58,8 @@ mod tests {
         assert!(check_socket_path(Path::new("run/x")).is_err());
         let long = format!("/{}", "a".repeat(107));
         assert!(check_socket_path(Path::new(&long)).is_err());
+        let e =
+            check_socket_path(Path::new(&format!("/x\n{}", "a".repeat(107)))).expect_err("long");
+        assert!(e.starts_with("\"/x\\naaa") && !e.contains('\n'), "{e}");
     }
 }

@@ -167,16 +167,32 @@ fn norm(key: &str) -> String {
     key.trim().replace('-', "_")
 }
 
+/// A file that is not UTF-8 (a Latin-1 secret, a binary file): the line of the first bad
+/// byte, not only "stream did not contain valid UTF-8".
+fn not_utf8(path: &Path, e: &std::string::FromUtf8Error) -> Error {
+    let bytes = e.as_bytes();
+    let at = e.utf8_error().valid_up_to();
+    Error::Syntax {
+        path: path.to_owned(),
+        line: 1 + bytes[..at].iter().filter(|&&b| b == b'\n').count(),
+        reason: format!(
+            "not UTF-8 text (byte {:#04x}); oslo.config reads files as UTF-8",
+            bytes.get(at).copied().unwrap_or(0)
+        ),
+    }
+}
+
 impl Ini {
     /// Read the files in order; a later file overrides an earlier one key by key.
     pub fn load<P: AsRef<Path>>(paths: &[P]) -> Result<Self> {
         let mut ini = Ini::default();
         for p in paths {
             let path = p.as_ref();
-            let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            let bytes = std::fs::read(path).map_err(|source| Error::Read {
                 path: path.to_owned(),
                 source,
             })?;
+            let text = String::from_utf8(bytes).map_err(|e| not_utf8(path, &e))?;
             ini.add_str(&text, path)?;
         }
         Ok(ini)
@@ -393,6 +409,17 @@ mod tests {
         );
         let missing = Ini::load(&[dir.join("nope.ini")]).expect_err("fails");
         assert!(missing.to_string().contains("nope.ini: cannot read"));
+        // Not UTF-8 (a Latin-1 secret, a binary file): the line of the first bad byte.
+        let latin = dir.join("latin1.ini");
+        std::fs::write(&latin, b"[DEFAULT]\nk = 1\nsecret = s\xe9cret\n").expect("write");
+        let bad = Ini::load(&[&latin]).expect_err("not UTF-8").to_string();
+        assert_eq!(
+            bad,
+            format!(
+                "{}:3: not UTF-8 text (byte 0xe9); oslo.config reads files as UTF-8",
+                latin.display()
+            )
+        );
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 

@@ -144,7 +144,11 @@ fn closest(
     candidates: impl Iterator<Item = &'static str>,
     max: usize,
 ) -> Option<&'static str> {
+    let len = word.chars().count();
     candidates
+        // The lengths' difference is a lower bound of the distance: a long garbage key is
+        // not compared letter by letter with every option.
+        .filter(|c| len.abs_diff(c.chars().count()) <= max)
         .map(|c| (distance(word, c), c))
         .filter(|(d, _)| *d <= max)
         .min_by_key(|(d, _)| *d)

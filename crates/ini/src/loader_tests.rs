@@ -587,3 +587,68 @@ fn shared_groups_load_flag_substitute_and_lint_like_own_options() {
         .iter()
         .any(|a| a.get_long() == Some("timeout-server")));
 }
+
+/// Mutated files (seeded; `NS_FUZZ_SEED` replays: truncations, NUL, CR, stray brackets,
+/// continuation lines, `$` references, huge numbers): the loader gives values every getter
+/// reads without a panic, or one line that names the file and line (`file:line: ...`) or the
+/// default the file's value reached through a reference.
+#[test]
+fn mutated_files_load_or_name_file_line_and_reason() {
+    use ns_testkit::fuzz;
+    const TEXT: &str = "[DEFAULT]\nstate_path = /var/lib/neutron\nmetadata_proxy_socket = $state_path/m\n\
+        debug = true\nport = 8775\nworkers = 4\nsecret = pa$$word\nnova_metadata_ip = 10.0.0.1\n\
+        protocol = https\nbind = a, b,\n  c\n\n[ovn]\nhost = h\nurl = tcp:${host}:6642\ntimeout = 2.5\n";
+    const DICT: &[&[u8]] = &[
+        b"$",
+        b"${",
+        b"${ovn.",
+        b"$$",
+        b"$nope",
+        b"$a\na = $b\nb = $a\n",
+        b"[",
+        b"]",
+        b"[ovn]\n",
+        b"\n  continued",
+        b"99999999999999999999",
+        b"1e309",
+        b"-0.0",
+        b"\xef\xbb\xbf",
+    ];
+    let check = |bytes: &[u8]| {
+        let text = String::from_utf8_lossy(bytes);
+        let got = Ini::parse_str(&text, Path::new("/etc/t.ini"))
+            .map_err(ConfigError::from)
+            .and_then(|i| Loader::new(&SCHEMA).ini(i).load());
+        match got {
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(!msg.contains('\n'), "not one line: {msg:?}");
+                assert!(
+                    msg.starts_with("/etc/t.ini:") || msg.contains(" (default): "),
+                    "{msg}"
+                );
+            }
+            Ok(l) => {
+                let v = l.values;
+                let _ = v.path("DEFAULT", "metadata_proxy_socket");
+                let _ = v.bool("DEFAULT", "debug");
+                let _ = v.port("DEFAULT", "port");
+                let _ = v.int::<u8>("DEFAULT", "workers");
+                let _ = v.str("DEFAULT", "secret");
+                let _ = v.list("DEFAULT", "bind");
+                let _ = v.choice("DEFAULT", "protocol");
+                let _ = v.seconds("ovn", "timeout");
+                let _ = v.str("ovn", "url");
+                for w in &l.warnings {
+                    assert!(!w.to_string().contains('\n'), "{w}");
+                }
+            }
+        }
+    };
+    for m in fuzz::truncations_and_substitutions(TEXT.as_bytes(), b"\0\r\n[$=") {
+        check(&m);
+    }
+    fuzz::run("ini", 0x5eed_000e, 1500, |rng, _| {
+        check(&fuzz::mutate(rng, TEXT.as_bytes(), DICT));
+    });
+}

@@ -212,3 +212,76 @@ async fn a_member_that_accepts_but_never_answers_is_skipped() {
     p.handshake().await;
     assert_eq!(ready(&mut ev).await.0, format!("unix:{}", good.display()));
 }
+
+/// A hostile server (seeded; `NS_FUZZ_SEED` replays): after the handshake it sends a
+/// mutation of a valid message (updates of each kind, echo requests, replies, errors,
+/// notices), an echo probe, and ends its side. The client answers the probe or drops the
+/// connection with an error, and in both cases comes back with a full handshake: it never
+/// stops, and a good update after all of them is folded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutated_server_messages_are_folded_or_end_the_connection() {
+    let (_dir, l, c, mut ev) = fake("ovsdb-fake-fuzz", |cfg| {
+        cfg.max_message = 64 * 1024;
+        cfg.backoff_min = std::time::Duration::from_millis(1);
+        cfg.backoff_max = std::time::Duration::from_millis(5);
+    });
+    let valid: Vec<String> = [
+        json!({"id": null, "method": "update3", "params": ["data", TXN, {"T": {U1: {"modify": {"tags": ["set", ["a", "b"]]}}}}]}),
+        json!({"id": null, "method": "update3", "params": ["data", TXN, {"T": {U2: {"insert": {"name": "b"}}}}]}),
+        json!({"id": null, "method": "update3", "params": ["data", TXN, {"T": {U1: {"delete": null}}}]}),
+        json!({"id": null, "method": "update2", "params": ["data", {"T": {U1: {"modify": {"name": "c"}}}}]}),
+        json!({"id": "e9", "method": "echo", "params": []}),
+        json!({"id": 12345, "result": {}, "error": null}),
+        json!({"id": 7, "result": null, "error": {"error": "not leader"}}),
+        json!({"id": null, "method": "update3", "params": ["_Server", TXN, {"Database": {U2: {"modify": {"leader": false}}}}]}),
+    ]
+    .iter()
+    .map(Value::to_string)
+    .collect();
+    const DICT: &[&[u8]] = &[
+        b"[\"set\",[]]",
+        b"[\"map\",[[\"k\",1]]]",
+        b"[\"uuid\",\"zz\"]",
+        b"{\"initial\":{}}",
+        b"9223372036854775808",
+        b"1e400",
+        b"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
+        b"\"\\ud800\"",
+    ];
+    let mut cases = Vec::new();
+    ns_testkit::fuzz::run("ovsdb-server", 0x5eed_0105, 150, |rng, _| {
+        let v = rng.pick(&valid).clone();
+        cases.push(ns_testkit::fuzz::mutate(rng, v.as_bytes(), DICT));
+    });
+    for (i, bad) in cases.iter().enumerate() {
+        let mut p = accept(&l).await;
+        p.handshake().await;
+        ready(&mut ev).await;
+        // The client may close at the first bad byte: writes may fail.
+        let _ = p.s.write_all(bad).await;
+        let _ =
+            p.s.write_all(b"{\"id\":\"probe\",\"method\":\"echo\",\"params\":[]}")
+                .await;
+        let _ = p.s.shutdown().await;
+        // Whatever the client says until it closes: a clean read to the end, no hang.
+        let closed = tokio::time::timeout(WAIT, async {
+            let mut rest = Vec::new();
+            p.s.read_to_end(&mut rest).await.is_ok()
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "case {i}: the client neither closed nor answered: {}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    // Still the same client: a good update on the next connection is folded.
+    let mut p = accept(&l).await;
+    p.handshake().await;
+    ready(&mut ev).await;
+    p.write(json!({"id": null, "method": "update3", "params": ["data", TXN, {"T": {U2: {"insert": {"name": "z", "tags": "t"}}}}]}).to_string().as_bytes()).await;
+    until(&c, "a good update after the hostile ones", |c| {
+        tags(c, U2) == Some(vec!["t".into()])
+    })
+    .await;
+}

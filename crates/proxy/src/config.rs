@@ -459,7 +459,11 @@ fn resource(v: &Values) -> Result<Resource> {
             flags[0], flags[1], flags[2]
         ))),
         _ => {
-            let got: Vec<&str> = given.iter().map(|(k, _)| k.flag()).collect();
+            // Where each was given (`--router-id`, or `file:line: [DEFAULT] network_id`).
+            let got = given
+                .iter()
+                .map(|(k, _)| v.place(D, k.key()).map(ToString::to_string))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
             Err(Error::Config(format!(
                 "give only one of {}, {} and {} (got {})",
                 flags[0],
@@ -483,7 +487,7 @@ fn binds(v: &Values) -> Result<Vec<BindSpec>> {
     for b in v.list(D, "bind")? {
         let spec = b
             .parse::<BindSpec>()
-            .map_err(|r| v.error(D, "bind", format!("{b}: {r}")))?;
+            .map_err(|r| v.error(D, "bind", format!("{b:?}: {r}")))?;
         binds.push(spec);
     }
     if binds.is_empty() {

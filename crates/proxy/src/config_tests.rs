@@ -161,6 +161,15 @@ fn exactly_one_valid_id() {
     );
     let e = err(&["--router-id", "a", "--ovn-network-id", "b"]);
     assert!(e.contains("(got --router-id and --ovn-network-id)"), "{e}");
+    // An id from a file is named where it was set, so the operator finds the line.
+    let (_t, f) = ini("[DEFAULT]\n\nnetwork_id = n-1\n");
+    let e = err(&["--router-id", "a", "--config-file", &f]);
+    assert!(
+        e.ends_with(&format!(
+            "(got --router-id and {f}:3: [DEFAULT] network_id)"
+        )),
+        "{e}"
+    );
 }
 
 #[test]
@@ -322,7 +331,7 @@ fn bad_values_name_file_line_env_or_flag() {
         "--debug: invalid boolean \"maybe\": expected true/false, yes/no, on/off or 1/0"
     );
     let e = err(&["--router-id", "r", "--bind", "1.2.3.4"]);
-    assert!(e.starts_with("--bind: 1.2.3.4: "), "{e}");
+    assert!(e.starts_with("--bind: \"1.2.3.4\": "), "{e}");
     let e = err(&["--router-id", "r", "--pid-file", "rel.pid"]);
     assert_eq!(e, "--pid-file: \"rel.pid\" must be an absolute path");
 }
@@ -609,4 +618,55 @@ fn the_shared_server_refuses_a_statistics_fd_of_its_own() {
         "{e}"
     );
     assert_eq!(e.lines().count(), 1, "{e}");
+}
+
+/// `--router-id r-1 --config-file p.ini` with `text` in the file: the error, if any.
+fn router_with_file(t: &Tmp, text: &str) -> Option<String> {
+    let f = t.file("p.ini", text);
+    parse(&["--router-id", "r-1", "--config-file", &f])
+        .err()
+        .map(|e| e.to_string())
+}
+
+/// The sample proxy.ini with its options switched on at random and mutated (seeded;
+/// `NS_FUZZ_SEED` replays), with a router id on the command line: a configuration, or one
+/// line naming the file's line (or the default a value reached through `$`); never a panic.
+#[test]
+fn mutated_sample_files_load_or_name_the_line() {
+    const DICT: &[&[u8]] = &[
+        b"\nbind = [fe80::a9fe:a9fe]:80%\n",
+        b"\nbind = 169.254.169.254:99999\n",
+        b"\nnetwork_id = n-1\n",
+        b"\nmax_connections = 0\n",
+        b"\nthreads = 99999999999999999999\n",
+        b"\nip_versions = 5\n",
+        b"\nsyslog_log_facility = LOG_NOPE\n",
+        b"\ntimeout_server = 0.0001\n",
+        b"\nagent_keepalive = sometimes\n",
+        b"$state_path",
+    ];
+    let sample = include_str!("../../../examples/proxy.ini");
+    let t = Tmp::new();
+    ns_testkit::fuzz::sample_files(
+        "proxy-ini",
+        0x5eed_0011,
+        300,
+        sample,
+        DICT,
+        "p.ini:",
+        |text| router_with_file(&t, text),
+    );
+}
+
+/// Every option set to a hostile multi-line value: an error names the place in one line,
+/// the value quoted (`bind` echoed it raw, line break and all, before).
+#[test]
+fn every_option_with_a_hostile_value_is_refused_in_one_line() {
+    let t = Tmp::new();
+    ns_testkit::fuzz::hostile_values(
+        SCHEMA.all().map(|o| (o.group, o.name)),
+        "[DEFAULT]\n",
+        "p.ini:",
+        |text| router_with_file(&t, text),
+    );
 }

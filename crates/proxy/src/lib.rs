@@ -27,5 +27,8 @@ pub mod syslog;
 pub mod upstream;
 pub mod workers;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 pub use config::{Args, Config};
 pub use error::{Error, Result};

@@ -100,11 +100,12 @@ pub struct Upstream {
 }
 
 /// Whether a client header is dropped instead of forwarded to the agent: an identity header
-/// in any spelling (LP#1865036, [`ns_contract::headers::is_identity`]), a [`STRIP`] header,
-/// or one named in `Connection`.
+/// in any spelling (LP#1865036, [`ns_contract::headers::is_identity`]), a [`STRIP`] header
+/// in any spelling too (the agent reads headers the WSGI way, where `Content_Length` is
+/// `CONTENT_LENGTH`: a second length from the VM), or one named in `Connection`.
 fn stripped(headers: &[httparse::Header<'_>], name: &str) -> bool {
     is_identity(name)
-        || STRIP.iter().any(|s| name_is(name, s))
+        || STRIP.iter().any(|s| eq_wsgi(name, s))
         || named_in_connection(headers, name)
 }
 
@@ -162,6 +163,11 @@ pub fn parse(
                 _ => body = Body::Length(n),
             }
         } else if name_is(h.name, "transfer-encoding") {
+            // Two lines are one list (RFC 9110 §5.3): `chunked` twice, which a server
+            // behind a proxy may read as something else, so a smuggling shape.
+            if has_te {
+                return Err(ReqError::Bad("more than one Transfer-Encoding"));
+            }
             has_te = true;
             // Only `chunked` as the final (here: only) coding can be framed (RFC 9112 §6.3).
             if !chunked_only(h.value) {
@@ -353,6 +359,18 @@ mod tests {
         assert_eq!(
             out,
             "GET / HTTP/1.1\r\nHost: h\r\nX_Custom_Thing: kept\r\nX-Forwarded-For: 10.0.0.5\r\nX-NS-Metadata-Client-Forwarded: 1\r\nX-Neutron-Router-ID: r1\r\nConnection: close\r\n\r\n"
+        );
+    }
+
+    /// The agent reads headers the WSGI way (`_` and `-` alike, webob's `Content_Length` is
+    /// `CONTENT_LENGTH`): framing and hop-by-hop headers in any spelling are not forwarded, or
+    /// the VM could give the agent a second, conflicting length.
+    #[test]
+    fn strips_underscore_spellings_of_framing_headers() {
+        let (_, out) = run(b"POST / HTTP/1.1\r\nHost: h\r\nContent_Length: 0\r\nTransfer_Encoding: chunked\r\ncontent_length: 9\r\nKeep_Alive: 1\r\nProxy_Connection: x\r\nX_NS_Metadata_Keepalive: 1\r\nContent-Length: 2\r\n\r\nhi").expect("ok");
+        assert_eq!(
+            out,
+            "POST / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.0.0.5\r\nX-Neutron-Router-ID: r1\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi"
         );
     }
 

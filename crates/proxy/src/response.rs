@@ -5,9 +5,7 @@ use std::io::Write as _;
 
 use ns_contract::keepalive::HEADER as KEEPALIVE;
 
-use crate::http1::{
-    chunked_is_final, connection_tokens, content_length, name_is, named_in_connection,
-};
+use crate::http1::{chunked_only, connection_tokens, content_length, name_is, named_in_connection};
 /// Largest response head accepted from the agent; more is a 502.
 pub const MAX_RESP_HEAD: usize = 16 * 1024;
 const MAX_RESP_HEADERS: usize = 100;
@@ -94,7 +92,7 @@ pub fn parse(
     let headers = resp.headers;
 
     let mut length: Option<u64> = None;
-    let mut te: Option<bool> = None; // Some(chunked is final)
+    let mut chunked = false;
     let mut close = minor == 0;
     let mut keepalive_hint = None;
     for h in headers.iter() {
@@ -105,7 +103,13 @@ pub fn parse(
             }
             length = Some(n);
         } else if name_is(h.name, "transfer-encoding") {
-            te = Some(chunked_is_final(h.value));
+            // Only one `chunked` can be relayed: another coding (gzip) would reach the VM
+            // undecoded with its Transfer-Encoding gone (RFC 9112 §6.1), a second line is
+            // chunked twice.
+            if chunked || !chunked_only(h.value) {
+                return Err(RespError("transfer coding other than one chunked"));
+            }
+            chunked = true;
         } else if name_is(h.name, "connection") {
             let c = connection_tokens(h.value);
             if c.close {
@@ -122,16 +126,18 @@ pub fn parse(
     let framing = if client.is_head || status == 204 || status == 304 {
         Framing::None
     } else {
-        match (te, length) {
-            (Some(true), _) => Framing::Chunked,
-            (Some(false), _) => Framing::Close,
-            (None, Some(n)) => Framing::Length(n),
-            (None, None) => Framing::Close,
+        match (chunked, length) {
+            (true, _) => Framing::Chunked,
+            (false, Some(n)) => Framing::Length(n),
+            (false, None) => Framing::Close,
         }
     };
     let decode_chunked = framing == Framing::Chunked && client.minor == 0;
     let client_close = !client.keep_alive || framing == Framing::Close || decode_chunked;
-    let agent_reusable = !close && framing != Framing::Close;
+    // RFC 9112 §6.1, §6.3: Transfer-Encoding with Content-Length, or in HTTP/1.0, is read as
+    // chunked, but such framing may be a smuggled second answer: never reuse that connection.
+    let suspect = chunked && (length.is_some() || minor == 0);
+    let agent_reusable = !close && !suspect && framing != Framing::Close;
 
     out.clear();
     let _ = write!(out, "HTTP/1.1 {status} {reason}\r\n");
@@ -239,6 +245,43 @@ mod tests {
         );
         assert!(i.decode_chunked && i.client_close);
         assert!(!out.contains("chunked"));
+    }
+
+    /// RFC 9112 §6.1, §6.3: `Transfer-Encoding` with `Content-Length`, or on an HTTP/1.0
+    /// answer, is read as chunked but the framing is suspect: that agent connection is not
+    /// used again (a smuggled second answer would meet the next request).
+    #[test]
+    fn suspect_framing_is_relayed_but_the_agent_connection_not_reused() {
+        for raw in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            let (i, out) = run(raw, C11);
+            assert_eq!(i.framing, Framing::Chunked);
+            assert!(!i.agent_reusable, "{raw:?}");
+            assert!(!out.contains("Content-Length"), "{out}");
+        }
+        let (i, _) = run(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            C11,
+        );
+        assert!(i.agent_reusable);
+    }
+
+    /// Only chunked can be relayed: a `gzip` transfer coding would reach the VM undecoded,
+    /// its `Transfer-Encoding` gone (RFC 9112 §6.1), and `chunked` twice is chunked twice.
+    #[test]
+    fn transfer_codings_other_than_one_chunked_are_a_502() {
+        let mut out = Vec::new();
+        for raw in [
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nConnection: close\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+        ] {
+            assert!(parse(raw, C11, &mut out).is_err(), "{raw:?}");
+        }
     }
 
     #[test]

@@ -1067,6 +1067,49 @@ mod tests {
         }
     }
 
+    /// Mutated control messages (seeded; `NS_FUZZ_SEED` replays): never a panic; an error is
+    /// one line (it goes back as one `error ...` datagram); what parses renders back to a
+    /// message that parses the same.
+    #[test]
+    fn mutated_control_messages_parse_exactly_or_say_why_in_one_line() {
+        use ns_testkit::fuzz;
+        const VALID: &[&[u8]] = &[
+            b"add router r-1 qrouter-r-1 stats=@17",
+            b"add-batch 2\nrouter r-1 qrouter-r-1 2 stats=1\nnetwork n-1 qdhcp-n-1 1",
+            b"remove ovn-network n-1",
+            b"stats-slab",
+            b"list",
+        ];
+        const DICT: &[&[u8]] = &[
+            b" stats=@4294967295",
+            b" stats=@99999999999999999999",
+            b"\nrouter r-2 qrouter-r-2 16",
+            b"add-batch 253",
+            b" ../..",
+            b" ovn-network",
+        ];
+        let check = |m: &[u8]| match Request::parse(m) {
+            Err(e) => assert!(!e.contains('\n') && !e.is_empty(), "{e:?}"),
+            Ok(Request::AddBatch(items)) => {
+                let again = batch_message(&items);
+                assert_eq!(
+                    Request::parse(again.as_bytes()),
+                    Ok(Request::AddBatch(items))
+                );
+            }
+            Ok(_) => {}
+        };
+        for v in VALID {
+            for m in fuzz::truncations_and_substitutions(v, b"\0\n \xff@") {
+                check(&m);
+            }
+        }
+        fuzz::run("control", 0x5eed_0006, 3000, |rng, _| {
+            let v = rng.pick(VALID);
+            check(&fuzz::mutate(rng, v, DICT));
+        });
+    }
+
     #[test]
     fn the_global_cap_follows_the_descriptor_limit() {
         assert_eq!(global_cap(1024), 384);

@@ -857,17 +857,27 @@ impl Body {
                 Ok((false, false))
             }
             Framing::Chunked => {
-                let used = if self.decode {
-                    self.decoder.feed(input, |d| dst.extend_from_slice(d))
-                } else {
-                    let r = self.decoder.feed(input, |_| {});
-                    if let Ok(n) = r {
-                        dst.extend_from_slice(&input[..n]);
-                    }
-                    r
+                // The data goes on, framed again in strict CRLF chunks (or bare for an
+                // HTTP/1.0 client): the agent's bare LFs, extensions and trailers, which
+                // the decoder tolerates, are not a message every VM client can read.
+                let decode = self.decode;
+                let used = self
+                    .decoder
+                    .feed(input, |d| {
+                        if !decode {
+                            let _ = write!(dst, "{:x}\r\n", d.len());
+                        }
+                        dst.extend_from_slice(d);
+                        if !decode {
+                            dst.extend_from_slice(b"\r\n");
+                        }
+                    })
+                    .map_err(|_| ())?;
+                let done = self.decoder.is_done();
+                if done && !decode {
+                    dst.extend_from_slice(b"0\r\n\r\n");
                 }
-                .map_err(|_| ())?;
-                Ok((self.decoder.is_done(), used == input.len()))
+                Ok((done, used == input.len()))
             }
         }
     }
@@ -876,6 +886,50 @@ impl Body {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the VM gets of a chunked answer: strict `CRLF` chunked framing whatever line
+    /// ends, extensions or trailers the agent used (they are the agent's, not a valid
+    /// message for every client), the same data, and the end exactly where the agent's is.
+    #[test]
+    fn a_chunked_answer_is_relayed_with_strict_framing() {
+        let info = RespInfo {
+            status: 200,
+            head_len: 0,
+            framing: Framing::Chunked,
+            agent_reusable: true,
+            keepalive_hint: None,
+            client_close: false,
+            decode_chunked: false,
+        };
+        let agent: &[u8] = b"5\nhello\n3;ext=\"a b\"\r\nabc\r\n0\nX-Trailer: \x01x\n\n";
+        for step in 1..=agent.len() {
+            let mut body = Body::new(&info);
+            let mut vm = Vec::new();
+            let mut ends = Vec::new();
+            for part in agent.chunks(step) {
+                ends.push(body.take(part, &mut vm).expect("valid"));
+            }
+            assert_eq!(ends.last(), Some(&(true, true)), "step {step}");
+            let mut d = http1::Decoder::default();
+            let mut data = Vec::new();
+            let used = d.feed(&vm, |b| data.extend_from_slice(b)).expect("strict");
+            assert!(d.is_done() && used == vm.len(), "step {step}: {vm:?}");
+            assert_eq!(data, b"helloabc");
+            assert!(
+                !vm.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r'),
+                "{vm:?}"
+            );
+            assert!(vm.ends_with(b"\r\n0\r\n\r\n") && !vm.contains(&1), "{vm:?}");
+        }
+        // For an HTTP/1.0 client the data alone, as before.
+        let mut body = Body::new(&RespInfo {
+            decode_chunked: true,
+            ..info
+        });
+        let mut vm = Vec::new();
+        assert_eq!(body.take(agent, &mut vm), Ok((true, true)));
+        assert_eq!(vm, b"helloabc");
+    }
 
     /// `auto`: no `Connection: close` until an answer comes without the reuse header; then
     /// every request asks to close but one per [`PROBE_EVERY`]; one advertised answer (the

@@ -511,3 +511,44 @@ fn a_reload_keeps_what_changes_only_on_restart() {
         load("[spawner]\nproxy_model = shared\nshared_servers = 2\n").expect("same");
     assert!(same.keep_restart_only(&old).is_empty());
 }
+
+/// The sample spawner.ini with its options switched on at random and mutated (seeded;
+/// `NS_FUZZ_SEED` replays): a configuration, or one line naming `s.ini:LINE` (or the default
+/// a value reached through `$`); never a panic.
+#[test]
+fn mutated_sample_files_load_or_name_the_line() {
+    const DICT: &[&[u8]] = &[
+        b"\nproxy_model = shared\n",
+        b"\nshared_servers = 99999999999\n",
+        b"\nproxy_threads = 0\n",
+        b"\nipv6 = maybe\n",
+        b"\nrouter_interface = ../x\n",
+        b"\nstate_dir = relative\n",
+        b"\nmetrics_bind = [::1]:99999\n",
+        b"\nbase_window_duration = 1e9\n",
+        b"\n[spawner]\nsource = ovn\n",
+        b"$state_path",
+    ];
+    let sample = include_str!("../../../examples/spawner.ini");
+    ns_testkit::fuzz::sample_files(
+        "spawner-ini",
+        0x5eed_000f,
+        1000,
+        sample,
+        DICT,
+        "s.ini:",
+        |t| load(t).err().map(|e| e.to_string()),
+    );
+}
+
+/// Every option set to a hostile multi-line value, with the OVN source and the shared model
+/// on so their checks run too: an error names the place in one line, the value quoted.
+#[test]
+fn every_option_with_a_hostile_value_is_refused_in_one_line() {
+    ns_testkit::fuzz::hostile_values(
+        SCHEMA.all().map(|o| (o.group, o.name)),
+        "[spawner]\nsource = ovn\nproxy_model = shared\n",
+        "s.ini:",
+        |t| load(t).err().map(|e| e.to_string()),
+    );
+}

@@ -215,3 +215,49 @@ fn addresses_have_the_link_local_ones_only_with_ipv6() {
     assert!(got.contains(&(ip("10.250.0.2"), 24)), "{got:?}");
     assert_eq!(got.len(), 4, "{got:?}: not the metadata port's fd00::2/64");
 }
+
+/// A hostile or broken Southbound database (seeded; `NS_FUZZ_SEED` replays): mutated MACs,
+/// addresses, CIDRs, MTUs and datapath names never panic the decision, and every namespace
+/// it asks for has a valid name, veth names within IFNAMSIZ and a MAC of six bytes.
+#[test]
+fn mutated_southbound_rows_give_valid_namespaces_or_none() {
+    use ns_testkit::fuzz;
+    const DICT: &[&[u8]] = &[
+        b"ff:ff:ff:ff:ff:ff",
+        b"+f",
+        b" 10.250.0.99",
+        b" fe80::1",
+        b"/33",
+        b"/129",
+        b"4294967296",
+        b"neutron-",
+        b"../",
+    ];
+    let m = |rng: &mut fuzz::Rng, s: &str| {
+        String::from_utf8_lossy(&fuzz::mutate(rng, s.as_bytes(), DICT)).into_owned()
+    };
+    fuzz::run("ovn-decide", 0x5eed_0012, 2000, |rng, _| {
+        let mut md = meta("10.250.0.2/24 10.250.9.2/24 fd00::2/64");
+        md.mac = vec![m(rng, "fa:16:3e:11:22:33 10.250.0.2 fd00::2")];
+        let cidrs = m(rng, "10.250.0.2/24 10.250.9.2/24");
+        md.external_ids.insert(KEY_CIDRS.to_owned(), cidrs);
+        let mtu = m(rng, "1442");
+        md.external_ids.insert(KEY_MTU.to_owned(), mtu);
+        let vm = vif(
+            "vm1",
+            &m(rng, "fa:16:3e:00:00:01 10.250.0.10 fd00::10"),
+            Some(US),
+            &[],
+        );
+        let mut sb = view(vec![md, vm]);
+        let name = m(rng, &format!("neutron-{NET}"));
+        sb.datapaths.insert(DP.to_owned(), name);
+        for (id, n) in ovn_networks(&sb) {
+            assert!(ns_contract::validate_netns(&n.netns()).is_ok(), "{id:?}");
+            let (outer, inner) = veth_names(&id);
+            assert!(outer.len() <= 15 && inner.len() <= 15, "{outer} {inner}");
+            assert!(n.mtu.is_none_or(|m| m >= 68));
+            let _ = n.addresses();
+        }
+    });
+}

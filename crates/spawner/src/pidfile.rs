@@ -399,6 +399,23 @@ mod tests {
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
+    /// Damaged pid files and `/proc/PID/stat` lines (seeded; `NS_FUZZ_SEED` replays): a
+    /// record or `None`, never a panic; what parses writes back the same.
+    #[test]
+    fn mutated_pid_files_and_stat_lines_parse_or_are_refused() {
+        use ns_testkit::fuzz;
+        let line = b"4242 987654 4026532281 qr-1234567890\n";
+        let stat = b"4242 (ns-metadata-pr) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        fuzz::run("pidfile", 0x5eed_000d, 3000, |rng, _| {
+            let text = fuzz::mutate(rng, line, &[b"18446744073709551616", b" 1", b" x"]);
+            if let Some(r) = Record::parse(&String::from_utf8_lossy(&text)) {
+                assert_eq!(Record::parse(&r.line()), Some(r.clone()));
+            }
+            let s = fuzz::mutate(rng, stat, &[b")", b"(", b" 0"]);
+            let _ = parse_start_time(&String::from_utf8_lossy(&s));
+        });
+    }
+
     #[test]
     fn start_time_is_field_22_even_with_parentheses_in_the_name() {
         let stat = "42 (a) b (c)) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 777 19 20";

@@ -335,6 +335,72 @@ mod tests {
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
+    /// Hostile `records.json` files and API bodies (seeded; `NS_FUZZ_SEED` replays): an
+    /// error naming the file (or the record), or records the decisions and host routes take
+    /// without a panic.
+    #[test]
+    fn mutated_records_and_bodies_load_or_say_why() {
+        use ns_testkit::fuzz;
+        const SET: &str = r#"{"routers":[{"id":"r1","netns":null,"ha_state":"primary","distributed":false}],
+ "networks":[{"id":"n1","netns":"qdhcp-n1","interface":"tap1","subnets":[
+  {"id":"s1","cidr":"10.0.0.0/24","gateway_ip":"10.0.0.1","enable_dhcp":true,"ip_version":4,
+   "host_routes":[{"destination":"192.168.0.0/24","nexthop":"10.0.0.254"}]},
+  {"id":"s6","cidr":"fd00::/64","gateway_ip":null,"enable_dhcp":true,"ip_version":6}],
+  "ports":[{"id":"p1","device_owner":"network:router_interface","device_id":"r1",
+   "fixed_ips":[{"subnet_id":"s1","ip_address":"10.0.0.1"}]}]}]}"#;
+        const DICT: &[&[u8]] = &[
+            b"\"cidr\":\"169.254.0.0/16\",",
+            b"\"cidr\":\"10.0.0.0/99\",",
+            b"\"ip_version\":99999999999,",
+            b"\"ha_state\":\"backup\",",
+            b"\"distributed\":true,",
+            b"\"netns\":\"../../etc\",",
+            b"\"id\":\"qrouter-x\",",
+            b"{\"destination\":\"0.0.0.0/0\",\"nexthop\":\"::1\"},",
+            b"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
+        ];
+        let path = Path::new("/var/lib/ns-metadata/records.json");
+        let configs = {
+            let mut all = crate::config::Config::defaults();
+            all.enable_isolated_metadata = true;
+            all.enable_metadata_network = true;
+            [crate::config::Config::defaults(), all]
+        };
+        let check = |text: &[u8]| {
+            match RecordSet::parse(text, path) {
+                Err(e) => {
+                    let msg = e.to_string();
+                    assert!(
+                        msg.contains("records.json: ") && !msg.contains('\n'),
+                        "{msg:?}"
+                    );
+                }
+                Ok(set) => {
+                    let records = Records {
+                        file: set,
+                        ..Records::default()
+                    };
+                    for cfg in &configs {
+                        let _ = crate::decide::desired(&records, cfg);
+                        for n in records.networks().values() {
+                            let _ = crate::decide::host_routes(n, cfg);
+                        }
+                    }
+                }
+            }
+            for id in ["r1", "", "n1"] {
+                let _ = router_from_json(id, text);
+                let _ = network_from_json(id, text);
+            }
+        };
+        for m in fuzz::truncations_and_substitutions(SET.as_bytes(), b"\0\"") {
+            check(&m);
+        }
+        fuzz::run("records", 0x5eed_000c, 2000, |rng, _| {
+            check(&fuzz::mutate(rng, SET.as_bytes(), DICT));
+        });
+    }
+
     #[test]
     fn router_json() {
         let r = router_from_json(

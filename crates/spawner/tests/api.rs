@@ -479,3 +479,55 @@ impl Drop for AbortOnDrop {
         self.0.abort();
     }
 }
+
+/// Seeded mutations of raw control requests (`NS_FUZZ_SEED` replays: broken request lines
+/// and framing, hostile ids and JSON bodies, NUL, huge numbers): once the client has sent
+/// everything, only well-formed answers with the documented codes, then a close; the API
+/// then answers a normal request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutated_control_requests_get_well_formed_answers() {
+    let dir = TempDir::new("api-fuzz").reaping();
+    let s = server(&dir);
+    let sock = s.sock.clone();
+    tokio::task::spawn_blocking(move || {
+        let valid: [&[u8]; 4] = [
+            b"GET /v1/proxies HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"PUT /v1/routers/r1 HTTP/1.1\r\nHost: x\r\nContent-Length: 58\r\n\r\n{\"netns\":\"qrouter-r1\",\"ha_state\":null,\"distributed\":false}",
+            b"DELETE /v1/networks/n1 HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"POST /v1/shared-servers/0/restart HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        ];
+        let dict: &[&[u8]] = &[
+            b"/..%2F..",
+            b"qrouter-",
+            b"\"subnets\":[{\"id\":\"s\",\"cidr\":\"10.0.0.0/99\"}],",
+            b"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
+            b"Transfer-Encoding: chunked\r\n",
+            b"18446744073709551616",
+        ];
+        ns_testkit::fuzz::run("control-api", 0x5eed_0103, 300, |rng, case| {
+            let v = *rng.pick(&valid);
+            let bytes = ns_testkit::fuzz::mutate(rng, v, dict);
+            let (r, closed) = ns_testkit::http::Blocking::unix(&sock)
+                .expect("connect")
+                .send_last(&bytes, Duration::from_secs(10));
+            let sent = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();
+            assert!(closed, "case {case}: not closed: {sent:?}");
+            let answers = ns_testkit::http::answers(&r)
+                .unwrap_or_else(|e| panic!("case {case}: {sent:?}: {e}"));
+            for a in answers {
+                assert!(
+                    matches!(
+                        a.status,
+                        200 | 204 | 400 | 404 | 405 | 408 | 409 | 413 | 414 | 431 | 500 | 501 | 505
+                    ),
+                    "case {case}: {sent:?} -> {}",
+                    a.head
+                );
+            }
+        });
+    })
+    .await
+    .expect("join");
+    let (st, _) = req(&s, Method::GET, "/v1/proxies", None).await;
+    assert_eq!(st, StatusCode::OK, "the API still answers");
+}

@@ -36,9 +36,13 @@ pub enum Behave {
     Split,
     /// One request per connection, answered by path: `/agent-truncated`, `-badstatus`,
     /// `-garbage`, `-silent` (8 s), `-close`, `-cl2`, `-clte`, `-negcl`, `-hugeheaders`,
-    /// `-endless` (a chunked answer until the reader lets go), `-big` (1 MiB); anything else
+    /// `-endless` (a chunked answer until the reader lets go), `-big` (1 MiB), `-lfchunked` (chunked
+    /// with bare LFs, an extension and a trailer); anything else
     /// 200 `path=<path> body=<body>`. The write side is shut after each answer.
     Hostile,
+    /// Answer each request with the bytes last given to [`StandIn::set_answer`], exactly,
+    /// then shut the write side (hostile-input tests of the proxy's answer parsing).
+    Canned,
 }
 
 /// One request as the stand-in read it.
@@ -61,6 +65,8 @@ pub struct Seen {
     /// `/agent-endless` answers begun, and whether one stopped because its write failed.
     pub endless_started: AtomicUsize,
     pub endless_stopped: AtomicBool,
+    /// What [`Behave::Canned`] sends.
+    pub canned: Mutex<Vec<u8>>,
 }
 
 /// The stand-in; stops accepting on drop (its socket is removed with its directory).
@@ -109,6 +115,11 @@ impl StandIn {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The bytes [`Behave::Canned`] answers with from now on.
+    pub fn set_answer(&self, bytes: &[u8]) {
+        *self.seen.canned.lock().expect("lock") = bytes.to_vec();
     }
 
     pub fn connections(&self) -> usize {
@@ -163,7 +174,12 @@ fn read_request(conn: &mut UnixStream, buf: &mut Vec<u8>, seen: &Seen) -> Option
         .lines()
         .find_map(|l| l.strip_prefix("content-length:"))
         .and_then(|v| v.trim().parse::<usize>().ok());
-    let chunked = lower.contains("transfer-encoding: chunked");
+    // A header line, not the words anywhere: a value may hold them (the hostile tests
+    // send `Host: xTransfer-Encoding: chunked`).
+    let chunked = lower.lines().any(|l| {
+        l.strip_prefix("transfer-encoding:")
+            .is_some_and(|v| v.trim() == "chunked")
+    });
     let body_end = loop {
         let have = buf.len() - head_end;
         let done = match cl {
@@ -286,6 +302,12 @@ fn serve(mut conn: UnixStream, b: Behave, seen: &Seen, stop: &AtomicBool) {
                 }
                 let _ = conn.write_all(&echo_reply(&req.raw, Some(10)));
             }
+            Behave::Canned => {
+                let answer = seen.canned.lock().expect("lock").clone();
+                let _ = conn.write_all(&answer);
+                let _ = conn.shutdown(Shutdown::Write);
+                return;
+            }
             Behave::Hostile => {
                 hostile(&mut conn, &req, seen, stop);
                 let _ = conn.shutdown(Shutdown::Write);
@@ -305,6 +327,7 @@ fn hostile(conn: &mut UnixStream, req: &Request, seen: &Seen, stop: &AtomicBool)
         "/agent-cl2" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 30\r\n\r\nokHTTP/1.1 200 OK\r\nX-Injected: 1\r\nContent-Length: 0\r\n\r\n",
         "/agent-clte" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\nokHTTP/1.1 200 OK\r\nX-Injected: 1\r\nContent-Length: 0\r\n\r\n",
         "/agent-negcl" => b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\nok",
+        "/agent-lfchunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=\"y z\"\nhello\n0\nX-Trailer: \x01\n\n",
         _ => b"",
     };
     if !canned.is_empty() {

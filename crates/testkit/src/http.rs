@@ -225,17 +225,24 @@ pub struct Blocking<S> {
 /// What a blocking stream needs: read, write and a read timeout.
 pub trait Stream: Read + Write {
     fn set_timeout(&self, t: Option<Duration>) -> std::io::Result<()>;
+    fn shutdown_write(&self) -> std::io::Result<()>;
 }
 
 impl Stream for std::net::TcpStream {
     fn set_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
         self.set_read_timeout(t)
     }
+    fn shutdown_write(&self) -> std::io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
+    }
 }
 
 impl Stream for std::os::unix::net::UnixStream {
     fn set_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
         self.set_read_timeout(t)
+    }
+    fn shutdown_write(&self) -> std::io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
     }
 }
 
@@ -295,6 +302,15 @@ impl<S: Stream> Blocking<S> {
     pub fn exchange(&mut self, raw: &[u8], wait: Duration) -> Vec<u8> {
         let _ = self.send(raw);
         self.read_until_closed(wait).0
+    }
+
+    /// Send `raw` as all the client will ever send (then its write side is shut) and return
+    /// every byte until the peer closes or `wait` passes, and whether it closed: a server
+    /// must answer what it got and close, whatever `raw` is.
+    pub fn send_last(&mut self, raw: &[u8], wait: Duration) -> (Vec<u8>, bool) {
+        let _ = self.send(raw);
+        let _ = self.stream.shutdown_write();
+        self.read_until_closed(wait)
     }
 
     /// Every byte until the peer closes (EOF or reset) or `wait` passes; whether it closed.
@@ -441,6 +457,75 @@ pub fn status(r: &[u8]) -> Option<u16> {
     code.parse().ok()
 }
 
+/// The responses `r` holds, all of it: each with a well-formed status line ([`status`]) and
+/// complete framing (a body framed by the close ends at the end of `r`, which came with a
+/// close); or why `r` is not such a sequence (for hostile-input tests of servers).
+pub fn answers(r: &[u8]) -> Result<Vec<Response>, String> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < r.len() {
+        let rest = &r[at..];
+        if status(rest).is_none() {
+            return Err(format!("not a status line: {}", show(rest)));
+        }
+        let (resp, used) =
+            parse(rest, false, true).ok_or_else(|| format!("incomplete answer: {}", show(rest)))?;
+        let end = head_end(rest).unwrap_or(used);
+        if rest[..end]
+            .windows(2)
+            .any(|w| w[1] == b'\n' && w[0] != b'\r')
+        {
+            return Err(format!("a bare LF in the head: {}", show(rest)));
+        }
+        let chunked = resp
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+        if chunked && !strict_chunks(&rest[end..used]) {
+            return Err(format!("chunked framing not in CRLF lines: {}", show(rest)));
+        }
+        out.push(resp);
+        at += used;
+    }
+    Ok(out)
+}
+
+/// Whether `b` is exactly a chunked body in RFC 9112's form: hex size (an extension
+/// allowed), CRLF, the data, CRLF, ..., `0` CRLF, trailer lines ending in CRLF, CRLF.
+fn strict_chunks(mut b: &[u8]) -> bool {
+    let line = |b: &[u8]| -> Option<(usize, usize)> {
+        let end = find(b, b"\r\n")?;
+        (!b[..end].contains(&b'\n') && !b[..end].contains(&b'\r')).then_some((end, end + 2))
+    };
+    loop {
+        let Some((end, next)) = line(b) else {
+            return false;
+        };
+        let size = b[..end].split(|&c| c == b';').next().unwrap_or_default();
+        let Some(size) = std::str::from_utf8(size)
+            .ok()
+            .filter(|s| !s.is_empty() && s.bytes().all(|c| c.is_ascii_hexdigit()))
+            .and_then(|s| usize::from_str_radix(s, 16).ok())
+        else {
+            return false;
+        };
+        b = &b[next..];
+        if size == 0 {
+            // Trailer lines, then the empty line that ends the body.
+            loop {
+                match line(b) {
+                    Some((0, 2)) => return b.len() == 2,
+                    Some((_, next)) => b = &b[next..],
+                    None => return false,
+                }
+            }
+        }
+        if b.len() < size + 2 || &b[size..size + 2] != b"\r\n" {
+            return false;
+        }
+        b = &b[size + 2..];
+    }
+}
+
 /// Every status code of the responses in `r`, in order (bodies must not contain "HTTP/1.").
 pub fn statuses(r: &[u8]) -> Vec<u16> {
     let mut out = Vec::new();
@@ -466,6 +551,22 @@ pub fn show(r: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_are_strict_about_line_ends_and_chunks() {
+        let ok = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x\r\nhello\r\n0\r\nT: 1\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n";
+        let got = answers(ok).expect("strict");
+        assert_eq!(got.iter().map(|a| a.status).collect::<Vec<_>>(), [200, 204]);
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\nX: y\r\n\r\na",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab",
+            b"garbage",
+        ] {
+            assert!(answers(bad).is_err(), "{}", show(bad));
+        }
+    }
 
     #[test]
     fn content_length_and_pipelined() {

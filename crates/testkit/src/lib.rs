@@ -4,6 +4,7 @@
 //! | module | job |
 //! |---|---|
 //! | [`tempdir`] | a directory removed on drop |
+//! | [`fuzz`] | seeded xorshift PRNG, mutations of valid inputs, a runner that prints the seed of a failure |
 //! | [`eventually`] | polling with a timeout (never a fixed sleep as synchronisation) |
 //! | [`proc`] | child and pid guards that kill, by pid, only what the test started; workspace binaries |
 //! | [`skip`] | root checks and skips, printed as `SKIP name: reason`; a failure under `CI=true` |
@@ -17,6 +18,7 @@
 
 pub mod agent;
 pub mod eventually;
+pub mod fuzz;
 pub mod http;
 pub mod netns;
 pub mod neutron;

@@ -271,4 +271,45 @@ pub fn run() {
     healthy("20 slow clients");
     drop(slow);
     healthy("slow clients gone");
+
+    // Seeded mutations of good requests (`NS_FUZZ_SEED` replays): once the client has sent
+    // everything, only well-formed answers with documented statuses, then a close.
+    let post = format!(
+        "POST /openstack/latest/password HTTP/1.1\r\nHost: h\r\n{ids}Content-Length: 3\r\n\r\nabc"
+    );
+    let valid = [good.clone(), post.into_bytes()];
+    let dict: &[&[u8]] = &[
+        b"X-Neutron-Network-ID: 0e2e0002-0000-4000-8000-000000000002\r\n",
+        b"X-Forwarded-For: ::ffff:10.250.200.10\r\n",
+        b"Transfer-Encoding: chunked\r\n",
+        b"Content-Length: 99999999999999999999\r\n",
+        b"/../..",
+        b"%00",
+    ];
+    ns_testkit::fuzz::run("agent-wire", 0x5eed_0102, 1000, |rng, case| {
+        let v: &Vec<u8> = rng.pick(&valid);
+        let bytes = ns_testkit::fuzz::mutate(rng, &v.clone(), dict);
+        let (r, closed) = Blocking::unix(&sock)
+            .expect("connect")
+            .send_last(&bytes, Duration::from_secs(10));
+        let sent = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();
+        assert!(
+            closed,
+            "case {case}: not closed: {sent:?} -> {}",
+            super::raw::show(&r)
+        );
+        let answers =
+            ns_testkit::http::answers(&r).unwrap_or_else(|e| panic!("case {case}: {sent:?}: {e}"));
+        for a in answers {
+            assert!(
+                matches!(
+                    a.status,
+                    200 | 400 | 401 | 403 | 404 | 405 | 409 | 413 | 414 | 431 | 501 | 505
+                ),
+                "case {case}: {sent:?} -> {}",
+                a.head
+            );
+        }
+    });
+    healthy("mutated requests");
 }

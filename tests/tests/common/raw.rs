@@ -33,8 +33,18 @@ impl Proxy {
 
     /// [`Proxy::start`] under `prlimit --nofile=N:N` (prlimit execs it: same pid).
     pub fn start_limited(test: &str, nofile: Option<u32>, extra: &[&str]) -> Proxy {
+        Proxy::start_behaving(test, nofile, Behave::Hostile, extra)
+    }
+
+    /// [`Proxy::start_limited`] in front of a stand-in that behaves as `behave`.
+    pub fn start_behaving(
+        test: &str,
+        nofile: Option<u32>,
+        behave: Behave,
+        extra: &[&str],
+    ) -> Proxy {
         let dir = TempDir::new(&format!("{}-{test}", unique_prefix()));
-        let agent = StandIn::start_at(dir.path().join("agent.sock"), Behave::Hostile);
+        let agent = StandIn::start_at(dir.path().join("agent.sock"), behave);
         let log = dir.path().join("proxy.log");
         let port = ns_testkit::http::free_port();
         let mut cmd = match nofile {

@@ -487,3 +487,75 @@ fn password_set_once() {
         StatusCode::NOT_FOUND
     );
 }
+
+/// Mutated paths, methods, IMDSv2 headers and bodies against both trees (seeded;
+/// `NS_FUZZ_SEED` replays): never a panic, only the statuses the README documents, never a
+/// 5xx of the responder's own.
+#[test]
+fn mutated_requests_get_documented_statuses() {
+    use ns_testkit::fuzz;
+    const PATHS: &[&[u8]] = &[
+        b"/openstack/latest/meta_data.json",
+        b"/openstack/2012-08-10/user_data",
+        b"/openstack/latest/network_data.json",
+        b"/openstack/latest/password",
+        b"/openstack/latest/vendor_data2.json",
+        b"/latest/meta-data/public-keys/0/openssh-key",
+        b"/2009-04-04/meta-data/block-device-mapping/ami",
+        b"/latest/meta-data/network/interfaces/macs/fa:16:3e:00:00:02/local-ipv4s",
+        b"/latest/api/token",
+        b"/latest/user-data",
+        b"/ec2/latest/meta-data/placement/availability-zone",
+    ];
+    const DICT: &[&[u8]] = &[
+        b"/..",
+        b"/.",
+        b"//",
+        b"%2e%2e",
+        b"?x=1",
+        b"#f",
+        b"/0",
+        b"/99999999999999999999",
+        b"/-1",
+        b"latest",
+        b"meta-data",
+    ];
+    let methods = [
+        Method::GET,
+        Method::HEAD,
+        Method::PUT,
+        Method::POST,
+        Method::DELETE,
+    ];
+    let ttls = ["21600", "0", "-1", "99999999999999999999", "1.5", "", "x"];
+    for require_token in [false, true] {
+        let f = fixture(require_token);
+        fuzz::run("builtin", 0x5eed_0007, 1500, |rng, _| {
+            let valid = *rng.pick(PATHS);
+            let path = fuzz::mutate(rng, valid, DICT);
+            let path = String::from_utf8_lossy(&path).into_owned();
+            let method = rng.pick(&methods).clone();
+            let mut headers = Vec::new();
+            if rng.one_in(3) {
+                headers.push(("X-aws-ec2-metadata-token-ttl-seconds", *rng.pick(&ttls)));
+            }
+            let n = rng.below(8);
+            let token = String::from_utf8_lossy(&rng.bytes(n)).into_owned();
+            if rng.one_in(4) && HeaderValue::from_str(&token).is_ok() {
+                headers.push(("X-aws-ec2-metadata-token", token.as_str()));
+            }
+            let body = if rng.one_in(2) {
+                let n = rng.below(300);
+                "x".repeat(n)
+            } else {
+                String::new()
+            };
+            let uuid = if rng.one_in(2) { "vm-1" } else { "vm-2" };
+            let (s, _, _) = f.call(uuid, method, &path, &headers, &body);
+            assert!(
+                matches!(s.as_u16(), 200 | 400 | 401 | 403 | 404 | 405 | 409 | 413),
+                "{path:?}: {s}"
+            );
+        });
+    }
+}
