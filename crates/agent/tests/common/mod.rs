@@ -91,8 +91,11 @@ pub async fn start(cfg: Config) -> RunningAgent {
     let task = tokio::spawn(ns_metadata_agent::run(cfg, async move {
         let _ = rx.await;
     }));
+    // Seen listening in /proc/net/unix, not by connecting: a probe connection would count
+    // against `metadata_max_connections` until the agent saw it close, and a test of the cap
+    // could find it still there.
     let listening = poll_async(Duration::from_secs(10), || {
-        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        if listening_unix(&socket) {
             Some(true)
         } else {
             task.is_finished().then_some(false)
@@ -111,6 +114,21 @@ pub async fn start(cfg: Config) -> RunningAgent {
         stop: Some(tx),
         task: Some(task),
     }
+}
+
+/// Whether a listening Unix socket is bound at `path` (`/proc/net/unix`: the `__SO_ACCEPTCON`
+/// flag, 0x10000, on a line naming the path).
+fn listening_unix(path: &Path) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
+        return false;
+    };
+    let want = path.to_string_lossy();
+    table.lines().skip(1).any(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        f.len() >= 8
+            && f[7] == want
+            && u32::from_str_radix(f[3], 16).is_ok_and(|flags| flags & 0x10000 != 0)
+    })
 }
 
 /// One request on a fresh connection to the agent's socket, and its reply (the agent always
