@@ -187,7 +187,23 @@ async fn proxy_counts_by_class_and_error_survive_kill9_and_a_spawner_restart() {
         assert_eq!(buckets.last().copied(), Some(count));
         got
     };
-    let first = check(&scrape(dir.path()), &seen, total);
+    // The proxy counts an answer once it has written it: a moment after the client read it.
+    let settled = |total: u64| {
+        let counted = |text: &str| {
+            samples(text, &netns)
+                .iter()
+                .filter(|(k, _)| k.starts_with("ns_metadata_proxy_requests_total{"))
+                .map(|(_, v)| *v)
+                .sum::<f64>()
+        };
+        let mut text = String::new();
+        wait_until(T, || {
+            text = scrape(dir.path());
+            counted(&text) >= total as f64
+        });
+        text
+    };
+    let first = check(&settled(total), &seen, total);
     assert_eq!(
         first.get(&format!(
             "ns_metadata_proxy_connections_accepted_total{{{lb}}}"
@@ -201,7 +217,7 @@ async fn proxy_counts_by_class_and_error_survive_kill9_and_a_spawner_restart() {
     let pid2 = pid_of(dir.path(), &id).expect("pid");
     guard.0.push(pid2);
     assert_eq!(send(&mut seen, get()), 200, "a fresh rate limiter");
-    let after = check(&scrape(dir.path()), &seen, total + 1);
+    let after = check(&settled(total + 1), &seen, total + 1);
     assert_eq!(
         after.get(&format!(
             "ns_metadata_proxy_requests_total{{{lb},class=\"2xx\"}}"
