@@ -1,0 +1,280 @@
+//! Churn drills (root): the spawner daemon, as operators run it for months, with routers
+//! coming and going all day. In both proxy models, round after round: N `qrouter-`
+//! namespaces are made and announced with the CLI, each answers as its router, two are
+//! deleted from under the spawner, the daemon gets a SIGHUP (and, in the shared model, the
+//! server a kill -9 mid-round), every router is removed and its namespace deleted. After a
+//! warm-up round, what a slow leak would grow must come back to the same values after every
+//! round: the spawner's (and the shared server's) descriptors by kind and threads, the
+//! entries of `status --json`, the files of `pids/` and `stats/`, the slab records in use;
+//! no removed router keeps its address or a process. Memory is only bounded loosely (RSS
+//! is noisy). Routers are added explicitly, never auto-enabled (other tests' namespaces
+//! share `/run/netns`); names carry a per-run prefix, everything is removed on drop.
+
+mod common;
+mod root_common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use ns_testkit::netns::{unique_prefix, TestNs};
+use ns_testkit::proc::{alive, kill9, pids_mentioning, signal};
+use ns_testkit::{require_root, TempDir};
+use root_common::*;
+
+/// Routers per round and rounds (the first is the warm-up): a few seconds per model.
+const N: usize = 40;
+const ROUNDS: usize = 4;
+const T: Duration = Duration::from_secs(15);
+
+#[test]
+fn per_namespace_model_returns_to_its_baseline_after_every_churn_round() {
+    if !require_root("per_namespace_model_returns_to_its_baseline_after_every_churn_round") {
+        return;
+    }
+    churn("churn-pn", false);
+}
+
+#[test]
+fn shared_model_returns_to_its_baseline_after_every_churn_round() {
+    if !require_root("shared_model_returns_to_its_baseline_after_every_churn_round") {
+        return;
+    }
+    churn("churn-sh", true);
+}
+
+/// Threads above the warm-up's that are not a leak: the runtimes' blocking pools keep an idle
+/// thread for 10 s, so the count moves with how much blocking work the last seconds held. A
+/// thread leaked per router would add `N` (40) per round.
+const THREAD_SLACK: usize = 8;
+
+/// What a leak would grow, read from outside the daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Footprint {
+    /// The spawner's open descriptors, by what they are (`socket`, `net`, `pidfd`, ...).
+    spawner_fds: BTreeMap<String, usize>,
+    spawner_threads: usize,
+    /// The same for the shared server (empty in the per-namespace model).
+    server_fds: BTreeMap<String, usize>,
+    server_threads: usize,
+    /// Entries of `status --json`: proxies, servers.
+    status_proxies: usize,
+    status_servers: usize,
+    /// Files in `pids/`, in `stats/` (slabs aside), and slab records in use.
+    pid_files: usize,
+    stats_files: usize,
+    slab_records: usize,
+}
+
+impl Footprint {
+    /// Back to the warm-up's `base`: every count the same, threads within the slack.
+    fn same_as(&self, base: &Footprint) -> bool {
+        let strip = |f: &Footprint| Footprint {
+            spawner_threads: 0,
+            server_threads: 0,
+            ..f.clone()
+        };
+        strip(self) == strip(base)
+            && self.spawner_threads <= base.spawner_threads + THREAD_SLACK
+            && self.server_threads <= base.server_threads + THREAD_SLACK
+    }
+}
+
+fn churn(tag: &str, shared: bool) {
+    let dir = TempDir::new(tag).reaping();
+    let _agent = agent(dir.path());
+    let ini = write_ini(dir.path(), "");
+    if shared {
+        let text = std::fs::read_to_string(&ini).expect("ini");
+        std::fs::write(&ini, format!("{text}proxy_model = shared\n")).expect("ini");
+    }
+    let daemon = start_daemon(dir.path(), &ini, &[]);
+    let spawner = daemon.pid();
+    let prefix = unique_prefix();
+    let mut baseline: Option<Footprint> = None;
+    let mut rss = Vec::new();
+    for round in 0..ROUNDS {
+        let ids: Vec<String> = (0..N).map(|i| format!("{prefix}c{round}x{i}")).collect();
+        let mut nss: Vec<Option<TestNs>> = ids
+            .iter()
+            .map(|id| Some(TestNs::new(&format!("qrouter-{id}")).expect("router ns")))
+            .collect();
+        for id in &ids {
+            let (ok, out) = cli(&ini, &["router", "add", id]);
+            assert!(ok, "round {round}: router add {id}: {out}");
+        }
+        if shared && round == 2 {
+            // The server killed while its namespaces are being handed to it.
+            let server = server_pid(dir.path()).expect("a server");
+            kill9(server);
+            ns_testkit::eventually("a new server", T, || {
+                server_pid(dir.path()).filter(|&p| p != server && alive(p))
+            });
+        }
+        for (id, ns) in ids.iter().zip(&nss) {
+            let ns = ns.as_ref().expect("ns");
+            let body = ns_testkit::eventually(id, T, || get_in(ns.netns(), META).ok());
+            assert!(body.starts_with(&format!("router={id} ")), "{body}");
+        }
+        // Two namespaces vanish under the spawner (their records stay until removed).
+        for ns in nss.iter_mut().take(2) {
+            drop(ns.take());
+        }
+        signal(spawner, "HUP");
+        for id in &ids {
+            let (ok, out) = cli(&ini, &["router", "remove", id]);
+            assert!(ok, "round {round}: router remove {id}: {out}");
+        }
+        // Every remaining namespace loses the address and stops answering.
+        for (id, ns) in ids.iter().zip(&nss) {
+            let Some(ns) = ns else { continue };
+            let gone = ns_testkit::wait_until(T, || !has_metadata_address(ns.name()));
+            assert!(gone, "round {round}: {id} keeps 169.254.169.254");
+            assert!(get_in(ns.netns(), META).is_err(), "{id} still answers");
+        }
+        drop(nss);
+        for id in &ids {
+            let left = ns_testkit::poll(T, || {
+                let p = pids_mentioning(id);
+                p.is_empty().then_some(())
+            });
+            assert!(
+                left.is_some(),
+                "round {round}: a process of {id} is left: {:?}",
+                pids_mentioning(id)
+            );
+        }
+        let now = match &baseline {
+            None => {
+                // The warm-up round: wait for the daemon to settle (no entry left).
+                let f = ns_testkit::eventually("settled", T, || {
+                    let f = footprint(dir.path(), &ini, spawner, shared);
+                    (f.status_proxies == 0).then_some(f)
+                });
+                baseline = Some(f.clone());
+                f
+            }
+            Some(want) => {
+                let mut last = None;
+                let same = ns_testkit::wait_until(T, || {
+                    let f = footprint(dir.path(), &ini, spawner, shared);
+                    let same = f.same_as(want);
+                    last = Some(f);
+                    same
+                });
+                let last = last.expect("measured");
+                assert!(
+                    same,
+                    "round {round}: not back to the baseline\n  after warm-up: {want:?}\n  now:           {last:?}"
+                );
+                last
+            }
+        };
+        eprintln!("churn {tag} round {round}: {now:?}");
+        rss.push(rss_kb(spawner));
+    }
+    // RSS is noisy (allocator arenas, lazily touched pages): only a generous bound over the
+    // rounds after the warm-up.
+    let (first, last) = (rss[0], rss[rss.len() - 1]);
+    assert!(
+        last <= first * 2 + 16 * 1024,
+        "spawner RSS grew from {first} kB to {last} kB over {ROUNDS} rounds: {rss:?}"
+    );
+    drop(daemon);
+}
+
+fn server_pid(dir: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(dir.join("shared-server.pid")).ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+fn footprint(dir: &Path, ini: &Path, spawner: u32, shared: bool) -> Footprint {
+    let (code, out) = cli_code(ini, &["status", "--json"]);
+    assert!(matches!(code, Some(0) | Some(3)), "status: {out}");
+    let v: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("status --json: {e}: {out}"));
+    let len = |k: &str| v[k].as_array().map_or(0, |a| a.len());
+    let server = shared.then(|| server_pid(dir)).flatten();
+    Footprint {
+        spawner_fds: fds(spawner),
+        spawner_threads: threads(spawner),
+        server_fds: server.map(fds).unwrap_or_default(),
+        server_threads: server.map_or(0, threads),
+        status_proxies: len("proxies"),
+        status_servers: len("servers"),
+        pid_files: count_files(&dir.join("pids"), |_| true),
+        stats_files: count_files(&dir.join("stats"), |n| !n.ends_with(".slab")),
+        slab_records: slab_records(&dir.join("stats/shared.slab")),
+    }
+}
+
+/// `pid`'s descriptors by kind: the link's text up to `:` or `[` (`socket`, `net`,
+/// `anon_inode`, `pipe`), or `file` for a path.
+fn fds(pid: u32) -> BTreeMap<String, usize> {
+    let mut by = BTreeMap::new();
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return by;
+    };
+    for e in rd.flatten() {
+        let Ok(link) = std::fs::read_link(e.path()) else {
+            continue;
+        };
+        let link = link.to_string_lossy().into_owned();
+        let kind = if link.starts_with('/') {
+            "file".to_string()
+        } else {
+            link.split([':', '[']).next().unwrap_or("?").to_string()
+        };
+        *by.entry(kind).or_insert(0) += 1;
+    }
+    by
+}
+
+fn proc_status_field(pid: u32, field: &str) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn threads(pid: u32) -> usize {
+    proc_status_field(pid, "Threads:")
+}
+
+fn rss_kb(pid: u32) -> usize {
+    proc_status_field(pid, "VmRSS:")
+}
+
+fn count_files(dir: &Path, keep: impl Fn(&str) -> bool) -> usize {
+    std::fs::read_dir(dir).map_or(0, |rd| {
+        rd.flatten()
+            .filter(|e| keep(&e.file_name().to_string_lossy()))
+            .count()
+    })
+}
+
+/// Records of the slab at `p` holding a block (slot 0 is the block's magic), read from the
+/// file without mapping it (the layout of `ns_contract::proxy_stats`).
+fn slab_records(p: &Path) -> usize {
+    use ns_contract::proxy_stats::{MAGIC, RECORD_SIZE, SLAB_RECORDS};
+    let Ok(bytes) = std::fs::read(p) else {
+        return 0;
+    };
+    (1..SLAB_RECORDS)
+        .filter_map(|r| bytes.get(r * RECORD_SIZE..r * RECORD_SIZE + 8))
+        .filter(|s| u64::from_ne_bytes((*s).try_into().expect("8 bytes")) == MAGIC)
+        .count()
+}
+
+/// Whether 169.254.169.254 is on any link of namespace `ns` (`ip -n NS addr`).
+fn has_metadata_address(ns: &str) -> bool {
+    let out = std::process::Command::new("ip")
+        .args(["-n", ns, "-o", "addr", "show"])
+        .output()
+        .expect("run ip");
+    String::from_utf8_lossy(&out.stdout).contains("169.254.169.254")
+}
