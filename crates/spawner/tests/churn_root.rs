@@ -18,7 +18,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use ns_testkit::netns::{unique_prefix, TestNs};
-use ns_testkit::proc::{alive, kill9, pids_mentioning, signal};
+use ns_testkit::proc::{alive, fds_by_kind, kill9, pids_mentioning, signal, status_field};
 use ns_testkit::{require_root, TempDir};
 use root_common::*;
 
@@ -196,9 +196,9 @@ fn footprint(dir: &Path, ini: &Path, spawner: u32, shared: bool) -> Footprint {
     let len = |k: &str| v[k].as_array().map_or(0, |a| a.len());
     let server = shared.then(|| server_pid(dir)).flatten();
     Footprint {
-        spawner_fds: fds(spawner),
+        spawner_fds: fds_by_kind(spawner),
         spawner_threads: threads(spawner),
-        server_fds: server.map(fds).unwrap_or_default(),
+        server_fds: server.map(fds_by_kind).unwrap_or_default(),
         server_threads: server.map_or(0, threads),
         status_proxies: len("proxies"),
         status_servers: len("servers"),
@@ -208,45 +208,12 @@ fn footprint(dir: &Path, ini: &Path, spawner: u32, shared: bool) -> Footprint {
     }
 }
 
-/// `pid`'s descriptors by kind: the link's text up to `:` or `[` (`socket`, `net`,
-/// `anon_inode`, `pipe`), or `file` for a path.
-fn fds(pid: u32) -> BTreeMap<String, usize> {
-    let mut by = BTreeMap::new();
-    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return by;
-    };
-    for e in rd.flatten() {
-        let Ok(link) = std::fs::read_link(e.path()) else {
-            continue;
-        };
-        let link = link.to_string_lossy().into_owned();
-        let kind = if link.starts_with('/') {
-            "file".to_string()
-        } else {
-            link.split([':', '[']).next().unwrap_or("?").to_string()
-        };
-        *by.entry(kind).or_insert(0) += 1;
-    }
-    by
-}
-
-fn proc_status_field(pid: u32, field: &str) -> usize {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn threads(pid: u32) -> usize {
-    proc_status_field(pid, "Threads:")
+    status_field(pid, "Threads")
 }
 
 fn rss_kb(pid: u32) -> usize {
-    proc_status_field(pid, "VmRSS:")
+    status_field(pid, "VmRSS")
 }
 
 fn count_files(dir: &Path, keep: impl Fn(&str) -> bool) -> usize {
