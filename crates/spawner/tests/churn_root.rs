@@ -60,6 +60,12 @@ struct Footprint {
     /// Entries of `status --json`: proxies, servers.
     status_proxies: usize,
     status_servers: usize,
+    /// Namespaces the servers say they were handed (`servers[].namespaces`).
+    server_namespaces: u64,
+    /// `/metrics` lines naming a router of this test (per-namespace series).
+    metrics_lines: usize,
+    /// Entries of the state dir itself (records, sockets, pid files of servers).
+    state_entries: usize,
     /// Files in `pids/`, in `stats/` (slabs aside), and slab records in use.
     pid_files: usize,
     stats_files: usize,
@@ -116,6 +122,14 @@ fn churn(tag: &str, shared: bool) {
             let body = ns_testkit::eventually(id, T, || get_in(ns.netns(), META).ok());
             assert!(body.starts_with(&format!("router={id} ")), "{body}");
         }
+        // Scraped while they serve: each namespace's series appear (and must go with it).
+        let text = scrape(dir.path());
+        for id in &ids {
+            assert!(
+                text.contains(&format!("id=\"{id}\"")),
+                "round {round}: {id} not in /metrics"
+            );
+        }
         // Two namespaces vanish under the spawner (their records stay until removed).
         for ns in nss.iter_mut().take(2) {
             drop(ns.take());
@@ -146,10 +160,15 @@ fn churn(tag: &str, shared: bool) {
         }
         let now = match &baseline {
             None => {
-                // The warm-up round: wait for the daemon to settle (no entry left).
+                // The warm-up round: wait for the daemon to settle (no entry left, and the
+                // same descriptors twice in a row: no client connection still closing).
+                let mut last: Option<Footprint> = None;
                 let f = ns_testkit::eventually("settled", T, || {
-                    let f = footprint(dir.path(), &ini, spawner, shared);
-                    (f.status_proxies == 0).then_some(f)
+                    let f = footprint(dir.path(), &ini, spawner, shared, &prefix);
+                    let settled = f.status_proxies == 0
+                        && last.as_ref().is_some_and(|l| l.same_as(&f) && f.same_as(l));
+                    last = Some(f.clone());
+                    settled.then_some(f)
                 });
                 baseline = Some(f.clone());
                 f
@@ -157,7 +176,7 @@ fn churn(tag: &str, shared: bool) {
             Some(want) => {
                 let mut last = None;
                 let same = ns_testkit::wait_until(T, || {
-                    let f = footprint(dir.path(), &ini, spawner, shared);
+                    let f = footprint(dir.path(), &ini, spawner, shared, &prefix);
                     let same = f.same_as(want);
                     last = Some(f);
                     same
@@ -188,20 +207,32 @@ fn server_pid(dir: &Path) -> Option<u32> {
     text.split_whitespace().next()?.parse().ok()
 }
 
-fn footprint(dir: &Path, ini: &Path, spawner: u32, shared: bool) -> Footprint {
+/// Descriptors and threads are read before this function's own connections to the control
+/// socket (`status`, `/metrics`), which the daemon closes a moment after the client does.
+fn footprint(dir: &Path, ini: &Path, spawner: u32, shared: bool, prefix: &str) -> Footprint {
+    let server = shared.then(|| server_pid(dir)).flatten();
+    let (spawner_fds, spawner_threads) = (fds_by_kind(spawner), threads(spawner));
+    let (server_fds, server_threads) = (
+        server.map(fds_by_kind).unwrap_or_default(),
+        server.map_or(0, threads),
+    );
     let (code, out) = cli_code(ini, &["status", "--json"]);
     assert!(matches!(code, Some(0) | Some(3)), "status: {out}");
     let v: serde_json::Value =
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("status --json: {e}: {out}"));
     let len = |k: &str| v[k].as_array().map_or(0, |a| a.len());
-    let server = shared.then(|| server_pid(dir)).flatten();
     Footprint {
-        spawner_fds: fds_by_kind(spawner),
-        spawner_threads: threads(spawner),
-        server_fds: server.map(fds_by_kind).unwrap_or_default(),
-        server_threads: server.map_or(0, threads),
+        spawner_fds,
+        spawner_threads,
+        server_fds,
+        server_threads,
         status_proxies: len("proxies"),
         status_servers: len("servers"),
+        server_namespaces: v["servers"].as_array().map_or(0, |a| {
+            a.iter().filter_map(|s| s["namespaces"].as_u64()).sum()
+        }),
+        metrics_lines: scrape(dir).lines().filter(|l| l.contains(prefix)).count(),
+        state_entries: count_files(dir, |_| true),
         pid_files: count_files(&dir.join("pids"), |_| true),
         stats_files: count_files(&dir.join("stats"), |n| !n.ends_with(".slab")),
         slab_records: slab_records(&dir.join("stats/shared.slab")),
@@ -214,6 +245,17 @@ fn threads(pid: u32) -> usize {
 
 fn rss_kb(pid: u32) -> usize {
     status_field(pid, "VmRSS")
+}
+
+/// The daemon's `/metrics` text.
+fn scrape(dir: &Path) -> String {
+    let mut c =
+        ns_testkit::http::Blocking::unix(&dir.join("control.sock")).expect("control socket");
+    c.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    c.read(false, Duration::from_secs(5))
+        .map(|r| r.text())
+        .unwrap_or_default()
 }
 
 fn count_files(dir: &Path, keep: impl Fn(&str) -> bool) -> usize {
