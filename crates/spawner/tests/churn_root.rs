@@ -32,7 +32,7 @@ fn per_namespace_model_returns_to_its_baseline_after_every_churn_round() {
     if !require_root("per_namespace_model_returns_to_its_baseline_after_every_churn_round") {
         return;
     }
-    churn("churn-pn", false);
+    churn("churn-pn", 0);
 }
 
 #[test]
@@ -40,7 +40,16 @@ fn shared_model_returns_to_its_baseline_after_every_churn_round() {
     if !require_root("shared_model_returns_to_its_baseline_after_every_churn_round") {
         return;
     }
-    churn("churn-sh", true);
+    churn("churn-sh", 1);
+}
+
+/// Two shards: namespaces spread over two servers, shard 0's killed mid-round.
+#[test]
+fn two_shards_return_to_their_baseline_after_every_churn_round() {
+    if !require_root("two_shards_return_to_their_baseline_after_every_churn_round") {
+        return;
+    }
+    churn("churn-sh2", 2);
 }
 
 /// Threads above the warm-up's that are not a leak: the runtimes' blocking pools keep an idle
@@ -54,7 +63,8 @@ struct Footprint {
     /// The spawner's open descriptors, by what they are (`socket`, `net`, `pidfd`, ...).
     spawner_fds: BTreeMap<String, usize>,
     spawner_threads: usize,
-    /// The same for the shared server (empty in the per-namespace model).
+    /// The same for the shared servers, all shards together (empty in the per-namespace
+    /// model).
     server_fds: BTreeMap<String, usize>,
     server_threads: usize,
     /// Entries of `status --json`: proxies, servers.
@@ -86,13 +96,19 @@ impl Footprint {
     }
 }
 
-fn churn(tag: &str, shared: bool) {
+/// `shards`: 0 for the per-namespace model, else the shared model with that many servers.
+fn churn(tag: &str, shards: usize) {
+    let shared = shards > 0;
     let dir = TempDir::new(tag).reaping();
     let _agent = agent(dir.path());
     let ini = write_ini(dir.path(), "");
     if shared {
         let text = std::fs::read_to_string(&ini).expect("ini");
-        std::fs::write(&ini, format!("{text}proxy_model = shared\n")).expect("ini");
+        std::fs::write(
+            &ini,
+            format!("{text}proxy_model = shared\nshared_servers = {shards}\n"),
+        )
+        .expect("ini");
     }
     let daemon = start_daemon(dir.path(), &ini, &[]);
     let spawner = daemon.pid();
@@ -164,7 +180,7 @@ fn churn(tag: &str, shared: bool) {
                 // same descriptors twice in a row: no client connection still closing).
                 let mut last: Option<Footprint> = None;
                 let f = ns_testkit::eventually("settled", T, || {
-                    let f = footprint(dir.path(), &ini, spawner, shared, &prefix);
+                    let f = footprint(dir.path(), &ini, spawner, shards, &prefix);
                     let settled = f.status_proxies == 0
                         && last.as_ref().is_some_and(|l| l.same_as(&f) && f.same_as(l));
                     last = Some(f.clone());
@@ -176,7 +192,7 @@ fn churn(tag: &str, shared: bool) {
             Some(want) => {
                 let mut last = None;
                 let same = ns_testkit::wait_until(T, || {
-                    let f = footprint(dir.path(), &ini, spawner, shared, &prefix);
+                    let f = footprint(dir.path(), &ini, spawner, shards, &prefix);
                     let same = f.same_as(want);
                     last = Some(f);
                     same
@@ -203,19 +219,27 @@ fn churn(tag: &str, shared: bool) {
 }
 
 fn server_pid(dir: &Path) -> Option<u32> {
-    let text = std::fs::read_to_string(dir.join("shared-server.pid")).ok()?;
+    shard_pid(dir, 0)
+}
+
+fn shard_pid(dir: &Path, shard: usize) -> Option<u32> {
+    let name = ns_metadata_spawner::shared_model::ShardFiles::of(shard).pid;
+    let text = std::fs::read_to_string(dir.join(name)).ok()?;
     text.split_whitespace().next()?.parse().ok()
 }
 
 /// Descriptors and threads are read before this function's own connections to the control
 /// socket (`status`, `/metrics`), which the daemon closes a moment after the client does.
-fn footprint(dir: &Path, ini: &Path, spawner: u32, shared: bool, prefix: &str) -> Footprint {
-    let server = shared.then(|| server_pid(dir)).flatten();
+fn footprint(dir: &Path, ini: &Path, spawner: u32, shards: usize, prefix: &str) -> Footprint {
+    let servers: Vec<u32> = (0..shards).filter_map(|s| shard_pid(dir, s)).collect();
     let (spawner_fds, spawner_threads) = (fds_by_kind(spawner), threads(spawner));
-    let (server_fds, server_threads) = (
-        server.map(fds_by_kind).unwrap_or_default(),
-        server.map_or(0, threads),
-    );
+    let mut server_fds = BTreeMap::new();
+    for pid in &servers {
+        for (kind, n) in fds_by_kind(*pid) {
+            *server_fds.entry(kind).or_insert(0) += n;
+        }
+    }
+    let server_threads = servers.iter().map(|&p| threads(p)).sum();
     let (code, out) = cli_code(ini, &["status", "--json"]);
     assert!(matches!(code, Some(0) | Some(3)), "status: {out}");
     let v: serde_json::Value =
@@ -235,7 +259,14 @@ fn footprint(dir: &Path, ini: &Path, spawner: u32, shared: bool, prefix: &str) -
         state_entries: count_files(dir, |_| true),
         pid_files: count_files(&dir.join("pids"), |_| true),
         stats_files: count_files(&dir.join("stats"), |n| !n.ends_with(".slab")),
-        slab_records: slab_records(&dir.join("stats/shared.slab")),
+        slab_records: (0..shards)
+            .map(|s| {
+                slab_records(&ns_metadata_spawner::stats_slab::path(
+                    &dir.join("stats"),
+                    s,
+                ))
+            })
+            .sum(),
     }
 }
 
