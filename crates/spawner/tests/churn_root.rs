@@ -53,8 +53,9 @@ fn two_shards_return_to_their_baseline_after_every_churn_round() {
 }
 
 /// Threads above the warm-up's that are not a leak: the runtimes' blocking pools keep an idle
-/// thread for 10 s, so the count moves with how much blocking work the last seconds held. A
-/// thread leaked per router would add `N` (40) per round.
+/// thread for 10 s, so the count moves with how much blocking work the last seconds held (the
+/// check waits up to `T`, past those 10 s). A thread leaked per router would add `N` (40)
+/// per round.
 const THREAD_SLACK: usize = 8;
 
 /// What a leak would grow, read from outside the daemon.
@@ -138,6 +139,12 @@ fn churn(tag: &str, shards: usize) {
             let body = ns_testkit::eventually(id, T, || get_in(ns.netns(), META).ok());
             assert!(body.starts_with(&format!("router={id} ")), "{body}");
         }
+        // At the top of the round, for the log: what 40 namespaces hold.
+        let busy = footprint(dir.path(), &ini, spawner, shards, &prefix);
+        eprintln!(
+            "churn {tag} round {round} with {N} routers: spawner descriptors {:?}, servers' {:?}",
+            busy.spawner_fds, busy.server_fds
+        );
         // Scraped while they serve: each namespace's series appear (and must go with it).
         let text = scrape(dir.path());
         for id in &ids {
