@@ -116,6 +116,7 @@ fn churn(tag: &str, shards: usize) {
     let prefix = unique_prefix();
     let mut baseline: Option<Footprint> = None;
     let mut rss = Vec::new();
+    let mut server_rss = Vec::new();
     for round in 0..ROUNDS {
         let ids: Vec<String> = (0..N).map(|i| format!("{prefix}c{round}x{i}")).collect();
         let mut nss: Vec<Option<TestNs>> = ids
@@ -214,6 +215,7 @@ fn churn(tag: &str, shards: usize) {
         };
         eprintln!("churn {tag} round {round}: {now:?}");
         rss.push(rss_kb(spawner));
+        server_rss.push(server_pid(dir.path()).map_or(0, rss_kb));
     }
     // RSS is noisy (allocator arenas, lazily touched pages): only a generous bound over the
     // rounds after the warm-up.
@@ -222,6 +224,13 @@ fn churn(tag: &str, shards: usize) {
         last <= first * 2 + 16 * 1024,
         "spawner RSS grew from {first} kB to {last} kB over {ROUNDS} rounds: {rss:?}"
     );
+    // The server is replaced by the kill -9 of round 2: its last round against round 0.
+    let (first, last) = (server_rss[0], server_rss[server_rss.len() - 1]);
+    assert!(
+        last <= first * 2 + 16 * 1024,
+        "server RSS grew from {first} kB to {last} kB over {ROUNDS} rounds: {server_rss:?}"
+    );
+    eprintln!("churn {tag}: RSS kB per round, spawner {rss:?}, server {server_rss:?}");
     drop(daemon);
 }
 
