@@ -1,9 +1,10 @@
 //! Big tables (unprivileged): a supervisor holding thousands of router records, each waiting
 //! for a namespace that does not exist (the [`Host`](ns_metadata_spawner::platform::Host)
 //! platform: nothing is started), read through the control socket by `status --json`,
-//! `GET /metrics` and `check`, as monitoring polls a node with thousands of namespaces. Every
-//! answer names every entry correctly, and its size per entry stays the same from 1,000 to
-//! 3,000 entries: no part of an answer grows with the table beyond its own entry.
+//! `GET /metrics`, `check` and the `status` and `router list` tables, as monitoring polls a
+//! node with thousands of namespaces. Every answer names every entry correctly, and its size
+//! per entry stays the same from 1,000 to 3,000 entries: no part of an answer grows with the
+//! table beyond its own entry.
 
 mod common;
 mod root_common;
@@ -21,6 +22,8 @@ const SIZES: [usize; 2] = [1_000, 3_000];
 const STATUS_PER_ENTRY: usize = 400;
 const METRICS_PER_ENTRY: usize = 300;
 const CHECK_PER_ENTRY: usize = 200;
+/// A line of the `status` and `router list` tables. Measured: 102 and 44.
+const TABLE_PER_ENTRY: usize = 300;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_records_keep_status_metrics_and_check_correct_and_linear() {
@@ -88,17 +91,47 @@ async fn thousands_of_records_keep_status_metrics_and_check_correct_and_linear()
         let waiting = check.lines().filter(|l| l.contains(" is waiting")).count();
         assert_eq!(waiting, n, "{}", &check[..check.len().min(500)]);
 
-        sizes.push((n, status.len(), metrics.len(), check.len()));
+        // The tables an operator reads: a line per entry (after the headers).
+        let (code, table) = cli_code(&ini, &["status"]);
+        assert_eq!(code, Some(3));
+        let rows = table.lines().filter(|l| l.contains(" waiting ")).count();
+        assert_eq!(rows, n, "{}", &table[..table.len().min(500)]);
+        let (code, list) = cli_code(&ini, &["router", "list"]);
+        assert_eq!(code, Some(0), "{}", &list[..list.len().min(500)]);
+        assert_eq!(list.lines().filter(|l| l.contains("big")).count(), n);
+
+        sizes.push((
+            n,
+            [
+                status.len(),
+                metrics.len(),
+                check.len(),
+                table.len(),
+                list.len(),
+            ],
+        ));
     }
-    eprintln!("big tables: (entries, status bytes, metrics bytes, check bytes): {sizes:?}");
-    let [(n1, s1, m1, c1), (n2, s2, m2, c2)] = sizes[..] else {
+    eprintln!(
+        "big tables: (entries, bytes of status --json, /metrics, check, status, router list): {sizes:?}"
+    );
+    let [(n1, at1), (n2, at2)] = sizes[..] else {
         unreachable!("two sizes")
     };
-    for (what, a, b, bound) in [
-        ("status --json", s1, s2, STATUS_PER_ENTRY),
-        ("/metrics", m1, m2, METRICS_PER_ENTRY),
-        ("check", c1, c2, CHECK_PER_ENTRY),
-    ] {
+    let what = [
+        "status --json",
+        "/metrics",
+        "check",
+        "status",
+        "router list",
+    ];
+    let bounds = [
+        STATUS_PER_ENTRY,
+        METRICS_PER_ENTRY,
+        CHECK_PER_ENTRY,
+        TABLE_PER_ENTRY,
+        TABLE_PER_ENTRY,
+    ];
+    for (((what, a), b), bound) in what.into_iter().zip(at1).zip(at2).zip(bounds) {
         // What the 2,000 more entries added, per entry, is what an entry costs at 1,000
         // (the fixed part, e.g. metrics' headers, spread over the first 1,000).
         let marginal = (b - a) / (n2 - n1);
