@@ -387,6 +387,26 @@ mod tests {
         assert_eq!(held.reads(), 2);
     }
 
+    /// `check`'s loop over N namespaces of one process (the shared server) reads that
+    /// process's descriptor table once: here 50 namespaces that do not exist (each check
+    /// then reports them, without root), all "served" by this process.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn checking_many_namespaces_of_one_process_reads_its_table_once() {
+        let me = std::process::id();
+        let mut held = HeldSockets::default();
+        for i in 0..50 {
+            let netns = format!("ns-metadata-no-such-netns-{me}-{i}");
+            let problems = check_proxy(&netns, "lo", me, &mut held).await;
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.starts_with(&format!("{netns}: "))),
+                "{problems:?}"
+            );
+        }
+        assert_eq!(held.reads(), 1);
+    }
+
     #[test]
     fn probe_paths_are_checked_before_anything_is_sent() {
         for bad in ["latest", "/a b", "/a\r\nX: y"] {
