@@ -375,13 +375,16 @@ async fn check_cmd(sock: &std::path::Path) -> Result<u8> {
             ns_netns::NETNS_RUN_DIR
         ));
     }
+    let mut held = crate::doctor::HeldSockets::default();
     for p in &reply.proxies {
         let netns = cell(&p["netns"]);
         let state = cell(&p["state"]);
         match (state.as_str(), p["pid"].as_u64()) {
             ("running", Some(pid)) => {
                 let interface = cell(&p["interface"]);
-                problems.extend(crate::doctor::check_proxy(&netns, &interface, pid as u32).await);
+                problems.extend(
+                    crate::doctor::check_proxy(&netns, &interface, pid as u32, &mut held).await,
+                );
             }
             _ => problems.push(format!(
                 "{netns}: proxy {} is {state}{}",

@@ -9,44 +9,14 @@ use std::time::Duration;
 use common::*;
 use http::{Method, StatusCode};
 use ns_metadata_spawner::client::{call, reason};
-use ns_metadata_spawner::platform::Host;
-use ns_metadata_spawner::records::{RecordSet, Records};
-use ns_metadata_spawner::supervisor::{State, Supervisor};
+use ns_metadata_spawner::records::RecordSet;
+use ns_metadata_spawner::supervisor::State;
 use ns_metadata_spawner::{api, pidfile};
 use ns_testkit::{eventually_async, poll_async, TempDir};
 
 const NET: &str = r#"{"id":"n1","interface":"tap1",
   "subnets":[{"id":"s1","cidr":"10.250.9.0/24","gateway_ip":"10.250.9.1","enable_dhcp":true,"ip_version":4}],
   "ports":[{"id":"pd","device_owner":"network:dhcp","device_id":"dhcp1","fixed_ips":[{"subnet_id":"s1","ip_address":"10.250.9.2"}]}]}"#;
-
-struct Server {
-    sup: Supervisor<Host>,
-    sock: std::path::PathBuf,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
-}
-
-fn server(dir: &TempDir) -> Server {
-    let proxy = fake_proxy(dir.path());
-    let mut cfg = config(dir.path(), &proxy);
-    cfg.enable_isolated_metadata = true;
-    let sock = cfg.control_socket.clone();
-    let listener = api::bind(&sock).expect("bind control socket");
-    let sup = Supervisor::new(Host, cfg, Records::default());
-    let (a, b) = (sup.clone(), sup.clone());
-    let tasks = vec![
-        tokio::spawn(api::serve(a, listener)),
-        tokio::spawn(async move { b.run_loop().await }),
-    ];
-    Server { sup, sock, tasks }
-}
 
 async fn req(s: &Server, m: Method, path: &str, body: Option<&str>) -> (StatusCode, String) {
     let (st, b) = call(&s.sock, m, path, body.map(|b| b.as_bytes().to_vec()))

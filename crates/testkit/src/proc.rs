@@ -90,6 +90,38 @@ pub fn cmdline(pid: u32) -> Option<String> {
     Some(String::from_utf8_lossy(&raw).replace('\0', " "))
 }
 
+/// `pid`'s open descriptors by kind, for leak checks: what the `/proc/PID/fd` link names
+/// up to `:` or `[` (`socket`, `pipe`, `anon_inode`, `net`), or `file` for a path.
+pub fn fds_by_kind(pid: u32) -> std::collections::BTreeMap<String, usize> {
+    let mut by = std::collections::BTreeMap::new();
+    let entries = std::fs::read_dir(format!("/proc/{pid}/fd"));
+    for e in entries.into_iter().flatten().flatten() {
+        let Ok(link) = std::fs::read_link(e.path()) else {
+            continue; // closed meanwhile
+        };
+        let link = link.to_string_lossy();
+        let kind = if link.starts_with('/') {
+            "file"
+        } else {
+            link.split([':', '[']).next().unwrap_or("?")
+        };
+        *by.entry(kind.to_string()).or_insert(0) += 1;
+    }
+    by
+}
+
+/// A number field of `/proc/PID/status` (`Threads:`, `VmRSS:` in kB); 0 if unreadable.
+pub fn status_field(pid: u32, field: &str) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// Live processes (other than this one) whose command line contains `needle`.
 pub fn pids_mentioning(needle: &str) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {

@@ -5,8 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ns_metadata_spawner::api;
 use ns_metadata_spawner::config::Config;
-use ns_metadata_spawner::platform::Platform;
+use ns_metadata_spawner::platform::{Host, Platform};
+use ns_metadata_spawner::records::Records;
 use ns_metadata_spawner::records::Router;
 use ns_metadata_spawner::supervisor::{ProxyStatus, State, Supervisor};
 use ns_testkit::poll_async;
@@ -66,4 +68,36 @@ pub async fn running_pid<P: Platform>(sup: &Supervisor<P>, key: &str, timeout: D
     })
     .await
     .unwrap_or_else(|| panic!("{key} never ran: {:?}", status_of(sup, key)))
+}
+
+/// A supervisor on the unprivileged [`Host`] platform (the fake proxy) with its control API
+/// served on `sock` and its reconcile loop running; both stopped on drop.
+pub struct Server {
+    pub sup: Supervisor<Host>,
+    pub sock: std::path::PathBuf,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// [`Server`] in `dir`, with `enable_isolated_metadata` on.
+pub fn server(dir: &ns_testkit::TempDir) -> Server {
+    let proxy = fake_proxy(dir.path());
+    let mut cfg = config(dir.path(), &proxy);
+    cfg.enable_isolated_metadata = true;
+    let sock = cfg.control_socket.clone();
+    let listener = api::bind(&sock).expect("bind control socket");
+    let sup = Supervisor::new(Host, cfg, Records::default());
+    let (a, b) = (sup.clone(), sup.clone());
+    let tasks = vec![
+        tokio::spawn(api::serve(a, listener)),
+        tokio::spawn(async move { b.run_loop().await }),
+    ];
+    Server { sup, sock, tasks }
 }
