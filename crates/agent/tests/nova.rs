@@ -1,5 +1,6 @@
 //! Forwarding to a Nova stand-in that checks the signature as Nova does: headers, method,
-//! path, query and body; relayed statuses; 503/504 when Nova is away or slow; HTTPS with a
+//! path, query and body; relayed statuses; 503/504 when Nova is away or slow, 503/502 when it
+//! answers broken (closed, not HTTP, cut short) and recovery after; HTTPS with a
 //! test CA, `nova_metadata_insecure` and client certificates.
 
 mod common;
@@ -382,4 +383,72 @@ async fn an_answer_over_the_cap_is_502_and_one_under_it_is_relayed() {
         assert_eq!(r.status, 200, "chunked={chunked}");
         assert_eq!(r.body.len(), 1_000);
     }
+}
+
+/// A "Nova" on loopback that reads a request and answers each connection with the bytes
+/// last put in the returned cell, exactly, then closes.
+fn scripted_nova() -> (u16, Arc<std::sync::Mutex<Vec<u8>>>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let script = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let answer = script.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { return };
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf);
+            let bytes = answer.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let _ = c.write_all(&bytes);
+        }
+    });
+    (port, script)
+}
+
+/// Nova reached but broken, behind the agent: what the VM sees is what it sees behind
+/// neutron-metadata-agent, whose `requests` call raises `ConnectionError` (answered 503,
+/// LP#2059032) for a connection closed before or during the head and for a head that is not
+/// HTTP, and another exception (the connection closed: haproxy's 502) for a body cut short.
+/// Each is one warning naming Nova's URL, and the same agent answers again once Nova does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_nova_answers_are_503_or_502_and_the_agent_recovers() {
+    let (port, script) = scripted_nova();
+    let dir = TempDir::new("broken-nova");
+    let agent = start(nova_config(&dir, port, SECRET)).await;
+    let cases: [(&str, &[u8], u16); 5] = [
+        ("closed without a reply", b"", 503),
+        ("not HTTP", b"SSH-2.0-OpenSSH_9.2p1\r\n", 503),
+        ("half a head", b"HTTP/1.1 200 OK\r\nContent-Le", 503),
+        (
+            "a body cut short",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this",
+            502,
+        ),
+        (
+            "500",
+            b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 3\r\n\r\nbad",
+            500,
+        ),
+    ];
+    let ask_one = || async {
+        ask(
+            &agent.socket,
+            &get("/openstack", "10.250.41.2", "X-Neutron-Network-ID", "n1"),
+        )
+        .await
+    };
+    for (what, bytes, status) in cases {
+        *script.lock().unwrap_or_else(|p| p.into_inner()) = bytes.to_vec();
+        let r = ask_one().await;
+        assert_eq!(r.status, status, "Nova's answer {what}: {}", r.text());
+    }
+    *script.lock().unwrap_or_else(|p| p.into_inner()) =
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".to_vec();
+    let r = ask_one().await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "ok"),
+        "Nova answers again"
+    );
+    agent.stop().await;
 }
