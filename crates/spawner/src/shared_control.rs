@@ -31,6 +31,57 @@ pub(crate) async fn ask(
     Ok(line)
 }
 
+/// Requests sent on one control connection whose answers did not come in time, oldest first.
+/// The server answers in order, so their late answers come before the next request's: they
+/// are read and logged first, or every later answer would be taken for the one before it
+/// (a server stopped with SIGSTOP for longer than the wait, then continued).
+#[derive(Debug, Default)]
+pub(crate) struct Owed {
+    /// The control socket (its inode) they were sent on: a new connection owes nothing.
+    conn: u64,
+    asked: std::collections::VecDeque<String>,
+}
+
+impl Owed {
+    /// Read the answers owed on `conn`, each within `wait`. An error names the oldest request
+    /// still unanswered: nothing more is sent to a server that does not answer.
+    pub(crate) async fn settle(
+        &mut self,
+        conn: &UnixDatagram,
+        wait: Duration,
+    ) -> std::io::Result<()> {
+        let ino = rustix::fs::fstat(conn.as_fd()).map_or(0, |st| st.st_ino);
+        if ino != self.conn {
+            self.conn = ino;
+            self.asked.clear();
+        }
+        while let Some(what) = self.asked.front() {
+            match tokio::time::timeout(wait, answer(conn, MAX_MESSAGE)).await {
+                Ok(Ok((a, _fds))) if a == "ok" => {
+                    tracing::info!(request = %what, "the shared server answered a request late: ok");
+                }
+                Ok(Ok((a, _fds))) => {
+                    tracing::warn!(request = %what, answer = %a, "the shared server answered a request late");
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("still no answer to `{what}`: the server is stopped or hung"),
+                    ))
+                }
+            }
+            self.asked.pop_front();
+        }
+        Ok(())
+    }
+
+    /// `what` was sent and its answer did not come in time.
+    pub(crate) fn unanswered(&mut self, what: &str) {
+        self.asked.push_back(what.to_owned());
+    }
+}
+
 /// One message of at most `max` bytes from the server, as text with no control character
 /// but `\n` (the line separator of `add-batch` answers): the server runs unprivileged and
 /// is not trusted, and its answers reach the log, `status` and `restart`'s output on an

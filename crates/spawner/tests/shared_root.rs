@@ -982,3 +982,94 @@ fn switching_to_the_shared_model_hands_the_proxies_sockets_to_the_server() {
         "the server got the proxies' sockets, not fresh binds: {log}"
     );
 }
+
+/// Sends SIGCONT to `pid` on drop, so a failing test never leaves a stopped server behind.
+struct Continue(u32);
+
+impl Drop for Continue {
+    fn drop(&mut self) {
+        let pid = self.0;
+        let _ = std::panic::catch_unwind(|| ns_testkit::proc::signal(pid, "CONT"));
+    }
+}
+
+/// Whether `pid` is stopped (state `T` in `/proc/PID/stat`).
+fn stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+    })
+}
+
+/// The shared server stopped (SIGSTOP) for longer than the spawner waits on it: an `add`
+/// through its control socket goes unanswered for `ready_timeout` (2 s here); the server,
+/// alive and provably ours, is neither stopped nor replaced, and keeps the namespace whose
+/// sockets the message carried (the log says so). After SIGCONT the same process serves
+/// the old namespaces and the one added meanwhile, and its control connection stays in step
+/// (its late answer is read first): a router removed and another added later are served as
+/// asked, and `status` shows no error. Before, the namespace was served but unknown to the
+/// spawner, which kept failing to bind its address (`Address already in use`).
+#[test]
+fn a_stopped_server_is_left_alone_and_serves_again_after_sigcont() {
+    if !require_root("a_stopped_server_is_left_alone_and_serves_again_after_sigcont") {
+        return;
+    }
+    let dir = TempDir::new("shared-sigstop").reaping();
+    let _agent = agent(dir.path());
+    let (ids, nss) = routers(&unique_prefix(), "sg", 4);
+    let ini = shared_ini(dir.path());
+    let text = std::fs::read_to_string(&ini).expect("ini");
+    std::fs::write(&ini, format!("{text}ready_timeout = 2\n")).expect("ini");
+    let _daemon = start_daemon(dir.path(), &ini, &[]);
+    for id in &ids[..2] {
+        add_router(&ini, id);
+    }
+    let server = ns_testkit::eventually("server pid file", T, || server_pid(dir.path()));
+    for (id, ns) in ids.iter().zip(&nss).take(2) {
+        answered_for(ns, id);
+    }
+
+    ns_testkit::proc::signal(server, "STOP");
+    let resume = Continue(server);
+    add_router(&ini, &ids[2]);
+    // Its add goes unanswered for ready_timeout; the sockets went with it, so the namespace
+    // is the stopped server's (served once it runs), not a start to retry.
+    let p = ns_testkit::eventually("the namespace handed to the stopped server", T, || {
+        proxy_json(dir.path(), &ids[2]).filter(|p| p["state"] == "running")
+    });
+    assert_eq!(p["pid"].as_u64(), Some(u64::from(server)), "{p}");
+    assert!(
+        stopped(server) && server_pid(dir.path()) == Some(server),
+        "the stopped server is left as it is"
+    );
+    let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
+    assert!(
+        log.contains("did not answer in time"),
+        "the spawner says why: {log}"
+    );
+
+    drop(resume);
+    answered_for(&nss[0], &ids[0]);
+    answered_for(&nss[2], &ids[2]);
+    let (ok, out) = cli(&ini, &["router", "remove", &ids[0]]);
+    assert!(ok, "router remove: {out}");
+    assert!(
+        ns_testkit::wait_until(T, || get_in(nss[0].netns(), META).is_err()),
+        "a removed router's namespace is no longer served"
+    );
+    add_router(&ini, &ids[3]);
+    answered_for(&nss[3], &ids[3]);
+    answered_for(&nss[1], &ids[1]);
+    for id in &ids[1..] {
+        let p = ns_testkit::eventually(id, T, || {
+            proxy_json(dir.path(), id).filter(|p| p["state"] == "running")
+        });
+        assert!(p["last_error"].is_null(), "{id}: {p}");
+        assert_eq!(p["pid"].as_u64(), Some(u64::from(server)), "{id}: {p}");
+    }
+    assert_eq!(
+        server_pid(dir.path()),
+        Some(server),
+        "the same server throughout"
+    );
+}
