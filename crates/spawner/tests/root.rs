@@ -1,5 +1,6 @@
 //! Root tests with real namespaces and the real `ns-metadata-proxy`: each mode of the
-//! table end to end from a `vm` namespace, HA, kill -9 recovery, 50 namespaces at once.
+//! table end to end from a `vm` namespace, HA, kill -9 recovery, 50 namespaces at once, a
+//! proxy stopped with SIGSTOP left alone and answering after SIGCONT.
 //! Each test has its own state dir and namespaces (per-run prefix), removed on drop.
 
 mod common;
@@ -485,4 +486,50 @@ fn routers_removed_while_down_leave_no_address() {
     assert!(!has_meta(&na), "the dead proxy's address was removed");
     assert!(!has_meta(&nb), "the stopped proxy's address was removed");
     assert!(pidfile::list(&cfg.pid_dir()).is_empty());
+}
+
+/// A proxy stopped with SIGSTOP while the spawner runs its passes (another router added and
+/// served meanwhile): it is alive and ours, so the spawner neither signals nor replaces it
+/// (its status stays `running` with the same pid); after SIGCONT it answers again, the same
+/// process, with nothing restarted.
+#[test]
+fn a_stopped_proxy_is_left_alone_and_answers_after_sigcont() {
+    if !require_root("a_stopped_proxy_is_left_alone_and_answers_after_sigcont") {
+        return;
+    }
+    let dir = TempDir::new("rt-sigstop").reaping();
+    let _agent = agent(dir.path());
+    let prefix = unique_prefix();
+    let ids = [format!("{prefix}st0"), format!("{prefix}st1")];
+    let nss: Vec<TestNs> = ids
+        .iter()
+        .map(|id| TestNs::new(&format!("qrouter-{id}")).expect("router ns"))
+        .collect();
+    let ini = write_ini(dir.path(), "");
+    let _daemon = start_daemon(dir.path(), &ini, &[]);
+    let (ok, out) = cli(&ini, &["router", "add", &ids[0]]);
+    assert!(ok, "{out}");
+    let pid = ns_testkit::eventually("proxy running", T, || pid_of(dir.path(), &ids[0]));
+    ns_testkit::eventually("answers", T, || get_in(nss[0].netns(), META).ok());
+
+    ns_testkit::proc::signal(pid, "STOP");
+    let resume = Continue(pid);
+    let (ok, out) = cli(&ini, &["router", "add", &ids[1]]);
+    assert!(ok, "{out}");
+    ns_testkit::eventually("the other router answers", T, || {
+        get_in(nss[1].netns(), META).ok()
+    });
+    assert!(stopped(pid), "the stopped proxy is left as it is");
+    assert_eq!(
+        pid_of(dir.path(), &ids[0]),
+        Some(pid),
+        "still running, same pid"
+    );
+
+    drop(resume);
+    let body = ns_testkit::eventually("answers after SIGCONT", T, || {
+        get_in(nss[0].netns(), META).ok()
+    });
+    assert!(body.starts_with(&format!("router={} ", ids[0])), "{body}");
+    assert_eq!(pid_of(dir.path(), &ids[0]), Some(pid), "the same process");
 }

@@ -5,8 +5,9 @@
 //! both, `check` on the server, a graceful server restart under a request loop, and the
 //! server's line in `status` (text and JSON) with `restart --all` replacing it once, and a
 //! failed server restart leaving the old server to be taken over, one that cannot be taken
-//! over stopped and replaced, and switching the model either way under a request loop with
-//! nothing refused. Routers
+//! over stopped and replaced, switching the model either way under a request loop with
+//! nothing refused, and a server stopped with SIGSTOP past `ready_timeout` left alone,
+//! keeping the namespace handed to it meanwhile. Routers
 //! are added explicitly (never auto-enabled: other tests' namespaces share `/run/netns`).
 //! Each test has its own state dir and namespaces
 //! (per-run prefix), removed on drop; the server is killed on drop (`TempDir::reaping`).
@@ -981,24 +982,6 @@ fn switching_to_the_shared_model_hands_the_proxies_sockets_to_the_server() {
         log.contains("own proxy's sockets go to the shared server"),
         "the server got the proxies' sockets, not fresh binds: {log}"
     );
-}
-
-/// Sends SIGCONT to `pid` on drop, so a failing test never leaves a stopped server behind.
-struct Continue(u32);
-
-impl Drop for Continue {
-    fn drop(&mut self) {
-        let pid = self.0;
-        let _ = std::panic::catch_unwind(|| ns_testkit::proc::signal(pid, "CONT"));
-    }
-}
-
-/// Whether `pid` is stopped (state `T` in `/proc/PID/stat`).
-fn stopped(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
-    })
 }
 
 /// The shared server stopped (SIGSTOP) for longer than the spawner waits on it: an `add`

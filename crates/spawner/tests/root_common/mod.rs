@@ -251,3 +251,21 @@ pub async fn v6_meta(ns: &Netns, iface: &str) -> SocketAddr {
         index,
     ))
 }
+
+/// Sends SIGCONT to `pid` on drop, so a failing test never leaves a stopped process behind.
+pub struct Continue(pub u32);
+
+impl Drop for Continue {
+    fn drop(&mut self) {
+        let pid = self.0;
+        let _ = std::panic::catch_unwind(|| ns_testkit::proc::signal(pid, "CONT"));
+    }
+}
+
+/// Whether `pid` is stopped (state `T` in `/proc/PID/stat`).
+pub fn stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+    })
+}
