@@ -499,12 +499,7 @@ fn a_stopped_proxy_is_left_alone_and_answers_after_sigcont() {
     }
     let dir = TempDir::new("rt-sigstop").reaping();
     let _agent = agent(dir.path());
-    let prefix = unique_prefix();
-    let ids = [format!("{prefix}st0"), format!("{prefix}st1")];
-    let nss: Vec<TestNs> = ids
-        .iter()
-        .map(|id| TestNs::new(&format!("qrouter-{id}")).expect("router ns"))
-        .collect();
+    let (ids, nss) = routers(&unique_prefix(), "st", 2);
     let ini = write_ini(dir.path(), "");
     let _daemon = start_daemon(dir.path(), &ini, &[]);
     let (ok, out) = cli(&ini, &["router", "add", &ids[0]]);
@@ -532,4 +527,91 @@ fn a_stopped_proxy_is_left_alone_and_answers_after_sigcont() {
     });
     assert!(body.starts_with(&format!("router={} ", ids[0])), "{body}");
     assert_eq!(pid_of(dir.path(), &ids[0]), Some(pid), "the same process");
+}
+
+/// `status --json` of the daemon on state dir `dir`.
+fn status_json(dir: &std::path::Path) -> serde_json::Value {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_ns-metadata-spawner"))
+        .arg("--state-dir")
+        .arg(dir)
+        .args(["status", "--json"])
+        .output()
+        .expect("status");
+    serde_json::from_slice(&o.stdout).unwrap_or_default()
+}
+
+/// The daemon's state dir on a small tmpfs, filled while it runs: a router announced then
+/// is served all the same (its pid file and statistics file cannot be written: the status
+/// says so), `status` names the unsaved `records.json`, the daemon does not die; once there
+/// is room again the records are saved without another change and the error clears.
+#[test]
+fn a_full_state_dir_serves_on_says_why_and_saves_once_there_is_room() {
+    let name = "a_full_state_dir_serves_on_says_why_and_saves_once_there_is_room";
+    if !require_root(name) {
+        return;
+    }
+    let dir = TempDir::new("rt-full").reaping();
+    let fs = match ns_testkit::tmpfs::Tmpfs::mount("rt-full-state", 512) {
+        Ok(fs) => fs,
+        Err(e) => return ns_testkit::skip(name, &e),
+    };
+    let state = fs.path();
+    let _agent = agent(dir.path());
+    let (ids, nss) = routers(&unique_prefix(), "fu", 2);
+    // write_ini's file, with the state dir on the tmpfs (the log and the agent stay out).
+    let ini = write_ini(dir.path(), "");
+    let text = std::fs::read_to_string(&ini).expect("ini").replace(
+        &format!("state_dir = {}\n", dir.path().display()),
+        &format!("state_dir = {}\n", state.display()),
+    );
+    std::fs::write(&ini, text).expect("ini");
+    let mut daemon = start_daemon(dir.path(), &ini, &[]);
+    let (ok, out) = cli(&ini, &["router", "add", &ids[0]]);
+    assert!(ok, "{out}");
+    ns_testkit::eventually("the first router answers", T, || {
+        get_in(nss[0].netns(), META).ok()
+    });
+
+    fs.fill("filler");
+    let (_, out) = cli(&ini, &["router", "add", &ids[1]]);
+    let body = ns_testkit::eventually("the second router answers", T, || {
+        get_in(nss[1].netns(), META).ok()
+    });
+    assert!(body.starts_with(&format!("router={} ", ids[1])), "{body}");
+    let why = ns_testkit::eventually("status names the unsaved records", T, || {
+        status_json(state)["records"]["save_error"]
+            .as_str()
+            .map(str::to_owned)
+    });
+    assert!(
+        why.contains("records.json") && why.contains("No space left"),
+        "{why} (the add said: {out})"
+    );
+    let p = proxy_json(state, &ids[1]).expect("in status");
+    assert_eq!(p["state"], "running", "{p}");
+    assert!(
+        p["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("pid file")),
+        "the missing pid file is named: {p}"
+    );
+    assert!(daemon.alive(), "the daemon runs on");
+
+    std::fs::remove_file(state.join("filler")).expect("room again");
+    let saved = ns_testkit::eventually("records.json saved by the retry", T, || {
+        std::fs::read_to_string(state.join("records.json"))
+            .ok()
+            .filter(|t| t.contains(&format!("\"{}\"", ids[1])))
+    });
+    assert!(
+        saved.contains(&format!("\"{}\"", ids[0])),
+        "nothing lost: {saved}"
+    );
+    assert!(
+        ns_testkit::wait_until(T, || status_json(state)["records"]["save_error"].is_null()),
+        "the error clears: {}",
+        status_json(state)
+    );
+    assert!(daemon.alive(), "the daemon runs on");
+    get_in(nss[0].netns(), META).expect("the first router still answers");
 }

@@ -204,16 +204,6 @@ fn add_router(ini: &std::path::Path, id: &str) {
     });
 }
 
-/// Namespaces `qrouter-<prefix><tag><i>` for i in 0..n: the ids and the namespaces.
-fn routers(prefix: &str, tag: &str, n: usize) -> (Vec<String>, Vec<TestNs>) {
-    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}{tag}{i}")).collect();
-    let nss = ids
-        .iter()
-        .map(|id| TestNs::new(&format!("qrouter-{id}")).expect("router ns"))
-        .collect();
-    (ids, nss)
-}
-
 /// Wait until router `id`'s namespace `ns` answers, as router `id`.
 fn answered_for(ns: &TestNs, id: &str) {
     let body = ns_testkit::eventually(id, T, || get_in(ns.netns(), META).ok());

@@ -269,3 +269,13 @@ pub fn stopped(pid: u32) -> bool {
             .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
     })
 }
+
+/// Namespaces `qrouter-<prefix><tag><i>` for i in 0..n: the ids and the namespaces.
+pub fn routers(prefix: &str, tag: &str, n: usize) -> (Vec<String>, Vec<ns_testkit::netns::TestNs>) {
+    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}{tag}{i}")).collect();
+    let nss = ids
+        .iter()
+        .map(|id| ns_testkit::netns::TestNs::new(&format!("qrouter-{id}")).expect("router ns"))
+        .collect();
+    (ids, nss)
+}
