@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{request, Model, TempDir};
+use common::{request, Behave, Model, StandIn, TempDir};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::UnixListener;
 use tokio::task::JoinSet;
@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 crate::in_both_models!(
     agent_killed_and_restarted_under_load,
     agent_accept_queue_full_is_retried_then_503,
+    agent_cutting_its_head_short_is_502_and_the_next_is_answered,
 );
 
 /// Bounds of the waits below (each ends as soon as its condition holds).
@@ -344,4 +345,28 @@ async fn agent_accept_queue_full_is_retried_then_503(model: Model) {
         .await
         .expect("an answer");
     assert_eq!((r.status, r.text().as_str()), (200, "gen=1"));
+}
+
+/// The agent answers half a head and closes (a crash mid-answer): 502, as haproxy answers
+/// a server that closes before its headers are complete; with pooled connections on, the
+/// same proxy answers the next request with the agent's whole answer.
+async fn agent_cutting_its_head_short_is_502_and_the_next_is_answered(model: Model) {
+    let agent = StandIn::start(Behave::Canned);
+    let p = model.start(&agent.path, "127.0.0.1:0", &["--agent-keepalive", "on"]);
+    let get = "GET /x HTTP/1.1\r\nHost: x\r\n\r\n";
+    for half in [
+        &b"HTTP/1.1 200 OK\r\nContent-Le"[..],
+        b"HTTP/1.1 20",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n",
+    ] {
+        agent.set_answer(half);
+        let what = String::from_utf8_lossy(half);
+        let r = request(p.addr, get)
+            .await
+            .unwrap_or_else(|| panic!("no answer to the VM after {what:?}"));
+        assert_eq!(r.status, 502, "{what:?}");
+    }
+    agent.set_answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    let r = request(p.addr, get).await.expect("an answer");
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
 }
