@@ -490,8 +490,8 @@ fn routers_removed_while_down_leave_no_address() {
 
 /// A proxy stopped with SIGSTOP while the spawner runs its passes (another router added and
 /// served meanwhile): it is alive and ours, so the spawner neither signals nor replaces it
-/// (its status stays `running` with the same pid); after SIGCONT it answers again, the same
-/// process, with nothing restarted.
+/// (its status stays `running` with the same pid), and `check` says it is stopped; after
+/// SIGCONT it answers again, the same process, with nothing restarted.
 #[test]
 fn a_stopped_proxy_is_left_alone_and_answers_after_sigcont() {
     if !require_root("a_stopped_proxy_is_left_alone_and_answers_after_sigcont") {
@@ -521,6 +521,13 @@ fn a_stopped_proxy_is_left_alone_and_answers_after_sigcont() {
         "still running, same pid"
     );
 
+    // `check` names it at once instead of waiting out a probe.
+    let (code, out) = cli_code(&ini, &["check"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!("proxy pid {pid} is stopped")),
+        "check says why: {out}"
+    );
     drop(resume);
     let body = ns_testkit::eventually("answers after SIGCONT", T, || {
         get_in(nss[0].netns(), META).ok()

@@ -1020,6 +1020,12 @@ fn a_stopped_server_is_left_alone_and_serves_again_after_sigcont() {
         log.contains("did not answer in time"),
         "the spawner says why: {log}"
     );
+    let (code, out) = cli_code(&ini, &["check"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!("shared server pid {server} is stopped")),
+        "check says why: {out}"
+    );
 
     drop(resume);
     answered_for(&nss[0], &ids[0]);
