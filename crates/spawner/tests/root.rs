@@ -550,7 +550,8 @@ fn status_json(dir: &std::path::Path) -> serde_json::Value {
 /// The daemon's state dir on a small tmpfs, filled while it runs: a router announced then
 /// is served all the same (its pid file and statistics file cannot be written: the status
 /// says so), `status` names the unsaved `records.json`, the daemon does not die; once there
-/// is room again the records are saved without another change and the error clears.
+/// is room again the records and the pid file are written without another change and the
+/// errors clear.
 #[test]
 fn a_full_state_dir_serves_on_says_why_and_saves_once_there_is_room() {
     let name = "a_full_state_dir_serves_on_says_why_and_saves_once_there_is_room";
@@ -596,6 +597,10 @@ fn a_full_state_dir_serves_on_says_why_and_saves_once_there_is_room() {
     );
     let p = proxy_json(state, &ids[1]).expect("in status");
     assert_eq!(p["state"], "running", "{p}");
+    let pid1 = p["pid"]
+        .as_u64()
+        .and_then(|p| u32::try_from(p).ok())
+        .expect("pid");
     assert!(
         p["last_error"]
             .as_str()
@@ -619,6 +624,15 @@ fn a_full_state_dir_serves_on_says_why_and_saves_once_there_is_room() {
         "the error clears: {}",
         status_json(state)
     );
+    // The pid file is written too (a restarted spawner adopts the proxy by it) and the
+    // status note goes.
+    let p = ns_testkit::eventually("the pid file written once there is room", T, || {
+        proxy_json(state, &ids[1]).filter(|p| p["last_error"].is_null())
+    });
+    assert_eq!(p["pid"].as_u64(), Some(u64::from(pid1)), "{p}");
+    let file = std::fs::read_to_string(state.join("pids").join(format!("{}.pid", ids[1])))
+        .expect("pid file");
+    assert!(file.starts_with(&format!("{pid1} ")), "{file}");
     assert!(daemon.alive(), "the daemon runs on");
     get_in(nss[0].netns(), META).expect("the first router still answers");
 }
