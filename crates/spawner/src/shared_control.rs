@@ -42,43 +42,71 @@ pub(crate) struct Owed {
     asked: std::collections::VecDeque<String>,
 }
 
+/// How [`Owed::ask`] failed.
+#[derive(Debug)]
+pub(crate) enum AskError {
+    /// Not sent (the server's queue stayed full for the wait), or the connection failed.
+    NotSent(std::io::Error),
+    /// Sent (with its descriptors: the server has them), its answer not in within the wait;
+    /// it is read before the next request's.
+    Unanswered(std::io::Error),
+}
+
 impl Owed {
-    /// Read the answers owed on `conn`, each within `wait`. An error names the oldest request
-    /// still unanswered: nothing more is sent to a server that does not answer.
-    pub(crate) async fn settle(
+    /// [`ask`] on a connection that may owe late answers: `msg` goes out (a request is never
+    /// held back, so a `remove` reaches a stopped server for when it continues), then the
+    /// owed answers are read and logged, then `msg`'s, all within `wait`.
+    pub(crate) async fn ask(
         &mut self,
         conn: &UnixDatagram,
+        msg: &str,
+        fds: &[BorrowedFd<'_>],
         wait: Duration,
-    ) -> std::io::Result<()> {
+    ) -> std::result::Result<String, AskError> {
         let ino = rustix::fs::fstat(conn.as_fd()).map_or(0, |st| st.st_ino);
         if ino != self.conn {
             self.conn = ino;
             self.asked.clear();
         }
+        let deadline = tokio::time::Instant::now() + wait;
+        let sent = conn.async_io(Interest::WRITABLE, || {
+            ns_netns::send_fds(conn.as_fd(), msg.as_bytes(), fds)
+        });
+        match tokio::time::timeout_at(deadline, sent).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(AskError::NotSent(e)),
+            Err(_) => {
+                return Err(AskError::NotSent(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the server's queue stayed full",
+                )))
+            }
+        }
+        self.asked.push_back(msg.to_owned());
         while let Some(what) = self.asked.front() {
-            match tokio::time::timeout(wait, answer(conn, MAX_MESSAGE)).await {
-                Ok(Ok((a, _fds))) if a == "ok" => {
-                    tracing::info!(request = %what, "the shared server answered a request late: ok");
-                }
-                Ok(Ok((a, _fds))) => {
-                    tracing::warn!(request = %what, answer = %a, "the shared server answered a request late");
-                }
-                Ok(Err(e)) => return Err(e),
+            let late = self.asked.len() > 1;
+            let a = match tokio::time::timeout_at(deadline, answer(conn, MAX_MESSAGE)).await {
+                Ok(Ok((a, _fds))) => a,
+                Ok(Err(e)) => return Err(AskError::Unanswered(e)),
                 Err(_) => {
-                    return Err(std::io::Error::new(
+                    return Err(AskError::Unanswered(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
-                        format!("still no answer to `{what}`: the server is stopped or hung"),
-                    ))
+                        "no answer",
+                    )))
                 }
+            };
+            if !late {
+                self.asked.clear();
+                return Ok(a);
+            }
+            if a == "ok" {
+                tracing::info!(request = %what, "the shared server answered a request late: ok");
+            } else {
+                tracing::warn!(request = %what, answer = %a, "the shared server answered a request late");
             }
             self.asked.pop_front();
         }
-        Ok(())
-    }
-
-    /// `what` was sent and its answer did not come in time.
-    pub(crate) fn unanswered(&mut self, what: &str) {
-        self.asked.push_back(what.to_owned());
+        Err(AskError::NotSent(std::io::Error::other("nothing asked")))
     }
 }
 

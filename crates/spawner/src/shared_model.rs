@@ -49,7 +49,7 @@ pub const CONTROL_SOCKET: &str = "shared.sock";
 pub const PID_FILE: &str = "shared-server.pid";
 /// Where the server finds the control socket (after the readiness pipe on 3).
 const CONTROL_FD: i32 = 4;
-use crate::shared_control::{ask, connect, control_listener, replay, take_list, Owed};
+use crate::shared_control::{ask, connect, control_listener, replay, take_list, AskError, Owed};
 use ns_metadata_proxy::shared::{BatchItem, StatsRef};
 
 /// A shard's files in the state directory. The first keeps a single server's names
@@ -423,20 +423,14 @@ impl SharedServer {
         })?;
         let failed = |e: std::io::Error| Error::Spawn(format!("shared server control socket: {e}"));
         let mut owed = self.inner.owed.lock().await;
-        owed.settle(conn, wait)
-            .await
-            .map_err(|e| Failed::NotDone(failed(e)))?;
-        match ask(conn, msg, fds, wait).await {
+        match owed.ask(conn, msg, fds, wait).await {
             Ok(a) if a == "ok" => Ok(pid),
             Ok(a) => Err(Failed::NotDone(Error::Spawn(format!(
                 "shared server: {}",
                 a.strip_prefix("error ").unwrap_or(&a)
             )))),
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                owed.unanswered(msg);
-                Err(Failed::Unanswered(pid, failed(e)))
-            }
-            Err(e) => Err(Failed::NotDone(failed(e))),
+            Err(AskError::Unanswered(e)) => Err(Failed::Unanswered(pid, failed(e))),
+            Err(AskError::NotSent(e)) => Err(Failed::NotDone(failed(e))),
         }
     }
 }
