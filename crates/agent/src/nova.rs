@@ -102,6 +102,7 @@ impl Nova {
     ) -> Resp {
         let uri = format!("{}{}", self.base, path_and_query);
         let mut req = Request::new(Full::new(body));
+        let retry_ok = method.is_idempotent();
         *req.method_mut() = method;
         *req.uri_mut() = match uri.parse() {
             Ok(u) => u,
@@ -130,8 +131,26 @@ impl Nova {
                 }
             }
         }
+        // A copy for the one retry: `Request` is not `Clone` (its extensions), its parts are.
+        let again = retry_ok.then(|| {
+            let mut r = Request::new(req.body().clone());
+            *r.method_mut() = req.method().clone();
+            *r.uri_mut() = req.uri().clone();
+            *r.headers_mut() = req.headers().clone();
+            r
+        });
         let call = async {
-            let resp = self.client.request(req).await?;
+            let resp = match (self.client.request(req).await, again) {
+                // A pooled keep-alive connection Nova closed just as it was reused (its idle
+                // timeout, a restart) fails with no answer; Neutron's agent, which never
+                // reuses one, would have got the answer: an idempotent request goes once
+                // more, on a connection the pool opens anew. A refused connect is not retried.
+                (Err(e), Some(again)) if !e.is_connect() => {
+                    tracing::debug!(url = %uri, err = %ErrChain(&e), "Nova connection lost before an answer; sent once more");
+                    self.client.request(again).await?
+                }
+                (r, _) => r?,
+            };
             let (parts, body) = resp.into_parts();
             let announced = parts
                 .headers

@@ -1,5 +1,6 @@
 //! Forwarding to a Nova stand-in that checks the signature as Nova does: headers, method,
-//! path, query and body; relayed statuses; 503/504 when Nova is away or slow; HTTPS with a
+//! path, query and body; relayed statuses; 503/504 when Nova is away or slow, 503/502 when it
+//! answers broken (closed, not HTTP, cut short) and recovery after; HTTPS with a
 //! test CA, `nova_metadata_insecure` and client certificates.
 
 mod common;
@@ -13,6 +14,8 @@ use ns_testkit::nova::{signature_ok, Nova, GZIP_BODY};
 use ns_testkit::TempDir;
 
 const SECRET: &str = "s3cret-shared";
+/// Bound of the waits below (each ends as soon as its condition holds).
+const WAIT: Duration = Duration::from_secs(10);
 
 fn nova_config(dir: &TempDir, port: u16, secret: &str) -> Config {
     let mut cfg = config(dir, INVENTORY);
@@ -382,4 +385,227 @@ async fn an_answer_over_the_cap_is_502_and_one_under_it_is_relayed() {
         assert_eq!(r.status, 200, "chunked={chunked}");
         assert_eq!(r.body.len(), 1_000);
     }
+}
+
+/// A "Nova" on loopback that reads a request and answers each connection with the bytes
+/// last put in the returned cell, exactly, then closes.
+fn scripted_nova() -> (u16, Arc<std::sync::Mutex<Vec<u8>>>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let script = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let answer = script.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { return };
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf);
+            let bytes = answer.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let _ = c.write_all(&bytes);
+        }
+    });
+    (port, script)
+}
+
+/// Nova reached but broken, behind the agent: what the VM sees is what it sees behind
+/// neutron-metadata-agent, whose `requests` call raises `ConnectionError` (answered 503,
+/// LP#2059032) for a connection closed before or during the head and for a head that is not
+/// HTTP, and another exception (the connection closed: haproxy's 502) for a body cut short.
+/// Each is one warning naming Nova's URL, and the same agent answers again once Nova does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_nova_answers_are_503_or_502_and_the_agent_recovers() {
+    let (port, script) = scripted_nova();
+    let dir = TempDir::new("broken-nova");
+    let agent = start(nova_config(&dir, port, SECRET)).await;
+    let cases: [(&str, &[u8], u16); 5] = [
+        ("closed without a reply", b"", 503),
+        ("not HTTP", b"SSH-2.0-OpenSSH_9.2p1\r\n", 503),
+        ("half a head", b"HTTP/1.1 200 OK\r\nContent-Le", 503),
+        (
+            "a body cut short",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this",
+            502,
+        ),
+        (
+            "500",
+            b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 3\r\n\r\nbad",
+            500,
+        ),
+    ];
+    let ask_one = || async {
+        ask(
+            &agent.socket,
+            &get("/openstack", "10.250.41.2", "X-Neutron-Network-ID", "n1"),
+        )
+        .await
+    };
+    for (what, bytes, status) in cases {
+        *script.lock().unwrap_or_else(|p| p.into_inner()) = bytes.to_vec();
+        let r = ask_one().await;
+        assert_eq!(r.status, status, "Nova's answer {what}: {}", r.text());
+    }
+    *script.lock().unwrap_or_else(|p| p.into_inner()) =
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".to_vec();
+    let r = ask_one().await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "ok"),
+        "Nova answers again"
+    );
+    agent.stop().await;
+}
+
+/// A keep-alive "Nova" on `port` answering every request `200 ok`; [`KeepAliveNova::kill`]
+/// closes the listener and every connection at once, as a killed process's are.
+struct KeepAliveNova {
+    port: u16,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl KeepAliveNova {
+    fn start(port: u16) -> KeepAliveNova {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind nova");
+        let port = l.local_addr().expect("addr").port();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (stopping, held) = (stop.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                if stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(mut c) = c else { return };
+                if let Ok(copy) = c.try_clone() {
+                    held.lock().unwrap_or_else(|p| p.into_inner()).push(copy);
+                }
+                std::thread::spawn(move || {
+                    let (mut buf, mut tmp) = (Vec::new(), [0u8; 4096]);
+                    while let Ok(n @ 1..) = c.read(&mut tmp) {
+                        buf.extend_from_slice(&tmp[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                            if c.write_all(ok).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        KeepAliveNova { port, stop, conns }
+    }
+
+    fn kill(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag and drops the listener.
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        for c in self
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// Nova restarted behind the agent while it pools keep-alive connections to it: while it is
+/// down the VM gets 503 (as from neutron-metadata-agent, LP#2059032); once it listens again
+/// every request is answered, none on a pooled connection to the dead process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nova_restarted_under_pooled_connections_is_answered_again_at_once() {
+    let nova = KeepAliveNova::start(0);
+    let port = nova.port;
+    let dir = TempDir::new("nova-restart");
+    let agent = start(nova_config(&dir, port, SECRET)).await;
+    let req = get("/openstack", "10.250.41.2", "X-Neutron-Network-ID", "n1");
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (sock, req) = (agent.socket.clone(), req.clone());
+        tasks.spawn(async move { ask(&sock, &req).await.status });
+    }
+    while let Some(s) = tasks.join_next().await {
+        assert_eq!(s.expect("task"), 200, "before the restart");
+    }
+    nova.kill();
+    let down = ns_testkit::eventually_await("503 while Nova is down", WAIT, || async {
+        let r = ask(&agent.socket, &req).await;
+        (r.status == 503).then_some(r)
+    })
+    .await;
+    assert!(
+        down.text().contains("temporarily unavailable"),
+        "{}",
+        down.text()
+    );
+    let nova = KeepAliveNova::start(port);
+    for i in 0..8 {
+        let r = ask(&agent.socket, &req).await;
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "ok"),
+            "request {i} after the restart"
+        );
+    }
+    nova.kill();
+    agent.stop().await;
+}
+
+/// The race of a pooled keep-alive connection, made certain: Nova answers a connection's
+/// first request (keeping it open, as Nova's WSGI server does) and closes it without an
+/// answer when the next request comes on it, as when its idle timeout or a restart closes
+/// it just as the agent reuses it. The VM still gets its 200 (the idempotent request is
+/// sent once more on a new connection), as it does from neutron-metadata-agent, which never
+/// reuses a connection; a POST is not sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_nova_connection_closed_under_the_request_is_retried_once() {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = requests.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { return };
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let (mut buf, mut tmp, mut answered) = (Vec::new(), [0u8; 4096], false);
+                while let Ok(n @ 1..) = c.read(&mut tmp) {
+                    buf.extend_from_slice(&tmp[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        if answered {
+                            return;
+                        }
+                        answered = true;
+                        let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                    }
+                }
+            });
+        }
+    });
+    let dir = TempDir::new("nova-pooled");
+    let agent = start(nova_config(&dir, port, SECRET)).await;
+    let req = get("/openstack", "10.250.41.2", "X-Neutron-Network-ID", "n1");
+    for i in 0..3 {
+        let r = ask(&agent.socket, &req).await;
+        assert_eq!((r.status, r.text().as_str()), (200, "ok"), "request {i}");
+    }
+    let before = requests.load(std::sync::atomic::Ordering::SeqCst);
+    let post =
+        "POST /openstack HTTP/1.1\r\nHost: 169.254.169.254\r\nX-Forwarded-For: 10.250.41.2\r\n\
+                X-Neutron-Network-ID: n1\r\nContent-Length: 2\r\n\r\nhi";
+    let r = ask(&agent.socket, post).await;
+    assert_eq!(r.status, 503, "a POST is not sent again: {}", r.text());
+    assert_eq!(
+        requests.load(std::sync::atomic::Ordering::SeqCst),
+        before + 1,
+        "sent once"
+    );
+    agent.stop().await;
 }

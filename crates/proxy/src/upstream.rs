@@ -730,6 +730,14 @@ impl Agent {
                 // line (webob's str(Response)): complete it and parse once more.
                 rbuf.extend_from_slice(b"\r\n\r\n");
                 return match response::parse(rbuf, for_client(fc, stop), buf) {
+                    // A head that promises a body, cut at EOF: nothing more can come, so the
+                    // VM gets a 502 (as from haproxy), not a head and then a close.
+                    Ok(Some(info))
+                        if matches!(info.framing, Framing::Chunked)
+                            || matches!(info.framing, Framing::Length(n) if n > 0) =>
+                    {
+                        Err(response::RespError("head cut short").into())
+                    }
                     Ok(Some(mut info)) => {
                         info.agent_reusable = false;
                         Ok(info)

@@ -8,8 +8,10 @@
 //!
 //! `check` is the doctor: the agent socket answers, `records.json` is saved, `/run/netns` is a
 //! shared mount, and for every proxy: it runs, its pid is the process in its namespace, its
-//! namespace carries the metadata address, nothing else listens on port 80 there, and a probe
-//! through it gets an HTTP answer other than 502/503/504. One line per problem; exit 1 if any.
+//! namespace carries the metadata address, nothing else listens on port 80 there, it is not
+//! stopped (SIGSTOP: named at once, not probed, as a probe would wait out its timeout in every
+//! namespace), and a probe through it gets an HTTP answer other than 502/503/504. One line per
+//! problem; exit 1 if any.
 //!
 //! In the shared model (issue #20) a namespace's pid is the shared server's, which runs in no
 //! namespace of its own: instead of "the pid is the process in the namespace", the server must
@@ -230,6 +232,15 @@ async fn port80_listeners_in(netns: &str) -> std::result::Result<Vec<u64>, Strin
     .map_err(|e| e.to_string())?
 }
 
+/// Whether `pid` is stopped (state `T` or `t` in `/proc/PID/stat`, after the command name).
+fn stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')').is_some_and(|(_, rest)| {
+            matches!(rest.trim_start().as_bytes().first(), Some(b'T' | b't'))
+        })
+    })
+}
+
 /// The problems of one running proxy (or, in the shared model, of the shared server for
 /// this namespace): process, address, port 80, probe. `held` carries the descriptor tables
 /// already read from one call to the next.
@@ -293,6 +304,19 @@ pub async fn check_proxy(
         problems.push(format!(
             "{netns}: something besides {who} pid {pid} listens on port 80 ({strangers} socket(s))"
         ));
+    }
+    if stopped(pid) {
+        // A probe would wait out its timeout (per namespace: hours for a shared server's
+        // thousands); the kernel queues the connections, nothing answers them.
+        let who = if shared.is_some() {
+            "shared server"
+        } else {
+            "proxy"
+        };
+        problems.push(format!(
+            "{netns}: {who} pid {pid} is stopped (SIGSTOP or a debugger): VMs' connections wait unanswered until it continues (kill -CONT {pid})"
+        ));
+        return problems;
     }
     let name = netns.to_owned();
     match tokio::task::spawn_blocking(move || probe(&name, "/")).await {

@@ -26,6 +26,9 @@ pub const FILE: &str = "records.json";
 pub const PREV: &str = "records.json.prev";
 /// How long after a change the records are written: changes within it share one write.
 pub const SAVE_DELAY: Duration = Duration::from_millis(100);
+/// How often a failed save is tried again (a full or read-only state dir), until one
+/// succeeds: the records are saved once there is room, without waiting for another change.
+pub const SAVE_RETRY: Duration = Duration::from_secs(1);
 /// Largest `records.json` read (a few hundred bytes per record).
 const MAX_BYTES: u64 = 256 << 20;
 
@@ -151,6 +154,17 @@ struct SaverState {
     writes: u64,
 }
 
+/// What the save task does after a write ([`Saver::finish`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum After {
+    /// Everything is written: the task ends.
+    Done,
+    /// Another change came meanwhile: write again after [`SAVE_DELAY`].
+    Again,
+    /// The write failed: try again after [`SAVE_RETRY`] (the task stays the one save task).
+    Retry,
+}
+
 /// What [`Saver::mark`] asks the caller to do.
 pub(crate) enum Next {
     /// A save task is already scheduled: it will include this change.
@@ -182,29 +196,48 @@ impl Saver {
         self.lock().wanted
     }
 
-    /// After a write of generation `gen`; true when another change came meanwhile (write
-    /// again), false when the task may end (it is marked ended under the same lock, so a
-    /// change arriving now starts a new one).
-    pub(crate) fn finish(&self, gen: u64, r: &Result<()>) -> bool {
+    /// After a write of generation `gen`: what the save task does next. When it is
+    /// [`After::Done`] the task is marked ended under the same lock, so a change arriving
+    /// now starts a new one. A failed write is retried (a disk that was full has room
+    /// later), so a task ends only once everything is written.
+    pub(crate) fn finish(&self, gen: u64, r: &Result<()>) -> After {
         let mut s = self.lock();
         s.saved = s.saved.max(gen);
         s.writes += 1;
         match r {
-            Ok(()) => s.error = None,
+            Ok(()) => {
+                if let Some(was) = s.error.take() {
+                    tracing::info!(previous_err = %was, "{FILE} saved again; every change is saved");
+                }
+            }
             Err(e) => {
                 if s.error.is_none() {
-                    tracing::error!(err = %e, "cannot save {FILE}; changes stay in effect until the spawner restarts");
+                    tracing::error!(
+                        err = %e,
+                        "cannot save {FILE}; changes stay in effect, and the save is retried every {} s until it succeeds",
+                        SAVE_RETRY.as_secs()
+                    );
                 }
                 s.error = Some(e.to_string());
             }
         }
-        let again = s.wanted > s.saved;
-        if !again {
+        let next = if s.wanted > s.saved {
+            After::Again
+        } else if r.is_err() {
+            After::Retry
+        } else {
             s.running = false;
-        }
+            After::Done
+        };
         drop(s);
         self.done.notify_waiters();
-        again
+        next
+    }
+
+    /// The save task gives up its retries (no runtime to wait on: tests only); the next
+    /// change starts a new one.
+    pub(crate) fn stop_retrying(&self) {
+        self.lock().running = false;
     }
 
     /// Why the last save failed, if it did.
@@ -221,10 +254,11 @@ impl Saver {
         self.lock().writes
     }
 
-    /// Whether every change so far has been written (or attempted).
+    /// Whether every change so far has been written (or attempted: a task retrying a failed
+    /// write does not hold up the exit, which reports the failure).
     fn settled(&self) -> bool {
         let s = self.lock();
-        s.saved >= s.wanted && !s.running
+        s.saved >= s.wanted && (!s.running || s.error.is_some())
     }
 
     /// Wait until every change so far has been written; the error of the last write.

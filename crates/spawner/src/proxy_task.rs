@@ -17,7 +17,7 @@ use crate::decide::ProxySpec;
 use crate::launch::{launch_with, Running};
 use crate::pidfile;
 use crate::platform::{Opened, Platform};
-use crate::status::Status;
+use crate::status::{Status, PID_FILE_NOTE};
 
 /// How often a proxy waiting for its namespace or interface looks again: one netlink link
 /// lookup per proxy, so the proxy is up well under a second after the interface appears.
@@ -110,6 +110,8 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) -> Option<
     };
     let mut backoff = Backoff::new(cfg.max_restart_delay);
     let mut current: Option<Running> = None;
+    // The pid file of the running proxy could not be written (full state dir): retried.
+    let mut pid_file_missing = false;
     // The namespace the running proxy was prepared in and entered, for its teardown.
     let mut ns: Option<P::Ns> = None;
     if let Start::Adopt(r, argv) = start {
@@ -205,10 +207,11 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) -> Option<
                         // supervisor needs the file, so the status says why it is missing.
                         let pid_error = pid.and_then(|pid| {
                             pidfile::write(&pid_dir, &spec.key, pid, &spec.interface).err().map(|e| {
-                                tracing::warn!(key = %spec.key, err = %e, "cannot write pid file");
-                                format!("cannot write pid file: {e}")
+                                tracing::warn!(key = %spec.key, err = %e, "cannot write pid file; retried every second");
+                                format!("{PID_FILE_NOTE}: {e}")
                             })
                         });
+                        pid_file_missing = pid_error.is_some();
                         tracing::info!(key = %spec.key, netns = %spec.netns, pid = ?pid, "proxy ready");
                         status.running(pid, pid_error);
                         if let Some((reply, old_pid, why)) = pending_restart.take() {
@@ -260,8 +263,15 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) -> Option<
         };
         let since = Instant::now();
         let pid = running.pid();
+        let rewrite = PidFileRetry {
+            missing: &mut pid_file_missing,
+            dir: &pid_dir,
+            spec: &spec,
+            pid,
+            status: &status,
+        };
         tokio::select! {
-            how = running.wait() => {
+            how = rewrite.while_waiting(running.wait()) => {
                 pidfile::remove_own(&pid_dir, &spec.key, pid);
                 let delay = backoff.died(since.elapsed());
                 tracing::warn!(key = %spec.key, netns = %spec.netns, how = %how, restart_in = ?delay, "proxy died");
@@ -309,6 +319,41 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) -> Option<
                 cleanup.finish(ns.as_ref()).await;
                 return None;
             }
+        }
+    }
+}
+
+/// A pid file that could not be written when its proxy started (a full state dir), written
+/// again every [`crate::persist::SAVE_RETRY`] while the proxy runs, so a spawner restarted
+/// after there is room again adopts the proxy by its file.
+struct PidFileRetry<'a> {
+    missing: &'a mut bool,
+    dir: &'a std::path::Path,
+    spec: &'a ProxySpec,
+    pid: Option<u32>,
+    status: &'a Status,
+}
+
+impl PidFileRetry<'_> {
+    /// `wait`'s outcome, the pid file written meanwhile when it is missing.
+    async fn while_waiting<T>(self, wait: impl std::future::Future<Output = T>) -> T {
+        let retry = async {
+            let Some(pid) = self.pid.filter(|_| *self.missing) else {
+                return std::future::pending().await;
+            };
+            loop {
+                tokio::time::sleep(crate::persist::SAVE_RETRY).await;
+                if pidfile::write(self.dir, &self.spec.key, pid, &self.spec.interface).is_ok() {
+                    tracing::info!(key = %self.spec.key, pid, "pid file written");
+                    *self.missing = false;
+                    self.status.pid_file_written();
+                    return std::future::pending().await;
+                }
+            }
+        };
+        tokio::select! {
+            out = wait => out,
+            never = retry => never,
         }
     }
 }

@@ -31,6 +31,85 @@ pub(crate) async fn ask(
     Ok(line)
 }
 
+/// Requests sent on one control connection whose answers did not come in time, oldest first.
+/// The server answers in order, so their late answers come before the next request's: they
+/// are read and logged first, or every later answer would be taken for the one before it
+/// (a server stopped with SIGSTOP for longer than the wait, then continued).
+#[derive(Debug, Default)]
+pub(crate) struct Owed {
+    /// The control socket (its inode) they were sent on: a new connection owes nothing.
+    conn: u64,
+    asked: std::collections::VecDeque<String>,
+}
+
+/// How [`Owed::ask`] failed.
+#[derive(Debug)]
+pub(crate) enum AskError {
+    /// Not sent (the server's queue stayed full for the wait), or the connection failed.
+    NotSent(std::io::Error),
+    /// Sent (with its descriptors: the server has them), its answer not in within the wait;
+    /// it is read before the next request's.
+    Unanswered(std::io::Error),
+}
+
+impl Owed {
+    /// [`ask`] on a connection that may owe late answers: `msg` goes out (a request is never
+    /// held back, so a `remove` reaches a stopped server for when it continues), then the
+    /// owed answers are read and logged, then `msg`'s, all within `wait`.
+    pub(crate) async fn ask(
+        &mut self,
+        conn: &UnixDatagram,
+        msg: &str,
+        fds: &[BorrowedFd<'_>],
+        wait: Duration,
+    ) -> std::result::Result<String, AskError> {
+        let ino = rustix::fs::fstat(conn.as_fd()).map_or(0, |st| st.st_ino);
+        if ino != self.conn {
+            self.conn = ino;
+            self.asked.clear();
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        let sent = conn.async_io(Interest::WRITABLE, || {
+            ns_netns::send_fds(conn.as_fd(), msg.as_bytes(), fds)
+        });
+        match tokio::time::timeout_at(deadline, sent).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(AskError::NotSent(e)),
+            Err(_) => {
+                return Err(AskError::NotSent(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the server's queue stayed full",
+                )))
+            }
+        }
+        self.asked.push_back(msg.to_owned());
+        while let Some(what) = self.asked.front() {
+            let late = self.asked.len() > 1;
+            let a = match tokio::time::timeout_at(deadline, answer(conn, MAX_MESSAGE)).await {
+                Ok(Ok((a, _fds))) => a,
+                Ok(Err(e)) => return Err(AskError::Unanswered(e)),
+                Err(_) => {
+                    return Err(AskError::Unanswered(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no answer",
+                    )))
+                }
+            };
+            if !late {
+                self.asked.clear();
+                return Ok(a);
+            }
+            if a == "ok" {
+                tracing::info!(request = %what, "the shared server answered a request late: ok");
+            } else {
+                tracing::warn!(request = %what, answer = %a, "the shared server answered a request late");
+            }
+            self.asked.pop_front();
+        }
+        Err(AskError::NotSent(std::io::Error::other("nothing asked")))
+    }
+}
+
 /// One message of at most `max` bytes from the server, as text with no control character
 /// but `\n` (the line separator of `add-batch` answers): the server runs unprivileged and
 /// is not trusted, and its answers reach the log, `status` and `restart`'s output on an

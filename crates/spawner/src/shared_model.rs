@@ -49,7 +49,7 @@ pub const CONTROL_SOCKET: &str = "shared.sock";
 pub const PID_FILE: &str = "shared-server.pid";
 /// Where the server finds the control socket (after the readiness pipe on 3).
 const CONTROL_FD: i32 = 4;
-use crate::shared_control::{ask, connect, control_listener, replay, take_list};
+use crate::shared_control::{ask, connect, control_listener, replay, take_list, AskError, Owed};
 use ns_metadata_proxy::shared::{BatchItem, StatsRef};
 
 /// A shard's files in the state directory. The first keeps a single server's names
@@ -151,6 +151,8 @@ struct Inner {
     entries: Mutex<BTreeMap<String, Entry>>,
     /// The control connection while a server is up (one request at a time).
     control: tokio::sync::Mutex<Option<UnixDatagram>>,
+    /// Requests on it whose answers are late (taken after `control`).
+    owed: tokio::sync::Mutex<Owed>,
     /// The server's pid while it is up and has every entry.
     up: watch::Sender<Option<u32>>,
     /// Sockets a running server gave back at start, by `KIND ID`: (namespace name, sockets).
@@ -195,6 +197,7 @@ impl SharedServer {
             }),
             entries: Mutex::new(BTreeMap::new()),
             control: tokio::sync::Mutex::new(None),
+            owed: tokio::sync::Mutex::new(Owed::default()),
             up,
             taken: Mutex::new(BTreeMap::new()),
             stop: watch::channel(false).0,
@@ -346,9 +349,17 @@ impl SharedServer {
             },
         );
         let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
-        match self.request(&request, &borrowed).await {
+        match self.send(&request, &borrowed).await {
             Ok(pid) => Ok(pid),
-            Err(e) => {
+            Err(Failed::Unanswered(pid, e)) => {
+                // The sockets went with the message: the server serves them once it runs
+                // again (stopped, not dead), and a replacement gets them from the entries.
+                // Dropped instead, the namespace was served but unknown here, and its
+                // retries could not bind the address the message holds.
+                tracing::warn!(key = %spec.key, pid, err = %e, "the shared server did not answer in time; it has the namespace's sockets and serves them once it runs");
+                Ok(pid)
+            }
+            Err(Failed::NotDone(e)) => {
                 lock(&self.inner.entries).remove(&spec.key);
                 Err(e)
             }
@@ -389,29 +400,48 @@ impl SharedServer {
     /// One request once the server is up (waiting up to the ready timeout): the server's
     /// pid on `ok`.
     async fn request(&self, msg: &str, fds: &[BorrowedFd<'_>]) -> Result<u32> {
+        self.send(msg, fds).await.map_err(|f| match f {
+            Failed::Unanswered(_, e) | Failed::NotDone(e) => e,
+        })
+    }
+
+    /// [`SharedServer::request`], telling a request sent but not answered in time apart.
+    async fn send(&self, msg: &str, fds: &[BorrowedFd<'_>]) -> std::result::Result<u32, Failed> {
         let wait = self.inner.cfg.ready_timeout;
         let mut up = self.inner.up.subscribe();
         let pid = match tokio::time::timeout(wait, up.wait_for(Option::is_some)).await {
             Ok(Ok(pid)) => pid.unwrap_or_default(),
             _ => {
-                return Err(Error::Spawn(format!(
+                return Err(Failed::NotDone(Error::Spawn(format!(
                     "the shared server is not up after {wait:?}"
-                )))
+                ))))
             }
         };
         let control = self.inner.control.lock().await;
-        let conn = control
-            .as_ref()
-            .ok_or_else(|| Error::Spawn("the shared server is restarting".into()))?;
-        match ask(conn, msg, fds, wait).await {
+        let conn = control.as_ref().ok_or_else(|| {
+            Failed::NotDone(Error::Spawn("the shared server is restarting".into()))
+        })?;
+        let failed = |e: std::io::Error| Error::Spawn(format!("shared server control socket: {e}"));
+        let mut owed = self.inner.owed.lock().await;
+        match owed.ask(conn, msg, fds, wait).await {
             Ok(a) if a == "ok" => Ok(pid),
-            Ok(a) => Err(Error::Spawn(format!(
+            Ok(a) => Err(Failed::NotDone(Error::Spawn(format!(
                 "shared server: {}",
                 a.strip_prefix("error ").unwrap_or(&a)
-            ))),
-            Err(e) => Err(Error::Spawn(format!("shared server control socket: {e}"))),
+            )))),
+            Err(AskError::Unanswered(e)) => Err(Failed::Unanswered(pid, failed(e))),
+            Err(AskError::NotSent(e)) => Err(Failed::NotDone(failed(e))),
         }
     }
+}
+
+/// Why a request to the server failed.
+enum Failed {
+    /// Sent (with its descriptors) but not answered in time: the server has it, and its
+    /// answer is read before the next one's ([`Owed`]).
+    Unanswered(u32, Error),
+    /// Not sent, or refused.
+    NotDone(Error),
 }
 
 /// Every server of the shared model (`[spawner] shared_servers` shards, each namespace on

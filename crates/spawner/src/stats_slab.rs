@@ -12,7 +12,9 @@
 //! - **Records**: the lowest free one (slot 0 is 0) is taken for a new key: the block's
 //!   [`MAGIC`] in slot 0 and the key in the record's tail, so a restarted spawner rebuilds
 //!   key → record from the slab itself (scanning up to the header's high-water mark only, not
-//!   the 8 MiB). A freed record is zeroed.
+//!   the 8 MiB). A freed record is zeroed. A record's bytes are written through the file
+//!   first, so a full filesystem refuses it (`ENOSPC`, the namespace keeps a block file)
+//!   instead of the mapping faulting on a page the sparse file never had.
 //! - **Checked** before each use of the mapping: the held file still has its size (a file
 //!   cut short under a mapping faults on access) and is still the one at its path; a slab
 //!   that is not is never touched again by this process (its namespaces keep counting into
@@ -25,7 +27,7 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use ns_contract::proxy_stats::{
-    key_of, key_slots, MAGIC, RECORD_SLOTS, SLAB_MAGIC, SLAB_RECORDS, SLAB_SIZE,
+    key_of, key_slots, MAGIC, RECORD_SIZE, RECORD_SLOTS, SLAB_MAGIC, SLAB_RECORDS, SLAB_SIZE,
     SLAB_SLOT_CAPACITY, SLOTS, SLOT_KEY_LEN,
 };
 use ns_netns::SharedCounters;
@@ -56,6 +58,8 @@ pub enum NoRecord {
     Full,
     /// The slab file changed under us.
     Changed(String),
+    /// The filesystem has no room for the record's page (a full state dir).
+    NoRoom(String),
 }
 
 impl std::fmt::Display for NoRecord {
@@ -68,6 +72,7 @@ impl std::fmt::Display for NoRecord {
             ),
             NoRecord::Full => write!(f, "all {} records are taken", SLAB_RECORDS - 1),
             NoRecord::Changed(why) => write!(f, "the slab changed under the spawner: {why}"),
+            NoRecord::NoRoom(why) => write!(f, "no room for the record in the slab's file: {why}"),
         }
     }
 }
@@ -210,6 +215,20 @@ impl Slab {
             .map(|(i, w)| i * 64 + w.trailing_ones() as usize)
             .filter(|&r| r < SLAB_RECORDS)
             .ok_or(NoRecord::Full)?;
+        // The record's bytes backed in the file first, through the descriptor: on a full
+        // filesystem a page the sparse slab never had cannot be allocated, and a store through
+        // the mapping would fault (the SIGBUS handler swaps anonymous memory in, so the
+        // record would count for no one, silently); a write says ENOSPC instead.
+        let at = (r * RECORD_SIZE) as u64;
+        match rustix::io::pwrite(&self.file, &[0u8; RECORD_SIZE], at) {
+            Ok(n) if n == RECORD_SIZE => {}
+            Ok(n) => {
+                return Err(NoRecord::NoRoom(format!(
+                    "{n} of {RECORD_SIZE} bytes written"
+                )))
+            }
+            Err(e) => return Err(NoRecord::NoRoom(std::io::Error::from(e).to_string())),
+        }
         let base = r * RECORD_SLOTS;
         // A free record is zero; one freed by a crash half-way is made so.
         self.zero(r);
@@ -295,6 +314,39 @@ mod tests {
         let d = t.path().join("stats");
         crate::statedir::prepare(&d).expect("dir");
         (t, d)
+    }
+
+    /// A state dir on a full tmpfs: a record on a page the sparse slab never had is refused
+    /// with the filesystem's reason (the namespace keeps a block file, or an anonymous one,
+    /// and the log says why), where it was taken through the mapping, whose fault the SIGBUS
+    /// handler answered with anonymous memory: the namespace counted for no one, silently.
+    /// Once there is room it is taken.
+    #[test]
+    fn a_record_on_a_full_filesystem_is_refused_not_taken_for_no_one() {
+        let name = "a_record_on_a_full_filesystem_is_refused_not_taken_for_no_one";
+        if !ns_testkit::require_root(name) {
+            return;
+        }
+        let fs = match ns_testkit::tmpfs::Tmpfs::mount("slab-full", 64) {
+            Ok(fs) => fs,
+            Err(e) => return ns_testkit::skip(name, &e),
+        };
+        let d = fs.path().join("stats");
+        crate::statedir::prepare(&d).expect("dir");
+        let mut s = Slab::open(&path(&d, 0)).expect("create");
+        fs.fill("filler");
+        // Records 1-7 share the header's page, which is there.
+        for i in 1..8 {
+            assert_eq!(s.allocate(&format!("k{i}")), Ok(i));
+        }
+        match s.allocate("k8") {
+            Err(NoRecord::NoRoom(why)) => assert!(why.contains("No space left"), "{why}"),
+            other => panic!("record 8 needs a page of its own: {other:?}"),
+        }
+        assert_eq!(s.record_of("k8"), None, "nothing half taken");
+        std::fs::remove_file(fs.path().join("filler")).expect("room again");
+        assert_eq!(s.allocate("k8"), Ok(8));
+        assert_eq!(s.allocate("k1"), Ok(1), "the earlier ones kept");
     }
 
     #[test]

@@ -116,6 +116,9 @@ pub struct Status {
     server: std::sync::OnceLock<watch::Receiver<Option<u32>>>,
 }
 
+/// How a note about a pid file that could not be written begins.
+pub const PID_FILE_NOTE: &str = "cannot write pid file";
+
 impl Status {
     /// A proxy about to be started (or adopted).
     pub fn new(spec: &ProxySpec) -> Status {
@@ -204,6 +207,18 @@ impl Status {
             s.pid = pid;
             s.state = State::Running;
             s.adopted = false;
+        });
+    }
+
+    /// The pid file that could not be written at the start is written now: its note goes.
+    pub fn pid_file_written(&self) {
+        self.change(false, |s| {
+            if s.last_error
+                .as_deref()
+                .is_some_and(|e| e.starts_with(PID_FILE_NOTE))
+            {
+                s.last_error = None;
+            }
         });
     }
 

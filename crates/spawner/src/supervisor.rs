@@ -256,23 +256,31 @@ impl<P: Platform> Supervisor<P> {
         match tokio::runtime::Handle::try_current() {
             Ok(h) => {
                 h.spawn(async move {
+                    let mut wait = persist::SAVE_DELAY;
                     loop {
-                        tokio::time::sleep(persist::SAVE_DELAY).await;
+                        tokio::time::sleep(wait).await;
                         let (gen, set, dir) = save_once(&sup);
                         let r = tokio::task::spawn_blocking(move || persist::save(&dir, &set))
                             .await
                             .unwrap_or_else(|e| Err(Error::Invalid(format!("save task: {e}"))));
-                        if !sup.inner.saver.finish(gen, &r) {
-                            break;
-                        }
+                        wait = match sup.inner.saver.finish(gen, &r) {
+                            persist::After::Done => break,
+                            persist::After::Again => persist::SAVE_DELAY,
+                            persist::After::Retry => persist::SAVE_RETRY,
+                        };
                     }
                 });
             }
             Err(_) => loop {
                 let (gen, set, dir) = save_once(&sup);
                 let r = persist::save(&dir, &set);
-                if !sup.inner.saver.finish(gen, &r) {
-                    break;
+                match sup.inner.saver.finish(gen, &r) {
+                    persist::After::Done => break,
+                    persist::After::Again => {}
+                    persist::After::Retry => {
+                        sup.inner.saver.stop_retrying();
+                        break;
+                    }
                 }
             },
         }

@@ -1,5 +1,6 @@
 //! Root tests with real namespaces and the real `ns-metadata-proxy`: each mode of the
-//! table end to end from a `vm` namespace, HA, kill -9 recovery, 50 namespaces at once.
+//! table end to end from a `vm` namespace, HA, kill -9 recovery, 50 namespaces at once, a
+//! proxy stopped with SIGSTOP left alone and answering after SIGCONT.
 //! Each test has its own state dir and namespaces (per-run prefix), removed on drop.
 
 mod common;
@@ -485,4 +486,153 @@ fn routers_removed_while_down_leave_no_address() {
     assert!(!has_meta(&na), "the dead proxy's address was removed");
     assert!(!has_meta(&nb), "the stopped proxy's address was removed");
     assert!(pidfile::list(&cfg.pid_dir()).is_empty());
+}
+
+/// A proxy stopped with SIGSTOP while the spawner runs its passes (another router added and
+/// served meanwhile): it is alive and ours, so the spawner neither signals nor replaces it
+/// (its status stays `running` with the same pid), and `check` says it is stopped; after
+/// SIGCONT it answers again, the same process, with nothing restarted.
+#[test]
+fn a_stopped_proxy_is_left_alone_and_answers_after_sigcont() {
+    if !require_root("a_stopped_proxy_is_left_alone_and_answers_after_sigcont") {
+        return;
+    }
+    let dir = TempDir::new("rt-sigstop").reaping();
+    let _agent = agent(dir.path());
+    let (ids, nss) = routers(&unique_prefix(), "st", 2);
+    let ini = write_ini(dir.path(), "");
+    let _daemon = start_daemon(dir.path(), &ini, &[]);
+    let (ok, out) = cli(&ini, &["router", "add", &ids[0]]);
+    assert!(ok, "{out}");
+    let pid = ns_testkit::eventually("proxy running", T, || pid_of(dir.path(), &ids[0]));
+    ns_testkit::eventually("answers", T, || get_in(nss[0].netns(), META).ok());
+
+    ns_testkit::proc::signal(pid, "STOP");
+    let resume = Continue(pid);
+    let (ok, out) = cli(&ini, &["router", "add", &ids[1]]);
+    assert!(ok, "{out}");
+    ns_testkit::eventually("the other router answers", T, || {
+        get_in(nss[1].netns(), META).ok()
+    });
+    assert!(stopped(pid), "the stopped proxy is left as it is");
+    assert_eq!(
+        pid_of(dir.path(), &ids[0]),
+        Some(pid),
+        "still running, same pid"
+    );
+
+    // `check` names it at once instead of waiting out a probe.
+    let (code, out) = cli_code(&ini, &["check"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!("proxy pid {pid} is stopped")),
+        "check says why: {out}"
+    );
+    drop(resume);
+    let body = ns_testkit::eventually("answers after SIGCONT", T, || {
+        get_in(nss[0].netns(), META).ok()
+    });
+    assert!(body.starts_with(&format!("router={} ", ids[0])), "{body}");
+    assert_eq!(pid_of(dir.path(), &ids[0]), Some(pid), "the same process");
+}
+
+/// `status --json` of the daemon on state dir `dir`.
+fn status_json(dir: &std::path::Path) -> serde_json::Value {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_ns-metadata-spawner"))
+        .arg("--state-dir")
+        .arg(dir)
+        .args(["status", "--json"])
+        .output()
+        .expect("status");
+    serde_json::from_slice(&o.stdout).unwrap_or_default()
+}
+
+/// The daemon's state dir on a small tmpfs, filled while it runs: a router announced then
+/// is served all the same (its pid file and statistics file cannot be written: the status
+/// says so), `status` names the unsaved `records.json`, the daemon does not die; once there
+/// is room again the records and the pid file are written without another change and the
+/// errors clear.
+#[test]
+fn a_full_state_dir_serves_on_says_why_and_saves_once_there_is_room() {
+    let name = "a_full_state_dir_serves_on_says_why_and_saves_once_there_is_room";
+    if !require_root(name) {
+        return;
+    }
+    let dir = TempDir::new("rt-full").reaping();
+    let fs = match ns_testkit::tmpfs::Tmpfs::mount("rt-full-state", 512) {
+        Ok(fs) => fs,
+        Err(e) => return ns_testkit::skip(name, &e),
+    };
+    let state = fs.path();
+    let _agent = agent(dir.path());
+    let (ids, nss) = routers(&unique_prefix(), "fu", 2);
+    // write_ini's file, with the state dir on the tmpfs (the log and the agent stay out).
+    let ini = write_ini(dir.path(), "");
+    let text = std::fs::read_to_string(&ini).expect("ini").replace(
+        &format!("state_dir = {}\n", dir.path().display()),
+        &format!("state_dir = {}\n", state.display()),
+    );
+    std::fs::write(&ini, text).expect("ini");
+    let mut daemon = start_daemon(dir.path(), &ini, &[]);
+    let (ok, out) = cli(&ini, &["router", "add", &ids[0]]);
+    assert!(ok, "{out}");
+    ns_testkit::eventually("the first router answers", T, || {
+        get_in(nss[0].netns(), META).ok()
+    });
+
+    fs.fill("filler");
+    let (_, out) = cli(&ini, &["router", "add", &ids[1]]);
+    let body = ns_testkit::eventually("the second router answers", T, || {
+        get_in(nss[1].netns(), META).ok()
+    });
+    assert!(body.starts_with(&format!("router={} ", ids[1])), "{body}");
+    let why = ns_testkit::eventually("status names the unsaved records", T, || {
+        status_json(state)["records"]["save_error"]
+            .as_str()
+            .map(str::to_owned)
+    });
+    assert!(
+        why.contains("records.json") && why.contains("No space left"),
+        "{why} (the add said: {out})"
+    );
+    let p = proxy_json(state, &ids[1]).expect("in status");
+    assert_eq!(p["state"], "running", "{p}");
+    let pid1 = p["pid"]
+        .as_u64()
+        .and_then(|p| u32::try_from(p).ok())
+        .expect("pid");
+    assert!(
+        p["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("pid file")),
+        "the missing pid file is named: {p}"
+    );
+    assert!(daemon.alive(), "the daemon runs on");
+
+    std::fs::remove_file(state.join("filler")).expect("room again");
+    let saved = ns_testkit::eventually("records.json saved by the retry", T, || {
+        std::fs::read_to_string(state.join("records.json"))
+            .ok()
+            .filter(|t| t.contains(&format!("\"{}\"", ids[1])))
+    });
+    assert!(
+        saved.contains(&format!("\"{}\"", ids[0])),
+        "nothing lost: {saved}"
+    );
+    assert!(
+        ns_testkit::wait_until(T, || status_json(state)["records"]["save_error"].is_null()),
+        "the error clears: {}",
+        status_json(state)
+    );
+    // The pid file is written too (a restarted spawner adopts the proxy by it) and the
+    // status note goes.
+    let p = ns_testkit::eventually("the pid file written once there is room", T, || {
+        proxy_json(state, &ids[1]).filter(|p| p["last_error"].is_null())
+    });
+    assert_eq!(p["pid"].as_u64(), Some(u64::from(pid1)), "{p}");
+    let file = std::fs::read_to_string(state.join("pids").join(format!("{}.pid", ids[1])))
+        .expect("pid file");
+    assert!(file.starts_with(&format!("{pid1} ")), "{file}");
+    assert!(daemon.alive(), "the daemon runs on");
+    get_in(nss[0].netns(), META).expect("the first router still answers");
 }

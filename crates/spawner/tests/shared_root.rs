@@ -5,8 +5,9 @@
 //! both, `check` on the server, a graceful server restart under a request loop, and the
 //! server's line in `status` (text and JSON) with `restart --all` replacing it once, and a
 //! failed server restart leaving the old server to be taken over, one that cannot be taken
-//! over stopped and replaced, and switching the model either way under a request loop with
-//! nothing refused. Routers
+//! over stopped and replaced, switching the model either way under a request loop with
+//! nothing refused, and a server stopped with SIGSTOP past `ready_timeout` left alone,
+//! keeping the namespace handed to it meanwhile. Routers
 //! are added explicitly (never auto-enabled: other tests' namespaces share `/run/netns`).
 //! Each test has its own state dir and namespaces
 //! (per-run prefix), removed on drop; the server is killed on drop (`TempDir::reaping`).
@@ -201,16 +202,6 @@ fn add_router(ini: &std::path::Path, id: &str) {
             .contains(&format!("\"{id}\""))
             .then_some(())
     });
-}
-
-/// Namespaces `qrouter-<prefix><tag><i>` for i in 0..n: the ids and the namespaces.
-fn routers(prefix: &str, tag: &str, n: usize) -> (Vec<String>, Vec<TestNs>) {
-    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}{tag}{i}")).collect();
-    let nss = ids
-        .iter()
-        .map(|id| TestNs::new(&format!("qrouter-{id}")).expect("router ns"))
-        .collect();
-    (ids, nss)
 }
 
 /// Wait until router `id`'s namespace `ns` answers, as router `id`.
@@ -980,5 +971,102 @@ fn switching_to_the_shared_model_hands_the_proxies_sockets_to_the_server() {
     assert!(
         log.contains("own proxy's sockets go to the shared server"),
         "the server got the proxies' sockets, not fresh binds: {log}"
+    );
+}
+
+/// The shared server stopped (SIGSTOP) for longer than the spawner waits on it: an `add`
+/// through its control socket goes unanswered for `ready_timeout` (2 s here); the server,
+/// alive and provably ours, is neither stopped nor replaced, and keeps the namespace whose
+/// sockets the message carried (the log says so), and `check` says it is stopped; a router
+/// removed meanwhile is removed once it runs. After SIGCONT the same process serves the old
+/// namespaces and the one added meanwhile, and its control connection stays in step (late
+/// answers are read first): a router removed and another added later are served as asked,
+/// and `status` shows no error. Before, the namespace was served but unknown to the
+/// spawner, which kept failing to bind its address (`Address already in use`).
+#[test]
+fn a_stopped_server_is_left_alone_and_serves_again_after_sigcont() {
+    if !require_root("a_stopped_server_is_left_alone_and_serves_again_after_sigcont") {
+        return;
+    }
+    let dir = TempDir::new("shared-sigstop").reaping();
+    let _agent = agent(dir.path());
+    let (ids, nss) = routers(&unique_prefix(), "sg", 4);
+    let ini = shared_ini(dir.path());
+    let text = std::fs::read_to_string(&ini).expect("ini");
+    std::fs::write(&ini, format!("{text}ready_timeout = 2\n")).expect("ini");
+    let _daemon = start_daemon(dir.path(), &ini, &[]);
+    for id in &ids[..2] {
+        add_router(&ini, id);
+    }
+    let server = ns_testkit::eventually("server pid file", T, || server_pid(dir.path()));
+    for (id, ns) in ids.iter().zip(&nss).take(2) {
+        answered_for(ns, id);
+    }
+
+    ns_testkit::proc::signal(server, "STOP");
+    let resume = Continue(server);
+    add_router(&ini, &ids[2]);
+    // Its add goes unanswered for ready_timeout; the sockets went with it, so the namespace
+    // is the stopped server's (served once it runs), not a start to retry.
+    let p = ns_testkit::eventually("the namespace handed to the stopped server", T, || {
+        proxy_json(dir.path(), &ids[2]).filter(|p| p["state"] == "running")
+    });
+    assert_eq!(p["pid"].as_u64(), Some(u64::from(server)), "{p}");
+    assert!(
+        stopped(server) && server_pid(dir.path()) == Some(server),
+        "the stopped server is left as it is"
+    );
+    let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
+    assert!(
+        log.contains("did not answer in time"),
+        "the spawner says why: {log}"
+    );
+    let (code, out) = cli_code(&ini, &["check"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!("shared server pid {server} is stopped")),
+        "check says why: {out}"
+    );
+    // A router removed meanwhile: its `remove` goes out too, for when the server runs.
+    let (ok, out) = cli(&ini, &["router", "remove", &ids[1]]);
+    assert!(ok, "router remove: {out}");
+
+    drop(resume);
+    answered_for(&nss[0], &ids[0]);
+    answered_for(&nss[2], &ids[2]);
+    // Its address goes with the teardown anyway; that the server let its sockets go shows
+    // the `remove` reached it.
+    let port80 = |ns: &TestNs| {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", ns.name(), "ss", "-Hltn", "sport = :80"])
+            .output()
+            .expect("ss");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert!(
+        ns_testkit::wait_until(T, || port80(&nss[1]).is_empty()),
+        "the router removed while the server was stopped is no longer served: {}",
+        port80(&nss[1])
+    );
+    assert!(!port80(&nss[0]).is_empty(), "the others are");
+    let (ok, out) = cli(&ini, &["router", "remove", &ids[0]]);
+    assert!(ok, "router remove: {out}");
+    assert!(
+        ns_testkit::wait_until(T, || get_in(nss[0].netns(), META).is_err()),
+        "a removed router's namespace is no longer served"
+    );
+    add_router(&ini, &ids[3]);
+    answered_for(&nss[3], &ids[3]);
+    for id in &ids[2..] {
+        let p = ns_testkit::eventually(id, T, || {
+            proxy_json(dir.path(), id).filter(|p| p["state"] == "running")
+        });
+        assert!(p["last_error"].is_null(), "{id}: {p}");
+        assert_eq!(p["pid"].as_u64(), Some(u64::from(server)), "{id}: {p}");
+    }
+    assert_eq!(
+        server_pid(dir.path()),
+        Some(server),
+        "the same server throughout"
     );
 }

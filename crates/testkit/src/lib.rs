@@ -14,6 +14,7 @@
 //! | [`netns`] | namespace and veth fixtures |
 //! | [`neutron`] | the wrapper around Neutron's real metadata agent and its venv |
 //! | [`ovsdb`] | real `ovsdb-server`s from the shipped OVN/OVS schemas, and their command-line tools |
+//! | [`tmpfs`] | a small tmpfs on a temp dir (root), filled on demand, unmounted on drop |
 #![forbid(unsafe_code)]
 
 pub mod agent;
@@ -27,6 +28,7 @@ pub mod ovsdb;
 pub mod proc;
 pub mod skip;
 pub mod tempdir;
+pub mod tmpfs;
 
 pub use eventually::{
     eventually, eventually_async, eventually_await, poll, poll_async, wait_until, wait_until_async,

@@ -177,6 +177,11 @@ impl Server {
         self.guard = None;
     }
 
+    /// The server's pid while it runs (to stop and continue it).
+    pub fn pid(&self) -> Option<u32> {
+        self.guard.as_ref().map(ChildGuard::pid)
+    }
+
     pub fn unix(&self) -> String {
         format!("unix:{}", self.sock.display())
     }

@@ -251,3 +251,31 @@ pub async fn v6_meta(ns: &Netns, iface: &str) -> SocketAddr {
         index,
     ))
 }
+
+/// Sends SIGCONT to `pid` on drop, so a failing test never leaves a stopped process behind.
+pub struct Continue(pub u32);
+
+impl Drop for Continue {
+    fn drop(&mut self) {
+        let pid = self.0;
+        let _ = std::panic::catch_unwind(|| ns_testkit::proc::signal(pid, "CONT"));
+    }
+}
+
+/// Whether `pid` is stopped (state `T` in `/proc/PID/stat`).
+pub fn stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+    })
+}
+
+/// Namespaces `qrouter-<prefix><tag><i>` for i in 0..n: the ids and the namespaces.
+pub fn routers(prefix: &str, tag: &str, n: usize) -> (Vec<String>, Vec<ns_testkit::netns::TestNs>) {
+    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}{tag}{i}")).collect();
+    let nss = ids
+        .iter()
+        .map(|id| ns_testkit::netns::TestNs::new(&format!("qrouter-{id}")).expect("router ns"))
+        .collect();
+    (ids, nss)
+}
