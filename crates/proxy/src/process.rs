@@ -307,10 +307,10 @@ impl PidFile {
         }
         // A bare pid: Neutron reads the file with int() at any moment, so it must never see
         // it empty (truncate, then write, showed it "" and its ProcessManager a pid of None).
-        // One write at offset 0, padded with spaces over a longer old pid (int() ignores
-        // them), then the padding is cut off.
+        // One write at offset 0, `pid\n` padded with spaces over a longer old pid (int()
+        // ignores them), then the padding is cut off, leaving `pid\n`.
         let pid = std::process::id().to_string();
-        let text = format!("{pid:<width$}\n", width = old.len().saturating_sub(1));
+        let text = format!("{:<width$}", format!("{pid}\n"), width = old.len());
         lock.write_all_at(text.as_bytes(), 0)
             .map_err(|e| err(e.to_string()))?;
         lock.set_len(pid.len() as u64 + 1)
@@ -455,8 +455,9 @@ mod tests {
         let e = PidFile::create(&p).expect_err("not a pid");
         assert!(e.to_string().contains("does not hold a pid"), "{e}");
         assert_eq!(std::fs::read_to_string(&p).expect("read"), "root:x:0:0\n");
-        // A stale pid (a proxy that died) and an empty file are taken over.
-        std::fs::write(&p, "4242\n").expect("write");
+        // A stale pid (a proxy that died) and an empty file are taken over; an old pid longer
+        // than any real one leaves no padding behind.
+        std::fs::write(&p, "99999999\n").expect("write");
         let a = PidFile::create(&p).expect("stale pid file reused");
         assert_eq!(
             std::fs::read_to_string(&p).expect("read"),
