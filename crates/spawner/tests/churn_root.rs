@@ -294,17 +294,6 @@ fn rss_kb(pid: u32) -> usize {
     status_field(pid, "VmRSS")
 }
 
-/// The daemon's `/metrics` text.
-fn scrape(dir: &Path) -> String {
-    let mut c =
-        ns_testkit::http::Blocking::unix(&dir.join("control.sock")).expect("control socket");
-    c.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .expect("send");
-    c.read(false, Duration::from_secs(5))
-        .map(|r| r.text())
-        .unwrap_or_default()
-}
-
 fn count_files(dir: &Path, keep: impl Fn(&str) -> bool) -> usize {
     std::fs::read_dir(dir).map_or(0, |rd| {
         rd.flatten()

@@ -320,17 +320,6 @@ fn status_in(ns: &ns_netns::Netns, raw: &'static [u8]) -> u16 {
 const GET: &[u8] =
     b"GET /latest/meta-data/ HTTP/1.1\r\nHost: 169.254.169.254\r\nConnection: close\r\n\r\n";
 
-/// The daemon's `/metrics` text.
-fn scrape(dir: &std::path::Path) -> String {
-    let mut c =
-        ns_testkit::http::Blocking::unix(&dir.join("control.sock")).expect("control socket");
-    c.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .expect("send");
-    c.read(false, Duration::from_secs(5))
-        .map(|r| r.text())
-        .unwrap_or_default()
-}
-
 /// The daemon's `/metrics`: the value of every `ns_metadata_proxy_*` series whose labels hold
 /// `labels`, by name and extra labels.
 fn proxy_series(dir: &std::path::Path, labels: &str) -> std::collections::BTreeMap<String, f64> {

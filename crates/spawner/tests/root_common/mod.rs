@@ -279,3 +279,13 @@ pub fn routers(prefix: &str, tag: &str, n: usize) -> (Vec<String>, Vec<ns_testki
         .collect();
     (ids, nss)
 }
+
+/// The daemon's `/metrics` text over its control socket in `dir` (empty if it did not answer).
+pub fn scrape(dir: &Path) -> String {
+    let mut c = Blocking::unix(&dir.join("control.sock")).expect("control socket");
+    c.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    c.read(false, Duration::from_secs(5))
+        .map(|r| r.text())
+        .unwrap_or_default()
+}
