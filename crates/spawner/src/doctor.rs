@@ -232,13 +232,9 @@ async fn port80_listeners_in(netns: &str) -> std::result::Result<Vec<u64>, Strin
     .map_err(|e| e.to_string())?
 }
 
-/// Whether `pid` is stopped (state `T` or `t` in `/proc/PID/stat`, after the command name).
+/// Whether `pid` is stopped (state `T` or `t` in `/proc/PID/stat`).
 fn stopped(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit_once(')').is_some_and(|(_, rest)| {
-            matches!(rest.trim_start().as_bytes().first(), Some(b'T' | b't'))
-        })
-    })
+    matches!(crate::pidfile::state(pid), Some('T' | 't'))
 }
 
 /// The problems of one running proxy (or, in the shared model, of the shared server for

@@ -182,9 +182,20 @@ pub fn start_time(pid: u32) -> Option<u64> {
 }
 
 fn parse_start_time(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
     // After the name: field 3 (state) is the first; field 22 is the 20th.
-    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+    after_name(stat)?.nth(19)?.parse().ok()
+}
+
+/// Field 3 of `/proc/PID/stat`: the process state (`R`, `S`, `T` stopped, `t` traced, ...).
+pub fn state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    after_name(&stat)?.next()?.chars().next()
+}
+
+/// The fields of a `/proc/PID/stat` line after the command name (field 3 first), found
+/// after the last `)`.
+fn after_name(stat: &str) -> Option<std::str::SplitAsciiWhitespace<'_>> {
+    Some(stat[stat.rfind(')')? + 1..].split_ascii_whitespace())
 }
 
 /// The inode of a process's network namespace.
