@@ -227,7 +227,12 @@ async fn accept_loop(
         errors.succeeded(Instant::now());
         shared.activity.opened();
         shared.stats.conn_opened();
-        let (place, open) = crate::workers::place();
+        let (place, open) = if caps.global.is_some() {
+            // The shared model: a flooded namespace is served off the quiet ones' thread.
+            crate::workers::place_namespace(shared.activity.open() > crate::workers::BUSY_NAMESPACE)
+        } else {
+            crate::workers::place()
+        };
         let (shared, stop) = (shared.clone(), stop.clone());
         // Registered with the runtime of the thread that serves it, when it first runs there.
         let conn = async move {

@@ -11,6 +11,10 @@
 //! housekeeping that gives memory back, [`crate::server`]), helpers without a connection
 //! are retired: their runtime ends, the thread exits and its memory goes with it.
 //!
+//! A process serving many namespaces (the shared server) places by namespace instead
+//! ([`place_namespace`]): quiet namespaces on the main thread, a busy one's connections on
+//! a helper.
+//!
 //! The default is one thread. On this project's 2-core bench machine, where the VMs' load
 //! generator and the agent share the cores with the proxy, a second thread did not raise
 //! req/s beyond the noise at c32 keep-alive and cost about 20% more CPU per request (each
@@ -30,6 +34,11 @@ use crate::error::{Error, Result};
 /// Connections open on every running serving thread before another one is started: a few
 /// VMs at once do not need a second thread; a flood or a benchmark does.
 pub const START_AT: usize = 8;
+
+/// In a process serving many namespaces, a namespace with more connections open than this
+/// is busy ([`place_namespace`]): cloud-init and the other guest agents of a VM ask with one
+/// or two at a time, a flood or a benchmark with many.
+pub const BUSY_NAMESPACE: usize = 4;
 
 /// Most serving threads `--threads` may ask for.
 pub const MAX_THREADS: usize = 16;
@@ -172,6 +181,20 @@ pub fn place() -> (Place, Open) {
     }
 }
 
+/// [`place`] in a process serving many namespaces (the shared model, issue #20): a
+/// connection of a namespace with more than [`BUSY_NAMESPACE`] open (`busy`) goes to the
+/// least loaded helper, started if none runs; every other namespace's stays on
+/// the main thread. One VM flooding its router then fills a helper's event loop, not the
+/// one every quiet namespace's request waits its turn in (the relay queue already keeps the
+/// flood from taking the quiet namespace's place at the agent). With one thread allowed,
+/// or a helper that cannot start, everything is served on the main thread.
+pub fn place_namespace(busy: bool) -> (Place, Open) {
+    match WORKERS.get() {
+        Some(w) => w.place_namespace(busy),
+        None => place(),
+    }
+}
+
 /// Retire the helpers without a connection open (the proxy went idle); `forget(i)` drops
 /// what the caller keeps for helper `i` (its agent connections, registered with the
 /// helper's runtime). Returns how many were retired.
@@ -199,13 +222,7 @@ impl Workers {
     }
 
     fn place(&'static self) -> (Place, Open) {
-        let count = |index: usize| {
-            self.open[index].fetch_add(1, Ordering::Relaxed);
-            Open {
-                workers: Some(self),
-                index,
-            }
-        };
+        let count = |index: usize| self.count(index);
         if self.max == 1 {
             return (Place::Here, count(0));
         }
@@ -235,6 +252,53 @@ impl Workers {
         match best.checked_sub(1).and_then(|i| helpers[i].as_ref()) {
             Some(h) => (Place::On(h.handle.clone()), count(best)),
             None => (Place::Here, count(0)),
+        }
+    }
+
+    fn place_namespace(&'static self, busy: bool) -> (Place, Open) {
+        if self.max == 1 || !busy {
+            return (Place::Here, self.count(0));
+        }
+        let mut helpers = self.lock();
+        let least = helpers
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.is_some())
+            .min_by_key(|(i, _)| self.load(i + 1))
+            .map(|(i, _)| i + 1);
+        // Another helper once every running one is as busy as the main thread may get.
+        let full = least.is_none_or(|i| self.load(i) >= START_AT * START_AT);
+        let best = match helpers.iter().position(Option::is_none) {
+            Some(free) if full && !self.failed.load(Ordering::Relaxed) => match start(free + 1) {
+                Ok(h) => {
+                    helpers[free] = Some(h);
+                    let running = helpers.iter().flatten().count() + 1;
+                    tracing::debug!(
+                        threads = running,
+                        "a busy namespace: another serving thread started"
+                    );
+                    Some(free + 1)
+                }
+                Err(e) => {
+                    self.failed.store(true, Ordering::Relaxed);
+                    tracing::warn!(err = %e, "cannot start another serving thread; serving on the ones running");
+                    least
+                }
+            },
+            _ => least,
+        };
+        match best.and_then(|b| helpers[b - 1].as_ref().map(|h| (b, h))) {
+            Some((b, h)) => (Place::On(h.handle.clone()), self.count(b)),
+            None => (Place::Here, self.count(0)),
+        }
+    }
+
+    /// Count one more connection open on thread `index`.
+    fn count(&'static self, index: usize) -> Open {
+        self.open[index].fetch_add(1, Ordering::Relaxed);
+        Open {
+            workers: Some(self),
+            index,
         }
     }
 
@@ -361,6 +425,37 @@ mod tests {
         // Busy again: a new helper.
         let (p, _o) = w.place();
         assert_eq!(runs_on(&p), 1);
+    }
+
+    #[test]
+    fn a_busy_namespace_is_served_off_the_main_thread_and_quiet_ones_stay() {
+        let w = leaked(2);
+        // Quiet namespaces: the main thread, however many connections they hold together.
+        let quiet: Vec<_> = (0..3 * START_AT)
+            .map(|_| w.place_namespace(false))
+            .inspect(|(p, _)| assert!(matches!(p, Place::Here), "{p:?}"))
+            .collect();
+        assert_eq!(w.running(), 1, "no helper for quiet namespaces");
+        // A busy one: a helper is started and takes every connection it opens.
+        let busy: Vec<_> = (0..4 * START_AT)
+            .map(|_| w.place_namespace(true))
+            .inspect(|(p, _)| assert_eq!(runs_on(p), 1, "served by the helper"))
+            .collect();
+        assert_eq!(w.running(), 2);
+        assert_eq!((w.load(0), w.load(1)), (3 * START_AT, 4 * START_AT));
+        // Quiet connections still go to the main thread beside a busy helper.
+        let (p, _o) = w.place_namespace(false);
+        assert!(matches!(p, Place::Here), "{p:?}");
+        drop(quiet);
+        // The flood over: the helper is retired as before.
+        drop(busy);
+        assert_eq!(w.retire_idle(|_| ()), 1);
+        assert_eq!(w.running(), 1);
+        // One thread allowed: everything on the main thread.
+        let one = leaked(1);
+        let (p, _o) = one.place_namespace(true);
+        assert!(matches!(p, Place::Here), "{p:?}");
+        assert_eq!(one.running(), 1);
     }
 
     #[test]

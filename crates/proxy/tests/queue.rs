@@ -9,12 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
 use common::{request, Model, TempDir};
-use ns_contract::{Kind, Resource};
-use ns_metadata_proxy::shared::Namespaces;
-use ns_metadata_proxy::stats::Stats;
-use ns_metadata_proxy::{bind, Args, Config};
 use ns_testkit::wait_until_async;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
@@ -181,30 +176,11 @@ async fn shared_server_answers_a_quiet_namespace_while_a_flooding_one_is_held() 
     // the flooded namespace's own max_connections (1,024): the quiet one keeps its room.
     const FLOOD: usize = 200;
     let agent = HoldingAgent::start();
-    let argv = [
-        "ns-metadata-proxy",
-        "--router-id",
-        "unused",
-        "--metadata-proxy-socket",
-        agent.path.to_str().expect("utf-8 path"),
-    ];
-    let cfg = Config::from_args(Args::try_parse_from(argv).expect("args")).expect("config");
-    let table = Arc::new(Namespaces::new(cfg, 65_536));
-    let tending = table.housekeeping();
-    let mut addrs = Vec::new();
-    for id in ["busy", "quiet"] {
-        let l = bind::bind_all(&["127.0.0.1:0".parse().expect("spec")]).expect("bind");
-        let l = l.into_iter().next().expect("one listener");
-        addrs.push(l.local_addr().expect("addr"));
-        table
-            .add(
-                Resource::new(Kind::Router, id).expect("id"),
-                format!("qrouter-{id}"),
-                vec![std::os::fd::OwnedFd::from(l)],
-                Stats::default(),
-            )
-            .expect("served");
-    }
+    let (table, tending) = common::shared_table(&agent.path);
+    let addrs: Vec<_> = ["busy", "quiet"]
+        .iter()
+        .map(|id| common::add_on_loopback(&table, id))
+        .collect();
     let busy_state = table
         .states()
         .into_iter()

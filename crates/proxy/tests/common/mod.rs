@@ -230,3 +230,36 @@ pub fn start_venv_script(
         stdout,
     }
 }
+
+/// A shared server's table with `socket` as its agent (every other setting the default) and
+/// its housekeeping running (stopped by sending `true`), as the server runs it.
+pub fn shared_table(socket: &Path) -> (Arc<Namespaces>, tokio::sync::watch::Sender<bool>) {
+    let argv = [
+        "ns-metadata-proxy",
+        "--router-id",
+        "unused",
+        "--metadata-proxy-socket",
+        socket.to_str().expect("utf-8 path"),
+    ];
+    let cfg = Config::from_args(Args::try_parse_from(argv).expect("args")).expect("config");
+    let table = Arc::new(Namespaces::new(cfg, 65_536));
+    let tending = table.housekeeping();
+    (table, tending)
+}
+
+/// Router `id` handed to `table` on a loopback listener of its own, as the spawner hands a
+/// namespace's: the listener's address.
+pub fn add_on_loopback(table: &Namespaces, id: &str) -> SocketAddr {
+    let l = bind::bind_all(&["127.0.0.1:0".parse().expect("spec")]).expect("bind");
+    let l = l.into_iter().next().expect("one listener");
+    let addr = l.local_addr().expect("addr");
+    table
+        .add(
+            ns_contract::Resource::new(ns_contract::Kind::Router, id).expect("id"),
+            format!("qrouter-{id}"),
+            vec![std::os::fd::OwnedFd::from(l)],
+            Stats::default(),
+        )
+        .expect("served");
+    addr
+}
