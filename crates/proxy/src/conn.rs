@@ -31,6 +31,24 @@ pub struct Conn {
     /// The client's source port, for the access line.
     peer_port: u16,
     shutdown: watch::Receiver<bool>,
+    /// Served by a process serving many namespaces: between two requests, a connection of a
+    /// busy namespace on the main thread moves to a helper ([`crate::workers::move_busy`]).
+    movable: bool,
+    /// No request read yet (`timeout http-request` for the first byte, not keep-alive's).
+    first: bool,
+}
+
+/// How [`Conn::serve`] ended.
+pub enum Served {
+    /// The connection is closed (or given up).
+    Closed,
+    /// Idle between two requests, taken off this thread's runtime for `to`'s, where it is
+    /// counted by `open`; the caller serves it there (no request is read yet).
+    Moved {
+        sock: std::net::TcpStream,
+        to: tokio::runtime::Handle,
+        open: crate::workers::Open,
+    },
 }
 
 /// How a request ended, for the access line's `term` (and, for an agent failure, `reason`).
@@ -69,22 +87,44 @@ impl Conn {
             peer: peer.ip().to_canonical(),
             peer_port: peer.port(),
             shutdown,
+            movable: false,
+            first: true,
         }
     }
 
-    /// Serve until the connection closes, times out, or the proxy shuts down.
-    pub async fn serve(mut self) {
-        let _ = self.sock.set_nodelay(true);
+    /// In a process serving many namespaces: may move between requests (`movable`), and
+    /// whether it has had no request yet (`first`: false for a connection that moved).
+    pub fn placed(mut self, movable: bool, first: bool) -> Conn {
+        (self.movable, self.first) = (movable, first);
+        self
+    }
+
+    /// Serve until the connection closes, times out, or the proxy shuts down; or until,
+    /// idle between two requests, it should move to a helper thread.
+    pub async fn serve(mut self) -> Served {
+        if self.first {
+            let _ = self.sock.set_nodelay(true);
+        }
         // Bytes of a pipelined next request; `None` while idle so an idle connection holds
         // no buffer.
         let mut pending: Option<Buf> = None;
-        let mut first = true;
         loop {
+            if pending.is_none() && self.should_move() {
+                if let Some((to, open)) = crate::workers::move_busy() {
+                    return match self.sock.into_std() {
+                        Ok(sock) => Served::Moved { sock, to, open },
+                        Err(e) => {
+                            tracing::debug!(client = %self.peer, err = %e, "a connection that could not move to a helper thread is closed");
+                            Served::Closed
+                        }
+                    };
+                }
+            }
             if pending.is_none() {
                 // Wait for the first byte without a buffer: haproxy's `timeout http-request`
                 // for a new connection, `timeout http-keep-alive` between requests. A client
                 // that sends nothing is closed quietly (no log storm).
-                let wait = if first {
+                let wait = if self.first {
                     self.shared.timeouts.request
                 } else {
                     self.shared.timeouts.keepalive
@@ -100,12 +140,12 @@ impl Conn {
                     r = timeout(wait, self.sock.readable()) => {
                         if !matches!(r, Ok(Ok(()))) {
                             tracing::debug!(client = %self.peer, "idle client connection closed");
-                            return;
+                            return Served::Closed;
                         }
                     }
                     changed = self.shutdown.changed(), if !draining => {
                         if changed.is_err() {
-                            return;
+                            return Served::Closed;
                         }
                         continue;
                     }
@@ -118,25 +158,35 @@ impl Conn {
                     // a silent connection costs its task and socket, no buffer.
                     let mut b = Buf::get();
                     match self.sock.try_read_buf(&mut *b) {
-                        Ok(0) => return,
+                        Ok(0) => return Served::Closed,
                         Ok(_) => b,
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                        Err(_) => return,
+                        Err(_) => return Served::Closed,
                     }
                 }
             };
-            first = false;
+            self.first = false;
             match self.one_request(inb).await {
                 Some(rest) => pending = rest,
                 None => {
                     let _ = self.sock.shutdown().await;
-                    return;
+                    return Served::Closed;
                 }
             }
             // Answered with keep-alive although a shutdown began meanwhile: the client may
             // send its next request at once, so the loop waits (DRAIN_IDLE) for it and
             // answers it with `Connection: close` rather than closing under it.
         }
+    }
+
+    /// A connection of a busy namespace, on the main thread, between two requests, in a
+    /// process serving many namespaces, not shutting down.
+    fn should_move(&self) -> bool {
+        self.movable
+            && !self.first
+            && crate::workers::index() == 0
+            && self.shared.activity.open() > crate::workers::BUSY_NAMESPACE
+            && !*self.shutdown.borrow()
     }
 
     /// Handle one request. `None`: close the connection. `Some(rest)`: keep it, with any

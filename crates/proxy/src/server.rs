@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::bufpool;
-use crate::conn::Conn;
+use crate::conn::{Conn, Served};
 /// The state connections share lives in [`crate::state`]; named here too for the callers
 /// of [`serve`].
 pub use crate::state::Shared;
@@ -233,24 +233,80 @@ async fn accept_loop(
         } else {
             crate::workers::place()
         };
-        let (shared, stop) = (shared.clone(), stop.clone());
-        // Registered with the runtime of the thread that serves it, when it first runs there.
-        let conn = async move {
-            match TcpStream::from_std(std::net::TcpStream::from(fd)) {
-                Ok(sock) => Conn::new(shared.clone(), sock, peer, stop).serve().await,
-                Err(e) => {
-                    tracing::warn!(client = %peer.ip(), err = %e, "cannot serve an accepted connection")
-                }
-            }
-            drop((permit, open));
-            shared.activity.closed();
-            shared.stats.conn_closed();
+        let accepted = Accepted {
+            shared: shared.clone(),
+            peer,
+            stop: stop.clone(),
+            _permit: permit,
+            movable: caps.global.is_some(),
         };
+        // Registered with the runtime of the thread that serves it, when it first runs there.
+        let conn = serve_accepted(accepted, std::net::TcpStream::from(fd), open, true);
         match place {
             crate::workers::Place::Here => drop(tokio::spawn(conn)),
             crate::workers::Place::On(helper) => drop(helper.spawn(conn)),
         }
     }
+}
+
+/// An accepted connection's place in the process: its namespace, its client, the shutdown
+/// signal, and the connection caps' permits it holds until closed.
+struct Accepted {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    stop: watch::Receiver<bool>,
+    /// Held, never read: released when the connection closes.
+    _permit: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
+    /// In a process serving many namespaces: a busy namespace's connection may move to a
+    /// helper thread between two requests ([`crate::conn::Served::Moved`]).
+    movable: bool,
+}
+
+/// Serve `sock` on the calling thread (counted there by `open`) until it closes, or until it
+/// moves to a helper thread, which then serves it the same way.
+async fn serve_accepted(
+    a: Accepted,
+    sock: std::net::TcpStream,
+    open: crate::workers::Open,
+    first: bool,
+) {
+    let served = match TcpStream::from_std(sock) {
+        Ok(sock) => {
+            Conn::new(a.shared.clone(), sock, a.peer, a.stop.clone())
+                .placed(a.movable, first)
+                .serve()
+                .await
+        }
+        Err(e) => {
+            tracing::warn!(client = %a.peer.ip(), err = %e, "cannot serve an accepted connection");
+            Served::Closed
+        }
+    };
+    match served {
+        Served::Moved {
+            sock,
+            to,
+            open: there,
+        } => {
+            drop(open);
+            drop(to.spawn(moved(a, sock, there)));
+        }
+        Served::Closed => {
+            let shared = a.shared.clone();
+            drop((a, open));
+            shared.activity.closed();
+            shared.stats.conn_closed();
+        }
+    }
+}
+
+/// [`serve_accepted`] for a connection that moved (boxed: the future is its own caller's).
+fn moved(
+    a: Accepted,
+    sock: std::net::TcpStream,
+    open: crate::workers::Open,
+) -> futures::future::BoxFuture<'static, ()> {
+    Box::pin(serve_accepted(a, sock, open, false))
 }
 
 /// One connection from `l` (non-blocking, close-on-exec) and its peer (from `accept4`, no

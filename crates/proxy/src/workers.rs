@@ -195,6 +195,17 @@ pub fn place_namespace(busy: bool) -> (Place, Open) {
     }
 }
 
+/// A connection of a busy namespace found on the main thread between two requests (it was
+/// accepted before its namespace got busy): the helper it should move to, counted there, or
+/// `None` to stay (one thread allowed, or no helper could start). Only a process serving
+/// many namespaces asks ([`place_namespace`]).
+pub fn move_busy() -> Option<(Handle, Open)> {
+    match WORKERS.get()?.place_namespace(true) {
+        (Place::On(h), open) => Some((h, open)),
+        (Place::Here, _) => None,
+    }
+}
+
 /// Retire the helpers without a connection open (the proxy went idle); `forget(i)` drops
 /// what the caller keeps for helper `i` (its agent connections, registered with the
 /// helper's runtime). Returns how many were retired.

@@ -1,8 +1,9 @@
 //! Serving threads in the shared server (issue #20): with two allowed, a namespace's
 //! connections stay on the main thread until it has more than
 //! [`ns_metadata_proxy::workers::BUSY_NAMESPACE`] open; the busy namespace's next ones are
-//! served by a helper, and a quiet namespace's connection still by the main thread, beside
-//! the flood rather than behind it in one event loop.
+//! served by a helper, the ones it opened before move there between two requests, and a
+//! quiet namespace's connection is still served by the main thread, beside the flood rather
+//! than behind it in one event loop.
 //!
 //! Which thread serves a connection is read from the kernel: each serving thread's runtime
 //! has its own epoll instance, and `/proc/self/fdinfo/<epoll fd>` lists the descriptors
@@ -85,11 +86,11 @@ async fn answered(addr: SocketAddr) -> (Conn<tokio::net::TcpStream>, SocketAddr)
 
 /// Which thread serves the server side of the client connection from `me` to `addr`:
 /// `Some(true)` the main thread (its socket is registered with the epoll instance the
-/// `listeners` are), `Some(false)` a helper (another instance). mio keeps a duplicate of
-/// each instance's descriptor: instances are told apart by what is registered with them.
-async fn on_main_thread(addr: SocketAddr, me: SocketAddr, listeners: &[u64]) -> Option<bool> {
-    let inode =
-        ns_testkit::eventually_async("the accepted socket", WAIT, || socket_inode(addr, me)).await;
+/// `listeners` are), `Some(false)` a helper (another instance), `None` neither or not
+/// found. mio keeps a duplicate of each instance's descriptor: instances are told apart by
+/// what is registered with them.
+fn serving(addr: SocketAddr, me: SocketAddr, listeners: &[u64]) -> Option<bool> {
+    let inode = socket_inode(addr, me)?;
     let sets: Vec<BTreeSet<u64>> = epolls()
         .into_iter()
         .map(|(_, inodes)| inodes)
@@ -104,6 +105,14 @@ async fn on_main_thread(addr: SocketAddr, me: SocketAddr, listeners: &[u64]) -> 
         (false, true) => Some(false),
         _ => None,
     }
+}
+
+/// [`serving`], once the connection has been accepted and registered.
+async fn on_main_thread(addr: SocketAddr, me: SocketAddr, listeners: &[u64]) -> bool {
+    ns_testkit::eventually_async("the accepted socket served", WAIT, || {
+        serving(addr, me, listeners)
+    })
+    .await
 }
 
 #[tokio::test]
@@ -135,26 +144,40 @@ async fn a_busy_namespace_is_served_by_a_helper_and_a_quiet_one_by_the_main_thre
         let (c, me) = answered(addrs[0]).await;
         let main = on_main_thread(addrs[0], me, &listeners).await;
         if n <= BUSY_NAMESPACE {
-            assert_eq!(
-                main,
-                Some(true),
-                "busy connection {n}: not busy yet, the main thread"
-            );
+            assert!(main, "busy connection {n}: not busy yet, the main thread");
         } else {
-            assert_eq!(main, Some(false), "busy connection {n}: a helper");
+            assert!(!main, "busy connection {n}: a helper");
         }
-        busy.push(c);
+        busy.push((c, me));
+    }
+    // The connections accepted before it got busy move to the helper after their next
+    // request, idle between two.
+    for (n, (c, me)) in busy.iter_mut().enumerate().take(BUSY_NAMESPACE) {
+        c.send(GET).await;
+        assert_eq!(c.read(false).await.expect("answer").status, 200);
+        let moved = ns_testkit::wait_until_async(WAIT, || {
+            serving(addrs[0], *me, &listeners) == Some(false)
+        })
+        .await;
+        assert!(moved, "busy connection {}: moved to the helper", n + 1);
+        // And served there.
+        c.send(GET).await;
+        assert_eq!(c.read(false).await.expect("answer").status, 200);
     }
     // A quiet namespace beside it: the main thread, not the flood's helper.
     let (mut quiet, me) = answered(addrs[1]).await;
-    assert_eq!(
+    assert!(
         on_main_thread(addrs[1], me, &listeners).await,
-        Some(true),
         "the quiet namespace"
     );
     // And it keeps being answered there, on the same connection.
     quiet.send(GET).await;
     assert_eq!(quiet.read(false).await.expect("answer").status, 200);
+    assert_eq!(
+        serving(addrs[1], me, &listeners),
+        Some(true),
+        "the quiet one stays"
+    );
 
     drop((busy, quiet));
     let _ = tending.send(true);
