@@ -20,9 +20,11 @@
 # SH_HAPROXY_TMPL: Neutron's haproxy configuration with @ID@ and @PIDFILE@ left to fill.
 # Optional: SH_MAX_AGENT_REQUESTS (the spawner's `max_agent_requests` for both models of ours;
 # unset: the proxy's default), SH_PROXY_METRICS (`true`/`false`: the spawner's `proxy_metrics`;
-# unset: its default, on), SH_PERF=DIR (`perf record -g` of the serving process under the
-# busy load, DIR/perf-MODEL-N.data, then `strace -c` over a second busy run,
-# DIR/strace-MODEL-N.txt with its request count).
+# unset: its default, on), SH_PROXY_THREADS (the spawner's `proxy_threads` for both models
+# of ours; unset: its default, one thread per proxy and `auto` for the shared server),
+# SH_PERF=DIR (`perf record -g` of the serving process under the busy load,
+# DIR/perf-MODEL-N.data, then `strace -c` over a second busy run, DIR/strace-MODEL-N.txt with
+# its request count).
 set -euo pipefail
 : "${WORK:?}" "${RUN:?}" "${TOOL:?}" "${SPAWNER:?}" "${PROXY:?}" "${RAW:?}" "${SH_SOCK:?}" "${SH_NS:?}" "${SH_RUNS:?}"
 : "${SH_DUR:?}" "${SH_LUA:?}" "${SH_HAPROXY_TMPL:?}"
@@ -191,7 +193,8 @@ side_ours() { # model n first_n
     rm -rf "$SW/sp"
     spawner_ini "$SH_SOCK" "$SW/sp" "auto_enable_routers = true" "agent_keepalive = auto" "proxy_model = $m" \
         ${SH_MAX_AGENT_REQUESTS:+"max_agent_requests = $SH_MAX_AGENT_REQUESTS"} \
-        ${SH_PROXY_METRICS:+"proxy_metrics = $SH_PROXY_METRICS"} >"$SW/spawner.ini"
+        ${SH_PROXY_METRICS:+"proxy_metrics = $SH_PROXY_METRICS"} \
+        ${SH_PROXY_THREADS:+"proxy_threads = $SH_PROXY_THREADS"} >"$SW/spawner.ini"
     sample sh_load1 "$v" "$(load1)"
     mem0=$(mem_available_kb)
     t0=$(date +%s%N)
