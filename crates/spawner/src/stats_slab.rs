@@ -13,14 +13,14 @@
 //!   [`MAGIC`] in slot 0 and the key in the record's tail, so a restarted spawner rebuilds
 //!   key → record from the slab itself (scanning up to the header's high-water mark only, not
 //!   the 8 MiB). A freed record is zeroed. A record's bytes are written through the file
-//!   first, so a full filesystem refuses it (`ENOSPC`, the namespace keeps a block file)
+//!   first, so a full filesystem refuses it (`ENOSPC`, the namespace is served uncounted)
 //!   instead of the mapping faulting on a page the sparse file never had.
 //! - **Checked** before each use of the mapping: the held file still has its size (a file
 //!   cut short under a mapping faults on access), is still the one at its path, and its
 //!   header still says what the spawner wrote (magic, capacity, a high-water mark within the
 //!   records mapped: the server holds the file read-write and may write anything); a slab
 //!   that is not is never touched again by this process, said once (its namespaces keep
-//!   counting into the server's mapping; new ones get block files).
+//!   counting into the server's mapping; new ones are served uncounted).
 //! - **Bounded by what the spawner mapped**: every record index it reads comes from its own
 //!   table of keys or from a scan below the capacity it sized, never from a number in the
 //!   file; a high-water mark past it found at a restart is said once and every record
@@ -368,7 +368,7 @@ mod tests {
     }
 
     /// A state dir on a full tmpfs: a record on a page the sparse slab never had is refused
-    /// with the filesystem's reason (the namespace keeps a block file, or an anonymous one,
+    /// with the filesystem's reason (the namespace is served uncounted,
     /// and the log says why), where it was taken through the mapping, whose fault the SIGBUS
     /// handler answered with anonymous memory: the namespace counted for no one, silently.
     /// Once there is room it is taken.
