@@ -731,7 +731,10 @@ async fn spawn_server(cfg: &Config, shard: usize, listener: &OwnedFd) -> Result<
         .try_clone()
         .map_err(|e| Error::Spawn(format!("dup control socket: {e}")))?;
     let mut cmd = ns_netns::Spawn::new(&cfg.proxy_binary);
-    cmd.args(server_args(cfg, shard));
+    // Who it runs as by Neutron's rule, as a proxy (`Config::for_proxies`): without it a
+    // server left uid 0 could not reach an agent socket of another user, and would own the
+    // root-owned state dir.
+    cmd.args(server_args(&cfg.for_proxies(), shard));
     launch::proxy_env(&mut cmd, cfg);
     // The ready pipe on 3, the control socket on 4, nothing else of ours.
     cmd.fd(wr, READY_FD);

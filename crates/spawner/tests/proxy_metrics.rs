@@ -373,11 +373,8 @@ fn the_proxies_user_cannot_grow_a_statistics_file() {
         let _agent = StandIn::start_at(dir.path().join("agent.sock"), Behave::Headers);
         std::os::unix::fs::chown(dir.path().join("agent.sock"), Some(65534), Some(65534))
             .expect("chown socket");
-        // Named: the shared server does not take the socket owner's identity by itself.
-        let ini = write_ini(
-            dir.path(),
-            "metadata_proxy_user = nobody\nmetadata_proxy_group = nogroup\n",
-        );
+        // No metadata_proxy_user: proxies and the shared server run as the socket's owner.
+        let ini = write_ini(dir.path(), "");
         if shared {
             let text = std::fs::read_to_string(&ini).expect("ini");
             std::fs::write(&ini, format!("{text}proxy_model = shared\n")).expect("ini");
@@ -418,7 +415,7 @@ fn the_proxies_user_cannot_grow_a_statistics_file() {
         let uid = std::fs::metadata(format!("/proc/{pid}"))
             .expect("proc")
             .uid();
-        assert_eq!(uid, 65534, "it runs as metadata_proxy_user");
+        assert_eq!(uid, 65534, "it runs as the agent socket's owner");
         hostile_user_cannot_grow(pid, &dir.path().join("stats"));
         // The spawner killed and started again: it adopts (or takes over) what runs and
         // hands it a new namespace.
