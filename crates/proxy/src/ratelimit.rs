@@ -124,7 +124,7 @@ impl Table {
     /// Queue a touch of `ip` (already in `entries`) and return its number.
     fn touch(&mut self, ip: IpAddr) -> u64 {
         let seq = self.next_seq;
-        self.next_seq += 1;
+        self.next_seq = self.next_seq.wrapping_add(1);
         self.order.push_back((ip, seq));
         if self.order.len() > 2 * self.entries.len() + 64 {
             // Costs the queue's length, after at least as many touches since the last one.
