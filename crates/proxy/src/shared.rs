@@ -788,7 +788,8 @@ fn stats_slab(server: &Namespaces, fds: Vec<OwnedFd>) -> std::result::Result<(),
     let slab = Slab::from_file(&std::fs::File::from(fd))
         .map_err(|why| format!("statistics slab: {why}"))?;
     server.set_slab(slab);
-    tracing::debug!("statistics slab handed over");
+    // Once per server start (and never again while it serves: the spawner's rule).
+    tracing::info!("statistics slab handed over");
     Ok(())
 }
 

@@ -205,6 +205,28 @@ pub fn netns_inode(pid: u32) -> Option<u64> {
         .map(|m| m.ino())
 }
 
+/// Whether process `pid` maps the file `(device, inode)` (a line of `/proc/PID/maps`: its
+/// `major:minor` in hex and its inode). Reading another user's maps needs `CAP_SYS_PTRACE`;
+/// unreadable is `false`.
+pub fn maps_file(pid: u32, (dev, ino): (u64, u64)) -> bool {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+        return false;
+    };
+    let want = format!(
+        "{:02x}:{:02x}",
+        rustix::fs::major(dev),
+        rustix::fs::minor(dev)
+    );
+    text.lines().any(|l| maps_line_is(l, &want, ino))
+}
+
+/// One `/proc/PID/maps` line (`start-end perms offset major:minor inode [path]`) is of the
+/// file `dev` (as `maps` writes it) and `ino`.
+fn maps_line_is(line: &str, dev: &str, ino: u64) -> bool {
+    let mut f = line.split_ascii_whitespace().skip(3);
+    f.next() == Some(dev) && f.next().and_then(|i| i.parse::<u64>().ok()) == Some(ino)
+}
+
 /// What the identity check looks at, read from `/proc` (a plain struct, so the rule is
 /// tested with fakes).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -340,6 +362,21 @@ pub fn find_running(binary: &Path) -> Vec<(u32, ProcInfo)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mapped_file_is_found_in_proc_maps() {
+        let line = "7f00-7f10 rw-s 00000000 fe:00 247282                     /x/shared.slab";
+        assert!(maps_line_is(line, "fe:00", 247282));
+        assert!(!maps_line_is(line, "fe:01", 247282));
+        assert!(!maps_line_is(line, "fe:00", 24728));
+        assert!(!maps_line_is("7f00-7f10 rw-p 00000000 00:00 0", "00:00", 1));
+        assert!(!maps_line_is("", "fe:00", 0));
+        // This test's own program is mapped; a file nobody maps is not.
+        let exe = std::fs::metadata("/proc/self/exe").expect("exe");
+        assert!(maps_file(std::process::id(), (exe.dev(), exe.ino())));
+        assert!(!maps_file(std::process::id(), (exe.dev(), u64::MAX)));
+        assert!(!maps_file(u32::MAX, (exe.dev(), exe.ino())));
+    }
 
     fn tmp(name: &str) -> PathBuf {
         std::env::temp_dir().join(format!("spawner-{name}-{}", std::process::id()))

@@ -22,8 +22,9 @@
 //!   ([`crate::stats_slab`]) instead: taken by [`record_for`] (a key with a block file moves
 //!   its counts into the record and the file goes), read here with the same fold, freed by
 //!   [`retain`] (after the reconcile pass, so after the server's answer to `remove`) with its
-//!   last values kept in the per-kind totals. A key too long for a record, or a full or
-//!   changed slab: that namespace keeps a block file as above (logged).
+//!   last values kept in the per-kind totals. A key too long for a record, a full or
+//!   changed slab, or a server not given the slab at its start: that namespace is served
+//!   uncounted, with a sealed [`anonymous`] block (logged), never a file a server could grow.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -91,13 +92,22 @@ pub fn block_or_anonymous(dir: &Path, key: &str, gauge: Gauge) -> std::io::Resul
     })
 }
 
-/// A block in memory only (`memfd`), for a proxy whose file could not be made.
+/// A block in memory only (`memfd`), for a proxy whose file could not be made, or a shared
+/// server's namespace without a slab record: counted for no one. Sealed at its one page
+/// (`F_SEAL_GROW | F_SEAL_SHRINK`, then `F_SEAL_SEAL`), so the process it goes to can
+/// neither grow it (`write`, `ftruncate`, `fallocate`: memory charged to whoever holds it)
+/// nor cut it short under a mapping.
 pub fn anonymous() -> std::io::Result<OwnedFd> {
-    let fd = rustix::fs::memfd_create("ns-metadata-stats", rustix::fs::MemfdFlags::CLOEXEC)?;
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let fd = rustix::fs::memfd_create(
+        "ns-metadata-stats",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )?;
     let mut f = File::from(fd);
     let mut page = vec![0u8; BLOCK_SIZE];
     page[..8].copy_from_slice(&MAGIC.to_le_bytes());
     f.write_all(&page)?;
+    rustix::fs::fcntl_add_seals(&f, SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL)?;
     Ok(f.into())
 }
 
@@ -410,7 +420,7 @@ pub fn record_for(dir: &Path, shard: usize, key: &str) -> Option<SlabRecord> {
         Ok::<_, String>(rec)
     })();
     got.map_err(|why| {
-        tracing::warn!(%key, %why, "no statistics slab record: the namespace gets a block file of its own");
+        tracing::warn!(%key, %why, "no statistics slab record: the namespace is served uncounted");
     })
     .ok()
 }
@@ -581,6 +591,36 @@ pub fn read(dir: &Path, proxies: &[(String, Kind)]) -> Snapshot {
 mod tests {
     use super::*;
     use ns_contract::proxy_stats as layout;
+
+    /// The block handed where no file may go (a shared server's namespace without a record,
+    /// a proxy whose file cannot be made): whoever holds it cannot grow it, by any call, nor
+    /// cut it short; it maps and counts as a block does.
+    #[test]
+    fn an_anonymous_block_cannot_grow_or_shrink() {
+        let f = File::from(anonymous().expect("memfd"));
+        let map = SharedCounters::map(&f, SLOTS).expect("maps read-write");
+        assert_eq!(map.load(SLOT_MAGIC), MAGIC);
+        map.add(SLOT_CONN_OPEN, 2);
+        let eperm = |r: rustix::io::Result<()>| {
+            assert_eq!(r, Err(rustix::io::Errno::PERM));
+        };
+        eperm(rustix::fs::ftruncate(&f, 64 << 20));
+        eperm(rustix::fs::ftruncate(&f, 0));
+        eperm(rustix::fs::fallocate(
+            &f,
+            rustix::fs::FallocateFlags::KEEP_SIZE,
+            0,
+            64 << 20,
+        ));
+        eperm(rustix::io::pwrite(&f, b"x", BLOCK_SIZE as u64).map(drop));
+        // Sealed for good: no seal can be taken off or added.
+        eperm(rustix::fs::fcntl_add_seals(
+            &f,
+            rustix::fs::SealFlags::WRITE,
+        ));
+        assert_eq!(f.metadata().expect("stat").len(), BLOCK_SIZE as u64);
+        assert_eq!(map.load(SLOT_CONN_OPEN), 2);
+    }
 
     /// A statistics directory not made yet, in a temporary one removed with the guard, also
     /// when the test fails.

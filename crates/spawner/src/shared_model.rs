@@ -29,6 +29,7 @@
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -40,7 +41,6 @@ use crate::config::Config;
 use crate::decide::ProxySpec;
 use crate::launch::{self, Running, READY_FD};
 use crate::pidfile;
-use crate::proxy_stats::Gauge;
 use crate::{Error, Result};
 
 /// The (first) server's control socket in the state directory.
@@ -165,6 +165,8 @@ struct Inner {
     replace: tokio::sync::mpsc::Sender<oneshot::Sender<Result<u32>>>,
     /// The statistics slab the running server has (`stats-slab`), by (device, inode).
     slab_sent: Mutex<Option<(u64, u64)>>,
+    /// Whether "served uncounted" was logged (once per spawner).
+    uncounted_said: AtomicBool,
 }
 
 /// The handle on the shared server; cheap to clone.
@@ -204,12 +206,13 @@ impl SharedServer {
             manager: Mutex::new(None),
             replace,
             slab_sent: Mutex::new(None),
+            uncounted_said: AtomicBool::new(false),
         });
         if cfg.proxy_metrics {
             // Opened now (a restarted spawner learns whose each record is before its first
             // reconcile frees the records of namespaces no longer wanted).
             if let Err(e) = crate::proxy_stats::slab_fd(&cfg.stats_dir(), shard) {
-                tracing::warn!(err = %e, shard, "cannot open the statistics slab; namespaces get block files of their own");
+                tracing::warn!(err = %e, shard, "cannot open the statistics slab; namespaces are served uncounted");
             }
         }
         let adopted = match take_over(&cfg, shard).await {
@@ -222,6 +225,17 @@ impl SharedServer {
                 );
                 *lock(&inner.taken) = taken;
                 *inner.control.lock().await = Some(conn);
+                // A server that serves VMs is never handed a writable descriptor on the state
+                // disk it could grow the file through (fallocate, write, ftruncate): it got
+                // its slab before its first namespace, and it is not sent again when the
+                // server maps it still (its `/proc/PID/maps`, our proof, not its word).
+                if cfg.proxy_metrics {
+                    if let Ok((_, id)) = crate::proxy_stats::slab_fd(&cfg.stats_dir(), shard) {
+                        if crate::pidfile::maps_file(pid, id) {
+                            *lock(&inner.slab_sent) = Some(id);
+                        }
+                    }
+                }
                 inner.up.send_replace(Some(pid));
                 let mut h = lock(&inner.health);
                 h.state = "running";
@@ -318,9 +332,8 @@ impl SharedServer {
 
     /// Serve `spec` with `fds` (kept here too): the server's pid once it serves them. With
     /// `proxy_metrics`, the namespace is counted into its record of the shard's slab
-    /// (`stats=@N`, the slab handed over first if this server does not have it yet), or, if
-    /// it cannot have one, into a block file of its own that goes last (`stats=1`), the
-    /// block a proxy of the per-namespace model would use.
+    /// (`stats=@N`; the server got the slab at its start), or, if it cannot have one, served
+    /// uncounted with a sealed anonymous block that goes last (`stats=1`): never a file.
     pub(crate) async fn add(&self, spec: &ProxySpec, mut fds: Vec<OwnedFd>) -> Result<u32> {
         let mut request = format!("add {} {}", tag(spec), spec.netns);
         let listeners = fds.len();
@@ -366,26 +379,28 @@ impl SharedServer {
         }
     }
 
-    /// Where `spec`'s answers are counted: its slab record, else a block file pushed on `fds`.
+    /// Where `spec`'s answers are counted: its record of the slab the server has, else
+    /// nowhere (a sealed anonymous block pushed on `fds`). A server that serves VMs may be
+    /// compromised, so it is never handed a descriptor of a file on the state disk, which
+    /// it could grow until the disk is full (`fallocate`, `write`, `ftruncate` need only a
+    /// writable descriptor; `RLIMIT_FSIZE` stops neither `fallocate(FALLOC_FL_KEEP_SIZE)`
+    /// nor a holder of another process): it gets the slab before its first namespace (or
+    /// had it when taken over), and nothing more.
     async fn stats_for(&self, spec: &ProxySpec, fds: &mut Vec<OwnedFd>) -> Result<StatsRef> {
         let dir = self.inner.cfg.stats_dir();
         if let Some(rec) = crate::proxy_stats::record_for(&dir, self.inner.shard, &spec.key) {
-            let sent = *lock(&self.inner.slab_sent) == Some(rec.slab_id);
-            if sent {
+            if *lock(&self.inner.slab_sent) == Some(rec.slab_id) {
                 return Ok(StatsRef::Record(rec.record));
             }
-            match self.request("stats-slab", &[rec.slab.as_fd()]).await {
-                Ok(_) => {
-                    *lock(&self.inner.slab_sent) = Some(rec.slab_id);
-                    return Ok(StatsRef::Record(rec.record));
-                }
-                Err(e) => {
-                    tracing::warn!(key = %spec.key, err = %e, "the shared server did not take the statistics slab; the namespace gets a block file of its own");
-                    crate::proxy_stats::release(&dir, self.inner.shard, &spec.key);
-                }
+            if !self.inner.uncounted_said.swap(true, Ordering::Relaxed) {
+                tracing::warn!(key = %spec.key, "the shared server was not given this statistics slab when it started; its new namespaces are served uncounted until it is restarted");
             }
+            crate::proxy_stats::release(&dir, self.inner.shard, &spec.key);
         }
-        fds.push(stats_block(&self.inner.cfg, spec)?);
+        fds.push(
+            crate::proxy_stats::anonymous()
+                .map_err(|e| Error::Spawn(format!("statistics block: {e}")))?,
+        );
         Ok(StatsRef::Block)
     }
 
@@ -674,13 +689,6 @@ impl SharedServers {
     }
 }
 
-/// The namespace's statistics block for the server, its gauge kept
-/// (`proxy_stats::block_or_anonymous`).
-fn stats_block(cfg: &Config, spec: &ProxySpec) -> Result<OwnedFd> {
-    crate::proxy_stats::block_or_anonymous(&cfg.stats_dir(), &spec.key, Gauge::Keep)
-        .map_err(|e| Error::Spawn(format!("statistics block: {e}")))
-}
-
 /// The sockets a previous server served for `spec` (in `netns` then), if they are what it
 /// would open now: exactly one listening TCP socket per address it binds, in its namespace
 /// (inode `ino`), the same check as `restart`'s takeover (`takeover::which`), returned in
@@ -723,7 +731,10 @@ async fn spawn_server(cfg: &Config, shard: usize, listener: &OwnedFd) -> Result<
         .try_clone()
         .map_err(|e| Error::Spawn(format!("dup control socket: {e}")))?;
     let mut cmd = ns_netns::Spawn::new(&cfg.proxy_binary);
-    cmd.args(server_args(cfg, shard));
+    // Who it runs as by Neutron's rule, as a proxy (`Config::for_proxies`): without it a
+    // server left uid 0 could not reach an agent socket of another user, and would own the
+    // root-owned state dir.
+    cmd.args(server_args(&cfg.for_proxies(), shard));
     launch::proxy_env(&mut cmd, cfg);
     // The ready pipe on 3, the control socket on 4, nothing else of ours.
     cmd.fd(wr, READY_FD);

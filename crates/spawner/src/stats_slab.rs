@@ -13,12 +13,18 @@
 //!   [`MAGIC`] in slot 0 and the key in the record's tail, so a restarted spawner rebuilds
 //!   key → record from the slab itself (scanning up to the header's high-water mark only, not
 //!   the 8 MiB). A freed record is zeroed. A record's bytes are written through the file
-//!   first, so a full filesystem refuses it (`ENOSPC`, the namespace keeps a block file)
+//!   first, so a full filesystem refuses it (`ENOSPC`, the namespace is served uncounted)
 //!   instead of the mapping faulting on a page the sparse file never had.
 //! - **Checked** before each use of the mapping: the held file still has its size (a file
-//!   cut short under a mapping faults on access) and is still the one at its path; a slab
-//!   that is not is never touched again by this process (its namespaces keep counting into
-//!   the server's mapping; new ones get block files).
+//!   cut short under a mapping faults on access), is still the one at its path, and its
+//!   header still says what the spawner wrote (magic, capacity, a high-water mark within the
+//!   records mapped: the server holds the file read-write and may write anything); a slab
+//!   that is not is never touched again by this process, said once (its namespaces keep
+//!   counting into the server's mapping; new ones are served uncounted).
+//! - **Bounded by what the spawner mapped**: every record index it reads comes from its own
+//!   table of keys or from a scan below the capacity it sized, never from a number in the
+//!   file; a high-water mark past it found at a restart is said once and every record
+//!   mapped scanned instead, and records with no good key are freed and said once, counted.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -109,13 +115,51 @@ impl Slab {
         Ok(slab)
     }
 
+    /// The records the spawner sized and mapped, the header's included: every record index
+    /// it reads is below this, whatever the server wrote.
+    fn capacity(&self) -> usize {
+        (self.map.slots() / RECORD_SLOTS).min(SLAB_RECORDS)
+    }
+
+    /// What is wrong with the header (record 0), which the server can write as it holds the
+    /// file read-write: its magic, the capacity the spawner sized, a high-water mark within
+    /// it. `None` when it says what the spawner wrote.
+    fn header_problem(&self) -> Option<String> {
+        if self.map.load(0) != SLAB_MAGIC {
+            return Some("its header's magic was overwritten".into());
+        }
+        let cap = self.map.load(SLAB_SLOT_CAPACITY);
+        if cap != self.capacity() as u64 {
+            return Some(format!(
+                "its header says {cap} records, not the {} it was made with",
+                self.capacity()
+            ));
+        }
+        let high = self.map.load(SLOT_HIGH);
+        (high > self.capacity() as u64).then(|| {
+            format!(
+                "its high-water mark {high} is past the {} records mapped",
+                self.capacity()
+            )
+        })
+    }
+
     /// The records in use up to the high-water mark: each with a good key is that key's
-    /// (the first of a key written twice); any other is freed.
+    /// (the first of a key written twice); any other is freed. The mark is the server's to
+    /// write too: one past the records mapped is a broken server's, said once, and every
+    /// record mapped is scanned instead; bad records are said once, with their count.
     fn rebuild(&mut self) {
-        let high = usize::try_from(self.map.load(SLOT_HIGH))
-            .unwrap_or(SLAB_RECORDS)
-            .clamp(1, SLAB_RECORDS);
+        let cap = self.capacity();
+        let raw = self.map.load(SLOT_HIGH);
+        let high = match usize::try_from(raw) {
+            Ok(h) if h <= cap => h.max(1),
+            _ => {
+                tracing::warn!(file = %self.path.display(), high = raw, records = cap, "statistics slab: a high-water mark past the records mapped (a broken server wrote it): every record scanned");
+                cap
+            }
+        };
         self.map.store(SLOT_HIGH, high as u64);
+        let mut bad = Vec::new();
         for r in 1..high {
             let base = r * RECORD_SLOTS;
             if self.map.load(base) == 0 {
@@ -132,10 +176,13 @@ impl Slab {
                     self.mark(r, true);
                 }
                 _ => {
-                    tracing::warn!(file = %self.path.display(), record = r, "statistics slab: a record with no good key freed");
+                    bad.push(r);
                     self.zero(r);
                 }
             }
+        }
+        if let Some(first) = bad.first() {
+            tracing::warn!(file = %self.path.display(), records = bad.len(), first, "statistics slab: records with no good key freed");
         }
     }
 
@@ -188,6 +235,10 @@ impl Slab {
             // lets any writable descriptor truncate): what it reads now is not the file.
             return Err("cut short under the spawner's mapping".into());
         }
+        if let Some(why) = self.header_problem() {
+            // Only a broken (or hostile) server writes there: nothing it says is read again.
+            return Err(why);
+        }
         let len = self.file.metadata().map_err(|e| e.to_string())?.len();
         if len != SLAB_SIZE as u64 {
             return Err(format!("{len} bytes, not {SLAB_SIZE}"));
@@ -213,7 +264,7 @@ impl Slab {
             .enumerate()
             .find(|(_, w)| **w != u64::MAX)
             .map(|(i, w)| i * 64 + w.trailing_ones() as usize)
-            .filter(|&r| r < SLAB_RECORDS)
+            .filter(|&r| r < self.capacity())
             .ok_or(NoRecord::Full)?;
         // The record's bytes backed in the file first, through the descriptor: on a full
         // filesystem a page the sparse slab never had cannot be allocated, and a store through
@@ -317,7 +368,7 @@ mod tests {
     }
 
     /// A state dir on a full tmpfs: a record on a page the sparse slab never had is refused
-    /// with the filesystem's reason (the namespace keeps a block file, or an anonymous one,
+    /// with the filesystem's reason (the namespace is served uncounted,
     /// and the log says why), where it was taken through the mapping, whose fault the SIGBUS
     /// handler answered with anonymous memory: the namespace counted for no one, silently.
     /// Once there is room it is taken.
@@ -409,6 +460,68 @@ mod tests {
         assert_eq!(s.allocate("d"), Ok(1));
         assert_eq!(s.allocate("e"), Ok(4));
         assert_eq!(s.allocate("f"), Ok(5));
+    }
+
+    /// A server writes its slab's header (it holds the file read-write): a high-water mark
+    /// past the records mapped, garbage in every record below it. A restarted spawner reads
+    /// only what it mapped, keeps the good record, frees the rest; a header changed under a
+    /// running spawner makes the slab a broken server's, never used again.
+    #[test]
+    fn a_hostile_header_is_bounded_by_what_the_spawner_mapped() {
+        let (_t, d) = dir("hostile");
+        let p = path(&d, 0);
+        let key = "4f3c2a1e-8b7d-4c6e-9f1a-2b3c4d5e6f70";
+        {
+            let mut s = Slab::open(&p).expect("create");
+            assert_eq!(s.allocate(key), Ok(1));
+            s.store(1, class_slot(200), 3);
+            for r in 2..40u32 {
+                s.store(r, 0, MAGIC);
+                s.store(r, SLOT_KEY_LEN, u64::MAX);
+            }
+            // The last record mapped, in use with a good key: only a full scan finds it.
+            let last = SLAB_RECORDS as u32 - 1;
+            s.store(last, 0, MAGIC);
+            s.store(last, SLOT_KEY_LEN, 2);
+            s.store(
+                last,
+                SLOT_KEY_LEN + 1,
+                u64::from(u16::from_le_bytes(*b"zz")),
+            );
+            for high in [u64::MAX, SLAB_RECORDS as u64 + 1] {
+                s.store(0, SLOT_HIGH, high);
+                let e = s.check().expect_err("a broken server's header");
+                assert!(e.contains("high-water mark"), "{e}");
+            }
+        }
+        let mut s = Slab::open(&p).expect("reopen");
+        assert_eq!(
+            s.load(0, SLOT_HIGH),
+            SLAB_RECORDS as u64,
+            "clamped to what is mapped"
+        );
+        assert_eq!(s.record_of(key), Some(1));
+        assert_eq!(s.load(1, class_slot(200)), 3);
+        assert_eq!(s.record_of("zz"), Some(SLAB_RECORDS as u32 - 1));
+        assert_eq!(s.keys().count(), 2);
+        assert_eq!(s.load(2, 0), 0, "garbage freed");
+        s.check().expect("a good header again");
+        assert_eq!(s.allocate("n"), Ok(2));
+        // The server overwrites the header under a running spawner: magic, then capacity.
+        for (slot, v, why) in [
+            (0, MAGIC, "magic"),
+            (SLAB_SLOT_CAPACITY, u64::MAX, "records"),
+        ] {
+            let mut s = Slab::open(&p).expect("reopen");
+            s.check().expect("good");
+            let was = s.load(0, slot);
+            s.store(0, slot, v);
+            let e = s.check().expect_err("changed header");
+            assert!(e.contains(why), "{e}");
+            assert!(matches!(s.allocate("m"), Err(NoRecord::Changed(_))));
+            assert_eq!(s.free("n"), None, "not touched");
+            s.store(0, slot, was);
+        }
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //! requests, 502 from an agent that closes without a reply, 503 with no agent), then the
 //! daemon's `/metrics` shows those counts per status class and error code, a consistent
 //! latency histogram, and the same counters after the proxy is killed with -9 and restarted
-//! and after the daemon itself is restarted (the proxy adopted).
+//! and after the daemon itself is restarted (the proxy adopted). And, in both models, that a
+//! local user running as the proxies' user cannot grow a statistics file through a proxy or
+//! a shared server (before and after a spawner restart), and that a server taken over is not
+//! handed its slab again.
 
 mod root_common;
 
@@ -258,4 +261,186 @@ async fn proxy_counts_by_class_and_error_survive_kill9_and_a_spawner_restart() {
     assert!(d2.0.wait().expect("wait").success());
     assert!(!alive(pid2));
     drop(rns);
+}
+
+/// What a hostile local user running as the proxies' user tries on a process serving VMs:
+/// take each of its descriptors (`pidfd_getfd`, then `/proc/PID/fd/N`) and grow any that is
+/// one of the statistics files named by `dev:ino` (ftruncate, a write past the end,
+/// `fallocate(FALLOC_FL_KEEP_SIZE)`, which `RLIMIT_FSIZE` does not stop). Prints one line per
+/// file grown (`GREW`), and what it was refused.
+const GROW: &str = r#"
+import ctypes, errno, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+pid = int(sys.argv[1]); files = set(sys.argv[2:])
+def grow(fd, how):
+    st = os.fstat(fd)
+    if "%d:%d" % (st.st_dev, st.st_ino) not in files:
+        return
+    before = (st.st_size, st.st_blocks)
+    for f in (lambda: os.ftruncate(fd, st.st_size + (64 << 20)),
+              lambda: os.pwrite(fd, b"x" * 65536, st.st_size + 4096),
+              lambda: libc.fallocate(fd, 1, ctypes.c_long(0), ctypes.c_long(64 << 20)) == 0 or 1 / 0):
+        try: f()
+        except Exception as e: print("refused", how, repr(e))
+    st = os.fstat(fd)
+    if (st.st_size, st.st_blocks) != before:
+        print("GREW", how, before, (st.st_size, st.st_blocks))
+pfd = libc.syscall(434, pid, 0)
+if pfd < 0:
+    print("pidfd_open", errno.errorcode.get(ctypes.get_errno()))
+else:
+    for n in range(1024):
+        fd = libc.syscall(438, pfd, n, 0)
+        if fd >= 0:
+            grow(fd, "pidfd_getfd %d" % n); os.close(fd)
+        elif ctypes.get_errno() != errno.EBADF:
+            print("pidfd_getfd", n, errno.errorcode.get(ctypes.get_errno())); break
+try: names = os.listdir("/proc/%d/fd" % pid)
+except OSError as e: print("listdir", e.strerror); names = []
+for n in names:
+    try: fd = os.open("/proc/%d/fd/%s" % (pid, n), os.O_RDWR)
+    except OSError: continue
+    grow(fd, "/proc fd %s" % n); os.close(fd)
+"#;
+
+/// `dev:ino` of every statistics file under `stats` (blocks and slabs), with its size and
+/// allocated 512-byte blocks.
+fn stats_files(stats: &Path) -> BTreeMap<String, (u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::read_dir(stats)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let m = std::fs::symlink_metadata(e.path()).ok()?;
+            Some((format!("{}:{}", m.dev(), m.ino()), (m.len(), m.blocks())))
+        })
+        .collect()
+}
+
+/// Run [`GROW`] against `pid` as uid/gid 65534 and check the statistics files did not grow;
+/// also that `pid` holds no descriptor on one of them (a compromised process would need one).
+fn hostile_user_cannot_grow(pid: u32, stats: &Path) {
+    use std::os::unix::fs::MetadataExt as _;
+    let files = stats_files(stats);
+    assert!(
+        !files.is_empty(),
+        "no statistics file under {}",
+        stats.display()
+    );
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(["/usr/bin/python3", "-c", GROW, &pid.to_string()])
+        .args(files.keys())
+        .output()
+        .expect("run python3 as nobody");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("hostile user against pid {pid}: {text}");
+    assert!(!text.contains("GREW"), "a statistics file grew: {text}");
+    assert_eq!(stats_files(stats), files, "the statistics files changed");
+    // From inside: the process serving VMs holds no descriptor of a statistics file.
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fds")
+        .flatten()
+    {
+        if let Ok(m) = std::fs::metadata(e.path()) {
+            let id = format!("{}:{}", m.dev(), m.ino());
+            assert!(
+                !files.contains_key(&id),
+                "pid {pid} holds fd {:?} on a statistics file",
+                e.file_name()
+            );
+        }
+    }
+}
+
+/// A hostile local user running as the proxies' user (the agent socket's owner, here
+/// nobody) cannot grow a statistics file through a proxy or a shared server, in either
+/// model and after a spawner restart took the server over and handed it new namespaces.
+#[test]
+fn the_proxies_user_cannot_grow_a_statistics_file() {
+    if !require_root("the_proxies_user_cannot_grow_a_statistics_file") {
+        return;
+    }
+    for shared in [false, true] {
+        let dir = TempDir::new(if shared { "rt-grow-sh" } else { "rt-grow" }).reaping();
+        let _agent = StandIn::start_at(dir.path().join("agent.sock"), Behave::Headers);
+        std::os::unix::fs::chown(dir.path().join("agent.sock"), Some(65534), Some(65534))
+            .expect("chown socket");
+        // No metadata_proxy_user: proxies and the shared server run as the socket's owner.
+        let ini = write_ini(dir.path(), "");
+        if shared {
+            let text = std::fs::read_to_string(&ini).expect("ini");
+            std::fs::write(&ini, format!("{text}proxy_model = shared\n")).expect("ini");
+        }
+        let p = unique_prefix();
+        let ids = [format!("{p}g1"), format!("{p}g2")];
+        let nss: Vec<TestNs> = ids
+            .iter()
+            .map(|id| TestNs::new(&format!("qrouter-{id}")).expect("router ns"))
+            .collect();
+        let mut d = start_daemon(dir.path(), &ini, &[]);
+        let (ok, out) = cli(&ini, &["router", "add", &ids[0]]);
+        assert!(ok, "{out}");
+        let serving = |id: &str| {
+            if shared {
+                let pidf = dir.path().join("shared-server.pid");
+                std::fs::read_to_string(pidf)
+                    .ok()?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            } else {
+                pid_of(dir.path(), id)
+            }
+        };
+        let answers = |ns: &TestNs| {
+            let ok = wait_until(T, || send_in(ns.netns(), get()) == 200);
+            if !ok {
+                let log = std::fs::read_to_string(dir.path().join("daemon.log"));
+                eprintln!("daemon.log:\n{}", log.unwrap_or_default());
+            }
+            ok
+        };
+        assert!(answers(&nss[0]));
+        let pid: u32 = serving(&ids[0]).expect("serving pid");
+        use std::os::unix::fs::MetadataExt as _;
+        let uid = std::fs::metadata(format!("/proc/{pid}"))
+            .expect("proc")
+            .uid();
+        assert_eq!(uid, 65534, "it runs as the agent socket's owner");
+        hostile_user_cannot_grow(pid, &dir.path().join("stats"));
+        // The spawner killed and started again: it adopts (or takes over) what runs and
+        // hands it a new namespace.
+        wait_until(T, || {
+            std::fs::read_to_string(dir.path().join("records.json"))
+                .is_ok_and(|t| t.contains(&ids[0]))
+        });
+        kill9(d.pid());
+        let _ = d.0.wait();
+        d = start_daemon(dir.path(), &ini, &[]);
+        let (ok, out) = cli(&ini, &["router", "add", &ids[1]]);
+        assert!(ok, "{out}");
+        assert!(answers(&nss[1]));
+        assert!(answers(&nss[0]));
+        for id in &ids {
+            let pid = serving(id).expect("serving pid");
+            hostile_user_cannot_grow(pid, &dir.path().join("stats"));
+        }
+        if shared {
+            // The server taken over was not handed its slab again: it serves VMs, and a
+            // descriptor of the slab would let it grow the file (fallocate, write).
+            let log = std::fs::read_to_string(dir.path().join("daemon.log")).expect("log");
+            let handed = log.matches("statistics slab handed over").count();
+            assert_eq!(handed, 1, "{log}");
+        }
+        drop(d);
+    }
 }
