@@ -388,6 +388,12 @@ impl SharedServer {
     /// had it when taken over), and nothing more.
     async fn stats_for(&self, spec: &ProxySpec, fds: &mut Vec<OwnedFd>) -> Result<StatsRef> {
         let dir = self.inner.cfg.stats_dir();
+        // A server being started (the first namespace starts it) or restarted gets the slab
+        // before the entries are replayed, and is up only after: which slab it has is known
+        // once it is up (the add waits for that anyway; not in time, it fails there).
+        let mut up = self.inner.up.subscribe();
+        let _ =
+            tokio::time::timeout(self.inner.cfg.ready_timeout, up.wait_for(Option::is_some)).await;
         if let Some(rec) = crate::proxy_stats::record_for(&dir, self.inner.shard, &spec.key) {
             if *lock(&self.inner.slab_sent) == Some(rec.slab_id) {
                 return Ok(StatsRef::Record(rec.record));

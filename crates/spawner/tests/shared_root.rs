@@ -392,7 +392,8 @@ fn shared_namespaces_are_counted_in_metrics_across_a_server_kill9_and_a_takeover
         });
         assert!(
             found,
-            "{ok} 200s, a 400 and a 503 wanted in /metrics: {last:?}"
+            "{ok} 200s, a 400 and a 503 wanted in /metrics: {last:?}\n{}",
+            std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default()
         );
     };
     want(ok);
