@@ -336,6 +336,36 @@ async fn stalled_control_clients_are_closed_and_do_not_block_others() {
     assert_eq!(closed, vec![true, true], "stalled clients closed");
 }
 
+/// With the journal (as the daemon runs): a change whose line cannot be appended (here a
+/// link planted in the journal's place, never followed) is in effect but answered 500
+/// "not saved", naming the journal; the link's target is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_the_journal_cannot_take_is_answered_not_saved() {
+    let dir = TempDir::new("api-journal").reaping();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "keep").expect("victim");
+    std::os::unix::fs::symlink(&victim, dir.path().join("records.journal")).expect("symlink");
+    let s = server(&dir);
+    s.sup
+        .set_journal(ns_metadata_spawner::journal::Journal::open(
+            dir.path(),
+            0,
+            None,
+        ));
+    let (st, body) = req(&s, Method::PUT, "/v1/routers/r-nojournal", Some("{}")).await;
+    assert_eq!(st, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    let why = reason(body.as_bytes());
+    assert!(
+        why.contains("not saved") && why.contains("records.journal"),
+        "{why}"
+    );
+    assert!(
+        s.sup.records().api_routers.contains_key("r-nojournal"),
+        "in effect"
+    );
+    assert_eq!(std::fs::read_to_string(&victim).expect("victim"), "keep");
+}
+
 /// A change that cannot be saved to records.json (full or read-only state dir) is reported
 /// loudly: saving is debounced, so the change that meets the full disk is answered first;
 /// then the status names the failure and every later change gets 500 naming the file,
