@@ -232,9 +232,10 @@ pub async fn run<P: Platform>(platform: P, opts: RunOptions) -> Result<()> {
         }
     }
     sd_notify(&[Notify::Stopping]);
-    // A change made just before SIGTERM is still in the save delay: write it now.
+    // A change made just before SIGTERM is still in the save delay (and in the journal):
+    // write the snapshot now, so the next start has nothing to replay.
     if let Err(e) = sup.flush_records().await {
-        tracing::error!(err = %e, "records.json not saved at exit; API changes since the last good save are lost");
+        tracing::error!(err = %e, "records.json not saved at exit; the next start replays the API changes since the last good save from records.journal (those answered 500, not saved, are lost)");
     }
     if opts.stop_proxies_on_exit {
         tracing::info!("stopping every proxy (--stop-proxies-on-exit)");
