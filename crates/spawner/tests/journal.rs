@@ -7,6 +7,7 @@ mod common;
 mod root_common;
 
 use std::path::Path;
+use std::time::Duration;
 
 use http::{Method, StatusCode};
 use ns_metadata_spawner::client::call;
@@ -14,6 +15,8 @@ use ns_testkit::netns::unique_prefix;
 use ns_testkit::proc::kill9;
 use ns_testkit::TempDir;
 use root_common::start_daemon;
+
+const T: Duration = Duration::from_secs(15);
 
 async fn send(sock: &Path, m: Method, path: &str) -> (StatusCode, String) {
     let body = (m == Method::PUT).then(|| b"{}".to_vec());
@@ -71,4 +74,19 @@ async fn acknowledged_changes_survive_a_kill_dash_nine_inside_the_save_delay() {
     assert!(!saved.contains(&ids[1]), "{saved}");
     let journal = std::fs::read(dir.path().join("records.journal")).expect("journal");
     assert!(journal.is_empty(), "cleared after the replay");
+
+    // A later change goes through the journal into the next snapshot, which rotates the
+    // journal and removes the rotated lines once written.
+    let extra = format!("{p}j9");
+    let (st, body) = send(&sock, Method::PUT, &format!("/v1/routers/{extra}")).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let state = dir.path();
+    ns_testkit::eventually("the snapshot holds it, the journal rotated", T, || {
+        let saved = std::fs::read_to_string(state.join("records.json")).ok()?;
+        let journal = std::fs::read(state.join("records.journal")).ok()?;
+        (saved.contains(&extra)
+            && journal.is_empty()
+            && !state.join("records.journal.old").exists())
+        .then_some(())
+    });
 }
