@@ -207,10 +207,10 @@ fn error(code: StatusCode, reason: impl std::fmt::Display) -> Response<Full<Byte
     json(code, &serde_json::json!({ "error": reason.to_string() }))
 }
 
-/// The answer of a change, or 500 while `records.json` cannot be saved (the last save
-/// failed): the change is in effect, but a restarted spawner would not know it (full or
-/// read-only state dir). Saving is debounced (`persist.rs`), so the change that meets a
-/// newly full disk is answered before its save; the status and every later change say so.
+/// The answer of a change, or 500 when it was not saved: its line could not be appended to
+/// the journal (`journal.rs`; full or read-only state dir), or, for a supervisor without a
+/// journal, the last debounced `records.json` save failed. The change is in effect, but a
+/// restarted spawner would not know it.
 fn saved_or(applied: Applied, ok: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
     match applied.saved {
         Ok(()) => ok,

@@ -124,14 +124,10 @@ pub async fn run<P: Platform>(platform: P, opts: RunOptions) -> Result<()> {
         None => None,
     };
     let mut records = Records::default();
-    // A damaged records.json is set aside and recovered from, never a crash loop.
-    let (api, recovery) = crate::persist::load(&cfg.state_dir)?;
-    records.api_routers = api.routers.into_iter().map(|r| (r.id.clone(), r)).collect();
-    records.api_networks = api
-        .networks
-        .into_iter()
-        .map(|n| (n.id.clone(), n))
-        .collect();
+    // A damaged records.json is set aside and recovered from, never a crash loop; then the
+    // journal's changes not yet in it are replayed.
+    let loaded = crate::persist::load(&cfg.state_dir)?;
+    records.set_api(loaded.set);
     records.file = load_file_records(&cfg)?;
     // Start the watch before listing, so no namespace falls between the two.
     let mut watch = if opts.watch_netns {
@@ -153,7 +149,8 @@ pub async fn run<P: Platform>(platform: P, opts: RunOptions) -> Result<()> {
     let control_socket = cfg.control_socket.clone();
     let ovn = cfg.ovn.clone();
     let sup = Supervisor::new(platform, cfg, records);
-    sup.set_recovery(recovery);
+    sup.set_recovery(loaded.recovery);
+    sup.set_journal(loaded.journal);
     // The OVN source builds its namespaces and hands over their records before adoption, so
     // running proxies are adopted, not rebuilt. Held until exit (dropping it stops it).
     let _ovn = match &ovn {
@@ -235,9 +232,10 @@ pub async fn run<P: Platform>(platform: P, opts: RunOptions) -> Result<()> {
         }
     }
     sd_notify(&[Notify::Stopping]);
-    // A change made just before SIGTERM is still in the save delay: write it now.
+    // A change made just before SIGTERM is still in the save delay (and in the journal):
+    // write the snapshot now, so the next start has nothing to replay.
     if let Err(e) = sup.flush_records().await {
-        tracing::error!(err = %e, "records.json not saved at exit; API changes since the last good save are lost");
+        tracing::error!(err = %e, "records.json not saved at exit; the next start replays the API changes since the last good save from records.journal (those answered 500, not saved, are lost)");
     }
     if opts.stop_proxies_on_exit {
         tracing::info!("stopping every proxy (--stop-proxies-on-exit)");

@@ -1,23 +1,30 @@
 //! `<state dir>/records.json`, the records made through the control API, so that a restarted
 //! spawner wants the same proxies and adopts them instead of stopping them.
 //!
-//! Saving (issue "hardening", item 13): a change marks the records dirty and returns; one task
-//! writes them [`SAVE_DELAY`] later from a blocking thread, so a burst of changes costs one
-//! write, and no change waits for the disk. Auto-enabled routers are not API records and never
-//! cause a write. Each save keeps the file it replaces as `records.json.prev` (a hard link,
-//! taken before the atomic rename), the previous good copy.
+//! Saving (issue "hardening", item 13): a change is applied, appended to the write-ahead
+//! journal (`journal.rs`: one `write(2)`, no fsync) and answered; one task writes the whole
+//! snapshot [`SAVE_DELAY`] later from a blocking thread, so a burst of changes costs one
+//! write and no change waits for an fsync. Auto-enabled routers are not API records and
+//! never cause a write. Each save keeps the file it replaces as `records.json.prev` (a hard
+//! link, taken before the atomic rename), the previous good copy. The snapshot records the
+//! last journal sequence it includes (`journal_seq`).
 //!
 //! Loading (item 9): an empty or truncated `records.json` (power loss) must not crash-loop
 //! the spawner under systemd. A file that does not parse is set aside as
 //! `records.json.bad-<unix seconds>` (named in the log), the previous copy is loaded instead,
 //! and if there is none the spawner starts without API records, in a mode that stops nothing
-//! it finds running; the status says so.
+//! it finds running; the status says so. Then the journal's lines above the snapshot's
+//! sequence are replayed, and if there was a journal the result is saved as a snapshot and
+//! the journal cleared.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::records::RecordSet;
+use serde::Serialize;
+
+use crate::journal::{self, Journal};
+use crate::records::{Network, RecordFile, RecordSet, Records, Router};
 use crate::{statedir, Error, Result};
 
 /// The file, in the state dir.
@@ -68,22 +75,72 @@ impl Recovery {
     }
 }
 
-fn parse(path: &Path) -> std::result::Result<Option<RecordSet>, String> {
-    match statedir::read_nofollow(path, MAX_BYTES) {
-        Ok(None) => Ok(None),
-        Ok(Some(bytes)) => RecordSet::parse(&bytes, path)
-            .map(Some)
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    }
+/// `records.json` as written: the API records and the last journal sequence they include.
+#[derive(Serialize)]
+struct SnapshotOut<'a> {
+    journal_seq: u64,
+    routers: &'a [Router],
+    networks: &'a [Network],
 }
 
-/// Load the API records from `dir`, recovering as the module docs say. Errors only when the
+/// The records in `path` and the journal sequence they include; `None` when absent.
+fn parse(path: &Path) -> std::result::Result<Option<(RecordSet, u64)>, String> {
+    let bytes = match statedir::read_nofollow(path, MAX_BYTES) {
+        Ok(None) => return Ok(None),
+        Ok(Some(bytes)) => bytes,
+        Err(e) => return Err(e.to_string()),
+    };
+    // A file of the previous release has no `journal_seq`: 0, every journal line is newer.
+    let file: RecordFile =
+        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    let seq = file.journal_seq;
+    let set = RecordSet::from(file);
+    set.check(path).map_err(|e| e.to_string())?;
+    Ok(Some((set, seq)))
+}
+
+/// What loading found: the API records, how `records.json` was recovered, and the journal
+/// to append to (its sequence past every line replayed).
+#[derive(Debug)]
+pub struct Loaded {
+    pub set: RecordSet,
+    pub recovery: Recovery,
+    pub journal: Journal,
+}
+
+/// Load the API records from `dir`: the snapshot, recovering as the module docs say, then
+/// the journal's lines above its sequence; a replayed journal is saved as a snapshot and
+/// cleared (kept if that save fails: it is replayed again next time). Errors only when the
 /// damaged file cannot even be set aside (then starting would lose it for good).
-pub fn load(dir: &Path) -> Result<(RecordSet, Recovery)> {
+pub fn load(dir: &Path) -> Result<Loaded> {
+    let (set, seq, recovery) = load_snapshot(dir)?;
+    let mut records = Records::default();
+    records.set_api(set);
+    let replayed = journal::replay(dir, seq, &mut records);
+    let set = records.api_set();
+    if replayed.found {
+        match save(dir, &set, replayed.seq) {
+            Ok(()) => journal::clear(dir),
+            Err(e) => {
+                tracing::warn!(err = %e, "cannot save the replayed records; the journal is kept and replayed again at the next start")
+            }
+        }
+    }
+    let journal = Journal::open(dir, replayed.seq, replayed.note);
+    Ok(Loaded {
+        set,
+        recovery,
+        journal,
+    })
+}
+
+fn load_snapshot(dir: &Path) -> Result<(RecordSet, u64, Recovery)> {
     let path = dir.join(FILE);
     let why = match parse(&path) {
-        Ok(set) => return Ok((set.unwrap_or_default(), Recovery::Clean)),
+        Ok(got) => {
+            let (set, seq) = got.unwrap_or_default();
+            return Ok((set, seq, Recovery::Clean));
+        }
         Err(why) => why,
     };
     let secs = std::time::SystemTime::now()
@@ -94,14 +151,14 @@ pub fn load(dir: &Path) -> Result<(RecordSet, Recovery)> {
     statedir::sync_dir(dir);
     let prev = dir.join(PREV);
     let recovery = match parse(&prev) {
-        Ok(Some(set)) => {
+        Ok(Some((set, seq))) => {
             let r = Recovery::FromPrevious { bad, why };
             tracing::error!("{}", r.note().unwrap_or_default());
             // The previous copy becomes the file again, so the next start finds it.
-            if let Err(e) = save(dir, &set) {
+            if let Err(e) = save(dir, &set, seq) {
                 tracing::warn!(err = %e, "cannot write {FILE} back from {PREV}");
             }
-            return Ok((set, r));
+            return Ok((set, seq, r));
         }
         Ok(None) => Recovery::Lost { bad, why },
         Err(prev_why) => Recovery::Lost {
@@ -110,13 +167,18 @@ pub fn load(dir: &Path) -> Result<(RecordSet, Recovery)> {
         },
     };
     tracing::error!("{}", recovery.note().unwrap_or_default());
-    Ok((RecordSet::default(), recovery))
+    Ok((RecordSet::default(), 0, recovery))
 }
 
-/// Write `set` as `dir/records.json` now (atomically, durably), keeping the file it replaces
-/// as `records.json.prev`.
-pub fn save(dir: &Path, set: &RecordSet) -> Result<()> {
-    let text = serde_json::to_vec_pretty(set).map_err(|e| Error::Invalid(e.to_string()))?;
+/// Write `set` as `dir/records.json` now (atomically, durably), with the last journal
+/// sequence it includes, keeping the file it replaces as `records.json.prev`.
+pub fn save(dir: &Path, set: &RecordSet, journal_seq: u64) -> Result<()> {
+    let snap = SnapshotOut {
+        journal_seq,
+        routers: &set.routers,
+        networks: &set.networks,
+    };
+    let text = serde_json::to_vec_pretty(&snap).map_err(|e| Error::Invalid(e.to_string()))?;
     let path = dir.join(FILE);
     if path.is_file() {
         // A hard link under a temp name, renamed over the old copy: atomic, and the current
@@ -274,97 +336,5 @@ impl Saver {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::records::Router;
-
-    fn dir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("ns-persist-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        statedir::prepare(&d).expect("mkdir");
-        d
-    }
-
-    fn set(ids: &[&str]) -> RecordSet {
-        RecordSet {
-            routers: ids
-                .iter()
-                .map(|id| Router {
-                    id: (*id).into(),
-                    netns: None,
-                    ha_state: None,
-                    distributed: false,
-                })
-                .collect(),
-            networks: Vec::new(),
-        }
-    }
-
-    #[test]
-    fn failed_save_leaves_no_temp_file() {
-        let d = dir("fail");
-        // The target's name is taken by a non-empty directory: the rename fails.
-        std::fs::create_dir_all(d.join(FILE).join("x")).expect("mkdir");
-        assert!(save(&d, &RecordSet::default()).is_err());
-        assert!(!d.join(format!(".{FILE}.tmp")).exists(), "temp file left");
-        let _ = std::fs::remove_dir_all(&d);
-    }
-
-    #[test]
-    fn each_save_keeps_the_previous_good_copy() {
-        let d = dir("prev");
-        save(&d, &set(&["a"])).expect("save");
-        assert!(!d.join(PREV).exists(), "nothing to keep on the first save");
-        save(&d, &set(&["a", "b"])).expect("save");
-        assert_eq!(load(&d).expect("load"), (set(&["a", "b"]), Recovery::Clean));
-        let prev = RecordSet::load(&d.join(PREV)).expect("prev");
-        assert_eq!(prev, set(&["a"]));
-        let _ = std::fs::remove_dir_all(&d);
-    }
-
-    /// Issue "hardening" item 9: an empty or truncated file after a power loss.
-    #[test]
-    fn a_damaged_file_is_set_aside_and_the_previous_copy_loaded() {
-        for damage in ["", "{\"routers\": [{\"id\": \"a\"}, {\"id"] {
-            let d = dir("damaged");
-            save(&d, &set(&["a"])).expect("save");
-            save(&d, &set(&["a", "b"])).expect("save");
-            std::fs::write(d.join(FILE), damage).expect("damage");
-            let (got, rec) = load(&d).expect("load");
-            assert_eq!(got, set(&["a"]), "the previous copy");
-            let Recovery::FromPrevious { bad, .. } = &rec else {
-                panic!("{rec:?}")
-            };
-            assert_eq!(std::fs::read_to_string(bad).expect("set aside"), damage);
-            assert!(rec.note().expect("note").contains("records.json.bad-"));
-            assert!(!rec.records_lost());
-            // Written back: the next start loads it cleanly.
-            assert_eq!(load(&d).expect("again"), (set(&["a"]), Recovery::Clean));
-            let _ = std::fs::remove_dir_all(&d);
-        }
-    }
-
-    #[test]
-    fn a_damaged_file_without_a_previous_copy_starts_empty_and_says_records_are_lost() {
-        let d = dir("lost");
-        std::fs::write(d.join(FILE), "{\"routers\": [").expect("damage");
-        let (got, rec) = load(&d).expect("load");
-        assert_eq!(got, RecordSet::default());
-        assert!(rec.records_lost(), "{rec:?}");
-        assert!(rec.note().expect("note").contains("none is stopped"));
-        assert!(!d.join(FILE).exists(), "set aside");
-        let _ = std::fs::remove_dir_all(&d);
-    }
-
-    #[test]
-    fn a_symlink_in_place_of_the_file_is_not_followed() {
-        let d = dir("link");
-        let target = d.join("elsewhere.json");
-        std::fs::write(&target, "{\"routers\": []}").expect("target");
-        std::os::unix::fs::symlink(&target, d.join(FILE)).expect("symlink");
-        let (got, rec) = load(&d).expect("load");
-        assert_eq!(got, RecordSet::default());
-        assert!(rec.records_lost(), "{rec:?}");
-        let _ = std::fs::remove_dir_all(&d);
-    }
-}
+#[path = "persist_tests.rs"]
+mod tests;

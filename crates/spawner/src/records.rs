@@ -142,14 +142,37 @@ fn merge_id(body_id: &mut String, path_id: &str) -> Result<()> {
     Ok(())
 }
 
-/// The shape of the static records file and of `records.json`.
+/// The shape of the static records file and of `records.json` (as read: [`RecordFile`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "RecordFile")]
 pub struct RecordSet {
     #[serde(default)]
     pub routers: Vec<Router>,
     #[serde(default)]
     pub networks: Vec<Network>,
+}
+
+/// A records file as read: the records and, in `records.json`, the last journal sequence
+/// they include (`persist.rs`; 0 when absent, ignored in the static records file, so a copy
+/// of `records.json` can serve as one).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RecordFile {
+    #[serde(default)]
+    pub journal_seq: u64,
+    #[serde(default)]
+    pub routers: Vec<Router>,
+    #[serde(default)]
+    pub networks: Vec<Network>,
+}
+
+impl From<RecordFile> for RecordSet {
+    fn from(f: RecordFile) -> RecordSet {
+        RecordSet {
+            routers: f.routers,
+            networks: f.networks,
+        }
+    }
 }
 
 impl RecordSet {
@@ -163,15 +186,48 @@ impl RecordSet {
     pub fn parse(text: &[u8], path: &Path) -> Result<RecordSet> {
         let set: RecordSet = serde_json::from_slice(text)
             .map_err(|e| Error::BadRecord(format!("{}: {e}", path.display())))?;
-        for r in &set.routers {
+        set.check(path)?;
+        Ok(set)
+    }
+
+    /// Validate every record; errors name `path`.
+    pub fn check(&self, path: &Path) -> Result<()> {
+        for r in &self.routers {
             r.validate()
                 .map_err(|e| Error::BadRecord(format!("{}: router: {e}", path.display())))?;
         }
-        for n in &set.networks {
+        for n in &self.networks {
             n.validate()
                 .map_err(|e| Error::BadRecord(format!("{}: network: {e}", path.display())))?;
         }
-        Ok(set)
+        Ok(())
+    }
+}
+
+/// A change to the API records, as the control API asks for it; also a line of the
+/// write-ahead journal (`journal.rs`), so its JSON shape is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    /// Add or replace a router made through the API.
+    PutRouter(Router),
+    /// Remove an API router.
+    RemoveRouter(String),
+    /// Add or replace a network made through the API.
+    PutNetwork(Network),
+    /// Remove an API network.
+    RemoveNetwork(String),
+}
+
+impl Change {
+    /// Validate ids and names, as the API did before accepting it (a journal line is read
+    /// back from disk, so it is checked again).
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Change::PutRouter(r) => r.validate(),
+            Change::PutNetwork(n) => n.validate(),
+            Change::RemoveRouter(id) | Change::RemoveNetwork(id) => Ok(validate_id(id)?),
+        }
     }
 }
 
@@ -228,6 +284,33 @@ impl Records {
                 .map(|(k, v)| (k.clone(), v.clone())),
         );
         out
+    }
+
+    /// Apply a change to the API records; false when it removes an id that is not there
+    /// (nothing changed).
+    pub fn apply(&mut self, change: Change) -> bool {
+        match change {
+            Change::PutRouter(r) => {
+                self.api_routers.insert(r.id.clone(), r);
+                true
+            }
+            Change::RemoveRouter(id) => self.api_routers.remove(&id).is_some(),
+            Change::PutNetwork(n) => {
+                self.api_networks.insert(n.id.clone(), n);
+                true
+            }
+            Change::RemoveNetwork(id) => self.api_networks.remove(&id).is_some(),
+        }
+    }
+
+    /// The API records of `set` (as loaded from `records.json`).
+    pub fn set_api(&mut self, set: RecordSet) {
+        self.api_routers = set.routers.into_iter().map(|r| (r.id.clone(), r)).collect();
+        self.api_networks = set
+            .networks
+            .into_iter()
+            .map(|n| (n.id.clone(), n))
+            .collect();
     }
 
     /// The API records, for persisting.
@@ -330,7 +413,7 @@ mod tests {
         );
         assert_eq!(n.ports[0].fixed_ips[0].subnet_id.as_deref(), Some("s1"));
         // Saved again in the new shape, it still loads to the same records.
-        crate::persist::save(p.parent().expect("dir"), &set).expect("save");
+        crate::persist::save(p.parent().expect("dir"), &set, 0).expect("save");
         assert_eq!(RecordSet::load(&p).expect("reload"), set);
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
@@ -492,7 +575,7 @@ mod tests {
             }],
             networks: vec![],
         };
-        crate::persist::save(p.parent().expect("dir"), &set).expect("save");
+        crate::persist::save(p.parent().expect("dir"), &set, 0).expect("save");
         assert_eq!(RecordSet::load(&p).expect("load"), set);
         std::fs::write(&p, br#"{"routers":[{"id":"../x"}]}"#).expect("write");
         assert!(RecordSet::load(&p).is_err());

@@ -13,12 +13,14 @@ use crate::adopt::{has_pair, judge, open_proven, unmanaged, Stale, Verdict};
 use crate::agent_probe::{self, AgentStatus};
 use crate::config::{Config, ProxyModel};
 use crate::decide::{self, ProxySpec};
+use crate::journal::{self, Journal};
 use crate::launch::{proxy_args, Running};
 use crate::persist;
 use crate::pidfile;
 use crate::platform::Platform;
 pub use crate::proxy_task::Restarted;
 use crate::proxy_task::{proxy_task, RestartReply, Start, Task};
+pub use crate::records::Change;
 use crate::records::{Network, RecordSet, Records, Router};
 use crate::shared_model::{RetiredServers, SharedServer, SharedServers};
 use crate::shared_task::namespace_task;
@@ -26,22 +28,10 @@ use crate::status::Status;
 pub use crate::status::{ProxyStatus, State};
 use crate::Error;
 
-/// A change to the records, as the control API and the event sources ask for it.
-#[derive(Debug, Clone)]
-pub enum Change {
-    /// Add or replace a router made through the API.
-    PutRouter(Router),
-    /// Remove an API router.
-    RemoveRouter(String),
-    /// Add or replace a network made through the API.
-    PutNetwork(Network),
-    /// Remove an API network.
-    RemoveNetwork(String),
-}
-
 /// What a change did: whether it found something (a removal of an unknown id does not),
-/// and whether `records.json` was saved (the change is in effect either way; unsaved, it
-/// is lost when the spawner restarts).
+/// and whether it was saved: its line written to the journal, or, for a supervisor without
+/// a journal, the last `records.json` save good (the change is in effect either way;
+/// unsaved, it is lost when the spawner restarts).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
     pub found: bool,
@@ -150,6 +140,9 @@ struct Inner<P> {
     agent: Mutex<Option<AgentStatus>>,
     /// The debounced writer of `records.json`.
     saver: persist::Saver,
+    /// The write-ahead journal of API changes (`journal.rs`), set by the daemon after
+    /// loading; locked only while `records` is held, so lines are in the order of changes.
+    journal: Mutex<Option<Journal>>,
     /// What loading `records.json` found at start.
     recovery: Mutex<persist::Recovery>,
     /// The shared server (`proxy_model = shared`), started by the first reconcile.
@@ -180,6 +173,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Write a snapshot copy (the records and, with a journal, the sequence they include); once
+/// written, the journal lines rotated for it are removed.
+fn save_snapshot(dir: &std::path::Path, (set, seq): (RecordSet, Option<u64>)) -> crate::Result<()> {
+    persist::save(dir, &set, seq.unwrap_or(0))?;
+    if seq.is_some() {
+        journal::remove_old(dir);
+    }
+    Ok(())
+}
+
 impl<P: Platform> Supervisor<P> {
     /// A supervisor with the given records (API records and file records already loaded).
     pub fn new(platform: P, cfg: Config, records: Records) -> Supervisor<P> {
@@ -196,6 +199,7 @@ impl<P: Platform> Supervisor<P> {
                 reconciles: std::sync::atomic::AtomicU64::new(0),
                 agent: Mutex::new(None),
                 saver: persist::Saver::default(),
+                journal: Mutex::new(None),
                 recovery: Mutex::new(persist::Recovery::Clean),
                 shared: tokio::sync::OnceCell::new(),
                 retired: tokio::sync::OnceCell::new(),
@@ -248,10 +252,15 @@ impl<P: Platform> Supervisor<P> {
     /// coming; on a runtime, from a blocking thread; without one (tests), right here.
     fn spawn_saver(&self) {
         let sup = self.clone();
+        // The copy and the journal's rotation under the records lock: the lines moved to
+        // `.old` are exactly the changes in this copy (journal.rs).
         let save_once = move |sup: &Supervisor<P>| {
             let gen = sup.inner.saver.begin();
-            let set = lock(&sup.inner.records).api_set();
-            (gen, set, sup.config().state_dir.clone())
+            let records = lock(&sup.inner.records);
+            let set = records.api_set();
+            let seq = lock(&sup.inner.journal).as_mut().map(Journal::rotate);
+            drop(records);
+            (gen, (set, seq), sup.config().state_dir.clone())
         };
         match tokio::runtime::Handle::try_current() {
             Ok(h) => {
@@ -260,7 +269,7 @@ impl<P: Platform> Supervisor<P> {
                     loop {
                         tokio::time::sleep(wait).await;
                         let (gen, set, dir) = save_once(&sup);
-                        let r = tokio::task::spawn_blocking(move || persist::save(&dir, &set))
+                        let r = tokio::task::spawn_blocking(move || save_snapshot(&dir, set))
                             .await
                             .unwrap_or_else(|e| Err(Error::Invalid(format!("save task: {e}"))));
                         wait = match sup.inner.saver.finish(gen, &r) {
@@ -273,7 +282,7 @@ impl<P: Platform> Supervisor<P> {
             }
             Err(_) => loop {
                 let (gen, set, dir) = save_once(&sup);
-                let r = persist::save(&dir, &set);
+                let r = save_snapshot(&dir, set);
                 match sup.inner.saver.finish(gen, &r) {
                     persist::After::Done => break,
                     persist::After::Again => {}
@@ -302,31 +311,45 @@ impl<P: Platform> Supervisor<P> {
         *lock(&self.inner.recovery) = r;
     }
 
+    /// From now on every API change is written to `journal` before it is answered (the
+    /// daemon, after loading; without one, only the debounced snapshot saves changes).
+    pub fn set_journal(&self, journal: Journal) {
+        let _records = lock(&self.inner.records);
+        *lock(&self.inner.journal) = Some(journal);
+    }
+
     /// The state of `records.json`, for the status.
     pub fn records_state(&self) -> RecordsState {
+        let recovery = lock(&self.inner.recovery).note();
+        let replay = lock(&self.inner.journal)
+            .as_ref()
+            .and_then(|j| j.note().map(str::to_owned));
         RecordsState {
             save_error: self.inner.saver.error(),
-            recovery: lock(&self.inner.recovery).note(),
+            recovery: match (recovery, replay) {
+                (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+                (a, b) => a.or(b),
+            },
         }
     }
 
-    /// Apply a change to the API records, persist them, and trigger a reconcile.
+    /// Apply a change to the API records, write it to the journal, have the snapshot saved,
+    /// and trigger a reconcile.
     pub fn apply(&self, change: Change) -> Applied {
-        let (found, failed) = self.update_records(true, |rec| match change {
-            Change::PutRouter(r) => {
-                rec.api_routers.insert(r.id.clone(), r);
-                true
+        let ((found, logged), failed) = self.update_records(true, |rec| {
+            let line = change.clone();
+            if !rec.apply(change) {
+                return (false, None);
             }
-            Change::RemoveRouter(id) => rec.api_routers.remove(&id).is_some(),
-            Change::PutNetwork(n) => {
-                rec.api_networks.insert(n.id.clone(), n);
-                true
-            }
-            Change::RemoveNetwork(id) => rec.api_networks.remove(&id).is_some(),
+            // Under the records lock: the journal's order is the order of the changes.
+            let logged = lock(&self.inner.journal)
+                .as_mut()
+                .map(|j| j.append(&line).map(drop).map_err(|e| e.to_string()));
+            (true, logged)
         });
         Applied {
             found,
-            saved: failed.map_or(Ok(()), Err),
+            saved: logged.unwrap_or_else(|| failed.map_or(Ok(()), Err)),
         }
     }
 

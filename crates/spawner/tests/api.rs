@@ -336,6 +336,76 @@ async fn stalled_control_clients_are_closed_and_do_not_block_others() {
     assert_eq!(closed, vec![true, true], "stalled clients closed");
 }
 
+/// With the journal (as the daemon runs): a change whose line cannot be appended (here a
+/// link planted in the journal's place, never followed) is in effect but answered 500
+/// "not saved", naming the journal; the link's target is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_the_journal_cannot_take_is_answered_not_saved() {
+    let dir = TempDir::new("api-journal").reaping();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "keep").expect("victim");
+    std::os::unix::fs::symlink(&victim, dir.path().join("records.journal")).expect("symlink");
+    let s = server(&dir);
+    s.sup
+        .set_journal(ns_metadata_spawner::journal::Journal::open(
+            dir.path(),
+            0,
+            None,
+        ));
+    let (st, body) = req(&s, Method::PUT, "/v1/routers/r-nojournal", Some("{}")).await;
+    assert_eq!(st, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    let why = reason(body.as_bytes());
+    assert!(
+        why.contains("not saved") && why.contains("records.journal"),
+        "{why}"
+    );
+    assert!(
+        s.sup.records().api_routers.contains_key("r-nojournal"),
+        "in effect"
+    );
+    assert_eq!(std::fs::read_to_string(&victim).expect("victim"), "keep");
+}
+
+/// Only API changes are journaled, one line each in order: an auto-enabled router, a file
+/// record and a removal of an unknown id write nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_api_changes_are_journaled() {
+    let dir = TempDir::new("api-journal-only").reaping();
+    let s = server(&dir);
+    s.sup
+        .set_journal(ns_metadata_spawner::journal::Journal::open(
+            dir.path(),
+            0,
+            None,
+        ));
+    s.sup.set_auto_router("r-auto", true);
+    s.sup.set_file_records(RecordSet {
+        routers: vec![router("r-file")],
+        networks: vec![],
+    });
+    let (st, _) = req(&s, Method::DELETE, "/v1/routers/r-unknown", None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    for (m, want) in [
+        (Method::PUT, StatusCode::OK),
+        (Method::DELETE, StatusCode::NO_CONTENT),
+    ] {
+        let (st, body) = req(&s, m, "/v1/routers/r-api", Some("{}")).await;
+        assert_eq!(st, want, "{body}");
+    }
+    let text = std::fs::read_to_string(dir.path().join("records.journal")).expect("journal");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(
+        (lines[0]["seq"].as_u64(), lines[1]["seq"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert_eq!(lines[0]["change"]["put_router"]["id"], "r-api", "{text}");
+    assert_eq!(lines[1]["change"]["remove_router"], "r-api", "{text}");
+}
+
 /// A change that cannot be saved to records.json (full or read-only state dir) is reported
 /// loudly: saving is debounced, so the change that meets the full disk is answered first;
 /// then the status names the failure and every later change gets 500 naming the file,
