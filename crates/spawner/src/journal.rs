@@ -9,14 +9,19 @@
 //!   line is in the page cache, which outlives the process. A power loss keeps the last
 //!   fsynced `records.json` and whatever lines the kernel had written back.
 //! - A save takes its copy of the records and rotates the journal under the records lock:
-//!   `records.journal` → `records.journal.old`, later appends go to a fresh file; the
-//!   snapshot records the last sequence it includes, and `.old` is removed once it is
-//!   written. While an `.old` is left (its snapshot failed), the journal is not rotated
-//!   again; its lines the next snapshot includes are skipped when read, by their sequence.
-//! - Replay at start ([`replay`]): `.old`, then the journal, only lines above the snapshot's
-//!   sequence, in order. A last line without its newline (cut by the death) is ignored with
-//!   a warning; a line that does not parse stops the replay there, and the files not fully
-//!   replayed are set aside as `<name>.bad-<unix seconds>`, never a crash loop.
+//!   `records.journal` → `records.journal.old`, later appends go to a fresh file, and `.old`
+//!   is removed once the snapshot is written. While an `.old` is left (its snapshot failed),
+//!   the journal is not rotated again.
+//! - Replay at start ([`replay`]): `.old`, then the journal, in order, onto the snapshot.
+//!   Some of the lines may be in the snapshot already (a death after the snapshot was
+//!   written but before `.old` was removed, or a journal not rotated): applying them again
+//!   is harmless, since a change puts or removes one record by its id, so the same changes
+//!   applied again in order end in the same records. The snapshot therefore need not say
+//!   which lines it has, and `records.json` keeps the format an older spawner reads. A line
+//!   whose sequence is not above the last one applied is skipped (a duplicate). A last line
+//!   without its newline (cut by the death) is ignored with a warning; a line that does not
+//!   parse stops the replay there, and the files not fully replayed are set aside as
+//!   `<name>.bad-<unix seconds>`, never a crash loop.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -178,9 +183,10 @@ impl Journal {
     }
 
     /// A save takes its copy of the records (under the records lock): move the journal's
-    /// lines aside to `.old` so that appends from now on go to a fresh file. The sequence the
-    /// copy includes. Not rotated while an `.old` is left (its snapshot failed): the
-    /// journal's lines that this snapshot includes are then skipped by their sequence.
+    /// lines aside to `.old` so that appends from now on go to a fresh file. The sequence of
+    /// the last line the copy includes. Not rotated while an `.old` is left (its snapshot
+    /// failed): the journal's lines that this snapshot includes are then replayed again if
+    /// the spawner dies, which is harmless (module docs).
     pub fn rotate(&mut self) -> u64 {
         if self.file.is_none() || (self.len == 0 && !self.torn) {
             return self.seq;
@@ -223,7 +229,7 @@ fn remove(p: &Path) {
 /// What [`replay`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Replayed {
-    /// The last sequence applied, or the snapshot's.
+    /// The last sequence applied (0: none).
     pub seq: u64,
     /// Lines applied.
     pub applied: usize,
@@ -242,13 +248,10 @@ enum Bad {
     Line(usize, String),
 }
 
-/// Apply the lines of `.old` and the journal above sequence `from` to `records`, in order
-/// (module docs). Never fails: what cannot be read is set aside and said in the note.
-pub fn replay(dir: &Path, from: u64, records: &mut Records) -> Replayed {
-    let mut out = Replayed {
-        seq: from,
-        ..Replayed::default()
-    };
+/// Apply the lines of `.old` and the journal to `records`, in order (module docs). Never
+/// fails: what cannot be read is set aside and said in the note.
+pub fn replay(dir: &Path, records: &mut Records) -> Replayed {
+    let mut out = Replayed::default();
     let names = [OLD, FILE];
     for (i, name) in names.iter().enumerate() {
         let path = dir.join(name);
@@ -317,7 +320,7 @@ fn apply_lines(
             .validate()
             .map_err(|e| Bad::Line(i + 1, e.to_string()))?;
         if parsed.seq <= out.seq {
-            continue; // in the snapshot already
+            continue; // a duplicate of a line applied already
         }
         records.apply(parsed.change);
         out.seq = parsed.seq;

@@ -6,25 +6,26 @@
 //! snapshot [`SAVE_DELAY`] later from a blocking thread, so a burst of changes costs one
 //! write and no change waits for an fsync. Auto-enabled routers are not API records and
 //! never cause a write. Each save keeps the file it replaces as `records.json.prev` (a hard
-//! link, taken before the atomic rename), the previous good copy. The snapshot records the
-//! last journal sequence it includes (`journal_seq`).
+//! link, taken before the atomic rename), the previous good copy. The file is what it was
+//! before the journal (an older spawner reads it): which journal lines a snapshot includes
+//! need not be known, since replaying a line the snapshot has already is harmless (a change
+//! puts or removes one record by its id, so applying the same changes again, in order,
+//! ends in the same records).
 //!
 //! Loading (item 9): an empty or truncated `records.json` (power loss) must not crash-loop
 //! the spawner under systemd. A file that does not parse is set aside as
 //! `records.json.bad-<unix seconds>` (named in the log), the previous copy is loaded instead,
 //! and if there is none the spawner starts without API records, in a mode that stops nothing
-//! it finds running; the status says so. Then the journal's lines above the snapshot's
-//! sequence are replayed, and if there was a journal the result is saved as a snapshot and
+//! it finds running; the status says so. Then the journal's lines are replayed (`.old`, then
+//! the journal, in order), and if there was a journal the result is saved as a snapshot and
 //! the journal cleared.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use serde::Serialize;
-
 use crate::journal::{self, Journal};
-use crate::records::{Network, RecordFile, RecordSet, Records, Router};
+use crate::records::{RecordSet, Records};
 use crate::{statedir, Error, Result};
 
 /// The file, in the state dir.
@@ -75,28 +76,15 @@ impl Recovery {
     }
 }
 
-/// `records.json` as written: the API records and the last journal sequence they include.
-#[derive(Serialize)]
-struct SnapshotOut<'a> {
-    journal_seq: u64,
-    routers: &'a [Router],
-    networks: &'a [Network],
-}
-
-/// The records in `path` and the journal sequence they include; `None` when absent.
-fn parse(path: &Path) -> std::result::Result<Option<(RecordSet, u64)>, String> {
-    let bytes = match statedir::read_nofollow(path, MAX_BYTES) {
-        Ok(None) => return Ok(None),
-        Ok(Some(bytes)) => bytes,
-        Err(e) => return Err(e.to_string()),
-    };
-    // A file of the previous release has no `journal_seq`: 0, every journal line is newer.
-    let file: RecordFile =
-        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-    let seq = file.journal_seq;
-    let set = RecordSet::from(file);
-    set.check(path).map_err(|e| e.to_string())?;
-    Ok(Some((set, seq)))
+/// The records in `path`; `None` when absent.
+fn parse(path: &Path) -> std::result::Result<Option<RecordSet>, String> {
+    match statedir::read_nofollow(path, MAX_BYTES) {
+        Ok(None) => Ok(None),
+        Ok(Some(bytes)) => RecordSet::parse(&bytes, path)
+            .map(Some)
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// What loading found: the API records, how `records.json` was recovered, and the journal
@@ -109,17 +97,17 @@ pub struct Loaded {
 }
 
 /// Load the API records from `dir`: the snapshot, recovering as the module docs say, then
-/// the journal's lines above its sequence; a replayed journal is saved as a snapshot and
+/// the journal's lines; a replayed journal is saved as a snapshot and
 /// cleared (kept if that save fails: it is replayed again next time). Errors only when the
 /// damaged file cannot even be set aside (then starting would lose it for good).
 pub fn load(dir: &Path) -> Result<Loaded> {
-    let (set, seq, recovery) = load_snapshot(dir)?;
+    let (set, recovery) = load_snapshot(dir)?;
     let mut records = Records::default();
     records.set_api(set);
-    let replayed = journal::replay(dir, seq, &mut records);
+    let replayed = journal::replay(dir, &mut records);
     let set = records.api_set();
     if replayed.found {
-        match save(dir, &set, replayed.seq) {
+        match save(dir, &set) {
             Ok(()) => journal::clear(dir),
             Err(e) => {
                 tracing::warn!(err = %e, "cannot save the replayed records; the journal is kept and replayed again at the next start")
@@ -134,13 +122,10 @@ pub fn load(dir: &Path) -> Result<Loaded> {
     })
 }
 
-fn load_snapshot(dir: &Path) -> Result<(RecordSet, u64, Recovery)> {
+fn load_snapshot(dir: &Path) -> Result<(RecordSet, Recovery)> {
     let path = dir.join(FILE);
     let why = match parse(&path) {
-        Ok(got) => {
-            let (set, seq) = got.unwrap_or_default();
-            return Ok((set, seq, Recovery::Clean));
-        }
+        Ok(got) => return Ok((got.unwrap_or_default(), Recovery::Clean)),
         Err(why) => why,
     };
     let secs = std::time::SystemTime::now()
@@ -151,14 +136,14 @@ fn load_snapshot(dir: &Path) -> Result<(RecordSet, u64, Recovery)> {
     statedir::sync_dir(dir);
     let prev = dir.join(PREV);
     let recovery = match parse(&prev) {
-        Ok(Some((set, seq))) => {
+        Ok(Some(set)) => {
             let r = Recovery::FromPrevious { bad, why };
             tracing::error!("{}", r.note().unwrap_or_default());
             // The previous copy becomes the file again, so the next start finds it.
-            if let Err(e) = save(dir, &set, seq) {
+            if let Err(e) = save(dir, &set) {
                 tracing::warn!(err = %e, "cannot write {FILE} back from {PREV}");
             }
-            return Ok((set, seq, r));
+            return Ok((set, r));
         }
         Ok(None) => Recovery::Lost { bad, why },
         Err(prev_why) => Recovery::Lost {
@@ -167,18 +152,13 @@ fn load_snapshot(dir: &Path) -> Result<(RecordSet, u64, Recovery)> {
         },
     };
     tracing::error!("{}", recovery.note().unwrap_or_default());
-    Ok((RecordSet::default(), 0, recovery))
+    Ok((RecordSet::default(), recovery))
 }
 
-/// Write `set` as `dir/records.json` now (atomically, durably), with the last journal
-/// sequence it includes, keeping the file it replaces as `records.json.prev`.
-pub fn save(dir: &Path, set: &RecordSet, journal_seq: u64) -> Result<()> {
-    let snap = SnapshotOut {
-        journal_seq,
-        routers: &set.routers,
-        networks: &set.networks,
-    };
-    let text = serde_json::to_vec_pretty(&snap).map_err(|e| Error::Invalid(e.to_string()))?;
+/// Write `set` as `dir/records.json` now (atomically, durably), keeping the file it replaces
+/// as `records.json.prev`.
+pub fn save(dir: &Path, set: &RecordSet) -> Result<()> {
+    let text = serde_json::to_vec_pretty(set).map_err(|e| Error::Invalid(e.to_string()))?;
     let path = dir.join(FILE);
     if path.is_file() {
         // A hard link under a temp name, renamed over the old copy: atomic, and the current

@@ -70,7 +70,7 @@ fn failed_save_leaves_no_temp_file() {
     let d = dir("fail");
     // The target's name is taken by a non-empty directory: the rename fails.
     std::fs::create_dir_all(d.join(FILE).join("x")).expect("mkdir");
-    assert!(save(&d, &RecordSet::default(), 0).is_err());
+    assert!(save(&d, &RecordSet::default()).is_err());
     assert!(!d.join(format!(".{FILE}.tmp")).exists(), "temp file left");
     let _ = std::fs::remove_dir_all(&d);
 }
@@ -78,12 +78,12 @@ fn failed_save_leaves_no_temp_file() {
 #[test]
 fn each_save_keeps_the_previous_good_copy() {
     let d = dir("prev");
-    save(&d, &set(&["a"]), 0).expect("save");
+    save(&d, &set(&["a"])).expect("save");
     assert!(!d.join(PREV).exists(), "nothing to keep on the first save");
-    save(&d, &set(&["a", "b"]), 0).expect("save");
+    save(&d, &set(&["a", "b"])).expect("save");
     assert_eq!(loaded(&d), (set(&["a", "b"]), Recovery::Clean));
     let prev = parse(&d.join(PREV)).expect("prev").expect("there");
-    assert_eq!(prev, (set(&["a"]), 0));
+    assert_eq!(prev, set(&["a"]));
     let _ = std::fs::remove_dir_all(&d);
 }
 
@@ -92,8 +92,8 @@ fn each_save_keeps_the_previous_good_copy() {
 fn a_damaged_file_is_set_aside_and_the_previous_copy_loaded() {
     for damage in ["", "{\"routers\": [{\"id\": \"a\"}, {\"id"] {
         let d = dir("damaged");
-        save(&d, &set(&["a"]), 0).expect("save");
-        save(&d, &set(&["a", "b"]), 0).expect("save");
+        save(&d, &set(&["a"])).expect("save");
+        save(&d, &set(&["a", "b"])).expect("save");
         std::fs::write(d.join(FILE), damage).expect("damage");
         let (got, rec) = loaded(&d);
         assert_eq!(got, set(&["a"]), "the previous copy");
@@ -133,42 +133,55 @@ fn a_symlink_in_place_of_the_file_is_not_followed() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
-/// `.old` then the journal, in order, only the lines above the snapshot's sequence; the
-/// result is saved as a snapshot with the last sequence and the journal cleared, and the
-/// next line gets the next sequence.
+/// `.old` then the journal, in order, onto the snapshot, whether or not the snapshot has
+/// the `.old` lines already (applying them again is harmless: the same records either way);
+/// the result is saved as a snapshot (in the format an older spawner reads), the journal
+/// cleared, and the next line gets the next sequence.
 #[test]
-fn replay_applies_old_then_journal_above_the_snapshot_sequence() {
-    let d = dir("replay");
-    save(&d, &set(&["a"]), 2).expect("save");
-    // Lines 1 and 2 are in the snapshot: not applied again (x never comes back, a stays).
+fn replay_applies_old_then_journal_whether_or_not_the_snapshot_has_them() {
     let old =
         line(1, &put("x")) + &line(2, &Change::RemoveRouter("x".into())) + &line(3, &put("b"));
-    std::fs::write(d.join(journal::OLD), old).expect("old");
-    let cur = line(1, &Change::RemoveRouter("a".into()))
-        + &line(4, &put("c"))
-        + &line(5, &Change::RemoveRouter("b".into()))
-        + &line(6, &Change::PutRouter(router("a", Some("elsewhere"))));
-    std::fs::write(d.join(journal::FILE), cur).expect("journal");
-    let l = load(&d).expect("load");
-    assert_eq!(ids(&l.set), ["a", "c"]);
-    assert_eq!(
-        l.set.routers[0].netns.as_deref(),
-        Some("elsewhere"),
-        "line 6 last"
-    );
-    assert_eq!(l.recovery, Recovery::Clean);
-    assert_eq!(l.journal.seq(), 6);
-    assert_eq!(l.journal.note(), None);
-    assert!(!d.join(journal::OLD).exists(), "cleared");
-    let fresh = std::fs::read(d.join(journal::FILE)).expect("a fresh journal");
-    assert!(fresh.is_empty(), "cleared");
-    let (snap, seq) = parse(&d.join(FILE)).expect("snapshot").expect("there");
-    assert_eq!((ids(&snap), seq), (vec!["a", "c"], 6));
-    let mut j = l.journal;
-    assert_eq!(j.append(&put("d")).expect("append"), 7);
-    let text = std::fs::read_to_string(d.join(journal::FILE)).expect("journal");
-    assert_eq!(text, line(7, &put("d")));
-    let _ = std::fs::remove_dir_all(&d);
+    let cur = line(4, &Change::RemoveRouter("a".into()))
+        + &line(5, &put("c"))
+        + &line(6, &Change::RemoveRouter("b".into()))
+        + &line(7, &Change::PutRouter(router("a", Some("elsewhere"))));
+    // The snapshot before the `.old` lines, and after them (a death before `.old` went).
+    for snapshot in [&["a"][..], &["a", "b"][..]] {
+        let d = dir("replay");
+        save(&d, &set(snapshot)).expect("save");
+        std::fs::write(d.join(journal::OLD), &old).expect("old");
+        std::fs::write(d.join(journal::FILE), &cur).expect("journal");
+        let l = load(&d).expect("load");
+        assert_eq!(ids(&l.set), ["a", "c"], "from {snapshot:?}");
+        assert_eq!(
+            l.set.routers[0].netns.as_deref(),
+            Some("elsewhere"),
+            "line 7 last"
+        );
+        assert_eq!(l.recovery, Recovery::Clean);
+        assert_eq!(l.journal.seq(), 7);
+        assert_eq!(l.journal.note(), None);
+        assert!(!d.join(journal::OLD).exists(), "cleared");
+        let fresh = std::fs::read(d.join(journal::FILE)).expect("a fresh journal");
+        assert!(fresh.is_empty(), "cleared");
+        let text = std::fs::read(d.join(FILE)).expect("snapshot");
+        let snap: serde_json::Value = serde_json::from_slice(&text).expect("json");
+        assert_eq!(
+            snap.as_object()
+                .map(|o| o.keys().cloned().collect::<Vec<_>>()),
+            Some(vec!["networks".to_owned(), "routers".to_owned()]),
+            "the records file an older spawner reads: {snap}"
+        );
+        assert_eq!(
+            ids(&parse(&d.join(FILE)).expect("parses").expect("there")),
+            ["a", "c"]
+        );
+        let mut j = l.journal;
+        assert_eq!(j.append(&put("d")).expect("append"), 8);
+        let text = std::fs::read_to_string(d.join(journal::FILE)).expect("journal");
+        assert_eq!(text, line(8, &put("d")));
+        let _ = std::fs::remove_dir_all(&d);
+    }
 }
 
 /// A last line without its newline (the spawner died in the middle of the write) is
@@ -242,7 +255,7 @@ fn a_bad_line_stops_the_replay_and_its_file_is_set_aside() {
 fn a_crash_at_any_point_of_a_save_loses_nothing() {
     // Rotated, then killed before the snapshot: `.old` and the journal hold everything.
     let d = dir("crash-rotated");
-    save(&d, &set(&["z"]), 0).expect("first snapshot");
+    save(&d, &set(&["z"])).expect("first snapshot");
     let mut j = Journal::open(&d, 0, None);
     j.append(&put("a")).expect("a");
     j.append(&Change::RemoveRouter("z".into())).expect("rm z");
@@ -253,13 +266,14 @@ fn a_crash_at_any_point_of_a_save_loses_nothing() {
     assert_eq!(loaded(&d).0, set(&["a", "b"]));
     let _ = std::fs::remove_dir_all(&d);
 
-    // Snapshot written, then killed before `.old` was removed: its lines are skipped.
+    // Snapshot written, then killed before `.old` was removed: its lines are applied again,
+    // to the same effect.
     let d = dir("crash-saved");
     let mut j = Journal::open(&d, 0, None);
     j.append(&put("a")).expect("a");
     j.append(&put("b")).expect("b");
-    let seq = j.rotate();
-    save(&d, &set(&["a", "b"]), seq).expect("snapshot");
+    assert_eq!(j.rotate(), 2);
+    save(&d, &set(&["a", "b"])).expect("snapshot");
     j.append(&Change::RemoveRouter("a".into())).expect("rm a");
     j.append(&put("c")).expect("c");
     drop(j);
@@ -271,7 +285,8 @@ fn a_crash_at_any_point_of_a_save_loses_nothing() {
 }
 
 /// An `.old` left by a failed snapshot is never overwritten by the next rotation: the
-/// journal keeps growing instead and its lines the next snapshot includes are skipped.
+/// journal keeps growing instead, and its lines the next snapshot includes are applied
+/// again at the next start, to the same effect.
 #[test]
 fn a_left_old_journal_is_not_overwritten() {
     let d = dir("left-old");
@@ -287,7 +302,7 @@ fn a_left_old_journal_is_not_overwritten() {
     );
     j.append(&put("c")).expect("c");
     // The second snapshot (lines up to 2) is written; `.old` goes, line 2 stays behind.
-    save(&d, &set(&["a", "b"]), 2).expect("snapshot");
+    save(&d, &set(&["a", "b"])).expect("snapshot");
     journal::remove_old(&d);
     drop(j);
     assert_eq!(loaded(&d).0, set(&["a", "b", "c"]));

@@ -142,37 +142,14 @@ fn merge_id(body_id: &mut String, path_id: &str) -> Result<()> {
     Ok(())
 }
 
-/// The shape of the static records file and of `records.json` (as read: [`RecordFile`]).
+/// The shape of the static records file and of `records.json`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "RecordFile")]
+#[serde(deny_unknown_fields)]
 pub struct RecordSet {
     #[serde(default)]
     pub routers: Vec<Router>,
     #[serde(default)]
     pub networks: Vec<Network>,
-}
-
-/// A records file as read: the records and, in `records.json`, the last journal sequence
-/// they include (`persist.rs`; 0 when absent, ignored in the static records file, so a copy
-/// of `records.json` can serve as one).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RecordFile {
-    #[serde(default)]
-    pub journal_seq: u64,
-    #[serde(default)]
-    pub routers: Vec<Router>,
-    #[serde(default)]
-    pub networks: Vec<Network>,
-}
-
-impl From<RecordFile> for RecordSet {
-    fn from(f: RecordFile) -> RecordSet {
-        RecordSet {
-            routers: f.routers,
-            networks: f.networks,
-        }
-    }
 }
 
 impl RecordSet {
@@ -413,7 +390,7 @@ mod tests {
         );
         assert_eq!(n.ports[0].fixed_ips[0].subnet_id.as_deref(), Some("s1"));
         // Saved again in the new shape, it still loads to the same records.
-        crate::persist::save(p.parent().expect("dir"), &set, 0).expect("save");
+        crate::persist::save(p.parent().expect("dir"), &set).expect("save");
         assert_eq!(RecordSet::load(&p).expect("reload"), set);
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
@@ -575,7 +552,7 @@ mod tests {
             }],
             networks: vec![],
         };
-        crate::persist::save(p.parent().expect("dir"), &set, 0).expect("save");
+        crate::persist::save(p.parent().expect("dir"), &set).expect("save");
         assert_eq!(RecordSet::load(&p).expect("load"), set);
         std::fs::write(&p, br#"{"routers":[{"id":"../x"}]}"#).expect("write");
         assert!(RecordSet::load(&p).is_err());

@@ -173,10 +173,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Write a snapshot copy (the records and, with a journal, the sequence they include); once
-/// written, the journal lines rotated for it are removed.
+/// Write a snapshot copy (the records and, with a journal, the sequence of its last line
+/// they include); once written, the journal lines rotated for it are removed.
 fn save_snapshot(dir: &std::path::Path, (set, seq): (RecordSet, Option<u64>)) -> crate::Result<()> {
-    persist::save(dir, &set, seq.unwrap_or(0))?;
+    persist::save(dir, &set)?;
     if seq.is_some() {
         journal::remove_old(dir);
     }
