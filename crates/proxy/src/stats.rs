@@ -6,8 +6,12 @@
 //! The shared server counts each namespace into a block of its own too: a file handed over
 //! with its listeners (`stats=1`), or a record of the one slab the spawner handed over for
 //! every namespace ([`Slab`], `stats=@N`, issue #20): the same slots at the record's base.
+//!
+//! The same mapping carries the process's heartbeat ([`Heartbeat`]): a per-namespace proxy
+//! beats in its block, the shared server in its slab's header.
 
 use std::os::unix::fs::MetadataExt as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,6 +94,67 @@ impl Slab {
             file: self.file,
         })))
     }
+
+    /// The shared server's heartbeat, in the slab's header.
+    pub fn heartbeat(&self) -> Heartbeat {
+        Heartbeat {
+            map: Arc::clone(&self.map),
+            beat: layout::SLAB_SLOT_HEARTBEAT,
+            period: layout::SLAB_SLOT_HEARTBEAT_MS,
+        }
+    }
+}
+
+/// The liveness beat the spawner watches (`[spawner] hang_timeout`;
+/// [`layout::SLOT_HEARTBEAT`]): a counter bumped by a timer task of the serving runtime, so
+/// it stops when that runtime's loop stops (a bug, a stuck syscall, a frozen process). The
+/// period is the spawner's, read from the mapping at each beat; 0 means none (no wake-up at
+/// all).
+#[derive(Debug)]
+pub struct Heartbeat {
+    map: Arc<SharedCounters>,
+    beat: usize,
+    period: usize,
+}
+
+/// One heartbeat per process: a second slab handed over does not start a second timer.
+static BEATING: AtomicBool = AtomicBool::new(false);
+
+impl Heartbeat {
+    /// Beat once now (before READY: the spawner zeroed the beat, so it sees this process
+    /// alive from its first look), then the task that beats every period, to be spawned on
+    /// the serving runtime. `None` when the spawner asked for no heartbeat, or one runs.
+    pub fn start(self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        let period = self.period()?;
+        if BEATING.swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        self.map.add(self.beat, 1);
+        Some(async move {
+            let mut period = period;
+            loop {
+                tokio::time::sleep(period).await;
+                let Some(p) = self.period() else {
+                    // Switched off: beat no more (the spawner stops watching when its
+                    // timeout is 0).
+                    BEATING.store(false, Ordering::SeqCst);
+                    return;
+                };
+                period = p;
+                self.map.add(self.beat, 1);
+            }
+        })
+    }
+
+    /// The period asked for, bounded; `None` for 0.
+    fn period(&self) -> Option<Duration> {
+        match self.map.load(self.period) {
+            0 => None,
+            ms => Some(Duration::from_millis(
+                ms.clamp(layout::HEARTBEAT_MIN_MS, layout::HEARTBEAT_MAX_MS),
+            )),
+        }
+    }
 }
 
 /// Who produced an answer, as the counters see it.
@@ -155,7 +220,8 @@ impl Stats {
                 layout::BLOCK_SIZE
             ));
         }
-        let block = SharedCounters::map(file, layout::SLOTS).map_err(|e| format!("mmap: {e}"))?;
+        let block = SharedCounters::map(file, layout::BLOCK_MAPPED_SLOTS)
+            .map_err(|e| format!("mmap: {e}"))?;
         if block.load(layout::SLOT_MAGIC) != layout::MAGIC {
             return Err("not a statistics block (bad magic)".to_owned());
         }
@@ -233,6 +299,15 @@ impl Stats {
     pub fn enabled(&self) -> bool {
         self.0.is_some()
     }
+
+    /// A per-namespace proxy's heartbeat, in its own block (none without `--stats-fd`).
+    pub fn heartbeat(&self) -> Option<Heartbeat> {
+        self.0.as_ref().filter(|b| b.base == 0).map(|b| Heartbeat {
+            map: Arc::clone(&b.map),
+            beat: layout::SLOT_HEARTBEAT,
+            period: layout::SLOT_HEARTBEAT_MS,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -309,6 +384,55 @@ mod tests {
         let e = Stats::open(Some(987_654)).expect_err("no fd").to_string();
         assert!(e.contains("--stats-fd 987654"), "{e}");
         assert!(!Stats::open(None).expect("none").enabled());
+    }
+
+    /// The heartbeat: nothing without a period (no timer at all), one beat at once with one,
+    /// then one per period from the task, which ends when the period goes back to 0; a
+    /// second start in the same process is refused (one timer per process).
+    #[tokio::test]
+    async fn the_heartbeat_beats_at_once_then_per_period_and_stops_at_zero() {
+        let (p, fd) = block("beat", layout::MAGIC, layout::BLOCK_SIZE);
+        let s = Stats::open(Some(fd)).expect("open");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&p)
+            .expect("reopen");
+        let w = SharedCounters::map(&f, layout::BLOCK_MAPPED_SLOTS).expect("map");
+        assert!(
+            s.heartbeat().expect("a block").start().is_none(),
+            "period 0"
+        );
+        assert_eq!(w.load(layout::SLOT_HEARTBEAT), 0);
+        w.store(layout::SLOT_HEARTBEAT_MS, 10);
+        let task = tokio::spawn(s.heartbeat().expect("a block").start().expect("beats"));
+        assert!(w.load(layout::SLOT_HEARTBEAT) >= 1, "beat before READY");
+        assert!(
+            s.heartbeat().expect("a block").start().is_none(),
+            "one timer per process"
+        );
+        let wr = &w;
+        let beats = |n: u64| async move {
+            for _ in 0..500 {
+                if wr.load(layout::SLOT_HEARTBEAT) >= n {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            false
+        };
+        assert!(beats(3).await, "beats every period");
+        w.store(layout::SLOT_HEARTBEAT_MS, 0);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the task ends at period 0")
+            .expect("task");
+        let last = w.load(layout::SLOT_HEARTBEAT);
+        // A period is re-read at each beat; none comes after the task ended.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(w.load(layout::SLOT_HEARTBEAT), last);
+        assert!(Stats(None).heartbeat().is_none(), "no block, no heartbeat");
+        let _ = std::fs::remove_file(&p);
     }
 
     /// A slab-shaped file in `dir` (removed with it, also when the test fails).
