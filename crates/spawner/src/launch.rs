@@ -421,8 +421,13 @@ pub async fn wait_ready(
 /// takeover, zeroed for a fresh start.
 fn stats_block(cfg: &Config, spec: &ProxySpec, takeover: bool) -> Result<OwnedFd> {
     let gauge = if takeover { Gauge::Keep } else { Gauge::Zero };
-    crate::proxy_stats::block_or_anonymous(&cfg.stats_dir(), &spec.key, gauge)
-        .map_err(|e| Error::Spawn(format!("statistics block: {e}")))
+    let fd = crate::proxy_stats::block_or_anonymous(&cfg.stats_dir(), &spec.key, gauge)
+        .map_err(|e| Error::Spawn(format!("statistics block: {e}")))?;
+    // The new process must beat before READY to be watched for hangs (crate::hang).
+    let period = crate::hang::period_ms(cfg, crate::config::ProxyModel::PerNamespace);
+    crate::proxy_stats::arm_heartbeat(&fd, period, true)
+        .map_err(|e| Error::Spawn(format!("statistics block: heartbeat: {e}")))?;
+    Ok(fd)
 }
 
 async fn read_ready(mut rx: tokio::net::unix::pipe::Receiver) -> Result<()> {

@@ -111,6 +111,7 @@ pub fn render<P: Platform>(sup: &Supervisor<P>, agent: &AgentStatus) -> String {
             );
         }
     }
+    crate::hang::render(&mut s, cfg.proxy_model);
     if cfg.proxy_metrics {
         let keys: Vec<(String, ns_contract::Kind)> =
             status.iter().map(|p| (p.key.clone(), p.kind)).collect();
