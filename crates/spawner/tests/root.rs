@@ -1,6 +1,7 @@
 //! Root tests with real namespaces and the real `ns-metadata-proxy`: each mode of the
 //! table end to end from a `vm` namespace, HA, kill -9 recovery, 50 namespaces at once, a
-//! proxy stopped with SIGSTOP left alone and answering after SIGCONT.
+//! proxy stopped with SIGSTOP left alone and answering after SIGCONT, a hung (frozen) proxy
+//! killed and replaced on its sockets.
 //! Each test has its own state dir and namespaces (per-run prefix), removed on drop.
 
 mod common;
@@ -500,7 +501,7 @@ fn a_stopped_proxy_is_left_alone_and_answers_after_sigcont() {
     let dir = TempDir::new("rt-sigstop").reaping();
     let _agent = agent(dir.path());
     let (ids, nss) = routers(&unique_prefix(), "st", 2);
-    let ini = write_ini(dir.path(), "");
+    let ini = with_hang_timeout(&write_ini(dir.path(), ""));
     let _daemon = start_daemon(dir.path(), &ini, &[]);
     let (ok, out) = cli(&ini, &["router", "add", &ids[0]]);
     assert!(ok, "{out}");
@@ -514,6 +515,8 @@ fn a_stopped_proxy_is_left_alone_and_answers_after_sigcont() {
     ns_testkit::eventually("the other router answers", T, || {
         get_in(nss[1].netns(), META).ok()
     });
+    // Its heartbeat is still for longer than hang_timeout: the watchdog saw it stopped.
+    logged(dir.path(), "left alone");
     assert!(stopped(pid), "the stopped proxy is left as it is");
     assert_eq!(
         pid_of(dir.path(), &ids[0]),
@@ -534,6 +537,52 @@ fn a_stopped_proxy_is_left_alone_and_answers_after_sigcont() {
     });
     assert!(body.starts_with(&format!("router={} ", ids[0])), "{body}");
     assert_eq!(pid_of(dir.path(), &ids[0]), Some(pid), "the same process");
+}
+
+/// A proxy whose event loop hangs for real (frozen in a cgroup freezer, no hook in the
+/// binaries; with the v1 freezer it cannot even die until thawed), under a request loop:
+/// once its heartbeat has been still for `hang_timeout` (1 s here) the spawner logs it,
+/// counts it in `/metrics`, takes its listening sockets, kills it and starts another on them
+/// without waiting for it to die. The namespace answers again through the new process, no
+/// request is refused meanwhile (they wait in the accept queue), `status` keeps the reason
+/// (`hung: …`), and once thawed the old one is gone while the new one runs on, unreplaced.
+#[test]
+fn a_hung_proxy_is_killed_and_replaced_on_its_sockets() {
+    let name = "a_hung_proxy_is_killed_and_replaced_on_its_sockets";
+    if !require_root(name) {
+        return;
+    }
+    let Some(freezer) = Freezer::for_test(name) else {
+        return;
+    };
+    let dir = TempDir::new("rt-hang").reaping();
+    let _agent = agent(dir.path());
+    let (ids, nss) = routers(&unique_prefix(), "hg", 1);
+    let ini = with_hang_timeout(&write_ini(dir.path(), ""));
+    let _daemon = start_daemon(dir.path(), &ini, &[]);
+    let (ok, out) = cli(&ini, &["router", "add", &ids[0]]);
+    assert!(ok, "{out}");
+    let old = ns_testkit::eventually("proxy running", T, || pid_of(dir.path(), &ids[0]));
+    let current = || pid_of(dir.path(), &ids[0]);
+
+    let new = hang_under_load(&freezer, nss[0].netns(), old, current);
+    let body = get_in(nss[0].netns(), META).expect("answers");
+    assert!(body.starts_with(&format!("router={} ", ids[0])), "{body}");
+    logged(dir.path(), "proxy hung");
+    let p = proxy_json(dir.path(), &ids[0]).expect("status");
+    assert!(
+        p["last_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("hung")),
+        "{p}"
+    );
+    assert!(p["restarts"].as_u64() >= Some(1), "{p}");
+    let metrics = scrape(dir.path());
+    assert!(
+        metrics.contains("ns_metadata_hangs_total{model=\"per-namespace\",kind=\"router\"} 1\n"),
+        "{metrics}"
+    );
+    thawed_and_gone(freezer, dir.path(), (old, new), current, "proxy hung");
 }
 
 /// `status --json` of the daemon on state dir `dir`.
