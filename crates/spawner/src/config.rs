@@ -190,7 +190,7 @@ static OPTS: &[Opt] = &[
         SECONDS_OR_OFF,
         "Seconds a proxy or shared server may go without a heartbeat from its event loop \
          (and not stopped) before it is killed and replaced as if it had died (0: not \
-         watched)",
+         watched); read at start",
     )
     .default("60"),
     Opt::new(
@@ -366,6 +366,12 @@ impl Config {
         if self.shared_servers != old.shared_servers {
             self.shared_servers = old.shared_servers;
             kept.push("shared_servers");
+        }
+        // Every running proxy task and server manager holds the value it started with: one
+        // value for all, or the log and the watchdogs would disagree.
+        if self.hang_timeout != old.hang_timeout {
+            self.hang_timeout = old.hang_timeout;
+            kept.push("hang_timeout");
         }
         kept
     }

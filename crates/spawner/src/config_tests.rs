@@ -504,7 +504,7 @@ fn a_reload_keeps_what_changes_only_on_restart() {
     let (old, _) = load("[spawner]\nproxy_model = shared\nshared_servers = 2\n").expect("old");
     let (mut new, _) = load(
         "[spawner]\nproxy_model = per-namespace\nshared_servers = 1\nstate_dir = /x\n\
-         agent_keepalive = off\n",
+         agent_keepalive = off\nhang_timeout = 0\n",
     )
     .expect("new");
     let kept = new.keep_restart_only(&old);
@@ -515,7 +515,8 @@ fn a_reload_keeps_what_changes_only_on_restart() {
             "state_dir",
             "control_socket",
             "proxy_model",
-            "shared_servers"
+            "shared_servers",
+            "hang_timeout"
         ]
     );
     assert_eq!(

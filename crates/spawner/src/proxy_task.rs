@@ -363,12 +363,15 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) -> Option<
 /// still. Never without a pid, a block to read or a timeout. `fresh`: started by this task.
 async fn watch_for_hang(cfg: &Config, spec: &ProxySpec, pid: Option<u32>, fresh: bool) -> Duration {
     let period = hang::period(cfg, ProxyModel::PerNamespace);
-    let (Some(pid), true, false) = (pid, cfg.proxy_metrics, period.is_zero()) else {
+    let (Some(pid), true) = (pid, cfg.proxy_metrics) else {
         return std::future::pending().await;
     };
-    // An adopted proxy beats at this spawner's pace from now on.
+    // An adopted proxy beats at this spawner's pace from now on (not at all with 0).
     let arm = (!fresh).then(|| hang::period_ms(cfg, ProxyModel::PerNamespace));
     let beat = crate::proxy_stats::Beat::open(&cfg.stats_dir(), &spec.key, arm);
+    if period.is_zero() {
+        return std::future::pending().await;
+    }
     let what = format!("proxy {} in {}", spec.id, spec.netns);
     hang::until_hung(cfg.hang_timeout, period, fresh, pid, &what, || {
         beat.as_ref().and_then(crate::proxy_stats::Beat::read)

@@ -989,14 +989,17 @@ async fn manage(
 async fn watch_server(inner: &Inner, pid: Option<u32>, fresh: bool) -> Duration {
     let cfg = &inner.cfg;
     let period = crate::hang::period(cfg, crate::config::ProxyModel::Shared);
-    let (Some(pid), true, false) = (pid, cfg.proxy_metrics, period.is_zero()) else {
+    let (Some(pid), true) = (pid, cfg.proxy_metrics) else {
         return std::future::pending().await;
     };
     let dir = cfg.stats_dir();
     if !fresh {
-        // A server taken over beats at this spawner's pace from now on.
+        // A server taken over beats at this spawner's pace from now on (not at all with 0).
         let ms = crate::hang::period_ms(cfg, crate::config::ProxyModel::Shared);
         crate::proxy_stats::arm_server_heartbeat(&dir, inner.shard, ms, false);
+    }
+    if period.is_zero() {
+        return std::future::pending().await;
     }
     let what = format!("shared server {}", inner.shard);
     crate::hang::until_hung(cfg.hang_timeout, period, fresh, pid, &what, || {
