@@ -18,7 +18,7 @@
 //! its block could not be made), and one whose beat never moves (an older proxy adopted
 //! after an upgrade, or one started while the timeout was 0). A process started by this
 //! spawner must beat before READY (its beat was zeroed); an adopted one counts as watched
-//! once its beat has moved.
+//! once its beat has moved. The hangs are counted here and exported by `crate::metrics`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -84,8 +84,14 @@ impl Watchdog {
         }
     }
 
-    /// Look at the beat (`None`: no block to read) of a process that is `stopped` or not.
-    pub fn look(&mut self, now: Instant, beat: Option<u64>, stopped: bool) -> Look {
+    /// Look at the beat (`None`: no block to read); `stopped` says whether the process is
+    /// stopped, asked only when the beat is still (a `/proc` read saved per healthy look).
+    pub fn look(
+        &mut self,
+        now: Instant,
+        beat: Option<u64>,
+        stopped: impl FnOnce() -> bool,
+    ) -> Look {
         let Some(beat) = beat else {
             return Look::NotWatched(
                 "no heartbeat block to read (proxy_metrics off, or the block could not be made)",
@@ -110,7 +116,7 @@ impl Watchdog {
             self.moved = true;
             return Look::Alive;
         }
-        if stopped {
+        if stopped() {
             // A stopped process gets a whole timeout once it continues.
             self.since = now;
             return Look::Stopped;
@@ -148,7 +154,7 @@ pub async fn until_hung(
     loop {
         tokio::time::sleep_until(next).await;
         next += period;
-        let stopped = matches!(crate::pidfile::state(pid), Some('T' | 't'));
+        let stopped = || matches!(crate::pidfile::state(pid), Some('T' | 't'));
         match dog.look(Instant::now(), read(), stopped) {
             Look::Alive => was_stopped = false,
             Look::Stopped => {
@@ -196,31 +202,11 @@ pub fn count(what: Hung) {
     }
 }
 
-/// `ns_metadata_hangs_total` for `/metrics`: per-namespace proxies by kind, and the shared
-/// servers when that is the model.
-pub fn render(s: &mut String, model: ProxyModel) {
-    use std::fmt::Write as _;
-    let _ = writeln!(
-        s,
-        "# HELP ns_metadata_hangs_total Proxies and shared servers killed and replaced because \
-         their heartbeat stopped for longer than hang_timeout, since this supervisor started.\n\
-         # TYPE ns_metadata_hangs_total counter"
-    );
-    for k in ns_contract::Kind::ALL {
-        let n = HANGS[Hung::Proxy(k).index()].load(Ordering::Relaxed);
-        let _ = writeln!(
-            s,
-            "ns_metadata_hangs_total{{model=\"per-namespace\",kind=\"{}\"}} {n}",
-            k.as_str()
-        );
-    }
-    if model == ProxyModel::Shared {
-        let n = HANGS[Hung::SharedServer.index()].load(Ordering::Relaxed);
-        let _ = writeln!(
-            s,
-            "ns_metadata_hangs_total{{model=\"shared\",kind=\"server\"}} {n}"
-        );
-    }
+/// Hangs of `what` counted since this spawner started (`/metrics`).
+pub fn hangs(what: Hung) -> u64 {
+    HANGS
+        .get(what.index())
+        .map_or(0, |c| c.load(Ordering::Relaxed))
 }
 
 #[cfg(test)]
@@ -237,22 +223,27 @@ mod tests {
     fn a_still_beat_is_hung_after_the_timeout_and_a_moving_one_never() {
         let t0 = Instant::now();
         let mut d = Watchdog::new(T, true, t0);
-        assert_eq!(d.look(t0, Some(1), false), Look::Alive);
-        assert_eq!(d.look(at(t0, 15), Some(2), false), Look::Alive);
+        assert_eq!(d.look(t0, Some(1), || false), Look::Alive);
         assert_eq!(
-            d.look(at(t0, 75), Some(2), false),
+            d.look(at(t0, 15), Some(2), || unreachable!(
+                "asked only when still"
+            )),
+            Look::Alive
+        );
+        assert_eq!(
+            d.look(at(t0, 75), Some(2), || false),
             Look::Alive,
             "60 s exactly"
         );
         assert_eq!(
-            d.look(at(t0, 76), Some(2), false),
+            d.look(at(t0, 76), Some(2), || false),
             Look::Hung(Duration::from_secs(61))
         );
         // Any change is a beat, a lower value too (a block cut short reads 0).
         let mut d = Watchdog::new(T, true, t0);
         for (i, v) in [5, 6, 0, 1].into_iter().enumerate() {
             let now = at(t0, 50 * i as u64);
-            assert_eq!(d.look(now, Some(v), false), Look::Alive);
+            assert_eq!(d.look(now, Some(v), || false), Look::Alive);
         }
     }
 
@@ -260,11 +251,11 @@ mod tests {
     fn a_stopped_process_is_left_alone_and_gets_a_whole_timeout_after() {
         let t0 = Instant::now();
         let mut d = Watchdog::new(T, true, t0);
-        assert_eq!(d.look(t0, Some(3), false), Look::Alive);
-        assert_eq!(d.look(at(t0, 500), Some(3), true), Look::Stopped);
-        assert_eq!(d.look(at(t0, 559), Some(3), false), Look::Alive);
+        assert_eq!(d.look(t0, Some(3), || false), Look::Alive);
+        assert_eq!(d.look(at(t0, 500), Some(3), || true), Look::Stopped);
+        assert_eq!(d.look(at(t0, 559), Some(3), || false), Look::Alive);
         assert_eq!(
-            d.look(at(t0, 561), Some(3), false),
+            d.look(at(t0, 561), Some(3), || false),
             Look::Hung(Duration::from_secs(61))
         );
     }
@@ -274,20 +265,23 @@ mod tests {
         let t0 = Instant::now();
         // Started by us but never beat before READY: an older proxy binary.
         let mut d = Watchdog::new(T, true, t0);
-        assert!(matches!(d.look(t0, Some(0), false), Look::NotWatched(_)));
+        assert!(matches!(d.look(t0, Some(0), || false), Look::NotWatched(_)));
         let mut d = Watchdog::new(T, true, t0);
-        assert!(matches!(d.look(t0, None, false), Look::NotWatched(_)));
+        assert!(matches!(d.look(t0, None, || false), Look::NotWatched(_)));
         // Adopted: watched only once its beat moved; a still one is never called hung.
         let mut d = Watchdog::new(T, false, t0);
-        assert_eq!(d.look(t0, Some(40), false), Look::Alive);
+        assert_eq!(d.look(t0, Some(40), || false), Look::Alive);
         assert!(matches!(
-            d.look(at(t0, 61), Some(40), false),
+            d.look(at(t0, 61), Some(40), || false),
             Look::NotWatched(_)
         ));
         let mut d = Watchdog::new(T, false, t0);
-        assert_eq!(d.look(t0, Some(0), false), Look::Alive);
-        assert_eq!(d.look(at(t0, 15), Some(1), false), Look::Alive);
-        assert!(matches!(d.look(at(t0, 80), Some(1), false), Look::Hung(_)));
+        assert_eq!(d.look(t0, Some(0), || false), Look::Alive);
+        assert_eq!(d.look(at(t0, 15), Some(1), || false), Look::Alive);
+        assert!(matches!(
+            d.look(at(t0, 80), Some(1), || false),
+            Look::Hung(_)
+        ));
     }
 
     #[test]
