@@ -67,7 +67,7 @@ pub fn run(cfg: Config, daemon_child: bool) -> Result<()> {
     rt.block_on(async move {
         let shutdown = until_stopped()?;
         // On the runtime that accepts: if its loop stops, so does the beat.
-        if let Some(beat) = heartbeat.and_then(crate::stats::Heartbeat::start) {
+        if let Some(beat) = heartbeat.and_then(|h| h.start(Some(server::BEAT_COVERED))) {
             tokio::spawn(beat);
         }
         let shared = Arc::new(Shared::with_stats(&cfg, &resource, stats));

@@ -790,7 +790,7 @@ fn stats_slab(server: &Namespaces, fds: Vec<OwnedFd>) -> std::result::Result<(),
     // The server's heartbeat, on the serving runtime (this is its control task).
     if let (Ok(rt), Some(beat)) = (
         tokio::runtime::Handle::try_current(),
-        slab.heartbeat().start(),
+        slab.heartbeat().start(None),
     ) {
         rt.spawn(beat);
     }

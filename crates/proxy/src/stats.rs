@@ -109,8 +109,10 @@ impl Slab {
 /// [`layout::SLOT_HEARTBEAT`]): a counter bumped by a timer task of the serving runtime, so
 /// it stops when that runtime's loop stops (a bug, a stuck syscall, a frozen process). The
 /// period is the spawner's, read from the mapping at each beat; 0 means none (no wake-up at
-/// all).
-#[derive(Debug)]
+/// all). A period at least twice as long as the gap between the ticks of a timer the process
+/// runs anyway (a per-namespace proxy's housekeeping, [`Heartbeat::tick`]) costs no wake-up
+/// of its own: that tick beats.
+#[derive(Debug, Clone)]
 pub struct Heartbeat {
     map: Arc<SharedCounters>,
     beat: usize,
@@ -123,27 +125,60 @@ static BEATING: AtomicBool = AtomicBool::new(false);
 impl Heartbeat {
     /// Beat once now (before READY: the spawner zeroed the beat, so it sees this process
     /// alive from its first look), then the task that beats every period, to be spawned on
-    /// the serving runtime. `None` when the spawner asked for no heartbeat, or one runs.
-    pub fn start(self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+    /// the serving runtime. `covered`: the longest gap between the ticks of a timer of that
+    /// runtime that calls [`Heartbeat::tick`]. `None` when the spawner asked for no
+    /// heartbeat, that tick covers the period, or a timer runs already.
+    pub fn start(
+        self,
+        covered: Option<Duration>,
+    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
         let period = self.period()?;
-        if BEATING.swap(true, Ordering::SeqCst) {
+        self.map.add(self.beat, 1);
+        if Self::is_covered(period, covered) || BEATING.swap(true, Ordering::SeqCst) {
             return None;
         }
-        self.map.add(self.beat, 1);
-        Some(async move {
-            let mut period = period;
-            loop {
-                tokio::time::sleep(period).await;
-                let Some(p) = self.period() else {
-                    // Switched off: beat no more (the spawner stops watching when its
-                    // timeout is 0).
+        Some(self.timer(period, covered))
+    }
+
+    /// From a timer the serving runtime runs anyway, at most `covered` apart: beat when that
+    /// covers the period; when the period became shorter (a spawner with a shorter timeout
+    /// adopted this process), start the timer of its own on this runtime.
+    pub fn tick(&self, covered: Duration) {
+        let Some(period) = self.period() else {
+            return;
+        };
+        if Self::is_covered(period, Some(covered)) {
+            self.map.add(self.beat, 1);
+        } else if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            if !BEATING.swap(true, Ordering::SeqCst) {
+                self.map.add(self.beat, 1);
+                rt.spawn(self.clone().timer(period, Some(covered)));
+            }
+        }
+    }
+
+    /// Beats every period until the period is 0 or covered by the other timer's ticks.
+    async fn timer(self, mut period: Duration, covered: Option<Duration>) {
+        loop {
+            tokio::time::sleep(period).await;
+            match self.period() {
+                Some(p) if !Self::is_covered(p, covered) => {
+                    period = p;
+                    self.map.add(self.beat, 1);
+                }
+                // Switched off (the spawner stops watching when its timeout is 0), or
+                // beaten by the other timer from now on.
+                _ => {
                     BEATING.store(false, Ordering::SeqCst);
                     return;
-                };
-                period = p;
-                self.map.add(self.beat, 1);
+                }
             }
-        })
+        }
+    }
+
+    /// A period at least twice the longest gap between the other timer's ticks.
+    fn is_covered(period: Duration, covered: Option<Duration>) -> bool {
+        covered.is_some_and(|c| period >= 2 * c)
     }
 
     /// The period asked for, bounded; `None` for 0.
@@ -387,8 +422,9 @@ mod tests {
     }
 
     /// The heartbeat: nothing without a period (no timer at all), one beat at once with one,
-    /// then one per period from the task, which ends when the period goes back to 0; a
-    /// second start in the same process is refused (one timer per process).
+    /// then one per period from its own timer, which ends when the period goes back to 0; one
+    /// timer per process. A period the housekeeping tick covers gets no timer: the tick beats,
+    /// and starts the timer once the period becomes shorter.
     #[tokio::test]
     async fn the_heartbeat_beats_at_once_then_per_period_and_stops_at_zero() {
         let (p, fd) = block("beat", layout::MAGIC, layout::BLOCK_SIZE);
@@ -399,18 +435,12 @@ mod tests {
             .open(&p)
             .expect("reopen");
         let w = SharedCounters::map(&f, layout::BLOCK_MAPPED_SLOTS).expect("map");
-        assert!(
-            s.heartbeat().expect("a block").start().is_none(),
-            "period 0"
-        );
-        assert_eq!(w.load(layout::SLOT_HEARTBEAT), 0);
-        w.store(layout::SLOT_HEARTBEAT_MS, 10);
-        let task = tokio::spawn(s.heartbeat().expect("a block").start().expect("beats"));
-        assert!(w.load(layout::SLOT_HEARTBEAT) >= 1, "beat before READY");
-        assert!(
-            s.heartbeat().expect("a block").start().is_none(),
-            "one timer per process"
-        );
+        let hb = || s.heartbeat().expect("a block");
+        let beat = || w.load(layout::SLOT_HEARTBEAT);
+        let covered = Duration::from_millis(50);
+        assert!(hb().start(None).is_none(), "period 0");
+        hb().tick(covered);
+        assert_eq!(beat(), 0);
         let wr = &w;
         let beats = |n: u64| async move {
             for _ in 0..500 {
@@ -421,16 +451,45 @@ mod tests {
             }
             false
         };
-        assert!(beats(3).await, "beats every period");
+
+        // Covered: a beat at once, then one per tick, no timer.
+        w.store(layout::SLOT_HEARTBEAT_MS, 100);
+        assert!(hb().start(Some(covered)).is_none(), "the tick covers it");
+        assert_eq!(beat(), 1, "beat before READY");
+        hb().tick(covered);
+        assert_eq!(beat(), 2);
+
+        // Shorter than the tick covers: the tick starts the timer, once.
+        w.store(layout::SLOT_HEARTBEAT_MS, 10);
+        hb().tick(covered);
+        hb().tick(covered);
+        assert!(hb().start(None).is_none(), "one timer per process");
+        assert!(beats(8).await, "beats every period");
+        w.store(layout::SLOT_HEARTBEAT_MS, 0);
+        for _ in 0..500 {
+            if !BEATING.load(Ordering::SeqCst) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            !BEATING.load(Ordering::SeqCst),
+            "the timer ends at period 0"
+        );
+        let last = beat();
+        hb().tick(covered);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(beat(), last, "nothing beats at period 0");
+
+        // Not covered from the start: its own timer.
+        w.store(layout::SLOT_HEARTBEAT_MS, 10);
+        let task = tokio::spawn(hb().start(None).expect("a timer"));
+        assert!(beats(last + 4).await, "beats every period");
         w.store(layout::SLOT_HEARTBEAT_MS, 0);
         tokio::time::timeout(Duration::from_secs(5), task)
             .await
             .expect("the task ends at period 0")
             .expect("task");
-        let last = w.load(layout::SLOT_HEARTBEAT);
-        // A period is re-read at each beat; none comes after the task ended.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(w.load(layout::SLOT_HEARTBEAT), last);
         assert!(Stats(None).heartbeat().is_none(), "no block, no heartbeat");
         let _ = std::fs::remove_file(&p);
     }
