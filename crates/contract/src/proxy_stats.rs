@@ -88,6 +88,10 @@ pub const SLAB_SLOT_HEARTBEAT_MS: usize = 4;
 /// it neither spin nor sleep for ever).
 pub const HEARTBEAT_MIN_MS: u64 = 10;
 pub const HEARTBEAT_MAX_MS: u64 = 3_600_000;
+/// The longest gap between two beats of a per-namespace proxy whose period is at least twice
+/// this: its housekeeping tick beats then, with no timer of its own. So a proxy adopted by a
+/// spawner asking for a shorter period shows its first beat at the latest this long after.
+pub const HEARTBEAT_TICK_GAP_MS: u64 = 6_500;
 
 const _: () = assert!(SLOTS * 8 <= BLOCK_SIZE);
 const _: () = assert!(BLOCK_MAPPED_SLOTS <= SLOT_KEY_LEN && SLOT_KEY_LEN < RECORD_SLOTS);

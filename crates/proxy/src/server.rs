@@ -31,7 +31,8 @@ const QUIET: Duration = Duration::from_millis(1500);
 /// The longest gap between two housekeeping ticks (a tick, then the quiet wait before a
 /// release): a heartbeat period at least twice as long is beaten by the tick, with no timer
 /// (no wake-up) of its own ([`crate::stats::Heartbeat`]).
-pub const BEAT_COVERED: Duration = Duration::from_millis(6_500);
+pub const BEAT_COVERED: Duration =
+    Duration::from_millis(ns_contract::proxy_stats::HEARTBEAT_TICK_GAP_MS);
 const _: () = assert!(BEAT_COVERED.as_millis() >= HOUSEKEEPING.as_millis() + QUIET.as_millis());
 /// Memory is given back at most this often.
 const RELEASE_EVERY: Duration = Duration::from_secs(5);

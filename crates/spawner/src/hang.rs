@@ -31,6 +31,15 @@ use crate::config::{Config, ProxyModel};
 /// The shared server's period (at most; a quarter of the timeout when that is shorter).
 const SHARED_PERIOD: Duration = Duration::from_secs(1);
 
+/// How long an adopted process may take to show a first beat before it counts as not
+/// watched (when the timeout is shorter): a per-namespace proxy takes up a period written by
+/// its adopting spawner at its next housekeeping tick, at most 6.5 s away
+/// (`ns_contract::proxy_stats::HEARTBEAT_TICK_GAP_MS`).
+const ADOPTED_GRACE: Duration = Duration::from_secs(15);
+const _: () = assert!(
+    ADOPTED_GRACE.as_millis() >= 2 * ns_contract::proxy_stats::HEARTBEAT_TICK_GAP_MS as u128
+);
+
 /// How often `model`'s processes beat (and the spawner looks) under `cfg`; zero when hangs
 /// are not watched.
 pub fn period(cfg: &Config, model: ProxyModel) -> Duration {
@@ -125,14 +134,17 @@ impl Watchdog {
             return Look::Stopped;
         }
         let still = now.saturating_duration_since(self.since);
-        if still <= self.timeout {
+        if self.moved {
+            return if still <= self.timeout {
+                Look::Alive
+            } else {
+                Look::Hung(still)
+            };
+        }
+        if still <= self.timeout.max(ADOPTED_GRACE) {
             return Look::Alive;
         }
-        if self.moved {
-            Look::Hung(still)
-        } else {
-            Look::NotWatched("its heartbeat never moved since it was adopted (an older proxy, or started while hang_timeout was 0)")
-        }
+        Look::NotWatched("its heartbeat never moved since it was adopted (an older proxy, or a shared server started while hang_timeout was 0)")
     }
 }
 
@@ -274,6 +286,16 @@ mod tests {
         // Adopted: watched only once its beat moved; a still one is never called hung.
         let mut d = Watchdog::new(T, false, t0);
         assert_eq!(d.look(t0, Some(40), || false), Look::Alive);
+        // A short timeout still waits ADOPTED_GRACE for the first beat of an adopted one.
+        let short = Duration::from_secs(1);
+        let mut e = Watchdog::new(short, false, t0);
+        assert_eq!(e.look(t0, Some(7), || false), Look::Alive);
+        assert_eq!(e.look(at(t0, 6), Some(7), || false), Look::Alive);
+        assert_eq!(e.look(at(t0, 7), Some(8), || false), Look::Alive);
+        assert_eq!(
+            e.look(at(t0, 9), Some(8), || false),
+            Look::Hung(Duration::from_secs(2))
+        );
         assert!(matches!(
             d.look(at(t0, 61), Some(40), || false),
             Look::NotWatched(_)
