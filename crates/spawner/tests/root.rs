@@ -1,7 +1,7 @@
 //! Root tests with real namespaces and the real `ns-metadata-proxy`: each mode of the
 //! table end to end from a `vm` namespace, HA, kill -9 recovery, 50 namespaces at once, a
 //! proxy stopped with SIGSTOP left alone and answering after SIGCONT, a hung (frozen) proxy
-//! killed and replaced on its sockets.
+//! killed and replaced on its sockets, also one adopted by a restarted spawner.
 //! Each test has its own state dir and namespaces (per-run prefix), removed on drop.
 
 mod common;
@@ -582,6 +582,46 @@ fn a_hung_proxy_is_killed_and_replaced_on_its_sockets() {
         metrics.contains("ns_metadata_hangs_total{model=\"per-namespace\",kind=\"router\"} 1\n"),
         "{metrics}"
     );
+    thawed_and_gone(freezer, dir.path(), (old, new), current, "proxy hung");
+}
+
+/// The same for a proxy adopted by a restarted spawner (kill -9, then started again): not our
+/// child, watched once the new spawner has seen its beat move, and still replaced on its own
+/// sockets when it hangs.
+#[test]
+fn an_adopted_proxy_that_hangs_is_replaced_too() {
+    let name = "an_adopted_proxy_that_hangs_is_replaced_too";
+    if !require_root(name) {
+        return;
+    }
+    let Some(freezer) = Freezer::for_test(name) else {
+        return;
+    };
+    let dir = TempDir::new("rt-hang-adopted").reaping();
+    let _agent = agent(dir.path());
+    let (ids, nss) = routers(&unique_prefix(), "ha", 1);
+    let ini = with_hang_timeout(&write_ini(dir.path(), ""));
+    let mut first = start_daemon(dir.path(), &ini, &[]);
+    add_router(&ini, &ids[0]);
+    let old = ns_testkit::eventually("proxy running", T, || pid_of(dir.path(), &ids[0]));
+    kill9(first.pid());
+    let _ = first.0.wait();
+    let _daemon = start_daemon(dir.path(), &ini, &[]);
+    let p = ns_testkit::eventually("adopted", T, || {
+        proxy_json(dir.path(), &ids[0]).filter(|p| p["adopted"] == true)
+    });
+    assert_eq!(p["pid"].as_u64(), Some(u64::from(old)), "{p}");
+    // Watched once the new spawner has seen it beat: a few beats (250 ms apart) after the
+    // adoption, at least one of its looks saw the beat move.
+    let b0 = beat_of(dir.path(), &ids[0]).expect("a heartbeat");
+    ns_testkit::eventually("beats after the adoption", T, || {
+        beat_of(dir.path(), &ids[0]).filter(|&b| b >= b0 + 3)
+    });
+    let current = || pid_of(dir.path(), &ids[0]);
+
+    let new = hang_under_load(&freezer, nss[0].netns(), old, current);
+    let body = get_in(nss[0].netns(), META).expect("answers");
+    assert!(body.starts_with(&format!("router={} ", ids[0])), "{body}");
     thawed_and_gone(freezer, dir.path(), (old, new), current, "proxy hung");
 }
 

@@ -144,20 +144,6 @@ fn shared_ini(dir: &std::path::Path) -> std::path::PathBuf {
     ini
 }
 
-/// `ns-metadata-spawner router add ID` to the daemon of `ini`.
-fn add_router(ini: &std::path::Path, id: &str) {
-    let (ok, out) = cli(ini, &["router", "add", id]);
-    assert!(ok, "router add {id}: {out}");
-    // Saved before anything kills the daemon: a restarted one knows the router.
-    let records = ini.parent().expect("dir").join("records.json");
-    ns_testkit::eventually("router saved", T, || {
-        std::fs::read_to_string(&records)
-            .ok()?
-            .contains(&format!("\"{id}\""))
-            .then_some(())
-    });
-}
-
 /// Wait until router `id`'s namespace `ns` answers, as router `id`.
 fn answered_for(ns: &TestNs, id: &str) {
     let body = ns_testkit::eventually(id, T, || get_in(ns.netns(), META).ok());

@@ -219,6 +219,27 @@ pub fn cli_code(ini: &Path, args: &[&str]) -> (Option<i32>, String) {
     )
 }
 
+/// `ns-metadata-spawner router add ID` to the daemon of `ini`.
+pub fn add_router(ini: &Path, id: &str) {
+    let (ok, out) = cli(ini, &["router", "add", id]);
+    assert!(ok, "router add {id}: {out}");
+    // Saved before anything kills the daemon: a restarted one knows the router.
+    let records = ini.parent().expect("dir").join("records.json");
+    ns_testkit::eventually("router saved", Duration::from_secs(15), || {
+        std::fs::read_to_string(&records)
+            .ok()?
+            .contains(&format!("\"{id}\""))
+            .then_some(())
+    });
+}
+
+/// The heartbeat in the statistics block of key `key` (state dir `dir`), as the proxy wrote it.
+pub fn beat_of(dir: &Path, key: &str) -> Option<u64> {
+    let block = std::fs::read(dir.join("stats").join(format!("{key}.stats"))).ok()?;
+    let at = ns_contract::proxy_stats::SLOT_HEARTBEAT * 8;
+    Some(u64::from_le_bytes(block.get(at..at + 8)?.try_into().ok()?))
+}
+
 /// The proxy of record `id` in `status --json` of the daemon on state dir `dir`.
 pub fn proxy_json(dir: &Path, id: &str) -> Option<serde_json::Value> {
     let o = Command::new(env!("CARGO_BIN_EXE_ns-metadata-spawner"))
