@@ -900,8 +900,9 @@ async fn manage(
         };
         inner.note("running", None, false);
         let since = Instant::now();
-        let pid = running.pid();
         let (how, hung) = loop {
+            // The running server's, again after a graceful replace.
+            let pid = running.pid();
             tokio::select! {
             how = running.exited() => break (how, false),
             still = watch_server(&inner, pid, fresh) => {
