@@ -625,6 +625,52 @@ fn an_adopted_proxy_that_hangs_is_replaced_too() {
     thawed_and_gone(freezer, dir.path(), (old, new), current, "proxy hung");
 }
 
+/// A proxy frozen in a cgroup (with the v1 freezer it cannot die until thawed) whose router
+/// is removed: the stop (SIGTERM, `stop_timeout`, SIGKILL) does not wait for it for ever, so
+/// the namespace's metadata address is removed while the frozen process is still there;
+/// thawed, it dies of its SIGKILL. (The default `hang_timeout` is far away here.)
+#[test]
+fn a_frozen_proxy_is_removed_without_waiting_for_it_to_die() {
+    let name = "a_frozen_proxy_is_removed_without_waiting_for_it_to_die";
+    if !require_root(name) {
+        return;
+    }
+    let Some(freezer) = Freezer::for_test(name) else {
+        return;
+    };
+    let dir = TempDir::new("rt-frozen-rm").reaping();
+    let _agent = agent(dir.path());
+    let (ids, nss) = routers(&unique_prefix(), "fz", 1);
+    let ini = write_ini(dir.path(), "");
+    let _daemon = start_daemon(dir.path(), &ini, &[]);
+    let (ok, out) = cli(&ini, &["router", "add", &ids[0]]);
+    assert!(ok, "{out}");
+    let old = ns_testkit::eventually("proxy running", T, || pid_of(dir.path(), &ids[0]));
+    freezer.freeze(old);
+    let (ok, out) = cli(&ini, &["router", "remove", &ids[0]]);
+    assert!(ok, "{out}");
+    let has_address = || {
+        let out = std::process::Command::new("ip")
+            .args(["-n", nss[0].name(), "-4", "-o", "addr", "show", "dev", "lo"])
+            .output()
+            .expect("ip");
+        String::from_utf8_lossy(&out.stdout).contains("169.254.169.254")
+    };
+    // stop_timeout (3 s) and the 5 s a SIGKILLed process is waited for, then the teardown.
+    assert!(
+        ns_testkit::wait_until(Duration::from_secs(20), || !has_address()),
+        "the removed router's address is gone"
+    );
+    if !freezer.frozen_can_die() {
+        assert!(alive(old), "{}: removed without waiting", freezer.kind());
+        logged(dir.path(), "not dead");
+    }
+    drop(freezer);
+    ns_testkit::eventually("the frozen proxy gone once thawed", T, || {
+        (!alive(old)).then_some(())
+    });
+}
+
 /// `status --json` of the daemon on state dir `dir`.
 fn status_json(dir: &std::path::Path) -> serde_json::Value {
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_ns-metadata-spawner"))
