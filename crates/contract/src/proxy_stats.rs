@@ -63,11 +63,39 @@ pub const SLOT_CONN_OPEN: usize = SLOT_CONN_ACCEPTED + 1;
 /// Agent connections: newly connected, and taken from the keep-alive pool.
 pub const SLOT_AGENT_NEW: usize = SLOT_CONN_OPEN + 1;
 pub const SLOT_AGENT_REUSED: usize = SLOT_AGENT_NEW + 1;
-/// Slots in use; the rest of the page stays zero.
+/// Counter slots in use (what the spawner folds and exports); the rest of the page stays
+/// zero but for the heartbeat below.
 pub const SLOTS: usize = SLOT_AGENT_REUSED + 1;
 
+/// The liveness signal (the spawner's `hang_timeout`, a watchdog as systemd's
+/// `WatchdogSec=`): a counter the process bumps from a timer task of its serving runtime, so
+/// it stops when the event loop stops. In a per-namespace block it is these two slots after
+/// the counters; for a shared server it is in its slab's header ([`SLAB_SLOT_HEARTBEAT`]),
+/// one per process. The spawner zeroes the beat before a start and writes the period; the
+/// process bumps the beat once before READY and then every period (re-read at each beat),
+/// and never when the period is 0. A process of an older layout never bumps it: a beat that
+/// never moves is "not watched", never "hung". Not a counter: not folded, not exported.
+pub const SLOT_HEARTBEAT: usize = SLOTS;
+/// The period the spawner asks for, in milliseconds (0: no heartbeat).
+pub const SLOT_HEARTBEAT_MS: usize = SLOTS + 1;
+/// Slots of a block a proxy maps: the counters and the heartbeat.
+pub const BLOCK_MAPPED_SLOTS: usize = SLOT_HEARTBEAT_MS + 1;
+/// The shared server's beat and period: slots 3 and 4 of the slab's header (record 0; slot 2
+/// is the spawner's high-water mark).
+pub const SLAB_SLOT_HEARTBEAT: usize = 3;
+pub const SLAB_SLOT_HEARTBEAT_MS: usize = 4;
+/// The shortest and longest period a process honours (a hostile or damaged value can make
+/// it neither spin nor sleep for ever).
+pub const HEARTBEAT_MIN_MS: u64 = 10;
+pub const HEARTBEAT_MAX_MS: u64 = 3_600_000;
+/// The longest gap between two beats of a per-namespace proxy whose period is at least twice
+/// this: its housekeeping tick beats then, with no timer of its own. So a proxy adopted by a
+/// spawner asking for a shorter period shows its first beat at the latest this long after.
+pub const HEARTBEAT_TICK_GAP_MS: u64 = 6_500;
+
 const _: () = assert!(SLOTS * 8 <= BLOCK_SIZE);
-const _: () = assert!(SLOTS <= SLOT_KEY_LEN && SLOT_KEY_LEN < RECORD_SLOTS);
+const _: () = assert!(BLOCK_MAPPED_SLOTS <= SLOT_KEY_LEN && SLOT_KEY_LEN < RECORD_SLOTS);
+const _: () = assert!(SLAB_SLOT_HEARTBEAT_MS < RECORD_SLOTS);
 
 /// A key as the `u64` slots of a record's tail (after [`SLOT_KEY_LEN`]); `None` if longer
 /// than [`MAX_RECORD_KEY`].

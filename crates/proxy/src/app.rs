@@ -63,8 +63,13 @@ pub fn run(cfg: Config, daemon_child: bool) -> Result<()> {
     // at every load in the issue 8 bench.
     crate::workers::init(cfg.threads);
     let rt = crate::workers::runtime()?;
+    let heartbeat = stats.heartbeat();
     rt.block_on(async move {
         let shutdown = until_stopped()?;
+        // On the runtime that accepts: if its loop stops, so does the beat.
+        if let Some(beat) = heartbeat.and_then(|h| h.start(Some(server::BEAT_COVERED))) {
+            tokio::spawn(beat);
+        }
         let shared = Arc::new(Shared::with_stats(&cfg, &resource, stats));
         tracing::info!(
             id = %shared.id,

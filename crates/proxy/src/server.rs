@@ -28,6 +28,12 @@ pub const GRACE: Duration = Duration::from_secs(3);
 const HOUSEKEEPING: Duration = Duration::from_secs(5);
 /// No connection open and none accepted for this long: the proxy counts as idle.
 const QUIET: Duration = Duration::from_millis(1500);
+/// The longest gap between two housekeeping ticks (a tick, then the quiet wait before a
+/// release): a heartbeat period at least twice as long is beaten by the tick, with no timer
+/// (no wake-up) of its own ([`crate::stats::Heartbeat`]).
+pub const BEAT_COVERED: Duration =
+    Duration::from_millis(ns_contract::proxy_stats::HEARTBEAT_TICK_GAP_MS);
+const _: () = assert!(BEAT_COVERED.as_millis() >= HOUSEKEEPING.as_millis() + QUIET.as_millis());
 /// Memory is given back at most this often.
 const RELEASE_EVERY: Duration = Duration::from_secs(5);
 /// Back-off after accept(2) ran out of descriptors or memory (the error repeats at once).
@@ -336,8 +342,9 @@ async fn accept(l: &AsyncFd<std::net::TcpListener>) -> io::Result<(OwnedFd, Sock
 /// ([`ns_netns::release_free_memory`]); at most every [`RELEASE_EVERY`], never while a
 /// request is in flight.
 async fn housekeeping(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+    let beat = shared.stats.heartbeat();
     let one = [shared];
-    tend(|| one.to_vec(), Some(&one[0].activity.idle), stop).await;
+    tend(|| one.to_vec(), Some(&one[0].activity.idle), beat, stop).await;
 }
 
 /// [`housekeeping`] for every namespace of the shared server in one task (issue #20): one
@@ -346,7 +353,7 @@ async fn housekeeping(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
 /// for [`QUIET`]. Runs on the runtime thread that serves them (the buffer pool is per
 /// thread) until `stop` changes.
 pub async fn housekeeping_all(states: impl Fn() -> Vec<Arc<Shared>>, stop: watch::Receiver<bool>) {
-    tend(states, None, stop).await;
+    tend(states, None, None, stop).await;
 }
 
 /// Open connections and accepted ones so far, over `all`.
@@ -362,6 +369,7 @@ fn activity_of(all: &[Arc<Shared>]) -> (usize, u64) {
 async fn tend(
     states: impl Fn() -> Vec<Arc<Shared>>,
     idle: Option<&tokio::sync::Notify>,
+    beat: Option<crate::stats::Heartbeat>,
     mut stop: watch::Receiver<bool>,
 ) {
     // Accepted count at the last release: nothing new served, nothing to give back.
@@ -378,6 +386,9 @@ async fn tend(
             _ = tokio::time::sleep(HOUSEKEEPING) => {}
             _ = went_idle => {}
             _ = stop.changed() => return,
+        }
+        if let Some(b) = &beat {
+            b.tick(BEAT_COVERED);
         }
         let all = states();
         for s in &all {

@@ -787,6 +787,13 @@ fn stats_slab(server: &Namespaces, fds: Vec<OwnedFd>) -> std::result::Result<(),
         .map_err(|fds| format!("stats-slab takes one descriptor, got {}", fds.len()))?;
     let slab = Slab::from_file(&std::fs::File::from(fd))
         .map_err(|why| format!("statistics slab: {why}"))?;
+    // The server's heartbeat, on the serving runtime (this is its control task).
+    if let (Ok(rt), Some(beat)) = (
+        tokio::runtime::Handle::try_current(),
+        slab.heartbeat().start(None),
+    ) {
+        rt.spawn(beat);
+    }
     server.set_slab(slab);
     // Once per server start (and never again while it serves: the spawner's rule).
     tracing::info!("statistics slab handed over");

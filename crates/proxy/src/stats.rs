@@ -6,8 +6,12 @@
 //! The shared server counts each namespace into a block of its own too: a file handed over
 //! with its listeners (`stats=1`), or a record of the one slab the spawner handed over for
 //! every namespace ([`Slab`], `stats=@N`, issue #20): the same slots at the record's base.
+//!
+//! The same mapping carries the process's heartbeat ([`Heartbeat`]): a per-namespace proxy
+//! beats in its block, the shared server in its slab's header.
 
 use std::os::unix::fs::MetadataExt as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,6 +94,102 @@ impl Slab {
             file: self.file,
         })))
     }
+
+    /// The shared server's heartbeat, in the slab's header.
+    pub fn heartbeat(&self) -> Heartbeat {
+        Heartbeat {
+            map: Arc::clone(&self.map),
+            beat: layout::SLAB_SLOT_HEARTBEAT,
+            period: layout::SLAB_SLOT_HEARTBEAT_MS,
+        }
+    }
+}
+
+/// The liveness beat the spawner watches (`[spawner] hang_timeout`;
+/// [`layout::SLOT_HEARTBEAT`]): a counter bumped by a timer task of the serving runtime, so
+/// it stops when that runtime's loop stops (a bug, a stuck syscall, a frozen process). The
+/// period is the spawner's, read from the mapping at each beat; 0 means none (no wake-up at
+/// all). A period at least twice as long as the gap between the ticks of a timer the process
+/// runs anyway (a per-namespace proxy's housekeeping, [`Heartbeat::tick`]) costs no wake-up
+/// of its own: that tick beats.
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    map: Arc<SharedCounters>,
+    beat: usize,
+    period: usize,
+}
+
+/// One heartbeat per process: a second slab handed over does not start a second timer.
+static BEATING: AtomicBool = AtomicBool::new(false);
+
+impl Heartbeat {
+    /// Beat once now (before READY: the spawner zeroed the beat, so it sees this process
+    /// alive from its first look), then the task that beats every period, to be spawned on
+    /// the serving runtime. `covered`: the longest gap between the ticks of a timer of that
+    /// runtime that calls [`Heartbeat::tick`]. `None` when the spawner asked for no
+    /// heartbeat, that tick covers the period, or a timer runs already.
+    pub fn start(
+        self,
+        covered: Option<Duration>,
+    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        let period = self.period()?;
+        self.map.add(self.beat, 1);
+        if Self::is_covered(period, covered) || BEATING.swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        Some(self.timer(period, covered))
+    }
+
+    /// From a timer the serving runtime runs anyway, at most `covered` apart: beat when that
+    /// covers the period; when the period became shorter (a spawner with a shorter timeout
+    /// adopted this process), start the timer of its own on this runtime.
+    pub fn tick(&self, covered: Duration) {
+        let Some(period) = self.period() else {
+            return;
+        };
+        if Self::is_covered(period, Some(covered)) {
+            self.map.add(self.beat, 1);
+        } else if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            if !BEATING.swap(true, Ordering::SeqCst) {
+                self.map.add(self.beat, 1);
+                rt.spawn(self.clone().timer(period, Some(covered)));
+            }
+        }
+    }
+
+    /// Beats every period until the period is 0 or covered by the other timer's ticks.
+    async fn timer(self, mut period: Duration, covered: Option<Duration>) {
+        loop {
+            tokio::time::sleep(period).await;
+            match self.period() {
+                Some(p) if !Self::is_covered(p, covered) => {
+                    period = p;
+                    self.map.add(self.beat, 1);
+                }
+                // Switched off (the spawner stops watching when its timeout is 0), or
+                // beaten by the other timer from now on.
+                _ => {
+                    BEATING.store(false, Ordering::SeqCst);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A period at least twice the longest gap between the other timer's ticks.
+    fn is_covered(period: Duration, covered: Option<Duration>) -> bool {
+        covered.is_some_and(|c| period >= 2 * c)
+    }
+
+    /// The period asked for, bounded; `None` for 0.
+    fn period(&self) -> Option<Duration> {
+        match self.map.load(self.period) {
+            0 => None,
+            ms => Some(Duration::from_millis(
+                ms.clamp(layout::HEARTBEAT_MIN_MS, layout::HEARTBEAT_MAX_MS),
+            )),
+        }
+    }
 }
 
 /// Who produced an answer, as the counters see it.
@@ -155,7 +255,8 @@ impl Stats {
                 layout::BLOCK_SIZE
             ));
         }
-        let block = SharedCounters::map(file, layout::SLOTS).map_err(|e| format!("mmap: {e}"))?;
+        let block = SharedCounters::map(file, layout::BLOCK_MAPPED_SLOTS)
+            .map_err(|e| format!("mmap: {e}"))?;
         if block.load(layout::SLOT_MAGIC) != layout::MAGIC {
             return Err("not a statistics block (bad magic)".to_owned());
         }
@@ -233,6 +334,15 @@ impl Stats {
     pub fn enabled(&self) -> bool {
         self.0.is_some()
     }
+
+    /// A per-namespace proxy's heartbeat, in its own block (none without `--stats-fd`).
+    pub fn heartbeat(&self) -> Option<Heartbeat> {
+        self.0.as_ref().filter(|b| b.base == 0).map(|b| Heartbeat {
+            map: Arc::clone(&b.map),
+            beat: layout::SLOT_HEARTBEAT,
+            period: layout::SLOT_HEARTBEAT_MS,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -309,6 +419,79 @@ mod tests {
         let e = Stats::open(Some(987_654)).expect_err("no fd").to_string();
         assert!(e.contains("--stats-fd 987654"), "{e}");
         assert!(!Stats::open(None).expect("none").enabled());
+    }
+
+    /// The heartbeat: nothing without a period (no timer at all), one beat at once with one,
+    /// then one per period from its own timer, which ends when the period goes back to 0; one
+    /// timer per process. A period the housekeeping tick covers gets no timer: the tick beats,
+    /// and starts the timer once the period becomes shorter.
+    #[tokio::test]
+    async fn the_heartbeat_beats_at_once_then_per_period_and_stops_at_zero() {
+        let (p, fd) = block("beat", layout::MAGIC, layout::BLOCK_SIZE);
+        let s = Stats::open(Some(fd)).expect("open");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&p)
+            .expect("reopen");
+        let w = SharedCounters::map(&f, layout::BLOCK_MAPPED_SLOTS).expect("map");
+        let hb = || s.heartbeat().expect("a block");
+        let beat = || w.load(layout::SLOT_HEARTBEAT);
+        let covered = Duration::from_millis(50);
+        assert!(hb().start(None).is_none(), "period 0");
+        hb().tick(covered);
+        assert_eq!(beat(), 0);
+        let wr = &w;
+        let beats = |n: u64| async move {
+            for _ in 0..500 {
+                if wr.load(layout::SLOT_HEARTBEAT) >= n {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            false
+        };
+
+        // Covered: a beat at once, then one per tick, no timer.
+        w.store(layout::SLOT_HEARTBEAT_MS, 100);
+        assert!(hb().start(Some(covered)).is_none(), "the tick covers it");
+        assert_eq!(beat(), 1, "beat before READY");
+        hb().tick(covered);
+        assert_eq!(beat(), 2);
+
+        // Shorter than the tick covers: the tick starts the timer, once.
+        w.store(layout::SLOT_HEARTBEAT_MS, 10);
+        hb().tick(covered);
+        hb().tick(covered);
+        assert!(hb().start(None).is_none(), "one timer per process");
+        assert!(beats(8).await, "beats every period");
+        w.store(layout::SLOT_HEARTBEAT_MS, 0);
+        for _ in 0..500 {
+            if !BEATING.load(Ordering::SeqCst) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            !BEATING.load(Ordering::SeqCst),
+            "the timer ends at period 0"
+        );
+        let last = beat();
+        hb().tick(covered);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(beat(), last, "nothing beats at period 0");
+
+        // Not covered from the start: its own timer.
+        w.store(layout::SLOT_HEARTBEAT_MS, 10);
+        let task = tokio::spawn(hb().start(None).expect("a timer"));
+        assert!(beats(last + 4).await, "beats every period");
+        w.store(layout::SLOT_HEARTBEAT_MS, 0);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the task ends at period 0")
+            .expect("task");
+        assert!(Stats(None).heartbeat().is_none(), "no block, no heartbeat");
+        let _ = std::fs::remove_file(&p);
     }
 
     /// A slab-shaped file in `dir` (removed with it, also when the test fails).

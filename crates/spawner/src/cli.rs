@@ -375,6 +375,19 @@ async fn check_cmd(sock: &std::path::Path) -> Result<u8> {
             ns_netns::NETNS_RUN_DIR
         ));
     }
+    // A shared server that is not running (hung: being replaced; restarting; backoff) is
+    // why its namespaces are not: said once, with its reason.
+    for sv in reply.servers.iter().filter(|sv| sv.state != "running") {
+        problems.push(format!(
+            "shared server {} is {}{}",
+            sv.shard,
+            sv.state,
+            sv.last_error
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        ));
+    }
     let mut held = crate::doctor::HeldSockets::default();
     for p in &reply.proxies {
         let netns = cell(&p["netns"]);

@@ -46,6 +46,12 @@ const SECONDS: Kind = Kind::Seconds {
     max: 86_400.0,
 };
 
+/// Seconds where 0 switches the feature off.
+const SECONDS_OR_OFF: Kind = Kind::Seconds {
+    min: 0.0,
+    max: 86_400.0,
+};
+
 const KEEPALIVE: [&str; 3] = [
     KeepaliveMode::CHOICES[0].0,
     KeepaliveMode::CHOICES[1].0,
@@ -181,6 +187,15 @@ static OPTS: &[Opt] = &[
     .default("30"),
     Opt::new(
         GROUP,
+        "hang_timeout",
+        SECONDS_OR_OFF,
+        "Seconds a proxy or shared server may go without a heartbeat from its event loop \
+         (and not stopped) before it is killed and replaced as if it had died (0: not \
+         watched); read at start",
+    )
+    .default("60"),
+    Opt::new(
+        GROUP,
         "proxy_model",
         Kind::Choice(&MODELS),
         "per-namespace: one proxy process per namespace; shared: one server process for all, the spawner opening each namespace's listeners and handing them over (opt-in); read at start",
@@ -298,6 +313,9 @@ pub struct Config {
     pub stop_timeout: Duration,
     /// `[spawner] max_restart_delay`: cap of the restart backoff.
     pub max_restart_delay: Duration,
+    /// `[spawner] hang_timeout`: a process whose heartbeat has not moved for longer is hung
+    /// ([`crate::hang`]); zero: not watched.
+    pub hang_timeout: Duration,
     /// `[spawner] metrics_bind`: a TCP address serving only `GET /metrics` (off by default).
     pub metrics_bind: Option<std::net::SocketAddr>,
     /// `[spawner] proxy_model`.
@@ -350,6 +368,12 @@ impl Config {
         if self.shared_servers != old.shared_servers {
             self.shared_servers = old.shared_servers;
             kept.push("shared_servers");
+        }
+        // Every running proxy task and server manager holds the value it started with: one
+        // value for all, or the log and the watchdogs would disagree.
+        if self.hang_timeout != old.hang_timeout {
+            self.hang_timeout = old.hang_timeout;
+            kept.push("hang_timeout");
         }
         kept
     }
@@ -407,6 +431,7 @@ impl Config {
             ready_timeout: v.seconds(GROUP, "ready_timeout")?,
             stop_timeout: v.seconds(GROUP, "stop_timeout")?,
             max_restart_delay: v.seconds(GROUP, "max_restart_delay")?,
+            hang_timeout: v.seconds(GROUP, "hang_timeout")?,
             metrics_bind: ns_contract::options::socket_addr(
                 v,
                 GROUP,

@@ -66,9 +66,25 @@ fn defaults() {
     assert_eq!(c.ready_timeout, Duration::from_secs(10));
     assert_eq!(c.stop_timeout, Duration::from_secs(5));
     assert_eq!(c.max_restart_delay, Duration::from_secs(30));
+    assert_eq!(c.hang_timeout, Duration::from_secs(60));
     assert!(c.proxy_binary.ends_with("ns-metadata-proxy"));
     assert!(c.proxy_metrics);
     assert_eq!(c.stats_dir(), PathBuf::from("/var/lib/ns-metadata/stats"));
+}
+
+#[test]
+fn hang_timeout_zero_switches_the_watchdog_off_and_a_bad_one_names_its_origin() {
+    let (c, _) = load("[spawner]\nhang_timeout = 0\n").expect("loads");
+    assert_eq!(c.hang_timeout, Duration::ZERO);
+    let (c, _) = load_with("", &[("hang-timeout", "2.5")], &[]).expect("loads");
+    assert_eq!(c.hang_timeout, Duration::from_millis(2500));
+    let e = err("[spawner]\nhang_timeout = -1\n", &[], &[]);
+    assert!(
+        e.contains("s.ini:2: [spawner] hang_timeout: -1 is out of range"),
+        "{e}"
+    );
+    let e = err("", &[("hang-timeout", "never")], &[]);
+    assert!(e.contains("--hang-timeout"), "{e}");
 }
 
 #[test]
@@ -488,7 +504,7 @@ fn a_reload_keeps_what_changes_only_on_restart() {
     let (old, _) = load("[spawner]\nproxy_model = shared\nshared_servers = 2\n").expect("old");
     let (mut new, _) = load(
         "[spawner]\nproxy_model = per-namespace\nshared_servers = 1\nstate_dir = /x\n\
-         agent_keepalive = off\n",
+         agent_keepalive = off\nhang_timeout = 0\n",
     )
     .expect("new");
     let kept = new.keep_restart_only(&old);
@@ -499,7 +515,8 @@ fn a_reload_keeps_what_changes_only_on_restart() {
             "state_dir",
             "control_socket",
             "proxy_model",
-            "shared_servers"
+            "shared_servers",
+            "hang_timeout"
         ]
     );
     assert_eq!(

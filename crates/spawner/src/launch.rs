@@ -18,6 +18,9 @@ use crate::{Error, Result};
 /// The fd number the proxy reports readiness on.
 pub const READY_FD: i32 = 3;
 
+/// How long a stop waits for a SIGKILLed process to be gone ([`Running::stop`]).
+pub const KILL_WAIT: Duration = Duration::from_secs(5);
+
 /// The proxy's arguments (without the program) for a spec under a config: every proxy option
 /// the spawner reads, as the flags a standalone proxy takes for the same INI values. Also
 /// compared with an adopted proxy's cmdline: any difference means "restart it".
@@ -276,14 +279,23 @@ impl Running {
         }
     }
 
-    /// SIGTERM, wait up to `grace`, then SIGKILL and wait.
+    /// SIGTERM, wait up to `grace`, then SIGKILL and wait up to [`KILL_WAIT`]: a task frozen
+    /// by a cgroup (v1) freezer, or stuck in the kernel, cannot die before it is thawed or the
+    /// call returns, and a stop must not wait for ever on it (it can serve nothing with a
+    /// SIGKILL pending; a child of ours is reaped whenever it dies, by the drop).
     pub async fn stop(&mut self, grace: Duration) -> String {
         self.signal(Signal::TERM);
         match tokio::time::timeout(grace, self.wait()).await {
             Ok(how) => how,
             Err(_) => {
                 self.signal(Signal::KILL);
-                format!("killed after {grace:?}: {}", self.wait().await)
+                match tokio::time::timeout(KILL_WAIT, self.wait()).await {
+                    Ok(how) => format!("killed after {grace:?}: {how}"),
+                    Err(_) => format!(
+                        "killed after {grace:?}, not dead {KILL_WAIT:?} later (frozen or stuck \
+                         in the kernel; reaped whenever it dies)"
+                    ),
+                }
             }
         }
     }
@@ -427,8 +439,13 @@ pub async fn wait_ready(
 /// takeover, zeroed for a fresh start.
 fn stats_block(cfg: &Config, spec: &ProxySpec, takeover: bool) -> Result<OwnedFd> {
     let gauge = if takeover { Gauge::Keep } else { Gauge::Zero };
-    crate::proxy_stats::block_or_anonymous(&cfg.stats_dir(), &spec.key, gauge)
-        .map_err(|e| Error::Spawn(format!("statistics block: {e}")))
+    let fd = crate::proxy_stats::block_or_anonymous(&cfg.stats_dir(), &spec.key, gauge)
+        .map_err(|e| Error::Spawn(format!("statistics block: {e}")))?;
+    // The new process must beat before READY to be watched for hangs (crate::hang).
+    let period = crate::hang::period_ms(cfg, crate::config::ProxyModel::PerNamespace);
+    crate::proxy_stats::arm_heartbeat(&fd, period, true)
+        .map_err(|e| Error::Spawn(format!("statistics block: heartbeat: {e}")))?;
+    Ok(fd)
 }
 
 async fn read_ready(mut rx: tokio::net::unix::pipe::Receiver) -> Result<()> {

@@ -16,6 +16,7 @@ pub mod config;
 pub mod daemon;
 pub mod decide;
 pub mod doctor;
+pub mod hang;
 pub mod journal;
 pub mod launch;
 pub mod metrics;

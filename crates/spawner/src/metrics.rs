@@ -1,6 +1,6 @@
 //! `GET /metrics`: the supervisor's state in Prometheus text exposition format (proxies by
 //! state, records, reconcile passes, per-proxy up and restarts, agent reachability, the
-//! shared server in the shared model) and what
+//! shared server in the shared model, hangs) and what
 //! the proxies counted in their statistics blocks (requests by class, errors by code,
 //! connections, agent pool reuse, latency per kind).
 
@@ -111,6 +111,7 @@ pub fn render<P: Platform>(sup: &Supervisor<P>, agent: &AgentStatus) -> String {
             );
         }
     }
+    hangs(&mut s, cfg.proxy_model);
     if cfg.proxy_metrics {
         let keys: Vec<(String, ns_contract::Kind)> =
             status.iter().map(|p| (p.key.clone(), p.kind)).collect();
@@ -120,6 +121,33 @@ pub fn render<P: Platform>(sup: &Supervisor<P>, agent: &AgentStatus) -> String {
     ns_contract::metrics::build_info(&mut s, "ns-metadata-spawner", crate::VERSION);
     ns_contract::metrics::process(&mut s);
     s
+}
+
+/// `ns_metadata_hangs_total{model,kind}` (`crate::hang`): per-namespace proxies by kind, and
+/// the shared servers when that is the model.
+fn hangs(s: &mut String, model: crate::config::ProxyModel) {
+    use crate::hang::{hangs, Hung};
+    let _ = writeln!(
+        s,
+        "# HELP ns_metadata_hangs_total Proxies and shared servers killed and replaced because \
+         their heartbeat stopped for longer than hang_timeout, since this supervisor started.\n\
+         # TYPE ns_metadata_hangs_total counter"
+    );
+    for k in ns_contract::Kind::ALL {
+        let _ = writeln!(
+            s,
+            "ns_metadata_hangs_total{{model=\"per-namespace\",kind=\"{}\"}} {}",
+            k.as_str(),
+            hangs(Hung::Proxy(k))
+        );
+    }
+    if model == crate::config::ProxyModel::Shared {
+        let _ = writeln!(
+            s,
+            "ns_metadata_hangs_total{{model=\"shared\",kind=\"server\"}} {}",
+            hangs(Hung::SharedServer)
+        );
+    }
 }
 
 /// A family of per-namespace series: name, type, help, and each series' extra labels and slot.

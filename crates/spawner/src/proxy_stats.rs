@@ -34,7 +34,10 @@ use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use ns_contract::proxy_stats::{BLOCK_SIZE, MAGIC, SLOTS, SLOT_CONN_OPEN, SLOT_MAGIC};
+use ns_contract::proxy_stats::{
+    BLOCK_MAPPED_SLOTS, BLOCK_SIZE, MAGIC, SLAB_SLOT_HEARTBEAT, SLAB_SLOT_HEARTBEAT_MS, SLOTS,
+    SLOT_CONN_OPEN, SLOT_HEARTBEAT, SLOT_HEARTBEAT_MS, SLOT_MAGIC,
+};
 
 use crate::stats_slab::{NoRecord, Slab};
 use ns_contract::Kind;
@@ -90,6 +93,61 @@ pub fn block_or_anonymous(dir: &Path, key: &str, gauge: Gauge) -> std::io::Resul
         tracing::warn!(%key, err = %e, "cannot open the statistics block; the requests served for it are not counted");
         anonymous()
     })
+}
+
+/// Set the heartbeat period (`crate::hang`) in the block open as `fd`, and zero its beat
+/// when `zero` (a start: the new process must beat before READY to be watched).
+pub fn arm_heartbeat(fd: &OwnedFd, period_ms: u64, zero: bool) -> std::io::Result<()> {
+    let f = File::from(fd.try_clone()?);
+    let map = SharedCounters::map(&f, BLOCK_MAPPED_SLOTS)?;
+    if zero {
+        map.store(SLOT_HEARTBEAT, 0);
+    }
+    map.store(SLOT_HEARTBEAT_MS, period_ms);
+    Ok(())
+}
+
+/// A per-namespace proxy's heartbeat as its watchdog reads it: `key`'s block file, mapped
+/// (`None` without one: not watched).
+pub struct Beat(SharedCounters);
+
+impl Beat {
+    /// Map `key`'s block in `dir` (never through a link, only a good block); with
+    /// `period_ms`, set the period (an adopted proxy beats at this spawner's pace).
+    pub fn open(dir: &Path, key: &str, period_ms: Option<u64>) -> Option<Beat> {
+        let f = open_block(&path(dir, key), false).ok()?;
+        let map = SharedCounters::map(&f, BLOCK_MAPPED_SLOTS).ok()?;
+        if let Some(ms) = period_ms {
+            map.store(SLOT_HEARTBEAT_MS, ms);
+        }
+        Some(Beat(map))
+    }
+
+    /// The beat now; `None` once the file was cut short under the mapping.
+    pub fn read(&self) -> Option<u64> {
+        (!self.0.is_cut()).then(|| self.0.load(SLOT_HEARTBEAT))
+    }
+}
+
+/// Set the shared server `shard`'s heartbeat period in its slab's header (`crate::hang`),
+/// and zero its beat when `zero` (before the slab goes to a new server).
+pub fn arm_server_heartbeat(dir: &Path, shard: usize, period_ms: u64, zero: bool) {
+    let mut guard = registry();
+    let reg = guard.get_or_insert_with(Registry::default);
+    if let Ok(s) = reg.slab(&crate::stats_slab::path(dir, shard)) {
+        if zero {
+            s.store(0, SLAB_SLOT_HEARTBEAT, 0);
+        }
+        s.store(0, SLAB_SLOT_HEARTBEAT_MS, period_ms);
+    }
+}
+
+/// The shared server `shard`'s beat now (`None`: no slab this process can read).
+pub fn server_beat(dir: &Path, shard: usize) -> Option<u64> {
+    let mut guard = registry();
+    let reg = guard.get_or_insert_with(Registry::default);
+    let s = reg.slab(&crate::stats_slab::path(dir, shard)).ok()?;
+    Some(s.load(0, SLAB_SLOT_HEARTBEAT))
 }
 
 /// A block in memory only (`memfd`), for a proxy whose file could not be made, or a shared

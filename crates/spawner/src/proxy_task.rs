@@ -12,8 +12,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::adopt;
 use crate::backoff::Backoff;
-use crate::config::Config;
+use crate::config::{Config, ProxyModel};
 use crate::decide::ProxySpec;
+use crate::hang;
 use crate::launch::{launch_with, Running};
 use crate::pidfile;
 use crate::platform::{Opened, Platform};
@@ -114,6 +115,12 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) -> Option<
     let mut pid_file_missing = false;
     // The namespace the running proxy was prepared in and entered, for its teardown.
     let mut ns: Option<P::Ns> = None;
+    // The running proxy was started by this task (its heartbeat zeroed before), not adopted.
+    let mut fresh = false;
+    // A hung proxy's listeners (and their namespace's inode) for its successor, and its pid,
+    // never adopted again (a frozen task with a pending SIGKILL may still hold the port).
+    let mut kept: Option<(u64, Vec<OwnedFd>)> = None;
+    let mut killed: Option<u32> = None;
     if let Start::Adopt(r, argv) = start {
         let pid = r.pid().unwrap_or_default();
         // The tail of the cmdline: argv[0] (and an interpreter's script path) may differ.
@@ -137,6 +144,7 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) -> Option<
                     tracing::info!(key = %spec.key, old = ?done.old_pid, new = ?done.new_pid, "proxy with other arguments replaced by socket takeover");
                     ns = Some(new_ns);
                     current = Some(new);
+                    fresh = true;
                 }
                 AfterRestart::Kept(mut old, why) => {
                     tracing::info!(key = %spec.key, pid, reason = %why, "no socket takeover; stopping it for a plain start");
@@ -188,9 +196,14 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) -> Option<
                 // seen right after (by the select below or by wait_or_stop).
                 let attempt = match opened {
                     Ok(opened) => {
-                        let listeners = match &handover {
-                            Some(h) => handed_over(&*platform, h, &spec).await,
-                            None => Vec::new(),
+                        let listeners = match (kept.take(), &handover) {
+                            (Some((ino, l)), _)
+                                if platform.namespace_inode(&spec.netns) == Some(ino) =>
+                            {
+                                l
+                            }
+                            (_, Some(h)) => handed_over(&*platform, h, &spec).await,
+                            _ => Vec::new(),
                         };
                         let r =
                             launch_with(&*platform, &opened, &spec, &cfg, &args, listeners).await;
@@ -202,6 +215,7 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) -> Option<
                 drop(slot);
                 match attempt {
                     Ok(r) => {
+                        fresh = true;
                         let pid = r.pid();
                         // The proxy serves anyway; only adoption by a restarted
                         // supervisor needs the file, so the status says why it is missing.
@@ -229,7 +243,9 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) -> Option<
                         // A proxy of ours may hold the port (started before a pid file could
                         // be written, or by a change that was never saved): adopt it rather
                         // than crash-loop next to it; one with other arguments is restarted.
-                        if let Some((pid, mut r, argv)) = adopt::find_for(&*platform, &cfg, &spec) {
+                        let found = adopt::find_for(&*platform, &cfg, &spec)
+                            .filter(|(pid, _, _)| Some(*pid) != killed);
+                        if let Some((pid, mut r, argv)) = found {
                             if argv.ends_with(&args) {
                                 tracing::info!(key = %spec.key, pid, "start failed next to a running proxy of ours; adopted it");
                                 if let Err(e) =
@@ -239,6 +255,7 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) -> Option<
                                 }
                                 status.adopted(pid);
                                 current = Some(r);
+                                fresh = false;
                                 continue;
                             }
                             tracing::info!(key = %spec.key, pid, "start failed next to a proxy of ours with other arguments; restarting it");
@@ -263,6 +280,7 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) -> Option<
         };
         let since = Instant::now();
         let pid = running.pid();
+        let hung = watch_for_hang(&cfg, &spec, pid, fresh);
         let rewrite = PidFileRetry {
             missing: &mut pid_file_missing,
             dir: &pid_dir,
@@ -280,6 +298,23 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) -> Option<
                     return None;
                 }
             }
+            still = hung => {
+                let pid = pid.unwrap_or_default();
+                tracing::error!(key = %spec.key, netns = %spec.netns, pid, still = ?still, "proxy hung: its heartbeat has not moved for longer than hang_timeout and it is not stopped; killing it and starting another on its sockets");
+                hang::count(hang::Hung::Proxy(spec.kind));
+                status.hung(format!("hung: heartbeat still for {} s; pid {pid} killed, being replaced", still.as_secs()));
+                kept = take_for_successor(&*platform, &spec, &running, pid);
+                // Not waited for: a frozen task cannot die before it is thawed (cgroup v1). A
+                // child of ours is reaped whenever it dies (`Running`'s drop).
+                running.signal(rustix::process::Signal::KILL);
+                drop(running);
+                killed = Some(pid);
+                pidfile::remove_own(&pid_dir, &spec.key, Some(pid));
+                let delay = backoff.died(since.elapsed());
+                if !retry_after(delay, &mut stop, &cleanup, ns.as_ref()).await {
+                    return None;
+                }
+            }
             Some(reply) = restart.recv() => {
                 if reply.is_closed() {
                     current = Some(running);
@@ -292,6 +327,7 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) -> Option<
                         let _ = reply.send(Ok(done));
                         ns = Some(new_ns);
                         current = Some(new);
+                        fresh = true;
                     }
                     AfterRestart::Kept(old, e) => {
                         tracing::warn!(key = %spec.key, err = %e, "restart failed; the running proxy keeps serving");
@@ -321,6 +357,48 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) -> Option<
             }
         }
     }
+}
+
+/// Resolves when the running proxy `pid` hangs ([`crate::hang`]): how long its heartbeat was
+/// still. Never without a pid, a block to read or a timeout. `fresh`: started by this task.
+async fn watch_for_hang(cfg: &Config, spec: &ProxySpec, pid: Option<u32>, fresh: bool) -> Duration {
+    let period = hang::period(cfg, ProxyModel::PerNamespace);
+    let (Some(pid), true) = (pid, cfg.proxy_metrics) else {
+        return std::future::pending().await;
+    };
+    // An adopted proxy beats at this spawner's pace from now on (not at all with 0).
+    let arm = (!fresh).then(|| hang::period_ms(cfg, ProxyModel::PerNamespace));
+    let beat = crate::proxy_stats::Beat::open(&cfg.stats_dir(), &spec.key, arm);
+    if period.is_zero() {
+        return std::future::pending().await;
+    }
+    let what = format!("proxy {} in {}", spec.id, spec.netns);
+    hang::until_hung(cfg.hang_timeout, period, fresh, pid, &what, || {
+        beat.as_ref().and_then(crate::proxy_stats::Beat::read)
+    })
+    .await
+}
+
+/// A hung proxy's listening sockets, taken as `restart` takes them (before it is killed), for
+/// its successor: connections meanwhile wait in their accept queues. `None` (logged) when
+/// they cannot be taken: the successor binds afresh.
+fn take_for_successor<P: Platform>(
+    platform: &P,
+    spec: &ProxySpec,
+    running: &Running,
+    pid: u32,
+) -> Option<(u64, Vec<OwnedFd>)> {
+    let taken = match (running.pidfd(), platform.namespace_inode(&spec.netns)) {
+        (Some(fd), Some(ino)) => {
+            crate::takeover::take_listeners(fd, pid, spec.ipv6, ino).map(|l| (ino, l))
+        }
+        _ => Err(format!("namespace {} or the process is gone", spec.netns)),
+    };
+    taken
+        .map_err(|why| {
+            tracing::warn!(key = %spec.key, pid, reason = %why, "cannot take the hung proxy's sockets; its successor binds afresh");
+        })
+        .ok()
 }
 
 /// A pid file that could not be written when its proxy started (a full state dir), written

@@ -121,8 +121,9 @@ struct Entry {
 pub struct ServerStatus {
     /// Which server (0 with one).
     pub shard: usize,
-    /// `starting`, `running`, `restarting` (died; the next one is being started), `backoff`
-    /// (a start failed; retried after a delay) or `stopped`.
+    /// `starting`, `running`, `restarting` (died; the next one is being started), `hung`
+    /// (its heartbeat stopped: killed, the next one is being started), `backoff` (a start
+    /// failed; retried after a delay) or `stopped`.
     pub state: String,
     pub pid: Option<u32>,
     /// Namespaces handed to it (the spawner's entries; one it refused is logged).
@@ -872,6 +873,9 @@ async fn manage(
     let mut listener: Option<OwnedFd> = None;
     // A server that died, not reaped yet: reaped once the next one is started (below).
     let mut dead: Option<Running> = None;
+    // The running server was started by this task (its heartbeat zeroed first), not taken
+    // over from a previous spawner.
+    let mut fresh = current.is_none();
     loop {
         let mut running = match current.take() {
             Some(r) => r,
@@ -896,6 +900,7 @@ async fn manage(
                 match started {
                     Ok(r) => {
                         lock(&inner.health).adopted = false;
+                        fresh = true;
                         r
                     }
                     Err(e) => {
@@ -912,9 +917,22 @@ async fn manage(
         };
         inner.note("running", None, false);
         let since = Instant::now();
-        let how = loop {
+        let (how, hung) = loop {
+            // The running server's, again after a graceful replace.
+            let pid = running.pid();
             tokio::select! {
-            how = running.exited() => break how,
+            how = running.exited() => break (how, false),
+            still = watch_server(&inner, pid, fresh) => {
+                let pid = pid.unwrap_or_default();
+                tracing::error!(pid, shard = inner.shard, still = ?still, "shared server hung: its heartbeat has not moved for longer than hang_timeout and it is not stopped; killing it; its namespaces' connections wait in the kernel for the next one");
+                crate::hang::count(crate::hang::Hung::SharedServer);
+                // Not waited for: a frozen task cannot die before it is thawed (cgroup v1);
+                // reaped when it does (`Running`'s drop). The next server gets a control
+                // socket of its own, so the hung one can never answer for it.
+                running.signal(rustix::process::Signal::KILL);
+                listener = None;
+                break (format!("hung: heartbeat still for {} s; pid {pid} killed, being replaced", still.as_secs()), true);
+            }
             Some(reply) = replace.recv() => {
                 // Transactional: the new server gets a control socket of its own at
                 // `files.next`; only once it has every socket is that renamed over
@@ -941,6 +959,7 @@ async fn manage(
                 };
                 match replaced.await {
                     Ok((new, pid)) => {
+                        fresh = true;
                         let mut old = std::mem::replace(&mut running, new);
                         let grace = cfg.stop_timeout;
                         tokio::spawn(async move {
@@ -971,12 +990,40 @@ async fn manage(
         inner.up.send_replace(None);
         *inner.control.lock().await = None;
         let delay = backoff.died(since.elapsed());
-        tracing::warn!(how = %how, restart_in = ?delay, "shared server died; its sockets wait in the kernel for the next one");
-        inner.note("restarting", Some(format!("shared server {how}")), true);
+        if !hung {
+            tracing::warn!(how = %how, restart_in = ?delay, "shared server died; its sockets wait in the kernel for the next one");
+        }
+        let state = if hung { "hung" } else { "restarting" };
+        inner.note(state, Some(format!("shared server {how}")), true);
         if !sleep_unless_stopped(delay, &mut stop).await {
             return;
         }
     }
+}
+
+/// Resolves when the running server `pid` hangs ([`crate::hang`]): how long its heartbeat (in
+/// its slab's header) was still. Never without a pid, a slab or a timeout. `fresh`: started
+/// by this spawner.
+async fn watch_server(inner: &Inner, pid: Option<u32>, fresh: bool) -> Duration {
+    let cfg = &inner.cfg;
+    let period = crate::hang::period(cfg, crate::config::ProxyModel::Shared);
+    let (Some(pid), true) = (pid, cfg.proxy_metrics) else {
+        return std::future::pending().await;
+    };
+    let dir = cfg.stats_dir();
+    if !fresh {
+        // A server taken over beats at this spawner's pace from now on (not at all with 0).
+        let ms = crate::hang::period_ms(cfg, crate::config::ProxyModel::Shared);
+        crate::proxy_stats::arm_server_heartbeat(&dir, inner.shard, ms, false);
+    }
+    if period.is_zero() {
+        return std::future::pending().await;
+    }
+    let what = format!("shared server {}", inner.shard);
+    crate::hang::until_hung(cfg.hang_timeout, period, fresh, pid, &what, || {
+        crate::proxy_stats::server_beat(&dir, inner.shard)
+    })
+    .await
 }
 
 impl Inner {
@@ -1099,6 +1146,10 @@ async fn hand_slab(inner: &Inner, conn: &UnixDatagram) -> Result<Option<(u64, u6
     if !cfg.proxy_metrics {
         return Ok(None);
     }
+    // The new server beats when it takes the slab, before its namespaces are handed over,
+    // so it is watched for hangs from its first look (crate::hang).
+    let ms = crate::hang::period_ms(cfg, crate::config::ProxyModel::Shared);
+    crate::proxy_stats::arm_server_heartbeat(&cfg.stats_dir(), inner.shard, ms, true);
     let (fd, id) = match crate::proxy_stats::slab_fd(&cfg.stats_dir(), inner.shard) {
         Ok(x) => x,
         Err(e) => {

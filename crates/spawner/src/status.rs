@@ -25,17 +25,21 @@ pub enum State {
     /// Wanted, but its namespace or its interface does not exist (yet); `last_error` says
     /// which. Re-checked often, not counted as a restart.
     Waiting,
+    /// Its heartbeat stopped for longer than `hang_timeout` (`crate::hang`): killed, and
+    /// being replaced (until the new one is ready or its start fails).
+    Hung,
 }
 
 impl State {
     /// Every state, in the order the metrics list them.
-    pub const ALL: [State; 6] = [
+    pub const ALL: [State; 7] = [
         State::Starting,
         State::Running,
         State::Backoff,
         State::Stopping,
         State::Stopped,
         State::Waiting,
+        State::Hung,
     ];
 
     /// The lowercase name used in JSON, tables and metric labels.
@@ -47,6 +51,7 @@ impl State {
             State::Stopping => "stopping",
             State::Stopped => "stopped",
             State::Waiting => "waiting",
+            State::Hung => "hung",
         }
     }
 }
@@ -188,12 +193,24 @@ impl Status {
     }
 
     /// A start attempt begins; the reason of a wait is stale once what it waited for is there.
+    /// A hung proxy's replacement stays `hung` until it is ready.
     pub fn starting(&self) {
         self.change(false, |s| {
             if s.state == State::Waiting {
                 s.last_error = None;
             }
-            s.state = State::Starting;
+            if s.state != State::Hung {
+                s.state = State::Starting;
+            }
+        });
+    }
+
+    /// The proxy hung (`reason` says how long) and was killed; its replacement follows.
+    pub fn hung(&self, reason: String) {
+        self.change(true, |s| {
+            s.last_error = Some(reason);
+            s.pid = None;
+            s.state = State::Hung;
         });
     }
 

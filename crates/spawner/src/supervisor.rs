@@ -424,7 +424,7 @@ impl<P: Platform> Supervisor<P> {
         for p in self.status() {
             match p.state {
                 State::Running => s.running += 1,
-                State::Backoff => s.failing += 1,
+                State::Backoff | State::Hung => s.failing += 1,
                 _ => s.other += 1,
             }
         }

@@ -1,6 +1,7 @@
 //! Root tests with real namespaces and the real `ns-metadata-proxy`: each mode of the
 //! table end to end from a `vm` namespace, HA, kill -9 recovery, 50 namespaces at once, a
-//! proxy stopped with SIGSTOP left alone and answering after SIGCONT.
+//! proxy stopped with SIGSTOP left alone and answering after SIGCONT, a hung (frozen) proxy
+//! killed and replaced on its sockets, also one adopted by a restarted spawner.
 //! Each test has its own state dir and namespaces (per-run prefix), removed on drop.
 
 mod common;
@@ -500,7 +501,7 @@ fn a_stopped_proxy_is_left_alone_and_answers_after_sigcont() {
     let dir = TempDir::new("rt-sigstop").reaping();
     let _agent = agent(dir.path());
     let (ids, nss) = routers(&unique_prefix(), "st", 2);
-    let ini = write_ini(dir.path(), "");
+    let ini = with_hang_timeout(&write_ini(dir.path(), ""));
     let _daemon = start_daemon(dir.path(), &ini, &[]);
     let (ok, out) = cli(&ini, &["router", "add", &ids[0]]);
     assert!(ok, "{out}");
@@ -514,6 +515,8 @@ fn a_stopped_proxy_is_left_alone_and_answers_after_sigcont() {
     ns_testkit::eventually("the other router answers", T, || {
         get_in(nss[1].netns(), META).ok()
     });
+    // Its heartbeat is still for longer than hang_timeout: the watchdog saw it stopped.
+    logged(dir.path(), "left alone");
     assert!(stopped(pid), "the stopped proxy is left as it is");
     assert_eq!(
         pid_of(dir.path(), &ids[0]),
@@ -534,6 +537,138 @@ fn a_stopped_proxy_is_left_alone_and_answers_after_sigcont() {
     });
     assert!(body.starts_with(&format!("router={} ", ids[0])), "{body}");
     assert_eq!(pid_of(dir.path(), &ids[0]), Some(pid), "the same process");
+}
+
+/// A proxy whose event loop hangs for real (frozen in a cgroup freezer, no hook in the
+/// binaries; with the v1 freezer it cannot even die until thawed), under a request loop:
+/// once its heartbeat has been still for `hang_timeout` (1 s here) the spawner logs it,
+/// counts it in `/metrics`, takes its listening sockets, kills it and starts another on them
+/// without waiting for it to die. The namespace answers again through the new process, no
+/// request is refused meanwhile (they wait in the accept queue), `status` keeps the reason
+/// (`hung: …`), and once thawed the old one is gone while the new one runs on, unreplaced.
+#[test]
+fn a_hung_proxy_is_killed_and_replaced_on_its_sockets() {
+    let name = "a_hung_proxy_is_killed_and_replaced_on_its_sockets";
+    if !require_root(name) {
+        return;
+    }
+    let Some(freezer) = Freezer::for_test(name) else {
+        return;
+    };
+    let dir = TempDir::new("rt-hang").reaping();
+    let _agent = agent(dir.path());
+    let (ids, nss) = routers(&unique_prefix(), "hg", 1);
+    let ini = with_hang_timeout(&write_ini(dir.path(), ""));
+    let _daemon = start_daemon(dir.path(), &ini, &[]);
+    let (ok, out) = cli(&ini, &["router", "add", &ids[0]]);
+    assert!(ok, "{out}");
+    let old = ns_testkit::eventually("proxy running", T, || pid_of(dir.path(), &ids[0]));
+    let current = || pid_of(dir.path(), &ids[0]);
+
+    let new = hang_under_load(&freezer, nss[0].netns(), old, current);
+    let body = get_in(nss[0].netns(), META).expect("answers");
+    assert!(body.starts_with(&format!("router={} ", ids[0])), "{body}");
+    logged(dir.path(), "proxy hung");
+    let p = proxy_json(dir.path(), &ids[0]).expect("status");
+    assert!(
+        p["last_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("hung")),
+        "{p}"
+    );
+    assert!(p["restarts"].as_u64() >= Some(1), "{p}");
+    let metrics = scrape(dir.path());
+    assert!(
+        metrics.contains("ns_metadata_hangs_total{model=\"per-namespace\",kind=\"router\"} 1\n"),
+        "{metrics}"
+    );
+    thawed_and_gone(freezer, dir.path(), (old, new), current, "proxy hung");
+}
+
+/// The same for a proxy adopted by a restarted spawner (kill -9, then started again): not our
+/// child, watched once the new spawner has seen its beat move, and still replaced on its own
+/// sockets when it hangs.
+#[test]
+fn an_adopted_proxy_that_hangs_is_replaced_too() {
+    let name = "an_adopted_proxy_that_hangs_is_replaced_too";
+    if !require_root(name) {
+        return;
+    }
+    let Some(freezer) = Freezer::for_test(name) else {
+        return;
+    };
+    let dir = TempDir::new("rt-hang-adopted").reaping();
+    let _agent = agent(dir.path());
+    let (ids, nss) = routers(&unique_prefix(), "ha", 1);
+    let ini = with_hang_timeout(&write_ini(dir.path(), ""));
+    let mut first = start_daemon(dir.path(), &ini, &[]);
+    add_router(&ini, &ids[0]);
+    let old = ns_testkit::eventually("proxy running", T, || pid_of(dir.path(), &ids[0]));
+    kill9(first.pid());
+    let _ = first.0.wait();
+    let _daemon = start_daemon(dir.path(), &ini, &[]);
+    let p = ns_testkit::eventually("adopted", T, || {
+        proxy_json(dir.path(), &ids[0]).filter(|p| p["adopted"] == true)
+    });
+    assert_eq!(p["pid"].as_u64(), Some(u64::from(old)), "{p}");
+    // Watched once the new spawner has seen it beat: a few beats (250 ms apart) after the
+    // adoption, at least one of its looks saw the beat move.
+    let b0 = beat_of(dir.path(), &ids[0]).expect("a heartbeat");
+    ns_testkit::eventually("beats after the adoption", T, || {
+        beat_of(dir.path(), &ids[0]).filter(|&b| b >= b0 + 3)
+    });
+    let current = || pid_of(dir.path(), &ids[0]);
+
+    let new = hang_under_load(&freezer, nss[0].netns(), old, current);
+    let body = get_in(nss[0].netns(), META).expect("answers");
+    assert!(body.starts_with(&format!("router={} ", ids[0])), "{body}");
+    thawed_and_gone(freezer, dir.path(), (old, new), current, "proxy hung");
+}
+
+/// A proxy frozen in a cgroup (with the v1 freezer it cannot die until thawed) whose router
+/// is removed: the stop (SIGTERM, `stop_timeout`, SIGKILL) does not wait for it for ever, so
+/// the namespace's metadata address is removed while the frozen process is still there;
+/// thawed, it dies of its SIGKILL. (The default `hang_timeout` is far away here.)
+#[test]
+fn a_frozen_proxy_is_removed_without_waiting_for_it_to_die() {
+    let name = "a_frozen_proxy_is_removed_without_waiting_for_it_to_die";
+    if !require_root(name) {
+        return;
+    }
+    let Some(freezer) = Freezer::for_test(name) else {
+        return;
+    };
+    let dir = TempDir::new("rt-frozen-rm").reaping();
+    let _agent = agent(dir.path());
+    let (ids, nss) = routers(&unique_prefix(), "fz", 1);
+    let ini = write_ini(dir.path(), "");
+    let _daemon = start_daemon(dir.path(), &ini, &[]);
+    let (ok, out) = cli(&ini, &["router", "add", &ids[0]]);
+    assert!(ok, "{out}");
+    let old = ns_testkit::eventually("proxy running", T, || pid_of(dir.path(), &ids[0]));
+    freezer.freeze(old);
+    let (ok, out) = cli(&ini, &["router", "remove", &ids[0]]);
+    assert!(ok, "{out}");
+    let has_address = || {
+        let out = std::process::Command::new("ip")
+            .args(["-n", nss[0].name(), "-4", "-o", "addr", "show", "dev", "lo"])
+            .output()
+            .expect("ip");
+        String::from_utf8_lossy(&out.stdout).contains("169.254.169.254")
+    };
+    // stop_timeout (3 s) and the 5 s a SIGKILLed process is waited for, then the teardown.
+    assert!(
+        ns_testkit::wait_until(Duration::from_secs(20), || !has_address()),
+        "the removed router's address is gone"
+    );
+    if !freezer.frozen_can_die() {
+        assert!(alive(old), "{}: removed without waiting", freezer.kind());
+        logged(dir.path(), "not dead");
+    }
+    drop(freezer);
+    ns_testkit::eventually("the frozen proxy gone once thawed", T, || {
+        (!alive(old)).then_some(())
+    });
 }
 
 /// `status --json` of the daemon on state dir `dir`.

@@ -7,7 +7,8 @@
 //! failed server restart leaving the old server to be taken over, one that cannot be taken
 //! over stopped and replaced, switching the model either way under a request loop with
 //! nothing refused, and a server stopped with SIGSTOP past `ready_timeout` left alone,
-//! keeping the namespace handed to it meanwhile. Routers
+//! keeping the namespace handed to it meanwhile, and a hung (frozen) server killed and
+//! replaced on the spawner's copies of the listeners with nothing refused. Routers
 //! are added explicitly (never auto-enabled: other tests' namespaces share `/run/netns`).
 //! Each test has its own state dir and namespaces
 //! (per-run prefix), removed on drop; the server is killed on drop (`TempDir::reaping`).
@@ -126,53 +127,6 @@ async fn one_server_serves_every_router_and_a_kill9_refuses_nothing() {
     assert!(!dir.path().join("shared.sock").exists());
 }
 
-/// GET requests in a loop from inside a namespace, on a thread, until finished.
-struct RequestLoop {
-    go: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    answered: std::sync::Arc<std::sync::atomic::AtomicU32>,
-    thread: std::thread::JoinHandle<Vec<String>>,
-}
-
-impl RequestLoop {
-    fn start(ns: &ns_netns::Netns) -> RequestLoop {
-        use std::sync::atomic::Ordering::Relaxed;
-        let ns = ns.try_clone().expect("ns");
-        let go = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let answered = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
-        let (g, a) = (go.clone(), answered.clone());
-        let thread = std::thread::spawn(move || {
-            let mut failed = Vec::new();
-            while g.load(Relaxed) {
-                match get_in(&ns, META) {
-                    Ok(_) => {
-                        a.fetch_add(1, Relaxed);
-                    }
-                    Err(e) => failed.push(e),
-                }
-            }
-            failed
-        });
-        RequestLoop {
-            go,
-            answered,
-            thread,
-        }
-    }
-
-    /// Requests answered with a 200 so far.
-    fn answered(&self) -> u32 {
-        self.answered.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Stop: how many were answered, and how each other one failed.
-    fn finish(self) -> (u32, Vec<String>) {
-        self.go.store(false, std::sync::atomic::Ordering::Relaxed);
-        let answered = self.answered;
-        let failed = self.thread.join().expect("request loop");
-        (answered.load(std::sync::atomic::Ordering::Relaxed), failed)
-    }
-}
-
 async fn futures_pids(sup: &Supervisor<Namespaces>, ids: &[String]) -> Vec<u32> {
     let mut pids = Vec::new();
     for id in ids {
@@ -188,20 +142,6 @@ fn shared_ini(dir: &std::path::Path) -> std::path::PathBuf {
     let text = std::fs::read_to_string(&ini).expect("ini");
     std::fs::write(&ini, format!("{text}proxy_model = shared\n")).expect("ini");
     ini
-}
-
-/// `ns-metadata-spawner router add ID` to the daemon of `ini`.
-fn add_router(ini: &std::path::Path, id: &str) {
-    let (ok, out) = cli(ini, &["router", "add", id]);
-    assert!(ok, "router add {id}: {out}");
-    // Saved before anything kills the daemon: a restarted one knows the router.
-    let records = ini.parent().expect("dir").join("records.json");
-    ns_testkit::eventually("router saved", T, || {
-        std::fs::read_to_string(&records)
-            .ok()?
-            .contains(&format!("\"{id}\""))
-            .then_some(())
-    });
 }
 
 /// Wait until router `id`'s namespace `ns` answers, as router `id`.
@@ -981,7 +921,7 @@ fn a_stopped_server_is_left_alone_and_serves_again_after_sigcont() {
     let dir = TempDir::new("shared-sigstop").reaping();
     let _agent = agent(dir.path());
     let (ids, nss) = routers(&unique_prefix(), "sg", 4);
-    let ini = shared_ini(dir.path());
+    let ini = with_hang_timeout(&shared_ini(dir.path()));
     let text = std::fs::read_to_string(&ini).expect("ini");
     std::fs::write(&ini, format!("{text}ready_timeout = 2\n")).expect("ini");
     let _daemon = start_daemon(dir.path(), &ini, &[]);
@@ -1002,6 +942,8 @@ fn a_stopped_server_is_left_alone_and_serves_again_after_sigcont() {
         proxy_json(dir.path(), &ids[2]).filter(|p| p["state"] == "running")
     });
     assert_eq!(p["pid"].as_u64(), Some(u64::from(server)), "{p}");
+    // Its heartbeat is still for longer than hang_timeout: the watchdog saw it stopped.
+    logged(dir.path(), "left alone");
     assert!(
         stopped(server) && server_pid(dir.path()) == Some(server),
         "the stopped server is left as it is"
@@ -1058,5 +1000,71 @@ fn a_stopped_server_is_left_alone_and_serves_again_after_sigcont() {
         server_pid(dir.path()),
         Some(server),
         "the same server throughout"
+    );
+}
+
+/// The shared server's event loop hangs for real (frozen in a cgroup freezer, no hook in the
+/// binaries; with the v1 freezer it cannot even die until thawed) under a request loop: once
+/// its heartbeat has been still for `hang_timeout` (1 s here) the spawner logs it, counts it
+/// in `/metrics`, kills it and starts another with its own copies of every namespace's
+/// listeners, without waiting for the frozen one to die. Every namespace answers again
+/// through the new server, no request is refused (they wait in the accept queues), `status`
+/// keeps the reason on the server's line, and once thawed the old one is gone while the new
+/// one runs on, unreplaced.
+#[test]
+fn a_hung_server_is_killed_and_replaced_with_nothing_refused() {
+    let name = "a_hung_server_is_killed_and_replaced_with_nothing_refused";
+    if !require_root(name) {
+        return;
+    }
+    let Some(freezer) = Freezer::for_test(name) else {
+        return;
+    };
+    let dir = TempDir::new("shared-hang").reaping();
+    let _agent = agent(dir.path());
+    let (ids, nss) = routers(&unique_prefix(), "hg", 2);
+    let ini = with_hang_timeout(&shared_ini(dir.path()));
+    let _daemon = start_daemon(dir.path(), &ini, &[]);
+    for id in &ids {
+        add_router(&ini, id);
+    }
+    let old = ns_testkit::eventually("server pid file", T, || server_pid(dir.path()));
+    for (id, ns) in ids.iter().zip(&nss) {
+        answered_for(ns, id);
+    }
+    let current = || server_pid(dir.path());
+
+    let new = hang_under_load(&freezer, nss[0].netns(), old, current);
+    for (id, ns) in ids.iter().zip(&nss) {
+        answered_for(ns, id);
+        assert_eq!(
+            pid_of(dir.path(), id),
+            Some(new),
+            "{id} follows the new server"
+        );
+    }
+    logged(dir.path(), "shared server hung");
+    let (ok, out) = cli(&ini, &["status", "--json"]);
+    assert!(ok, "{out}");
+    let st: serde_json::Value = serde_json::from_str(&out).expect("status json");
+    let sv = &st["servers"][0];
+    assert!(
+        sv["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("hung")),
+        "{sv}"
+    );
+    assert!(sv["restarts"].as_u64() >= Some(1), "{sv}");
+    let metrics = scrape(dir.path());
+    assert!(
+        metrics.contains("ns_metadata_hangs_total{model=\"shared\",kind=\"server\"} 1\n"),
+        "{metrics}"
+    );
+    thawed_and_gone(
+        freezer,
+        dir.path(),
+        (old, new),
+        current,
+        "shared server hung",
     );
 }

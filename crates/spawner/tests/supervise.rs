@@ -1,7 +1,8 @@
 //! Unprivileged tests of supervision with a stand-in proxy in the current namespace:
 //! start/stop with pid files, restart after kill -9, failure with backoff visible in the
-//! status, restart on config change, adoption by a new supervisor, stale pid files, and
-//! `--stop-proxies-on-exit`-style stop of everything.
+//! status, restart on config change, adoption by a new supervisor, stale pid files,
+//! `--stop-proxies-on-exit`-style stop of everything, and a proxy that never beats its
+//! heartbeat (an older binary) never called hung.
 
 mod common;
 
@@ -65,6 +66,32 @@ async fn start_stop_pid_file_and_restart_after_kill() {
         (!pidfile::path(&pid_dir, "r1").exists()).then_some(())
     })
     .await;
+    lp.abort();
+}
+
+/// The stand-in proxy never beats its heartbeat, as a proxy binary older than the spawner
+/// would not: with a `hang_timeout` of 100 ms it is not watched for hangs (logged once), so it
+/// runs on, the same process, through many timeouts' worth of looks; a hung one would have
+/// been replaced within one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_that_never_beats_is_never_called_hung() {
+    let dir = TempDir::new("nobeat").reaping();
+    let proxy = fake_proxy(dir.path());
+    let mut cfg = config(dir.path(), &proxy);
+    cfg.hang_timeout = Duration::from_millis(100);
+    let sup = Supervisor::new(Host, cfg, Records::default());
+    let looper = sup.clone();
+    let lp = tokio::spawn(async move { looper.run_loop().await });
+    sup.put_router(router("nb"));
+    let pid = running_pid(&sup, "nb", T).await;
+    let _g = PidGuard(vec![pid]);
+    let replaced = poll_async(Duration::from_secs(1), || {
+        status_of(&sup, "nb").filter(|s| s.state != State::Running || s.pid != Some(pid))
+    })
+    .await;
+    assert!(replaced.is_none(), "{replaced:?}");
+    assert!(alive(pid));
+    sup.stop_all().await;
     lp.abort();
 }
 

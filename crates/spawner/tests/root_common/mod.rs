@@ -70,6 +70,27 @@ pub fn write_ini(dir: &Path, extra: &str) -> PathBuf {
     p
 }
 
+/// `ini` with `[spawner] hang_timeout = 1` (the last section of [`write_ini`]'s files): hung
+/// processes are watched every 250 ms, a quarter of the timeout, in either model.
+pub fn with_hang_timeout(ini: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(ini).expect("ini");
+    std::fs::write(ini, format!("{text}hang_timeout = 1\n")).expect("ini");
+    ini.to_owned()
+}
+
+/// Wait until the daemon's log in `dir` holds `what`; the log in the panic message if not.
+pub fn logged(dir: &Path, what: &str) {
+    let log = dir.join("daemon.log");
+    let found = ns_testkit::wait_until(Duration::from_secs(15), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains(what))
+    });
+    assert!(
+        found,
+        "the log never said {what:?}:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
+
 /// How long a daemon may take to send READY=1.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -198,6 +219,27 @@ pub fn cli_code(ini: &Path, args: &[&str]) -> (Option<i32>, String) {
     )
 }
 
+/// `ns-metadata-spawner router add ID` to the daemon of `ini`.
+pub fn add_router(ini: &Path, id: &str) {
+    let (ok, out) = cli(ini, &["router", "add", id]);
+    assert!(ok, "router add {id}: {out}");
+    // Saved before anything kills the daemon: a restarted one knows the router.
+    let records = ini.parent().expect("dir").join("records.json");
+    ns_testkit::eventually("router saved", Duration::from_secs(15), || {
+        std::fs::read_to_string(&records)
+            .ok()?
+            .contains(&format!("\"{id}\""))
+            .then_some(())
+    });
+}
+
+/// The heartbeat in the statistics block of key `key` (state dir `dir`), as the proxy wrote it.
+pub fn beat_of(dir: &Path, key: &str) -> Option<u64> {
+    let block = std::fs::read(dir.join("stats").join(format!("{key}.stats"))).ok()?;
+    let at = ns_contract::proxy_stats::SLOT_HEARTBEAT * 8;
+    Some(u64::from_le_bytes(block.get(at..at + 8)?.try_into().ok()?))
+}
+
 /// The proxy of record `id` in `status --json` of the daemon on state dir `dir`.
 pub fn proxy_json(dir: &Path, id: &str) -> Option<serde_json::Value> {
     let o = Command::new(env!("CARGO_BIN_EXE_ns-metadata-spawner"))
@@ -288,4 +330,227 @@ pub fn scrape(dir: &Path) -> String {
     c.read(false, Duration::from_secs(5))
         .map(|r| r.text())
         .unwrap_or_default()
+}
+
+/// GET requests in a loop from inside a namespace, on a thread, until finished.
+pub struct RequestLoop {
+    go: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    answered: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    thread: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl RequestLoop {
+    pub fn start(ns: &ns_netns::Netns) -> RequestLoop {
+        use std::sync::atomic::Ordering::Relaxed;
+        let ns = ns.try_clone().expect("ns");
+        let go = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let (g, a) = (go.clone(), answered.clone());
+        let thread = std::thread::spawn(move || {
+            let mut failed = Vec::new();
+            while g.load(Relaxed) {
+                match get_in(&ns, META) {
+                    Ok(_) => {
+                        a.fetch_add(1, Relaxed);
+                    }
+                    Err(e) => failed.push(e),
+                }
+            }
+            failed
+        });
+        RequestLoop {
+            go,
+            answered,
+            thread,
+        }
+    }
+
+    /// Requests answered with a 200 so far.
+    pub fn answered(&self) -> u32 {
+        self.answered.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stop: how many were answered, and how each other one failed.
+    pub fn finish(self) -> (u32, Vec<String>) {
+        self.go.store(false, std::sync::atomic::Ordering::Relaxed);
+        let answered = self.answered;
+        let failed = self.thread.join().expect("request loop");
+        (answered.load(std::sync::atomic::Ordering::Relaxed), failed)
+    }
+}
+
+/// A hang for real under a request loop from `ns`: `old` frozen in `freezer`, then waited
+/// for its replacement (`current` names the process serving now). The new pid, once it has
+/// answered; no request was refused meanwhile (they wait in the accept queues), and where a
+/// frozen task cannot die (cgroup v1) the old one is still there: the replacement did not
+/// wait for it.
+pub fn hang_under_load(
+    freezer: &Freezer,
+    ns: &Netns,
+    old: u32,
+    current: impl Fn() -> Option<u32>,
+) -> u32 {
+    let t = Duration::from_secs(15);
+    let load = RequestLoop::start(ns);
+    ns_testkit::eventually("answers before", t, || (load.answered() > 0).then_some(()));
+    freezer.freeze(old);
+    let new = ns_testkit::eventually("a new process", t, || current().filter(|&p| p != old));
+    let before = load.answered();
+    ns_testkit::eventually("answers through the new process", t, || {
+        (load.answered() > before).then_some(())
+    });
+    let (ok, failed) = load.finish();
+    assert!(
+        failed.iter().all(|e| !e.contains("refused")),
+        "{ok} ok, failed: {failed:?}"
+    );
+    if !freezer.frozen_can_die() {
+        assert!(
+            ns_testkit::proc::alive(old),
+            "{}: the replacement did not wait for the frozen process to die",
+            freezer.kind()
+        );
+    }
+    new
+}
+
+/// After [`hang_under_load`]: thawed (the freezer dropped), the old process dies of its
+/// SIGKILL, the new one runs on (`current`), and the daemon's log in `dir` says `hung` once.
+pub fn thawed_and_gone(
+    freezer: Freezer,
+    dir: &Path,
+    (old, new): (u32, u32),
+    current: impl Fn() -> Option<u32>,
+    hung: &str,
+) {
+    drop(freezer);
+    ns_testkit::eventually(
+        "the old process gone once thawed",
+        Duration::from_secs(15),
+        || (!ns_testkit::proc::alive(old)).then_some(()),
+    );
+    assert_eq!(current(), Some(new), "the new one runs on");
+    let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
+    assert_eq!(log.matches(hung).count(), 1, "one hang: {log}");
+}
+
+/// A cgroup freezer that hangs the processes a test puts in it for real (no hook in the
+/// binaries): the cgroup v1 freezer where it is mounted (a frozen task cannot even die until
+/// thawed, the hardest case for a supervisor), else cgroup v2's `cgroup.freeze` (where
+/// SIGKILL kills a frozen task). On drop it is thawed, whatever is still in it goes back to
+/// the hierarchy's root, and the cgroup is removed.
+pub struct Freezer {
+    dir: PathBuf,
+    v1: bool,
+}
+
+impl Freezer {
+    /// [`Freezer::new`], or `None` with `test` skipped (saying what is missing).
+    pub fn for_test(test: &str) -> Option<Freezer> {
+        Freezer::new()
+            .map_err(|what| ns_testkit::skip(test, &format!("needs {what}")))
+            .ok()
+    }
+
+    /// A cgroup of its own (`ns-metadata-test-<pid>-<n>`) in the v1 freezer hierarchy
+    /// (`/sys/fs/cgroup/freezer`) or the v2 one (`/sys/fs/cgroup/unified`, or
+    /// `/sys/fs/cgroup` itself); the reason neither works otherwise.
+    pub fn new() -> Result<Freezer, String> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "ns-metadata-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let v1 = Path::new("/sys/fs/cgroup/freezer");
+        if v1.join("cgroup.procs").is_file() {
+            let dir = v1.join(&name);
+            std::fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            return Ok(Freezer { dir, v1: true });
+        }
+        for root in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
+            let root = Path::new(root);
+            if !root.join("cgroup.controllers").is_file() {
+                continue;
+            }
+            let dir = root.join(&name);
+            if std::fs::create_dir(&dir).is_ok() {
+                if dir.join("cgroup.freeze").is_file() {
+                    return Ok(Freezer { dir, v1: false });
+                }
+                let _ = std::fs::remove_dir(&dir);
+            }
+        }
+        Err("a cgroup freezer (cgroup v1 freezer or cgroup v2 cgroup.freeze)".to_owned())
+    }
+
+    /// Which freezer this is, for messages.
+    pub fn kind(&self) -> &'static str {
+        if self.v1 {
+            "cgroup v1 freezer"
+        } else {
+            "cgroup v2 cgroup.freeze"
+        }
+    }
+
+    /// Whether a frozen task can die before it is thawed (v2) or not (v1).
+    pub fn frozen_can_die(&self) -> bool {
+        !self.v1
+    }
+
+    /// Move `pid` (every thread of it) into the cgroup and freeze it; returns once the
+    /// kernel says it is frozen.
+    pub fn freeze(&self, pid: u32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string()).expect("into the cgroup");
+        let (file, on, done) = self.switch();
+        std::fs::write(self.dir.join(file), on).expect("freeze");
+        ns_testkit::eventually("frozen", Duration::from_secs(10), || {
+            let state = std::fs::read_to_string(self.dir.join(done)).ok()?;
+            let frozen = if self.v1 {
+                state.trim() == "FROZEN"
+            } else {
+                state.lines().any(|l| l == "frozen 1")
+            };
+            frozen.then_some(())
+        });
+    }
+
+    /// Thaw whatever is in the cgroup.
+    pub fn thaw(&self) {
+        let file = self.switch().0;
+        let off = if self.v1 { "THAWED" } else { "0" };
+        let _ = std::fs::write(self.dir.join(file), off);
+    }
+
+    /// The file that freezes, its "frozen" value, and the file that says it is done.
+    fn switch(&self) -> (&'static str, &'static str, &'static str) {
+        if self.v1 {
+            ("freezer.state", "FROZEN", "freezer.state")
+        } else {
+            ("cgroup.freeze", "1", "cgroup.events")
+        }
+    }
+}
+
+impl Drop for Freezer {
+    fn drop(&mut self) {
+        self.thaw();
+        let root = self.dir.parent().map(|p| p.join("cgroup.procs"));
+        let gone = ns_testkit::wait_until(Duration::from_secs(10), || {
+            // Processes still alive (not killed meanwhile) go back to the root; dying ones
+            // leave by themselves once thawed.
+            if let (Ok(procs), Some(root)) = (
+                std::fs::read_to_string(self.dir.join("cgroup.procs")),
+                &root,
+            ) {
+                for pid in procs.split_whitespace() {
+                    let _ = std::fs::write(root, pid);
+                }
+            }
+            std::fs::remove_dir(&self.dir).is_ok()
+        });
+        if !gone {
+            eprintln!("cannot remove the test cgroup {}", self.dir.display());
+        }
+    }
 }
