@@ -21,7 +21,7 @@
 # Optional: SH_MAX_AGENT_REQUESTS (the spawner's `max_agent_requests` for both models of ours;
 # unset: the proxy's default), SH_PROXY_METRICS (`true`/`false`: the spawner's `proxy_metrics`;
 # unset: its default, on), SH_PROXY_THREADS (the spawner's `proxy_threads` for both models
-# of ours; unset: its default, one thread per proxy and `auto` for the shared server),
+# of ours; unset: its default, one thread),
 # SH_PERF=DIR (`perf record -g` of the serving process under the busy load,
 # DIR/perf-MODEL-N.data, then `strace -c` over a second busy run, DIR/strace-MODEL-N.txt with
 # its request count).

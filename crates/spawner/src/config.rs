@@ -161,8 +161,7 @@ static OPTS: &[Opt] = &[
         "proxy_threads",
         Kind::Str,
         "Serving threads of each proxy and of the shared server at most, started only under \
-         load (passed as --threads: auto or 1..16; unset: 1 for a per-namespace proxy, auto \
-         for the shared server)",
+         load (passed as --threads: auto or 1..16; unset: the proxy's default, 1)",
     ),
     Opt::new(
         GROUP,
@@ -304,8 +303,7 @@ pub struct Config {
     /// proxy's default, and no flag, so the argv of running proxies stays as it was).
     pub max_agent_requests: Option<usize>,
     /// `[spawner] proxy_threads` (`auto` or 1..=16), passed as `--threads` when set (unset:
-    /// no flag for a proxy, as for `max_agent_requests`; `--threads auto` for the shared
-    /// server, [`crate::launch::shared_args`]).
+    /// no flag, as for `max_agent_requests`).
     pub proxy_threads: Option<String>,
     /// `[spawner] ready_timeout`: how long a proxy may take to report READY.
     pub ready_timeout: Duration,

@@ -83,10 +83,7 @@ fn option_args(cfg: &Config) -> Vec<String> {
 }
 
 /// The shared server's flags besides `--shared-server` and `--control-fd`: every proxy's,
-/// without an id or a bind. Without `proxy_threads`, `--threads auto`: one process serves
-/// every namespace, and a second thread (started only while a namespace is busy) keeps a
-/// flooded namespace's connections out of the quiet ones' event loop
-/// (`ns_metadata_proxy::workers::place_namespace`).
+/// without an id or a bind.
 pub fn shared_args(cfg: &Config) -> Vec<String> {
     let mut a = vec![
         "--metadata-proxy-socket".to_owned(),
@@ -95,9 +92,6 @@ pub fn shared_args(cfg: &Config) -> Vec<String> {
         READY_FD.to_string(),
     ];
     a.extend(option_args(cfg));
-    if cfg.proxy_threads.is_none() {
-        a.extend(["--threads".to_owned(), "auto".to_owned()]);
-    }
     a
 }
 
@@ -518,32 +512,5 @@ mod tests {
              --timeout-request 1 --timeout-server 90 --agent-keepalive off --max-agent-requests 8 \
              --threads 2"
         );
-    }
-
-    #[test]
-    fn the_shared_server_gets_threads_auto_unless_proxy_threads_says() {
-        let mut cfg = Config::defaults();
-        let spec = ProxySpec {
-            key: "r1".into(),
-            kind: Kind::Router,
-            id: "r1".into(),
-            netns: "qrouter-r1".into(),
-            interface: "lo".into(),
-            ipv6: false,
-        };
-        let threads = |cfg: &Config| {
-            let a = shared_args(cfg);
-            let i = a.iter().position(|f| f == "--threads").expect("--threads");
-            (
-                a[i + 1].clone(),
-                a.iter().filter(|f| *f == "--threads").count(),
-            )
-        };
-        assert_eq!(threads(&cfg), ("auto".to_owned(), 1));
-        cfg.proxy_threads = Some("1".into());
-        assert_eq!(threads(&cfg), ("1".to_owned(), 1));
-        // A per-namespace proxy keeps the proxy's default (one thread) when unset.
-        cfg.proxy_threads = None;
-        assert!(!proxy_args(&spec, &cfg).iter().any(|f| f == "--threads"));
     }
 }
