@@ -233,9 +233,8 @@ impl Workers {
     }
 
     fn place(&'static self) -> (Place, Open) {
-        let count = |index: usize| self.count(index);
         if self.max == 1 {
-            return (Place::Here, count(0));
+            return (Place::Here, self.count(0));
         }
         let mut helpers = self.lock();
         let (mut best, mut least) = (0, self.load(0));
@@ -244,26 +243,12 @@ impl Workers {
                 (best, least) = (i + 1, self.load(i + 1));
             }
         }
-        if least >= START_AT && !self.failed.load(Ordering::Relaxed) {
-            if let Some(free) = helpers.iter().position(Option::is_none) {
-                match start(free + 1) {
-                    Ok(h) => {
-                        helpers[free] = Some(h);
-                        best = free + 1;
-                        let running = helpers.iter().flatten().count() + 1;
-                        tracing::debug!(threads = running, "busy: another serving thread started");
-                    }
-                    Err(e) => {
-                        self.failed.store(true, Ordering::Relaxed);
-                        tracing::warn!(err = %e, "cannot start another serving thread; serving on the ones running");
-                    }
-                }
+        if least >= START_AT {
+            if let Some(started) = self.start_helper(&mut helpers, "busy") {
+                best = started;
             }
         }
-        match best.checked_sub(1).and_then(|i| helpers[i].as_ref()) {
-            Some(h) => (Place::On(h.handle.clone()), count(best)),
-            None => (Place::Here, count(0)),
-        }
+        self.placed(&helpers, best)
     }
 
     fn place_namespace(&'static self, busy: bool) -> (Place, Open) {
@@ -279,27 +264,42 @@ impl Workers {
             .map(|(i, _)| i + 1);
         // Another helper once every running one is as busy as the main thread may get.
         let full = least.is_none_or(|i| self.load(i) >= START_AT * START_AT);
-        let best = match helpers.iter().position(Option::is_none) {
-            Some(free) if full && !self.failed.load(Ordering::Relaxed) => match start(free + 1) {
-                Ok(h) => {
-                    helpers[free] = Some(h);
-                    let running = helpers.iter().flatten().count() + 1;
-                    tracing::debug!(
-                        threads = running,
-                        "a busy namespace: another serving thread started"
-                    );
-                    Some(free + 1)
-                }
-                Err(e) => {
-                    self.failed.store(true, Ordering::Relaxed);
-                    tracing::warn!(err = %e, "cannot start another serving thread; serving on the ones running");
-                    least
-                }
-            },
-            _ => least,
+        let started = if full {
+            self.start_helper(&mut helpers, "a busy namespace")
+        } else {
+            None
         };
-        match best.and_then(|b| helpers[b - 1].as_ref().map(|h| (b, h))) {
-            Some((b, h)) => (Place::On(h.handle.clone()), self.count(b)),
+        // No helper at all: the main thread (index 0).
+        self.placed(&helpers, started.or(least).unwrap_or(0))
+    }
+
+    /// Start a helper in the first free slot, unless one failed to start before (then the
+    /// process serves on the threads it has, said once): its serving index.
+    fn start_helper(&self, helpers: &mut [Option<Helper>], why: &str) -> Option<usize> {
+        if self.failed.load(Ordering::Relaxed) {
+            return None;
+        }
+        let free = helpers.iter().position(Option::is_none)?;
+        match start(free + 1) {
+            Ok(h) => {
+                helpers[free] = Some(h);
+                let running = helpers.iter().flatten().count() + 1;
+                tracing::debug!(threads = running, "{why}: another serving thread started");
+                Some(free + 1)
+            }
+            Err(e) => {
+                self.failed.store(true, Ordering::Relaxed);
+                tracing::warn!(err = %e, "cannot start another serving thread; serving on the ones running");
+                None
+            }
+        }
+    }
+
+    /// A connection counted on serving thread `index` (0, or a helper that is not running:
+    /// the main thread).
+    fn placed(&'static self, helpers: &[Option<Helper>], index: usize) -> (Place, Open) {
+        match index.checked_sub(1).and_then(|i| helpers[i].as_ref()) {
+            Some(h) => (Place::On(h.handle.clone()), self.count(index)),
             None => (Place::Here, self.count(0)),
         }
     }
