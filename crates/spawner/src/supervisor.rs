@@ -173,11 +173,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Write a snapshot copy (the records and, with a journal, the sequence of its last line
-/// they include); once written, the journal lines rotated for it are removed.
-fn save_snapshot(dir: &std::path::Path, (set, seq): (RecordSet, Option<u64>)) -> crate::Result<()> {
+/// Write a snapshot copy of the records; once written, with a journal (`journaled`), its
+/// lines moved aside to `.old` (at the copy, or left by a failed save) are removed: the
+/// snapshot has them.
+fn save_snapshot(dir: &std::path::Path, (set, journaled): (RecordSet, bool)) -> crate::Result<()> {
     persist::save(dir, &set)?;
-    if seq.is_some() {
+    if journaled {
         journal::remove_old(dir);
     }
     Ok(())
@@ -258,9 +259,12 @@ impl<P: Platform> Supervisor<P> {
             let gen = sup.inner.saver.begin();
             let records = lock(&sup.inner.records);
             let set = records.api_set();
-            let seq = lock(&sup.inner.journal).as_mut().map(Journal::rotate);
+            let rotated = lock(&sup.inner.journal)
+                .as_mut()
+                .map(Journal::rotate)
+                .is_some();
             drop(records);
-            (gen, (set, seq), sup.config().state_dir.clone())
+            (gen, (set, rotated), sup.config().state_dir.clone())
         };
         match tokio::runtime::Handle::try_current() {
             Ok(h) => {
