@@ -12,7 +12,7 @@
 # shared server's 1 s beat is one process: not measured here.
 #
 # Run as root, under the machine-wide bench lock, with release binaries built first:
-#   flock /work/bench.lock bench/hang.sh [N] [WINDOW]      (defaults 200 and 30)
+#   sudo bench/hang.sh [N] [WINDOW]      (defaults 200 and 30)
 # Binaries: $SPAWNER and $PROXY, default $CARGO_TARGET_DIR/release/ (or target/release/).
 # It re-runs itself in `unshare --mount --propagation private`: /run/netns is a private tmpfs,
 # so only the namespaces made here are auto-enabled, and nothing outlives the run.
