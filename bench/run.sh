@@ -192,6 +192,19 @@ sample() {
 }
 # shellcheck source=bench/lib.sh
 . "$REPO/bench/lib.sh" # mem_kb, spawner_ini, wait_for, ovsdb_start
+# Our proxies run in a session of their own, as the spawner (POSIX_SPAWN_SETSID) and the
+# haproxy drop-in (`daemon`) start them and as haproxy's `daemon` puts itself. With
+# sched_autogroup (the default of Debian's and Ubuntu's kernels) a session is a scheduling
+# group: a proxy left in this script's session shares one group's CPU with wrk and the agent
+# stand-in while haproxy gets a group of its own (measured: 0.93-1.01x haproxy's req/s at c32
+# keep-alive in our session, 1.03-1.17x in its own; bench/RESULTS.md, session 10). setsid(1)
+# execs in place here (a background job of a script is no group leader), so $! is the proxy;
+# own_session checks that (haproxy's too), once the process answers.
+own_session() { # pid
+    local sid
+    sid=$(awk '{sub(/^.*\) /, ""); print $4}' /proc/"$1"/stat 2>/dev/null) || return 0
+    [[ $sid == "$1" ]] || log "warning: pid $1 is not in a session of its own (sid $sid): CPU shares differ from haproxy's"
+}
 # utime+stime in clock ticks (all threads).
 cpu_ticks() { awk '{sub(/^.*\) /, ""); print $12 + $13}' /proc/"$1"/stat; }
 # MemAvailable and the memory the kernel accounts to processes and itself
@@ -461,7 +474,7 @@ shape_up() { # shape variant
             ;;
         off | auto)
             cp "$PROXY" "$WORK/ns-metadata-proxy-shape-$k"
-            "$WORK/ns-metadata-proxy-shape-$k" --router-id "$id" --metadata-proxy-socket "$sock" \
+            setsid "$WORK/ns-metadata-proxy-shape-$k" --router-id "$id" --metadata-proxy-socket "$sock" \
                 --bind 169.254.169.254:80 --agent-keepalive "$v" --threads "${NSB_SHAPE_THREADS:-1}" \
                 --netns "$qr" 2>>"$WORK/proxy-shape-$k.log" &
             SH_PID[$k]=$!
@@ -469,6 +482,7 @@ shape_up() { # shape variant
             ;;
     esac
     wait_for "figure 12 $k answering" 200 http_ok "$PFX-sv-$k"
+    own_session "${SH_PID[$k]}"
 }
 shape_wrk() { # shape variant load threads conns [header]
     local s=$1 v=$2 load=$3 t=$4 c=$5 hdr=${6:-} k=$1-$2 p a c0 c1 a0 a1 out key
@@ -664,13 +678,14 @@ for v in "${VARIANTS[@]}"; do
             if [[ $v == on ]]; then start_agent "$v" keepalive; else start_agent "$v" close; fi
             # A private copy per mode, so the two processes share no text pages (PSS).
             cp "$PROXY" "$WORK/ns-metadata-proxy-$v"
-            "$WORK/ns-metadata-proxy-$v" --router-id "$id" --metadata-proxy-socket "$WORK/agent-$v.sock" \
+            setsid "$WORK/ns-metadata-proxy-$v" --router-id "$id" --metadata-proxy-socket "$WORK/agent-$v.sock" \
                 --bind 169.254.169.254:80 --agent-keepalive "$v" --netns "$qr" 2>>"$WORK/proxy-$v.log" &
             PROXY_PID[$v]=$!
             PIDS+=($!)
             ;;
     esac
     wait_for "$v answering" 200 http_ok "$vm"
+    own_session "${PROXY_PID[$v]}"
 done
 sleep 1
 for v in "${VARIANTS[@]}"; do
@@ -758,12 +773,13 @@ metrics_figure() {
         cp "$PROXY" "$WORK/ns-metadata-proxy-m$v"
         stats=()
         [[ $v == off ]] || stats=(--stats-fd 5)
-        "$WORK/ns-metadata-proxy-m$v" --router-id "$(rid $((900000 + i)))" --metadata-proxy-socket "$WORK/agent-m$v.sock" \
+        setsid "$WORK/ns-metadata-proxy-m$v" --router-id "$(rid $((900000 + i)))" --metadata-proxy-socket "$WORK/agent-m$v.sock" \
             --bind 169.254.169.254:80 --agent-keepalive on --netns "$PFX-qrouter-$v" "${stats[@]}" \
             5<>"$WORK/stats-on" 2>>"$WORK/proxy-m$v.log" &
         PROXY_PID[$v]=$!
         PIDS+=($!)
         wait_for "figure 13: metrics $v answering" 200 http_ok "$PFX-vm-$v"
+        own_session "${PROXY_PID[$v]}"
     done
     for run in $(seq "$RUNS"); do
         for cfg in "ka_c32 2 32" "close_c32 2 32 Connection: close"; do
