@@ -452,7 +452,10 @@ async fn missing_proxy_binary_is_reported_then_recovers_when_it_appears() {
     std::fs::copy(&real, &bin).expect("install the binary");
     let pid = running_pid(&sup, "rb", T).await;
     let _g = PidGuard(vec![pid]);
-    assert!(restarts >= 2, "retried: {restarts}");
+    // The first attempt met the missing binary; "Permission denied" needs one more, which a
+    // restart counts (`restarts` grows when a backoff ends, before its attempt). Not 2: the
+    // file may be written before the second attempt, so that one is the first to see it.
+    assert!(restarts >= 1, "retried: {restarts}");
     sup.stop_all().await;
     lp.abort();
 }
