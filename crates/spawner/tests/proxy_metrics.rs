@@ -243,6 +243,9 @@ async fn proxy_counts_by_class_and_error_survive_kill9_and_a_spawner_restart() {
         wait_until(T, || scrape(dir.path()).contains(&format!("{open} 0\n"))),
         "{open} never went back to 0"
     );
+    // What the restarted spawner must read again: taken once the close is counted (`after`
+    // may have been scraped before it, with the connection still open).
+    let after = check(&scrape(dir.path()), &seen, total + 1);
 
     // The spawner restarts (SIGTERM leaves the proxies running); the new one adopts the
     // proxy and reads the same block.
