@@ -5,8 +5,10 @@ use clap::Parser;
 use ns_metadata_proxy::accesslog::{self, Ordered};
 use ns_metadata_proxy::dropin::{self, Route};
 use ns_metadata_proxy::{app, process, syslog, Args, Config};
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt as _};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 fn main() {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -99,7 +101,22 @@ fn init_logging(cfg: &Config) -> anyhow::Result<bool> {
         None if cfg.debug => "debug".to_owned(),
         None => "info".to_owned(),
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // `RUST_LOG` as `target=level` directives (`debug`, `info,access=off`): tracing's
+    // `Targets`, not `EnvFilter`, whose span and field filters need a regex engine that would
+    // add 0.25 MB of code to every proxy (bench/RESULTS.md, session 10). One it cannot parse
+    // is ignored, as before, with a warning once logging is up.
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| !s.trim().is_empty());
+    let parsed = from_env.as_deref().map(str::parse::<Targets>);
+    let bad_rust_log = match &parsed {
+        Some(Err(e)) => from_env.clone().map(|v| (v, e.to_string())),
+        _ => None,
+    };
+    let filter = match parsed {
+        Some(Ok(t)) => t,
+        _ => default.parse::<Targets>().unwrap_or_default(),
+    };
     let file = match &cfg.log_file {
         Some(path) => Some(
             ns_contract::logfile::LogFile::install(path)
@@ -138,11 +155,17 @@ fn init_logging(cfg: &Config) -> anyhow::Result<bool> {
         (None, Some(f)) => BoxMakeWriter::new(Ordered(f)),
         (None, None) => BoxMakeWriter::new(Ordered(std::io::stderr)),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .event_format(ns_contract::journal::StderrFormat::new(journal, false))
-        .with_writer(writer)
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .event_format(ns_contract::journal::StderrFormat::new(journal, false))
+                .with_writer(writer),
+        )
+        .with(filter)
         .init();
+    if let Some((value, e)) = bad_rust_log {
+        tracing::warn!(rust_log = %value, err = %e, "RUST_LOG ignored: not `level` or `target=level` directives");
+    }
     if let Some(e) = syslog_missing {
         tracing::warn!(err = %e, socket = %cfg.syslog_socket.display(), "syslog: no syslog socket, logging here instead");
     }

@@ -43,11 +43,28 @@ fn proxy(
     ChildGuard(child)
 }
 
-/// The access lines of a proxy on `socket` after `requests`.
-fn access_lines(socket: &std::path::Path, requests: &[&str]) -> Vec<String> {
+/// Everything a proxy on `socket` wrote to stderr after `requests`, until SIGTERM, with
+/// `RUST_LOG` set to `rust_log` if given.
+fn stderr_after(socket: &std::path::Path, rust_log: Option<&str>, requests: &[&str]) -> String {
     let port = free_port();
     let (r, w) = nix::unistd::pipe().expect("pipe");
-    let mut guard = proxy("acc-r1", port, socket, &[], Stdio::from(w));
+    let mut cmd = Command::new(bin_path("ns-metadata-proxy"));
+    cmd.args([
+        "--router-id",
+        "acc-r1",
+        "--bind",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .arg("--metadata-proxy-socket")
+    .arg(socket)
+    .stderr(Stdio::from(w))
+    .stdout(Stdio::null());
+    if let Some(v) = rust_log {
+        cmd.env("RUST_LOG", v);
+    }
+    let mut guard = ChildGuard(cmd.spawn().expect("spawn proxy"));
+    // The command holds the pipe's write end: dropped, EOF comes when the proxy exits.
+    drop(cmd);
     assert!(wait_until(Duration::from_secs(10), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     }));
@@ -60,7 +77,13 @@ fn access_lines(socket: &std::path::Path, requests: &[&str]) -> Vec<String> {
     std::fs::File::from(r)
         .read_to_string(&mut text)
         .expect("read");
-    text.lines()
+    text
+}
+
+/// The access lines of a proxy on `socket` after `requests`.
+fn access_lines(socket: &std::path::Path, requests: &[&str]) -> Vec<String> {
+    stderr_after(socket, None, requests)
+        .lines()
         .filter(|l| l.contains(" access: "))
         .map(str::to_owned)
         .collect()
@@ -220,5 +243,30 @@ fn access_lines_follow_a_rotated_log_file() {
     assert!(
         new.contains("path=/after ") && !new.contains("path=/before "),
         "{new}"
+    );
+}
+
+/// `RUST_LOG` takes `level` and `target=level` directives (the README's `info,access=off`);
+/// one it cannot read is named in a warning and the configured level applies.
+#[test]
+fn rust_log_directives_select_lines_and_a_bad_one_is_named() {
+    const GET: &str = "GET /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
+    let dir = TempDir::new("rustlog");
+    let sock = dir.path().join("agent.sock");
+    let _agent = StandIn::start_at(sock.clone(), Behave::Headers);
+    let quiet = stderr_after(&sock, Some("info,access=off"), &[GET]);
+    assert!(quiet.contains("listening"), "{quiet}");
+    assert!(!quiet.contains(" access: "), "{quiet}");
+    let warn = stderr_after(&sock, Some("warn"), &[GET]);
+    assert!(!warn.contains("listening"), "{warn}");
+    assert!(!warn.contains(" access: "), "{warn}");
+    let bad = stderr_after(&sock, Some("info,access=loudly"), &[GET]);
+    assert!(
+        bad.contains("RUST_LOG ignored") && bad.contains("info,access=loudly"),
+        "{bad}"
+    );
+    assert!(
+        bad.contains("listening") && bad.contains(" access: "),
+        "{bad}"
     );
 }
