@@ -105,17 +105,17 @@ fn init_logging(cfg: &Config) -> anyhow::Result<bool> {
     // `Targets`, not `EnvFilter`, whose span and field filters need a regex engine that would
     // add 0.25 MB of code to every proxy (bench/RESULTS.md, session 10). One it cannot parse
     // is ignored, as before, with a warning once logging is up.
-    let from_env = std::env::var("RUST_LOG")
-        .ok()
-        .filter(|s| !s.trim().is_empty());
-    let parsed = from_env.as_deref().map(str::parse::<Targets>);
-    let bad_rust_log = match &parsed {
-        Some(Err(e)) => from_env.clone().map(|v| (v, e.to_string())),
-        _ => None,
-    };
-    let filter = match parsed {
-        Some(Ok(t)) => t,
-        _ => default.parse::<Targets>().unwrap_or_default(),
+    let configured = || default.parse::<Targets>().unwrap_or_default();
+    let mut bad_rust_log = None;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => match v.parse::<Targets>() {
+            Ok(t) => t,
+            Err(e) => {
+                bad_rust_log = Some((v, e.to_string()));
+                configured()
+            }
+        },
+        _ => configured(),
     };
     let file = match &cfg.log_file {
         Some(path) => Some(
