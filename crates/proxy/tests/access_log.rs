@@ -22,8 +22,26 @@ fn ask(port: u16, req: &str) -> String {
     out
 }
 
-/// A proxy `id` on 127.0.0.1:`port` for the agent at `socket`, with `extra` arguments and
-/// its stderr to `stderr`.
+/// The command for a proxy `id` on 127.0.0.1:`port` for the agent at `socket`, with `extra`
+/// arguments and its stderr to `stderr`.
+fn proxy_command(
+    id: &str,
+    port: u16,
+    socket: &std::path::Path,
+    extra: &[&std::ffi::OsStr],
+    stderr: Stdio,
+) -> Command {
+    let mut cmd = Command::new(bin_path("ns-metadata-proxy"));
+    cmd.args(["--router-id", id, "--bind", &format!("127.0.0.1:{port}")])
+        .arg("--metadata-proxy-socket")
+        .arg(socket)
+        .args(extra)
+        .stderr(stderr)
+        .stdout(Stdio::null());
+    cmd
+}
+
+/// That proxy, started.
 fn proxy(
     id: &str,
     port: u16,
@@ -31,16 +49,11 @@ fn proxy(
     extra: &[&std::ffi::OsStr],
     stderr: Stdio,
 ) -> ChildGuard {
-    let child = Command::new(bin_path("ns-metadata-proxy"))
-        .args(["--router-id", id, "--bind", &format!("127.0.0.1:{port}")])
-        .arg("--metadata-proxy-socket")
-        .arg(socket)
-        .args(extra)
-        .stderr(stderr)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn proxy");
-    ChildGuard(child)
+    ChildGuard(
+        proxy_command(id, port, socket, extra, stderr)
+            .spawn()
+            .expect("spawn proxy"),
+    )
 }
 
 /// Everything a proxy on `socket` wrote to stderr after `requests`, until SIGTERM, with
@@ -48,17 +61,7 @@ fn proxy(
 fn stderr_after(socket: &std::path::Path, rust_log: Option<&str>, requests: &[&str]) -> String {
     let port = free_port();
     let (r, w) = nix::unistd::pipe().expect("pipe");
-    let mut cmd = Command::new(bin_path("ns-metadata-proxy"));
-    cmd.args([
-        "--router-id",
-        "acc-r1",
-        "--bind",
-        &format!("127.0.0.1:{port}"),
-    ])
-    .arg("--metadata-proxy-socket")
-    .arg(socket)
-    .stderr(Stdio::from(w))
-    .stdout(Stdio::null());
+    let mut cmd = proxy_command("acc-r1", port, socket, &[], Stdio::from(w));
     if let Some(v) = rust_log {
         cmd.env("RUST_LOG", v);
     }

@@ -474,21 +474,18 @@ async fn unsaved_records_are_saved_once_there_is_room_without_another_change() {
     let mut ids: Vec<&str> = saved.routers.iter().map(|r| r.id.as_str()).collect();
     ids.sort_unstable();
     assert_eq!(ids, ["r-later1", "r-later2"], "nothing lost");
-    // The retry renames the file into place, then clears the error: poll across that gap.
-    let give_up = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (st, body) = req(&s, Method::GET, "/v1/status", None).await;
-        assert_eq!(st, StatusCode::OK);
-        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
-        if v["records"]["save_error"].is_null() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < give_up,
-            "the error is cleared: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The retry renames the file into place, then clears the error: wait across that gap.
+    poll_async(Duration::from_secs(10), || {
+        s.sup.records_state().save_error.is_none().then_some(())
+    })
+    .await;
+    let (st, body) = req(&s, Method::GET, "/v1/status", None).await;
+    assert_eq!(st, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert!(
+        v["records"]["save_error"].is_null(),
+        "the error is cleared: {body}"
+    );
     s.sup.flush_records().await.expect("settled, saved");
     s.sup.stop_all().await;
 }
