@@ -9,9 +9,18 @@
 //! here is parked, not runnable, so one namespace contributes at most about 2 N runnable
 //! tasks, whatever its connection count. A namespace's own order is kept (FIFO), and another
 //! namespace never waits in this queue at all.
+//!
+//! In company, a quarter: in the shared server, while another namespace has asked the agent
+//! within the last [`COMPANY_WINDOW`], a namespace's request takes [`COMPANY_WEIGHT`] of its
+//! N slots, so it has at most N / 4 requests with the agent (at least one). The agent answers
+//! in arrival order, so another namespace's request waits behind every request the flooding
+//! one has there: 16 of them kept a quiet namespace's p99 beside a 2,000-connection flood at
+//! ~4× its idle p99, 4 at ~2–3× (bench figure 14, bench/RESULTS.md, session 11). Alone, a
+//! namespace keeps all N (one busy namespace's req/s dropped ~30% at 4 with a fast agent).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, SemaphorePermit};
 
@@ -23,12 +32,56 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 /// not lower.
 pub const DEFAULT_MAX_AGENT_REQUESTS: usize = 16;
 
+/// How long after its last request another namespace still counts as company: a VM's
+/// metadata crawl (cloud-init asks one path after another) stays in company from its second
+/// request on.
+pub const COMPANY_WINDOW: Duration = Duration::from_secs(1);
+
+/// Slots a request takes while its namespace has company: a quarter of them each.
+pub const COMPANY_WEIGHT: u32 = 4;
+
+/// The namespaces of one shared server that asked the agent lately: the last two distinct
+/// ones, which is enough to tell a namespace whether another one did within
+/// [`COMPANY_WINDOW`] (with many namespaces asking, the other of the two is always one of them).
+#[derive(Debug, Default)]
+pub struct Company {
+    next: AtomicU64,
+    /// The namespace that asked last and when, and the one before it (key 0: none).
+    last: Mutex<[(u64, Option<Instant>); 2]>,
+}
+
+impl Company {
+    /// Nobody has asked yet.
+    pub fn new() -> Arc<Company> {
+        Arc::new(Company::default())
+    }
+
+    fn key(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Namespace `key` asks at `now`: whether another one asked within the window.
+    fn asks(&self, key: u64, now: Instant) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if last[0].0 != key {
+            last[1] = last[0];
+        }
+        last[0] = (key, Some(now));
+        let (other, at) = last[1];
+        other != 0 && at.is_some_and(|t| now.saturating_duration_since(t) < COMPANY_WINDOW)
+    }
+}
+
 /// One namespace's queue; `0` slots means no limit (every request goes to the agent at once).
 #[derive(Debug)]
 pub struct RelayQueue {
     slots: Option<Semaphore>,
     /// Requests waiting for a slot now (counted on the slow path only).
     waiting: AtomicUsize,
+    /// The shared server's namespaces, and this one's key among them (`None`: a proxy of its own).
+    company: Option<(Arc<Company>, u64)>,
+    /// Slots a request takes in company (a quarter of them, at least all of one).
+    weight: u32,
 }
 
 /// A request's place with the agent: held until its answer is relayed, freed on drop (the
@@ -41,9 +94,30 @@ pub struct Slot<'a> {
 impl RelayQueue {
     /// `max` requests with the agent at once; `0`: unlimited.
     pub fn new(max: usize) -> RelayQueue {
+        let max = max.min(Semaphore::MAX_PERMITS);
         RelayQueue {
-            slots: (max > 0).then(|| Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
+            slots: (max > 0).then(|| Semaphore::new(max)),
             waiting: AtomicUsize::new(0),
+            company: None,
+            // `max` is at most MAX_PERMITS (usize::MAX >> 3): it may not fit a u32.
+            weight: u32::try_from(max).map_or(COMPANY_WEIGHT, |m| m.clamp(1, COMPANY_WEIGHT)),
+        }
+    }
+
+    /// The same, for a namespace of a shared server: a quarter of the slots while another
+    /// namespace of `company` asks the agent too.
+    pub fn in_company(max: usize, company: &Arc<Company>) -> RelayQueue {
+        RelayQueue {
+            company: Some((company.clone(), company.key())),
+            ..RelayQueue::new(max)
+        }
+    }
+
+    /// Slots the request asking at `now` takes.
+    fn weight(&self, now: impl FnOnce() -> Instant) -> u32 {
+        match &self.company {
+            Some((c, key)) if c.asks(*key, now()) => self.weight,
+            _ => 1,
         }
     }
 
@@ -53,12 +127,13 @@ impl RelayQueue {
         let Some(sem) = &self.slots else {
             return Some(Slot { _permit: None });
         };
+        let n = self.weight(Instant::now);
         // The common case (a free slot) without a timer.
-        if let Ok(p) = sem.try_acquire() {
+        if let Ok(p) = sem.try_acquire_many(n) {
             return Some(Slot { _permit: Some(p) });
         }
         let _waiting = Waiting::new(&self.waiting);
-        match tokio::time::timeout(wait, sem.acquire()).await {
+        match tokio::time::timeout(wait, sem.acquire_many(n)).await {
             Ok(Ok(p)) => Some(Slot { _permit: Some(p) }),
             // Never closed; a timeout is the only other way out.
             Ok(Err(_)) | Err(_) => None,
@@ -70,7 +145,7 @@ impl RelayQueue {
         self.waiting.load(Ordering::Relaxed)
     }
 
-    /// Free slots now (`None`: unlimited).
+    /// Free slots now (`None`: unlimited); a request in company takes [`COMPANY_WEIGHT`].
     pub fn free(&self) -> Option<usize> {
         self.slots.as_ref().map(Semaphore::available_permits)
     }
@@ -131,5 +206,64 @@ mod tests {
             .enter(Duration::ZERO)
             .await
             .is_some_and(|s| s._permit.is_none()));
+    }
+
+    #[test]
+    fn in_company_a_namespace_takes_a_quarter_of_its_slots() {
+        let c = Company::new();
+        let (a, b) = (
+            RelayQueue::in_company(16, &c),
+            RelayQueue::in_company(16, &c),
+        );
+        let t = Instant::now();
+        let at = |ms: u64| move || t + Duration::from_millis(ms);
+        assert_eq!(a.weight(at(0)), 1, "alone");
+        assert_eq!(a.weight(at(1)), 1, "its own requests are no company");
+        assert_eq!(b.weight(at(2)), COMPANY_WEIGHT, "a asked 1 ms ago");
+        assert_eq!(a.weight(at(3)), COMPANY_WEIGHT, "b asked 1 ms ago");
+        let window = COMPANY_WINDOW.as_millis() as u64;
+        assert_eq!(
+            a.weight(at(2 + window - 1)),
+            COMPANY_WEIGHT,
+            "still within the window"
+        );
+        assert_eq!(a.weight(at(2 + window)), 1, "b's request left the window");
+        // A third namespace: whoever asked before it is its company.
+        let z = RelayQueue::in_company(16, &c);
+        assert_eq!(z.weight(at(3 + window)), COMPANY_WEIGHT);
+        // Fewer slots than the weight: one request at a time, never none.
+        assert_eq!(RelayQueue::in_company(2, &c).weight(at(4 + window)), 2);
+        assert_eq!(
+            RelayQueue::in_company(usize::MAX, &c).weight,
+            COMPANY_WEIGHT
+        );
+        // A proxy of its own has no company.
+        assert_eq!(RelayQueue::new(16).weight(at(5 + window)), 1);
+    }
+
+    #[tokio::test]
+    async fn in_company_the_fifth_request_of_sixteen_slots_waits() {
+        let c = Company::new();
+        let (busy, quiet) = (
+            RelayQueue::in_company(16, &c),
+            RelayQueue::in_company(16, &c),
+        );
+        let alone = busy.enter(Duration::ZERO).await.expect("a slot");
+        assert_eq!(busy.free(), Some(15), "alone: one slot a request");
+        drop(alone);
+        let _q = quiet.enter(Duration::ZERO).await.expect("quiet's slot");
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(
+                busy.enter(Duration::ZERO)
+                    .await
+                    .expect("a quarter of the slots"),
+            );
+        }
+        assert_eq!(busy.free(), Some(0));
+        assert!(busy.enter(Duration::from_millis(20)).await.is_none());
+        // One finishes: the next one goes in its place.
+        held.pop();
+        assert!(busy.enter(Duration::ZERO).await.is_some());
     }
 }

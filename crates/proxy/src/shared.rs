@@ -73,6 +73,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::relayq::Company;
 use crate::server;
 use crate::state::Shared;
 use crate::stats::{Slab, Stats};
@@ -360,6 +361,9 @@ pub struct Namespaces {
     grace: std::time::Duration,
     /// The statistics slab handed over last (`stats-slab`).
     slab: Mutex<Option<Slab>>,
+    /// Which namespaces asked the agent lately: in company a namespace gets a quarter of its
+    /// relay queue's slots.
+    company: Arc<Company>,
 }
 
 impl Namespaces {
@@ -375,6 +379,7 @@ impl Namespaces {
             nofile,
             grace: server::GRACE,
             slab: Mutex::new(None),
+            company: Company::new(),
         }
     }
 
@@ -505,7 +510,12 @@ impl Namespaces {
         let stats_id = stats.identity();
         // The namespace's state from the one configuration (no copy of it per namespace: the
         // replay of thousands after a kill -9 is on the clock).
-        let shared = Arc::new(Shared::with_stats(&self.base, &resource, stats));
+        let shared = Arc::new(Shared::in_company(
+            &self.base,
+            &resource,
+            stats,
+            &self.company,
+        ));
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let per_ns = self.base.max_connections;
         let global = self.global.clone();

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 
 use crate::config::Config;
 use crate::ratelimit::RateLimiter;
-use crate::relayq::RelayQueue;
+use crate::relayq::{Company, RelayQueue};
 use crate::request::Upstream;
 use crate::stats::Stats;
 use crate::upstream::Agent;
@@ -50,6 +50,23 @@ impl Shared {
 
     /// As [`Shared::new`], counting into `stats` (mapped before the privilege drop).
     pub fn with_stats(cfg: &Config, resource: &Resource, stats: Stats) -> Shared {
+        let queue = RelayQueue::new(cfg.max_agent_requests);
+        Shared::build(cfg, resource, stats, queue)
+    }
+
+    /// As [`Shared::with_stats`], for one namespace of a shared server among `company`: a
+    /// quarter of the relay queue's slots while another of them asks the agent too.
+    pub fn in_company(
+        cfg: &Config,
+        resource: &Resource,
+        stats: Stats,
+        company: &std::sync::Arc<Company>,
+    ) -> Shared {
+        let queue = RelayQueue::in_company(cfg.max_agent_requests, company);
+        Shared::build(cfg, resource, stats, queue)
+    }
+
+    fn build(cfg: &Config, resource: &Resource, stats: Stats, queue: RelayQueue) -> Shared {
         let stats = std::sync::Arc::new(stats);
         Shared {
             id: resource.id().to_owned(),
@@ -72,7 +89,7 @@ impl Shared {
                     None => rl,
                 }
             }),
-            queue: RelayQueue::new(cfg.max_agent_requests),
+            queue,
             timeouts: cfg.timeouts,
             activity: Activity::default(),
             stats,

@@ -1,7 +1,8 @@
 //! The relay queue (`--max-agent-requests`, issue #20), on loopback: a namespace has at most N
 //! requests with the agent at once and the others wait in order; a request that waits longer
 //! than `timeout connect` gets 503; and in the shared server a namespace whose requests all
-//! wait (held by the agent) does not hold up another namespace's request.
+//! wait (held by the agent) does not hold up another namespace's request, and has a quarter of
+//! its slots while another namespace asks the agent too.
 
 mod common;
 
@@ -102,6 +103,36 @@ fn requests(
         .collect()
 }
 
+/// A shared server with routers `busy` and `quiet` on loopback listeners of their own.
+struct Pair {
+    table: Arc<ns_metadata_proxy::shared::Namespaces>,
+    tending: watch::Sender<bool>,
+    /// `busy`'s address, then `quiet`'s.
+    addrs: Vec<std::net::SocketAddr>,
+    busy_state: Arc<ns_metadata_proxy::state::Shared>,
+}
+
+impl Pair {
+    fn serve(agent: &HoldingAgent) -> Pair {
+        let (table, tending) = common::shared_table(&agent.path);
+        let addrs = ["busy", "quiet"]
+            .iter()
+            .map(|id| common::add_on_loopback(&table, id))
+            .collect();
+        let busy_state = table
+            .states()
+            .into_iter()
+            .find(|s| s.id == "busy")
+            .expect("busy served");
+        Pair {
+            table,
+            tending,
+            addrs,
+            busy_state,
+        }
+    }
+}
+
 crate::in_both_models!(
     at_most_n_requests_are_with_the_agent_and_the_rest_wait_their_turn,
     a_request_that_waits_longer_than_timeout_connect_gets_503,
@@ -176,16 +207,9 @@ async fn shared_server_answers_a_quiet_namespace_while_a_flooding_one_is_held() 
     // the flooded namespace's own max_connections (1,024): the quiet one keeps its room.
     const FLOOD: usize = 200;
     let agent = HoldingAgent::start();
-    let (table, tending) = common::shared_table(&agent.path);
-    let addrs: Vec<_> = ["busy", "quiet"]
-        .iter()
-        .map(|id| common::add_on_loopback(&table, id))
-        .collect();
-    let busy_state = table
-        .states()
-        .into_iter()
-        .find(|s| s.id == "busy")
-        .expect("busy served");
+    let pair = Pair::serve(&agent);
+    let (table, tending, addrs, busy_state) =
+        (pair.table, pair.tending, pair.addrs, pair.busy_state);
     let flood = requests(addrs[0], FLOOD);
     // The default queue: N with the agent (held there), every other one waiting.
     const N: usize = ns_metadata_proxy::relayq::DEFAULT_MAX_AGENT_REQUESTS;
@@ -214,6 +238,60 @@ async fn shared_server_answers_a_quiet_namespace_while_a_flooding_one_is_held() 
         assert_eq!(r.await.expect("task").expect("answer").status, 200);
     }
     assert_eq!(agent.most.load(Ordering::SeqCst), N);
+    let _ = tending.send(true);
+    table.shutdown().await;
+}
+
+/// The shared server: while router `quiet` keeps asking the agent, router `busy` floods and
+/// the agent holds every one of its requests; `busy` has a quarter of its N slots with the
+/// agent (its requests take four each in company), the rest wait, and all complete once the
+/// agent lets them go.
+#[tokio::test]
+async fn shared_server_gives_a_namespace_in_company_a_quarter_of_its_slots() {
+    const FLOOD: usize = 40;
+    let agent = HoldingAgent::start();
+    let pair = Pair::serve(&agent);
+    let (table, tending, addrs, busy_state) =
+        (pair.table, pair.tending, pair.addrs, pair.busy_state);
+    // The quiet router asks every 10 ms (well within the company window of 1 s).
+    let (stop, mut stopped) = watch::channel(false);
+    let (quiet_addr, answered) = (addrs[1], Arc::new(AtomicUsize::new(0)));
+    let count = answered.clone();
+    let asking = tokio::spawn(async move {
+        loop {
+            let r = request(quiet_addr, GET)
+                .await
+                .expect("the quiet router answered");
+            assert_eq!((r.status, r.body.as_slice()), (200, &b"router=quiet"[..]));
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                _ = stopped.changed() => return,
+            }
+        }
+    });
+    // The flood starts once quiet has asked.
+    assert!(wait_until_async(WAIT, || answered.load(Ordering::SeqCst) > 0).await);
+    let flood = requests(addrs[0], FLOOD);
+    const QUARTER: usize = ns_metadata_proxy::relayq::DEFAULT_MAX_AGENT_REQUESTS
+        / ns_metadata_proxy::relayq::COMPANY_WEIGHT as usize;
+    let saturated = wait_until_async(WAIT, || {
+        agent.held() == QUARTER && busy_state.queue.waiting() == FLOOD - QUARTER
+    })
+    .await;
+    assert!(
+        saturated,
+        "held {}, waiting {}",
+        agent.held(),
+        busy_state.queue.waiting()
+    );
+    let _ = stop.send(true);
+    asking.await.expect("quiet's loop");
+    let _ = agent.release.send(true);
+    for r in flood {
+        assert_eq!(r.await.expect("task").expect("answer").status, 200);
+    }
+    assert_eq!(agent.most.load(Ordering::SeqCst), QUARTER, "never more");
     let _ = tending.send(true);
     table.shutdown().await;
 }
