@@ -94,10 +94,9 @@ async fn answer(
 }
 
 /// `n` requests to `addr`, each on its own connection, running in the background.
-fn requests(
-    addr: std::net::SocketAddr,
-    n: usize,
-) -> Vec<tokio::task::JoinHandle<Option<ns_testkit::http::Response>>> {
+type Flood = tokio::task::JoinHandle<Option<ns_testkit::http::Response>>;
+
+fn requests(addr: std::net::SocketAddr, n: usize) -> Vec<Flood> {
     (0..n)
         .map(|_| tokio::spawn(async move { request(addr, GET).await }))
         .collect()
@@ -130,6 +129,27 @@ impl Pair {
             addrs,
             busy_state,
         }
+    }
+
+    /// Wait until the agent holds `held` of `busy`'s requests and `waiting` more wait in its
+    /// queue.
+    async fn saturated(&self, agent: &HoldingAgent, held: usize, waiting: usize) {
+        let q = &self.busy_state.queue;
+        let saturated =
+            wait_until_async(WAIT, || agent.held() == held && q.waiting() == waiting).await;
+        assert!(saturated, "held {}, waiting {}", agent.held(), q.waiting());
+    }
+
+    /// Let the agent answer: every request of `flood` gets 200, the agent never held more
+    /// than `most` at once; then the server stops.
+    async fn release(self, agent: &HoldingAgent, flood: Vec<Flood>, most: usize) {
+        let _ = agent.release.send(true);
+        for r in flood {
+            assert_eq!(r.await.expect("task").expect("answer").status, 200);
+        }
+        assert_eq!(agent.most.load(Ordering::SeqCst), most, "never more");
+        let _ = self.tending.send(true);
+        self.table.shutdown().await;
     }
 }
 
@@ -208,23 +228,12 @@ async fn shared_server_answers_a_quiet_namespace_while_a_flooding_one_is_held() 
     const FLOOD: usize = 200;
     let agent = HoldingAgent::start();
     let pair = Pair::serve(&agent);
-    let (table, tending, addrs, busy_state) =
-        (pair.table, pair.tending, pair.addrs, pair.busy_state);
-    let flood = requests(addrs[0], FLOOD);
+    let flood = requests(pair.addrs[0], FLOOD);
     // The default queue: N with the agent (held there), every other one waiting.
     const N: usize = ns_metadata_proxy::relayq::DEFAULT_MAX_AGENT_REQUESTS;
-    let saturated = wait_until_async(WAIT, || {
-        agent.held() == N && busy_state.queue.waiting() == FLOOD - N
-    })
-    .await;
-    assert!(
-        saturated,
-        "held {}, waiting {}",
-        agent.held(),
-        busy_state.queue.waiting()
-    );
+    pair.saturated(&agent, N, FLOOD - N).await;
 
-    let quiet = request(addrs[1], GET)
+    let quiet = request(pair.addrs[1], GET)
         .await
         .expect("the quiet router answered");
     assert_eq!(
@@ -232,14 +241,7 @@ async fn shared_server_answers_a_quiet_namespace_while_a_flooding_one_is_held() 
         (200, &b"router=quiet"[..])
     );
     assert_eq!(agent.held(), N, "the flood is still held");
-
-    let _ = agent.release.send(true);
-    for r in flood {
-        assert_eq!(r.await.expect("task").expect("answer").status, 200);
-    }
-    assert_eq!(agent.most.load(Ordering::SeqCst), N);
-    let _ = tending.send(true);
-    table.shutdown().await;
+    pair.release(&agent, flood, N).await;
 }
 
 /// The shared server: while router `quiet` keeps asking the agent, router `busy` floods and
@@ -251,11 +253,9 @@ async fn shared_server_gives_a_namespace_in_company_a_quarter_of_its_slots() {
     const FLOOD: usize = 40;
     let agent = HoldingAgent::start();
     let pair = Pair::serve(&agent);
-    let (table, tending, addrs, busy_state) =
-        (pair.table, pair.tending, pair.addrs, pair.busy_state);
     // The quiet router asks every 10 ms (well within the company window of 1 s).
     let (stop, mut stopped) = watch::channel(false);
-    let (quiet_addr, answered) = (addrs[1], Arc::new(AtomicUsize::new(0)));
+    let (quiet_addr, answered) = (pair.addrs[1], Arc::new(AtomicUsize::new(0)));
     let count = answered.clone();
     let asking = tokio::spawn(async move {
         loop {
@@ -272,26 +272,11 @@ async fn shared_server_gives_a_namespace_in_company_a_quarter_of_its_slots() {
     });
     // The flood starts once quiet has asked.
     assert!(wait_until_async(WAIT, || answered.load(Ordering::SeqCst) > 0).await);
-    let flood = requests(addrs[0], FLOOD);
+    let flood = requests(pair.addrs[0], FLOOD);
     const QUARTER: usize = ns_metadata_proxy::relayq::DEFAULT_MAX_AGENT_REQUESTS
         / ns_metadata_proxy::relayq::COMPANY_WEIGHT as usize;
-    let saturated = wait_until_async(WAIT, || {
-        agent.held() == QUARTER && busy_state.queue.waiting() == FLOOD - QUARTER
-    })
-    .await;
-    assert!(
-        saturated,
-        "held {}, waiting {}",
-        agent.held(),
-        busy_state.queue.waiting()
-    );
+    pair.saturated(&agent, QUARTER, FLOOD - QUARTER).await;
     let _ = stop.send(true);
     asking.await.expect("quiet's loop");
-    let _ = agent.release.send(true);
-    for r in flood {
-        assert_eq!(r.await.expect("task").expect("answer").status, 200);
-    }
-    assert_eq!(agent.most.load(Ordering::SeqCst), QUARTER, "never more");
-    let _ = tending.send(true);
-    table.shutdown().await;
+    pair.release(&agent, flood, QUARTER).await;
 }
