@@ -174,6 +174,14 @@ pub struct Built {
 /// resolver: once the first Southbound view is in) and STOPPING when `shutdown` resolves.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
     let Prepared { store, answerer } = prepare(&cfg)?;
+    // SIGHUP (systemd's reload, logrotate) must never kill the agent: the handler is installed
+    // before the socket exists, so nothing that sees the agent listening can signal it too
+    // early. It also covers the wait for the first OVN view.
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(
+            |err| tracing::warn!(%err, "cannot handle SIGHUP; inventory reloads by polling only"),
+        )
+        .ok();
     let metrics = match cfg.metrics_bind {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -186,14 +194,6 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
         listener,
         file: socket_file,
     } = socket::bind_socket(&cfg)?;
-    // Without an inventory nothing reloads, but SIGHUP (systemd's reload) must never kill the
-    // agent: installing the handler now also covers the wait for the first OVN view.
-    let hup = match store {
-        None => tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .map_err(|err| tracing::warn!(%err, "cannot handle SIGHUP"))
-            .ok(),
-        Some(_) => None,
-    };
     // Proxies may connect now; they wait in the backlog until the first view is in.
     let mut shutdown = std::pin::pin!(shutdown);
     let built = tokio::select! {
@@ -233,9 +233,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
         tracing::info!(addr = ?m.local_addr().ok(), "serving GET /metrics over TCP");
         tokio::spawn(server::serve_metrics(m, agent.clone()))
     });
-    // SIGHUP is handled from here on (`watch` installs the handler before returning).
     let watcher = match (store, hup) {
-        (Some(s), _) => Some(tokio::spawn(s.watch(cfg.inventory_poll_interval))),
+        (Some(s), hup) => Some(tokio::spawn(s.watch(cfg.inventory_poll_interval, hup))),
         (None, Some(hup)) => Some(tokio::spawn(nothing_to_reload(hup))),
         (None, None) => None,
     };

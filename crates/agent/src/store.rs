@@ -107,25 +107,12 @@ impl InventoryStore {
         }
     }
 
-    /// Poll every `interval` (0 = never) and reload on SIGHUP, until the task is dropped.
-    /// A SIGHUP reload is framed by RELOADING and READY for systemd (`Type=notify-reload`).
-    /// The SIGHUP handler is installed when this is called, not when the future first runs:
-    /// a SIGHUP after READY must reload, never kill the agent (SIGHUP's default action).
-    pub fn watch(
-        self: Arc<Self>,
-        interval: Duration,
-    ) -> impl std::future::Future<Output = ()> + Send {
-        let hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(err) => {
-                tracing::warn!(%err, "cannot watch SIGHUP; inventory reloads by polling only");
-                None
-            }
-        };
-        self.watch_with(interval, hup)
-    }
-
-    async fn watch_with(
+    /// Poll every `interval` (0 = never) and reload on each SIGHUP `hup` delivers, until the
+    /// task is dropped. A SIGHUP reload is framed by RELOADING and READY for systemd
+    /// (`Type=notify-reload`). The caller installs the handler before the agent's socket
+    /// exists: a SIGHUP after READY must reload, never kill the agent (SIGHUP's default
+    /// action).
+    pub async fn watch(
         self: Arc<Self>,
         interval: Duration,
         mut hup: Option<tokio::signal::unix::Signal>,
