@@ -283,3 +283,41 @@ async fn log_file_in_log_dir_and_reopened_on_sighup() {
         "a new file after SIGHUP"
     );
 }
+
+/// A SIGHUP (logrotate, a reload) the moment the socket appears, before the agent has said
+/// it is listening, never kills it (SIGHUP's default action): the handler is installed
+/// before the socket exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_the_moment_the_socket_appears_never_kills_the_agent() {
+    for round in 0..5 {
+        let dir = TempDir::new(&format!("bin-early-hup-{round}"));
+        let inv = dir.join("inventory.json");
+        write_atomic(&inv, INVENTORY);
+        let sock = dir.join("agent.sock");
+        let mut child = ChildGuard(
+            Command::new(BIN)
+                .arg("--metadata-proxy-socket")
+                .arg(&sock)
+                .arg("--inventory-file")
+                .arg(&inv)
+                .args(["--inventory-poll-interval", "0"])
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn agent"),
+        );
+        // As soon as the socket exists: no sleep between polls.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !sock.exists() {
+            assert!(std::time::Instant::now() < deadline, "no socket");
+            std::hint::spin_loop();
+        }
+        child.signal("HUP");
+        let vm1 = "GET /latest/meta-data/ HTTP/1.1\r\nX-Forwarded-For: 10.250.41.2\r\n\
+                   X-Neutron-Network-ID: n1\r\n\r\n";
+        assert!(
+            ask(&sock, vm1).await.text().contains("hostname"),
+            "round {round}"
+        );
+        assert!(child.0.try_wait().expect("wait").is_none(), "round {round}");
+    }
+}
