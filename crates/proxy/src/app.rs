@@ -53,6 +53,14 @@ pub fn run(cfg: Config, daemon_child: bool) -> Result<()> {
     };
     drop(netns);
     bind::set_backlog(&listeners, cfg.max_connections)?;
+    // The runtime, and with it the signal handlers, before the pid file: whatever finds the
+    // pid may signal it at once, and SIGHUP's or SIGTERM's default action would kill the
+    // proxy without its clean-up. A current-thread runtime starts no thread (confine below).
+    let rt = crate::workers::runtime()?;
+    let shutdown = {
+        let _in_rt = rt.enter();
+        until_stopped()?
+    };
     let pid_file = cfg.pid_file.as_deref().map(PidFile::create).transpose()?;
     process::raise_nofile(cfg.max_connections);
     creds.drop_privileges()?;
@@ -62,10 +70,8 @@ pub fn run(cfg: Config, daemon_child: bool) -> Result<()> {
     // One serving thread, more only under load (crate::workers): a multi-thread runtime lost
     // at every load in the issue 8 bench.
     crate::workers::init(cfg.threads);
-    let rt = crate::workers::runtime()?;
     let heartbeat = stats.heartbeat();
     rt.block_on(async move {
-        let shutdown = until_stopped()?;
         // On the runtime that accepts: if its loop stops, so does the beat.
         if let Some(beat) = heartbeat.and_then(|h| h.start(Some(server::BEAT_COVERED))) {
             tokio::spawn(beat);
@@ -137,6 +143,12 @@ fn run_shared(cfg: Config, ss: &crate::shared::SharedServer) -> Result<()> {
     let ready = Readiness::open(&cfg.ready_fds)?;
     let creds = Creds::resolve(cfg.user.as_deref(), cfg.group.as_deref())?;
     warn_if_no_agent(&cfg.socket);
+    // Signal handlers before the pid file, as in `run`.
+    let rt = crate::workers::runtime()?;
+    let shutdown = {
+        let _in_rt = rt.enter();
+        until_stopped()?
+    };
     let pid_file = cfg.pid_file.as_deref().map(PidFile::create).transpose()?;
     // Thousands of namespaces' listeners and their connections: all the hard limit allows.
     let nofile = process::raise_nofile_to_hard();
@@ -144,9 +156,7 @@ fn run_shared(cfg: Config, ss: &crate::shared::SharedServer) -> Result<()> {
     confine()?;
     check_agent_access(&cfg.socket)?;
     crate::workers::init(cfg.threads);
-    let rt = crate::workers::runtime()?;
     rt.block_on(async move {
-        let shutdown = until_stopped()?;
         tracing::info!(
             state_dir = %ss.state_dir.display(),
             shard = ss.shard,

@@ -492,3 +492,57 @@ fn spawner_netns_handover_is_refused_outside_the_spawner() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("NS_METADATA_SPAWNER_NETNS_FD=4"), "{err}");
 }
+
+/// Whatever finds the pid file may signal the pid at once (logrotate's SIGHUP, a stop's
+/// SIGTERM): the handlers are installed before the file is written, so a SIGHUP the moment
+/// it appears never kills the proxy (SIGHUP's default action), and a SIGTERM then is a clean
+/// stop (exit 0, pid file removed).
+#[test]
+fn signals_the_moment_the_pid_file_appears_are_handled() {
+    for (sig, tag) in [
+        (Signal::SIGHUP, "early-hup"),
+        (Signal::SIGTERM, "early-term"),
+    ] {
+        for round in 0..5 {
+            let dir = tmp(&format!("{tag}-{round}"));
+            let port = free_port();
+            let pid_file = dir.join("proxy.pid");
+            let child = Command::new(bin_path("ns-metadata-proxy"))
+                .args([
+                    "--router-id",
+                    "r-early",
+                    "--bind",
+                    &format!("127.0.0.1:{port}"),
+                ])
+                .arg("--metadata-proxy-socket")
+                .arg(dir.join("missing.sock"))
+                .arg("--pid-file")
+                .arg(&pid_file)
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn proxy");
+            let mut guard = ChildGuard(child);
+            let pid = Pid::from_raw(guard.0.id() as i32);
+            // As soon as the file names the pid: no sleep between polls.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::fs::read_to_string(&pid_file).map_or(true, |t| t.trim().is_empty()) {
+                assert!(std::time::Instant::now() < deadline, "no pid file");
+                std::hint::spin_loop();
+            }
+            kill(pid, sig).expect("signal");
+            if sig == Signal::SIGHUP {
+                assert_eq!(
+                    http_status(port).as_deref(),
+                    Some("HTTP/1.1 503 Service Unavailable"),
+                    "still serving after an early SIGHUP (round {round})"
+                );
+                assert!(guard.0.try_wait().expect("wait").is_none(), "round {round}");
+                kill(pid, Signal::SIGTERM).expect("SIGTERM");
+            }
+            let status = guard.0.wait().expect("wait");
+            assert!(status.success(), "{sig:?} round {round}: {status:?}");
+            assert!(!pid_file.exists(), "pid file removed (round {round})");
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+}
