@@ -179,7 +179,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
     // early. It also covers the wait for the first OVN view.
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(
-            |err| tracing::warn!(%err, "cannot handle SIGHUP; inventory reloads by polling only"),
+            |err| tracing::warn!(%err, "cannot handle SIGHUP: the inventory reloads only by polling, and a SIGHUP stops the agent"),
         )
         .ok();
     let metrics = match cfg.metrics_bind {

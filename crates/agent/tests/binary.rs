@@ -312,6 +312,15 @@ async fn sighup_the_moment_the_socket_appears_never_kills_the_agent() {
             std::hint::spin_loop();
         }
         child.signal("HUP");
+        // The path exists from `bind`; connections are refused until `listen`, and forever
+        // if the SIGHUP killed the agent.
+        assert!(
+            wait_until_async(Duration::from_secs(10), || {
+                std::os::unix::net::UnixStream::connect(&sock).is_ok()
+            })
+            .await,
+            "the agent listens after an early SIGHUP (round {round})"
+        );
         let vm1 = "GET /latest/meta-data/ HTTP/1.1\r\nX-Forwarded-For: 10.250.41.2\r\n\
                    X-Neutron-Network-ID: n1\r\n\r\n";
         assert!(
