@@ -217,9 +217,15 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) -> Option<
                     Ok(r) => {
                         fresh = true;
                         let pid = r.pid();
+                        // Asked to stop while launching (the key moved to another namespace
+                        // and back): the successor for the key may have written the pid file
+                        // already, and this proxy is stopped right below, so it does not
+                        // claim the file (its removal would then leave the successor
+                        // without one, unadoptable by a restarted spawner).
+                        let claim = pid.filter(|_| stop.is_empty());
                         // The proxy serves anyway; only adoption by a restarted
                         // supervisor needs the file, so the status says why it is missing.
-                        let pid_error = pid.and_then(|pid| {
+                        let pid_error = claim.and_then(|pid| {
                             pidfile::write(&pid_dir, &spec.key, pid, &spec.interface).err().map(|e| {
                                 tracing::warn!(key = %spec.key, err = %e, "cannot write pid file; retried every second");
                                 format!("{PID_FILE_NOTE}: {e}")
@@ -248,10 +254,13 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) -> Option<
                         if let Some((pid, mut r, argv)) = found {
                             if argv.ends_with(&args) {
                                 tracing::info!(key = %spec.key, pid, "start failed next to a running proxy of ours; adopted it");
-                                if let Err(e) =
-                                    pidfile::write(&pid_dir, &spec.key, pid, &spec.interface)
-                                {
-                                    tracing::warn!(key = %spec.key, err = %e, "cannot write pid file");
+                                // Not while asked to stop, as above.
+                                if stop.is_empty() {
+                                    if let Err(e) =
+                                        pidfile::write(&pid_dir, &spec.key, pid, &spec.interface)
+                                    {
+                                        tracing::warn!(key = %spec.key, err = %e, "cannot write pid file");
+                                    }
                                 }
                                 status.adopted(pid);
                                 current = Some(r);
