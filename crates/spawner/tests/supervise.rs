@@ -1,8 +1,9 @@
 //! Unprivileged tests of supervision with a stand-in proxy in the current namespace:
 //! start/stop with pid files, restart after kill -9, failure with backoff visible in the
 //! status, restart on config change, adoption by a new supervisor, stale pid files,
-//! `--stop-proxies-on-exit`-style stop of everything, and a proxy that never beats its
-//! heartbeat (an older binary) never called hung.
+//! `--stop-proxies-on-exit`-style stop of everything, a proxy that never beats its
+//! heartbeat (an older binary) never called hung, and a proxy stopped during its launch
+//! leaving its successor's pid file alone.
 
 mod common;
 
@@ -820,4 +821,58 @@ fn a_start_that_fails_next_to_a_running_proxy_of_ours_adopts_it() {
         lp.abort();
         drop(stray);
     });
+}
+
+/// A router moved to another namespace while its proxy is still starting (an l3 agent that
+/// moved it and moved it back): the proxy in the old namespace, asked to stop during its
+/// launch, becomes ready only after its successor in the new one has written the key's pid
+/// file. It must not claim that file, or stopping it would remove the file and leave the
+/// running successor unadoptable by a restarted spawner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_stopped_during_its_launch_leaves_the_successors_pid_file() {
+    let dir = TempDir::new("moved-launching").reaping();
+    // The first start is slow (READY after 600 ms), every later one is not.
+    let slow = dir.path().join("slow-proxy");
+    let first = dir.path().join("first-started");
+    std::fs::write(
+        &slow,
+        format!(
+            "#!/bin/sh\nif mkdir {first:?} 2>/dev/null; then sleep 0.6; fi\nexec {:?} \"$@\"\n",
+            fake_proxy(dir.path())
+        ),
+    )
+    .expect("write wrapper");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&slow, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let cfg = config(dir.path(), &slow);
+    let pid_dir = cfg.pid_dir();
+    let sup = Supervisor::new(Host, cfg, Records::default());
+    let moved = |netns: &str| Router {
+        netns: Some(netns.into()),
+        ..router("rm")
+    };
+    sup.put_router(moved("ns-old"));
+    sup.reconcile().await;
+    assert!(
+        poll_async(T, || first.exists().then_some(()))
+            .await
+            .is_some(),
+        "the first (slow) start began"
+    );
+    // Moved while the first proxy is still starting: its stop waits for its READY, and the
+    // successor in the new namespace (another namespace: no need to wait) starts meanwhile.
+    sup.put_router(moved("ns-new"));
+    let errors = sup.reconcile().await;
+    assert!(errors.is_empty(), "{errors:?}");
+    let pid = running_pid(&sup, "rm", T).await;
+    let _guard = PidGuard(vec![pid]);
+    assert_eq!(
+        status_of(&sup, "rm").map(|s| s.netns),
+        Some("ns-new".to_owned())
+    );
+    assert_eq!(
+        pidfile::read(&pidfile::path(&pid_dir, "rm")),
+        Some(pid),
+        "the running successor's pid file"
+    );
 }
