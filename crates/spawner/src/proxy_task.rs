@@ -139,7 +139,7 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) -> Option<
                 cfg: &cfg,
                 args: &args,
             };
-            match restart.run(*r, &launches, &status).await {
+            match restart.run(*r, &launches, &status, &stop).await {
                 AfterRestart::Replaced(new, done, new_ns) => {
                     tracing::info!(key = %spec.key, old = ?done.old_pid, new = ?done.new_pid, "proxy with other arguments replaced by socket takeover");
                     ns = Some(new_ns);
@@ -330,7 +330,7 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) -> Option<
                     continue;
                 }
                 let r = Restart { platform: &*platform, spec: &spec, cfg: &cfg, args: &args };
-                match r.run(running, &launches, &status).await {
+                match r.run(running, &launches, &status, &stop).await {
                     AfterRestart::Replaced(new, done, new_ns) => {
                         tracing::info!(key = %spec.key, old = ?done.old_pid, new = ?done.new_pid, "proxy restarted by socket takeover");
                         let _ = reply.send(Ok(done));
@@ -458,11 +458,14 @@ impl<P: Platform> Restart<'_, P> {
     /// write its pid file, then stop the old one (SIGTERM: it stops accepting at once and
     /// finishes what it holds). Without the listeners (no CAP_SYS_PTRACE, the process gone,
     /// the namespace replaced) the old proxy is stopped for a plain start.
+    /// `stop`: the task's; a stop asked meanwhile keeps the successor from claiming the pid
+    /// file, as at a plain start's READY.
     async fn run(
         &self,
         mut old: Running,
         launches: &Arc<tokio::sync::Semaphore>,
         status: &Status,
+        stop: &oneshot::Receiver<()>,
     ) -> AfterRestart<P::Ns> {
         let (spec, cfg) = (self.spec, self.cfg);
         let old_pid = old.pid();
@@ -509,7 +512,7 @@ impl<P: Platform> Restart<'_, P> {
             }
         };
         let new_pid = new.pid();
-        let pid_error = new_pid.and_then(|p| {
+        let pid_error = new_pid.filter(|_| stop.is_empty()).and_then(|p| {
             pidfile::write(&cfg.pid_dir(), &spec.key, p, &spec.interface)
                 .err()
                 .map(|e| format!("cannot write pid file: {e}"))
