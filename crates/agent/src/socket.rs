@@ -4,7 +4,7 @@
 //! `ensure_directory_exists_without_file`, proxy_base.py); removed at exit only while it is
 //! still the file this agent bound, so an overlapping restart keeps its successor's socket.
 
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use nix::sys::socket::{
@@ -154,12 +154,21 @@ pub fn bind_socket(cfg: &Config) -> Result<Bound, BindError> {
     )
     .map_err(|e| err("create socket for", path)(e.into()))?;
     let addr = UnixAddr::new(path).map_err(|e| err("address", path)(e.into()))?;
-    bind_owner_only(&fd, &addr).map_err(|e| err("bind", path)(e.into()))?;
+    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr).map_err(|e| err("bind", path)(e.into()))?;
+    // The configured mode before `listen`: until then every connect is refused, so no local
+    // user gets a connection while the file still has the umask's mode (0777 under umask 0),
+    // which would stay open to an agent that trusts what its clients say about the instance.
+    // Not through a symlink swapped in for the socket meanwhile (the agent may be root).
+    nix::sys::stat::fchmodat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        nix::sys::stat::Mode::from_bits_truncate(mode_bits(cfg)),
+        nix::sys::stat::FchmodatFlags::NoFollowSymlink,
+    )
+    .map_err(|e| err("chmod", path)(e.into()))?;
     let backlog =
         Backlog::new(cfg.metadata_backlog.min(i32::MAX as u32) as i32).unwrap_or(Backlog::MAXCONN);
     listen(&fd, backlog).map_err(|e| err("listen on", path)(e.into()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode_bits(cfg)))
-        .map_err(err("chmod", path))?;
     let meta = std::fs::symlink_metadata(path).map_err(err("stat", path))?;
     let std_listener = std::os::unix::net::UnixListener::from(fd);
     let listener =
@@ -173,61 +182,9 @@ pub fn bind_socket(cfg: &Config) -> Result<Bound, BindError> {
     })
 }
 
-/// Bind `fd` to `addr` with the socket file readable and writable by its owner only (0600,
-/// whatever the umask), for the caller to widen to the configured mode once listening. Bound
-/// with the umask's mode and narrowed afterwards, the file would for a moment let any local
-/// user connect (umask 0: 0777), and a connection accepted then stays open to an agent that
-/// trusts what its clients say about the instance. The umask is the process's: nothing else
-/// creates files while the agent binds its socket at start.
-fn bind_owner_only(fd: &std::os::fd::OwnedFd, addr: &UnixAddr) -> nix::Result<()> {
-    use nix::sys::stat::{umask, Mode};
-    let old = umask(Mode::from_bits_truncate(0o177));
-    let bound = bind(std::os::fd::AsRawFd::as_raw_fd(fd), addr);
-    umask(old);
-    bound
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Before the mode is widened, the bound file is the owner's alone, whatever the umask
-    /// (here the test process's, typically 022: a plain bind would leave 0755).
-    #[test]
-    fn bound_owner_only_before_the_mode_is_set() {
-        let dir = ns_testkit::TempDir::new("agent-sock-mode");
-        let path = dir.join("s.sock");
-        let fd = socket(
-            AddressFamily::Unix,
-            SockType::Stream,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .expect("socket");
-        bind_owner_only(&fd, &UnixAddr::new(&path).expect("addr")).expect("bind");
-        let mode = std::fs::symlink_metadata(&path).expect("stat").mode() & 0o777;
-        assert_eq!(mode, 0o600, "{mode:o}");
-        // The umask is back to what it was (read without changing it).
-        let umask = || {
-            let status = std::fs::read_to_string("/proc/self/status").expect("status");
-            let line = status.lines().find_map(|l| l.strip_prefix("Umask:"));
-            u32::from_str_radix(line.expect("Umask line").trim(), 8).expect("octal")
-        };
-        let before = umask();
-        bind_owner_only(
-            &socket(
-                AddressFamily::Unix,
-                SockType::Stream,
-                SockFlag::SOCK_CLOEXEC,
-                None,
-            )
-            .expect("socket"),
-            &UnixAddr::new(&dir.join("t.sock")).expect("addr"),
-        )
-        .expect("bind");
-        assert_eq!(umask(), before);
-        assert_ne!(before, 0o177, "the test would not tell");
-    }
 
     #[test]
     fn deduce_follows_neutron() {

@@ -81,9 +81,13 @@ async fn runs_reloads_on_sighup_and_stops_on_sigterm() {
             .spawn()
             .expect("spawn agent"),
     );
+    // Listening (connectable), hence its mode set: the path exists from `bind`.
     assert!(
-        wait_until_async(Duration::from_secs(10), || sock.exists()).await,
-        "socket created"
+        wait_until_async(Duration::from_secs(10), || {
+            std::os::unix::net::UnixStream::connect(&sock).is_ok()
+        })
+        .await,
+        "socket listening"
     );
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&sock)
