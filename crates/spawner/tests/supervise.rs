@@ -831,13 +831,17 @@ fn a_start_that_fails_next_to_a_running_proxy_of_ours_adopts_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_stopped_during_its_launch_leaves_the_successors_pid_file() {
     let dir = TempDir::new("moved-launching").reaping();
-    // The first start is slow (READY after 600 ms), every later one is not.
+    // The first start is slow (READY after 600 ms), every later one is not; the slow one
+    // notes whether a later one had started by the time it goes on (the window exercised).
     let slow = dir.path().join("slow-proxy");
     let first = dir.path().join("first-started");
+    let later = dir.path().join("later-started");
+    let overlap = dir.path().join("overlap-seen");
     std::fs::write(
         &slow,
         format!(
-            "#!/bin/sh\nif mkdir {first:?} 2>/dev/null; then sleep 0.6; fi\nexec {:?} \"$@\"\n",
+            "#!/bin/sh\nif mkdir {first:?} 2>/dev/null; then sleep 0.6; \
+             [ -e {later:?} ] && : > {overlap:?}; else : > {later:?}; fi\nexec {:?} \"$@\"\n",
             fake_proxy(dir.path())
         ),
     )
@@ -869,6 +873,10 @@ async fn a_proxy_stopped_during_its_launch_leaves_the_successors_pid_file() {
     assert_eq!(
         status_of(&sup, "rm").map(|s| s.netns),
         Some("ns-new".to_owned())
+    );
+    assert!(
+        overlap.exists(),
+        "the successor started while the first proxy was still starting"
     );
     assert_eq!(
         pidfile::read(&pidfile::path(&pid_dir, "rm")),
