@@ -504,7 +504,7 @@ fn signals_the_moment_the_pid_file_appears_are_handled() {
         (Signal::SIGTERM, "early-term"),
     ] {
         for round in 0..5 {
-            let dir = tmp(&format!("{tag}-{round}"));
+            let dir = ns_testkit::TempDir::new(&format!("proxy-{tag}-{round}"));
             let port = free_port();
             let pid_file = dir.join("proxy.pid");
             let child = Command::new(bin_path("ns-metadata-proxy"))
@@ -539,10 +539,19 @@ fn signals_the_moment_the_pid_file_appears_are_handled() {
                 assert!(guard.0.try_wait().expect("wait").is_none(), "round {round}");
                 kill(pid, Signal::SIGTERM).expect("SIGTERM");
             }
-            let status = guard.0.wait().expect("wait");
-            assert!(status.success(), "{sig:?} round {round}: {status:?}");
+            let mut status = None;
+            assert!(
+                wait_until(Duration::from_secs(10), || {
+                    status = guard.0.try_wait().expect("wait");
+                    status.is_some()
+                }),
+                "{sig:?} round {round}: still running"
+            );
+            assert!(
+                status.is_some_and(|s| s.success()),
+                "{sig:?} round {round}: {status:?}"
+            );
             assert!(!pid_file.exists(), "pid file removed (round {round})");
-            let _ = std::fs::remove_dir_all(&dir);
         }
     }
 }
