@@ -364,6 +364,9 @@ async fn a_change_the_journal_cannot_take_is_answered_not_saved() {
         "in effect"
     );
     assert_eq!(std::fs::read_to_string(&victim).expect("victim"), "keep");
+    // Its proxy tasks would outlive the test body and recreate the removed directory's
+    // stats files.
+    s.sup.stop_all().await;
 }
 
 /// Only API changes are journaled, one line each in order: an auto-enabled router, a file
@@ -404,6 +407,9 @@ async fn only_api_changes_are_journaled() {
     );
     assert_eq!(lines[0]["change"]["put_router"]["id"], "r-api", "{text}");
     assert_eq!(lines[1]["change"]["remove_router"], "r-api", "{text}");
+    // Its proxy tasks would outlive the test body and recreate the removed directory's
+    // stats files.
+    s.sup.stop_all().await;
 }
 
 /// A change that cannot be saved to records.json (full or read-only state dir) is reported
@@ -615,4 +621,7 @@ async fn mutated_control_requests_get_well_formed_answers() {
     .expect("join");
     let (st, _) = req(&s, Method::GET, "/v1/proxies", None).await;
     assert_eq!(st, StatusCode::OK, "the API still answers");
+    // Its proxy tasks would outlive the test body and recreate the removed directory's
+    // stats files.
+    s.sup.stop_all().await;
 }
