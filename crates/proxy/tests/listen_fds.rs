@@ -15,8 +15,7 @@ use ns_testkit::bin_path;
 /// spawner's state-dir marker. Returns (READY seen, stderr) once the process exited or was
 /// ready (then `while_ready` runs and it is stopped with SIGTERM).
 fn run(sock: OwnedFd, bind: &str, marker: bool, while_ready: impl FnOnce()) -> (bool, String) {
-    let dir = std::env::temp_dir().join(format!("nsmp-lfd-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("mkdir");
+    let dir = ns_testkit::TempDir::new("lfd");
     let (err_r, err_w) = nix::unistd::pipe().expect("pipe");
     let (ready_r, ready_w) = nix::unistd::pipe().expect("pipe");
     let mut cmd = ns_netns::Spawn::new(bin_path("ns-metadata-proxy"));
@@ -33,7 +32,7 @@ fn run(sock: OwnedFd, bind: &str, marker: bool, while_ready: impl FnOnce()) -> (
     cmd.env("PATH", "/usr/bin:/bin");
     cmd.env(LISTEN_FDS_ENV, "6");
     if marker {
-        cmd.env(STATE_ENV, &dir);
+        cmd.env(STATE_ENV, dir.path());
     }
     cmd.fd(err_w, 2).fd(ready_w, 3).fd(sock, 6);
     let child = cmd.spawn().expect("spawn");
