@@ -208,7 +208,11 @@ async fn ml2_driver_runs_the_dropin_for_a_router_and_a_network() {
         Duration::from_secs(30),
         || {
             let s = h.call(&state);
-            (is(&s, "active") && pid(&s) != first).then(|| pid(&s))
+            // `pid`, then `active`, are two reads of the pid file: during a respawn (Neutron
+            // deletes the file before each start; the new proxy writes it once bound) `pid`
+            // can read None and `active` True a moment later.
+            let p = s.get("pid").and_then(|p| p.parse::<u32>().ok());
+            p.filter(|&p| is(&s, "active") && p != first)
         },
     );
     pids.0.push(second);
