@@ -8,9 +8,13 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use ns_testkit::{wait_until_async, ChildGuard, TempDir};
+use ns_testkit::{spin_until, wait_until_async, ChildGuard, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ns-metadata-agent");
+
+/// vm1's metadata index (keep-alive), as a proxy relays it.
+const VM1_INDEX: &str = "GET /latest/meta-data/ HTTP/1.1\r\nX-Forwarded-For: 10.250.41.2\r\n\
+                         X-Neutron-Network-ID: n1\r\n\r\n";
 
 #[test]
 fn bad_option_is_one_line_naming_file_line_and_key() {
@@ -81,14 +85,7 @@ async fn runs_reloads_on_sighup_and_stops_on_sigterm() {
             .spawn()
             .expect("spawn agent"),
     );
-    // Listening (connectable), hence its mode set: the path exists from `bind`.
-    assert!(
-        wait_until_async(Duration::from_secs(10), || {
-            std::os::unix::net::UnixStream::connect(&sock).is_ok()
-        })
-        .await,
-        "socket listening"
-    );
+    assert!(listening(&sock).await, "socket listening");
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&sock)
         .expect("stat socket")
@@ -216,9 +213,7 @@ async fn metrics_bind_serves_a_bounded_number_of_connections() {
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
     let stalled = assert_scrapes_bounded(addr, MAX_SCRAPE_CONNECTIONS).await;
     // The agent socket answers meanwhile.
-    let vm1 = "GET /latest/meta-data/ HTTP/1.1\r\nX-Forwarded-For: 10.250.41.2\r\n\
-               X-Neutron-Network-ID: n1\r\n\r\n";
-    assert!(ask(&sock, vm1).await.text().contains("hostname"));
+    assert!(ask(&sock, VM1_INDEX).await.text().contains("hostname"));
     drop(stalled);
     eventually_scraped(addr).await;
 }
@@ -226,6 +221,22 @@ async fn metrics_bind_serves_a_bounded_number_of_connections() {
 /// The agent on the inventory in `dir` with `extra` arguments, once its socket exists: the
 /// process (killed on drop) and its socket.
 async fn start_agent(dir: &TempDir, extra: &[&str]) -> (ChildGuard, std::path::PathBuf) {
+    let (child, sock) = spawn_agent(dir, extra);
+    assert!(wait_until_async(Duration::from_secs(10), || sock.exists()).await);
+    (child, sock)
+}
+
+/// Whether the agent accepts connections on `sock` within 10 s. The path exists from `bind`;
+/// connects are refused until `listen` (and its mode is set by then).
+async fn listening(sock: &std::path::Path) -> bool {
+    wait_until_async(Duration::from_secs(10), || {
+        std::os::unix::net::UnixStream::connect(sock).is_ok()
+    })
+    .await
+}
+
+/// [`start_agent`] without waiting for the socket.
+fn spawn_agent(dir: &TempDir, extra: &[&str]) -> (ChildGuard, std::path::PathBuf) {
     let inv = dir.join("inventory.json");
     write_atomic(&inv, INVENTORY);
     let sock = dir.join("agent.sock");
@@ -240,7 +251,6 @@ async fn start_agent(dir: &TempDir, extra: &[&str]) -> (ChildGuard, std::path::P
             .spawn()
             .expect("spawn agent"),
     );
-    assert!(wait_until_async(Duration::from_secs(10), || sock.exists()).await);
     (child, sock)
 }
 
@@ -295,40 +305,20 @@ async fn log_file_in_log_dir_and_reopened_on_sighup() {
 async fn sighup_the_moment_the_socket_appears_never_kills_the_agent() {
     for round in 0..5 {
         let dir = TempDir::new(&format!("bin-early-hup-{round}"));
-        let inv = dir.join("inventory.json");
-        write_atomic(&inv, INVENTORY);
-        let sock = dir.join("agent.sock");
-        let mut child = ChildGuard(
-            Command::new(BIN)
-                .arg("--metadata-proxy-socket")
-                .arg(&sock)
-                .arg("--inventory-file")
-                .arg(&inv)
-                .args(["--inventory-poll-interval", "0"])
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn agent"),
-        );
+        let (mut child, sock) = spawn_agent(&dir, &["--inventory-poll-interval", "0"]);
         // As soon as the socket exists: no sleep between polls.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !sock.exists() {
-            assert!(std::time::Instant::now() < deadline, "no socket");
-            std::hint::spin_loop();
-        }
-        child.signal("HUP");
-        // The path exists from `bind`; connections are refused until `listen`, and forever
-        // if the SIGHUP killed the agent.
         assert!(
-            wait_until_async(Duration::from_secs(10), || {
-                std::os::unix::net::UnixStream::connect(&sock).is_ok()
-            })
-            .await,
+            spin_until(Duration::from_secs(10), || sock.exists()),
+            "no socket"
+        );
+        child.signal("HUP");
+        // Refused forever if the SIGHUP killed the agent.
+        assert!(
+            listening(&sock).await,
             "the agent listens after an early SIGHUP (round {round})"
         );
-        let vm1 = "GET /latest/meta-data/ HTTP/1.1\r\nX-Forwarded-For: 10.250.41.2\r\n\
-                   X-Neutron-Network-ID: n1\r\n\r\n";
         assert!(
-            ask(&sock, vm1).await.text().contains("hostname"),
+            ask(&sock, VM1_INDEX).await.text().contains("hostname"),
             "round {round}"
         );
         assert!(child.0.try_wait().expect("wait").is_none(), "round {round}");

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use ns_testkit::{bin_path, wait_until, ChildGuard};
+use ns_testkit::{bin_path, spin_until, wait_until, ChildGuard};
 
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -524,11 +524,12 @@ fn signals_the_moment_the_pid_file_appears_are_handled() {
             let mut guard = ChildGuard(child);
             let pid = Pid::from_raw(guard.0.id() as i32);
             // As soon as the file names the pid: no sleep between polls.
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while std::fs::read_to_string(&pid_file).map_or(true, |t| t.trim().is_empty()) {
-                assert!(std::time::Instant::now() < deadline, "no pid file");
-                std::hint::spin_loop();
-            }
+            assert!(
+                spin_until(Duration::from_secs(10), || {
+                    std::fs::read_to_string(&pid_file).is_ok_and(|t| !t.trim().is_empty())
+                }),
+                "no pid file"
+            );
             kill(pid, sig).expect("signal");
             if sig == Signal::SIGHUP {
                 assert_eq!(

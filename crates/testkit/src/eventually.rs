@@ -27,6 +27,19 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     poll(timeout, || f().then_some(())).is_some()
 }
 
+/// [`wait_until`] without the tick: checks `f` back to back, for a test that must act the
+/// moment something appears (a signal the instant a file exists), not within 10 ms of it.
+pub fn spin_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::hint::spin_loop();
+    }
+    true
+}
+
 /// The value `f` yields within `timeout`; panics with "timed out after T waiting for WHAT".
 pub fn eventually<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
     poll(timeout, f).unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))

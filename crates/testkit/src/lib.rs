@@ -31,7 +31,8 @@ pub mod tempdir;
 pub mod tmpfs;
 
 pub use eventually::{
-    eventually, eventually_async, eventually_await, poll, poll_async, wait_until, wait_until_async,
+    eventually, eventually_async, eventually_await, poll, poll_async, spin_until, wait_until,
+    wait_until_async,
 };
 pub use proc::{bin_path, ChildGuard, PidGuard};
 pub use skip::{require, require_root, skip};
