@@ -53,14 +53,7 @@ pub fn run(cfg: Config, daemon_child: bool) -> Result<()> {
     };
     drop(netns);
     bind::set_backlog(&listeners, cfg.max_connections)?;
-    // The runtime, and with it the signal handlers, before the pid file: whatever finds the
-    // pid may signal it at once, and SIGHUP's or SIGTERM's default action would kill the
-    // proxy without its clean-up. A current-thread runtime starts no thread (confine below).
-    let rt = crate::workers::runtime()?;
-    let shutdown = {
-        let _in_rt = rt.enter();
-        until_stopped()?
-    };
+    let (rt, shutdown) = runtime_and_signals()?;
     let pid_file = cfg.pid_file.as_deref().map(PidFile::create).transpose()?;
     process::raise_nofile(cfg.max_connections);
     creds.drop_privileges()?;
@@ -109,6 +102,22 @@ pub fn run(cfg: Config, daemon_child: bool) -> Result<()> {
     Ok(())
 }
 
+/// The serving runtime, and its signal handlers installed: called before the pid file is
+/// written, since whatever finds the pid may signal it at once, and SIGHUP's or SIGTERM's
+/// default action would kill the proxy without its clean-up. A current-thread runtime starts
+/// no thread, so `confine` may still follow.
+fn runtime_and_signals() -> Result<(
+    tokio::runtime::Runtime,
+    impl std::future::Future<Output = ()>,
+)> {
+    let rt = crate::workers::runtime()?;
+    let shutdown = {
+        let _in_rt = rt.enter();
+        until_stopped()?
+    };
+    Ok((rt, shutdown))
+}
+
 /// Resolves at SIGTERM or SIGINT (telling systemd we are stopping); SIGHUP reopens the log
 /// file. The handlers are installed now, so a signal that comes before the first poll counts.
 fn until_stopped() -> Result<impl std::future::Future<Output = ()>> {
@@ -143,12 +152,7 @@ fn run_shared(cfg: Config, ss: &crate::shared::SharedServer) -> Result<()> {
     let ready = Readiness::open(&cfg.ready_fds)?;
     let creds = Creds::resolve(cfg.user.as_deref(), cfg.group.as_deref())?;
     warn_if_no_agent(&cfg.socket);
-    // Signal handlers before the pid file, as in `run`.
-    let rt = crate::workers::runtime()?;
-    let shutdown = {
-        let _in_rt = rt.enter();
-        until_stopped()?
-    };
+    let (rt, shutdown) = runtime_and_signals()?;
     let pid_file = cfg.pid_file.as_deref().map(PidFile::create).transpose()?;
     // Thousands of namespaces' listeners and their connections: all the hard limit allows.
     let nofile = process::raise_nofile_to_hard();
