@@ -217,16 +217,10 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) -> Option<
                     Ok(r) => {
                         fresh = true;
                         let pid = r.pid();
-                        // Asked to stop while launching (the key moved to another namespace
-                        // and back): the successor for the key may have written the pid file
-                        // already, and this proxy is stopped right below, so it does not
-                        // claim the file (its removal would then leave the successor
-                        // without one, unadoptable by a restarted spawner).
-                        let claim = pid.filter(|_| stop.is_empty());
                         // The proxy serves anyway; only adoption by a restarted
                         // supervisor needs the file, so the status says why it is missing.
-                        let pid_error = claim.and_then(|pid| {
-                            pidfile::write(&pid_dir, &spec.key, pid, &spec.interface).err().map(|e| {
+                        let pid_error = pid.and_then(|pid| {
+                            claim_pid_file(&stop, &pid_dir, &spec, pid).err().map(|e| {
                                 tracing::warn!(key = %spec.key, err = %e, "cannot write pid file; retried every second");
                                 format!("{PID_FILE_NOTE}: {e}")
                             })
@@ -254,13 +248,8 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) -> Option<
                         if let Some((pid, mut r, argv)) = found {
                             if argv.ends_with(&args) {
                                 tracing::info!(key = %spec.key, pid, "start failed next to a running proxy of ours; adopted it");
-                                // Not while asked to stop, as above.
-                                if stop.is_empty() {
-                                    if let Err(e) =
-                                        pidfile::write(&pid_dir, &spec.key, pid, &spec.interface)
-                                    {
-                                        tracing::warn!(key = %spec.key, err = %e, "cannot write pid file");
-                                    }
+                                if let Err(e) = claim_pid_file(&stop, &pid_dir, &spec, pid) {
+                                    tracing::warn!(key = %spec.key, err = %e, "cannot write pid file");
                                 }
                                 status.adopted(pid);
                                 current = Some(r);
@@ -458,8 +447,7 @@ impl<P: Platform> Restart<'_, P> {
     /// write its pid file, then stop the old one (SIGTERM: it stops accepting at once and
     /// finishes what it holds). Without the listeners (no CAP_SYS_PTRACE, the process gone,
     /// the namespace replaced) the old proxy is stopped for a plain start.
-    /// `stop`: the task's; a stop asked meanwhile keeps the successor from claiming the pid
-    /// file, as at a plain start's READY.
+    /// `stop`: the task's ([`claim_pid_file`]).
     async fn run(
         &self,
         mut old: Running,
@@ -512,8 +500,8 @@ impl<P: Platform> Restart<'_, P> {
             }
         };
         let new_pid = new.pid();
-        let pid_error = new_pid.filter(|_| stop.is_empty()).and_then(|p| {
-            pidfile::write(&cfg.pid_dir(), &spec.key, p, &spec.interface)
+        let pid_error = new_pid.and_then(|p| {
+            claim_pid_file(stop, &cfg.pid_dir(), spec, p)
                 .err()
                 .map(|e| format!("cannot write pid file: {e}"))
         });
@@ -558,6 +546,24 @@ async fn wait_or_stop(delay: Duration, stop: &mut oneshot::Receiver<()>) -> Wake
         _ = tokio::time::sleep(delay) => Wake::Retry,
         asked = stop => if asked.is_ok() { Wake::Stop } else { Wake::Detached },
     }
+}
+
+/// Write `pid` as `spec`'s pid file, for a proxy this task has just started or adopted,
+/// unless the task was asked to stop meanwhile (the key moved to another namespace while this
+/// proxy was starting): the successor for the key may have written the file already, and
+/// this proxy is stopped next, so it does not claim the file. Its removal would then leave
+/// the running successor without one, unadoptable by a restarted spawner
+/// ([`pidfile::remove_own`] keeps a file that names another live proxy).
+fn claim_pid_file(
+    stop: &oneshot::Receiver<()>,
+    dir: &std::path::Path,
+    spec: &ProxySpec,
+    pid: u32,
+) -> crate::Result<()> {
+    if !stop.is_empty() {
+        return Ok(());
+    }
+    pidfile::write(dir, &spec.key, pid, &spec.interface)
 }
 
 /// What the end of a proxy needs to clean up.
