@@ -376,6 +376,8 @@ async fn unwritable_pid_file_is_reported_and_the_proxy_still_runs() {
         .filter(|n| n.to_string_lossy().ends_with(".tmp"))
         .collect();
     assert!(left.is_empty(), "temp files left: {left:?}");
+    // Its task would otherwise outlive the test and recreate the removed directory's stats.
+    sup.stop_all().await;
     lp.abort();
 }
 
@@ -883,4 +885,6 @@ async fn a_proxy_stopped_during_its_launch_leaves_the_successors_pid_file() {
         Some(pid),
         "the running successor's pid file"
     );
+    // Its task would otherwise outlive the test and write into the removed directory.
+    sup.stop_all().await;
 }
