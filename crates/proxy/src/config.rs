@@ -72,9 +72,10 @@ static OPTS: &[Opt] = &[
         "Client connections served at once; more wait in the listen backlog")
         .default("1024"),
     Opt::new(D, "max_agent_requests", Kind::Int { min: 0, max: 1_000_000 },
-        "Requests relayed to the agent at once (per namespace in the shared server, a quarter \
-         of them while another namespace asked within 1 s); more wait in arrival order, up to \
-         timeout_connect, then 503; 0 = no limit")
+        "Requests relayed to the agent at once (per namespace in the shared server; while \
+         another namespace asked within 1 s, one per ms the agent takes to answer, 1 to a \
+         quarter of them); more wait in arrival order, up to timeout_connect, then 503; \
+         0 = no limit")
         .default("16"),
     Opt::new(D, "threads", Kind::Str,
         "Serving threads at most: one serves, another starts only while every running one has \

@@ -323,6 +323,8 @@ impl Conn {
             .agent
             .exchange(&mut out, x, client, &self.shutdown)
             .await;
+        // How long the agent took sets this namespace's share of the slots in company.
+        self.shared.queue.answered(asked);
         drop(slot);
         drop(out);
         let seen = Seen {

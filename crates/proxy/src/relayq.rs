@@ -10,13 +10,18 @@
 //! tasks, whatever its connection count. A namespace's own order is kept (FIFO), and another
 //! namespace never waits in this queue at all.
 //!
-//! In company, a quarter: in the shared server, while another namespace has asked the agent
-//! within the last [`COMPANY_WINDOW`], a namespace's request takes [`COMPANY_WEIGHT`] of its
-//! N slots, so it has at most N / 4 requests with the agent (at least one). The agent answers
-//! in arrival order, so another namespace's request waits behind every request the flooding
-//! one has there: 16 of them kept a quiet namespace's p99 beside a 2,000-connection flood at
-//! ~4× its idle p99, 4 at ~2–3× (bench figure 14, bench/RESULTS.md, session 11). Alone, a
-//! namespace keeps all N (one busy namespace's req/s dropped ~30% at 4 with a fast agent).
+//! In company, a share by the agent's speed: in the shared server, while another namespace has
+//! asked the agent within the last [`COMPANY_WINDOW`], a namespace has one request with the
+//! agent for each [`COMPANY_SLOT_TIME`] its recent requests held their slot (asked until
+//! answered), at least one and at most N / [`COMPANY_QUARTER`]; its requests take N / share
+//! slots each. The agent answers in arrival order, so another namespace's request waits
+//! behind every request the flooding one has there, and with a fast agent each of them is CPU
+//! the two share: a quiet namespace's p99 beside a 2,000-connection flood was ~4× its idle
+//! p99 with 16 of them there, 2–4× with 4, ~2× with one (bench figure 14, bench/RESULTS.md,
+//! sessions 11 and 13). A request waiting on a slow agent costs no CPU, so there the share
+//! grows (to a quarter at 4 ms an answer) and keeps a namespace in company at ~1,000 req/s or
+//! more whatever the agent's speed. Alone, a namespace keeps all N (one busy namespace's
+//! req/s dropped ~30% at 4 with a fast agent).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,8 +42,20 @@ pub const DEFAULT_MAX_AGENT_REQUESTS: usize = 16;
 /// request on.
 pub const COMPANY_WINDOW: Duration = Duration::from_secs(1);
 
-/// Slots a request takes while its namespace has company: a quarter of them each.
-pub const COMPANY_WEIGHT: u32 = 4;
+/// In company, a namespace has one request with the agent per this much of the time its
+/// requests hold their slot (module docs).
+pub const COMPANY_SLOT_TIME: Duration = Duration::from_millis(1);
+
+/// In company, a namespace has at most N / this many requests with the agent: a quarter.
+pub const COMPANY_QUARTER: u32 = 4;
+
+/// The requests a namespace in company may have with the agent, out of `max` slots, when its
+/// requests lately held their slot for `held_us` microseconds (module docs).
+pub fn company_share(max: u32, held_us: u64) -> u32 {
+    let per = COMPANY_SLOT_TIME.as_micros() as u64;
+    let by_speed = u32::try_from(held_us.div_ceil(per)).unwrap_or(u32::MAX);
+    by_speed.clamp(1, (max / COMPANY_QUARTER).max(1))
+}
 
 /// The namespaces of one shared server that asked the agent lately: the last two distinct
 /// ones, which is enough to tell a namespace whether another one did within
@@ -80,8 +97,11 @@ pub struct RelayQueue {
     waiting: AtomicUsize,
     /// The shared server's namespaces, and this one's key among them (`None`: a proxy of its own).
     company: Option<(Arc<Company>, u64)>,
-    /// Slots a request takes in company (a quarter of them, at least all of one).
-    weight: u32,
+    /// The slots, as a permit count (at most `u32::MAX`).
+    max: u32,
+    /// How long this namespace's requests lately held their slot, asked until answered
+    /// (µs, a moving average over about 8; kept in company only): its share in company.
+    held_us: AtomicU64,
 }
 
 /// A request's place with the agent: held until its answer is relayed, freed on drop (the
@@ -100,12 +120,13 @@ impl RelayQueue {
             waiting: AtomicUsize::new(0),
             company: None,
             // `max` is at most MAX_PERMITS (usize::MAX >> 3): it may not fit a u32.
-            weight: u32::try_from(max).map_or(COMPANY_WEIGHT, |m| m.clamp(1, COMPANY_WEIGHT)),
+            max: u32::try_from(max).unwrap_or(u32::MAX),
+            held_us: AtomicU64::new(0),
         }
     }
 
-    /// The same, for a namespace of a shared server: a quarter of the slots while another
-    /// namespace of `company` asks the agent too.
+    /// The same, for a namespace of a shared server: a share of the slots by the agent's
+    /// speed while another namespace of `company` asks the agent too (module docs).
     pub fn in_company(max: usize, company: &Arc<Company>) -> RelayQueue {
         RelayQueue {
             company: Some((company.clone(), company.key())),
@@ -113,12 +134,35 @@ impl RelayQueue {
         }
     }
 
-    /// Slots the request asking at `now` takes.
+    /// Slots the request asking at `now` takes: one alone, N / share in company.
     fn weight(&self, now: impl FnOnce() -> Instant) -> u32 {
         match &self.company {
-            Some((c, key)) if c.asks(*key, now()) => self.weight,
+            Some((c, key)) if c.asks(*key, now()) => {
+                let share = company_share(self.max, self.held_us.load(Ordering::Relaxed));
+                (self.max / share).max(1)
+            }
             _ => 1,
         }
+    }
+
+    /// A request of this namespace, asked at `asked`, was answered (or failed) now: how long
+    /// its slot was held sets the namespace's share in company. Nothing to do (no clock
+    /// read) for a proxy of its own.
+    pub fn answered(&self, asked: Instant) {
+        if self.company.is_some() {
+            self.held(asked.elapsed());
+        }
+    }
+
+    fn held(&self, took: Duration) {
+        // A moving average over about 8 requests; threads of one server may race here, and
+        // a lost update only delays the average by a request.
+        let took = u64::try_from(took.as_micros())
+            .unwrap_or(u64::MAX)
+            .min(1 << 40);
+        let avg = self.held_us.load(Ordering::Relaxed);
+        let avg = (avg * 7 + took).div_ceil(8);
+        self.held_us.store(avg, Ordering::Relaxed);
     }
 
     /// A slot, at once when one is free, else after the requests that queued before this
@@ -145,7 +189,7 @@ impl RelayQueue {
         self.waiting.load(Ordering::Relaxed)
     }
 
-    /// Free slots now (`None`: unlimited); a request in company takes [`COMPANY_WEIGHT`].
+    /// Free slots now (`None`: unlimited); a request in company takes N / its share.
     pub fn free(&self) -> Option<usize> {
         self.slots.as_ref().map(Semaphore::available_permits)
     }
@@ -209,7 +253,7 @@ mod tests {
     }
 
     #[test]
-    fn in_company_a_namespace_takes_a_quarter_of_its_slots() {
+    fn in_company_a_namespace_has_a_share_by_the_agents_speed() {
         let c = Company::new();
         let (a, b) = (
             RelayQueue::in_company(16, &c),
@@ -219,30 +263,70 @@ mod tests {
         let at = |ms: u64| move || t + Duration::from_millis(ms);
         assert_eq!(a.weight(at(0)), 1, "alone");
         assert_eq!(a.weight(at(1)), 1, "its own requests are no company");
-        assert_eq!(b.weight(at(2)), COMPANY_WEIGHT, "a asked 1 ms ago");
-        assert_eq!(a.weight(at(3)), COMPANY_WEIGHT, "b asked 1 ms ago");
+        // Nothing answered yet: one request at a time, all 16 slots each.
+        assert_eq!(b.weight(at(2)), 16, "a asked 1 ms ago");
+        assert_eq!(a.weight(at(3)), 16, "b asked 1 ms ago");
+        // a's agent answers in 3 ms: three at a time (16 / 5 slots each).
+        for _ in 0..64 {
+            a.held(Duration::from_millis(3));
+        }
+        assert_eq!(a.weight(at(4)), 5);
+        assert_eq!(b.weight(at(5)), 16, "b's own share has not moved");
         let window = COMPANY_WINDOW.as_millis() as u64;
-        assert_eq!(
-            a.weight(at(2 + window - 1)),
-            COMPANY_WEIGHT,
-            "still within the window"
-        );
-        assert_eq!(a.weight(at(2 + window)), 1, "b's request left the window");
+        assert_eq!(a.weight(at(5 + window - 1)), 5, "still within the window");
+        assert_eq!(a.weight(at(5 + window)), 1, "b's request left the window");
         // A third namespace: whoever asked before it is its company.
         let z = RelayQueue::in_company(16, &c);
-        assert_eq!(z.weight(at(3 + window)), COMPANY_WEIGHT);
-        // Fewer slots than the weight: one request at a time, never none.
-        assert_eq!(RelayQueue::in_company(2, &c).weight(at(4 + window)), 2);
+        assert_eq!(z.weight(at(6 + window)), 16);
+        // Fewer slots than a quarter: one request at a time, never none.
+        let two = RelayQueue::in_company(2, &c);
+        two.held(Duration::from_secs(1));
+        assert_eq!(two.weight(at(7 + window)), 2);
+        assert_eq!(RelayQueue::in_company(usize::MAX, &c).max, u32::MAX);
+        // A proxy of its own has no company, and keeps no average.
+        let own = RelayQueue::new(16);
+        own.answered(t);
+        assert_eq!(own.held_us.load(Ordering::Relaxed), 0);
+        assert_eq!(own.weight(at(8 + window)), 1);
+    }
+
+    #[test]
+    fn the_share_grows_with_the_agents_answer_time_up_to_a_quarter() {
+        let us = |ms: f64| (ms * 1000.0) as u64;
+        // A fast agent (loopback, answering in µs): one at a time.
+        assert_eq!(company_share(16, 0), 1);
+        assert_eq!(company_share(16, 150), 1);
+        assert_eq!(company_share(16, us(1.0)), 1);
+        assert_eq!(company_share(16, 1001), 2);
+        assert_eq!(company_share(16, us(3.5)), 4);
+        // A slow agent (Nova behind it): a quarter, ~80 req/s at 50 ms.
+        assert_eq!(company_share(16, us(50.0)), 4);
+        assert_eq!(company_share(400, us(50.0)), 50);
+        assert_eq!(company_share(400, u64::MAX), 100);
+        assert_eq!(company_share(3, us(50.0)), 1);
+        assert_eq!(company_share(0, us(50.0)), 1);
+    }
+
+    #[test]
+    fn the_average_follows_the_last_eight_or_so_answers() {
+        let q = RelayQueue::in_company(16, &Company::new());
+        q.held(Duration::from_millis(50));
+        assert_eq!(q.held_us.load(Ordering::Relaxed), 6250, "one slow answer");
+        for _ in 0..80 {
+            q.held(Duration::from_micros(100));
+        }
+        let avg = q.held_us.load(Ordering::Relaxed);
+        // Rounded up at each step: it settles up to 7 µs above.
+        assert!((100..=107).contains(&avg), "fast again: {avg}");
+        q.held(Duration::MAX);
         assert_eq!(
-            RelayQueue::in_company(usize::MAX, &c).weight,
-            COMPANY_WEIGHT
+            q.held_us.load(Ordering::Relaxed),
+            (avg * 7 + (1 << 40)).div_ceil(8)
         );
-        // A proxy of its own has no company.
-        assert_eq!(RelayQueue::new(16).weight(at(5 + window)), 1);
     }
 
     #[tokio::test]
-    async fn in_company_the_fifth_request_of_sixteen_slots_waits() {
+    async fn in_company_a_namespace_with_a_fast_agent_has_one_request_there() {
         let c = Company::new();
         let (busy, quiet) = (
             RelayQueue::in_company(16, &c),
@@ -252,17 +336,30 @@ mod tests {
         assert_eq!(busy.free(), Some(15), "alone: one slot a request");
         drop(alone);
         let _q = quiet.enter(Duration::ZERO).await.expect("quiet's slot");
+        let first = busy.enter(Duration::ZERO).await.expect("one at a time");
+        assert_eq!(busy.free(), Some(0));
+        assert!(busy.enter(Duration::from_millis(20)).await.is_none());
+        // It finishes: the next one goes in its place.
+        drop(first);
+        busy.answered(Instant::now());
+        let _second = busy.enter(Duration::ZERO).await.expect("the next one");
+    }
+
+    #[tokio::test]
+    async fn in_company_a_namespace_with_a_slow_agent_has_a_quarter_there() {
+        let c = Company::new();
+        let (busy, quiet) = (
+            RelayQueue::in_company(16, &c),
+            RelayQueue::in_company(16, &c),
+        );
+        busy.held(Duration::from_millis(50));
+        let _q = quiet.enter(Duration::ZERO).await.expect("quiet's slot");
         let mut held = Vec::new();
         for _ in 0..4 {
-            held.push(
-                busy.enter(Duration::ZERO)
-                    .await
-                    .expect("a quarter of the slots"),
-            );
+            held.push(busy.enter(Duration::ZERO).await.expect("a quarter"));
         }
         assert_eq!(busy.free(), Some(0));
         assert!(busy.enter(Duration::from_millis(20)).await.is_none());
-        // One finishes: the next one goes in its place.
         held.pop();
         assert!(busy.enter(Duration::ZERO).await.is_some());
     }

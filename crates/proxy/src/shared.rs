@@ -361,8 +361,8 @@ pub struct Namespaces {
     grace: std::time::Duration,
     /// The statistics slab handed over last (`stats-slab`).
     slab: Mutex<Option<Slab>>,
-    /// Which namespaces asked the agent lately: in company a namespace gets a quarter of its
-    /// relay queue's slots.
+    /// Which namespaces asked the agent lately: in company a namespace gets a share of its
+    /// relay queue's slots by the agent's speed (`relayq`).
     company: Arc<Company>,
 }
 

@@ -55,7 +55,8 @@ impl Shared {
     }
 
     /// As [`Shared::with_stats`], for one namespace of a shared server among `company`: a
-    /// quarter of the relay queue's slots while another of them asks the agent too.
+    /// share of the relay queue's slots by the agent's speed while another of them asks the
+    /// agent too (`relayq`).
     pub fn in_company(
         cfg: &Config,
         resource: &Resource,
