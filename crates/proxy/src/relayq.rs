@@ -19,9 +19,9 @@
 //! the two share: a quiet namespace's p99 beside a 2,000-connection flood was ~4× its idle
 //! p99 with 16 of them there, 2–4× with 4, ~2× with one (bench figure 14, bench/RESULTS.md,
 //! sessions 11 and 13). A request waiting on a slow agent costs no CPU, so there the share
-//! grows (to a quarter at 4 ms an answer) and keeps a namespace in company at ~1,000 req/s or
-//! more whatever the agent's speed. Alone, a namespace keeps all N (one busy namespace's
-//! req/s dropped ~30% at 4 with a fast agent).
+//! grows: a namespace in company keeps ~1,000 req/s while the agent answers within 4 ms, and
+//! a quarter of N beyond (16 slots, 50 ms answers: ~80 req/s). Alone, a namespace keeps all N
+//! (one busy namespace's req/s dropped ~30% at 4 with a fast agent).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
