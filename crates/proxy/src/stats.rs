@@ -107,7 +107,8 @@ impl Slab {
 
 /// The liveness beat the spawner watches (`[spawner] hang_timeout`;
 /// [`layout::SLOT_HEARTBEAT`]): a counter bumped by a timer task of the serving runtime, so
-/// it stops when that runtime's loop stops (a bug, a stuck syscall, a frozen process). The
+/// it stops when that runtime's loop stops (a bug, a stuck syscall, a frozen process), and
+/// while a helper serving thread's loop has stopped ([`crate::workers::answering`]). The
 /// period is the spawner's, read from the mapping at each beat; 0 means none (no wake-up at
 /// all). A period at least twice as long as the gap between the ticks of a timer the process
 /// runs anyway (a per-namespace proxy's housekeeping, [`Heartbeat::tick`]) costs no wake-up
@@ -133,7 +134,7 @@ impl Heartbeat {
         covered: Option<Duration>,
     ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
         let period = self.period()?;
-        self.map.add(self.beat, 1);
+        self.beat();
         if Self::is_covered(period, covered) || BEATING.swap(true, Ordering::SeqCst) {
             return None;
         }
@@ -148,10 +149,10 @@ impl Heartbeat {
             return;
         };
         if Self::is_covered(period, Some(covered)) {
-            self.map.add(self.beat, 1);
+            self.beat();
         } else if let Ok(rt) = tokio::runtime::Handle::try_current() {
             if !BEATING.swap(true, Ordering::SeqCst) {
-                self.map.add(self.beat, 1);
+                self.beat();
                 rt.spawn(self.clone().timer(period, Some(covered)));
             }
         }
@@ -164,7 +165,7 @@ impl Heartbeat {
             match self.period() {
                 Some(p) if !Self::is_covered(p, covered) => {
                     period = p;
-                    self.map.add(self.beat, 1);
+                    self.beat();
                 }
                 // Switched off (the spawner stops watching when its timeout is 0), or
                 // beaten by the other timer from now on.
@@ -173,6 +174,14 @@ impl Heartbeat {
                     return;
                 }
             }
+        }
+    }
+
+    /// One beat, unless a helper serving thread has stopped running its tasks
+    /// ([`crate::workers::answering`]): a hang there is a hang of the process.
+    fn beat(&self) {
+        if crate::workers::answering() {
+            self.map.add(self.beat, 1);
         }
     }
 

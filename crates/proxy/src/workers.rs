@@ -24,7 +24,7 @@
 //! one busy namespace use two.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use tokio::runtime::Handle;
@@ -106,6 +106,11 @@ struct Helper {
     handle: Handle,
     /// Dropped or sent: the helper's runtime ends.
     retire: tokio::sync::oneshot::Sender<()>,
+    /// Pings sent to its runtime ([`answering`]), and the last one it ran.
+    pinged: u64,
+    pong: std::sync::Arc<AtomicU64>,
+    /// Said once that it stopped answering, until it answers again.
+    said: bool,
 }
 
 static WORKERS: OnceLock<Workers> = OnceLock::new();
@@ -204,6 +209,15 @@ pub fn move_busy() -> Option<(Handle, Open)> {
         (Place::On(h), open) => Some((h, open)),
         (Place::Here, _) => None,
     }
+}
+
+/// Whether every helper running ran the ping sent at the last call, within the time since
+/// (the heartbeat's period); each one that did is sent the next. The heartbeat
+/// ([`crate::stats::Heartbeat`]) beats only while this holds, so the spawner's hang
+/// watchdog sees a helper whose event loop stopped as it sees the main thread's. True with
+/// no helper, and before [`init`].
+pub fn answering() -> bool {
+    WORKERS.get().is_none_or(Workers::answering)
 }
 
 /// Retire the helpers without a connection open (the proxy went idle); `forget(i)` drops
@@ -313,6 +327,37 @@ impl Workers {
         }
     }
 
+    fn answering(&self) -> bool {
+        let mut helpers = self.lock();
+        let mut all = true;
+        for (i, h) in helpers.iter_mut().enumerate() {
+            let Some(h) = h else { continue };
+            if h.pong.load(Ordering::Acquire) < h.pinged {
+                // Its last ping has not run: no other until it does.
+                if !std::mem::replace(&mut h.said, true) {
+                    tracing::warn!(
+                        thread = format!("serve-{}", i + 1),
+                        "a serving thread has not run a task since the last heartbeat; \
+                         not beating while it does not"
+                    );
+                }
+                all = false;
+                continue;
+            }
+            if std::mem::replace(&mut h.said, false) {
+                tracing::info!(
+                    thread = format!("serve-{}", i + 1),
+                    "the serving thread answers again"
+                );
+            }
+            h.pinged += 1;
+            let (pong, n) = (h.pong.clone(), h.pinged);
+            h.handle
+                .spawn(async move { pong.store(n, Ordering::Release) });
+        }
+        all
+    }
+
     fn retire_idle(&self, forget: impl Fn(usize)) -> usize {
         let mut helpers = self.lock();
         let mut retired = 0;
@@ -376,7 +421,13 @@ fn start(i: usize) -> std::result::Result<Helper, String> {
     let handle = ready_rx
         .recv()
         .map_err(|_| "the thread ended before its runtime was built".to_owned())??;
-    Ok(Helper { handle, retire })
+    Ok(Helper {
+        handle,
+        retire,
+        pinged: 0,
+        pong: std::sync::Arc::new(AtomicU64::new(0)),
+        said: false,
+    })
 }
 
 #[cfg(test)]
@@ -436,6 +487,51 @@ mod tests {
         // Busy again: a new helper.
         let (p, _o) = w.place();
         assert_eq!(runs_on(&p), 1);
+    }
+
+    #[test]
+    fn answering_only_while_every_helper_runs_its_tasks() {
+        let w = leaked(2);
+        assert!(w.answering(), "no helper");
+        let (p, _o) = w.place_namespace(true);
+        let Place::On(h) = p else {
+            panic!("a busy namespace on a helper: {p:?}")
+        };
+        let pong = |w: &Workers| {
+            let helpers = w.lock();
+            let h = helpers[0].as_ref().expect("the helper");
+            (h.pinged, h.pong.clone())
+        };
+        assert!(w.answering(), "a new helper: pinged");
+        let (sent, got) = pong(w);
+        assert!(ns_testkit::spin_until(
+            std::time::Duration::from_secs(10),
+            || { got.load(Ordering::Acquire) == sent }
+        ));
+        assert!(w.answering(), "it ran the ping: the next one");
+        // Its event loop stops (a task blocks the thread): the ping sent before does not run.
+        let (unblock, blocked) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started) = std::sync::mpsc::channel();
+        h.spawn(async move {
+            started_tx.send(()).expect("send");
+            let _ = blocked.recv();
+        });
+        started.recv().expect("the blocking task runs");
+        assert!(
+            w.answering(),
+            "the ping of the last call ran before it blocked"
+        );
+        assert!(!w.answering(), "this call's ping did not");
+        assert!(!w.answering(), "nor later: still stuck");
+        let pinged = pong(w).0;
+        // Running again: the outstanding ping runs, and the helper counts again.
+        unblock.send(()).expect("unblock");
+        let (_, got) = pong(w);
+        assert!(ns_testkit::spin_until(
+            std::time::Duration::from_secs(10),
+            || { got.load(Ordering::Acquire) == pinged }
+        ));
+        assert!(w.answering(), "answers again");
     }
 
     #[test]

@@ -17,6 +17,10 @@
 //! detection takes between the timeout and the timeout plus a period: a faster beat would not
 //! find a hang sooner.
 //!
+//! A process with helper serving threads (`proxy_threads`) beats only while each of them ran
+//! the small task its previous beat sent it (`ns_metadata_proxy::workers::answering`), so a
+//! helper whose loop stopped is caught as the main thread's would be.
+//!
 //! Not watched, logged once: a process with no heartbeat block (`proxy_metrics = false`, or
 //! its block could not be made), and one whose beat never moves (an older proxy adopted
 //! after an upgrade, or one started while the timeout was 0). A process started by this
