@@ -73,9 +73,9 @@ static OPTS: &[Opt] = &[
         .default("1024"),
     Opt::new(D, "max_agent_requests", Kind::Int { min: 0, max: 1_000_000 },
         "Requests relayed to the agent at once (per namespace in the shared server; while \
-         another namespace asked within 1 s, one per ms the agent takes to answer, 1 to a \
-         quarter of them); more wait in arrival order, up to timeout_connect, then 503; \
-         0 = no limit")
+         another namespace asked within 1 s a quarter of them, of which one under 4 ms old \
+         per ms the agent takes to answer); more wait in arrival order, up to \
+         timeout_connect, then 503; 0 = no limit")
         .default("16"),
     Opt::new(D, "threads", Kind::Str,
         "Serving threads at most: one serves, another starts only while every running one has \

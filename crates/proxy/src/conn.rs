@@ -298,7 +298,7 @@ impl Conn {
         // requests are there at once, the others wait here in order (parked, not runnable,
         // so a flooding namespace cannot fill the shared server's run queue; issue #20).
         // haproxy's `timeout queue` defaults to `timeout connect`: so does this wait.
-        let Some(slot) = self.shared.queue.enter(self.shared.timeouts.connect).await else {
+        let Some(mut slot) = self.shared.queue.enter(self.shared.timeouts.connect).await else {
             let ok = self.answer_for(503, keep_alive, seen, End::Queue).await;
             return ok.then(|| rest(inb, consumed));
         };
@@ -318,10 +318,13 @@ impl Conn {
             timeout: self.shared.timeouts.client,
         };
         let asked = Instant::now();
-        let result = self
-            .shared
-            .agent
-            .exchange(&mut out, x, client, &self.shutdown)
+        // In company a slow exchange gives its young place back (`relayq`).
+        let result = slot
+            .hold(
+                self.shared
+                    .agent
+                    .exchange(&mut out, x, client, &self.shutdown),
+            )
             .await;
         // How long the agent took sets this namespace's share of the slots in company.
         self.shared.queue.answered(asked);

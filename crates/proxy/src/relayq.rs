@@ -10,19 +10,23 @@
 //! tasks, whatever its connection count. A namespace's own order is kept (FIFO), and another
 //! namespace never waits in this queue at all.
 //!
-//! In company, a share by the agent's speed: in the shared server, while another namespace has
-//! asked the agent within the last [`COMPANY_WINDOW`], a namespace has one request with the
-//! agent for each [`COMPANY_SLOT_TIME`] its recent requests held their slot (asked until
-//! answered), at least one and at most N / [`COMPANY_QUARTER`]; its requests take N / share
-//! slots each. The agent answers in arrival order, so another namespace's request waits
-//! behind every request the flooding one has there, and with a fast agent each of them is CPU
-//! the two share: a quiet namespace's p99 beside a 2,000-connection flood was ~4× its idle
-//! p99 with 16 of them there, 2–4× with 4, ~2× with one (bench figure 14, bench/RESULTS.md,
-//! sessions 11 and 13). A request waiting on a slow agent costs no CPU, so there the share
-//! grows: a namespace in company keeps ~1,000 req/s while the agent answers within 4 ms, and
-//! a quarter of N beyond (16 slots, 50 ms answers: ~80 req/s). Alone, a namespace keeps all N
-//! (one busy namespace's req/s dropped ~30% at 4 with a fast agent).
+//! In company, a quarter, and of those a share by the agent's speed: in the shared server,
+//! while another namespace has asked the agent within the last [`COMPANY_WINDOW`], a
+//! namespace has at most N / [`COMPANY_QUARTER`] requests with the agent (at least one), and
+//! of those at most one *young* request (with the agent for less than [`COMPANY_SLOW_AFTER`])
+//! for each [`COMPANY_SLOT_TIME`] its requests lately held their slot (asked until answered),
+//! from one to all of the quarter. The agent answers in arrival order, so another
+//! namespace's request waits behind every request the flooding one has there, and with a fast
+//! agent each of them is CPU the two share: a quiet namespace's p99 beside a 2,000-connection
+//! flood was ~4× its idle p99 with 16 of them there, 2–8× with 4, under 2× with one young
+//! request at a time (bench figure 14, bench/RESULTS.md, sessions 11 and 13). A request
+//! waiting on a slow agent costs no CPU: at 4 ms an answer the share is the whole quarter, and
+//! a request older than [`COMPANY_SLOW_AFTER`] (a slow agent, one stalled request, a VM reading
+//! its answer slowly) gives its young place back, so it never holds up the namespace's next
+//! request beyond that. Alone, a namespace keeps all N (one busy namespace's req/s dropped
+//! ~30% at 4 with a fast agent).
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,15 +46,21 @@ pub const DEFAULT_MAX_AGENT_REQUESTS: usize = 16;
 /// request on.
 pub const COMPANY_WINDOW: Duration = Duration::from_secs(1);
 
-/// In company, a namespace has one request with the agent per this much of the time its
-/// requests hold their slot (module docs).
+/// In company, a namespace has one young request with the agent per this much of the time
+/// its requests hold their slot (module docs).
 pub const COMPANY_SLOT_TIME: Duration = Duration::from_millis(1);
 
 /// In company, a namespace has at most N / this many requests with the agent: a quarter.
 pub const COMPANY_QUARTER: u32 = 4;
 
-/// The requests a namespace in company may have with the agent, out of `max` slots, when its
-/// requests lately held their slot for `held_us` microseconds (module docs).
+/// A request with the agent this long is old: in company it gives its young place back (the
+/// time at which the share is the whole quarter anyway).
+pub const COMPANY_SLOW_AFTER: Duration =
+    Duration::from_millis(COMPANY_SLOT_TIME.as_millis() as u64 * COMPANY_QUARTER as u64);
+
+/// The young requests a namespace in company may have with the agent, out of `max` slots,
+/// when its requests lately held their slot for `held_us` microseconds (module docs): from
+/// one to the quarter.
 pub fn company_share(max: u32, held_us: u64) -> u32 {
     let per = COMPANY_SLOT_TIME.as_micros() as u64;
     let by_speed = u32::try_from(held_us.div_ceil(per)).unwrap_or(u32::MAX);
@@ -99,6 +109,9 @@ pub struct RelayQueue {
     company: Option<(Arc<Company>, u64)>,
     /// The slots, as a permit count (at most `u32::MAX`).
     max: u32,
+    /// In company: the young requests' places, the quarter's count; a request takes
+    /// quarter / share of them (`None`: a proxy of its own, or no limit).
+    young: Option<Semaphore>,
     /// How long this namespace's requests lately held their slot, asked until answered
     /// (µs, a moving average over about 8; kept in company only): its share in company.
     held_us: AtomicU64,
@@ -106,9 +119,38 @@ pub struct RelayQueue {
 
 /// A request's place with the agent: held until its answer is relayed, freed on drop (the
 /// next waiting request of the namespace is let through).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Slot<'a> {
     _permit: Option<SemaphorePermit<'a>>,
+    /// In company: its young place, given back after [`COMPANY_SLOW_AFTER`] ([`Slot::hold`]).
+    young: Option<SemaphorePermit<'a>>,
+}
+
+impl<'a> Slot<'a> {
+    fn new(p: SemaphorePermit<'a>, young: Option<SemaphorePermit<'a>>) -> Slot<'a> {
+        Slot {
+            _permit: Some(p),
+            young,
+        }
+    }
+
+    /// Run the request's exchange with the agent in this slot. A young place (in company)
+    /// goes back once the exchange has taken [`COMPANY_SLOW_AFTER`]: a request that slow no
+    /// longer costs the CPU another namespace's request waits for, and must not hold up its
+    /// own namespace's next one (module docs). No timer otherwise.
+    pub async fn hold<F: Future>(&mut self, exchange: F) -> F::Output {
+        if self.young.is_none() {
+            return exchange.await;
+        }
+        let mut exchange = std::pin::pin!(exchange);
+        match tokio::time::timeout(COMPANY_SLOW_AFTER, exchange.as_mut()).await {
+            Ok(out) => out,
+            Err(_) => {
+                self.young = None;
+                exchange.await
+            }
+        }
+    }
 }
 
 impl RelayQueue {
@@ -121,6 +163,7 @@ impl RelayQueue {
             company: None,
             // `max` is at most MAX_PERMITS (usize::MAX >> 3): it may not fit a u32.
             max: u32::try_from(max).unwrap_or(u32::MAX),
+            young: None,
             held_us: AtomicU64::new(0),
         }
     }
@@ -128,20 +171,25 @@ impl RelayQueue {
     /// The same, for a namespace of a shared server: a share of the slots by the agent's
     /// speed while another namespace of `company` asks the agent too (module docs).
     pub fn in_company(max: usize, company: &Arc<Company>) -> RelayQueue {
+        let q = RelayQueue::new(max);
+        let quarter = company_share(q.max, u64::MAX);
         RelayQueue {
             company: Some((company.clone(), company.key())),
-            ..RelayQueue::new(max)
+            young: q.slots.is_some().then(|| Semaphore::new(quarter as usize)),
+            ..q
         }
     }
 
-    /// Slots the request asking at `now` takes: one alone, N / share in company.
-    fn weight(&self, now: impl FnOnce() -> Instant) -> u32 {
+    /// Slots the request asking at `now` takes, and young places: one slot alone; in
+    /// company N / quarter slots, and quarter / share young places.
+    fn weight(&self, now: impl FnOnce() -> Instant) -> (u32, Option<u32>) {
         match &self.company {
             Some((c, key)) if c.asks(*key, now()) => {
+                let quarter = company_share(self.max, u64::MAX);
                 let share = company_share(self.max, self.held_us.load(Ordering::Relaxed));
-                (self.max / share).max(1)
+                ((self.max / quarter).max(1), Some((quarter / share).max(1)))
             }
-            _ => 1,
+            _ => (1, None),
         }
     }
 
@@ -169,19 +217,34 @@ impl RelayQueue {
     /// one; `None` if none came within `wait`.
     pub async fn enter(&self, wait: Duration) -> Option<Slot<'_>> {
         let Some(sem) = &self.slots else {
-            return Some(Slot { _permit: None });
+            return Some(Slot::default());
         };
-        let n = self.weight(Instant::now);
-        // The common case (a free slot) without a timer.
+        let (n, young) = self.weight(Instant::now);
+        let young = young.and_then(|k| self.young.as_ref().map(|y| (y, k)));
+        // The common case (free places) without a timer.
+        let mut taken = None;
         if let Ok(p) = sem.try_acquire_many(n) {
-            return Some(Slot { _permit: Some(p) });
+            match young.map(|(y, k)| y.try_acquire_many(k)) {
+                None => return Some(Slot::new(p, None)),
+                Some(Ok(y)) => return Some(Slot::new(p, Some(y))),
+                Some(Err(_)) => taken = Some(p),
+            }
         }
         let _waiting = Waiting::new(&self.waiting);
-        match tokio::time::timeout(wait, sem.acquire_many(n)).await {
-            Ok(Ok(p)) => Some(Slot { _permit: Some(p) }),
-            // Never closed; a timeout is the only other way out.
-            Ok(Err(_)) | Err(_) => None,
-        }
+        // The semaphores are never closed: an error cannot happen, a timeout is the only
+        // other way out.
+        let both = async {
+            let p = match taken {
+                Some(p) => p,
+                None => sem.acquire_many(n).await.ok()?,
+            };
+            let y = match young {
+                Some((y, k)) => Some(y.acquire_many(k).await.ok()?),
+                None => None,
+            };
+            Some(Slot::new(p, y))
+        };
+        tokio::time::timeout(wait, both).await.ok().flatten()
     }
 
     /// Requests waiting for a slot now.
@@ -189,7 +252,7 @@ impl RelayQueue {
         self.waiting.load(Ordering::Relaxed)
     }
 
-    /// Free slots now (`None`: unlimited); a request in company takes N / its share.
+    /// Free slots now (`None`: unlimited); a request in company takes N / quarter.
     pub fn free(&self) -> Option<usize> {
         self.slots.as_ref().map(Semaphore::available_permits)
     }
@@ -253,7 +316,7 @@ mod tests {
     }
 
     #[test]
-    fn in_company_a_namespace_has_a_share_by_the_agents_speed() {
+    fn in_company_a_namespace_has_a_quarter_and_a_share_of_young_ones() {
         let c = Company::new();
         let (a, b) = (
             RelayQueue::in_company(16, &c),
@@ -261,33 +324,50 @@ mod tests {
         );
         let t = Instant::now();
         let at = |ms: u64| move || t + Duration::from_millis(ms);
-        assert_eq!(a.weight(at(0)), 1, "alone");
-        assert_eq!(a.weight(at(1)), 1, "its own requests are no company");
-        // Nothing answered yet: one request at a time, all 16 slots each.
-        assert_eq!(b.weight(at(2)), 16, "a asked 1 ms ago");
-        assert_eq!(a.weight(at(3)), 16, "b asked 1 ms ago");
-        // a's agent answers in 3 ms: three at a time (16 / 5 slots each).
+        assert_eq!(a.weight(at(0)), (1, None), "alone");
+        assert_eq!(
+            a.weight(at(1)),
+            (1, None),
+            "its own requests are no company"
+        );
+        // Nothing answered yet: a quarter of the slots, one young request at a time.
+        assert_eq!(b.weight(at(2)), (4, Some(4)), "a asked 1 ms ago");
+        assert_eq!(a.weight(at(3)), (4, Some(4)), "b asked 1 ms ago");
+        // a's agent answers in 2 ms: two young at a time.
         for _ in 0..64 {
-            a.held(Duration::from_millis(3));
+            a.held(Duration::from_millis(2));
         }
-        assert_eq!(a.weight(at(4)), 5);
-        assert_eq!(b.weight(at(5)), 16, "b's own share has not moved");
+        assert_eq!(a.weight(at(4)), (4, Some(2)));
+        // In 50 ms: the whole quarter may be young.
+        for _ in 0..64 {
+            a.held(Duration::from_millis(50));
+        }
+        assert_eq!(a.weight(at(5)), (4, Some(1)));
+        assert_eq!(b.weight(at(6)), (4, Some(4)), "b's own share has not moved");
         let window = COMPANY_WINDOW.as_millis() as u64;
-        assert_eq!(a.weight(at(5 + window - 1)), 5, "still within the window");
-        assert_eq!(a.weight(at(5 + window)), 1, "b's request left the window");
+        assert_eq!(
+            a.weight(at(6 + window - 1)),
+            (4, Some(1)),
+            "within the window"
+        );
+        assert_eq!(
+            a.weight(at(6 + window)),
+            (1, None),
+            "b's request left the window"
+        );
         // A third namespace: whoever asked before it is its company.
         let z = RelayQueue::in_company(16, &c);
-        assert_eq!(z.weight(at(6 + window)), 16);
+        assert_eq!(z.weight(at(7 + window)), (4, Some(4)));
         // Fewer slots than a quarter: one request at a time, never none.
         let two = RelayQueue::in_company(2, &c);
-        two.held(Duration::from_secs(1));
-        assert_eq!(two.weight(at(7 + window)), 2);
+        assert_eq!(two.weight(at(8 + window)), (2, Some(1)));
         assert_eq!(RelayQueue::in_company(usize::MAX, &c).max, u32::MAX);
-        // A proxy of its own has no company, and keeps no average.
+        // A proxy of its own has no company, no young places, and keeps no average.
         let own = RelayQueue::new(16);
         own.answered(t);
         assert_eq!(own.held_us.load(Ordering::Relaxed), 0);
-        assert_eq!(own.weight(at(8 + window)), 1);
+        assert_eq!(own.weight(at(9 + window)), (1, None));
+        assert!(own.young.is_none());
     }
 
     #[test]
@@ -325,35 +405,63 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn in_company_a_namespace_with_a_fast_agent_has_one_request_there() {
+    /// Two namespaces of one server, `quiet` having just asked.
+    fn pair() -> (RelayQueue, RelayQueue) {
         let c = Company::new();
         let (busy, quiet) = (
             RelayQueue::in_company(16, &c),
             RelayQueue::in_company(16, &c),
         );
-        let alone = busy.enter(Duration::ZERO).await.expect("a slot");
-        assert_eq!(busy.free(), Some(15), "alone: one slot a request");
-        drop(alone);
-        let _q = quiet.enter(Duration::ZERO).await.expect("quiet's slot");
-        let first = busy.enter(Duration::ZERO).await.expect("one at a time");
-        assert_eq!(busy.free(), Some(0));
-        assert!(busy.enter(Duration::from_millis(20)).await.is_none());
-        // It finishes: the next one goes in its place.
+        quiet.weight(Instant::now);
+        (busy, quiet)
+    }
+
+    #[tokio::test]
+    async fn in_company_a_fast_namespace_has_one_young_request_and_a_slow_one_gives_way() {
+        let alone = RelayQueue::in_company(16, &Company::new());
+        let first = alone.enter(Duration::ZERO).await.expect("a slot");
+        assert_eq!(alone.free(), Some(15), "alone: one slot a request");
+        assert!(first.young.is_none());
         drop(first);
-        busy.answered(Instant::now());
-        let _second = busy.enter(Duration::ZERO).await.expect("the next one");
+
+        let (busy, _quiet) = pair();
+        let mut first = busy.enter(Duration::ZERO).await.expect("the young place");
+        assert_eq!(busy.free(), Some(12), "a quarter's weight");
+        assert!(
+            busy.enter(Duration::from_millis(1)).await.is_none(),
+            "one young request at a time while the agent is fast"
+        );
+        assert_eq!(busy.free(), Some(12), "the one that gave up took nothing");
+        // A fast exchange keeps its young place to the end.
+        assert_eq!(first.hold(async { 7 }).await, 7);
+        assert!(first.young.is_some());
+        // A slow one (a stalled agent, a VM reading slowly) gives it back after
+        // COMPANY_SLOW_AFTER, so the next request goes in meanwhile.
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let exchange = first.hold(async move { rx.await.is_ok() });
+        let next = async {
+            let next = busy
+                .enter(Duration::from_secs(1))
+                .await
+                .expect("the next one");
+            let _ = tx.send(());
+            next
+        };
+        let started = Instant::now();
+        let (ok, next) = tokio::join!(exchange, next);
+        assert!(ok);
+        assert!(
+            started.elapsed() >= COMPANY_SLOW_AFTER,
+            "let in once the first turned old, not before"
+        );
+        assert!(first.young.is_none() && next.young.is_some());
+        assert_eq!(busy.free(), Some(8), "both keep their quarter's weight");
     }
 
     #[tokio::test]
     async fn in_company_a_namespace_with_a_slow_agent_has_a_quarter_there() {
-        let c = Company::new();
-        let (busy, quiet) = (
-            RelayQueue::in_company(16, &c),
-            RelayQueue::in_company(16, &c),
-        );
+        let (busy, _quiet) = pair();
         busy.held(Duration::from_millis(50));
-        let _q = quiet.enter(Duration::ZERO).await.expect("quiet's slot");
         let mut held = Vec::new();
         for _ in 0..4 {
             held.push(busy.enter(Duration::ZERO).await.expect("a quarter"));

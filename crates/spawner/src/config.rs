@@ -154,9 +154,9 @@ static OPTS: &[Opt] = &[
         "max_agent_requests",
         Kind::Int { min: 0, max: 1_000_000 },
         "Requests of one namespace relayed to the agent at once, the rest queued in order; \
-         in the shared server, while another namespace asked within 1 s, one per ms the \
-         agent takes to answer, 1 to a quarter of them (passed as --max-agent-requests; \
-         unset: the proxy's default, 16; 0 = no limit)",
+         in the shared server, while another namespace asked within 1 s, a quarter of them, \
+         of which one under 4 ms old per ms the agent takes to answer (passed as \
+         --max-agent-requests; unset: the proxy's default, 16; 0 = no limit)",
     ),
     Opt::new(
         GROUP,
