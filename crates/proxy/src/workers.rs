@@ -40,6 +40,11 @@ pub const START_AT: usize = 8;
 /// or two at a time, a flood or a benchmark with many.
 pub const BUSY_NAMESPACE: usize = 4;
 
+/// How long a helper may take to run a ping before it counts as not answering: a busy
+/// helper runs it within milliseconds, and calls may come close together (a per-namespace
+/// proxy's housekeeping also ticks when it goes idle).
+pub const PING_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Most serving threads `--threads` may ask for.
 pub const MAX_THREADS: usize = 16;
 
@@ -106,8 +111,10 @@ struct Helper {
     handle: Handle,
     /// Dropped or sent: the helper's runtime ends.
     retire: tokio::sync::oneshot::Sender<()>,
-    /// Pings sent to its runtime ([`answering`]), and the last one it ran.
+    /// Pings sent to its runtime ([`answering`]), when the last was sent, and the last one
+    /// it ran.
     pinged: u64,
+    sent: Option<std::time::Instant>,
     pong: std::sync::Arc<AtomicU64>,
     /// Said once that it stopped answering, until it answers again.
     said: bool,
@@ -211,11 +218,11 @@ pub fn move_busy() -> Option<(Handle, Open)> {
     }
 }
 
-/// Whether every helper running ran the ping sent at the last call, within the time since
-/// (the heartbeat's period); each one that did is sent the next. The heartbeat
+/// Whether every helper running ran the ping sent to it at an earlier call, or was sent it
+/// less than [`PING_GRACE`] ago; each one that ran it is sent the next. The heartbeat
 /// ([`crate::stats::Heartbeat`]) beats only while this holds, so the spawner's hang
-/// watchdog sees a helper whose event loop stopped as it sees the main thread's. True with
-/// no helper, and before [`init`].
+/// watchdog sees a helper whose event loop stopped (a beat or two later than the main
+/// thread's). True with no helper, and before [`init`].
 pub fn answering() -> bool {
     WORKERS.get().is_none_or(Workers::answering)
 }
@@ -333,7 +340,11 @@ impl Workers {
         for (i, h) in helpers.iter_mut().enumerate() {
             let Some(h) = h else { continue };
             if h.pong.load(Ordering::Acquire) < h.pinged {
-                // Its last ping has not run: no other until it does.
+                // Its last ping has not run: no other until it does; not yet a sign of
+                // anything while it is young.
+                if h.sent.is_some_and(|t| t.elapsed() < PING_GRACE) {
+                    continue;
+                }
                 if !std::mem::replace(&mut h.said, true) {
                     tracing::warn!(
                         thread = format!("serve-{}", i + 1),
@@ -351,6 +362,7 @@ impl Workers {
                 );
             }
             h.pinged += 1;
+            h.sent = Some(std::time::Instant::now());
             let (pong, n) = (h.pong.clone(), h.pinged);
             h.handle
                 .spawn(async move { pong.store(n, Ordering::Release) });
@@ -425,6 +437,7 @@ fn start(i: usize) -> std::result::Result<Helper, String> {
         handle,
         retire,
         pinged: 0,
+        sent: None,
         pong: std::sync::Arc::new(AtomicU64::new(0)),
         said: false,
     })
@@ -521,8 +534,10 @@ mod tests {
             w.answering(),
             "the ping of the last call ran before it blocked"
         );
-        assert!(!w.answering(), "this call's ping did not");
-        assert!(!w.answering(), "nor later: still stuck");
+        assert!(w.answering(), "this call's ping is not late yet");
+        std::thread::sleep(PING_GRACE);
+        assert!(!w.answering(), "now it is");
+        assert!(!w.answering(), "and stays so while stuck");
         let pinged = pong(w).0;
         // Running again: the outstanding ping runs, and the helper counts again.
         unblock.send(()).expect("unblock");

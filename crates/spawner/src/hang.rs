@@ -18,8 +18,9 @@
 //! find a hang sooner.
 //!
 //! A process with helper serving threads (`proxy_threads`) beats only while each of them ran
-//! the small task its previous beat sent it (`ns_metadata_proxy::workers::answering`), so a
-//! helper whose loop stopped is caught as the main thread's would be.
+//! the small task an earlier beat sent it, or was sent it less than 100 ms ago
+//! (`ns_metadata_proxy::workers::answering`), so a helper whose loop stopped is caught as the
+//! main thread's would be, a period or two later.
 //!
 //! Not watched, logged once: a process with no heartbeat block (`proxy_metrics = false`, or
 //! its block could not be made), and one whose beat never moves (an older proxy adopted
