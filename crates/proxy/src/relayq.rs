@@ -58,13 +58,19 @@ pub const COMPANY_QUARTER: u32 = 4;
 pub const COMPANY_SLOW_AFTER: Duration =
     Duration::from_millis(COMPANY_SLOT_TIME.as_millis() as u64 * COMPANY_QUARTER as u64);
 
+/// The requests a namespace in company may have with the agent, out of `max` slots: a
+/// quarter, at least one.
+pub fn company_quarter(max: u32) -> u32 {
+    (max / COMPANY_QUARTER).max(1)
+}
+
 /// The young requests a namespace in company may have with the agent, out of `max` slots,
 /// when its requests lately held their slot for `held_us` microseconds (module docs): from
 /// one to the quarter.
 pub fn company_share(max: u32, held_us: u64) -> u32 {
     let per = COMPANY_SLOT_TIME.as_micros() as u64;
     let by_speed = u32::try_from(held_us.div_ceil(per)).unwrap_or(u32::MAX);
-    by_speed.clamp(1, (max / COMPANY_QUARTER).max(1))
+    by_speed.clamp(1, company_quarter(max))
 }
 
 /// The namespaces of one shared server that asked the agent lately: the last two distinct
@@ -172,7 +178,7 @@ impl RelayQueue {
     /// speed while another namespace of `company` asks the agent too (module docs).
     pub fn in_company(max: usize, company: &Arc<Company>) -> RelayQueue {
         let q = RelayQueue::new(max);
-        let quarter = company_share(q.max, u64::MAX);
+        let quarter = company_quarter(q.max);
         RelayQueue {
             company: Some((company.clone(), company.key())),
             young: q.slots.is_some().then(|| Semaphore::new(quarter as usize)),
@@ -185,7 +191,7 @@ impl RelayQueue {
     fn weight(&self, now: impl FnOnce() -> Instant) -> (u32, Option<u32>) {
         match &self.company {
             Some((c, key)) if c.asks(*key, now()) => {
-                let quarter = company_share(self.max, u64::MAX);
+                let quarter = company_quarter(self.max);
                 let share = company_share(self.max, self.held_us.load(Ordering::Relaxed));
                 ((self.max / quarter).max(1), Some((quarter / share).max(1)))
             }
