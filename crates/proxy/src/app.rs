@@ -28,7 +28,10 @@ pub fn run(cfg: Config, daemon_child: bool) -> Result<()> {
         process::become_daemon()?;
     }
     let ready = Readiness::open(&cfg.ready_fds)?;
-    let stats = crate::stats::Stats::open(cfg.stats_fd)?;
+    let stats = match cfg.heartbeat_fd {
+        Some(fd) => crate::stats::Stats::open_heartbeat_only(fd)?,
+        None => crate::stats::Stats::open(cfg.stats_fd)?,
+    };
     let creds = Creds::resolve(cfg.user.as_deref(), cfg.group.as_deref())?;
     warn_if_no_agent(&cfg.socket);
     let netns = cfg

@@ -122,7 +122,7 @@ pub static SCHEMA: Schema = Schema::new(OPTS)
 /// Flags that are not INI options. The `--rate-limit-*` flags set `[metadata_rate_limiting]`
 /// in the spawner's compact form; they are not `[DEFAULT]` keys because `rate_limit_burst` is
 /// already oslo.log's key there, in every Neutron file.
-fn own_args() -> [Arg; 8] {
+fn own_args() -> [Arg; 9] {
     [
         Arg::new("rate_limit_base")
             .long("rate-limit-base")
@@ -185,6 +185,16 @@ fn own_args() -> [Arg; 8] {
                 "Count requests into the statistics block on this inherited fd (a file the \
                  spawner created; see ns_contract::proxy_stats); the fd is closed once mapped",
             ),
+        Arg::new("heartbeat_fd")
+            .long("heartbeat-fd")
+            .value_name("FD")
+            .value_parser(clap::value_parser!(i32))
+            .conflicts_with("stats_fd")
+            .help(
+                "Beat into the statistics block on this inherited fd and count nothing there \
+                 (the spawner's hang watchdog with proxy_metrics off); the fd is closed once \
+                 mapped",
+            ),
     ]
 }
 
@@ -197,8 +207,8 @@ pub fn command() -> Command {
                 .about(
                     "Relays a VM's metadata requests (169.254.169.254) from inside a network \
                      namespace to the metadata agent's Unix socket, adding X-Forwarded-For and \
-                     the router, network or OVN network id. Every option but --ready-fd, --stats-fd and \
-                     --rate-limit-* is also an INI key (see README).",
+                     the router, network or OVN network id. Every option but --ready-fd, --stats-fd, \
+                     --heartbeat-fd and --rate-limit-* is also an INI key (see README).",
                 ),
         )
         .args(own_args())
@@ -264,6 +274,8 @@ pub struct Config {
     pub ready_fds: Vec<i32>,
     /// `--stats-fd`: the inherited statistics block (issue #17), mapped at start.
     pub stats_fd: Option<i32>,
+    /// `--heartbeat-fd`: the same kind of block, for the heartbeat alone (nothing counted).
+    pub heartbeat_fd: Option<i32>,
     pub log_file: Option<PathBuf>,
     /// Log to syslog with this facility number (tag `haproxy-metadata-proxy-<id>`).
     pub syslog_facility: Option<u8>,
@@ -320,10 +332,13 @@ impl Config {
             None => Some(resource(v)?),
             Some(_) => {
                 only_for_one_namespace(v)?;
-                if m.get_one::<i32>("stats_fd").is_some() {
+                if m.get_one::<i32>("stats_fd").is_some()
+                    || m.get_one::<i32>("heartbeat_fd").is_some()
+                {
                     return Err(Error::Config(
                         "--shared-server counts each namespace into the statistics block its \
-                         spawner hands over with it: no --stats-fd"
+                         spawner hands over with it, and beats in its slab: no --stats-fd or \
+                         --heartbeat-fd"
                             .into(),
                     ));
                 }
@@ -383,6 +398,7 @@ impl Config {
                 .map(|fds| fds.copied().collect())
                 .unwrap_or_default(),
             stats_fd: m.get_one::<i32>("stats_fd").copied(),
+            heartbeat_fd: m.get_one::<i32>("heartbeat_fd").copied(),
             log_file,
             syslog_facility,
             syslog_socket: PathBuf::from(crate::syslog::DEV_LOG),

@@ -618,6 +618,37 @@ fn the_shared_server_refuses_a_statistics_fd_of_its_own() {
         "{e}"
     );
     assert_eq!(e.lines().count(), 1, "{e}");
+    let e = err(&[
+        "--shared-server",
+        "/tmp/x",
+        "--control-fd",
+        "4",
+        "--heartbeat-fd",
+        "5",
+    ]);
+    assert!(e.contains("--heartbeat-fd"), "{e}");
+}
+
+#[test]
+fn a_heartbeat_fd_is_taken_alone_and_never_with_a_stats_fd() {
+    let c = parse(&["--router-id", "r", "--heartbeat-fd", "5"]).expect("parses");
+    assert_eq!((c.heartbeat_fd, c.stats_fd), (Some(5), None));
+    let e = command()
+        .try_get_matches_from([
+            "ns-metadata-proxy",
+            "--router-id",
+            "r",
+            "--heartbeat-fd",
+            "5",
+            "--stats-fd",
+            "6",
+        ])
+        .expect_err("conflict")
+        .to_string();
+    assert!(
+        e.contains("--heartbeat-fd") && e.contains("--stats-fd"),
+        "{e}"
+    );
 }
 
 /// `--router-id r-1 --config-file p.ini` with `text` in the file: the error, if any.

@@ -176,6 +176,7 @@ pub fn to_config(h: &HaproxyConfig) -> Result<Config, String> {
         },
         ready_fds: ready_fd_from_env(),
         stats_fd: None,
+        heartbeat_fd: None,
         log_file: None,
         syslog_facility,
         syslog_socket: h.log.as_ref().map_or_else(

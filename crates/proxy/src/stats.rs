@@ -20,9 +20,14 @@ use ns_netns::SharedCounters;
 
 use crate::error::{Error, Result};
 
-/// The mapped block, or nothing when the proxy runs without `--stats-fd`.
+/// The mapped block, or nothing when the proxy runs without `--stats-fd`; and, with
+/// `--heartbeat-fd` instead (`proxy_metrics = false` with hangs watched), a block mapped for
+/// the heartbeat alone: nothing is counted into it.
 #[derive(Debug, Default)]
-pub struct Stats(Option<Block>);
+pub struct Stats {
+    block: Option<Block>,
+    beat_only: Option<Arc<SharedCounters>>,
+}
 
 /// Where a namespace's slots are: a mapping (a block file's, or a whole slab shared by every
 /// namespace) and the first slot of its block in it.
@@ -88,11 +93,11 @@ impl Slab {
                 "record {n} of the statistics slab is not in use (bad magic)"
             ));
         }
-        Ok(Stats(Some(Block {
+        Ok(Stats::counted(Block {
             map: Arc::clone(&self.map),
             base,
             file: self.file,
-        })))
+        }))
     }
 
     /// The shared server's heartbeat, in the slab's header.
@@ -227,15 +232,37 @@ impl Block {
 }
 
 impl Stats {
+    fn counted(block: Block) -> Stats {
+        Stats {
+            block: Some(block),
+            beat_only: None,
+        }
+    }
+
     /// Map the block on inherited fd `fd` and close that fd. Called before the privilege drop:
     /// the block is reopened through `/proc/self/fd` (no `unsafe` here), which checks access
     /// as the user the proxy still is. A block that is not a regular file of
     /// [`layout::BLOCK_SIZE`] bytes starting with [`layout::MAGIC`] is refused.
     pub fn open(fd: Option<i32>) -> Result<Stats> {
-        let Some(fd) = fd else {
-            return Ok(Stats(None));
-        };
-        let bad = |why: String| Error::Config(format!("--stats-fd {fd}: {why}"));
+        match fd {
+            Some(fd) => Stats::open_flag(fd, "--stats-fd"),
+            None => Ok(Stats::default()),
+        }
+    }
+
+    /// The same for `--heartbeat-fd`: the block is checked and mapped as `--stats-fd`'s is,
+    /// and only the heartbeat goes into it (`[spawner] proxy_metrics = false` with
+    /// `hang_timeout` not 0: the spawner watches for hangs, and exports no counts).
+    pub fn open_heartbeat_only(fd: i32) -> Result<Stats> {
+        let mapped = Stats::open_flag(fd, "--heartbeat-fd")?;
+        Ok(Stats {
+            block: None,
+            beat_only: mapped.block.map(|b| b.map),
+        })
+    }
+
+    fn open_flag(fd: i32, flag: &str) -> Result<Stats> {
+        let bad = |why: String| Error::Config(format!("{flag} {fd}: {why}"));
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -269,17 +296,17 @@ impl Stats {
         if block.load(layout::SLOT_MAGIC) != layout::MAGIC {
             return Err("not a statistics block (bad magic)".to_owned());
         }
-        Ok(Stats(Some(Block {
+        Ok(Stats::counted(Block {
             map: Arc::new(block),
             base: 0,
             file: (meta.dev(), meta.ino()),
-        })))
+        }))
     }
 
     /// Which block this is (file device and inode, first slot), to tell a repeated `add` of
     /// the same block from one that moves the namespace's counts elsewhere.
     pub fn identity(&self) -> Option<(u64, u64, usize)> {
-        self.0.as_ref().map(|b| (b.file.0, b.file.1, b.base))
+        self.block.as_ref().map(|b| (b.file.0, b.file.1, b.base))
     }
 
     /// Zero the open-connections gauge: for a block a new server starts counting into (a
@@ -287,7 +314,7 @@ impl Stats {
     /// only if not zero: a restarted server's replay then takes no write fault per page of
     /// the slab (the first count of each page comes later, off the restart's path).
     pub fn reset_open_connections(&self) {
-        if let Some(b) = &self.0 {
+        if let Some(b) = &self.block {
             if b.map.load(b.base + layout::SLOT_CONN_OPEN) != 0 {
                 b.store(layout::SLOT_CONN_OPEN, 0);
             }
@@ -297,7 +324,7 @@ impl Stats {
     /// One answered request: its status, who produced it, and how long it took.
     #[inline]
     pub fn request(&self, status: u16, answer: Answer, took: Duration) {
-        let Some(b) = &self.0 else { return };
+        let Some(b) = &self.block else { return };
         b.add(layout::class_slot(status), 1);
         if answer == Answer::Own {
             if let Some(i) = layout::error_slot(status) {
@@ -312,7 +339,7 @@ impl Stats {
     /// A client connection was accepted.
     #[inline]
     pub fn conn_opened(&self) {
-        if let Some(b) = &self.0 {
+        if let Some(b) = &self.block {
             b.add(layout::SLOT_CONN_ACCEPTED, 1);
             b.add(layout::SLOT_CONN_OPEN, 1);
         }
@@ -321,7 +348,7 @@ impl Stats {
     /// A client connection was closed.
     #[inline]
     pub fn conn_closed(&self) {
-        if let Some(b) = &self.0 {
+        if let Some(b) = &self.block {
             b.sub(layout::SLOT_CONN_OPEN, 1);
         }
     }
@@ -329,7 +356,7 @@ impl Stats {
     /// The agent was asked on a new connection (`reused == false`) or a pooled one.
     #[inline]
     pub fn agent_conn(&self, reused: bool) {
-        if let Some(b) = &self.0 {
+        if let Some(b) = &self.block {
             let i = if reused {
                 layout::SLOT_AGENT_REUSED
             } else {
@@ -341,13 +368,19 @@ impl Stats {
 
     /// Whether a block is mapped.
     pub fn enabled(&self) -> bool {
-        self.0.is_some()
+        self.block.is_some()
     }
 
-    /// A per-namespace proxy's heartbeat, in its own block (none without `--stats-fd`).
+    /// A per-namespace proxy's heartbeat, in its own block (none without `--stats-fd` or
+    /// `--heartbeat-fd`).
     pub fn heartbeat(&self) -> Option<Heartbeat> {
-        self.0.as_ref().filter(|b| b.base == 0).map(|b| Heartbeat {
-            map: Arc::clone(&b.map),
+        let map = match (&self.block, &self.beat_only) {
+            (Some(b), _) if b.base == 0 => &b.map,
+            (_, Some(m)) => m,
+            _ => return None,
+        };
+        Some(Heartbeat {
+            map: Arc::clone(map),
             beat: layout::SLOT_HEARTBEAT,
             period: layout::SLOT_HEARTBEAT_MS,
         })
@@ -430,6 +463,41 @@ mod tests {
         assert!(!Stats::open(None).expect("none").enabled());
     }
 
+    /// `--heartbeat-fd`: the block is checked as `--stats-fd`'s is (errors name the flag),
+    /// nothing is counted into it, and the heartbeat goes into its slot.
+    #[test]
+    fn a_heartbeat_only_block_beats_and_counts_nothing() {
+        let (p, fd) = block("beat-only", layout::MAGIC, layout::BLOCK_SIZE);
+        let s = Stats::open_heartbeat_only(fd).expect("open");
+        assert!(!s.enabled(), "nothing counted");
+        s.request(200, Answer::Relayed, Duration::from_micros(700));
+        s.conn_opened();
+        s.agent_conn(false);
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&p)
+            .expect("reopen");
+        let r = SharedCounters::map(&f, layout::BLOCK_MAPPED_SLOTS).expect("map");
+        for slot in 1..layout::SLOTS {
+            assert_eq!(r.load(slot), 0, "slot {slot} untouched");
+        }
+        r.store(layout::SLOT_HEARTBEAT_MS, 100);
+        let hb = s.heartbeat().expect("a heartbeat");
+        // A period the housekeeping tick covers: a beat at once, no timer (one per process).
+        assert!(hb.start(Some(Duration::from_millis(10))).is_none());
+        assert_eq!(r.load(layout::SLOT_HEARTBEAT), 1, "beat once at start");
+        let _ = std::fs::remove_file(&p);
+
+        let (p, fd) = block("beat-only-bad", 7, layout::BLOCK_SIZE);
+        let e = Stats::open_heartbeat_only(fd)
+            .expect_err("bad magic")
+            .to_string();
+        assert!(e.contains("--heartbeat-fd") && e.contains("magic"), "{e}");
+        let _ = nix::unistd::close(fd);
+        let _ = std::fs::remove_file(&p);
+    }
+
     /// The heartbeat: nothing without a period (no timer at all), one beat at once with one,
     /// then one per period from its own timer, which ends when the period goes back to 0; one
     /// timer per process. A period the housekeeping tick covers gets no timer: the tick beats,
@@ -499,7 +567,10 @@ mod tests {
             .await
             .expect("the task ends at period 0")
             .expect("task");
-        assert!(Stats(None).heartbeat().is_none(), "no block, no heartbeat");
+        assert!(
+            Stats::default().heartbeat().is_none(),
+            "no block, no heartbeat"
+        );
         let _ = std::fs::remove_file(&p);
     }
 

@@ -126,7 +126,8 @@ static OPTS: &[Opt] = &[
         "proxy_metrics",
         Kind::Bool,
         "Each proxy counts requests into <state_dir>/stats/<key>.stats (shared memory), \
-         exported by the spawner's /metrics",
+         exported by the spawner's /metrics; off, the file holds only the heartbeat the \
+         hang_timeout watchdog reads (none with hang_timeout 0)",
     )
     .default("true"),
     Opt::new(
@@ -295,7 +296,8 @@ pub struct Config {
     pub ipv6: bool,
     /// `[spawner] auto_enable_routers`: a new `qrouter-<id>` namespace gets a router proxy.
     pub auto_enable_routers: bool,
-    /// `[spawner] proxy_metrics`: pass each proxy a statistics block (`--stats-fd`).
+    /// `[spawner] proxy_metrics`: pass each proxy a statistics block (`--stats-fd`; without
+    /// it, [`Config::stats_blocks`]).
     pub proxy_metrics: bool,
     /// `[spawner] records_file`: static records, read at start and on SIGHUP.
     pub records_file: Option<PathBuf>,
@@ -520,6 +522,14 @@ impl Config {
             self.control_socket = s.to_owned();
         }
         self
+    }
+
+    /// Whether each proxy has a statistics block (the shared server its slab): to count into
+    /// (`proxy_metrics`), or, without it, for its heartbeat alone while hangs are watched
+    /// (`hang_timeout` not 0; `--heartbeat-fd`, nothing counted or exported): the watchdog
+    /// reads the beat there ([`crate::hang`]).
+    pub fn stats_blocks(&self) -> bool {
+        self.proxy_metrics || !self.hang_timeout.is_zero()
     }
 
     /// `<state_dir>/stats`: the proxies' statistics blocks.

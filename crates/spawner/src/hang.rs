@@ -22,8 +22,12 @@
 //! (`ns_metadata_proxy::workers::answering`), so a helper whose loop stopped is caught as the
 //! main thread's would be, a period or two later.
 //!
-//! Not watched, logged once: a process with no heartbeat block (`proxy_metrics = false`, or
-//! its block could not be made), and one whose beat never moves (an older proxy adopted
+//! With `proxy_metrics = false` the block (the shared server's slab) is still made while
+//! hangs are watched, for the heartbeat alone: a per-namespace proxy gets it as
+//! `--heartbeat-fd` and counts nothing into it, a shared server gets no namespace records.
+//!
+//! Not watched, logged once: a process with no heartbeat block (its block could not be
+//! made), and one whose beat never moves (an older proxy adopted
 //! after an upgrade, or one started while the timeout was 0). A process started by this
 //! spawner must beat before READY (its beat was zeroed); an adopted one counts as watched
 //! once its beat has moved. The hangs are counted here and exported by `crate::metrics`.
@@ -111,7 +115,7 @@ impl Watchdog {
     ) -> Look {
         let Some(beat) = beat else {
             return Look::NotWatched(
-                "no heartbeat block to read (proxy_metrics off, or the block could not be made)",
+                "no heartbeat block to read (it could not be made, or the process was started without one)",
             );
         };
         let Some(last) = self.last else {

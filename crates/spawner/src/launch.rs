@@ -48,6 +48,9 @@ pub fn proxy_args(spec: &ProxySpec, cfg: &Config) -> Vec<String> {
     push("--ready-fd", READY_FD.to_string());
     if cfg.proxy_metrics {
         push("--stats-fd", crate::proxy_stats::STATS_FD.to_string());
+    } else if cfg.stats_blocks() {
+        // The heartbeat alone: hangs are watched with the metrics off too.
+        push("--heartbeat-fd", crate::proxy_stats::STATS_FD.to_string());
     }
     a.extend(option_args(cfg));
     a
@@ -365,7 +368,7 @@ pub async fn launch_with<P: Platform>(
     // closed (or died) without saying READY.
     cmd.fd(wr, READY_FD);
     let takeover = !listeners.is_empty();
-    if cfg.proxy_metrics {
+    if cfg.stats_blocks() {
         cmd.fd(
             stats_block(cfg, spec, takeover)?,
             crate::proxy_stats::STATS_FD,
@@ -507,10 +510,17 @@ mod tests {
         assert_eq!(
             proxy_args(&spec, &cfg).join(" "),
             "--network-id n1 --metadata-proxy-socket /srv/$$x/metadata_proxy --bind 169.254.169.254:80 \
-             --bind [fe80::a9fe:a9fe]:80%tap1 --ready-fd 3 --user neutron --group neutron \
-             --rate-limit-base 10/10 --rate-limit-burst 20/5 --rate-limit-ip-versions 6 \
-             --timeout-request 1 --timeout-server 90 --agent-keepalive off --max-agent-requests 8 \
-             --threads 2"
+             --bind [fe80::a9fe:a9fe]:80%tap1 --ready-fd 3 --heartbeat-fd 5 --user neutron \
+             --group neutron --rate-limit-base 10/10 --rate-limit-burst 20/5 \
+             --rate-limit-ip-versions 6 --timeout-request 1 --timeout-server 90 \
+             --agent-keepalive off --max-agent-requests 8 --threads 2"
+        );
+        // Metrics off and hangs not watched: no block at all.
+        cfg.hang_timeout = Duration::ZERO;
+        let args = proxy_args(&spec, &cfg).join(" ");
+        assert!(
+            !args.contains("--heartbeat-fd") && !args.contains("--stats-fd"),
+            "{args}"
         );
     }
 }

@@ -361,7 +361,7 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) -> Option<
 /// still. Never without a pid, a block to read or a timeout. `fresh`: started by this task.
 async fn watch_for_hang(cfg: &Config, spec: &ProxySpec, pid: Option<u32>, fresh: bool) -> Duration {
     let period = hang::period(cfg, ProxyModel::PerNamespace);
-    let (Some(pid), true) = (pid, cfg.proxy_metrics) else {
+    let (Some(pid), true) = (pid, cfg.stats_blocks()) else {
         return std::future::pending().await;
     };
     // An adopted proxy beats at this spawner's pace from now on (not at all with 0).

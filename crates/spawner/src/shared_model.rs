@@ -209,9 +209,10 @@ impl SharedServer {
             slab_sent: Mutex::new(None),
             uncounted_said: AtomicBool::new(false),
         });
-        if cfg.proxy_metrics {
+        if cfg.stats_blocks() {
             // Opened now (a restarted spawner learns whose each record is before its first
-            // reconcile frees the records of namespaces no longer wanted).
+            // reconcile frees the records of namespaces no longer wanted). Without
+            // `proxy_metrics` it still carries the server's heartbeat (crate::hang).
             if let Err(e) = crate::proxy_stats::slab_fd(&cfg.stats_dir(), shard) {
                 tracing::warn!(err = %e, shard, "cannot open the statistics slab; namespaces are served uncounted");
             }
@@ -230,7 +231,7 @@ impl SharedServer {
                 // disk it could grow the file through (fallocate, write, ftruncate): it got
                 // its slab before its first namespace, and it is not sent again when the
                 // server maps it still (its `/proc/PID/maps`, our proof, not its word).
-                if cfg.proxy_metrics {
+                if cfg.stats_blocks() {
                     if let Ok((_, id)) = crate::proxy_stats::slab_fd(&cfg.stats_dir(), shard) {
                         if crate::pidfile::maps_file(pid, id) {
                             *lock(&inner.slab_sent) = Some(id);
@@ -1007,7 +1008,7 @@ async fn manage(
 async fn watch_server(inner: &Inner, pid: Option<u32>, fresh: bool) -> Duration {
     let cfg = &inner.cfg;
     let period = crate::hang::period(cfg, crate::config::ProxyModel::Shared);
-    let (Some(pid), true) = (pid, cfg.proxy_metrics) else {
+    let (Some(pid), true) = (pid, cfg.stats_blocks()) else {
         return std::future::pending().await;
     };
     let dir = cfg.stats_dir();
@@ -1138,12 +1139,13 @@ fn waiting_first(all: &mut Vec<(BatchItem, Arc<Vec<OwnedFd>>)>) {
 }
 
 /// A new server's first request, before the replay: the shard's statistics slab
-/// (`stats-slab`), so the replay's `stats=@N` count into it. Its identity once taken; `None`
-/// without `proxy_metrics` or when the slab cannot be opened (the namespaces counted in it
-/// are then served uncounted).
+/// (`stats-slab`), so the replay's `stats=@N` count into it, and the server beats in its
+/// header (without `proxy_metrics` for that alone: no namespace gets a record). Its identity
+/// once taken; `None` when proxies have no block ([`Config::stats_blocks`]) or when the slab
+/// cannot be opened (the namespaces counted in it are then served uncounted).
 async fn hand_slab(inner: &Inner, conn: &UnixDatagram) -> Result<Option<(u64, u64)>> {
     let cfg = &inner.cfg;
-    if !cfg.proxy_metrics {
+    if !cfg.stats_blocks() {
         return Ok(None);
     }
     // The new server beats when it takes the slab, before its namespaces are handed over,

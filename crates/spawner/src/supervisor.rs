@@ -953,13 +953,13 @@ fn replaceable(
 }
 
 /// The keys whose statistics blocks stay: every wanted proxy's, running or waiting (none when
-/// `proxy_metrics` is off).
+/// proxies have no block, [`Config::stats_blocks`]).
 fn stats_keys<A, B>(
     cfg: &Config,
     present: &BTreeMap<String, A>,
     waiting: &BTreeMap<String, B>,
 ) -> BTreeSet<String> {
-    if !cfg.proxy_metrics {
+    if !cfg.stats_blocks() {
         return BTreeSet::new();
     }
     present.keys().chain(waiting.keys()).cloned().collect()

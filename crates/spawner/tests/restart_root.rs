@@ -501,6 +501,8 @@ async fn a_changed_option_replaces_the_proxy_without_refusing() {
     s.guard.0.push(new);
     let argv = ns_metadata_spawner::pidfile::cmdline(new).expect("alive");
     assert!(!argv.iter().any(|a| a == "--stats-fd"), "{argv:?}");
+    // Still watched for hangs: the block, for the heartbeat alone.
+    assert!(argv.iter().any(|a| a == "--heartbeat-fd"), "{argv:?}");
     assert_eq!(get_in(vm.netns(), META).as_deref(), Ok(expect.as_str()));
 }
 

@@ -548,7 +548,17 @@ fn a_stopped_proxy_is_left_alone_and_answers_after_sigcont() {
 /// (`hung: …`), and once thawed the old one is gone while the new one runs on, unreplaced.
 #[test]
 fn a_hung_proxy_is_killed_and_replaced_on_its_sockets() {
-    let name = "a_hung_proxy_is_killed_and_replaced_on_its_sockets";
+    hung_proxy_replaced("a_hung_proxy_is_killed_and_replaced_on_its_sockets", true);
+}
+
+/// The same with `proxy_metrics = false`: the proxy gets its block for the heartbeat alone
+/// (`--heartbeat-fd`), so it is watched all the same, and nothing it serves is counted.
+#[test]
+fn a_hung_proxy_is_replaced_with_the_metrics_off_too() {
+    hung_proxy_replaced("a_hung_proxy_is_replaced_with_the_metrics_off_too", false);
+}
+
+fn hung_proxy_replaced(name: &str, metrics: bool) {
     if !require_root(name) {
         return;
     }
@@ -559,11 +569,23 @@ fn a_hung_proxy_is_killed_and_replaced_on_its_sockets() {
     let _agent = agent(dir.path());
     let (ids, nss) = routers(&unique_prefix(), "hg", 1);
     let ini = with_hang_timeout(&write_ini(dir.path(), ""));
+    if !metrics {
+        let text = std::fs::read_to_string(&ini).expect("ini");
+        std::fs::write(&ini, format!("{text}proxy_metrics = false\n")).expect("ini");
+    }
     let _daemon = start_daemon(dir.path(), &ini, &[]);
     let (ok, out) = cli(&ini, &["router", "add", &ids[0]]);
     assert!(ok, "{out}");
     let old = ns_testkit::eventually("proxy running", T, || pid_of(dir.path(), &ids[0]));
     let current = || pid_of(dir.path(), &ids[0]);
+    let argv = std::fs::read(format!("/proc/{old}/cmdline")).expect("cmdline");
+    let argv = String::from_utf8_lossy(&argv).replace('\0', " ");
+    let flag = if metrics {
+        "--stats-fd 5"
+    } else {
+        "--heartbeat-fd 5"
+    };
+    assert!(argv.contains(flag), "{argv}");
 
     let new = hang_under_load(&freezer, nss[0].netns(), old, current);
     let body = get_in(nss[0].netns(), META).expect("answers");
@@ -577,10 +599,15 @@ fn a_hung_proxy_is_killed_and_replaced_on_its_sockets() {
         "{p}"
     );
     assert!(p["restarts"].as_u64() >= Some(1), "{p}");
-    let metrics = scrape(dir.path());
+    let scraped = scrape(dir.path());
     assert!(
-        metrics.contains("ns_metadata_hangs_total{model=\"per-namespace\",kind=\"router\"} 1\n"),
-        "{metrics}"
+        scraped.contains("ns_metadata_hangs_total{model=\"per-namespace\",kind=\"router\"} 1\n"),
+        "{scraped}"
+    );
+    assert_eq!(
+        scraped.contains("ns_metadata_proxy_requests_total{"),
+        metrics,
+        "counts exported only with the metrics on: {scraped}"
     );
     thawed_and_gone(freezer, dir.path(), (old, new), current, "proxy hung");
 }

@@ -1013,7 +1013,20 @@ fn a_stopped_server_is_left_alone_and_serves_again_after_sigcont() {
 /// one runs on, unreplaced.
 #[test]
 fn a_hung_server_is_killed_and_replaced_with_nothing_refused() {
-    let name = "a_hung_server_is_killed_and_replaced_with_nothing_refused";
+    hung_server_replaced(
+        "a_hung_server_is_killed_and_replaced_with_nothing_refused",
+        true,
+    );
+}
+
+/// The same with `proxy_metrics = false`: the server still gets its slab, for the heartbeat
+/// in its header alone (no namespace has a record), so it is watched all the same.
+#[test]
+fn a_hung_server_is_replaced_with_the_metrics_off_too() {
+    hung_server_replaced("a_hung_server_is_replaced_with_the_metrics_off_too", false);
+}
+
+fn hung_server_replaced(name: &str, metrics: bool) {
     if !require_root(name) {
         return;
     }
@@ -1024,6 +1037,10 @@ fn a_hung_server_is_killed_and_replaced_with_nothing_refused() {
     let _agent = agent(dir.path());
     let (ids, nss) = routers(&unique_prefix(), "hg", 2);
     let ini = with_hang_timeout(&shared_ini(dir.path()));
+    if !metrics {
+        let text = std::fs::read_to_string(&ini).expect("ini");
+        std::fs::write(&ini, format!("{text}proxy_metrics = false\n")).expect("ini");
+    }
     let _daemon = start_daemon(dir.path(), &ini, &[]);
     for id in &ids {
         add_router(&ini, id);
@@ -1055,10 +1072,15 @@ fn a_hung_server_is_killed_and_replaced_with_nothing_refused() {
         "{sv}"
     );
     assert!(sv["restarts"].as_u64() >= Some(1), "{sv}");
-    let metrics = scrape(dir.path());
+    let scraped = scrape(dir.path());
     assert!(
-        metrics.contains("ns_metadata_hangs_total{model=\"shared\",kind=\"server\"} 1\n"),
-        "{metrics}"
+        scraped.contains("ns_metadata_hangs_total{model=\"shared\",kind=\"server\"} 1\n"),
+        "{scraped}"
+    );
+    assert_eq!(
+        scraped.contains("ns_metadata_proxy_requests_total{"),
+        metrics,
+        "counts exported only with the metrics on: {scraped}"
     );
     thawed_and_gone(
         freezer,
