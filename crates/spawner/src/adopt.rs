@@ -166,9 +166,11 @@ fn dead<P: Platform>(
 
 /// A proxy this state dir's spawner started that has no pid file and is not wanted: stop it
 /// (its pidfd opened after the start time was read, so the pid cannot be recycled between)
-/// and remove its address in its own namespace. The interface is the router interface for a
-/// router, the one in its `--bind [fe80::a9fe:a9fe]:80%IFACE` for a network, else unknown
-/// (then only the process is stopped).
+/// and remove its address in its own namespace, only if that is a named one (under
+/// `/run/netns`, where only root puts namespaces: never the spawner's own or one a user made
+/// for itself). The interface is the router interface for a router, the one in its `--bind
+/// [fe80::a9fe:a9fe]:80%IFACE` for a network, else unknown (then only the process is
+/// stopped).
 pub(crate) fn unmanaged<P: Platform>(
     platform: &P,
     cfg: &Config,
@@ -187,7 +189,7 @@ pub(crate) fn unmanaged<P: Platform>(
     let running = open_proven(pid, info)?;
     let ns = interface
         .is_some()
-        .then(|| platform.open_process_ns(pid).ok())
+        .then(|| info.netns.and_then(|ino| platform.namespace_by_inode(ino)))
         .flatten();
     Some(Stale {
         pid,

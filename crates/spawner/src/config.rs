@@ -575,6 +575,23 @@ impl Config {
         c
     }
 
+    /// The uids a process this spawner started as a proxy may have now: the spawner's own
+    /// (before the proxy drops privileges, or when it keeps them) and the one
+    /// [`Config::for_proxies`] gives proxies (a number, or a name looked up), if another.
+    pub fn proxy_uids(&self) -> Vec<u32> {
+        let mut uids = vec![rustix::process::geteuid().as_raw()];
+        let user = self.for_proxies().metadata_proxy_user;
+        let uid = user.and_then(|u| match u.parse::<u32>() {
+            Ok(n) => Some(n),
+            Err(_) => nix::unistd::User::from_name(&u)
+                .ok()
+                .flatten()
+                .map(|p| p.uid.as_raw()),
+        });
+        uids.extend(uid.filter(|u| !uids.contains(u)));
+        uids
+    }
+
     /// `<state_dir>/records.json`: the records made through the control API.
     pub fn records_json(&self) -> PathBuf {
         self.state_dir.join("records.json")

@@ -332,16 +332,40 @@ pub fn check(info: &ProcInfo, rec: &Record, want: &Want<'_>) -> std::result::Res
 /// Only a proxy carrying this spawner's value may be stopped without a pid file.
 pub use ns_contract::spawn::STATE_ENV;
 
-/// Whether `pid` was started by the spawner of `state_dir` (its environment holds
-/// [`STATE_ENV`]`=state_dir`; readable by the process's owner and by root).
-pub fn started_by(pid: u32, state_dir: &Path) -> bool {
+/// Whether `pid` was started by the spawner of `state_dir`, as far as a process without a
+/// pid file can prove it: its environment holds [`STATE_ENV`]`=state_dir` (readable by the
+/// process's owner and by root), and each of its uids (real, effective, saved, filesystem)
+/// is one of `uids`: the spawner's own and the one it gives proxies now. Anyone can set the
+/// variable for a process of theirs; no local user can take those uids, so no local user can
+/// make the spawner stop a process of theirs, or tear down where it runs.
+pub fn started_by(pid: u32, state_dir: &Path, uids: &[u32]) -> bool {
     use std::os::unix::ffi::OsStrExt;
+    let owned = proc_uids(pid).is_some_and(|ids| ids.iter().all(|u| uids.contains(u)));
+    if !owned {
+        return false;
+    }
     let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
         return false;
     };
     let mut want = format!("{STATE_ENV}=").into_bytes();
     want.extend_from_slice(state_dir.as_os_str().as_bytes());
     env.split(|&b| b == 0).any(|kv| kv == want.as_slice())
+}
+
+/// The real, effective, saved and filesystem uids of `pid` (`/proc/PID/status`, `Uid:`).
+pub fn proc_uids(pid: u32) -> Option<[u32; 4]> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_uids(&status)
+}
+
+fn parse_uids(status: &str) -> Option<[u32; 4]> {
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    let mut ids = line.split_whitespace().map(|v| v.parse::<u32>().ok());
+    let mut out = [0u32; 4];
+    for slot in &mut out {
+        *slot = ids.next()??;
+    }
+    Some(out)
 }
 
 /// Live processes running `binary` (see [`check`]): how proxies whose pid file is missing
@@ -362,6 +386,70 @@ pub fn find_running(binary: &Path) -> Vec<(u32, ProcInfo)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The environment alone proves nothing: a process carrying this state dir's variable is
+    /// taken for ours only while it runs as one of the uids given (as root: a child as uid
+    /// 65534 with the same variable is not).
+    #[test]
+    fn a_process_with_the_variable_is_ours_only_under_our_uids() {
+        use std::os::unix::process::CommandExt as _;
+        let dir = Path::new("/nonexistent/ns-spawner-started-by");
+        let spawn = |uid: Option<u32>| {
+            let mut c = std::process::Command::new("sleep");
+            c.arg("30").env(STATE_ENV, dir);
+            if let Some(u) = uid {
+                c.uid(u).gid(u);
+            }
+            c.spawn().expect("sleep")
+        };
+        let own = rustix::process::geteuid().as_raw();
+        let mut mine = spawn(None);
+        let ok = ns_testkit::wait_until(std::time::Duration::from_secs(5), || {
+            started_by(mine.id(), dir, &[own])
+        });
+        assert!(ok, "our own child with the variable");
+        assert!(
+            !started_by(mine.id(), Path::new("/other"), &[own]),
+            "another state dir"
+        );
+        assert!(
+            !started_by(mine.id(), dir, &[own + 1]),
+            "not under our uids"
+        );
+        let _ = mine.kill();
+        let _ = mine.wait();
+        if own != 0 {
+            return;
+        }
+        let mut theirs = spawn(Some(65534));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert_eq!(proc_uids(theirs.id()), Some([65534; 4]));
+        assert!(
+            !started_by(theirs.id(), dir, &[0]),
+            "a local user's process with the variable"
+        );
+        assert!(
+            started_by(theirs.id(), dir, &[0, 65534]),
+            "the proxies' uid"
+        );
+        let _ = theirs.kill();
+        let _ = theirs.wait();
+    }
+
+    #[test]
+    fn the_uids_are_read_from_the_status_line() {
+        let status = "Name:\tx\nUid:\t0\t1000\t0\t1000\nGid:\t0\t0\t0\t0\n";
+        assert_eq!(parse_uids(status), Some([0, 1000, 0, 1000]));
+        assert_eq!(parse_uids("Uid:\t0\t1\t2\n"), None, "short");
+        assert_eq!(parse_uids("Uid:\t0\tx\t2\t3\n"), None, "not a number");
+        assert_eq!(parse_uids("Gid:\t0\t0\t0\t0\n"), None, "no Uid line");
+        let own = rustix::process::geteuid().as_raw();
+        assert_eq!(
+            proc_uids(std::process::id()).map(|u| u[1]),
+            Some(own),
+            "this process"
+        );
+    }
 
     #[test]
     fn a_mapped_file_is_found_in_proc_maps() {

@@ -789,16 +789,18 @@ impl<P: Platform> Supervisor<P> {
         // same rule (our binary, the exact id pair, the record's namespace) and adopted, or
         // the new proxy would fail to bind next to it for ever; an unwanted one is stopped,
         // unless the API records were lost (issue "hardening", item 12). Only proxies this
-        // state dir's spawner started (their environment says so) are considered; one started
-        // otherwise that holds a wanted proxy's port is adopted when that start fails.
+        // state dir's spawner started (their environment says so, and they run as the
+        // spawner or as the proxies' user) are considered; one started otherwise that holds
+        // a wanted proxy's port is adopted when that start fails.
         let busy: BTreeSet<u32> = adopt
             .values()
             .filter_map(|(r, _)| r.pid())
             .chain(stale.iter().map(|s| s.pid))
             .collect();
         let lost = lock(&self.inner.recovery).records_lost();
+        let uids = cfg.proxy_uids();
         for (pid, info) in pidfile::find_running(&cfg.proxy_binary) {
-            if busy.contains(&pid) || !pidfile::started_by(pid, &cfg.state_dir) {
+            if busy.contains(&pid) || !pidfile::started_by(pid, &cfg.state_dir, &uids) {
                 continue;
             }
             // The wanted proxy this one serves (our binary, the exact id pair, the record's
