@@ -554,19 +554,33 @@ impl Config {
     ///   proxy then stays uid 0 and drops every capability after binding), or while the socket
     ///   does not exist.
     pub fn for_proxies(&self) -> Config {
+        self.for_proxies_owned(self.socket_owner())
+    }
+
+    /// The owner and group of the agent's socket now (`None` while it does not exist).
+    pub fn socket_owner(&self) -> Option<(u32, u32)> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&self.metadata_proxy_socket)
+            .ok()
+            .map(|m| (m.uid(), m.gid()))
+    }
+
+    /// [`Config::for_proxies`] with the agent socket's `owner` given (the supervisor passes
+    /// the last one it saw, so an agent restarting, its socket gone for a moment, does not
+    /// change who the proxies run as).
+    pub fn for_proxies_owned(&self, owner: Option<(u32, u32)>) -> Config {
         let mut c = self.clone();
         let egid = rustix::process::getegid().as_raw();
         match (&self.metadata_proxy_user, &self.metadata_proxy_group) {
             (Some(_), Some(_)) => {}
             (Some(_), None) => c.metadata_proxy_group = Some(egid.to_string()),
             (None, group) => {
-                use std::os::unix::fs::MetadataExt;
                 let euid = rustix::process::geteuid().as_raw();
-                if let Ok(m) = std::fs::metadata(&self.metadata_proxy_socket) {
-                    if m.uid() != euid || (group.is_none() && m.gid() != egid) {
-                        c.metadata_proxy_user = Some(m.uid().to_string());
+                if let Some((uid, gid)) = owner {
+                    if uid != euid || (group.is_none() && gid != egid) {
+                        c.metadata_proxy_user = Some(uid.to_string());
                         if group.is_none() {
-                            c.metadata_proxy_group = Some(m.gid().to_string());
+                            c.metadata_proxy_group = Some(gid.to_string());
                         }
                     }
                 }

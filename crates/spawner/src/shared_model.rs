@@ -168,6 +168,14 @@ struct Inner {
     slab_sent: Mutex<Option<(u64, u64)>>,
     /// Whether "served uncounted" was logged (once per spawner).
     uncounted_said: AtomicBool,
+    /// The arguments (after the program) the next server starts with: the proxy options of
+    /// the latest configuration, who it runs as included ([`SharedServer::reconfigure`]).
+    args: Mutex<Vec<String>>,
+    /// The running server's (from its argv when taken over); `None` while none runs.
+    running_args: Mutex<Option<Vec<String>>>,
+    /// Arguments a graceful replace could not start a server with: not tried again on every
+    /// pass, only once they change (or the server restarts for another reason).
+    failed_args: Mutex<Option<Vec<String>>>,
 }
 
 /// The handle on the shared server; cheap to clone.
@@ -208,6 +216,12 @@ impl SharedServer {
             replace,
             slab_sent: Mutex::new(None),
             uncounted_said: AtomicBool::new(false),
+            // Who it runs as by Neutron's rule, as a proxy (`Config::for_proxies`): without
+            // it a server left uid 0 could not reach an agent socket of another user, and
+            // would own the root-owned state dir.
+            args: Mutex::new(server_args(&cfg.for_proxies(), shard)),
+            running_args: Mutex::new(None),
+            failed_args: Mutex::new(None),
         });
         if cfg.stats_blocks() {
             // Opened now (a restarted spawner learns whose each record is before its first
@@ -226,6 +240,10 @@ impl SharedServer {
                     "took over the running shared server and its sockets"
                 );
                 *lock(&inner.taken) = taken;
+                *lock(&inner.running_args) = pidfile::cmdline(pid).map(|argv| {
+                    let from = argv.iter().position(|a| a == "--shared-server");
+                    argv[from.unwrap_or(argv.len())..].to_vec()
+                });
                 *inner.control.lock().await = Some(conn);
                 // A server that serves VMs is never handed a writable descriptor on the state
                 // disk it could grow the file through (fallocate, write, ftruncate): it got
@@ -278,6 +296,41 @@ impl SharedServer {
             .map_err(|_| Error::Spawn("the shared server is stopped".into()))?;
         rx.await
             .map_err(|_| Error::Spawn("the shared server stopped during the restart".into()))?
+    }
+
+    /// Take the latest configuration's proxy options (`for_proxies`: [`Config::for_proxies`]
+    /// as the supervisor resolved it, who proxies run as included): the next start uses
+    /// them, and a running server whose argv differs is replaced gracefully ([`Self::replace`],
+    /// nothing refused), as a per-namespace proxy is on its sockets. A SIGHUP that changes a
+    /// timeout, or an agent socket that appeared (or changed owner) after the server
+    /// started, so reach it. A replace that fails leaves the old server serving and is not
+    /// tried again until the options change once more.
+    pub async fn reconfigure(&self, for_proxies: &Config) {
+        let want = server_args(for_proxies, self.inner.shard);
+        *lock(&self.inner.args) = want.clone();
+        // Only a server that is up is replaced; one being restarted starts with `want`.
+        let differs = self.pid().is_some()
+            && lock(&self.inner.running_args)
+                .as_ref()
+                .is_some_and(|r| *r != want);
+        if !differs || lock(&self.inner.failed_args).as_ref() == Some(&want) {
+            return;
+        }
+        tracing::info!(shard = self.inner.shard, args = ?want, "the shared server's options changed: replacing it gracefully");
+        match self.replace().await {
+            Ok(pid) => {
+                tracing::info!(
+                    shard = self.inner.shard,
+                    pid,
+                    "shared server replaced with the new options"
+                );
+                *lock(&self.inner.failed_args) = None;
+            }
+            Err(e) => {
+                tracing::warn!(shard = self.inner.shard, err = %e, "cannot replace the shared server with the new options; the running one goes on with the old");
+                *lock(&self.inner.failed_args) = Some(want);
+            }
+        }
     }
 
     /// The server's line in `status`.
@@ -660,6 +713,13 @@ impl SharedServers {
         &self.shards[shard_of(key, self.shards.len())]
     }
 
+    /// [`SharedServer::reconfigure`] on every shard.
+    pub async fn reconfigure(&self, for_proxies: &Config) {
+        for s in self.shards.iter() {
+            s.reconfigure(for_proxies).await;
+        }
+    }
+
     /// Stop every shard for good (`--stop-proxies-on-exit`).
     pub async fn stop(&self) {
         futures::future::join_all(self.shards.iter().map(SharedServer::stop)).await;
@@ -731,18 +791,15 @@ fn still_right(
     taken
 }
 
-/// Start a server on `listener` and wait for its READY; its pid file written.
-async fn spawn_server(cfg: &Config, shard: usize, listener: &OwnedFd) -> Result<(Running, u32)> {
+/// Start a server with `args` ([`server_args`]) on `listener` and wait for its READY.
+async fn spawn_server(cfg: &Config, args: &[String], listener: &OwnedFd) -> Result<(Running, u32)> {
     let (rd, wr) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| Error::Spawn(format!("pipe: {e}")))?;
     let control = listener
         .try_clone()
         .map_err(|e| Error::Spawn(format!("dup control socket: {e}")))?;
     let mut cmd = ns_netns::Spawn::new(&cfg.proxy_binary);
-    // Who it runs as by Neutron's rule, as a proxy (`Config::for_proxies`): without it a
-    // server left uid 0 could not reach an agent socket of another user, and would own the
-    // root-owned state dir.
-    cmd.args(server_args(&cfg.for_proxies(), shard));
+    cmd.args(args);
     launch::proxy_env(&mut cmd, cfg);
     // The ready pipe on 3, the control socket on 4, nothing else of ours.
     cmd.fd(wr, READY_FD);
@@ -988,6 +1045,7 @@ async fn manage(
             }
         };
         dead = Some(running);
+        *lock(&inner.running_args) = None;
         inner.up.send_replace(None);
         *inner.control.lock().await = None;
         let delay = backoff.died(since.elapsed());
@@ -1053,7 +1111,8 @@ async fn start_and_replay(
     control: &mut Option<UnixDatagram>,
 ) -> Result<(Running, u32)> {
     let cfg = &inner.cfg;
-    let (mut running, pid) = spawn_server(cfg, inner.shard, listener).await?;
+    let args = lock(&inner.args).clone();
+    let (mut running, pid) = spawn_server(cfg, &args, listener).await?;
     let handed = async {
         let conn = connect(&cfg.state_dir.join(name))
             .map_err(|e| Error::Spawn(format!("connect to the shared server: {e}")))?;
@@ -1087,6 +1146,8 @@ async fn start_and_replay(
     match handed.await {
         Ok((conn, served, slab)) => {
             *lock(&inner.slab_sent) = slab;
+            *lock(&inner.running_args) = Some(args);
+            *lock(&inner.failed_args) = None;
             *control = Some(conn);
             inner.up.send_replace(Some(pid));
             tracing::info!(pid, namespaces = served, replay = ?begun.elapsed(), "shared server ready");

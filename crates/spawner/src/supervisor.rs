@@ -138,6 +138,9 @@ struct Inner<P> {
     wake: Notify,
     reconciles: std::sync::atomic::AtomicU64,
     agent: Mutex<Option<AgentStatus>>,
+    /// The agent socket's owner and group as last seen (kept while the socket is missing:
+    /// an agent restarting does not change who proxies run as); see [`Supervisor::for_proxies`].
+    socket_owner: Mutex<Option<(u32, u32)>>,
     /// The debounced writer of `records.json`.
     saver: persist::Saver,
     /// The write-ahead journal of API changes (`journal.rs`), set by the daemon after
@@ -199,6 +202,7 @@ impl<P: Platform> Supervisor<P> {
                 wake: Notify::new(),
                 reconciles: std::sync::atomic::AtomicU64::new(0),
                 agent: Mutex::new(None),
+                socket_owner: Mutex::new(None),
                 saver: persist::Saver::default(),
                 journal: Mutex::new(None),
                 recovery: Mutex::new(persist::Recovery::Clean),
@@ -403,9 +407,33 @@ impl<P: Platform> Supervisor<P> {
         self.update_records(false, |r| r.auto_routers = ids);
     }
 
-    /// Probe the agent socket now, remember the result (logged when it changes).
+    /// The configuration proxies and shared servers are started with
+    /// ([`Config::for_proxies_owned`]): who they run as follows the agent socket's owner, the
+    /// last one seen while the socket is missing.
+    fn for_proxies(&self, cfg: &Config) -> Config {
+        let seen = cfg.socket_owner();
+        let owner = {
+            let mut last = lock(&self.inner.socket_owner);
+            if seen.is_some() {
+                *last = seen;
+            }
+            *last
+        };
+        cfg.for_proxies_owned(owner)
+    }
+
+    /// Probe the agent socket now, remember the result (logged when it changes). A socket
+    /// whose owner is not the one the last reconcile used (an agent started after the
+    /// spawner, or as another user) asks for a pass, so proxies and shared servers run as its
+    /// owner again (Neutron's rule; they could not connect otherwise).
     pub async fn check_agent(&self) -> AgentStatus {
-        let now = agent_probe::probe(&self.config().metadata_proxy_socket).await;
+        let cfg = self.config();
+        let owner = cfg.socket_owner();
+        if owner.is_some() && owner != *lock(&self.inner.socket_owner) {
+            tracing::info!(socket = %cfg.metadata_proxy_socket.display(), owner = ?owner, "the agent socket has a new owner: proxies follow it");
+            self.trigger();
+        }
+        let now = agent_probe::probe(&cfg.metadata_proxy_socket).await;
         let before = lock(&self.inner.agent).replace(now.clone());
         if before.as_ref() != Some(&now) {
             if now.reachable {
@@ -538,10 +566,16 @@ impl<P: Platform> Supervisor<P> {
         let mut present = BTreeMap::new();
         let mut waiting = BTreeMap::new();
         // Who the proxies run as depends on the agent socket's owner: read once per pass.
-        let for_proxies = cfg.for_proxies();
+        let for_proxies = self.for_proxies(&cfg);
         for (k, s) in d.specs {
             if self.inner.platform.namespace_exists(&s.netns) {
-                let args = proxy_args(&s, &for_proxies);
+                let args = match cfg.proxy_model {
+                    ProxyModel::PerNamespace => proxy_args(&s, &for_proxies),
+                    // No process per namespace: the options are the shared server's argv
+                    // (`SharedServer::reconfigure`), so a changed option does not stop and
+                    // start every namespace (which took its address away meanwhile).
+                    ProxyModel::Shared => Vec::new(),
+                };
                 present.insert(k, (s, args));
             } else {
                 waiting.insert(k, s);
@@ -559,6 +593,7 @@ impl<P: Platform> Supervisor<P> {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (mut present, waiting, cfg) = self.plan();
         self.ensure_shared(&cfg).await;
+        self.reconfigure_shared(&cfg).await;
         let keep = stats_keys(&cfg, &present, &waiting);
         let (removed, handed): (Vec<Proxy>, Vec<Proxy>) = {
             let mut proxies = lock(&self.inner.proxies);
@@ -717,6 +752,14 @@ impl<P: Platform> Supervisor<P> {
 
     /// With `proxy_model = shared`: the shared server, taken over from a previous spawner or
     /// started, once (a later change of `proxy_model` takes effect at the next start).
+    /// The shared servers take the options of `cfg` (a SIGHUP's, and who proxies run as
+    /// now): one whose argv differs is replaced gracefully (`SharedServer::reconfigure`).
+    async fn reconfigure_shared(&self, cfg: &Config) {
+        if let Some(servers) = self.inner.shared.get() {
+            servers.reconfigure(&self.for_proxies(cfg)).await;
+        }
+    }
+
     async fn ensure_shared(&self, cfg: &Arc<Config>) {
         if cfg.proxy_model == ProxyModel::Shared {
             self.inner
@@ -891,6 +934,9 @@ impl<P: Platform> Supervisor<P> {
         if let Some(retired) = self.inner.retired.get() {
             retired.retire(&cfg).await;
         }
+        // A server taken over with other options (an upgrade, a changed file) is replaced
+        // now that it was handed every namespace, as a proxy with other arguments is.
+        self.reconfigure_shared(&cfg).await;
     }
 
     fn start_proxy(

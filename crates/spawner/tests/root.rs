@@ -798,3 +798,12 @@ fn a_full_state_dir_serves_on_says_why_and_saves_once_there_is_room() {
     assert!(daemon.alive(), "the daemon runs on");
     get_in(nss[0].netns(), META).expect("the first router still answers");
 }
+
+/// The agent starts after the spawner, as its own user: the proxy follows its socket's owner.
+#[test]
+fn a_proxy_follows_an_agent_started_late_as_its_own_user() {
+    agent_started_late_as_its_own_user(
+        "a_proxy_follows_an_agent_started_late_as_its_own_user",
+        false,
+    );
+}

@@ -150,6 +150,14 @@ fn answered_for(ns: &TestNs, id: &str) {
     assert!(body.starts_with(&format!("router={id} ")), "{body}");
 }
 
+/// Every router `ids[i]` answers in `nss[i]`, served by the server `pid`.
+fn all_served_by(dir: &std::path::Path, ids: &[String], nss: &[TestNs], pid: u32) {
+    for (id, ns) in ids.iter().zip(nss) {
+        answered_for(ns, id);
+        assert_eq!(pid_of(dir, id), Some(pid), "{id} follows the new server");
+    }
+}
+
 /// The pid the shared server's pid file names.
 fn server_pid(dir: &std::path::Path) -> Option<u32> {
     shard_pid(dir, 0)
@@ -1052,14 +1060,7 @@ fn hung_server_replaced(name: &str, metrics: bool) {
     let current = || server_pid(dir.path());
 
     let new = hang_under_load(&freezer, nss[0].netns(), old, current);
-    for (id, ns) in ids.iter().zip(&nss) {
-        answered_for(ns, id);
-        assert_eq!(
-            pid_of(dir.path(), id),
-            Some(new),
-            "{id} follows the new server"
-        );
-    }
+    all_served_by(dir.path(), &ids, &nss, new);
     logged(dir.path(), "shared server hung");
     let (ok, out) = cli(&ini, &["status", "--json"]);
     assert!(ok, "{out}");
@@ -1089,4 +1090,54 @@ fn hung_server_replaced(name: &str, metrics: bool) {
         current,
         "shared server hung",
     );
+}
+
+/// The agent starts after the spawner, as its own user: the shared server follows its
+/// socket's owner (replaced gracefully, as for a changed option).
+#[test]
+fn the_shared_server_follows_an_agent_started_late_as_its_own_user() {
+    agent_started_late_as_its_own_user(
+        "the_shared_server_follows_an_agent_started_late_as_its_own_user",
+        true,
+    );
+}
+
+/// A SIGHUP that changes an option every process gets (`[metadata_haproxy] timeout_server`)
+/// reaches the shared server too: it is replaced gracefully with the new argv (as a
+/// per-namespace proxy is by socket takeover), under a request loop that sees no failure.
+#[test]
+fn a_changed_option_replaces_the_shared_server_without_a_failed_request() {
+    if !require_root("a_changed_option_replaces_the_shared_server_without_a_failed_request") {
+        return;
+    }
+    let dir = TempDir::new("shared-hup").reaping();
+    let _agent = agent(dir.path());
+    let (ini, daemon, ids, nss, old) = serving_two_routers(dir.path(), "hu");
+    let argv = |pid: u32| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default()
+    };
+    assert!(!argv(old).contains("--timeout-server"), "{}", argv(old));
+    let load = RequestLoop::start(nss[0].netns());
+    ns_testkit::eventually("answers before", T, || (load.answered() > 0).then_some(()));
+    let text = std::fs::read_to_string(&ini).expect("ini");
+    std::fs::write(
+        &ini,
+        format!("{text}[metadata_haproxy]\ntimeout_server = 90\n"),
+    )
+    .expect("ini");
+    daemon.signal("HUP");
+    let new = ns_testkit::eventually("a new server", T, || {
+        server_pid(dir.path()).filter(|&p| p != old)
+    });
+    assert!(argv(new).contains("--timeout-server 90"), "{}", argv(new));
+    let before = load.answered();
+    ns_testkit::eventually("answers through the new server", T, || {
+        (load.answered() > before).then_some(())
+    });
+    let (answered, failed) = load.finish();
+    assert!(failed.is_empty(), "{answered} answered, failed: {failed:?}");
+    all_served_by(dir.path(), &ids, &nss, new);
+    logged(dir.path(), "the shared server's options changed");
 }

@@ -554,3 +554,58 @@ impl Drop for Freezer {
         }
     }
 }
+
+/// The real uid of `pid` (`/proc/PID/status`).
+pub fn uid_of(pid: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The boot race of a node whose agent runs as its own user (Neutron's `neutron`): the
+/// spawner (`shared`: in the shared model) starts before the agent, so the process serving a
+/// router runs as the spawner's uid (0, without capabilities) and could not connect to a
+/// socket of another user's mode 0644. Once the agent's socket appears (owner 65534 here),
+/// the spawner sees the new owner at its next agent check (every 5 s) and replaces that
+/// process with one running as the owner, without a request to the router failing for
+/// anything but the missing agent; the VM is answered.
+pub fn agent_started_late_as_its_own_user(name: &str, shared: bool) {
+    if !ns_testkit::require_root(name) {
+        return;
+    }
+    let dir = TempDir::new("rt-late-agent").reaping();
+    let (ids, nss) = routers(&ns_testkit::netns::unique_prefix(), "la", 1);
+    let ini = write_ini(dir.path(), "");
+    if shared {
+        let text = std::fs::read_to_string(&ini).expect("ini");
+        std::fs::write(&ini, format!("{text}proxy_model = shared\n")).expect("ini");
+    }
+    let _daemon = start_daemon(dir.path(), &ini, &[]);
+    add_router(&ini, &ids[0]);
+    let t = Duration::from_secs(15);
+    let old = ns_testkit::eventually("serving", t, || pid_of(dir.path(), &ids[0]));
+    assert_eq!(
+        uid_of(old),
+        Some(0),
+        "no agent socket yet: the spawner's uid"
+    );
+    assert!(get_in(nss[0].netns(), META).is_err(), "no agent yet");
+
+    let _agent = agent(dir.path());
+    let sock = dir.path().join("agent.sock");
+    std::os::unix::fs::chown(&sock, Some(65534), Some(65534)).expect("chown socket");
+    std::fs::set_permissions(&sock, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod socket");
+    let new = ns_testkit::eventually("replaced by one running as the socket's owner", t, || {
+        pid_of(dir.path(), &ids[0]).filter(|&p| p != old && uid_of(p) == Some(65534))
+    });
+    let body = ns_testkit::eventually("answered", t, || get_in(nss[0].netns(), META).ok());
+    assert!(body.starts_with(&format!("router={} ", ids[0])), "{body}");
+    assert_eq!(pid_of(dir.path(), &ids[0]), Some(new), "replaced once");
+    logged(dir.path(), "the agent socket has a new owner");
+}
