@@ -36,10 +36,20 @@ fn open(path: &Path) -> io::Result<File> {
                 e
             }
         })?;
-    if !f.metadata()?.file_type().is_file() {
+    let meta = f.metadata()?;
+    if !meta.file_type().is_file() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "not a regular file; refusing to write to it",
+        ));
+    }
+    // A hard link planted at the path would have root append to the file it names (where
+    // `fs.protected_hardlinks` is off, any file): a log file has one name.
+    let links = std::os::unix::fs::MetadataExt::nlink(&meta);
+    if links != 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("has {links} names (a hard link to another file?); refusing to write to it"),
         ));
     }
     Ok(f)
@@ -121,6 +131,22 @@ mod tests {
         );
         let e = open(&d).expect_err("a directory is not a log file");
         assert!(!e.to_string().is_empty());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn hard_linked_log_file_is_refused() {
+        let d = scratch("log-hardlink");
+        let victim = d.join("victim");
+        std::fs::write(&victim, "precious\n").expect("victim");
+        let p = d.join("proxy.log");
+        std::fs::hard_link(&victim, &p).expect("hard link");
+        let e = open(&p).expect_err("hard link refused");
+        assert!(e.to_string().contains("2 names"), "{e}");
+        assert_eq!(
+            std::fs::read_to_string(&victim).expect("read"),
+            "precious\n"
+        );
         let _ = std::fs::remove_dir_all(&d);
     }
 
