@@ -263,19 +263,7 @@ fn push_plain_head(out: &mut Vec<u8>, stamp: &[u8], micros: u32) {
 /// The fields, as the fmt layer prints them (`key=value`, values plainly).
 fn fields(out: &mut Vec<u8>, a: &Access<'_>) {
     out.extend_from_slice(b"client=");
-    match a.client {
-        IpAddr::V4(v4) => {
-            for (i, o) in v4.octets().iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                push_u64(out, u64::from(*o));
-            }
-        }
-        IpAddr::V6(v6) => {
-            let _ = write!(out, "{v6}");
-        }
-    }
+    push_ip(out, a.client);
     out.extend_from_slice(b" client_port=");
     push_u64(out, u64::from(a.client_port));
     out.extend_from_slice(b" method=");
@@ -310,6 +298,24 @@ fn via_tracing(a: &Access<'_>) {
     fields(&mut line, a);
     let line = String::from_utf8_lossy(&line);
     tracing::info!(target: "access", "{line}");
+}
+
+/// `ip` as text, as `Display` writes it: IPv4 by hand, without the formatting machinery
+/// (every request's access line and `X-Forwarded-For`), IPv6 through `Display`.
+pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_u64(out, u64::from(*o));
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
 }
 
 fn push_u64(out: &mut Vec<u8>, mut n: u64) {
@@ -482,6 +488,22 @@ mod tests {
         let head = String::from_utf8(head).expect("utf8");
         assert_eq!(head.len(), 27 + "  INFO access: ".len(), "{head}");
         assert!(head.ends_with("Z  INFO access: "), "{head}");
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.250.61.2",
+            "fe80::a9fe:a9fe",
+            "::1",
+        ] {
+            let ip: IpAddr = ip.parse().expect("ip");
+            let mut out = b"x=".to_vec();
+            push_ip(&mut out, ip);
+            assert_eq!(out, format!("x={ip}").into_bytes());
+        }
     }
 
     #[test]

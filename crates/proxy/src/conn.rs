@@ -193,7 +193,7 @@ impl Conn {
     /// pipelined bytes already read.
     async fn one_request(&mut self, mut inb: Buf) -> Option<Option<Buf>> {
         let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + self.shared.timeouts.request;
+        let deadline = tokio::time::Instant::from_std(started) + self.shared.timeouts.request;
         // The agent's request is built only once a whole head has arrived, so a slow client
         // holds one buffer, not two.
         let mut out: Option<Buf> = None;

@@ -197,8 +197,9 @@ pub fn parse(
     let keep_alive = if minor == 0 { keep && !close } else { !close };
 
     out.clear();
-    // Writes into a Vec cannot fail.
-    let _ = write!(out, "{method} {target} HTTP/1.1\r\n");
+    for part in [method.as_bytes(), b" ", target.as_bytes(), b" HTTP/1.1\r\n"] {
+        out.extend_from_slice(part);
+    }
     // Whether the VM sent an X-Forwarded-For of its own (any spelling): only looked at for
     // headers already being stripped, so a request without one pays nothing for it.
     let mut client_forwarded = false;
@@ -213,7 +214,10 @@ pub fn parse(
         out.extend_from_slice(b"\r\n");
     }
     // The agent wants the VM's address, IPv4 written plainly (never ::ffff:a.b.c.d).
-    let _ = write!(out, "{}: {}\r\n", X_FORWARDED_FOR.wire, peer.to_canonical());
+    out.extend_from_slice(X_FORWARDED_FOR.wire.as_bytes());
+    out.extend_from_slice(b": ");
+    crate::accesslog::push_ip(out, peer.to_canonical());
+    out.extend_from_slice(b"\r\n");
     if client_forwarded {
         // A reverse proxy inside the guest: tell the agent, which refuses IMDSv2 token PUTs
         // that came that way (AWS's anti-SSRF rule).
