@@ -100,14 +100,25 @@ impl Conn {
     }
 
     /// Serve until the connection closes, times out, or the proxy shuts down; or until,
-    /// idle between two requests, it should move to a helper thread.
+    /// idle between two requests, it should move to a helper thread. The connection has
+    /// `TCP_NODELAY` already, from its listener or set at accept (`server::serve_capped`).
     pub async fn serve(mut self) -> Served {
-        if self.first {
-            let _ = self.sock.set_nodelay(true);
-        }
         // Bytes of a pipelined next request; `None` while idle so an idle connection holds
         // no buffer.
         let mut pending: Option<Buf> = None;
+        if self.first {
+            // A client sends its request right after connecting, so it is usually there by
+            // the time the connection is accepted: read it now rather than wait a runtime
+            // turn for the readiness event of a registration this new (which costs one
+            // `EAGAIN` when it is not there yet).
+            let mut b = Buf::get();
+            match self.sock.try_read_buf(&mut *b) {
+                Ok(0) => return Served::Closed,
+                Ok(_) => pending = Some(b),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return Served::Closed,
+            }
+        }
         loop {
             if pending.is_none() && self.should_move() {
                 if let Some((to, open)) = crate::workers::move_busy() {

@@ -72,8 +72,13 @@ pub async fn serve_capped(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut accepting = Vec::with_capacity(listeners.len());
     for l in listeners {
+        // TCP_NODELAY on the listener: Linux copies it to every connection accepted from
+        // it, which then needs no setsockopt of its own (one system call per connection);
+        // where it cannot be set, each connection sets it.
+        let inherited =
+            nix::sys::socket::setsockopt(&l, nix::sys::socket::sockopt::TcpNoDelay, &true).is_ok();
         match ns_netns::async_listener(l) {
-            Ok(l) => accepting.push(l),
+            Ok(l) => accepting.push((l, inherited)),
             Err(e) => {
                 tracing::error!(id = %shared.id, err = %e, "cannot watch a listener; it is not served")
             }
@@ -89,15 +94,14 @@ pub async fn serve_capped(
     // Every listener's accept loop in this task, not one of its own: a shared server handed
     // thousands of namespaces at once (after a kill -9) schedules one task per namespace
     // (issue #20). The loops end with the shutdown, when this future is dropped.
-    let accepting = async {
-        futures::future::join_all(
-            accepting
-                .into_iter()
-                .map(|l| accept_loop(l, shared.clone(), caps(), stop_rx.clone())),
-        )
-        .await;
-        std::future::pending::<()>().await
-    };
+    let accepting =
+        async {
+            futures::future::join_all(accepting.into_iter().map(|(l, nodelay)| {
+                accept_loop(l, nodelay, shared.clone(), caps(), stop_rx.clone())
+            }))
+            .await;
+            std::future::pending::<()>().await
+        };
     tokio::select! {
         () = accepting => {}
         () = shutdown => {}
@@ -206,6 +210,7 @@ impl Caps {
 
 async fn accept_loop(
     l: AsyncFd<std::net::TcpListener>,
+    nodelay: bool,
     shared: Arc<Shared>,
     caps: Caps,
     mut stop: watch::Receiver<bool>,
@@ -231,6 +236,9 @@ async fn accept_loop(
             _ = stop.changed() => return,
         };
         errors.succeeded(Instant::now());
+        if !nodelay {
+            let _ = nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::TcpNoDelay, &true);
+        }
         shared.activity.opened();
         shared.stats.conn_opened();
         let (place, open) = if caps.global.is_some() {
@@ -460,5 +468,21 @@ mod tests {
         assert_eq!(a.unreported, 0, "a summary resets the count");
         a.succeeded(t0 + ACCEPT_REPORT_EVERY * 2);
         assert!(a.since.is_none() && a.total == 0);
+    }
+
+    /// What `serve_capped` relies on to skip a setsockopt per connection: Linux copies
+    /// `TCP_NODELAY` from a listener to the connections accepted from it (and not otherwise).
+    #[test]
+    fn accepted_connections_inherit_tcp_nodelay_from_their_listener() {
+        use nix::sys::socket::{getsockopt, setsockopt, sockopt::TcpNoDelay};
+        for on in [true, false] {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            if on {
+                setsockopt(&l, TcpNoDelay, &true).expect("listener nodelay");
+            }
+            let _c = std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+            let (a, _) = l.accept().expect("accept");
+            assert_eq!(getsockopt(&a, TcpNoDelay).expect("getsockopt"), on);
+        }
     }
 }
