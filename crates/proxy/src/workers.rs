@@ -212,7 +212,13 @@ pub fn place_namespace(busy: bool) -> (Place, Open) {
 /// `None` to stay (one thread allowed, or no helper could start). Only a process serving
 /// many namespaces asks ([`place_namespace`]).
 pub fn move_busy() -> Option<(Handle, Open)> {
-    match WORKERS.get()?.place_namespace(true) {
+    let w = WORKERS.get()?;
+    if w.max == 1 {
+        // Asked between two requests of every busy connection: with one thread, nothing
+        // to count and nowhere to go.
+        return None;
+    }
+    match w.place_namespace(true) {
         (Place::On(h), open) => Some((h, open)),
         (Place::Here, _) => None,
     }
