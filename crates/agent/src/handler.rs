@@ -17,6 +17,14 @@ use crate::respond::{error, Resp};
 /// Request bodies are tiny (Nova's password POST is at most 1020 bytes).
 pub const MAX_BODY: usize = 64 * 1024;
 
+/// How long a request's body may take to arrive once its head is in: haproxy's `timeout
+/// http-request` (Neutron's 30 s). Without it a client sending a declared body a byte at a
+/// time held its connection, and one slot of the agent's connection cap, for ever; Neutron's
+/// haproxy passes the head on at once and streams the body, so one VM could fill the cap
+/// and stall metadata for the whole node. Neutron's own agent reads one `recv` and never
+/// waits for a body.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The resource headers in the order the messages name them (Neutron's "Both network N and
 /// router R defined." first).
 const RESOURCE_KINDS: [Kind; 3] = [Kind::Network, Kind::Router, Kind::OvnNetwork];
@@ -26,15 +34,37 @@ pub struct Agent {
     pub resolver: Cached,
     pub answerer: Answerer,
     pub metrics: crate::metrics::Metrics,
+    /// [`BODY_TIMEOUT`] (shorter in tests).
+    pub body_timeout: std::time::Duration,
+}
+
+/// Why a header has no single value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NotSingle {
+    Repeated,
+    NotText,
+}
+
+impl NotSingle {
+    /// The 400 message for header `wire`.
+    fn message(self, wire: &str) -> String {
+        match self {
+            NotSingle::Repeated => format!("{wire} may appear only once."),
+            NotSingle::NotText => format!("{wire} is not text."),
+        }
+    }
 }
 
 /// The single value of a header; Err if it appears more than once or is not text.
-fn single<'a>(h: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ()> {
+fn single<'a>(h: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, NotSingle> {
     let mut it = h.get_all(name).iter();
     match (it.next(), it.next()) {
         (None, _) => Ok(None),
-        (Some(v), None) => v.to_str().map(|s| Some(s.trim())).map_err(|_| ()),
-        _ => Err(()),
+        (Some(v), None) => v
+            .to_str()
+            .map(|s| Some(s.trim()))
+            .map_err(|_| NotSingle::NotText),
+        _ => Err(NotSingle::Repeated),
     }
 }
 
@@ -45,7 +75,7 @@ fn resource(h: &HeaderMap) -> Result<Resource, String> {
     for kind in RESOURCE_KINDS {
         let name = kind.header();
         match single(h, name.lower) {
-            Err(()) => return Err(format!("{} may appear only once.", name.wire)),
+            Err(why) => return Err(why.message(name.wire)),
             Ok(Some(v)) if !v.is_empty() => given.push((kind, v)),
             Ok(_) => {}
         }
@@ -85,6 +115,7 @@ impl Agent {
             resolver,
             answerer,
             metrics: crate::metrics::Metrics::default(),
+            body_timeout: BODY_TIMEOUT,
         }
     }
 
@@ -112,6 +143,14 @@ impl Agent {
     {
         use crate::metrics::Answer;
         let (parts, body) = req.into_parts();
+        if parts.method == http::Method::CONNECT {
+            // Not a resource request (an authority, no path): answered, a 200 would read as
+            // a tunnel set up to whatever relays it.
+            return (
+                Answer::Rejected,
+                error(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not served."),
+            );
+        }
         let h = &parts.headers;
         let bad = |msg: &str| {
             tracing::warn!(path = %parts.uri.path(), "{msg}");
@@ -124,12 +163,25 @@ impl Agent {
         let xff = match single(h, X_FORWARDED_FOR.lower) {
             Ok(Some(x)) if !x.is_empty() => x.to_owned(),
             Ok(_) => return bad("X-Forwarded-For is missing."),
-            Err(()) => return bad("X-Forwarded-For must appear once."),
+            Err(NotSingle::Repeated) => return bad("X-Forwarded-For must appear once."),
+            Err(NotSingle::NotText) => return bad("X-Forwarded-For is not text."),
         };
         let Some(client) = parse_client(&xff) else {
             return bad(&format!("X-Forwarded-For {xff:?} is not one IP address."));
         };
-        let body = match Limited::new(body, MAX_BODY).collect().await {
+        let collected =
+            tokio::time::timeout(self.body_timeout, Limited::new(body, MAX_BODY).collect()).await;
+        let Ok(collected) = collected else {
+            tracing::warn!(path = %parts.uri.path(), ip = %client.ip, "request body not received within {:?}", self.body_timeout);
+            return (
+                Answer::Rejected,
+                error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "The request body did not arrive in time.",
+                ),
+            );
+        };
+        let body = match collected {
             Ok(c) => c.to_bytes(),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                 return (
@@ -252,6 +304,77 @@ mod tests {
     }
 
     const XFF: (&str, &str) = ("X-Forwarded-For", "10.0.0.2");
+
+    /// A resource header whose value is not text is named as such, not as repeated.
+    #[tokio::test]
+    async fn a_header_that_is_not_text_is_400_saying_so() {
+        let a = agent("not-text");
+        let req = Request::builder()
+            .uri("/latest/meta-data/hostname")
+            .header(XFF.0, XFF.1)
+            .header(
+                "X-Neutron-Network-ID",
+                http::HeaderValue::from_bytes(b"\xff\xfe").expect("bytes"),
+            )
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let resp = a.0.clone().handle(req).await;
+        assert_eq!(resp.status().as_u16(), 400);
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains("X-Neutron-Network-ID is not text."), "{body}");
+    }
+
+    #[tokio::test]
+    async fn connect_is_405() {
+        let a = agent("connect");
+        let req = Request::builder()
+            .method("CONNECT")
+            .uri("169.254.169.254:443")
+            .header(XFF.0, XFF.1)
+            .header("X-Neutron-Network-ID", "n1")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        assert_eq!(a.0.clone().handle(req).await.status().as_u16(), 405);
+    }
+
+    /// A declared body that never comes in full gets 408 once `body_timeout` is over,
+    /// instead of holding the connection (and a slot of the connection cap) for ever.
+    #[tokio::test]
+    async fn a_body_that_does_not_arrive_in_time_is_408() {
+        let mut a = agent("slow-body");
+        Arc::get_mut(&mut a.0).expect("alone").body_timeout = Duration::from_millis(100);
+        /// One byte, then nothing more, ever.
+        struct Trickle(bool);
+        impl hyper::body::Body for Trickle {
+            type Data = Bytes;
+            type Error = std::convert::Infallible;
+            fn poll_frame(
+                mut self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>>
+            {
+                if self.0 {
+                    return std::task::Poll::Pending;
+                }
+                self.0 = true;
+                std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(b"x")))))
+            }
+        }
+        let req = Request::builder()
+            .method("POST")
+            .uri("/openstack/latest/password")
+            .header(XFF.0, XFF.1)
+            .header("X-Neutron-Network-ID", "n1")
+            .body(Trickle(false))
+            .expect("request");
+        let t0 = std::time::Instant::now();
+        let resp = tokio::time::timeout(Duration::from_secs(10), a.0.clone().handle(req))
+            .await
+            .expect("answered, not held");
+        assert_eq!(resp.status().as_u16(), 408);
+        assert!(t0.elapsed() >= Duration::from_millis(100));
+    }
 
     #[tokio::test]
     async fn each_resource_header_alone_resolves() {

@@ -113,6 +113,7 @@ impl Nova {
         let uri = format!("{}{}", self.base, path_and_query);
         let mut req = Request::new(Full::new(body));
         let retry_ok = method.is_idempotent();
+        let head = method == Method::HEAD;
         *req.method_mut() = method;
         *req.uri_mut() = match uri.parse() {
             Ok(u) => u,
@@ -228,12 +229,36 @@ impl Nova {
                 "Nova answered 403 Forbidden; this usually means metadata_proxy_shared_secret differs from Nova's"
             ),
             500 => tracing::warn!("Nova metadata server had an internal error"),
+            // A protocol switch or a redirect is not an answer for the VM: relayed, a 101
+            // would make haproxy tunnel, and a Location would show the VM Nova's own address
+            // (Neutron's agent relays only Nova's 200, 400, 403, 404, 409 and 5xx; `requests`
+            // followed its redirects).
+            100..=199 | 300..=399 => {
+                tracing::warn!(url = %uri, status = parts.status.as_u16(), "Nova answered with a status that is not relayed; answering 502");
+                return error(
+                    StatusCode::BAD_GATEWAY,
+                    "The remote metadata server's answer cannot be relayed.",
+                );
+            }
             _ => {}
         }
         let mut out = Resp::new(Full::new(bytes));
         *out.status_mut() = parts.status;
+        // Hop-by-hop: the fixed ones, and any the answer names in its `Connection` header.
+        let named: Vec<String> = parts
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|n| n.trim().to_ascii_lowercase())
+            .filter(|n| !n.is_empty())
+            .collect();
         for (name, value) in &parts.headers {
-            if !DROPPED.contains(&name.as_str()) {
+            // A HEAD answer has no body here to measure: Nova's length is the GET's.
+            let length_of_head = head && name == header::CONTENT_LENGTH;
+            let hop = DROPPED.contains(&name.as_str()) || named.iter().any(|n| n == name.as_str());
+            if length_of_head || !hop {
                 out.headers_mut().append(name.clone(), value.clone());
             }
         }

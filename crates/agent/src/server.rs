@@ -379,6 +379,9 @@ async fn connection(
     let mut builder = http1::Builder::new();
     builder
         .keep_alive(opts.keepalive.is_some())
+        // A client that shuts its side down after its request (`nc -N`, `socat` from an
+        // operator's shell) still gets the answer, as from Neutron's agent.
+        .half_close(true)
         .timer(TokioTimer::new())
         .header_read_timeout(
             opts.keepalive

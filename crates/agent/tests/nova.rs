@@ -455,6 +455,48 @@ async fn broken_nova_answers_are_503_or_502_and_the_agent_recovers() {
     agent.stop().await;
 }
 
+/// What Nova answers that is not the VM's to see: a redirect (its Location is Nova's own
+/// address) and a protocol switch are answered 502; headers Nova names in `Connection` are
+/// hop-by-hop and dropped; a HEAD answer keeps Nova's length (there is no body to measure).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_switches_and_hop_by_hop_headers_are_not_relayed() {
+    let (port, script) = scripted_nova();
+    let dir = TempDir::new("nova-filter");
+    let agent = start(nova_config(&dir, port, SECRET)).await;
+    let set = |b: &[u8]| *script.lock().unwrap_or_else(|p| p.into_inner()) = b.to_vec();
+    let req = get("/openstack", "10.250.41.2", "X-Neutron-Network-ID", "n1");
+    for answer in [
+        &b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:8775/internal/\r\nContent-Length: 0\r\n\r\n"[..],
+        &b"HTTP/1.1 301 Moved Permanently\r\nLocation: /openstack/\r\nContent-Length: 0\r\n\r\n"[..],
+        &b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"[..],
+    ] {
+        set(answer);
+        let r = ask(&agent.socket, &req).await;
+        assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(answer));
+        assert_eq!(r.header("location"), None);
+    }
+    set(b"HTTP/1.1 200 OK\r\nConnection: close, X-Secret\r\nX-Secret: s\r\nX-Kept: k\r\nContent-Length: 2\r\n\r\nok");
+    let r = ask(&agent.socket, &req).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    assert_eq!(
+        r.header("x-secret"),
+        None,
+        "named in Connection: hop-by-hop"
+    );
+    assert_eq!(r.header("x-kept"), Some("k"));
+    set(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\r\n");
+    let head = req.replacen("GET", "HEAD", 1);
+    let r = ask(&agent.socket, &head).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-length"),
+        Some("13"),
+        "Nova's length of the GET"
+    );
+    assert!(r.body.is_empty());
+    agent.stop().await;
+}
+
 /// A keep-alive "Nova" on `port` answering every request `200 ok`; [`KeepAliveNova::kill`]
 /// closes the listener and every connection at once, as a killed process's are.
 struct KeepAliveNova {

@@ -405,3 +405,29 @@ async fn at_the_connection_cap_the_oldest_idle_connection_makes_room() {
     drop(third);
     agent.stop().await;
 }
+
+/// A client that shuts its writing side down right after its request (an operator's
+/// `nc -N` or `socat` probe) is answered, every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_followed_by_a_half_close_is_answered() {
+    use tokio::io::AsyncReadExt;
+    let dir = TempDir::new("half-close");
+    let agent = start(config(&dir, INVENTORY)).await;
+    for _ in 0..8 {
+        let mut c = tokio::net::UnixStream::connect(&agent.socket)
+            .await
+            .expect("connect");
+        c.write_all(get("/latest/meta-data/hostname", "10.250.41.2", NET, "n1").as_bytes())
+            .await
+            .expect("write");
+        c.shutdown().await.expect("half-close");
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut answer))
+            .await
+            .expect("in time")
+            .expect("read");
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    }
+    agent.stop().await;
+}
