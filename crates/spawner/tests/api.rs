@@ -365,8 +365,10 @@ async fn a_change_the_journal_cannot_take_is_answered_not_saved() {
     );
     assert_eq!(std::fs::read_to_string(&victim).expect("victim"), "keep");
     // Its proxy tasks would outlive the test body and recreate the removed directory's
-    // stats files.
+    // stats files; and a save still pending (100 ms after the last change) would write
+    // records.json into a directory made again after the TempDir is gone (seen once).
     s.sup.stop_all().await;
+    let _ = s.sup.flush_records().await;
 }
 
 /// Only API changes are journaled, one line each in order: an auto-enabled router, a file
@@ -408,8 +410,10 @@ async fn only_api_changes_are_journaled() {
     assert_eq!(lines[0]["change"]["put_router"]["id"], "r-api", "{text}");
     assert_eq!(lines[1]["change"]["remove_router"], "r-api", "{text}");
     // Its proxy tasks would outlive the test body and recreate the removed directory's
-    // stats files.
+    // stats files; and a save still pending (100 ms after the last change) would write
+    // records.json into a directory made again after the TempDir is gone (seen once).
     s.sup.stop_all().await;
+    let _ = s.sup.flush_records().await;
 }
 
 /// A change that cannot be saved to records.json (full or read-only state dir) is reported
@@ -622,6 +626,8 @@ async fn mutated_control_requests_get_well_formed_answers() {
     let (st, _) = req(&s, Method::GET, "/v1/proxies", None).await;
     assert_eq!(st, StatusCode::OK, "the API still answers");
     // Its proxy tasks would outlive the test body and recreate the removed directory's
-    // stats files.
+    // stats files; and a save still pending (100 ms after the last change) would write
+    // records.json into a directory made again after the TempDir is gone (seen once).
     s.sup.stop_all().await;
+    let _ = s.sup.flush_records().await;
 }
