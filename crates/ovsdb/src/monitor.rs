@@ -60,6 +60,35 @@ impl Condition {
     pub fn to_json(&self) -> Value {
         self.0.clone()
     }
+
+    /// The column a `[column, function, value]` clause names (`None` for a literal).
+    pub fn column(&self) -> Option<&str> {
+        self.0.get(0).and_then(Value::as_str)
+    }
+}
+
+/// `conditions` as the server can take them: a clause naming a column its schema lacks for
+/// `table` (an older OVN without `Port_Binding.additional_chassis`) is left out, with a
+/// warning, instead of having the whole monitor or change refused. The clauses are OR-ed,
+/// so this narrows what is monitored; none left means no row.
+pub(crate) fn known_conditions(
+    schema: &crate::schema::Schema,
+    table: &str,
+    conditions: &[Condition],
+) -> Vec<Value> {
+    conditions
+        .iter()
+        .filter(|c| {
+            let known = c
+                .column()
+                .is_none_or(|col| schema.column(table, col).is_some() || col == "_uuid");
+            if !known {
+                tracing::warn!(table, column = ?c.column(), "ovsdb: condition on a column not in the server's schema, left out");
+            }
+            known
+        })
+        .map(Condition::to_json)
+        .collect()
 }
 
 /// One table of a monitor.
@@ -105,7 +134,11 @@ impl Monitor {
 
     /// The `<monitor-cond-requests>` object, with the column lists resolved against the
     /// server's schema by the caller (`columns`).
-    pub(crate) fn requests(&self, columns: &crate::replica::Columns) -> Value {
+    pub(crate) fn requests(
+        &self,
+        columns: &crate::replica::Columns,
+        schema: &crate::schema::Schema,
+    ) -> Value {
         let mut out = Map::new();
         for (t, tm) in &self.tables {
             // Tables the server's schema lacks were left out of `columns`: not requested.
@@ -115,10 +148,7 @@ impl Monitor {
             let mut req = Map::new();
             req.insert("columns".into(), json!(cols.as_ref()));
             if let Some(c) = &tm.conditions {
-                req.insert(
-                    "where".into(),
-                    Value::Array(c.iter().map(Condition::to_json).collect()),
-                );
+                req.insert("where".into(), Value::Array(known_conditions(schema, t, c)));
             }
             out.insert(t.clone(), json!([Value::Object(req)]));
         }
@@ -138,17 +168,29 @@ mod tests {
             "Port_Binding",
             ["logical_port", "chassis"],
             Some(vec![
-                Condition::eq("chassis", ch),
+                Condition::eq("chassis", ch.clone()),
+                Condition::includes("additional_chassis", ch),
                 Condition::eq("type", "localport"),
             ]),
         );
+        // A server without `additional_chassis` (OVN 22.03): that clause is left out.
+        let schema = crate::schema::Schema::from_json(&json!({
+            "name": "OVN_Southbound",
+            "version": "20.21.0",
+            "tables": {"Port_Binding": {"columns": {
+                "logical_port": {"type": "string"},
+                "chassis": {"type": {"key": {"type": "uuid"}, "min": 0, "max": 1}},
+                "type": {"type": "string"}
+            }}}
+        }))
+        .expect("schema");
         let cols = [(
             "Port_Binding".to_owned(),
             vec!["logical_port".to_owned(), "chassis".to_owned()].into(),
         )]
         .into();
         assert_eq!(
-            m.requests(&cols),
+            m.requests(&cols, &schema),
             json!({"Port_Binding": [{
                 "columns": ["logical_port", "chassis"],
                 "where": [["chassis", "==", ["uuid", "b4e7a515-e349-4e02-8fb5-45a9c81c169b"]],

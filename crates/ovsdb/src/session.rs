@@ -190,7 +190,7 @@ impl Ctx {
         }
 
         // 3. Monitor, resuming when we can.
-        let requests = self.cfg.monitor.requests(&columns);
+        let requests = self.cfg.monitor.requests(&columns, &schema);
         let ctx = updates::Ctx {
             schema: &schema,
             columns: &columns,
@@ -252,7 +252,7 @@ impl Ctx {
                 }
                 cmd = self.cmds.recv() => {
                     let Some(cmd) = cmd else { return Ok(()) };
-                    self.command(&mut conn, cmd, pending).await?;
+                    self.command(&mut conn, cmd, &schema, pending).await?;
                 }
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     if probing {
@@ -410,6 +410,7 @@ impl Ctx {
         &mut self,
         conn: &mut Conn,
         cmd: Command,
+        schema: &Schema,
         pending: &mut HashMap<u64, Pending>,
     ) -> Result<()> {
         match cmd {
@@ -431,7 +432,7 @@ impl Ctx {
                     return Ok(());
                 }
                 let clauses: Vec<Value> = match &conditions {
-                    Some(c) => c.iter().map(Condition::to_json).collect(),
+                    Some(c) => crate::monitor::known_conditions(schema, &table, c),
                     None => vec![json!(true)],
                 };
                 let params = json!([DATA_MON, DATA_MON, {table.clone(): [{"where": clauses}]}]);
@@ -456,11 +457,22 @@ impl Ctx {
                 Pending::Transact(reply) => {
                     let _ = reply.send(Err(Error::Disconnected));
                 }
-                Pending::Cond { reply, .. } => {
+                Pending::Cond {
+                    table,
+                    conditions,
+                    reply,
+                } => {
                     // The server may have applied it: the replica may hold rows of either
-                    // condition set, so only a full resync is safe.
+                    // condition set, so only a full resync is safe, and it monitors with the
+                    // new conditions, as a change made while offline does. Kept only for
+                    // the last connection, the change was lost for good when a connection
+                    // dropped before its answer (a leader failover): every caller would
+                    // have had to retry it.
                     self.last_txn = None;
-                    let _ = reply.send(Err(Error::Disconnected));
+                    if let Some(tm) = self.cfg.monitor.tables.get_mut(&table) {
+                        tm.conditions = conditions;
+                    }
+                    let _ = reply.send(Ok(()));
                 }
             }
         }

@@ -49,6 +49,12 @@ impl Peer {
     /// Answer the client's handshake as a standalone server with one table; the
     /// transaction id it asked to resume from.
     async fn handshake(&mut self) -> Value {
+        self.handshake_monitor().await.1
+    }
+
+    /// [`Peer::handshake`]: the monitor requests of its `monitor_cond_since`, and the
+    /// transaction id it asked to resume from.
+    async fn handshake_monitor(&mut self) -> (Value, Value) {
         loop {
             let req = self.read().await;
             let id = req["id"].clone();
@@ -68,7 +74,7 @@ impl Peer {
                 Some("monitor_cond_since") => {
                     let initial = json!({"T": {U1: {"initial": {"name": "a"}}}});
                     self.reply(&id, json!([false, TXN, initial])).await;
-                    return req["params"][3].clone();
+                    return (req["params"][2].clone(), req["params"][3].clone());
                 }
                 other => panic!("unexpected request {other:?}: {req}"),
             }
@@ -104,6 +110,53 @@ fn fake(
     let remote = format!("unix:{}", path.display());
     let (c, ev) = client(&remote, Monitor::new("DB").table("T", [], None), tweak);
     (dir, l, c, ev)
+}
+
+/// A condition change the server never answered (the connection dropped: a leader failover)
+/// is not lost: the reconnect monitors with it. A clause on a column the server's schema
+/// lacks (an older OVN) is left out, rather than the whole change refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_condition_change_cut_off_by_a_reconnect_is_monitored_after_it() {
+    use ns_ovsdb::Condition;
+    let (_dir, l, c, mut ev) = fake("ovsdb-fake-cond", |_| {});
+    let c = std::sync::Arc::new(c);
+    let mut p = accept(&l).await;
+    p.handshake().await;
+    ready(&mut ev).await;
+    let wanted = vec![
+        Condition::eq("name", "b"),
+        Condition::includes("no_such_column", "x"),
+    ];
+    let change = {
+        let c = std::sync::Arc::clone(&c);
+        tokio::spawn(async move { c.set_conditions("T", Some(wanted)).await })
+    };
+    let req = p.read().await;
+    assert_eq!(req["method"], "monitor_cond_change", "{req}");
+    assert_eq!(
+        req["params"][2]["T"][0]["where"],
+        json!([["name", "==", "b"]]),
+        "the unknown column's clause left out"
+    );
+    drop(p);
+    let r = tokio::time::timeout(WAIT, change)
+        .await
+        .expect("answered")
+        .expect("task");
+    assert!(r.is_ok(), "kept for the reconnect: {r:?}");
+    let mut p = accept(&l).await;
+    let (monitor, since) = p.handshake_monitor().await;
+    assert_eq!(
+        monitor["T"][0]["where"],
+        json!([["name", "==", "b"]]),
+        "the reconnect monitors with the new conditions: {monitor}"
+    );
+    assert_eq!(
+        since,
+        json!("00000000-0000-0000-0000-000000000000"),
+        "a full resync"
+    );
+    ready(&mut ev).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
