@@ -218,6 +218,15 @@ pub fn ovn_networks(sb: &SbView) -> BTreeMap<String, OvnNet> {
             .get(KEY_MTU)
             .and_then(|m| m.parse::<u32>().ok())
             .filter(|m| *m >= 68);
+        // Two metadata ports on one network (a leftover, a race in Neutron): the same one
+        // every pass, whatever order the rows come in after a resync, so the namespace is not
+        // provisioned again with the other's MAC and iface-id.
+        if out
+            .get(id)
+            .is_some_and(|n: &OvnNet| n.logical_port <= p.logical_port)
+        {
+            continue;
+        }
         out.insert(
             id.to_owned(),
             OvnNet {

@@ -261,3 +261,21 @@ fn mutated_southbound_rows_give_valid_namespaces_or_none() {
         }
     });
 }
+
+/// Two metadata ports on one network: the one with the smallest `logical_port`, in either
+/// row order.
+#[test]
+fn of_two_metadata_ports_the_same_one_wins_in_any_order() {
+    let mut second = meta("10.250.0.3/24");
+    second.logical_port = "a-mdport".into();
+    second.mac = vec!["fa:16:3e:44:55:66 10.250.0.3".into()];
+    let vm = vif("vm1", "fa:16:3e:00:00:01 10.250.0.10", Some(US), &[]);
+    for ports in [
+        vec![meta("10.250.0.2/24"), second.clone(), vm.clone()],
+        vec![second.clone(), meta("10.250.0.2/24"), vm.clone()],
+    ] {
+        let nets = ovn_networks(&view(ports));
+        assert_eq!(nets[NET].logical_port, "a-mdport");
+        assert_eq!(nets[NET].mac, [0xfa, 0x16, 0x3e, 0x44, 0x55, 0x66]);
+    }
+}
