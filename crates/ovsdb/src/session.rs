@@ -513,9 +513,14 @@ pub(crate) async fn run(mut ctx: Ctx) {
             return;
         };
         let before = ctx.status.borrow().ready_count;
+        let began = tokio::time::Instant::now();
         let r = ctx.session(&remote, &mut pending).await;
         ctx.abandon(&mut pending);
         let was_ready = ctx.status.borrow().ready_count > before;
+        // Ready, then lost at once (a server that sends something we cannot fold right after
+        // the view) counts as a failure: reset only after a session that lasted, or every
+        // loss was a full resync at once, thousands a second.
+        let lasted = began.elapsed() >= ctx.cfg.backoff_max;
         let err = match r {
             Ok(()) => return,
             Err(e) => e,
@@ -540,8 +545,12 @@ pub(crate) async fn run(mut ctx: Ctx) {
                 error: err.to_string(),
             })
             .await;
+        }
+        if was_ready && lasted {
             failures = 0;
             backoff = ctx.cfg.backoff_min;
+        } else if was_ready {
+            failures += 1;
         } else {
             tracing::debug!(remote = %remote, error = %err, "ovsdb: remote not usable");
             failures += 1;

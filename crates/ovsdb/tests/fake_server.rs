@@ -159,6 +159,33 @@ async fn a_condition_change_cut_off_by_a_reconnect_is_monitored_after_it() {
     ready(&mut ev).await;
 }
 
+/// A server that breaks every connection right after the view (an update the client cannot
+/// fold): each loss right after Ready counts as a failure, so the client backs off instead
+/// of resyncing in a loop (thousands of connections a second before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_lost_right_after_ready_is_retried_with_backoff() {
+    let (_dir, l, _c, _ev) = fake("ovsdb-fake-storm", |cfg| {
+        cfg.backoff_min = std::time::Duration::from_millis(200);
+        cfg.backoff_max = std::time::Duration::from_secs(2);
+    });
+    let bad = json!({"id": null, "method": "update3", "params": ["data", TXN, {"T": {U2: {"modify": {"name": "b"}}}}]});
+    let mut connections = 0u32;
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+    while let Ok(Ok((s, _))) = tokio::time::timeout_at(until, l.accept()).await {
+        connections += 1;
+        let mut p = Peer {
+            s,
+            split: Splitter::new(1 << 20),
+        };
+        p.handshake().await;
+        p.write(bad.to_string().as_bytes()).await;
+    }
+    assert!(
+        (2..=20).contains(&connections),
+        "{connections} connections in 3 s"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_echo_and_reads_split_and_joined_messages() {
     let (_dir, l, c, mut ev) = fake("ovsdb-fake-echo", |_| {});
