@@ -135,13 +135,31 @@ impl Conn {
 
     /// The next message. Cancel-safe: bytes already read stay in the splitter.
     pub(crate) async fn recv(&mut self) -> Result<Msg> {
+        self.recv_idle(None).await
+    }
+
+    /// [`Conn::recv`], failing with `TimedOut` ("no answer to `what`") once `idle` passes
+    /// without a byte: silence, not the whole message, is bounded, so a large answer that
+    /// keeps coming (a full Southbound view on a slow link) is waited for.
+    async fn recv_idle(&mut self, idle: Option<(Duration, &str)>) -> Result<Msg> {
         loop {
             if let Some(e) = self.split.next_as::<Envelope>()? {
                 return Ok(e.into());
             }
             let buf = self.split.buffer();
             buf.reserve(64 * 1024);
-            let n = self.r.read_buf(buf).await;
+            let n = match idle {
+                None => self.r.read_buf(buf).await,
+                Some((d, what)) => match tokio::time::timeout(d, self.r.read_buf(buf)).await {
+                    Ok(n) => n,
+                    Err(_) => {
+                        return Err(self.io(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("no answer to {what}"),
+                        )))
+                    }
+                },
+            };
             match n {
                 Ok(0) => {
                     let what = if self.split.has_partial() {
@@ -171,14 +189,8 @@ impl Conn {
         loop {
             // A peer that accepted but stays silent (a stopped process) must not hold the
             // client forever; a large answer keeps bytes flowing, so only silence counts.
-            let next = tokio::time::timeout(self.idle, self.recv()).await;
-            let next = next.map_err(|_| {
-                self.io(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no answer to {method}"),
-                ))
-            })?;
-            match next? {
+            let idle = self.idle;
+            match self.recv_idle(Some((idle, method))).await? {
                 Msg::Response {
                     id: rid,
                     result,

@@ -159,6 +159,50 @@ async fn a_condition_change_cut_off_by_a_reconnect_is_monitored_after_it() {
     ready(&mut ev).await;
 }
 
+/// A large answer that keeps coming for longer than `connect_timeout` (a full view on a slow
+/// link) is waited for: only silence that long ends the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_but_steady_answer_is_waited_for() {
+    let (_dir, l, c, mut ev) = fake("ovsdb-fake-slow", |cfg| {
+        cfg.connect_timeout = std::time::Duration::from_millis(300);
+    });
+    let mut p = accept(&l).await;
+    loop {
+        let req = p.read().await;
+        let id = req["id"].clone();
+        match req["method"].as_str() {
+            Some("monitor_cond") => {
+                let row =
+                    json!({"name": "DB", "model": "standalone", "connected": true, "leader": true});
+                p.reply(&id, json!({"Database": {U2: {"initial": row}}}))
+                    .await;
+            }
+            Some("get_schema") => {
+                let schema = json!({"name": "DB", "version": "1.0.0", "tables": {"T": {"columns": {
+                    "name": {"type": "string"},
+                    "tags": {"type": {"key": "string", "min": 0, "max": "unlimited"}},
+                }}}});
+                p.reply(&id, schema).await;
+            }
+            Some("monitor_cond_since") => {
+                // 1 s in ten pieces, 100 ms apart: more than three times the timeout.
+                let initial = json!({"T": {U1: {"initial": {"name": "a".repeat(1000)}}}});
+                let m =
+                    json!({"id": id, "result": [false, TXN, initial], "error": null}).to_string();
+                let step = m.len().div_ceil(10);
+                for part in m.as_bytes().chunks(step) {
+                    p.write(part).await;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                break;
+            }
+            other => panic!("unexpected request {other:?}: {req}"),
+        }
+    }
+    ready(&mut ev).await;
+    assert!(c.view().row("T", &Uuid::parse(U1).expect("uuid")).is_some());
+}
+
 /// A server that breaks every connection right after the view (an update the client cannot
 /// fold): each loss right after Ready counts as a failure, so the client backs off instead
 /// of resyncing in a loop (thousands of connections a second before).
