@@ -106,19 +106,11 @@ impl Conn {
         // Bytes of a pipelined next request; `None` while idle so an idle connection holds
         // no buffer.
         let mut pending: Option<Buf> = None;
-        if self.first {
-            // A client sends its request right after connecting, so it is usually there by
-            // the time the connection is accepted: read it now rather than wait a runtime
-            // turn for the readiness event of a registration this new (which costs one
-            // `EAGAIN` when it is not there yet).
-            let mut b = Buf::get();
-            match self.sock.try_read_buf(&mut *b) {
-                Ok(0) => return Served::Closed,
-                Ok(_) => pending = Some(b),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => return Served::Closed,
-            }
-        }
+        // A client sends its request right after connecting, so it is usually there by the
+        // time the connection is accepted: the first read is tried at once rather than after
+        // a runtime turn for the readiness event of a registration this new (which costs one
+        // `EAGAIN` when it is not there yet).
+        let mut read_at_once = self.first;
         loop {
             if pending.is_none() && self.should_move() {
                 if let Some((to, open)) = crate::workers::move_busy() {
@@ -131,7 +123,7 @@ impl Conn {
                     };
                 }
             }
-            if pending.is_none() {
+            if pending.is_none() && !std::mem::take(&mut read_at_once) {
                 // Wait for the first byte without a buffer: haproxy's `timeout http-request`
                 // for a new connection, `timeout http-keep-alive` between requests. A client
                 // that sends nothing is closed quietly (no log storm).
