@@ -589,19 +589,22 @@ impl Config {
         c
     }
 
-    /// The uids a process this spawner started as a proxy may have now: the spawner's own
-    /// (before the proxy drops privileges, or when it keeps them) and the one
-    /// [`Config::for_proxies`] gives proxies (a number, or a name looked up), if another.
+    /// The uids a process this spawner started as a proxy may have, on a configuration
+    /// [`Config::for_proxies`] resolved: the spawner's own (before the proxy drops
+    /// privileges, or when it keeps them) and `metadata_proxy_user`'s (a number, or a name
+    /// looked up), if another.
     pub fn proxy_uids(&self) -> Vec<u32> {
         let mut uids = vec![rustix::process::geteuid().as_raw()];
-        let user = self.for_proxies().metadata_proxy_user;
-        let uid = user.and_then(|u| match u.parse::<u32>() {
-            Ok(n) => Some(n),
-            Err(_) => nix::unistd::User::from_name(&u)
-                .ok()
-                .flatten()
-                .map(|p| p.uid.as_raw()),
-        });
+        let uid = self
+            .metadata_proxy_user
+            .as_ref()
+            .and_then(|u| match u.parse::<u32>() {
+                Ok(n) => Some(n),
+                Err(_) => nix::unistd::User::from_name(u)
+                    .ok()
+                    .flatten()
+                    .map(|p| p.uid.as_raw()),
+            });
         uids.extend(uid.filter(|u| !uids.contains(u)));
         uids
     }

@@ -841,7 +841,8 @@ impl<P: Platform> Supervisor<P> {
             .chain(stale.iter().map(|s| s.pid))
             .collect();
         let lost = lock(&self.inner.recovery).records_lost();
-        let uids = cfg.proxy_uids();
+        // Who proxies run as, as the proxies planned above were given it.
+        let uids = self.for_proxies(&cfg).proxy_uids();
         for (pid, info) in pidfile::find_running(&cfg.proxy_binary) {
             if busy.contains(&pid) || !pidfile::started_by(pid, &cfg.state_dir, &uids) {
                 continue;
