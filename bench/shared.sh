@@ -7,7 +7,11 @@
 # namespace (wrk c32: req/s and CPU per request of the serving process(es)), the p99 of a
 # quiet namespace (wrk c1) idle and while another namespace floods with 2,000 connections,
 # with the same p99s read from the quiet namespace's access lines (the whole answer as the
-# proxy saw it, and the proxy's own part of it).
+# proxy saw it, and the proxy's own part of it). Then, in the shared side, the busy namespace
+# with both models at once: a second spawner (per-namespace model, one router from a records
+# file, in a namespace the first spawner's auto-enable does not take) beside the shared
+# server, and wrk c32 alternating between the two $SH_PAIRS times (the order swapped each
+# time): req/s and CPU per request of each serving process, paired run by run.
 # At every N, the shared model: server kill -9 -> namespace N answering again (the last one
 # in id order; namespaces with a connection waiting are handed over first), and -> every
 # namespace handed to the new server (the spawner's log), with a request loop over namespaces
@@ -22,6 +26,7 @@
 # unset: the proxy's default), SH_PROXY_METRICS (`true`/`false`: the spawner's `proxy_metrics`;
 # unset: its default, on), SH_PROXY_THREADS (the spawner's `proxy_threads` for both models
 # of ours; unset: its default, one thread),
+# SH_PAIRS (the busy runs per model with both models at once, default 4),
 # SH_PERF=DIR (`perf record -g` of the serving process under the busy load,
 # DIR/perf-MODEL-N.data, then `strace -c` over a second busy run, DIR/strace-MODEL-N.txt with
 # its request count).
@@ -34,12 +39,14 @@ SCRIPT=shared.sh TAG=s
 . "$(dirname "$0")/mountns.sh"
 SW=$WORK/shared
 # Every process of the side running now: the spawner, its proxies or its shared server,
-# haproxy's pid files.
+# haproxy's pid files; the second spawner of the busy pairs and its proxy.
 run_pids() {
     [[ -z $SP ]] || echo "$SP"
-    pids_in "$SW"/sp/pids/*.pid "$SW"/sp/shared-server.pid "$SW"/hap/*.pid
+    [[ -z $PP ]] || echo "$PP"
+    pids_in "$SW"/sp/pids/*.pid "$SW"/sp/shared-server.pid "$SW"/hap/*.pid "$SW"/pp/pids/*.pid
 }
-SP=
+SP= PP=
+SH_PAIRS=${SH_PAIRS:-4}
 private_netns nsb-shared
 mkdir -p "$SW/hap"
 ulimit -n "$(ulimit -Hn)" # wrk's 2,000 connections, and the spawner's 2 x N listeners
@@ -150,6 +157,54 @@ load_figures() { # model n
     sample sh_quiet_flood_errors "$v" $((err + status))
     log "$v quiet p99: idle $idle us, flooded $p99 us (flood: $(grep -m1 'Requests/sec' "$SW/flood.out"))"
 }
+# One busy namespace with both models at once (issue 20): the figure above measures each
+# model in its own side, tens of seconds apart, and the machine's load moves between them by
+# more than the two differ (session 13: 0.92-1.15x over five runs of the same code). Here a
+# second spawner (per-namespace model, configured like the per-namespace side, its one router
+# from a records file, in a namespace the first spawner's auto-enable does not take) runs
+# beside the shared server, and wrk c32 goes to each in turn $SH_PAIRS times, the order
+# swapped each time: each pair of runs seconds apart, on the same machine state.
+pair_figure() { # n
+    local n=$1 id pns pp ps k m p ns c0 c1 req dur err status
+    id=$(rid 999999)
+    pns="pair-$TAG$RUN"
+    ps=$(serving_pid shared)
+    [[ -n $ps ]] || { log "shared-$n: no shared server; busy pairs skipped"; return 0; }
+    ip netns add "$pns"
+    ip -n "$pns" link set lo up
+    echo "$pns" >"$SW/pair.list"
+    rm -rf "$SW/pp"
+    mkdir -p "$SW/pp"
+    printf '{"routers": [{"id": "%s", "netns": "%s"}]}\n' "$id" "$pns" >"$SW/pair-records.json"
+    spawner_ini "$SH_SOCK" "$SW/pp" "agent_keepalive = auto" "proxy_model = per-namespace" \
+        "records_file = $SW/pair-records.json" \
+        ${SH_MAX_AGENT_REQUESTS:+"max_agent_requests = $SH_MAX_AGENT_REQUESTS"} \
+        ${SH_PROXY_METRICS:+"proxy_metrics = $SH_PROXY_METRICS"} \
+        ${SH_PROXY_THREADS:+"proxy_threads = $SH_PROXY_THREADS"} >"$SW/pair.ini"
+    "$SPAWNER" --config-file "$SW/pair.ini" run --stop-proxies-on-exit 2>>"$SW/spawner-pair.log" &
+    PP=$!
+    if "$TOOL" wait --netns-file "$SW/pair.list" --t0-ns "$(date +%s%N)" --timeout-ms 60000 \
+        --pause-ms 50 >/dev/null && pp=$(pids_in "$SW"/pp/pids/*.pid) && [[ -n $pp ]]; then
+        for k in $(seq "$SH_PAIRS"); do
+            for m in $( ((k % 2)) && echo shared per-namespace || echo per-namespace shared); do
+                if [[ $m == shared ]]; then p=$ps ns="qrouter-$(rid 1)"; else p=$pp ns=$pns; fi
+                c0=$(ticks "$p")
+                read -r req dur _ _ err status <<<"$(wrk_in "$ns" 32)"
+                c1=$(ticks "$p")
+                sample sh_pair_rps "$m-$n" "$(awk -v r="$req" -v d="$dur" 'BEGIN {printf "%.1f", r / (d / 1e6)}')"
+                sample sh_pair_cpu_us "$m-$n" "$(awk -v d=$((c1 - c0)) -v r="$req" -v k="$CLK" 'BEGIN {printf "%.2f", d * 1e6 / k / r}')"
+                sample sh_pair_errors "$m-$n" $((err + status))
+                log "$m-$n busy pair $k: $req requests in ${SH_DUR}s, CPU $((c1 - c0)) ticks, errors $((err + status))"
+            done
+        done
+    else
+        log "shared-$n: the per-namespace proxy of the busy pairs did not answer (see $SW/spawner-pair.log); skipped"
+    fi
+    kill -TERM "$PP"
+    wait "$PP" || true
+    PP=
+    ip netns delete "$pns"
+}
 # Shared model: kill -9 the server, time until namespace N answers again; a request loop
 # over namespaces 2..11 meanwhile counts failed requests: refused (no connection), and lost
 # in flight (accepted by the server that was killed).
@@ -206,6 +261,7 @@ side_ours() { # model n first_n
     log "$v: $w"
     memory "$v" "$n" "$mem0"
     [[ $n != "$3" ]] || load_figures "$m" "$n"
+    [[ $n != "$3" || $m != shared ]] || pair_figure "$n"
     [[ $m != shared ]] || kill_figure "$n"
     kill -TERM "$SP"
     wait "$SP" || true
