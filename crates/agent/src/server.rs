@@ -38,16 +38,10 @@ pub struct ServeOptions {
 /// (listener, inventory reads, logging, the runtime's own).
 const FD_RESERVE: u64 = 64;
 
-/// Raise the soft `RLIMIT_NOFILE` to the hard one (as systemd leaves soft at 1024 for
-/// select() users, which we are not). Returns the soft limit in force afterwards.
+/// Raise the soft `RLIMIT_NOFILE` to the hard one ([`ns_contract::rlimit`]). Returns the soft
+/// limit in force afterwards.
 pub fn raise_nofile_limit() -> std::io::Result<u64> {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
-    if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
-        return Ok(hard);
-    }
-    Ok(soft)
+    ns_contract::rlimit::raise_nofile_to_hard().map(|(soft, _)| soft)
 }
 
 /// The connection cap: `configured` when set, else half of what the descriptor limit leaves

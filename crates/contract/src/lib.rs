@@ -19,6 +19,7 @@ pub mod options;
 pub mod ovn;
 pub mod proxy_stats;
 pub mod resource;
+pub mod rlimit;
 pub mod socket;
 pub mod spawn;
 

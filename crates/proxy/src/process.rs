@@ -215,19 +215,15 @@ pub fn raise_nofile(max_connections: usize) {
 }
 
 /// The shared server: every descriptor the hard limit allows (thousands of namespaces'
-/// listeners and their connections). The soft limit now in force.
+/// listeners and their connections; [`ns_contract::rlimit`]). The soft limit now in force.
 pub fn raise_nofile_to_hard() -> u64 {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => hard,
-            Err(e) => {
-                tracing::warn!(err = %e, "cannot raise the open-files limit");
-                soft
-            }
-        },
+    match ns_contract::rlimit::raise_nofile_to_hard() {
         Ok((soft, _)) => soft,
-        Err(_) => 1024,
+        Err(e) => {
+            tracing::warn!(err = %e, "cannot raise the open-files limit");
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                .map_or(1024, |(soft, _)| soft)
+        }
     }
 }
 

@@ -107,6 +107,14 @@ fn router_of_netns(name: &str) -> Option<String> {
 /// Run the supervisor until SIGTERM or SIGINT.
 pub async fn run<P: Platform>(platform: P, opts: RunOptions) -> Result<()> {
     let cfg = load_config(&opts)?;
+    // Every namespace holds a descriptor here (its namespace, and in the shared model its
+    // listening sockets, 2 or 3 each): at the 1,024 systemd and shells start us with, the
+    // shared model could serve ~500 namespaces and a takeover of a bigger server would fail.
+    // Proxies and shared servers inherit it (issue #20).
+    match ns_contract::rlimit::raise_nofile_to_hard() {
+        Ok((soft, hard)) => tracing::debug!(soft, hard, "open-files limit"),
+        Err(e) => tracing::warn!(err = %e, "cannot raise the open-files limit to the hard one"),
+    }
     // Handlers first: a SIGHUP during start-up must not kill us (its default action).
     let sig = |k: SignalKind| signal(k).map_err(|e| Error::io("install signal handler", "", e));
     let (mut hup, mut term, mut int) = (

@@ -59,7 +59,7 @@ impl Recovery {
         match self {
             Recovery::Clean => None,
             Recovery::FromPrevious { bad, why } => Some(format!(
-                "{FILE} was damaged ({why}); set aside as {}; loaded {PREV}: API changes made after it are lost",
+                "{FILE} was damaged ({why}); set aside as {}; loaded {PREV}: API changes made after it are lost until announced again; proxies found running are kept, none is stopped",
                 bad.display()
             )),
             Recovery::Lost { bad, why } => Some(format!(
@@ -70,9 +70,11 @@ impl Recovery {
     }
 
     /// Whether the API records may be incomplete so that nothing may be stopped for not
-    /// being wanted.
+    /// being wanted: lost, or loaded from the previous copy, which lacks the last save's
+    /// changes (a 100 ms debounce can hold a burst of announcements): a router announced in
+    /// it still has its proxy running, provably ours.
     pub fn records_lost(&self) -> bool {
-        matches!(self, Recovery::Lost { .. })
+        matches!(self, Recovery::Lost { .. } | Recovery::FromPrevious { .. })
     }
 }
 

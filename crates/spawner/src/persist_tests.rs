@@ -102,7 +102,9 @@ fn a_damaged_file_is_set_aside_and_the_previous_copy_loaded() {
         };
         assert_eq!(std::fs::read_to_string(bad).expect("set aside"), damage);
         assert!(rec.note().expect("note").contains("records.json.bad-"));
-        assert!(!rec.records_lost());
+        // It lacks "b": a proxy of b found running may not be stopped for not being wanted.
+        assert!(rec.records_lost(), "{rec:?}");
+        assert!(rec.note().expect("note").contains("none is stopped"));
         // Written back: the next start loads it cleanly.
         assert_eq!(loaded(&d), (set(&["a"]), Recovery::Clean));
         let _ = std::fs::remove_dir_all(&d);

@@ -807,7 +807,12 @@ impl<P: Platform> Supervisor<P> {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (present, waiting, cfg) = self.plan();
         let keep = stats_keys(&cfg, &present, &waiting);
-        crate::proxy_stats::retain(&cfg.stats_dir(), &keep);
+        // With the API records lost, "not wanted" may only mean "lost": nothing found running
+        // is stopped, and nothing it counts into is removed.
+        let lost = lock(&self.inner.recovery).records_lost();
+        if !lost {
+            crate::proxy_stats::retain(&cfg.stats_dir(), &keep);
+        }
         let pid_dir = cfg.pid_dir();
         let platform = &*self.inner.platform;
         let mut adopt: BTreeMap<String, (Running, Vec<String>)> = BTreeMap::new();
@@ -820,7 +825,7 @@ impl<P: Platform> Supervisor<P> {
                 }
                 // records.json was damaged and no good copy was left: "not wanted" may only
                 // mean "lost", so nothing is stopped (its pid file stays for the next start).
-                Verdict::Stop(s) if spec.is_none() && lock(&self.inner.recovery).records_lost() => {
+                Verdict::Stop(s) if spec.is_none() && lost => {
                     tracing::warn!(key = %key, pid = s.pid, "left running: the API records were lost with a damaged records.json; announce it again to manage it, or stop it by hand");
                 }
                 Verdict::Stop(s) => stale.push(s),
@@ -840,7 +845,6 @@ impl<P: Platform> Supervisor<P> {
             .filter_map(|(r, _)| r.pid())
             .chain(stale.iter().map(|s| s.pid))
             .collect();
-        let lost = lock(&self.inner.recovery).records_lost();
         // Who proxies run as, as the proxies planned above were given it.
         let uids = self.for_proxies(&cfg).proxy_uids();
         for (pid, info) in pidfile::find_running(&cfg.proxy_binary) {
@@ -926,14 +930,20 @@ impl<P: Platform> Supervisor<P> {
         // Wait (bounded) until each proxy's first attempt is over: signalled by its status.
         let bound = cfg.ready_timeout + Duration::from_secs(1);
         let _ = tokio::time::timeout(bound, futures::future::join_all(firsts)).await;
-        // Sockets a previous spawner's shared server gave back that no record wants now.
-        if let Some(server) = self.inner.shared.get() {
-            server.drop_unclaimed().await;
-            // Their slab records too, now that the server stopped counting into them.
-            crate::proxy_stats::retain(&cfg.stats_dir(), &keep);
-        }
-        if let Some(retired) = self.inner.retired.get() {
-            retired.retire(&cfg).await;
+        // Sockets a previous spawner's shared server gave back that no record wants now; with
+        // the records lost they stay served (as unwanted proxies stay running), until announced
+        // again (taken back then) or the next start with good records.
+        if lost && (self.inner.shared.get().is_some() || self.inner.retired.get().is_some()) {
+            tracing::warn!("the API records were lost with a damaged records.json: namespaces a previous shared server served that no record names are left served; announce them again to manage them");
+        } else {
+            if let Some(server) = self.inner.shared.get() {
+                server.drop_unclaimed().await;
+                // Their slab records too, now that the server stopped counting into them.
+                crate::proxy_stats::retain(&cfg.stats_dir(), &keep);
+            }
+            if let Some(retired) = self.inner.retired.get() {
+                retired.retire(&cfg).await;
+            }
         }
         // A server taken over with other options (an upgrade, a changed file) is replaced
         // now that it was handed every namespace, as a proxy with other arguments is.

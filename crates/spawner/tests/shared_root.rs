@@ -1141,3 +1141,100 @@ fn a_changed_option_replaces_the_shared_server_without_a_failed_request() {
     all_served_by(dir.path(), &ids, &nss, new);
     logged(dir.path(), "the shared server's options changed");
 }
+
+/// A damaged `records.json` whose last save is lost (loaded from the previous copy, or with
+/// no good copy at all) stops nothing found running, in either model: the router the lost
+/// save named keeps answering through its running proxy, or through the shared server that
+/// served it before (the server was told to drop it once; session 15's review).
+#[test]
+fn damaged_records_stop_nothing_found_running_in_either_model() {
+    if !require_root("damaged_records_stop_nothing_found_running_in_either_model") {
+        return;
+    }
+    for (shared, prev) in [(true, false), (true, true), (false, true)] {
+        let case = format!("shared={shared} prev={prev}");
+        let dir = TempDir::new("sh-lost").reaping();
+        let _agent = agent(dir.path());
+        let (ids, nss) = routers(&unique_prefix(), if shared { "l" } else { "m" }, 2);
+        let ini = if shared {
+            shared_ini(dir.path())
+        } else {
+            write_ini(dir.path(), "")
+        };
+        let mut daemon = start_daemon(dir.path(), &ini, &[]);
+        // Two saves: the previous copy names the first router only.
+        for id in &ids {
+            add_router(&ini, id);
+        }
+        for (id, ns) in ids.iter().zip(&nss) {
+            answered_for(ns, id);
+        }
+        let before = pid_of(dir.path(), &ids[1]).expect("served");
+        kill9(daemon.pid());
+        let _ = daemon.0.wait();
+        std::fs::write(dir.path().join("records.json"), "{\"routers\": [").expect("torn");
+        for f in ["records.journal", "records.journal.old"]
+            .into_iter()
+            .chain((!prev).then_some("records.json.prev"))
+        {
+            let _ = std::fs::remove_file(dir.path().join(f));
+        }
+
+        let _daemon2 = start_daemon(dir.path(), &ini, &[]);
+        let (_, out) = cli(&ini, &["status"]);
+        assert!(out.contains("none is stopped"), "{case}: {out}");
+        // Answering still, by the same process, a while after the start's adoption pass.
+        std::thread::sleep(Duration::from_millis(500));
+        for (id, ns) in ids.iter().zip(&nss) {
+            answered_for(ns, id);
+        }
+        let body = get_in(nss[1].netns(), META).expect("the lost router answers");
+        assert!(
+            body.starts_with(&format!("router={} ", ids[1])),
+            "{case}: {body}"
+        );
+        assert!(alive(before), "{case}: its server or proxy runs on");
+        let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
+        assert!(
+            !log.contains("removed from the shared server") && !log.contains("no longer wanted"),
+            "{case}: {log}"
+        );
+    }
+}
+
+/// Started at a soft open-files limit of 64 (systemd's is 1,024: ~500 namespaces of the shared
+/// model), the spawner raises it to the hard one, and the shared server it starts inherits it
+/// (issue #20: 2,000 namespaces hold 4,000 to 6,000 listeners in both).
+#[test]
+fn the_spawner_raises_its_open_files_limit_and_the_server_inherits_it() {
+    if !require_root("the_spawner_raises_its_open_files_limit_and_the_server_inherits_it") {
+        return;
+    }
+    let soft_of = |pid: u32| {
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .expect("nofile line")
+            .to_owned();
+        line
+    };
+    let dir = TempDir::new("sh-nofile").reaping();
+    let _agent = agent(dir.path());
+    let (ids, nss) = routers(&unique_prefix(), "n", 1);
+    let ini = shared_ini(dir.path());
+    let mut cmd = std::process::Command::new("prlimit");
+    cmd.args([
+        "--nofile=64:4096",
+        env!("CARGO_BIN_EXE_ns-metadata-spawner"),
+    ]);
+    let daemon = start_daemon_by(cmd, dir.path(), &ini, &[]);
+    add_router(&ini, &ids[0]);
+    answered_for(&nss[0], &ids[0]);
+    let server = server_pid(dir.path()).expect("server");
+    for pid in [daemon.pid(), server] {
+        let line = soft_of(pid);
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(words[3..5], ["4096", "4096"], "{pid}: {line}");
+    }
+}
