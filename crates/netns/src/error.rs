@@ -22,6 +22,10 @@ pub enum Error {
     /// or a `/run/netns` entry whose bind mount is gone).
     #[error("{} is not a network namespace", path.display())]
     NotNetns { path: PathBuf },
+    /// A `/run/netns/NAME` entry that is a symbolic link (e.g. to `/proc/PID/ns/net`): never
+    /// followed, since what we do there as root would then happen wherever it points.
+    #[error("{} is a symbolic link, not followed (bind-mount the namespace there instead: `ip netns attach NAME PID`)", path.display())]
+    Symlink { path: PathBuf },
     #[error("invalid namespace name {name:?}: {reason}")]
     InvalidName { name: String, reason: String },
     /// `what` is e.g. "namespace qrouter-x"; the message reads "namespace qrouter-x already exists".

@@ -1,8 +1,8 @@
 //! `Netns`: an open network-namespace file descriptor, its identity, and running code inside it.
 
-use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::sched::{setns, CloneFlags};
@@ -31,7 +31,12 @@ impl Netns {
         }
         validate_name(spec)?;
         let path = Path::new(NETNS_RUN_DIR).join(spec);
-        Netns::open_inner(&path, Some(spec.to_owned()), &format!("namespace {spec}"))
+        Netns::open_inner(
+            &path,
+            Some(spec.to_owned()),
+            &format!("namespace {spec}"),
+            Follow::No,
+        )
     }
 
     /// Open a namespace file by path, e.g. `/proc/PID/ns/net` or a bind mount.
@@ -47,14 +52,15 @@ impl Netns {
             Some(n) => format!("namespace {n}"),
             None => format!("namespace {}", path.display()),
         };
-        Netns::open_inner(path, name, &what)
+        // A path given as such may be a magic link (`/proc/PID/ns/net`); a name may not.
+        Netns::open_inner(path, name, &what, Follow::Yes)
     }
 
     /// The calling thread's network namespace.
     pub fn current() -> Result<Netns> {
         let tid = nix::unistd::gettid();
         let path = PathBuf::from(format!("/proc/self/task/{tid}/ns/net"));
-        Netns::open_inner(&path, None, "namespace of the current thread")
+        Netns::open_inner(&path, None, "namespace of the current thread", Follow::Yes)
     }
 
     /// A handle on an already open namespace fd (e.g. from `SIOCGSKNS`), checked to be one.
@@ -69,9 +75,26 @@ impl Netns {
         })
     }
 
-    fn open_inner(path: &Path, name: Option<String>, what: &str) -> Result<Netns> {
+    fn open_inner(path: &Path, name: Option<String>, what: &str, follow: Follow) -> Result<Netns> {
         // O_CLOEXEC (std's default): children get the namespace only through CommandExt.
-        let file = File::open(path).map_err(|e| Error::from_io("open", path, what, e))?;
+        // O_NONBLOCK: a FIFO planted in /run/netns must not block the opening thread (a
+        // runtime worker) until someone writes to it; it is refused below like any file that
+        // is not a namespace. O_NOFOLLOW for a name: /run/netns/NAME a link elsewhere would
+        // have us add addresses and start proxies wherever it points.
+        let mut flags = libc::O_NONBLOCK;
+        if follow == Follow::No {
+            flags |= libc::O_NOFOLLOW;
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(flags)
+            .open(path)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) if follow == Follow::No => Error::Symlink {
+                    path: path.to_owned(),
+                },
+                _ => Error::from_io("open", path, what, e),
+            })?;
         let meta = file
             .metadata()
             .map_err(|e| Error::from_io("stat", path, what, e))?;
@@ -176,6 +199,13 @@ impl AsRawFd for Netns {
 }
 
 /// NotNetns unless `fd` is an nsfs file of type CLONE_NEWNET.
+/// Whether opening a namespace file may follow a symbolic link at its last component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Follow {
+    Yes,
+    No,
+}
+
 fn check_is_netns(fd: BorrowedFd<'_>, path: &Path) -> Result<()> {
     let not_netns = || Error::NotNetns {
         path: path.to_owned(),
@@ -263,6 +293,30 @@ mod tests {
         assert_eq!(cur.name(), None);
         let clone = cur.try_clone().expect("clone");
         assert_eq!(clone.inode(), cur.inode());
+    }
+
+    /// Entries planted in /run/netns (root): a symbolic link to a namespace is refused by
+    /// name, not followed (but a path given as such, `/proc/self/ns/net`, still is); a FIFO
+    /// is refused at once instead of blocking the opening thread until someone writes to it.
+    #[test]
+    fn a_planted_link_or_fifo_in_run_netns_is_refused_at_once() {
+        if !nix::unistd::geteuid().is_root() || !Path::new(NETNS_RUN_DIR).is_dir() {
+            return;
+        }
+        let base = format!("ns-netns-unit-{}", std::process::id());
+        let (link, fifo) = (format!("{base}-lnk"), format!("{base}-fifo"));
+        let at = |n: &str| Path::new(NETNS_RUN_DIR).join(n);
+        std::os::unix::fs::symlink("/proc/self/ns/net", at(&link)).expect("symlink");
+        nix::unistd::mkfifo(&at(&fifo), nix::sys::stat::Mode::S_IRUSR).expect("mkfifo");
+        let by_link = Netns::open(&link);
+        let by_fifo = Netns::open(&fifo);
+        let _ = std::fs::remove_file(at(&link));
+        let _ = std::fs::remove_file(at(&fifo));
+        let e = by_link.expect_err("a link is not followed");
+        assert!(matches!(e, Error::Symlink { .. }), "{e:?}");
+        assert!(e.to_string().contains("symbolic link, not followed"), "{e}");
+        let e = by_fifo.expect_err("a fifo is no namespace");
+        assert!(matches!(e, Error::NotNetns { .. }), "{e:?}");
     }
 
     #[test]

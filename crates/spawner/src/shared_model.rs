@@ -373,6 +373,14 @@ impl SharedServer {
         None
     }
 
+    /// Whether the previous spawner's server served `spec`'s namespace for it (its sockets
+    /// were handed back and not claimed yet).
+    fn holds(&self, spec: &ProxySpec) -> bool {
+        lock(&self.inner.taken)
+            .get(&tag(spec))
+            .is_some_and(|(netns, _)| *netns == spec.netns)
+    }
+
     /// Sockets handed back that no namespace claimed (their records are gone): dropped, and
     /// the server told to close its copies.
     pub async fn drop_unclaimed(&self) {
@@ -684,6 +692,11 @@ impl Retired {
 }
 
 impl SharedServers {
+    /// Whether a previous spawner's server of any shard served `spec`'s namespace for it.
+    pub(crate) fn hold(&self, spec: &ProxySpec) -> bool {
+        self.shards.iter().any(|s| s.holds(spec))
+    }
+
     /// Take over or start every shard ([`SharedServer::start`]), at once.
     pub async fn start(cfg: Arc<Config>) -> SharedServers {
         let n = cfg.shared_servers.max(1);

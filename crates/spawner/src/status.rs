@@ -94,10 +94,10 @@ impl ProxyStatus {
     }
 
     /// A wanted proxy whose namespace does not exist: no task runs for it yet.
-    pub(crate) fn no_namespace(spec: &ProxySpec) -> ProxyStatus {
+    pub(crate) fn waiting(spec: &ProxySpec, why: String) -> ProxyStatus {
         ProxyStatus {
             state: State::Waiting,
-            last_error: Some(format!("namespace {} does not exist", spec.netns)),
+            last_error: Some(why),
             ..ProxyStatus::new(spec)
         }
     }

@@ -134,6 +134,8 @@ struct Inner<P> {
     proxies: Mutex<BTreeMap<String, Proxy>>,
     waiting: Mutex<BTreeMap<String, ProxySpec>>,
     warnings: Mutex<BTreeSet<String>>,
+    /// The same for records naming a namespace another record is served in ([`Self::plan`]).
+    conflicts: Mutex<BTreeSet<String>>,
     reconcile_lock: tokio::sync::Mutex<()>,
     wake: Notify,
     reconciles: std::sync::atomic::AtomicU64,
@@ -198,6 +200,7 @@ impl<P: Platform> Supervisor<P> {
                 proxies: Mutex::new(BTreeMap::new()),
                 waiting: Mutex::new(BTreeMap::new()),
                 warnings: Mutex::new(BTreeSet::new()),
+                conflicts: Mutex::new(BTreeSet::new()),
                 reconcile_lock: tokio::sync::Mutex::new(()),
                 wake: Notify::new(),
                 reconciles: std::sync::atomic::AtomicU64::new(0),
@@ -493,10 +496,11 @@ impl<P: Platform> Supervisor<P> {
             .values()
             .map(|p| p.status.snapshot())
             .collect();
+        let waiting: Vec<ProxySpec> = lock(&self.inner.waiting).values().cloned().collect();
         out.extend(
-            lock(&self.inner.waiting)
-                .values()
-                .map(ProxyStatus::no_namespace),
+            waiting
+                .iter()
+                .map(|s| ProxyStatus::waiting(s, self.waiting_reason(s))),
         );
         out.sort_by(|a, b| a.key.cmp(&b.key));
         out
@@ -516,10 +520,11 @@ impl<P: Platform> Supervisor<P> {
             .get(key)
             .map(|p| (p.status.snapshot(), p.restart.clone()));
         let Some((st, tx)) = found else {
-            return Err(match lock(&self.inner.waiting).get(key) {
+            let waiting = lock(&self.inner.waiting).get(key).cloned();
+            return Err(match waiting {
                 Some(spec) => RestartError::NotRunning(format!(
-                    "proxy {key} is not running: namespace {} does not exist",
-                    spec.netns
+                    "proxy {key} is not running: {}",
+                    self.waiting_reason(&spec)
                 )),
                 None => RestartError::Unknown(format!("no proxy {key}: see `status`")),
             });
@@ -567,8 +572,35 @@ impl<P: Platform> Supervisor<P> {
         let mut waiting = BTreeMap::new();
         // Who the proxies run as depends on the agent socket's owner: read once per pass.
         let for_proxies = self.for_proxies(&cfg);
+        // One proxy per namespace, as Neutron has: a second record naming a namespace another
+        // one is served in (a mistyped `--netns`) waits. Started, it would only fail to bind;
+        // removed, its teardown took the address the first one answers on. A proxy running
+        // now keeps its namespace; among the others the first key does.
+        let claims = self.claims(&d.specs, &cfg.pid_dir(), |s| s.netns.clone());
+        // The shared server tells namespaces apart by the id it sends (`KIND ID`): a metadata
+        // network is served with its router's id (`enable_metadata_network`), so the two would
+        // take each other's place there, the one left listening with nobody accepting. Until
+        // the protocol names namespaces, the second one waits, said so (partial: served in
+        // the per-namespace model only).
+        let by_tag = match cfg.proxy_model {
+            ProxyModel::Shared => self.claims(&d.specs, &cfg.pid_dir(), id_tag),
+            ProxyModel::PerNamespace => BTreeMap::new(),
+        };
+        let mut conflicts = BTreeSet::new();
         for (k, s) in d.specs {
-            if self.inner.platform.namespace_exists(&s.netns) {
+            if let Some(owner) = claims.get(&s.netns).filter(|o| **o != k) {
+                conflicts.insert(format!(
+                    "{} {k}: namespace {} is already served for {owner}; not started (one proxy per namespace)",
+                    s.kind, s.netns
+                ));
+                waiting.insert(k, s);
+            } else if let Some(owner) = by_tag.get(&id_tag(&s)).filter(|o| **o != k) {
+                conflicts.insert(format!(
+                    "{} {k}: {} is already served by the shared server for {owner}; namespace {} is not served (proxy_model = per-namespace serves both)",
+                    s.kind, id_tag(&s), s.netns
+                ));
+                waiting.insert(k, s);
+            } else if self.inner.platform.namespace_exists(&s.netns) {
                 let args = match cfg.proxy_model {
                     ProxyModel::PerNamespace => proxy_args(&s, &for_proxies),
                     // No process per namespace: the options are the shared server's argv
@@ -581,7 +613,84 @@ impl<P: Platform> Supervisor<P> {
                 waiting.insert(k, s);
             }
         }
+        {
+            // Said once while it lasts, as the decision's own warnings are.
+            let mut seen = lock(&self.inner.conflicts);
+            for w in conflicts.difference(&seen) {
+                tracing::warn!("{w}");
+            }
+            *seen = conflicts;
+        }
         (present, waiting, cfg)
+    }
+
+    /// Why a wanted proxy waits: its namespace is missing, or another record's proxy is
+    /// served there ([`Self::plan`]).
+    fn waiting_reason(&self, spec: &ProxySpec) -> String {
+        let shared = self.config().proxy_model == ProxyModel::Shared;
+        let proxies = lock(&self.inner.proxies);
+        let other = |same: &dyn Fn(&ProxySpec) -> bool| {
+            proxies
+                .values()
+                .find(|p| same(&p.spec) && p.spec.key != spec.key)
+                .map(|p| p.spec.key.clone())
+        };
+        if let Some(o) = other(&|s| s.netns == spec.netns) {
+            format!(
+                "namespace {} is already served for {o} (one proxy per namespace)",
+                spec.netns
+            )
+        } else if let Some(o) = other(&|s| shared && id_tag(s) == id_tag(spec)) {
+            format!(
+                "{} is already served by the shared server for {o} (proxy_model = per-namespace serves both)",
+                id_tag(spec)
+            )
+        } else {
+            format!("namespace {} does not exist", spec.netns)
+        }
+    }
+
+    /// Which key each namespace (each `by` value) two or more wanted records name is served
+    /// for: a key with a proxy now first (it keeps its namespace; at a start, one with a pid
+    /// file or one the previous spawner's shared server served it for), then the others in key
+    /// order. Empty (nothing read) when every record has one of its own.
+    fn claims(
+        &self,
+        specs: &BTreeMap<String, ProxySpec>,
+        pid_dir: &std::path::Path,
+        by: impl Fn(&ProxySpec) -> String,
+    ) -> BTreeMap<String, String> {
+        let mut named: BTreeMap<String, usize> = BTreeMap::new();
+        for s in specs.values() {
+            *named.entry(by(s)).or_default() += 1;
+        }
+        let shared: BTreeMap<&String, &ProxySpec> =
+            specs.iter().filter(|(_, s)| named[&by(s)] > 1).collect();
+        let mut claims = BTreeMap::new();
+        if shared.is_empty() {
+            return claims;
+        }
+        let with_pid_file: BTreeSet<String> =
+            pidfile::list(pid_dir).into_iter().map(|(k, _)| k).collect();
+        {
+            let proxies = lock(&self.inner.proxies);
+            let server = self.inner.shared.get();
+            let running = |k: &String, s: &ProxySpec| {
+                proxies.get(k).map_or_else(
+                    || with_pid_file.contains(k) || server.is_some_and(|sv| sv.hold(s)),
+                    |p| p.spec.netns == s.netns,
+                )
+            };
+            for (k, s) in &shared {
+                if running(k, s) {
+                    claims.entry(by(s)).or_insert_with(|| (*k).clone());
+                }
+            }
+        }
+        for (k, s) in shared {
+            claims.entry(by(s)).or_insert_with(|| k.clone());
+        }
+        claims
     }
 
     /// One reconcile pass: stop what should not run (or runs with another argv), then start
@@ -805,6 +914,12 @@ impl<P: Platform> Supervisor<P> {
         self.inner
             .reconciles
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // The shared server taken over first: who served a namespace decides who keeps it
+        // when two records name it (`claims`).
+        let now = self.config();
+        if now.proxy_model == ProxyModel::Shared {
+            self.ensure_shared(&now).await;
+        }
         let (present, waiting, cfg) = self.plan();
         let keep = stats_keys(&cfg, &present, &waiting);
         // With the API records lost, "not wanted" may only mean "lost": nothing found running
@@ -995,6 +1110,11 @@ impl<P: Platform> Supervisor<P> {
             task,
         }
     }
+}
+
+/// The identity a namespace is served with, `KIND ID` (the shared server's name for it).
+fn id_tag(s: &ProxySpec) -> String {
+    format!("{} {}", s.kind.as_str(), s.id)
 }
 
 /// Whether `p` can be replaced by socket takeover instead of stop and start: the

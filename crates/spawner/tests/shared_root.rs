@@ -1238,3 +1238,103 @@ fn the_spawner_raises_its_open_files_limit_and_the_server_inherits_it() {
         assert_eq!(words[3..5], ["4096", "4096"], "{pid}: {line}");
     }
 }
+
+/// A second record naming a namespace another record's proxy serves (a mistyped `--netns`)
+/// waits, with the reason in `status`, in either model; removing it leaves the first one's
+/// address and answers alone (it used to tear the address down: session 15's review). After
+/// a spawner restart the proxy running there keeps its namespace, whatever the keys' order.
+#[test]
+fn a_second_record_for_a_served_namespace_waits_and_its_removal_takes_nothing() {
+    if !require_root("a_second_record_for_a_served_namespace_waits_and_its_removal_takes_nothing") {
+        return;
+    }
+    for shared in [false, true] {
+        let dir = TempDir::new("sh-dupns").reaping();
+        let _agent = agent(dir.path());
+        let p = unique_prefix();
+        // "z…" serves the namespace; "a…" (sorting first) names it too.
+        let (ids, nss) = routers(&p, if shared { "zs" } else { "zp" }, 1);
+        let dup = format!("{p}a{}", u8::from(shared));
+        let ini = if shared {
+            shared_ini(dir.path())
+        } else {
+            write_ini(dir.path(), "")
+        };
+        let mut daemon = start_daemon(dir.path(), &ini, &[]);
+        add_router(&ini, &ids[0]);
+        answered_for(&nss[0], &ids[0]);
+        let (ok, out) = cli(&ini, &["router", "add", &dup, "--netns", nss[0].name()]);
+        assert!(ok, "{out}");
+        let why = ns_testkit::eventually("the second record waits", T, || {
+            let p = proxy_json(dir.path(), &dup)?;
+            (p["state"] == "waiting").then(|| p["last_error"].to_string())
+        });
+        assert!(
+            why.contains(&format!("already served for {}", ids[0])),
+            "shared={shared}: {why}"
+        );
+        // A restart: the proxy running there keeps it, though the other key sorts first.
+        kill9(daemon.pid());
+        let _ = daemon.0.wait();
+        daemon = start_daemon(dir.path(), &ini, &[]);
+        answered_for(&nss[0], &ids[0]);
+        assert_eq!(
+            proxy_json(dir.path(), &dup).map(|p| p["state"].clone()),
+            Some("waiting".into()),
+            "shared={shared}"
+        );
+        let (ok, out) = cli(&ini, &["router", "remove", &dup]);
+        assert!(ok, "{out}");
+        std::thread::sleep(Duration::from_millis(300));
+        answered_for(&nss[0], &ids[0]);
+        drop(daemon);
+    }
+}
+
+/// With `enable_metadata_network`, a metadata network is served with its router's id, the
+/// shared server's name for the router's own namespace too: the second of the two waits, said
+/// so in its status, and the router's namespace keeps answering (before, the network took the
+/// router's place in the server, and the router's listener stayed bound with nobody
+/// accepting: VMs hung; session 15's review). Partial: the per-namespace model serves both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metadata_network_and_its_router_do_not_take_each_others_place() {
+    if !require_root("a_metadata_network_and_its_router_do_not_take_each_others_place") {
+        return;
+    }
+    let dir = TempDir::new("sh-metanet").reaping();
+    let _agent = agent(dir.path());
+    let p = unique_prefix();
+    let (ids, nss) = routers(&p, "mr", 1);
+    let net_id = format!("{p}mn");
+    let dns = TestNs::new(&format!("qdhcp-{net_id}")).expect("dhcp ns");
+    let vm = TestNs::new(&format!("{p}mv")).expect("vm ns");
+    let _ = link(&dns, &vm, 112).await.expect("veth");
+    let sup = supervisor(&dir, |c| {
+        c.proxy_model = ProxyModel::Shared;
+        c.enable_isolated_metadata = true;
+        c.enable_metadata_network = true;
+    });
+    sup.put_router(router(&ids[0]));
+    running_pid(&sup, &ids[0], T).await;
+    let net: ns_metadata_spawner::records::Network = serde_json::from_value(serde_json::json!({
+        "id": net_id, "interface": "va112",
+        "subnets": [{"id": "s1", "cidr": "169.254.12.0/24", "gateway_ip": "169.254.12.1", "enable_dhcp": true, "ip_version": 4}],
+        "ports": [{"id": "pr", "device_owner": "network:router_interface", "device_id": ids[0], "fixed_ips": [{"subnet_id": "s1", "ip_address": "169.254.12.1"}]}]
+    }))
+    .expect("network json");
+    sup.put_network(net);
+    sup.reconcile().await;
+    let st = status_of(&sup, &net_id).expect("the network is wanted");
+    assert_eq!(st.state, State::Waiting, "{st:?}");
+    let why = st.last_error.unwrap_or_default();
+    assert!(
+        why.contains(&format!(
+            "router {} is already served by the shared server",
+            ids[0]
+        )),
+        "{why}"
+    );
+    let body = get_in(nss[0].netns(), META).expect("the router's namespace answers");
+    assert!(body.starts_with(&format!("router={} ", ids[0])), "{body}");
+    sup.stop_all().await;
+}
