@@ -388,16 +388,32 @@ async fn check_cmd(sock: &std::path::Path) -> Result<u8> {
                 .unwrap_or_default()
         ));
     }
+    // A hung agent accepts connections, so it looks reachable; every probe would then wait
+    // out its timeout. Asked once; the probes are left out if it does not answer.
+    let mut probe = true;
+    if reply.agent.reachable {
+        if let Err(why) = crate::doctor::agent_answers(&reply.agent.socket).await {
+            problems.push(format!(
+                "agent socket {}: {why}: every VM's request waits (a hung agent, or its Nova); probes through the proxies left out",
+                reply.agent.socket.display()
+            ));
+            probe = false;
+        }
+    }
     let mut held = crate::doctor::HeldSockets::default();
+    let mut probes = Vec::new();
     for p in &reply.proxies {
         let netns = cell(&p["netns"]);
         let state = cell(&p["state"]);
         match (state.as_str(), p["pid"].as_u64()) {
             ("running", Some(pid)) => {
                 let interface = cell(&p["interface"]);
-                problems.extend(
-                    crate::doctor::check_proxy(&netns, &interface, pid as u32, &mut held).await,
-                );
+                let (found, probeable) =
+                    crate::doctor::check_proxy(&netns, &interface, pid as u32, &mut held).await;
+                problems.extend(found);
+                if probe && probeable {
+                    probes.push(netns);
+                }
             }
             _ => problems.push(format!(
                 "{netns}: proxy {} is {state}{}",
@@ -409,6 +425,14 @@ async fn check_cmd(sock: &std::path::Path) -> Result<u8> {
             )),
         }
     }
+    // At most PROBE_PARALLEL at once, the problems in the namespaces' order.
+    use futures::StreamExt;
+    let probed: Vec<Vec<String>> = futures::stream::iter(probes)
+        .map(|netns| async move { crate::doctor::probe_problems(&netns).await })
+        .buffered(crate::doctor::PROBE_PARALLEL)
+        .collect()
+        .await;
+    problems.extend(probed.into_iter().flatten());
     if problems.is_empty() {
         out(&format!(
             "ok: {} proxies running and answering; {}\n",

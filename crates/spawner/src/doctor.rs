@@ -62,8 +62,11 @@ pub fn probe(netns: &str, path: &str) -> Result<Probe> {
     let ns_name = netns.to_owned();
     ns.run(move || -> Result<Probe> {
         let started = Instant::now();
-        let fail = |what: &str, e: std::io::Error| {
-            Error::Invalid(format!("{METADATA} in {ns_name}: {what}: {e}"))
+        let fail = |what: &str, e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => Error::Invalid(
+                format!("{METADATA} in {ns_name}: {what}: no answer within {PROBE_TIMEOUT:?}"),
+            ),
+            _ => Error::Invalid(format!("{METADATA} in {ns_name}: {what}: {e}")),
         };
         let mut c = std::net::TcpStream::connect_timeout(&METADATA, PROBE_TIMEOUT)
             .map_err(|e| fail("connect", e))?;
@@ -240,12 +243,15 @@ fn stopped(pid: u32) -> bool {
 /// The problems of one running proxy (or, in the shared model, of the shared server for
 /// this namespace): process, address, port 80, probe. `held` carries the descriptor tables
 /// already read from one call to the next.
+/// What `check` finds wrong with the proxy `pid` of `netns` without asking it anything, and
+/// whether it can be probed ([`probe_problems`]: not when stopped, where a probe would only
+/// wait out its timeout).
 pub async fn check_proxy(
     netns: &str,
     interface: &str,
     pid: u32,
     held: &mut HeldSockets,
-) -> Vec<String> {
+) -> (Vec<String>, bool) {
     let mut problems = Vec::new();
     let shared = shared_server_dir(pid);
     if let Some(dir) = &shared {
@@ -312,8 +318,19 @@ pub async fn check_proxy(
         problems.push(format!(
             "{netns}: {who} pid {pid} is stopped (SIGSTOP or a debugger): VMs' connections wait unanswered until it continues (kill -CONT {pid})"
         ));
-        return problems;
+        return (problems, false);
     }
+    (problems, true)
+}
+
+/// Probes `check` runs at once: each may wait [`PROBE_TIMEOUT`] for a slow agent or Nova, and
+/// one after another that was 5 s per namespace (hours at 2,000).
+pub const PROBE_PARALLEL: usize = 32;
+
+/// One probe through the proxy of `netns`: what is wrong with its answer (a 502/503/504 names
+/// the broken hop), if anything.
+pub async fn probe_problems(netns: &str) -> Vec<String> {
+    let mut problems = Vec::new();
     let name = netns.to_owned();
     match tokio::task::spawn_blocking(move || probe(&name, "/")).await {
         Ok(Ok(p)) => match p.status {
@@ -330,9 +347,71 @@ pub async fn check_proxy(
     problems
 }
 
+/// Whether the agent answers a request on its socket within [`PROBE_TIMEOUT`]: a hung agent
+/// (or one stuck on Nova with its workers all busy) still accepts connections, so the
+/// spawner's reachability check says all is well while every VM waits. One request without
+/// identity headers (any answer, an error too, is an answer).
+pub async fn agent_answers(socket: &std::path::Path) -> std::result::Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut c = tokio::net::UnixStream::connect(socket)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        c.write_all(
+            b"GET / HTTP/1.1\r\nHost: 169.254.169.254\r\nUser-Agent: ns-metadata-spawner-check\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+        let mut first = [0u8; 1];
+        match c.read(&mut first).await {
+            Ok(1..) => Ok(()),
+            Ok(0) => Err("closed the connection without an answer".to_owned()),
+            Err(e) => Err(format!("read: {e}")),
+        }
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, exchange)
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "accepts connections but sent nothing within {PROBE_TIMEOUT:?}"
+            ))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A hung agent (accepts, never answers) is told apart from one that answers, within the
+    /// probe timeout, not per namespace.
+    #[tokio::test]
+    async fn a_hung_agent_is_told_from_one_that_answers() {
+        let dir = std::env::temp_dir().join(format!("ns-doctor-agent-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let (hung, ok) = (dir.join("hung.sock"), dir.join("ok.sock"));
+        let _ = std::fs::remove_file(&hung);
+        let _ = std::fs::remove_file(&ok);
+        let h = tokio::net::UnixListener::bind(&hung).expect("bind");
+        let o = tokio::net::UnixListener::bind(&ok).expect("bind");
+        let held = tokio::spawn(async move {
+            let (c, _) = h.accept().await.expect("accept");
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(c);
+        });
+        let answering = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let (mut c, _) = o.accept().await.expect("accept");
+            let _ = c.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+        });
+        assert_eq!(agent_answers(&ok).await, Ok(()));
+        let t = Instant::now();
+        let e = agent_answers(&hung).await.expect_err("hung");
+        assert!(e.contains("sent nothing within"), "{e}");
+        assert!(t.elapsed() < PROBE_TIMEOUT + Duration::from_secs(2));
+        held.abort();
+        answering.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// An answer carrying terminal escape sequences (a tenant's user data, a compromised
     /// proxy) reaches the operator's terminal without them.
@@ -416,7 +495,7 @@ mod tests {
         let mut held = HeldSockets::default();
         for i in 0..50 {
             let netns = format!("ns-metadata-no-such-netns-{me}-{i}");
-            let problems = check_proxy(&netns, "lo", me, &mut held).await;
+            let (problems, _) = check_proxy(&netns, "lo", me, &mut held).await;
             assert!(
                 problems
                     .iter()

@@ -1338,3 +1338,40 @@ async fn a_metadata_network_and_its_router_do_not_take_each_others_place() {
     assert!(body.starts_with(&format!("router={} ", ids[0])), "{body}");
     sup.stop_all().await;
 }
+
+/// `check` with a hung agent (it accepts connections, never answers): one line says so, and
+/// no namespace is probed (each probe would wait out its timeout: 5 s per namespace, hours
+/// at thousands; session 15's review).
+#[test]
+fn check_names_a_hung_agent_once_and_probes_no_namespace() {
+    if !require_root("check_names_a_hung_agent_once_and_probes_no_namespace") {
+        return;
+    }
+    let dir = TempDir::new("sh-hungagent").reaping();
+    let _agent = ns_testkit::agent::StandIn::start_at(
+        dir.path().join("agent.sock"),
+        ns_testkit::agent::Behave::Slow,
+    );
+    let (ids, nss) = routers(&unique_prefix(), "h", 3);
+    let ini = write_ini(dir.path(), "");
+    let _daemon = start_daemon(dir.path(), &ini, &[]);
+    for id in &ids {
+        add_router(&ini, id);
+    }
+    for id in &ids {
+        ns_testkit::eventually("running", T, || pid_of(dir.path(), id));
+    }
+    let (ok, out) = cli(&ini, &["check"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("accepts connections but sent nothing within")
+            && out.contains("probes through the proxies left out"),
+        "{out}"
+    );
+    assert_eq!(
+        out.lines().count(),
+        1,
+        "one line, no probe per namespace: {out}"
+    );
+    drop(nss);
+}
