@@ -63,6 +63,10 @@ pub struct ShardFiles {
     pub next: String,
     /// The pid file (`pid starttime`).
     pub pid: String,
+    /// A server being started (or started as a replacement) until it has every socket: named
+    /// here from its spawn on, so a spawner that dies before the pid file names it (a kill,
+    /// a SIGTERM mid-start) leaves a server the next one can find ([`take_over`]).
+    pub next_pid: String,
 }
 
 impl ShardFiles {
@@ -72,12 +76,14 @@ impl ShardFiles {
                 control: CONTROL_SOCKET.to_owned(),
                 next: format!("{CONTROL_SOCKET}.next"),
                 pid: PID_FILE.to_owned(),
+                next_pid: format!("{PID_FILE}.next"),
             };
         }
         ShardFiles {
             control: format!("shared-{shard}.sock"),
             next: format!("shared-{shard}.sock.next"),
             pid: format!("shared-server-{shard}.pid"),
+            next_pid: format!("shared-server-{shard}.pid.next"),
         }
     }
 }
@@ -683,7 +689,7 @@ impl Retired {
         );
         tokio::spawn(async move {
             let how = running.stop(grace).await;
-            for f in [&files.pid, &files.control] {
+            for f in [&files.pid, &files.control, &files.next_pid] {
                 let _ = std::fs::remove_file(dir.join(f));
             }
             tracing::info!(shard, pid, how = %how, "retired shared server stopped");
@@ -827,14 +833,102 @@ async fn spawn_server(cfg: &Config, args: &[String], listener: &OwnedFd) -> Resu
 }
 
 /// Name `pid` in the server's pid file (`pid starttime`): what a restarted spawner takes over.
+/// The server it replaces (if any) is no longer named as the next one.
 fn write_pid_file(cfg: &Config, files: &ShardFiles, pid: u32) {
-    let start = pidfile::start_time(pid).unwrap_or_default();
-    if let Err(e) = crate::statedir::write_atomic(
-        &cfg.state_dir,
-        &files.pid,
-        format!("{pid} {start}\n").as_bytes(),
-    ) {
+    if let Err(e) = name_server(cfg, &files.pid, pid) {
         tracing::warn!(err = %e, "cannot write the shared server's pid file; a restarted spawner will not take it over");
+    }
+    let _ = std::fs::remove_file(cfg.state_dir.join(&files.next_pid));
+}
+
+/// Name a server just spawned as the next one (`files.next_pid`) until [`write_pid_file`].
+fn write_next_pid_file(cfg: &Config, files: &ShardFiles, pid: u32) {
+    if let Err(e) = name_server(cfg, &files.next_pid, pid) {
+        tracing::warn!(err = %e, "cannot name the new shared server in its next pid file");
+    }
+}
+
+/// `pid starttime` in the state dir's `file`, written atomically.
+fn name_server(cfg: &Config, file: &str, pid: u32) -> Result<()> {
+    let start = pidfile::start_time(pid).unwrap_or_default();
+    crate::statedir::write_atomic(&cfg.state_dir, file, format!("{pid} {start}\n").as_bytes())
+}
+
+/// A `pid starttime` file in the state dir: the process, if it is provably this shard's
+/// server ([`is_our_server`]), held by its pidfd.
+fn proven_server(
+    cfg: &Config,
+    shard: usize,
+    file: &str,
+) -> Result<Option<(u32, pidfile::ProcInfo)>> {
+    let path = cfg.state_dir.join(file);
+    let Some(bytes) = crate::statedir::read_nofollow(&path, 64)? else {
+        return Ok(None);
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let mut f = text.split_ascii_whitespace();
+    let (Some(Ok(pid)), Some(Ok(start))) = (
+        f.next().map(str::parse::<u32>),
+        f.next().map(str::parse::<u64>),
+    ) else {
+        return Err(Error::Invalid(format!(
+            "{}: not `pid starttime`",
+            path.display()
+        )));
+    };
+    let Some(info) = pidfile::ProcInfo::read(pid) else {
+        return Ok(None);
+    };
+    if let Err(why) = is_our_server(&info, start, cfg, shard) {
+        tracing::info!(pid, file, why = %why, "a shared server's pid file names another process; not touched");
+        return Ok(None);
+    }
+    Ok(Some((pid, info)))
+}
+
+/// A server the previous spawner started and died before naming in the pid file (killed, or
+/// stopped by a signal, between the spawn and the end of the hand-over: issue #20's review).
+/// Left alone it would hold the sockets it was handed, unmanaged, and the namespaces could
+/// not bind theirs. If the server the pid file names is alive, the new one was its
+/// replacement and never served alone: stopped (the old one keeps serving). Otherwise it was
+/// the restart of a dead server: it takes the pid file's place (and a replacement's control
+/// socket the control socket's), to be taken over like any.
+async fn settle_next(cfg: &Config, shard: usize, files: &ShardFiles) {
+    let next = match proven_server(cfg, shard, &files.next_pid) {
+        Ok(Some(n)) => n,
+        Ok(None) | Err(_) => {
+            let _ = std::fs::remove_file(cfg.state_dir.join(&files.next_pid));
+            return;
+        }
+    };
+    let (pid, info) = next;
+    let current = match proven_server(cfg, shard, &files.pid) {
+        // Named in both: the previous spawner died between the two writes; nothing unfinished.
+        Ok(Some((p, _))) if p == pid => {
+            let _ = std::fs::remove_file(cfg.state_dir.join(&files.next_pid));
+            return;
+        }
+        Ok(Some(_)) => true,
+        _ => false,
+    };
+    if current {
+        if let Some(mut running) = crate::adopt::open_proven(pid, &info) {
+            let how = running.stop(cfg.stop_timeout).await;
+            tracing::warn!(pid, shard, how = %how, "stopped a replacement shared server the previous spawner started but did not finish handing over; the server it was to replace serves on");
+        }
+        let _ = std::fs::remove_file(cfg.state_dir.join(&files.next));
+        let _ = std::fs::remove_file(cfg.state_dir.join(&files.next_pid));
+        return;
+    }
+    let dir = &cfg.state_dir;
+    if dir.join(&files.next).exists() {
+        if let Err(e) = std::fs::rename(dir.join(&files.next), dir.join(&files.control)) {
+            tracing::warn!(shard, err = %e, "cannot move the unfinished server's control socket in place");
+        }
+    }
+    match std::fs::rename(dir.join(&files.next_pid), dir.join(&files.pid)) {
+        Ok(()) => tracing::warn!(pid, shard, "found a shared server the previous spawner started but did not name in its pid file; taking it over"),
+        Err(e) => tracing::warn!(pid, shard, err = %e, "cannot name the unfinished shared server in the pid file"),
     }
 }
 
@@ -850,28 +944,10 @@ type TakenOver = (
 /// that is provably it, with every socket it serves.
 async fn take_over(cfg: &Config, shard: usize) -> Result<Option<TakenOver>> {
     let files = ShardFiles::of(shard);
-    let pid_path = cfg.state_dir.join(&files.pid);
-    let Some(bytes) = crate::statedir::read_nofollow(&pid_path, 64)? else {
+    settle_next(cfg, shard, &files).await;
+    let Some((pid, info)) = proven_server(cfg, shard, &files.pid)? else {
         return Ok(None);
     };
-    let text = String::from_utf8_lossy(&bytes);
-    let mut f = text.split_ascii_whitespace();
-    let (Some(Ok(pid)), Some(Ok(start))) = (
-        f.next().map(str::parse::<u32>),
-        f.next().map(str::parse::<u64>),
-    ) else {
-        return Err(Error::Invalid(format!(
-            "{}: not `pid starttime`",
-            pid_path.display()
-        )));
-    };
-    let Some(info) = pidfile::ProcInfo::read(pid) else {
-        return Ok(None);
-    };
-    if let Err(why) = is_our_server(&info, start, cfg, shard) {
-        tracing::info!(pid, why = %why, "the shared server's pid file names another process; not touched");
-        return Ok(None);
-    }
     let Some(mut running) = crate::adopt::open_proven(pid, &info) else {
         return Ok(None);
     };
@@ -1126,6 +1202,7 @@ async fn start_and_replay(
     let cfg = &inner.cfg;
     let args = lock(&inner.args).clone();
     let (mut running, pid) = spawn_server(cfg, &args, listener).await?;
+    write_next_pid_file(cfg, &inner.files, pid);
     let handed = async {
         let conn = connect(&cfg.state_dir.join(name))
             .map_err(|e| Error::Spawn(format!("connect to the shared server: {e}")))?;
@@ -1168,6 +1245,7 @@ async fn start_and_replay(
         }
         Err(e) => {
             running.stop(cfg.stop_timeout).await;
+            let _ = std::fs::remove_file(cfg.state_dir.join(&inner.files.next_pid));
             Err(e)
         }
     }
@@ -1342,6 +1420,7 @@ mod tests {
                 control: "shared.sock".into(),
                 next: "shared.sock.next".into(),
                 pid: "shared-server.pid".into(),
+                next_pid: "shared-server.pid.next".into(),
             }
         );
         assert_eq!(ShardFiles::of(2).control, "shared-2.sock");

@@ -1375,3 +1375,44 @@ fn check_names_a_hung_agent_once_and_probes_no_namespace() {
     );
     drop(nss);
 }
+
+/// A spawner that died between starting a server and naming it in the pid file (killed
+/// during a restart of a dead server: the pid file still names the dead one) left that server
+/// holding the sockets it was handed, unmanaged: the next spawner started another, whose
+/// binds failed for as long as it lived (session 15's review). The new server is named in a
+/// `.next` pid file from its spawn on; a restarted spawner takes it over.
+#[test]
+fn a_server_the_previous_spawner_did_not_name_is_taken_over() {
+    if !require_root("a_server_the_previous_spawner_did_not_name_is_taken_over") {
+        return;
+    }
+    let dir = TempDir::new("sh-unnamed").reaping();
+    let _agent = agent(dir.path());
+    let (ini, ids, nss, server) = two_routers_and_a_killed_spawner(dir.path(), "x");
+    // The state such a death leaves: the server named only as the next one.
+    let (pid_file, next) = (
+        dir.path().join("shared-server.pid"),
+        dir.path().join("shared-server.pid.next"),
+    );
+    std::fs::rename(&pid_file, &next).expect("as the next one");
+    std::fs::write(&pid_file, "1 1\n").expect("a pid file naming another process");
+
+    let _daemon2 = start_daemon(dir.path(), &ini, &[]);
+    all_served_by(dir.path(), &ids, &nss, server);
+    assert!(alive(server), "taken over, not replaced");
+    let now = std::fs::read_to_string(&pid_file).expect("pid file");
+    assert!(now.starts_with(&format!("{server} ")), "{now}");
+    assert!(!next.exists(), "the next pid file is gone");
+    let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
+    assert!(
+        log.contains("did not name in its pid file; taking it over"),
+        "{log}"
+    );
+
+    // Named in both files (a death between the two writes): the server is not touched.
+    drop(_daemon2);
+    std::fs::copy(&pid_file, &next).expect("named twice");
+    let _daemon3 = start_daemon(dir.path(), &ini, &[]);
+    all_served_by(dir.path(), &ids, &nss, server);
+    assert!(alive(server) && !next.exists());
+}
