@@ -216,7 +216,9 @@ fn saved_or(applied: Applied, ok: Response<Full<Bytes>>) -> Response<Full<Bytes>
         Ok(()) => ok,
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("change applied but not saved, it is lost when the spawner restarts: {e}"),
+            format!(
+                "change applied but not saved: {e}; a spawner killed before the next records.json save (about 100 ms, if the disk allows: `status` says whether it failed) would not know it; sending it again is safe"
+            ),
         ),
     }
 }

@@ -91,9 +91,16 @@ pub fn load_config(opts: &RunOptions) -> Result<Config> {
     Ok(cfg)
 }
 
+/// `[spawner] records_file`'s records. An error names the option: at start it stops the
+/// spawner (its proxies keep running, and are adopted once the file is mended); at a reload
+/// the old records are kept.
 fn load_file_records(cfg: &Config) -> Result<RecordSet> {
     match &cfg.records_file {
-        Some(p) => RecordSet::load(p),
+        Some(p) => RecordSet::load(p).map_err(|e| {
+            Error::Invalid(format!(
+                "[spawner] records_file: {e} (fix or remove the file; running proxies are left alone)"
+            ))
+        }),
         None => Ok(RecordSet::default()),
     }
 }

@@ -125,6 +125,9 @@ pub fn run_netns_shared() -> Option<bool> {
 pub struct HeldSockets {
     by_pid: std::collections::HashMap<u32, std::collections::HashSet<u64>>,
     reads: usize,
+    /// Processes already said to be stopped: a stopped shared server is one problem, not
+    /// one per namespace it serves.
+    stopped_said: std::collections::HashSet<u32>,
 }
 
 impl HeldSockets {
@@ -315,6 +318,9 @@ pub async fn check_proxy(
         } else {
             "proxy"
         };
+        if !held.stopped_said.insert(pid) {
+            return (problems, false);
+        }
         problems.push(format!(
             "{netns}: {who} pid {pid} is stopped (SIGSTOP or a debugger): VMs' connections wait unanswered until it continues (kill -CONT {pid})"
         ));

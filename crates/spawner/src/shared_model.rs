@@ -1107,6 +1107,8 @@ async fn manage(
                 match replaced.await {
                     Ok((new, pid)) => {
                         fresh = true;
+                        // Started by this spawner now, not taken over.
+                        lock(&inner.health).adopted = false;
                         let mut old = std::mem::replace(&mut running, new);
                         let grace = cfg.stop_timeout;
                         tokio::spawn(async move {

@@ -222,6 +222,16 @@ fn a_restarted_spawner_takes_the_running_server_and_its_sockets_over() {
     assert!(alive(server), "taken over, not restarted");
     let now = std::fs::read_to_string(&pid_file).expect("pid file");
     assert!(now.starts_with(&format!("{server} ")), "{now}");
+    let adopted = |ini: &std::path::Path| {
+        let (_, out) = cli(ini, &["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        v["servers"][0]["adopted"].clone()
+    };
+    assert_eq!(adopted(&ini), serde_json::json!(true));
+    // Replaced by this spawner: no longer shown as taken over.
+    let (ok, out) = cli(&ini, &["restart", "--all"]);
+    assert!(ok, "{out}");
+    assert_eq!(adopted(&ini), serde_json::json!(false));
 }
 
 /// A previous run's server that is provably ours but cannot be taken over (here its control
