@@ -13,7 +13,74 @@ static CURRENT: OnceLock<LogFile> = OnceLock::new();
 #[derive(Debug)]
 pub struct LogFile {
     path: PathBuf,
-    file: Mutex<File>,
+    file: Mutex<Sink>,
+}
+
+/// The open file, and what writing to it went through lately.
+#[derive(Debug)]
+struct Sink {
+    file: File,
+    /// The last write stopped inside a line (a disk that filled up mid-line): the next one
+    /// ends that line first, so the next event does not run on from its middle.
+    torn: bool,
+    /// Writes dropped since they began to fail (`None` while they work): said once when it
+    /// starts and once when it ends, not once per event on stderr (under systemd, journald).
+    dropped: Option<u64>,
+}
+
+impl Sink {
+    fn new(file: File) -> Sink {
+        Sink {
+            file,
+            torn: false,
+            dropped: None,
+        }
+    }
+
+    /// Append `buf` (whole lines), or drop it: an error is said on stderr once per run of
+    /// failures (naming the file), never handed back to the logger, which would print its
+    /// own for every event.
+    fn put(&mut self, path: &Path, buf: &[u8]) {
+        match (self.append(buf), &mut self.dropped) {
+            (Ok(()), None) => {}
+            (Ok(()), Some(n)) => {
+                eprintln!(
+                    "log file {}: written again; {n} log writes were dropped meanwhile",
+                    path.display()
+                );
+                self.dropped = None;
+            }
+            (Err(e), None) => {
+                eprintln!(
+                    "log file {}: cannot write ({e}); log lines are dropped until it works again",
+                    path.display()
+                );
+                self.dropped = Some(1);
+            }
+            (Err(_), Some(n)) => *n += 1,
+        }
+    }
+
+    fn append(&mut self, buf: &[u8]) -> io::Result<()> {
+        use std::io::Write as _;
+        if self.torn {
+            self.file.write_all(b"\n")?;
+            self.torn = false;
+        }
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.write(&buf[done..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.torn = done > 0;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Open for appending (never truncating) without following a symlink at `path`, and only a
@@ -60,17 +127,18 @@ impl LogFile {
     pub fn install(path: &Path) -> io::Result<&'static LogFile> {
         let lf = LogFile {
             path: path.to_owned(),
-            file: Mutex::new(open(path)?),
+            file: Mutex::new(Sink::new(open(path)?)),
         };
         Ok(CURRENT.get_or_init(|| lf))
     }
 
-    /// Append `buf` (whole lines) to the current file: the proxy's batched access lines.
-    pub fn write_all(&self, buf: &[u8]) -> io::Result<()> {
-        io::Write::write_all(&mut *self.file(), buf)
+    /// Append `buf` (whole lines) to the current file: the proxy's batched access lines. A
+    /// failure is said on stderr once per run of them ([`Sink::put`]) and the lines dropped.
+    pub fn write_all(&self, buf: &[u8]) {
+        self.file().put(&self.path, buf);
     }
 
-    fn file(&self) -> MutexGuard<'_, File> {
+    fn file(&self) -> MutexGuard<'_, Sink> {
         self.file.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -82,26 +150,30 @@ pub fn reopen() -> io::Result<bool> {
         return Ok(false);
     };
     let new = open(&lf.path)?;
-    *lf.file() = new;
+    let mut sink = lf.file();
+    sink.file = new;
+    sink.torn = false;
     Ok(true)
 }
 
 /// One log event's writer: holds the file for the event.
-pub struct Guard<'a>(MutexGuard<'a, File>);
+pub struct Guard<'a>(MutexGuard<'a, Sink>, &'a Path);
 
 impl io::Write for Guard<'_> {
+    /// The event's bytes whole (the logger hands them over in one call), or dropped.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf)
+        self.0.put(self.1, buf);
+        Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.0.flush()
+        Ok(())
     }
 }
 
 impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for &'static LogFile {
     type Writer = Guard<'a>;
     fn make_writer(&'a self) -> Guard<'a> {
-        Guard(self.file())
+        Guard(self.file(), &self.path)
     }
 }
 
@@ -146,6 +218,42 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(&victim).expect("read"),
             "precious\n"
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A full disk (`/dev/full`: every write fails with ENOSPC) drops the lines, not once an
+    /// error per event; the count is kept until writes work again. A line cut short is
+    /// ended before the next one, which starts on its own line.
+    #[test]
+    fn a_full_disk_drops_lines_quietly_and_a_torn_line_is_ended() {
+        let d = scratch("log-full");
+        let full = OpenOptions::new()
+            .append(true)
+            .open("/dev/full")
+            .expect("/dev/full");
+        let mut sink = Sink::new(full);
+        let path = Path::new("/dev/full");
+        sink.put(path, b"one\n");
+        sink.put(path, b"two\n");
+        assert_eq!(sink.dropped, Some(2));
+        let p = d.join("agent.log");
+        sink.file = open(&p).expect("open");
+        sink.torn = true;
+        sink.put(&p, b"three\n");
+        assert_eq!(sink.dropped, None, "working again");
+        assert_eq!(std::fs::read_to_string(&p).expect("read"), "\nthree\n");
+        // Through the logger's writer: whole, and never an error back to it.
+        let lf = LogFile {
+            path: p.clone(),
+            file: Mutex::new(sink),
+        };
+        let mut g = Guard(lf.file(), &lf.path);
+        io::Write::write_all(&mut g, b"four\n").expect("never an error");
+        drop(g);
+        assert_eq!(
+            std::fs::read_to_string(&p).expect("read"),
+            "\nthree\nfour\n"
         );
         let _ = std::fs::remove_dir_all(&d);
     }

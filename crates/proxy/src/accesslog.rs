@@ -199,7 +199,8 @@ impl Sink {
             let _ = std::io::stderr().lock().write_all(&st.pending);
         }
         if let Some(f) = self.file {
-            let _ = f.write_all(&st.pending);
+            // A failure is said once per run of them (`LogFile::write_all`).
+            f.write_all(&st.pending);
         }
         st.pending.clear();
         // A burst must not keep a large buffer for ever.
