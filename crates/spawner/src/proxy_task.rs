@@ -286,6 +286,14 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) -> Option<
             pid,
             status: &status,
         };
+        let unblocked = std::pin::pin!(block_file_made(&cfg, &spec, pid));
+        let mut unblocked = unblocked;
+        let restart_asked = async {
+            tokio::select! {
+                r = restart.recv() => r,
+                r = &mut unblocked => Some(r),
+            }
+        };
         tokio::select! {
             how = rewrite.while_waiting(running.wait()) => {
                 pidfile::remove_own(&pid_dir, &spec.key, pid);
@@ -313,7 +321,7 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) -> Option<
                     return None;
                 }
             }
-            Some(reply) = restart.recv() => {
+            Some(reply) = restart_asked => {
                 if reply.is_closed() {
                     current = Some(running);
                     continue;
@@ -432,6 +440,33 @@ impl PidFileRetry<'_> {
             never = retry => never,
         }
     }
+}
+
+/// For a proxy running without its statistics block file (the state dir was full or
+/// read-only at its start: it got an anonymous block, so it is neither counted in `/metrics`
+/// nor, after a spawner restart, watched for hangs): once the file can be made (tried every
+/// [`crate::persist::SAVE_RETRY`]), a restart of its own by socket takeover, so its successor
+/// gets the file (nothing lost). Never resolves for a proxy that has its file.
+async fn block_file_made(cfg: &Config, spec: &ProxySpec, pid: Option<u32>) -> RestartReply {
+    let path = crate::proxy_stats::path(&cfg.stats_dir(), &spec.key);
+    if !cfg.stats_blocks() || pid.is_none() || path.exists() {
+        return std::future::pending().await;
+    }
+    loop {
+        tokio::time::sleep(crate::persist::SAVE_RETRY).await;
+        if crate::proxy_stats::for_handover(&cfg.stats_dir(), &spec.key).is_ok() {
+            break;
+        }
+    }
+    tracing::info!(key = %spec.key, pid = ?pid, "its statistics block can be made now; restarting the proxy on its sockets to give it the block");
+    let (reply, answer) = oneshot::channel();
+    let key = spec.key.clone();
+    tokio::spawn(async move {
+        if let Ok(Err(e)) = answer.await {
+            tracing::warn!(key = %key, err = %e, "the restart that gives the proxy its statistics block failed");
+        }
+    });
+    reply
 }
 
 /// One restart by socket takeover of a running proxy.

@@ -1426,3 +1426,39 @@ fn a_server_the_previous_spawner_did_not_name_is_taken_over() {
     all_served_by(dir.path(), &ids, &nss, server);
     assert!(alive(server) && !next.exists());
 }
+
+/// A proxy started while its statistics block could not be made (here a file stands where
+/// the stats directory goes; a full state dir is the same) serves with an anonymous block:
+/// uncounted and, after a spawner restart, not watched for hangs. Once the block can be made
+/// it is restarted on its sockets with it, answering throughout (session 15's review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_started_without_its_statistics_block_gets_it_once_it_can_be_made() {
+    if !require_root("a_proxy_started_without_its_statistics_block_gets_it_once_it_can_be_made") {
+        return;
+    }
+    let dir = TempDir::new("sh-noblock").reaping();
+    let _agent = agent(dir.path());
+    let (ids, nss) = routers(&unique_prefix(), "b", 1);
+    let sup = supervisor(&dir, |_| {});
+    let stats = dir.path().join("stats");
+    let _ = std::fs::remove_dir_all(&stats);
+    std::fs::write(&stats, "not a directory").expect("a file in the way");
+    sup.put_router(router(&ids[0]));
+    let first = running_pid(&sup, &ids[0], T).await;
+    let block = stats.join(format!("{}.stats", ids[0]));
+    assert!(!block.exists());
+    answered_for(&nss[0], &ids[0]);
+
+    std::fs::remove_file(&stats).expect("out of the way");
+    let second = eventually_async("restarted with its block", T, || {
+        status_of(&sup, &ids[0])
+            .filter(|s| s.state == State::Running)
+            .and_then(|s| s.pid)
+            .filter(|p| *p != first)
+    })
+    .await;
+    assert!(block.exists(), "its block file");
+    assert!(!alive(first) || second != first);
+    answered_for(&nss[0], &ids[0]);
+    sup.stop_all().await;
+}
