@@ -454,6 +454,17 @@ async fn block_file_made(cfg: &Config, spec: &ProxySpec, pid: Option<u32>) -> Re
     }
     loop {
         tokio::time::sleep(crate::persist::SAVE_RETRY).await;
+        // The stats directory made here, one level only: a state dir removed meanwhile (a
+        // test's temporary one after its supervisor) is never made again.
+        use std::os::unix::fs::DirBuilderExt as _;
+        match std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(cfg.stats_dir())
+        {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(_) => continue,
+        }
         if crate::proxy_stats::for_handover(&cfg.stats_dir(), &spec.key).is_ok() {
             break;
         }
