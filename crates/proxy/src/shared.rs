@@ -22,7 +22,8 @@
 //! | `stats-slab` + the statistics slab | `ok`, or `error REASON` |
 //! | `add KIND ID NETNS stats=@RECORD` + listeners | as `add` |
 //! | `add-batch COUNT` + COUNT lines `KIND ID NETNS LISTENERS [stats=1\|stats=@RECORD]` + their descriptors | `ok COUNT`, or `refused R of COUNT` and a line `KIND ID REASON` for each refused one, or `error REASON` |
-//! | `remove KIND ID` | `ok` (stops accepting, lets its connections finish), or `error REASON` |
+//! | `remove KIND ID NETNS` | `ok` (stops accepting, lets its connections finish), or `error REASON` |
+//! | `remove KIND ID` | the same for every namespace served as `KIND ID` (the older form) |
 //! | `list` | one `have KIND ID NETNS` + its listeners per namespace, then `end COUNT` |
 //!
 //! `add-batch` is how a restarted server gets thousands of namespaces back in a few messages
@@ -36,9 +37,11 @@
 //! statistics block) are named in the answer (reasons cut to [`MAX_REASON`] characters).
 //!
 //! `KIND` is `router`, `network` or `ovn-network` ([`Kind::as_str`]); `ID` follows the
-//! contract's id rule; `NETNS` is the namespace's name, for logs only (the spawner checks a
-//! socket's namespace itself with `SIOCGSKNS` when it takes sockets back). `add` for a
-//! namespace already served replaces its sockets (the old ones drain), unless they are the
+//! contract's id rule; `NETNS` is the namespace's name (the spawner checks a socket's
+//! namespace itself with `SIOCGSKNS` when it takes sockets back). A namespace is `KIND ID
+//! NETNS`: two namespaces may be served with the same id (a metadata network is served with
+//! its router's id, `enable_metadata_network`, beside the router's own namespace). `add` for
+//! a namespace already served replaces its sockets (the old ones drain), unless they are the
 //! same sockets, which is a no-op: a restarted spawner may hand everything over again.
 //!
 //! With `stats=1` the last descriptor is the namespace's statistics block
@@ -115,6 +118,8 @@ pub enum Request {
     AddBatch(Vec<BatchItem>),
     Remove {
         resource: Resource,
+        /// The namespace; `None`: every one served as `resource`.
+        netns: Option<String>,
     },
     List,
 }
@@ -214,7 +219,7 @@ impl Request {
         let expected = || {
             format!(
                 "expected `add KIND ID NETNS [stats=1|stats=@RECORD]`, `add-batch COUNT`, \
-                 `stats-slab`, `remove KIND ID` or `list`, got {:?}",
+                 `stats-slab`, `remove KIND ID [NETNS]` or `list`, got {:?}",
                 text.chars().take(80).collect::<String>()
             )
         };
@@ -235,7 +240,15 @@ impl Request {
             ["stats-slab"] => Ok(Request::StatsSlab),
             ["remove", kind, id] => Ok(Request::Remove {
                 resource: resource(kind, id)?,
+                netns: None,
             }),
+            ["remove", kind, id, netns] => {
+                ns_contract::validate_netns(netns).map_err(|e| e.to_string())?;
+                Ok(Request::Remove {
+                    resource: resource(kind, id)?,
+                    netns: Some((*netns).to_owned()),
+                })
+            }
             ["list"] => Ok(Request::List),
             _ => Err(expected()),
         }
@@ -294,8 +307,8 @@ fn parse_batch(rest: &str) -> std::result::Result<Vec<BatchItem>, String> {
                     ns_netns::MAX_FDS
                 ))
             })?;
-        if !seen.insert(resource.clone()) {
-            return Err(bad(format!("{resource} twice")));
+        if !seen.insert((resource.clone(), *netns)) {
+            return Err(bad(format!("{resource} in {netns} twice")));
         }
         let item = BatchItem {
             resource,
@@ -335,10 +348,10 @@ struct Served {
     task: JoinHandle<()>,
 }
 
-/// Every namespace served, by resource.
+/// Every namespace served, by resource and namespace name.
 #[derive(Default)]
 struct Table {
-    served: HashMap<Resource, Served>,
+    served: HashMap<(Resource, String), Served>,
     /// Descriptors the served namespaces hold: each listener twice (served, and our copy for
     /// `list`). Kept as a count, so an `add` costs the same at the 2,000th namespace as at the
     /// first (summing over the table made a replay O(N²)).
@@ -471,7 +484,8 @@ impl Namespaces {
             listeners.push(l);
         }
         let mut table = self.table();
-        if let Some(old) = table.served.get(&resource) {
+        let key = (resource.clone(), netns.clone());
+        if let Some(old) = table.served.get(&key) {
             // Only a repeated `add` compares sockets: a fresh server's replay of thousands
             // of namespaces skips the fstats (issue #20: kill -9 to answering again).
             // The same sockets counting into another block (a namespace moved from its
@@ -504,7 +518,7 @@ impl Namespaces {
                 .map_err(|e| format!("listener non-blocking: {e}"))?;
             serving.push(l);
         }
-        if !table.served.contains_key(&resource) {
+        if !table.served.contains_key(&key) {
             stats.reset_open_connections();
         }
         let stats_id = stats.identity();
@@ -531,7 +545,7 @@ impl Namespaces {
         ));
         table.held += 2 * copies.len() as u64;
         let replaced = table.served.insert(
-            resource.clone(),
+            key,
             Served {
                 netns: netns.clone(),
                 listeners: copies,
@@ -558,24 +572,47 @@ impl Namespaces {
         Ok(shared)
     }
 
-    /// Stop serving `resource`: it stops accepting, its connections finish (up to the grace),
-    /// our copies of its sockets close now.
-    pub fn remove(&self, resource: &Resource) -> std::result::Result<(), String> {
-        let old = {
+    /// Stop serving `resource` in namespace `netns` (`None`: in every namespace it is served
+    /// in): it stops accepting, its connections finish (up to the grace), our copies of its
+    /// sockets close now.
+    pub fn remove_in(
+        &self,
+        resource: &Resource,
+        netns: Option<&str>,
+    ) -> std::result::Result<(), String> {
+        let gone: Vec<Served> = {
             let mut table = self.table();
-            let old = table
+            let keys: Vec<(Resource, String)> = table
                 .served
-                .remove(resource)
-                .ok_or_else(|| format!("{resource} is not served"))?;
-            table.held = table.held.saturating_sub(2 * old.listeners.len() as u64);
-            old
+                .keys()
+                .filter(|(r, n)| r == resource && netns.is_none_or(|want| want == n))
+                .cloned()
+                .collect();
+            let gone: Vec<Served> = keys.iter().filter_map(|k| table.served.remove(k)).collect();
+            for old in &gone {
+                table.held = table.held.saturating_sub(2 * old.listeners.len() as u64);
+            }
+            gone
         };
-        tracing::info!(%resource, netns = %old.netns, "namespace removed; its connections finish");
-        // The task stops accepting and drains; our copies of its sockets close now.
-        let _ = old.stop.send(());
-        drop(old.listeners);
-        drop(old.task);
+        if gone.is_empty() {
+            return Err(match netns {
+                Some(n) => format!("{resource} is not served in {n}"),
+                None => format!("{resource} is not served"),
+            });
+        }
+        for old in gone {
+            tracing::info!(%resource, netns = %old.netns, "namespace removed; its connections finish");
+            // The task stops accepting and drains; our copies of its sockets close now.
+            let _ = old.stop.send(());
+            drop(old.listeners);
+            drop(old.task);
+        }
         Ok(())
+    }
+
+    /// [`Namespaces::remove_in`] every namespace served as `resource`.
+    pub fn remove(&self, resource: &Resource) -> std::result::Result<(), String> {
+        self.remove_in(resource, None)
     }
 
     /// Stop every namespace and wait for their connections (up to the grace each).
@@ -764,10 +801,12 @@ async fn control_connection(server: Arc<Namespaces>, starting_uid: u32, conn: Un
                 Ok(()) => "ok".to_owned(),
                 Err(e) => format!("error {e}"),
             },
-            Ok(Request::Remove { resource }) if fds.is_empty() => match server.remove(&resource) {
-                Ok(()) => "ok".to_owned(),
-                Err(e) => format!("error {e}"),
-            },
+            Ok(Request::Remove { resource, netns }) if fds.is_empty() => {
+                match server.remove_in(&resource, netns.as_deref()) {
+                    Ok(()) => "ok".to_owned(),
+                    Err(e) => format!("error {e}"),
+                }
+            }
             Ok(Request::Remove { .. }) => "error remove takes no descriptors".to_owned(),
             Ok(Request::List) => match list(&server, &conn).await {
                 Ok(count) => format!("end {count}"),
@@ -901,7 +940,7 @@ fn add_batch(server: &Namespaces, items: Vec<BatchItem>, fds: Vec<OwnedFd>) -> S
 async fn list(server: &Namespaces, conn: &UnixDatagram) -> io::Result<usize> {
     // Copies taken under the lock, sent without it.
     let mut all: Vec<(String, Vec<OwnedFd>)> = Vec::new();
-    for (resource, s) in &server.table().served {
+    for ((resource, _), s) in &server.table().served {
         let fds = s
             .listeners
             .iter()
@@ -980,7 +1019,15 @@ mod tests {
         assert_eq!(
             Request::parse(b"remove ovn-network n-1"),
             Ok(Request::Remove {
-                resource: Resource::new(Kind::OvnNetwork, "n-1").expect("id")
+                resource: Resource::new(Kind::OvnNetwork, "n-1").expect("id"),
+                netns: None,
+            })
+        );
+        assert_eq!(
+            Request::parse(b"remove router r-1 qdhcp-n-1"),
+            Ok(Request::Remove {
+                resource: router("r-1"),
+                netns: Some("qdhcp-n-1".into()),
             })
         );
         assert_eq!(Request::parse(b"list"), Ok(Request::List));
@@ -1071,8 +1118,8 @@ mod tests {
             ("add-batch 1\nrouter r/1 ns 1".into(), "r/1"),
             ("add-batch 1\nrouter r-1 ../x 1".into(), ".."),
             (
-                "add-batch 2\nrouter r-1 a 1\nrouter r-1 b 1".into(),
-                "line 2: router r-1 twice",
+                "add-batch 2\nrouter r-1 a 1\nrouter r-1 a 1".into(),
+                "line 2: router r-1 in a twice",
             ),
             (format!("add-batch 254{many}"), "count \"254\""),
             (

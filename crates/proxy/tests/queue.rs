@@ -283,3 +283,35 @@ async fn shared_server_gives_a_stalled_namespace_in_company_a_quarter_of_its_slo
     asking.await.expect("quiet's loop");
     pair.release(&agent, flood, QUARTER).await;
 }
+
+/// Two namespaces served with one id (a metadata network is served with its router's,
+/// `enable_metadata_network`): both are served, `remove KIND ID NETNS` stops one, the older
+/// `remove KIND ID` every one (before, the second `add` took the first one's place, and its
+/// listener stayed bound with nobody accepting).
+#[tokio::test]
+async fn one_id_in_two_namespaces_is_served_in_both_and_removed_by_namespace() {
+    let dir = TempDir::new("queue-sameid");
+    let (table, _tending) = common::shared_table(&dir.path().join("agent.sock"));
+    let r = ns_contract::Resource::new(ns_contract::Kind::Router, "r-1").expect("id");
+    let add = |netns: &str| {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        table
+            .add(
+                r.clone(),
+                netns.into(),
+                vec![l.into()],
+                ns_metadata_proxy::stats::Stats::default(),
+            )
+            .expect("add");
+    };
+    add("qrouter-r-1");
+    add("qdhcp-n-1");
+    assert_eq!(table.len(), 2, "both served");
+    table.remove_in(&r, Some("qdhcp-n-1")).expect("one removed");
+    assert_eq!(table.len(), 1);
+    let e = table.remove_in(&r, Some("qdhcp-n-1")).expect_err("gone");
+    assert!(e.contains("not served in qdhcp-n-1"), "{e}");
+    add("qdhcp-n-1");
+    table.remove(&r).expect("every one");
+    assert!(table.is_empty());
+}

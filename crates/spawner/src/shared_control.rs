@@ -139,7 +139,7 @@ pub(crate) async fn answer(
 /// Most listeners one namespace has: `169.254.169.254:80` and `[fe80::a9fe:a9fe]:80`.
 const MAX_LISTENERS: usize = 2;
 
-/// What `list` gives back, by `KIND ID`: the namespace the server names and its listeners
+/// What `list` gives back, by `KIND ID NETNS`: the namespace the server names and its listeners
 /// (checked by the caller before any is used).
 pub(crate) type Listed = std::collections::BTreeMap<String, (String, Vec<OwnedFd>)>;
 
@@ -191,7 +191,9 @@ pub(crate) async fn take_list(conn: &UnixDatagram, wait: Duration) -> Result<Lis
                 "more listeners than {max_fds}, half the spawner's descriptor limit"
             )));
         }
-        if let Some((_, old)) = taken.insert(format!("{kind} {id}"), (netns.to_owned(), fds)) {
+        if let Some((_, old)) =
+            taken.insert(format!("{kind} {id} {netns}"), (netns.to_owned(), fds))
+        {
             held -= old.len();
         }
     }
@@ -370,8 +372,8 @@ mod tests {
         let taken = take_list(&conn, Duration::from_secs(30))
             .await
             .expect("listed");
-        assert_eq!(taken.keys().collect::<Vec<_>>(), ["router r-1"]);
-        assert_eq!(taken["router r-1"].1.len(), 2);
+        assert_eq!(taken.keys().collect::<Vec<_>>(), ["router r-1 qrouter-r-1"]);
+        assert_eq!(taken["router r-1 qrouter-r-1"].1.len(), 2);
         let mut buf = [0u8; 8];
         assert_eq!(
             server.recv(&mut buf).expect("request"),

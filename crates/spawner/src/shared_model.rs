@@ -194,8 +194,36 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The id a namespace is served with, `KIND ID` (a metadata network is served with its
+/// router's: two namespaces may share it).
 fn tag(spec: &ProxySpec) -> String {
     format!("{} {}", spec.kind.as_str(), spec.id)
+}
+
+/// A namespace as the server knows it, `KIND ID NETNS` (the keys of what `list` gave back).
+fn ns_tag(spec: &ProxySpec) -> String {
+    format!("{} {}", tag(spec), spec.netns)
+}
+
+/// The `remove` for namespace `netns` served as `kind_id`: `remove KIND ID NETNS`, or the
+/// older `remove KIND ID` when no other namespace is served with that id (`others`): a
+/// server of the previous release, taken over after an upgrade, knows only that form.
+fn remove_msg(kind_id: &str, netns: &str, others: bool) -> String {
+    if others {
+        format!("remove {kind_id} {netns}")
+    } else {
+        format!("remove {kind_id}")
+    }
+}
+
+/// Whether a `KIND ID NETNS` key among `keys` names `kind_id` in another namespace than
+/// `netns`.
+fn shares_id<'a>(mut keys: impl Iterator<Item = &'a String>, kind_id: &str, netns: &str) -> bool {
+    keys.any(|k| {
+        k.strip_prefix(kind_id)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .is_some_and(|n| n != netns)
+    })
 }
 
 impl SharedServer {
@@ -371,20 +399,30 @@ impl SharedServer {
         spec: &ProxySpec,
         ino: Option<u64>,
     ) -> Option<Vec<OwnedFd>> {
-        let (netns, fds) = lock(&self.inner.taken).remove(&tag(spec))?;
+        let (netns, fds) = lock(&self.inner.taken).remove(&ns_tag(spec))?;
         if let Some(fds) = still_right(spec, ino, &netns, fds) {
             return Some(fds);
         }
-        let _ = self.request(&format!("remove {}", tag(spec)), &[]).await;
+        let _ = self.request(&self.remove_request(spec), &[]).await;
         None
+    }
+
+    /// The `remove` for `spec`'s namespace ([`remove_msg`]), the others served with its id
+    /// known from the entries and from what the previous server gave back.
+    fn remove_request(&self, spec: &ProxySpec) -> String {
+        let (kind_id, netns) = (tag(spec), spec.netns.as_str());
+        let others = lock(&self.inner.entries).values().any(|e| {
+            e.item.netns != netns
+                && e.item.resource.kind() == spec.kind
+                && e.item.resource.id() == spec.id
+        }) || shares_id(lock(&self.inner.taken).keys(), &kind_id, netns);
+        remove_msg(&kind_id, netns, others)
     }
 
     /// Whether the previous spawner's server served `spec`'s namespace for it (its sockets
     /// were handed back and not claimed yet).
     fn holds(&self, spec: &ProxySpec) -> bool {
-        lock(&self.inner.taken)
-            .get(&tag(spec))
-            .is_some_and(|(netns, _)| *netns == spec.netns)
+        lock(&self.inner.taken).contains_key(&ns_tag(spec))
     }
 
     /// Sockets handed back that no namespace claimed (their records are gone): dropped, and
@@ -393,9 +431,21 @@ impl SharedServer {
         let left: Vec<String> = std::mem::take(&mut *lock(&self.inner.taken))
             .into_keys()
             .collect();
-        for t in left {
+        for t in &left {
             tracing::info!(namespace = %t, "not wanted any more: removed from the shared server");
-            let _ = self.request(&format!("remove {t}"), &[]).await;
+            let Some((kind_id, netns)) = t.rsplit_once(' ') else {
+                continue;
+            };
+            let others = shares_id(left.iter(), kind_id, netns)
+                || lock(&self.inner.entries).values().any(|e| {
+                    e.item.netns != netns
+                        && format!(
+                            "{} {}",
+                            e.item.resource.kind().as_str(),
+                            e.item.resource.id()
+                        ) == kind_id
+                });
+            let _ = self.request(&remove_msg(kind_id, netns, others), &[]).await;
         }
     }
 
@@ -482,7 +532,7 @@ impl SharedServer {
     /// Stop serving `spec`: the server closes its copies, we close ours.
     pub(crate) async fn remove(&self, spec: &ProxySpec) {
         lock(&self.inner.entries).remove(&spec.key);
-        if let Err(e) = self.request(&format!("remove {}", tag(spec)), &[]).await {
+        if let Err(e) = self.request(&self.remove_request(spec), &[]).await {
             tracing::debug!(key = %spec.key, err = %e, "shared server: remove");
         }
     }
@@ -642,21 +692,23 @@ impl Retired {
     /// `spec`'s sockets, if this server had them and they are still right for it (as
     /// [`SharedServer::take_back`]); either way the server stops serving them.
     async fn take_back(&self, spec: &ProxySpec, ino: Option<u64>) -> Option<Vec<OwnedFd>> {
-        let (netns, fds) = lock(&self.taken).remove(&tag(spec))?;
-        self.forget(&tag(spec)).await;
+        let (netns, fds) = lock(&self.taken).remove(&ns_tag(spec))?;
+        self.forget(&tag(spec), &spec.netns).await;
         let fds = still_right(spec, ino, &netns, fds)?;
         tracing::info!(key = %spec.key, from = self.shard, "namespace's sockets taken from a shared server this run does not keep");
         Some(fds)
     }
 
-    /// Tell the server to stop serving `tag` (it drains; the sockets stay in the kernel).
-    async fn forget(&self, tag: &str) {
+    /// Tell the server to stop serving `tag` in `netns` (it drains; the sockets stay in the
+    /// kernel).
+    async fn forget(&self, tag: &str, netns: &str) {
         use std::sync::atomic::Ordering::Relaxed;
         if !self.answers.load(Relaxed) {
             return;
         }
         let wait = Duration::from_secs(5);
-        match ask(&self.conn, &format!("remove {tag}"), &[], wait).await {
+        let others = shares_id(lock(&self.taken).keys(), tag, netns);
+        match ask(&self.conn, &remove_msg(tag, netns, others), &[], wait).await {
             Ok(a) if a == "ok" => {}
             Ok(a) => {
                 tracing::warn!(shard = self.shard, namespace = %tag, answer = %a, "retired shared server refused a remove")
@@ -768,7 +820,7 @@ impl SharedServers {
         for (i, other) in self.shards.iter().enumerate().filter(|(i, _)| *i != own) {
             if let Some(fds) = other.take_back(spec, ino).await {
                 tracing::info!(key = %spec.key, from = i, to = own, "namespace moves to another shared server");
-                let _ = other.request(&format!("remove {}", tag(spec)), &[]).await;
+                let _ = other.request(&other.remove_request(spec), &[]).await;
                 return Some(fds);
             }
         }
@@ -1412,6 +1464,27 @@ mod tests {
         assert!(per.iter().all(|&n| (180..=320).contains(&n)), "{per:?}");
         assert_eq!(shard_of("router-7", 4), shard_of("router-7", 4));
         assert_eq!(shard_of("a", 2), (0xaf63_dc4c_8601_ec8c_u64 % 2) as usize);
+    }
+
+    /// The older `remove KIND ID` (all a server of the previous release knows) unless the id
+    /// is served in another namespace too (a metadata network beside its router).
+    #[test]
+    fn remove_names_the_namespace_only_when_the_id_is_served_twice() {
+        let keys: Vec<String> = vec!["router r-1 qrouter-r-1".into(), "router r-10 x".into()];
+        assert!(!shares_id(keys.iter(), "router r-1", "qrouter-r-1"));
+        assert!(shares_id(keys.iter(), "router r-1", "qdhcp-n-1"));
+        assert!(
+            !shares_id(keys.iter(), "router r", "qdhcp-n-1"),
+            "a prefix of an id"
+        );
+        assert_eq!(
+            remove_msg("router r-1", "qdhcp-n-1", false),
+            "remove router r-1"
+        );
+        assert_eq!(
+            remove_msg("router r-1", "qdhcp-n-1", true),
+            "remove router r-1 qdhcp-n-1"
+        );
     }
 
     #[test]

@@ -577,27 +577,12 @@ impl<P: Platform> Supervisor<P> {
         // removed, its teardown took the address the first one answers on. A proxy running
         // now keeps its namespace; among the others the first key does.
         let claims = self.claims(&d.specs, &cfg.pid_dir(), |s| s.netns.clone());
-        // The shared server tells namespaces apart by the id it sends (`KIND ID`): a metadata
-        // network is served with its router's id (`enable_metadata_network`), so the two would
-        // take each other's place there, the one left listening with nobody accepting. Until
-        // the protocol names namespaces, the second one waits, said so (partial: served in
-        // the per-namespace model only).
-        let by_tag = match cfg.proxy_model {
-            ProxyModel::Shared => self.claims(&d.specs, &cfg.pid_dir(), id_tag),
-            ProxyModel::PerNamespace => BTreeMap::new(),
-        };
         let mut conflicts = BTreeSet::new();
         for (k, s) in d.specs {
             if let Some(owner) = claims.get(&s.netns).filter(|o| **o != k) {
                 conflicts.insert(format!(
                     "{} {k}: namespace {} is already served for {owner}; not started (one proxy per namespace)",
                     s.kind, s.netns
-                ));
-                waiting.insert(k, s);
-            } else if let Some(owner) = by_tag.get(&id_tag(&s)).filter(|o| **o != k) {
-                conflicts.insert(format!(
-                    "{} {k}: {} is already served by the shared server for {owner}; namespace {} is not served (proxy_model = per-namespace serves both)",
-                    s.kind, id_tag(&s), s.netns
                 ));
                 waiting.insert(k, s);
             } else if self.inner.platform.namespace_exists(&s.netns) {
@@ -627,26 +612,16 @@ impl<P: Platform> Supervisor<P> {
     /// Why a wanted proxy waits: its namespace is missing, or another record's proxy is
     /// served there ([`Self::plan`]).
     fn waiting_reason(&self, spec: &ProxySpec) -> String {
-        let shared = self.config().proxy_model == ProxyModel::Shared;
-        let proxies = lock(&self.inner.proxies);
-        let other = |same: &dyn Fn(&ProxySpec) -> bool| {
-            proxies
-                .values()
-                .find(|p| same(&p.spec) && p.spec.key != spec.key)
-                .map(|p| p.spec.key.clone())
-        };
-        if let Some(o) = other(&|s| s.netns == spec.netns) {
-            format!(
+        let owner = lock(&self.inner.proxies)
+            .values()
+            .find(|p| p.spec.netns == spec.netns && p.spec.key != spec.key)
+            .map(|p| p.spec.key.clone());
+        match owner {
+            Some(o) => format!(
                 "namespace {} is already served for {o} (one proxy per namespace)",
                 spec.netns
-            )
-        } else if let Some(o) = other(&|s| shared && id_tag(s) == id_tag(spec)) {
-            format!(
-                "{} is already served by the shared server for {o} (proxy_model = per-namespace serves both)",
-                id_tag(spec)
-            )
-        } else {
-            format!("namespace {} does not exist", spec.netns)
+            ),
+            None => format!("namespace {} does not exist", spec.netns),
         }
     }
 
@@ -1110,11 +1085,6 @@ impl<P: Platform> Supervisor<P> {
             task,
         }
     }
-}
-
-/// The identity a namespace is served with, `KIND ID` (the shared server's name for it).
-fn id_tag(s: &ProxySpec) -> String {
-    format!("{} {}", s.kind.as_str(), s.id)
 }
 
 /// Whether `p` can be replaced by socket takeover instead of stop and start: the

@@ -1301,14 +1301,14 @@ fn a_second_record_for_a_served_namespace_waits_and_its_removal_takes_nothing() 
     }
 }
 
-/// With `enable_metadata_network`, a metadata network is served with its router's id, the
-/// shared server's name for the router's own namespace too: the second of the two waits, said
-/// so in its status, and the router's namespace keeps answering (before, the network took the
-/// router's place in the server, and the router's listener stayed bound with nobody
-/// accepting: VMs hung; session 15's review). Partial: the per-namespace model serves both.
+/// With `enable_metadata_network`, a metadata network is served with its router's id: the
+/// shared server serves it beside the router's own namespace (it tells namespaces apart by
+/// `KIND ID NETNS`), each answering as the router; removing one leaves the other served
+/// (before, the network took the router's place in the server, and the router's listener
+/// stayed bound with nobody accepting: VMs hung; session 15's review).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_metadata_network_and_its_router_do_not_take_each_others_place() {
-    if !require_root("a_metadata_network_and_its_router_do_not_take_each_others_place") {
+async fn a_metadata_network_and_its_router_are_both_served() {
+    if !require_root("a_metadata_network_and_its_router_are_both_served") {
         return;
     }
     let dir = TempDir::new("sh-metanet").reaping();
@@ -1318,14 +1318,14 @@ async fn a_metadata_network_and_its_router_do_not_take_each_others_place() {
     let net_id = format!("{p}mn");
     let dns = TestNs::new(&format!("qdhcp-{net_id}")).expect("dhcp ns");
     let vm = TestNs::new(&format!("{p}mv")).expect("vm ns");
-    let _ = link(&dns, &vm, 112).await.expect("veth");
+    let (_, vm_ip) = link(&dns, &vm, 112).await.expect("veth");
     let sup = supervisor(&dir, |c| {
         c.proxy_model = ProxyModel::Shared;
         c.enable_isolated_metadata = true;
         c.enable_metadata_network = true;
     });
     sup.put_router(router(&ids[0]));
-    running_pid(&sup, &ids[0], T).await;
+    let server = running_pid(&sup, &ids[0], T).await;
     let net: ns_metadata_spawner::records::Network = serde_json::from_value(serde_json::json!({
         "id": net_id, "interface": "va112",
         "subnets": [{"id": "s1", "cidr": "169.254.12.0/24", "gateway_ip": "169.254.12.1", "enable_dhcp": true, "ip_version": 4}],
@@ -1333,18 +1333,20 @@ async fn a_metadata_network_and_its_router_do_not_take_each_others_place() {
     }))
     .expect("network json");
     sup.put_network(net);
-    sup.reconcile().await;
-    let st = status_of(&sup, &net_id).expect("the network is wanted");
-    assert_eq!(st.state, State::Waiting, "{st:?}");
-    let why = st.last_error.unwrap_or_default();
-    assert!(
-        why.contains(&format!(
-            "router {} is already served by the shared server",
-            ids[0]
-        )),
-        "{why}"
+    assert_eq!(
+        running_pid(&sup, &net_id, T).await,
+        server,
+        "one server for both"
     );
+    let body = answer(&vm).await.expect("the metadata network answers");
+    assert_eq!(body, format!("router={} network=- xff={vm_ip}", ids[0]));
     let body = get_in(nss[0].netns(), META).expect("the router's namespace answers");
+    assert!(body.starts_with(&format!("router={} ", ids[0])), "{body}");
+
+    // Removing the network leaves the router served, and the other way round.
+    assert!(sup.remove_network(&net_id));
+    sup.reconcile().await;
+    let body = get_in(nss[0].netns(), META).expect("the router still answers");
     assert!(body.starts_with(&format!("router={} ", ids[0])), "{body}");
     sup.stop_all().await;
 }
