@@ -134,8 +134,6 @@ struct Inner<P> {
     proxies: Mutex<BTreeMap<String, Proxy>>,
     waiting: Mutex<BTreeMap<String, ProxySpec>>,
     warnings: Mutex<BTreeSet<String>>,
-    /// The same for records naming a namespace another record is served in ([`Self::plan`]).
-    conflicts: Mutex<BTreeSet<String>>,
     reconcile_lock: tokio::sync::Mutex<()>,
     wake: Notify,
     reconciles: std::sync::atomic::AtomicU64,
@@ -200,7 +198,6 @@ impl<P: Platform> Supervisor<P> {
                 proxies: Mutex::new(BTreeMap::new()),
                 waiting: Mutex::new(BTreeMap::new()),
                 warnings: Mutex::new(BTreeSet::new()),
-                conflicts: Mutex::new(BTreeSet::new()),
                 reconcile_lock: tokio::sync::Mutex::new(()),
                 wake: Notify::new(),
                 reconciles: std::sync::atomic::AtomicU64::new(0),
@@ -497,11 +494,14 @@ impl<P: Platform> Supervisor<P> {
             .map(|p| p.status.snapshot())
             .collect();
         let waiting: Vec<ProxySpec> = lock(&self.inner.waiting).values().cloned().collect();
-        out.extend(
-            waiting
-                .iter()
-                .map(|s| ProxyStatus::waiting(s, self.waiting_reason(s))),
-        );
+        if !waiting.is_empty() {
+            let served = self.served_namespaces();
+            out.extend(
+                waiting
+                    .iter()
+                    .map(|s| ProxyStatus::waiting(s, waiting_reason(s, &served))),
+            );
+        }
         out.sort_by(|a, b| a.key.cmp(&b.key));
         out
     }
@@ -524,7 +524,7 @@ impl<P: Platform> Supervisor<P> {
             return Err(match waiting {
                 Some(spec) => RestartError::NotRunning(format!(
                     "proxy {key} is not running: {}",
-                    self.waiting_reason(&spec)
+                    waiting_reason(&spec, &self.served_namespaces())
                 )),
                 None => RestartError::Unknown(format!("no proxy {key}: see `status`")),
             });
@@ -560,14 +560,7 @@ impl<P: Platform> Supervisor<P> {
     fn plan(&self) -> Plan {
         let cfg = self.config();
         let d = decide::desired(&lock(&self.inner.records), &cfg);
-        {
-            let mut seen = lock(&self.inner.warnings);
-            let now: BTreeSet<String> = d.warnings.into_iter().collect();
-            for w in now.difference(&seen) {
-                tracing::warn!("{w}");
-            }
-            *seen = now;
-        }
+        let mut warnings: BTreeSet<String> = d.warnings.into_iter().collect();
         let mut present = BTreeMap::new();
         let mut waiting = BTreeMap::new();
         // Who the proxies run as depends on the agent socket's owner: read once per pass.
@@ -576,11 +569,10 @@ impl<P: Platform> Supervisor<P> {
         // one is served in (a mistyped `--netns`) waits. Started, it would only fail to bind;
         // removed, its teardown took the address the first one answers on. A proxy running
         // now keeps its namespace; among the others the first key does.
-        let claims = self.claims(&d.specs, &cfg.pid_dir(), |s| s.netns.clone());
-        let mut conflicts = BTreeSet::new();
+        let claims = self.claims(&d.specs, &cfg.pid_dir());
         for (k, s) in d.specs {
             if let Some(owner) = claims.get(&s.netns).filter(|o| **o != k) {
-                conflicts.insert(format!(
+                warnings.insert(format!(
                     "{} {k}: namespace {} is already served for {owner}; not started (one proxy per namespace)",
                     s.kind, s.netns
                 ));
@@ -599,48 +591,42 @@ impl<P: Platform> Supervisor<P> {
             }
         }
         {
-            // Said once while it lasts, as the decision's own warnings are.
-            let mut seen = lock(&self.inner.conflicts);
-            for w in conflicts.difference(&seen) {
+            // Each said once while it lasts.
+            let mut seen = lock(&self.inner.warnings);
+            for w in warnings.difference(&seen) {
                 tracing::warn!("{w}");
             }
-            *seen = conflicts;
+            *seen = warnings;
         }
         (present, waiting, cfg)
     }
 
-    /// Why a wanted proxy waits: its namespace is missing, or another record's proxy is
-    /// served there ([`Self::plan`]).
-    fn waiting_reason(&self, spec: &ProxySpec) -> String {
-        let owner = lock(&self.inner.proxies)
+    /// Which key each namespace with a proxy is served for, read once for every waiting
+    /// proxy's [`waiting_reason`].
+    fn served_namespaces(&self) -> BTreeMap<String, String> {
+        lock(&self.inner.proxies)
             .values()
-            .find(|p| p.spec.netns == spec.netns && p.spec.key != spec.key)
-            .map(|p| p.spec.key.clone());
-        match owner {
-            Some(o) => format!(
-                "namespace {} is already served for {o} (one proxy per namespace)",
-                spec.netns
-            ),
-            None => format!("namespace {} does not exist", spec.netns),
-        }
+            .map(|p| (p.spec.netns.clone(), p.spec.key.clone()))
+            .collect()
     }
 
-    /// Which key each namespace (each `by` value) two or more wanted records name is served
-    /// for: a key with a proxy now first (it keeps its namespace; at a start, one with a pid
-    /// file or one the previous spawner's shared server served it for), then the others in key
-    /// order. Empty (nothing read) when every record has one of its own.
+    /// Which key each namespace two or more wanted records name is served for: a key with a
+    /// proxy there now first (it keeps its namespace; at a start, one with a pid file or one
+    /// the previous spawner's shared server served it for), then the others in key order.
+    /// Empty (nothing read) when every record has a namespace of its own.
     fn claims(
         &self,
         specs: &BTreeMap<String, ProxySpec>,
         pid_dir: &std::path::Path,
-        by: impl Fn(&ProxySpec) -> String,
     ) -> BTreeMap<String, String> {
-        let mut named: BTreeMap<String, usize> = BTreeMap::new();
+        let mut named: BTreeMap<&str, usize> = BTreeMap::new();
         for s in specs.values() {
-            *named.entry(by(s)).or_default() += 1;
+            *named.entry(&s.netns).or_default() += 1;
         }
-        let shared: BTreeMap<&String, &ProxySpec> =
-            specs.iter().filter(|(_, s)| named[&by(s)] > 1).collect();
+        let shared: BTreeMap<&String, &ProxySpec> = specs
+            .iter()
+            .filter(|(_, s)| named[s.netns.as_str()] > 1)
+            .collect();
         let mut claims = BTreeMap::new();
         if shared.is_empty() {
             return claims;
@@ -658,12 +644,14 @@ impl<P: Platform> Supervisor<P> {
             };
             for (k, s) in &shared {
                 if running(k, s) {
-                    claims.entry(by(s)).or_insert_with(|| (*k).clone());
+                    claims
+                        .entry(s.netns.clone())
+                        .or_insert_with(|| (*k).clone());
                 }
             }
         }
         for (k, s) in shared {
-            claims.entry(by(s)).or_insert_with(|| k.clone());
+            claims.entry(s.netns.clone()).or_insert_with(|| k.clone());
         }
         claims
     }
@@ -913,8 +901,9 @@ impl<P: Platform> Supervisor<P> {
                 Verdict::Adopt(r, argv) => {
                     adopt.insert(key, (r, argv));
                 }
-                // records.json was damaged and no good copy was left: "not wanted" may only
-                // mean "lost", so nothing is stopped (its pid file stays for the next start).
+                // records.json was damaged (no good copy left, or only the one before the last
+                // save): "not wanted" may only mean "lost", so nothing is stopped (its pid
+                // file stays for the next start).
                 Verdict::Stop(s) if spec.is_none() && lost => {
                     tracing::warn!(key = %key, pid = s.pid, "left running: the API records were lost with a damaged records.json; announce it again to manage it, or stop it by hand");
                 }
@@ -1084,6 +1073,18 @@ impl<P: Platform> Supervisor<P> {
             restart: restart_tx,
             task,
         }
+    }
+}
+
+/// Why a wanted proxy waits: another record's proxy is served in its namespace (`served`:
+/// namespace → key, [`Supervisor::plan`]), or its namespace is missing.
+fn waiting_reason(spec: &ProxySpec, served: &BTreeMap<String, String>) -> String {
+    match served.get(&spec.netns).filter(|k| **k != spec.key) {
+        Some(o) => format!(
+            "namespace {} is already served for {o} (one proxy per namespace)",
+            spec.netns
+        ),
+        None => format!("namespace {} does not exist", spec.netns),
     }
 }
 
