@@ -582,12 +582,16 @@ impl Namespaces {
     ) -> std::result::Result<(), String> {
         let gone: Vec<Served> = {
             let mut table = self.table();
-            let keys: Vec<(Resource, String)> = table
-                .served
-                .keys()
-                .filter(|(r, n)| r == resource && netns.is_none_or(|want| want == n))
-                .cloned()
-                .collect();
+            // By its key when the namespace is named; the older form looks at every one.
+            let keys: Vec<(Resource, String)> = match netns {
+                Some(n) => vec![(resource.clone(), n.to_owned())],
+                None => table
+                    .served
+                    .keys()
+                    .filter(|(r, _)| r == resource)
+                    .cloned()
+                    .collect(),
+            };
             let gone: Vec<Served> = keys.iter().filter_map(|k| table.served.remove(k)).collect();
             for old in &gone {
                 table.held = table.held.saturating_sub(2 * old.listeners.len() as u64);

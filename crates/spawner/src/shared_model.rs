@@ -411,12 +411,18 @@ impl SharedServer {
     /// known from the entries and from what the previous server gave back.
     fn remove_request(&self, spec: &ProxySpec) -> String {
         let (kind_id, netns) = (tag(spec), spec.netns.as_str());
-        let others = lock(&self.inner.entries).values().any(|e| {
-            e.item.netns != netns
-                && e.item.resource.kind() == spec.kind
-                && e.item.resource.id() == spec.id
-        }) || shares_id(lock(&self.inner.taken).keys(), &kind_id, netns);
+        let others = self.entry_shares_id(&kind_id, netns)
+            || shares_id(lock(&self.inner.taken).keys(), &kind_id, netns);
         remove_msg(&kind_id, netns, others)
+    }
+
+    /// Whether a namespace handed to the server other than `netns` is served as `kind_id`.
+    fn entry_shares_id(&self, kind_id: &str, netns: &str) -> bool {
+        lock(&self.inner.entries).values().any(|e| {
+            e.item.netns != netns
+                && kind_id.split_once(' ')
+                    == Some((e.item.resource.kind().as_str(), e.item.resource.id()))
+        })
     }
 
     /// Whether the previous spawner's server served `spec`'s namespace for it (its sockets
@@ -436,15 +442,8 @@ impl SharedServer {
             let Some((kind_id, netns)) = t.rsplit_once(' ') else {
                 continue;
             };
-            let others = shares_id(left.iter(), kind_id, netns)
-                || lock(&self.inner.entries).values().any(|e| {
-                    e.item.netns != netns
-                        && format!(
-                            "{} {}",
-                            e.item.resource.kind().as_str(),
-                            e.item.resource.id()
-                        ) == kind_id
-                });
+            let others =
+                shares_id(left.iter(), kind_id, netns) || self.entry_shares_id(kind_id, netns);
             let _ = self.request(&remove_msg(kind_id, netns, others), &[]).await;
         }
     }
