@@ -198,7 +198,6 @@ impl AsRawFd for Netns {
     }
 }
 
-/// NotNetns unless `fd` is an nsfs file of type CLONE_NEWNET.
 /// Whether opening a namespace file may follow a symbolic link at its last component.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Follow {
@@ -206,6 +205,7 @@ enum Follow {
     No,
 }
 
+/// NotNetns unless `fd` is an nsfs file of type CLONE_NEWNET.
 fn check_is_netns(fd: BorrowedFd<'_>, path: &Path) -> Result<()> {
     let not_netns = || Error::NotNetns {
         path: path.to_owned(),

@@ -244,11 +244,10 @@ fn stopped(pid: u32) -> bool {
 }
 
 /// The problems of one running proxy (or, in the shared model, of the shared server for
-/// this namespace): process, address, port 80, probe. `held` carries the descriptor tables
-/// already read from one call to the next.
-/// What `check` finds wrong with the proxy `pid` of `netns` without asking it anything, and
-/// whether it can be probed ([`probe_problems`]: not when stopped, where a probe would only
-/// wait out its timeout).
+/// this namespace) that need no request: process, address, port 80, stopped; and whether it
+/// can be probed ([`probe_problems`]: not when stopped, where a probe would only wait out
+/// its timeout). `held` carries the descriptor tables already read, and the processes
+/// already said to be stopped, from one call to the next.
 pub async fn check_proxy(
     netns: &str,
     interface: &str,

@@ -286,8 +286,7 @@ pub(crate) async fn proxy_task<P: Platform>(t: Task<P>, start: Start) -> Option<
             pid,
             status: &status,
         };
-        let unblocked = std::pin::pin!(block_file_made(&cfg, &spec, pid));
-        let mut unblocked = unblocked;
+        let mut unblocked = std::pin::pin!(block_file_made(&cfg, &spec, pid));
         let restart_asked = async {
             tokio::select! {
                 r = restart.recv() => r,

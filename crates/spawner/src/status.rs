@@ -93,7 +93,8 @@ impl ProxyStatus {
         }
     }
 
-    /// A wanted proxy whose namespace does not exist: no task runs for it yet.
+    /// A wanted proxy no task runs for yet (its namespace does not exist, or another
+    /// record's proxy serves it), and why.
     pub(crate) fn waiting(spec: &ProxySpec, why: String) -> ProxyStatus {
         ProxyStatus {
             state: State::Waiting,
