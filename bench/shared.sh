@@ -110,28 +110,41 @@ proxy_p99() { # model variant phase from to
     sample "sh_quiet_${3}_whole_p99_us" "$2" "$(sort -n -k1,1 <<<"$out" | p99_of 1)"
     sample "sh_quiet_${3}_own_p99_us" "$2" "$(sort -n -k2,2 <<<"$out" | p99_of 2)"
 }
+# The spawner configuration of both models of ours: state in DIR, the lines given, and the
+# run's SH_* options.
+ours_ini() { # dir line...
+    spawner_ini "$SH_SOCK" "$1" "agent_keepalive = auto" "${@:2}" \
+        ${SH_MAX_AGENT_REQUESTS:+"max_agent_requests = $SH_MAX_AGENT_REQUESTS"} \
+        ${SH_PROXY_METRICS:+"proxy_metrics = $SH_PROXY_METRICS"} \
+        ${SH_PROXY_THREADS:+"proxy_threads = $SH_PROXY_THREADS"}
+}
+# One busy run: wrk c32 in namespace NS for SH_DUR, and the CPU of process PID over it:
+# samples PREFIX_rps, PREFIX_cpu_us and PREFIX_errors of VARIANT, a log line LABEL.
+busy_run() { # prefix variant ns pid label
+    local c0 c1 req dur err status
+    c0=$(ticks "$4")
+    read -r req dur _ _ err status <<<"$(wrk_in "$3" 32)"
+    c1=$(ticks "$4")
+    sample "${1}_rps" "$2" "$(awk -v r="$req" -v d="$dur" 'BEGIN {printf "%.1f", r / (d / 1e6)}')"
+    sample "${1}_cpu_us" "$2" "$(awk -v d=$((c1 - c0)) -v r="$req" -v k="$CLK" 'BEGIN {printf "%.2f", d * 1e6 / k / r}')"
+    sample "${1}_errors" "$2" $((err + status))
+    log "$5: $req requests in ${SH_DUR}s, CPU $((c1 - c0)) ticks, errors $((err + status))"
+}
 p99_of() { awk -v c="$1" '{a[NR] = $c} END {i = int(NR * 0.99); if (i < 1) i = 1; print a[i]}'; }
 # One busy namespace, then a quiet one idle and beside a 2,000-connection flood.
 load_figures() { # model n
-    local m=$1 v="$1-$2" p c0 c1 out req dur idle p99 err status fl t0
+    local m=$1 v="$1-$2" p req idle p99 err status fl t0
     p=$(serving_pid "$m")
     [[ -n $p ]] || { log "$v: no serving process found; load figures skipped"; return 0; }
     sample sh_load_load1 "$v" "$(load1)"
-    c0=$(ticks "$p")
     # SH_PERF=DIR: a call-graph profile of the serving process under the busy load, per side.
     local perf=
     if [[ -n ${SH_PERF:-} ]]; then
         perf record -q -g -p "$p" -o "$SH_PERF/perf-$v.data" -- sleep "$SH_DUR" 2>/dev/null &
         perf=$!
     fi
-    out=$(wrk_in "qrouter-$(rid 1)" 32)
-    c1=$(ticks "$p")
+    busy_run sh_busy "$v" "qrouter-$(rid 1)" "$p" "$v busy"
     [[ -z $perf ]] || wait "$perf" || true
-    read -r req dur _ _ err status <<<"$out"
-    sample sh_busy_rps "$v" "$(awk -v r="$req" -v d="$dur" 'BEGIN {printf "%.1f", r / (d / 1e6)}')"
-    sample sh_busy_cpu_us "$v" "$(awk -v d=$((c1 - c0)) -v r="$req" -v k="$CLK" 'BEGIN {printf "%.2f", d * 1e6 / k / r}')"
-    sample sh_busy_errors "$v" $((err + status))
-    log "$v busy: $req requests in ${SH_DUR}s, CPU $((c1 - c0)) ticks, errors $((err + status))"
     if [[ -n ${SH_PERF:-} ]]; then
         # Syscalls per request, on a second busy run (strace slows it; not a figure).
         strace -c -f -p "$p" -o "$SH_PERF/strace-$v.txt" &
@@ -165,7 +178,7 @@ load_figures() { # model n
 # beside the shared server, and wrk c32 goes to each in turn $SH_PAIRS times, the order
 # swapped each time: each pair of runs seconds apart, on the same machine state.
 pair_figure() { # n
-    local n=$1 id pns pp ps k m p ns c0 c1 req dur err status
+    local n=$1 id pns pp ps k m p ns
     id=$(rid 999999)
     pns="pair-$TAG$RUN"
     ps=$(serving_pid shared)
@@ -176,11 +189,8 @@ pair_figure() { # n
     rm -rf "$SW/pp"
     mkdir -p "$SW/pp"
     printf '{"routers": [{"id": "%s", "netns": "%s"}]}\n' "$id" "$pns" >"$SW/pair-records.json"
-    spawner_ini "$SH_SOCK" "$SW/pp" "agent_keepalive = auto" "proxy_model = per-namespace" \
-        "records_file = $SW/pair-records.json" \
-        ${SH_MAX_AGENT_REQUESTS:+"max_agent_requests = $SH_MAX_AGENT_REQUESTS"} \
-        ${SH_PROXY_METRICS:+"proxy_metrics = $SH_PROXY_METRICS"} \
-        ${SH_PROXY_THREADS:+"proxy_threads = $SH_PROXY_THREADS"} >"$SW/pair.ini"
+    ours_ini "$SW/pp" "proxy_model = per-namespace" "records_file = $SW/pair-records.json" \
+        >"$SW/pair.ini"
     "$SPAWNER" --config-file "$SW/pair.ini" run --stop-proxies-on-exit 2>>"$SW/spawner-pair.log" &
     PP=$!
     if "$TOOL" wait --netns-file "$SW/pair.list" --t0-ns "$(date +%s%N)" --timeout-ms 60000 \
@@ -188,13 +198,7 @@ pair_figure() { # n
         for k in $(seq "$SH_PAIRS"); do
             for m in $( ((k % 2)) && echo shared per-namespace || echo per-namespace shared); do
                 if [[ $m == shared ]]; then p=$ps ns="qrouter-$(rid 1)"; else p=$pp ns=$pns; fi
-                c0=$(ticks "$p")
-                read -r req dur _ _ err status <<<"$(wrk_in "$ns" 32)"
-                c1=$(ticks "$p")
-                sample sh_pair_rps "$m-$n" "$(awk -v r="$req" -v d="$dur" 'BEGIN {printf "%.1f", r / (d / 1e6)}')"
-                sample sh_pair_cpu_us "$m-$n" "$(awk -v d=$((c1 - c0)) -v r="$req" -v k="$CLK" 'BEGIN {printf "%.2f", d * 1e6 / k / r}')"
-                sample sh_pair_errors "$m-$n" $((err + status))
-                log "$m-$n busy pair $k: $req requests in ${SH_DUR}s, CPU $((c1 - c0)) ticks, errors $((err + status))"
+                busy_run sh_pair "$m-$n" "$ns" "$p" "$m-$n busy pair $k"
             done
         done
     else
@@ -246,10 +250,7 @@ kill_figure() { # n
 side_ours() { # model n first_n
     local m=$1 n=$2 v="$1-$2" t0 w mem0
     rm -rf "$SW/sp"
-    spawner_ini "$SH_SOCK" "$SW/sp" "auto_enable_routers = true" "agent_keepalive = auto" "proxy_model = $m" \
-        ${SH_MAX_AGENT_REQUESTS:+"max_agent_requests = $SH_MAX_AGENT_REQUESTS"} \
-        ${SH_PROXY_METRICS:+"proxy_metrics = $SH_PROXY_METRICS"} \
-        ${SH_PROXY_THREADS:+"proxy_threads = $SH_PROXY_THREADS"} >"$SW/spawner.ini"
+    ours_ini "$SW/sp" "auto_enable_routers = true" "proxy_model = $m" >"$SW/spawner.ini"
     sample sh_load1 "$v" "$(load1)"
     mem0=$(mem_available_kb)
     t0=$(date +%s%N)
